@@ -1,0 +1,22 @@
+"""netmorph: network morphism — grow a trained network while preserving its function exactly.
+
+Public API of the numerical core (filters use PyTorch's layout, see README):
+
+- :func:`compose` — the ⊛ operator; :func:`deconv` — least-squares deconvolution;
+  :func:`residual` — relative residual of a decomposition.
+- ``morph_*`` — the morphing algorithms (depth, width, kernel size, subnet).
+- :func:`backends` — every compute backend and whether it runs here.
+"""
+
+from .api import compose, deconv, residual
+from .backends import BackendUnavailableError, backends
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "backends",
+    "compose",
+    "deconv",
+    "residual",
+]

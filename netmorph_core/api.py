@@ -1,0 +1,95 @@
+"""The thin public API of the numerical core: ⊛, deconvolution and the residual.
+
+Inputs are validated here (typed errors before any kernel runs); the work is done by the
+backend chosen with ``backend=`` (see :mod:`netmorph_core.backends`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _validation as v
+from .backends import select_backend
+from .reference import pad_centered, relative_residual_ref
+
+
+def compose(f2: np.ndarray, f1: np.ndarray, *, backend: str = "auto") -> np.ndarray:
+    """The morphism operator F2 ⊛ F1: the single kernel of "apply F1, then F2".
+
+    F2 (C2, C1, *K2), F1 (C1, C0, *K1) -> G (C2, C0, *(K1 + K2 - 1)), with
+    G[o, i] = Σ_m full_convolution(F2[o, m], F1[m, i]). 2-D inputs are linear layers.
+    """
+    f2 = v.as_filter(f2, "F2")
+    f1 = v.as_filter(f1, "F1")
+    v.same_spatial_rank(f2, "F2", f1, "F1")
+    v.chain_channels(f2, "F2", f1, "F1")
+    dtype = v.result_dtype(f2, f1)
+    impl = select_backend(backend, dtype, f2, f1)
+    return impl.compose(f2.astype(dtype, copy=False), f1.astype(dtype, copy=False))
+
+
+def deconv(
+    g: np.ndarray,
+    *,
+    outer: np.ndarray | None = None,
+    inner: np.ndarray | None = None,
+    kernel_size: int | Sequence[int],
+    init: np.ndarray | None = None,
+    backend: str = "auto",
+) -> np.ndarray:
+    """Solve G~ = outer ⊛ X (given ``outer=F2``) or G~ = X ⊛ inner (given ``inner=F1``).
+
+    G (C2, C0, *K) is zero-padded centred to the effective size Kt = K_X + K_factor - 1.
+    Returns X with spatial size ``kernel_size``: (C1, C0, *k) for ``outer`` (C2, C1, *K2),
+    (C2, C1, *k) for ``inner`` (C1, C0, *K1). Least squares when overdetermined; otherwise
+    the exact solution nearest to ``init`` (minimum norm when ``init`` is None).
+    """
+    if (outer is None) == (inner is None):
+        raise ValueError("deconv takes exactly one of outer= or inner=")
+    g = v.as_filter(g, "G")
+    side = "outer" if outer is not None else "inner"
+    factor = v.as_filter(outer if outer is not None else inner, side)
+    v.same_spatial_rank(g, "G", factor, side)
+    ndim = g.ndim - 2
+    k = v.kernel_tuple(kernel_size, ndim, "kernel_size")
+    if side == "outer":
+        if factor.shape[0] != g.shape[0]:
+            raise ValueError(
+                f"outer has {factor.shape[0]} output channels but G has {g.shape[0]}; they must match"
+            )
+        x_shape = (factor.shape[1], g.shape[1], *k)
+    else:
+        if factor.shape[1] != g.shape[1]:
+            raise ValueError(
+                f"inner has {factor.shape[1]} input channels but G has {g.shape[1]}; they must match"
+            )
+        x_shape = (g.shape[0], factor.shape[0], *k)
+    kt = v.effective_size(g.shape[2:], factor.shape[2:], k, "kernel_size")
+    if init is not None:
+        init = v.as_filter(init, "init")
+        if init.shape != x_shape:
+            raise ValueError(f"init must have shape {x_shape}, got {init.shape}")
+    dtype = v.result_dtype(g, factor)
+    impl = select_backend(backend, dtype, g, factor)
+    g_tilde = pad_centered(g, kt)
+    x = impl.deconv(g_tilde, factor, side, k, init)
+    return np.asarray(x).astype(dtype, copy=False)
+
+
+def residual(g: np.ndarray, f2: np.ndarray, f1: np.ndarray) -> float:
+    """Relative residual ‖F2 ⊛ F1 − G~‖ / ‖G~‖ (float64), G~ = G padded to K1 + K2 - 1."""
+    g = v.as_filter(g, "G")
+    f2 = v.as_filter(f2, "F2")
+    f1 = v.as_filter(f1, "F1")
+    v.same_spatial_rank(f2, "F2", f1, "F1")
+    v.same_spatial_rank(g, "G", f1, "F1")
+    v.chain_channels(f2, "F2", f1, "F1")
+    if g.shape[:2] != (f2.shape[0], f1.shape[1]):
+        raise ValueError(
+            f"G must have channels {(f2.shape[0], f1.shape[1])} (C2, C0) to match F2 ⊛ F1, "
+            f"got {g.shape[:2]}"
+        )
+    kt = v.effective_size(g.shape[2:], f2.shape[2:], f1.shape[2:], "F2, F1")
+    return relative_residual_ref(pad_centered(g.astype(np.float64), kt), f2, f1)

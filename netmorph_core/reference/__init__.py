@@ -1,0 +1,22 @@
+"""The NumPy reference of every numerical routine: the oracle every backend is tested against."""
+
+from .compose import compose_ref, pad_at, pad_centered, swap_channels
+from .deconv import (
+    deconv_inner_ref,
+    deconv_outer_ref,
+    outer_operator,
+    relative_residual_ref,
+    solve_nearest,
+)
+
+__all__ = [
+    "compose_ref",
+    "deconv_inner_ref",
+    "deconv_outer_ref",
+    "outer_operator",
+    "pad_at",
+    "pad_centered",
+    "relative_residual_ref",
+    "solve_nearest",
+    "swap_channels",
+]
