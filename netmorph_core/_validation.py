@@ -21,7 +21,7 @@ def as_filter(x: object, name: str, *, allow_torch: bool = False) -> np.ndarray:
     """
     if isinstance(x, np.ndarray):
         arr = x
-    elif isinstance(x, (list, tuple)) or np.isscalar(x):
+    elif isinstance(x, (list, tuple)):
         arr = np.asarray(x)
     else:
         raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")

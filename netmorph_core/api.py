@@ -57,13 +57,15 @@ def deconv(
     if side == "outer":
         if factor.shape[0] != g.shape[0]:
             raise ValueError(
-                f"outer has {factor.shape[0]} output channels but G has {g.shape[0]}; they must match"
+                f"outer has {factor.shape[0]} output channels but G has {g.shape[0]}; "
+                "they must match"
             )
         x_shape = (factor.shape[1], g.shape[1], *k)
     else:
         if factor.shape[1] != g.shape[1]:
             raise ValueError(
-                f"inner has {factor.shape[1]} input channels but G has {g.shape[1]}; they must match"
+                f"inner has {factor.shape[1]} input channels but G has {g.shape[1]}; "
+                "they must match"
             )
         x_shape = (g.shape[0], factor.shape[0], *k)
     kt = v.effective_size(g.shape[2:], factor.shape[2:], k, "kernel_size")

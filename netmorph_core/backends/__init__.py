@@ -81,7 +81,7 @@ def _device_of(arrays: tuple[object, ...]) -> str:
 
 
 def select_backend(name: str, dtype: np.dtype, *arrays: object) -> ModuleType:
-    """The backend to run on ``arrays`` of ``dtype``: ``name`` checked, or the fastest for "auto"."""
+    """The backend for ``arrays`` of ``dtype``: ``name`` checked, or the fastest for "auto"."""
     device = _device_of(arrays)
     if name == "auto":
         for candidate in AUTO_ORDER[device]:
@@ -96,5 +96,7 @@ def select_backend(name: str, dtype: np.dtype, *arrays: object) -> ModuleType:
         supporting = [
             n for n in _MODULES if (m := _try_load(n)) is not None and np.dtype(dtype) in m.DTYPES
         ]
-        raise TypeError(f"backend {name!r} does not support {dtype}; backends that do: {supporting}")
+        raise TypeError(
+            f"backend {name!r} does not support {dtype}; backends that do: {supporting}"
+        )
     return module
