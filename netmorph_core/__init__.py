@@ -8,15 +8,37 @@ Public API of the numerical core (filters use PyTorch's layout, see README):
 - :func:`backends` — every compute backend and whether it runs here.
 """
 
+from .activations import ACTIVATIONS, p_activation, zero_preserving
 from .api import compose, deconv, residual
 from .backends import BackendUnavailableError, backends
+from .morph import (
+    KernelResult,
+    MorphResult,
+    Net2NetWidthResult,
+    WidthResult,
+    idmorph,
+    morph_kernel,
+    morph_width,
+    net2net_widen,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIVATIONS",
     "BackendUnavailableError",
+    "KernelResult",
+    "MorphResult",
+    "Net2NetWidthResult",
+    "WidthResult",
     "backends",
     "compose",
     "deconv",
+    "idmorph",
+    "morph_kernel",
+    "morph_width",
+    "net2net_widen",
+    "p_activation",
     "residual",
+    "zero_preserving",
 ]

@@ -1,0 +1,117 @@
+"""Parametric activations (NetMorph §3.3): φ^a = (1 − a)·φ + a·x.
+
+φ^0 = φ and φ^1 is the identity, so a new layer can be inserted with a = 1 (linear, the morph is
+exact) and grow non-linear as a is learned. For ReLU, φ^a is PReLU with slope a.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+import numpy as np
+from scipy.special import erf, expit
+
+Activation = Callable[[np.ndarray], np.ndarray]
+
+LEAKY_RELU_SLOPE = 0.01  # PyTorch's default negative slope
+ELU_ALPHA = 1.0  # PyTorch's default alpha
+SQRT2 = math.sqrt(2.0)  # a Python float, so float32 inputs stay float32
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0)."""
+    return np.maximum(x, 0)
+
+
+def leaky_relu(x: np.ndarray) -> np.ndarray:
+    """x for x ≥ 0, 0.01·x otherwise."""
+    return np.where(x >= 0, x, LEAKY_RELU_SLOPE * x)
+
+
+def elu(x: np.ndarray) -> np.ndarray:
+    """x for x > 0, exp(x) − 1 otherwise (alpha = 1)."""
+    return np.where(x > 0, x, ELU_ALPHA * np.expm1(np.minimum(x, 0)))
+
+
+def tanh(x: np.ndarray) -> np.ndarray:
+    """tanh(x)."""
+    return np.tanh(x)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(−x)), overflow-free."""
+    return expit(x)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU: x·Φ(x) = x·(1 + erf(x/√2))/2."""
+    return 0.5 * x * (1.0 + erf(x / SQRT2))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x·sigmoid(x)."""
+    return x * expit(x)
+
+
+ACTIVATIONS: Mapping[str, Activation] = MappingProxyType(
+    {
+        "relu": relu,
+        "leaky_relu": leaky_relu,
+        "elu": elu,
+        "tanh": tanh,
+        "sigmoid": sigmoid,
+        "gelu": gelu,
+        "silu": silu,
+    }
+)
+
+
+def resolve(base: str | Activation) -> Activation:
+    """The activation named ``base`` (a key of :data:`ACTIVATIONS`), or ``base`` if callable."""
+    if isinstance(base, str):
+        if base not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {base!r}; expected one of {', '.join(sorted(ACTIVATIONS))} "
+                "or a callable"
+            )
+        return ACTIVATIONS[base]
+    if not callable(base):
+        raise TypeError(f"base must be an activation name or a callable, got {type(base).__name__}")
+    return base
+
+
+def p_activation(base: str | Activation, a: float) -> Activation:
+    """The P-activation φ^a(x) = (1 − a)·φ(x) + a·x of ``base`` (a name or a callable).
+
+    The paper takes a ∈ [0, 1]; any finite real a is accepted since a learned a may leave it.
+    φ^1(x) == x and φ^0(x) == φ(x) exactly. The result keeps x's floating dtype.
+    """
+    phi = resolve(base)
+    if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, float, np.integer, np.floating)):
+        raise TypeError(f"a must be a real number, got {a!r}")
+    if not np.isfinite(a):
+        raise ValueError(f"a must be finite, got {a}")
+    a = float(a)
+
+    def phi_a(x: np.ndarray) -> np.ndarray:
+        return (1.0 - a) * phi(x) + a * x
+
+    phi_a.__name__ = f"p_{getattr(phi, '__name__', 'activation')}"
+    phi_a.__doc__ = f"(1 − {a})·{phi_a.__name__[2:]}(x) + {a}·x"
+    return phi_a
+
+
+def zero_preserving(base: str | Activation) -> bool:
+    """Whether φ(0) == 0 (a zero pre-activation stays zero), evaluated on a float64 zero.
+
+    True for relu, leaky_relu, elu, tanh, gelu and silu; False for sigmoid (φ(0) = 1/2).
+    """
+    phi = resolve(base)
+    out = np.asarray(phi(np.zeros(1)))
+    if out.size != 1:
+        raise ValueError(
+            f"base must map an array of shape (1,) to one value, got shape {out.shape}"
+        )
+    return bool(out.reshape(()) == 0.0)

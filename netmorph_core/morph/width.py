@@ -1,0 +1,198 @@
+"""Width morphing (NetMorph §3.4.1): widen the blob between two layers, function preserved.
+
+F1 (C1, C0, *K1) produces the blob, F2 (C2, C1, *K2) consumes it (2-D arrays are linear layers).
+The blob is widened from C1 to C̃1 channels. With F̃1 = [F1; N1] and F̃2 = [F2, N2],
+
+    F̃2 ⊛ F̃1 = F2 ⊛ F1 + N2 ⊛ N1,
+
+so the function is preserved when N2 ⊛ N1 = 0 (paper eq. 18): one side is zero, the other random
+noise on the scale of the existing weights. The widened channels are then permuted randomly,
+which changes nothing downstream (paper: it keeps the zeros and the noise from clustering).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .. import _validation as v
+
+ZeroSide = Literal["inner", "outer", "auto"]
+Seed = int | np.integer | np.random.Generator | None
+
+
+def as_generator(seed: object, name: str = "seed") -> np.random.Generator:
+    """A NumPy Generator from ``seed``: None (fresh entropy), a non-negative int, or a Generator."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(
+            f"{name} must be None, a non-negative int or a numpy Generator, got {seed!r}"
+        )
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {seed}")
+    return np.random.default_rng(int(seed))
+
+
+def as_bias(b: object, channels: int, name: str) -> np.ndarray:
+    """``b`` as a finite float32/float64 vector of length ``channels``."""
+    if not isinstance(b, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(b).__name__}")
+    if b.dtype not in v.SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {b.dtype}")
+    if b.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},), got {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return b
+
+
+def target_width(width: object, current: int) -> int:
+    """The new channel count: a positive int no smaller than ``current``."""
+    width = v.positive_int(width, "width")
+    if width < current:
+        raise ValueError(
+            f"width must be at least the current number of channels {current}, got {width}"
+        )
+    return width
+
+
+def noise_scale(x: np.ndarray) -> float:
+    """The scale of the existing weights: their std (their RMS when all entries are equal)."""
+    x64 = x.astype(np.float64, copy=False)
+    std = float(np.std(x64))
+    return std if std > 0 else float(np.sqrt(np.mean(x64 * x64)))
+
+
+def nonnegative_real(x: object, name: str) -> float:
+    """``x`` as a finite, non-negative Python float."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {x!r}")
+    if not np.isfinite(x) or x < 0:
+        raise ValueError(f"{name} must be finite and non-negative, got {x}")
+    return float(x)
+
+
+@dataclass(frozen=True)
+class WidthResult:
+    """A widened pair of layers.
+
+    ``f1`` (C̃1, C0, *K1), ``b1`` (C̃1,) or None, ``f2`` (C2, C̃1, *K2). Let F1ext be F1 with the
+    C̃1 − C1 new rows appended after the old ones (and likewise b1ext, F2ext's columns); then
+    ``f1 = F1ext[permutation]``, ``b1 = b1ext[permutation]``, ``f2 = F2ext[:, permutation]``:
+    channel j of the child blob is parent channel ``permutation[j]`` when that is < C1, and a new
+    channel otherwise. ``new_channels`` is ``permutation >= C1``; parent channel c sits at
+    ``np.argsort(permutation)[c]``. ``zero_side`` is the side that was zeroed ("inner": F1's new
+    rows and b1's new entries; "outer": F2's new columns). The morph is always exact.
+    """
+
+    f1: np.ndarray
+    b1: np.ndarray | None
+    f2: np.ndarray
+    permutation: np.ndarray
+    zero_side: Literal["inner", "outer"]
+    new_channels: np.ndarray
+
+    @property
+    def exact(self) -> bool:
+        """Width morphing preserves the function exactly (N2 ⊛ N1 = 0 by construction)."""
+        return True
+
+    def widen_channels(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """Widen a per-channel array of the blob (axis 0, length C1) the same way as ``b1``.
+
+        The new channels get ``fill``; e.g. for a BatchNorm between F1 and F2.
+        """
+        values = np.asarray(values)
+        c1 = int(np.count_nonzero(~self.new_channels))
+        if values.ndim < 1 or values.shape[0] != c1:
+            raise ValueError(
+                f"values must have {c1} entries along axis 0, got shape {values.shape}"
+            )
+        extra = np.full((self.permutation.size - c1, *values.shape[1:]), fill, dtype=values.dtype)
+        return np.concatenate([values, extra])[self.permutation]
+
+
+def _resolve_side(
+    zero_side: object, zero_preserving: bool, inner_params: int, outer_params: int
+) -> Literal["inner", "outer"]:
+    if zero_side not in ("inner", "outer", "auto"):
+        raise ValueError(f"zero_side must be 'inner', 'outer' or 'auto', got {zero_side!r}")
+    if zero_side == "inner" and not zero_preserving:
+        raise ValueError(
+            "zero_side='inner' needs zero_preserving=True: zeroed new rows of F1 only give zero "
+            "channels when a zero pre-activation stays zero through bias, BN and the activation"
+        )
+    if zero_side == "auto":
+        return "inner" if zero_preserving and inner_params < outer_params else "outer"
+    return zero_side  # type: ignore[return-value]
+
+
+def morph_width(
+    f1: np.ndarray,
+    f2: np.ndarray,
+    width: int,
+    *,
+    b1: np.ndarray | None = None,
+    zero_side: ZeroSide = "auto",
+    zero_preserving: bool = True,
+    seed: Seed = None,
+    scale: float | None = None,
+) -> WidthResult:
+    """Widen the blob between F1 (C1, C0, *K1) and F2 (C2, C1, *K2) to ``width`` channels.
+
+    The new rows of F1 (and entries of ``b1``) and the new input columns of F2 satisfy
+    N2 ⊛ N1 = 0: one side is zero, the other Gaussian noise with std ``scale`` (default: the
+    std of the existing filter on that side; new bias entries use the std of ``b1``).
+    ``zero_side``: "inner" zeros F1's new rows and b1's new entries (valid only when
+    ``zero_preserving``: φ(BN(0 + 0)) = 0 for the layers between F1 and F2); "outer" zeros F2's
+    new columns (exact for any activation); "auto" zeros the side with fewer parameters when
+    ``zero_preserving`` (the paper's rule; ties go to "outer"), else "outer".
+    The widened channels are then permuted randomly (``seed``); see :class:`WidthResult`.
+    Outputs keep each input's dtype; the inputs are not modified.
+    """
+    f1 = v.as_filter(f1, "F1")
+    f2 = v.as_filter(f2, "F2")
+    v.same_spatial_rank(f2, "F2", f1, "F1")
+    v.chain_channels(f2, "F2", f1, "F1")
+    c1 = f1.shape[0]
+    if b1 is not None:
+        b1 = as_bias(b1, c1, "b1")
+    width = target_width(width, c1)
+    if not isinstance(zero_preserving, (bool, np.bool_)):
+        raise TypeError(f"zero_preserving must be a bool, got {zero_preserving!r}")
+    if scale is not None:
+        scale = nonnegative_real(scale, "scale")
+    rng = as_generator(seed)
+
+    extra = width - c1
+    per_row = int(np.prod(f1.shape[1:])) + (1 if b1 is not None else 0)
+    per_col = f2.shape[0] * int(np.prod(f2.shape[2:]))
+    side = _resolve_side(zero_side, bool(zero_preserving), extra * per_row, extra * per_col)
+
+    new_rows = np.zeros((extra, *f1.shape[1:]), dtype=f1.dtype)
+    new_bias = np.zeros(extra, dtype=b1.dtype) if b1 is not None else None
+    new_cols = np.zeros((f2.shape[0], extra, *f2.shape[2:]), dtype=f2.dtype)
+    if side == "inner":
+        sigma = noise_scale(f2) if scale is None else scale
+        new_cols[...] = rng.normal(0.0, sigma, new_cols.shape)
+    else:
+        sigma = noise_scale(f1) if scale is None else scale
+        new_rows[...] = rng.normal(0.0, sigma, new_rows.shape)
+        if b1 is not None:
+            new_bias[...] = rng.normal(0.0, noise_scale(b1), extra)
+
+    permutation = rng.permutation(width)
+    f1_out = np.concatenate([f1, new_rows])[permutation]
+    f2_out = np.concatenate([f2, new_cols], axis=1)[:, permutation]
+    b1_out = np.concatenate([b1, new_bias])[permutation] if b1 is not None else None
+    return WidthResult(
+        f1=f1_out,
+        b1=b1_out,
+        f2=f2_out,
+        permutation=permutation,
+        zero_side=side,
+        new_channels=permutation >= c1,
+    )
