@@ -13,6 +13,7 @@ import numpy as np
 from . import _validation as v
 from .backends import select_backend
 from .reference import pad_centered, relative_residual_ref
+from .solver import solve_deconv
 
 
 def compose(f2: np.ndarray, f1: np.ndarray, *, backend: str = "auto") -> np.ndarray:
@@ -76,7 +77,7 @@ def deconv(
     dtype = v.result_dtype(g, factor)
     impl = select_backend(backend, dtype, g, factor)
     g_tilde = pad_centered(g, kt)
-    x = impl.deconv(g_tilde, factor, side, k, init)
+    x = solve_deconv(impl, g_tilde, factor, side, k, init)
     return np.asarray(x).astype(dtype, copy=False)
 
 

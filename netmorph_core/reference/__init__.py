@@ -8,15 +8,18 @@ from .deconv import (
     relative_residual_ref,
     solve_nearest,
 )
+from .two_sided import deconv_two_sided_ref, two_sided_operator
 
 __all__ = [
     "compose_ref",
     "deconv_inner_ref",
     "deconv_outer_ref",
+    "deconv_two_sided_ref",
     "outer_operator",
     "pad_at",
     "pad_centered",
     "relative_residual_ref",
     "solve_nearest",
     "swap_channels",
+    "two_sided_operator",
 ]
