@@ -1,0 +1,41 @@
+"""PyTorch adapter: morph real ``nn.Module`` networks with their function preserved.
+
+Every operation returns ``(child, report)``: the child is a new model (the parent is deep-copied,
+never modified) and the :class:`MorphReport` gives the measured parent-vs-child deviation,
+parameter counts, the solver's residual and the non-zero ratio of the new weights.
+
+- :func:`deepen` — a layer becomes F1 → [BN] → PActivation(a = 1) → F2 (F2 ⊛ F1 = G~).
+- :func:`widen` — more output channels; consumers found with torch.fx are updated.
+- :func:`grow_kernel` — a larger, zero-padded kernel.
+- :func:`morph_subnet` / :func:`morph_stacked` — a sequential subnet / summed parallel branches.
+- :class:`PActivation` — (1 − a)·φ(x) + a·x; :func:`remap_optimizer` — carry optimizer state.
+
+Saving a child: ``torch.save(child)`` pickles the whole module; or rebuild the architecture by
+replaying the same morph calls on the parent (the structure depends only on the arguments, not
+on the seed) and ``load_state_dict`` the saved state dict.
+
+Importing this subpackage imports torch; ``import netmorph_core`` does not.
+"""
+
+from .activation import PActivation
+from .depth import deepen
+from .errors import MorphError
+from .kernel import grow_kernel
+from .optim import remap_optimizer
+from .report import MorphReport, ParamSource
+from .subnet import StackedBranches, morph_stacked, morph_subnet
+from .width import widen
+
+__all__ = [
+    "MorphError",
+    "MorphReport",
+    "PActivation",
+    "ParamSource",
+    "StackedBranches",
+    "deepen",
+    "grow_kernel",
+    "morph_stacked",
+    "morph_subnet",
+    "remap_optimizer",
+    "widen",
+]

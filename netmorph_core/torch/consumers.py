@@ -1,0 +1,608 @@
+"""Where widened channels go: a torch.fx walk from the widened layers to every consumer.
+
+Widening a layer's outputs from C to C̃ channels changes the tensor every later operation sees
+along the channel axis. The walk follows that tensor through the graph in topological order:
+
+- channel-wise operations pass it on unchanged (activations, dropout, pooling, spatial
+  padding modules, identity, scalar arithmetic, spatial means), noting whether a zero
+  channel stays zero (φ(0) = 0) and whether gradient passes a zero pre-activation
+  (φ'(0) ≠ 0; not for ReLU);
+- BatchNorm and per-channel PReLU pass it on and are widened themselves;
+- flatten turns channels into column blocks (channel c owns B consecutive features);
+- concatenation along the channel axis shifts it by the other inputs' channel counts;
+- an add of widened tensors needs every operand widened the same way;
+- Conv and Linear layers consume it: they get new input columns.
+
+The channel map ``src`` of a tensor gives, for each child channel, the parent channel it holds
+or −1 for a new channel. Anything else the widened tensor reaches raises :class:`MorphError`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .activation import PActivation
+from .errors import MorphError
+from .surgery import CONV_TYPES
+
+SPATIAL, VECTOR, LAST, FLAT = "spatial", "vector", "last", "flat"
+
+# (φ(0) == 0, φ'(0) != 0) of channel-wise modules and functions.
+_MODULES: dict[type[nn.Module], tuple[bool, bool]] = {
+    nn.ReLU: (True, False),
+    nn.ReLU6: (True, False),
+    nn.Tanhshrink: (True, False),
+    nn.LeakyReLU: (True, True),
+    nn.ELU: (True, True),
+    nn.SELU: (True, True),
+    nn.CELU: (True, True),
+    nn.GELU: (True, True),
+    nn.SiLU: (True, True),
+    nn.Mish: (True, True),
+    nn.Tanh: (True, True),
+    nn.Hardtanh: (True, True),
+    nn.Hardswish: (True, True),
+    nn.Softsign: (True, True),
+    nn.Identity: (True, True),
+    nn.Sigmoid: (False, True),
+    nn.Hardsigmoid: (False, True),
+    nn.Softplus: (False, True),
+    nn.LogSigmoid: (False, True),
+    nn.Dropout: (True, True),
+    nn.Dropout1d: (True, True),
+    nn.Dropout2d: (True, True),
+    nn.Dropout3d: (True, True),
+}
+_POOLS: tuple[type[nn.Module], ...] = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+)
+_PADS: tuple[type[nn.Module], ...] = (
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+    nn.CircularPad3d,
+)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_FUNCTIONS: dict[object, tuple[bool, bool]] = {
+    F.relu: (True, False),
+    torch.relu: (True, False),
+    F.relu6: (True, False),
+    F.leaky_relu: (True, True),
+    F.elu: (True, True),
+    F.selu: (True, True),
+    F.celu: (True, True),
+    F.gelu: (True, True),
+    F.silu: (True, True),
+    F.mish: (True, True),
+    torch.tanh: (True, True),
+    F.tanh: (True, True),
+    F.hardtanh: (True, True),
+    F.hardswish: (True, True),
+    torch.neg: (True, True),
+    operator.neg: (True, True),
+    torch.sigmoid: (False, True),
+    F.sigmoid: (False, True),
+    F.softplus: (False, True),
+    F.dropout: (True, True),
+    F.dropout1d: (True, True),
+    F.dropout2d: (True, True),
+    F.dropout3d: (True, True),
+}
+_POOL_FUNCTIONS = {
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.interpolate,
+}
+_METHODS: dict[str, tuple[bool, bool]] = {
+    "relu": (True, False),
+    "relu_": (True, False),
+    "tanh": (True, True),
+    "tanh_": (True, True),
+    "sigmoid": (False, True),
+    "sigmoid_": (False, True),
+    "neg": (True, True),
+    "contiguous": (True, True),
+    "clone": (True, True),
+}
+_ADD = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub", "add_", "sub_"}
+_MUL = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div", "mul_", "div_"}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A tensor carrying widened channels.
+
+    ``src``: child channel → parent channel (−1: new). ``layout``: "spatial" (N, C, *S) of rank
+    ``ndim``, "vector" (N, C), "last" (…, C) of unknown rank, "flat" (N, C·B). ``zero_broken``:
+    the first operation that maps a zero channel to non-zero (None: zero stays zero);
+    ``dead``: the first operation with zero gradient at 0 (None: gradient passes).
+    """
+
+    src: np.ndarray
+    layout: str
+    ndim: int | None
+    zero_broken: str | None = None
+    dead: str | None = None
+
+    @property
+    def parent_channels(self) -> int:
+        return int(np.count_nonzero(self.src >= 0))
+
+
+@dataclass(frozen=True)
+class Use:
+    """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm", "prelu"."""
+
+    name: str
+    kind: str
+    flow: Flow
+
+
+@dataclass
+class WidthPlan:
+    """Every module a widening touches, with the channel map it sees."""
+
+    producers: tuple[str, ...]
+    uses: list[Use] = field(default_factory=list)
+
+    @property
+    def consumers(self) -> list[Use]:
+        return [u for u in self.uses if u.kind in ("conv", "linear")]
+
+    def zero_broken(self) -> str | None:
+        """Why zeroed new producer rows would not reach the consumers as zeros (None: they do)."""
+        return next((u.flow.zero_broken for u in self.consumers if u.flow.zero_broken), None)
+
+    def dead(self) -> str | None:
+        """An operation on the way to a consumer whose gradient at 0 is 0 (None: none)."""
+        return next((u.flow.dead for u in self.consumers if u.flow.dead), None)
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer with :class:`PActivation` kept as one (channel-wise) leaf."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, PActivation) or super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
+    """Symbolically trace ``model``; MorphError naming the model and fx's reason."""
+    try:
+        return fx.GraphModule(model, _Tracer().trace(model))
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
+        raise MorphError(
+            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
+            f"{purpose} needs the traced graph"
+        ) from exc
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r} ({type(modules[node.target]).__name__})"
+    if node.op == "placeholder":
+        return f"the model input {node.target!r}"
+    name = getattr(node.target, "__name__", str(node.target))
+    return f"{node.op} {name!r} (node {node.name!r})"
+
+
+def _channels(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
+    """The channel count of an unwidened tensor, when the graph tells it."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, CONV_TYPES):
+            return m.out_channels
+        if isinstance(m, nn.Linear):
+            return m.out_features
+        if isinstance(m, _BATCH_NORMS):
+            return m.num_features
+    inputs = node.all_input_nodes
+    return _channels(inputs[0], modules) if inputs else None
+
+
+def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+class _Walk:
+    """One walk over a traced graph; see the module docstring."""
+
+    def __init__(self, gm: fx.GraphModule, producers: Sequence[str], src: np.ndarray) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.producers = tuple(producers)
+        self.src = src
+        self.flows: dict[fx.Node, Flow] = {}
+        self.shape_nodes: set[fx.Node] = set()
+        self.plan = WidthPlan(self.producers)
+
+    def origins(self, node: fx.Node, seen: dict[fx.Node, list[str]] | None = None) -> list[str]:
+        """The layers (or model inputs) a tensor comes from, through any operations."""
+        seen = {} if seen is None else seen
+        if node in seen:
+            return seen[node]
+        if node.op == "call_module" and isinstance(
+            self.modules[node.target], (*CONV_TYPES, nn.Linear)
+        ):
+            found = [repr(node.target)]
+        elif node.op == "placeholder":
+            found = [f"the model input {node.target!r}"]
+        else:
+            found = []
+            for arg in node.all_input_nodes:
+                found += [o for o in self.origins(arg, seen) if o not in found]
+            found = found or [_describe(node, self.modules)]
+        seen[node] = found
+        return found
+
+    def fail(self, node: fx.Node, why: str) -> MorphError:
+        return MorphError(f"widening {list(self.producers)}: {_describe(node, self.modules)} {why}")
+
+    def run(self) -> WidthPlan:
+        calls = {p: 0 for p in self.producers}
+        for node in self.gm.graph.nodes:
+            if node.op == "get_attr":
+                continue
+            widened = [a for a in node.all_input_nodes if a in self.flows]
+            shapes = [a for a in node.all_input_nodes if a in self.shape_nodes]
+            if node.op == "call_module" and node.target in calls:
+                calls[node.target] += 1
+                if widened:
+                    raise self.fail(node, "consumes channels that are being widened with it")
+                layer = self.modules[node.target]
+                layout = SPATIAL if isinstance(layer, CONV_TYPES) else LAST
+                ndim = layer.weight.dim() if isinstance(layer, CONV_TYPES) else None
+                self.flows[node] = Flow(self.src, layout, ndim)
+                continue
+            if shapes:
+                self._shape_use(node, shapes)
+            if widened:
+                self._step(node, widened)
+        for name, count in calls.items():
+            if count != 1:
+                raise MorphError(
+                    f"widening {list(self.producers)}: {name!r} is called {count} times in the "
+                    "traced graph; it must be called exactly once"
+                )
+        self._check_shared()
+        return self.plan
+
+    def _check_attr(self, node: fx.Node) -> None:
+        touched = {*self.producers, *(u.name for u in self.plan.uses)}
+        if str(node.target).rpartition(".")[0] in touched:
+            raise MorphError(
+                f"widening {list(self.producers)}: the graph reads {node.target!r} directly "
+                "(get_attr); its shape would change under it"
+            )
+
+    def _check_shared(self) -> None:
+        """Every call of a module being updated must see the same widened channels (its uses
+        are then merged into one), and no parameter of one may be read directly."""
+        merged: dict[str, Use] = {}
+        for use in self.plan.uses:
+            first = merged.get(use.name)
+            if first is None:
+                merged[use.name] = use
+                continue
+            a, b = first.flow, use.flow
+            if not np.array_equal(a.src, b.src) or a.layout != b.layout:
+                raise MorphError(
+                    f"widening {list(self.producers)}: module {use.name!r} is called on widened "
+                    "tensors whose channels do not line up"
+                )
+            flow = replace(a, zero_broken=a.zero_broken or b.zero_broken, dead=a.dead or b.dead)
+            merged[use.name] = Use(use.name, use.kind, flow)
+        self.plan.uses = list(merged.values())
+        for use in self.plan.uses:
+            nodes = [
+                n for n in self.gm.graph.nodes if n.op == "call_module" and n.target == use.name
+            ]
+            if any(n.args[0] not in self.flows for n in nodes):
+                raise MorphError(
+                    f"widening {list(self.producers)}: module {use.name!r} is also called on "
+                    "tensors that are not widened"
+                )
+        for node in self.gm.graph.nodes:
+            if node.op == "get_attr":
+                self._check_attr(node)
+
+    def _shape_use(self, node: fx.Node, shapes: list[fx.Node]) -> None:
+        if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+            return
+        raise self.fail(node, "reads the shape of a widened tensor beyond its batch size")
+
+    def _pass(self, node: fx.Node, flow: Flow, zero: bool, live: bool) -> None:
+        here = _describe(node, self.modules)
+        self.flows[node] = replace(
+            flow,
+            zero_broken=flow.zero_broken or (None if zero else here),
+            dead=flow.dead or (None if live else here),
+        )
+
+    def _step(self, node: fx.Node, widened: list[fx.Node]) -> None:
+        flow = self.flows[widened[0]]
+        if node.op == "output":
+            raise self.fail(
+                node, "receives widened channels: the model's output would change shape"
+            )
+        if node.op == "call_module":
+            self._module(node, widened, flow)
+            return
+        target = node.target
+        if node.op == "call_method" and target == "size":
+            if _arg(node, 1, "dim", None) != 0:
+                raise self.fail(node, "reads the channel count of a widened tensor")
+            return
+        if node.op == "call_function" and target is getattr and node.args[1] == "shape":
+            self.shape_nodes.add(node)
+            return
+        if node.args and node.args[0] is not widened[0] and target not in _CAT | _ADD | _MUL:
+            raise self.fail(node, "takes a widened tensor as a non-data argument")
+        if target in _FUNCTIONS or (node.op == "call_method" and target in _METHODS):
+            zero, live = _FUNCTIONS.get(target) or _METHODS[target]
+            self._pass(node, flow, zero, live)
+        elif target in _POOL_FUNCTIONS:
+            if node.kwargs.get("return_indices"):
+                raise self.fail(node, "returns pooling indices")
+            self._pass(node, flow, True, True)
+        elif target in _ADD:
+            self._add(node, widened)
+        elif target in _MUL:
+            self._mul(node, widened)
+        elif target in _CAT:
+            self._cat(node)
+        elif target in (torch.flatten, "flatten"):
+            self._flatten(node, flow, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
+        elif target in ("view", "reshape"):
+            self._view(node, flow)
+        elif target in _REDUCE:
+            self._reduce(node, flow)
+        else:
+            raise self.fail(node, "consumes widened channels and cannot be updated by widen")
+
+    def _module(self, node: fx.Node, widened: list[fx.Node], flow: Flow) -> None:
+        m = self.modules[node.target]
+        name = node.target
+        if node.args[0] is not widened[0] or len(widened) > 1:
+            raise self.fail(node, "takes a widened tensor as a non-data argument")
+        if isinstance(m, CONV_TYPES):
+            if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
+                raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
+            if m.groups != 1:
+                raise self.fail(node, f"is grouped (groups={m.groups}); widen needs groups=1")
+            self._expect(node, m.in_channels, flow)
+            self.plan.uses.append(Use(name, "conv", flow))
+        elif isinstance(m, nn.Linear):
+            if flow.layout == SPATIAL:
+                raise self.fail(node, "acts on the last axis, which is not the channel axis")
+            if flow.layout == FLAT:
+                if m.in_features % flow.parent_channels:
+                    raise self.fail(
+                        node,
+                        f"has {m.in_features} inputs, not a multiple of the "
+                        f"{flow.parent_channels} flattened channels",
+                    )
+            else:
+                self._expect(node, m.in_features, flow)
+            self.plan.uses.append(Use(name, "linear", flow))
+        elif isinstance(m, _BATCH_NORMS):
+            if flow.layout not in (SPATIAL, VECTOR, LAST) or (
+                flow.layout == LAST and not isinstance(m, nn.BatchNorm1d)
+            ):
+                raise self.fail(node, f"cannot normalise a {flow.layout} tensor per channel")
+            self._expect(node, m.num_features, flow)
+            self.plan.uses.append(Use(name, "batch_norm", flow))
+            self.flows[node] = replace(flow, layout=VECTOR if flow.layout == LAST else flow.layout)
+        elif isinstance(m, nn.PReLU):
+            if m.num_parameters > 1:
+                self._expect(node, m.num_parameters, flow)
+                self.plan.uses.append(Use(name, "prelu", flow))
+            self._pass(node, flow, True, True)
+        elif isinstance(m, PActivation):
+            zero = float(m.phi(torch.zeros(1, dtype=torch.float64))) == 0.0
+            self._pass(node, flow, zero, True)
+        elif type(m) in _MODULES:
+            self._pass(node, flow, *_MODULES[type(m)])
+        elif isinstance(m, _POOLS):
+            if getattr(m, "return_indices", False):
+                raise self.fail(node, "returns pooling indices")
+            self._pass(node, flow, True, True)
+        elif isinstance(m, _PADS):
+            if flow.layout != SPATIAL or flow.ndim < 2 + len(m.padding) // 2:
+                raise self.fail(node, "pads the channel axis")
+            self._pass(node, flow, getattr(m, "value", 0.0) == 0.0, True)
+        elif isinstance(m, nn.Flatten):
+            self._flatten(node, flow, m.start_dim, m.end_dim)
+        else:
+            raise self.fail(node, "consumes widened channels and cannot be updated by widen")
+
+    def _expect(self, node: fx.Node, channels: int, flow: Flow) -> None:
+        if channels != flow.parent_channels:
+            raise self.fail(
+                node,
+                f"expects {channels} channels but the widened tensor has "
+                f"{flow.parent_channels} in the parent",
+            )
+
+    def _operands(self, node: fx.Node) -> list[object]:
+        return [*node.args, *node.kwargs.values()]
+
+    def _add(self, node: fx.Node, widened: list[fx.Node]) -> None:
+        tensors = [a for a in self._operands(node) if isinstance(a, fx.Node)]
+        others = [a for a in tensors if a not in self.flows]
+        if others:
+            partners = [o for a in others for o in self.origins(a)]
+            raise self.fail(
+                node,
+                f"adds the widened channels to {', '.join(partners)}, which "
+                f"{'is' if len(partners) == 1 else 'are'} not widened: widen every producer "
+                "of this sum together (at=[...]) with the same width",
+            )
+        flows = [self.flows[a] for a in tensors]
+        if any(
+            f.layout != flows[0].layout or not np.array_equal(f.src, flows[0].src) for f in flows
+        ):
+            raise self.fail(node, "adds widened tensors whose channels do not line up")
+        scalars = [a for a in self._operands(node) if not isinstance(a, fx.Node)]
+        zero = all(a == 0 for a in scalars if isinstance(a, (int, float)))
+        merged = flows[0]
+        for f in flows[1:]:
+            merged = replace(
+                merged, zero_broken=merged.zero_broken or f.zero_broken, dead=merged.dead or f.dead
+            )
+        self._pass(node, merged, zero, True)
+
+    def _mul(self, node: fx.Node, widened: list[fx.Node]) -> None:
+        tensors = [a for a in self._operands(node) if isinstance(a, fx.Node)]
+        if any(a not in self.flows for a in tensors):
+            raise self.fail(node, "multiplies widened channels with a tensor that is not widened")
+        flows = [self.flows[a] for a in tensors]
+        if any(not np.array_equal(f.src, flows[0].src) for f in flows):
+            raise self.fail(node, "multiplies widened tensors whose channels do not line up")
+        if node.target in (operator.truediv, torch.div, "div", "div_") and len(tensors) > 1:
+            raise self.fail(node, "divides by a widened tensor")
+        zero = any(f.zero_broken is None for f in flows)
+        self.flows[node] = replace(
+            flows[0],
+            zero_broken=None if zero else flows[0].zero_broken,
+            dead=next((f.dead for f in flows if f.dead), None),
+        )
+
+    def _channel_axis(self, flow: Flow, dim: object) -> bool:
+        if not isinstance(dim, int):
+            return False
+        if flow.layout == LAST:
+            return dim == -1
+        rank = 2 if flow.layout in (VECTOR, FLAT) else flow.ndim
+        return dim in (1, 1 - rank)
+
+    def _cat(self, node: fx.Node) -> None:
+        tensors = _arg(node, 0, "tensors", ())
+        dim = _arg(node, 1, "dim", 0)
+        flows = [self.flows[t] for t in tensors if t in self.flows]
+        if any(not self._channel_axis(f, dim) for f in flows) or any(
+            f.layout != flows[0].layout for f in flows
+        ):
+            raise self.fail(node, f"concatenates along dim={dim!r}, not the channel axis")
+        pieces, offset = [], 0
+        for t in tensors:
+            if t in self.flows:
+                src = self.flows[t].src
+                pieces.append(np.where(src >= 0, src + offset, -1))
+                offset += self.flows[t].parent_channels
+            else:
+                count = _channels(t, self.modules)
+                if count is None:
+                    raise self.fail(
+                        node,
+                        f"concatenates {_describe(t, self.modules)}, whose channel count "
+                        "cannot be read from the graph",
+                    )
+                pieces.append(np.arange(offset, offset + count))
+                offset += count
+        merged = flows[0]
+        for f in flows[1:]:
+            merged = replace(
+                merged, zero_broken=merged.zero_broken or f.zero_broken, dead=merged.dead or f.dead
+            )
+        self.flows[node] = replace(merged, src=np.concatenate(pieces))
+
+    def _flatten(self, node: fx.Node, flow: Flow, start: object, end: object) -> None:
+        if flow.layout == VECTOR and start in (1, -1) and end in (1, -1):
+            self.flows[node] = flow
+        elif flow.layout == SPATIAL and start == 1 and end in (-1, flow.ndim - 1):
+            self.flows[node] = replace(flow, layout=FLAT, ndim=2)
+        else:
+            raise self.fail(
+                node,
+                f"flattens a {flow.layout} tensor with start_dim={start}, end_dim={end}; "
+                "only flatten(start_dim=1) of a batched (N, C, ...) tensor is supported",
+            )
+
+    def _view(self, node: fx.Node, flow: Flow) -> None:
+        shape = node.args[1:]
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        if len(shape) == 2 and shape[1] == -1 and self._is_batch(shape[0]):
+            self._flatten(node, flow, 1, -1)
+        else:
+            raise self.fail(node, "reshapes a widened tensor other than to (batch, -1)")
+
+    def _is_batch(self, value: object) -> bool:
+        if isinstance(value, int):
+            return True
+        if not isinstance(value, fx.Node):
+            return False
+        if value.op == "call_method" and value.target == "size":
+            return _arg(value, 1, "dim", None) == 0
+        return (
+            value.op == "call_function"
+            and value.target is operator.getitem
+            and value.args[0] in self.shape_nodes
+            and value.args[1] == 0
+        )
+
+    def _reduce(self, node: fx.Node, flow: Flow) -> None:
+        dims = _arg(node, 1, "dim", None)
+        keep = bool(_arg(node, 2, "keepdim", False))
+        dims = (dims,) if isinstance(dims, int) else dims
+        if not isinstance(dims, (tuple, list)) or not all(isinstance(d, int) for d in dims):
+            raise self.fail(node, "reduces over the channel axis (or over every axis)")
+        if flow.layout == LAST:
+            if any(d >= 0 or d == -1 for d in dims):
+                raise self.fail(node, "reduces over axes the channels may occupy")
+            self.flows[node] = flow
+            return
+        rank = flow.ndim if flow.layout == SPATIAL else 2
+        axes = {d % rank for d in dims}
+        if any(a < 2 for a in axes):
+            raise self.fail(node, "reduces over the batch or channel axis")
+        ndim = rank if keep else rank - len(axes)
+        self.flows[node] = replace(flow, layout=SPATIAL if ndim > 2 else VECTOR, ndim=ndim)
+
+
+def plan_widening(model: nn.Module, producers: Sequence[str], src: np.ndarray) -> WidthPlan:
+    """Trace ``model`` and find every module the widening of ``producers`` (all with channel map
+    ``src``) touches. Raises MorphError when the graph cannot be updated exactly."""
+    gm = trace(model, "widen")
+    return _Walk(gm, producers, src).run()

@@ -1,0 +1,212 @@
+"""Depth morphing of a Conv/Linear layer inside a model (NetMorph §3.1–3.3, DESIGN.md §3).
+
+The layer G (padding p, stride s, dilation d, kernel K) becomes
+
+    F1 (K1, padding p + d·(K1 + K2 − 1 − K)/2, the parent's padding mode)
+    → [BatchNorm, identity in eval mode] → PActivation(a = 1) → F2 (K2, padding 0)
+
+with F2 ⊛ F1 = G~ solved by :func:`netmorph_core.morph.depth.morph_depth`. The stride goes to
+F2, or to F1 when F2 is 1×1 (cheaper, still exact); the dilation to both. All padding is applied
+before F1, so the zero ring of G~ only meets the outermost padded values: exact for every
+padding mode. b1 = 0 and b2 = b (b2 = b − Σ F2·b1 in general).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _validation as v
+from ..morph.depth import METHODS, morph_depth
+from .activation import make_activation
+from .report import MorphReport, Outcome, ParamSource, run_morph
+from .surgery import (
+    ConvGeometry,
+    find_layer,
+    identity_batch_norm,
+    make_layer,
+    replace_module,
+    to_numpy64,
+    to_tensor,
+)
+
+
+def check_method(method: object) -> str:
+    """``method`` must be "general" or "practical"."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def build_chain(
+    geo: ConvGeometry,
+    filters: Sequence[np.ndarray],
+    bias: torch.Tensor | None,
+    like: torch.Tensor,
+    *,
+    activation: object,
+    batch_norm: bool,
+) -> nn.Sequential:
+    """The layers F_0 … F_P of ``filters`` (data-flow order) in place of a layer of geometry
+    ``geo``: all padding on F_0, the stride on the last layer with a kernel > 1 (every layer
+    after it is pointwise, so subsampling commutes), dilation wherever a kernel is > 1; between
+    layers [identity BN] → PActivation(a = 1). The last layer gets ``bias``, the others a zero
+    bias when the parent has one. Weights take ``like``'s dtype and device.
+    """
+    n = len(filters)
+    kernels = [tuple(f.shape[2:]) for f in filters]
+    kt = tuple(sum(ks) - (n - 1) for ks in zip(*kernels))
+    j_stride = max((j for j, ks in enumerate(kernels) if any(k > 1 for k in ks)), default=0)
+    modules: list[nn.Module] = []
+    for j, f in enumerate(filters):
+        weight = to_tensor(f, like)
+        b = bias if j == n - 1 else None
+        if geo.has_bias and j < n - 1:
+            b = torch.zeros(f.shape[0], dtype=like.dtype, device=like.device)
+        if geo.ndim == 0:
+            modules.append(make_layer(weight, b))
+        else:
+            modules.append(
+                make_layer(
+                    weight,
+                    b,
+                    stride=geo.stride if j == j_stride else (1,) * geo.ndim,
+                    dilation=tuple(d if k > 1 else 1 for d, k in zip(geo.dilation, kernels[j])),
+                    pads=geo.grown_pads(kt) if j == 0 else ((0, 0),) * geo.ndim,
+                    padding_mode=geo.padding_mode if j == 0 else "zeros",
+                )
+            )
+        if j < n - 1:
+            if batch_norm:
+                modules.append(identity_batch_norm(f.shape[0], geo.ndim, like))
+            modules.append(make_activation(activation).to(device=like.device, dtype=like.dtype))
+    return nn.Sequential(*modules)
+
+
+def new_layer_sources(child: nn.Module, at: str, parent_has_bias: bool) -> dict[str, ParamSource]:
+    """Every parameter of the new module ``at`` is new; biases join the parent bias's optimizer
+    group (when it had one), everything else the parent weight's."""
+    sources = {}
+    for name, _ in child.get_submodule(at).named_parameters():
+        role = "bias" if name.endswith("bias") and parent_has_bias else "weight"
+        sources[f"{at}.{name}"] = ParamSource(None, f"{at}.{role}")
+    return sources
+
+
+def weight_counts(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> tuple[int, int]:
+    """(non-zero, total) entries of the weights of the ``kinds`` layers inside ``module``."""
+    weights = [m.weight for m in module.modules() if isinstance(m, kinds)]
+    return sum(int(torch.count_nonzero(w)) for w in weights), sum(w.numel() for w in weights)
+
+
+def check_flag(value: object, name: str) -> bool:
+    """``value`` must be a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def parse_kernel_sizes(
+    layer: nn.Module, kernel_size: object
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """(K1, K2) for ``layer``: default (K, 1); None for a Linear layer."""
+    if isinstance(layer, nn.Linear):
+        if kernel_size is not None:
+            raise ValueError(f"kernel_size must be None for a Linear layer, got {kernel_size!r}")
+        return None, None
+    ndim = len(layer.kernel_size)
+    if kernel_size is None:
+        return tuple(layer.kernel_size), (1,) * ndim
+    if not isinstance(kernel_size, Sequence) or len(kernel_size) != 2:
+        raise TypeError(f"kernel_size must be a pair (k1, k2), got {kernel_size!r}")
+    k1 = v.kernel_tuple(kernel_size[0], ndim, "kernel_size[0]")
+    k2 = v.kernel_tuple(kernel_size[1], ndim, "kernel_size[1]")
+    v.effective_size(tuple(layer.kernel_size), k1, k2, "kernel_size")
+    return k1, k2
+
+
+def replace_with_chain(
+    child: nn.Module,
+    at: str,
+    solve: Callable[[np.ndarray], tuple[Sequence[np.ndarray], float, bool, int]],
+    *,
+    activation: object,
+    batch_norm: bool,
+) -> Outcome:
+    """Solve the filters of layer ``at`` of ``child`` with ``solve`` (G float64 → filters,
+    residual, exact, iterations) and put the chain in its place."""
+    layer = child.get_submodule(at)
+    geo = ConvGeometry.of(layer)
+    filters, residual, exact, iterations = solve(to_numpy64(layer.weight))
+    chain = build_chain(
+        geo,
+        filters,
+        None if layer.bias is None else layer.bias.detach().clone(),
+        layer.weight,
+        activation=activation,
+        batch_norm=batch_norm,
+    )
+    replace_module(child, at, chain)
+    nonzero, total = weight_counts(chain, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    notes = []
+    if batch_norm:
+        notes.append(
+            "the new BatchNorm is the identity in eval mode only; in train mode it normalises "
+            "with batch statistics"
+        )
+    return Outcome(
+        new_nonzero=nonzero,
+        new_total=total,
+        residual=residual,
+        exact=exact,
+        iterations=iterations,
+        sources=new_layer_sources(child, at, geo.has_bias),
+        notes=notes,
+    )
+
+
+def deepen(
+    model: nn.Module,
+    at: str,
+    *,
+    width: int | None = None,
+    kernel_size: tuple[object, object] | None = None,
+    activation: object = "prelu",
+    method: str = "general",
+    batch_norm: bool = False,
+    probe: object = None,
+    input_shape: Sequence[int] | None = None,
+    tol: float | None = None,
+    seed: int | np.random.Generator | None = None,
+) -> tuple[nn.Module, MorphReport]:
+    """Replace the Conv1d/2d/3d or Linear layer ``at`` by F1 → [BN] → PActivation → F2.
+
+    ``width``: F1's output channels (default: the layer's output channels); ``kernel_size``:
+    (K1, K2), each an int or a tuple per spatial dimension (default (K, 1); None for Linear),
+    K1 + K2 − 1 − K even and ≥ 0. ``activation``: "prelu" (PActivation over relu) or any base
+    :class:`PActivation` accepts. ``method``: "general" or "practical" (paper Algorithms 1, 2).
+    ``batch_norm``: insert a BatchNorm that is the identity in eval mode. ``seed``: the
+    solver's random start. ``probe`` (a tensor or tuple of model inputs) or ``input_shape``
+    gives the inputs the report measures on (else inferred, see :mod:`.report`); ``tol``
+    raises ValueError when the float64 relative deviation exceeds it. Returns
+    (child, report); ``model`` is not modified (also on error).
+    """
+    layer = find_layer(model, at)
+    out_channels = layer.weight.shape[0]
+    width = out_channels if width is None else v.positive_int(width, "width")
+    k1, k2 = parse_kernel_sizes(layer, kernel_size)
+    make_activation(activation)
+    check_method(method)
+    check_flag(batch_norm, "batch_norm")
+
+    def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
+        res = morph_depth(g, width, k1, k2, method=method, seed=seed)
+        return res.filters, res.residual, res.exact, res.iterations
+
+    def build(child: nn.Module) -> Outcome:
+        return replace_with_chain(child, at, solve, activation=activation, batch_norm=batch_norm)
+
+    return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)

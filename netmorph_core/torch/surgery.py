@@ -1,0 +1,198 @@
+"""Finding, reading and replacing the layers of an ``nn.Module`` by qualified name.
+
+A convolution's geometry is read into :class:`ConvGeometry` with its padding resolved to an
+explicit (left, right) pair per spatial dimension ("same" and "valid" included), so that the
+morphs can grow it exactly (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LAYER_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
+_PAD_MODULES = {
+    "zeros": (None, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d),
+    "reflect": (None, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d),
+    "replicate": (None, nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d),
+    "circular": (None, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d),
+}
+_BATCH_NORMS = (None, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def check_model(model: object) -> nn.Module:
+    """``model`` must be an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def find_module(model: nn.Module, at: object, name: str = "at") -> nn.Module:
+    """The submodule with qualified name ``at`` ("features.3", "layer2.0.conv1")."""
+    check_model(model)
+    if not isinstance(at, str):
+        raise TypeError(f"{name} must be a qualified module name (str), got {at!r}")
+    modules = dict(model.named_modules())
+    if at == "" or at not in modules:
+        layers = [n for n, m in modules.items() if isinstance(m, LAYER_TYPES)]
+        shown = ", ".join(repr(n) for n in layers[:8]) + (", ..." if len(layers) > 8 else "")
+        raise ValueError(
+            f"{name}={at!r} names no submodule of {type(model).__name__}; "
+            f"its conv/linear layers are: {shown or 'none'}"
+        )
+    return modules[at]
+
+
+def find_layer(
+    model: nn.Module, at: object, kinds: tuple[type[nn.Module], ...] = LAYER_TYPES, name: str = "at"
+) -> nn.Module:
+    """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module."""
+    layer = find_module(model, at, name)
+    if not isinstance(layer, kinds):
+        expected = "/".join(k.__name__ for k in kinds)
+        raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
+    if isinstance(layer, CONV_TYPES) and layer.groups != 1:
+        raise ValueError(
+            f"{name}={at!r} is a grouped convolution (groups={layer.groups}); only groups=1 "
+            "layers can be morphed"
+        )
+    if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+        raise ValueError(f"{name}={at!r} has uninitialized (lazy) parameters; run a forward first")
+    return layer
+
+
+def replace_module(model: nn.Module, at: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule ``at`` (its parent is found by the name's prefix),
+    in the train/eval mode of the module it replaces."""
+    parent_name, _, attr = at.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    new.train(getattr(parent, attr).training)
+    setattr(parent, attr, new)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """How a layer maps its input: ``ndim`` spatial dims (0 for Linear), kernel, stride,
+    dilation, explicit (left, right) padding per dimension and the padding mode."""
+
+    ndim: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+    padding_mode: str
+    has_bias: bool
+
+    @staticmethod
+    def of(layer: nn.Module) -> ConvGeometry:
+        """The geometry of a Conv1d/2d/3d or Linear ``layer``."""
+        has_bias = layer.bias is not None
+        if isinstance(layer, nn.Linear):
+            return ConvGeometry(0, (), (), (), (), "zeros", has_bias)
+        kernel = tuple(layer.kernel_size)
+        dilation = tuple(layer.dilation)
+        if layer.padding == "valid":
+            pads = tuple((0, 0) for _ in kernel)
+        elif layer.padding == "same":
+            pads = tuple(
+                (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)
+            )
+        else:
+            pads = tuple((p, p) for p in layer.padding)
+        return ConvGeometry(
+            len(kernel), kernel, tuple(layer.stride), dilation, pads, layer.padding_mode, has_bias
+        )
+
+    def grown_pads(self, kernel: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """Padding for an effective kernel ``kernel`` ≥ K: each side grows by d·(K̃ − K)/2."""
+        return tuple(
+            (lo + d * (kt - k) // 2, hi + d * (kt - k) // 2)
+            for (lo, hi), d, kt, k in zip(self.pads, self.dilation, kernel, self.kernel)
+        )
+
+
+def make_layer(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    stride: tuple[int, ...] = (),
+    dilation: tuple[int, ...] = (),
+    pads: tuple[tuple[int, int], ...] = (),
+    padding_mode: str = "zeros",
+) -> nn.Module:
+    """A Linear (2-D ``weight``) or Conv{1,2,3}d layer holding ``weight`` and ``bias``.
+
+    Symmetric ``pads`` go to the conv itself (with ``padding_mode``); asymmetric ones to an
+    explicit padding module of that mode in front of an unpadded conv.
+    """
+    ndim = weight.dim() - 2
+    c_out, c_in = weight.shape[:2]
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    if ndim == 0:
+        layer: nn.Module = nn.Linear(c_in, c_out, bias=bias is not None, **factory)
+    else:
+        symmetric = all(lo == hi for lo, hi in pads)
+        layer = CONV_TYPES[ndim - 1](
+            c_in,
+            c_out,
+            tuple(weight.shape[2:]),
+            stride=stride,
+            padding=tuple(lo for lo, _ in pads) if symmetric else 0,
+            dilation=dilation,
+            bias=bias is not None,
+            padding_mode=padding_mode if symmetric else "zeros",
+            **factory,
+        )
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    if ndim == 0 or all(lo == hi for lo, hi in pads):
+        return layer
+    flat = tuple(v for lo, hi in reversed(pads) for v in (lo, hi))  # last dimension first
+    pad_cls = _PAD_MODULES[padding_mode][ndim]
+    pad = pad_cls(flat, 0.0) if padding_mode == "zeros" else pad_cls(flat)
+    return nn.Sequential(pad, layer)
+
+
+def identity_batch_norm(channels: int, ndim: int, like: torch.Tensor) -> nn.Module:
+    """A fresh BatchNorm (1d for Linear) that is the identity in eval mode.
+
+    Running stats are mean 0, var 1, so gamma = sqrt(var + eps) and beta = mean = 0 give
+    (x − 0)/sqrt(1 + eps)·sqrt(1 + eps) + 0 = x. In train mode it uses batch statistics.
+    """
+    bn = _BATCH_NORMS[max(ndim, 1)](channels, device=like.device, dtype=like.dtype)
+    with torch.no_grad():
+        bn.weight.copy_(torch.sqrt(bn.running_var + bn.eps))
+        bn.bias.copy_(bn.running_mean)
+    return bn
+
+
+def to_numpy64(t: torch.Tensor) -> np.ndarray:
+    """A float64 NumPy copy of a tensor on any device and floating dtype."""
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+
+
+def to_tensor(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``a`` as a tensor with ``like``'s dtype and device (rounded to that dtype)."""
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device=like.device, dtype=like.dtype)
+
+
+def gather(
+    t: torch.Tensor, index: np.ndarray, axis: int, fill: torch.Tensor | float
+) -> torch.Tensor:
+    """``t`` re-indexed along ``axis``: entry j is ``t[index[j]]``, or ``fill`` where
+    index[j] = −1 (a scalar, or a tensor holding the new entries in order). A new tensor."""
+    picked = t.detach().index_select(axis, torch.as_tensor(np.maximum(index, 0), device=t.device))
+    new = (slice(None),) * axis + (torch.as_tensor(index < 0, device=t.device),)
+    picked[new] = fill
+    return picked
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())

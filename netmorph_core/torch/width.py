@@ -1,0 +1,248 @@
+"""Width morphing of Conv/Linear layers inside a model (NetMorph §3.4.1, DESIGN.md §3).
+
+The layers ``at`` get C̃ − C new output channels; every module the widened tensor reaches is
+found with torch.fx (:mod:`.consumers`) and updated: BatchNorm and per-channel PReLU get the
+new channels, consumers (Conv, Linear, flatten → Linear column blocks) get new input columns.
+New producer rows N1 and new consumer columns N2 satisfy N2 ⊛ N1 = 0:
+
+- "inner": N1 (and the new bias entries) are zero, N2 random. Exact only when a zero channel
+  stays zero on the way to every consumer (BatchNorm's new channels keep it: running mean 0,
+  var 1, weight 1, bias 0; the activation needs φ(0) = 0).
+- "outer": N2 is zero, N1 random (and the new bias entries): exact for any activation.
+- "auto": "inner" when it is exact, gradient passes a zero pre-activation on the way (not so
+  for ReLU, whose zeroed units would never train) and it zeroes fewer parameters than "outer"
+  (the paper's rule); otherwise "outer".
+
+Random entries are Gaussian with the std of the existing weights of that layer. The C̃
+channels are then permuted randomly (the same permutation for every producer), which changes
+nothing downstream. BatchNorm is per channel, so the morph is also exact in train mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _validation as v
+from ..morph.width import as_generator, noise_scale
+from .consumers import FLAT, Use, WidthPlan, plan_widening
+from .errors import MorphError
+from .report import MorphReport, Outcome, ParamSource, run_morph
+from .surgery import find_layer, gather, to_numpy64, to_tensor
+
+ZERO_SIDES = ("auto", "inner", "outer")
+
+
+def _names(at: object) -> tuple[str, ...]:
+    names = (at,) if isinstance(at, str) else at
+    if not isinstance(names, Sequence) or not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"at must be a module name or a non-empty list of names, got {at!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"at names a module more than once: {list(names)}")
+    return tuple(names)
+
+
+def _column_index(use: Use, in_features: int) -> np.ndarray:
+    """Child input column → parent input column (−1: new) of a consumer."""
+    src = use.flow.src
+    if use.kind != "linear" or use.flow.layout != FLAT:
+        return src
+    block = in_features // use.flow.parent_channels
+    cols = np.where(src[:, None] >= 0, src[:, None] * block + np.arange(block), -1)
+    return cols.reshape(-1)
+
+
+def _noise(
+    rng: np.random.Generator, shape: tuple[int, ...], like: torch.Tensor, scale: float
+) -> torch.Tensor:
+    return to_tensor(rng.normal(0.0, scale, shape), like)
+
+
+def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
+
+
+def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) -> tuple[str, str]:
+    """The side to zero and why."""
+    broken = plan.zero_broken()
+    if zero_side == "inner" and broken:
+        raise ValueError(
+            f"zero_side='inner' is not exact here: {broken} maps a zero channel to a non-zero "
+            "value on the way to a consumer; use zero_side='outer' or 'auto'"
+        )
+    if zero_side != "auto":
+        dead = plan.dead() if zero_side == "inner" else None
+        return zero_side, "requested" + (
+            f"; {dead} has zero gradient at 0, so the zeroed new rows will not train"
+            if dead
+            else ""
+        )
+    if broken:
+        return "outer", f"{broken} does not keep zero channels at zero"
+    dead = plan.dead()
+    if dead:
+        return "outer", f"{dead} has zero gradient at 0, zeroed new rows would never train"
+    inner = outer = 0
+    for name in plan.producers:
+        layer = model.get_submodule(name)
+        inner += extra * (math.prod(layer.weight.shape[1:]) + (layer.bias is not None))
+    for use in plan.consumers:
+        w = model.get_submodule(use.name).weight
+        block = w.shape[1] // use.flow.parent_channels
+        outer += extra * block * w.shape[0] * math.prod(w.shape[2:])
+    if inner < outer:
+        return "inner", f"zeroes fewer parameters ({inner} < {outer})"
+    return "outer", f"zeroes no more parameters ({outer} <= {inner})"
+
+
+def _check_untied(model: nn.Module, plan: WidthPlan) -> None:
+    """The parameters widen replaces must not be shared with other modules."""
+    touched = {*plan.producers, *(use.name for use in plan.uses)}
+    owners: dict[int, set[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), set()).add(name.rpartition(".")[0])
+    for names in owners.values():
+        if len(names) > 1 and names & touched:
+            raise MorphError(
+                f"widening {list(plan.producers)}: a parameter is shared by modules "
+                f"{sorted(names)}; widening would untie it"
+            )
+
+
+def _apply(
+    child: nn.Module, plan: WidthPlan, src: np.ndarray, side: str, rng: np.random.Generator
+) -> Outcome:
+    """Widen the producers and update every use in ``child`` in place."""
+    sources: dict[str, ParamSource] = {}
+    nonzero = total = 0
+    new = src < 0
+    for name in plan.producers:
+        layer = child.get_submodule(name)
+        w = layer.weight
+        rows = torch.zeros((int(new.sum()), *w.shape[1:]), dtype=w.dtype, device=w.device)
+        if side == "outer":
+            rows = _noise(rng, tuple(rows.shape), w, noise_scale(to_numpy64(w)))
+        nonzero += int(torch.count_nonzero(rows))
+        total += rows.numel()
+        _set_param(layer, "weight", gather(w, src, 0, rows))
+        sources[f"{name}.weight"] = ParamSource(
+            f"{name}.weight", f"{name}.weight", (src,) + (None,) * (w.dim() - 1)
+        )
+        if layer.bias is not None:
+            b = layer.bias
+            fill = torch.zeros(int(new.sum()), dtype=b.dtype, device=b.device)
+            if side == "outer":
+                fill = _noise(rng, tuple(fill.shape), b, noise_scale(to_numpy64(b)))
+            _set_param(layer, "bias", gather(b, src, 0, fill))
+            sources[f"{name}.bias"] = ParamSource(f"{name}.bias", f"{name}.bias", (src,))
+        if isinstance(layer, nn.Linear):
+            layer.out_features = src.size
+        else:
+            layer.out_channels = src.size
+    for use in plan.uses:
+        m = child.get_submodule(use.name)
+        s = use.flow.src
+        if use.kind == "batch_norm":
+            for attr, fill in (("weight", 1.0), ("bias", 0.0)):
+                if getattr(m, attr) is not None:
+                    _set_param(m, attr, gather(getattr(m, attr), s, 0, fill))
+                    sources[f"{use.name}.{attr}"] = ParamSource(
+                        f"{use.name}.{attr}", f"{use.name}.{attr}", (s,)
+                    )
+            if m.running_mean is not None:
+                m.running_mean = gather(m.running_mean, s, 0, 0.0)
+                m.running_var = gather(m.running_var, s, 0, 1.0)
+            m.num_features = s.size
+        elif use.kind == "prelu":
+            _set_param(m, "weight", gather(m.weight, s, 0, float(m.weight.detach().mean())))
+            sources[f"{use.name}.weight"] = ParamSource(
+                f"{use.name}.weight", f"{use.name}.weight", (s,)
+            )
+            m.num_parameters = s.size
+        else:
+            w = m.weight
+            cols = _column_index(use, w.shape[1])
+            shape = (w.shape[0], int((cols < 0).sum()), *w.shape[2:])
+            fill = torch.zeros(shape, dtype=w.dtype, device=w.device)
+            if side == "inner":
+                fill = _noise(rng, shape, w, noise_scale(to_numpy64(w)))
+            nonzero += int(torch.count_nonzero(fill))
+            total += fill.numel()
+            _set_param(m, "weight", gather(w, cols, 1, fill))
+            sources[f"{use.name}.weight"] = ParamSource(
+                f"{use.name}.weight", f"{use.name}.weight", (None, cols) + (None,) * (w.dim() - 2)
+            )
+            if use.kind == "linear":
+                m.in_features = cols.size
+            else:
+                m.in_channels = cols.size
+    return Outcome(new_nonzero=nonzero, new_total=total, sources=sources)
+
+
+def widen(
+    model: nn.Module,
+    at: str | Sequence[str],
+    width: int,
+    *,
+    zero_side: str = "auto",
+    seed: int | np.random.Generator | None = None,
+    probe: object = None,
+    input_shape: Sequence[int] | None = None,
+    tol: float | None = None,
+) -> tuple[nn.Module, MorphReport]:
+    """Widen the outputs of the Conv/Linear layer ``at`` to ``width`` channels.
+
+    ``at`` may list several layers whose outputs meet in a residual add: they are widened
+    together (same width, same permutation); a widened tensor added to one that is not widened
+    raises :class:`MorphError` naming the partner. ``zero_side``: "auto", "inner" or "outer"
+    (module docstring); ``seed``: the permutation and the random entries. ``probe``/
+    ``input_shape``/``tol`` as in :func:`deepen` (no single-layer fallback: without a model
+    input the deviation is not measured). Needs a model torch.fx can trace (MorphError
+    otherwise). Returns (child, report); ``model`` is not modified.
+    """
+    names = _names(at)
+    layers = [find_layer(model, n) for n in names]
+    counts = {n: layer.weight.shape[0] for n, layer in zip(names, layers)}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"layers widened together must have the same output channels: {counts}")
+    channels = layers[0].weight.shape[0]
+    width = v.positive_int(width, "width")
+    if width <= channels:
+        raise ValueError(
+            f"width must exceed the current {channels} output channels of {list(names)}, "
+            f"got {width}"
+        )
+    if zero_side not in ZERO_SIDES:
+        raise ValueError(f"zero_side must be one of {ZERO_SIDES}, got {zero_side!r}")
+    rng = as_generator(seed)
+    permutation = rng.permutation(width)
+    src = np.where(permutation < channels, permutation, -1)
+    plan = plan_widening(model, names, src)
+    _check_untied(model, plan)
+    side, why = _choose_side(zero_side, plan, model, width - channels)
+
+    def build(child: nn.Module) -> Outcome:
+        outcome = _apply(child, plan, src, side, rng)
+        outcome.notes.append(f"zero_side={side!r}: {why}")
+        if any(use.kind == "batch_norm" for use in plan.uses):
+            outcome.notes.append(
+                "new BatchNorm channels: running mean 0, var 1, weight 1, bias 0; BatchNorm is "
+                "per channel, so train mode is exact too"
+            )
+        return outcome
+
+    return run_morph(
+        "widen",
+        model,
+        names,
+        build,
+        probe=probe,
+        input_shape=input_shape,
+        tol=tol,
+        layer_scope=False,
+    )
