@@ -12,18 +12,23 @@ Aᵀ·Y (``correlate_outer``); the dense factorisation runs on the backend's dev
 X0 is ``init`` (zero when None), so X is the least-squares solution nearest to ``init``
 (minimum norm without one), as ``netmorph_core.reference.solve_nearest``.
 
-Precision: every kernel and the factorisation run in float64 whatever the input dtype (the
-normal equations square the condition number; a float32 Gram loses cond(A)²·2⁻²³). The
-answer is returned in the inputs' dtype.
+Precision: the kernels and the factorisation run in float64 whatever the input dtype. The
+normal equations square the condition number, so a float32 Gram would lose κ(A)²·2⁻²⁴, and
+the float64 Gram costs far less than its factorisation; the answer is returned in the
+inputs' dtype.
 
 Factorisation: Cholesky, with the condition number κ of the Gram estimated by a few power
-and inverse iterations (O(n²) each). κ·ε ≥ 1/n (ε the float64 epsilon, n the Gram's order),
-or a failed Cholesky, means the Gram is numerically singular (``numpy.linalg.matrix_rank``'s
-tolerance on it): the solve then uses its eigenvalue pseudo-inverse, eigenvalues
+and inverse iterations (O(n²) each, n the Gram's order). A failed Cholesky or κ ≥ 1/(n·ε)
+(ε the float64 epsilon: ``numpy.linalg.matrix_rank``'s tolerance on the Gram) means the Gram
+is numerically singular; the solve then uses its eigenvalue pseudo-inverse with eigenvalues
 ≤ n·ε·λ_max taken as zero, which gives the minimum-norm least-squares correction as
-``numpy.linalg.lstsq`` does. Whenever κ·ε exceeds the accuracy wanted for the output dtype,
-the solution is refined iteratively: X ← X + D with D solved for the residual B − A·X
-computed through A (corrected semi-normal equations), until D is below that accuracy.
+``numpy.linalg.lstsq`` does, singular values of A below √(n·ε)·σ_max counting as zero
+(``lstsq`` resolves down to max(rows, cols)·ε·σ_max; through the Gram nothing below
+√ε can be resolved). Iterative refinement: whenever κ·ε exceeds the accuracy wanted for the
+output dtype (2⁻²⁶ for float32, 2⁻⁴³ for float64), X ← X + D is repeated with D solved for
+the residual B − A·X computed through A (corrected semi-normal equations), until D is below
+that accuracy; this recovers the accuracy of an orthogonal factorisation for κ(A) up to
+about 1/√ε.
 
 The side "inner", G~ = X ⊛ F1, is solved as G~ᵀ = F1ᵀ ⊛ Xᵀ (ᵀ swaps the channel axes).
 """
@@ -47,8 +52,9 @@ _EPS = float(np.finfo(np.float64).eps)
 _TARGET = {np.dtype(np.float32): 2.0**-26, np.dtype(np.float64): 2.0**-43}
 #: The first solve plus at most this many refinement steps.
 _MAX_REFINEMENTS = 4
-#: Power / inverse iterations of the condition estimate.
-_ESTIMATE_STEPS = 5
+#: Block power / inverse iterations of the condition estimate: steps and block width.
+_ESTIMATE_STEPS = 3
+_ESTIMATE_BLOCK = 4
 
 
 @dataclass(frozen=True)
@@ -62,16 +68,18 @@ class _Linalg:
 
 
 def _cpu_linalg() -> _Linalg:
-    import scipy.linalg
+    from scipy.linalg import lapack
 
-    def cholesky(m: np.ndarray) -> tuple[np.ndarray, bool] | None:
-        try:
-            return scipy.linalg.cho_factor(m, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            return None
+    def cholesky(m: np.ndarray) -> np.ndarray | None:
+        # The Gram is symmetric: its transpose is the same matrix in Fortran order.
+        low, info = lapack.dpotrf(m.T, lower=1, clean=1)
+        return low if info == 0 else None
 
-    def cho_solve(c: tuple[np.ndarray, bool], b: np.ndarray) -> np.ndarray:
-        return scipy.linalg.cho_solve(c, b, check_finite=False)
+    def cho_solve(low: np.ndarray, b: np.ndarray) -> np.ndarray:
+        x, info = lapack.dpotrs(low, b, lower=1)
+        if info != 0:
+            raise RuntimeError(f"LAPACK dpotrs failed with info={info}")
+        return x
 
     return _Linalg(np, cholesky, cho_solve, np.linalg.eigh)
 
@@ -95,9 +103,11 @@ def _cuda_linalg() -> _Linalg:
     return _Linalg(cupy, cholesky, cho_solve, cupy.linalg.eigh)
 
 
-def _linalg_for(impl: ModuleType) -> _Linalg:
+def _linalg_for(impl: ModuleType, data: Any) -> _Linalg:
+    """The backend's device decides; NumPy data on a "cuda" backend (Numba's CUDA simulator)
+    stays on the CPU."""
     device = getattr(impl, "DEVICE", None)
-    if device == "cpu":
+    if device == "cpu" or (device == "cuda" and isinstance(data, np.ndarray)):
         return _cpu_linalg()
     if device == "cuda":
         return _cuda_linalg()
@@ -113,17 +123,18 @@ class _Inverse:
 
 
 def _estimate_cond(la: _Linalg, gram: Any, solve: Callable[[Any], Any]) -> float:
-    """κ(Gram) ≈ λ_max / λ_min from power iterations on Gram and on Gram⁻¹ (a lower bound)."""
+    """κ(Gram) ≈ λ_max / λ_min: the largest Rayleigh quotients of block power iterations on
+    Gram and on Gram⁻¹ (a lower bound; a block of a few vectors costs about one vector's pass
+    over the matrix)."""
     xp = la.xp
-    start = np.random.default_rng(0).standard_normal((gram.shape[0], 1))
-    u = w = xp.asarray(start / np.linalg.norm(start))
+    start = np.random.default_rng(0).standard_normal((gram.shape[0], _ESTIMATE_BLOCK))
+    u = w = xp.asarray(start / np.linalg.norm(start, axis=0))
     for _ in range(_ESTIMATE_STEPS):
-        u = gram @ u
-        u /= xp.linalg.norm(u)
-        w = solve(w)
-        w /= xp.linalg.norm(w)
-    lam_max = float((u * (gram @ u)).sum())
-    inv_max = float((w * solve(w)).sum())
+        gu, sw = gram @ u, solve(w)
+        lam_max = float((u * gu).sum(axis=0).max())
+        inv_max = float((w * sw).sum(axis=0).max())
+        u = gu / xp.linalg.norm(gu, axis=0)
+        w = sw / xp.linalg.norm(sw, axis=0)
     cond = lam_max * inv_max
     return cond if math.isfinite(cond) and cond > 0 else math.inf
 
@@ -185,18 +196,18 @@ def _solve_outer(
     kt = g.shape[2:]
     overdetermined = c2 * math.prod(kt) >= c1 * math.prod(k1)
     if overdetermined:
-        inverse = _invert(la, impl.gram_outer(f2, k1))
+        inverse = _invert(la, xp.asarray(impl.gram_outer(f2, k1)))
 
         def step(r: Any) -> Any:
-            rhs = _as_columns(xp, impl.correlate_outer(f2, r, k1))
+            rhs = _as_columns(xp, xp.asarray(impl.correlate_outer(f2, r, k1)))
             return _from_columns(xp, inverse.solve(rhs), (c1, *k1))
 
     else:
-        inverse = _invert(la, impl.gram_outer_rows(f2, k1))
+        inverse = _invert(la, xp.asarray(impl.gram_outer_rows(f2, k1)))
 
         def step(r: Any) -> Any:
             y = _from_columns(xp, inverse.solve(_as_columns(xp, r)), (c2, *kt))
-            return impl.correlate_outer(f2, y, k1)
+            return xp.asarray(impl.correlate_outer(f2, y, k1))
 
     refine = inverse.cond * _EPS > target
     if x0 is None:
@@ -204,7 +215,7 @@ def _solve_outer(
         r = g
     else:
         x = x0.copy()
-        r = g - impl.compose(f2, x)
+        r = g - xp.asarray(impl.compose(f2, x))
     previous = math.inf
     for _ in range(1 + _MAX_REFINEMENTS):
         d = step(r)
@@ -215,7 +226,7 @@ def _solve_outer(
         if not refine or size <= target * float(xp.linalg.norm(x)):
             break
         previous = size
-        r = g - impl.compose(f2, x)
+        r = g - xp.asarray(impl.compose(f2, x))
     return x
 
 
@@ -280,7 +291,7 @@ def solve_deconv(
             raise ValueError(f"init must have shape {x_shape}, got {tuple(init.shape)}")
     if np.dtype(np.float64) not in impl.DTYPES:
         raise TypeError(f"backend {impl.__name__} must support float64 for the solver's kernels")
-    la = _linalg_for(impl)
+    la = _linalg_for(impl, g_tilde)
     xp = la.xp
     out_dtype = np.result_type(g_tilde.dtype, factor.dtype)
     g64 = xp.asarray(g_tilde, dtype=np.float64)

@@ -2,8 +2,10 @@
 
 Each backend is a module exposing ``DEVICE`` ("cpu" or "cuda"), ``DTYPES`` (the NumPy dtypes
 it supports), ``load()`` (raises ``ImportError``/``RuntimeError`` with the reason when the
-backend cannot run here) and the kernels: ``compose(F2, F1)`` and
-``deconv(G~, factor, side, kernel_size, init)``.
+backend cannot run here) and the kernels the shared solver (:mod:`netmorph_core.solver`) is built
+on: ``compose(F2, F1)``, ``correlate_outer(F2, Y, k1)`` (Aᵀ·Y for A: X ↦ F2 ⊛ X),
+``gram_outer(F2, k1)`` (AᵀA, the spatial autocorrelation of F2) and ``gram_outer_rows(F2, k1)``
+(A·Aᵀ).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 _MODULES = {
     "numpy": "netmorph_core.backends.numpy_backend",
     "native": "netmorph_core.backends.native",
+    "numba": "netmorph_core.backends.numba_cpu",
 }
 #: The order ``backend="auto"`` tries, fastest first, per device.
-AUTO_ORDER = {"cpu": ("native", "numpy")}
+AUTO_ORDER = {"cpu": ("native", "numba", "numpy")}
 
 _loaded: dict[str, ModuleType] = {}
 _failures: dict[str, str] = {}
