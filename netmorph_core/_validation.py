@@ -10,21 +10,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._arrays import namespace
+
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_SPATIAL_DIMS = 3
 
 
-def as_filter(x: object, name: str, *, allow_torch: bool = False) -> np.ndarray:
-    """Return ``x`` as a real floating NumPy array of shape (C_out, C_in, *kernel).
+def as_filter(x: object, name: str) -> np.ndarray:
+    """Return ``x`` as a real floating array (NumPy or CuPy) of shape (C_out, C_in, *kernel).
 
     A linear layer's (C_out, C_in) matrix is a filter with no spatial dimension.
     """
-    if isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
         arr = x
     elif isinstance(x, (list, tuple)):
         arr = np.asarray(x)
     else:
-        raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
+        raise TypeError(
+            f"{name} must be a NumPy array, a CuPy array or a torch tensor, got {type(x).__name__}"
+        )
     if arr.dtype.kind == "c":
         raise TypeError(f"{name} must be real floating point, got complex dtype {arr.dtype}")
     if arr.dtype not in SUPPORTED_DTYPES:
@@ -36,7 +40,7 @@ def as_filter(x: object, name: str, *, allow_torch: bool = False) -> np.ndarray:
         )
     if 0 in arr.shape:
         raise ValueError(f"{name} must not have an empty dimension, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
+    if not bool(namespace(arr).isfinite(arr).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return arr
 

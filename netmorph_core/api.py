@@ -1,7 +1,9 @@
 """The thin public API of the numerical core: ⊛, deconvolution and the residual.
 
 Inputs are validated here (typed errors before any kernel runs); the work is done by the
-backend chosen with ``backend=`` (see :mod:`netmorph_core.backends`).
+backend chosen with ``backend=`` (see :mod:`netmorph_core.backends`). NumPy arrays run on the
+CPU backends, CuPy arrays on the CUDA backends; torch tensors are viewed without copies (CPU
+tensors as NumPy, CUDA tensors as CuPy through DLPack) and results come back as tensors.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _validation as v
+from ._arrays import namespace, to_host, unify
 from .backends import select_backend
 from .reference import pad_centered, relative_residual_ref
 from .solver import solve_deconv
@@ -22,13 +25,14 @@ def compose(f2: np.ndarray, f1: np.ndarray, *, backend: str = "auto") -> np.ndar
     F2 (C2, C1, *K2), F1 (C1, C0, *K1) -> G (C2, C0, *(K1 + K2 - 1)), with
     G[o, i] = Σ_m full_convolution(F2[o, m], F1[m, i]). 2-D inputs are linear layers.
     """
-    f2 = v.as_filter(f2, "F2")
-    f1 = v.as_filter(f1, "F1")
+    arrays, restore = unify({"F2": f2, "F1": f1})
+    f2 = v.as_filter(arrays["F2"], "F2")
+    f1 = v.as_filter(arrays["F1"], "F1")
     v.same_spatial_rank(f2, "F2", f1, "F1")
     v.chain_channels(f2, "F2", f1, "F1")
     dtype = v.result_dtype(f2, f1)
     impl = select_backend(backend, dtype, f2, f1)
-    return impl.compose(f2.astype(dtype, copy=False), f1.astype(dtype, copy=False))
+    return restore(impl.compose(f2.astype(dtype, copy=False), f1.astype(dtype, copy=False)))
 
 
 def deconv(
@@ -49,9 +53,11 @@ def deconv(
     """
     if (outer is None) == (inner is None):
         raise ValueError("deconv takes exactly one of outer= or inner=")
-    g = v.as_filter(g, "G")
     side = "outer" if outer is not None else "inner"
-    factor = v.as_filter(outer if outer is not None else inner, side)
+    arrays, restore = unify({"G": g, side: outer if outer is not None else inner, "init": init})
+    g = v.as_filter(arrays["G"], "G")
+    factor = v.as_filter(arrays[side], side)
+    init = arrays["init"]
     v.same_spatial_rank(g, "G", factor, side)
     ndim = g.ndim - 2
     k = v.kernel_tuple(kernel_size, ndim, "kernel_size")
@@ -76,16 +82,17 @@ def deconv(
             raise ValueError(f"init must have shape {x_shape}, got {init.shape}")
     dtype = v.result_dtype(g, factor)
     impl = select_backend(backend, dtype, g, factor)
-    g_tilde = pad_centered(g, kt)
+    xp = namespace(g)
+    pads = [(0, 0), (0, 0), *(((t - s) // 2,) * 2 for s, t in zip(g.shape[2:], kt))]
+    g_tilde = xp.pad(g, pads)
     x = solve_deconv(impl, g_tilde, factor, side, k, init)
-    return np.asarray(x).astype(dtype, copy=False)
+    return restore(xp.asarray(x).astype(dtype, copy=False))
 
 
 def residual(g: np.ndarray, f2: np.ndarray, f1: np.ndarray) -> float:
     """Relative residual ‖F2 ⊛ F1 − G~‖ / ‖G~‖ (float64), G~ = G padded to K1 + K2 - 1."""
-    g = v.as_filter(g, "G")
-    f2 = v.as_filter(f2, "F2")
-    f1 = v.as_filter(f1, "F1")
+    arrays, _ = unify({"G": g, "F2": f2, "F1": f1})
+    g, f2, f1 = (to_host(v.as_filter(arrays[k], k)) for k in ("G", "F2", "F1"))
     v.same_spatial_rank(f2, "F2", f1, "F1")
     v.same_spatial_rank(g, "G", f1, "F1")
     v.chain_channels(f2, "F2", f1, "F1")

@@ -20,9 +20,11 @@ _MODULES = {
     "numpy": "netmorph_core.backends.numpy_backend",
     "native": "netmorph_core.backends.native",
     "numba": "netmorph_core.backends.numba_cpu",
+    "cupy": "netmorph_core.backends.cupy_backend",
+    "numba_cuda": "netmorph_core.backends.numba_cuda",
 }
 #: The order ``backend="auto"`` tries, fastest first, per device.
-AUTO_ORDER = {"cpu": ("native", "numba", "numpy")}
+AUTO_ORDER = {"cpu": ("native", "numba", "numpy"), "cuda": ("cupy", "numba_cuda")}
 
 _loaded: dict[str, ModuleType] = {}
 _failures: dict[str, str] = {}
