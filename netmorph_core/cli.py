@@ -1,4 +1,4 @@
-"""The ``netmorph`` command line: ``demo``, ``info`` and ``bench``."""
+"""The ``netmorph`` command line: ``demo``, ``experiment``, ``info`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .backends import backends
+from .experiments.cli_commands import add_experiment_parser, run_demo
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -20,8 +21,6 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     return run_demo(quiet=args.quiet)
 
 
@@ -46,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark suite (bench/) and print the table")
     bench.add_argument("--quick", action="store_true", help="small shapes only")
     bench.set_defaults(func=_bench)
+    add_experiment_parser(sub)
     return parser
 
 

@@ -1,0 +1,57 @@
+"""Experiment names → runners, imported lazily (torch loads only when one runs)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from .options import RunOptions
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A runnable experiment: ``module`` exposes ``run(options) -> dict``."""
+
+    name: str
+    module: str
+    description: str
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        Experiment(
+            "mlp",
+            "exp_mlp",
+            "§4.1 / Fig. 7: softmax regression → MLP (PReLU, PTanh); "
+            "NetMorph vs Net2Net vs scratch (MNIST with --data-dir)",
+        ),
+        Experiment(
+            "cnn",
+            "exp_cnn",
+            "§4.2–4.3: a small CNN through depth → subnet → kernel → "
+            "width; NetMorph vs Net2Net vs scratch (CIFAR-10 with --data-dir)",
+        ),
+        Experiment(
+            "histograms",
+            "exp_histograms",
+            "§4.2: values of the embedded filters, NetMorph vs Net2Net",
+        ),
+        Experiment(
+            "condition",
+            "exp_condition",
+            "Condition (7) / Fig. 3: residual after one "
+            "solve and non-zero ratio over C and K (NumPy only)",
+        ),
+    )
+}
+
+
+def run_experiment(name: str, options: RunOptions) -> dict:
+    """Run the experiment ``name`` (a key of :data:`EXPERIMENTS`) and return its summary."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; expected one of {', '.join(EXPERIMENTS)}")
+    if not isinstance(options, RunOptions):
+        raise TypeError(f"options must be a RunOptions, got {type(options).__name__}")
+    module = importlib.import_module(f"{__package__}.{EXPERIMENTS[name].module}")
+    return module.run(options)
