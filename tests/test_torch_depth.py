@@ -314,3 +314,15 @@ def test_state_dict_save_and_load() -> None:
     loaded = torch.load(whole, weights_only=False)
     with torch.no_grad():
         assert torch.equal(loaded(x), child(x))
+
+
+def test_deepen_stable_has_no_zero_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    model = model.double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    child, report = deepen(model, "2", width=8, kernel_size=(3, 3), method="stable", seed=0)
+    new = [m.weight for m in child.modules() if isinstance(m, nn.Conv2d)][1:]
+    assert len(new) == 2 and all(bool((w != 0).all()) for w in new)
+    assert rel_dev(model, child, x) <= F64_TOL
+    assert report.new_nonzero_ratio == 1.0

@@ -38,6 +38,12 @@ EXPERIMENTS: dict[str, Experiment] = {
             "§4.2: values of the embedded filters, NetMorph vs Net2Net",
         ),
         Experiment(
+            "stable",
+            "exp_stable",
+            "Stable morphing: accuracy drop and loss jump in the first steps after a "
+            "depth morph; practical vs stable vs Net2Net",
+        ),
+        Experiment(
             "condition",
             "exp_condition",
             "Condition (7) / Fig. 3: residual after one "

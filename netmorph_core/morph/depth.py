@@ -27,7 +27,7 @@ from ..solver import solve_deconv
 from .result import MorphResult
 from .solvability import Reduction, layer_kernel, practical_reductions, solvability
 
-METHODS = ("general", "practical")
+METHODS = ("general", "practical", "stable")
 #: Default tolerance on the relative residual per input dtype.
 DEFAULT_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 
@@ -353,7 +353,23 @@ def morph_depth(
     candidate with the most non-zeros. ``tol`` defaults to 1e-10 (float64 G) or 1e-5
     (float32). Raises ``ValueError`` when no exact decomposition is found, unless
     ``allow_approximate`` (then ``exact=False`` with the residual). Filters have G's dtype.
+    ``method="stable"``: every entry non-zero and on a consistent scale, see
+    :func:`netmorph_core.morph.stable.stable_depth` (``max_iter`` counts its rounds).
     """
+    if method == "stable":
+        from .stable import stable_depth  # stable builds on this module
+
+        return stable_depth(
+            g,
+            width,
+            k1,
+            k2,
+            seed=seed,
+            tol=tol,
+            max_iter=max_iter,
+            allow_approximate=allow_approximate,
+            backend=backend,
+        )
     g = v.as_filter(g, "G")
     ndim = g.ndim - 2
     width = v.positive_int(width, "width")

@@ -301,7 +301,21 @@ def morph_subnet(
     ``method``, ``seed``, ``tol`` (1e-10 float64 / 1e-5 float32), ``allow_approximate`` and
     ``backend`` as in :func:`morph_depth`; ``max_iter`` bounds the single-layer solves of the
     general method. Filters are returned in data-flow order with G's dtype.
+    ``method="stable"``: every entry non-zero and on a consistent scale, see
+    :func:`netmorph_core.morph.stable.stable_subnet`.
     """
+    if method == "stable":
+        from .stable import stable_subnet  # stable builds on this module
+
+        return stable_subnet(
+            g,
+            layers,
+            seed=seed,
+            tol=tol,
+            max_iter=max_iter,
+            allow_approximate=allow_approximate,
+            backend=backend,
+        )
     g = v.as_filter(g, "G")
     widths, kernels = check_layers(g, layers)
     kt = chain_effective_size(g.shape[2:], kernels)

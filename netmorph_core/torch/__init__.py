@@ -8,6 +8,7 @@ parameter counts, the solver's residual and the non-zero ratio of the new weight
 - :func:`widen` — more output channels; consumers found with torch.fx are updated.
 - :func:`grow_kernel` — a larger, zero-padded kernel.
 - :func:`morph_subnet` / :func:`morph_stacked` — a sequential subnet / summed parallel branches.
+- :func:`morph_module` — a layer becomes a module graph (:class:`MorphedModule`).
 - :class:`PActivation` — (1 − a)·φ(x) + a·x; :func:`remap_optimizer` — carry optimizer state.
 
 Saving a child: ``torch.save(child)`` pickles the whole module; or rebuild the architecture by
@@ -21,6 +22,7 @@ from .activation import PActivation
 from .depth import deepen
 from .errors import MorphError
 from .kernel import grow_kernel
+from .module import MorphedModule, morph_module
 from .optim import remap_optimizer
 from .report import MorphReport, ParamSource
 from .subnet import StackedBranches, morph_stacked, morph_subnet
@@ -29,11 +31,13 @@ from .width import widen
 __all__ = [
     "MorphError",
     "MorphReport",
+    "MorphedModule",
     "PActivation",
     "ParamSource",
     "StackedBranches",
     "deepen",
     "grow_kernel",
+    "morph_module",
     "morph_stacked",
     "morph_subnet",
     "remap_optimizer",

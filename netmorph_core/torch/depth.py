@@ -35,7 +35,7 @@ from .surgery import (
 
 
 def check_method(method: object) -> str:
-    """``method`` must be "general" or "practical"."""
+    """``method`` must be "general", "practical" or "stable"."""
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return method
