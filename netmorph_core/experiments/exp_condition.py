@@ -29,7 +29,7 @@ from ..morph.result import MorphResult
 from ..morph.solvability import solvability
 from .options import RunOptions
 from .plots import Panel, Series, line_panels
-from .results import mean_std, table, write_csv, write_json
+from .results import mean_std, table, write_results
 
 NAME = "condition"
 CHANNELS = (4, 8, 16, 32, 64)
@@ -101,16 +101,15 @@ def run(options: RunOptions) -> dict:
             rows.append({"width_mode": width_mode, **row(c, k, width, method, seed, res)})
 
     summary = summarise(rows)
-    write_csv(out / f"{NAME}.csv", rows)
-    write_csv(out / "summary.csv", summary)
-    write_json(
-        out / f"{NAME}.json",
+    write_results(
+        out,
+        NAME,
+        rows,
+        summary,
         {
-            "experiment": NAME,
             "seeds": options.seed_list,
             "channels": channels,
             "kernels": kernels,
-            "summary": summary,
             "rows": rows,
         },
     )

@@ -23,7 +23,7 @@ from .models import seeded, small_cnn
 from .net2net import chain_layers, net2net_deepen
 from .options import RunOptions
 from .plots import histograms
-from .results import mean_std, table, write_csv, write_json
+from .results import mean_std, table, write_results
 from .train import DeviceData, exact_float32, resolve_device, train
 
 NAME = "histograms"
@@ -110,16 +110,15 @@ def run(options: RunOptions) -> dict:
             ):
                 entry[f"{key}_mean"], entry[f"{key}_std"] = mean_std([r[key] for r in group])
             summary.append(entry)
-    write_csv(out / f"{NAME}.csv", rows)
-    write_csv(out / "summary.csv", summary)
-    write_json(
-        out / f"{NAME}.json",
+    write_results(
+        out,
+        NAME,
+        rows,
+        summary,
         {
-            "experiment": NAME,
             "dataset": dataset,
             "seeds": options.seed_list,
             "config": asdict(cfg),
-            "summary": summary,
             "per_seed": rows,
         },
     )

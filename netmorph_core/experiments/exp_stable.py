@@ -35,7 +35,7 @@ from .models import seeded, small_cnn
 from .net2net import net2net_deepen
 from .options import RunOptions
 from .plots import Panel, Series, line_panels
-from .results import curve_stats, fmt, mean_std, table, write_csv, write_json
+from .results import curve_stats, fmt, mean_std, table, write_results
 from .train import (
     DeviceData,
     TrainConfig,
@@ -242,18 +242,17 @@ def run(options: RunOptions) -> dict:
         for method in METHODS
         for step, (loss, acc) in enumerate(zip(r[method]["loss"], r[method]["accuracy"]))
     ]
-    write_csv(out / f"{NAME}.csv", rows)
-    write_csv(out / "summary.csv", summary)
-    write_json(
-        out / f"{NAME}.json",
+    write_results(
+        out,
+        NAME,
+        rows,
+        summary,
         {
-            "experiment": NAME,
             "dataset": dataset,
             "device": options.device,
             "seeds": options.seed_list,
             "config": asdict(cfg),
             "claims": claims,
-            "summary": summary,
             "per_seed": per_seed,
         },
     )

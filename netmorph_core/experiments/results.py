@@ -83,6 +83,21 @@ def write_csv(path: Path, rows: Iterable[Mapping[str, object]]) -> Path:
     return path
 
 
+def write_results(
+    out: Path,
+    name: str,
+    rows: Iterable[Mapping[str, object]],
+    summary: Sequence[Mapping[str, object]],
+    record: Mapping[str, object],
+) -> None:
+    """An experiment's outputs: ``NAME.csv`` (one row per measurement), ``summary.csv`` and
+    ``NAME.json`` (``record`` with the experiment name and the summary)."""
+    rows = list(rows)
+    write_csv(out / f"{name}.csv", rows)
+    write_csv(out / "summary.csv", summary)
+    write_json(out / f"{name}.json", {"experiment": name, **record, "summary": summary})
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table with left-aligned columns."""
     cells = [[str(h) for h in headers], *[[str(c) for c in r] for r in rows]]
