@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import netmorph_core as nm
 from conftest import rel_err
 from netmorph_core.backends import get_backend
 from netmorph_core.morph import module as module_solvers
@@ -468,3 +469,22 @@ def test_inner_edge_solve_matrix_free_equals_explicit(rng, monkeypatch):
     before = rel_err(compose_module(module, f), target)
     f["F3"] = explicit
     assert rel_err(compose_module(module, f), target) <= before
+
+
+def test_series_edge_of_a_padded_kernel_is_solved_at_its_support():
+    # 0.5·I + (3×3 → 3×3): the series part must reproduce a 1×1 kernel padded to 5×5; solved at
+    # its 1×1 support, the practical depth morph is exact at equal width.
+    c = 4
+    module = nm.Module(
+        [
+            nm.identity_edge("skip", "s", "t", 0.5),
+            nm.conv_edge("a", "s", "u", 3),
+            nm.conv_edge("b", "u", "t", 3),
+        ],
+        channels={"u": c},
+    )
+    g = np.eye(c)[:, :, None, None].copy()
+    res = nm.morph_module(g, module, method="practical", seed=0)
+    assert res.exact and res.residual <= 1e-10
+    merged = nm.compose_module(module, res.filters)
+    np.testing.assert_allclose(merged, np.pad(g, [(0, 0), (0, 0), (2, 2), (2, 2)]), atol=1e-12)

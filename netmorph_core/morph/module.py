@@ -97,6 +97,24 @@ class ModuleMorphResult:
         return {name: nonzero_ratio((f,)) for name, f in self.conv_filters.items()}
 
 
+def _crop_to_support(t: np.ndarray) -> np.ndarray:
+    """T cropped symmetrically to the smallest centred window holding all its non-zeros.
+
+    A merged series edge often carries a small kernel zero-padded to the path's size (e.g. a
+    1×1 0.5·I inside a 5×5 G~); the depth morph of the cropped kernel is exactly the same
+    decomposition but far easier to solve (Algorithm 2 needs K1 ≥ K).
+    """
+    nz = np.nonzero(t)
+    if len(nz[0]) == 0:
+        return t
+    size = []
+    for axis, n in enumerate(t.shape[2:], start=2):
+        centre = (n - 1) / 2
+        reach = int(np.max(np.abs(nz[axis] - centre)) * 2)
+        size.append(min(n, reach + 1))
+    return crop_centred(t, tuple(size))
+
+
 def _solve_edge(
     shape: ModuleShape,
     g_tilde: np.ndarray,
@@ -266,7 +284,7 @@ def _expand(
                 )
                 continue
             res = morph_depth(
-                t,
+                _crop_to_support(t),
                 channels[a.head],
                 kernel(a),
                 kernel(b),
