@@ -25,11 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..morph.graph import Edge, Module, ModuleShape, bind_to_layer, compose_module, delta
+from ..morph.graph import Module, ModuleShape, bind_to_layer
 from ..morph.module import morph_module as morph_module_filters
-from ..morph.split import split_filter
-from ..morph.subnet import morph_subnet as morph_subnet_filters
-from ..reference import pad_centered
 from .activation import make_activation
 from .depth import check_flag, check_method, new_layer_sources, weight_counts
 from .report import MorphReport, Outcome, ParamSource, run_morph
@@ -233,64 +230,6 @@ def build_module(
     return MorphedModule(pad, order, edges, vertices, bias)
 
 
-def parallel_chains(spec: Module) -> list[list[Edge]] | None:
-    """The source → sink chains of ``spec`` when it is parallel chains (every inner vertex has
-    one in-edge and one out-edge) and every identity edge is a chain of its own; else None."""
-    m = spec
-    if any(len(m.in_edges(u)) != 1 or len(m.out_edges(u)) != 1 for u in m.vertices[1:-1]):
-        return None
-    chains = []
-    for first in m.out_edges(m.source):
-        chain = [first]
-        while chain[-1].head != m.sink:
-            chain.append(m.out_edges(chain[-1].head)[0])
-        if len(chain) > 1 and any(e.identity for e in chain):
-            return None
-        chains.append(chain)
-    return chains
-
-
-def solve_parallel_chains(
-    g: np.ndarray,
-    shape: ModuleShape,
-    chains: list[list[Edge]],
-    *,
-    method: str,
-    seed: int | np.random.Generator | None,
-    max_iter: int,
-    solver_tol: float | None,
-) -> tuple[dict[str, np.ndarray], float, bool, int]:
-    """Filters of parallel chains with Σ_chains F_last ⊛ … ⊛ F_first = G~ (C_out, C_in, *K):
-    the identity chains take λ·I (λ the sum of their scales), G − λ·I is split at random
-    (:func:`split_filter`) among the convolution chains and each part is morphed into its
-    chain at its own support (:func:`netmorph_core.morph.subnet.morph_subnet`).
-
-    Returns (filters per edge, residual ‖module − G~‖/‖G~‖, exact, single-layer solves).
-    """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    ndim = g.ndim - 2
-    filters: dict[str, np.ndarray] = {}
-    rest = g.copy()
-    convs = [c for c in chains if not c[0].identity]
-    for (e,) in (c for c in chains if c[0].identity):
-        filters[e.name] = e.scale * delta(shape.channels[e.tail], ndim)
-        rest = rest - pad_centered(filters[e.name], g.shape[2:])
-    parts = split_filter(rest, len(convs), seed=rng) if len(convs) > 1 else [rest]
-    iterations, exact = 0, True
-    for chain, part in zip(convs, parts):
-        layers = [(shape.channels[e.head], shape.kernels[e.name]) for e in chain]
-        res = morph_subnet_filters(
-            part, layers, method=method, seed=rng, max_iter=max_iter, tol=solver_tol
-        )
-        filters.update({e.name: np.asarray(f) for e, f in zip(chain, res.filters)})
-        iterations += res.iterations
-        exact = exact and res.exact
-    g_tilde = pad_centered(g, shape.effective_size)
-    err = float(np.linalg.norm(compose_module(shape.module, filters) - g_tilde))
-    scale = float(np.linalg.norm(g_tilde))
-    return filters, err / scale if scale > 0 else err, exact, iterations
-
-
 def replace_with_module(
     child: nn.Module,
     at: str,
@@ -311,22 +250,9 @@ def replace_with_module(
     geo = ConvGeometry.of(layer)
     g = to_numpy64(layer.weight)
     shape = bind_to_layer(spec, g)
-    chains = parallel_chains(spec)
-    if chains is not None:
-        filters, residual, exact, iterations = solve_parallel_chains(
-            g, shape, chains, method=method, seed=seed, max_iter=max_iter, solver_tol=solver_tol
-        )
-        how = "parallel chains, each morphed at its own support"
-    else:
-        res = morph_module_filters(
-            g, spec, method=method, seed=seed, max_iter=max_iter, tol=solver_tol
-        )
-        filters, residual, exact, iterations = res.filters, res.residual, res.exact, res.iterations
-        how = (
-            "simple-morphable (Algorithm 1)"
-            if res.reduction.reducible
-            else "irreducible (Algorithm 2)"
-        )
+    res = morph_module_filters(g, spec, method=method, seed=seed, max_iter=max_iter, tol=solver_tol)
+    filters, residual, exact, iterations = res.filters, res.residual, res.exact, res.iterations
+    how = "reducible (Algorithm 1)" if res.reduction.reducible else "irreducible (Algorithm 2)"
     bias = None if layer.bias is None else layer.bias.detach().clone()
     new = build_module(
         geo, shape, filters, bias, layer.weight, activation=activation, batch_norm=batch_norm
