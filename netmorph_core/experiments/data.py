@@ -14,8 +14,10 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -275,3 +277,21 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     if data_dir is None:
         raise ValueError(f"data set {name!r} needs data_dir (a directory holding its files)")
     return loaders[name](data_dir)
+
+
+Config = TypeVar("Config")
+
+
+def experiment_dataset(
+    data_dir: Path | None, real: str, quick: bool, config_for: Callable[[str, bool], Config]
+) -> tuple[str, Config, Dataset]:
+    """The data set an experiment runs on — the bundled digits, or ``real`` ("mnist" /
+    "cifar10") read from ``data_dir`` when one is given — with its configuration and the
+    training set cut to the configuration's ``train_subset`` (None: all of it)."""
+    name = real if data_dir is not None else "digits"
+    cfg = config_for(name, quick)
+    data = load_dataset(name, data_dir)
+    subset: Any = getattr(cfg, "train_subset", None)
+    if subset is not None:
+        data = data.subset(subset, None)
+    return name, cfg, data

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..torch import PActivation, deepen, grow_kernel, morph_subnet, widen
-from .data import Dataset, load_dataset
+from .data import Dataset, experiment_dataset
 from .models import seeded, small_cnn
 from .net2net import chain_layers, net2net_deepen, net2net_widen
 from .options import RunOptions
@@ -257,11 +257,7 @@ def run(options: RunOptions) -> dict:
     """Every seed; JSON, CSV and the Figs. 8–9 style plot in the output directory."""
     device = resolve_device(options.device)
     out = options.out_dir(NAME)
-    dataset = "cifar10" if options.data_dir is not None else "digits"
-    cfg = config_for(dataset, options.quick)
-    data = load_dataset(dataset, options.data_dir)
-    if cfg.train_subset is not None:
-        data = data.subset(cfg.train_subset, None)
+    dataset, cfg, data = experiment_dataset(options.data_dir, "cifar10", options.quick, config_for)
     with exact_float32(1 if dataset == "digits" or options.quick else torch.get_num_threads()):
         per_seed = [run_seed(s, data, cfg, device, options.quiet) for s in options.seed_list]
     summary = summarise(per_seed)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..torch import deepen
-from .data import load_dataset
+from .data import experiment_dataset
 from .exp_cnn import CNNConfig, config_for
 from .models import seeded, small_cnn
 from .net2net import chain_layers, net2net_deepen
@@ -75,11 +75,7 @@ def run(options: RunOptions) -> dict:
     """Every seed; JSON, CSV and the histogram PNG in the output directory."""
     device = resolve_device(options.device)
     out = options.out_dir(NAME)
-    dataset = "cifar10" if options.data_dir is not None else "digits"
-    cfg = config_for(dataset, options.quick)
-    data = load_dataset(dataset, options.data_dir)
-    if cfg.train_subset is not None:
-        data = data.subset(cfg.train_subset, None)
+    dataset, cfg, data = experiment_dataset(options.data_dir, "cifar10", options.quick, config_for)
     tensors = DeviceData.from_dataset(data, device)
     with exact_float32(1 if dataset == "digits" or options.quick else torch.get_num_threads()):
         filters = [

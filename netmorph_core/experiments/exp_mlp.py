@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..torch import deepen
-from .data import Dataset, load_dataset
+from .data import Dataset, experiment_dataset
 from .models import mlp, seeded, softmax_regression
 from .net2net import net2net_deepen
 from .options import RunOptions
@@ -166,11 +166,7 @@ def run(options: RunOptions) -> dict:
     """Every seed; JSON, CSV and the Fig. 7 plot in the output directory."""
     device = resolve_device(options.device)
     out = options.out_dir(NAME)
-    dataset = "mnist" if options.data_dir is not None else "digits"
-    cfg = config_for(dataset, options.quick)
-    data = load_dataset(dataset, options.data_dir)
-    if cfg.train_subset is not None:
-        data = data.subset(cfg.train_subset, None)
+    dataset, cfg, data = experiment_dataset(options.data_dir, "mnist", options.quick, config_for)
     with exact_float32(1):
         per_seed = [run_seed(s, data, cfg, device, options.quiet) for s in options.seed_list]
     summary = summarise(per_seed)

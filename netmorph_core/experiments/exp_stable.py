@@ -30,7 +30,7 @@ from ..morph.stable import stable_depth
 from ..torch import deepen
 from ..torch.depth import replace_with_chain
 from ..torch.report import Outcome, run_morph
-from .data import load_dataset
+from .data import experiment_dataset
 from .models import seeded, small_cnn
 from .net2net import net2net_deepen
 from .options import RunOptions
@@ -215,11 +215,7 @@ def run(options: RunOptions) -> dict:
     """Every seed; JSON, CSV and a plot of the first steps in the output directory."""
     device = resolve_device(options.device)
     out = options.out_dir(NAME)
-    dataset = "cifar10" if options.data_dir is not None else "digits"
-    cfg = config_for(dataset, options.quick)
-    raw = load_dataset(dataset, options.data_dir)
-    if cfg.train_subset is not None:
-        raw = raw.subset(cfg.train_subset, None)
+    dataset, cfg, raw = experiment_dataset(options.data_dir, "cifar10", options.quick, config_for)
     data = DeviceData.from_dataset(raw, device)
     with exact_float32(1):
         per_seed = [
