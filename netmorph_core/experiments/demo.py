@@ -99,7 +99,7 @@ def run_demo(quiet: bool = False, out: Path | None = None) -> int:
         control = copy.deepcopy(parent)
         rows = [
             {
-                "model": "parent, trained on",
+                "model": "parent (no morph)",
                 "what": "no morph (control)",
                 "params": _params(parent),
                 "after_morph": parent_curve[-1],
@@ -163,7 +163,7 @@ def run_demo(quiet: bool = False, out: Path | None = None) -> int:
                     "" if r["new_nonzero_ratio"] is None else f"{r['new_nonzero_ratio']:.3f}",
                     f"{r['after_morph']:.2%}",
                     f"{r['max_abs_dev']:.1e}",
-                    "" if r["rel_dev_f64"] is None else f"{r['rel_dev_f64']:.1e}",
+                    "n/a" if r["rel_dev_f64"] is None else f"{r['rel_dev_f64']:.1e}",
                     "yes" if r["identical_predictions"] else "NO",
                     f"{r['curve'][-1]:.2%}",
                 ]
