@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ KERNELS = [(3, 3), (1, 3), (3, 1), (5, 5)]
 KERNEL_IDS = [f"K{a}x{b}" for a, b in KERNELS]
 #: Kernel size of both factors in the deconvolution benchmarks.
 K = 3
+#: Pause before each implementation's rounds: longer than OpenBLAS's idle spin (2^28 cycles).
+QUIESCE_SECONDS = 0.3
 
 
 def available_backends(device: str) -> list[str]:
@@ -98,7 +101,13 @@ def run(
     warmup: int = 1,
     **info: Any,
 ) -> Any:
-    """Time ``fn`` (one call per round) in ``group``; record what the summary table needs."""
+    """Time ``fn`` (one call per round) in ``group``; record what the summary table needs.
+
+    Every implementation starts on quiet cores: the worker threads of the BLAS libraries timed
+    before it (NumPy's and SciPy's OpenBLAS, PyTorch's) busy-wait for up to about 0.1 s after
+    their last call and would otherwise take a core from its first rounds.
+    """
     benchmark.group = group
     benchmark.extra_info.update({"impl": impl, "baseline": baseline, **info})
+    time.sleep(QUIESCE_SECONDS)
     return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
