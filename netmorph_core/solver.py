@@ -65,10 +65,13 @@ class _Linalg:
     cholesky: Callable[[Any], Any | None]  # Gram -> factor, None when not positive definite
     cho_solve: Callable[[Any, Any], Any]  # (factor, rhs) -> Gram⁻¹ · rhs
     eigh: Callable[[Any], tuple[Any, Any]]
+    symm: Callable[[Any, Any], Any]  # (symmetric matrix, block) -> matrix · block
 
 
 def _cpu_linalg() -> _Linalg:
-    from scipy.linalg import lapack
+    """SciPy's LAPACK and BLAS: the library the native kernels call too, so that one pool of
+    BLAS threads does all the work (NumPy ships its own, whose idle threads would compete)."""
+    from scipy.linalg import blas, lapack
 
     def cholesky(m: np.ndarray) -> np.ndarray | None:
         # The Gram is symmetric: its transpose is the same matrix in Fortran order.
@@ -81,7 +84,11 @@ def _cpu_linalg() -> _Linalg:
             raise RuntimeError(f"LAPACK dpotrs failed with info={info}")
         return x
 
-    return _Linalg(np, cholesky, cho_solve, np.linalg.eigh)
+    def symm(m: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # A symmetric C-ordered matrix is its own transpose in Fortran order: no copy.
+        return blas.dgemm(1.0, m.T, b)
+
+    return _Linalg(np, cholesky, cho_solve, np.linalg.eigh, symm)
 
 
 def _cuda_linalg() -> _Linalg:
@@ -100,7 +107,7 @@ def _cuda_linalg() -> _Linalg:
         y = solve_triangular(low, b, lower=True)
         return solve_triangular(low, y, lower=True, trans="T")
 
-    return _Linalg(cupy, cholesky, cho_solve, cupy.linalg.eigh)
+    return _Linalg(cupy, cholesky, cho_solve, cupy.linalg.eigh, cupy.matmul)
 
 
 def _linalg_for(impl: ModuleType, data: Any) -> _Linalg:
@@ -130,7 +137,7 @@ def _estimate_cond(la: _Linalg, gram: Any, solve: Callable[[Any], Any]) -> float
     start = np.random.default_rng(0).standard_normal((gram.shape[0], _ESTIMATE_BLOCK))
     u = w = xp.asarray(start / np.linalg.norm(start, axis=0))
     for _ in range(_ESTIMATE_STEPS):
-        gu, sw = gram @ u, solve(w)
+        gu, sw = la.symm(gram, u), solve(w)
         lam_max = float((u * gu).sum(axis=0).max())
         inv_max = float((w * sw).sum(axis=0).max())
         u = gu / xp.linalg.norm(gu, axis=0)
@@ -195,30 +202,39 @@ def _solve_outer(
     c0 = g.shape[1]
     kt = g.shape[2:]
     overdetermined = c2 * math.prod(kt) >= c1 * math.prod(k1)
+    # A correction D solves a Gram system built from the residual R: (AᵀA)·D = Aᵀ·R when
+    # overdetermined (``project`` applies Aᵀ), D = Aᵀ·(AAᵀ)⁻¹·R otherwise (``finish`` does).
     if overdetermined:
-        inverse = _invert(la, xp.asarray(impl.gram_outer(f2, k1)))
 
-        def step(r: Any) -> Any:
-            rhs = _as_columns(xp, xp.asarray(impl.correlate_outer(f2, r, k1)))
-            return _from_columns(xp, inverse.solve(rhs), (c1, *k1))
+        def project(r: Any) -> Any:
+            return _as_columns(xp, xp.asarray(impl.correlate_outer(f2, r, k1)))
+
+        def finish(p: Any) -> Any:
+            return _from_columns(xp, inverse.solve(p), (c1, *k1))
 
     else:
-        inverse = _invert(la, xp.asarray(impl.gram_outer_rows(f2, k1)))
 
-        def step(r: Any) -> Any:
-            y = _from_columns(xp, inverse.solve(_as_columns(xp, r)), (c2, *kt))
+        def project(r: Any) -> Any:
+            return _as_columns(xp, r)
+
+        def finish(p: Any) -> Any:
+            y = _from_columns(xp, inverse.solve(p), (c2, *kt))
             return xp.asarray(impl.correlate_outer(f2, y, k1))
 
-    refine = inverse.cond * _EPS > target
     if x0 is None:
         x = xp.zeros((c1, c0, *k1), dtype=np.float64)
         r = g
     else:
         x = x0.copy()
         r = g - xp.asarray(impl.compose(f2, x))
+    # The kernels that need no factor run back to back before the factorisation.
+    gram = impl.gram_outer(f2, k1) if overdetermined else impl.gram_outer_rows(f2, k1)
+    p = project(r)
+    inverse = _invert(la, xp.asarray(gram))
+    refine = inverse.cond * _EPS > target
     previous = math.inf
     for _ in range(1 + _MAX_REFINEMENTS):
-        d = step(r)
+        d = finish(p)
         size = float(xp.linalg.norm(d))
         if size > 0.5 * previous:  # no longer contracting: the last iterate is the answer
             break
@@ -226,7 +242,7 @@ def _solve_outer(
         if not refine or size <= target * float(xp.linalg.norm(x)):
             break
         previous = size
-        r = g - xp.asarray(impl.compose(f2, x))
+        p = project(g - xp.asarray(impl.compose(f2, x)))
     return x
 
 
