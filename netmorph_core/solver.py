@@ -66,6 +66,7 @@ class _Linalg:
     cho_solve: Callable[[Any, Any], Any]  # (factor, rhs) -> Gram⁻¹ · rhs
     eigh: Callable[[Any], tuple[Any, Any]]
     symm: Callable[[Any, Any], Any]  # (symmetric matrix, block) -> matrix · block
+    norm: Callable[[Any], float]  # Euclidean norm of all entries
 
 
 def _cpu_linalg() -> _Linalg:
@@ -74,8 +75,9 @@ def _cpu_linalg() -> _Linalg:
     from scipy.linalg import blas, lapack
 
     def cholesky(m: np.ndarray) -> np.ndarray | None:
-        # The Gram is symmetric: its transpose is the same matrix in Fortran order.
-        low, info = lapack.dpotrf(m.T, lower=1, clean=1)
+        # The Gram is symmetric: its transpose is the same matrix in Fortran order. The upper
+        # triangle of the result is left as it was (dpotrs reads the lower one only).
+        low, info = lapack.dpotrf(m.T, lower=1, clean=0)
         return low if info == 0 else None
 
     def cho_solve(low: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -88,7 +90,10 @@ def _cpu_linalg() -> _Linalg:
         # A symmetric C-ordered matrix is its own transpose in Fortran order: no copy.
         return blas.dgemm(1.0, m.T, b)
 
-    return _Linalg(np, cholesky, cho_solve, np.linalg.eigh, symm)
+    def norm(x: np.ndarray) -> float:
+        return float(blas.dnrm2(np.ascontiguousarray(x).reshape(-1)))
+
+    return _Linalg(np, cholesky, cho_solve, np.linalg.eigh, symm, norm)
 
 
 def _cuda_linalg() -> _Linalg:
@@ -107,7 +112,10 @@ def _cuda_linalg() -> _Linalg:
         y = solve_triangular(low, b, lower=True)
         return solve_triangular(low, y, lower=True, trans="T")
 
-    return _Linalg(cupy, cholesky, cho_solve, cupy.linalg.eigh, cupy.matmul)
+    def norm(x: Any) -> float:
+        return float(cupy.linalg.norm(x))
+
+    return _Linalg(cupy, cholesky, cho_solve, cupy.linalg.eigh, cupy.matmul, norm)
 
 
 def _linalg_for(impl: ModuleType, data: Any) -> _Linalg:
@@ -235,11 +243,11 @@ def _solve_outer(
     previous = math.inf
     for _ in range(1 + _MAX_REFINEMENTS):
         d = finish(p)
-        size = float(xp.linalg.norm(d))
+        size = la.norm(d)
         if size > 0.5 * previous:  # no longer contracting: the last iterate is the answer
             break
         x += d
-        if not refine or size <= target * float(xp.linalg.norm(x)):
+        if not refine or size <= target * la.norm(x):
             break
         previous = size
         p = project(g - xp.asarray(impl.compose(f2, x)))
