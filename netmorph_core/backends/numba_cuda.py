@@ -65,6 +65,20 @@ def load() -> None:
 # ------------------------------------------------------------------------- kernels
 
 
+@cuda.jit(device=True)
+def _unravel3(t, nh, nw):
+    """(d, h, w) of flat position t in C order over a box (·, nh, nw)."""
+    return t // (nh * nw), (t // nw) % nh, t % nw
+
+
+@cuda.jit(device=True)
+def _unravel5(e, n1, n2, n3, n4):
+    """(a, b, d, h, w) of flat position e in C order over an array (·, n1, n2, n3, n4)."""
+    d, h, w = _unravel3(e % (n2 * n3 * n4), n3, n4)
+    r = e // (n2 * n3 * n4)
+    return r // n1, r % n1, d, h, w
+
+
 @cuda.jit
 def _compose_kernel(f2, f1, g, total):
     """g[o, i, t] = Σ_m Σ_u f2[o, m, u] · f1[m, i, t - u] (5-D lifted arrays)."""
@@ -75,14 +89,7 @@ def _compose_kernel(f2, f1, g, total):
     c1 = f2.shape[1]
     k2d, k2h, k2w = f2.shape[2], f2.shape[3], f2.shape[4]
     k1d, k1h, k1w = f1.shape[2], f1.shape[3], f1.shape[4]
-    tw = e % tw_n
-    r = e // tw_n
-    th = r % th_n
-    r //= th_n
-    td = r % td_n
-    r //= td_n
-    i = r % c0
-    o = r // c0
+    o, i, td, th, tw = _unravel5(e, c0, td_n, th_n, tw_n)
     acc = 0.0
     for m in range(c1):
         for ud in range(max(0, td - k1d + 1), min(k2d, td + 1)):
@@ -101,14 +108,7 @@ def _correlate_kernel(f2, y, x, total):
     c0, sd_n, sh_n, sw_n = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     c2 = f2.shape[0]
     k2d, k2h, k2w = f2.shape[2], f2.shape[3], f2.shape[4]
-    sw = e % sw_n
-    r = e // sw_n
-    sh = r % sh_n
-    r //= sh_n
-    sd = r % sd_n
-    r //= sd_n
-    i = r % c0
-    m = r // c0
+    m, i, sd, sh, sw = _unravel5(e, c0, sd_n, sh_n, sw_n)
     acc = 0.0
     for o in range(c2):
         for ud in range(k2d):
@@ -132,9 +132,9 @@ def _gram_kernel(f2, out, k1d, k1h, k1w, total):
     s = row % n1
     m2 = col // n1
     s2 = col % n1
-    dd = s // (k1h * k1w) - s2 // (k1h * k1w)
-    dh = (s // k1w) % k1h - (s2 // k1w) % k1h
-    dw = s % k1w - s2 % k1w
+    ad, ah, aw = _unravel3(s, k1h, k1w)
+    bd, bh, bw = _unravel3(s2, k1h, k1w)
+    dd, dh, dw = ad - bd, ah - bh, aw - bw
     c2 = f2.shape[0]
     k2d, k2h, k2w = f2.shape[2], f2.shape[3], f2.shape[4]
     acc = 0.0
@@ -163,8 +163,8 @@ def _gram_rows_kernel(f2, out, k1d, k1h, k1w, total):
     t = row % nt
     o2 = col // nt
     t2 = col % nt
-    ad, ah, aw = t // (kth * ktw), (t // ktw) % kth, t % ktw
-    bd, bh, bw = t2 // (kth * ktw), (t2 // ktw) % kth, t2 % ktw
+    ad, ah, aw = _unravel3(t, kth, ktw)
+    bd, bh, bw = _unravel3(t2, kth, ktw)
     acc = 0.0
     for m in range(c1):
         for sd in range(max(0, max(ad, bd) - k2d + 1), min(k1d, min(ad, bd) + 1)):
