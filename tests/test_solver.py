@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg
 
 from conftest import RTOL, rel_err
+from netmorph_core import solver
 from netmorph_core.reference import (
     compose_ref,
     deconv_inner_ref,
@@ -20,7 +21,7 @@ from netmorph_core.reference import (
 from netmorph_core.solver import deconv_with, solve_deconv
 
 
-@pytest.fixture(params=["numpy_backend", "numba_cpu"])
+@pytest.fixture(params=["numpy_backend", "native", "numba_cpu"])
 def impl(request) -> ModuleType:
     module = importlib.import_module(f"netmorph_core.backends.{request.param}")
     try:
@@ -247,3 +248,29 @@ def test_cuda_backend_matches_reference(rng):
     g, factor, k, x0 = _rank_deficient(rng, "outer", over=True)
     x = solve_deconv(gpu, cupy.asarray(g), cupy.asarray(factor), "outer", k, cupy.asarray(x0))
     assert rel_err(cupy.asnumpy(x), deconv_outer_ref(g, factor, k, x0)) <= 1e-10
+
+
+@pytest.mark.parametrize("n", [50, 300])
+@pytest.mark.parametrize("kappa", [10.0, 1e4, 1e8, 1e11])
+def test_condition_estimate_is_a_close_lower_bound(n, kappa, rng):
+    # The estimate decides refinement and the pseudo-inverse fallback: within a factor 2 of
+    # κ(Gram) from below, for eigenvalues spread geometrically over [1, κ].
+    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    gram = (q * np.geomspace(1.0, kappa, n)) @ q.T
+    gram = np.ascontiguousarray((gram + gram.T) / 2)
+    inverse = solver._invert(solver._cpu_linalg(), gram)
+    true = np.linalg.cond(gram)
+    assert 0.5 * true <= inverse.cond <= true * (1 + 1e-6)
+    rhs = rng.standard_normal((n, 3))
+    np.testing.assert_allclose(gram @ inverse.solve(rhs), rhs, rtol=0, atol=kappa * 1e-13)
+
+
+def test_cpu_linear_algebra_helpers(rng):
+    la = solver._cpu_linalg()
+    x = rng.standard_normal((3, 4, 5, 6))
+    assert la.norm(x) == pytest.approx(np.linalg.norm(x), rel=1e-14)
+    assert la.norm(x[:, ::2]) == pytest.approx(np.linalg.norm(x[:, ::2]), rel=1e-14)
+    m = rng.standard_normal((7, 7))
+    sym = np.ascontiguousarray(m + m.T)
+    u = rng.standard_normal((7, 4))
+    np.testing.assert_allclose(la.symm(sym, u), sym @ u, rtol=1e-13, atol=1e-13)
