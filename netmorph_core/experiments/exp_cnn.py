@@ -297,14 +297,7 @@ def run(options: RunOptions) -> dict:
         NAME,
         rows,
         summary,
-        {
-            "dataset": dataset,
-            "device": options.device,
-            "seeds": options.seed_list,
-            "config": asdict(cfg),
-            "claims": claims,
-            "per_seed": per_seed,
-        },
+        {**options.run_record(dataset, cfg), "claims": claims, "per_seed": per_seed},
     )
     plot(out / f"{NAME}.png", per_seed, cfg)
     options.say(

@@ -19,7 +19,7 @@ steps minus the loss at the morph).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -243,14 +243,7 @@ def run(options: RunOptions) -> dict:
         NAME,
         rows,
         summary,
-        {
-            "dataset": dataset,
-            "device": options.device,
-            "seeds": options.seed_list,
-            "config": asdict(cfg),
-            "claims": claims,
-            "per_seed": per_seed,
-        },
+        {**options.run_record(dataset, cfg), "claims": claims, "per_seed": per_seed},
     )
     plot(out / f"{NAME}.png", per_seed)
     options.say(

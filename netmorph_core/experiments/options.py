@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_RESULTS = Path("results")
 
@@ -48,3 +49,13 @@ class RunOptions:
         """Print ``text`` unless quiet."""
         if not self.quiet:
             print(text, flush=True)
+
+    def run_record(self, dataset: str, config: Any) -> dict[str, object]:
+        """What every training experiment's JSON records about the run: the data set, the
+        device, the seeds and the configuration dataclass ``config``."""
+        return {
+            "dataset": dataset,
+            "device": self.device,
+            "seeds": self.seed_list,
+            "config": asdict(config),
+        }
