@@ -72,6 +72,15 @@ def _unravel3(t, nh, nw):
 
 
 @cuda.jit(device=True)
+def _block_entry(e, cols, n):
+    """(row, col, a, s, b, t) of flat position e in a matrix (·, cols) whose rows and columns
+    are indexed (channel, tap) in C order with n taps: row = (a, s), col = (b, t)."""
+    row = e // cols
+    col = e % cols
+    return row, col, row // n, row % n, col // n, col % n
+
+
+@cuda.jit(device=True)
 def _unravel5(e, n1, n2, n3, n4):
     """(a, b, d, h, w) of flat position e in C order over an array (·, n1, n2, n3, n4)."""
     d, h, w = _unravel3(e % (n2 * n3 * n4), n3, n4)
@@ -124,14 +133,7 @@ def _gram_kernel(f2, out, k1d, k1h, k1w, total):
     e = cuda.grid(1)
     if e >= total:
         return
-    n1 = k1d * k1h * k1w
-    cols = out.shape[1]
-    row = e // cols
-    col = e % cols
-    m = row // n1
-    s = row % n1
-    m2 = col // n1
-    s2 = col % n1
+    row, col, m, s, m2, s2 = _block_entry(e, out.shape[1], k1d * k1h * k1w)
     ad, ah, aw = _unravel3(s, k1h, k1w)
     bd, bh, bw = _unravel3(s2, k1h, k1w)
     dd, dh, dw = ad - bd, ah - bh, aw - bw
@@ -155,14 +157,7 @@ def _gram_rows_kernel(f2, out, k1d, k1h, k1w, total):
     c1 = f2.shape[1]
     k2d, k2h, k2w = f2.shape[2], f2.shape[3], f2.shape[4]
     ktd, kth, ktw = k1d + k2d - 1, k1h + k2h - 1, k1w + k2w - 1
-    nt = ktd * kth * ktw
-    cols = out.shape[1]
-    row = e // cols
-    col = e % cols
-    o = row // nt
-    t = row % nt
-    o2 = col // nt
-    t2 = col % nt
+    row, col, o, t, o2, t2 = _block_entry(e, out.shape[1], ktd * kth * ktw)
     ad, ah, aw = _unravel3(t, kth, ktw)
     bd, bh, bw = _unravel3(t2, kth, ktw)
     acc = 0.0
