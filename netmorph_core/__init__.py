@@ -8,6 +8,7 @@ Public API of the numerical core (filters use PyTorch's layout, see README):
 - :func:`backends` — every compute backend and whether it runs here.
 """
 
+from ._memory import ResourceLimitError
 from .activations import ACTIVATIONS, p_activation, zero_preserving
 from .api import compose, deconv, residual
 from .backends import BackendUnavailableError, backends
@@ -53,6 +54,7 @@ __all__ = [
     "MorphStep",
     "Net2NetWidthResult",
     "Reduction",
+    "ResourceLimitError",
     "Solvability",
     "WidthResult",
     "backends",

@@ -1,0 +1,68 @@
+"""Working-set estimates checked before large allocations: a clear error, never an OOM kill.
+
+Every public routine that allocates in proportion to its arguments estimates the bytes it will
+hold at once and calls :func:`check_working_set` before allocating.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_LIMIT = "NETMORPH_MAX_BYTES"
+
+
+class ResourceLimitError(ValueError):
+    """An operation would need more memory than allowed; the message gives the estimate.
+
+    Being a ValueError, it is caught by ``except ValueError``.
+    """
+
+
+def _available_bytes() -> int:
+    """MemAvailable from /proc/meminfo, else physical memory, else 4 GiB."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def memory_limit() -> int:
+    """Bytes one operation may hold at once: ``$NETMORPH_MAX_BYTES`` when set (an integer),
+    else half of the memory available now."""
+    raw = os.environ.get(ENV_LIMIT, "").strip()
+    if raw:
+        try:
+            value = int(float(raw))
+        except ValueError as exc:
+            raise ValueError(f"{ENV_LIMIT} must be a number of bytes, got {raw!r}") from exc
+        if value <= 0:
+            raise ValueError(f"{ENV_LIMIT} must be positive, got {raw!r}")
+        return value
+    return _available_bytes() // 2
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as a short human-readable string ("1.5 GiB")."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_working_set(nbytes: float, what: str) -> None:
+    """Raise :class:`ResourceLimitError` when ``nbytes`` (an estimate of what ``what`` holds at
+    once) exceeds :func:`memory_limit`."""
+    limit = memory_limit()
+    if nbytes > limit:
+        raise ResourceLimitError(
+            f"{what} needs about {format_bytes(nbytes)} of memory, more than the "
+            f"{format_bytes(limit)} allowed (half of the available memory, or ${ENV_LIMIT})"
+        )
