@@ -31,6 +31,12 @@ that accuracy; this recovers the accuracy of an orthogonal factorisation for κ(
 about 1/√ε.
 
 The side "inner", G~ = X ⊛ F1, is solved as G~ᵀ = F1ᵀ ⊛ Xᵀ (ᵀ swaps the channel axes).
+
+Per-tap split: when the fixed factor is 1×1 (every spatial size 1), Kt = k1 and the system is
+G~[:, :, t] = F2 · X[:, :, t] for every tap t: one (C2 × C1) matrix shared by all C0·|k1|
+columns. It is solved as a linear layer (the taps moved into the column axis), whose Gram is
+C1 × C1 (or C2 × C2) instead of (C1·|k1|)². The Gram's working set is checked with
+:func:`netmorph_core._memory.check_working_set` before any kernel runs.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from . import _validation as v
+from ._memory import check_working_set
 
 SIDES = ("outer", "inner")
 
@@ -55,6 +62,9 @@ _MAX_REFINEMENTS = 4
 #: Block power / inverse iterations of the condition estimate: steps and block width.
 _ESTIMATE_STEPS = 3
 _ESTIMATE_BLOCK = 4
+#: float64 copies of an order-n Gram held at once (the Gram, its factor or eigenvectors, and
+#: LAPACK's workspace).
+_GRAM_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -315,6 +325,11 @@ def solve_deconv(
             raise ValueError(f"init must have shape {x_shape}, got {tuple(init.shape)}")
     if np.dtype(np.float64) not in impl.DTYPES:
         raise TypeError(f"backend {impl.__name__} must support float64 for the solver's kernels")
+    per_tap = math.prod(factor.shape[2:]) == 1
+    check_working_set(
+        solve_working_set(tuple(g_tilde.shape), tuple(factor.shape), side, k),
+        f"the deconvolution of G~ {tuple(g_tilde.shape)} by a factor {tuple(factor.shape)}",
+    )
     la = _linalg_for(impl, g_tilde)
     xp = la.xp
     out_dtype = np.result_type(g_tilde.dtype, factor.dtype)
@@ -324,10 +339,38 @@ def solve_deconv(
     if side == "inner":
         g64, f64 = xp.swapaxes(g64, 0, 1), xp.swapaxes(f64, 0, 1)
         x0 = None if x0 is None else xp.swapaxes(x0, 0, 1)
+    out_shape = (f64.shape[1], g64.shape[1], *k)
+    if per_tap:
+        # G~[:, :, t] = F2 · X[:, :, t] for every tap: a linear layer with C0·|k| columns.
+        g64 = xp.ascontiguousarray(g64).reshape(g64.shape[0], -1)
+        f64 = xp.ascontiguousarray(f64).reshape(f64.shape[:2])
+        x0 = None if x0 is None else xp.ascontiguousarray(x0).reshape(x0.shape[0], -1)
+        k = ()
     x = _solve_outer(impl, la, g64, f64, k, x0, _TARGET[np.dtype(out_dtype)])
+    x = x.reshape(out_shape)
     if side == "inner":
         x = xp.swapaxes(x, 0, 1)
     return xp.ascontiguousarray(x.astype(out_dtype, copy=False))
+
+
+def solve_working_set(
+    g_shape: tuple[int, ...], factor_shape: tuple[int, ...], side: str, k: tuple[int, ...]
+) -> int:
+    """Bytes :func:`solve_deconv` holds at once: its Gram (order n = min over the structured
+    systems of unknowns and equations per column, C·|k| or C'·|Kt|; C·1 when the factor is
+    1×1) in a few float64 copies, plus G~, the solution and a residual in float64."""
+    if side == "outer":
+        rows, cols = factor_shape[0], factor_shape[1]
+    else:
+        rows, cols = factor_shape[1], factor_shape[0]
+    kt = g_shape[2:]
+    if math.prod(factor_shape[2:]) == 1:
+        n = min(rows, cols)
+    else:
+        n = min(rows * math.prod(kt), cols * math.prod(k))
+    channels = math.prod(g_shape) // (rows * math.prod(kt))  # C0 (outer) or C2 (inner)
+    arrays = 3 * math.prod(g_shape) + 2 * channels * cols * math.prod(k)
+    return 8 * (_GRAM_COPIES * n * n + arrays)
 
 
 #: ``deconv_with(impl, g_tilde, factor, side, kernel_size, init)``: the call the morphing
