@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conftest import rel_err
@@ -44,5 +43,5 @@ def test_solver_refuses_a_gram_over_the_memory_limit(rng, monkeypatch) -> None:
     g = rng.standard_normal((6, 2, 5, 5))
     f2 = rng.standard_normal((6, 8, 3, 3))
     monkeypatch.setenv(ENV_LIMIT, "1000")
-    with pytest.raises(ResourceLimitError, match="deconvolution of G~ .* needs about"):
+    with pytest.raises(ResourceLimitError, match=r"deconvolution of G~ .* needs about"):
         solve_deconv(get_backend("numpy"), g, f2, "outer", (3, 3))
