@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netmorph_core.backends import get_backend
-from netmorph_core.morph import subnet as subnet_module
+from netmorph_core.morph import chain as subnet_module
 from netmorph_core.morph.depth import compose_chain, morph_depth, scale_of
 from netmorph_core.morph.split import morph_stacked, split_filter
 from netmorph_core.morph.subnet import chain_exact_layers, deconv_two_sided_lsqr, morph_subnet

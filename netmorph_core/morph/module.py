@@ -36,7 +36,9 @@ from .. import _validation as v
 from ..reference import pad_centered
 from ..reference.two_sided import deconv_two_sided_ref
 from ..solver import solve_deconv
-from .depth import Options, Seed, check_options, morph_depth
+from .chain import deconv_two_sided_lsqr
+from .common import Options, Seed, check_options
+from .depth import morph_depth
 from .graph import (
     Edge,
     Module,
@@ -53,7 +55,6 @@ from .graph import (
 from .newton import crop_centred, gauss_newton, relative_error
 from .result import nonzero_ratio
 from .split import split_filter
-from .subnet import deconv_two_sided_lsqr
 
 #: Largest two-sided operator (rows × columns) solved explicitly: 2**24 entries = 128 MiB.
 EXPLICIT_TWO_SIDED_ENTRIES = 2**24

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import _validation as v
-from .depth import Seed, as_rng, check_options
+from .common import Seed, as_rng, check_options
 from .result import MorphResult
 from .subnet import chain_effective_size, check_layers, morph_subnet
 

@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from .. import _validation as v
 from ..reference import pad_centered
-from .depth import Options, Seed, balance, check_options, relative_residual
+from .chain import chain_effective_size, check_layers, general_chain, practical_chain
+from .common import Options, Seed, balance, check_options, relative_residual
+from .gauge import repair_floor
 from .graph import Module, ModuleShape, bind_to_layer, conv_edge
 from .newton import gauss_newton
 from .result import MorphResult
 from .solvability import layer_kernel
-from .subnet import chain_effective_size, check_layers, morph_subnet
 
 #: Default floor on |w| / std(F_p).
 DEFAULT_MIN_MAGNITUDE = 0.05
@@ -86,38 +88,47 @@ def _enforce_floor(f: np.ndarray, m: float) -> np.ndarray:
     return f
 
 
-def _search(
+def _exact_start(
     g: np.ndarray,
     shape: ModuleShape,
     g_tilde: np.ndarray,
-    layers: list[tuple[int, tuple[int, ...]]],
+    widths: list[int],
+    kernels: list[tuple[int, ...]],
     start: str,
-    m: float,
     opts: Options,
-    backend: str,
-) -> tuple[list[np.ndarray], float, int]:
-    """Steps 1–3 of the module docstring from the ``start`` method's solution.
-
-    Returns the floor-respecting filters with the smallest residual found, that residual and
-    the number of solves and Gauss–Newton steps used.
-    """
+) -> tuple[dict[str, np.ndarray], float, int]:
+    """The ``start`` method's solution (2·(P + 1) solves at most), then Gauss–Newton towards
+    the exact set. Returns (filters by edge name, residual, solves and steps)."""
     target = opts.stop_tol * _MARGIN
     names = [e.name for e in shape.module.edges]
-    first = morph_subnet(
-        g,
-        layers,
-        method=start,
-        seed=opts.rng,
-        max_iter=2 * len(layers),
-        tol=target,
-        allow_approximate=True,
-        backend=backend,
-    )
-    filters = dict(zip(names, (np.asarray(f, dtype=np.float64) for f in first.filters)))
+    quick = replace(opts, max_iter=2 * len(widths), stop_tol=target, allow_approximate=True)
+    if start == "general":
+        found, iterations, _, _ = general_chain(g_tilde, g.shape[1], widths, kernels, quick)
+    else:
+        found, iterations = practical_chain(g, g_tilde.shape[2:], widths, kernels, quick)
+    filters = dict(zip(names, (np.asarray(f, dtype=np.float64) for f in found)))
     filters, steps, residual = gauss_newton(
         shape, g_tilde, filters, names, opts.backend, target, 2 * _PROJECTION_STEPS
     )
-    iterations = first.iterations + steps
+    return filters, residual, iterations + steps
+
+
+def _search(
+    shape: ModuleShape,
+    g_tilde: np.ndarray,
+    filters: dict[str, np.ndarray],
+    residual: float,
+    m: float,
+    opts: Options,
+) -> tuple[list[np.ndarray], float, int]:
+    """Step 3 of the module docstring from the exact (or nearly exact) ``filters``.
+
+    Returns the floor-respecting filters with the smallest residual found, that residual and
+    the number of Gauss–Newton steps and rounds used.
+    """
+    target = opts.stop_tol * _MARGIN
+    names = [e.name for e in shape.module.edges]
+    iterations = 0
     weights = {n: np.ones(f.shape) for n, f in filters.items()}
     best: list[np.ndarray] = []
     best_residual, stalled = math.inf, 0
@@ -183,16 +194,25 @@ def stable_subnet(
         channels={f"v{p + 1}": w for p, w in enumerate(widths[:-1])},
     )
     shape = bind_to_layer(path, g)
-    chain = list(zip(widths, kernels))
+    target = opts.stop_tol * _MARGIN
 
     best: list[np.ndarray] = []
     best_residual, iterations = math.inf, 0
     for start in ("general", "practical"):
-        filters, residual, used = _search(g64, shape, g_tilde, chain, start, m, opts, backend)
+        exact, residual, used = _exact_start(g64, shape, g_tilde, widths, kernels, start, opts)
+        iterations += used
+        if residual <= target:
+            repaired, sweeps = repair_floor(balance(list(exact.values())), m)
+            iterations += sweeps
+            residual = relative_residual(g_tilde, repaired)
+            if residual <= target and not any(_small(f, m).any() for f in repaired):
+                best, best_residual = repaired, residual
+                break
+        filters, residual, used = _search(shape, g_tilde, exact, residual, m, opts)
         iterations += used
         if residual < best_residual:
             best, best_residual = filters, residual
-        if best_residual <= opts.stop_tol * _MARGIN:
+        if best_residual <= target:
             break
     final = balance([_enforce_floor(f, m) for f in best])
     out = tuple(np.ascontiguousarray(f, dtype=g.dtype) for f in final)
