@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+import scipy.linalg
 
 from .. import _validation as v
 from ..backends import select_backend
@@ -103,7 +104,7 @@ def orthogonal_filter(shape: tuple[int, ...], rng: np.random.Generator) -> np.nd
     operator is this matrix itself)."""
     rows, cols = shape[0], math.prod(shape[1:])
     a = rng.standard_normal((max(rows, cols), min(rows, cols)))
-    q, r = np.linalg.qr(a)
+    q, r = scipy.linalg.qr(a, mode="economic", overwrite_a=True, check_finite=False)
     q = q * np.where(np.diag(r) < 0, -1.0, 1.0)  # the Haar measure: sign of R's diagonal
     mat = q.T if rows <= cols else q
     return (mat * math.sqrt(2.0 * max(rows, cols) / cols)).reshape(shape)
