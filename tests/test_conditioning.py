@@ -68,3 +68,14 @@ def test_repair_floor_lifts_small_entries_and_keeps_the_composition(rng) -> None
     assert sweeps >= 1
     assert not any(below_floor(f, 0.05).any() for f in fixed)
     assert np.linalg.norm(compose_chain(fixed) - before) <= 1e-12 * np.linalg.norm(before)
+
+
+@pytest.mark.parametrize(("shape", "width", "k1", "k2"), ONE_SIDED)
+def test_stable_one_sided_is_exact_dense_and_above_the_floor(rng, shape, width, k1, k2) -> None:
+    g = rng.standard_normal(shape)
+    res = morph_depth(g, width, k1, k2, method="stable", seed=5)
+    assert res.exact and res.residual <= 1e-10
+    assert not any(below_floor(f, 0.05).any() for f in res.filters)
+    again = morph_depth(g, width, k1, k2, method="stable", seed=5)
+    for a, b in zip(res.filters, again.filters):
+        np.testing.assert_array_equal(a, b)

@@ -81,9 +81,12 @@ def test_general_raises_when_it_does_not_converge():
 
 def test_general_approximate_on_impossible_configuration():
     # A 4 -> 4 linear map through width 1 has rank 1: no exact factorisation exists.
+    # Counting refuses it before any work: 8 parameters less 1 (gauge) < 16 equations.
     g = np.random.default_rng(0).standard_normal((4, 4))
-    with pytest.raises(ValueError, match="did not reach tol"):
+    with pytest.raises(ValueError, match=r"i\.e\. 7 < 16 equations"):
         morph_depth(g, 1, method="general", seed=0, max_iter=10)
+    with pytest.raises(ValueError, match="did not reach tol"):
+        morph_depth(g, 1, method="general", seed=0, max_iter=10, tol=1e-3)
     r = morph_depth(g, 1, method="general", seed=0, max_iter=10, allow_approximate=True)
     assert not r.exact and r.residual > 0.1
     assert r.iterations == 10

@@ -183,3 +183,23 @@ def test_counts_hold_but_syzygies_lower_the_rank():
     practical = morph_depth(g, 3, 3, 3, method="practical", seed=0)
     assert practical.exact and practical.iterations > 1
     assert practical.nonzero_ratios == (1.0, pytest.approx(6 / 9))
+
+
+@pytest.mark.parametrize(("width", "ok"), [(8, False), (12, False), (13, True), (23, True)])
+def test_dense_count_for_3x3_into_two_3x3(width, ok):
+    """C0 = C2 = 8: w·(72 + 72) − w² ≥ 1600 holds from w = 13 (w = 12: 1584 < 1600)."""
+    info = solvability((8, 8, 3, 3), width, 3, 3)
+    assert info.dense_count == width * 144 - width**2
+    assert info.dense_count_ok is ok
+
+
+def test_dense_count_ignores_the_gauge_beyond_the_fan_in():
+    # A linear 2 -> 2 through width 5 is one-sided exact; width > C0 leaves the count silent.
+    assert solvability((2, 2), 5).dense_count_ok
+
+
+@pytest.mark.parametrize("method", ["general", "stable"])
+def test_morph_depth_refuses_with_the_counting_argument(method):
+    g = np.random.default_rng(0).standard_normal((8, 8, 3, 3))
+    with pytest.raises(ValueError, match=r"1584 < 1600 equations C2·C0·\|Kt\|"):
+        morph_depth(g, 12, 3, 3, method=method, seed=0)

@@ -83,8 +83,10 @@ def test_stable_subnet_three_layers(rng):
 def test_stable_without_exact_solution(rng):
     # Width 2 = C: 2·2·(9 + 9) − 2² = 68 free parameters for 2·2·25 = 100 equations.
     g = rng.standard_normal((2, 2, 3, 3))
-    with pytest.raises(ValueError, match=r"stable morph residual .* > tol"):
+    with pytest.raises(ValueError, match=r"68 < 100 equations C2·C0·\|Kt\|"):
         stable_depth(g, 2, 3, 3, seed=0, max_iter=10)
+    with pytest.raises(ValueError, match=r"stable morph residual .* > tol"):
+        stable_depth(g, 2, 3, 3, seed=0, max_iter=10, tol=1e-3)
     res = stable_depth(g, 2, 3, 3, seed=0, max_iter=10, allow_approximate=True)
     assert not res.exact and res.residual > 1e-10
     assert res.nonzero_ratio == 1.0

@@ -36,7 +36,7 @@ from .common import (
 )
 from .pair import alternate, general_order, practical_search, solve_end_layer, splits
 from .result import MorphResult
-from .solvability import layer_kernel, solvability
+from .solvability import check_dense_count, layer_kernel, solvability
 from .stable import stable_depth
 
 __all__ = [
@@ -83,6 +83,10 @@ def morph_depth(
     ``allow_approximate`` (then ``exact=False`` with the residual). Filters have G's dtype.
     ``method="stable"``: every entry non-zero and on a consistent scale, see
     :func:`netmorph_core.morph.stable.stable_depth` (``max_iter`` counts its rounds).
+    With the default ``tol`` and no ``allow_approximate``, the general and stable methods
+    raise ``ValueError`` before any work where counting rules out a dense exact solution
+    (:attr:`Solvability.dense_count_ok`: parameters less the channel gauge's C1² against the
+    equations of G~), e.g. 3×3 → (3×3, 3×3) below width ≈ 1.52·C for C0 = C2 = C.
     """
     if method == "stable":
         return stable_depth(
@@ -125,6 +129,8 @@ def morph_depth(
             )
         return finish(g, g_tilde, [sol.f1, sol.f2], sol.iterations, opts)
 
+    if not opts.allow_approximate and tol is None:
+        check_dense_count(info, "general")
     shapes = [(width, c0, *kernel1), (c2, width, *kernel2)]
     start = random_start(shapes, g_tilde, opts.rng)
     ratios = [

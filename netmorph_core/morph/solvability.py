@@ -106,6 +106,12 @@ class Solvability:
     with F1 solved (implied by ``practical_f1_expands`` and by ``f1_last_exact``);
     ``practical_f2_side`` symmetric.
     ``exact_general``: either per-side condition; ``exact_practical``: either practical side.
+    ``dense_count``: the pair's parameters less the w² of the channel gauge
+    (F1, F2) → (T⁻¹F1, F2·T), C1·(C0|K1| + C2|K2|) − C1², against the C2·C0·|Kt| equations of
+    a generic G~; ``dense_count_ok``: it is large enough, or a per-side condition holds, or
+    C1 exceeds min(C0|K1|, C2|K2|) (the gauge no longer acts freely; the count says nothing).
+    When it fails, a dense exact decomposition is not expected (the bilinear map's image is
+    too small), and the general and stable methods refuse before any work.
     """
 
     c0: int
@@ -129,6 +135,8 @@ class Solvability:
     practical_f2_side: bool = field(init=False)
     exact_general: bool = field(init=False)
     exact_practical: bool = field(init=False)
+    dense_count: int = field(init=False)
+    dense_count_ok: bool = field(init=False)
 
     def __post_init__(self) -> None:
         c0, c1, c2, kernel, k1, k2 = self.c0, self.c1, self.c2, self.kernel, self.k1, self.k2
@@ -156,6 +164,13 @@ class Solvability:
         )
         values["exact_general"] = values["f1_last_exact"] or values["f2_last_exact"]
         values["exact_practical"] = values["practical_f1_side"] or values["practical_f2_side"]
+        reach1, reach2 = c0 * taps(k1), c2 * taps(k2)
+        values["dense_count"] = c1 * (reach1 + reach2) - c1 * c1
+        values["dense_count_ok"] = (
+            values["exact_general"]
+            or c1 > min(reach1, reach2)
+            or values["dense_count"] >= values["params_g_tilde"]
+        )
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -185,6 +200,10 @@ class Solvability:
             f" (F2 expands G, K2 >= K and C1 >= C0: {yes[self.practical_f2_expands]})",
             f"  paper's claim for Algorithm 2 (a factor has >= parameters than G; not "
             f"sufficient): {yes[self.paper_expanding_claim]}",
+            f"  dense count (parameters less the C1² channel gauge): C1·(C0|K1| + C2|K2|) − C1² "
+            f"= {self.dense_count} >= C2·C0·|Kt| = {self.params_g_tilde}: "
+            f"{yes[self.dense_count_ok and self.dense_count >= self.params_g_tilde]}"
+            f" (dense exact solution expected: {yes[self.dense_count_ok]})",
             f"  => general (Algorithm 1): exact in one solve: {yes[self.exact_general]}; "
             f"practical (Algorithm 2): exact: {yes[self.exact_practical]}",
         ]
@@ -192,6 +211,20 @@ class Solvability:
 
     def __str__(self) -> str:
         return self.explain()
+
+
+def check_dense_count(info: Solvability, method: str) -> None:
+    """``ValueError`` with the counting argument when no dense exact decomposition is expected
+    (``info.dense_count_ok`` false): raised before any work by the general and stable depth
+    morphs unless approximate results are allowed."""
+    if not info.dense_count_ok:
+        raise ValueError(
+            f"no exact dense {method} depth morph exists for a generic G: the pair has "
+            f"{info.params_f1 + info.params_f2} parameters, less {info.c1}² = {info.c1**2} for "
+            f"the channel gauge (F1, F2) -> (T⁻¹F1, F2·T), i.e. {info.dense_count} < "
+            f"{info.params_g_tilde} equations C2·C0·|Kt|; widen the layer, use "
+            f"method='practical' (zero-padded), or allow_approximate=True\n{info.explain()}"
+        )
 
 
 def _shape(g_shape: object) -> tuple[int, ...]:

@@ -42,7 +42,7 @@ from .gauge import repair_floor
 from .graph import Module, ModuleShape, bind_to_layer, conv_edge
 from .newton import gauss_newton
 from .result import MorphResult
-from .solvability import layer_kernel
+from .solvability import check_dense_count, layer_kernel, solvability
 
 #: Default floor on |w| / std(F_p).
 DEFAULT_MIN_MAGNITUDE = 0.05
@@ -248,12 +248,17 @@ def stable_depth(
 ) -> MorphResult:
     """Morph G (C2, C0, *K) into F1 (width, C0, *k1) then F2 (C2, width, *k2), F2 ⊛ F1 = G~,
     with every entry |w| ≥ ``min_magnitude``·std of its filter: :func:`stable_subnet` with
-    layers [(width, k1), (C2, k2)]. A linear G takes k1 = k2 = None, () or 1."""
+    layers [(width, k1), (C2, k2)]. A linear G takes k1 = k2 = None, () or 1. With the default
+    ``tol`` and no ``allow_approximate``, a configuration where counting rules out a dense
+    exact solution (:attr:`Solvability.dense_count_ok`) raises ``ValueError`` before any work;
+    an explicit ``tol`` runs the search for the best floor-respecting result within it."""
     g = v.as_filter(g, "G")
     ndim = g.ndim - 2
     kernel1 = layer_kernel(k1, ndim, "k1")
     kernel2 = layer_kernel(k2, ndim, "k2")
     v.effective_size(g.shape[2:], kernel2, kernel1, "k1, k2")
+    if allow_approximate is False and tol is None:
+        check_dense_count(solvability(g.shape, width, kernel1, kernel2), "stable")
     return stable_subnet(
         g,
         [(width, kernel1), (g.shape[0], kernel2)],
