@@ -57,12 +57,17 @@ def test_stable_3_into_3_1(benchmark, c, method):
     _record(benchmark, res, g)
 
 
-@pytest.mark.parametrize("method", ["practical", "general", "stable"])
-@pytest.mark.parametrize(
-    ("c", "factor"),
-    [(16, 2), (32, 3), pytest.param(64, 3, marks=FULL_ONLY)],
-    ids=lambda x: str(x),
-)
+#: (C, width factor, method). Width 2C is the bilinear regime: the general alternation is
+#: recorded with the residual it reaches in 30 solves; the stable morph has no fast path there
+#: (its Gauss–Newton search takes minutes), so it is timed at width 3C only.
+BILINEAR_CASES = [
+    *((16, 2, m) for m in ("practical", "general")),
+    *((32, 3, m) for m in ("practical", "general", "stable")),
+    *(pytest.param(64, 3, m, marks=FULL_ONLY) for m in ("practical", "general", "stable")),
+]
+
+
+@pytest.mark.parametrize(("c", "factor", "method"), BILINEAR_CASES, ids=str)
 def test_3_into_3_3(benchmark, c, factor, method):
     g = _layer((c, c, 3, 3))
     width = factor * c
