@@ -79,3 +79,16 @@ def test_stable_one_sided_is_exact_dense_and_above_the_floor(rng, shape, width, 
     again = morph_depth(g, width, k1, k2, method="stable", seed=5)
     for a, b in zip(res.filters, again.filters):
         np.testing.assert_array_equal(a, b)
+
+
+def test_balanced_pair_keeps_the_composition_and_shrinks_the_norm_product(rng) -> None:
+    from netmorph_core.morph.conditioning import balanced_pair
+
+    f1 = rng.standard_normal((12, 4, 3, 3)) * rng.uniform(0.1, 10.0, (12, 1, 1, 1))
+    f2 = rng.standard_normal((4, 12, 3, 3))
+    b1, b2 = balanced_pair(f1, f2, np.random.default_rng(0))
+    before = compose_chain([f1, f2])
+    assert np.linalg.norm(compose_chain([b1, b2]) - before) <= 1e-12 * np.linalg.norm(before)
+    assert np.linalg.norm(b1) * np.linalg.norm(b2) < 0.9 * np.linalg.norm(f1) * np.linalg.norm(f2)
+    g = pad_centered(before, (5, 5))
+    assert noise_ratio(g, [b1, b2], "float32") < noise_ratio(g, [f1, f2], "float32")

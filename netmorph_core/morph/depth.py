@@ -34,6 +34,7 @@ from .common import (
     relative_residual,
     scale_of,
 )
+from .conditioning import balanced_pair
 from .pair import alternate, general_order, practical_search, solve_end_layer, splits
 from .result import MorphResult
 from .solvability import check_dense_count, layer_kernel, solvability
@@ -151,4 +152,5 @@ def morph_depth(
             f"the general depth morph did not reach tol={opts.tol} (relative residual "
             f"{residual:.3g} after {iterations} solves):\n{info.explain()}"
         )
+    filters = list(balanced_pair(filters[0], filters[1], opts.rng))
     return finish(g, g_tilde, filters, iterations, opts)

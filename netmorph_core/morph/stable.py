@@ -38,6 +38,7 @@ from .. import _validation as v
 from ..reference import pad_centered
 from .chain import chain_effective_size, check_layers, general_chain, practical_chain
 from .common import Options, Seed, balance, check_options, relative_residual
+from .conditioning import balanced_pair
 from .gauge import repair_floor
 from .graph import Module, ModuleShape, bind_to_layer, conv_edge
 from .newton import gauss_newton
@@ -202,7 +203,10 @@ def stable_subnet(
         exact, residual, used = _exact_start(g64, shape, g_tilde, widths, kernels, start, opts)
         iterations += used
         if residual <= target:
-            repaired, sweeps = repair_floor(balance(list(exact.values())), m)
+            start_filters = list(exact.values())
+            if len(start_filters) == 2:
+                start_filters = list(balanced_pair(*start_filters, opts.rng))
+            repaired, sweeps = repair_floor(balance(start_filters), m)
             iterations += sweeps
             residual = relative_residual(g_tilde, repaired)
             if residual <= target and not any(_small(f, m).any() for f in repaired):

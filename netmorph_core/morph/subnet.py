@@ -35,6 +35,7 @@ from .chain import (
     practical_chain,
 )
 from .common import Seed, check_options, finish
+from .conditioning import balanced_pair
 from .result import MorphResult
 from .stable import stable_subnet
 
@@ -96,4 +97,6 @@ def morph_subnet(
             f"exactness condition holds: {[p for p, e in enumerate(exact) if e] or 'none'}; "
             "use method='practical', wider layers, or allow_approximate=True"
         )
+    if len(filters) == 2:
+        filters = list(balanced_pair(filters[0], filters[1], opts.rng))
     return finish(g, g_tilde, filters, iterations, opts)
