@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._memory import check_working_set
+
 #: Small entries are moved to PUSH · floor, a margin over the floor for the linearisation error.
 PUSH = 1.5
 #: Rounds of :func:`repair_floor` before giving up.
@@ -44,30 +46,54 @@ def below_floor(f: np.ndarray, m: float) -> np.ndarray:
     return np.abs(f) < m * float(np.std(f))
 
 
-def _row_correction(left: np.ndarray, m: float) -> np.ndarray | None:
-    """D (w × w) with (I + D)·L moving every entry of L below PUSH·m·std to ±PUSH·m·std
-    exactly: row a of D is the minimum-norm solution of D[a, :]·L[:, S_a] = target − L[a, S_a]
-    over the small entries S_a of row a (one small Gram per row, solved as a batch; a tiny
-    ridge keeps a row with more small entries than channels solvable in least squares).
-    None when no entry is small."""
+def _row_correction(left: np.ndarray, m: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, D_rows): the rows a of L holding entries below PUSH·m·std, and D restricted to
+    them, such that (I + D)·L moves each of those entries to ±PUSH·m·std exactly. Row a of D is
+    the minimum-norm solution of D[a, :]·L[:, S_a] = target − L[a, S_a] over row a's small
+    entries S_a (one small Gram per row, solved as a batch; a tiny ridge keeps a row with more
+    small entries than channels solvable in least squares). None when no entry is small."""
     floor = PUSH * m * float(np.std(left))
-    small = np.abs(left) < floor
-    counts = small.sum(axis=1)
-    if not counts.any():
+    small_all = np.abs(left) < floor
+    rows = np.flatnonzero(small_all.any(axis=1))
+    if rows.size == 0:
         return None
+    small = small_all[rows]
+    counts = small.sum(axis=1)
     width = int(counts.max())
-    # Row a's small columns, padded with column 0 and masked out.
-    order = np.argsort(~small, axis=1, kind="stable")[:, :width]
+    # The Grams come from one GEMM over the columns small in some row (U), padded with an
+    # appended zero column: row a's Gram is the (S_a, S_a) block of L_Uᵀ·L_U.
+    used = np.flatnonzero(small.any(axis=0))
+    check_working_set(8 * (used.size + 1) ** 2, "the floor repair's Gram of small columns")
+    position = np.full(left.shape[1], used.size)
+    position[used] = np.arange(used.size)
     valid = np.arange(width)[None, :] < counts[:, None]
-    values = np.take_along_axis(left, order, axis=1)
+    order = np.argsort(~small, axis=1, kind="stable")[:, :width]
+    values = np.take_along_axis(left[rows], order, axis=1)
     rhs = np.where(valid, np.where(values < 0, -floor, floor) - values, 0.0)
-    cols = left.T[order] * valid[..., None]  # (w, width, w): L[:, S_a]ᵀ
-    full = left.T @ left  # one GEMM; row a's Gram is its (S_a, S_a) block
-    gram = full[order[:, :, None], order[:, None, :]] * (valid[:, :, None] & valid[:, None, :])
+    index = np.where(valid, position[order], used.size)  # into U, padding -> zero column
+    sub = np.zeros((left.shape[0], used.size + 1))
+    sub[:, :-1] = left[:, used]
+    full = sub.T @ sub
+    gram = full[index[:, :, None], index[:, None, :]]
     ridge = 1e-12 * np.trace(gram, axis1=1, axis2=2).max() + float(np.finfo(float).tiny)
     gram += np.eye(width) * ridge + np.eye(width) * (~valid)[:, :, None]
     y = np.linalg.solve(gram, rhs[..., None])[..., 0]
-    return np.einsum("as,ask->ak", y, cols)
+    # D[a, :] = Σ_s y[a, s]·L[:, S_a[s]]ᵀ: y scattered onto U, then one GEMM.
+    weights = np.zeros((rows.size, used.size + 1))
+    np.put_along_axis(weights, index, np.where(valid, y, 0.0), axis=1)
+    return rows, weights @ sub.T
+
+
+def _apply(
+    left: np.ndarray, right: np.ndarray, rows: np.ndarray, d_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(S·L, R·S⁻¹) for S = I + D, D zero outside ``rows``: S⁻¹ by Woodbury,
+    (I + U·V)⁻¹ = I − U·(I + V·U)⁻¹·V with U the selector of ``rows`` and V = D_rows."""
+    left = left.copy()
+    left[rows] += d_rows @ left
+    small = np.eye(rows.size) + d_rows[:, rows]
+    right = right - right[:, rows] @ np.linalg.solve(small, d_rows)
+    return left, right
 
 
 def repair_floor(filters: list[np.ndarray], m: float) -> tuple[list[np.ndarray], int]:
@@ -83,16 +109,13 @@ def repair_floor(filters: list[np.ndarray], m: float) -> tuple[list[np.ndarray],
         sweeps += 1
         for p in range(len(filters) - 1):
             left, right = as_left(filters[p]), as_right(filters[p + 1])
-            d = _row_correction(left, m)
-            if d is not None:  # T⁻¹ = I + D
-                t_inv = np.eye(d.shape[0]) + d
-                left = t_inv @ left
-                right = np.linalg.solve(t_inv.T, right.T).T
-            d = _row_correction(np.ascontiguousarray(right.T), m)
-            if d is not None:  # T = I + Dᵀ
-                t = np.eye(d.shape[0]) + d.T
-                right = right @ t
-                left = np.linalg.solve(t, left)
+            found = _row_correction(left, m)
+            if found is not None:  # T⁻¹ = I + D on the rows of L
+                left, right = _apply(left, right, *found)
+            found = _row_correction(np.ascontiguousarray(right.T), m)
+            if found is not None:  # T = I + D'ᵀ on the columns of R
+                right_t, left_t = _apply(np.ascontiguousarray(right.T), left.T, *found)
+                left, right = np.ascontiguousarray(left_t.T), np.ascontiguousarray(right_t.T)
             filters[p] = left.reshape(filters[p].shape)
             filters[p + 1] = from_right(right, filters[p + 1].shape)
     return filters, sweeps
