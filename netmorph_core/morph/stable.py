@@ -5,18 +5,23 @@ continued training unstable. This solver looks for F_P ⊛ … ⊛ F_0 = G~ with
 |w| ≥ m·std(F_p) (m = ``min_magnitude``), every filter rescaled to the same standard deviation.
 With x all the entries and r(x) = F_P ⊛ … ⊛ F_0 − G~ it is a projected ("modified") descent:
 
-1. Start: the general algorithm (He-like random noise, one-sided deconvolutions nearest the
-   iterate; exact in one solve when a per-side condition holds) for 2·(P + 1) solves.
-2. Reach the exact set: Gauss–Newton on all factors at once with minimum-norm steps
-   (:func:`gauss_newton`): δ = −J⁺r is the smallest change that zeroes the linearised
+1. Start: the general algorithm (random orthogonal factors, one-sided deconvolutions nearest
+   the iterate; exact in one solve when a per-side condition holds) for 2·(P + 1) solves,
+   then Gauss–Newton on all factors at once with minimum-norm steps (:func:`gauss_newton`)
+   if it is not yet exact: δ = −J⁺r is the smallest change that zeroes the linearised
    residual, so the iterate lands on the solution set near its dense start and stays dense.
-3. Keep away from zero: the entries with |w| < m·σ_p are pushed to ±1.2·m·σ_p (sign kept) and
-   frozen there (infinite weight in the step norm: those columns of J are dropped), then
-   Gauss–Newton projects the other entries back onto the exact set (least squares when it can
-   no longer be reached). Rounds repeat until no entry is small and the residual is within
-   tolerance, at most ``max_iter`` rounds, stopping early after 3 rounds without improving the
-   best residual of a floor-respecting iterate; each round rebalances the scales.
-4. If that finds no exact solution, steps 2–3 run again from the practical solution (exact,
+2. Fast path, exact start: a two-factor start is balanced (:func:`balanced_pair`), then the
+   channel gauge lifts the small entries above the floor by linear corrections
+   (:func:`netmorph_core.morph.gauge.repair_floor`), which leave the composition exactly
+   unchanged. Done when no entry is small.
+3. Otherwise keep away from zero by search: the entries with |w| < m·σ_p are pushed to
+   ±1.2·m·σ_p (sign kept) and frozen there (infinite weight in the step norm: those columns
+   of J are dropped), then Gauss–Newton projects the other entries back onto the exact set
+   (least squares when it can no longer be reached). Rounds repeat until no entry is small
+   and the residual is within tolerance, at most ``max_iter`` rounds, stopping early after 3
+   rounds without improving the best residual of a floor-respecting iterate; each round
+   rebalances the scales.
+4. If that finds no exact solution, steps 1–3 run again from the practical solution (exact,
    with zero-padded taps that the rounds push off zero), and the better result is kept.
 5. The floor is enforced on what is returned (entries still below it are pushed; this only
    changes an inexact result), the filters are rescaled by s_p with Π s_p = 1 to one standard
