@@ -38,6 +38,7 @@ from ..reference import pad_centered
 from .depth import Options, Seed, balance, check_options, relative_residual
 from .graph import Module, ModuleShape, bind_to_layer, conv_edge
 from .newton import gauss_newton
+from ._scaling import chain_morph, depth_layout, subnet_layout
 from .result import MorphResult
 from .solvability import layer_kernel
 from .subnet import chain_effective_size, check_layers, morph_subnet
@@ -147,6 +148,7 @@ def _search(
     return best, best_residual, iterations
 
 
+@chain_morph("stable_subnet", subnet_layout)
 def stable_subnet(
     g: np.ndarray,
     layers: Sequence[tuple[int | None, int | Sequence[int] | None]],
@@ -213,6 +215,7 @@ def stable_subnet(
     )
 
 
+@chain_morph("stable_depth", depth_layout)
 def stable_depth(
     g: np.ndarray,
     width: int,

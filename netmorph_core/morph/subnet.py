@@ -45,6 +45,7 @@ from .depth import (
     solve_end_layer,
     splits,
 )
+from ._scaling import chain_morph, subnet_layout
 from .result import MorphResult
 from .solvability import layer_kernel, taps
 
@@ -283,6 +284,7 @@ def _practical(
     return filters, iterations
 
 
+@chain_morph("morph_subnet", subnet_layout)
 def morph_subnet(
     g: np.ndarray,
     layers: Sequence[tuple[int | None, int | Sequence[int] | None]],
