@@ -96,9 +96,7 @@ def kernel_tuple(k: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...
     if any(v < 1 for v in sizes):
         raise ValueError(f"{name} must be positive, got {sizes}")
     if any(v > MAX_KERNEL_SIZE for v in sizes):
-        raise ValueError(
-            f"{name} must be at most {MAX_KERNEL_SIZE} per dimension, got {sizes}"
-        )
+        raise ValueError(f"{name} must be at most {MAX_KERNEL_SIZE} per dimension, got {sizes}")
     return sizes
 
 
@@ -125,9 +123,7 @@ def real_number(
 
     bool, non-numbers, NaN and ±Inf are refused (``TypeError`` / ``ValueError`` naming ``x``).
     """
-    if isinstance(x, (bool, np.bool_)) or not isinstance(
-        x, (int, float, np.integer, np.floating)
-    ):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {x!r}")
     try:
         value = float(x)

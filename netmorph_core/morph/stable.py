@@ -35,10 +35,10 @@ import numpy as np
 
 from .. import _validation as v
 from ..reference import pad_centered
+from ._scaling import chain_morph, depth_layout, subnet_layout
 from .depth import Options, Seed, balance, check_options, relative_residual
 from .graph import Module, ModuleShape, bind_to_layer, conv_edge
 from .newton import gauss_newton
-from ._scaling import chain_morph, depth_layout, subnet_layout
 from .result import MorphResult
 from .solvability import layer_kernel
 from .subnet import chain_effective_size, check_layers, morph_subnet

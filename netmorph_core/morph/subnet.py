@@ -31,6 +31,7 @@ from scipy.sparse.linalg import LinearOperator, lsqr
 from .. import _validation as v
 from ..reference import pad_at, pad_centered, swap_channels
 from ..reference.two_sided import deconv_two_sided_ref
+from ._scaling import chain_morph, subnet_layout
 from .depth import (
     Options,
     Seed,
@@ -45,7 +46,6 @@ from .depth import (
     solve_end_layer,
     splits,
 )
-from ._scaling import chain_morph, subnet_layout
 from .result import MorphResult
 from .solvability import layer_kernel, taps
 
