@@ -84,3 +84,20 @@ def scale_factors(
         np.ascontiguousarray(scale_back(np.asarray(f, dtype=np.float64) * frac, whole, dtype, what))
         for f in filters
     )
+
+
+def relative_difference(target: np.ndarray, approx: np.ndarray) -> float:
+    """‖approx − target‖ / ‖target‖ (the absolute ‖approx‖ when target is zero), with both
+    norms taken on power-of-two-normalised arrays: no square underflows to a zero ‖target‖
+    (which would turn the relative measure into an absolute one) or overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = approx.astype(np.float64) - target.astype(np.float64)
+    if not np.isfinite(diff).all():
+        return math.inf
+    diff_n, e_d = normalise(diff)
+    target_n, e_t = normalise(target.astype(np.float64))
+    err = float(np.linalg.norm(diff_n))
+    scale = float(np.linalg.norm(target_n))
+    if scale == 0.0:
+        return ldexp_float(err, e_d)
+    return ldexp_float(err / scale, e_d - e_t)

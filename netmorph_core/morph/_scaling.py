@@ -24,7 +24,9 @@ import numpy as np
 from .. import _validation as v
 from .._errors import typed_errors
 from .._limits import check_chain
-from .._scaling import exponent, scale_back
+from .._memory import check_working_set
+from .._scaling import exponent, relative_difference, scale_back
+from ..reference import pad_centered
 from .result import MorphResult
 
 #: The most single-layer solves or rounds any morph accepts: more would run for hours.
@@ -91,3 +93,86 @@ def subnet_layout(g: np.ndarray, arguments: dict[str, Any]) -> tuple[list[int], 
     widths, kernels = check_layers(g, arguments["layers"])
     chain_effective_size(g.shape[2:], kernels)
     return widths, kernels
+
+
+def _potentials(module: Any, e: int) -> dict[str, int]:
+    """Integer exponents φ(u) with φ(source) = 0, φ(sink) = e, growing with the longest path
+    from the source: an edge u → v then carries 2^(φ(v) − φ(u)) and every source → sink path
+    carries 2^e in all."""
+    depth = {module.source: 0}
+    for u in module.vertices:  # topological order
+        for edge in module.out_edges(u):
+            depth[edge.head] = max(depth.get(edge.head, 0), depth[u] + 1)
+    longest = depth[module.sink]
+    return {u: round(e * d / longest) for u, d in depth.items()}
+
+
+def module_morph(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate :func:`morph_module` ``fn(g, module, ...)``: validation of the shared options,
+    the module's memory bound, and G normalised by 2^−e with every edge u → v scaled by
+    2^(φ(v) − φ(u)) (:func:`_potentials`): identity edges of the normalised module get
+    scale·2^−(φ(v) − φ(u)), every returned filter 2^(φ(v) − φ(u)), so the module's kernel gains
+    exactly 2^e. e is G's exponent, or an identity edge's when larger: a G far below a fixed
+    identity path needs filters that cancel it, which is a matter of precision, not scaling."""
+    from .depth import DEFAULT_TOL
+    from .graph import Module, bind_to_layer, compose_module, reduce_module
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        g = v.as_filter(bound.arguments["g"], "G")
+        module = bound.arguments["module"]
+        check_common(bound.arguments)
+        if not isinstance(module, Module):
+            return fn(*bound.args, **bound.kwargs)
+        shape = bind_to_layer(module, g)
+        kt = math.prod(shape.effective_size)
+        entries = sum(math.prod(shape.filter_shape(x.name)) for x in module.edges)
+        entries += sum(c * max(g.shape[:2]) * kt for c in shape.channels.values())
+        check_working_set(8 * 4 * entries + 8 * 2 * 2**24, "morph_module")
+        # Fixed identity paths set a scale too: normalise by the larger of G and them.
+        scales = [math.frexp(x.scale)[1] for x in module.edges if x.identity and x.scale]
+        e = max([exponent(g), *scales])
+        phi = _potentials(module, e)
+        step = {x.name: phi[x.head] - phi[x.tail] for x in module.edges}
+        scaled = Module(
+            [
+                replace(x, scale=math.ldexp(x.scale, -step[x.name])) if x.identity else x
+                for x in module.edges
+            ],
+            channels=module.channels,
+        )
+        bound.arguments["g"] = np.ldexp(g, -e)
+        bound.arguments["module"] = scaled
+        result = fn(*bound.args, **bound.kwargs)
+        target = pad_centered(bound.arguments["g"].astype(np.float64), shape.effective_size)
+        kernel = compose_module(
+            scaled, {n: f.astype(np.float64) for n, f in result.filters.items()}
+        )
+        residual = relative_difference(target, kernel)
+        tol = bound.arguments["tol"]
+        tol = DEFAULT_TOL[g.dtype] if tol is None else float(tol)
+        if residual > tol and not bound.arguments["allow_approximate"]:
+            raise ValueError(
+                f"morph_module: the module reproduces G only to a relative residual of "
+                f"{residual:.3g} > tol={tol}: G (largest entry {float(np.abs(g).max()):.3g}) is "
+                "too small against the module's identity edges to be resolved in floating "
+                "point; use allow_approximate=True or rescale G"
+            )
+        filters = {
+            name: scale_back(f, step[name], f.dtype, f"morph_module of G (edge {name!r})")
+            for name, f in result.filters.items()
+        }
+        return replace(
+            result,
+            filters=filters,
+            residual=residual,
+            exact=residual <= tol,
+            module=module,
+            reduction=reduce_module(module),
+        )
+
+    return typed_errors("morph_module")(wrapper)
