@@ -37,9 +37,9 @@ def scale_back(x: Any, e: int, dtype: np.dtype, what: str) -> Any:
     representable there: inf or a silent zero)."""
     xp = namespace(x)
     info = np.finfo(dtype)
-    peak = exponent(x)
-    if peak:  # x has a non-zero entry: max|x·2^e| lies in [2^(peak+e−1), 2^(peak+e))
-        top = peak + e
+    peak = float(xp.abs(x).max()) if x.size else 0.0
+    if peak > 0:  # max|x·2^e| lies in [2^(top−1), 2^top)
+        top = math.frexp(peak)[1] + e
         if top > info.maxexp:
             raise ValueError(
                 f"{what}: the result's largest entry is about 2^{top - 1}, beyond the largest "

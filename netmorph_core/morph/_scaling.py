@@ -45,6 +45,18 @@ def check_common(arguments: dict[str, Any]) -> None:
         v.positive_int(arguments["max_iter"], "max_iter", MAX_ITER)
 
 
+def bind(
+    signature: inspect.Signature, what: str, args: tuple, kwargs: dict[str, Any]
+) -> inspect.BoundArguments:
+    """The call's arguments by name, defaults applied (``TypeError`` naming ``what``)."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{what}(): {exc}") from None
+    bound.apply_defaults()
+    return bound
+
+
 def chain_morph(what: str, layout: Layout) -> Callable[[Callable[..., MorphResult]], Any]:
     """Decorate a chain morph ``fn(g, ...)`` (see the module docstring)."""
 
@@ -53,8 +65,7 @@ def chain_morph(what: str, layout: Layout) -> Callable[[Callable[..., MorphResul
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> MorphResult:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
+            bound = bind(signature, what, args, kwargs)
             g = v.as_filter(bound.arguments["g"], "G")
             check_common(bound.arguments)
             widths, kernels = layout(g, bound.arguments)
@@ -121,8 +132,7 @@ def module_morph(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
+        bound = bind(signature, "morph_module", args, kwargs)
         g = v.as_filter(bound.arguments["g"], "G")
         module = bound.arguments["module"]
         check_common(bound.arguments)
