@@ -374,3 +374,174 @@ def test_reference_operators_check_memory(rng, monkeypatch):
             rng.standard_normal((3, 2, 1, 1)),
             (3, 3),
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Fuzzing the public API: only ValueError/TypeError escape, inputs never change, no inf/NaN out
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ_SCALES = (1e-300, 1e-170, 1e-40, 1e-8, 1.0, 1e8, 1e40, 1e160, 1e300)
+CORRUPTIONS = (
+    "none", "none", "none", "nan", "inf", "masked", "int", "object", "list", "zero_d",
+    "empty", "read_only", "reversed", "zeros", "huge_range",
+)  # fmt: skip
+
+
+def make_filter(rng, shape, dtype, scale, corruption):
+    """A random filter of ``shape`` damaged as ``corruption`` says."""
+    with np.errstate(all="ignore"):  # a product of scales may overflow: an inf input
+        x = (rng.standard_normal(shape) * scale).astype(dtype)
+    if corruption == "nan":
+        x.flat[0] = np.nan
+    elif corruption == "inf":
+        x.flat[-1] = np.inf
+    elif corruption == "masked":
+        return np.ma.array(x, mask=np.zeros(x.shape, bool))
+    elif corruption == "int":
+        return rng.integers(-3, 3, shape)
+    elif corruption == "object":
+        return x.astype(object)
+    elif corruption == "list":
+        return x.tolist()
+    elif corruption == "zero_d":
+        return np.asarray(x.flat[0])
+    elif corruption == "empty":
+        return np.zeros((0, *shape[1:]), dtype)
+    elif corruption == "read_only":
+        x.setflags(write=False)
+    elif corruption == "reversed":
+        return np.flip(np.repeat(x, 2, axis=0), axis=0)[::2]
+    elif corruption == "zeros":
+        return np.zeros(shape, dtype)
+    elif corruption == "huge_range":
+        x.flat[0] = np.finfo(dtype).max / 4
+    return x
+
+
+def snapshot(x):
+    if isinstance(x, np.ma.MaskedArray):
+        return ("masked", x.data.copy(), np.ma.getmaskarray(x).copy())
+    if isinstance(x, np.ndarray):
+        return ("array", x.copy())
+    return ("other", repr(x))
+
+
+def same(a, b) -> bool:
+    return a[0] == b[0] and all(
+        np.array_equal(p, q, equal_nan=p.dtype.kind == "f") if isinstance(p, np.ndarray) else p == q
+        for p, q in zip(a[1:], b[1:])
+    )
+
+
+def outputs(result):
+    """Every array in a result (tuples, lists, dicts and dataclasses of arrays)."""
+    if isinstance(result, np.ndarray):
+        yield result
+    elif isinstance(result, (list, tuple)):
+        for r in result:
+            yield from outputs(r)
+    elif isinstance(result, dict):
+        for r in result.values():
+            yield from outputs(r)
+    elif hasattr(result, "__dataclass_fields__"):
+        for name in result.__dataclass_fields__:
+            yield from outputs(getattr(result, name))
+
+
+OPERATIONS = (
+    "compose", "deconv_outer", "deconv_inner", "residual", "depth_general", "depth_practical",
+    "subnet", "width", "net2net", "kernel", "split", "idmorph", "solvability", "module",
+)  # fmt: skip
+
+ODD_VALUES = (0, -1, 2.5, True, None, "3", 10**30, float("nan"), (1, 2, 3, 4))
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    op=st.sampled_from(OPERATIONS),
+    seed=st.integers(0, 2**16),
+    ndim=st.integers(0, 2),
+    chans=st.tuples(*[st.integers(1, 4)] * 3),
+    kernels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    scales=st.tuples(st.sampled_from(FUZZ_SCALES), st.sampled_from(FUZZ_SCALES)),
+    corruption=st.one_of(st.just("none"), st.sampled_from(CORRUPTIONS)),
+    odd=st.one_of(st.none(), st.none(), st.sampled_from(ODD_VALUES)),
+)
+def test_fuzz_public_core_api(op, seed, ndim, chans, kernels, dtype, scales, corruption, odd):
+    rng = np.random.default_rng(seed)
+    c0, c1, c2 = chans
+    k1, k2 = kernels
+    kt = k1 + k2 - 1
+    sp = lambda k: (k,) * ndim  # noqa: E731
+    f1 = make_filter(rng, (c1, c0, *sp(k1)), dtype, scales[0], corruption)
+    f2 = make_filter(rng, (c2, c1, *sp(k2)), dtype, scales[1], "none")
+    g = make_filter(rng, (c2, c0, *sp(kt)), dtype, scales[0] * scales[1], corruption)
+    k_arg = odd if odd is not None else k1
+    width = odd if odd is not None else c1 + 2
+    calls = {
+        "compose": lambda: nm.compose(f2, f1),
+        "deconv_outer": lambda: nm.deconv(g, outer=f2, kernel_size=k_arg if ndim else 1),
+        "deconv_inner": lambda: nm.deconv(g, inner=f1, kernel_size=k2 if odd is None else odd),
+        "residual": lambda: nm.residual(g, f2, f1),
+        "depth_general": lambda: nm.morph_depth(
+            g,
+            width,
+            k_arg if ndim else None,
+            1 if ndim else None,
+            seed=0,
+            max_iter=4,
+            allow_approximate=True,
+        ),
+        "depth_practical": lambda: nm.morph_depth(
+            g,
+            width,
+            k1 if ndim else None,
+            k2 if ndim else None,
+            method="practical",
+            seed=0,
+            tol=odd if odd is not None else None,
+        ),
+        "subnet": lambda: nm.morph_subnet(
+            g,
+            [(width, k1 if ndim else None), (c2, k2 if ndim else None)],
+            method="practical",
+            seed=0,
+        ),
+        "width": lambda: nm.morph_width(f1, f2, width, seed=0),
+        "net2net": lambda: nm.net2net_widen(f1, f2, width, noise_std=0.1, seed=0),
+        "kernel": lambda: nm.morph_kernel(f1, k_arg + 2 if isinstance(k_arg, int) else k_arg),
+        "split": lambda: nm.split_filter(g, width, seed=0),
+        "idmorph": lambda: nm.idmorph(g, 1 if odd is None else odd),
+        "solvability": lambda: nm.solvability(
+            getattr(g, "shape", (c2, c0)), width, k1 if ndim else None, k2 if ndim else None
+        ),
+        "module": lambda: nm.morph_module(
+            g,
+            nm.Module(
+                [nm.conv_edge("a", "s", "u", k1), nm.conv_edge("b", "u", "t", k2)],
+                channels={"u": 8},
+            ),
+            seed=0,
+            max_iter=5,
+            allow_approximate=True,
+        ),
+    }
+    before = [snapshot(x) for x in (f1, f2, g)]
+    try:
+        result = calls[op]()
+    except (ValueError, TypeError) as exc:
+        event(f"{op}: {type(exc).__name__}")
+    else:
+        event(f"{op}: returned")
+        for out in outputs(result):
+            if out.dtype.kind == "f":
+                assert np.isfinite(out).all(), f"{op} returned a non-finite array"
+    assert all(same(b, snapshot(x)) for b, x in zip(before, (f1, f2, g))), f"{op} wrote its input"
