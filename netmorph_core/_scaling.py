@@ -11,7 +11,6 @@ silent zero. Works on NumPy and CuPy arrays.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,8 @@ def scale_back(x: Any, e: int, dtype: np.dtype, what: str) -> Any:
     overflow or fall below the smallest normal number of ``dtype`` (the answer is not
     representable there: inf or a silent zero)."""
     xp = namespace(x)
+    if e == 0 and x.dtype == dtype:  # nothing is scaled or cast: nothing can leave the range
+        return x
     info = np.finfo(dtype)
     peak = float(xp.abs(x).max()) if x.size else 0.0
     if peak > 0:  # max|x·2^e| lies in [2^(top−1), 2^top)
@@ -61,29 +62,6 @@ def ldexp_float(x: float, e: int) -> float:
     if ex + e > 1024:
         return math.copysign(math.inf, x)
     return math.ldexp(m, ex + e) if ex + e >= -1074 else 0.0
-
-
-def share(e: int, parts: int) -> list[float]:
-    """Multipliers s_p with Π s_p = 2^e and every s_p = 2^(e/parts) up to a power of two:
-    a product's scale distributed equally between its ``parts`` factors."""
-    whole, rest = divmod(e, parts)
-    return [math.ldexp(2.0 ** (rest / parts), whole) for _ in range(parts)]
-
-
-def scale_factors(
-    filters: Sequence[Any], e: int, dtype: np.dtype, what: str
-) -> tuple[np.ndarray, ...]:
-    """The factors of a normalised product scaled so that their product gains 2^e, each by
-    the same 2^(e/P) (equal scales stay equal): ``ValueError`` naming ``what`` when a factor
-    would overflow or underflow ``dtype``."""
-    if e == 0:
-        return tuple(np.ascontiguousarray(f, dtype=dtype) for f in filters)
-    whole, rest = divmod(e, len(filters))
-    frac = 2.0 ** (rest / len(filters))
-    return tuple(
-        np.ascontiguousarray(scale_back(np.asarray(f, dtype=np.float64) * frac, whole, dtype, what))
-        for f in filters
-    )
 
 
 def relative_difference(target: np.ndarray, approx: np.ndarray) -> float:
