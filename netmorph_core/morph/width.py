@@ -86,12 +86,8 @@ def check_growth(f1: np.ndarray, f2: np.ndarray, width: int, what: str) -> None:
 
 
 def nonnegative_real(x: object, name: str) -> float:
-    """``x`` as a finite, non-negative Python float."""
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {x!r}")
-    if not np.isfinite(x) or x < 0:
-        raise ValueError(f"{name} must be finite and non-negative, got {x}")
-    return float(x)
+    """``x`` as a finite, non-negative Python float (bool, NaN and ±Inf refused)."""
+    return v.real_number(x, name, low=0.0)
 
 
 @dataclass(frozen=True)
