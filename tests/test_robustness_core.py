@@ -456,6 +456,24 @@ def outputs(result):
             yield from outputs(getattr(result, name))
 
 
+def assert_not_silently_wrong(op, result, f2, f1, g) -> None:
+    """What a returned result claims is measured again, independently and scale-safely."""
+    tol = (
+        1e-5 if np.result_type(*(np.asarray(x).dtype for x in (f2, f1, g))) == np.float32 else 1e-10
+    )
+    if op == "compose":
+        assert nm.residual(result, f2, f1) <= tol
+    elif isinstance(result, nm.MorphResult) and result.exact and len(result.filters) == 2:
+        assert nm.residual(g, result.filters[1], result.filters[0]) <= 2 * tol
+    elif isinstance(result, nm.ModuleMorphResult) and result.exact:
+        from netmorph_core._scaling import relative_difference
+        from netmorph_core.reference import pad_centered
+
+        kernel = nm.compose_module(result.module, result.filters)
+        target = pad_centered(np.asarray(g, dtype=np.float64), result.effective_size)
+        assert relative_difference(target, kernel) <= 2 * tol
+
+
 OPERATIONS = (
     "compose", "deconv_outer", "deconv_inner", "residual", "depth_general", "depth_practical",
     "subnet", "width", "net2net", "kernel", "split", "idmorph", "solvability", "module",
@@ -550,4 +568,5 @@ def test_fuzz_public_core_api(op, seed, ndim, chans, kernels, dtype, scales, cor
         for out in outputs(result):
             if out.dtype.kind == "f":
                 assert np.isfinite(out).all(), f"{op} returned a non-finite array"
+        assert_not_silently_wrong(op, result, f2, f1, g)
     assert all(same(b, snapshot(x)) for b, x in zip(before, (f1, f2, g))), f"{op} wrote its input"
