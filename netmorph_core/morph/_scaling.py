@@ -172,8 +172,10 @@ def module_morph(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "too small against the module's identity edges to be resolved in floating "
                 "point; use allow_approximate=True or rescale G"
             )
-        filters = {
-            name: scale_back(f, step[name], f.dtype, f"morph_module of G (edge {name!r})")
+        filters = {  # identity edges are the caller's scale·I, never a rescaled copy
+            name: shape.identity_kernel(name).astype(f.dtype)
+            if module.edge(name).identity
+            else scale_back(f, step[name], f.dtype, f"morph_module of G (edge {name!r})")
             for name, f in result.filters.items()
         }
         return replace(
