@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import _validation as v
 from .._errors import typed_errors
-from .._limits import check_chain
+from .._limits import check_chain, check_deconv
 from .._memory import check_working_set
 from .._scaling import exponent, relative_difference, scale_back
 from ..reference import pad_centered
@@ -143,6 +143,14 @@ def module_morph(fn: Callable[..., Any]) -> Callable[..., Any]:
         entries = sum(math.prod(shape.filter_shape(x.name)) for x in module.edges)
         entries += sum(c * max(g.shape[:2]) * kt for c in shape.channels.values())
         check_working_set(8 * 4 * entries + 8 * 2 * 2**24, "morph_module")
+        c_out, c_in = g.shape[:2]
+        for x in module.edges:  # one-sided solves at the source and at the sink
+            k = shape.kernels[x.name]
+            rest = [t - a + 1 for t, a in zip(shape.effective_size, k)]
+            if not x.identity and x.tail == module.source:
+                check_deconv(c_out, shape.channels[x.head], c_in, rest, k, f"edge {x.name!r}")
+            if not x.identity and x.head == module.sink:
+                check_deconv(c_in, shape.channels[x.tail], c_out, rest, k, f"edge {x.name!r}")
         # Fixed identity paths set a scale too: normalise by the larger of G and them.
         scales = [math.frexp(x.scale)[1] for x in module.edges if x.identity and x.scale]
         e = max([exponent(g), *scales])
