@@ -365,6 +365,11 @@ def test_a_gram_too_large_to_factorise_is_refused_before_allocating(rng):
     f2 = rng.standard_normal((1, 1, 200, 200))
     with pytest.raises(ValueError, match=r"Gram has order 40401.*above the 40000"):
         nm.deconv(g, outer=f2, kernel_size=201)
+    m = nm.Module([nm.conv_edge("a", "s", "u", 201), nm.conv_edge("b", "u", "t", 200)], {"u": 1})
+    with pytest.raises(ValueError, match=r"edge 'a'.*Gram has order 40401"):
+        nm.morph_module(g, m)
+    with pytest.raises(ValueError, match=r"morph_depth.*Gram has order 40401"):
+        nm.morph_depth(g, 1, 201, 200)
 
 
 def test_reference_operators_check_memory(rng, monkeypatch):
