@@ -85,10 +85,11 @@ def deconv(
             )
         x_shape = (g.shape[0], factor.shape[0], *k)
     kt = v.effective_size(g.shape[2:], factor.shape[2:], k, "kernel_size")
+    what = f"deconv with kernel_size={k} and {side} of shape {tuple(factor.shape)}"
     if side == "outer":
-        check_deconv(g.shape[0], factor.shape[1], g.shape[1], factor.shape[2:], k, "deconv")
+        check_deconv(g.shape[0], factor.shape[1], g.shape[1], factor.shape[2:], k, what)
     else:
-        check_deconv(g.shape[1], factor.shape[0], g.shape[0], factor.shape[2:], k, "deconv")
+        check_deconv(g.shape[1], factor.shape[0], g.shape[0], factor.shape[2:], k, what)
     if init is not None:
         init = v.as_filter(init, "init")
         if init.shape != x_shape:

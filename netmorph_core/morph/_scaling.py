@@ -69,7 +69,8 @@ def chain_morph(what: str, layout: Layout) -> Callable[[Callable[..., MorphResul
             g = v.as_filter(bound.arguments["g"], "G")
             check_common(bound.arguments)
             widths, kernels = layout(g, bound.arguments)
-            check_chain(g.shape[0], g.shape[1], widths, kernels, what)
+            layers = ", ".join(f"({w}, {k})" for w, k in zip(widths, kernels))
+            check_chain(g.shape[0], g.shape[1], widths, kernels, f"{what} into [{layers}]")
             parts = len(kernels)
             e = parts * math.ceil(exponent(g) / parts)
             if e == 0:
