@@ -193,7 +193,7 @@ def widen(
     seed: int | np.random.Generator | None = None,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
 ) -> tuple[nn.Module, MorphReport]:
     """Widen the outputs of the Conv/Linear layer ``at`` to ``width`` channels.
 
