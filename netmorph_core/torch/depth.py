@@ -192,7 +192,7 @@ def deepen(
     solver's random start. ``probe`` (a tensor or tuple of model inputs) or ``input_shape``
     gives the inputs the report measures on (else inferred, see :mod:`.report`). ``tol``:
     "auto" raises MorphError unless the float64 relative deviation is ≤ 1e-8 and the child's
-    rounding in the model's dtype is within 4× the parent's own (see :mod:`.report`); a number
+    rounding in the model's dtype is within 8× the parent's own (see :mod:`.report`); a number
     bounds the float64 relative deviation; None never raises. Returns (child, report);
     ``model`` is not modified (also on error).
     """
