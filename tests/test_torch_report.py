@@ -224,3 +224,11 @@ def test_unmeasurable_morph_raises_unless_tol_is_none() -> None:
     x = torch.randn(3, 4, dtype=torch.float64)
     _, report = widen(parent, "fc", 8, seed=0, probe=(x, x))
     assert report.scope == "model" and report.rel_dev_f64 <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["PTanh", "psigmoid", "PReLU", "gelu"])
+def test_deepen_accepts_paper_activation_names(name: str) -> None:
+    torch.manual_seed(0)
+    child, report = deepen(cnn().double(), "2", width=16, activation=name, seed=0)
+    assert report.rel_dev_f64 <= 1e-12
+    assert child.get_submodule("2")[1].base_name == name.lower().removeprefix("p")
