@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
 
 def test_importing_the_cli_pieces_loads_neither_torch_nor_matplotlib() -> None:
     code = (
-        "import sys, netmorph_core, netmorph_core.experiments.cli_commands\n"
+        "import sys, netmorph_core, netmorph_core.experiments.cli_commands, netmorph_core.cli\n"
         "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]\n"
         "assert not bad, bad"
     )

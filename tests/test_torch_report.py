@@ -232,3 +232,12 @@ def test_deepen_accepts_paper_activation_names(name: str) -> None:
     child, report = deepen(cnn().double(), "2", width=16, activation=name, seed=0)
     assert report.rel_dev_f64 <= 1e-12
     assert child.get_submodule("2")[1].base_name == name.lower().removeprefix("p")
+
+
+def test_train_mode_that_cannot_run_on_the_probe_is_a_note() -> None:
+    torch.manual_seed(0)
+    parent = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+    _, report = deepen(parent.double(), "0", width=8, seed=0, probe=torch.randn(1, 4))
+    assert report.rel_dev_f64 <= 1e-12 and report.train_rel_dev_f64 is None
+    assert report.train_mode_holds is None
+    assert any("train mode could not run" in n for n in report.notes)

@@ -15,7 +15,8 @@ caller's global torch RNG are left as they were.
 - its float64 relative deviation (float64 copies of both models) is at most 1e-8, and
 - in the model's dtype (when it is not float64), its relative deviation from the parent run in
   float64 is at most ``NOISE_FACTOR`` × the parent's own rounding noise (the parent in its
-  dtype against the parent in float64, same inputs) + ``NOISE_FLOOR_EPS`` × eps(dtype);
+  dtype against the parent in float64, same inputs) + ``NOISE_FLOOR_EPS`` × eps(dtype) × (1 +
+  the number of Conv/Linear layers the child adds);
 
 otherwise it raises :class:`MorphError` with the numbers. A number is a bound on the float64
 relative deviation alone; ``None`` measures and reports without raising.
@@ -37,7 +38,7 @@ from torch import nn
 
 from .._memory import check_working_set
 from .errors import MorphError
-from .surgery import CONV_TYPES, check_model, count_parameters
+from .surgery import CONV_TYPES, LAYER_TYPES, check_model, count_parameters
 
 Inputs = tuple[torch.Tensor, ...]
 Outputs = list[torch.Tensor]
@@ -47,7 +48,8 @@ AUTO_F64_BOUND = 1e-8
 #: tol="auto": the child's rounding in the model's dtype may be this multiple of the parent's
 #: (a child has more layers, each rounding; the demo's three-layer subnet in float32: 5.8).
 NOISE_FACTOR = 8.0
-#: tol="auto": plus this many eps of the dtype (a parent with almost no rounding noise).
+#: tol="auto": plus this many eps of the dtype for the output and for each layer the child
+#: adds (its weights are rounded to the dtype; a parent may show almost no rounding noise).
 NOISE_FLOOR_EPS = 1.0
 
 
@@ -131,7 +133,8 @@ class Measurement:
     dev: tuple[float, float]
     parent_noise: float
     child_noise: float
-    train64: tuple[float, float]
+    train64: tuple[float, float] | None
+    new_layers: int = 0
 
     @property
     def noise_ratio(self) -> float:
@@ -155,10 +158,15 @@ def check_tol(tol: object) -> float | str | None:
     return float(tol)
 
 
-def auto_bound(dtype: torch.dtype, parent_noise: float) -> float:
+def auto_bound(dtype: torch.dtype, parent_noise: float, new_layers: int = 0) -> float:
     """tol="auto"'s bound on the child's relative error in ``dtype`` against the parent in
-    float64: NOISE_FACTOR · parent_noise + NOISE_FLOOR_EPS · eps(dtype)."""
-    return NOISE_FACTOR * parent_noise + NOISE_FLOOR_EPS * torch.finfo(dtype).eps
+    float64: NOISE_FACTOR · parent_noise + NOISE_FLOOR_EPS · eps(dtype) · (1 + new_layers)."""
+    floor = NOISE_FLOOR_EPS * torch.finfo(dtype).eps * (1 + new_layers)
+    return NOISE_FACTOR * parent_noise + floor
+
+
+def _layer_count(model: nn.Module) -> int:
+    return sum(isinstance(m, LAYER_TYPES) for m in model.modules())
 
 
 @contextmanager
@@ -233,7 +241,10 @@ def measure(
     in64 = _as_float64(inputs)
     p64, c64 = _copy(parent, torch.float64), _copy(child, torch.float64)
     out_p64, out_c64 = _run(p64, in64), _run(c64, in64)
-    train64 = compare(_run(p64, in64, train=True), _run(c64, in64, train=True))
+    try:
+        train64 = compare(_run(p64, in64, train=True), _run(c64, in64, train=True))
+    except (RuntimeError, ValueError):  # e.g. BatchNorm in train mode on a batch of one
+        train64 = None
     del p64, c64
     dev64 = compare(out_p64, out_c64)
     if dtype == torch.float64:
@@ -246,6 +257,7 @@ def measure(
         parent_noise=compare(out_p64, out_p)[1],
         child_noise=compare(out_p64, out_c)[1],
         train64=train64,
+        new_layers=max(0, _layer_count(child) - _layer_count(parent)),
     )
 
 
@@ -386,15 +398,16 @@ def check_preserved(
                 "accept an inexact child"
             )
         return
-    bound = auto_bound(dtype, m.parent_noise)
+    bound = auto_bound(dtype, m.parent_noise, m.new_layers)
     if m.child_noise > bound:
         name = str(dtype).removeprefix("torch.")
         raise MorphError(
             f"{where}: in {name} the child deviates from the float64 parent by "
             f"{m.child_noise:.3e} (relative), above tol='auto''s bound {bound:.3e} = "
             f"{NOISE_FACTOR:g} × the parent's own {name} rounding noise {m.parent_noise:.3e} + "
-            f"{NOISE_FLOOR_EPS:g} eps (ratio {m.noise_ratio:.3g}; float64 deviation "
-            f"{m.dev64[1]:.3e}); pass tol=None to accept it"
+            f"{NOISE_FLOOR_EPS * (1 + m.new_layers):g} eps (the output and {m.new_layers} new "
+            f"layers); noise ratio {m.noise_ratio:.3g}, float64 deviation {m.dev64[1]:.3e}; "
+            "pass tol=None to accept it"
         )
 
 
@@ -453,7 +466,9 @@ def run_morph(
             )
     if measured is not None:
         check_preserved(operation, targets, tol, dtype, measured)
-    none2 = (None, None)
+    train64 = measured.train64 if measured else None
+    if measured and train64 is None:
+        notes.append("train mode could not run on the probe: its deviation is not measured")
     report = MorphReport(
         operation=operation,
         targets=targets,
@@ -466,11 +481,9 @@ def run_morph(
         rel_dev=measured.dev[1] if measured else None,
         parent_noise=measured.parent_noise if measured else None,
         noise_ratio=measured.noise_ratio if measured and dtype != torch.float64 else None,
-        train_max_abs_dev_f64=(measured.train64 if measured else none2)[0],
-        train_rel_dev_f64=(measured.train64 if measured else none2)[1],
-        train_mode_holds=(
-            measured.train64[1] <= max(1e-9, 10 * measured.dev64[1]) if measured else None
-        ),
+        train_max_abs_dev_f64=train64[0] if train64 else None,
+        train_rel_dev_f64=train64[1] if train64 else None,
+        train_mode_holds=train64[1] <= max(1e-9, 10 * measured.dev64[1]) if train64 else None,
         params_before=count_parameters(model),
         params_after=count_parameters(child),
         new_nonzero_ratio=outcome.new_nonzero / outcome.new_total if outcome.new_total else 1.0,
