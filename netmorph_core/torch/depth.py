@@ -191,9 +191,9 @@ def deepen(
     ``batch_norm``: insert a BatchNorm that is the identity in eval mode. ``seed``: the
     solver's random start. ``probe`` (a tensor or tuple of model inputs) or ``input_shape``
     gives the inputs the report measures on (else inferred, see :mod:`.report`). ``tol``:
-    "auto" raises MorphError unless the float64 relative deviation is ≤ 1e-8 and the child's
-    rounding in the model's dtype is within 8× the parent's own (see :mod:`.report`); a number
-    bounds the float64 relative deviation; None never raises. Returns (child, report);
+    "auto" raises MorphError unless the deviation is what the dtype explains (float64: ≤ 1e-8
+    relative; lower precision: rounding within 8× the parent's own, see :mod:`.report`); a
+    number bounds the float64 relative deviation; None never raises. Returns (child, report);
     ``model`` is not modified (also on error).
     """
     layer = find_layer(model, at)

@@ -12,9 +12,10 @@ caller's global torch RNG are left as they were.
 
 ``tol="auto"`` (the default of every operation) accepts the child when
 
-- its float64 relative deviation (float64 copies of both models) is at most 1e-8, and
-- in the model's dtype (when it is not float64), its relative deviation from the parent run in
-  float64 is at most ``NOISE_FACTOR`` × the parent's own rounding noise (the parent in its
+- of a float64 model: its relative deviation is at most 1e-8;
+- of a float32, bfloat16 or float16 model (whose float64 copies hold weights rounded to that
+  dtype): its relative deviation in the model's dtype from the parent run in float64 is at
+  most ``NOISE_FACTOR`` × the parent's own rounding noise (the parent in its
   dtype against the parent in float64, same inputs) + ``NOISE_FLOOR_EPS`` × eps(dtype) × (1 +
   the number of Conv/Linear layers the child adds);
 

@@ -202,7 +202,7 @@ def widen(
     raises :class:`MorphError` naming the partner. ``zero_side``: "auto", "inner" or "outer"
     (module docstring); ``seed``: the permutation and the random entries. ``probe``/
     ``input_shape``/``tol`` as in :func:`deepen` (no single-layer fallback: without a model
-    input the deviation is not measured). Needs a model torch.fx can trace (MorphError
+    input tol="auto" raises, tol=None leaves the deviation unmeasured). Needs a model torch.fx can trace (MorphError
     otherwise). Returns (child, report); ``model`` is not modified.
     """
     names = _names(at)
