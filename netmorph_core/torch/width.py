@@ -202,8 +202,8 @@ def widen(
     raises :class:`MorphError` naming the partner. ``zero_side``: "auto", "inner" or "outer"
     (module docstring); ``seed``: the permutation and the random entries. ``probe``/
     ``input_shape``/``tol`` as in :func:`deepen` (no single-layer fallback: without a model
-    input tol="auto" raises, tol=None leaves the deviation unmeasured). Needs a model torch.fx can trace (MorphError
-    otherwise). Returns (child, report); ``model`` is not modified.
+    input tol="auto" raises, tol=None leaves the deviation unmeasured). Needs a model
+    torch.fx can trace (MorphError otherwise). Returns (child, report); ``model`` is unchanged.
     """
     names = _names(at)
     layers = [find_layer(model, n) for n in names]
