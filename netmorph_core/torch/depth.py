@@ -179,7 +179,7 @@ def deepen(
     batch_norm: bool = False,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the Conv1d/2d/3d or Linear layer ``at`` by F1 → [BN] → PActivation → F2.
@@ -190,9 +190,11 @@ def deepen(
     :class:`PActivation` accepts. ``method``: "general" or "practical" (paper Algorithms 1, 2).
     ``batch_norm``: insert a BatchNorm that is the identity in eval mode. ``seed``: the
     solver's random start. ``probe`` (a tensor or tuple of model inputs) or ``input_shape``
-    gives the inputs the report measures on (else inferred, see :mod:`.report`); ``tol``
-    raises ValueError when the float64 relative deviation exceeds it. Returns
-    (child, report); ``model`` is not modified (also on error).
+    gives the inputs the report measures on (else inferred, see :mod:`.report`). ``tol``:
+    "auto" raises MorphError unless the deviation is what the dtype explains (float64: ≤ 1e-8
+    relative; lower precision: rounding within 8× the parent's own, see :mod:`.report`); a
+    number bounds the float64 relative deviation; None never raises. Returns (child, report);
+    ``model`` is not modified (also on error).
     """
     layer = find_layer(model, at)
     out_channels = layer.weight.shape[0]

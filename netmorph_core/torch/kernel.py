@@ -33,7 +33,7 @@ def grow_kernel(
     *,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
 ) -> tuple[nn.Module, MorphReport]:
     """Grow the kernel of the Conv1d/2d/3d layer ``at`` to ``kernel_size`` (an int or one per
     spatial dimension; K̃ − K even and ≥ 0). ``probe``/``input_shape``/``tol`` as in

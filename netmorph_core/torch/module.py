@@ -293,7 +293,7 @@ def morph_module(
     solver_tol: float | None = None,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the Conv1d/2d/3d or Linear layer ``at`` by the module graph ``spec``.

@@ -206,7 +206,7 @@ def morph_resnet(
     max_iter: int = 300,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Apply the paper's morph ``spec_name`` (see :func:`parse_spec_name`) to every eligible

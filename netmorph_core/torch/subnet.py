@@ -83,7 +83,7 @@ def morph_subnet(
     batch_norm: bool = False,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the layer ``at`` by the sequential subnet ``layers`` = [(width, kernel), ...]
@@ -118,7 +118,7 @@ def morph_stacked(
     batch_norm: bool = False,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the layer ``at`` by :class:`StackedBranches`: branch i is the sequential subnet

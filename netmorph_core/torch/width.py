@@ -193,7 +193,7 @@ def widen(
     seed: int | np.random.Generator | None = None,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
 ) -> tuple[nn.Module, MorphReport]:
     """Widen the outputs of the Conv/Linear layer ``at`` to ``width`` channels.
 
@@ -202,8 +202,8 @@ def widen(
     raises :class:`MorphError` naming the partner. ``zero_side``: "auto", "inner" or "outer"
     (module docstring); ``seed``: the permutation and the random entries. ``probe``/
     ``input_shape``/``tol`` as in :func:`deepen` (no single-layer fallback: without a model
-    input the deviation is not measured). Needs a model torch.fx can trace (MorphError
-    otherwise). Returns (child, report); ``model`` is not modified.
+    input tol="auto" raises, tol=None leaves the deviation unmeasured). Needs a model
+    torch.fx can trace (MorphError otherwise). Returns (child, report); ``model`` is unchanged.
     """
     names = _names(at)
     layers = [find_layer(model, n) for n in names]
