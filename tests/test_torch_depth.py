@@ -70,7 +70,11 @@ def test_deepen_is_exact_at_the_border(mode: str, geometry: tuple) -> None:
     assert report.train_mode_holds and report.train_rel_dev_f64 <= F64_TOL
     assert report.scope == "model" and report.exact and report.residual <= 1e-12
     first = child[0][0]
-    assert isinstance(first, nn.Conv2d) and first.padding_mode == mode
+    if isinstance(first, nn.Sequential):  # reflect/circular growth: mode pad, then zeros
+        assert mode in ("reflect", "circular") and first[1].padding_mode == "zeros"
+        assert type(first[0]).__name__.startswith(("Reflection", "Circular"))
+    else:
+        assert isinstance(first, nn.Conv2d) and first.padding_mode == mode
     assert isinstance(child[0][1], PActivation)
 
 
@@ -98,7 +102,10 @@ def test_deepen_same_padding_even_kernel_is_exact(mode: str) -> None:
     assert isinstance(
         pad[0], (nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
     )
-    assert pad[0].padding == (2, 3, 2, 3)  # "same" for K = 4 is (1, 2), grown by 1 per side
+    if mode in ("reflect", "circular"):  # the parent's pad in its mode, the growth in zeros
+        assert pad[0].padding == (1, 2, 1, 2) and pad[1].padding == (1, 1)
+    else:  # "same" for K = 4 is (1, 2), grown by 1 per side
+        assert pad[0].padding == (2, 3, 2, 3)
 
 
 def test_stride_goes_to_f1_when_f2_is_pointwise_else_to_f2() -> None:
@@ -291,7 +298,7 @@ def test_morph_stacked_sums_branches(split: str) -> None:
     assert isinstance(stacked, StackedBranches) and len(stacked.branches) == 3
     assert rel_dev(parent, child, x) <= F64_TOL
     assert report.exact and report.residual <= 1e-12
-    biases = [b[-1].bias for b in stacked.branches]
+    biases = [[m for m in b.modules() if isinstance(m, nn.Conv2d)][-1].bias for b in stacked.branches]
     assert torch.equal(biases[0], parent[0].bias) and not biases[1].any()
 
 

@@ -8,7 +8,11 @@ The layer G (padding p, stride s, dilation d, kernel K) becomes
 with F2 ⊛ F1 = G~ solved by :func:`netmorph_core.morph.depth.morph_depth`. The stride goes to
 F2, or to F1 when F2 is 1×1 (cheaper, still exact); the dilation to both. All padding is applied
 before F1, so the zero ring of G~ only meets the outermost padded values: exact for every
-padding mode. b1 = 0 and b2 = b (b2 = b − Σ F2·b1 in general).
+padding mode. Reflect and circular padding bound the input size, so for them F1 keeps the
+parent's padding p in its mode and the growth d·(K1 + K2 − 1 − K)/2 is zeros (a padding module
+of the mode before F1): the child accepts exactly the inputs the parent accepts. b1 = 0 and
+b2 = b (b2 = b − Σ F2·b1 in general). With ``batch_norm`` the new BatchNorm acts on the
+channel axis: axis 1 after a conv, the last axis after a Linear layer (any input rank).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def build_chain(
     kernels = [tuple(f.shape[2:]) for f in filters]
     kt = tuple(sum(ks) - (n - 1) for ks in zip(*kernels))
     j_stride = max((j for j, ks in enumerate(kernels) if any(k > 1 for k in ks)), default=0)
+    inner, outer = geo.split_pads(kt) if geo.ndim else ((), ())
     modules: list[nn.Module] = []
     for j, f in enumerate(filters):
         weight = to_tensor(f, like)
@@ -75,8 +80,9 @@ def build_chain(
                     b,
                     stride=geo.stride if j == j_stride else (1,) * geo.ndim,
                     dilation=tuple(d if k > 1 else 1 for d, k in zip(geo.dilation, kernels[j])),
-                    pads=geo.grown_pads(kt) if j == 0 else ((0, 0),) * geo.ndim,
+                    pads=inner if j == 0 else ((0, 0),) * geo.ndim,
                     padding_mode=geo.padding_mode if j == 0 else "zeros",
+                    zero_pads=outer if j == 0 else (),
                 )
             )
         if j < n - 1:
