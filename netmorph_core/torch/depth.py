@@ -17,6 +17,7 @@ channel axis: axis 1 after a conv, the last axis after a Linear layer (any input
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ from .. import _validation as v
 from ..morph.depth import METHODS, morph_depth
 from .activation import make_activation
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .support import check_new_entries, layer_entries
 from .surgery import (
     ConvGeometry,
     find_layer,
@@ -204,6 +206,15 @@ def deepen(
     out_channels = layer.weight.shape[0]
     width = out_channels if width is None else v.positive_int(width, "width")
     k1, k2 = parse_kernel_sizes(layer, kernel_size)
+    c_in = layer.weight.shape[1]
+    kernels = [(), ()] if k1 is None else [k1, k2]
+    kt = () if k1 is None else tuple(a + b - 1 for a, b in zip(k1, k2))
+    entries = layer_entries(c_in, [width, out_channels], kernels)
+    check_new_entries(
+        entries + out_channels * c_in * math.prod(kt),
+        layer.weight,
+        f"deepen at={at!r} with width={width}, kernel_size={kernel_size!r}",
+    )
     make_activation(activation)
     check_method(method)
     check_flag(batch_norm, "batch_norm")

@@ -13,6 +13,7 @@ so all branches produce the parent's output shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ from .depth import (
     weight_counts,
 )
 from .report import MorphReport, Outcome, run_morph
+from .support import check_new_entries, layer_entries
 from .surgery import LAYER_TYPES, ConvGeometry, find_layer, replace_module, to_numpy64
 
 
@@ -63,14 +65,17 @@ class StackedBranches(nn.Module):
         return out
 
 
-def _check_layers(layer: nn.Module, layers: object, name: str) -> None:
-    """Validate a (width, kernel) list against ``layer`` before any work."""
+def _check_layers(layer: nn.Module, layers: object, name: str) -> int:
+    """Validate a (width, kernel) list against ``layer`` before any work; returns the weight
+    entries the chain (and its effective kernel G~) will hold."""
     g = np.zeros((layer.weight.shape[0], 1, *layer.weight.shape[2:]))
     try:
-        _, kernels = check_layers(g, layers)
-        chain_effective_size(g.shape[2:], kernels)
+        widths, kernels = check_layers(g, layers)
+        kt = chain_effective_size(g.shape[2:], kernels)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{name}: {exc}") from None
+    c_out, c_in = layer.weight.shape[:2]
+    return layer_entries(c_in, widths, kernels) + c_out * c_in * math.prod(kt)
 
 
 def morph_subnet(
@@ -90,7 +95,8 @@ def morph_subnet(
     (data-flow order; the last width is the layer's output channels or None; kernels None for
     Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`."""
     layer = find_layer(model, at)
-    _check_layers(layer, layers, "layers")
+    entries = _check_layers(layer, layers, "layers")
+    check_new_entries(entries, layer.weight, f"morph_subnet at={at!r} with layers={layers!r}")
     make_activation(activation)
     check_method(method)
     check_flag(batch_norm, "batch_norm")
@@ -128,8 +134,8 @@ def morph_stacked(
     layer = find_layer(model, at)
     if not isinstance(branches, Sequence) or isinstance(branches, str) or not branches:
         raise TypeError(f"branches must be a non-empty list of layer lists, got {branches!r}")
-    for i, layers in enumerate(branches):
-        _check_layers(layer, layers, f"branches[{i}]")
+    entries = sum(_check_layers(layer, ls, f"branches[{i}]") for i, ls in enumerate(branches))
+    check_new_entries(entries, layer.weight, f"morph_stacked at={at!r} with branches={branches!r}")
     if split not in SPLIT_MODES:
         raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
     make_activation(activation)

@@ -117,7 +117,7 @@ def check_called_by_parent(model: nn.Module, at: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = _LeafTracer().trace(owner)
-    except Exception:  # noqa: BLE001 - an untraceable parent cannot be inspected; see docstring
+    except Exception:  # an untraceable parent cannot be inspected (module docstring)
         return
     reads = sorted(
         str(n.target)
@@ -152,7 +152,8 @@ def check_no_hooks(module: nn.Module, at: str) -> None:
     ]
     for pname, p in module.named_parameters(recurse=False):
         for attr in ("_backward_hooks", "_post_accumulate_grad_hooks"):
-            hooks += [f"gradient hook {_hook_name(h)} on {pname!r}" for h in (getattr(p, attr, None) or {}).values()]
+            found = (getattr(p, attr, None) or {}).values()
+            hooks += [f"gradient hook {_hook_name(h)} on {pname!r}" for h in found]
     if hooks:
         raise MorphError(
             f"{at!r} ({type(module).__qualname__}) has {', '.join(hooks)}: kept on the morphed "
@@ -175,8 +176,7 @@ def check_values(module: nn.Module, at: str) -> None:
             continue
         if not t.is_floating_point():
             raise TypeError(
-                f"{at!r}: {pname!r} has dtype {t.dtype}; only floating-point layers can be "
-                "morphed"
+                f"{at!r}: {pname!r} has dtype {t.dtype}; only floating-point layers can be morphed"
             )
 
 
@@ -244,3 +244,23 @@ def layer_entries(c_in: int, widths: Iterable[int], kernels: Iterable[tuple[int,
         total += c_in * w * math.prod(k)
         c_in = w
     return total
+
+
+def check_widen_memory(
+    model: nn.Module, producers: Iterable[str], consumers: Iterable[str], width: int
+) -> None:
+    """Bound the memory of widening ``producers`` to ``width`` output channels: the channel
+    maps (2 int64 per channel), the producers' new weights and, once known, the consumers'
+    (their input columns grow by width/C)."""
+    layers = [model.get_submodule(n) for n in producers]
+    channels = layers[0].weight.shape[0]
+    entries = sum(width * math.prod(layer.weight.shape[1:]) for layer in layers)
+    for name in consumers:
+        w = model.get_submodule(name).weight
+        cols = -(-w.shape[1] * width // channels) if w.dim() >= 2 else 0
+        entries += w.shape[0] * cols * math.prod(w.shape[2:])
+    like = layers[0].weight
+    check_working_set(
+        16 * width + entries * (like.element_size() + 8),
+        f"widen {list(producers)} to width={width}",
+    )
