@@ -407,7 +407,7 @@ class _Walk:
         if node.args[0] is not widened[0] or len(widened) > 1:
             raise self.fail(node, "takes a widened tensor as a non-data argument")
         if isinstance(m, CONV_TYPES):
-            if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
+            if flow.layout != SPATIAL or flow.ndim != len(m.kernel_size) + 2:
                 raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
             if m.groups != 1:
                 raise self.fail(node, f"is grouped (groups={m.groups}); widen needs groups=1")

@@ -2,8 +2,8 @@
 
 The kernel is zero-padded symmetrically to K̃ and the padding grows by d·(K̃ − K)/2 per side
 (:func:`netmorph_core.morph.kernel.morph_kernel`); "same" padding stays "same", which grows by
-exactly that amount. The stride, dilation and padding mode are kept, so the layer stays the
-same module class with the same parameter names (except for reflect/circular padding, see
+exactly that amount. The stride, dilation and padding mode are kept, so the layer stays an
+nn.ConvNd with the same parameter names (except for reflect/circular padding, see
 :func:`grow_kernel`).
 """
 
@@ -50,7 +50,8 @@ def grow_kernel(
     spatial dimension; K̃ − K even and ≥ 0). ``probe``/``input_shape``/``tol`` as in
     :func:`deepen`. Returns (child, report); ``model`` is unchanged.
 
-    The layer keeps its class and parameter names, except with reflect or circular padding and
+    The layer becomes its nn.ConvNd base class (a subclass that reaches here computes the same
+    function) and keeps its parameter names, except with reflect or circular padding and
     a growing kernel: those modes bound the input size, so the layer becomes
     ``nn.Sequential(<pad p in its mode>, <conv K̃ with zero padding d·(K̃ − K)/2>)``
     (parameters ``at.1.weight``/``at.1.bias``; with p = 0 just the conv, zero-padded) and
@@ -75,7 +76,8 @@ def grow_kernel(
             padding = "same"
         else:
             padding = tuple(lo for lo, _ in geo.grown_pads(size))
-        new = type(conv)(
+        base = next(c for c in CONV_TYPES if isinstance(conv, c))  # same function, any __init__
+        new = base(
             conv.in_channels,
             conv.out_channels,
             size,

@@ -57,6 +57,7 @@ def find_layer(
     if not isinstance(layer, kinds):
         expected = "/".join(k.__name__ for k in kinds)
         raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
+    check_editable(model, [at])  # first: reading a parametrized weight may run its code
     if isinstance(layer, CONV_TYPES) and layer.groups != 1:
         raise ValueError(
             f"{name}={at!r} is a grouped convolution (groups={layer.groups}); only groups=1 "
@@ -64,7 +65,6 @@ def find_layer(
         )
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):
         raise ValueError(f"{name}={at!r} has uninitialized (lazy) parameters; run a forward first")
-    check_editable(model, [at])
     return layer
 
 
