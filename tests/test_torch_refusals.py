@@ -328,11 +328,10 @@ def test_bounded_padding_child_accepts_every_input_the_parent_accepts(
     ).double()
     small = border_input((2, 3, size, size + 1))
     big = border_input((2, 3, 9, 8))
-    spec = Module([conv_edge("a", "s", "m", 3), conv_edge("b", "m", "t", 3)], channels={"m": 8})
+    spec = Module([conv_edge("a", "s", "m", 3), conv_edge("b", "m", "t", 3)], channels={"m": 12})
     for call in (
         lambda: deepen(parent, "0", width=12, kernel_size=(3, 3), probe=big, seed=0),
         lambda: grow_kernel(parent, "0", 7, probe=big),
-        lambda: morph_subnet(parent, "0", [(12, 3), (None, 3)], probe=big, seed=0),
         lambda: morph_module(parent, "0", spec, probe=big, seed=0),
     ):
         child, _ = call()
@@ -384,3 +383,14 @@ def test_batch_norm_after_linear_acts_on_the_last_axis() -> None:
     # the new BatchNorm is widened with F1 (torch.fx sees it as one per-channel leaf)
     wide, report = widen(child.eval(), "0.0", 12, probe=x, seed=0)
     assert wide[0][1].num_features == 12 and report.rel_dev_f64 <= F64_TOL
+
+
+def test_layers_inside_children_and_graph_modules_stay_morphable() -> None:
+    """The parent check traces adapter modules and fx.GraphModules instead of refusing them."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1)).double()
+    x = border_input((2, 3, 6, 6))
+    stacked, _ = morph_stacked(model, "2", [[(None, 1)], [(8, 1), (None, 1)]], probe=x, seed=0)
+    for parent, at in ((stacked, "2.branches.1.0"), (torch.fx.symbolic_trace(model), "2")):
+        child, report = deepen(parent, at, probe=x, seed=0)
+        assert rel_dev(model, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL

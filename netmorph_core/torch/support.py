@@ -107,7 +107,8 @@ def check_called_by_parent(model: nn.Module, at: str) -> None:
     where = f"{name!r} ({cls.__qualname__})" if name else f"the model ({cls.__qualname__})"
     if isinstance(owner, nn.Sequential) and not _overrides(cls, nn.Sequential):
         return
-    if cls.__module__.startswith("torch.") and not isinstance(owner, _LISTS):
+    builtin = cls.__module__.startswith("torch.") and not isinstance(owner, fx.GraphModule)
+    if builtin and not isinstance(owner, _LISTS):
         raise MorphError(
             f"{at!r} belongs to {where}, a torch.nn module that may read its layers' parameters "
             "directly instead of calling them (e.g. nn.MultiheadAttention's in/out projections, "
