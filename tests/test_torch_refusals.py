@@ -29,6 +29,7 @@ from netmorph_core.torch import (  # noqa: E402
     morph_subnet,
     widen,
 )
+from netmorph_core.torch.samepad import DynamicSamePad, register_same_padding_conv  # noqa: E402
 from netmorph_core.torch.surgery import ChannelLastBatchNorm  # noqa: E402
 
 F64_TOL = 1e-9
@@ -394,3 +395,63 @@ def test_layers_inside_children_and_graph_modules_stay_morphable() -> None:
     for parent, at in ((stacked, "2.branches.1.0"), (torch.fx.symbolic_trace(model), "2")):
         child, report = deepen(parent, at, probe=x, seed=0)
         assert rel_dev(model, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
+
+
+@register_same_padding_conv
+class DeclaredSameConv(Conv2dSame):
+    """Conv2dSame declared to the adapter, which then keeps its rule exactly."""
+
+
+@register_same_padding_conv
+class FalselyDeclaredConv(StdConv2d):
+    """Declared as dynamic "same" padding, but standardises its weight instead."""
+
+
+TimmConv2dSame = type("Conv2dSame", (Conv2dSame,), {"__module__": "timm.layers.conv2d_same"})
+
+
+@pytest.mark.parametrize(
+    ("cls", "k", "stride", "operation"),
+    [
+        (DeclaredSameConv, 3, 2, "deepen"),
+        (DeclaredSameConv, 4, 2, "deepen"),
+        (TimmConv2dSame, 1, 3, "grow_kernel"),
+        (DeclaredSameConv, 3, 1, "grow_kernel"),
+        (DeclaredSameConv, 3, 2, "morph_subnet"),
+        (DeclaredSameConv, 3, 2, "morph_stacked"),
+        (TimmConv2dSame, 3, 2, "morph_module"),
+    ],
+)
+def test_dynamic_same_padding_is_kept_exactly(
+    cls: type, k: int, stride: int, operation: str
+) -> None:
+    """TF "same" padding depends on the input size (out = ceil(n/s)): the child keeps the rule
+    as a DynamicSamePad and is exact on odd and even sizes with large borders."""
+    torch.manual_seed(8)
+    model = Net(cls(4, 4, k, stride)).double()
+    x = border_input((2, 3, 9, 8))
+    kwargs = {"probe": x} if operation == "grow_kernel" else {"probe": x, "seed": 0}
+    if operation == "deepen":
+        kwargs["kernel_size"] = (3, k)
+        kwargs["width"] = 40
+    call = {
+        "deepen": lambda: deepen(model, "conv", **kwargs),
+        "grow_kernel": lambda: grow_kernel(model, "conv", k + 4, **kwargs),
+        "morph_subnet": lambda: morph_subnet(model, "conv", [(40, 3), (None, k)], **kwargs),
+        "morph_stacked": lambda: morph_stacked(
+            model, "conv", [[(None, k)], [(None, k + 2)]], **kwargs
+        ),
+        "morph_module": lambda: morph_module(model, "conv", SPEC if k == 3 else None, **kwargs),
+    }[operation]
+    child, report = call()
+    assert isinstance(child.conv[0], DynamicSamePad)
+    assert report.rel_dev_f64 <= F64_TOL
+    for size in ((5, 6), (7, 7), (2, 3), (10, 11)):
+        assert rel_dev(model, child, border_input((2, 3, *size), seed=1)) <= F64_TOL
+
+
+def test_dynamic_same_padding_is_verified_and_not_widened() -> None:
+    model = Net(DeclaredSameConv(4, 4, 3, 2)).double()
+    refused(model, lambda m: widen(m, "conv", 6), MorphError, "dynamic 'same' padding conv: deepen")
+    bad = Net(FalselyDeclaredConv(4, 4, 3)).double()
+    refused(bad, lambda m: deepen(m, "conv"), MorphError, "does not compute that rule")

@@ -12,7 +12,9 @@ padding mode. Reflect and circular padding bound the input size, so for them F1 
 parent's padding p in its mode and the growth d·(K1 + K2 − 1 − K)/2 is zeros (a padding module
 of the mode before F1): the child accepts exactly the inputs the parent accepts. b1 = 0 and
 b2 = b (b2 = b − Σ F2·b1 in general). With ``batch_norm`` the new BatchNorm acts on the
-channel axis: axis 1 after a conv, the last axis after a Linear layer (any input rank).
+channel axis: axis 1 after a conv, the last axis after a Linear layer (any input rank). A
+dynamic "same" padding conv keeps its rule as a DynamicSamePad in front of F1
+(:mod:`.samepad`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .. import _validation as v
 from ..morph.depth import METHODS, morph_depth
 from .activation import make_activation
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .samepad import split_same_padding
 from .support import check_new_entries, layer_entries
 from .surgery import (
     ConvGeometry,
@@ -147,7 +150,7 @@ def replace_with_chain(
     """Solve the filters of layer ``at`` of ``child`` with ``solve`` (G float64 → filters,
     residual, exact, iterations) and put the chain in its place."""
     layer = child.get_submodule(at)
-    geo = ConvGeometry.of(layer)
+    same, geo = split_same_padding(layer, ConvGeometry.of(layer))
     filters, residual, exact, iterations = solve(to_numpy64(layer.weight))
     chain = build_chain(
         geo,
@@ -157,6 +160,8 @@ def replace_with_chain(
         activation=activation,
         batch_norm=batch_norm,
     )
+    if same is not None:
+        chain = nn.Sequential(same, *chain)
     replace_module(child, at, chain)
     nonzero, total = weight_counts(chain, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
     notes = []
@@ -202,7 +207,7 @@ def deepen(
     raises ValueError when the float64 relative deviation exceeds it. Returns
     (child, report); ``model`` is not modified (also on error).
     """
-    layer = find_layer(model, at)
+    layer = find_layer(model, at, same_padding=True)
     out_channels = layer.weight.shape[0]
     width = out_channels if width is None else v.positive_int(width, "width")
     k1, k2 = parse_kernel_sizes(layer, kernel_size)

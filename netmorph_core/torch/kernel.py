@@ -19,6 +19,7 @@ from torch import nn
 from .. import _validation as v
 from ..morph.kernel import morph_kernel
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .samepad import split_same_padding
 from .support import check_new_entries
 from .surgery import (
     CONV_TYPES,
@@ -55,9 +56,10 @@ def grow_kernel(
     a growing kernel: those modes bound the input size, so the layer becomes
     ``nn.Sequential(<pad p in its mode>, <conv K̃ with zero padding d·(K̃ − K)/2>)``
     (parameters ``at.1.weight``/``at.1.bias``; with p = 0 just the conv, zero-padded) and
-    accepts the inputs the parent accepts.
+    accepts the inputs the parent accepts. A dynamic "same" padding conv (:mod:`.samepad`)
+    becomes ``nn.Sequential(DynamicSamePad(parent's K, s, d), <conv K̃, zero padding>)``.
     """
-    layer = find_layer(model, at, CONV_TYPES)
+    layer = find_layer(model, at, CONV_TYPES, same_padding=True)
     old = tuple(layer.kernel_size)
     size = v.kernel_tuple(kernel_size, len(old), "kernel_size")
     v.effective_size(old, size, (1,) * len(old), "kernel_size")
@@ -66,12 +68,14 @@ def grow_kernel(
 
     def build(child: nn.Module) -> Outcome:
         conv = child.get_submodule(at)
-        geo = ConvGeometry.of(conv)
+        same, geo = split_same_padding(conv, ConvGeometry.of(conv))
         grown = morph_kernel(to_numpy64(conv.weight), size).filter
         inner, outer = geo.split_pads(size)
-        split = any(lo or hi for lo, hi in outer)
-        if split:
-            padding: object = tuple(lo for lo, _ in outer)
+        split = same is not None or any(lo or hi for lo, hi in outer)
+        if same is not None:  # geo has no padding of its own: the growth only
+            padding: object = tuple(lo for lo, _ in geo.grown_pads(size))
+        elif split:
+            padding = tuple(lo for lo, _ in outer)
         elif conv.padding == "same":
             padding = "same"
         else:
@@ -93,9 +97,10 @@ def grow_kernel(
             new.weight.copy_(to_tensor(grown, conv.weight))
             if conv.bias is not None:
                 new.bias.copy_(conv.bias)
-        wrapped = split and any(lo or hi for lo, hi in inner)
+        wrapped = same is not None or (split and any(lo or hi for lo, hi in inner))
         if wrapped:
-            replace_module(child, at, nn.Sequential(pad_module(inner, geo.padding_mode), new))
+            pad = same if same is not None else pad_module(inner, geo.padding_mode)
+            replace_module(child, at, nn.Sequential(pad, new))
         else:
             replace_module(child, at, new)
         name = f"{at}.1" if wrapped else at
@@ -104,7 +109,12 @@ def grow_kernel(
         if wrapped and conv.bias is not None:
             sources[f"{name}.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
         notes = []
-        if split:
+        if same is not None:
+            notes.append(
+                "dynamic 'same' padding kept as DynamicSamePad (the parent's rule), the growth "
+                "padded with zeros after it"
+            )
+        elif split:
             notes.append(
                 f"{geo.padding_mode} padding kept at the parent's size, the growth padded with "
                 "zeros (it only meets the grown kernel's zero ring)"

@@ -33,6 +33,7 @@ from ..morph.module import morph_module as morph_module_filters
 from .activation import make_activation
 from .depth import check_flag, check_method, new_layer_sources, weight_counts
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .samepad import split_same_padding
 from .support import check_new_entries
 from .surgery import (
     LAYER_TYPES,
@@ -265,7 +266,7 @@ def replace_with_module(
     :class:`MorphedModule` in its place. New parameters join the optimizer group of
     ``group_of`` (default: the layer's own weight/bias)."""
     layer = child.get_submodule(at)
-    geo = ConvGeometry.of(layer)
+    same, geo = split_same_padding(layer, ConvGeometry.of(layer))
     g = to_numpy64(layer.weight)
     shape = bind_to_layer(spec, g)
     res = morph_module_filters(g, spec, method=method, seed=seed, max_iter=max_iter, tol=solver_tol)
@@ -275,13 +276,15 @@ def replace_with_module(
     new = build_module(
         geo, shape, filters, bias, layer.weight, activation=activation, batch_norm=batch_norm
     )
-    replace_module(child, at, new)
+    replace_module(child, at, new if same is None else nn.Sequential(same, new))
     nonzero, total = weight_counts(new, LAYER_TYPES)
     sources = new_layer_sources(child, at, geo.has_bias)
     if group_of is not None:
         sources = {n: ParamSource(None, group_of) for n in sources}
     if bias is not None:
-        sources[f"{at}.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
+        sources[f"{at}.bias" if same is None else f"{at}.1.bias"] = ParamSource(
+            f"{at}.bias", f"{at}.bias"
+        )
     notes = [f"module of {len(spec.edges)} edges, effective kernel {shape.effective_size}: {how}"]
     if batch_norm and len(spec.vertices) > 2:
         notes.append(
@@ -325,7 +328,7 @@ def morph_module(
     PActivation(a = 1) of every inner vertex. ``probe``/``input_shape``/``tol`` as in
     :func:`netmorph_core.torch.deepen`. Returns (child, report); ``model`` is not modified.
     """
-    layer = find_layer(model, at)
+    layer = find_layer(model, at, same_padding=True)
     check_spec(layer, spec)
     check_method(method)
     make_activation(activation)

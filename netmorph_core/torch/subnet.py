@@ -36,6 +36,7 @@ from .depth import (
     weight_counts,
 )
 from .report import MorphReport, Outcome, run_morph
+from .samepad import split_same_padding
 from .support import check_new_entries, layer_entries
 from .surgery import LAYER_TYPES, ConvGeometry, find_layer, replace_module, to_numpy64
 
@@ -94,7 +95,7 @@ def morph_subnet(
     """Replace the layer ``at`` by the sequential subnet ``layers`` = [(width, kernel), ...]
     (data-flow order; the last width is the layer's output channels or None; kernels None for
     Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`."""
-    layer = find_layer(model, at)
+    layer = find_layer(model, at, same_padding=True)
     entries = _check_layers(layer, layers, "layers")
     check_new_entries(entries, layer.weight, f"morph_subnet at={at!r} with layers={layers!r}")
     make_activation(activation)
@@ -131,7 +132,7 @@ def morph_stacked(
     ``branches[i]`` (a list of (width, kernel) as in :func:`morph_subnet`; [(None, K)] keeps
     G_i as one layer). ``split``: "random" or "equal" (G_i = G/n). The parent's bias goes to
     branch 0; the other branches get a zero bias."""
-    layer = find_layer(model, at)
+    layer = find_layer(model, at, same_padding=True)
     if not isinstance(branches, Sequence) or isinstance(branches, str) or not branches:
         raise TypeError(f"branches must be a non-empty list of layer lists, got {branches!r}")
     entries = sum(_check_layers(layer, ls, f"branches[{i}]") for i, ls in enumerate(branches))
@@ -144,7 +145,7 @@ def morph_stacked(
 
     def build(child: nn.Module) -> Outcome:
         old = child.get_submodule(at)
-        geo = ConvGeometry.of(old)
+        same, geo = split_same_padding(old, ConvGeometry.of(old))
         g = to_numpy64(old.weight)
         results = morph_stacked_filters(g, branches, split=split, seed=seed, method=method)
         biases: list[torch.Tensor | None] = [None] * len(results)
@@ -158,7 +159,7 @@ def morph_stacked(
             for res, b in zip(results, biases)
         ]
         stacked = StackedBranches(chains)
-        replace_module(child, at, stacked)
+        replace_module(child, at, stacked if same is None else nn.Sequential(same, stacked))
         nonzero, total = weight_counts(stacked, LAYER_TYPES)
         return Outcome(
             new_nonzero=nonzero,

@@ -9,7 +9,9 @@ the reason otherwise:
 
 - the class: exactly Conv1d/2d/3d or Linear, or a subclass that overrides none of ``forward``,
   ``_conv_forward``, ``__call__`` (weight standardisation, TF-style dynamic "same" padding,
-  LoRA or quantisation wrappers compute another function of the same weight) → MorphError;
+  LoRA or quantisation wrappers compute another function of the same weight) → MorphError.
+  Recognised dynamic "same" padding convs (:mod:`.samepad`) are verified and handled exactly
+  by the operations that replace the layer (not by widen);
 - the parent: the nearest ancestor that is not a ModuleList/ModuleDict must call the layer.
   nn.Sequential does; other torch.nn modules (nn.MultiheadAttention, nn.TransformerEncoderLayer)
   read their layers' parameters directly, so they are refused; a user module is traced with
@@ -40,6 +42,7 @@ from torch.nn.utils import parametrize
 
 from .._memory import check_working_set
 from .errors import MorphError
+from .samepad import is_same_padding_conv, verify_same_padding
 
 KNOWN_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _FUNCTION_METHODS = ("forward", "_conv_forward", "__call__", "_call_impl")
@@ -65,10 +68,20 @@ def _overrides(cls: type, base: type) -> list[str]:
     return [m for m in _FUNCTION_METHODS if getattr(cls, m, None) is not getattr(base, m, None)]
 
 
-def check_layer_class(layer: nn.Module, at: str) -> None:
-    """``layer`` must compute nn.ConvNd's / nn.Linear's function of its weight and bias."""
+def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> None:
+    """``layer`` must compute nn.ConvNd's / nn.Linear's function of its weight and bias, or
+    (``same_padding``: the operation handles it) be a verified dynamic "same" padding conv."""
     cls = type(layer)
     if cls in KNOWN_LAYERS:
+        return
+    if is_same_padding_conv(layer):
+        if not same_padding:
+            raise MorphError(
+                f"{at!r} is {cls.__qualname__}, a dynamic 'same' padding conv: deepen, "
+                "grow_kernel, morph_subnet, morph_stacked and morph_module handle it, this "
+                "operation does not; refused"
+            )
+        verify_same_padding(layer, at)
         return
     base = next(b for b in KNOWN_LAYERS if isinstance(layer, b))
     overridden = _overrides(cls, base)
@@ -216,9 +229,10 @@ def check_model_values(model: nn.Module) -> None:
             )
 
 
-def check_editable(model: nn.Module, names: Iterable[str]) -> None:
+def check_editable(model: nn.Module, names: Iterable[str], same_padding: bool = False) -> None:
     """Every module ``names`` of ``model`` may be replaced or edited by a morph (see the module
-    docstring); conv/linear layers must also be understood and called by their parent."""
+    docstring); conv/linear layers must also be understood and called by their parent.
+    ``same_padding``: the operation handles dynamic "same" padding convs (:mod:`.samepad`)."""
     names = list(names)
     check_model_values(model)
     for at in names:
@@ -226,7 +240,7 @@ def check_editable(model: nn.Module, names: Iterable[str]) -> None:
         check_values(module, at)
         check_no_hooks(module, at)
         if isinstance(module, KNOWN_LAYERS):
-            check_layer_class(module, at)
+            check_layer_class(module, at, same_padding)
             check_called_by_parent(model, at)
     check_unshared(model, names)
 

@@ -50,14 +50,22 @@ def find_module(model: nn.Module, at: object, name: str = "at") -> nn.Module:
 
 
 def find_layer(
-    model: nn.Module, at: object, kinds: tuple[type[nn.Module], ...] = LAYER_TYPES, name: str = "at"
+    model: nn.Module,
+    at: object,
+    kinds: tuple[type[nn.Module], ...] = LAYER_TYPES,
+    name: str = "at",
+    *,
+    same_padding: bool = False,
 ) -> nn.Module:
-    """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module."""
+    """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
+    MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
+    ``same_padding``: the caller handles dynamic "same" padding convs)."""
     layer = find_module(model, at, name)
     if not isinstance(layer, kinds):
         expected = "/".join(k.__name__ for k in kinds)
         raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
-    check_editable(model, [at])  # first: reading a parametrized weight may run its code
+    # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
+    check_editable(model, [at], same_padding)
     if isinstance(layer, CONV_TYPES) and layer.groups != 1:
         raise ValueError(
             f"{name}={at!r} is a grouped convolution (groups={layer.groups}); only groups=1 "
