@@ -225,9 +225,9 @@ def widen(
     permutation = rng.permutation(width)
     src = np.where(permutation < channels, permutation, -1)
     plan = plan_widening(model, names, src)
+    _check_untied(model, plan)
     check_editable(model, [use.name for use in plan.uses])
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
-    _check_untied(model, plan)
     side, why = _choose_side(zero_side, plan, model, width - channels)
 
     def build(child: nn.Module) -> Outcome:
