@@ -253,11 +253,12 @@ def test_hooks_on_the_morphed_layer_are_refused(kind: str) -> None:
         refused(model, lambda m, call=call: call(m, "conv"), MorphError, rf"'conv' .*{kind}")
 
 
-def test_hooks_elsewhere_stay_on_the_child_and_are_exact() -> None:
+def test_hooks_and_parametrizations_elsewhere_stay_on_the_child_and_are_exact() -> None:
     torch.manual_seed(3)
     model = Net(nn.Conv2d(4, 4, 3, padding=1)).double()
     model.stem.register_forward_hook(lambda mod, i, o: 3 * o + 1)
     model.stem.register_forward_pre_hook(lambda mod, i: (i[0].flip(-1),))
+    parametrizations.weight_norm(model.stem)
     x = border_input((2, 3, 6, 7))
     for op, args in ((deepen, ()), (grow_kernel, (5,)), (widen, (7,))):
         child, report = (
@@ -266,6 +267,7 @@ def test_hooks_elsewhere_stay_on_the_child_and_are_exact() -> None:
             else op(model, "conv", *args, probe=x)
         )
         assert len(child.stem._forward_hooks) == 1 and len(child.stem._forward_pre_hooks) == 1
+        assert parametrize.is_parametrized(child.stem, "weight")
         assert rel_dev(model, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
 
 
