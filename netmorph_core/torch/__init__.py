@@ -10,6 +10,11 @@ parameter counts, the solver's residual and the non-zero ratio of the new weight
 - :func:`morph_subnet` / :func:`morph_stacked` — a sequential subnet / summed parallel branches.
 - :func:`morph_module` — a layer becomes a module graph (:class:`MorphedModule`).
 - :class:`PActivation` — (1 − a)·φ(x) + a·x; :func:`remap_optimizer` — carry optimizer state.
+- :func:`register_same_padding_conv` — declare a TF-style dynamic "same" padding conv class
+  (timm's Conv2dSame is recognised) so the morphs keep its rule exactly (:class:`DynamicSamePad`).
+
+Layers the adapter does not understand (overridden forward, parents that read their parameters,
+hooks, parametrizations, tied weights) are refused by name: see :mod:`.support`.
 
 Saving a child: ``torch.save(child)`` pickles the whole module; or rebuild the architecture by
 replaying the same morph calls on the parent (the structure depends only on the arguments, not
@@ -25,10 +30,12 @@ from .kernel import grow_kernel
 from .module import MorphedModule, morph_module
 from .optim import remap_optimizer
 from .report import MorphReport, ParamSource
+from .samepad import DynamicSamePad, register_same_padding_conv
 from .subnet import StackedBranches, morph_stacked, morph_subnet
 from .width import widen
 
 __all__ = [
+    "DynamicSamePad",
     "MorphError",
     "MorphReport",
     "MorphedModule",
@@ -40,6 +47,7 @@ __all__ = [
     "morph_module",
     "morph_stacked",
     "morph_subnet",
+    "register_same_padding_conv",
     "remap_optimizer",
     "widen",
 ]

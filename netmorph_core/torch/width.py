@@ -32,6 +32,7 @@ from ..morph.width import as_generator, noise_scale
 from .consumers import FLAT, Use, WidthPlan, plan_widening
 from .errors import MorphError
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .support import check_editable, check_widen_memory
 from .surgery import find_layer, gather, to_numpy64, to_tensor
 
 ZERO_SIDES = ("auto", "inner", "outer")
@@ -219,11 +220,14 @@ def widen(
         )
     if zero_side not in ZERO_SIDES:
         raise ValueError(f"zero_side must be one of {ZERO_SIDES}, got {zero_side!r}")
+    check_widen_memory(model, names, (), width)
     rng = as_generator(seed)
     permutation = rng.permutation(width)
     src = np.where(permutation < channels, permutation, -1)
     plan = plan_widening(model, names, src)
     _check_untied(model, plan)
+    check_editable(model, [use.name for use in plan.uses])
+    check_widen_memory(model, names, [use.name for use in plan.consumers], width)
     side, why = _choose_side(zero_side, plan, model, width - channels)
 
     def build(child: nn.Module) -> Outcome:
