@@ -96,7 +96,21 @@ def _vit() -> torch.nn.Module:
     return transformers.ViTForImageClassification(config)
 
 
-BUILD = {"llama": _llama, "gpt2": _gpt2, "bert": _bert, "vit": _vit}
+def _qwen2() -> torch.nn.Module:
+    config = transformers.Qwen2Config(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        vocab_size=100,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+    )
+    return transformers.Qwen2ForCausalLM(config)
+
+
+BUILD = {"llama": _llama, "gpt2": _gpt2, "bert": _bert, "vit": _vit, "qwen2": _qwen2}
 
 
 def _model(family: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
@@ -128,13 +142,15 @@ def _rel_dev(parent: torch.nn.Module, child: torch.nn.Module, x: torch.Tensor) -
 
 @pytest.fixture
 def exact_rmsnorm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """LlamaRMSNorm computed in the input's dtype (its own forward rounds to float32)."""
+    """Llama's and Qwen2's RMSNorm computed in the input's dtype (their own forward rounds to
+    float32)."""
 
     def forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         variance = x.pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
 
     monkeypatch.setattr(transformers.models.llama.modeling_llama.LlamaRMSNorm, "forward", forward)
+    monkeypatch.setattr(transformers.models.qwen2.modeling_qwen2.Qwen2RMSNorm, "forward", forward)
 
 
 CASES = {
@@ -160,6 +176,12 @@ CASES = {
         "ffn": lambda m: grow_ffn(m, 70),
         "width_double": lambda m: grow_width(m, 64),
         "width_then_heads": lambda m: add_heads(grow_width(m, 64)[0], 8),
+    },
+    "qwen2": {
+        "ffn": lambda m: grow_ffn(m, 68),
+        "heads_gqa": lambda m: add_heads(m, 6),
+        "width_any": lambda m: grow_width(m, 45),
+        "block": lambda m: add_block(m, 0),
     },
     "vit": {
         "ffn": lambda m: grow_ffn(m, 70),

@@ -575,13 +575,13 @@ def grow_width(
             f"d_model={d_model} is not a multiple of {d}: {fam.name} normalises after the "
             "residual sum (post-LN), which only keeps whole copies of the stream"
         )
-    head_reads = layout.head is not None and fam.name != "bert"
-    stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
-    if not head_reads and not stream_readers:
+    if layout.head is None:
         raise MorphError(
             f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
-            "grow the width of a model with an output head"
+            "grow the width of a model with an output head (lm_head, classifier, score)"
         )
+    head_reads = fam.name != "bert"  # BERT's classifier reads the pooler, not the stream
+    stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
     kind = layout.norm_kind
     ratio = copies * d / d_model
     _check_memory(model, 2.0 * d_model / d, "grow_width")
@@ -666,8 +666,8 @@ def grow_width(
             elif fam.derived_head_dim and heads * layout.blocks[0].head_dim != d_model:
                 notes.append(
                     f"the config derives head_dim = hidden_size / heads = {d_model / heads:g}, "
-                    f"the attention keeps {layout.blocks[0].head_dim}: add heads to "
-                    f"{d_model // layout.blocks[0].head_dim} (add_heads) or save the model whole"
+                    f"the attention keeps {layout.blocks[0].head_dim}: until add_heads makes "
+                    "heads·head_dim = d_model, save the model whole (torch.save)"
                 )
         return edit.outcome(notes)
 

@@ -219,7 +219,7 @@ def _norm_kind(norm: nn.Module) -> str:
     return "layer" if isinstance(norm, nn.LayerNorm) or hasattr(norm, "bias") else "rms"
 
 
-def _heads(family: Family, block: nn.Module, d_model: int, config: object | None) -> Block:
+def _heads(family: Family, block: nn.Module) -> Block:
     attention = block.get_submodule(family.attention)
     q_rows = (
         as_matrix(block.get_submodule(family.qkv[0])).shape[0] // 3
@@ -262,7 +262,7 @@ def describe(model: nn.Module) -> Layout:
             family = _with_ffn_in(family, ffn_in)
             d_model = as_matrix(first.get_submodule(family.o)).shape[0]
             prefix = f"{owner_name}.{family.blocks}" if owner_name else family.blocks
-            geo = [_heads(family, b, d_model, config) for b in blocks]
+            geo = [_heads(family, b) for b in blocks]
             block_list = tuple(
                 Block(f"{prefix}.{i}", g.heads, g.kv_heads, g.head_dim) for i, g in enumerate(geo)
             )
