@@ -99,6 +99,31 @@ def test_every_growth_preserves_the_function(op: str, tied: bool) -> None:
     assert dev32 <= F32_TOL and report32.rel_dev <= F32_TOL
 
 
+@pytest.mark.parametrize(
+    ("heads", "kv", "dim", "op"),
+    [
+        (4, 4, 32, lambda m: add_heads(m, 6)),  # multi-head: new pairs share q, k and v rows
+        (4, 4, 32, lambda m: add_block(m, 1)),
+        (6, 2, 48, lambda m: add_block(m, 1)),  # 3 heads per group: a cancelling triple
+        (3, 3, 24, lambda m: add_block(m, 1)),  # odd head count across groups
+    ],
+    ids=["mha_heads", "mha_block", "gqa_triples_block", "odd_mha_block"],
+)
+def test_head_layouts_cancel_with_dense_weights(heads: int, kv: int, dim: int, op: object) -> None:
+    parent = _model(num_heads=heads, num_kv_heads=kv, dim=dim)
+    child, report = op(parent)
+    assert _rel_dev(parent, child, _ids()) <= F64_TOL
+    assert report.new_nonzero_ratio == 1.0 and not report.notes
+
+
+def test_single_head_block_gets_zero_output_columns() -> None:
+    parent = _model(num_heads=1, num_kv_heads=1, dim=8)
+    child, report = add_block(parent, 1)
+    assert _rel_dev(parent, child, _ids()) <= F64_TOL
+    assert torch.count_nonzero(child.layers[1].self_attn.o_proj.weight) == 0
+    assert report.notes == ("1 heads have no partner in their group: zero output columns",)
+
+
 def test_grown_shapes_and_attributes() -> None:
     parent = _model()
     child, _ = add_heads(parent, 9, kv_heads=3)
@@ -229,6 +254,14 @@ def test_adam_moments_carried_and_one_step_matches(op: object, name: str, axis: 
     opt = _adam_state(parent, ids)
     child, report = op(parent)
     new_opt = remap_optimizer(opt, parent, child, report=report)
+    for model in (parent, child):
+        model.zero_grad()
+        model(ids).square().mean().backward()
+    index = torch.as_tensor(report.param_sources[name].index[axis])
+    old = index >= 0
+    grad_child = child.get_parameter(name).grad.index_select(axis, torch.nonzero(old).squeeze(1))
+    grad_parent = parent.get_parameter(name).grad.index_select(axis, index[old])
+    torch.testing.assert_close(grad_child, grad_parent, rtol=0, atol=1e-10)
     source = report.param_sources[name]
     index = torch.as_tensor(source.index[axis])
     old = index >= 0

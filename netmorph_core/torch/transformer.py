@@ -730,7 +730,7 @@ def add_block(
                     m.layer_idx = i
         edit = _Editor(child, seed)
         new_block = Block(f"{prefix}.{at}", template.heads, template.kv_heads, template.head_dim)
-        _attention_units(
+        lonely = _attention_units(
             edit, new_block, layout, template.heads, template.kv_heads, method, fresh=True
         )
         _ffn_units(
@@ -752,7 +752,10 @@ def add_block(
         _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
-        outcome = edit.outcome([])
+        notes = []
+        if lonely and method == "netmorph":
+            notes.append(f"{lonely} heads have no partner in their group: zero output columns")
+        outcome = edit.outcome(notes)
         fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
         outcome.new_total = sum(p.numel() for p in fresh)
         outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
