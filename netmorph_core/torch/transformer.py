@@ -35,6 +35,7 @@ from .. import _validation as v
 from .._memory import check_working_set
 from .errors import MorphError
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .surgery import find_module, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 
 METHODS = ("netmorph", "zero")
@@ -64,34 +65,19 @@ class _Editor:
         x = torch.randn(shape, generator=self.gen, dtype=torch.float64)
         return (x * std).to(like.device)
 
-    def put(
-        self,
-        name: str,
-        value: torch.Tensor,
-        index: tuple[np.ndarray | None, ...] | None,
-        *,
-        parent: str | None = None,
-        group_of: str | None = None,
-    ) -> None:
+    def put(self, name: str, value: torch.Tensor, index: tuple[np.ndarray | None, ...]) -> None:
+        """Parameter ``name`` becomes ``value``; ``index`` maps it to the parent's ``name``."""
         module_name, _, attr = name.rpartition(".")
         module = self.child.get_submodule(module_name)
         old = getattr(module, attr)
         setattr(module, attr, nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad))
-        source = name if parent is None else parent
-        self.sources[name] = ParamSource(
-            source if index is not None or parent is not None else None,
-            group_of or source,
-            index,
-        )
-        if index is None:
-            new = torch.ones(value.shape, dtype=torch.bool)
-        else:
-            new = torch.zeros(value.shape, dtype=torch.bool)
-            for axis, idx in enumerate(index):
-                if idx is not None:
-                    shape = [1] * value.dim()
-                    shape[axis] = -1
-                    new |= torch.as_tensor(idx < 0).view(shape)
+        self.sources[name] = ParamSource(name, name, index)
+        new = torch.zeros(value.shape, dtype=torch.bool)
+        for axis, idx in enumerate(index):
+            if idx is not None:
+                shape = [1] * value.dim()
+                shape[axis] = -1
+                new |= torch.as_tensor(idx < 0).view(shape)
         self.new_total += int(new.sum())
         self.new_nonzero += int((value.cpu()[new] != 0).sum())
 
@@ -131,10 +117,7 @@ def _std(t: torch.Tensor) -> float:
 
 def _gather_rows(t: torch.Tensor, index: np.ndarray, axis: int = 0) -> torch.Tensor:
     """Entries of ``t`` along ``axis`` at ``index`` (zeros where index is −1)."""
-    picked = t.index_select(axis, torch.as_tensor(np.maximum(index, 0), device=t.device))
-    mask = torch.as_tensor(index < 0, device=t.device)
-    picked[(slice(None),) * axis + (mask,)] = 0.0
-    return picked
+    return gather(t, index, axis, 0.0)
 
 
 def _cancel_sets(items: Sequence[int]) -> list[list[int]]:
@@ -777,8 +760,6 @@ def deepen_projection(
     Sequential(Linear(in, width, no bias), Linear(width, out)) with A = s·Q (Q: width × in,
     orthonormal columns, random) and B = W·Qᵀ/s, so B·A = W; s balances ‖A‖ and ‖B‖. Both
     factors are dense. ``width`` ≥ in (default in)."""
-    from .surgery import find_module, replace_module
-
     layer = find_module(model, at)
     if not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
         raise TypeError(f"at={at!r} is {type(layer).__name__}; expected Linear or Conv1D")
@@ -838,7 +819,6 @@ def conv1d_to_linear(
         layout = describe(model)
     except MorphError:
         layout = None
-    from .surgery import replace_module
 
     def build(child: nn.Module) -> Outcome:
         sources: dict[str, ParamSource] = {}
