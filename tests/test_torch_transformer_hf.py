@@ -289,6 +289,7 @@ def test_gpt2_adam_state_carried_through_conv1d() -> None:
         "gpt2",
         pytest.param("llama", marks=pytest.mark.thirdparty),
         pytest.param("bert", marks=pytest.mark.thirdparty),
+        pytest.param("vit", marks=pytest.mark.thirdparty),
     ],
 )
 def test_trace_hf_models(family: str) -> None:
@@ -304,7 +305,22 @@ def test_trace_hf_models(family: str) -> None:
         "llama": "model.layers.0.self_attn.q_proj",
         "gpt2": "transformer.h.0.attn.c_attn",
         "bert": "bert.encoder.layer.0.attention.self.query",
+        "vit": "vit.layers.0.attention.q_proj",
     }[family]
     assert expected in owners
     with pytest.raises(ValueError, match="example_inputs is required"):
         trace_model(model)
+
+
+def test_gpt2_conv1d_reaches_the_generic_deepen() -> None:
+    """``deepen`` refuses Conv1D; after conv1d_to_linear it morphs GPT-2's c_fc exactly."""
+    from netmorph_core.torch import deepen
+
+    parent = _model("gpt2")
+    x = _inputs("gpt2", torch.float64)
+    with pytest.raises(TypeError, match="is Conv1D"):
+        deepen(parent, "transformer.h.0.mlp.c_fc", probe=x)
+    linear, _ = conv1d_to_linear(parent)
+    assert isinstance(linear.transformer.h[0].mlp.c_fc, torch.nn.Linear)
+    child, report = deepen(linear, "transformer.h.0.mlp.c_fc", width=160, probe=x, seed=0)
+    assert _rel_dev(parent, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
