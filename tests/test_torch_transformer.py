@@ -222,6 +222,22 @@ def test_bad_input_is_refused_by_name(call: object, error: type, match: str) -> 
     assert _unchanged(parent, before)
 
 
+def test_width_refuses_norms_it_cannot_rescale() -> None:
+    """A width that is not a multiple rescales every gain and eps: a norm without a gain or
+    with eps=None (dtype-dependent) is refused before any work."""
+    no_gain = _model()
+    no_gain.norm = torch.nn.RMSNorm(32, eps=1e-6, elementwise_affine=False, dtype=torch.float64)
+    eps_none = _model()
+    eps_none.layers[0].input_layernorm.eps = None
+    for parent, match in ((no_gain, "'norm' has no gain"), (eps_none, "no float eps")):
+        before = _snapshot(parent)
+        with pytest.raises(MorphError, match=match):
+            grow_width(parent, 40)
+        assert _unchanged(parent, before)
+    child, _ = grow_width(no_gain, 64)  # whole copies need no rescaling
+    assert _rel_dev(no_gain, child, _ids()) <= F64_TOL
+
+
 def _adam_state(model: torch.nn.Module, ids: torch.Tensor, steps: int = 3) -> torch.optim.Adam:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(steps):

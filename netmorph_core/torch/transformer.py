@@ -517,10 +517,35 @@ def _read(edit: _Editor, w: torch.Tensor, copies: int, extra: int, noise: float)
 
 
 def _eps_attr(norm: nn.Module) -> str:
-    for attr in ("eps", "variance_epsilon"):
-        if isinstance(getattr(norm, attr, None), float):
-            return attr
-    raise MorphError(f"{type(norm).__name__} has no float eps (eps=None cannot be rescaled)")
+    return next(a for a in ("eps", "variance_epsilon") if isinstance(getattr(norm, a, None), float))
+
+
+def _norm_names(layout: Layout) -> tuple[list[str], str | None]:
+    """The norms on the stream (every block's and the owner's) and the final norm."""
+    fam = layout.family
+    norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
+    norms += [layout.name(rel) for rel in fam.stream_norms]
+    return norms, (layout.name(fam.final_norm) if fam.final_norm else None)
+
+
+def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) -> None:
+    """Every norm must hold a gain (and a float eps) when the width needs them rescaled."""
+    norms, final = _norm_names(layout)
+    for name in [*norms, *([final] if final else [])]:
+        norm = model.get_submodule(name)
+        needs_gain = rescale or (name == final and layout.tied)
+        if needs_gain and getattr(norm, "weight", None) is None:
+            raise MorphError(
+                f"d_model={d_model}: norm {name!r} has no gain to rescale (elementwise_affine="
+                "False); only whole copies of a model without a tied head keep it unchanged"
+            )
+        if rescale and not any(
+            isinstance(getattr(norm, a, None), float) for a in ("eps", "variance_epsilon")
+        ):
+            raise MorphError(
+                f"d_model={d_model}: norm {name!r} has no float eps to rescale (eps=None "
+                "depends on the dtype); use a multiple of the width"
+            )
 
 
 def grow_width(
@@ -565,6 +590,7 @@ def grow_width(
         )
     head_reads = fam.name != "bert"  # BERT's classifier reads the pooler, not the stream
     stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
+    _check_norms(model, layout, d_model, rescale=extra > 0)
     kind = layout.norm_kind
     ratio = copies * d / d_model
     _check_memory(model, 2.0 * d_model / d, "grow_width")
@@ -614,9 +640,7 @@ def grow_width(
                 edit.put_linear(
                     block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
                 )
-        norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
-        norms += [layout.name(rel) for rel in fam.stream_norms]
-        final = layout.name(fam.final_norm) if fam.final_norm else None
+        norms, final = _norm_names(layout)
         for name in [*norms, *([final] if final else [])]:
             scale = math.sqrt(ratio) / (copies if (name == final and layout.tied) else 1)
             norm = child.get_submodule(name)
@@ -632,6 +656,8 @@ def grow_width(
             if extra:
                 attr = _eps_attr(norm)
                 setattr(norm, attr, getattr(norm, attr) * ratio)
+            if isinstance(getattr(norm, "normalized_shape", None), tuple):
+                norm.normalized_shape = (d_model,)
         readers = stream_readers + ([layout.head] if head_reads and not layout.tied else [])
         for name in readers:
             w, _ = edit.linear(name)
