@@ -13,6 +13,7 @@ import torch
 from thirdparty import import_transformers
 
 from netmorph_core.torch import MorphError, remap_optimizer
+from netmorph_core.torch.surgery import gather
 from netmorph_core.torch.tracing import is_hf_model, node_module, trace_model
 from netmorph_core.torch.transformer import (
     add_block,
@@ -264,23 +265,64 @@ def test_hf_bad_input_is_refused_by_name(family: str, call: object, match: str) 
     assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())
 
 
-def test_gpt2_adam_state_carried_through_conv1d() -> None:
-    """Conv1D stores W as (in, out): the carried moments follow the output axis 1."""
+def _in_child_layout(t: torch.Tensor, source: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """A parent tensor laid out like the child parameter (zeros at new entries) and the mask
+    of the child's old entries."""
+    old = torch.ones((), dtype=torch.bool).expand(t.shape)
+    for axis, index in enumerate(source.index or ()):
+        if index is not None:
+            t = gather(t, index, axis, 0.0)
+            old = gather(old.to(torch.float64), index, axis, 0.0) > 0
+    return t, old.expand(t.shape)
+
+
+def _lm_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x, labels=x).loss
+
+
+@pytest.mark.parametrize(
+    "grow",
+    [lambda m: grow_ffn(m, 130), lambda m: add_block(m, 1)],
+    ids=["ffn", "block"],
+)
+def test_gpt2_loss_gradients_and_adam_moments_carried(grow: object) -> None:
+    """Staged training's check on GPT-2: after growth the loss, the gradients of every old
+    entry and their Adam moments equal the parent's (new entries start at zero), and one Adam
+    step moves every old entry as it moves the parent's (Conv1D: W stored (in, out))."""
     parent = _model("gpt2")
     x = _inputs("gpt2", torch.float64)
     opt = torch.optim.Adam(parent.parameters(), lr=1e-3)
     for _ in range(2):
         opt.zero_grad()
-        _output(parent, x).requires_grad_()
-        parent(x).logits.square().mean().backward()
+        _lm_loss(parent, x).backward()
         opt.step()
-    child, report = grow_ffn(parent, 130)
+    child, report = grow(parent)
     new_opt = remap_optimizer(opt, parent, child, report=report)
-    name = "transformer.h.0.mlp.c_fc.weight"
-    m_parent = opt.state[parent.get_parameter(name)]["exp_avg"]
-    m_child = new_opt.state[child.get_parameter(name)]["exp_avg"]
-    assert m_child.shape == (32, 130)
-    assert torch.equal(m_child[:, :128], m_parent) and torch.count_nonzero(m_child[:, 128:]) == 0
+    losses = []
+    for model in (parent, child):
+        model.zero_grad()
+        losses.append(_lm_loss(model, x))
+        losses[-1].backward()
+    assert abs(float((losses[0] - losses[1]).detach())) <= 1e-5
+    parents = dict(parent.named_parameters())
+    stepped = {}
+    for name, p in child.named_parameters():
+        source = report.param_sources[name]
+        if source.parent is None:
+            assert name not in new_opt.state.get(p, {}) and not new_opt.state.get(p)
+            continue
+        q = parents[source.parent]
+        grad, old = _in_child_layout(q.grad, source)
+        torch.testing.assert_close(p.grad[old], grad[old], rtol=0, atol=1e-5)
+        for key in ("exp_avg", "exp_avg_sq"):
+            moment, _ = _in_child_layout(opt.state[q][key], source)
+            torch.testing.assert_close(new_opt.state[p][key], moment, rtol=0, atol=0)
+        stepped[name] = (p, q, old, source)
+    opt.step()
+    new_opt.step()
+    for p, q, old, source in stepped.values():
+        value, _ = _in_child_layout(q.detach(), source)
+        torch.testing.assert_close(p.detach()[old], value[old], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
