@@ -124,6 +124,14 @@ def test_single_head_block_gets_zero_output_columns() -> None:
     assert report.notes == ("1 heads have no partner in their group: zero output columns",)
 
 
+def test_ffn_of_blocks_grown_apart() -> None:
+    parent = _model()
+    child, _ = grow_ffn(parent, 80, layers=[0])
+    child, report = grow_ffn(child, 96)
+    assert [b.mlp.down_proj.in_features for b in child.layers] == [96, 96]
+    assert _rel_dev(parent, child, _ids()) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
+
+
 def test_grown_shapes_and_attributes() -> None:
     parent = _model()
     child, _ = add_heads(parent, 9, kv_heads=3)

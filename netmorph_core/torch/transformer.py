@@ -262,15 +262,20 @@ def grow_ffn(
     method = _method(method)
     chosen = _layers(layout, layers)
     width = v.positive_int(width, "width")
-    hidden = layout.ffn_hidden
-    if width <= hidden:
-        raise ValueError(f"width={width} must exceed the feed-forward hidden size {hidden}")
-    _check_memory(model, width / hidden, "grow_ffn")
+    hidden = {
+        i: as_matrix(model.get_submodule(layout.blocks[i].name(layout.family.ffn_out))).shape[1]
+        for i in chosen
+    }
+    if width <= max(hidden.values()):
+        raise ValueError(
+            f"width={width} must exceed the feed-forward hidden size {max(hidden.values())}"
+        )
+    _check_memory(model, width / min(hidden.values()), "grow_ffn")
 
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
         for i in chosen:
-            _ffn_units(edit, layout.blocks[i], layout, hidden, width, method)
+            _ffn_units(edit, layout.blocks[i], layout, hidden[i], width, method)
             mlp = child.get_submodule(
                 layout.blocks[i].name(layout.family.ffn_out).rpartition(".")[0]
             )
@@ -281,7 +286,7 @@ def grow_ffn(
             _set_config(getattr(child, "config", None), intermediate_size=width, n_inner=width)
         elif layout.config is not None:
             notes.append("blocks differ in feed-forward size: the config describes the others")
-        if width - hidden == 1 and method == "netmorph":
+        if 1 in {width - h for h in hidden.values()} and method == "netmorph":
             notes.append("one new unit has no partner: its output column is zero")
         return edit.outcome(notes)
 
@@ -727,6 +732,7 @@ def add_block(
             "block would apply LayerNorm again, which is not the identity on LN's output"
         )
     template = layout.blocks[min(at, n - 1)]
+    template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
     _check_memory(model, 1.0 / n, "add_block")
     prefix = layout.blocks_path
 
@@ -742,9 +748,7 @@ def add_block(
         lonely = _attention_units(
             edit, new_block, layout, template.heads, template.kv_heads, method, fresh=True
         )
-        _ffn_units(
-            edit, new_block, layout, layout.ffn_hidden, layout.ffn_hidden, method, fresh=True
-        )
+        _ffn_units(edit, new_block, layout, template_hidden, template_hidden, method, fresh=True)
         sources: dict[str, ParamSource] = {}
         offset = len(prefix) + 1
         for name, _ in child.named_parameters():

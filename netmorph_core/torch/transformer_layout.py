@@ -193,7 +193,6 @@ class Layout:
     owner: str
     blocks: tuple[Block, ...]
     d_model: int
-    ffn_hidden: int
     norm_kind: str
     head: str | None
     tied: bool
@@ -281,7 +280,6 @@ def describe(model: nn.Module) -> Layout:
                 owner=owner_name,
                 blocks=block_list,
                 d_model=d_model,
-                ffn_hidden=as_matrix(first.get_submodule(family.ffn_out)).shape[1],
                 norm_kind=_norm_kind(norm),
                 head=head_name,
                 tied=tied,
