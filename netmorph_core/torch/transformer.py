@@ -317,6 +317,46 @@ def _expand_heads(index: np.ndarray, head_dim: int) -> np.ndarray:
     return np.where(index[:, None] >= 0, rows, -1).reshape(-1)
 
 
+Rows = list  # [weight (rows, d_in), bias (rows,) or None] of one of q, k, v
+
+
+def _read_qkv(edit: _Editor, block: Block, layout: Layout) -> list[tuple]:
+    """(weight, bias) of q, k and v as (out, in) float64 matrices (a fused q|k|v split)."""
+    fam = layout.family
+    if len(fam.qkv) == 3:
+        return [edit.linear(block.name(rel)) for rel in fam.qkv]
+    w, b = edit.linear(block.name(fam.qkv[0]))
+    d = block.heads * block.head_dim
+    return [
+        (w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d]) for i in range(3)
+    ]
+
+
+def _write_qkv(
+    edit: _Editor, block: Block, layout: Layout, qkv: list[Rows], rows: list[np.ndarray]
+) -> None:
+    """Put q, k, v back (fused into one q|k|v layer where the family has one)."""
+    fam = layout.family
+    if len(fam.qkv) == 3:
+        for rel, (w, b), idx in zip(fam.qkv, qkv, rows):
+            edit.put_linear(block.name(rel), w, b, idx, None)
+        return
+    weight = torch.cat([w for w, _ in qkv])
+    bias = None if qkv[0][1] is None else torch.cat([b for _, b in qkv])
+    d = block.heads * block.head_dim
+    index = np.concatenate([np.where(idx >= 0, idx + i * d, -1) for i, idx in enumerate(rows)])
+    edit.put_linear(block.name(fam.qkv[0]), weight, bias, index, None)
+
+
+def _head_sets(q_src: np.ndarray, new_kv: int, new_rep: int) -> list[list[int]]:
+    """Cancelling sets of the new query heads: inside each key/value group, or across the new
+    groups when every group has one query head (multi-head attention)."""
+    new = np.flatnonzero(q_src < 0)
+    if new_rep == 1:
+        return _cancel_sets(new.tolist())
+    return [s for g in range(new_kv) for s in _cancel_sets(new[new // new_rep == g].tolist())]
+
+
 def _attention_units(
     edit: _Editor,
     block: Block,
@@ -326,77 +366,46 @@ def _attention_units(
     method: str,
     fresh: bool = False,
 ) -> int:
-    """Give ``block`` ``new_heads`` query and ``new_kv`` key/value heads; returns how many new
-    heads got zero output columns for want of a partner."""
+    """Give ``block`` ``new_heads`` query and ``new_kv`` key/value heads (``fresh``: all of
+    them new, output bias zero); returns how many new heads got zero output columns for want
+    of a partner. New key/value heads are random; the heads of a cancelling set share their q
+    rows (and, across groups, their k and v rows) and get output columns C·coefficient."""
     fam = layout.family
     hd = block.head_dim
     heads, kv = (0, 0) if fresh else (block.heads, block.kv_heads)
     q_src, kv_src = _head_sources(heads, kv, new_heads, new_kv)
     new_rep = new_heads // new_kv
-    if len(fam.qkv) == 1:
-        w, b = edit.linear(block.name(fam.qkv[0]))
-        d = block.heads * hd
-        parts = [
-            (w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d])
-            for i in range(3)
-        ]
-    else:
-        parts = [edit.linear(block.name(rel)) for rel in fam.qkv]
-    q_rows, kv_rows = _expand_heads(q_src, hd), _expand_heads(kv_src, hd)
-    q, k, val = (
-        [_gather_rows(m, idx) if m is not None else None for m in part]
-        for part, idx in zip(parts, (q_rows, kv_rows, kv_rows))
-    )
-    std = [_std(p[0]) for p in parts]
+    parts = _read_qkv(edit, block, layout)
+    rows = [_expand_heads(q_src, hd), *(_expand_heads(kv_src, hd),) * 2]
+    qkv = [
+        [_gather_rows(w, idx), None if b is None else _gather_rows(b, idx)]
+        for (w, b), idx in zip(parts, rows)
+    ]
     d_in = parts[0][0].shape[1]
 
-    def fill(target: list, j: int, values: torch.Tensor) -> None:
-        target[0][j * hd : (j + 1) * hd] = values
-        if target[1] is not None:
-            target[1][j * hd : (j + 1) * hd] = 0.0
+    def span(j: int) -> slice:
+        return slice(j * hd, (j + 1) * hd)
 
     for g in np.flatnonzero(kv_src < 0):
-        fill(k, g, edit.noise((hd, d_in), std[1], parts[1][0]))
-        fill(val, g, edit.noise((hd, d_in), std[2], parts[2][0]))
-    new = np.flatnonzero(q_src < 0)
-    if new_rep == 1:
-        sets = _cancel_sets(new.tolist())
-    else:
-        sets = [s for g in range(new_kv) for s in _cancel_sets(new[new // new_rep == g].tolist())]
+        for target, (w, _) in zip(qkv[1:], parts[1:]):
+            target[0][span(g)] = edit.noise((hd, d_in), _std(w), w)
+    sets = _head_sets(q_src, new_kv, new_rep)
     for head_set in sets:
-        row = edit.noise((hd, d_in), std[0], parts[0][0])
-        first = head_set[0] // new_rep
+        row = edit.noise((hd, d_in), _std(parts[0][0]), parts[0][0])
         for h in head_set:
-            fill(q, h, row)
-            if new_rep == 1 and h != head_set[0]:
-                for target in (k, val):
-                    target[0][h * hd : (h + 1) * hd] = target[0][first * hd : (first + 1) * hd]
-    if len(fam.qkv) == 1:
-        weight = torch.cat([q[0], k[0], val[0]])
-        bias = None if q[1] is None else torch.cat([q[1], k[1], val[1]])
-        parent_d = block.heads * hd
-        rows = np.concatenate(
-            [
-                np.where(idx >= 0, idx + i * parent_d, -1)
-                for i, idx in enumerate((q_rows, kv_rows, kv_rows))
-            ]
-        )
-        edit.put_linear(block.name(fam.qkv[0]), weight, bias, rows, None)
-    else:
-        for rel, part, idx in zip(fam.qkv, (q, k, val), (q_rows, kv_rows, kv_rows)):
-            edit.put_linear(block.name(rel), part[0], part[1], idx, None)
+            qkv[0][0][span(h)] = row
+            if new_rep == 1:  # one query head per group: the set shares k and v rows too
+                for target in qkv[1:]:
+                    target[0][span(h)] = target[0][span(head_set[0])]
+    _write_qkv(edit, block, layout, qkv, rows)
     w, b = edit.linear(block.name(fam.o))
-    new_w = _gather_rows(w, q_rows, axis=1)
-    std_o = _std(w)
-    lonely = 0
+    new_w = _gather_rows(w, rows[0], axis=1)
     for head_set in sets:
-        cols = edit.noise((w.shape[0], hd), std_o, w)
-        coefs = _coefficients(len(head_set), method)
-        lonely += len(head_set) == 1
-        for h, c in zip(head_set, coefs):
-            new_w[:, h * hd : (h + 1) * hd] = c * cols
+        cols = edit.noise((w.shape[0], hd), _std(w), w)
+        for h, c in zip(head_set, _coefficients(len(head_set), method)):
+            new_w[:, span(h)] = c * cols
     new_b = torch.zeros_like(b) if (fresh and b is not None) else None
-    edit.put_linear(block.name(fam.o), new_w, new_b, None, q_rows)
+    edit.put_linear(block.name(fam.o), new_w, new_b, None, rows[0])
     attention = edit.child.get_submodule(block.name(fam.attention))
     for attr, value in (
         ("num_heads", new_heads),
@@ -409,7 +418,7 @@ def _attention_units(
     ):
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, value)
-    return lonely
+    return sum(len(head_set) == 1 for head_set in sets)
 
 
 def add_heads(
