@@ -14,11 +14,15 @@ import numpy as np
 
 from . import _validation as v
 from ._arrays import namespace, to_host, unify
+from ._errors import typed_errors
+from ._limits import check_compose, check_deconv
+from ._scaling import normalise, scale_back
 from .backends import select_backend
 from .reference import pad_centered, relative_residual_ref
 from .solver import solve_deconv
 
 
+@typed_errors("compose")
 def compose(f2: np.ndarray, f1: np.ndarray, *, backend: str = "auto") -> np.ndarray:
     """The morphism operator F2 ⊛ F1: the single kernel of "apply F1, then F2".
 
@@ -30,11 +34,16 @@ def compose(f2: np.ndarray, f1: np.ndarray, *, backend: str = "auto") -> np.ndar
     f1 = v.as_filter(arrays["F1"], "F1")
     v.same_spatial_rank(f2, "F2", f1, "F1")
     v.chain_channels(f2, "F2", f1, "F1")
+    check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "compose(F2, F1)")
     dtype = v.result_dtype(f2, f1)
     impl = select_backend(backend, dtype, f2, f1)
-    return restore(impl.compose(f2.astype(dtype, copy=False), f1.astype(dtype, copy=False)))
+    f2n, e2 = normalise(f2.astype(dtype, copy=False))
+    f1n, e1 = normalise(f1.astype(dtype, copy=False))
+    out = namespace(f2).asarray(impl.compose(f2n, f1n))
+    return restore(scale_back(out, e2 + e1, dtype, "compose(F2, F1)"))
 
 
+@typed_errors("deconv")
 def deconv(
     g: np.ndarray,
     *,
@@ -76,6 +85,11 @@ def deconv(
             )
         x_shape = (g.shape[0], factor.shape[0], *k)
     kt = v.effective_size(g.shape[2:], factor.shape[2:], k, "kernel_size")
+    what = f"deconv with kernel_size={k} and {side} of shape {tuple(factor.shape)}"
+    if side == "outer":
+        check_deconv(g.shape[0], factor.shape[1], g.shape[1], factor.shape[2:], k, what)
+    else:
+        check_deconv(g.shape[1], factor.shape[0], g.shape[0], factor.shape[2:], k, what)
     if init is not None:
         init = v.as_filter(init, "init")
         if init.shape != x_shape:
@@ -89,8 +103,12 @@ def deconv(
     return restore(xp.asarray(x).astype(dtype, copy=False))
 
 
+@typed_errors("residual")
 def residual(g: np.ndarray, f2: np.ndarray, f1: np.ndarray) -> float:
-    """Relative residual ‖F2 ⊛ F1 − G~‖ / ‖G~‖ (float64), G~ = G padded to K1 + K2 - 1."""
+    """Relative residual ‖F2 ⊛ F1 − G~‖ / ‖G~‖ (float64), G~ = G padded to K1 + K2 - 1.
+
+    Computed on power-of-two-normalised inputs: no overflow or underflow at any magnitude
+    (the absolute ‖F2 ⊛ F1‖ when G is zero)."""
     arrays, _ = unify({"G": g, "F2": f2, "F1": f1})
     g, f2, f1 = (to_host(v.as_filter(arrays[k], k)) for k in ("G", "F2", "F1"))
     v.same_spatial_rank(f2, "F2", f1, "F1")
@@ -102,4 +120,5 @@ def residual(g: np.ndarray, f2: np.ndarray, f1: np.ndarray) -> float:
             f"got {g.shape[:2]}"
         )
     kt = v.effective_size(g.shape[2:], f2.shape[2:], f1.shape[2:], "F2, F1")
+    check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "residual")
     return relative_residual_ref(pad_centered(g.astype(np.float64), kt), f2, f1)

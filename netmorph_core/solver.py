@@ -35,8 +35,13 @@ The side "inner", G~ = X ⊛ F1, is solved as G~ᵀ = F1ᵀ ⊛ Xᵀ (ᵀ swaps 
 Per-tap split: when the fixed factor is 1×1 (every spatial size 1), Kt = k1 and the system is
 G~[:, :, t] = F2 · X[:, :, t] for every tap t: one (C2 × C1) matrix shared by all C0·|k1|
 columns. It is solved as a linear layer (the taps moved into the column axis), whose Gram is
-C1 × C1 (or C2 × C2) instead of (C1·|k1|)². The Gram's working set is checked with
-:func:`netmorph_core._memory.check_working_set` before any kernel runs.
+C1 × C1 (or C2 × C2) instead of (C1·|k1|)².
+
+Scaling: G~ and the factor are normalised by powers of two (largest magnitude in [0.5, 1)),
+``init`` by their ratio, and X is scaled back, so G~·2^k gives exactly X·2^k: no Gram
+overflows or underflows at any magnitude, and an X that the output dtype cannot represent is
+a ``ValueError``. Sizes are checked first (:func:`netmorph_core._limits.check_deconv`: the
+Gram's order and the working set, per tap when the factor is 1×1) before any kernel runs.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ from typing import Any
 import numpy as np
 
 from . import _validation as v
-from ._memory import check_working_set
+from ._limits import check_deconv
+from ._scaling import exponent, normalise, scale_back
 
 SIDES = ("outer", "inner")
 
@@ -62,9 +68,6 @@ _MAX_REFINEMENTS = 4
 #: Block power / inverse iterations of the condition estimate: steps and block width.
 _ESTIMATE_STEPS = 3
 _ESTIMATE_BLOCK = 4
-#: float64 copies of an order-n Gram held at once (the Gram, its factor or eigenvectors, and
-#: LAPACK's workspace).
-_GRAM_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -325,17 +328,28 @@ def solve_deconv(
             raise ValueError(f"init must have shape {x_shape}, got {tuple(init.shape)}")
     if np.dtype(np.float64) not in impl.DTYPES:
         raise TypeError(f"backend {impl.__name__} must support float64 for the solver's kernels")
+    c_out, c_mid = (factor.shape[0], factor.shape[1])
+    if side == "inner":
+        c_out, c_mid = factor.shape[1], factor.shape[0]
+    c_in = g_tilde.shape[1] if side == "outer" else g_tilde.shape[0]
+    what = f"the deconvolution of G~ {tuple(g_tilde.shape)} by a factor {tuple(factor.shape)}"
+    check_deconv(c_out, c_mid, c_in, factor.shape[2:], k, what)
     per_tap = math.prod(factor.shape[2:]) == 1
-    check_working_set(
-        solve_working_set(tuple(g_tilde.shape), tuple(factor.shape), side, k),
-        f"the deconvolution of G~ {tuple(g_tilde.shape)} by a factor {tuple(factor.shape)}",
-    )
     la = _linalg_for(impl, g_tilde)
     xp = la.xp
     out_dtype = np.result_type(g_tilde.dtype, factor.dtype)
-    g64 = xp.asarray(g_tilde, dtype=np.float64)
-    f64 = xp.asarray(factor, dtype=np.float64)
-    x0 = None if init is None else xp.asarray(init, dtype=np.float64)
+    g64, e_g = normalise(xp.asarray(g_tilde, dtype=np.float64))
+    f64, e_f = normalise(xp.asarray(factor, dtype=np.float64))
+    e_x = e_g - e_f  # X = 2^e_x·Xn
+    x0 = None
+    if init is not None:
+        x0 = xp.asarray(init, dtype=np.float64)
+        if exponent(x0) - e_x > np.finfo(np.float64).maxexp:
+            raise ValueError(
+                "init is too large for the scale of G and the factor: init·|factor|/|G| "
+                "overflows float64"
+            )
+        x0 = xp.ldexp(x0, -e_x)
     if side == "inner":
         g64, f64 = xp.swapaxes(g64, 0, 1), xp.swapaxes(f64, 0, 1)
         x0 = None if x0 is None else xp.swapaxes(x0, 0, 1)
@@ -350,27 +364,8 @@ def solve_deconv(
     x = x.reshape(out_shape)
     if side == "inner":
         x = xp.swapaxes(x, 0, 1)
-    return xp.ascontiguousarray(x.astype(out_dtype, copy=False))
-
-
-def solve_working_set(
-    g_shape: tuple[int, ...], factor_shape: tuple[int, ...], side: str, k: tuple[int, ...]
-) -> int:
-    """Bytes :func:`solve_deconv` holds at once: its Gram (order n = min over the structured
-    systems of unknowns and equations per column, C·|k| or C'·|Kt|; C·1 when the factor is
-    1×1) in a few float64 copies, plus G~, the solution and a residual in float64."""
-    if side == "outer":
-        rows, cols = factor_shape[0], factor_shape[1]
-    else:
-        rows, cols = factor_shape[1], factor_shape[0]
-    kt = g_shape[2:]
-    if math.prod(factor_shape[2:]) == 1:
-        n = min(rows, cols)
-    else:
-        n = min(rows * math.prod(kt), cols * math.prod(k))
-    channels = math.prod(g_shape) // (rows * math.prod(kt))  # C0 (outer) or C2 (inner)
-    arrays = 3 * math.prod(g_shape) + 2 * channels * cols * math.prod(k)
-    return 8 * (_GRAM_COPIES * n * n + arrays)
+    x = scale_back(x, e_x, out_dtype, f"deconvolution of G by the {side} factor")
+    return xp.ascontiguousarray(x)
 
 
 #: ``deconv_with(impl, g_tilde, factor, side, kernel_size, init)``: the call the morphing

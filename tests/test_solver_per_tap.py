@@ -1,14 +1,15 @@
-"""Per-tap solves (a 1×1 fixed factor) and the solver's working-set check."""
+"""Per-tap solves (a 1×1 fixed factor) and the solver's size and working-set checks."""
 
 from __future__ import annotations
 
 import pytest
 
 from conftest import rel_err
+from netmorph_core._limits import check_deconv
 from netmorph_core._memory import ENV_LIMIT, ResourceLimitError
 from netmorph_core.backends import get_backend
 from netmorph_core.reference import deconv_inner_ref, deconv_outer_ref
-from netmorph_core.solver import solve_deconv, solve_working_set
+from netmorph_core.solver import solve_deconv
 
 
 @pytest.mark.parametrize("init", [False, True])
@@ -31,12 +32,12 @@ def test_inner_with_a_1x1_factor_matches_the_reference(rng, c2, c1, c0) -> None:
     assert rel_err(x, deconv_inner_ref(g, f1, (5,), x0)) < 1e-10
 
 
-def test_working_set_of_a_1x1_factor_has_no_tap_squared_gram() -> None:
-    """ViT patch embedding: a 192 × 192 Gram, not (192·256)²."""
-    per_tap = solve_working_set((192, 3, 16, 16), (192, 192, 1, 1), "outer", (16, 16))
-    dense = solve_working_set((192, 3, 18, 18), (192, 192, 3, 3), "outer", (16, 16))
-    assert per_tap < 2**24
-    assert dense > 192 * 256 * 192 * 256 * 8
+def test_bounds_of_a_1x1_factor_have_no_tap_squared_gram(monkeypatch) -> None:
+    """ViT patch embedding: a 192 × 192 Gram fits in 16 MiB; a 3×3 factor's is (192·256)²."""
+    monkeypatch.setenv(ENV_LIMIT, str(2**24))
+    check_deconv(192, 192, 3, (1, 1), (16, 16), "per-tap solve")
+    with pytest.raises(ValueError, match=r"^dense solve: .*Gram has order 49152"):
+        check_deconv(192, 192, 3, (3, 3), (16, 16), "dense solve")
 
 
 def test_solver_refuses_a_gram_over_the_memory_limit(rng, monkeypatch) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import _validation as v
 from ..reference import pad_centered
+from ._scaling import chain_morph, depth_layout
 from .common import (
     DEFAULT_TOL,
     METHODS,
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 
+@chain_morph("morph_depth", depth_layout)
 def morph_depth(
     g: np.ndarray,
     width: int,

@@ -36,6 +36,7 @@ from .. import _validation as v
 from ..reference import pad_centered
 from ..reference.two_sided import deconv_two_sided_ref
 from ..solver import solve_deconv
+from ._scaling import module_morph
 from .chain import deconv_two_sided_lsqr
 from .common import Options, Seed, check_options
 from .depth import morph_depth
@@ -306,6 +307,7 @@ def _expand(
     return solves
 
 
+@module_morph
 def morph_module(
     g: np.ndarray,
     module: Module,

@@ -41,6 +41,7 @@ import numpy as np
 
 from .. import _validation as v
 from ..reference import pad_centered
+from ._scaling import chain_morph, depth_layout, subnet_layout
 from .chain import chain_effective_size, check_layers, general_chain, practical_chain
 from .common import Options, Seed, balance, check_options, relative_residual
 from .conditioning import balanced_pair
@@ -164,6 +165,7 @@ def _search(
     return best, best_residual, iterations
 
 
+@chain_morph("stable_subnet", subnet_layout)
 def stable_subnet(
     g: np.ndarray,
     layers: Sequence[tuple[int | None, int | Sequence[int] | None]],
@@ -242,6 +244,7 @@ def stable_subnet(
     )
 
 
+@chain_morph("stable_depth", depth_layout)
 def stable_depth(
     g: np.ndarray,
     width: int,

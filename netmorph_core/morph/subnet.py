@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import _validation as v
 from ..reference import pad_centered
+from ._scaling import chain_morph, subnet_layout
 from .chain import (
     chain_effective_size,
     chain_exact_layers,
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 
+@chain_morph("morph_subnet", subnet_layout)
 def morph_subnet(
     g: np.ndarray,
     layers: Sequence[tuple[int | None, int | Sequence[int] | None]],

@@ -30,7 +30,7 @@ from torch import fx, nn
 
 from .activation import PActivation
 from .errors import MorphError
-from .surgery import CONV_TYPES
+from .surgery import CONV_TYPES, ChannelLastBatchNorm
 
 SPATIAL, VECTOR, LAST, FLAT = "spatial", "vector", "last", "flat"
 
@@ -201,7 +201,8 @@ class _Tracer(fx.Tracer):
     """torch.fx's tracer with :class:`PActivation` kept as one (channel-wise) leaf."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, PActivation) or super().is_leaf_module(m, module_qualified_name)
+        leaf = isinstance(m, (PActivation, ChannelLastBatchNorm))
+        return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
 def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
@@ -406,7 +407,7 @@ class _Walk:
         if node.args[0] is not widened[0] or len(widened) > 1:
             raise self.fail(node, "takes a widened tensor as a non-data argument")
         if isinstance(m, CONV_TYPES):
-            if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
+            if flow.layout != SPATIAL or flow.ndim != len(m.kernel_size) + 2:
                 raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
             if m.groups != 1:
                 raise self.fail(node, f"is grouped (groups={m.groups}); widen needs groups=1")
@@ -432,7 +433,8 @@ class _Walk:
                 raise self.fail(node, f"cannot normalise a {flow.layout} tensor per channel")
             self._expect(node, m.num_features, flow)
             self.plan.uses.append(Use(name, "batch_norm", flow))
-            self.flows[node] = replace(flow, layout=VECTOR if flow.layout == LAST else flow.layout)
+            last = flow.layout == LAST and not isinstance(m, ChannelLastBatchNorm)
+            self.flows[node] = replace(flow, layout=VECTOR if last else flow.layout)
         elif isinstance(m, nn.PReLU):
             if m.num_parameters > 1:
                 self._expect(node, m.num_parameters, flow)

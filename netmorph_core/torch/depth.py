@@ -8,11 +8,18 @@ The layer G (padding p, stride s, dilation d, kernel K) becomes
 with F2 ⊛ F1 = G~ solved by :func:`netmorph_core.morph.depth.morph_depth`. The stride goes to
 F2, or to F1 when F2 is 1×1 (cheaper, still exact); the dilation to both. All padding is applied
 before F1, so the zero ring of G~ only meets the outermost padded values: exact for every
-padding mode. b1 = 0 and b2 = b (b2 = b − Σ F2·b1 in general).
+padding mode. Reflect and circular padding bound the input size, so for them F1 keeps the
+parent's padding p in its mode and the growth d·(K1 + K2 − 1 − K)/2 is zeros (a padding module
+of the mode before F1): the child accepts exactly the inputs the parent accepts. b1 = 0 and
+b2 = b (b2 = b − Σ F2·b1 in general). With ``batch_norm`` the new BatchNorm acts on the
+channel axis: axis 1 after a conv, the last axis after a Linear layer (any input rank). A
+dynamic "same" padding conv keeps its rule as a DynamicSamePad in front of F1
+(:mod:`.samepad`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,6 +30,8 @@ from .. import _validation as v
 from ..morph.depth import METHODS, morph_depth
 from .activation import make_activation
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .samepad import split_same_padding
+from .support import check_new_entries, layer_entries
 from .surgery import (
     ConvGeometry,
     find_layer,
@@ -60,6 +69,7 @@ def build_chain(
     kernels = [tuple(f.shape[2:]) for f in filters]
     kt = tuple(sum(ks) - (n - 1) for ks in zip(*kernels))
     j_stride = max((j for j, ks in enumerate(kernels) if any(k > 1 for k in ks)), default=0)
+    inner, outer = geo.split_pads(kt) if geo.ndim else ((), ())
     modules: list[nn.Module] = []
     for j, f in enumerate(filters):
         weight = to_tensor(f, like)
@@ -75,8 +85,9 @@ def build_chain(
                     b,
                     stride=geo.stride if j == j_stride else (1,) * geo.ndim,
                     dilation=tuple(d if k > 1 else 1 for d, k in zip(geo.dilation, kernels[j])),
-                    pads=geo.grown_pads(kt) if j == 0 else ((0, 0),) * geo.ndim,
+                    pads=inner if j == 0 else ((0, 0),) * geo.ndim,
                     padding_mode=geo.padding_mode if j == 0 else "zeros",
+                    zero_pads=outer if j == 0 else (),
                 )
             )
         if j < n - 1:
@@ -139,7 +150,7 @@ def replace_with_chain(
     """Solve the filters of layer ``at`` of ``child`` with ``solve`` (G float64 → filters,
     residual, exact, iterations) and put the chain in its place."""
     layer = child.get_submodule(at)
-    geo = ConvGeometry.of(layer)
+    same, geo = split_same_padding(layer, ConvGeometry.of(layer))
     filters, residual, exact, iterations = solve(to_numpy64(layer.weight))
     chain = build_chain(
         geo,
@@ -149,6 +160,8 @@ def replace_with_chain(
         activation=activation,
         batch_norm=batch_norm,
     )
+    if same is not None:
+        chain = nn.Sequential(same, *chain)
     replace_module(child, at, chain)
     nonzero, total = weight_counts(chain, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
     notes = []
@@ -179,7 +192,7 @@ def deepen(
     batch_norm: bool = False,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the Conv1d/2d/3d or Linear layer ``at`` by F1 → [BN] → PActivation → F2.
@@ -190,14 +203,25 @@ def deepen(
     :class:`PActivation` accepts. ``method``: "general" or "practical" (paper Algorithms 1, 2).
     ``batch_norm``: insert a BatchNorm that is the identity in eval mode. ``seed``: the
     solver's random start. ``probe`` (a tensor or tuple of model inputs) or ``input_shape``
-    gives the inputs the report measures on (else inferred, see :mod:`.report`); ``tol``
-    raises ValueError when the float64 relative deviation exceeds it. Returns
-    (child, report); ``model`` is not modified (also on error).
+    gives the inputs the report measures on (else inferred, see :mod:`.report`). ``tol``:
+    "auto" raises MorphError unless the deviation is what the dtype explains (float64: ≤ 1e-8
+    relative; lower precision: rounding within 8× the parent's own, see :mod:`.report`); a
+    number bounds the float64 relative deviation; None never raises. Returns (child, report);
+    ``model`` is not modified (also on error).
     """
-    layer = find_layer(model, at)
+    layer = find_layer(model, at, same_padding=True)
     out_channels = layer.weight.shape[0]
     width = out_channels if width is None else v.positive_int(width, "width")
     k1, k2 = parse_kernel_sizes(layer, kernel_size)
+    c_in = layer.weight.shape[1]
+    kernels = [(), ()] if k1 is None else [k1, k2]
+    kt = () if k1 is None else tuple(a + b - 1 for a, b in zip(k1, k2))
+    entries = layer_entries(c_in, [width, out_channels], kernels)
+    check_new_entries(
+        entries + out_channels * c_in * math.prod(kt),
+        layer.weight,
+        f"deepen at={at!r} with width={width}, kernel_size={kernel_size!r}",
+    )
     make_activation(activation)
     check_method(method)
     check_flag(batch_norm, "batch_norm")
