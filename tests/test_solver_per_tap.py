@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import rel_err
-from netmorph_core._limits import check_deconv
+from netmorph_core._limits import check_chain, check_deconv
 from netmorph_core._memory import ENV_LIMIT, ResourceLimitError
 from netmorph_core.backends import get_backend
 from netmorph_core.reference import deconv_inner_ref, deconv_outer_ref
@@ -38,6 +38,15 @@ def test_bounds_of_a_1x1_factor_have_no_tap_squared_gram(monkeypatch) -> None:
     check_deconv(192, 192, 3, (1, 1), (16, 16), "per-tap solve")
     with pytest.raises(ValueError, match=r"^dense solve: .*Gram has order 49152"):
         check_deconv(192, 192, 3, (3, 3), (16, 16), "dense solve")
+
+
+def test_depth_morph_bounds_admit_a_1x1_outer_layer(monkeypatch) -> None:
+    """The chain morphs' entry bound solves the first layer against a 1×1 rest per tap: the
+    ViT patch embedding deepened with k2 = 1 is admitted, with k2 = 3 its Gram is refused."""
+    monkeypatch.setenv(ENV_LIMIT, str(2**30))
+    check_chain(192, 3, [192, 192], [(16, 16), (1, 1)], "morph_depth")
+    with pytest.raises(ValueError, match=r"^morph_depth: .*Gram has order 49152"):
+        check_chain(192, 3, [192, 192], [(16, 16), (3, 3)], "morph_depth")
 
 
 def test_solver_refuses_a_gram_over_the_memory_limit(rng, monkeypatch) -> None:
