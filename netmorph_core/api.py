@@ -16,9 +16,9 @@ from . import _validation as v
 from ._arrays import namespace, to_host, unify
 from .backends import select_backend
 from .grouped import (
+    chain_groups,
     check_divisible,
     check_groups,
-    chain_groups,
     compose_grouped,
     deconv_grouped,
     relative_residual_grouped,

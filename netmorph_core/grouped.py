@@ -188,9 +188,7 @@ def deconv_grouped(
     return unstack(np.ascontiguousarray(swap(x)))
 
 
-def relative_residual_grouped(
-    g_tilde: np.ndarray, filters: list[np.ndarray], groups: int
-) -> float:
+def relative_residual_grouped(g_tilde: np.ndarray, filters: list[np.ndarray], groups: int) -> float:
     """‖F_last ⊛ … ⊛ F_first − G~‖ / ‖G~‖ of grouped filters in float64 (absolute if G~ = 0)."""
     out = stack(filters[0].astype(np.float64), groups, "F")
     for f in filters[1:]:

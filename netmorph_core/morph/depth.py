@@ -338,6 +338,7 @@ def morph_depth(
     tol: float | None = None,
     allow_approximate: bool = False,
     backend: str = "auto",
+    groups: int = 1,
 ) -> MorphResult:
     """Morph G (C2, C0, *K) into F1 (width, C0, *k1) then F2 (C2, width, *k2): F2 ⊛ F1 = G~.
 
@@ -355,7 +356,25 @@ def morph_depth(
     ``allow_approximate`` (then ``exact=False`` with the residual). Filters have G's dtype.
     ``method="stable"``: every entry non-zero and on a consistent scale, see
     :func:`netmorph_core.morph.stable.stable_depth` (``max_iter`` counts its rounds).
+    ``groups`` = g: G (C2, C0/g, *K) is grouped and so are F1 (width, C0/g, *k1) and
+    F2 (C2, width/g, *k2); see :mod:`netmorph_core.morph.grouped`.
     """
+    if groups != 1:
+        from .grouped import grouped_depth  # builds on this module
+
+        return grouped_depth(
+            g,
+            width,
+            k1,
+            k2,
+            groups=groups,
+            method=method,
+            seed=seed,
+            max_iter=max_iter,
+            tol=tol,
+            allow_approximate=allow_approximate,
+            backend=backend,
+        )
     if method == "stable":
         from .stable import stable_depth  # stable builds on this module
 

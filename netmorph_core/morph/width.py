@@ -140,6 +140,7 @@ def morph_width(
     zero_preserving: bool = True,
     seed: Seed = None,
     scale: float | None = None,
+    groups: int = 1,
 ) -> WidthResult:
     """Widen the blob between F1 (C1, C0, *K1) and F2 (C2, C1, *K2) to ``width`` channels.
 
@@ -152,11 +153,15 @@ def morph_width(
     ``zero_preserving`` (the paper's rule; ties go to "outer"), else "outer".
     The widened channels are then permuted randomly (``seed``); see :class:`WidthResult`.
     Outputs keep each input's dtype; the inputs are not modified.
+    ``groups`` = g: F1 (C1, C0/g, *K1) and F2 (C2, C1/g, *K2) are grouped; every group gets
+    (width − C1)/g new channels (see :func:`netmorph_core.morph.grouped.grouped_width`).
     """
     f1 = v.as_filter(f1, "F1")
     f2 = v.as_filter(f2, "F2")
     v.same_spatial_rank(f2, "F2", f1, "F1")
-    v.chain_channels(f2, "F2", f1, "F1")
+    groups = v.positive_int(groups, "groups")
+    if groups == 1:
+        v.chain_channels(f2, "F2", f1, "F1")
     c1 = f1.shape[0]
     if b1 is not None:
         b1 = as_bias(b1, c1, "b1")
@@ -184,6 +189,12 @@ def morph_width(
         if b1 is not None:
             new_bias[...] = rng.normal(0.0, noise_scale(b1), extra)
 
+    if groups != 1:
+        from .grouped import grouped_width  # builds on this module
+
+        return grouped_width(
+            f1, f2, width, groups=groups, b1=b1, side=side, seed=rng, scale=scale
+        )
     permutation = rng.permutation(width)
     f1_out = np.concatenate([f1, new_rows])[permutation]
     f2_out = np.concatenate([f2, new_cols], axis=1)[:, permutation]
