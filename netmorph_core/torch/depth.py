@@ -13,6 +13,7 @@ padding mode. b1 = 0 and b2 = b (b2 = b − Σ F2·b1 in general).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,9 +22,11 @@ from torch import nn
 
 from .. import _validation as v
 from ..morph.depth import METHODS, morph_depth
+from ..morph.grouped import separable_depth
 from .activation import make_activation
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .surgery import (
+    CONV_TYPES,
     ConvGeometry,
     find_layer,
     identity_batch_norm,
@@ -49,13 +52,16 @@ def build_chain(
     *,
     activation: object,
     batch_norm: bool,
+    groups: Sequence[int] | None = None,
 ) -> nn.Sequential:
     """The layers F_0 … F_P of ``filters`` (data-flow order) in place of a layer of geometry
     ``geo``: all padding on F_0, the stride on the last layer with a kernel > 1 (every layer
     after it is pointwise, so subsampling commutes), dilation wherever a kernel is > 1; between
     layers [identity BN] → PActivation(a = 1). The last layer gets ``bias``, the others a zero
-    bias when the parent has one. Weights take ``like``'s dtype and device.
+    bias when the parent has one. Weights take ``like``'s dtype and device. ``groups``: each
+    layer's groups (default: the parent's, ``geo.groups``, for every layer).
     """
+    groups = [geo.groups] * len(filters) if groups is None else list(groups)
     n = len(filters)
     kernels = [tuple(f.shape[2:]) for f in filters]
     kt = tuple(sum(ks) - (n - 1) for ks in zip(*kernels))
@@ -77,6 +83,7 @@ def build_chain(
                     dilation=tuple(d if k > 1 else 1 for d, k in zip(geo.dilation, kernels[j])),
                     pads=geo.grown_pads(kt) if j == 0 else ((0, 0),) * geo.ndim,
                     padding_mode=geo.padding_mode if j == 0 else "zeros",
+                    groups=groups[j],
                 )
             )
         if j < n - 1:
@@ -135,6 +142,7 @@ def replace_with_chain(
     *,
     activation: object,
     batch_norm: bool,
+    groups: Sequence[int] | None = None,
 ) -> Outcome:
     """Solve the filters of layer ``at`` of ``child`` with ``solve`` (G float64 → filters,
     residual, exact, iterations) and put the chain in its place."""
@@ -148,6 +156,7 @@ def replace_with_chain(
         layer.weight,
         activation=activation,
         batch_norm=batch_norm,
+        groups=groups,
     )
     replace_module(child, at, chain)
     nonzero, total = weight_counts(chain, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
@@ -181,6 +190,7 @@ def deepen(
     input_shape: Sequence[int] | None = None,
     tol: float | None = None,
     seed: int | np.random.Generator | None = None,
+    separable: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the Conv1d/2d/3d or Linear layer ``at`` by F1 → [BN] → PActivation → F2.
 
@@ -193,20 +203,83 @@ def deepen(
     gives the inputs the report measures on (else inferred, see :mod:`.report`); ``tol``
     raises ValueError when the float64 relative deviation exceeds it. Returns
     (child, report); ``model`` is not modified (also on error).
+
+    A grouped conv (``groups`` g) deepens into F1, F2 with the same ``groups`` (``width``
+    divisible by g). ``separable=True`` makes it (grouped or not) a depthwise F1
+    (C_in·m, 1, *K, groups C_in) → pointwise F2 (1×1, groups g) instead, with ``width`` =
+    C_in·m (default m = min(C_out/g, |K|), the least that is exact; ``kernel_size`` and
+    ``method`` do not apply).
     """
-    layer = find_layer(model, at)
+    layer = find_layer(model, at, grouped=True)
+    groups = layer.groups if isinstance(layer, CONV_TYPES) else 1
     out_channels = layer.weight.shape[0]
-    width = out_channels if width is None else v.positive_int(width, "width")
-    k1, k2 = parse_kernel_sizes(layer, kernel_size)
+    check_flag(separable, "separable")
     make_activation(activation)
     check_method(method)
     check_flag(batch_norm, "batch_norm")
+    if separable:
+        return _deepen_separable(
+            model, at, layer, width, activation, batch_norm, probe, input_shape, tol, seed
+        )
+    width = out_channels if width is None else v.positive_int(width, "width")
+    if width % groups:
+        raise ValueError(f"width ({width}) must be divisible by {at!r}'s groups={groups}")
+    k1, k2 = parse_kernel_sizes(layer, kernel_size)
 
     def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
-        res = morph_depth(g, width, k1, k2, method=method, seed=seed)
+        res = morph_depth(g, width, k1, k2, method=method, seed=seed, groups=groups)
         return res.filters, res.residual, res.exact, res.iterations
 
     def build(child: nn.Module) -> Outcome:
         return replace_with_chain(child, at, solve, activation=activation, batch_norm=batch_norm)
+
+    return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)
+
+
+def _deepen_separable(
+    model: nn.Module,
+    at: str,
+    layer: nn.Module,
+    width: int | None,
+    activation: object,
+    batch_norm: bool,
+    probe: object,
+    input_shape: Sequence[int] | None,
+    tol: float | None,
+    seed: int | np.random.Generator | None,
+) -> tuple[nn.Module, MorphReport]:
+    """:func:`deepen` with ``separable=True``: depthwise F1 → pointwise F2 (same groups)."""
+    if not isinstance(layer, CONV_TYPES):
+        raise TypeError(f"at={at!r} is {type(layer).__name__}; separable=True needs a conv")
+    c_in = layer.in_channels
+    multiplier = None
+    if width is not None:
+        width = v.positive_int(width, "width")
+        if width % c_in:
+            raise ValueError(
+                f"width ({width}) must be a multiple of {at!r}'s {c_in} input channels for a "
+                "depthwise first layer"
+            )
+        multiplier = width // c_in
+    groups = layer.groups
+    need = min(layer.out_channels // groups, math.prod(layer.kernel_size))
+    if multiplier is not None and multiplier < need:
+        raise ValueError(
+            f"width ({width}) gives {multiplier} depthwise channels per input channel; an exact "
+            f"depthwise + pointwise morph of {at!r} needs at least {need} (width >= {need * c_in})"
+        )
+    if (multiplier or need) * c_in % groups:
+        raise ValueError(
+            f"width ({(multiplier or need) * c_in}) must be divisible by {at!r}'s groups={groups}"
+        )
+
+    def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
+        res = separable_depth(g, groups=groups, multiplier=multiplier, seed=seed)
+        return res.filters, res.residual, res.exact, res.iterations
+
+    def build(child: nn.Module) -> Outcome:
+        return replace_with_chain(
+            child, at, solve, activation=activation, batch_norm=batch_norm, groups=(c_in, groups)
+        )
 
     return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)

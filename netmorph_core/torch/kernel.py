@@ -38,7 +38,7 @@ def grow_kernel(
     """Grow the kernel of the Conv1d/2d/3d layer ``at`` to ``kernel_size`` (an int or one per
     spatial dimension; K̃ − K even and ≥ 0). ``probe``/``input_shape``/``tol`` as in
     :func:`deepen`. Returns (child, report); ``model`` is unchanged."""
-    layer = find_layer(model, at, CONV_TYPES)
+    layer = find_layer(model, at, CONV_TYPES, grouped=True)
     old = tuple(layer.kernel_size)
     size = v.kernel_tuple(kernel_size, len(old), "kernel_size")
     v.effective_size(old, size, (1,) * len(old), "kernel_size")
@@ -57,6 +57,7 @@ def grow_kernel(
             dilation=conv.dilation,
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
+            groups=conv.groups,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )

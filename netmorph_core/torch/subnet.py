@@ -88,15 +88,20 @@ def morph_subnet(
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the layer ``at`` by the sequential subnet ``layers`` = [(width, kernel), ...]
     (data-flow order; the last width is the layer's output channels or None; kernels None for
-    Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`."""
-    layer = find_layer(model, at)
+    Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`. A grouped conv
+    keeps its ``groups`` in every layer (each width divisible by it)."""
+    layer = find_layer(model, at, grouped=True)
     _check_layers(layer, layers, "layers")
+    groups = getattr(layer, "groups", 1)
+    for p, (w, _) in enumerate(layers):
+        if w is not None and w % groups:
+            raise ValueError(f"layers[{p}]'s width ({w}) must be divisible by groups={groups}")
     make_activation(activation)
     check_method(method)
     check_flag(batch_norm, "batch_norm")
 
     def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
-        res = morph_subnet_filters(g, layers, method=method, seed=seed)
+        res = morph_subnet_filters(g, layers, method=method, seed=seed, groups=groups)
         return res.filters, res.residual, res.exact, res.iterations
 
     def build(child: nn.Module) -> Outcome:
