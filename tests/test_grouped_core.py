@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RTOL, rel_err
 
 import netmorph_core as nm
+from conftest import RTOL, rel_err
 from netmorph_core.grouped import BLOCK_MAX_GROUPS
 from netmorph_core.reference import (
     compose_grouped_ref,

@@ -190,7 +190,7 @@ class WidthPlan:
 
     producers: tuple[str, ...]
     uses: list[Use] = field(default_factory=list)
-    gates: list[str] = field(default_factory=list)
+    gates: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def consumers(self) -> list[Use]:
@@ -575,7 +575,9 @@ class _Walk:
                     f"multiplies widened channels with the parameter {a.target!r} (a layer "
                     "scale?), which widen does not resize",
                 )
-            self.plan.gates.append(self._gate(node, a, self.flows[widened[0]]))
+            self.plan.gates[self._gate(node, a, self.flows[widened[0]])] = self.flows[
+                widened[0]
+            ].src
             self.flows[a] = self.flows[widened[0]]
         tensors = [a for a in tensors if a in self.flows]
         flows = [self.flows[a] for a in tensors]

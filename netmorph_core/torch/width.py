@@ -127,8 +127,9 @@ def _apply(
     """Widen the producers and update every use in ``child`` in place."""
     sources: dict[str, ParamSource] = {}
     nonzero = total = 0
-    new = src < 0
-    for name in (*plan.producers, *plan.gates):
+    rows_of = [(name, src) for name in plan.producers] + list(plan.gates.items())
+    for name, mapping in rows_of:
+        new = mapping < 0
         layer = child.get_submodule(name)
         w = layer.weight
         rows = torch.zeros((int(new.sum()), *w.shape[1:]), dtype=w.dtype, device=w.device)
@@ -136,21 +137,21 @@ def _apply(
             rows = _noise(rng, tuple(rows.shape), w, noise_scale(to_numpy64(w)))
         nonzero += int(torch.count_nonzero(rows))
         total += rows.numel()
-        _set_param(layer, "weight", gather(w, src, 0, rows))
+        _set_param(layer, "weight", gather(w, mapping, 0, rows))
         sources[f"{name}.weight"] = ParamSource(
-            f"{name}.weight", f"{name}.weight", (src,) + (None,) * (w.dim() - 1)
+            f"{name}.weight", f"{name}.weight", (mapping,) + (None,) * (w.dim() - 1)
         )
         if layer.bias is not None:
             b = layer.bias
             fill = torch.zeros(int(new.sum()), dtype=b.dtype, device=b.device)
             if side == "outer":
                 fill = _noise(rng, tuple(fill.shape), b, noise_scale(to_numpy64(b)))
-            _set_param(layer, "bias", gather(b, src, 0, fill))
-            sources[f"{name}.bias"] = ParamSource(f"{name}.bias", f"{name}.bias", (src,))
+            _set_param(layer, "bias", gather(b, mapping, 0, fill))
+            sources[f"{name}.bias"] = ParamSource(f"{name}.bias", f"{name}.bias", (mapping,))
         if isinstance(layer, nn.Linear):
-            layer.out_features = src.size
+            layer.out_features = mapping.size
         else:
-            layer.out_channels = src.size
+            layer.out_channels = mapping.size
     for use in plan.uses:
         m = child.get_submodule(use.name)
         s = use.flow.src
