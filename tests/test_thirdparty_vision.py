@@ -77,13 +77,13 @@ FAST = [
     (
         "mobilenet_v2",
         lambda: tv.models.mobilenet_v2(width_mult=0.25),
-        (2, 3, 32, 32),
+        (2, 3, 16, 16),
         [("widen", "features.2.conv.0.0"), ("deepen", DW)],
     ),
     (
         "timm mobilenetv3_small_050",
         lambda: timm.create_model("mobilenetv3_small_050", pretrained=False),
-        (2, 3, 32, 32),
+        (2, 3, 16, 16),
         [("widen", "blocks.2.0.conv_pw")],
     ),
 ]
