@@ -104,6 +104,12 @@ MORE = [
         (2, 3, 32, 32),
         [("widen", "conv1.0"), ("deepen", DW)],
     ),
+    (
+        "inception_v3 nested concatenation",
+        lambda: tv.models.inception_v3(aux_logits=False, init_weights=True),
+        (2, 3, 80, 80),
+        [("widen", "Mixed_7b.branch3x3_2a.conv")],
+    ),
 ]
 
 
@@ -155,21 +161,35 @@ FULL = {
     "timm resnet18": lambda: timm.create_model("resnet18", pretrained=False),
     "timm regnety_002": lambda: timm.create_model("regnety_002", pretrained=False),
     "timm convnext_atto": lambda: timm.create_model("convnext_atto", pretrained=False),
+    "timm vit_tiny": lambda: timm.create_model("vit_tiny_patch16_224", img_size=64),
 }
+
+
+def pick(model: nn.Module, kind: str) -> str | None:
+    """The layer a matrix case morphs: the first plain conv with a kernel > 1, the middle
+    grouped conv, or the conv registered just before that one (usually its producer)."""
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if kind == "plain":
+        return next((n for n, m in convs if PLAIN(m)), None)
+    grouped = [i for i, (_, m) in enumerate(convs) if GROUPED(m)]
+    if not grouped:
+        return None
+    i = grouped[len(grouped) // 2]
+    return convs[i][0] if kind == "grouped" else convs[i - 1][0]
 
 
 @pytest.mark.thirdparty
 @pytest.mark.parametrize("name", list(FULL))
 @pytest.mark.parametrize("op", ["deepen", "widen", "grow_kernel"])
-@pytest.mark.parametrize("kind", ["plain", "grouped"])
+@pytest.mark.parametrize("kind", ["plain", "grouped", "before_grouped"])
 def test_full_matrix_exact_or_refused(name, op, kind) -> None:
     shape = (2, 3, 96, 96) if name in ("inception_v3", "googlenet") else (2, 3, 64, 64)
     model = trained_like(FULL[name](), shape)
-    where = PLAIN if kind == "plain" else GROUPED
-    if not any(isinstance(m, nn.Conv2d) and where(m) for m in model.modules()):
+    target = pick(model, kind)
+    if target is None:
         pytest.skip(f"{name} has no {kind} convolution")
     try:
-        morph_and_measure(model, run_op(model, op, where, shape), shape)
+        morph_and_measure(model, run_op(model, op, target, shape), shape)
     except (MorphError, ValueError) as exc:
         assert str(exc), "a refusal must say why"
         print(f"refused: {exc}")

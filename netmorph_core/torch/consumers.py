@@ -385,7 +385,11 @@ class _Walk:
         target = node.target
         if node.op == "call_method" and target == "size":
             if _arg(node, 1, "dim", None) != 0:
-                raise self.fail(node, "reads the channel count of a widened tensor")
+                raise self.fail(
+                    node,
+                    "reads the channel count of a widened tensor; widen does not follow code "
+                    "that computes with it (such as a channel shuffle's reshape)",
+                )
             return
         if node.op == "call_function" and target is getattr and node.args[1] == "shape":
             self.shape_nodes.add(node)
