@@ -136,6 +136,11 @@ def _pinv_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return vt.swapaxes(-1, -2) @ (inv[..., None] * (u.swapaxes(-1, -2) @ b))
 
 
+def swap_stacked(a: np.ndarray | None) -> np.ndarray | None:
+    """Exchange the two channel axes of every group: (g, A, B, *K) -> (g, B, A, *K)."""
+    return None if a is None else np.swapaxes(a, 1, 2)
+
+
 def deconv_stacked(
     g_tilde_g: np.ndarray,
     f2g: np.ndarray,
@@ -183,9 +188,8 @@ def deconv_grouped(
     init_g = None if init is None else stack(to_host(init), groups, "init")
     if side == "outer":
         return unstack(deconv_stacked(gt, fg, k, init_g))
-    swap = lambda a: None if a is None else np.swapaxes(a, 1, 2)  # noqa: E731
-    x = deconv_stacked(swap(gt), swap(fg), k, swap(init_g))
-    return unstack(np.ascontiguousarray(swap(x)))
+    x = deconv_stacked(swap_stacked(gt), swap_stacked(fg), k, swap_stacked(init_g))
+    return unstack(np.ascontiguousarray(swap_stacked(x)))
 
 
 def relative_residual_grouped(g_tilde: np.ndarray, filters: list[np.ndarray], groups: int) -> float:

@@ -127,6 +127,14 @@ def test_widen_grouped_producer_and_nested_cat(block) -> None:
         widen(block, "grouped", 11)
 
 
+def test_widen_depthwise_producer_raises_its_multiplier(block) -> None:
+    child = check(block, lambda m: widen(m, "dw", 18, seed=0))
+    assert (child.dw.in_channels, child.dw.out_channels, child.dw.groups) == (6, 18, 6)
+    assert child.bn2.num_features == 18 and child.se.expand.out_channels == 18
+    with pytest.raises(ValueError, match=r"width \(16\) must be divisible by the groups=6"):
+        widen(block, "dw", 16)
+
+
 def test_widen_refusals_name_the_node() -> None:
     grouped = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(MorphError, match=r"'1' \(Conv2d\) is a grouped convolution \(groups=2, 2"):

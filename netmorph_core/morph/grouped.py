@@ -32,6 +32,7 @@ from ..grouped import (
     deconv_stacked,
     relative_residual_grouped,
     stack,
+    swap_stacked,
     unstack,
 )
 from ..reference import pad_centered
@@ -39,10 +40,6 @@ from .depth import balance, check_options, general_order
 from .result import MorphResult
 from .solvability import layer_kernel, solvability
 from .width import WidthResult, as_generator, noise_scale, target_width
-
-
-def _swap(a: np.ndarray | None) -> np.ndarray | None:
-    return None if a is None else np.swapaxes(a, 1, 2)
 
 
 def _result(
@@ -148,7 +145,9 @@ def grouped_depth(
         if order[iterations % 2] == 0:
             f1 = deconv_stacked(gt, f2, kernel1, f1)
         else:
-            f2 = _swap(deconv_stacked(_swap(gt), _swap(f1), kernel2, _swap(f2)))
+            f2 = swap_stacked(
+                deconv_stacked(swap_stacked(gt), swap_stacked(f1), kernel2, swap_stacked(f2))
+            )
         iterations += 1
         diff = float(np.linalg.norm(compose_stacked(f2, f1) - gt))
         residual = diff / target if target > 0 else diff
