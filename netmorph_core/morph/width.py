@@ -174,8 +174,12 @@ def morph_width(
 
     extra = width - c1
     per_row = int(np.prod(f1.shape[1:])) + (1 if b1 is not None else 0)
-    per_col = f2.shape[0] * int(np.prod(f2.shape[2:]))
+    per_col = f2.shape[0] // groups * int(np.prod(f2.shape[2:]))  # a new column per group
     side = _resolve_side(zero_side, bool(zero_preserving), extra * per_row, extra * per_col)
+    if groups != 1:
+        from .grouped import grouped_width  # builds on this module
+
+        return grouped_width(f1, f2, width, groups=groups, b1=b1, side=side, seed=rng, scale=scale)
 
     new_rows = np.zeros((extra, *f1.shape[1:]), dtype=f1.dtype)
     new_bias = np.zeros(extra, dtype=b1.dtype) if b1 is not None else None
@@ -189,12 +193,6 @@ def morph_width(
         if b1 is not None:
             new_bias[...] = rng.normal(0.0, noise_scale(b1), extra)
 
-    if groups != 1:
-        from .grouped import grouped_width  # builds on this module
-
-        return grouped_width(
-            f1, f2, width, groups=groups, b1=b1, side=side, seed=rng, scale=scale
-        )
     permutation = rng.permutation(width)
     f1_out = np.concatenate([f1, new_rows])[permutation]
     f2_out = np.concatenate([f2, new_cols], axis=1)[:, permutation]
