@@ -32,11 +32,18 @@ except ImportError:  # the test extra is not installed
 
 
 def trained_like(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
-    """float64, random BatchNorm weight/bias, running statistics of one calibration batch."""
+    """float64; every constant parameter (BatchNorm/LayerNorm affine, layer scale, zero biases)
+    redrawn at random; BatchNorm running statistics of one calibration batch."""
     torch.manual_seed(0)
     model = model.double()
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+                if float(p.flatten()[0]) == 0.0:
+                    p.normal_(0.0, 0.1)
+                else:
+                    p.uniform_(0.5, 1.5)
         for m in bns:
             m.weight.uniform_(0.5, 1.5)
             m.bias.normal_(0.0, 0.5)

@@ -150,6 +150,7 @@ _METHODS: dict[str, tuple[bool, bool]] = {
 _ADD = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub", "add_", "sub_"}
 _MUL = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div", "mul_", "div_"}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
+_RESHAPES = {"reshape", "view", "unsqueeze", "expand", "expand_as", "to", "type_as"}
 _REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 
 
@@ -573,10 +574,13 @@ class _Walk:
     def _mul(self, node: fx.Node, widened: list[fx.Node]) -> None:
         tensors = [a for a in self._operands(node) if isinstance(a, fx.Node)]
         for a in [t for t in tensors if t not in self.flows]:
-            if a.op == "get_attr":
+            base = a
+            while base.op == "call_method" and base.target in _RESHAPES:
+                base = base.args[0]
+            if base.op == "get_attr":
                 raise self.fail(
                     node,
-                    f"multiplies widened channels with the parameter {a.target!r} (a layer "
+                    f"multiplies widened channels with the parameter {base.target!r} (a layer "
                     "scale?), which widen does not resize",
                 )
             self.plan.gates[self._gate(node, a, self.flows[widened[0]])] = self.flows[
