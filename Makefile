@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.netmorph-installed
 
-.PHONY: setup demo test lint bench bench-quick clean
+.PHONY: setup demo test test-portability lint bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,17 @@ demo: setup
 test: setup
 	$(BIN)/python -m ruff check netmorph_core tests bench
 	$(BIN)/python -m pytest
+
+# The suite under other CPUs' OpenBLAS kernels and with 1 and 2 threads (README, Development
+# notes). SkylakeX's kernels need AVX-512, so they run only where the CPU has it.
+CORETYPES ?= Haswell Zen Sandybridge Nehalem Prescott \
+	$(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),SkylakeX)
+test-portability: setup
+	set -e; for c in $(CORETYPES); do echo "== OPENBLAS_CORETYPE=$$c"; \
+		OPENBLAS_CORETYPE=$$c $(BIN)/python -m pytest -q -p no:cacheprovider; done
+	set -e; for t in 1 2; do echo "== $$t thread(s)"; \
+		OMP_NUM_THREADS=$$t OPENBLAS_NUM_THREADS=$$t NUMBA_NUM_THREADS=$$t \
+		$(BIN)/python -m pytest -q -p no:cacheprovider; done
 
 bench: setup
 	$(BIN)/python bench/run.py

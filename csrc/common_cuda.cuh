@@ -30,6 +30,14 @@ __device__ inline Dims3 dims3(index_t d, index_t h, index_t w) {
 __device__ inline index_t imax(index_t a, index_t b) { return a > b ? a : b; }
 __device__ inline index_t imin(index_t a, index_t b) { return a < b ? a : b; }
 
+// z[a, b] of an n × n matrix that is symmetric in exact arithmetic (a GEMM's BᵀB), read from
+// its upper triangle only: sums of such entries taken in mirrored order are then equal bit for
+// bit, whatever order the GEMM summed z[a, b] and z[b, a] in.
+template <typename T>
+__device__ inline T upper(const T* z, index_t n, index_t a, index_t b) {
+  return a <= b ? z[a * n + b] : z[b * n + a];
+}
+
 // Output matrices (rows × cols) of the element-wise kernels: one thread per column element
 // (x: blocks of threads), the grid's y dimension striding over the rows; rows and cols each
 // below 2^31 (checked by the launchers).

@@ -40,6 +40,18 @@ void run_blocks(const std::vector<std::vector<Gemm>>& jobs, const std::vector<in
   for (int64_t j = 0; j < count; ++j) one(j);
 }
 
+// a[i, j] = a[j, i] for j < i (n x n, leading dimension ld): the lower triangle becomes the
+// mirror of the upper one, so a product that is symmetric in exact arithmetic (Σ BᵀB) is
+// symmetric bit for bit, whatever order the BLAS kernel summed (i, j) and (j, i) in.
+template <typename T>
+void mirror_upper(T* a, int64_t n, int64_t ld) {
+  constexpr int64_t kTile = 64;
+  for (int64_t i0 = 0; i0 < n; i0 += kTile)
+    for (int64_t j0 = 0; j0 <= i0; j0 += kTile)
+      for (int64_t i = i0; i < std::min(n, i0 + kTile); ++i)
+        for (int64_t j = j0; j < std::min(i, j0 + kTile); ++j) a[i * ld + j] = a[j * ld + i];
+}
+
 }  // namespace
 
 template <typename T>
@@ -80,7 +92,10 @@ void gram_outer_cpu(const T* f2, int64_t c2, int64_t c1, const Dims3& k2, const 
                   gemm<T>(true, false, c1, c1, g.k, T(1), planes + g.a_offset, c1,
                           planes + g.b_offset, c1, beta, dst, c1);
                 });
-  // R(-δ) = R(δ)^T; mirroring every lag coordinate maps flat index l to nl - 1 - l.
+  // R(0) = R(0)^T and R(-δ) = R(δ)^T hold bit for bit: one triangle of R(0) and one lag of
+  // each pair ±δ are computed, the rest copied. Mirroring every lag coordinate maps flat index
+  // l to nl - 1 - l.
+  mirror_upper(r + center * cc, c1, c1);
   for (int64_t l = center + 1; l < nl; ++l)
     transpose(r + l * cc, 1, c1, c1, c1, r + (nl - 1 - l) * cc, c1, false, openmp);
 
@@ -145,6 +160,8 @@ void gram_outer_rows_cpu(const T* f2, int64_t c2, int64_t c1, const Dims3& k2, c
                   gemm<T>(false, true, c2, c2, g.k, T(1), f2q + g.a_offset, ld, f2q + g.b_offset,
                           ld, beta, dst, c2);
                 });
+  // N_{t,t} = N_{t,t}^T and N_{t',t} = N_{t,t'}^T hold bit for bit (copies, not recomputed).
+  for (int64_t t = 0; t < nt; ++t) mirror_upper(blocks + (t * nt + t) * cc, c2, c2);
   for (int64_t t = 0; t < nt; ++t)
     for (int64_t v = 0; v < t; ++v)
       transpose(blocks + (v * nt + t) * cc, 1, c2, c2, c2, blocks + (t * nt + v) * cc, c2, false,

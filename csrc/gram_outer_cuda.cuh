@@ -3,6 +3,8 @@
 // With Z[(m, u), (m', u')] = Σ_o F2[o, m, u] · F2[o, m', u'] computed by one GEMM beforehand,
 //   M[(m, s), (m', s')] = Σ_u Z[(m, u), (m', u + s - s')]    (u, u + s - s' inside K2)
 // Z (C1, |K2|, C1, |K2|) -> M (C1·|K1|, C1·|K1|), one thread per element of M.
+// Z is read from its upper triangle (upper()): M[(m', s'), (m, s)] sums the same entries as
+// M[(m, s), (m', s')] in the same order (u ↦ u + s - s'), so M = Mᵀ bit for bit.
 #pragma once
 #include "common_cuda.cuh"
 
@@ -25,12 +27,13 @@ __device__ void gram_assemble_impl(const T* __restrict__ z, T* __restrict__ out,
     const index_t dd = s / (int)(k1.w * k1.h) - s2d;
     const index_t dh = (s / (int)k1.w) % (int)k1.h - s2h;
     const index_t dw = s % (int)k1.w - s2w;
-    const T* base = z + (index_t)m * n2 * c1 * n2 + m2 * n2;
+    const index_t a0 = (index_t)m * n2, b0 = (index_t)m2 * n2;
     T acc = 0;
     for (index_t ud = imax(0, -dd); ud < imin(k2.d, k2.d - dd); ++ud) {
       for (index_t uh = imax(0, -dh); uh < imin(k2.h, k2.h - dh); ++uh) {
         for (index_t uw = imax(0, -dw); uw < imin(k2.w, k2.w - dw); ++uw) {
-          acc += base[k2.flat(ud, uh, uw) * c1 * n2 + k2.flat(ud + dd, uh + dh, uw + dw)];
+          acc += upper(z, c1 * n2, a0 + k2.flat(ud, uh, uw),
+                       b0 + k2.flat(ud + dd, uh + dh, uw + dw));
         }
       }
     }

@@ -6,6 +6,7 @@ before any kernel runs. Nothing here modifies the caller's arrays.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,17 +15,32 @@ from ._arrays import namespace
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_SPATIAL_DIMS = 3
+#: The largest kernel extent per spatial dimension any routine accepts: beyond it a single
+#: filter's taps (and every solve over them) would take impractically long.
+MAX_KERNEL_SIZE = 4096
 
 
 def as_filter(x: object, name: str) -> np.ndarray:
     """Return ``x`` as a real floating array (NumPy or CuPy) of shape (C_out, C_in, *kernel).
 
-    A linear layer's (C_out, C_in) matrix is a filter with no spatial dimension.
+    A linear layer's (C_out, C_in) matrix is a filter with no spatial dimension. Masked arrays
+    are refused (their masked entries would be silently used or dropped); other ndarray
+    subclasses (``np.matrix``, memmaps) are viewed as plain arrays. Any strides, read-only.
     """
-    if isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must be a plain array, got a masked array; fill or drop the masked "
+            "entries first (e.g. x.filled(0.0))"
+        )
+    if isinstance(x, np.ndarray):
+        arr = x if type(x) is np.ndarray else np.asarray(x)
+    elif type(x).__module__.startswith("cupy"):
         arr = x
     elif isinstance(x, (list, tuple)):
-        arr = np.asarray(x)
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} must be a rectangular array of floats: {exc}") from None
     else:
         raise TypeError(
             f"{name} must be a NumPy array, a CuPy array or a torch tensor, got {type(x).__name__}"
@@ -79,16 +95,48 @@ def kernel_tuple(k: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...
         raise ValueError(f"{name} must give {ndim} kernel sizes, got {sizes}")
     if any(v < 1 for v in sizes):
         raise ValueError(f"{name} must be positive, got {sizes}")
+    if any(v > MAX_KERNEL_SIZE for v in sizes):
+        raise ValueError(f"{name} must be at most {MAX_KERNEL_SIZE} per dimension, got {sizes}")
     return sizes
 
 
-def positive_int(v: object, name: str) -> int:
-    """A strictly positive Python int."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+def positive_int(v: object, name: str, maximum: int | None = None) -> int:
+    """A strictly positive Python int (at most ``maximum`` when given)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name} must be a positive int, got {v!r}")
     if v < 1:
         raise ValueError(f"{name} must be a positive int, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {v}")
     return int(v)
+
+
+def real_number(
+    x: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """``x`` as a finite Python float in [low, high] ((low, high] when ``low_open``).
+
+    bool, non-numbers, NaN and ±Inf are refused (``TypeError`` / ``ValueError`` naming ``x``).
+    """
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {x!r}")
+    try:
+        value = float(x)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got an int too large for a float") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    below = low is not None and (value <= low if low_open else value < low)
+    if below or (high is not None and value > high):
+        left = "(-inf" if low is None else f"{'(' if low_open else '['}{low}"
+        right = "inf)" if high is None else f"{high}]"
+        raise ValueError(f"{name} must be in {left}, {right}, got {value}")
+    return value
 
 
 def effective_size(

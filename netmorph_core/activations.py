@@ -68,27 +68,75 @@ ACTIVATIONS: Mapping[str, Activation] = MappingProxyType(
 )
 
 
+#: The paper's spelling of each base; its parametric form is "P" + this (PReLU, PTanh, ...).
+DISPLAY_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "relu": "ReLU",
+        "leaky_relu": "LeakyReLU",
+        "elu": "ELU",
+        "tanh": "Tanh",
+        "sigmoid": "Sigmoid",
+        "gelu": "GELU",
+        "silu": "SiLU",
+    }
+)
+
+
+def _folded(name: str) -> str:
+    return name.strip().lower().replace("_", "").replace("-", "")
+
+
+_BY_FOLDED = {_folded(n): n for n in ACTIVATIONS}
+
+
+def accepted_names() -> str:
+    """The activation names every ``base``/``activation`` argument accepts, for messages."""
+    bases = ", ".join(ACTIVATIONS)
+    paper = ", ".join(f"P{d}" for d in DISPLAY_NAMES.values())
+    return f"{bases} or the parametric names {paper} (any case)"
+
+
+def canonical_name(name: str) -> str:
+    """The key of :data:`ACTIVATIONS` that ``name`` means: a base name ("relu", "LeakyReLU")
+    or the paper's parametric name of one ("PReLU", "ptanh", "PSigmoid"), case-insensitive,
+    ``_``/``-`` ignored. ValueError listing the accepted names otherwise."""
+    folded = _folded(name)
+    if folded in _BY_FOLDED:
+        return _BY_FOLDED[folded]
+    if folded.startswith("p") and folded[1:] in _BY_FOLDED:
+        return _BY_FOLDED[folded[1:]]
+    raise ValueError(
+        f"unknown activation {name!r}; expected one of {accepted_names()}, or a callable"
+    )
+
+
 def resolve(base: str | Activation) -> Activation:
-    """The activation named ``base`` (a key of :data:`ACTIVATIONS`), or ``base`` if callable."""
+    """The activation named ``base`` (see :func:`canonical_name`), or ``base`` if callable."""
     if isinstance(base, str):
-        if base not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {base!r}; expected one of {', '.join(sorted(ACTIVATIONS))} "
-                "or a callable"
-            )
-        return ACTIVATIONS[base]
+        return ACTIVATIONS[canonical_name(base)]
     if not callable(base):
         raise TypeError(f"base must be an activation name or a callable, got {type(base).__name__}")
     return base
+
+
+def _on_a_copy(phi: Activation) -> Activation:
+    """``phi`` applied to a copy of its argument (a caller's φ may write into it)."""
+
+    def copied(x: np.ndarray) -> np.ndarray:
+        return phi(np.array(x, copy=True))
+
+    copied.__name__ = getattr(phi, "__name__", "activation")
+    return copied
 
 
 def p_activation(base: str | Activation, a: float) -> Activation:
     """The P-activation φ^a(x) = (1 − a)·φ(x) + a·x of ``base`` (a name or a callable).
 
     The paper takes a ∈ [0, 1]; any finite real a is accepted since a learned a may leave it.
-    φ^1(x) == x and φ^0(x) == φ(x) exactly. The result keeps x's floating dtype.
+    φ^1(x) == x and φ^0(x) == φ(x) exactly. The result keeps x's floating dtype. A callable
+    ``base`` is given a copy of x, so one that writes into its argument cannot change x.
     """
-    phi = resolve(base)
+    phi = resolve(base) if isinstance(base, str) else _on_a_copy(resolve(base))
     if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, float, np.integer, np.floating)):
         raise TypeError(f"a must be a real number, got {a!r}")
     if not np.isfinite(a):

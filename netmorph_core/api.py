@@ -14,9 +14,13 @@ import numpy as np
 
 from . import _validation as v
 from ._arrays import namespace, to_host, unify
+from ._errors import typed_errors
+from ._limits import check_compose, check_deconv
+from ._scaling import normalise, scale_back
 from .backends import select_backend
 from .grouped import (
     chain_groups,
+    check_compose_grouped,
     check_divisible,
     check_groups,
     compose_grouped,
@@ -27,6 +31,7 @@ from .reference import pad_centered, relative_residual_ref
 from .solver import solve_deconv
 
 
+@typed_errors("compose")
 def compose(
     f2: np.ndarray, f1: np.ndarray, *, groups: int = 1, backend: str = "auto"
 ) -> np.ndarray:
@@ -44,16 +49,22 @@ def compose(
     v.same_spatial_rank(f2, "F2", f1, "F1")
     if groups == 1:
         v.chain_channels(f2, "F2", f1, "F1")
+        check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "compose(F2, F1)")
     else:
         chain_groups(f2, f1, groups)
+        check_compose_grouped(f2, f1, groups, "compose(F2, F1)")
     dtype = v.result_dtype(f2, f1)
     impl = select_backend(backend, dtype, f2, f1)
-    f2, f1 = f2.astype(dtype, copy=False), f1.astype(dtype, copy=False)
+    f2n, e2 = normalise(f2.astype(dtype, copy=False))
+    f1n, e1 = normalise(f1.astype(dtype, copy=False))
     if groups == 1:
-        return restore(impl.compose(f2, f1))
-    return restore(compose_grouped(f2, f1, groups, impl))
+        out = namespace(f2).asarray(impl.compose(f2n, f1n))
+    else:
+        out = namespace(f2).asarray(compose_grouped(f2n, f1n, groups, impl))
+    return restore(scale_back(out, e2 + e1, dtype, "compose(F2, F1)"))
 
 
+@typed_errors("deconv")
 def deconv(
     g: np.ndarray,
     *,
@@ -101,6 +112,13 @@ def deconv(
             )
         x_shape = (g.shape[0], factor.shape[0] // groups, *k)
     kt = v.effective_size(g.shape[2:], factor.shape[2:], k, "kernel_size")
+    what = f"deconv with kernel_size={k} and {side} of shape {tuple(factor.shape)}"
+    # per group: G_j (C2/g, C0/g), outer F2_j (C2/g, C1/g), inner F1_j (C1/g, C0/g)
+    if side == "outer":
+        c_out, c_mid, c_in = g.shape[0] // groups, factor.shape[1], g.shape[1]
+    else:
+        c_out, c_mid, c_in = g.shape[1], factor.shape[0] // groups, g.shape[0] // groups
+    check_deconv(c_out, c_mid, c_in, factor.shape[2:], k, what)
     if init is not None:
         init = v.as_filter(init, "init")
         if init.shape != x_shape:
@@ -117,9 +135,13 @@ def deconv(
     return restore(xp.asarray(x).astype(dtype, copy=False))
 
 
+@typed_errors("residual")
 def residual(g: np.ndarray, f2: np.ndarray, f1: np.ndarray, *, groups: int = 1) -> float:
     """Relative residual ‖F2 ⊛ F1 − G~‖ / ‖G~‖ (float64), G~ = G padded to K1 + K2 - 1;
-    ``groups`` as in :func:`compose`."""
+    ``groups`` as in :func:`compose`.
+
+    Computed on power-of-two-normalised inputs: no overflow or underflow at any magnitude
+    (the absolute ‖F2 ⊛ F1‖ when G is zero)."""
     groups = check_groups(groups)
     arrays, _ = unify({"G": g, "F2": f2, "F1": f1})
     g, f2, f1 = (to_host(v.as_filter(arrays[k], k)) for k in ("G", "F2", "F1"))
@@ -135,7 +157,8 @@ def residual(g: np.ndarray, f2: np.ndarray, f1: np.ndarray, *, groups: int = 1) 
             f"got {g.shape[:2]}"
         )
     kt = v.effective_size(g.shape[2:], f2.shape[2:], f1.shape[2:], "F2, F1")
-    g_tilde = pad_centered(g.astype(np.float64), kt)
     if groups == 1:
-        return relative_residual_ref(g_tilde, f2, f1)
-    return relative_residual_grouped(g_tilde, [f1, f2], groups)
+        check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "residual")
+        return relative_residual_ref(pad_centered(g.astype(np.float64), kt), f2, f1)
+    check_compose_grouped(f2, f1, groups, "residual")
+    return relative_residual_grouped(pad_centered(g.astype(np.float64), kt), [f1, f2], groups)

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from . import __version__
 from .backends import backends
-from .experiments.cli_commands import add_experiment_parser, run_demo
+from .experiments.cli_commands import (
+    add_demo_parser,
+    add_experiment_parser,
+    add_out_option,
+    report_missing,
+    say_where,
+)
+from .extras import install_hint, top_module
+
+BENCH_REQUIRES = ("pytest", "pytest_benchmark")
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -20,16 +29,20 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    return run_demo(quiet=args.quiet)
-
-
 def _bench(args: argparse.Namespace) -> int:
-    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    root = Path(__file__).resolve().parent.parent
+    script = root / "bench" / "run.py"
     if not script.exists():
         print("bench/ ships with the source checkout only: run it from there", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, str(script), *(["--quick"] if args.quick else [])])
+    if report_missing("netmorph bench", BENCH_REQUIRES):
+        return 2
+    out = root / ".benchmarks" if args.out is None else args.out
+    json_path = Path(out) / "netmorph.json"
+    cmd = [sys.executable, str(script), "--json", str(json_path.resolve())]
+    status = subprocess.call([*cmd, *(["--quick"] if args.quick else [])])
+    say_where(out)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,19 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="netmorph", description=__doc__)
     parser.add_argument("--version", action="version", version=f"netmorph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="morph layers and small models, verify preservation")
-    demo.add_argument("--quiet", action="store_true", help="no progress output")
-    demo.set_defaults(func=_demo)
+    add_demo_parser(sub)
     info = sub.add_parser("info", help="version and every backend with why it is (not) available")
     info.set_defaults(func=_info)
     bench = sub.add_parser("bench", help="run the benchmark suite (bench/) and print the table")
     bench.add_argument("--quick", action="store_true", help="small shapes only")
+    add_out_option(bench, ".benchmarks in the source checkout")
     bench.set_defaults(func=_bench)
     add_experiment_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``netmorph`` console script."""
+    """Entry point of the ``netmorph`` console script. A missing optional dependency is one
+    line on stderr naming the extra to install, and exit code 2."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:
+        module = top_module(exc)
+        if module is None:
+            raise
+        command = " ".join(["netmorph", args.command, getattr(args, "name", "")]).strip()
+        print(install_hint(command, [module]), file=sys.stderr)
+        return 2

@@ -26,7 +26,9 @@ import numpy as np
 
 from . import _validation as v
 from ._arrays import namespace, to_host
+from ._limits import check_compose
 from ._memory import check_working_set
+from ._scaling import exponent, ldexp_float, normalise, scale_back
 
 #: Largest group count composed through a backend kernel on the block-diagonal layout.
 BLOCK_MAX_GROUPS = 4
@@ -63,6 +65,18 @@ def chain_groups(f2: np.ndarray, f1: np.ndarray, groups: int) -> None:
             f"F2 has {f2.shape[1]} input channels per group, {f2.shape[1] * groups} in all with "
             f"groups={groups}, but F1 has {f1.shape[0]} output channels; they must match"
         )
+
+
+def check_compose_grouped(f2: np.ndarray, f1: np.ndarray, groups: int, what: str) -> None:
+    """Working set of :func:`compose_grouped` for F2 (C2, C1/g, *K2), F1 (C1, C0/g, *K1): the
+    dense block-diagonal product for at most :data:`BLOCK_MAX_GROUPS` groups, else ``groups``
+    products of the per-group sizes."""
+    c2, c1, c0 = f2.shape[0] // groups, f2.shape[1], f1.shape[1]
+    k2, k1 = f2.shape[2:], f1.shape[2:]
+    if groups <= BLOCK_MAX_GROUPS:
+        check_compose(c2 * groups, c1 * groups, c0 * groups, k2, k1, what)
+    else:
+        check_compose(c2, c1, c0, k2, k1, what, groups=groups)
 
 
 def compose_stacked(f2g: np.ndarray, f1g: np.ndarray) -> np.ndarray:
@@ -178,25 +192,50 @@ def deconv_grouped(
     init: np.ndarray | None,
     groups: int,
 ) -> np.ndarray:
-    """Grouped deconvolution in PyTorch's grouped layout (float64, host).
+    """Grouped deconvolution in PyTorch's grouped layout (solved in float64 on the host,
+    returned in the inputs' dtype).
 
     ``side`` "outer": G~ = F2 ⊛ X, X (C1, C0/g, *k); "inner": G~ = X ⊛ F1, X (C2, C1/g, *k),
     through (X_j ⊛ F1_j)ᵀ = F1_jᵀ ⊛ X_jᵀ with ᵀ the swap of a group's two channel axes.
+    Solved on power-of-two-normalised G~ and factor (``init`` scaled by their ratio) and
+    scaled back, as :func:`netmorph_core.solver.solve_deconv`.
     """
-    gt = stack(to_host(g_tilde), groups, "G")
-    fg = stack(to_host(factor), groups, side)
-    init_g = None if init is None else stack(to_host(init), groups, "init")
+    out_dtype = np.result_type(g_tilde.dtype, factor.dtype)
+    gn, e_g = normalise(to_host(g_tilde).astype(np.float64))
+    fn, e_f = normalise(to_host(factor).astype(np.float64))
+    e_x = e_g - e_f  # X = 2^e_x·Xn
+    gt, fg = stack(gn, groups, "G"), stack(fn, groups, side)
+    init_g = None
+    if init is not None:
+        x0 = to_host(init).astype(np.float64)
+        if exponent(x0) - e_x > np.finfo(np.float64).maxexp:
+            raise ValueError(
+                "init is too large for the scale of G and the factor: init·|factor|/|G| "
+                "overflows float64"
+            )
+        init_g = stack(np.ldexp(x0, -e_x), groups, "init")
     if side == "outer":
-        return unstack(deconv_stacked(gt, fg, k, init_g))
-    x = deconv_stacked(swap_stacked(gt), swap_stacked(fg), k, swap_stacked(init_g))
-    return unstack(np.ascontiguousarray(swap_stacked(x)))
+        x = unstack(deconv_stacked(gt, fg, k, init_g))
+    else:
+        x = deconv_stacked(swap_stacked(gt), swap_stacked(fg), k, swap_stacked(init_g))
+        x = unstack(np.ascontiguousarray(swap_stacked(x)))
+    return scale_back(x, e_x, out_dtype, f"grouped deconvolution of G by the {side} factor")
 
 
 def relative_residual_grouped(g_tilde: np.ndarray, filters: list[np.ndarray], groups: int) -> float:
-    """‖F_last ⊛ … ⊛ F_first − G~‖ / ‖G~‖ of grouped filters in float64 (absolute if G~ = 0)."""
-    out = stack(filters[0].astype(np.float64), groups, "F")
+    """‖F_last ⊛ … ⊛ F_first − G~‖ / ‖G~‖ of grouped filters in float64 (absolute if G~ = 0),
+    on power-of-two-normalised inputs as :func:`netmorph_core.reference.relative_residual_ref`
+    (no overflow or underflow at any magnitude)."""
+    gn, eg = normalise(g_tilde.astype(np.float64))
+    first, d = normalise(filters[0].astype(np.float64))
+    out = stack(first, groups, "F")
     for f in filters[1:]:
-        out = compose_stacked(stack(f.astype(np.float64), groups, "F"), out)
-    err = float(np.linalg.norm(unstack(out) - g_tilde))
-    scale = float(np.linalg.norm(g_tilde))
-    return err / scale if scale > 0 else err
+        fn, e = normalise(f.astype(np.float64))
+        out = compose_stacked(stack(fn, groups, "F"), out)
+        d += e
+    d -= eg  # product − G~ = 2^eg·(2^d·out − gn)
+    shift = max(d, 0)  # scale the difference so that its larger term is O(1)
+    diff = np.ldexp(unstack(out), d - shift) - np.ldexp(gn, -shift)
+    err = ldexp_float(float(np.linalg.norm(diff)), shift)
+    scale = float(np.linalg.norm(gn))
+    return err / scale if scale > 0 else ldexp_float(err, eg)

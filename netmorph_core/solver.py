@@ -31,6 +31,11 @@ that accuracy; this recovers the accuracy of an orthogonal factorisation for κ(
 about 1/√ε.
 
 The side "inner", G~ = X ⊛ F1, is solved as G~ᵀ = F1ᵀ ⊛ Xᵀ (ᵀ swaps the channel axes).
+
+Scaling: G~ and the factor are normalised by powers of two (largest magnitude in [0.5, 1)),
+``init`` by their ratio, and X is scaled back, so G~·2^k gives exactly X·2^k: no Gram
+overflows or underflows at any magnitude, and an X that the output dtype cannot represent is
+a ``ValueError``. Sizes are checked first (:func:`netmorph_core._limits.check_deconv`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from typing import Any
 import numpy as np
 
 from . import _validation as v
+from ._limits import check_deconv
+from ._scaling import exponent, normalise, scale_back
 
 SIDES = ("outer", "inner")
 
@@ -315,19 +322,34 @@ def solve_deconv(
             raise ValueError(f"init must have shape {x_shape}, got {tuple(init.shape)}")
     if np.dtype(np.float64) not in impl.DTYPES:
         raise TypeError(f"backend {impl.__name__} must support float64 for the solver's kernels")
+    c_out, c_mid = (factor.shape[0], factor.shape[1])
+    if side == "inner":
+        c_out, c_mid = factor.shape[1], factor.shape[0]
+    c_in = g_tilde.shape[1] if side == "outer" else g_tilde.shape[0]
+    check_deconv(c_out, c_mid, c_in, factor.shape[2:], k, "deconvolution")
     la = _linalg_for(impl, g_tilde)
     xp = la.xp
     out_dtype = np.result_type(g_tilde.dtype, factor.dtype)
-    g64 = xp.asarray(g_tilde, dtype=np.float64)
-    f64 = xp.asarray(factor, dtype=np.float64)
-    x0 = None if init is None else xp.asarray(init, dtype=np.float64)
+    g64, e_g = normalise(xp.asarray(g_tilde, dtype=np.float64))
+    f64, e_f = normalise(xp.asarray(factor, dtype=np.float64))
+    e_x = e_g - e_f  # X = 2^e_x·Xn
+    x0 = None
+    if init is not None:
+        x0 = xp.asarray(init, dtype=np.float64)
+        if exponent(x0) - e_x > np.finfo(np.float64).maxexp:
+            raise ValueError(
+                "init is too large for the scale of G and the factor: init·|factor|/|G| "
+                "overflows float64"
+            )
+        x0 = xp.ldexp(x0, -e_x)
     if side == "inner":
         g64, f64 = xp.swapaxes(g64, 0, 1), xp.swapaxes(f64, 0, 1)
         x0 = None if x0 is None else xp.swapaxes(x0, 0, 1)
     x = _solve_outer(impl, la, g64, f64, k, x0, _TARGET[np.dtype(out_dtype)])
     if side == "inner":
         x = xp.swapaxes(x, 0, 1)
-    return xp.ascontiguousarray(x.astype(out_dtype, copy=False))
+    x = scale_back(x, e_x, out_dtype, f"deconvolution of G by the {side} factor")
+    return xp.ascontiguousarray(x)
 
 
 #: ``deconv_with(impl, g_tilde, factor, side, kernel_size, init)``: the call the morphing

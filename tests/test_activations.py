@@ -118,3 +118,24 @@ def test_bad_input():
         p_activation("relu", float("nan"))
     with pytest.raises(ValueError, match="one value"):
         zero_preserving(lambda x: np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("name", "base"),
+    [("PReLU", "relu"), ("PTanh", "tanh"), ("psigmoid", "sigmoid"), ("GELU", "gelu")],
+)
+def test_paper_names(name, base):
+    np.testing.assert_array_equal(p_activation(name, 0.3)(X), p_activation(base, 0.3)(X))
+    assert zero_preserving(name) == zero_preserving(base)
+
+
+def test_unknown_name_lists_paper_names():
+    with pytest.raises(ValueError, match="PReLU, PLeakyReLU, PELU, PTanh, PSigmoid"):
+        p_activation("swish", 0.5)
+
+
+def test_in_place_callable_never_writes_into_x():
+    x = X.copy()
+    y = p_activation(lambda v: np.maximum(v, 0, out=v), 1.0)(x)
+    np.testing.assert_array_equal(x, X)
+    np.testing.assert_array_equal(y, X)

@@ -76,12 +76,33 @@ def test_kernels_match_explicit_operator(name, c2, c1, c0, k2, k1, dtype, stride
     m = impl.gram_outer(f2, k1)
     assert m.shape == (n_cols, n_cols) and m.dtype == dtype
     assert rel_err(m, a.T @ a) <= tol
+    assert np.array_equal(m, m.T)
 
     n = impl.gram_outer_rows(f2, k1)
     assert n.shape == (n_rows, n_rows) and n.dtype == dtype
     assert rel_err(n, a @ a.T) <= tol
+    assert np.array_equal(n, n.T)
 
     assert all(np.array_equal(b, c) for b, c in zip((f2, f1, y), inputs))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("shape", "k1"),
+    [((24, 19, 3, 3), (3, 3)), ((40, 33, 3), (5,)), ((9, 70), ()), ((17, 13, 2, 3), (3, 2))],
+)
+@pytest.mark.parametrize("name", [r.name for r in backends()])
+def test_grams_are_symmetric_bit_for_bit(name, shape, k1, dtype, rng):
+    """Symmetric by construction, whatever order the CPU's BLAS kernel sums (i, j) and (j, i)
+    in: channel counts large enough for the GEMMs to differ between the two triangles."""
+    impl = _backend(name)
+    f2 = rng.standard_normal(shape).astype(dtype)
+    a = outer_operator(f2, k1)
+    m = impl.gram_outer(f2, k1)
+    n = impl.gram_outer_rows(f2, k1)
+    assert rel_err(m, a.T @ a) <= RTOL[np.dtype(dtype)]
+    assert rel_err(n, a @ a.T) <= RTOL[np.dtype(dtype)]
+    assert np.array_equal(m, m.T) and np.array_equal(n, n.T)
 
 
 @pytest.mark.parametrize("name", [r.name for r in backends()])

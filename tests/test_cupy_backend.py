@@ -129,6 +129,7 @@ def test_gram_outer_and_rows(rng, case, dtype):
     n = cupy_backend.gram_outer_rows(cp.asarray(f2), k1)
     assert rel_err(m.get(), a.T @ a) <= RTOL[dtype]
     assert rel_err(n.get(), a @ a.T) <= RTOL[dtype]
+    assert np.array_equal(m.get(), m.get().T) and np.array_equal(n.get(), n.get().T)
 
 
 @gpu
@@ -253,6 +254,7 @@ def test_native_module_matches_the_reference(rng, case, dtype, method):
     assert rel_err(x.get(), correlate_reference(f2, y, k1)) <= RTOL[dtype]
     assert rel_err(m.get(), a.T @ a) <= RTOL[dtype]
     assert rel_err(n.get(), a @ a.T) <= RTOL[dtype]
+    assert np.array_equal(m.get(), m.get().T) and np.array_equal(n.get(), n.get().T)
 
 
 @native

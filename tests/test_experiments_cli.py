@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from netmorph_core.cli import build_parser, main
 from netmorph_core.experiments import results
 from netmorph_core.experiments.cli_commands import add_experiment_parser
 from netmorph_core.experiments.options import RunOptions
 from netmorph_core.experiments.registry import EXPERIMENTS, run_experiment
+from netmorph_core.extras import install_hint, missing, top_module
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -30,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
 
 def test_importing_the_cli_pieces_loads_neither_torch_nor_matplotlib() -> None:
     code = (
-        "import sys, netmorph_core, netmorph_core.experiments.cli_commands\n"
+        "import sys, netmorph_core, netmorph_core.experiments.cli_commands, netmorph_core.cli\n"
         "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]\n"
         "assert not bad, bad"
     )
@@ -190,16 +192,114 @@ def test_write_json_and_csv(tmp_path: Path) -> None:
         results.write_csv(tmp_path / "e.csv", [])
 
 
-def test_demo_preserves_every_child(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_demo_writes_to_out_and_preserves_every_child(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     pytest.importorskip("torch")
-    from netmorph_core.experiments.demo import run_demo
-
-    assert run_demo(quiet=True, out=tmp_path) == 0
-    assert capsys.readouterr().out == ""
-    data = json.loads((tmp_path / "demo.json").read_text())
+    out = tmp_path / "demo-here"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == f"results in {out.resolve()}\n"
+    assert sorted(p.name for p in out.iterdir()) == ["demo.csv", "demo.json", "demo.png"]
+    data = json.loads((out / "demo.json").read_text())
     assert len(data["rows"]) == 7
     parent_acc = data["parent_curve"][-1]
     for row in data["rows"]:
         assert row["identical_predictions"], row["model"]
         assert row["after_morph"] == parent_acc
-    assert (tmp_path / "demo.png").stat().st_size > 0
+    with (out / "demo.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 7
+    assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["bench", "--quick"], ["experiment", "mlp"]])
+def test_every_writing_subcommand_takes_out(argv: list[str], tmp_path: Path) -> None:
+    assert build_parser().parse_args(argv).out is None
+    assert build_parser().parse_args([*argv, "--out", str(tmp_path)]).out == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("argv", "absent", "line"),
+    [
+        (
+            ["demo"],
+            ["matplotlib"],
+            'netmorph demo needs matplotlib: pip install "netmorph[experiments]"',
+        ),
+        (
+            ["demo"],
+            ["torch", "sklearn"],
+            'netmorph demo needs torch, scikit-learn: pip install "netmorph[torch,experiments]"',
+        ),
+        (
+            ["experiment", "mlp", "--quick"],
+            ["sklearn"],
+            'netmorph experiment mlp needs scikit-learn: pip install "netmorph[experiments]"',
+        ),
+        (
+            ["experiment", "condition"],
+            ["tqdm"],
+            'netmorph experiment condition needs tqdm: pip install "netmorph[experiments]"',
+        ),
+        (
+            ["bench", "--quick"],
+            ["pytest_benchmark"],
+            'netmorph bench needs pytest-benchmark: pip install "netmorph[test]"',
+        ),
+    ],
+)
+def test_missing_extra_is_one_line_and_exit_2(
+    argv: list[str],
+    absent: list[str],
+    line: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    for name in absent:
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == line + "\n" and captured.out == ""
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_extra_found_late_is_one_line_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from netmorph_core.experiments import cli_commands
+
+    monkeypatch.setattr(cli_commands, "missing", lambda modules: [])
+    monkeypatch.delitem(sys.modules, "netmorph_core.experiments.exp_condition", raising=False)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    assert main(["experiment", "condition", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == 'netmorph experiment condition needs tqdm: pip install "netmorph[experiments]"\n'
+
+
+def test_missing_matplotlib_from_the_command_line_has_no_traceback(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from netmorph_core.cli import main\n"
+        f"raise SystemExit(main(['experiment', 'condition', '--out', {str(tmp_path)!r}]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert run.stderr == (
+        'netmorph experiment condition needs matplotlib: pip install "netmorph[experiments]"\n'
+    )
+
+
+def test_extras_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    assert missing(["cupy"]) == ["cupy"]
+    with pytest.raises(ValueError, match="'numpy' is not an optional dependency"):
+        missing(["numpy"])
+    assert top_module(ModuleNotFoundError("x", name="sklearn.datasets")) == "sklearn"
+    assert top_module(ModuleNotFoundError("x", name="netmorph_core._native")) is None
+    assert (
+        install_hint("netmorph x", ["cupy"])
+        == 'netmorph x needs cupy: pip install "netmorph[cupy]"'
+    )

@@ -94,12 +94,12 @@ def test_grams_match_explicit_operator(c2, c1, c0, k2, k1, dtype, rng):
     m = native.gram_outer(f2, k1)
     assert m.shape == (c1 * math.prod(k1),) * 2 and m.dtype == dtype
     assert rel_err(m, a.T @ a) <= tol
-    assert np.array_equal(m, m.T)  # R(-δ) = R(δ)ᵀ is copied, not recomputed
+    assert np.array_equal(m, m.T)  # R(0)'s lower triangle and R(-δ) = R(δ)ᵀ are copies
 
     n = native.gram_outer_rows(f2, k1)
     assert n.shape == (c2 * math.prod(_kt(k2, k1)),) * 2 and n.dtype == dtype
     assert rel_err(n, a @ a.T) <= tol
-    assert np.array_equal(n, n.T)
+    assert np.array_equal(n, n.T)  # N_{t,t}'s lower triangle and N_{t',t} = N_{t,t'}ᵀ are copies
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,7 @@ def test_gram_outer(rng, c2, c1, c0, k2, k1, dtype):
     a = outer_operator(f2, k1)
     m = to_host(numba_cuda.gram_outer(to_backend(f2), k1))
     assert rel_err(m, a.T @ a) <= RTOL[m.dtype]
+    assert np.array_equal(m, m.T)  # (m', s'), (m, s) sum the same products in the same order
 
 
 @runs_here
@@ -111,6 +112,7 @@ def test_gram_outer_rows(rng, c2, c1, c0, k2, k1, dtype):
     a = outer_operator(f2, k1)
     n = to_host(numba_cuda.gram_outer_rows(to_backend(f2), k1))
     assert rel_err(n, a @ a.T) <= RTOL[n.dtype]
+    assert np.array_equal(n, n.T)
 
 
 @runs_here

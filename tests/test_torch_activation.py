@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import subprocess
 import sys
@@ -110,3 +111,68 @@ def test_bad_arguments() -> None:
 def test_core_import_does_not_import_torch() -> None:
     code = "import sys, netmorph_core; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "base"),
+    [
+        ("PReLU", "relu"),
+        ("prelu", "relu"),
+        ("RELU", "relu"),
+        ("PTanh", "tanh"),
+        ("PSigmoid", "sigmoid"),
+        ("PELU", "elu"),
+        ("PGELU", "gelu"),
+        ("PSiLU", "silu"),
+        ("LeakyReLU", "leaky_relu"),
+        ("PLeakyReLU", "leaky_relu"),
+        ("leaky-relu", "leaky_relu"),
+    ],
+)
+def test_paper_and_base_names_in_any_case(name: str, base: str) -> None:
+    act = PActivation(name, a=0.0).double()
+    assert act.base_name == base and torch.equal(act(_x()), BASES[base](_x()))
+    assert make_activation(name).base_name == base
+
+
+def test_unknown_name_lists_the_accepted_names() -> None:
+    with pytest.raises(ValueError, match="base must be one of") as info:
+        PActivation("swish")
+    assert all(n in str(info.value) for n in ("relu", "tanh", "PReLU", "PTanh", "PSigmoid"))
+
+
+@pytest.mark.parametrize("a", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_a_is_a_value_error(a: float) -> None:
+    with pytest.raises(ValueError, match="a must be finite"):
+        PActivation("relu", a=a)
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        nn.ReLU(inplace=True),
+        nn.LeakyReLU(0.1, inplace=True),
+        functools.partial(torch.nn.functional.relu, inplace=True),
+        lambda x: x.relu_(),
+    ],
+    ids=["ReLU", "LeakyReLU", "partial", "lambda"],
+)
+def test_in_place_bases_never_write_into_the_input(base: object) -> None:
+    x = _x()
+    before = x.clone()
+    assert torch.equal(PActivation(base)(x), before)
+    assert torch.equal(x, before)
+    y = PActivation(base, a=0.25)(x)
+    assert torch.equal(x, before)
+    expected = 0.75 * torch.nn.functional.leaky_relu(
+        before, 0.1 if isinstance(base, nn.LeakyReLU) else 0.0
+    )
+    torch.testing.assert_close(y, expected + 0.25 * before, rtol=0, atol=1e-15)
+
+
+def test_in_place_module_is_copied_not_changed() -> None:
+    relu = nn.ReLU(inplace=True)
+    act = PActivation(relu)
+    assert relu.inplace and act.phi is not relu and not act.phi.inplace
+    softplus = nn.Softplus()
+    assert PActivation(softplus).phi is softplus

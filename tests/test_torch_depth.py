@@ -70,7 +70,11 @@ def test_deepen_is_exact_at_the_border(mode: str, geometry: tuple) -> None:
     assert report.train_mode_holds and report.train_rel_dev_f64 <= F64_TOL
     assert report.scope == "model" and report.exact and report.residual <= 1e-12
     first = child[0][0]
-    assert isinstance(first, nn.Conv2d) and first.padding_mode == mode
+    if isinstance(first, nn.Sequential):  # reflect/circular growth: mode pad, then zeros
+        assert mode in ("reflect", "circular") and first[1].padding_mode == "zeros"
+        assert type(first[0]).__name__.startswith(("Reflection", "Circular"))
+    else:
+        assert isinstance(first, nn.Conv2d) and first.padding_mode == mode
     assert isinstance(child[0][1], PActivation)
 
 
@@ -98,7 +102,10 @@ def test_deepen_same_padding_even_kernel_is_exact(mode: str) -> None:
     assert isinstance(
         pad[0], (nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
     )
-    assert pad[0].padding == (2, 3, 2, 3)  # "same" for K = 4 is (1, 2), grown by 1 per side
+    if mode in ("reflect", "circular"):  # the parent's pad in its mode, the growth in zeros
+        assert pad[0].padding == (1, 2, 1, 2) and pad[1].padding == (1, 1)
+    else:  # "same" for K = 4 is (1, 2), grown by 1 per side
+        assert pad[0].padding == (2, 3, 2, 3)
 
 
 def test_stride_goes_to_f1_when_f2_is_pointwise_else_to_f2() -> None:
@@ -241,12 +248,21 @@ def test_grow_kernel_is_exact(mode: str, geometry: tuple) -> None:
     parent = conv_net(2, padding=padding, stride=stride, dilation=dilation, padding_mode=mode)
     x = border_input((2, 3, 12, 11))
     child, report = grow_kernel(parent, "0", (5, 7), probe=x)
-    conv = child[0]
+    conv, name = child[0], "0"
+    if mode in ("reflect", "circular"):  # the parent's pad in its mode, the growth in zeros
+        if padding != "valid":
+            assert type(conv[0]).__name__.startswith(("Reflection", "Circular"))
+            conv, name = conv[1], "0.1"
+        assert conv.padding_mode == "zeros"
+        assert conv.padding == (dilation, 2 * dilation)
+    else:
+        assert conv.padding_mode == mode
     assert type(conv) is nn.Conv2d and conv.kernel_size == (5, 7)
-    assert conv.padding_mode == mode and conv.stride == (stride, stride)
+    assert conv.stride == (stride, stride)
     assert rel_dev(parent, child, x) <= F64_TOL
     assert report.new_nonzero_ratio == pytest.approx(9 / 35)
-    index = report.param_sources["0.weight"].index
+    assert set(report.param_sources) == {f"{name}.weight", f"{name}.bias"}
+    index = report.param_sources[f"{name}.weight"].index
     assert index[:2] == (None, None)
     np.testing.assert_array_equal(index[2], [-1, 0, 1, 2, -1])
     np.testing.assert_array_equal(index[3], [-1, -1, 0, 1, 2, -1, -1])
@@ -291,7 +307,8 @@ def test_morph_stacked_sums_branches(split: str) -> None:
     assert isinstance(stacked, StackedBranches) and len(stacked.branches) == 3
     assert rel_dev(parent, child, x) <= F64_TOL
     assert report.exact and report.residual <= 1e-12
-    biases = [b[-1].bias for b in stacked.branches]
+    convs = [[m for m in b.modules() if isinstance(m, nn.Conv2d)] for b in stacked.branches]
+    biases = [c[-1].bias for c in convs]
     assert torch.equal(biases[0], parent[0].bias) and not biases[1].any()
 
 

@@ -113,7 +113,7 @@ CASES: list[tuple[str, Callable[[nn.Module], object], type, str]] = [
     (
         "tol",
         lambda m: deepen(m.float(), "conv", width=8, tol=1e-13, seed=0, probe=X),
-        ValueError,
+        MorphError,
         "above tol",
     ),
 ]

@@ -48,3 +48,12 @@ def import_timm() -> ModuleType:
     import timm
 
     return timm
+
+
+def import_transformers() -> ModuleType:
+    """``transformers`` (its image utilities import torchvision, see
+    :func:`import_torchvision`)."""
+    import_torchvision()
+    import transformers
+
+    return transformers

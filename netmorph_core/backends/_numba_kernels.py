@@ -107,6 +107,15 @@ def taps_last(src: np.ndarray, out: np.ndarray) -> None:
 
 
 @numba.njit(parallel=True, cache=True)
+def mirror_upper(a: np.ndarray) -> None:
+    """a[i, j] = a[j, i] for j < i (a square): a product symmetric in exact arithmetic (BᵀB)
+    becomes symmetric bit for bit, whatever order BLAS summed (i, j) and (j, i) in."""
+    for i in prange(a.shape[0]):
+        for j in range(i):
+            a[i, j] = a[j, i]
+
+
+@numba.njit(parallel=True, cache=True)
 def assemble_gram(r: np.ndarray, lag_of: np.ndarray, transposed: np.ndarray, m: np.ndarray) -> None:
     """m[i, s, j, s'] = R(s − s')[i, j]: blocks of the per-lag matrices r (L, C1, C1).
 

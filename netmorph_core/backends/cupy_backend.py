@@ -368,6 +368,7 @@ def gram_outer(f2: cp.ndarray, k1: tuple[int, ...]) -> cp.ndarray:
     """M = AᵀA (C1·|k1|, C1·|k1|), rows/columns (m, s) in C order:
 
     M[(m, s), (m', s')] = Σ_{o, u} F2[o, m, u] · F2[o, m', u + s - s'].
+    M = Mᵀ bit for bit: the assembly reads the tap Gram Z = F2ᵀF2 from its upper triangle only.
     """
     f2 = _operand(f2, "F2")
     k1 = v.kernel_tuple(k1, f2.ndim - 2, "k1")
@@ -386,6 +387,7 @@ def gram_outer_rows(f2: cp.ndarray, k1: tuple[int, ...]) -> cp.ndarray:
     """N = A·Aᵀ (C2·|Kt|, C2·|Kt|), rows/columns (o, t) in C order:
 
     N[(o, t), (o', t')] = Σ_{m, s} F2[o, m, t - s] · F2[o', m, t' - s].
+    N = Nᵀ bit for bit: the assembly reads the channel Gram Z from its upper triangle only.
     """
     f2 = _operand(f2, "F2")
     k1 = v.kernel_tuple(k1, f2.ndim - 2, "k1")

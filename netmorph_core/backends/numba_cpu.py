@@ -12,6 +12,9 @@ is driven by index tables built once per shape, so one compiled loop serves ever
 - ``correlate_outer``, ``gram_outer``: one GEMM per (tap, tap) pair accumulated per output tap
   or per lag (R(−δ) = R(δ)ᵀ), then a parallel assembly of AᵀA.
 - ``gram_outer_rows``: one symmetric GEMM (NumPy's, which uses SYRK) and a parallel assembly.
+
+Both Grams are symmetric bit for bit: the lower triangles of R(0) and of the symmetric GEMM are
+copies of their upper ones, and R(−δ) is read as R(δ)ᵀ.
 """
 
 from __future__ import annotations
@@ -253,6 +256,7 @@ def gram_outer(f2: np.ndarray, k1: tuple[int, ...]) -> np.ndarray:
     ia, ib, io, first, lag_of, transposed, n_lags = _gram_tables(k2, k1)
     r = np.empty((n_lags, c1, c1), dtype=f2.dtype)
     _k.accumulate_products(_to_taps(np.swapaxes(f2, 0, 1)), _to_taps(f2), ia, ib, io, first, r)
+    _k.mirror_upper(r[0])  # lags() lists δ = 0 first
     n_s = _count(k1)
     m = np.empty((c1, n_s, c1, n_s), dtype=f2.dtype)
     _k.assemble_gram(r, lag_of, transposed, m)
@@ -266,7 +270,9 @@ def gram_outer_rows(f2: np.ndarray, k1: tuple[int, ...]) -> np.ndarray:
     kt = tuple(a + b - 1 for a, b in zip(k1, k2))
     n_u, n_t = _count(k2), _count(kt)
     rows = np.ascontiguousarray(np.moveaxis(f2, 1, -1)).reshape(c2 * n_u, c1)  # rows (o, u)
-    q = (rows @ rows.T).reshape(c2, n_u, c2, n_u)
+    q = rows @ rows.T
+    _k.mirror_upper(q)
+    q = q.reshape(c2, n_u, c2, n_u)
     n = np.zeros((c2, n_t, c2, n_t), dtype=f2.dtype)
     _k.assemble_rows(q, _rows_table(k2, k1), n)
     return n.reshape(c2 * n_t, c2 * n_t)

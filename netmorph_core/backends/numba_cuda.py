@@ -304,6 +304,7 @@ def gram_outer(f2: Any, k1: tuple[int, ...]) -> Any:
     """M = AᵀA (C1·|k1|, C1·|k1|), rows/columns (m, s) in C order:
 
     M[(m, s), (m', s')] = Σ_{o, u} F2[o, m, u] · F2[o, m', u + s - s'].
+    M = Mᵀ bit for bit: the two mirrored entries sum the same products in the same order.
     """
     a = _Operand(f2, "F2")
     k1 = v.kernel_tuple(k1, a.ndim - 2, "k1")
@@ -317,6 +318,7 @@ def gram_outer_rows(f2: Any, k1: tuple[int, ...]) -> Any:
     """N = A·Aᵀ (C2·|Kt|, C2·|Kt|), rows/columns (o, t) in C order:
 
     N[(o, t), (o', t')] = Σ_{m, s} F2[o, m, t - s] · F2[o', m, t' - s].
+    N = Nᵀ bit for bit: the two mirrored entries sum the same products in the same order.
     """
     a = _Operand(f2, "F2")
     k1 = v.kernel_tuple(k1, a.ndim - 2, "k1")

@@ -46,6 +46,16 @@ def correlate_outer(f2: np.ndarray, y: np.ndarray, k1: tuple[int, ...]) -> np.nd
     return np.tensordot(f2, windows, axes=((0, *spatial), (0, *spatial)))
 
 
+def mirror_upper(a: np.ndarray) -> np.ndarray:
+    """a[i, j] = a[j, i] for j < i, in place (a square, returned).
+
+    Makes a product that is symmetric in exact arithmetic (BᵀB) symmetric bit for bit, whatever
+    order the BLAS kernel summed (i, j) and (j, i) in.
+    """
+    np.copyto(a, a.T, where=np.tri(a.shape[0], k=-1, dtype=bool))
+    return a
+
+
 def lags(k1: tuple[int, ...], k2: tuple[int, ...]) -> list[tuple[int, ...]]:
     """The lags δ = s − s' for which R(δ) is needed and non-zero, one of each pair ±δ.
 
@@ -60,6 +70,7 @@ def gram_outer(f2: np.ndarray, k1: tuple[int, ...]) -> np.ndarray:
 
     M[(m, s), (m', s')] = R(s − s')[m, m'] with the spatial autocorrelation
     R(δ)[m, m'] = Σ_{o,u} F2[o, m, u] · F2[o, m', u + δ]: one C1×C1 GEMM per lag, R(−δ) = R(δ)ᵀ.
+    M = Mᵀ bit for bit: R(0)'s lower triangle and R(−δ) are copies.
     """
     c1 = f2.shape[1]
     k2 = f2.shape[2:]
@@ -71,6 +82,7 @@ def gram_outer(f2: np.ndarray, k1: tuple[int, ...]) -> np.ndarray:
         xa = ft[(slice(None), *_window(lo, overlap))].reshape(-1, c1)
         xb = ft[(slice(None), *_window(tuple(a + v for a, v in zip(lo, d)), overlap))]
         r[d] = xa.T @ xb.reshape(-1, c1)
+    mirror_upper(r[(0,) * len(k2)])
     m = np.zeros((c1, *k1, c1, *k1), dtype=f2.dtype)
     for s in _taps(k1):
         for s2 in _taps(k1):
@@ -88,13 +100,14 @@ def gram_outer_rows(f2: np.ndarray, k1: tuple[int, ...]) -> np.ndarray:
     """A·Aᵀ (C2·|Kt|, C2·|Kt|), rows and columns (o, t) in C order, Kt = k1 + K2 − 1.
 
     N[(o, t), (o', t')] = Σ_s Q[(o, t − s), (o', t' − s)] over the offsets s of k1, with
-    Q[(o, u), (o', u')] = Σ_m F2[o, m, u] · F2[o', m, u'] one symmetric GEMM.
+    Q[(o, u), (o', u')] = Σ_m F2[o, m, u] · F2[o', m, u'] one GEMM, made symmetric bit for bit
+    (its lower triangle a copy), so N = Nᵀ bit for bit.
     """
     c2, c1 = f2.shape[:2]
     k2 = f2.shape[2:]
     kt = tuple(a + b - 1 for a, b in zip(k1, k2))
     fr = np.ascontiguousarray(np.moveaxis(f2, 1, -1)).reshape(-1, c1)  # rows (o, u)
-    q = (fr @ fr.T).reshape(c2, *k2, c2, *k2)
+    q = mirror_upper(fr @ fr.T).reshape(c2, *k2, c2, *k2)
     n = np.zeros((c2, *kt, c2, *kt), dtype=f2.dtype)
     for s in _taps(k1):
         win = _window(s, k2)

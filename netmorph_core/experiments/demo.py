@@ -186,8 +186,5 @@ def run_demo(quiet: bool = False, out: Path | None = None) -> int:
         out / "demo.png",
         [Panel("digits: parent, then each child", "epoch", "test accuracy", series, vlines=[p])],
     )
-    say(
-        f"\nwrote {out / 'demo.json'}, {out / 'demo.csv'}, {out / 'demo.png'} "
-        f"in {time.perf_counter() - start:.0f} s"
-    )
+    say(f"\nwrote demo.json, demo.csv and demo.png in {time.perf_counter() - start:.0f} s")
     return 0 if ok else 1

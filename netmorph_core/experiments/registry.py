@@ -7,14 +7,22 @@ from dataclasses import dataclass
 
 from .options import RunOptions
 
+#: What every training experiment imports.
+TRAINING = ("torch", "matplotlib", "tqdm")
+
 
 @dataclass(frozen=True)
 class Experiment:
-    """A runnable experiment: ``module`` exposes ``run(options) -> dict``."""
+    """A runnable experiment: ``module`` exposes ``run(options) -> dict``; ``requires``: the
+    optional dependencies it imports (keys of :data:`netmorph_core.extras.OPTIONAL`);
+    ``bundled_data``: whether it trains on scikit-learn's digits when no data directory is
+    given."""
 
     name: str
     module: str
     description: str
+    requires: tuple[str, ...] = TRAINING
+    bundled_data: bool = True
 
 
 EXPERIMENTS: dict[str, Experiment] = {
@@ -48,9 +56,18 @@ EXPERIMENTS: dict[str, Experiment] = {
             "exp_condition",
             "Condition (7) / Fig. 3: residual after one "
             "solve and non-zero ratio over C and K (NumPy only)",
+            requires=("matplotlib", "tqdm"),
+            bundled_data=False,
         ),
     )
 }
+
+
+def requirements(name: str, options: RunOptions) -> tuple[str, ...]:
+    """The optional dependencies experiment ``name`` needs with ``options``."""
+    experiment = EXPERIMENTS[name]
+    sklearn = ("sklearn",) if experiment.bundled_data and options.data_dir is None else ()
+    return experiment.requires + sklearn
 
 
 def run_experiment(name: str, options: RunOptions) -> dict:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,9 +17,19 @@ from typing import Literal
 import numpy as np
 
 from .. import _validation as v
+from .._errors import typed_errors
+from .._memory import check_working_set
 from ..reference import pad_centered, relative_residual_ref
 from .result import MorphResult
-from .width import Seed, as_bias, as_generator, nonnegative_real, target_width
+from .width import (
+    Seed,
+    as_bias,
+    as_generator,
+    check_growth,
+    gaussian,
+    nonnegative_real,
+    target_width,
+)
 
 
 def identity_filter(channels: int, kernel_size: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -30,6 +41,7 @@ def identity_filter(channels: int, kernel_size: tuple[int, ...], dtype: np.dtype
     return eye
 
 
+@typed_errors("idmorph")
 def idmorph(
     g: np.ndarray,
     kernel_size: int | Sequence[int] = 1,
@@ -58,6 +70,10 @@ def idmorph(
         raise ValueError(f"kernel_size must be odd so the identity tap is centred, got {k}")
     if position not in ("after", "before"):
         raise ValueError(f"position must be 'after' or 'before', got {position!r}")
+    channels = g.shape[0] if position == "after" else g.shape[1]
+    check_working_set(
+        8 * (channels * channels * math.prod(k) + 2 * g.size), f"idmorph with kernel_size {k}"
+    )
 
     if position == "after":
         filters = (g.copy(), identity_filter(g.shape[0], k, g.dtype))
@@ -113,6 +129,7 @@ class Net2NetWidthResult:
         return values[self.mapping]
 
 
+@typed_errors("net2net_widen")
 def net2net_widen(
     f1: np.ndarray,
     f2: np.ndarray,
@@ -139,6 +156,7 @@ def net2net_widen(
     if b1 is not None:
         b1 = as_bias(b1, c1, "b1")
     width = target_width(width, c1)
+    check_growth(f1, f2, width, f"net2net_widen to width={width}")
     noise_std = nonnegative_real(noise_std, "noise_std")
     rng = as_generator(seed)
 
@@ -149,7 +167,7 @@ def net2net_widen(
     noisy = noise_std > 0 and width > c1
     if noisy:
         extra = f2_out[:, c1:]
-        f2_out[:, c1:] = extra + rng.normal(0.0, noise_std, extra.shape).astype(f2.dtype)
+        f2_out[:, c1:] = extra + gaussian(rng, noise_std, extra.shape, f2.dtype, "noise_std")
     return Net2NetWidthResult(
         f1=f1[mapping],
         b1=b1[mapping] if b1 is not None else None,

@@ -24,6 +24,7 @@ from .. import _validation as v
 from ..backends import select_backend
 from ..reference import compose_ref, pad_at, pad_centered
 from ..solver import solve_deconv
+from ._scaling import chain_morph, depth_layout
 from .result import MorphResult
 from .solvability import Reduction, layer_kernel, practical_reductions, solvability
 
@@ -326,6 +327,7 @@ def general_order(exact: Sequence[bool], ratios: Sequence[float]) -> list[int]:
     return [first, *(p for p in range(n) if p != first)]
 
 
+@chain_morph("morph_depth", depth_layout)
 def morph_depth(
     g: np.ndarray,
     width: int,

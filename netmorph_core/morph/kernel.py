@@ -7,12 +7,15 @@ the extra input ring only ever meets the zero ring of the kernel (paper Fig. 5).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _validation as v
+from .._errors import typed_errors
+from .._memory import check_working_set
 from ..grouped import check_divisible, check_groups
 from ..reference import pad_centered
 
@@ -30,6 +33,7 @@ class KernelResult:
     padding_increase: tuple[int, ...]
 
 
+@typed_errors("morph_kernel")
 def morph_kernel(
     g: np.ndarray, kernel_size: int | Sequence[int], *, groups: int = 1
 ) -> KernelResult:
@@ -57,6 +61,8 @@ def morph_kernel(
             f"kernel_size {size} minus G's kernel {old} must be even in every dimension "
             "so that the kernel grows symmetrically"
         )
+    nbytes = 2 * g.shape[0] * g.shape[1] * math.prod(size) * g.dtype.itemsize
+    check_working_set(nbytes, f"morph_kernel to kernel_size {size}")
     return KernelResult(
         filter=pad_centered(g, size),
         padding_increase=tuple((n - k) // 2 for n, k in zip(size, old, strict=True)),

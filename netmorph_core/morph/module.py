@@ -36,6 +36,7 @@ from .. import _validation as v
 from ..reference import pad_centered
 from ..reference.two_sided import deconv_two_sided_ref
 from ..solver import solve_deconv
+from ._scaling import module_morph
 from .depth import Options, Seed, check_options, morph_depth
 from .graph import (
     Edge,
@@ -305,6 +306,7 @@ def _expand(
     return solves
 
 
+@module_morph
 def morph_module(
     g: np.ndarray,
     module: Module,

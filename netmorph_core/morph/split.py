@@ -12,6 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import _validation as v
+from .._errors import typed_errors
+from .._memory import check_working_set
+from .._scaling import normalise, scale_back
+from ._scaling import check_common
 from .depth import Seed, as_rng, check_options
 from .result import MorphResult
 from .subnet import chain_effective_size, check_layers, morph_subnet
@@ -19,6 +23,7 @@ from .subnet import chain_effective_size, check_layers, morph_subnet
 SPLIT_MODES = ("equal", "random")
 
 
+@typed_errors("split_filter")
 def split_filter(
     g: np.ndarray, n: int, *, seed: Seed = None, mode: str = "random"
 ) -> list[np.ndarray]:
@@ -26,7 +31,8 @@ def split_filter(
 
     ``mode="equal"``: G_i = G / n. ``mode="random"`` (breaks the symmetry between branches):
     G_i = G / n + ε_i with Gaussian ε_i of std rms(G) / n, made zero-sum over i; the last term
-    is G − Σ_{i<n} G_i so the sum is G up to rounding. G is not modified.
+    is G − Σ_{i<n} G_i so the sum is G up to rounding. G is not modified. The split is done
+    on G normalised by a power of two and scaled back: G·2^k splits into exactly 2^k·G_i.
     """
     g = v.as_filter(g, "G")
     n = v.positive_int(n, "n")
@@ -35,6 +41,13 @@ def split_filter(
     if mode not in SPLIT_MODES:
         raise ValueError(f"mode must be one of {SPLIT_MODES}, got {mode!r}")
     rng = as_rng(seed)
+    check_working_set(8 * (n + 2) * g.size, f"split_filter into n={n} parts")
+    gn, e = normalise(g)
+    return [scale_back(part, e, g.dtype, "split_filter of G") for part in _split(gn, n, mode, rng)]
+
+
+def _split(g: np.ndarray, n: int, mode: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """:func:`split_filter` on a G whose largest magnitude is in [0.5, 1)."""
     share = g / g.dtype.type(n)
     if mode == "equal":
         return [share.copy() for _ in range(n)]
@@ -48,6 +61,7 @@ def split_filter(
     return [*parts, rest]
 
 
+@typed_errors("morph_stacked")
 def morph_stacked(
     g: np.ndarray,
     branches: Sequence[Sequence[tuple[int | None, int | Sequence[int] | None]]],
@@ -73,6 +87,7 @@ def morph_stacked(
     for layers in branches:
         _, kernels = check_layers(g, layers)
         chain_effective_size(g.shape[2:], kernels)
+    check_common({"tol": tol, "max_iter": max_iter})
     check_options(g, method, None, max_iter, tol, allow_approximate, backend)
     if not isinstance(split, str):
         raise TypeError(f"split must be one of {SPLIT_MODES}, got {split!r}")

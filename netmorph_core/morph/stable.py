@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import _validation as v
 from ..reference import pad_centered
+from ._scaling import chain_morph, depth_layout, subnet_layout
 from .depth import Options, Seed, balance, check_options, relative_residual
 from .graph import Module, ModuleShape, bind_to_layer, conv_edge
 from .newton import gauss_newton
@@ -147,6 +148,7 @@ def _search(
     return best, best_residual, iterations
 
 
+@chain_morph("stable_subnet", subnet_layout)
 def stable_subnet(
     g: np.ndarray,
     layers: Sequence[tuple[int | None, int | Sequence[int] | None]],
@@ -213,6 +215,7 @@ def stable_subnet(
     )
 
 
+@chain_morph("stable_depth", depth_layout)
 def stable_depth(
     g: np.ndarray,
     width: int,

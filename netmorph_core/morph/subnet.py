@@ -31,6 +31,7 @@ from scipy.sparse.linalg import LinearOperator, lsqr
 from .. import _validation as v
 from ..reference import pad_at, pad_centered, swap_channels
 from ..reference.two_sided import deconv_two_sided_ref
+from ._scaling import chain_morph, subnet_layout
 from .depth import (
     Options,
     Seed,
@@ -283,6 +284,7 @@ def _practical(
     return filters, iterations
 
 
+@chain_morph("morph_subnet", subnet_layout)
 def morph_subnet(
     g: np.ndarray,
     layers: Sequence[tuple[int | None, int | Sequence[int] | None]],

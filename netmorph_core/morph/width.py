@@ -18,6 +18,9 @@ from typing import Literal
 import numpy as np
 
 from .. import _validation as v
+from .._errors import typed_errors
+from .._memory import check_working_set
+from .._scaling import ldexp_float, normalise, scale_back
 
 ZeroSide = Literal["inner", "outer", "auto"]
 Seed = int | np.integer | np.random.Generator | None
@@ -60,19 +63,31 @@ def target_width(width: object, current: int) -> int:
 
 
 def noise_scale(x: np.ndarray) -> float:
-    """The scale of the existing weights: their std (their RMS when all entries are equal)."""
-    x64 = x.astype(np.float64, copy=False)
+    """The scale of the existing weights: their std (their RMS when all entries are equal),
+    computed on x normalised by a power of two so that no square overflows or underflows."""
+    x64, e = normalise(x.astype(np.float64, copy=False))
     std = float(np.std(x64))
-    return std if std > 0 else float(np.sqrt(np.mean(x64 * x64)))
+    return ldexp_float(std if std > 0 else float(np.sqrt(np.mean(x64 * x64))), e)
+
+
+def gaussian(
+    rng: np.random.Generator, sigma: float, shape: tuple[int, ...], dtype: np.dtype, what: str
+) -> np.ndarray:
+    """Gaussian noise of std ``sigma`` in ``dtype``; ``ValueError`` naming ``what`` when it
+    would overflow ``dtype`` (never inf)."""
+    m, e = np.frexp(sigma)
+    return scale_back(rng.standard_normal(shape) * float(m), int(e), dtype, what)
+
+
+def check_growth(f1: np.ndarray, f2: np.ndarray, width: int, what: str) -> None:
+    """Working set of widening F1 (C1, C0, *K1), F2 (C2, C1, *K2) to ``width`` channels."""
+    per_channel = f1[0].size + f2[:, 0].size + 1
+    check_working_set(3 * 8 * width * per_channel, what)
 
 
 def nonnegative_real(x: object, name: str) -> float:
-    """``x`` as a finite, non-negative Python float."""
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {x!r}")
-    if not np.isfinite(x) or x < 0:
-        raise ValueError(f"{name} must be finite and non-negative, got {x}")
-    return float(x)
+    """``x`` as a finite, non-negative Python float (bool, NaN and ±Inf refused)."""
+    return v.real_number(x, name, low=0.0)
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,7 @@ def _resolve_side(
     return zero_side  # type: ignore[return-value]
 
 
+@typed_errors("morph_width")
 def morph_width(
     f1: np.ndarray,
     f2: np.ndarray,
@@ -166,6 +182,7 @@ def morph_width(
     if b1 is not None:
         b1 = as_bias(b1, c1, "b1")
     width = target_width(width, c1)
+    check_growth(f1, f2, width, f"morph_width to width={width}")
     if not isinstance(zero_preserving, (bool, np.bool_)):
         raise TypeError(f"zero_preserving must be a bool, got {zero_preserving!r}")
     if scale is not None:
@@ -186,12 +203,12 @@ def morph_width(
     new_cols = np.zeros((f2.shape[0], extra, *f2.shape[2:]), dtype=f2.dtype)
     if side == "inner":
         sigma = noise_scale(f2) if scale is None else scale
-        new_cols[...] = rng.normal(0.0, sigma, new_cols.shape)
+        new_cols[...] = gaussian(rng, sigma, new_cols.shape, f2.dtype, "morph_width's noise")
     else:
         sigma = noise_scale(f1) if scale is None else scale
-        new_rows[...] = rng.normal(0.0, sigma, new_rows.shape)
+        new_rows[...] = gaussian(rng, sigma, new_rows.shape, f1.dtype, "morph_width's noise")
         if b1 is not None:
-            new_bias[...] = rng.normal(0.0, noise_scale(b1), extra)
+            new_bias[...] = gaussian(rng, noise_scale(b1), (extra,), b1.dtype, "b1's noise")
 
     permutation = rng.permutation(width)
     f1_out = np.concatenate([f1, new_rows])[permutation]

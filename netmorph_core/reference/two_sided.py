@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from .._memory import check_working_set
 from .compose import swap_channels
 from .deconv import outer_operator, solve_nearest
 
@@ -45,6 +46,10 @@ def two_sided_operator(
             f"the two-sided operator would have {rows} x {cols} entries, more than "
             f"max_entries={max_entries}; use an iterative solver for layers this large"
         )
+    check_working_set(
+        8 * (2 * rows * cols + c2 * math.prod(kt) * cb * math.prod(ky)),
+        f"the explicit two-sided operator ({rows} x {cols})",
+    )
     a = outer_operator(post, ky).reshape(c2, math.prod(kt), cb, math.prod(ky))
     b = outer_operator(swap_channels(pre), k).reshape(c0, math.prod(ky), ca, math.prod(k))
     return np.einsum("otmu,iuns->oitmns", a, b, optimize=True).reshape(rows, cols)

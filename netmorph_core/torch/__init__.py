@@ -10,6 +10,14 @@ parameter counts, the solver's residual and the non-zero ratio of the new weight
 - :func:`morph_subnet` / :func:`morph_stacked` — a sequential subnet / summed parallel branches.
 - :func:`morph_module` — a layer becomes a module graph (:class:`MorphedModule`).
 - :class:`PActivation` — (1 − a)·φ(x) + a·x; :func:`remap_optimizer` — carry optimizer state.
+- :func:`register_same_padding_conv` — declare a TF-style dynamic "same" padding conv class
+  (timm's Conv2dSame is recognised) so the morphs keep its rule exactly (:class:`DynamicSamePad`).
+- Transformers (:mod:`.transformer`): :func:`grow_ffn`, :func:`add_heads`, :func:`grow_width`,
+  :func:`add_block`, :func:`deepen_projection`, :func:`conv1d_to_linear`; :func:`trace_model`
+  graphs Hugging Face models through torch.export.
+
+Layers the adapter does not understand (overridden forward, parents that read their parameters,
+hooks, parametrizations, tied weights) are refused by name: see :mod:`.support`.
 
 Saving a child: ``torch.save(child)`` pickles the whole module; or rebuild the architecture by
 replaying the same morph calls on the parent (the structure depends only on the arguments, not
@@ -25,21 +33,40 @@ from .kernel import grow_kernel
 from .module import MorphedModule, morph_module
 from .optim import remap_optimizer
 from .report import MorphReport, ParamSource
+from .samepad import DynamicSamePad, register_same_padding_conv
 from .subnet import StackedBranches, morph_stacked, morph_subnet
+from .tracing import trace_model
+from .transformer import (
+    add_block,
+    add_heads,
+    conv1d_to_linear,
+    deepen_projection,
+    grow_ffn,
+    grow_width,
+)
 from .width import widen
 
 __all__ = [
+    "DynamicSamePad",
     "MorphError",
     "MorphReport",
     "MorphedModule",
     "PActivation",
     "ParamSource",
     "StackedBranches",
+    "add_block",
+    "add_heads",
+    "conv1d_to_linear",
     "deepen",
+    "deepen_projection",
+    "grow_ffn",
     "grow_kernel",
+    "grow_width",
     "morph_module",
     "morph_stacked",
     "morph_subnet",
+    "register_same_padding_conv",
     "remap_optimizer",
+    "trace_model",
     "widen",
 ]

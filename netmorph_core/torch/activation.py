@@ -7,11 +7,15 @@ non-linear. Over ReLU, φ^a is PReLU with slope a.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..activations import accepted_names, canonical_name
 
 #: The named bases: PyTorch's functional form of each (default parameters).
 BASES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -25,13 +29,25 @@ BASES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _out_of_place(base: nn.Module) -> nn.Module:
+    """``base``, or a copy of it with ``inplace=False`` when it computes in place."""
+    if getattr(base, "inplace", False) is True:
+        base = copy.deepcopy(base)
+        base.inplace = False
+    return base
+
+
 class PActivation(nn.Module):
     """φ^a(x) = (1 − a)·φ(x) + a·x, elementwise, with one scalar ``a``.
 
-    ``base``: a name of :data:`BASES` or any callable on tensors (an ``nn.Module`` is registered
-    as the submodule ``phi``, so its own parameters are trained and saved too). ``a`` is an
-    ``nn.Parameter`` when ``learnable``, else a buffer; either way it is the state-dict entry
-    ``"a"`` (a 0-dim tensor). ``a = 1`` gives exactly ``x`` (``0·φ(x) + 1·x``).
+    ``base``: a base name ("relu", "tanh", ...) or the paper's name of its P-activation
+    ("PReLU", "PTanh", ...), in any case, or any callable on tensors. An ``nn.Module`` is
+    registered as the submodule ``phi`` (its own parameters are trained and saved too); one
+    built with ``inplace=True`` is copied with ``inplace=False``, and any other callable (but
+    torch's own modules) is given a copy of x, so x is never overwritten and a = 1 stays
+    exactly the identity. ``a`` (a finite real) is an ``nn.Parameter`` when ``learnable``,
+    else a buffer; either way it is
+    the state-dict entry ``"a"`` (a 0-dim tensor). ``a = 1`` gives exactly ``x``.
     """
 
     def __init__(
@@ -44,20 +60,30 @@ class PActivation(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.copy_input = False
         if isinstance(base, str):
-            if base not in BASES:
+            try:
+                self.base_name = canonical_name(base)
+            except ValueError:
                 raise ValueError(
-                    f"base must be one of {', '.join(sorted(BASES))} or a callable, got {base!r}"
-                )
-            self.base_name = base
-            self.phi = BASES[base]
+                    f"base must be one of {accepted_names()}, or a callable; got {base!r}"
+                ) from None
+            self.phi = BASES[self.base_name]
+        elif isinstance(base, nn.Module):
+            self.base_name = type(base).__name__
+            self.phi = _out_of_place(base)
+            # torch's own modules write into x only through ``inplace``
+            self.copy_input = not type(base).__module__.startswith("torch.nn.")
         elif callable(base):
             self.base_name = getattr(base, "__name__", type(base).__name__)
             self.phi = base
+            self.copy_input = True
         else:
             raise TypeError(f"base must be an activation name or a callable, got {base!r}")
         if isinstance(a, bool) or not isinstance(a, (int, float)):
             raise TypeError(f"a must be a real number, got {a!r}")
+        if not math.isfinite(a):
+            raise ValueError(f"a must be finite, got {a!r}")
         if not isinstance(learnable, bool):
             raise TypeError(f"learnable must be a bool, got {learnable!r}")
         value = torch.tensor(float(a), device=device, dtype=dtype or torch.get_default_dtype())
@@ -68,7 +94,8 @@ class PActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.a.to(x.dtype)
-        return (1 - a) * self.phi(x) + a * x
+        phi = self.phi(x.clone() if self.copy_input else x)
+        return (1 - a) * phi + a * x
 
     def extra_repr(self) -> str:
         kind = "learnable" if isinstance(self.a, nn.Parameter) else "fixed"
@@ -76,15 +103,15 @@ class PActivation(nn.Module):
 
 
 def make_activation(activation: object) -> PActivation:
-    """The P-activation at a = 1 for ``activation``: "prelu" (PReLU: φ = relu), a base name or a
-    callable."""
+    """The P-activation at a = 1 for ``activation``: a name :class:`PActivation` accepts
+    ("prelu", "PTanh", "relu", ...) or a callable base."""
     if isinstance(activation, PActivation):
         raise TypeError(
             "activation must be a name or a callable base, not a PActivation instance "
             "(the morph creates its own at a = 1)"
         )
-    if activation == "prelu":
-        return PActivation("relu")
     if isinstance(activation, str) or callable(activation):
         return PActivation(activation)  # type: ignore[arg-type]
-    raise TypeError(f"activation must be 'prelu', a base name or a callable, got {activation!r}")
+    raise TypeError(
+        f"activation must be one of {accepted_names()}, or a callable; got {activation!r}"
+    )

@@ -35,7 +35,7 @@ from torch import fx, nn
 
 from .activation import PActivation
 from .errors import MorphError
-from .surgery import CONV_TYPES
+from .surgery import CONV_TYPES, ChannelLastBatchNorm
 
 SPATIAL, VECTOR, LAST, FLAT = "spatial", "vector", "last", "flat"
 
@@ -211,9 +211,8 @@ class _Tracer(fx.Tracer):
     kept as one leaf."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (PActivation, _BATCH_NORMS)) or super().is_leaf_module(
-            m, module_qualified_name
-        )
+        leaf = isinstance(m, (PActivation, _BATCH_NORMS))  # ChannelLastBatchNorm included
+        return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
 def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
@@ -425,7 +424,7 @@ class _Walk:
         if node.args[0] is not widened[0] or len(widened) > 1:
             raise self.fail(node, "takes a widened tensor as a non-data argument")
         if isinstance(m, CONV_TYPES):
-            if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
+            if flow.layout != SPATIAL or flow.ndim != len(m.kernel_size) + 2:
                 raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
             if m.groups != 1:
                 self._grouped(node, m, flow)
@@ -452,7 +451,8 @@ class _Walk:
                 raise self.fail(node, f"cannot normalise a {flow.layout} tensor per channel")
             self._expect(node, m.num_features, flow)
             self.plan.uses.append(Use(name, "batch_norm", flow))
-            self.flows[node] = replace(flow, layout=VECTOR if flow.layout == LAST else flow.layout)
+            last = flow.layout == LAST and not isinstance(m, ChannelLastBatchNorm)
+            self.flows[node] = replace(flow, layout=VECTOR if last else flow.layout)
             for child_name, child in m.named_children():  # e.g. BatchNormAct2d: drop, act
                 if type(child) not in _MODULES:
                     raise self.fail(

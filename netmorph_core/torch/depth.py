@@ -8,7 +8,13 @@ The layer G (padding p, stride s, dilation d, kernel K) becomes
 with F2 ⊛ F1 = G~ solved by :func:`netmorph_core.morph.depth.morph_depth`. The stride goes to
 F2, or to F1 when F2 is 1×1 (cheaper, still exact); the dilation to both. All padding is applied
 before F1, so the zero ring of G~ only meets the outermost padded values: exact for every
-padding mode. b1 = 0 and b2 = b (b2 = b − Σ F2·b1 in general).
+padding mode. Reflect and circular padding bound the input size, so for them F1 keeps the
+parent's padding p in its mode and the growth d·(K1 + K2 − 1 − K)/2 is zeros (a padding module
+of the mode before F1): the child accepts exactly the inputs the parent accepts. b1 = 0 and
+b2 = b (b2 = b − Σ F2·b1 in general). With ``batch_norm`` the new BatchNorm acts on the
+channel axis: axis 1 after a conv, the last axis after a Linear layer (any input rank). A
+dynamic "same" padding conv keeps its rule as a DynamicSamePad in front of F1
+(:mod:`.samepad`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from ..morph.depth import METHODS, morph_depth
 from ..morph.grouped import separable_depth
 from .activation import make_activation
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .samepad import split_same_padding
+from .support import check_new_entries, layer_entries
 from .surgery import (
     CONV_TYPES,
     ConvGeometry,
@@ -66,6 +74,7 @@ def build_chain(
     kernels = [tuple(f.shape[2:]) for f in filters]
     kt = tuple(sum(ks) - (n - 1) for ks in zip(*kernels))
     j_stride = max((j for j, ks in enumerate(kernels) if any(k > 1 for k in ks)), default=0)
+    inner, outer = geo.split_pads(kt) if geo.ndim else ((), ())
     modules: list[nn.Module] = []
     for j, f in enumerate(filters):
         weight = to_tensor(f, like)
@@ -81,8 +90,9 @@ def build_chain(
                     b,
                     stride=geo.stride if j == j_stride else (1,) * geo.ndim,
                     dilation=tuple(d if k > 1 else 1 for d, k in zip(geo.dilation, kernels[j])),
-                    pads=geo.grown_pads(kt) if j == 0 else ((0, 0),) * geo.ndim,
+                    pads=inner if j == 0 else ((0, 0),) * geo.ndim,
                     padding_mode=geo.padding_mode if j == 0 else "zeros",
+                    zero_pads=outer if j == 0 else (),
                     groups=groups[j],
                 )
             )
@@ -147,7 +157,7 @@ def replace_with_chain(
     """Solve the filters of layer ``at`` of ``child`` with ``solve`` (G float64 → filters,
     residual, exact, iterations) and put the chain in its place."""
     layer = child.get_submodule(at)
-    geo = ConvGeometry.of(layer)
+    same, geo = split_same_padding(layer, ConvGeometry.of(layer))
     filters, residual, exact, iterations = solve(to_numpy64(layer.weight))
     chain = build_chain(
         geo,
@@ -158,6 +168,8 @@ def replace_with_chain(
         batch_norm=batch_norm,
         groups=groups,
     )
+    if same is not None:
+        chain = nn.Sequential(same, *chain)
     replace_module(child, at, chain)
     nonzero, total = weight_counts(chain, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
     notes = []
@@ -188,7 +200,7 @@ def deepen(
     batch_norm: bool = False,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
     separable: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
@@ -200,9 +212,11 @@ def deepen(
     :class:`PActivation` accepts. ``method``: "general" or "practical" (paper Algorithms 1, 2).
     ``batch_norm``: insert a BatchNorm that is the identity in eval mode. ``seed``: the
     solver's random start. ``probe`` (a tensor or tuple of model inputs) or ``input_shape``
-    gives the inputs the report measures on (else inferred, see :mod:`.report`); ``tol``
-    raises ValueError when the float64 relative deviation exceeds it. Returns
-    (child, report); ``model`` is not modified (also on error).
+    gives the inputs the report measures on (else inferred, see :mod:`.report`). ``tol``:
+    "auto" raises MorphError unless the deviation is what the dtype explains (float64: ≤ 1e-8
+    relative; lower precision: rounding within 8× the parent's own, see :mod:`.report`); a
+    number bounds the float64 relative deviation; None never raises. Returns (child, report);
+    ``model`` is not modified (also on error).
 
     A grouped conv (``groups`` g) deepens into F1, F2 with the same ``groups`` (``width``
     divisible by g). ``separable=True`` makes it (grouped or not) a depthwise F1
@@ -210,7 +224,7 @@ def deepen(
     C_in·m (default m = min(C_out/g, |K|), the least that is exact; ``kernel_size`` and
     ``method`` do not apply).
     """
-    layer = find_layer(model, at, grouped=True)
+    layer = find_layer(model, at, same_padding=True, grouped=True)
     groups = layer.groups if isinstance(layer, CONV_TYPES) else 1
     out_channels = layer.weight.shape[0]
     check_flag(separable, "separable")
@@ -225,6 +239,15 @@ def deepen(
     if width % groups:
         raise ValueError(f"width ({width}) must be divisible by {at!r}'s groups={groups}")
     k1, k2 = parse_kernel_sizes(layer, kernel_size)
+    c_in = layer.weight.shape[1]  # per group
+    kernels = [(), ()] if k1 is None else [k1, k2]
+    kt = () if k1 is None else tuple(a + b - 1 for a, b in zip(k1, k2))
+    entries = layer_entries(c_in * groups, [width, out_channels], kernels, groups)
+    check_new_entries(
+        entries + out_channels * c_in * math.prod(kt),
+        layer.weight,
+        f"deepen at={at!r} with width={width}, kernel_size={kernel_size!r}",
+    )
 
     def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
         res = morph_depth(g, width, k1, k2, method=method, seed=seed, groups=groups)
@@ -245,7 +268,7 @@ def _deepen_separable(
     batch_norm: bool,
     probe: object,
     input_shape: Sequence[int] | None,
-    tol: float | None,
+    tol: float | str | None,
     seed: int | np.random.Generator | None,
 ) -> tuple[nn.Module, MorphReport]:
     """:func:`deepen` with ``separable=True``: depthwise F1 → pointwise F2 (same groups)."""
@@ -268,10 +291,16 @@ def _deepen_separable(
             f"width ({width}) gives {multiplier} depthwise channels per input channel; an exact "
             f"depthwise + pointwise morph of {at!r} needs at least {need} (width >= {need * c_in})"
         )
-    if (multiplier or need) * c_in % groups:
-        raise ValueError(
-            f"width ({(multiplier or need) * c_in}) must be divisible by {at!r}'s groups={groups}"
-        )
+    width = (multiplier or need) * c_in
+    if width % groups:
+        raise ValueError(f"width ({width}) must be divisible by {at!r}'s groups={groups}")
+    kernel = tuple(layer.kernel_size)
+    check_new_entries(  # depthwise F1, pointwise F2 and the grouped G
+        (width + layer.out_channels * c_in // groups) * math.prod(kernel)
+        + layer.out_channels * width // groups,
+        layer.weight,
+        f"deepen at={at!r} with separable=True, width={width}",
+    )
 
     def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
         res = separable_depth(g, groups=groups, multiplier=multiplier, seed=seed)

@@ -2,12 +2,14 @@
 
 The kernel is zero-padded symmetrically to K̃ and the padding grows by d·(K̃ − K)/2 per side
 (:func:`netmorph_core.morph.kernel.morph_kernel`); "same" padding stays "same", which grows by
-exactly that amount. The stride, dilation and padding mode are kept, so the layer stays the
-same module class with the same parameter names.
+exactly that amount. The stride, dilation and padding mode are kept, so the layer stays an
+nn.ConvNd with the same parameter names (except for reflect/circular padding, see
+:func:`grow_kernel`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +19,17 @@ from torch import nn
 from .. import _validation as v
 from ..morph.kernel import morph_kernel
 from .report import MorphReport, Outcome, ParamSource, run_morph
-from .surgery import CONV_TYPES, ConvGeometry, find_layer, replace_module, to_numpy64, to_tensor
+from .samepad import split_same_padding
+from .support import check_new_entries
+from .surgery import (
+    CONV_TYPES,
+    ConvGeometry,
+    find_layer,
+    pad_module,
+    replace_module,
+    to_numpy64,
+    to_tensor,
+)
 
 
 def _centred_index(new: int, old: int) -> np.ndarray:
@@ -33,22 +45,44 @@ def grow_kernel(
     *,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
 ) -> tuple[nn.Module, MorphReport]:
     """Grow the kernel of the Conv1d/2d/3d layer ``at`` to ``kernel_size`` (an int or one per
     spatial dimension; K̃ − K even and ≥ 0). ``probe``/``input_shape``/``tol`` as in
-    :func:`deepen`. Returns (child, report); ``model`` is unchanged."""
-    layer = find_layer(model, at, CONV_TYPES, grouped=True)
+    :func:`deepen`. Returns (child, report); ``model`` is unchanged.
+
+    The layer becomes its nn.ConvNd base class (a subclass that reaches here computes the same
+    function) and keeps its parameter names, except with reflect or circular padding and
+    a growing kernel: those modes bound the input size, so the layer becomes
+    ``nn.Sequential(<pad p in its mode>, <conv K̃ with zero padding d·(K̃ − K)/2>)``
+    (parameters ``at.1.weight``/``at.1.bias``; with p = 0 just the conv, zero-padded) and
+    accepts the inputs the parent accepts. A dynamic "same" padding conv (:mod:`.samepad`)
+    becomes ``nn.Sequential(DynamicSamePad(parent's K, s, d), <conv K̃, zero padding>)``.
+    A grouped conv keeps its ``groups``.
+    """
+    layer = find_layer(model, at, CONV_TYPES, same_padding=True, grouped=True)
     old = tuple(layer.kernel_size)
     size = v.kernel_tuple(kernel_size, len(old), "kernel_size")
     v.effective_size(old, size, (1,) * len(old), "kernel_size")
+    entries = layer.in_channels // layer.groups * layer.out_channels * math.prod(size)
+    check_new_entries(entries, layer.weight, f"grow_kernel at={at!r} to kernel_size={size}")
 
     def build(child: nn.Module) -> Outcome:
         conv = child.get_submodule(at)
-        geo = ConvGeometry.of(conv)
+        same, geo = split_same_padding(conv, ConvGeometry.of(conv))
         grown = morph_kernel(to_numpy64(conv.weight), size).filter
-        padding = "same" if conv.padding == "same" else tuple(lo for lo, _ in geo.grown_pads(size))
-        new = type(conv)(
+        inner, outer = geo.split_pads(size)
+        split = same is not None or any(lo or hi for lo, hi in outer)
+        if same is not None:  # geo has no padding of its own: the growth only
+            padding: object = tuple(lo for lo, _ in geo.grown_pads(size))
+        elif split:
+            padding = tuple(lo for lo, _ in outer)
+        elif conv.padding == "same":
+            padding = "same"
+        else:
+            padding = tuple(lo for lo, _ in geo.grown_pads(size))
+        base = next(c for c in CONV_TYPES if isinstance(conv, c))  # same function, any __init__
+        new = base(
             conv.in_channels,
             conv.out_channels,
             size,
@@ -56,7 +90,7 @@ def grow_kernel(
             padding=padding,
             dilation=conv.dilation,
             bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
+            padding_mode="zeros" if split else conv.padding_mode,
             groups=conv.groups,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
@@ -65,12 +99,33 @@ def grow_kernel(
             new.weight.copy_(to_tensor(grown, conv.weight))
             if conv.bias is not None:
                 new.bias.copy_(conv.bias)
-        replace_module(child, at, new)
+        wrapped = same is not None or (split and any(lo or hi for lo, hi in inner))
+        if wrapped:
+            pad = same if same is not None else pad_module(inner, geo.padding_mode)
+            replace_module(child, at, nn.Sequential(pad, new))
+        else:
+            replace_module(child, at, new)
+        name = f"{at}.1" if wrapped else at
         index = (None, None, *(_centred_index(n, k) for n, k in zip(size, old)))
+        sources = {f"{name}.weight": ParamSource(f"{at}.weight", f"{at}.weight", index)}
+        if wrapped and conv.bias is not None:
+            sources[f"{name}.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
+        notes = []
+        if same is not None:
+            notes.append(
+                "dynamic 'same' padding kept as DynamicSamePad (the parent's rule), the growth "
+                "padded with zeros after it"
+            )
+        elif split:
+            notes.append(
+                f"{geo.padding_mode} padding kept at the parent's size, the growth padded with "
+                "zeros (it only meets the grown kernel's zero ring)"
+            )
         return Outcome(
             new_nonzero=int(torch.count_nonzero(new.weight)),
             new_total=new.weight.numel(),
-            sources={f"{at}.weight": ParamSource(f"{at}.weight", f"{at}.weight", index)},
+            sources=sources,
+            notes=notes,
         )
 
     return run_morph(

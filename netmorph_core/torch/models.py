@@ -6,6 +6,8 @@
 - :func:`small_resnet` — a ResNet of BasicBlocks with BatchNorm and residual adds.
 - :class:`TransformerMLP` — a pre-norm transformer feed-forward block
   x + fc2(GELU(fc1(LayerNorm(x)))).
+- :class:`LlamaStyle` — a small Llama-style causal language model (RMSNorm, rotary grouped-query
+  attention, SwiGLU feed-forward, optionally tied embeddings), computed in the input's dtype.
 """
 
 from __future__ import annotations
@@ -248,3 +250,123 @@ class TransformerMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class GQAttention(nn.Module):
+    """Causal grouped-query attention with rotary position embedding on (N, L, dim) tokens.
+
+    ``num_heads`` query heads of ``head_dim`` share ``num_kv_heads`` key/value heads: query
+    head h reads key/value head h // (num_heads / num_kv_heads). Scale 1/√head_dim.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, rope_base: float = 1e4
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.rope_base = rope_base
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=False)
+
+    def _rope(self, x: torch.Tensor) -> torch.Tensor:
+        length, d = x.shape[-2], self.head_dim
+        inv = self.rope_base ** -(torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+        angle = torch.arange(length, dtype=torch.float64, device=x.device)[:, None] * inv
+        angle = torch.cat((angle, angle), dim=-1)
+        return x * angle.cos().to(x.dtype) + _rotate_half(x) * angle.sin().to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
+        split = (n, length, -1, self.head_dim)
+        q = self._rope(self.q_proj(x).view(split).transpose(1, 2))
+        k = self._rope(self.k_proj(x).view(split).transpose(1, 2))
+        v = self.v_proj(x).view(split).transpose(1, 2)
+        rep = self.num_heads // self.num_kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(n, length, -1))
+
+
+class SwiGLU(nn.Module):
+    """down(SiLU(gate(x)) · up(x))."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    """x + attn(norm1(x)), then + mlp(norm2(·)) (pre-norm, RMSNorm)."""
+
+    def __init__(
+        self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int, hidden: int
+    ) -> None:
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(dim, eps=1e-6)
+        self.self_attn = GQAttention(dim, num_heads, num_kv_heads, head_dim)
+        self.post_attention_layernorm = nn.RMSNorm(dim, eps=1e-6)
+        self.mlp = SwiGLU(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaStyle(nn.Module):
+    """A Llama-style causal language model on token ids (N, L) → logits (N, L, vocab).
+
+    Embedding → ``layers`` × :class:`LlamaBlock` → RMSNorm → ``lm_head`` (tied to the
+    embedding when ``tie_embeddings``). Weights are random (normal, std 0.2 for the
+    projections), so a morph's deviation is measured on a non-trivial function.
+    """
+
+    def __init__(
+        self,
+        vocab: int = 64,
+        dim: int = 32,
+        layers: int = 2,
+        num_heads: int = 4,
+        num_kv_heads: int = 2,
+        head_dim: int | None = None,
+        hidden: int = 64,
+        *,
+        tie_embeddings: bool = False,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads and head_dim is None:
+            raise ValueError(f"num_heads={num_heads} does not divide dim={dim}; give head_dim")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}")
+        head_dim = dim // num_heads if head_dim is None else head_dim
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(
+            LlamaBlock(dim, num_heads, num_kv_heads, head_dim, hidden) for _ in range(layers)
+        )
+        self.norm = nn.RMSNorm(dim, eps=1e-6)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, 0.2)
+                if isinstance(module, nn.RMSNorm):
+                    module.weight.uniform_(0.5, 1.5)
+        if tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm(x))

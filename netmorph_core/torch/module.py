@@ -8,7 +8,9 @@ equation Σ_paths F_last ⊛ … ⊛ F_first = G~ (:func:`netmorph_core.morph.mo
 G~ being G zero-padded centred to the module's effective size Kt.
 
 Exactness in space: the input is padded once, at the source, by p + d·(Kt − K)/2 (the parent's
-padding mode); every edge is then an unpadded ("valid") layer with dilation d. A path whose
+padding mode; for reflect/circular, which bound the input size, the growth d·(Kt − K)/2 is zeros
+outside the parent's own p, see :meth:`ConvGeometry.split_pads`); every edge is then an
+unpadded ("valid") layer with dilation d. A path whose
 effective size r at its head is below the head's reach R sees a blob larger by d·(R − r); the
 edge crops d·(R − r)/2 from each side of its input so that the blobs meeting at a join line up
 (the crop is the zero ring of the centred kernel). Edges into the sink carry the stride (a
@@ -18,6 +20,7 @@ at the sink; inner layers get a zero bias when the parent has one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +33,8 @@ from ..morph.module import morph_module as morph_module_filters
 from .activation import make_activation
 from .depth import check_flag, check_method, new_layer_sources, weight_counts
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .samepad import split_same_padding
+from .support import check_new_entries
 from .surgery import (
     LAYER_TYPES,
     ConvGeometry,
@@ -167,9 +172,16 @@ def check_spec(layer: nn.Module, spec: object) -> ModuleShape:
         raise ValueError("spec: the module has no convolution edge to morph the layer into")
     g = np.zeros(tuple(layer.weight.shape))
     try:
-        return bind_to_layer(spec, g)
+        shape = bind_to_layer(spec, g)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"spec: {exc}") from None
+    entries = sum(
+        shape.channels[e.head] * shape.channels[e.tail] * math.prod(shape.kernels[e.name])
+        for e in spec.edges
+    )
+    entries += g.shape[0] * g.shape[1] * math.prod(shape.effective_size)
+    check_new_entries(entries, layer.weight, "morph_module spec (its edges' weights)")
+    return shape
 
 
 def build_module(
@@ -188,8 +200,15 @@ def build_module(
     ndim = geo.ndim
     kt = shape.effective_size
     pad: nn.Module = nn.Identity()
-    if ndim and any(lo or hi for lo, hi in geo.grown_pads(kt)):
-        pad = SourcePad(geo.grown_pads(kt), geo.padding_mode)
+    if ndim:
+        inner, outer = geo.split_pads(kt)
+        pads = [
+            SourcePad(p, mode)
+            for p, mode in ((inner, geo.padding_mode), (outer, "zeros"))
+            if any(lo or hi for lo, hi in p)
+        ]
+        if pads:
+            pad = pads[0] if len(pads) == 1 else nn.Sequential(*pads)
     edges: dict[str, nn.Module] = {}
     order = []
     for u in m.vertices:
@@ -247,7 +266,7 @@ def replace_with_module(
     :class:`MorphedModule` in its place. New parameters join the optimizer group of
     ``group_of`` (default: the layer's own weight/bias)."""
     layer = child.get_submodule(at)
-    geo = ConvGeometry.of(layer)
+    same, geo = split_same_padding(layer, ConvGeometry.of(layer))
     g = to_numpy64(layer.weight)
     shape = bind_to_layer(spec, g)
     res = morph_module_filters(g, spec, method=method, seed=seed, max_iter=max_iter, tol=solver_tol)
@@ -257,13 +276,15 @@ def replace_with_module(
     new = build_module(
         geo, shape, filters, bias, layer.weight, activation=activation, batch_norm=batch_norm
     )
-    replace_module(child, at, new)
+    replace_module(child, at, new if same is None else nn.Sequential(same, new))
     nonzero, total = weight_counts(new, LAYER_TYPES)
     sources = new_layer_sources(child, at, geo.has_bias)
     if group_of is not None:
         sources = {n: ParamSource(None, group_of) for n in sources}
     if bias is not None:
-        sources[f"{at}.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
+        sources[f"{at}.bias" if same is None else f"{at}.1.bias"] = ParamSource(
+            f"{at}.bias", f"{at}.bias"
+        )
     notes = [f"module of {len(spec.edges)} edges, effective kernel {shape.effective_size}: {how}"]
     if batch_norm and len(spec.vertices) > 2:
         notes.append(
@@ -293,7 +314,7 @@ def morph_module(
     solver_tol: float | None = None,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the Conv1d/2d/3d or Linear layer ``at`` by the module graph ``spec``.
@@ -307,7 +328,7 @@ def morph_module(
     PActivation(a = 1) of every inner vertex. ``probe``/``input_shape``/``tol`` as in
     :func:`netmorph_core.torch.deepen`. Returns (child, report); ``model`` is not modified.
     """
-    layer = find_layer(model, at)
+    layer = find_layer(model, at, same_padding=True)
     check_spec(layer, spec)
     check_method(method)
     make_activation(activation)

@@ -29,6 +29,7 @@ from ..morph.graph import Module, conv_edge, identity_edge
 from .depth import check_flag, check_method
 from .module import check_spec, replace_with_module
 from .report import MorphReport, Outcome, run_morph
+from .support import check_editable
 from .surgery import replace_module
 
 SHORTCUTS = ("A", "B")
@@ -206,7 +207,7 @@ def morph_resnet(
     max_iter: int = 300,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Apply the paper's morph ``spec_name`` (see :func:`parse_spec_name`) to every eligible
@@ -224,6 +225,7 @@ def morph_resnet(
         raise ValueError(f"{spec_name}: {type(model).__name__} has no block to morph")
     check_method(method)
     check_flag(batch_norm, "batch_norm")
+    check_editable(model, [f"{n}.shortcut" for n in blocks])
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     for name in blocks:
         channels = model.get_submodule(name).conv2.out_channels

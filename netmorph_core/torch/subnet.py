@@ -13,6 +13,7 @@ so all branches produce the parent's output shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +36,8 @@ from .depth import (
     weight_counts,
 )
 from .report import MorphReport, Outcome, run_morph
+from .samepad import split_same_padding
+from .support import check_new_entries, layer_entries
 from .surgery import LAYER_TYPES, ConvGeometry, find_layer, replace_module, to_numpy64
 
 
@@ -63,14 +66,18 @@ class StackedBranches(nn.Module):
         return out
 
 
-def _check_layers(layer: nn.Module, layers: object, name: str) -> None:
-    """Validate a (width, kernel) list against ``layer`` before any work."""
+def _check_layers(layer: nn.Module, layers: object, name: str) -> int:
+    """Validate a (width, kernel) list against ``layer`` before any work; returns the weight
+    entries the chain (and its effective kernel G~) will hold."""
     g = np.zeros((layer.weight.shape[0], 1, *layer.weight.shape[2:]))
     try:
-        _, kernels = check_layers(g, layers)
-        chain_effective_size(g.shape[2:], kernels)
+        widths, kernels = check_layers(g, layers)
+        kt = chain_effective_size(g.shape[2:], kernels)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{name}: {exc}") from None
+    c_out, c_in = layer.weight.shape[:2]  # c_in per group
+    groups = getattr(layer, "groups", 1)
+    return layer_entries(c_in * groups, widths, kernels, groups) + c_out * c_in * math.prod(kt)
 
 
 def morph_subnet(
@@ -83,19 +90,20 @@ def morph_subnet(
     batch_norm: bool = False,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the layer ``at`` by the sequential subnet ``layers`` = [(width, kernel), ...]
     (data-flow order; the last width is the layer's output channels or None; kernels None for
     Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`. A grouped conv
     keeps its ``groups`` in every layer (each width divisible by it)."""
-    layer = find_layer(model, at, grouped=True)
-    _check_layers(layer, layers, "layers")
+    layer = find_layer(model, at, same_padding=True, grouped=True)
+    entries = _check_layers(layer, layers, "layers")
     groups = getattr(layer, "groups", 1)
     for p, (w, _) in enumerate(layers):
         if w is not None and w % groups:
             raise ValueError(f"layers[{p}]'s width ({w}) must be divisible by groups={groups}")
+    check_new_entries(entries, layer.weight, f"morph_subnet at={at!r} with layers={layers!r}")
     make_activation(activation)
     check_method(method)
     check_flag(batch_norm, "batch_norm")
@@ -123,18 +131,18 @@ def morph_stacked(
     batch_norm: bool = False,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the layer ``at`` by :class:`StackedBranches`: branch i is the sequential subnet
     ``branches[i]`` (a list of (width, kernel) as in :func:`morph_subnet`; [(None, K)] keeps
     G_i as one layer). ``split``: "random" or "equal" (G_i = G/n). The parent's bias goes to
     branch 0; the other branches get a zero bias."""
-    layer = find_layer(model, at)
+    layer = find_layer(model, at, same_padding=True)
     if not isinstance(branches, Sequence) or isinstance(branches, str) or not branches:
         raise TypeError(f"branches must be a non-empty list of layer lists, got {branches!r}")
-    for i, layers in enumerate(branches):
-        _check_layers(layer, layers, f"branches[{i}]")
+    entries = sum(_check_layers(layer, ls, f"branches[{i}]") for i, ls in enumerate(branches))
+    check_new_entries(entries, layer.weight, f"morph_stacked at={at!r} with branches={branches!r}")
     if split not in SPLIT_MODES:
         raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
     make_activation(activation)
@@ -143,7 +151,7 @@ def morph_stacked(
 
     def build(child: nn.Module) -> Outcome:
         old = child.get_submodule(at)
-        geo = ConvGeometry.of(old)
+        same, geo = split_same_padding(old, ConvGeometry.of(old))
         g = to_numpy64(old.weight)
         results = morph_stacked_filters(g, branches, split=split, seed=seed, method=method)
         biases: list[torch.Tensor | None] = [None] * len(results)
@@ -157,7 +165,7 @@ def morph_stacked(
             for res, b in zip(results, biases)
         ]
         stacked = StackedBranches(chains)
-        replace_module(child, at, stacked)
+        replace_module(child, at, stacked if same is None else nn.Sequential(same, stacked))
         nonzero, total = weight_counts(stacked, LAYER_TYPES)
         return Outcome(
             new_nonzero=nonzero,

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .support import check_editable
+
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LAYER_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
 _PAD_MODULES = {
@@ -53,14 +55,19 @@ def find_layer(
     kinds: tuple[type[nn.Module], ...] = LAYER_TYPES,
     name: str = "at",
     *,
+    same_padding: bool = False,
     grouped: bool = False,
 ) -> nn.Module:
-    """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module.
-    Grouped convolutions are accepted only with ``grouped=True`` (ValueError otherwise)."""
+    """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
+    MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
+    ``same_padding``: the caller handles dynamic "same" padding convs). Grouped convolutions
+    are accepted only with ``grouped=True`` (ValueError otherwise)."""
     layer = find_module(model, at, name)
     if not isinstance(layer, kinds):
         expected = "/".join(k.__name__ for k in kinds)
         raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
+    # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
+    check_editable(model, [at], same_padding)
     if isinstance(layer, CONV_TYPES) and layer.groups != 1 and not grouped:
         raise ValueError(
             f"{name}={at!r} is a grouped convolution (groups={layer.groups}); this operation "
@@ -129,6 +136,31 @@ class ConvGeometry:
             for (lo, hi), d, kt, k in zip(self.pads, self.dilation, kernel, self.kernel)
         )
 
+    def split_pads(
+        self, kernel: tuple[int, ...]
+    ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+        """(inner pads in the layer's padding mode, outer zero pads) for an effective kernel
+        ``kernel`` ≥ K, together the grown padding of :meth:`grown_pads`.
+
+        Reflect and circular padding bound the input size (pad < n, pad ≤ n), so growing them
+        would reject small inputs the parent accepts. The ring the growth adds only meets the
+        zero ring of the grown kernel, so its values do not matter: for those modes the parent's
+        own padding stays in its mode and the growth is zeros (exact, same valid inputs).
+        Zeros and replicate padding accept any input size and grow in place.
+        """
+        grown = self.grown_pads(kernel)
+        if self.padding_mode not in ("reflect", "circular"):
+            return grown, tuple((0, 0) for _ in grown)
+        outer = tuple((g_lo - lo, g_hi - hi) for (g_lo, g_hi), (lo, hi) in zip(grown, self.pads))
+        return self.pads, outer
+
+
+def pad_module(pads: tuple[tuple[int, int], ...], padding_mode: str) -> nn.Module:
+    """A padding module of ``padding_mode`` adding ``pads`` = ((lo, hi) per spatial dim)."""
+    flat = tuple(v for lo, hi in reversed(pads) for v in (lo, hi))  # last dimension first
+    pad_cls = _PAD_MODULES[padding_mode][len(pads)]
+    return pad_cls(flat, 0.0) if padding_mode == "zeros" else pad_cls(flat)
+
 
 def make_layer(
     weight: torch.Tensor,
@@ -138,30 +170,40 @@ def make_layer(
     dilation: tuple[int, ...] = (),
     pads: tuple[tuple[int, int], ...] = (),
     padding_mode: str = "zeros",
+    zero_pads: tuple[tuple[int, int], ...] = (),
     groups: int = 1,
 ) -> nn.Module:
     """A Linear (2-D ``weight``) or Conv{1,2,3}d layer holding ``weight`` and ``bias``
     (a conv with ``groups``: ``weight`` (C_out, C_in/groups, *K)).
 
     Symmetric ``pads`` go to the conv itself (with ``padding_mode``); asymmetric ones to an
-    explicit padding module of that mode in front of an unpadded conv.
+    explicit padding module of that mode in front of an unpadded conv. ``zero_pads`` (symmetric)
+    are zeros added outside ``pads``: then ``pads`` go to a padding module of
+    ``padding_mode`` and ``zero_pads`` to the conv (:meth:`ConvGeometry.split_pads`).
     """
     ndim = weight.dim() - 2
     c_out, c_in = weight.shape[0], weight.shape[1] * groups
     factory = {"device": weight.device, "dtype": weight.dtype}
+    outer = any(lo or hi for lo, hi in zero_pads)
+    symmetric = all(lo == hi for lo, hi in pads)
     if ndim == 0:
         layer: nn.Module = nn.Linear(c_in, c_out, bias=bias is not None, **factory)
     else:
-        symmetric = all(lo == hi for lo, hi in pads)
+        if outer:
+            padding, mode = tuple(lo for lo, _ in zero_pads), "zeros"
+        elif symmetric:
+            padding, mode = tuple(lo for lo, _ in pads), padding_mode
+        else:
+            padding, mode = 0, "zeros"
         layer = CONV_TYPES[ndim - 1](
             c_in,
             c_out,
             tuple(weight.shape[2:]),
             stride=stride,
-            padding=tuple(lo for lo, _ in pads) if symmetric else 0,
+            padding=padding,
             dilation=dilation,
             bias=bias is not None,
-            padding_mode=padding_mode if symmetric else "zeros",
+            padding_mode=mode,
             groups=groups,
             **factory,
         )
@@ -169,21 +211,28 @@ def make_layer(
         layer.weight.copy_(weight)
         if bias is not None:
             layer.bias.copy_(bias)
-    if ndim == 0 or all(lo == hi for lo, hi in pads):
+    if ndim == 0 or (symmetric and not outer) or not any(lo or hi for lo, hi in pads):
         return layer
-    flat = tuple(v for lo, hi in reversed(pads) for v in (lo, hi))  # last dimension first
-    pad_cls = _PAD_MODULES[padding_mode][ndim]
-    pad = pad_cls(flat, 0.0) if padding_mode == "zeros" else pad_cls(flat)
-    return nn.Sequential(pad, layer)
+    return nn.Sequential(pad_module(pads, padding_mode), layer)
+
+
+class ChannelLastBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the last axis of (..., C) activations (a Linear layer's output, of any
+    rank): statistics over every other axis. On (N, C) it is nn.BatchNorm1d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, self.num_features)).reshape_as(x)
 
 
 def identity_batch_norm(channels: int, ndim: int, like: torch.Tensor) -> nn.Module:
-    """A fresh BatchNorm (1d for Linear) that is the identity in eval mode.
+    """A fresh BatchNorm on the channel axis that is the identity in eval mode: BatchNorm1d/2d/3d
+    (axis 1) after a conv, :class:`ChannelLastBatchNorm` (last axis) after a Linear layer.
 
     Running stats are mean 0, var 1, so gamma = sqrt(var + eps) and beta = mean = 0 give
     (x − 0)/sqrt(1 + eps)·sqrt(1 + eps) + 0 = x. In train mode it uses batch statistics.
     """
-    bn = _BATCH_NORMS[max(ndim, 1)](channels, device=like.device, dtype=like.dtype)
+    cls = ChannelLastBatchNorm if ndim == 0 else _BATCH_NORMS[ndim]
+    bn = cls(channels, device=like.device, dtype=like.dtype)
     with torch.no_grad():
         bn.weight.copy_(torch.sqrt(bn.running_var + bn.eps))
         bn.bias.copy_(bn.running_mean)

@@ -39,6 +39,7 @@ from ..morph.width import as_generator, noise_scale
 from .consumers import FLAT, Use, WidthPlan, depthwise_outputs, plan_widening
 from .errors import MorphError
 from .report import MorphReport, Outcome, ParamSource, run_morph
+from .support import check_editable, check_widen_memory
 from .surgery import find_layer, gather, to_numpy64, to_tensor
 
 ZERO_SIDES = ("auto", "inner", "outer")
@@ -228,7 +229,7 @@ def widen(
     seed: int | np.random.Generator | None = None,
     probe: object = None,
     input_shape: Sequence[int] | None = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
 ) -> tuple[nn.Module, MorphReport]:
     """Widen the outputs of the Conv/Linear layer ``at`` to ``width`` channels.
 
@@ -237,8 +238,8 @@ def widen(
     raises :class:`MorphError` naming the partner. ``zero_side``: "auto", "inner" or "outer"
     (module docstring); ``seed``: the permutation and the random entries. ``probe``/
     ``input_shape``/``tol`` as in :func:`deepen` (no single-layer fallback: without a model
-    input the deviation is not measured). Needs a model torch.fx can trace (MorphError
-    otherwise). Returns (child, report); ``model`` is not modified.
+    input tol="auto" raises, tol=None leaves the deviation unmeasured). Needs a model
+    torch.fx can trace (MorphError otherwise). Returns (child, report); ``model`` is unchanged.
     """
     names = _names(at)
     layers = [find_layer(model, n, grouped=True) for n in names]
@@ -262,10 +263,13 @@ def widen(
         raise ValueError(
             f"width ({width}) must be divisible by the groups={group_count} of {list(names)}"
         )
+    check_widen_memory(model, names, (), width)
     rng = as_generator(seed)
     src = grouped_channel_map(rng, channels, width, group_count)
     plan = plan_widening(model, names, src)
     _check_untied(model, plan)
+    check_editable(model, [use.name for use in plan.uses])
+    check_widen_memory(model, names, [use.name for use in plan.consumers], width)
     side, why = _choose_side(zero_side, plan, model, width - channels)
 
     def build(child: nn.Module) -> Outcome:

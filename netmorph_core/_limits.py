@@ -1,0 +1,100 @@
+"""Size and work bounds checked before a routine allocates or solves (typed errors, fast).
+
+Memory goes through :func:`netmorph_core._memory.check_working_set` (``ResourceLimitError``,
+limit ``$NETMORPH_MAX_BYTES`` or half the available memory). Work is bounded too: a dense Gram
+of order above :data:`MAX_GRAM_ORDER` would take minutes to hours to factorise (n³/3 flops),
+so it is refused with a ``ValueError`` naming the sizes before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ._memory import check_working_set
+
+#: Largest order of a dense Gram the deconvolution factorises (≈ 2·10¹³ flops, 13 GB).
+MAX_GRAM_ORDER = 40_000
+#: Bytes per float64 entry: every solve works in float64.
+_F64 = 8
+#: Copies of each operand a solve holds at once (input, float64 copy, result, refinement).
+_COPIES = 4
+#: Copies of the Gram a factorisation holds (the Gram, its factor, eigenvectors).
+_GRAM_COPIES = 3
+
+
+def gram_order(rows: int, cols: int) -> int:
+    """Order of the Gram of a (rows × cols) operator: AᵀA or A·Aᵀ, whichever is smaller."""
+    return min(rows, cols)
+
+
+def check_deconv(
+    c_out: int,
+    c_mid: int,
+    c_in: int,
+    k_factor: Sequence[int],
+    k_x: Sequence[int],
+    what: str,
+) -> None:
+    """Bounds of solving G~ (c_out, c_in, *Kt) = F (c_out, c_mid, *k_factor) ⊛ X (c_mid, c_in,
+    *k_x): the Gram's order (work) and the working set (memory), before anything is built."""
+    kt = math.prod(a + b - 1 for a, b in zip(k_factor, k_x))
+    rows, cols = c_out * kt, c_mid * math.prod(k_x)
+    n = gram_order(rows, cols)
+    if n > MAX_GRAM_ORDER:
+        raise ValueError(
+            f"{what}: the deconvolution's Gram has order {n} (min of {rows} equations and "
+            f"{cols} unknowns per input channel), above the {MAX_GRAM_ORDER} a dense solve "
+            "finishes in reasonable time; use fewer channels or smaller kernels"
+        )
+    operands = (rows + cols) * c_in + c_out * c_mid * math.prod(k_factor)
+    check_working_set(_F64 * (_GRAM_COPIES * n * n + _COPIES * operands), what)
+
+
+def check_compose(
+    c_out: int,
+    c_mid: int,
+    c_in: int,
+    k_outer: Sequence[int],
+    k_inner: Sequence[int],
+    what: str,
+    *,
+    groups: int = 1,
+) -> None:
+    """Working set of F2 (c_out, c_mid, *k_outer) ⊛ F1 (c_mid, c_in, *k_inner): the output of
+    size K_outer + K_inner − 1, the operands, and the transform kernels' copies of all three;
+    ``groups`` such products at once (grouped filters, channel counts per group)."""
+    kt = math.prod(a + b - 1 for a, b in zip(k_outer, k_inner))
+    entries = c_out * c_in * kt + c_out * c_mid * math.prod(k_outer)
+    entries += c_mid * c_in * math.prod(k_inner)
+    check_working_set(_F64 * _COPIES * groups * entries, what)
+
+
+def check_chain(
+    c_out: int,
+    c_in: int,
+    widths: Sequence[int],
+    kernels: Sequence[Sequence[int]],
+    what: str,
+    *,
+    groups: int = 1,
+) -> None:
+    """Bounds of morphing G (c_out, c_in, *K) into the chain of layers (widths[p], kernels[p]),
+    data-flow order, widths[-1] = c_out: every filter, every partial composition and the
+    one-sided solves of the first and last layer (the largest dense systems of any method).
+    ``groups`` such chains at once (grouped layers, channel counts per group): the memory of
+    all of them, the Gram order of one."""
+    chans = [c_in, *widths]
+    kt = [sum(k) - len(k) + 1 for k in zip(*kernels)] if kernels and kernels[0] else []
+    entries = c_out * c_in * math.prod(kt)
+    for p, k in enumerate(kernels):
+        entries += chans[p + 1] * chans[p] * math.prod(k)
+        # partial compositions F_p ⊛ … ⊛ F_0 and F_P ⊛ … ⊛ F_p have at most Kt taps
+        entries += max(chans[p + 1] * c_in, c_out * chans[p]) * math.prod(kt)
+    check_working_set(_F64 * _COPIES * groups * entries, what)
+    if len(kernels) < 2:
+        return
+    rest_in = [max(a - b + 1, 1) for a, b in zip(kt, kernels[0])]
+    rest_out = [max(a - b + 1, 1) for a, b in zip(kt, kernels[-1])]
+    check_deconv(c_out, widths[0], c_in, rest_in, kernels[0], what)
+    check_deconv(c_in, widths[-2], c_out, rest_out, kernels[-1], what)

@@ -1,0 +1,283 @@
+"""Which layers the adapter understands well enough to morph, checked before any work.
+
+A morph replaces or edits a layer on the premise that the layer computes nn.ConvNd's or
+nn.Linear's function of its ``weight`` and ``bias``, that its parent calls it as a module, and
+that nothing else observes or derives from it. :func:`check_editable` enforces all of that for
+every module an operation replaces or edits (deepen, grow_kernel, morph_subnet, morph_stacked,
+morph_module, widen's producers and consumers) and raises a typed error naming the module and
+the reason otherwise:
+
+- the class: exactly Conv1d/2d/3d or Linear, or a subclass that overrides none of ``forward``,
+  ``_conv_forward``, ``__call__`` (weight standardisation, TF-style dynamic "same" padding,
+  LoRA or quantisation wrappers compute another function of the same weight) → MorphError.
+  Recognised dynamic "same" padding convs (:mod:`.samepad`) are verified and handled exactly
+  by the operations that replace the layer (not by widen);
+- the parent: the nearest ancestor that is not a ModuleList/ModuleDict must call the layer.
+  nn.Sequential does; other torch.nn modules (nn.MultiheadAttention, nn.TransformerEncoderLayer)
+  read their layers' parameters directly, so they are refused; a user module is traced with
+  torch.fx (every submodule a leaf) and refused when it reads the layer's parameters (get_attr)
+  or never calls it. An untraceable parent cannot be inspected: the morph goes ahead and the
+  measured deviation (the report) is the check;
+- hooks (forward, forward-pre, backward, state-dict, gradient hooks on its parameters; old-style
+  ``torch.nn.utils.weight_norm``/``spectral_norm`` are forward-pre hooks) and parametrizations
+  (``torch.nn.utils.parametrize``, ``parametrizations.weight_norm``/``spectral_norm``) → refused:
+  kept on a replaced module they would observe or rewrite a different function;
+- sharing: a module registered under several names, or a parameter shared with another module
+  (tied weights) → MorphError naming both (the morph would untie them);
+- values: parameters or buffers on the meta device or uninitialised (lazy) → ValueError;
+  non-floating ones (quantised, integer, complex) → TypeError.
+
+:func:`check_new_entries` bounds the size of what a morph allocates (ResourceLimitError).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import fx, nn
+from torch.nn.utils import parametrize
+
+from .._memory import check_working_set
+from .errors import MorphError
+from .samepad import is_same_padding_conv, verify_same_padding
+
+KNOWN_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_FUNCTION_METHODS = ("forward", "_conv_forward", "__call__", "_call_impl")
+_HOOKS = {
+    "_forward_pre_hooks": "forward pre-hook",
+    "_forward_hooks": "forward hook",
+    "_backward_pre_hooks": "backward pre-hook",
+    "_backward_hooks": "backward hook",
+    "_state_dict_pre_hooks": "state_dict pre-hook",
+    "_state_dict_hooks": "state_dict hook",
+    "_load_state_dict_pre_hooks": "load_state_dict pre-hook",
+    "_load_state_dict_post_hooks": "load_state_dict post-hook",
+}
+_LISTS = (nn.ModuleList, nn.ModuleDict)
+
+
+def _hook_name(hook: object) -> str:
+    hook = getattr(hook, "hook", hook)  # load_state_dict hooks are wrapped
+    return getattr(hook, "__qualname__", None) or type(hook).__qualname__
+
+
+def _overrides(cls: type, base: type) -> list[str]:
+    return [m for m in _FUNCTION_METHODS if getattr(cls, m, None) is not getattr(base, m, None)]
+
+
+def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> None:
+    """``layer`` must compute nn.ConvNd's / nn.Linear's function of its weight and bias, or
+    (``same_padding``: the operation handles it) be a verified dynamic "same" padding conv."""
+    cls = type(layer)
+    if cls in KNOWN_LAYERS:
+        return
+    if is_same_padding_conv(layer):
+        if not same_padding:
+            raise MorphError(
+                f"{at!r} is {cls.__qualname__}, a dynamic 'same' padding conv: deepen, "
+                "grow_kernel, morph_subnet, morph_stacked and morph_module handle it, this "
+                "operation does not; refused"
+            )
+        verify_same_padding(layer, at)
+        return
+    base = next(b for b in KNOWN_LAYERS if isinstance(layer, b))
+    overridden = _overrides(cls, base)
+    if overridden:
+        raise MorphError(
+            f"{at!r} is {cls.__qualname__}, a subclass of nn.{base.__name__} that overrides "
+            f"{', '.join(overridden)}: it may apply another function of its weight (weight "
+            "standardisation, dynamic 'same' padding, a wrapper), so no morph of it can be "
+            "shown exact; refused"
+        )
+
+
+def _owner(model: nn.Module, at: str) -> tuple[str, nn.Module, str]:
+    """(name, module, path of ``at`` relative to it) of the nearest ancestor of ``at`` that is
+    not a ModuleList/ModuleDict (those never call their members)."""
+    parts = at.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        name = ".".join(parts[:i])
+        module = model.get_submodule(name) if name else model
+        if not isinstance(module, _LISTS) or i == 0:
+            return name, module, ".".join(parts[i:])
+    raise AssertionError("unreachable")
+
+
+class _LeafTracer(fx.Tracer):
+    """torch.fx's tracer with every submodule a leaf: one module's own forward, one level."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def check_called_by_parent(model: nn.Module, at: str) -> None:
+    """The layer ``at`` must be called as a module by its parent (see the module docstring)."""
+    name, owner, rel = _owner(model, at)
+    cls = type(owner)
+    where = f"{name!r} ({cls.__qualname__})" if name else f"the model ({cls.__qualname__})"
+    if isinstance(owner, nn.Sequential) and not _overrides(cls, nn.Sequential):
+        return
+    builtin = cls.__module__.startswith("torch.") and not isinstance(owner, fx.GraphModule)
+    if builtin and not isinstance(owner, _LISTS):
+        raise MorphError(
+            f"{at!r} belongs to {where}, a torch.nn module that may read its layers' parameters "
+            "directly instead of calling them (e.g. nn.MultiheadAttention's in/out projections, "
+            "the fast path of nn.TransformerEncoderLayer); refused"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = _LeafTracer().trace(owner)
+    except Exception:  # an untraceable parent cannot be inspected (module docstring)
+        return
+    reads = sorted(
+        str(n.target)
+        for n in graph.nodes
+        if n.op == "get_attr" and str(n.target).startswith(rel + ".")
+    )
+    if reads:
+        raise MorphError(
+            f"{at!r}: {where} reads {', '.join(reads)} directly in its forward instead of (or "
+            "besides) calling the layer; a replaced layer would break it; refused"
+        )
+    if not any(n.op == "call_module" and n.target == rel for n in graph.nodes):
+        raise MorphError(
+            f"{at!r}: {where} never calls it as a module in its forward; the adapter cannot "
+            "tell how it is used; refused"
+        )
+
+
+def check_no_hooks(module: nn.Module, at: str) -> None:
+    """No hook or parametrization may be attached to ``module`` or its own parameters."""
+    if parametrize.is_parametrized(module):
+        found = {k: [type(p).__name__ for p in v] for k, v in module.parametrizations.items()}
+        raise MorphError(
+            f"{at!r} ({type(module).__qualname__}) has parametrizations {found} "
+            "(torch.nn.utils.parametrize, e.g. weight_norm or spectral_norm): the morph cannot "
+            "carry them over exactly; remove them first (parametrize.remove_parametrizations)"
+        )
+    hooks = [
+        f"{what} {_hook_name(h)}"
+        for attr, what in _HOOKS.items()
+        for h in (getattr(module, attr, None) or {}).values()
+    ]
+    for pname, p in module.named_parameters(recurse=False):
+        for attr in ("_backward_hooks", "_post_accumulate_grad_hooks"):
+            found = (getattr(p, attr, None) or {}).values()
+            hooks += [f"gradient hook {_hook_name(h)} on {pname!r}" for h in found]
+    if hooks:
+        raise MorphError(
+            f"{at!r} ({type(module).__qualname__}) has {', '.join(hooks)}: kept on the morphed "
+            "module they would see a different computation (old-style "
+            "torch.nn.utils.weight_norm/spectral_norm are such hooks); remove them first"
+        )
+
+
+def check_values(module: nn.Module, at: str) -> None:
+    """The parameters and buffers of ``module`` must hold floating-point values."""
+    for pname, t in (*module.named_parameters(), *module.named_buffers()):
+        if isinstance(t, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)):
+            raise ValueError(f"{at!r} has uninitialized (lazy) parameters; run a forward first")
+        if t.is_meta:
+            raise ValueError(
+                f"{at!r}: {pname!r} is on the meta device and holds no values to morph; "
+                "materialise the model first (to_empty() then load_state_dict)"
+            )
+        if pname.rpartition(".")[2] == "num_batches_tracked":
+            continue
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{at!r}: {pname!r} has dtype {t.dtype}; only floating-point layers can be morphed"
+            )
+
+
+def check_unshared(model: nn.Module, names: Iterable[str]) -> None:
+    """The modules ``names`` must be registered once and own their parameters alone."""
+    names = set(names)
+    aliases: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(n)
+    for n in sorted(names):
+        found = aliases.get(id(model.get_submodule(n)), [n])
+        if len(found) > 1:
+            raise MorphError(
+                f"{n!r} is one module registered under several names {found}; morphing one "
+                "name would untie the others; refused"
+            )
+    owners: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(pname)
+    for shared in owners.values():
+        modules = {p.rpartition(".")[0] for p in shared}
+        if len(shared) > 1 and modules & names:
+            raise MorphError(
+                f"tied weights: {' and '.join(shared)} are one Parameter; morphing "
+                f"{sorted(modules & names)} would untie it; refused"
+            )
+
+
+def check_model_values(model: nn.Module) -> None:
+    """No parameter or buffer of ``model`` may be on the meta device (nothing can be measured)."""
+    for pname, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_meta:
+            raise ValueError(
+                f"{type(model).__name__}: {pname!r} is on the meta device and holds no values; "
+                "materialise the model first (to_empty() then load_state_dict)"
+            )
+
+
+def check_editable(model: nn.Module, names: Iterable[str], same_padding: bool = False) -> None:
+    """Every module ``names`` of ``model`` may be replaced or edited by a morph (see the module
+    docstring); conv/linear layers must also be understood and called by their parent.
+    ``same_padding``: the operation handles dynamic "same" padding convs (:mod:`.samepad`)."""
+    names = list(names)
+    check_model_values(model)
+    for at in names:
+        module = model.get_submodule(at)
+        check_values(module, at)
+        check_no_hooks(module, at)
+        if isinstance(module, KNOWN_LAYERS):
+            check_layer_class(module, at, same_padding)
+            check_called_by_parent(model, at)
+    check_unshared(model, names)
+
+
+def check_new_entries(entries: int, like: torch.Tensor, what: str) -> None:
+    """Bound the memory of ``entries`` new weight entries (the model's dtype plus a float64
+    working copy) before allocating them; ResourceLimitError naming ``what`` otherwise."""
+    check_working_set(entries * (like.element_size() + 8), what)
+
+
+def layer_entries(
+    c_in: int, widths: Iterable[int], kernels: Iterable[tuple[int, ...]], groups: int = 1
+) -> int:
+    """Weight entries of a chain of layers from ``c_in`` channels through ``widths`` with
+    ``kernels`` (() for Linear), every layer a conv of ``groups`` groups."""
+    total = 0
+    for w, k in zip(widths, kernels):
+        total += c_in // groups * w * math.prod(k)
+        c_in = w
+    return total
+
+
+def check_widen_memory(
+    model: nn.Module, producers: Iterable[str], consumers: Iterable[str], width: int
+) -> None:
+    """Bound the memory of widening ``producers`` to ``width`` output channels: the channel
+    maps (2 int64 per channel), the producers' new weights and, once known, the consumers'
+    (their input columns grow by width/C)."""
+    layers = [model.get_submodule(n) for n in producers]
+    channels = layers[0].weight.shape[0]
+    entries = sum(width * math.prod(layer.weight.shape[1:]) for layer in layers)
+    for name in consumers:
+        w = model.get_submodule(name).weight
+        cols = -(-w.shape[1] * width // channels) if w.dim() >= 2 else 0
+        entries += w.shape[0] * cols * math.prod(w.shape[2:])
+    like = layers[0].weight
+    check_working_set(
+        16 * width + entries * (like.element_size() + 8),
+        f"widen {list(producers)} to width={width}",
+    )

@@ -1,0 +1,881 @@
+"""Function-preserving growth of transformers (DESIGN.md §8).
+
+Every operation returns ``(child, report)`` like the rest of the adapter; the parent is never
+modified. The model's architecture is recognised from its submodule names
+(:mod:`.transformer_layout`: Hugging Face Llama/Mistral/Qwen2, GPT-2, BERT, ViT, and
+:class:`~netmorph_core.torch.models.LlamaStyle`). New units come in *cancelling sets*: two (or
+three) units with identical input weights whose output columns are C and −C (or C, C, −2C), so
+every new weight is dense and non-zero while their sum adds exactly zero; a unit without a
+partner gets zero output columns.
+
+- :func:`grow_ffn` — more feed-forward hidden units (gated SwiGLU pairs included).
+- :func:`add_heads` — more attention heads of the same head_dim; grouped-query layouts keep
+  every query head with its key/value group.
+- :func:`grow_width` — a wider residual stream d_model → D' for any D' > d_model (D' = k·d + r):
+  the stream becomes x̃ = [x; …; x; a] (k copies, r extra coordinates a = mean(x) under
+  LayerNorm, 0 under RMSNorm), norms get γ·√(kd/D') and eps·kd/D', readers split their
+  columns into k random blocks that sum to W, a tied head's final norm is divided by k.
+- :func:`add_block` — a new block whose branches add exactly zero ("netmorph": dense inner
+  layers in cancelling sets; "zero": zero output projections).
+- :func:`deepen_projection` — a projection W becomes two dense linear layers B·A = W.
+- :func:`conv1d_to_linear` — GPT-2's ``Conv1D`` layers become ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _validation as v
+from .._memory import check_working_set
+from .errors import MorphError
+from .report import MorphReport, Outcome, ParamSource, run_morph
+from .surgery import find_module, gather, replace_module
+from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
+
+METHODS = ("netmorph", "zero")
+SEQ_LEN = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Editing parameters of the child
+
+
+class _Editor:
+    """Replaces parameters of ``child`` by float64 values cast to their dtype, and records the
+    :class:`ParamSource` of each (``index``: per axis, child position → parent position, −1
+    for a new entry) and how many new entries are non-zero."""
+
+    def __init__(self, child: nn.Module, seed: int | None) -> None:
+        self.child = child
+        self.sources: dict[str, ParamSource] = {}
+        self.new_nonzero = 0
+        self.new_total = 0
+        self.gen = torch.Generator().manual_seed(0 if seed is None else seed)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.child.get_parameter(name).detach().to(torch.float64)
+
+    def noise(self, shape: tuple[int, ...], std: float, like: torch.Tensor) -> torch.Tensor:
+        x = torch.randn(shape, generator=self.gen, dtype=torch.float64)
+        return (x * std).to(like.device)
+
+    def put(self, name: str, value: torch.Tensor, index: tuple[np.ndarray | None, ...]) -> None:
+        """Parameter ``name`` becomes ``value``; ``index`` maps it to the parent's ``name``."""
+        module_name, _, attr = name.rpartition(".")
+        module = self.child.get_submodule(module_name)
+        old = getattr(module, attr)
+        setattr(module, attr, nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad))
+        self.sources[name] = ParamSource(name, name, index)
+        new = torch.zeros(value.shape, dtype=torch.bool)
+        for axis, idx in enumerate(index):
+            if idx is not None:
+                shape = [1] * value.dim()
+                shape[axis] = -1
+                new |= torch.as_tensor(idx < 0).view(shape)
+        self.new_total += int(new.sum())
+        self.new_nonzero += int((value.cpu()[new] != 0).sum())
+
+    def put_linear(
+        self,
+        name: str,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        rows: np.ndarray | None,
+        cols: np.ndarray | None,
+    ) -> None:
+        """Set the (out, in) ``weight`` (and ``bias``) of the Linear or Conv1D layer ``name``."""
+        module = self.child.get_submodule(name)
+        if is_conv1d(module):
+            self.put(f"{name}.weight", weight.t().contiguous(), (cols, rows))
+        else:
+            self.put(f"{name}.weight", weight, (rows, cols))
+        if bias is not None and module.bias is not None:
+            self.put(f"{name}.bias", bias, (rows,))
+
+    def linear(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The float64 (out, in) weight and bias of the Linear or Conv1D layer ``name``."""
+        module = self.child.get_submodule(name)
+        w = as_matrix(module).detach().to(torch.float64)
+        b = module.bias.detach().to(torch.float64) if module.bias is not None else None
+        return w, b
+
+    def outcome(self, notes: list[str]) -> Outcome:
+        sync_shapes(self.child)
+        return Outcome(self.new_nonzero, self.new_total, sources=self.sources, notes=notes)
+
+
+def _std(t: torch.Tensor) -> float:
+    s = float(t.std()) if t.numel() > 1 else 0.0
+    return s if s > 0 else 1.0 / math.sqrt(max(t.shape[-1], 1))
+
+
+def _gather_rows(t: torch.Tensor, index: np.ndarray, axis: int = 0) -> torch.Tensor:
+    """Entries of ``t`` along ``axis`` at ``index`` (zeros where index is −1)."""
+    return gather(t, index, axis, 0.0)
+
+
+def _cancel_sets(items: Sequence[int]) -> list[list[int]]:
+    """``items`` split into pairs (the last set a triple when the count is odd); a single
+    item stays alone."""
+    items = list(items)
+    if len(items) < 2:
+        return [[i] for i in items]
+    sets = [items[i : i + 2] for i in range(0, len(items) - len(items) % 2, 2)]
+    if len(items) % 2:
+        sets[-1].append(items[-1])
+    return sets
+
+
+def _coefficients(size: int, method: str) -> list[float]:
+    """Output-column multipliers of a cancelling set: [1, −1], [1, 1, −2]; [0] alone."""
+    if method == "zero" or size == 1:
+        return [0.0] * size
+    return [1.0, -1.0] if size == 2 else [1.0, 1.0, -2.0]
+
+
+def _method(method: object) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return str(method)
+
+
+def _layers(layout: Layout, layers: object) -> tuple[int, ...]:
+    n = len(layout.blocks)
+    if layers is None:
+        return tuple(range(n))
+    items = (layers,) if isinstance(layers, int) else layers
+    if (
+        isinstance(layers, bool)
+        or not isinstance(items, Sequence)
+        or not items
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in items)
+    ):
+        raise ValueError(f"layers must be block indices in [0, {n}), got {layers!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"layers names a block more than once: {list(items)}")
+    return tuple(sorted(items))
+
+
+def _set_config(config: object | None, **values: int) -> None:
+    if config is None:
+        return
+    for key, value in values.items():
+        if hasattr(config, key):
+            setattr(config, key, value)
+
+
+def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]:
+    """Token ids (2, 8) for language models, images (2, C, S, S) for ViT."""
+    gen = torch.Generator().manual_seed(0)
+    first = model.get_submodule(layout.name(layout.family.writers[0]))
+    like = next(model.parameters())
+    if isinstance(first, nn.Embedding):
+        ids = torch.randint(0, first.num_embeddings, (2, SEQ_LEN), generator=gen)
+        return (ids.to(like.device),)
+    config = layout.config
+    size = int(getattr(config, "image_size", 8))
+    channels = int(getattr(config, "num_channels", first.in_channels))
+    return (torch.randn(2, channels, size, size, generator=gen).to(like.device, like.dtype),)
+
+
+def _check_memory(model: nn.Module, factor: float, what: str) -> None:
+    n = sum(p.numel() for p in model.parameters())
+    check_working_set(8.0 * n * (2.0 + factor), what)
+
+
+def _run(
+    operation: str,
+    model: nn.Module,
+    targets: tuple[str, ...],
+    build: object,
+    probe: object,
+    tol: float | None,
+    layout: Layout,
+) -> tuple[nn.Module, MorphReport]:
+    probe = _default_probe(model, layout) if probe is None else probe
+    return run_morph(operation, model, targets, build, probe=probe, tol=tol, layer_scope=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feed-forward hidden units
+
+
+def _ffn_units(
+    edit: _Editor,
+    block: Block,
+    layout: Layout,
+    hidden: int,
+    new_hidden: int,
+    method: str,
+    fresh: bool = False,
+) -> None:
+    """Grow the block's feed-forward hidden size to ``new_hidden``: new input rows random and
+    shared inside each cancelling set, new output columns C·coefficient."""
+    fam = layout.family
+    parent_hidden = 0 if fresh else hidden
+    src = np.concatenate([np.arange(parent_hidden), -np.ones(new_hidden - parent_hidden, int)])
+    sets = _cancel_sets(range(parent_hidden, new_hidden))
+    for rel in fam.ffn_in:
+        w, b = edit.linear(block.name(rel))
+        new_w = _gather_rows(w, src)
+        new_b = _gather_rows(b, src) if b is not None else None
+        std = _std(w)
+        for unit_set in sets:
+            row = edit.noise((w.shape[1],), std, w)
+            for u in unit_set:
+                new_w[u] = row
+        edit.put_linear(block.name(rel), new_w, new_b, src, None)
+    w, b = edit.linear(block.name(fam.ffn_out))
+    new_w = _gather_rows(w, src, axis=1)
+    std = _std(w)
+    for unit_set in sets:
+        col = edit.noise((w.shape[0],), std, w)
+        for u, c in zip(unit_set, _coefficients(len(unit_set), method)):
+            new_w[:, u] = c * col
+    new_b = torch.zeros_like(b) if (fresh and b is not None) else None
+    edit.put_linear(block.name(fam.ffn_out), new_w, new_b, None, src)
+
+
+def grow_ffn(
+    model: nn.Module,
+    width: int,
+    *,
+    layers: object = None,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | None = None,
+    seed: int | None = None,
+) -> tuple[nn.Module, MorphReport]:
+    """The feed-forward hidden size of the blocks ``layers`` (default all) grows to ``width``.
+
+    New hidden units h_new = φ(W_in,new·x) (for SwiGLU: SiLU(gate_new·x)·(up_new·x)) come in
+    cancelling sets sharing their input rows, and the output projection's new columns are
+    C, −C (C, C, −2C) so that W_out,new·h_new = 0; ``method="zero"`` gives zero columns.
+    """
+    layout = describe(model)
+    method = _method(method)
+    chosen = _layers(layout, layers)
+    width = v.positive_int(width, "width")
+    hidden = {
+        i: as_matrix(model.get_submodule(layout.blocks[i].name(layout.family.ffn_out))).shape[1]
+        for i in chosen
+    }
+    if width <= max(hidden.values()):
+        raise ValueError(
+            f"width={width} must exceed the feed-forward hidden size {max(hidden.values())}"
+        )
+    _check_memory(model, width / min(hidden.values()), "grow_ffn")
+
+    def build(child: nn.Module) -> Outcome:
+        edit = _Editor(child, seed)
+        for i in chosen:
+            _ffn_units(edit, layout.blocks[i], layout, hidden[i], width, method)
+            mlp = child.get_submodule(
+                layout.blocks[i].name(layout.family.ffn_out).rpartition(".")[0]
+            )
+            if hasattr(mlp, "intermediate_size"):
+                mlp.intermediate_size = width
+        notes = []
+        if len(chosen) == len(layout.blocks):
+            _set_config(getattr(child, "config", None), intermediate_size=width, n_inner=width)
+        elif layout.config is not None:
+            notes.append("blocks differ in feed-forward size: the config describes the others")
+        if 1 in {width - h for h in hidden.values()} and method == "netmorph":
+            notes.append("one new unit has no partner: its output column is zero")
+        return edit.outcome(notes)
+
+    targets = tuple(layout.blocks[i].name(layout.family.ffn_out) for i in chosen)
+    return _run("grow_ffn", model, targets, build, probe, tol, layout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention heads
+
+
+def _head_sources(heads: int, kv: int, new_heads: int, new_kv: int) -> tuple[np.ndarray, ...]:
+    """Child query head → parent query head, child kv head → parent kv head (−1: new).
+
+    Query head c reads kv head c // (new_heads / new_kv): the parent's heads keep their group
+    (and their order inside it), new ones fill each group's new slots and the new groups."""
+    rep = heads // kv if kv else 0
+    new_rep = new_heads // new_kv
+    c = np.arange(new_heads)
+    group, slot = c // new_rep, c % new_rep
+    q_src = np.where((group < kv) & (slot < rep), group * rep + slot, -1)
+    kv_src = np.where(np.arange(new_kv) < kv, np.arange(new_kv), -1)
+    return q_src, kv_src
+
+
+def _expand_heads(index: np.ndarray, head_dim: int) -> np.ndarray:
+    rows = index[:, None] * head_dim + np.arange(head_dim)
+    return np.where(index[:, None] >= 0, rows, -1).reshape(-1)
+
+
+Rows = list  # [weight (rows, d_in), bias (rows,) or None] of one of q, k, v
+
+
+def _read_qkv(edit: _Editor, block: Block, layout: Layout) -> list[tuple]:
+    """(weight, bias) of q, k and v as (out, in) float64 matrices (a fused q|k|v split)."""
+    fam = layout.family
+    if len(fam.qkv) == 3:
+        return [edit.linear(block.name(rel)) for rel in fam.qkv]
+    w, b = edit.linear(block.name(fam.qkv[0]))
+    d = block.heads * block.head_dim
+    return [
+        (w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d]) for i in range(3)
+    ]
+
+
+def _write_qkv(
+    edit: _Editor, block: Block, layout: Layout, qkv: list[Rows], rows: list[np.ndarray]
+) -> None:
+    """Put q, k, v back (fused into one q|k|v layer where the family has one)."""
+    fam = layout.family
+    if len(fam.qkv) == 3:
+        for rel, (w, b), idx in zip(fam.qkv, qkv, rows):
+            edit.put_linear(block.name(rel), w, b, idx, None)
+        return
+    weight = torch.cat([w for w, _ in qkv])
+    bias = None if qkv[0][1] is None else torch.cat([b for _, b in qkv])
+    d = block.heads * block.head_dim
+    index = np.concatenate([np.where(idx >= 0, idx + i * d, -1) for i, idx in enumerate(rows)])
+    edit.put_linear(block.name(fam.qkv[0]), weight, bias, index, None)
+
+
+def _head_sets(q_src: np.ndarray, new_kv: int, new_rep: int) -> list[list[int]]:
+    """Cancelling sets of the new query heads: inside each key/value group, or across the new
+    groups when every group has one query head (multi-head attention)."""
+    new = np.flatnonzero(q_src < 0)
+    if new_rep == 1:
+        return _cancel_sets(new.tolist())
+    return [s for g in range(new_kv) for s in _cancel_sets(new[new // new_rep == g].tolist())]
+
+
+def _attention_units(
+    edit: _Editor,
+    block: Block,
+    layout: Layout,
+    new_heads: int,
+    new_kv: int,
+    method: str,
+    fresh: bool = False,
+) -> int:
+    """Give ``block`` ``new_heads`` query and ``new_kv`` key/value heads (``fresh``: all of
+    them new, output bias zero); returns how many new heads got zero output columns for want
+    of a partner. New key/value heads are random; the heads of a cancelling set share their q
+    rows (and, across groups, their k and v rows) and get output columns C·coefficient."""
+    fam = layout.family
+    hd = block.head_dim
+    heads, kv = (0, 0) if fresh else (block.heads, block.kv_heads)
+    q_src, kv_src = _head_sources(heads, kv, new_heads, new_kv)
+    new_rep = new_heads // new_kv
+    parts = _read_qkv(edit, block, layout)
+    rows = [_expand_heads(q_src, hd), *(_expand_heads(kv_src, hd),) * 2]
+    qkv = [
+        [_gather_rows(w, idx), None if b is None else _gather_rows(b, idx)]
+        for (w, b), idx in zip(parts, rows)
+    ]
+    d_in = parts[0][0].shape[1]
+
+    def span(j: int) -> slice:
+        return slice(j * hd, (j + 1) * hd)
+
+    for g in np.flatnonzero(kv_src < 0):
+        for target, (w, _) in zip(qkv[1:], parts[1:]):
+            target[0][span(g)] = edit.noise((hd, d_in), _std(w), w)
+    sets = _head_sets(q_src, new_kv, new_rep)
+    for head_set in sets:
+        row = edit.noise((hd, d_in), _std(parts[0][0]), parts[0][0])
+        for h in head_set:
+            qkv[0][0][span(h)] = row
+            if new_rep == 1:  # one query head per group: the set shares k and v rows too
+                for target in qkv[1:]:
+                    target[0][span(h)] = target[0][span(head_set[0])]
+    _write_qkv(edit, block, layout, qkv, rows)
+    w, b = edit.linear(block.name(fam.o))
+    new_w = _gather_rows(w, rows[0], axis=1)
+    for head_set in sets:
+        cols = edit.noise((w.shape[0], hd), _std(w), w)
+        for h, c in zip(head_set, _coefficients(len(head_set), method)):
+            new_w[:, span(h)] = c * cols
+    new_b = torch.zeros_like(b) if (fresh and b is not None) else None
+    edit.put_linear(block.name(fam.o), new_w, new_b, None, rows[0])
+    attention = edit.child.get_submodule(block.name(fam.attention))
+    for attr, value in (
+        ("num_heads", new_heads),
+        ("num_attention_heads", new_heads),
+        ("num_kv_heads", new_kv),
+        ("num_key_value_heads", new_kv),
+        ("num_key_value_groups", new_rep),
+        ("all_head_size", new_heads * hd),
+        ("split_size", new_heads * hd),
+    ):
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, value)
+    return sum(len(head_set) == 1 for head_set in sets)
+
+
+def add_heads(
+    model: nn.Module,
+    heads: int,
+    *,
+    kv_heads: int | None = None,
+    layers: object = None,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | None = None,
+    seed: int | None = None,
+) -> tuple[nn.Module, MorphReport]:
+    """The blocks ``layers`` get ``heads`` query heads (and ``kv_heads`` key/value heads) of
+    the same head_dim; RoPE and the 1/√head_dim scale are unchanged.
+
+    Grouped-query attention: query head c reads key/value head c // (heads / kv_heads), so
+    ``heads`` must be a multiple of ``kv_heads`` (default: unchanged, or ``heads`` for
+    multi-head attention) and each group must keep at least its parent's query heads. New
+    heads come in cancelling sets (identical q rows in one group, output columns ±C) or, with
+    ``method="zero"``, with zero output columns. Families whose config derives head_dim as
+    hidden_size / heads (GPT-2, BERT, ViT) need heads·head_dim = d_model.
+    """
+    layout = describe(model)
+    method = _method(method)
+    chosen = _layers(layout, layers)
+    heads = v.positive_int(heads, "heads")
+    ref = layout.blocks[chosen[0]]
+    mha = ref.kv_heads == ref.heads
+    kv = (
+        (heads if mha else ref.kv_heads)
+        if kv_heads is None
+        else v.positive_int(kv_heads, "kv_heads")
+    )
+    for i in chosen:
+        b = layout.blocks[i]
+        if (b.heads, b.kv_heads, b.head_dim) != (ref.heads, ref.kv_heads, ref.head_dim):
+            raise ValueError(f"layers: blocks {chosen[0]} and {i} have different attention shapes")
+    if heads <= ref.heads:
+        raise ValueError(f"heads={heads} must exceed the current {ref.heads} query heads")
+    if kv < ref.kv_heads:
+        raise ValueError(f"kv_heads={kv} is fewer than the current {ref.kv_heads}")
+    if heads % kv:
+        raise MorphError(
+            f"heads={heads} is not a multiple of kv_heads={kv}: grouped-query attention needs "
+            "the same number of query heads in every key/value group"
+        )
+    if heads // kv < ref.heads // ref.kv_heads:
+        raise MorphError(
+            f"heads={heads}, kv_heads={kv}: {heads // kv} query heads per key/value group cannot "
+            f"keep the parent's {ref.heads // ref.kv_heads} heads of each group together"
+        )
+    if len(layout.family.qkv) == 1 and kv != heads:
+        raise MorphError(f"kv_heads={kv}: {layout.family.name} attention has kv_heads = heads")
+    if layout.family.derived_head_dim and heads * ref.head_dim != layout.d_model:
+        raise MorphError(
+            f"heads={heads} do not divide d_model={layout.d_model} into head_dim "
+            f"{ref.head_dim}: {layout.family.name} derives head_dim = hidden_size / heads "
+            f"(grow d_model to {heads * ref.head_dim} first)"
+        )
+    _check_memory(model, heads / ref.heads, "add_heads")
+
+    def build(child: nn.Module) -> Outcome:
+        edit = _Editor(child, seed)
+        lonely = sum(
+            _attention_units(edit, layout.blocks[i], layout, heads, kv, method) for i in chosen
+        )
+        notes = []
+        if lonely and method == "netmorph":
+            notes.append(f"{lonely} new heads have no partner in their group: zero output columns")
+        if len(chosen) == len(layout.blocks):
+            _set_config(
+                getattr(child, "config", None),
+                num_attention_heads=heads,
+                num_key_value_heads=kv,
+            )
+            if layout.config is not None and hasattr(layout.config, "head_dim"):
+                child.config.head_dim = ref.head_dim
+        elif layout.config is not None:
+            notes.append("blocks differ in head count: the config describes the others")
+        return edit.outcome(notes)
+
+    targets = tuple(layout.blocks[i].name(layout.family.attention) for i in chosen)
+    return _run("add_heads", model, targets, build, probe, tol, layout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Width of the residual stream
+
+
+def _stream_index(d: int, copies: int, extra: int) -> np.ndarray:
+    return np.concatenate([np.tile(np.arange(d), copies), -np.ones(extra, int)])
+
+
+def _write(t: torch.Tensor, axis: int, copies: int, extra: int, kind: str) -> torch.Tensor:
+    """A writer's output axis: [t; …; t; a] with a = mean(t) (LayerNorm) or 0 (RMSNorm)."""
+    a = t.mean(axis, keepdim=True) if kind == "layer" else torch.zeros_like(t.narrow(axis, 0, 1))
+    shape = list(t.shape)
+    shape[axis] = extra
+    return torch.cat([t] * copies + [a.expand(shape)], dim=axis)
+
+
+def _read(edit: _Editor, w: torch.Tensor, copies: int, extra: int, noise: float) -> torch.Tensor:
+    """A reader's (out, in) columns: k blocks W/k + R_j − mean(R) summing to W, then random
+    columns for the extra coordinates (whose normalised value is zero)."""
+    std = _std(w)
+    r = torch.stack([edit.noise(tuple(w.shape), noise * std, w) for _ in range(copies)])
+    blocks = w / copies + r - r.mean(0)
+    return torch.cat([*blocks, edit.noise((w.shape[0], extra), std, w)], dim=1)
+
+
+def _eps_attr(norm: nn.Module) -> str:
+    return next(a for a in ("eps", "variance_epsilon") if isinstance(getattr(norm, a, None), float))
+
+
+def _norm_names(layout: Layout) -> tuple[list[str], str | None]:
+    """The norms on the stream (every block's and the owner's) and the final norm."""
+    fam = layout.family
+    norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
+    norms += [layout.name(rel) for rel in fam.stream_norms]
+    return norms, (layout.name(fam.final_norm) if fam.final_norm else None)
+
+
+def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) -> None:
+    """Every norm must hold a gain (and a float eps) when the width needs them rescaled."""
+    norms, final = _norm_names(layout)
+    for name in [*norms, *([final] if final else [])]:
+        norm = model.get_submodule(name)
+        needs_gain = rescale or (name == final and layout.tied)
+        if needs_gain and getattr(norm, "weight", None) is None:
+            raise MorphError(
+                f"d_model={d_model}: norm {name!r} has no gain to rescale (elementwise_affine="
+                "False); only whole copies of a model without a tied head keep it unchanged"
+            )
+        if rescale and not any(
+            isinstance(getattr(norm, a, None), float) for a in ("eps", "variance_epsilon")
+        ):
+            raise MorphError(
+                f"d_model={d_model}: norm {name!r} has no float eps to rescale (eps=None "
+                "depends on the dtype); use a multiple of the width"
+            )
+
+
+def grow_width(
+    model: nn.Module,
+    d_model: int,
+    *,
+    noise: float = 0.01,
+    probe: object = None,
+    tol: float | None = None,
+    seed: int | None = None,
+) -> tuple[nn.Module, MorphReport]:
+    """The residual stream grows from d to ``d_model`` = k·d + r (any width above d).
+
+    The child's stream is x̃ = [x; …; x; a] (k copies; r coordinates a = mean(x) under
+    LayerNorm, so the mean is kept and the variance becomes (kd/D')·var(x), or a = 0 under
+    RMSNorm). Writers (embeddings, output projections, their biases) get the same rows; every
+    norm gets γ·√(kd/D') on the copies (so its output is unchanged there and zero on the
+    extra coordinates) and eps·kd/D'; readers (q/k/v, feed-forward inputs, head) get k column
+    blocks summing to W (random blocks of relative size ``noise`` projected onto that sum)
+    and random columns on the extra coordinates. A tied output head keeps the embedding's
+    copies, so the final norm is divided by k instead. Post-LN models (BERT) need
+    d_model = k·d: LN(x̃) on extra coordinates is a constant the next residual sum cannot keep.
+    """
+    layout = describe(model)
+    d = layout.d_model
+    d_model = v.positive_int(d_model, "d_model")
+    if d_model <= d:
+        raise ValueError(f"d_model={d_model} must exceed the current width {d}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise ValueError(f"noise must be a non-negative real number, got {noise!r}")
+    copies, extra = divmod(d_model, d)
+    fam = layout.family
+    if fam.post_ln and extra:
+        raise MorphError(
+            f"d_model={d_model} is not a multiple of {d}: {fam.name} normalises after the "
+            "residual sum (post-LN), which only keeps whole copies of the stream"
+        )
+    if layout.head is None:
+        raise MorphError(
+            f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
+            "grow the width of a model with an output head (lm_head, classifier, score)"
+        )
+    head_reads = fam.name != "bert"  # BERT's classifier reads the pooler, not the stream
+    stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
+    _check_norms(model, layout, d_model, rescale=extra > 0)
+    kind = layout.norm_kind
+    ratio = copies * d / d_model
+    _check_memory(model, 2.0 * d_model / d, "grow_width")
+
+    def build(child: nn.Module) -> Outcome:
+        edit = _Editor(child, seed)
+        idx = _stream_index(d, copies, extra)
+        for rel in fam.writers:
+            name = layout.name(rel)
+            if not _exists(child, name):
+                continue
+            obj = _resolve(child, name)
+            if isinstance(obj, nn.Parameter):
+                edit.put(
+                    name,
+                    _write(obj.detach().double(), -1, copies, extra, kind),
+                    (None,) * (obj.dim() - 1) + (idx,),
+                )
+                continue
+            axis = 1 if isinstance(obj, nn.Embedding) else 0
+            w = edit.get(f"{name}.weight")
+            index = tuple(idx if a == axis else None for a in range(w.dim()))
+            edit.put(f"{name}.weight", _write(w, axis, copies, extra, kind), index)
+            if getattr(obj, "bias", None) is not None:
+                edit.put(
+                    f"{name}.bias", _write(edit.get(f"{name}.bias"), 0, copies, extra, kind), (idx,)
+                )
+        for block in layout.blocks:
+            w, b = edit.linear(block.name(fam.o))
+            edit.put_linear(
+                block.name(fam.o),
+                _write(w, 0, copies, extra, kind),
+                None if b is None else _write(b, 0, copies, extra, kind),
+                idx,
+                None,
+            )
+            w, b = edit.linear(block.name(fam.ffn_out))
+            edit.put_linear(
+                block.name(fam.ffn_out),
+                _write(w, 0, copies, extra, kind),
+                None if b is None else _write(b, 0, copies, extra, kind),
+                idx,
+                None,
+            )
+            for rel in (*fam.qkv, *fam.ffn_in):
+                w, _ = edit.linear(block.name(rel))
+                edit.put_linear(
+                    block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
+                )
+        norms, final = _norm_names(layout)
+        for name in [*norms, *([final] if final else [])]:
+            scale = math.sqrt(ratio) / (copies if (name == final and layout.tied) else 1)
+            norm = child.get_submodule(name)
+            if getattr(norm, "weight", None) is not None:
+                g = edit.get(f"{name}.weight")
+                new = torch.cat([g.repeat(copies) * scale, g.mean().expand(extra)])
+                edit.put(f"{name}.weight", new, (idx,))
+            if getattr(norm, "bias", None) is not None:
+                bias = edit.get(f"{name}.bias") / (copies if (name == final and layout.tied) else 1)
+                edit.put(
+                    f"{name}.bias", torch.cat([bias.repeat(copies), bias.new_zeros(extra)]), (idx,)
+                )
+            if extra:
+                attr = _eps_attr(norm)
+                setattr(norm, attr, getattr(norm, attr) * ratio)
+            if isinstance(getattr(norm, "normalized_shape", None), tuple):
+                norm.normalized_shape = (d_model,)
+        readers = stream_readers + ([layout.head] if head_reads and not layout.tied else [])
+        for name in readers:
+            w, _ = edit.linear(name)
+            edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
+        if layout.tied:
+            embed = child.get_submodule(layout.name(fam.writers[0]))
+            child.get_submodule(layout.head).weight = embed.weight
+        notes = []
+        config = getattr(child, "config", None)
+        if config is not None:
+            heads = layout.blocks[0].heads
+            _set_config(config, hidden_size=d_model)
+            if hasattr(config, "head_dim"):
+                config.head_dim = layout.blocks[0].head_dim
+            elif fam.derived_head_dim and heads * layout.blocks[0].head_dim != d_model:
+                notes.append(
+                    f"the config derives head_dim = hidden_size / heads = {d_model / heads:g}, "
+                    f"the attention keeps {layout.blocks[0].head_dim}: until add_heads makes "
+                    "heads·head_dim = d_model, save the model whole (torch.save)"
+                )
+        return edit.outcome(notes)
+
+    return _run("grow_width", model, (layout.blocks_path,), build, probe, tol, layout)
+
+
+def _resolve(model: nn.Module, name: str) -> nn.Module | nn.Parameter:
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, attr)
+
+
+def _exists(model: nn.Module, name: str) -> bool:
+    try:
+        return _resolve(model, name) is not None
+    except AttributeError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth
+
+
+def add_block(
+    model: nn.Module,
+    at: int,
+    *,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | None = None,
+    seed: int | None = None,
+) -> tuple[nn.Module, MorphReport]:
+    """A new block inserted before block ``at`` (``at`` = number of blocks: at the end).
+
+    Pre-norm blocks compute x + f(norm(x)): the new block is exact when its branches add zero.
+    ``"netmorph"``: every inner weight dense and random, the heads and hidden units in
+    cancelling sets (shared q rows / input rows, output columns ±C), output biases zero.
+    ``"zero"``: random inner layers and zero output projections. Norms are copied from the
+    neighbouring block. Post-LN models (BERT) are refused: LN(γ·n + β) ≠ γ·n + β.
+    """
+    layout = describe(model)
+    method = _method(method)
+    n = len(layout.blocks)
+    if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= n:
+        raise ValueError(f"at must be a block index in [0, {n}], got {at!r}")
+    if layout.family.post_ln:
+        raise MorphError(
+            f"at={at}: {layout.family.name} normalises after the residual sum (post-LN); a new "
+            "block would apply LayerNorm again, which is not the identity on LN's output"
+        )
+    template = layout.blocks[min(at, n - 1)]
+    template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
+    _check_memory(model, 1.0 / n, "add_block")
+    prefix = layout.blocks_path
+
+    def build(child: nn.Module) -> Outcome:
+        blocks = child.get_submodule(prefix)
+        blocks.insert(at, copy.deepcopy(blocks[min(at, n - 1)]))
+        for i, block in enumerate(blocks):
+            for m in block.modules():
+                if isinstance(getattr(m, "layer_idx", None), int):
+                    m.layer_idx = i
+        edit = _Editor(child, seed)
+        new_block = Block(f"{prefix}.{at}", template.heads, template.kv_heads, template.head_dim)
+        lonely = _attention_units(
+            edit, new_block, layout, template.heads, template.kv_heads, method, fresh=True
+        )
+        _ffn_units(edit, new_block, layout, template_hidden, template_hidden, method, fresh=True)
+        sources: dict[str, ParamSource] = {}
+        offset = len(prefix) + 1
+        for name, _ in child.named_parameters():
+            if not name.startswith(prefix + "."):
+                continue
+            i, _, rest = name[offset:].partition(".")
+            j = int(i)
+            if j == at:
+                sources[name] = ParamSource(None, f"{template.prefix}.{rest}")
+            elif j > at:
+                sources[name] = ParamSource(f"{prefix}.{j - 1}.{rest}", f"{prefix}.{j - 1}.{rest}")
+        edit.sources = sources
+        config = getattr(child, "config", None)
+        _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
+        if config is not None and isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
+        notes = []
+        if lonely and method == "netmorph":
+            notes.append(f"{lonely} heads have no partner in their group: zero output columns")
+        outcome = edit.outcome(notes)
+        fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
+        outcome.new_total = sum(p.numel() for p in fresh)
+        outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
+        return outcome
+
+    return _run("add_block", model, (f"{prefix}.{at}",), build, probe, tol, layout)
+
+
+def deepen_projection(
+    model: nn.Module,
+    at: str,
+    *,
+    width: int | None = None,
+    probe: object = None,
+    tol: float | None = None,
+    seed: int | None = None,
+) -> tuple[nn.Module, MorphReport]:
+    """The Linear or Conv1D projection ``at`` (out × in matrix W) becomes
+    Sequential(Linear(in, width, no bias), Linear(width, out)) with A = s·Q (Q: width × in,
+    orthonormal columns, random) and B = W·Qᵀ/s, so B·A = W; s balances ‖A‖ and ‖B‖. Both
+    factors are dense. ``width`` ≥ in (default in)."""
+    layer = find_module(model, at)
+    if not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
+        raise TypeError(f"at={at!r} is {type(layer).__name__}; expected Linear or Conv1D")
+    w0 = as_matrix(layer)
+    out_f, in_f = w0.shape
+    width = in_f if width is None else v.positive_int(width, "width")
+    if width < in_f:
+        raise ValueError(f"width={width} must be at least the layer's {in_f} inputs")
+    check_working_set(8.0 * (width * (in_f + out_f) + out_f * in_f) * 3, "deepen_projection")
+    try:
+        layout = describe(model)
+    except MorphError:
+        layout = None
+
+    def build(child: nn.Module) -> Outcome:
+        old = child.get_submodule(at)
+        w = as_matrix(old).detach().to(torch.float64)
+        gen = torch.Generator().manual_seed(0 if seed is None else seed)
+        q, _ = torch.linalg.qr(torch.randn(width, in_f, generator=gen, dtype=torch.float64))
+        q = q.to(w.device)
+        s = math.sqrt(max(float(w.norm()), 1e-30) / math.sqrt(in_f))
+        like = {"device": w.device, "dtype": old.weight.dtype}
+        first = nn.Linear(in_f, width, bias=False, **like)
+        second = nn.Linear(width, out_f, bias=old.bias is not None, **like)
+        with torch.no_grad():
+            first.weight.copy_(s * q)
+            second.weight.copy_(w @ q.t() / s)
+            if old.bias is not None:
+                second.bias.copy_(old.bias)
+        for p, ref in ((first.weight, old.weight), (second.weight, old.weight)):
+            p.requires_grad_(ref.requires_grad)
+        replace_module(child, at, nn.Sequential(first, second))
+        sources = {
+            f"{at}.0.weight": ParamSource(None, f"{at}.weight"),
+            f"{at}.1.weight": ParamSource(None, f"{at}.weight"),
+        }
+        if old.bias is not None:
+            sources[f"{at}.1.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
+        total = width * (in_f + out_f)
+        nonzero = int((first.weight != 0).sum() + (second.weight != 0).sum())
+        return Outcome(nonzero, total, sources=sources)
+
+    probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
+    return run_morph("deepen_projection", model, (at,), build, probe=probe, tol=tol)
+
+
+def conv1d_to_linear(
+    model: nn.Module, *, probe: object = None, tol: float | None = None
+) -> tuple[nn.Module, MorphReport]:
+    """Every transformers ``Conv1D`` (y = x·W + b, W: in × out) becomes the ``nn.Linear``
+    with weight Wᵀ, so the generic adapter (``widen``, ``deepen``) can morph it. Exact: the
+    same products in the same order up to the GEMM's layout."""
+    names = [n for n, m in model.named_modules() if is_conv1d(m)]
+    if not names:
+        raise MorphError(f"{type(model).__name__} has no Conv1D layer")
+    try:
+        layout = describe(model)
+    except MorphError:
+        layout = None
+
+    def build(child: nn.Module) -> Outcome:
+        sources: dict[str, ParamSource] = {}
+        for name in names:
+            old = child.get_submodule(name)
+            nx, nf = old.weight.shape
+            layer = nn.Linear(nx, nf, device=old.weight.device, dtype=old.weight.dtype)
+            with torch.no_grad():
+                layer.weight.copy_(old.weight.t())
+                layer.bias.copy_(old.bias)
+            replace_module(child, name, layer)
+            sources[f"{name}.weight"] = ParamSource(None, f"{name}.weight")
+        return Outcome(
+            0,
+            0,
+            sources=sources,
+            notes=["Conv1D weights transposed: their optimizer state starts anew"],
+        )
+
+    probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
+    return run_morph("conv1d_to_linear", model, tuple(names), build, probe=probe, tol=tol)
