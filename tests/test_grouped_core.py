@@ -120,3 +120,34 @@ def test_bad_grouped_input_names_the_argument(rng) -> None:
         nm.deconv(g, outer=rng.standard_normal((8, 2, 1, 1)), kernel_size=3, groups=3)
     with pytest.raises(TypeError, match="groups must be a positive int"):
         nm.compose(g, g, groups=1.5)
+
+
+@pytest.mark.parametrize(("groups", "c2", "c1", "c0"), SHAPES[:2])
+def test_grouped_results_scale_exactly_by_powers_of_two(groups, c2, c1, c0, rng) -> None:
+    f2 = rng.standard_normal((c2, c1 // groups, 3, 3))
+    f1 = rng.standard_normal((c1, c0 // groups, 3, 3))
+    g = nm.compose(f2, f1, groups=groups)
+    k = 700  # 2^1400 overflows float64 in any Gram or norm of the unscaled inputs
+    assert np.array_equal(nm.compose(np.ldexp(f2, k), np.ldexp(f1, -k), groups=groups), g)
+    x = nm.deconv(g, outer=f2, kernel_size=3, groups=groups)
+    big = nm.deconv(np.ldexp(g, k), outer=np.ldexp(f2, 2), kernel_size=3, groups=groups)
+    assert np.array_equal(big, np.ldexp(x, k - 2))
+    assert nm.residual(np.ldexp(g, k), np.ldexp(f2, k), f1, groups=groups) <= 1e-12
+    with pytest.raises(ValueError, match="beyond the largest float32"):
+        nm.compose(
+            np.ldexp(f2, 100).astype(np.float32),
+            np.ldexp(f1, 100).astype(np.float32),
+            groups=groups,
+        )
+
+
+def test_grouped_memory_bound_before_work(monkeypatch, rng) -> None:
+    monkeypatch.setenv("NETMORPH_MAX_BYTES", "20000")
+    f2 = rng.standard_normal((8, 1, 5, 5))
+    f1 = rng.standard_normal((8, 1, 5, 5))
+    with pytest.raises(nm.ResourceLimitError, match="compose"):
+        nm.compose(f2, f1, groups=8)
+    with pytest.raises(nm.ResourceLimitError, match="deconv"):
+        nm.deconv(rng.standard_normal((8, 1, 9, 9)), outer=f2, kernel_size=5, groups=8)
+    with pytest.raises(nm.ResourceLimitError, match="morph_depth"):
+        nm.morph_depth(rng.standard_normal((8, 1, 9, 9)), 8, 5, 5, groups=8)

@@ -167,3 +167,16 @@ def test_widen_refusals_name_the_node() -> None:
 
     with pytest.raises(MorphError, match=r"reads the shape of a widened tensor|reshapes"):
         widen(Shuffle(), "conv", 6)
+
+
+def test_grouped_layers_pass_the_understood_layer_checks() -> None:
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4)).double()
+    model[1].register_forward_hook(lambda m, i, o: o)
+    for op in (
+        lambda m: deepen(m, "1", input_shape=(1, 4, 6, 6)),
+        lambda m: grow_kernel(m, "1", 5, input_shape=(1, 4, 6, 6)),
+        lambda m: morph_subnet(m, "1", [(4, 3), (None, 1)], input_shape=(1, 4, 6, 6)),
+        lambda m: widen(m, "1", 8, input_shape=(1, 4, 6, 6)),
+    ):
+        with pytest.raises(MorphError, match=r"hook"):
+            op(model)
