@@ -59,14 +59,22 @@ def check_deconv(
 
 
 def check_compose(
-    c_out: int, c_mid: int, c_in: int, k_outer: Sequence[int], k_inner: Sequence[int], what: str
+    c_out: int,
+    c_mid: int,
+    c_in: int,
+    k_outer: Sequence[int],
+    k_inner: Sequence[int],
+    what: str,
+    *,
+    groups: int = 1,
 ) -> None:
     """Working set of F2 (c_out, c_mid, *k_outer) ⊛ F1 (c_mid, c_in, *k_inner): the output of
-    size K_outer + K_inner − 1, the operands, and the transform kernels' copies of all three."""
+    size K_outer + K_inner − 1, the operands, and the transform kernels' copies of all three;
+    ``groups`` such products at once (grouped filters, channel counts per group)."""
     kt = math.prod(a + b - 1 for a, b in zip(k_outer, k_inner))
     entries = c_out * c_in * kt + c_out * c_mid * math.prod(k_outer)
     entries += c_mid * c_in * math.prod(k_inner)
-    check_working_set(_F64 * _COPIES * entries, what)
+    check_working_set(_F64 * _COPIES * groups * entries, what)
 
 
 def check_chain(
@@ -75,10 +83,14 @@ def check_chain(
     widths: Sequence[int],
     kernels: Sequence[Sequence[int]],
     what: str,
+    *,
+    groups: int = 1,
 ) -> None:
     """Bounds of morphing G (c_out, c_in, *K) into the chain of layers (widths[p], kernels[p]),
     data-flow order, widths[-1] = c_out: every filter, every partial composition and the
-    one-sided solves of the first and last layer (the largest dense systems of any method)."""
+    one-sided solves of the first and last layer (the largest dense systems of any method).
+    ``groups`` such chains at once (grouped layers, channel counts per group): the memory of
+    all of them, the Gram order of one."""
     chans = [c_in, *widths]
     kt = [sum(k) - len(k) + 1 for k in zip(*kernels)] if kernels and kernels[0] else []
     entries = c_out * c_in * math.prod(kt)
@@ -86,7 +98,7 @@ def check_chain(
         entries += chans[p + 1] * chans[p] * math.prod(k)
         # partial compositions F_p ⊛ … ⊛ F_0 and F_P ⊛ … ⊛ F_p have at most Kt taps
         entries += max(chans[p + 1] * c_in, c_out * chans[p]) * math.prod(kt)
-    check_working_set(_F64 * _COPIES * entries, what)
+    check_working_set(_F64 * _COPIES * groups * entries, what)
     if len(kernels) < 2:
         return
     rest_in = [max(a - b + 1, 1) for a, b in zip(kt, kernels[0])]

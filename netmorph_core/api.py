@@ -18,28 +18,49 @@ from ._errors import typed_errors
 from ._limits import check_compose, check_deconv
 from ._scaling import normalise, scale_back
 from .backends import select_backend
+from .grouped import (
+    chain_groups,
+    check_compose_grouped,
+    check_divisible,
+    check_groups,
+    compose_grouped,
+    deconv_grouped,
+    relative_residual_grouped,
+)
 from .reference import pad_centered, relative_residual_ref
 from .solver import solve_deconv
 
 
 @typed_errors("compose")
-def compose(f2: np.ndarray, f1: np.ndarray, *, backend: str = "auto") -> np.ndarray:
+def compose(
+    f2: np.ndarray, f1: np.ndarray, *, groups: int = 1, backend: str = "auto"
+) -> np.ndarray:
     """The morphism operator F2 ⊛ F1: the single kernel of "apply F1, then F2".
 
     F2 (C2, C1, *K2), F1 (C1, C0, *K1) -> G (C2, C0, *(K1 + K2 - 1)), with
     G[o, i] = Σ_m full_convolution(F2[o, m], F1[m, i]). 2-D inputs are linear layers.
+    ``groups`` = g: both filters grouped (F2 (C2, C1/g, *K2), F1 (C1, C0/g, *K1)); group j of
+    G (C2, C0/g, *Kt) is F2_j ⊛ F1_j (see :mod:`netmorph_core.grouped`).
     """
+    groups = check_groups(groups)
     arrays, restore = unify({"F2": f2, "F1": f1})
     f2 = v.as_filter(arrays["F2"], "F2")
     f1 = v.as_filter(arrays["F1"], "F1")
     v.same_spatial_rank(f2, "F2", f1, "F1")
-    v.chain_channels(f2, "F2", f1, "F1")
-    check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "compose(F2, F1)")
+    if groups == 1:
+        v.chain_channels(f2, "F2", f1, "F1")
+        check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "compose(F2, F1)")
+    else:
+        chain_groups(f2, f1, groups)
+        check_compose_grouped(f2, f1, groups, "compose(F2, F1)")
     dtype = v.result_dtype(f2, f1)
     impl = select_backend(backend, dtype, f2, f1)
     f2n, e2 = normalise(f2.astype(dtype, copy=False))
     f1n, e1 = normalise(f1.astype(dtype, copy=False))
-    out = namespace(f2).asarray(impl.compose(f2n, f1n))
+    if groups == 1:
+        out = namespace(f2).asarray(impl.compose(f2n, f1n))
+    else:
+        out = namespace(f2).asarray(compose_grouped(f2n, f1n, groups, impl))
     return restore(scale_back(out, e2 + e1, dtype, "compose(F2, F1)"))
 
 
@@ -51,6 +72,7 @@ def deconv(
     inner: np.ndarray | None = None,
     kernel_size: int | Sequence[int],
     init: np.ndarray | None = None,
+    groups: int = 1,
     backend: str = "auto",
 ) -> np.ndarray:
     """Solve G~ = outer ⊛ X (given ``outer=F2``) or G~ = X ⊛ inner (given ``inner=F1``).
@@ -59,7 +81,10 @@ def deconv(
     Returns X with spatial size ``kernel_size``: (C1, C0, *k) for ``outer`` (C2, C1, *K2),
     (C2, C1, *k) for ``inner`` (C1, C0, *K1). Least squares when overdetermined; otherwise
     the exact solution nearest to ``init`` (minimum norm when ``init`` is None).
+    ``groups`` = g: G, the factor and X are grouped filters (C_out, C_in/g, *K); every group is
+    solved at once (:func:`netmorph_core.grouped.deconv_grouped`, float64 on the host).
     """
+    groups = check_groups(groups)
     if (outer is None) == (inner is None):
         raise ValueError("deconv takes exactly one of outer= or inner=")
     side = "outer" if outer is not None else "inner"
@@ -70,26 +95,30 @@ def deconv(
     v.same_spatial_rank(g, "G", factor, side)
     ndim = g.ndim - 2
     k = v.kernel_tuple(kernel_size, ndim, "kernel_size")
+    check_divisible(g.shape[0], groups, "G's output channels")
+    check_divisible(factor.shape[0], groups, f"{side}'s output channels")
     if side == "outer":
         if factor.shape[0] != g.shape[0]:
             raise ValueError(
                 f"outer has {factor.shape[0]} output channels but G has {g.shape[0]}; "
                 "they must match"
             )
-        x_shape = (factor.shape[1], g.shape[1], *k)
+        x_shape = (factor.shape[1] * groups, g.shape[1], *k)
     else:
         if factor.shape[1] != g.shape[1]:
             raise ValueError(
                 f"inner has {factor.shape[1]} input channels but G has {g.shape[1]}; "
                 "they must match"
             )
-        x_shape = (g.shape[0], factor.shape[0], *k)
+        x_shape = (g.shape[0], factor.shape[0] // groups, *k)
     kt = v.effective_size(g.shape[2:], factor.shape[2:], k, "kernel_size")
     what = f"deconv with kernel_size={k} and {side} of shape {tuple(factor.shape)}"
+    # per group: G_j (C2/g, C0/g), outer F2_j (C2/g, C1/g), inner F1_j (C1/g, C0/g)
     if side == "outer":
-        check_deconv(g.shape[0], factor.shape[1], g.shape[1], factor.shape[2:], k, what)
+        c_out, c_mid, c_in = g.shape[0] // groups, factor.shape[1], g.shape[1]
     else:
-        check_deconv(g.shape[1], factor.shape[0], g.shape[0], factor.shape[2:], k, what)
+        c_out, c_mid, c_in = g.shape[1], factor.shape[0] // groups, g.shape[0] // groups
+    check_deconv(c_out, c_mid, c_in, factor.shape[2:], k, what)
     if init is not None:
         init = v.as_filter(init, "init")
         if init.shape != x_shape:
@@ -99,26 +128,37 @@ def deconv(
     xp = namespace(g)
     pads = [(0, 0), (0, 0), *(((t - s) // 2,) * 2 for s, t in zip(g.shape[2:], kt))]
     g_tilde = xp.pad(g, pads)
-    x = solve_deconv(impl, g_tilde, factor, side, k, init)
+    if groups == 1:
+        x = solve_deconv(impl, g_tilde, factor, side, k, init)
+    else:
+        x = deconv_grouped(g_tilde, factor, side, k, init, groups)
     return restore(xp.asarray(x).astype(dtype, copy=False))
 
 
 @typed_errors("residual")
-def residual(g: np.ndarray, f2: np.ndarray, f1: np.ndarray) -> float:
-    """Relative residual ‖F2 ⊛ F1 − G~‖ / ‖G~‖ (float64), G~ = G padded to K1 + K2 - 1.
+def residual(g: np.ndarray, f2: np.ndarray, f1: np.ndarray, *, groups: int = 1) -> float:
+    """Relative residual ‖F2 ⊛ F1 − G~‖ / ‖G~‖ (float64), G~ = G padded to K1 + K2 - 1;
+    ``groups`` as in :func:`compose`.
 
     Computed on power-of-two-normalised inputs: no overflow or underflow at any magnitude
     (the absolute ‖F2 ⊛ F1‖ when G is zero)."""
+    groups = check_groups(groups)
     arrays, _ = unify({"G": g, "F2": f2, "F1": f1})
     g, f2, f1 = (to_host(v.as_filter(arrays[k], k)) for k in ("G", "F2", "F1"))
     v.same_spatial_rank(f2, "F2", f1, "F1")
     v.same_spatial_rank(g, "G", f1, "F1")
-    v.chain_channels(f2, "F2", f1, "F1")
+    if groups == 1:
+        v.chain_channels(f2, "F2", f1, "F1")
+    else:
+        chain_groups(f2, f1, groups)
     if g.shape[:2] != (f2.shape[0], f1.shape[1]):
         raise ValueError(
             f"G must have channels {(f2.shape[0], f1.shape[1])} (C2, C0) to match F2 ⊛ F1, "
             f"got {g.shape[:2]}"
         )
     kt = v.effective_size(g.shape[2:], f2.shape[2:], f1.shape[2:], "F2, F1")
-    check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "residual")
-    return relative_residual_ref(pad_centered(g.astype(np.float64), kt), f2, f1)
+    if groups == 1:
+        check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "residual")
+        return relative_residual_ref(pad_centered(g.astype(np.float64), kt), f2, f1)
+    check_compose_grouped(f2, f1, groups, "residual")
+    return relative_residual_grouped(pad_centered(g.astype(np.float64), kt), [f1, f2], groups)

@@ -12,6 +12,7 @@ from .graph import (
     identity_edge,
     reduce_module,
 )
+from .grouped import separable_depth
 from .kernel import KernelResult, morph_kernel
 from .module import ModuleMorphResult, morph_module
 from .result import MorphResult
@@ -44,6 +45,7 @@ __all__ = [
     "morph_width",
     "net2net_widen",
     "reduce_module",
+    "separable_depth",
     "solvability",
     "split_filter",
     "stable_depth",

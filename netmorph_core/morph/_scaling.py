@@ -70,7 +70,17 @@ def chain_morph(what: str, layout: Layout) -> Callable[[Callable[..., MorphResul
             check_common(bound.arguments)
             widths, kernels = layout(g, bound.arguments)
             layers = ", ".join(f"({w}, {k})" for w, k in zip(widths, kernels))
-            check_chain(g.shape[0], g.shape[1], widths, kernels, f"{what} into [{layers}]")
+            groups = v.positive_int(bound.arguments.get("groups", 1), "groups")
+            # a grouped chain is ``groups`` chains of C/groups channels (exact when divisible;
+            # the grouped morph itself rejects the rest)
+            check_chain(
+                max(g.shape[0] // groups, 1),
+                g.shape[1],
+                [max(w // groups, 1) for w in widths],
+                kernels,
+                f"{what} into [{layers}]" + (f" with groups={groups}" if groups != 1 else ""),
+                groups=groups,
+            )
             parts = len(kernels)
             e = parts * math.ceil(exponent(g) / parts)
             if e == 0:

@@ -69,6 +69,7 @@ def morph_depth(
     tol: float | None = None,
     allow_approximate: bool = False,
     backend: str = "auto",
+    groups: int = 1,
 ) -> MorphResult:
     """Morph G (C2, C0, *K) into F1 (width, C0, *k1) then F2 (C2, width, *k2): F2 ⊛ F1 = G~.
 
@@ -90,7 +91,25 @@ def morph_depth(
     raise ``ValueError`` before any work where counting rules out a dense exact solution
     (:attr:`Solvability.dense_count_ok`: parameters less the channel gauge's C1² against the
     equations of G~), e.g. 3×3 → (3×3, 3×3) below width ≈ 1.52·C for C0 = C2 = C.
+    ``groups`` = g: G (C2, C0/g, *K) is grouped and so are F1 (width, C0/g, *k1) and
+    F2 (C2, width/g, *k2); see :mod:`netmorph_core.morph.grouped`.
     """
+    if groups != 1:
+        from .grouped import grouped_depth  # builds on this module
+
+        return grouped_depth(
+            g,
+            width,
+            k1,
+            k2,
+            groups=groups,
+            method=method,
+            seed=seed,
+            max_iter=max_iter,
+            tol=tol,
+            allow_approximate=allow_approximate,
+            backend=backend,
+        )
     if method == "stable":
         return stable_depth(
             g,

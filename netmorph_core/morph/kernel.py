@@ -16,6 +16,7 @@ import numpy as np
 from .. import _validation as v
 from .._errors import typed_errors
 from .._memory import check_working_set
+from ..grouped import check_divisible, check_groups
 from ..reference import pad_centered
 
 
@@ -33,13 +34,18 @@ class KernelResult:
 
 
 @typed_errors("morph_kernel")
-def morph_kernel(g: np.ndarray, kernel_size: int | Sequence[int]) -> KernelResult:
+def morph_kernel(
+    g: np.ndarray, kernel_size: int | Sequence[int], *, groups: int = 1
+) -> KernelResult:
     """Zero-pad the conv kernel G (C_out, C_in, *K), 1-3 spatial dims, centred to ``kernel_size``.
 
     ``kernel_size`` is an int (every dimension) or one int per spatial dimension; K̃ − K must be
     non-negative and even in each. Returns a new array of G's dtype; G is not modified.
+    A grouped G (C_out, C_in/g, *K) with ``groups`` g is padded the same way (C_out divisible
+    by g).
     """
     g = v.as_filter(g, "G")
+    check_divisible(g.shape[0], check_groups(groups), "G's output channels")
     ndim = g.ndim - 2
     if ndim == 0:
         raise ValueError(

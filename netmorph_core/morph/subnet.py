@@ -60,6 +60,7 @@ def morph_subnet(
     tol: float | None = None,
     allow_approximate: bool = False,
     backend: str = "auto",
+    groups: int = 1,
 ) -> MorphResult:
     """Morph G (C2, C0, *K) into the sequential layers ``layers`` = [(w_0, K_0), …, (C2, K_P)].
 
@@ -70,7 +71,22 @@ def morph_subnet(
     general method. Filters are returned in data-flow order with G's dtype.
     ``method="stable"``: every entry non-zero and on a consistent scale, see
     :func:`netmorph_core.morph.stable.stable_subnet`.
+    ``groups`` = g: G (C2, C0/g, *K) and every layer grouped, solved group by group.
     """
+    if groups != 1:
+        from .grouped import grouped_subnet  # builds on this module
+
+        return grouped_subnet(
+            g,
+            layers,
+            groups=groups,
+            method=method,
+            seed=seed,
+            max_iter=max_iter,
+            tol=tol,
+            allow_approximate=allow_approximate,
+            backend=backend,
+        )
     if method == "stable":
         return stable_subnet(
             g,

@@ -156,6 +156,7 @@ def morph_width(
     zero_preserving: bool = True,
     seed: Seed = None,
     scale: float | None = None,
+    groups: int = 1,
 ) -> WidthResult:
     """Widen the blob between F1 (C1, C0, *K1) and F2 (C2, C1, *K2) to ``width`` channels.
 
@@ -168,11 +169,15 @@ def morph_width(
     ``zero_preserving`` (the paper's rule; ties go to "outer"), else "outer".
     The widened channels are then permuted randomly (``seed``); see :class:`WidthResult`.
     Outputs keep each input's dtype; the inputs are not modified.
+    ``groups`` = g: F1 (C1, C0/g, *K1) and F2 (C2, C1/g, *K2) are grouped; every group gets
+    (width − C1)/g new channels (see :func:`netmorph_core.morph.grouped.grouped_width`).
     """
     f1 = v.as_filter(f1, "F1")
     f2 = v.as_filter(f2, "F2")
     v.same_spatial_rank(f2, "F2", f1, "F1")
-    v.chain_channels(f2, "F2", f1, "F1")
+    groups = v.positive_int(groups, "groups")
+    if groups == 1:
+        v.chain_channels(f2, "F2", f1, "F1")
     c1 = f1.shape[0]
     if b1 is not None:
         b1 = as_bias(b1, c1, "b1")
@@ -186,8 +191,12 @@ def morph_width(
 
     extra = width - c1
     per_row = int(np.prod(f1.shape[1:])) + (1 if b1 is not None else 0)
-    per_col = f2.shape[0] * int(np.prod(f2.shape[2:]))
+    per_col = f2.shape[0] // groups * int(np.prod(f2.shape[2:]))  # a new column per group
     side = _resolve_side(zero_side, bool(zero_preserving), extra * per_row, extra * per_col)
+    if groups != 1:
+        from .grouped import grouped_width  # builds on this module
+
+        return grouped_width(f1, f2, width, groups=groups, b1=b1, side=side, seed=rng, scale=scale)
 
     new_rows = np.zeros((extra, *f1.shape[1:]), dtype=f1.dtype)
     new_bias = np.zeros(extra, dtype=b1.dtype) if b1 is not None else None

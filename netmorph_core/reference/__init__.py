@@ -8,10 +8,13 @@ from .deconv import (
     relative_residual_ref,
     solve_nearest,
 )
+from .grouped import compose_grouped_ref, deconv_grouped_ref
 from .two_sided import deconv_two_sided_ref, two_sided_operator
 
 __all__ = [
+    "compose_grouped_ref",
     "compose_ref",
+    "deconv_grouped_ref",
     "deconv_inner_ref",
     "deconv_outer_ref",
     "deconv_two_sided_ref",

@@ -7,11 +7,16 @@ along the channel axis. The walk follows that tensor through the graph in topolo
   padding modules, identity, scalar arithmetic, spatial means), noting whether a zero
   channel stays zero (φ(0) = 0) and whether gradient passes a zero pre-activation
   (φ'(0) ≠ 0; not for ReLU);
-- BatchNorm and per-channel PReLU pass it on and are widened themselves;
+- BatchNorm (also subclasses with channel-wise activations inside, like timm's
+  BatchNormAct2d), per-channel PReLU and depthwise convolutions (groups = C_in: channel c
+  feeds only its own m output channels) pass it on and are widened themselves;
+- a product with a gate computed from the tensor (squeeze-and-excitation: pool → conv →
+  act → conv → sigmoid) widens the gate's last conv with the same channel map;
 - flatten turns channels into column blocks (channel c owns B consecutive features);
 - concatenation along the channel axis shifts it by the other inputs' channel counts;
 - an add of widened tensors needs every operand widened the same way;
-- Conv and Linear layers consume it: they get new input columns.
+- Conv and Linear layers consume it: they get new input columns. Grouped convolutions with
+  more than one input channel per group are refused (they would need whole new groups).
 
 The channel map ``src`` of a tensor gives, for each child channel, the parent channel it holds
 or −1 for a new channel. Anything else the widened tensor reaches raises :class:`MorphError`.
@@ -110,6 +115,7 @@ _FUNCTIONS: dict[object, tuple[bool, bool]] = {
     torch.sigmoid: (False, True),
     F.sigmoid: (False, True),
     F.softplus: (False, True),
+    F.hardsigmoid: (False, True),
     F.dropout: (True, True),
     F.dropout1d: (True, True),
     F.dropout2d: (True, True),
@@ -144,6 +150,7 @@ _METHODS: dict[str, tuple[bool, bool]] = {
 _ADD = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub", "add_", "sub_"}
 _MUL = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div", "mul_", "div_"}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
+_RESHAPES = {"reshape", "view", "unsqueeze", "expand", "expand_as", "to", "type_as"}
 _REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 
 
@@ -170,7 +177,8 @@ class Flow:
 
 @dataclass(frozen=True)
 class Use:
-    """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm", "prelu"."""
+    """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm", "prelu",
+    "depthwise" (widened channel-wise; ``flow`` is what it consumes)."""
 
     name: str
     kind: str
@@ -183,6 +191,7 @@ class WidthPlan:
 
     producers: tuple[str, ...]
     uses: list[Use] = field(default_factory=list)
+    gates: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def consumers(self) -> list[Use]:
@@ -198,10 +207,11 @@ class WidthPlan:
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer with :class:`PActivation` kept as one (channel-wise) leaf."""
+    """torch.fx's tracer with :class:`PActivation` and every BatchNorm (subclasses included)
+    kept as one leaf."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        leaf = isinstance(m, (PActivation, ChannelLastBatchNorm))
+        leaf = isinstance(m, (PActivation, _BATCH_NORMS))  # ChannelLastBatchNorm included
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
@@ -235,6 +245,9 @@ def _channels(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
             return m.out_features
         if isinstance(m, _BATCH_NORMS):
             return m.num_features
+    if node.op == "call_function" and node.target in _CAT:
+        counts = [_channels(t, modules) for t in _arg(node, 0, "tensors", ())]
+        return None if None in counts else sum(counts)
     inputs = node.all_input_nodes
     return _channels(inputs[0], modules) if inputs else None
 
@@ -372,7 +385,11 @@ class _Walk:
         target = node.target
         if node.op == "call_method" and target == "size":
             if _arg(node, 1, "dim", None) != 0:
-                raise self.fail(node, "reads the channel count of a widened tensor")
+                raise self.fail(
+                    node,
+                    "reads the channel count of a widened tensor; widen does not follow code "
+                    "that computes with it (such as a channel shuffle's reshape)",
+                )
             return
         if node.op == "call_function" and target is getattr and node.args[1] == "shape":
             self.shape_nodes.add(node)
@@ -410,7 +427,8 @@ class _Walk:
             if flow.layout != SPATIAL or flow.ndim != len(m.kernel_size) + 2:
                 raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
             if m.groups != 1:
-                raise self.fail(node, f"is grouped (groups={m.groups}); widen needs groups=1")
+                self._grouped(node, m, flow)
+                return
             self._expect(node, m.in_channels, flow)
             self.plan.uses.append(Use(name, "conv", flow))
         elif isinstance(m, nn.Linear):
@@ -435,6 +453,14 @@ class _Walk:
             self.plan.uses.append(Use(name, "batch_norm", flow))
             last = flow.layout == LAST and not isinstance(m, ChannelLastBatchNorm)
             self.flows[node] = replace(flow, layout=VECTOR if last else flow.layout)
+            for child_name, child in m.named_children():  # e.g. BatchNormAct2d: drop, act
+                if type(child) not in _MODULES:
+                    raise self.fail(
+                        node,
+                        f"applies {type(child).__name__} ({name}.{child_name}) after normalising, "
+                        "which widen does not know to be channel-wise",
+                    )
+                self._pass(node, self.flows[node], *_MODULES[type(child)])
         elif isinstance(m, nn.PReLU):
             if m.num_parameters > 1:
                 self._expect(node, m.num_parameters, flow)
@@ -494,10 +520,74 @@ class _Walk:
             )
         self._pass(node, merged, zero, True)
 
+    def _grouped(self, node: fx.Node, m: nn.Module, flow: Flow) -> None:
+        """A grouped conv consuming the widened tensor: depthwise ones widen channel-wise."""
+        if m.in_channels != m.groups:
+            raise self.fail(
+                node,
+                f"is a grouped convolution (groups={m.groups}, {m.in_channels // m.groups} input "
+                "channels per group): new input channels would need whole new groups, which "
+                "widen does not build; widen layers whose consumers are ungrouped or depthwise",
+            )
+        if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
+            raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
+        self._expect(node, m.in_channels, flow)
+        self.plan.uses.append(Use(node.target, "depthwise", flow))
+        self._pass(
+            node,
+            replace(flow, src=depthwise_outputs(flow.src, m.out_channels // m.groups)),
+            True,
+            True,
+        )
+
+    def _gate(self, node: fx.Node, gate: fx.Node, flow: Flow) -> str:
+        """The conv that computes ``gate`` through single-use channel-wise operations (the
+        expand conv of a squeeze-and-excitation block); MorphError when there is none."""
+        path = gate
+        while True:
+            if len(path.users) != 1:
+                break
+            if path.op == "call_module":
+                m = self.modules[path.target]
+                if isinstance(m, (*CONV_TYPES, nn.Linear)):
+                    if isinstance(m, CONV_TYPES) and m.groups != 1:
+                        break
+                    if path.target in self.producers or path.target in self.plan.gates:
+                        break
+                    if m.weight.shape[0] != flow.parent_channels or flow.layout != SPATIAL:
+                        break
+                    return path.target
+                if type(m) not in _MODULES or len(path.args) != 1:
+                    break
+            elif not (
+                (path.op == "call_function" and path.target in _FUNCTIONS)
+                or (path.op == "call_method" and path.target in _METHODS)
+            ):
+                break
+            path = path.args[0]
+        raise self.fail(
+            node,
+            f"multiplies widened channels with {_describe(gate, self.modules)}, which is not "
+            "widened and not a gate computed by a conv through channel-wise operations",
+        )
+
     def _mul(self, node: fx.Node, widened: list[fx.Node]) -> None:
         tensors = [a for a in self._operands(node) if isinstance(a, fx.Node)]
-        if any(a not in self.flows for a in tensors):
-            raise self.fail(node, "multiplies widened channels with a tensor that is not widened")
+        for a in [t for t in tensors if t not in self.flows]:
+            base = a
+            while base.op == "call_method" and base.target in _RESHAPES:
+                base = base.args[0]
+            if base.op == "get_attr":
+                raise self.fail(
+                    node,
+                    f"multiplies widened channels with the parameter {base.target!r} (a layer "
+                    "scale?), which widen does not resize",
+                )
+            self.plan.gates[self._gate(node, a, self.flows[widened[0]])] = self.flows[
+                widened[0]
+            ].src
+            self.flows[a] = self.flows[widened[0]]
+        tensors = [a for a in tensors if a in self.flows]
         flows = [self.flows[a] for a in tensors]
         if any(not np.array_equal(f.src, flows[0].src) for f in flows):
             raise self.fail(node, "multiplies widened tensors whose channels do not line up")
@@ -601,6 +691,13 @@ class _Walk:
             raise self.fail(node, "reduces over the batch or channel axis")
         ndim = rank if keep else rank - len(axes)
         self.flows[node] = replace(flow, layout=SPATIAL if ndim > 2 else VECTOR, ndim=ndim)
+
+
+def depthwise_outputs(src: np.ndarray, multiplier: int) -> np.ndarray:
+    """The channel map after a depthwise conv with ``multiplier`` outputs per input channel:
+    output c·m + r comes from input c (−1 stays −1: a new channel gives new outputs)."""
+    r = np.arange(multiplier)
+    return np.where(src[:, None] >= 0, src[:, None] * multiplier + r, -1).reshape(-1)
 
 
 def plan_widening(model: nn.Module, producers: Sequence[str], src: np.ndarray) -> WidthPlan:

@@ -28,11 +28,13 @@ from torch import nn
 
 from .. import _validation as v
 from ..morph.depth import METHODS, morph_depth
+from ..morph.grouped import separable_depth
 from .activation import make_activation
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .samepad import split_same_padding
 from .support import check_new_entries, layer_entries
 from .surgery import (
+    CONV_TYPES,
     ConvGeometry,
     find_layer,
     identity_batch_norm,
@@ -58,13 +60,16 @@ def build_chain(
     *,
     activation: object,
     batch_norm: bool,
+    groups: Sequence[int] | None = None,
 ) -> nn.Sequential:
     """The layers F_0 … F_P of ``filters`` (data-flow order) in place of a layer of geometry
     ``geo``: all padding on F_0, the stride on the last layer with a kernel > 1 (every layer
     after it is pointwise, so subsampling commutes), dilation wherever a kernel is > 1; between
     layers [identity BN] → PActivation(a = 1). The last layer gets ``bias``, the others a zero
-    bias when the parent has one. Weights take ``like``'s dtype and device.
+    bias when the parent has one. Weights take ``like``'s dtype and device. ``groups``: each
+    layer's groups (default: the parent's, ``geo.groups``, for every layer).
     """
+    groups = [geo.groups] * len(filters) if groups is None else list(groups)
     n = len(filters)
     kernels = [tuple(f.shape[2:]) for f in filters]
     kt = tuple(sum(ks) - (n - 1) for ks in zip(*kernels))
@@ -88,6 +93,7 @@ def build_chain(
                     pads=inner if j == 0 else ((0, 0),) * geo.ndim,
                     padding_mode=geo.padding_mode if j == 0 else "zeros",
                     zero_pads=outer if j == 0 else (),
+                    groups=groups[j],
                 )
             )
         if j < n - 1:
@@ -146,6 +152,7 @@ def replace_with_chain(
     *,
     activation: object,
     batch_norm: bool,
+    groups: Sequence[int] | None = None,
 ) -> Outcome:
     """Solve the filters of layer ``at`` of ``child`` with ``solve`` (G float64 → filters,
     residual, exact, iterations) and put the chain in its place."""
@@ -159,6 +166,7 @@ def replace_with_chain(
         layer.weight,
         activation=activation,
         batch_norm=batch_norm,
+        groups=groups,
     )
     if same is not None:
         chain = nn.Sequential(same, *chain)
@@ -194,6 +202,7 @@ def deepen(
     input_shape: Sequence[int] | None = None,
     tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
+    separable: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the Conv1d/2d/3d or Linear layer ``at`` by F1 → [BN] → PActivation → F2.
 
@@ -208,29 +217,98 @@ def deepen(
     relative; lower precision: rounding within 8× the parent's own, see :mod:`.report`); a
     number bounds the float64 relative deviation; None never raises. Returns (child, report);
     ``model`` is not modified (also on error).
+
+    A grouped conv (``groups`` g) deepens into F1, F2 with the same ``groups`` (``width``
+    divisible by g). ``separable=True`` makes it (grouped or not) a depthwise F1
+    (C_in·m, 1, *K, groups C_in) → pointwise F2 (1×1, groups g) instead, with ``width`` =
+    C_in·m (default m = min(C_out/g, |K|), the least that is exact; ``kernel_size`` and
+    ``method`` do not apply).
     """
-    layer = find_layer(model, at, same_padding=True)
+    layer = find_layer(model, at, same_padding=True, grouped=True)
+    groups = layer.groups if isinstance(layer, CONV_TYPES) else 1
     out_channels = layer.weight.shape[0]
+    check_flag(separable, "separable")
+    make_activation(activation)
+    check_method(method)
+    check_flag(batch_norm, "batch_norm")
+    if separable:
+        return _deepen_separable(
+            model, at, layer, width, activation, batch_norm, probe, input_shape, tol, seed
+        )
     width = out_channels if width is None else v.positive_int(width, "width")
+    if width % groups:
+        raise ValueError(f"width ({width}) must be divisible by {at!r}'s groups={groups}")
     k1, k2 = parse_kernel_sizes(layer, kernel_size)
-    c_in = layer.weight.shape[1]
+    c_in = layer.weight.shape[1]  # per group
     kernels = [(), ()] if k1 is None else [k1, k2]
     kt = () if k1 is None else tuple(a + b - 1 for a, b in zip(k1, k2))
-    entries = layer_entries(c_in, [width, out_channels], kernels)
+    entries = layer_entries(c_in * groups, [width, out_channels], kernels, groups)
     check_new_entries(
         entries + out_channels * c_in * math.prod(kt),
         layer.weight,
         f"deepen at={at!r} with width={width}, kernel_size={kernel_size!r}",
     )
-    make_activation(activation)
-    check_method(method)
-    check_flag(batch_norm, "batch_norm")
 
     def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
-        res = morph_depth(g, width, k1, k2, method=method, seed=seed)
+        res = morph_depth(g, width, k1, k2, method=method, seed=seed, groups=groups)
         return res.filters, res.residual, res.exact, res.iterations
 
     def build(child: nn.Module) -> Outcome:
         return replace_with_chain(child, at, solve, activation=activation, batch_norm=batch_norm)
+
+    return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)
+
+
+def _deepen_separable(
+    model: nn.Module,
+    at: str,
+    layer: nn.Module,
+    width: int | None,
+    activation: object,
+    batch_norm: bool,
+    probe: object,
+    input_shape: Sequence[int] | None,
+    tol: float | str | None,
+    seed: int | np.random.Generator | None,
+) -> tuple[nn.Module, MorphReport]:
+    """:func:`deepen` with ``separable=True``: depthwise F1 → pointwise F2 (same groups)."""
+    if not isinstance(layer, CONV_TYPES):
+        raise TypeError(f"at={at!r} is {type(layer).__name__}; separable=True needs a conv")
+    c_in = layer.in_channels
+    multiplier = None
+    if width is not None:
+        width = v.positive_int(width, "width")
+        if width % c_in:
+            raise ValueError(
+                f"width ({width}) must be a multiple of {at!r}'s {c_in} input channels for a "
+                "depthwise first layer"
+            )
+        multiplier = width // c_in
+    groups = layer.groups
+    need = min(layer.out_channels // groups, math.prod(layer.kernel_size))
+    if multiplier is not None and multiplier < need:
+        raise ValueError(
+            f"width ({width}) gives {multiplier} depthwise channels per input channel; an exact "
+            f"depthwise + pointwise morph of {at!r} needs at least {need} (width >= {need * c_in})"
+        )
+    width = (multiplier or need) * c_in
+    if width % groups:
+        raise ValueError(f"width ({width}) must be divisible by {at!r}'s groups={groups}")
+    kernel = tuple(layer.kernel_size)
+    check_new_entries(  # depthwise F1, pointwise F2 and the grouped G
+        (width + layer.out_channels * c_in // groups) * math.prod(kernel)
+        + layer.out_channels * width // groups,
+        layer.weight,
+        f"deepen at={at!r} with separable=True, width={width}",
+    )
+
+    def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
+        res = separable_depth(g, groups=groups, multiplier=multiplier, seed=seed)
+        return res.filters, res.residual, res.exact, res.iterations
+
+    def build(child: nn.Module) -> Outcome:
+        return replace_with_chain(
+            child, at, solve, activation=activation, batch_norm=batch_norm, groups=(c_in, groups)
+        )
 
     return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)

@@ -58,12 +58,13 @@ def grow_kernel(
     (parameters ``at.1.weight``/``at.1.bias``; with p = 0 just the conv, zero-padded) and
     accepts the inputs the parent accepts. A dynamic "same" padding conv (:mod:`.samepad`)
     becomes ``nn.Sequential(DynamicSamePad(parent's K, s, d), <conv K̃, zero padding>)``.
+    A grouped conv keeps its ``groups``.
     """
-    layer = find_layer(model, at, CONV_TYPES, same_padding=True)
+    layer = find_layer(model, at, CONV_TYPES, same_padding=True, grouped=True)
     old = tuple(layer.kernel_size)
     size = v.kernel_tuple(kernel_size, len(old), "kernel_size")
     v.effective_size(old, size, (1,) * len(old), "kernel_size")
-    entries = layer.in_channels * layer.out_channels * math.prod(size)
+    entries = layer.in_channels // layer.groups * layer.out_channels * math.prod(size)
     check_new_entries(entries, layer.weight, f"grow_kernel at={at!r} to kernel_size={size}")
 
     def build(child: nn.Module) -> Outcome:
@@ -90,6 +91,7 @@ def grow_kernel(
             dilation=conv.dilation,
             bias=conv.bias is not None,
             padding_mode="zeros" if split else conv.padding_mode,
+            groups=conv.groups,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )

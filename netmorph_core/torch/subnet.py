@@ -75,8 +75,9 @@ def _check_layers(layer: nn.Module, layers: object, name: str) -> int:
         kt = chain_effective_size(g.shape[2:], kernels)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{name}: {exc}") from None
-    c_out, c_in = layer.weight.shape[:2]
-    return layer_entries(c_in, widths, kernels) + c_out * c_in * math.prod(kt)
+    c_out, c_in = layer.weight.shape[:2]  # c_in per group
+    groups = getattr(layer, "groups", 1)
+    return layer_entries(c_in * groups, widths, kernels, groups) + c_out * c_in * math.prod(kt)
 
 
 def morph_subnet(
@@ -94,16 +95,21 @@ def morph_subnet(
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the layer ``at`` by the sequential subnet ``layers`` = [(width, kernel), ...]
     (data-flow order; the last width is the layer's output channels or None; kernels None for
-    Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`."""
-    layer = find_layer(model, at, same_padding=True)
+    Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`. A grouped conv
+    keeps its ``groups`` in every layer (each width divisible by it)."""
+    layer = find_layer(model, at, same_padding=True, grouped=True)
     entries = _check_layers(layer, layers, "layers")
+    groups = getattr(layer, "groups", 1)
+    for p, (w, _) in enumerate(layers):
+        if w is not None and w % groups:
+            raise ValueError(f"layers[{p}]'s width ({w}) must be divisible by groups={groups}")
     check_new_entries(entries, layer.weight, f"morph_subnet at={at!r} with layers={layers!r}")
     make_activation(activation)
     check_method(method)
     check_flag(batch_norm, "batch_norm")
 
     def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
-        res = morph_subnet_filters(g, layers, method=method, seed=seed)
+        res = morph_subnet_filters(g, layers, method=method, seed=seed, groups=groups)
         return res.filters, res.residual, res.exact, res.iterations
 
     def build(child: nn.Module) -> Outcome:

@@ -251,12 +251,14 @@ def check_new_entries(entries: int, like: torch.Tensor, what: str) -> None:
     check_working_set(entries * (like.element_size() + 8), what)
 
 
-def layer_entries(c_in: int, widths: Iterable[int], kernels: Iterable[tuple[int, ...]]) -> int:
+def layer_entries(
+    c_in: int, widths: Iterable[int], kernels: Iterable[tuple[int, ...]], groups: int = 1
+) -> int:
     """Weight entries of a chain of layers from ``c_in`` channels through ``widths`` with
-    ``kernels`` (() for Linear)."""
+    ``kernels`` (() for Linear), every layer a conv of ``groups`` groups."""
     total = 0
     for w, k in zip(widths, kernels):
-        total += c_in * w * math.prod(k)
+        total += c_in // groups * w * math.prod(k)
         c_in = w
     return total
 

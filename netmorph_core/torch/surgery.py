@@ -56,20 +56,23 @@ def find_layer(
     name: str = "at",
     *,
     same_padding: bool = False,
+    grouped: bool = False,
 ) -> nn.Module:
     """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
     MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
-    ``same_padding``: the caller handles dynamic "same" padding convs)."""
+    ``same_padding``: the caller handles dynamic "same" padding convs). Grouped convolutions
+    are accepted only with ``grouped=True`` (ValueError otherwise)."""
     layer = find_module(model, at, name)
     if not isinstance(layer, kinds):
         expected = "/".join(k.__name__ for k in kinds)
         raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
     check_editable(model, [at], same_padding)
-    if isinstance(layer, CONV_TYPES) and layer.groups != 1:
+    if isinstance(layer, CONV_TYPES) and layer.groups != 1 and not grouped:
         raise ValueError(
-            f"{name}={at!r} is a grouped convolution (groups={layer.groups}); only groups=1 "
-            "layers can be morphed"
+            f"{name}={at!r} is a grouped convolution (groups={layer.groups}); this operation "
+            "morphs only groups=1 layers (deepen, grow_kernel, morph_subnet and widen take "
+            "grouped ones)"
         )
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):
         raise ValueError(f"{name}={at!r} has uninitialized (lazy) parameters; run a forward first")
@@ -97,6 +100,7 @@ class ConvGeometry:
     pads: tuple[tuple[int, int], ...]
     padding_mode: str
     has_bias: bool
+    groups: int = 1
 
     @staticmethod
     def of(layer: nn.Module) -> ConvGeometry:
@@ -115,7 +119,14 @@ class ConvGeometry:
         else:
             pads = tuple((p, p) for p in layer.padding)
         return ConvGeometry(
-            len(kernel), kernel, tuple(layer.stride), dilation, pads, layer.padding_mode, has_bias
+            len(kernel),
+            kernel,
+            tuple(layer.stride),
+            dilation,
+            pads,
+            layer.padding_mode,
+            has_bias,
+            layer.groups,
         )
 
     def grown_pads(self, kernel: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
@@ -160,8 +171,10 @@ def make_layer(
     pads: tuple[tuple[int, int], ...] = (),
     padding_mode: str = "zeros",
     zero_pads: tuple[tuple[int, int], ...] = (),
+    groups: int = 1,
 ) -> nn.Module:
-    """A Linear (2-D ``weight``) or Conv{1,2,3}d layer holding ``weight`` and ``bias``.
+    """A Linear (2-D ``weight``) or Conv{1,2,3}d layer holding ``weight`` and ``bias``
+    (a conv with ``groups``: ``weight`` (C_out, C_in/groups, *K)).
 
     Symmetric ``pads`` go to the conv itself (with ``padding_mode``); asymmetric ones to an
     explicit padding module of that mode in front of an unpadded conv. ``zero_pads`` (symmetric)
@@ -169,7 +182,7 @@ def make_layer(
     ``padding_mode`` and ``zero_pads`` to the conv (:meth:`ConvGeometry.split_pads`).
     """
     ndim = weight.dim() - 2
-    c_out, c_in = weight.shape[:2]
+    c_out, c_in = weight.shape[0], weight.shape[1] * groups
     factory = {"device": weight.device, "dtype": weight.dtype}
     outer = any(lo or hi for lo, hi in zero_pads)
     symmetric = all(lo == hi for lo, hi in pads)
@@ -191,6 +204,7 @@ def make_layer(
             dilation=dilation,
             bias=bias is not None,
             padding_mode=mode,
+            groups=groups,
             **factory,
         )
     with torch.no_grad():

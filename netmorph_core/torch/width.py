@@ -16,6 +16,13 @@ New producer rows N1 and new consumer columns N2 satisfy N2 ⊛ N1 = 0:
 Random entries are Gaussian with the std of the existing weights of that layer. The C̃
 channels are then permuted randomly (the same permutation for every producer), which changes
 nothing downstream. BatchNorm is per channel, so the morph is also exact in train mode.
+
+Grouped producers (``groups`` g) get (C̃ − C)/g new channels in every group, permuted within the
+group. A depthwise consumer is widened channel-wise: its new channels get random filters and a
+zero bias (a zero channel stays zero; a non-zero one meets zero columns further on), and its
+next consumer gets the new columns. The gate conv of a squeeze-and-excitation product is
+widened like a producer: a new channel of the product is the widened channel times its gate,
+zero when the widened channel is, and met by zero columns otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from torch import nn
 
 from .. import _validation as v
 from ..morph.width import as_generator, noise_scale
-from .consumers import FLAT, Use, WidthPlan, plan_widening
+from .consumers import FLAT, Use, WidthPlan, depthwise_outputs, plan_widening
 from .errors import MorphError
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .support import check_editable, check_widen_memory
@@ -103,7 +110,7 @@ def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) 
 
 def _check_untied(model: nn.Module, plan: WidthPlan) -> None:
     """The parameters widen replaces must not be shared with other modules."""
-    touched = {*plan.producers, *(use.name for use in plan.uses)}
+    touched = {*plan.producers, *plan.gates, *(use.name for use in plan.uses)}
     owners: dict[int, set[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), set()).add(name.rpartition(".")[0])
@@ -121,8 +128,9 @@ def _apply(
     """Widen the producers and update every use in ``child`` in place."""
     sources: dict[str, ParamSource] = {}
     nonzero = total = 0
-    new = src < 0
-    for name in plan.producers:
+    rows_of = [(name, src) for name in plan.producers] + list(plan.gates.items())
+    for name, mapping in rows_of:
+        new = mapping < 0
         layer = child.get_submodule(name)
         w = layer.weight
         rows = torch.zeros((int(new.sum()), *w.shape[1:]), dtype=w.dtype, device=w.device)
@@ -130,21 +138,21 @@ def _apply(
             rows = _noise(rng, tuple(rows.shape), w, noise_scale(to_numpy64(w)))
         nonzero += int(torch.count_nonzero(rows))
         total += rows.numel()
-        _set_param(layer, "weight", gather(w, src, 0, rows))
+        _set_param(layer, "weight", gather(w, mapping, 0, rows))
         sources[f"{name}.weight"] = ParamSource(
-            f"{name}.weight", f"{name}.weight", (src,) + (None,) * (w.dim() - 1)
+            f"{name}.weight", f"{name}.weight", (mapping,) + (None,) * (w.dim() - 1)
         )
         if layer.bias is not None:
             b = layer.bias
             fill = torch.zeros(int(new.sum()), dtype=b.dtype, device=b.device)
             if side == "outer":
                 fill = _noise(rng, tuple(fill.shape), b, noise_scale(to_numpy64(b)))
-            _set_param(layer, "bias", gather(b, src, 0, fill))
-            sources[f"{name}.bias"] = ParamSource(f"{name}.bias", f"{name}.bias", (src,))
+            _set_param(layer, "bias", gather(b, mapping, 0, fill))
+            sources[f"{name}.bias"] = ParamSource(f"{name}.bias", f"{name}.bias", (mapping,))
         if isinstance(layer, nn.Linear):
-            layer.out_features = src.size
+            layer.out_features = mapping.size
         else:
-            layer.out_channels = src.size
+            layer.out_channels = mapping.size
     for use in plan.uses:
         m = child.get_submodule(use.name)
         s = use.flow.src
@@ -159,6 +167,22 @@ def _apply(
                 m.running_mean = gather(m.running_mean, s, 0, 0.0)
                 m.running_var = gather(m.running_var, s, 0, 1.0)
             m.num_features = s.size
+        elif use.kind == "depthwise":
+            out = depthwise_outputs(s, m.out_channels // m.groups)
+            w = m.weight
+            rows = _noise(rng, (int((out < 0).sum()), *w.shape[1:]), w, noise_scale(to_numpy64(w)))
+            nonzero += int(torch.count_nonzero(rows))
+            total += rows.numel()
+            _set_param(m, "weight", gather(w, out, 0, rows))
+            sources[f"{use.name}.weight"] = ParamSource(
+                f"{use.name}.weight", f"{use.name}.weight", (out,) + (None,) * (w.dim() - 1)
+            )
+            if m.bias is not None:
+                _set_param(m, "bias", gather(m.bias, out, 0, 0.0))
+                sources[f"{use.name}.bias"] = ParamSource(
+                    f"{use.name}.bias", f"{use.name}.bias", (out,)
+                )
+            m.in_channels, m.out_channels, m.groups = s.size, out.size, s.size
         elif use.kind == "prelu":
             _set_param(m, "weight", gather(m.weight, s, 0, float(m.weight.detach().mean())))
             sources[f"{use.name}.weight"] = ParamSource(
@@ -185,6 +209,17 @@ def _apply(
     return Outcome(new_nonzero=nonzero, new_total=total, sources=sources)
 
 
+def grouped_channel_map(
+    rng: np.random.Generator, channels: int, width: int, groups: int
+) -> np.ndarray:
+    """Child channel → parent channel (−1: new) of a producer with ``groups``: every group's
+    C/g old and (C̃ − C)/g new channels, randomly permuted within the group."""
+    cg, wg = channels // groups, width // groups
+    local = np.stack([rng.permutation(wg) for _ in range(groups)])
+    base = np.arange(groups)[:, None] * cg
+    return np.where(local < cg, base + local, -1).reshape(-1)
+
+
 def widen(
     model: nn.Module,
     at: str | Sequence[str],
@@ -207,7 +242,7 @@ def widen(
     torch.fx can trace (MorphError otherwise). Returns (child, report); ``model`` is unchanged.
     """
     names = _names(at)
-    layers = [find_layer(model, n) for n in names]
+    layers = [find_layer(model, n, grouped=True) for n in names]
     counts = {n: layer.weight.shape[0] for n, layer in zip(names, layers)}
     if len(set(counts.values())) > 1:
         raise ValueError(f"layers widened together must have the same output channels: {counts}")
@@ -220,10 +255,17 @@ def widen(
         )
     if zero_side not in ZERO_SIDES:
         raise ValueError(f"zero_side must be one of {ZERO_SIDES}, got {zero_side!r}")
+    groups = {getattr(layer, "groups", 1) for layer in layers}
+    if len(groups) > 1:
+        raise ValueError(f"layers widened together must have the same groups, got {groups}")
+    group_count = groups.pop()
+    if width % group_count:
+        raise ValueError(
+            f"width ({width}) must be divisible by the groups={group_count} of {list(names)}"
+        )
     check_widen_memory(model, names, (), width)
     rng = as_generator(seed)
-    permutation = rng.permutation(width)
-    src = np.where(permutation < channels, permutation, -1)
+    src = grouped_channel_map(rng, channels, width, group_count)
     plan = plan_widening(model, names, src)
     _check_untied(model, plan)
     check_editable(model, [use.name for use in plan.uses])

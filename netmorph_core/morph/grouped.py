@@ -1,0 +1,318 @@
+"""Morphing grouped and depthwise layers (PyTorch's grouped layout, see :mod:`..grouped`).
+
+A layer G (C2, C0/g, *K) with ``groups`` g is g independent layers G_j, so it morphs into
+factors with the same ``groups``: F1 (w, C0/g, *K1) and F2 (C2, w/g, *K2), (F2 ⊛ F1)_j = G~_j.
+
+- ``method="general"`` (depth): Algorithm 1 on all groups at once — every solve is one stacked
+  least-squares call over the groups (:func:`netmorph_core.grouped.deconv_stacked`), the
+  residual is measured over all groups together; a depthwise layer is C single-channel
+  problems in one call.
+- ``"practical"``/``"stable"`` (depth) and every subnet morph: the ungrouped algorithm per
+  group (a loop over the g groups; these searches differ from group to group).
+- :func:`separable_depth`: G into a depthwise F1 (C0·m, 1, *K) followed by a pointwise F2
+  (C2, C0·m/g, 1…) with ``groups`` g: per input channel i the kernels G[:, i] (C2/g × |K|)
+  are the product F2_i (C2/g × m) · F1_i (m × |K|), exact when m ≥ min(C2/g, |K|): F1_i is
+  random (full rank) and F2_i = G_i·F1_i⁺, all channels in one stacked solve.
+- :func:`grouped_width`: new output channels of F1 are added inside every group (w/g per
+  group), permuted within their group; F2's new columns are per group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import _validation as v
+from ..grouped import (
+    check_divisible,
+    check_groups,
+    compose_stacked,
+    deconv_stacked,
+    relative_residual_grouped,
+    stack,
+    swap_stacked,
+    unstack,
+)
+from ..reference import pad_centered
+from .depth import balance, check_options, general_order
+from .result import MorphResult
+from .solvability import layer_kernel, solvability
+from .width import WidthResult, as_generator, noise_scale, target_width
+
+
+def _result(
+    g: np.ndarray,
+    g_tilde: np.ndarray,
+    filters: Sequence[np.ndarray],
+    iterations: int,
+    groups: int,
+    method: str,
+    tol: float,
+    allow_approximate: bool,
+) -> MorphResult:
+    """Cast to G's dtype, measure the grouped residual, raise when it exceeds ``tol``."""
+    out = tuple(np.ascontiguousarray(f, dtype=g.dtype) for f in filters)
+    residual = relative_residual_grouped(g_tilde, list(out), groups)
+    if residual > tol and not allow_approximate:
+        raise ValueError(
+            f"the grouped {method} morph (groups={groups}) has relative residual "
+            f"{residual:.3g} > tol={tol}; use wider layers (more channels per group), "
+            "method='practical', or allow_approximate=True"
+        )
+    return MorphResult(
+        filters=out,
+        residual=residual,
+        iterations=iterations,
+        exact=residual <= tol,
+        method=method,
+        kernel_sizes=tuple(tuple(f.shape[2:]) for f in out),
+    )
+
+
+def grouped_depth(
+    g: np.ndarray,
+    width: int,
+    k1: object,
+    k2: object,
+    *,
+    groups: int,
+    method: str,
+    seed: object,
+    max_iter: int,
+    tol: float | None,
+    allow_approximate: bool,
+    backend: str,
+) -> MorphResult:
+    """:func:`netmorph_core.morph.depth.morph_depth` for a grouped G (C2, C0/g, *K):
+    F1 (width, C0/g, *k1), F2 (C2, width/g, *k2), both with ``groups``."""
+    from .depth import morph_depth  # the ungrouped algorithm, for the per-group methods
+
+    g = v.as_filter(g, "G")
+    groups = check_groups(groups)
+    width = v.positive_int(width, "width")
+    check_divisible(width, groups, "width")
+    check_divisible(g.shape[0], groups, "G's output channels")
+    ndim = g.ndim - 2
+    kernel1 = layer_kernel(k1, ndim, "k1")
+    kernel2 = layer_kernel(k2, ndim, "k2")
+    kt = v.effective_size(g.shape[2:], kernel2, kernel1, "k1, k2")
+    opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
+    g_tilde = pad_centered(g.astype(np.float64), kt)
+    if opts.method != "general":
+        parts = [
+            morph_depth(
+                gj,
+                width // groups,
+                kernel1,
+                kernel2,
+                method=opts.method,
+                seed=opts.rng,
+                max_iter=max_iter,
+                tol=tol,
+                allow_approximate=allow_approximate,
+                backend=backend,
+            )
+            for gj in np.split(g, groups)
+        ]
+        filters = [np.concatenate([p.filters[i] for p in parts]) for i in range(2)]
+        iterations = sum(p.iterations for p in parts)
+        return _result(
+            g, g_tilde, filters, iterations, groups, opts.method, opts.tol, allow_approximate
+        )
+
+    c2g, c0g, c1g = g.shape[0] // groups, g.shape[1], width // groups
+    gt = stack(g_tilde, groups, "G")
+    info = solvability((c2g, c0g, *g.shape[2:]), c1g, kernel1, kernel2)
+    f1 = opts.rng.standard_normal((groups, c1g, c0g, *kernel1)) * math.sqrt(
+        2.0 / (c0g * math.prod(kernel1))
+    )
+    f2 = opts.rng.standard_normal((groups, c2g, c1g, *kernel2)) * math.sqrt(
+        2.0 / (c1g * math.prod(kernel2))
+    )
+    start = float(np.linalg.norm(compose_stacked(f2, f1)))
+    target = float(np.linalg.norm(gt))
+    if start > 0 and target > 0:
+        f1, f2 = f1 * math.sqrt(target / start), f2 * math.sqrt(target / start)
+    ratios = [
+        c1g * math.prod(kernel1) / (c2g * math.prod(kt)),
+        c1g * math.prod(kernel2) / (c0g * math.prod(kt)),
+    ]
+    order = general_order([info.f1_last_exact, info.f2_last_exact], ratios)
+    iterations = 0
+    while True:
+        if order[iterations % 2] == 0:
+            f1 = deconv_stacked(gt, f2, kernel1, f1)
+        else:
+            f2 = swap_stacked(
+                deconv_stacked(swap_stacked(gt), swap_stacked(f1), kernel2, swap_stacked(f2))
+            )
+        iterations += 1
+        diff = float(np.linalg.norm(compose_stacked(f2, f1) - gt))
+        residual = diff / target if target > 0 else diff
+        if residual <= opts.stop_tol or iterations >= opts.max_iter:
+            break
+    if residual > opts.stop_tol and not opts.allow_approximate:
+        raise ValueError(
+            f"the grouped general depth morph (groups={groups}) did not reach tol={opts.tol} "
+            f"(relative residual {residual:.3g} after {iterations} solves); per group:\n"
+            f"{info.explain()}"
+        )
+    filters = balance([unstack(f1), unstack(np.ascontiguousarray(f2))])
+    return _result(g, g_tilde, filters, iterations, groups, "general", opts.tol, allow_approximate)
+
+
+def grouped_subnet(
+    g: np.ndarray,
+    layers: Sequence[tuple[int | None, object]],
+    *,
+    groups: int,
+    method: str,
+    seed: object,
+    max_iter: int,
+    tol: float | None,
+    allow_approximate: bool,
+    backend: str,
+) -> MorphResult:
+    """:func:`netmorph_core.morph.subnet.morph_subnet` for a grouped G: every layer keeps
+    ``groups`` (each width divisible by it), solved group by group."""
+    from .subnet import chain_effective_size, check_layers, morph_subnet
+
+    g = v.as_filter(g, "G")
+    groups = check_groups(groups)
+    check_divisible(g.shape[0], groups, "G's output channels")
+    widths, kernels = check_layers(g, layers)
+    for p, w in enumerate(widths):
+        check_divisible(w, groups, f"layers[{p}]'s width")
+    opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
+    g_tilde = pad_centered(g.astype(np.float64), chain_effective_size(g.shape[2:], kernels))
+    per_group = [(w // groups, k) for w, k in zip(widths, kernels)]
+    parts = [
+        morph_subnet(
+            gj,
+            per_group,
+            method=method,
+            seed=opts.rng,
+            max_iter=max_iter,
+            tol=tol,
+            allow_approximate=allow_approximate,
+            backend=backend,
+        )
+        for gj in np.split(g, groups)
+    ]
+    filters = [np.concatenate([p.filters[i] for p in parts]) for i in range(len(widths))]
+    iterations = sum(p.iterations for p in parts)
+    return _result(g, g_tilde, filters, iterations, groups, method, opts.tol, allow_approximate)
+
+
+def separable_depth(
+    g: np.ndarray,
+    *,
+    groups: int = 1,
+    multiplier: int | None = None,
+    seed: object = None,
+    tol: float | None = None,
+) -> MorphResult:
+    """G (C2, C0/g, *K) with ``groups`` g into a depthwise F1 (C0·m, 1, *K) (groups C0) then a
+    pointwise F2 (C2, C0·m/g, 1, …) (groups g): F2 ⊛ F1 = G exactly.
+
+    ``multiplier`` m (default min(C2/g, |K|)) must be ≥ min(C2/g, |K|) (ValueError otherwise)
+    and C0·m divisible by g. Returns filters (F1, F2) with G's dtype."""
+    g = v.as_filter(g, "G")
+    groups = check_groups(groups)
+    check_divisible(g.shape[0], groups, "G's output channels")
+    ndim = g.ndim - 2
+    if ndim == 0:
+        raise ValueError("G must be a convolution kernel for a depthwise + pointwise morph")
+    c2g, c0g = g.shape[0] // groups, g.shape[1]
+    taps = math.prod(g.shape[2:])
+    need = min(c2g, taps)
+    m = need if multiplier is None else v.positive_int(multiplier, "multiplier")
+    if m < need:
+        raise ValueError(
+            f"multiplier must be at least min(C_out/groups, kernel taps) = {need} for an exact "
+            f"depthwise + pointwise morph, got {m}"
+        )
+    opts = check_options(g, "general", seed, 1, tol, False, "auto")
+    c0 = c0g * groups
+    # Per input channel i (global): G_i (C2/g, |K|) = F2_i (C2/g, m) · F1_i (m, |K|).
+    gi = g.astype(np.float64).reshape(groups, c2g, c0g, taps).transpose(0, 2, 1, 3)
+    if m >= taps:  # random rows span every kernel
+        f1 = opts.rng.standard_normal((groups, c0g, m, taps)) * math.sqrt(2.0 / taps)
+    else:  # m ≥ C2/g: random mixtures of G_i's own rows span them
+        mix = opts.rng.standard_normal((groups, c0g, m, c2g)) * math.sqrt(1.0 / c2g)
+        f1 = mix @ gi
+    f2 = gi @ np.linalg.pinv(f1)  # (g, C0/g, C2/g, m)
+    w1 = f1.reshape(c0 * m, 1, *g.shape[2:])
+    w2 = f2.transpose(0, 2, 1, 3).reshape(g.shape[0], c0g * m, *(1,) * ndim)
+    out = tuple(np.ascontiguousarray(f, dtype=g.dtype) for f in balance([w1, w2]))
+    # 1×1 F2 after depthwise F1: G[o, i] = Σ_r F2[o, i·m + r]·F1[i·m + r], per group.
+    f1_out = out[0].astype(np.float64).reshape(groups, c0g, m, taps)
+    f2_out = out[1].astype(np.float64).reshape(groups, c2g, c0g, m).transpose(0, 2, 1, 3)
+    diff = float(np.linalg.norm(f2_out @ f1_out - gi))
+    scale = float(np.linalg.norm(gi))
+    residual = diff / scale if scale > 0 else diff
+    if residual > opts.tol:
+        raise ValueError(
+            f"the depthwise + pointwise morph has relative residual {residual:.3g} > tol={opts.tol}"
+        )
+    return MorphResult(out, residual, 1, True, "separable", tuple(f.shape[2:] for f in out))
+
+
+def grouped_width(
+    f1: np.ndarray,
+    f2: np.ndarray,
+    width: int,
+    *,
+    groups: int,
+    b1: np.ndarray | None,
+    side: str,
+    seed: object,
+    scale: float | None,
+) -> WidthResult:
+    """:func:`netmorph_core.morph.width.morph_width` for grouped F1 (C1, C0/g, *K1) and
+    F2 (C2, C1/g, *K2): each group gets (width − C1)/g new channels, permuted within the
+    group. ``permutation`` indexes F1ext (old rows, then the new rows group after group) as in
+    :class:`WidthResult`; F2's new columns are appended per group and permuted the same way
+    within it. ``side`` is already resolved ("inner" or "outer")."""
+    c1 = f1.shape[0]
+    width = target_width(width, c1)
+    check_divisible(c1, groups, "F1's output channels")
+    check_divisible(width, groups, "width")
+    if f2.shape[1] * groups != c1:
+        raise ValueError(
+            f"F2 has {f2.shape[1]} input channels per group but F1 has {c1} output channels "
+            f"in {groups} groups; they must match"
+        )
+    rng = as_generator(seed)
+    c1g, wg = c1 // groups, width // groups
+    extra = wg - c1g
+    new_rows = np.zeros((groups, extra, *f1.shape[1:]), dtype=f1.dtype)
+    new_bias = None if b1 is None else np.zeros((groups, extra), dtype=b1.dtype)
+    f2g = stack(f2, groups, "F2")
+    new_cols = np.zeros((groups, f2g.shape[1], extra, *f2.shape[2:]), dtype=f2.dtype)
+    if side == "inner":
+        new_cols[...] = rng.normal(0.0, noise_scale(f2) if scale is None else scale, new_cols.shape)
+    else:
+        new_rows[...] = rng.normal(0.0, noise_scale(f1) if scale is None else scale, new_rows.shape)
+        if b1 is not None:
+            new_bias[...] = rng.normal(0.0, noise_scale(b1), new_bias.shape)
+    local = np.stack([rng.permutation(wg) for _ in range(groups)])  # (g, wg)
+    group = np.arange(groups)[:, None]
+    permutation = np.where(local < c1g, group * c1g + local, c1 + group * extra + local - c1g)
+    permutation = permutation.reshape(-1)
+    f1_out = np.concatenate([f1, new_rows.reshape(-1, *f1.shape[1:])])[permutation]
+    cols = np.concatenate([f2g, new_cols], axis=2)
+    f2_out = unstack(np.stack([cols[j][:, local[j]] for j in range(groups)]))
+    b1_out = None
+    if b1 is not None:
+        b1_out = np.concatenate([b1, new_bias.reshape(-1)])[permutation]
+    return WidthResult(
+        f1=f1_out,
+        b1=b1_out,
+        f2=f2_out,
+        permutation=permutation,
+        zero_side=side,  # type: ignore[arg-type]
+        new_channels=permutation >= c1,
+    )
