@@ -48,8 +48,8 @@ class StdConv2d(nn.Conv2d):
 class Conv2dSame(nn.Conv2d):
     """TF-style dynamic "same" padding (as timm's Conv2dSame): out = ceil(in / stride)."""
 
-    def __init__(self, c_in: int, c_out: int, k: int, stride: int = 1) -> None:
-        super().__init__(c_in, c_out, k, stride, padding=0)
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(c_in, c_out, k, stride, padding=0, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
@@ -447,6 +447,26 @@ def test_dynamic_same_padding_is_kept_exactly(
     }[operation]
     child, report = call()
     assert isinstance(child.conv[0], DynamicSamePad)
+    assert report.rel_dev_f64 <= F64_TOL
+    for size in ((5, 6), (7, 7), (2, 3), (10, 11)):
+        assert rel_dev(model, child, border_input((2, 3, *size), seed=1)) <= F64_TOL
+
+
+@pytest.mark.parametrize("operation", ["deepen", "separable", "grow_kernel", "morph_subnet"])
+def test_dynamic_same_padding_depthwise_is_kept_exactly(operation: str) -> None:
+    """A depthwise TF "same" padding conv (EfficientNet-TF) keeps the rule and its groups."""
+    torch.manual_seed(9)
+    model = Net(DeclaredSameConv(4, 4, 3, 2, groups=4)).double()
+    x = border_input((2, 3, 9, 8))
+    call = {
+        "deepen": lambda: deepen(model, "conv", probe=x, seed=0),
+        "separable": lambda: deepen(model, "conv", separable=True, probe=x, seed=0),
+        "grow_kernel": lambda: grow_kernel(model, "conv", 5, probe=x),
+        "morph_subnet": lambda: morph_subnet(model, "conv", [(8, 3), (None, 1)], probe=x, seed=0),
+    }[operation]
+    child, report = call()
+    assert isinstance(child.conv[0], DynamicSamePad)
+    assert all(m.groups == 4 for m in child.conv.modules() if isinstance(m, nn.Conv2d))
     assert report.rel_dev_f64 <= F64_TOL
     for size in ((5, 6), (7, 7), (2, 3), (10, 11)):
         assert rel_dev(model, child, border_input((2, 3, *size), seed=1)) <= F64_TOL
