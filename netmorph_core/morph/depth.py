@@ -36,6 +36,7 @@ from .common import (
     scale_of,
 )
 from .conditioning import balanced_pair
+from .grouped import grouped_depth
 from .pair import alternate, general_order, practical_search, solve_end_layer, splits
 from .result import MorphResult
 from .solvability import check_dense_count, layer_kernel, solvability
@@ -95,8 +96,6 @@ def morph_depth(
     F2 (C2, width/g, *k2); see :mod:`netmorph_core.morph.grouped`.
     """
     if groups != 1:
-        from .grouped import grouped_depth  # builds on this module
-
         return grouped_depth(
             g,
             width,
@@ -109,6 +108,7 @@ def morph_depth(
             tol=tol,
             allow_approximate=allow_approximate,
             backend=backend,
+            per_group=morph_depth,
         )
     if method == "stable":
         return stable_depth(

@@ -13,14 +13,13 @@ factors with the same ``groups``: F1 (w, C0/g, *K1) and F2 (C2, w/g, *K2), (F2 �
   (C2, C0·m/g, 1…) with ``groups`` g: per input channel i the kernels G[:, i] (C2/g × |K|)
   are the product F2_i (C2/g × m) · F1_i (m × |K|), exact when m ≥ min(C2/g, |K|): F1_i is
   random (full rank) and F2_i = G_i·F1_i⁺, all channels in one stacked solve.
-- :func:`grouped_width`: new output channels of F1 are added inside every group (w/g per
-  group), permuted within their group; F2's new columns are per group.
+- Width: :func:`netmorph_core.morph.width.grouped_width`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -36,10 +35,11 @@ from ..grouped import (
     unstack,
 )
 from ..reference import pad_centered
-from .depth import balance, check_options, general_order
+from .chain import chain_effective_size, check_layers
+from .common import balance, check_options
+from .pair import general_order
 from .result import MorphResult
 from .solvability import layer_kernel, solvability
-from .width import WidthResult, as_generator, noise_scale, target_width
 
 
 def _result(
@@ -84,10 +84,11 @@ def grouped_depth(
     tol: float | None,
     allow_approximate: bool,
     backend: str,
+    per_group: Callable[..., MorphResult],
 ) -> MorphResult:
     """:func:`netmorph_core.morph.depth.morph_depth` for a grouped G (C2, C0/g, *K):
-    F1 (width, C0/g, *k1), F2 (C2, width/g, *k2), both with ``groups``."""
-    from .depth import morph_depth  # the ungrouped algorithm, for the per-group methods
+    F1 (width, C0/g, *k1), F2 (C2, width/g, *k2), both with ``groups``. ``per_group`` is the
+    ungrouped depth morph, run group by group for the practical and stable methods."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
@@ -102,7 +103,7 @@ def grouped_depth(
     g_tilde = pad_centered(g.astype(np.float64), kt)
     if opts.method != "general":
         parts = [
-            morph_depth(
+            per_group(
                 gj,
                 width // groups,
                 kernel1,
@@ -174,10 +175,11 @@ def grouped_subnet(
     tol: float | None,
     allow_approximate: bool,
     backend: str,
+    per_group: Callable[..., MorphResult],
 ) -> MorphResult:
     """:func:`netmorph_core.morph.subnet.morph_subnet` for a grouped G: every layer keeps
-    ``groups`` (each width divisible by it), solved group by group."""
-    from .subnet import chain_effective_size, check_layers, morph_subnet
+    ``groups`` (each width divisible by it), solved group by group with the ungrouped subnet
+    morph ``per_group``."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
@@ -187,11 +189,11 @@ def grouped_subnet(
         check_divisible(w, groups, f"layers[{p}]'s width")
     opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
     g_tilde = pad_centered(g.astype(np.float64), chain_effective_size(g.shape[2:], kernels))
-    per_group = [(w // groups, k) for w, k in zip(widths, kernels)]
+    layer_widths = [(w // groups, k) for w, k in zip(widths, kernels)]
     parts = [
-        morph_subnet(
+        per_group(
             gj,
-            per_group,
+            layer_widths,
             method=method,
             seed=opts.rng,
             max_iter=max_iter,
@@ -258,61 +260,3 @@ def separable_depth(
             f"the depthwise + pointwise morph has relative residual {residual:.3g} > tol={opts.tol}"
         )
     return MorphResult(out, residual, 1, True, "separable", tuple(f.shape[2:] for f in out))
-
-
-def grouped_width(
-    f1: np.ndarray,
-    f2: np.ndarray,
-    width: int,
-    *,
-    groups: int,
-    b1: np.ndarray | None,
-    side: str,
-    seed: object,
-    scale: float | None,
-) -> WidthResult:
-    """:func:`netmorph_core.morph.width.morph_width` for grouped F1 (C1, C0/g, *K1) and
-    F2 (C2, C1/g, *K2): each group gets (width − C1)/g new channels, permuted within the
-    group. ``permutation`` indexes F1ext (old rows, then the new rows group after group) as in
-    :class:`WidthResult`; F2's new columns are appended per group and permuted the same way
-    within it. ``side`` is already resolved ("inner" or "outer")."""
-    c1 = f1.shape[0]
-    width = target_width(width, c1)
-    check_divisible(c1, groups, "F1's output channels")
-    check_divisible(width, groups, "width")
-    if f2.shape[1] * groups != c1:
-        raise ValueError(
-            f"F2 has {f2.shape[1]} input channels per group but F1 has {c1} output channels "
-            f"in {groups} groups; they must match"
-        )
-    rng = as_generator(seed)
-    c1g, wg = c1 // groups, width // groups
-    extra = wg - c1g
-    new_rows = np.zeros((groups, extra, *f1.shape[1:]), dtype=f1.dtype)
-    new_bias = None if b1 is None else np.zeros((groups, extra), dtype=b1.dtype)
-    f2g = stack(f2, groups, "F2")
-    new_cols = np.zeros((groups, f2g.shape[1], extra, *f2.shape[2:]), dtype=f2.dtype)
-    if side == "inner":
-        new_cols[...] = rng.normal(0.0, noise_scale(f2) if scale is None else scale, new_cols.shape)
-    else:
-        new_rows[...] = rng.normal(0.0, noise_scale(f1) if scale is None else scale, new_rows.shape)
-        if b1 is not None:
-            new_bias[...] = rng.normal(0.0, noise_scale(b1), new_bias.shape)
-    local = np.stack([rng.permutation(wg) for _ in range(groups)])  # (g, wg)
-    group = np.arange(groups)[:, None]
-    permutation = np.where(local < c1g, group * c1g + local, c1 + group * extra + local - c1g)
-    permutation = permutation.reshape(-1)
-    f1_out = np.concatenate([f1, new_rows.reshape(-1, *f1.shape[1:])])[permutation]
-    cols = np.concatenate([f2g, new_cols], axis=2)
-    f2_out = unstack(np.stack([cols[j][:, local[j]] for j in range(groups)]))
-    b1_out = None
-    if b1 is not None:
-        b1_out = np.concatenate([b1, new_bias.reshape(-1)])[permutation]
-    return WidthResult(
-        f1=f1_out,
-        b1=b1_out,
-        f2=f2_out,
-        permutation=permutation,
-        zero_side=side,  # type: ignore[arg-type]
-        new_channels=permutation >= c1,
-    )

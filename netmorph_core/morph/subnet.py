@@ -37,6 +37,7 @@ from .chain import (
 )
 from .common import Seed, check_options, finish
 from .conditioning import balanced_pair
+from .grouped import grouped_subnet
 from .result import MorphResult
 from .stable import stable_subnet
 
@@ -74,8 +75,6 @@ def morph_subnet(
     ``groups`` = g: G (C2, C0/g, *K) and every layer grouped, solved group by group.
     """
     if groups != 1:
-        from .grouped import grouped_subnet  # builds on this module
-
         return grouped_subnet(
             g,
             layers,
@@ -86,6 +85,7 @@ def morph_subnet(
             tol=tol,
             allow_approximate=allow_approximate,
             backend=backend,
+            per_group=morph_subnet,
         )
     if method == "stable":
         return stable_subnet(

@@ -21,6 +21,7 @@ from .. import _validation as v
 from .._errors import typed_errors
 from .._memory import check_working_set
 from .._scaling import ldexp_float, normalise, scale_back
+from ..grouped import check_divisible, stack, unstack
 
 ZeroSide = Literal["inner", "outer", "auto"]
 Seed = int | np.integer | np.random.Generator | None
@@ -170,7 +171,7 @@ def morph_width(
     The widened channels are then permuted randomly (``seed``); see :class:`WidthResult`.
     Outputs keep each input's dtype; the inputs are not modified.
     ``groups`` = g: F1 (C1, C0/g, *K1) and F2 (C2, C1/g, *K2) are grouped; every group gets
-    (width − C1)/g new channels (see :func:`netmorph_core.morph.grouped.grouped_width`).
+    (width − C1)/g new channels (see :func:`grouped_width`).
     """
     f1 = v.as_filter(f1, "F1")
     f2 = v.as_filter(f2, "F2")
@@ -194,8 +195,6 @@ def morph_width(
     per_col = f2.shape[0] // groups * int(np.prod(f2.shape[2:]))  # a new column per group
     side = _resolve_side(zero_side, bool(zero_preserving), extra * per_row, extra * per_col)
     if groups != 1:
-        from .grouped import grouped_width  # builds on this module
-
         return grouped_width(f1, f2, width, groups=groups, b1=b1, side=side, seed=rng, scale=scale)
 
     new_rows = np.zeros((extra, *f1.shape[1:]), dtype=f1.dtype)
@@ -220,5 +219,63 @@ def morph_width(
         f2=f2_out,
         permutation=permutation,
         zero_side=side,
+        new_channels=permutation >= c1,
+    )
+
+
+def grouped_width(
+    f1: np.ndarray,
+    f2: np.ndarray,
+    width: int,
+    *,
+    groups: int,
+    b1: np.ndarray | None,
+    side: str,
+    seed: object,
+    scale: float | None,
+) -> WidthResult:
+    """:func:`netmorph_core.morph.width.morph_width` for grouped F1 (C1, C0/g, *K1) and
+    F2 (C2, C1/g, *K2): each group gets (width − C1)/g new channels, permuted within the
+    group. ``permutation`` indexes F1ext (old rows, then the new rows group after group) as in
+    :class:`WidthResult`; F2's new columns are appended per group and permuted the same way
+    within it. ``side`` is already resolved ("inner" or "outer")."""
+    c1 = f1.shape[0]
+    width = target_width(width, c1)
+    check_divisible(c1, groups, "F1's output channels")
+    check_divisible(width, groups, "width")
+    if f2.shape[1] * groups != c1:
+        raise ValueError(
+            f"F2 has {f2.shape[1]} input channels per group but F1 has {c1} output channels "
+            f"in {groups} groups; they must match"
+        )
+    rng = as_generator(seed)
+    c1g, wg = c1 // groups, width // groups
+    extra = wg - c1g
+    new_rows = np.zeros((groups, extra, *f1.shape[1:]), dtype=f1.dtype)
+    new_bias = None if b1 is None else np.zeros((groups, extra), dtype=b1.dtype)
+    f2g = stack(f2, groups, "F2")
+    new_cols = np.zeros((groups, f2g.shape[1], extra, *f2.shape[2:]), dtype=f2.dtype)
+    if side == "inner":
+        new_cols[...] = rng.normal(0.0, noise_scale(f2) if scale is None else scale, new_cols.shape)
+    else:
+        new_rows[...] = rng.normal(0.0, noise_scale(f1) if scale is None else scale, new_rows.shape)
+        if b1 is not None:
+            new_bias[...] = rng.normal(0.0, noise_scale(b1), new_bias.shape)
+    local = np.stack([rng.permutation(wg) for _ in range(groups)])  # (g, wg)
+    group = np.arange(groups)[:, None]
+    permutation = np.where(local < c1g, group * c1g + local, c1 + group * extra + local - c1g)
+    permutation = permutation.reshape(-1)
+    f1_out = np.concatenate([f1, new_rows.reshape(-1, *f1.shape[1:])])[permutation]
+    cols = np.concatenate([f2g, new_cols], axis=2)
+    f2_out = unstack(np.stack([cols[j][:, local[j]] for j in range(groups)]))
+    b1_out = None
+    if b1 is not None:
+        b1_out = np.concatenate([b1, new_bias.reshape(-1)])[permutation]
+    return WidthResult(
+        f1=f1_out,
+        b1=b1_out,
+        f2=f2_out,
+        permutation=permutation,
+        zero_side=side,  # type: ignore[arg-type]
         new_channels=permutation >= c1,
     )
