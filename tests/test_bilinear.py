@@ -23,12 +23,19 @@ def _g(c: int, seed: int = 0) -> np.ndarray:
 def test_width_2c_is_exact_and_dense(c):
     g = _g(c)
     info = solvability(g.shape, 2 * c, 3, 3)
-    assert bilinear.in_bilinear_regime(info)
+    assert bilinear.use_bilinear(info)
     r = morph_depth(g, 2 * c, 3, 3, method="general", seed=1)
     assert r.exact and r.residual <= TOL64
     assert r.residual == pytest.approx(nm.residual(g, r.filters[1], r.filters[0]), rel=1e-6)
     assert all(np.all(f != 0) for f in r.filters)
     assert r.iterations > bilinear.WARMUP_SOLVES  # the alternation alone does not get there
+
+
+def test_joint_solver_only_on_the_exact_steps_sizes():
+    # C = 16, width 32: in the regime, but G~ has 6400 > EXPLICIT_ROWS entries.
+    info = solvability((16, 16, 3, 3), 32, 3, 3)
+    assert bilinear.in_bilinear_regime(info) and not bilinear.use_bilinear(info)
+    assert not bilinear.in_bilinear_regime(solvability((8, 8, 3, 3), 23, 3, 3))  # one-sided
 
 
 def test_alternation_alone_stalls_in_the_regime():
