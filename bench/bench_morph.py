@@ -88,12 +88,12 @@ def test_3_into_3_3(benchmark, c, factor, method):
     _record(benchmark, res, g)
 
 
-#: The bilinear regime at width 2C, general (two alternating solves, then Levenberg–Marquardt
-#: on both factors, :mod:`netmorph_core.morph.bilinear`, while G~ has at most 4096 entries,
-#: i.e. C ≤ 12; beyond, the alternation) against the practical morph; the residual reached in
-#: 100 iterations is recorded.
+#: The bilinear regime at width 2C, general and stable (two alternating solves, then
+#: Levenberg–Marquardt on both factors, :mod:`netmorph_core.morph.bilinear`, while G~ has at
+#: most 4096 entries, i.e. C ≤ 12; beyond, the alternation) against the practical morph; the
+#: residual reached in 100 iterations is recorded.
 BILINEAR_2C_CASES = [
-    *((c, m) for c in (4, 8) for m in ("practical", "general")),
+    *((c, m) for c in (4, 8) for m in ("practical", "general", "stable")),
     *(pytest.param(c, m, marks=FULL_ONLY) for c in (12, 16) for m in ("practical", "general")),
 ]
 
