@@ -91,3 +91,26 @@ def test_stable_in_the_regime():
     assert r.exact and r.residual <= TOL64
     for f in r.filters:
         assert np.all(np.abs(f) >= 0.05 * np.std(f) * (1 - 1e-9))
+
+
+def test_assembled_normal_matrix_is_j_jt():
+    # J built column by column from J·(E, D) = F2 ⊛ E + D ⊛ F1; Jᵀ checked through the adjoint.
+    rng = np.random.default_rng(6)
+    c0, w, c2 = 2, 3, 3
+    f1 = rng.standard_normal((w, c0, 3, 3))
+    f2 = rng.standard_normal((c2, w, 3, 3))
+    impl = select_backend("auto", np.dtype(np.float64), f1)
+    pair = bilinear._Pair(impl, f1, f2)
+    n1, n2 = f1.size, f2.size
+    cols = []
+    for j in range(n1 + n2):
+        x = np.zeros(n1 + n2)
+        x[j] = 1.0
+        cols.append(pair.apply(x[:n1].reshape(f1.shape), x[n1:].reshape(f2.shape)).ravel())
+    jac = np.stack(cols, axis=1)
+    np.testing.assert_allclose(pair.normal_matrix(c0, c2), jac @ jac.T, rtol=1e-12, atol=1e-10)
+    y = rng.standard_normal((c2, c0, 5, 5))
+    e, d = pair.adjoint(y)
+    np.testing.assert_allclose(
+        np.concatenate([e.ravel(), d.ravel()]), jac.T @ y.ravel(), atol=1e-10
+    )

@@ -178,7 +178,10 @@ def _exact_step(
     c2, c0 = r.shape[:2]
     m = pair.normal_matrix(c0, c2)
     m[np.diag_indices_from(m)] += lam * float(np.mean(np.diag(m)))
-    y = scipy.linalg.solve(m, -r.ravel(), assume_a="pos", check_finite=False)
+    try:
+        y = scipy.linalg.solve(m, -r.ravel(), assume_a="pos", check_finite=False)
+    except np.linalg.LinAlgError:  # numerically singular: a null step, so λ grows
+        y = np.zeros(r.size)
     return pair.adjoint(y.reshape(r.shape))
 
 
