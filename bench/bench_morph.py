@@ -4,6 +4,7 @@ its baseline in one run: the general (or practical) morph of the same layer.
 - stable 3×3 → (3×3, 1×1) at width C against the general morph of the same layer;
 - 3×3 → (3×3, 3×3) at width 3C (one-sided exact) and 2C (bilinear regime; the residual
   reached is recorded) against the practical morph;
+- 3×3 → (3×3, 3×3) at width 2C, the bilinear solver against the practical morph;
 - morph_subnet(G, [(C, 1), (C, 3), (None, 1)]) general against practical;
 - the ViT patch embedding (192, 3, 16, 16) with k2 = 1 against a C = 256 3/1 general morph;
 - a 512 → 1000 Linear deepened to width 1024, with the float32 and bfloat16 noise ratios
@@ -85,6 +86,36 @@ def test_3_into_3_3(benchmark, c, factor, method):
         **info,
     )
     _record(benchmark, res, g)
+
+
+#: The bilinear regime at width 2C, general and stable (two alternating solves, then
+#: Levenberg–Marquardt on both factors, :mod:`netmorph_core.morph.bilinear`, while G~ has at
+#: most 4096 entries, i.e. C ≤ 12; beyond, the alternation) against the practical morph; the
+#: residual reached in 100 iterations is recorded.
+BILINEAR_2C_CASES = [
+    *((c, m) for c in (4, 8) for m in ("practical", "general", "stable")),
+    *(pytest.param(c, m, marks=FULL_ONLY) for c in (12, 16) for m in ("practical", "general")),
+]
+
+
+@pytest.mark.parametrize(("c", "method"), BILINEAR_2C_CASES, ids=str)
+def test_bilinear_width_2c(benchmark, c, method):
+    g = _layer((c, c, 3, 3))
+    fn = lambda: morph_depth(  # noqa: E731
+        g, 2 * c, 3, 3, method=method, seed=0, max_iter=100, allow_approximate=True
+    )
+    info = {"shape": f"G ({c}, {c}, 3, 3) -> (3x3, 3x3) width {2 * c}", "dtype": "float64"}
+    res = run(
+        benchmark,
+        fn,
+        group=f"bilinear {info['shape']}",
+        impl=method,
+        baseline=method == "practical",
+        rounds=1,
+        **info,
+    )
+    _record(benchmark, res, g)
+    benchmark.extra_info["iterations"] = res.iterations
 
 
 @pytest.mark.parametrize("method", ["practical", "general"])

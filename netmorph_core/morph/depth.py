@@ -21,6 +21,7 @@ import numpy as np
 from .. import _validation as v
 from ..reference import pad_centered
 from ._scaling import chain_morph, depth_layout
+from .bilinear import WARMUP_SOLVES, solve_bilinear, use_bilinear
 from .common import (
     DEFAULT_TOL,
     METHODS,
@@ -81,6 +82,10 @@ def morph_depth(
     alternately, starting with the side whose one-solve exactness condition holds
     (see :func:`solvability`), until the residual is ≤ ``tol`` or ``max_iter`` solves; the
     entries are non-zero (save the structural zeros of a square system's unique solution).
+    Where neither side is exact but counting admits a dense exact pair (the bilinear regime,
+    e.g. 3×3 → (3×3, 3×3) at width 2C) and G~ has at most 4096 entries (C ≤ 12 there), two
+    alternating solves are followed by Levenberg–Marquardt on both factors at once
+    (:mod:`netmorph_core.morph.bilinear`), each step counting as one iteration.
     ``method="practical"`` (Algorithm 2): one factor's kernel is shrunk until a single solve
     is exact, the shrunk factor is zero-padded back (any parity), choosing the exact
     candidate with the most non-zeros. ``tol`` defaults to 1e-10 (float64 G) or 1e-5
@@ -160,14 +165,20 @@ def morph_depth(
         width * math.prod(kernel2) / (c0 * math.prod(kt)),
     ]
     order = general_order([info.f1_last_exact, info.f2_last_exact], ratios)
+    bilinear = use_bilinear(info)
     filters, iterations, residual = alternate(
         g_tilde,
         start,
         order,
         lambda p, fs: solve_end_layer(opts.backend, g_tilde, fs, p),
         opts.stop_tol,
-        opts.max_iter,
+        min(opts.max_iter, WARMUP_SOLVES) if bilinear else opts.max_iter,
     )
+    if bilinear and residual > opts.stop_tol and iterations < opts.max_iter:
+        f1, f2, steps, residual = solve_bilinear(
+            opts.backend, g_tilde, *filters, opts.stop_tol, opts.max_iter - iterations
+        )
+        filters, iterations = [f1, f2], iterations + steps
     if residual > opts.stop_tol and not opts.allow_approximate:
         raise ValueError(
             f"the general depth morph did not reach tol={opts.tol} (relative residual "

@@ -7,7 +7,8 @@ With x all the entries and r(x) = F_P ⊛ … ⊛ F_0 − G~ it is a projected (
 
 1. Start: the general algorithm (random orthogonal factors, one-sided deconvolutions nearest
    the iterate; exact in one solve when a per-side condition holds) for 2·(P + 1) solves,
-   then Gauss–Newton on all factors at once with minimum-norm steps (:func:`gauss_newton`)
+   then Gauss–Newton on all factors at once with minimum-norm steps (:func:`gauss_newton`;
+   for a pair in the bilinear regime :func:`netmorph_core.morph.bilinear.solve_bilinear`)
    if it is not yet exact: δ = −J⁺r is the smallest change that zeroes the linearised
    residual, so the iterate lands on the solution set near its dense start and stays dense.
 2. Fast path, exact start: a two-factor start is balanced (:func:`balanced_pair`), then the
@@ -42,6 +43,7 @@ import numpy as np
 from .. import _validation as v
 from ..reference import pad_centered
 from ._scaling import chain_morph, depth_layout, subnet_layout
+from .bilinear import solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers, general_chain, practical_chain
 from .common import Options, Seed, balance, check_options, relative_residual
 from .conditioning import balanced_pair
@@ -113,6 +115,11 @@ def _exact_start(
         found, iterations, _, _ = general_chain(g_tilde, g.shape[1], widths, kernels, quick)
     else:
         found, iterations = practical_chain(g, g_tilde.shape[2:], widths, kernels, quick)
+    if len(found) == 2 and use_bilinear(solvability(g.shape, widths[0], *kernels)):
+        f1, f2, steps, residual = solve_bilinear(
+            opts.backend, g_tilde, *found, target, 2 * _PROJECTION_STEPS
+        )
+        return dict(zip(names, (f1, f2))), residual, iterations + steps
     filters = dict(zip(names, (np.asarray(f, dtype=np.float64) for f in found)))
     filters, steps, residual = gauss_newton(
         shape, g_tilde, filters, names, opts.backend, target, 2 * _PROJECTION_STEPS
