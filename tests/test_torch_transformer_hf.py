@@ -12,17 +12,18 @@ import pytest
 import torch
 from thirdparty import import_transformers
 
-from netmorph_core.torch import MorphError, remap_optimizer
-from netmorph_core.torch.surgery import gather
-from netmorph_core.torch.tracing import is_hf_model, node_module, trace_model
-from netmorph_core.torch.transformer import (
+from netmorph_core.torch import (
+    MorphError,
     add_block,
     add_heads,
     conv1d_to_linear,
     deepen_projection,
     grow_ffn,
     grow_width,
+    remap_optimizer,
 )
+from netmorph_core.torch.surgery import gather
+from netmorph_core.torch.tracing import is_hf_model, node_module, trace_model
 
 try:
     transformers = import_transformers()
@@ -36,23 +37,16 @@ F32_TOL = 1e-5
 HF_RMSNORM_TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+#: The size every Hugging Face config below shares: width 32, 4 heads, FFN 64, 2 layers.
+SMALL = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2)
 
 
 def _llama() -> torch.nn.Module:
     config = transformers.LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        vocab_size=100,
-        max_position_embeddings=32,
+        **SMALL, num_key_value_heads=2, vocab_size=100, max_position_embeddings=32
     )
     return transformers.LlamaForCausalLM(config)
 
@@ -72,38 +66,22 @@ def _gpt2() -> torch.nn.Module:
 
 def _bert() -> torch.nn.Module:
     config = transformers.BertConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        vocab_size=100,
-        max_position_embeddings=16,
-        num_labels=3,
+        **SMALL, vocab_size=100, max_position_embeddings=16, num_labels=3
     )
     return transformers.BertForSequenceClassification(config)
 
 
 def _vit() -> torch.nn.Module:
     config = transformers.ViTConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        image_size=8,
-        patch_size=4,
-        num_channels=3,
-        num_labels=3,
+        **SMALL, image_size=8, patch_size=4, num_channels=3, num_labels=3
     )
     return transformers.ViTForImageClassification(config)
 
 
 def _qwen2() -> torch.nn.Module:
     config = transformers.Qwen2Config(
-        hidden_size=32,
-        num_attention_heads=4,
+        **SMALL,
         num_key_value_heads=2,
-        intermediate_size=64,
-        num_hidden_layers=2,
         vocab_size=100,
         max_position_embeddings=32,
         tie_word_embeddings=True,
