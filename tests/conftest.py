@@ -21,3 +21,14 @@ def rel_err(actual: np.ndarray, expected: np.ndarray) -> float:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20161)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> object:
+    """One intra-op torch thread per module: tiny matrices need no thread pool on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

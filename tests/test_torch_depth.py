@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
+from torch_exactness import border_input, rel_dev  # noqa: E402
 
 from netmorph_core.torch import (  # noqa: E402
     PActivation,
@@ -32,24 +33,6 @@ GEOMETRIES = [
     ("valid", 2, 1, (1, 3)),
     ((0, 2), 1, 1, (3, 3)),
 ]
-
-
-def border_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """Gaussian input whose outermost ring is 100× larger: border errors cannot hide."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64)
-    scale = torch.full_like(x, 100.0)
-    scale[(slice(None), slice(None), *(slice(1, -1) for _ in shape[2:]))] = 1.0
-    return x * scale
-
-
-def rel_dev(parent: nn.Module, child: nn.Module, x: torch.Tensor) -> float:
-    parent.eval()
-    child.eval()
-    with torch.no_grad():
-        y, z = parent(x), child(x)
-    assert y.shape == z.shape
-    return float((y - z).abs().max() / y.abs().max())
 
 
 def conv_net(ndim: int, **conv_kwargs: object) -> nn.Module:

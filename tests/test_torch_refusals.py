@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import parametrizations, parametrize  # noqa: E402
+from torch_exactness import border_input, rel_dev  # noqa: E402
 
 from netmorph_core._memory import ResourceLimitError  # noqa: E402
 from netmorph_core.morph.graph import Module, conv_edge  # noqa: E402
@@ -159,23 +160,6 @@ def refused(model: nn.Module, call: Callable[[nn.Module], object], exc: type, ma
         call(model)
     assert type(info.value) is exc
     assert_unchanged(model, snap)
-
-
-def border_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64)
-    scale = torch.full_like(x, 100.0)
-    scale[(slice(None), slice(None), *(slice(1, -1) for _ in shape[2:]))] = 1.0
-    return x * scale
-
-
-def rel_dev(parent: nn.Module, child: nn.Module, x: torch.Tensor) -> float:
-    parent.eval()
-    child.eval()
-    with torch.no_grad():
-        y, z = parent(x), child(x)
-    assert y.shape == z.shape
-    return float((y - z).abs().max() / y.abs().max())
 
 
 SPEC = Module([conv_edge("a", "s", "m", 3), conv_edge("b", "m", "t", 1)], channels={"m": 8})

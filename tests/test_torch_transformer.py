@@ -26,13 +26,7 @@ F64_TOL = 1e-9
 F32_TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """Tiny matrices: one intra-op thread avoids spinning thread pools on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(dtype: torch.dtype = torch.float64, **kw: object) -> LlamaStyle:

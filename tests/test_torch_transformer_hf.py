@@ -12,17 +12,18 @@ import pytest
 import torch
 from thirdparty import import_transformers
 
-from netmorph_core.torch import MorphError, remap_optimizer
-from netmorph_core.torch.surgery import gather
-from netmorph_core.torch.tracing import is_hf_model, node_module, trace_model
-from netmorph_core.torch.transformer import (
+from netmorph_core.torch import (
+    MorphError,
     add_block,
     add_heads,
     conv1d_to_linear,
     deepen_projection,
     grow_ffn,
     grow_width,
+    remap_optimizer,
 )
+from netmorph_core.torch.surgery import gather
+from netmorph_core.torch.tracing import is_hf_model, node_module, trace_model
 
 try:
     transformers = import_transformers()
@@ -36,87 +37,51 @@ F32_TOL = 1e-5
 HF_RMSNORM_TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _llama() -> torch.nn.Module:
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        vocab_size=100,
-        max_position_embeddings=32,
-    )
-    return transformers.LlamaForCausalLM(config)
-
-
-def _gpt2() -> torch.nn.Module:
-    config = transformers.GPT2Config(
-        n_embd=32,
-        n_head=4,
-        n_layer=2,
-        vocab_size=100,
-        n_positions=16,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return transformers.GPT2LMHeadModel(config)
-
-
-def _bert() -> torch.nn.Module:
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        vocab_size=100,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    return transformers.BertForSequenceClassification(config)
-
-
-def _vit() -> torch.nn.Module:
-    config = transformers.ViTConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        image_size=8,
-        patch_size=4,
-        num_channels=3,
-        num_labels=3,
-    )
-    return transformers.ViTForImageClassification(config)
-
-
-def _qwen2() -> torch.nn.Module:
-    config = transformers.Qwen2Config(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        vocab_size=100,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-    )
-    return transformers.Qwen2ForCausalLM(config)
-
-
-BUILD = {"llama": _llama, "gpt2": _gpt2, "bert": _bert, "vit": _vit, "qwen2": _qwen2}
+#: The size every Hugging Face config below shares: width 32, 4 heads, FFN 64, 2 layers.
+SMALL = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2)
+#: Llama and Qwen2: grouped-query attention with 2 key/value heads.
+GQA = dict(**SMALL, num_key_value_heads=2, vocab_size=100, max_position_embeddings=32)
+#: family → (model class, config class, config arguments); GPT-2 names its sizes its own way.
+ARCHITECTURES = {
+    "llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig, GQA),
+    "gpt2": (
+        transformers.GPT2LMHeadModel,
+        transformers.GPT2Config,
+        dict(
+            n_embd=32,
+            n_head=4,
+            n_layer=2,
+            vocab_size=100,
+            n_positions=16,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+    ),
+    "bert": (
+        transformers.BertForSequenceClassification,
+        transformers.BertConfig,
+        dict(**SMALL, vocab_size=100, max_position_embeddings=16, num_labels=3),
+    ),
+    "vit": (
+        transformers.ViTForImageClassification,
+        transformers.ViTConfig,
+        dict(**SMALL, image_size=8, patch_size=4, num_channels=3, num_labels=3),
+    ),
+    "qwen2": (
+        transformers.Qwen2ForCausalLM,
+        transformers.Qwen2Config,
+        dict(**GQA, tie_word_embeddings=True),
+    ),
+}
 
 
 def _model(family: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = BUILD[family]().to(dtype).eval()
+    model_class, config_class, config_args = ARCHITECTURES[family]
+    model = model_class(config_class(**config_args)).to(dtype).eval()
     with torch.no_grad():  # non-trivial norms, so that a wrong norm rescaling shows
         for name, p in model.named_parameters():
             if "norm" in name.lower() or ".ln_" in name:

@@ -633,22 +633,15 @@ def grow_width(
                     f"{name}.bias", _write(edit.get(f"{name}.bias"), 0, copies, extra, kind), (idx,)
                 )
         for block in layout.blocks:
-            w, b = edit.linear(block.name(fam.o))
-            edit.put_linear(
-                block.name(fam.o),
-                _write(w, 0, copies, extra, kind),
-                None if b is None else _write(b, 0, copies, extra, kind),
-                idx,
-                None,
-            )
-            w, b = edit.linear(block.name(fam.ffn_out))
-            edit.put_linear(
-                block.name(fam.ffn_out),
-                _write(w, 0, copies, extra, kind),
-                None if b is None else _write(b, 0, copies, extra, kind),
-                idx,
-                None,
-            )
+            for rel in (fam.o, fam.ffn_out):
+                w, b = edit.linear(block.name(rel))
+                edit.put_linear(
+                    block.name(rel),
+                    _write(w, 0, copies, extra, kind),
+                    None if b is None else _write(b, 0, copies, extra, kind),
+                    idx,
+                    None,
+                )
             for rel in (*fam.qkv, *fam.ffn_in):
                 w, _ = edit.linear(block.name(rel))
                 edit.put_linear(
