@@ -9,7 +9,8 @@ STAMP := $(VENV)/.netmorph-installed
 setup: $(STAMP)
 
 # torch==2.13.0 first: that pin takes the CPU build; a bare `torch` would pull the CUDA stack.
-$(STAMP): pyproject.toml setup.py CMakeLists.txt
+# The C++/CUDA sources are prerequisites too: an existing .venv rebuilds the extension when they change.
+$(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/* bindings/*)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.13.0
