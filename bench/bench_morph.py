@@ -40,22 +40,30 @@ def _record(benchmark, res, g: np.ndarray) -> None:
         benchmark.extra_info[f"noise_ratio_{dtype}"] = noise_ratio(g_tilde, res.filters, dtype)
 
 
+def _morph_bench(benchmark, g: np.ndarray, fn, *, shape: str, group: str, **run_args):
+    """Time the morph ``fn`` of ``g`` in ``group`` with :func:`run` and record its residual,
+    non-zero ratio, entries below the floor and noise ratios; returns the MorphResult."""
+    res = run(benchmark, fn, group=group, shape=shape, dtype="float64", **run_args)
+    _record(benchmark, res, g)
+    return res
+
+
 @pytest.mark.parametrize("method", ["general", "stable"])
 @pytest.mark.parametrize("c", [64, pytest.param(256, marks=FULL_ONLY)], ids=lambda c: f"C{c}")
 def test_stable_3_into_3_1(benchmark, c, method):
     g = _layer((c, c, 3, 3))
     fn = lambda: morph_depth(g, c, 3, 1, method=method, seed=0)  # noqa: E731
-    info = {"shape": f"G ({c}, {c}, 3, 3) -> (3x3, 1x1) width {c}", "dtype": "float64"}
-    res = run(
+    shape = f"G ({c}, {c}, 3, 3) -> (3x3, 1x1) width {c}"
+    _morph_bench(
         benchmark,
+        g,
         fn,
-        group=f"depth {info['shape']}",
+        shape=shape,
+        group=f"depth {shape}",
         impl=method,
         baseline=method == "general",
         rounds=2,
-        **info,
     )
-    _record(benchmark, res, g)
 
 
 #: (C, width factor, method). Width 2C is the bilinear regime: the general alternation is
@@ -75,17 +83,17 @@ def test_3_into_3_3(benchmark, c, factor, method):
     fn = lambda: morph_depth(  # noqa: E731
         g, width, 3, 3, method=method, seed=0, max_iter=30, allow_approximate=True
     )
-    info = {"shape": f"G ({c}, {c}, 3, 3) -> (3x3, 3x3) width {width}", "dtype": "float64"}
-    res = run(
+    shape = f"G ({c}, {c}, 3, 3) -> (3x3, 3x3) width {width}"
+    _morph_bench(
         benchmark,
+        g,
         fn,
-        group=f"depth {info['shape']}",
+        shape=shape,
+        group=f"depth {shape}",
         impl=method,
         baseline=method == "practical",
         rounds=1,
-        **info,
     )
-    _record(benchmark, res, g)
 
 
 #: The bilinear regime at width 2C, general and stable (two alternating solves, then
@@ -104,17 +112,17 @@ def test_bilinear_width_2c(benchmark, c, method):
     fn = lambda: morph_depth(  # noqa: E731
         g, 2 * c, 3, 3, method=method, seed=0, max_iter=100, allow_approximate=True
     )
-    info = {"shape": f"G ({c}, {c}, 3, 3) -> (3x3, 3x3) width {2 * c}", "dtype": "float64"}
-    res = run(
+    shape = f"G ({c}, {c}, 3, 3) -> (3x3, 3x3) width {2 * c}"
+    res = _morph_bench(
         benchmark,
+        g,
         fn,
-        group=f"bilinear {info['shape']}",
+        shape=shape,
+        group=f"bilinear {shape}",
         impl=method,
         baseline=method == "practical",
         rounds=1,
-        **info,
     )
-    _record(benchmark, res, g)
     benchmark.extra_info["iterations"] = res.iterations
 
 
@@ -124,17 +132,17 @@ def test_subnet_1_3_1(benchmark, c, method):
     g = _layer((c, c, 3, 3))
     layers = [(c, 1), (c, 3), (None, 1)]
     fn = lambda: morph_subnet(g, layers, method=method, seed=0, allow_approximate=True)  # noqa: E731
-    info = {"shape": f"G ({c}, {c}, 3, 3) -> [(C,1),(C,3),(C,1)]", "dtype": "float64"}
-    res = run(
+    shape = f"G ({c}, {c}, 3, 3) -> [(C,1),(C,3),(C,1)]"
+    _morph_bench(
         benchmark,
+        g,
         fn,
-        group=f"subnet {info['shape']}",
+        shape=shape,
+        group=f"subnet {shape}",
         impl=method,
         baseline=method == "practical",
         rounds=1,
-        **info,
     )
-    _record(benchmark, res, g)
 
 
 @pytest.mark.parametrize("layer", ["C256 3/1", "ViT patch 16/1"])
@@ -144,31 +152,31 @@ def test_vit_patch_embedding(benchmark, layer):
     else:
         g, width, k1 = _layer((192, 3, 16, 16)), 192, 16
     fn = lambda: morph_depth(g, width, k1, 1, method="general", seed=0)  # noqa: E731
-    info = {"shape": f"G {g.shape} k1={k1} k2=1 width {width}", "dtype": "float64"}
-    res = run(
+    shape = f"G {g.shape} k1={k1} k2=1 width {width}"
+    _morph_bench(
         benchmark,
+        g,
         fn,
+        shape=shape,
         group="depth ViT patch embedding vs C=256 3/1",
         impl=layer,
         baseline=layer == "C256 3/1",
         rounds=2,
-        **info,
     )
-    _record(benchmark, res, g)
 
 
 @pytest.mark.parametrize("method", ["general", "stable"])
 def test_linear_512_1000_width_1024(benchmark, method):
     g = _layer((1000, 512))
     fn = lambda: morph_depth(g, 1024, method=method, seed=0)  # noqa: E731
-    info = {"shape": "Linear 512 -> 1000 width 1024", "dtype": "float64"}
-    res = run(
+    shape = "Linear 512 -> 1000 width 1024"
+    _morph_bench(
         benchmark,
+        g,
         fn,
-        group=f"depth {info['shape']}",
+        shape=shape,
+        group=f"depth {shape}",
         impl=method,
         baseline=method == "general",
         rounds=1,
-        **info,
     )
-    _record(benchmark, res, g)
