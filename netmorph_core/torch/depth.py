@@ -38,6 +38,7 @@ from .surgery import (
     ConvGeometry,
     find_layer,
     identity_batch_norm,
+    linear_equivalent,
     make_layer,
     replace_module,
     to_numpy64,
@@ -156,7 +157,7 @@ def replace_with_chain(
 ) -> Outcome:
     """Solve the filters of layer ``at`` of ``child`` with ``solve`` (G float64 → filters,
     residual, exact, iterations) and put the chain in its place."""
-    layer = child.get_submodule(at)
+    layer = linear_equivalent(child.get_submodule(at))
     same, geo = split_same_padding(layer, ConvGeometry.of(layer))
     filters, residual, exact, iterations = solve(to_numpy64(layer.weight))
     chain = build_chain(

@@ -40,6 +40,7 @@ from .surgery import (
     ConvGeometry,
     find_layer,
     identity_batch_norm,
+    linear_equivalent,
     make_layer,
     replace_module,
     to_numpy64,
@@ -265,7 +266,7 @@ def replace_with_module(
     """Solve the module's filters for layer ``at`` of ``child`` and put the
     :class:`MorphedModule` in its place. New parameters join the optimizer group of
     ``group_of`` (default: the layer's own weight/bias)."""
-    layer = child.get_submodule(at)
+    layer = linear_equivalent(child.get_submodule(at))
     same, geo = split_same_padding(layer, ConvGeometry.of(layer))
     g = to_numpy64(layer.weight)
     shape = bind_to_layer(spec, g)

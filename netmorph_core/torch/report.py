@@ -1,8 +1,9 @@
 """The report every morph returns, and the measurement of parent-vs-child deviation.
 
 Deviation is measured on probe inputs: given by the caller (``probe``), built from
-``input_shape``, or inferred (a Linear first layer gives its input width; a conv first layer is
-tried at spatial sizes 8, 16 and 32). When no model input can be found, the replaced layer is
+``input_shape``, or inferred (a Hugging Face model gets token ids or images from its config; a
+Linear first layer gives its input width; a conv first layer is tried at spatial sizes 8, 16
+and 32). When no model input can be found, the replaced layer is
 compared with its replacement instead (``scope="layer"``). Relative deviation is
 max|y_child − y_parent| / max|y_parent| over every output tensor.
 
@@ -40,6 +41,8 @@ from torch import nn
 from .._memory import check_working_set
 from .errors import MorphError
 from .surgery import CONV_TYPES, LAYER_TYPES, check_model, count_parameters
+from .tracing import default_inputs
+from .transformer_layout import as_matrix, is_conv1d
 
 Inputs = tuple[torch.Tensor, ...]
 Outputs = list[torch.Tensor]
@@ -323,6 +326,11 @@ def resolve_probe(
 def _infer_probe(
     model: nn.Module, gen: torch.Generator, device: torch.device, dtype: torch.dtype
 ) -> tuple[Inputs, Outputs] | None:
+    given = default_inputs(model)
+    if given is not None:
+        inputs = tuple(t.to(dtype) if t.is_floating_point() else t for t in given)
+        out = _try_run(model, inputs)
+        return None if out is None else (inputs, out)
     first = next((m for m in model.modules() if isinstance(m, (*CONV_TYPES, nn.Linear))), None)
     if isinstance(first, nn.Linear):
         candidates = [torch.randn(2, first.in_features, generator=gen)]
@@ -348,8 +356,9 @@ def layer_probe(layer: nn.Module) -> Inputs:
     gen = torch.Generator().manual_seed(0)
     like = _model_like(layer)
     device, dtype = like.device, like.dtype
-    if isinstance(layer, nn.Linear):
-        return (torch.randn(2, layer.in_features, generator=gen).to(device, dtype),)
+    if isinstance(layer, nn.Linear) or is_conv1d(layer):
+        features = as_matrix(layer).shape[1]
+        return (torch.randn(2, features, generator=gen).to(device, dtype),)
     pad = layer.padding if isinstance(layer.padding, tuple) else (0,) * len(layer.kernel_size)
     sizes = [
         max(8, 2 * p + d * (k - 1) + 2 * s + 2)

@@ -38,7 +38,14 @@ from .depth import (
 from .report import MorphReport, Outcome, run_morph
 from .samepad import split_same_padding
 from .support import check_new_entries, layer_entries
-from .surgery import LAYER_TYPES, ConvGeometry, find_layer, replace_module, to_numpy64
+from .surgery import (
+    LAYER_TYPES,
+    ConvGeometry,
+    find_layer,
+    linear_equivalent,
+    replace_module,
+    to_numpy64,
+)
 
 
 def stacked_residual(g: np.ndarray, branches: Sequence[Sequence[np.ndarray]]) -> float:
@@ -150,7 +157,7 @@ def morph_stacked(
     check_flag(batch_norm, "batch_norm")
 
     def build(child: nn.Module) -> Outcome:
-        old = child.get_submodule(at)
+        old = linear_equivalent(child.get_submodule(at))
         same, geo = split_same_padding(old, ConvGeometry.of(old))
         g = to_numpy64(old.weight)
         results = morph_stacked_filters(g, branches, split=split, seed=seed, method=method)

@@ -7,7 +7,8 @@ every module an operation replaces or edits (deepen, grow_kernel, morph_subnet, 
 morph_module, widen's producers and consumers) and raises a typed error naming the module and
 the reason otherwise:
 
-- the class: exactly Conv1d/2d/3d or Linear, or a subclass that overrides none of ``forward``,
+- the class: exactly Conv1d/2d/3d or Linear (or transformers' ``Conv1D``, the linear layer
+  y = x·W + b), or a subclass that overrides none of ``forward``,
   ``_conv_forward``, ``__call__`` (weight standardisation, TF-style dynamic "same" padding,
   LoRA or quantisation wrappers compute another function of the same weight) → MorphError.
   Recognised dynamic "same" padding convs (:mod:`.samepad`) are verified and handled exactly
@@ -43,6 +44,7 @@ from torch.nn.utils import parametrize
 from .._memory import check_working_set
 from .errors import MorphError
 from .samepad import is_same_padding_conv, verify_same_padding
+from .transformer_layout import as_matrix, is_conv1d
 
 KNOWN_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _FUNCTION_METHODS = ("forward", "_conv_forward", "__call__", "_call_impl")
@@ -241,6 +243,7 @@ def check_editable(model: nn.Module, names: Iterable[str], same_padding: bool = 
         check_no_hooks(module, at)
         if isinstance(module, KNOWN_LAYERS):
             check_layer_class(module, at, same_padding)
+        if isinstance(module, KNOWN_LAYERS) or is_conv1d(module):
             check_called_by_parent(model, at)
     check_unshared(model, names)
 
@@ -263,20 +266,25 @@ def layer_entries(
     return total
 
 
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """A layer's weight with the output axis first (transformers' Conv1D stores (in, out))."""
+    return as_matrix(layer) if is_conv1d(layer) else layer.weight
+
+
 def check_widen_memory(
     model: nn.Module, producers: Iterable[str], consumers: Iterable[str], width: int
 ) -> None:
     """Bound the memory of widening ``producers`` to ``width`` output channels: the channel
     maps (2 int64 per channel), the producers' new weights and, once known, the consumers'
     (their input columns grow by width/C)."""
-    layers = [model.get_submodule(n) for n in producers]
-    channels = layers[0].weight.shape[0]
-    entries = sum(width * math.prod(layer.weight.shape[1:]) for layer in layers)
+    layers = [_weight(model.get_submodule(n)) for n in producers]
+    channels = layers[0].shape[0]
+    entries = sum(width * math.prod(w.shape[1:]) for w in layers)
     for name in consumers:
-        w = model.get_submodule(name).weight
+        w = _weight(model.get_submodule(name))
         cols = -(-w.shape[1] * width // channels) if w.dim() >= 2 else 0
         entries += w.shape[0] * cols * math.prod(w.shape[2:])
-    like = layers[0].weight
+    like = layers[0]
     check_working_set(
         16 * width + entries * (like.element_size() + 8),
         f"widen {list(producers)} to width={width}",

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .support import check_editable
+from .transformer_layout import is_conv1d
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LAYER_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
@@ -61,8 +62,18 @@ def find_layer(
     """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
     MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
     ``same_padding``: the caller handles dynamic "same" padding convs). Grouped convolutions
-    are accepted only with ``grouped=True`` (ValueError otherwise)."""
+    are accepted only with ``grouped=True`` (ValueError otherwise). Where Linear layers are
+    accepted, transformers' ``Conv1D`` is too: the result is then :func:`linear_equivalent`,
+    a copy to read shapes and values from."""
     layer = find_module(model, at, name)
+    if is_conv1d(layer) and nn.Linear in kinds:
+        check_editable(model, [at])
+        return linear_equivalent(layer)
+    if is_conv1d(layer):
+        raise TypeError(
+            f"{name}={at!r} is Conv1D, transformers' linear layer (y = x·W + b) with no kernel; "
+            f"expected {'/'.join(k.__name__ for k in kinds)}"
+        )
     if not isinstance(layer, kinds):
         expected = "/".join(k.__name__ for k in kinds)
         raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
@@ -77,6 +88,24 @@ def find_layer(
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):
         raise ValueError(f"{name}={at!r} has uninitialized (lazy) parameters; run a forward first")
     return layer
+
+
+def linear_equivalent(layer: nn.Module) -> nn.Module:
+    """transformers' ``Conv1D`` (y = x·W + b, W: in × out) as the ``nn.Linear`` computing
+    the same function (weight Wᵀ, copied; same dtype, device, mode and requires_grad); any
+    other layer itself."""
+    if not is_conv1d(layer):
+        return layer
+    w, b = layer.weight, layer.bias
+    linear = nn.Linear(*w.shape, bias=b is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(w.t())
+        if b is not None:
+            linear.bias.copy_(b)
+    linear.weight.requires_grad_(w.requires_grad)
+    if b is not None:
+        linear.bias.requires_grad_(b.requires_grad)
+    return linear.train(layer.training)
 
 
 def replace_module(model: nn.Module, at: str, new: nn.Module) -> None:

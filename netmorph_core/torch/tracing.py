@@ -7,6 +7,8 @@ small" in their decorated forwards), and transformers 5 no longer ships its own 
 the key/value cache) on example inputs for those, and ``torch.fx.symbolic_trace`` otherwise.
 The exported graph holds ATen calls (``aten.linear``, ``aten.layer_norm``, …) instead of
 module calls: :func:`node_module` gives the qualified name of the module a node ran in.
+:func:`default_inputs` builds inputs a Hugging Face model runs on from its config (token ids
+or images), for tracing and for measuring a morph when no probe is given.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import torch
 from torch import fx, nn
 
 from .errors import MorphError
+
+#: Sequence length of the default token inputs.
+SEQ_LEN = 8
 
 
 def is_hf_model(model: nn.Module) -> bool:
@@ -44,6 +49,15 @@ def trace_model(
         raise ValueError(
             f"example_inputs is required to trace {type(model).__name__} (torch.export)"
         )
+    return export_graph(model, example_inputs)
+
+
+def export_graph(
+    model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...]
+) -> fx.GraphModule:
+    """The graph ``torch.export`` (non-strict) records running ``model`` on ``example_inputs``,
+    with a Hugging Face model's key/value cache switched off for the call. MorphError naming
+    the model and the reason when it cannot be exported."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     config = getattr(model, "config", None)
@@ -60,6 +74,37 @@ def trace_model(
         if use_cache is not None:
             config.use_cache = use_cache
     return program.module()
+
+
+def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
+    """Inputs a Hugging Face model runs on, from its config (None for other models): token
+    ids (2, 8) below the vocabulary size, or images (2, C, S, S) of the configured size."""
+    if not is_hf_model(model):
+        return None
+    gen = torch.Generator().manual_seed(0)
+    like = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device = like.device if like is not None else torch.device("cpu")
+    config = getattr(model, "config", None)
+    name = getattr(model, "main_input_name", "input_ids")
+    if name == "input_ids":
+        embed = model.get_input_embeddings()
+        if not isinstance(embed, nn.Embedding):
+            return None
+        limit = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+        length = min(SEQ_LEN, limit) if isinstance(limit, int) else SEQ_LEN
+        ids = torch.randint(0, embed.num_embeddings, (2, length), generator=gen)
+        return (ids.to(device),)
+    if name == "pixel_values":
+        size = getattr(config, "image_size", None)
+        channels = getattr(config, "num_channels", None)
+        if not isinstance(channels, int) or size is None:
+            return None
+        sizes = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        x = torch.randn(2, channels, *sizes, generator=gen)
+        return (x.to(device, like.dtype if like is not None else x.dtype),)
+    return None
 
 
 def node_module(node: fx.Node) -> str | None:

@@ -38,9 +38,12 @@ from .. import _validation as v
 from ..morph.width import as_generator, noise_scale
 from .consumers import FLAT, Use, WidthPlan, depthwise_outputs, plan_widening
 from .errors import MorphError
+from .exported_consumers import plan_exported_widening
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .support import check_editable, check_widen_memory
 from .surgery import find_layer, gather, to_numpy64, to_tensor
+from .tracing import default_inputs, is_hf_model
+from .transformer_layout import as_matrix, is_conv1d, weight_axes
 
 ZERO_SIDES = ("auto", "inner", "outer")
 
@@ -75,6 +78,11 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
 
 
+def _matrix(layer: nn.Module) -> torch.Tensor:
+    """The weight of a Conv/Linear layer, or transformers' Conv1D as the (out, in) matrix."""
+    return as_matrix(layer) if is_conv1d(layer) else layer.weight
+
+
 def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) -> tuple[str, str]:
     """The side to zero and why."""
     broken = plan.zero_broken()
@@ -98,9 +106,9 @@ def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) 
     inner = outer = 0
     for name in plan.producers:
         layer = model.get_submodule(name)
-        inner += extra * (math.prod(layer.weight.shape[1:]) + (layer.bias is not None))
+        inner += extra * (math.prod(_matrix(layer).shape[1:]) + (layer.bias is not None))
     for use in plan.consumers:
-        w = model.get_submodule(use.name).weight
+        w = _matrix(model.get_submodule(use.name))
         block = w.shape[1] // use.flow.parent_channels
         outer += extra * block * w.shape[0] * math.prod(w.shape[2:])
     if inner < outer:
@@ -133,15 +141,17 @@ def _apply(
         new = mapping < 0
         layer = child.get_submodule(name)
         w = layer.weight
-        rows = torch.zeros((int(new.sum()), *w.shape[1:]), dtype=w.dtype, device=w.device)
+        out_axis = weight_axes(layer)[0] if is_conv1d(layer) else 0
+        shape = (int(new.sum()), *_matrix(layer).shape[1:])
+        rows = torch.zeros(shape, dtype=w.dtype, device=w.device)
         if side == "outer":
-            rows = _noise(rng, tuple(rows.shape), w, noise_scale(to_numpy64(w)))
+            rows = _noise(rng, shape, w, noise_scale(to_numpy64(w)))
         nonzero += int(torch.count_nonzero(rows))
         total += rows.numel()
-        _set_param(layer, "weight", gather(w, mapping, 0, rows))
-        sources[f"{name}.weight"] = ParamSource(
-            f"{name}.weight", f"{name}.weight", (mapping,) + (None,) * (w.dim() - 1)
-        )
+        _set_param(layer, "weight", gather(w, mapping, out_axis, rows.t() if out_axis else rows))
+        index: list[np.ndarray | None] = [None] * w.dim()
+        index[out_axis] = mapping
+        sources[f"{name}.weight"] = ParamSource(f"{name}.weight", f"{name}.weight", tuple(index))
         if layer.bias is not None:
             b = layer.bias
             fill = torch.zeros(int(new.sum()), dtype=b.dtype, device=b.device)
@@ -151,6 +161,8 @@ def _apply(
             sources[f"{name}.bias"] = ParamSource(f"{name}.bias", f"{name}.bias", (mapping,))
         if isinstance(layer, nn.Linear):
             layer.out_features = mapping.size
+        elif is_conv1d(layer):
+            layer.nf = mapping.size
         else:
             layer.out_channels = mapping.size
     for use in plan.uses:
@@ -190,19 +202,24 @@ def _apply(
             )
             m.num_parameters = s.size
         else:
-            w = m.weight
-            cols = _column_index(use, w.shape[1])
-            shape = (w.shape[0], int((cols < 0).sum()), *w.shape[2:])
+            w, matrix = m.weight, _matrix(m)
+            cols = _column_index(use, matrix.shape[1])
+            shape = (matrix.shape[0], int((cols < 0).sum()), *matrix.shape[2:])
             fill = torch.zeros(shape, dtype=w.dtype, device=w.device)
             if side == "inner":
                 fill = _noise(rng, shape, w, noise_scale(to_numpy64(w)))
             nonzero += int(torch.count_nonzero(fill))
             total += fill.numel()
-            _set_param(m, "weight", gather(w, cols, 1, fill))
+            in_axis = 0 if is_conv1d(m) else 1  # Conv1D stores W as (in, out)
+            _set_param(m, "weight", gather(w, cols, in_axis, fill.t() if in_axis == 0 else fill))
+            index = [None] * w.dim()
+            index[in_axis] = cols
             sources[f"{use.name}.weight"] = ParamSource(
-                f"{use.name}.weight", f"{use.name}.weight", (None, cols) + (None,) * (w.dim() - 2)
+                f"{use.name}.weight", f"{use.name}.weight", tuple(index)
             )
-            if use.kind == "linear":
+            if is_conv1d(m):
+                m.nx = cols.size
+            elif use.kind == "linear":
                 m.in_features = cols.size
             else:
                 m.in_channels = cols.size
@@ -266,7 +283,16 @@ def widen(
     check_widen_memory(model, names, (), width)
     rng = as_generator(seed)
     src = grouped_channel_map(rng, channels, width, group_count)
-    plan = plan_widening(model, names, src)
+    if is_hf_model(model):
+        inputs = probe if probe is not None else default_inputs(model)
+        if inputs is None:
+            raise MorphError(
+                f"widening {list(names)}: {type(model).__name__} is traced with torch.export, "
+                "which needs example inputs; pass probe="
+            )
+        plan = plan_exported_widening(model, names, src, inputs)
+    else:
+        plan = plan_widening(model, names, src)
     _check_untied(model, plan)
     check_editable(model, [use.name for use in plan.uses])
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)

@@ -1,0 +1,539 @@
+"""Where widened channels go in an exported graph (Hugging Face models, torch.export).
+
+torch.fx cannot trace Hugging Face models; :func:`.tracing.export_graph` records them with
+torch.export, whose graph holds ATen calls and reads every parameter with ``get_attr``: a
+Linear layer is ``aten.linear(x, <layer>.weight, <layer>.bias)``, transformers' ``Conv1D``
+(y = x·W + b, W: in × out) is ``aten.addmm(<layer>.bias, x.view(-1, in), <layer>.weight)``.
+A layer call is recognised by the module owning its weight. The widened channels are the last
+axis of a Linear or Conv1D output, and the walk follows them as :mod:`.consumers` does in a
+torch.fx graph, into the same :class:`~.consumers.WidthPlan`:
+
+- element-wise ATen ops pass the tensor on (activations, dropout, casts, copies), noting
+  whether a zero channel stays zero and whether gradient passes 0; so do ops that keep the
+  last axis in place (view/reshape with the same last size, unsqueeze, expand,
+  transpose/permute/select/slice/index/reductions of other axes);
+- arithmetic with a scalar, with a tensor of size 1 on the last axis (broadcast along the
+  channels) or with another widened tensor of the same channel map is channel-wise;
+- a product with a tensor computed by another Linear/Conv1D layer through element-wise ops
+  (SwiGLU's SiLU(gate(x))·up(x)) widens that layer with the same channel map, as
+  :func:`~.transformer.grow_ffn` grows gate and up together;
+- concatenation along the last axis shifts the map;
+- a Linear or Conv1D layer reading the tensor consumes it (new input columns).
+
+Anything else is refused, naming the ATen op, the node and the module it ran in: a sum with
+a tensor that is not widened (a residual stream: grow_width), a norm's statistics over the
+channels (grow_width), a reshape splitting them into attention heads (add_heads), attention
+itself, the model's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .consumers import LAST, Flow, Use, WidthPlan
+from .errors import MorphError
+from .surgery import CONV_TYPES
+from .tracing import export_graph, node_module
+from .transformer_layout import as_matrix, is_conv1d
+
+#: Element-wise ops: (φ(0) == 0, φ'(0) != 0).
+_UNARY: dict[str, tuple[bool, bool]] = {
+    "relu": (True, False),
+    "gelu": (True, True),
+    "silu": (True, True),
+    "tanh": (True, True),
+    "hardtanh": (True, True),
+    "leaky_relu": (True, True),
+    "elu": (True, True),
+    "selu": (True, True),
+    "celu": (True, True),
+    "mish": (True, True),
+    "hardswish": (True, True),
+    "neg": (True, True),
+    "sin": (True, True),
+    "erf": (True, True),
+    "sigmoid": (False, True),
+    "hardsigmoid": (False, True),
+    "softplus": (False, True),
+    "exp": (False, True),
+    "dropout": (True, True),
+    "alpha_dropout": (True, True),
+    "clone": (True, True),
+    "contiguous": (True, True),
+    "detach": (True, True),
+    "alias": (True, True),
+    "lift_fresh_copy": (True, True),
+    "to": (True, True),
+    "_to_copy": (True, True),
+    "type_as": (True, True),
+}
+#: Reshapes: the channel axis stays last when the last size is unchanged (row-major order
+#: keeps every entry's last coordinate).
+_RESHAPES = {"view", "reshape", "_unsafe_view", "expand", "flatten", "unsqueeze", "squeeze"}
+#: Ops on one axis (``dim`` argument 1, default 0): channel-wise unless it is the last one.
+_AXIS_OPS = {"select", "slice", "narrow"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin"}
+_ADDS = {"add", "sub", "rsub"}
+_MULS = {"mul", "div"}
+_NORMS = {"layer_norm", "native_layer_norm", "rms_norm", "group_norm", "batch_norm"}
+_ATTENTION = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention"}
+_NO_OUTPUT = {"_assert_tensor_metadata"}
+#: Layer calls: op → (position of the weight, position of the data input, layer kind).
+_LAYER_CALLS = {
+    "linear": (1, 0, "linear"),
+    "addmm": (2, 1, "conv1d"),
+    "conv1d": (1, 0, "conv"),
+    "conv2d": (1, 0, "conv"),
+    "conv3d": (1, 0, "conv"),
+    "convolution": (1, 0, "conv"),
+}
+
+
+def _aten(node: fx.Node) -> str | None:
+    """The ATen op name of ``node`` ("linear", "add", …), None for anything else."""
+    schema = getattr(node.target, "_schema", None)
+    if node.op != "call_function" or schema is None or not schema.name.startswith("aten::"):
+        return None
+    return schema.name.removeprefix("aten::")
+
+
+def _shape(node: object) -> tuple[int, ...] | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(int(n) for n in val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+class _ExportedWalk:
+    """One walk over an exported graph; see the module docstring."""
+
+    def __init__(
+        self, model: nn.Module, gm: fx.GraphModule, producers: Sequence[str], src: np.ndarray
+    ) -> None:
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.gm = gm
+        self.producers = tuple(producers)
+        self.src = src
+        self.flows: dict[fx.Node, Flow] = {}
+        self.plan = WidthPlan(self.producers)
+
+    # -- reading the graph ----------------------------------------------------------------
+
+    def layer_call(self, node: fx.Node) -> tuple[str, str] | None:
+        """(module name, kind) when ``node`` is the call of a Linear ("linear"), Conv1D
+        ("conv1d") or convolution ("conv") layer through the weight it owns."""
+        spec = _LAYER_CALLS.get(_aten(node) or "")
+        if spec is None or len(node.args) <= spec[0]:
+            return None
+        weight = node.args[spec[0]]
+        if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+            return None
+        owner, _, attr = str(weight.target).rpartition(".")
+        module = self.modules.get(owner)
+        kind = spec[2]
+        expected = {
+            "linear": isinstance(module, nn.Linear),
+            "conv1d": module is not None and is_conv1d(module),
+            "conv": isinstance(module, CONV_TYPES),
+        }[kind]
+        return (owner, kind) if attr == "weight" and expected else None
+
+    def describe(self, node: fx.Node) -> str:
+        op = _aten(node)
+        if node.op == "output":
+            return "the model's output"
+        what = (
+            f"aten.{op}" if op else f"{node.op} {getattr(node.target, '__name__', node.target)!r}"
+        )
+        owner = node_module(node)
+        where = ""
+        if owner in self.modules:
+            where = f", in {owner!r} ({type(self.modules[owner]).__name__})"
+        return f"{what} (node {node.name!r}{where})"
+
+    def hint(self, node: fx.Node) -> str:
+        """What grows the module ``node`` ran in, when it is attention or a norm."""
+        owner = node_module(node)
+        for name in _ancestors(owner):
+            cls = type(self.modules.get(name)).__name__
+            if "Attention" in cls:
+                return f"; {name!r} is attention ({cls}): add_heads grows it"
+            if "Norm" in cls:
+                return f"; {name!r} is a norm ({cls}): grow_width widens the stream it normalises"
+        return ""
+
+    def fail(self, node: fx.Node, why: str) -> MorphError:
+        return MorphError(
+            f"widening {list(self.producers)}: {self.describe(node)} {why}{self.hint(node)}"
+        )
+
+    def origins(self, node: fx.Node, seen: dict[fx.Node, list[str]] | None = None) -> list[str]:
+        """The layers, parameters or model inputs a tensor comes from."""
+        seen = {} if seen is None else seen
+        if node in seen:
+            return seen[node]
+        seen[node] = []
+        layer = self.layer_call(node)
+        params = [a for a in node.all_input_nodes if a.op == "get_attr"]
+        if layer is not None:
+            found = [repr(layer[0])]
+        elif params:
+            owner = str(params[0].target).rpartition(".")[0]
+            cls = type(self.modules.get(owner)).__name__
+            found = [f"{owner!r} ({cls})"]
+        elif node.op == "placeholder":
+            found = [f"the model input {node.target!r}"]
+        else:
+            found = []
+            for arg in node.all_input_nodes:
+                found += [o for o in self.origins(arg, seen) if o not in found]
+        seen[node] = found
+        return found
+
+    # -- the walk -------------------------------------------------------------------------
+
+    def run(self) -> WidthPlan:
+        calls = {p: 0 for p in self.producers}
+        for node in self.gm.graph.nodes:
+            if node.op in ("get_attr", "placeholder"):
+                continue
+            widened = [a for a in node.all_input_nodes if a in self.flows]
+            layer = self.layer_call(node)
+            if layer is not None and layer[0] in calls:
+                calls[layer[0]] += 1
+                if widened:
+                    raise self.fail(node, "consumes channels that are being widened with it")
+                if layer[1] == "conv":
+                    raise self.fail(
+                        node,
+                        "is a convolution: in an exported graph widen follows the last axis "
+                        "of Linear and Conv1D outputs only",
+                    )
+                self.flows[node] = Flow(self.src, LAST, None)
+                continue
+            if widened:
+                self._step(node, widened, layer)
+        for name, count in calls.items():
+            if count != 1:
+                raise MorphError(
+                    f"widening {list(self.producers)}: {name!r} is called {count} times in the "
+                    "exported graph; it must be called exactly once"
+                )
+        self._check_calls()
+        return self.plan
+
+    def _check_calls(self) -> None:
+        """Every call of a consumer sees the same widened channels; producers and gates are
+        called once; no parameter of a touched layer is read outside its own calls."""
+        merged: dict[str, Use] = {}
+        for use in self.plan.uses:
+            first = merged.get(use.name)
+            if first is not None and not np.array_equal(first.flow.src, use.flow.src):
+                raise MorphError(
+                    f"widening {list(self.producers)}: {use.name!r} is called on widened "
+                    "tensors whose channels do not line up"
+                )
+            if first is not None:
+                a, b = first.flow, use.flow
+                use = Use(
+                    use.name,
+                    use.kind,
+                    replace(a, zero_broken=a.zero_broken or b.zero_broken, dead=a.dead or b.dead),
+                )
+            merged[use.name] = use
+        self.plan.uses = list(merged.values())
+        consumers = {u.name for u in self.plan.uses}
+        touched = {*self.producers, *self.plan.gates, *consumers}
+        for node in self.gm.graph.nodes:
+            layer = self.layer_call(node)
+            if layer is None or layer[0] not in touched:
+                continue
+            data = node.args[_LAYER_CALLS[_aten(node)][1]]
+            if layer[0] in consumers and data not in self.flows:
+                raise MorphError(
+                    f"widening {list(self.producers)}: {layer[0]!r} is also called on tensors "
+                    "that are not widened"
+                )
+            if (
+                layer[0] in self.plan.gates
+                and sum(
+                    1 for n in self.gm.graph.nodes if (self.layer_call(n) or ("",))[0] == layer[0]
+                )
+                != 1
+            ):
+                raise MorphError(
+                    f"widening {list(self.producers)}: the gate {layer[0]!r} is called more than "
+                    "once; it must be called exactly once"
+                )
+        for node in self.gm.graph.nodes:
+            if node.op != "get_attr":
+                continue
+            owner = str(node.target).rpartition(".")[0]
+            if owner not in touched:
+                continue
+            for user in node.users:
+                if (self.layer_call(user) or ("",))[0] != owner:
+                    raise MorphError(
+                        f"widening {list(self.producers)}: {self.describe(user)} reads "
+                        f"{node.target!r} outside the layer's own call (a shared or tied "
+                        "parameter?); its shape would change under it"
+                    )
+
+    def _pass(self, node: fx.Node, flow: Flow, zero: bool, live: bool) -> None:
+        here = self.describe(node)
+        self.flows[node] = replace(
+            flow,
+            zero_broken=flow.zero_broken or (None if zero else here),
+            dead=flow.dead or (None if live else here),
+        )
+
+    def _step(self, node: fx.Node, widened: list[fx.Node], layer: tuple[str, str] | None) -> None:
+        flow = self.flows[widened[0]]
+        op = _aten(node)
+        if node.op == "output":
+            raise self.fail(node, "receives widened channels: the output would change shape")
+        if op in _NO_OUTPUT:
+            return
+        if layer is not None:
+            self._consume(node, layer, widened, flow)
+            return
+        if op in _ADDS:
+            self._add(node, op)
+            return
+        if op in _MULS:
+            self._mul(node, op)
+            return
+        if op == "cat":
+            self._cat(node)
+            return
+        if op in _NORMS:
+            raise self.fail(node, "normalises over the widened channels")
+        if op in _ATTENTION:
+            raise self.fail(node, "attends over the widened channels")
+        if node.args[0] is not widened[0] or len(widened) > 1:
+            raise self.fail(node, "takes the widened tensor as a non-data argument")
+        if op in _UNARY:
+            self._pass(node, flow, *_UNARY[op])
+        elif op == "pow":
+            exponent = _arg(node, 1, "exponent", None)
+            if not isinstance(exponent, (int, float)):
+                raise self.fail(node, "raises the widened channels to a tensor power")
+            self._pass(node, flow, exponent > 0, exponent == 1)
+        elif op in _RESHAPES | _AXIS_OPS | _REDUCTIONS | {"transpose", "permute", "index"}:
+            self._layout(node, op, flow)
+        else:
+            raise self.fail(node, "consumes widened channels and cannot be updated by widen")
+
+    def _consume(
+        self, node: fx.Node, layer: tuple[str, str], widened: list[fx.Node], flow: Flow
+    ) -> None:
+        name, kind = layer
+        data = node.args[_LAYER_CALLS[_aten(node)][1]]
+        if widened != [data]:
+            raise self.fail(node, "takes the widened tensor as a non-data argument")
+        if kind == "conv":
+            raise self.fail(node, "is a convolution reading the last axis of a Linear output")
+        in_features = as_matrix(self.modules[name]).shape[1]
+        if in_features != flow.parent_channels:
+            raise self.fail(
+                node,
+                f"expects {in_features} inputs but the widened tensor has "
+                f"{flow.parent_channels} channels in the parent",
+            )
+        self.plan.uses.append(Use(name, "linear", flow))
+
+    def _last_axis(self, node: fx.Node, dim: object) -> bool:
+        """Whether axis ``dim`` of ``node``'s (widened) input is its last one."""
+        rank = len(_shape(node.args[0]) or ())
+        if not isinstance(dim, int) or rank == 0:
+            raise self.fail(node, f"acts on axis {dim!r} of a tensor of unknown rank")
+        return dim % rank == rank - 1
+
+    def _layout(self, node: fx.Node, op: str, flow: Flow) -> None:
+        """Reshapes, axis ops and reductions: channel-wise when the last axis stays put."""
+        before, after = _shape(node.args[0]), _shape(node)
+        if before is None or after is None:
+            raise self.fail(node, "has no recorded shape")
+        if op in _RESHAPES:
+            keeps = before[-1:] == after[-1:] == (flow.parent_channels,)
+            if not keeps:
+                raise self.fail(
+                    node,
+                    f"reshapes the widened tensor {before} to {after}, which does not keep the "
+                    f"{flow.parent_channels} channels as the last axis",
+                )
+        elif op in _AXIS_OPS and self._last_axis(node, _arg(node, 1, "dim", 0)):
+            raise self.fail(node, "selects or slices the widened channels")
+        elif op in _REDUCTIONS:
+            dims = _arg(node, 1, "dim", None)
+            dims = [dims] if isinstance(dims, int) else dims
+            if not dims or any(self._last_axis(node, d) for d in dims):
+                raise self.fail(node, "reduces over the widened channels")
+        elif op == "transpose" and any(
+            self._last_axis(node, _arg(node, i, n, 0)) for i, n in ((1, "dim0"), (2, "dim1"))
+        ):
+            raise self.fail(node, "moves the widened channels off the last axis")
+        elif op == "permute" and not self._last_axis(node, _arg(node, 1, "dims", [0])[-1]):
+            raise self.fail(node, "moves the widened channels off the last axis")
+        elif op == "index" and len(_arg(node, 1, "indices", ())) >= len(before):
+            raise self.fail(node, "indexes the widened channels")
+        self._pass(node, flow, True, True)
+
+    def _broadcast(self, operand: object) -> bool:
+        """A Python number, or a tensor of size 1 on the last axis: the same for every
+        channel."""
+        if isinstance(operand, (int, float)):
+            return True
+        shape = _shape(operand)
+        return shape is not None and (not shape or shape[-1] == 1)
+
+    def _operands(self, node: fx.Node) -> list[object]:
+        return [_arg(node, 0, "self", None), _arg(node, 1, "other", None)]
+
+    def _merged(self, node: fx.Node, tensors: list[fx.Node], what: str) -> Flow:
+        flows = [self.flows[t] for t in tensors]
+        if any(not np.array_equal(f.src, flows[0].src) for f in flows):
+            raise self.fail(node, f"{what} widened tensors whose channels do not line up")
+        merged = flows[0]
+        for f in flows[1:]:
+            merged = replace(
+                merged, zero_broken=merged.zero_broken or f.zero_broken, dead=merged.dead or f.dead
+            )
+        return merged
+
+    def _add(self, node: fx.Node, op: str) -> None:
+        operands = self._operands(node)
+        widened = [a for a in operands if a in self.flows]
+        others = [a for a in operands if a not in self.flows]
+        if any(not self._broadcast(a) for a in others):
+            partners = [o for a in others if isinstance(a, fx.Node) for o in self.origins(a)]
+            raise self.fail(
+                node,
+                f"adds the widened channels to a tensor from {', '.join(partners) or 'elsewhere'}"
+                ", which is not widened: widen every producer of the sum together (at=[...]); "
+                "a transformer's residual stream grows with grow_width",
+            )
+        zero = all(isinstance(a, (int, float)) and a == 0 for a in others)
+        self._pass(node, self._merged(node, widened, "adds"), zero, True)
+
+    def _mul(self, node: fx.Node, op: str) -> None:
+        operands = self._operands(node)
+        if op == "div" and operands[1] in self.flows:
+            raise self.fail(node, "divides by a widened tensor")
+        widened = [a for a in operands if a in self.flows]
+        flow = self._merged(node, widened, "multiplies")
+        zero_factors = sum(self.flows[a].zero_broken is None for a in widened)
+        live = True
+        for other in [a for a in operands if a not in self.flows]:
+            if self._broadcast(other):
+                live = live and not (isinstance(other, (int, float)) and other == 0)
+                continue
+            gate, gate_zero = self._gate(node, other, flow)
+            self.plan.gates[gate] = flow.src
+            zero_factors += gate_zero
+        # a product of two factors that are both zero on the new channels has zero gradient
+        dead = flow.dead or (self.describe(node) if zero_factors > 1 else None)
+        zero = zero_factors > 0
+        self.flows[node] = replace(
+            flow,
+            zero_broken=None if zero else flow.zero_broken,
+            dead=dead or (None if live else self.describe(node)),
+        )
+
+    def _gate(self, node: fx.Node, start: fx.Node, flow: Flow) -> tuple[str, bool]:
+        """The Linear/Conv1D layer computing ``start`` through single-use element-wise ops
+        and reshapes (SwiGLU's gate), and whether its zeroed new rows give zero there."""
+        path, zero = start, True
+        while isinstance(path, fx.Node) and len(path.users) == 1:
+            layer = self.layer_call(path)
+            if layer is not None:
+                name, kind = layer
+                rows = as_matrix(self.modules[name]).shape[0] if kind != "conv" else None
+                if (
+                    rows == flow.parent_channels
+                    and name not in self.producers
+                    and name not in self.plan.gates
+                    and (_shape(path) or (0,))[-1] == flow.parent_channels
+                ):
+                    return name, zero
+                break
+            op = _aten(path)
+            if op in _UNARY:
+                zero = zero and _UNARY[op][0]
+            elif op not in _RESHAPES or (_shape(path) or (0,))[-1:] != (flow.parent_channels,):
+                break
+            path = path.args[0]
+        partners = ", ".join(self.origins(start)) or "elsewhere"
+        raise self.fail(
+            node,
+            f"multiplies the widened channels with a tensor from {partners}, which is not "
+            "widened and not computed by a Linear/Conv1D layer through element-wise ops (a "
+            "gate such as SwiGLU's)",
+        )
+
+    def _cat(self, node: fx.Node) -> None:
+        tensors = list(_arg(node, 0, "tensors", ()))
+        widened = [t for t in tensors if t in self.flows]
+        first = widened[0]
+        rank = len(_shape(first) or ())
+        dim = _arg(node, 1, "dim", 0)
+        if not rank or not isinstance(dim, int):
+            raise self.fail(node, "concatenates tensors of unknown rank")
+        merged = self._merged(node, widened, "concatenates") if dim % rank != rank - 1 else None
+        if merged is not None:
+            if len(widened) != len(tensors):
+                raise self.fail(node, "concatenates widened and other tensors along another axis")
+            self.flows[node] = merged
+            return
+        pieces, offset = [], 0
+        for t in tensors:
+            if t in self.flows:
+                src = self.flows[t].src
+                pieces.append(np.where(src >= 0, src + offset, -1))
+                offset += self.flows[t].parent_channels
+            else:
+                count = (_shape(t) or (0,))[-1]
+                pieces.append(np.arange(offset, offset + count))
+                offset += count
+        flow = self.flows[first]
+        for t in widened[1:]:
+            f = self.flows[t]
+            flow = replace(
+                flow, zero_broken=flow.zero_broken or f.zero_broken, dead=flow.dead or f.dead
+            )
+        self.flows[node] = replace(flow, src=np.concatenate(pieces))
+
+
+def _ancestors(name: str | None) -> list[str]:
+    """``name`` and its enclosing modules, innermost first ("a.b.c", "a.b", "a")."""
+    if not name:
+        return []
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def plan_exported_widening(
+    model: nn.Module,
+    producers: Sequence[str],
+    src: np.ndarray,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+) -> WidthPlan:
+    """Export ``model`` on ``example_inputs`` and find every module the widening of
+    ``producers`` (all with channel map ``src``) touches. MorphError when the graph cannot be
+    updated exactly."""
+    items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    like = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if like is not None:
+        items = tuple(t.to(like.dtype) if t.is_floating_point() else t for t in items)
+    gm = export_graph(model, tuple(items))
+    return _ExportedWalk(model, gm, producers, src).run()
