@@ -21,6 +21,7 @@ from netmorph_core.torch import (
     grow_ffn,
     grow_width,
     remap_optimizer,
+    widen,
 )
 from netmorph_core.torch.surgery import gather
 from netmorph_core.torch.tracing import is_hf_model, node_module, trace_model
@@ -247,13 +248,18 @@ def _lm_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "grow",
-    [lambda m: grow_ffn(m, 130), lambda m: add_block(m, 1)],
-    ids=["ffn", "block"],
+    [
+        lambda m: grow_ffn(m, 130),
+        lambda m: add_block(m, 1),
+        lambda m: widen(m, "transformer.h.1.mlp.c_fc", 150, seed=0),
+    ],
+    ids=["ffn", "block", "widen_conv1d"],
 )
 def test_gpt2_loss_gradients_and_adam_moments_carried(grow: object) -> None:
     """Staged training's check on GPT-2: after growth the loss, the gradients of every old
     entry and their Adam moments equal the parent's (new entries start at zero), and one Adam
-    step moves every old entry as it moves the parent's (Conv1D: W stored (in, out))."""
+    step moves every old entry as it moves the parent's (Conv1D: W stored (in, out), also
+    widened in that layout by ``widen``)."""
     parent = _model("gpt2")
     x = _inputs("gpt2", torch.float64)
     opt = torch.optim.Adam(parent.parameters(), lr=1e-3)
@@ -320,13 +326,14 @@ def test_trace_hf_models(family: str) -> None:
 
 
 def test_gpt2_conv1d_reaches_the_generic_deepen() -> None:
-    """``deepen`` refuses Conv1D; after conv1d_to_linear it morphs GPT-2's c_fc exactly."""
+    """``deepen`` morphs GPT-2's Conv1D c_fc as the linear layer it is, and the same layer
+    after conv1d_to_linear, exactly."""
     from netmorph_core.torch import deepen
 
     parent = _model("gpt2")
     x = _inputs("gpt2", torch.float64)
-    with pytest.raises(TypeError, match="is Conv1D"):
-        deepen(parent, "transformer.h.0.mlp.c_fc", probe=x)
+    child, report = deepen(parent, "transformer.h.0.mlp.c_fc", width=160, probe=x, seed=0)
+    assert _rel_dev(parent, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
     linear, _ = conv1d_to_linear(parent)
     assert isinstance(linear.transformer.h[0].mlp.c_fc, torch.nn.Linear)
     child, report = deepen(linear, "transformer.h.0.mlp.c_fc", width=160, probe=x, seed=0)

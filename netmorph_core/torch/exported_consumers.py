@@ -193,6 +193,8 @@ class _ExportedWalk:
             found = [f"{owner!r} ({cls})"]
         elif node.op == "placeholder":
             found = [f"the model input {node.target!r}"]
+        elif node.op == "get_attr":
+            found = [f"the parameter {node.target!r}"]
         else:
             found = []
             for arg in node.all_input_nodes:

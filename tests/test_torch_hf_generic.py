@@ -1,0 +1,264 @@
+"""The generic adapter (deepen, widen, morph_subnet) on Hugging Face models and exported graphs.
+
+Hugging Face models are traced with torch.export; ``widen`` walks the ATen graph
+(:mod:`netmorph_core.torch.exported_consumers`). Every morph of a model: the float64 deviation
+of the child from the parent on a real forward pass, the parent bitwise unchanged. The walk
+itself is also checked on small plain modules exported the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_torch_transformer_hf import (  # noqa: F401 (exact_rmsnorm: a fixture)
+    F64_TOL,
+    _inputs,
+    _model,
+    _rel_dev,
+    exact_rmsnorm,
+)
+from torch import nn
+
+from netmorph_core.torch import MorphError, deepen, grow_ffn, grow_kernel, morph_subnet, widen
+from netmorph_core.torch.exported_consumers import plan_exported_widening
+from netmorph_core.torch.tracing import default_inputs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "exact_rmsnorm")
+
+#: family → (the FFN input layer, the FFN output layer) of block 0, a wider hidden size.
+FFN = {
+    "llama": ("model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj", 80),
+    "gpt2": ("transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj", 150),
+    "bert": ("bert.encoder.layer.0.intermediate.dense", "bert.encoder.layer.0.output.dense", 80),
+    "vit": ("vit.layers.0.mlp.fc1", "vit.layers.0.mlp.fc2", 80),
+}
+#: Llama and GPT-2 run by default; BERT and ViT with ``pytest -m thirdparty``.
+FAMILIES = [
+    "llama",
+    "gpt2",
+    pytest.param("bert", marks=pytest.mark.thirdparty),
+    pytest.param("vit", marks=pytest.mark.thirdparty),
+]
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def _matrix(layer: nn.Module) -> torch.Tensor:
+    """(out, in) weight of a Linear or Conv1D layer."""
+    return layer.weight.t() if type(layer).__name__ == "Conv1D" else layer.weight
+
+
+def _new_grad(child: nn.Module, report: object, name: str) -> float:
+    """Σ|gradient| over the entries of parameter ``name`` that the morph created."""
+    p = child.get_parameter(name)
+    new = torch.zeros(p.shape, dtype=torch.bool)
+    for axis, index in enumerate(report.param_sources[name].index):
+        if index is not None:
+            shape = [1] * p.dim()
+            shape[axis] = -1
+            new |= torch.as_tensor(index < 0).view(shape)
+    return float(p.grad[new].abs().sum())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_deepen_ffn_layer_is_exact(family: str) -> None:
+    parent = _model(family)
+    before = _state(parent)
+    at = FFN[family][0]
+    child, report = deepen(parent, at, width=48, seed=0)
+    assert _unchanged(parent, before)
+    assert isinstance(child.get_submodule(at), nn.Sequential)
+    assert report.scope == "model" and report.rel_dev_f64 <= F64_TOL
+    assert _rel_dev(parent, child, _inputs(family, torch.float64)) <= F64_TOL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_widen_ffn_hidden_is_exact(family: str) -> None:
+    """The FFN input layer gets more outputs (Llama: gate_proj with it), the output layer as
+    many inputs; GPT-2's Conv1D layers keep their type and (in, out) layout."""
+    parent = _model(family)
+    before = _state(parent)
+    first, last, width = FFN[family]
+    child, report = widen(parent, first, width, seed=0)
+    assert _unchanged(parent, before)
+    assert _matrix(child.get_submodule(first)).shape[0] == width
+    assert _matrix(child.get_submodule(last)).shape[1] == width
+    assert type(child.get_submodule(first)) is type(parent.get_submodule(first))
+    if family == "llama":
+        assert child.get_submodule("model.layers.0.mlp.gate_proj").weight.shape[0] == width
+    assert report.scope == "model" and report.rel_dev_f64 <= F64_TOL
+    x = _inputs(family, torch.float64)
+    assert _rel_dev(parent, child, x) <= F64_TOL
+    child(x).logits.square().mean().backward()  # the new units get gradient
+    assert _new_grad(child, report, f"{first}.weight") + _new_grad(child, report, f"{last}.weight")
+
+
+@pytest.mark.parametrize("zero_side", ["inner", "outer"])
+def test_widen_llama_gate_either_side(zero_side: str) -> None:
+    """Widening gate_proj widens up_proj with it, as grow_ffn grows both; both sides exact.
+    "auto" picks "outer": with zeroed new gate and up rows SiLU(0)·0 has zero gradient."""
+    parent = _model("llama")
+    child, report = widen(parent, "model.layers.1.mlp.gate_proj", 70, zero_side=zero_side, seed=1)
+    assert child.get_submodule("model.layers.1.mlp.up_proj").weight.shape[0] == 70
+    assert _rel_dev(parent, child, _inputs("llama", torch.float64)) <= F64_TOL
+    (note,) = [n for n in report.notes if n.startswith("zero_side=")]
+    assert ("will not train" in note) == (zero_side == "inner")
+    _, auto = widen(parent, "model.layers.1.mlp.gate_proj", 70, seed=1)
+    assert any("zero_side='outer'" in n and "zero gradient" in n for n in auto.notes)
+
+
+def test_widen_agrees_with_grow_ffn_in_shape() -> None:
+    """widen on up_proj and grow_ffn on block 0 give the same layer shapes."""
+    parent = _model("llama")
+    widened, _ = widen(parent, "model.layers.0.mlp.up_proj", 68, seed=0)
+    grown, _ = grow_ffn(parent, 68, layers=[0])
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        rel = f"model.layers.0.mlp.{name}"
+        assert widened.get_submodule(rel).weight.shape == grown.get_submodule(rel).weight.shape
+
+
+@pytest.mark.parametrize(
+    ("family", "at", "match"),
+    [
+        ("llama", "model.layers.0.mlp.down_proj", r"aten\.add \(node .* grow_width"),
+        ("llama", "model.layers.0.self_attn.o_proj", r"residual stream grows with grow_width"),
+        ("llama", "model.layers.0.self_attn.q_proj", r"reshapes the widened tensor .*add_heads"),
+        ("gpt2", "transformer.h.0.attn.c_attn", r"aten\.split \(node 'split'.*add_heads"),
+        ("gpt2", "transformer.h.1.mlp.c_proj", r"adds the widened channels"),
+        pytest.param(
+            "bert",
+            "bert.encoder.layer.0.attention.self.key",
+            r"in 'bert\.encoder\.layer\.0\.attention\.self' \(BertSelfAttention\).*add_heads",
+            marks=pytest.mark.thirdparty,
+        ),
+        pytest.param(
+            "vit",
+            "vit.embeddings.patch_embeddings.projection",
+            r"is a convolution: in an exported graph",
+            marks=pytest.mark.thirdparty,
+        ),
+    ],
+)
+def test_widen_refusals_name_the_node(family: str, at: str, match: str) -> None:
+    parent = _model(family)
+    before = _state(parent)
+    width = _matrix(parent.get_submodule(at)).shape[0] + 8
+    with pytest.raises(MorphError, match=match):
+        widen(parent, at, width, seed=0)
+    assert _unchanged(parent, before)
+
+
+def test_gpt2_conv1d_morphs_natively() -> None:
+    """deepen and morph_subnet replace a Conv1D by Linear chains computing x·W + b; widen
+    keeps Conv1D; grow_kernel refuses it: it has no kernel."""
+    parent = _model("gpt2")
+    x = _inputs("gpt2", torch.float64)
+    child, _ = morph_subnet(
+        parent, "transformer.h.1.attn.c_proj", [(40, None), (48, None), (None, None)], seed=0
+    )
+    assert _rel_dev(parent, child, x) <= F64_TOL
+    chain = child.get_submodule("transformer.h.1.attn.c_proj")
+    assert [m.weight.shape[0] for m in chain if isinstance(m, nn.Linear)] == [40, 48, 32]
+    with pytest.raises(TypeError, match=r"is Conv1D, transformers' linear layer .* no kernel"):
+        grow_kernel(parent, "transformer.h.0.mlp.c_fc", 3)
+    widened, _ = widen(parent, "transformer.h.0.mlp.c_fc", 150, seed=0)
+    assert widened.get_submodule("transformer.h.0.mlp.c_fc").weight.shape == (32, 150)
+    assert widened.get_submodule("transformer.h.0.mlp.c_proj").weight.shape == (150, 32)
+    assert widened.get_submodule("transformer.h.0.mlp.c_fc").nf == 150
+
+
+def test_default_inputs_from_the_config() -> None:
+    ids = default_inputs(_model("gpt2"))
+    assert ids[0].dtype == torch.int64 and ids[0].shape == (2, 8) and int(ids[0].max()) < 100
+    assert default_inputs(nn.Linear(2, 2)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The walk on small exported modules
+
+
+class _SwiGLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+class _Cat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(4, 3), nn.Linear(4, 2), nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.b(x), torch.relu(self.a(x))], dim=-1)
+        return self.out(h.unsqueeze(1).transpose(0, 1).squeeze(0) * 0.5 + 1.0)
+
+
+class _Transposed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 3), nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(x).transpose(-1, -2))
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 3), nn.Linear(3, 1)
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(x) * self.scale)
+
+
+def _src(channels: int, width: int) -> np.ndarray:
+    return np.concatenate([np.arange(channels), -np.ones(width - channels, int)])
+
+
+def test_walk_widens_a_swiglu_gate_with_its_partner() -> None:
+    plan = plan_exported_widening(_SwiGLU(), ["up"], _src(6, 8), torch.randn(2, 3, 4))
+    assert [(u.name, u.kind) for u in plan.uses] == [("down", "linear")]
+    assert list(plan.gates) == ["gate"] and plan.dead() is not None
+
+
+def test_walk_shifts_a_concatenation_and_follows_axis_ops() -> None:
+    plan = plan_exported_widening(_Cat(), ["a"], np.array([2, -1, 0, 1]), torch.randn(2, 4))
+    (use,) = plan.uses
+    assert use.name == "out"
+    np.testing.assert_array_equal(use.flow.src, [0, 1, 4, -1, 2, 3])
+    assert "aten.add" in plan.zero_broken()  # + 1.0 makes zero channels non-zero
+
+
+@pytest.mark.parametrize(
+    ("module", "match"),
+    [
+        (_Transposed(), r"aten\.transpose \(node .*\) moves the widened channels off the last"),
+        (_Scaled(), r"multiplies the widened channels with a tensor from the parameter 'scale'"),
+        (
+            nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 1)),
+            r"aten\.layer_norm \(node .*, in '1' \(LayerNorm\)\) normalises over the widened "
+            r"channels; '1' is a norm \(LayerNorm\): grow_width",
+        ),
+        (
+            nn.Sequential(nn.Linear(4, 3), nn.RMSNorm(3), nn.Linear(3, 1)),
+            r"in '1' \(RMSNorm\).*is a norm \(RMSNorm\)",
+        ),
+        (nn.Sequential(nn.Linear(4, 3), nn.Tanh()), r"the model's output"),
+    ],
+)
+def test_walk_refusals(module: nn.Module, match: str) -> None:
+    first = next(n for n, m in module.named_modules() if isinstance(m, nn.Linear))
+    with pytest.raises(MorphError, match=match):
+        plan_exported_widening(module, [first], _src(3, 5), torch.randn(2, 4))
