@@ -1,7 +1,8 @@
 """Width morphing of Conv/Linear layers inside a model (NetMorph §3.4.1, DESIGN.md §3).
 
 The layers ``at`` get C̃ − C new output channels; every module the widened tensor reaches is
-found with torch.fx (:mod:`.consumers`) and updated: BatchNorm and per-channel PReLU get the
+found with torch.fx (:mod:`.consumers`; Hugging Face models: torch.export,
+:mod:`.exported_consumers`) and updated: BatchNorm and per-channel PReLU get the
 new channels, consumers (Conv, Linear, flatten → Linear column blocks) get new input columns.
 New producer rows N1 and new consumer columns N2 satisfy N2 ⊛ N1 = 0:
 
@@ -256,7 +257,11 @@ def widen(
     (module docstring); ``seed``: the permutation and the random entries. ``probe``/
     ``input_shape``/``tol`` as in :func:`deepen` (no single-layer fallback: without a model
     input tol="auto" raises, tol=None leaves the deviation unmeasured). Needs a model
-    torch.fx can trace (MorphError otherwise). Returns (child, report); ``model`` is unchanged.
+    torch.fx can trace (MorphError otherwise); a Hugging Face model is exported with
+    torch.export on ``probe`` (default: inputs from its config) and walked by
+    :mod:`.exported_consumers`. Transformers' ``Conv1D`` layers (producers, gates and consumers)
+    keep their class and (in, out) weight layout. Returns (child, report); ``model`` is
+    unchanged.
     """
     names = _names(at)
     layers = [find_layer(model, n, grouped=True) for n in names]
