@@ -20,7 +20,15 @@ from test_torch_transformer_hf import (  # noqa: F401 (exact_rmsnorm: a fixture)
 )
 from torch import nn
 
-from netmorph_core.torch import MorphError, deepen, grow_ffn, grow_kernel, morph_subnet, widen
+from netmorph_core.torch import (
+    MorphError,
+    deepen,
+    grow_ffn,
+    grow_kernel,
+    morph_stacked,
+    morph_subnet,
+    widen,
+)
 from netmorph_core.torch.exported_consumers import plan_exported_widening
 from netmorph_core.torch.tracing import default_inputs
 
@@ -101,38 +109,45 @@ def test_widen_ffn_hidden_is_exact(family: str) -> None:
     assert _new_grad(child, report, f"{first}.weight") + _new_grad(child, report, f"{last}.weight")
 
 
-@pytest.mark.parametrize("zero_side", ["inner", "outer"])
-def test_widen_llama_gate_either_side(zero_side: str) -> None:
-    """Widening gate_proj widens up_proj with it, as grow_ffn grows both; both sides exact.
-    "auto" picks "outer": with zeroed new gate and up rows SiLU(0)·0 has zero gradient."""
+@pytest.mark.parametrize("zero_side", ["inner", "auto"])
+def test_widen_llama_gate_takes_up_with_it(zero_side: str) -> None:
+    """Widening gate_proj widens up_proj with it, as grow_ffn grows both (same shapes); exact
+    on either side. "auto" picks "outer": with zeroed new gate and up rows SiLU(0)·0 has zero
+    gradient, which an explicit "inner" is told."""
     parent = _model("llama")
-    child, report = widen(parent, "model.layers.1.mlp.gate_proj", 70, zero_side=zero_side, seed=1)
-    assert child.get_submodule("model.layers.1.mlp.up_proj").weight.shape[0] == 70
-    assert _rel_dev(parent, child, _inputs("llama", torch.float64)) <= F64_TOL
+    x = _inputs("llama", torch.float64)
+    child, report = widen(
+        parent, "model.layers.1.mlp.gate_proj", 70, zero_side=zero_side, seed=1, probe=x
+    )
+    assert report.probe_shapes == (tuple(x.shape),)
+    assert _rel_dev(parent, child, x) <= F64_TOL
     (note,) = [n for n in report.notes if n.startswith("zero_side=")]
-    assert ("will not train" in note) == (zero_side == "inner")
-    _, auto = widen(parent, "model.layers.1.mlp.gate_proj", 70, seed=1)
-    assert any("zero_side='outer'" in n and "zero gradient" in n for n in auto.notes)
-
-
-def test_widen_agrees_with_grow_ffn_in_shape() -> None:
-    """widen on up_proj and grow_ffn on block 0 give the same layer shapes."""
-    parent = _model("llama")
-    widened, _ = widen(parent, "model.layers.0.mlp.up_proj", 68, seed=0)
-    grown, _ = grow_ffn(parent, 68, layers=[0])
+    expected = "'inner': requested" if zero_side == "inner" else "'outer'"
+    assert expected in note and "zero gradient" in note
+    grown, _ = grow_ffn(parent, 70, layers=[1])
     for name in ("gate_proj", "up_proj", "down_proj"):
-        rel = f"model.layers.0.mlp.{name}"
-        assert widened.get_submodule(rel).weight.shape == grown.get_submodule(rel).weight.shape
+        rel = f"model.layers.1.mlp.{name}"
+        assert child.get_submodule(rel).weight.shape == grown.get_submodule(rel).weight.shape
 
 
 @pytest.mark.parametrize(
     ("family", "at", "match"),
     [
         ("llama", "model.layers.0.mlp.down_proj", r"aten\.add \(node .* grow_width"),
-        ("llama", "model.layers.0.self_attn.o_proj", r"residual stream grows with grow_width"),
+        pytest.param(
+            "llama",
+            "model.layers.0.self_attn.o_proj",
+            r"residual stream grows with grow_width",
+            marks=pytest.mark.thirdparty,
+        ),
         ("llama", "model.layers.0.self_attn.q_proj", r"reshapes the widened tensor .*add_heads"),
         ("gpt2", "transformer.h.0.attn.c_attn", r"aten\.split \(node 'split'.*add_heads"),
-        ("gpt2", "transformer.h.1.mlp.c_proj", r"adds the widened channels"),
+        pytest.param(
+            "gpt2",
+            "transformer.h.1.mlp.c_proj",
+            r"adds the widened channels",
+            marks=pytest.mark.thirdparty,
+        ),
         pytest.param(
             "bert",
             "bert.encoder.layer.0.attention.self.key",
@@ -157,8 +172,8 @@ def test_widen_refusals_name_the_node(family: str, at: str, match: str) -> None:
 
 
 def test_gpt2_conv1d_morphs_natively() -> None:
-    """deepen and morph_subnet replace a Conv1D by Linear chains computing x·W + b; widen
-    keeps Conv1D; grow_kernel refuses it: it has no kernel."""
+    """morph_subnet and morph_stacked replace a Conv1D by Linear layers computing x·W + b;
+    widen keeps Conv1D; grow_kernel refuses it: it has no kernel."""
     parent = _model("gpt2")
     x = _inputs("gpt2", torch.float64)
     child, _ = morph_subnet(
@@ -167,6 +182,10 @@ def test_gpt2_conv1d_morphs_natively() -> None:
     assert _rel_dev(parent, child, x) <= F64_TOL
     chain = child.get_submodule("transformer.h.1.attn.c_proj")
     assert [m.weight.shape[0] for m in chain if isinstance(m, nn.Linear)] == [40, 48, 32]
+    stacked, _ = morph_stacked(
+        parent, "transformer.h.0.mlp.c_fc", [[(None, None)], [(40, None), (None, None)]], seed=0
+    )
+    assert _rel_dev(parent, stacked, x) <= F64_TOL
     with pytest.raises(TypeError, match=r"is Conv1D, transformers' linear layer .* no kernel"):
         grow_kernel(parent, "transformer.h.0.mlp.c_fc", 3)
     widened, _ = widen(parent, "transformer.h.0.mlp.c_fc", 150, seed=0)
@@ -223,6 +242,29 @@ class _Scaled(nn.Module):
         return self.out(self.a(x) * self.scale)
 
 
+class _GateTwice(_SwiGLU):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.gate(x).sum(-1, keepdim=True)
+
+
+class _ConsumerTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 3), nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.a(x))) + self.out(x[..., :3])
+
+
+class _ReadsWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 3), nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(x)) + self.a.weight.sum()
+
+
 def _src(channels: int, width: int) -> np.ndarray:
     return np.concatenate([np.arange(channels), -np.ones(width - channels, int)])
 
@@ -242,23 +284,28 @@ def test_walk_shifts_a_concatenation_and_follows_axis_ops() -> None:
 
 
 @pytest.mark.parametrize(
-    ("module", "match"),
+    ("module", "at", "match"),
     [
-        (_Transposed(), r"aten\.transpose \(node .*\) moves the widened channels off the last"),
-        (_Scaled(), r"multiplies the widened channels with a tensor from the parameter 'scale'"),
+        (_Transposed(), "a", r"aten\.transpose \(node .*\) moves the widened channels off the"),
+        (_Scaled(), "a", r"from the parameter 'scale', which is not widened"),
         (
             nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 1)),
+            "0",
             r"aten\.layer_norm \(node .*, in '1' \(LayerNorm\)\) normalises over the widened "
             r"channels; '1' is a norm \(LayerNorm\): grow_width",
         ),
         (
             nn.Sequential(nn.Linear(4, 3), nn.RMSNorm(3), nn.Linear(3, 1)),
+            "0",
             r"in '1' \(RMSNorm\).*is a norm \(RMSNorm\)",
         ),
-        (nn.Sequential(nn.Linear(4, 3), nn.Tanh()), r"the model's output"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Tanh()), "0", r"the model's output"),
+        (_GateTwice(), "up", r"the gate 'gate' is called 2 times"),
+        (_ConsumerTwice(), "a", r"'out' is also called on tensors that are not widened"),
+        (_ReadsWeight(), "a", r"reads 'a\.weight' outside the layer's own call"),
     ],
 )
-def test_walk_refusals(module: nn.Module, match: str) -> None:
-    first = next(n for n, m in module.named_modules() if isinstance(m, nn.Linear))
+def test_walk_refusals(module: nn.Module, at: str, match: str) -> None:
+    channels = module.get_submodule(at).out_features
     with pytest.raises(MorphError, match=match):
-        plan_exported_widening(module, [first], _src(3, 5), torch.randn(2, 4))
+        plan_exported_widening(module, [at], _src(channels, channels + 2), torch.randn(2, 4))

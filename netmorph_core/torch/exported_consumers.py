@@ -256,26 +256,21 @@ class _ExportedWalk:
         self.plan.uses = list(merged.values())
         consumers = {u.name for u in self.plan.uses}
         touched = {*self.producers, *self.plan.gates, *consumers}
+        gate_calls = dict.fromkeys(self.plan.gates, 0)
         for node in self.gm.graph.nodes:
-            layer = self.layer_call(node)
-            if layer is None or layer[0] not in touched:
-                continue
-            data = node.args[_LAYER_CALLS[_aten(node)][1]]
-            if layer[0] in consumers and data not in self.flows:
+            name = (self.layer_call(node) or ("",))[0]
+            if name in gate_calls:
+                gate_calls[name] += 1
+            if name in consumers and node.args[_LAYER_CALLS[_aten(node)][1]] not in self.flows:
                 raise MorphError(
-                    f"widening {list(self.producers)}: {layer[0]!r} is also called on tensors "
-                    "that are not widened"
+                    f"widening {list(self.producers)}: {name!r} is also called on tensors that "
+                    "are not widened"
                 )
-            if (
-                layer[0] in self.plan.gates
-                and sum(
-                    1 for n in self.gm.graph.nodes if (self.layer_call(n) or ("",))[0] == layer[0]
-                )
-                != 1
-            ):
+        for name, count in gate_calls.items():
+            if count != 1:
                 raise MorphError(
-                    f"widening {list(self.producers)}: the gate {layer[0]!r} is called more than "
-                    "once; it must be called exactly once"
+                    f"widening {list(self.producers)}: the gate {name!r} is called {count} times "
+                    "in the exported graph; it must be called exactly once"
                 )
         for node in self.gm.graph.nodes:
             if node.op != "get_attr":
@@ -322,7 +317,7 @@ class _ExportedWalk:
             raise self.fail(node, "normalises over the widened channels")
         if op in _ATTENTION:
             raise self.fail(node, "attends over the widened channels")
-        if node.args[0] is not widened[0] or len(widened) > 1:
+        if not node.args or node.args[0] is not widened[0] or len(widened) > 1:
             raise self.fail(node, "takes the widened tensor as a non-data argument")
         if op in _UNARY:
             self._pass(node, flow, *_UNARY[op])
