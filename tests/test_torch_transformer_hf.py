@@ -17,6 +17,7 @@ from netmorph_core.torch import (
     add_block,
     add_heads,
     conv1d_to_linear,
+    deepen,
     deepen_projection,
     grow_ffn,
     grow_width,
@@ -252,8 +253,9 @@ def _lm_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         lambda m: grow_ffn(m, 130),
         lambda m: add_block(m, 1),
         lambda m: widen(m, "transformer.h.1.mlp.c_fc", 150, seed=0),
+        lambda m: deepen(m, "transformer.h.1.mlp.c_fc", width=48, seed=0),
     ],
-    ids=["ffn", "block", "widen_conv1d"],
+    ids=["ffn", "block", "widen_conv1d", "deepen_conv1d"],
 )
 def test_gpt2_loss_gradients_and_adam_moments_carried(grow: object) -> None:
     """Staged training's check on GPT-2: after growth the loss, the gradients of every old
@@ -328,8 +330,6 @@ def test_trace_hf_models(family: str) -> None:
 def test_gpt2_conv1d_reaches_the_generic_deepen() -> None:
     """``deepen`` morphs GPT-2's Conv1D c_fc as the linear layer it is, and the same layer
     after conv1d_to_linear, exactly."""
-    from netmorph_core.torch import deepen
-
     parent = _model("gpt2")
     x = _inputs("gpt2", torch.float64)
     child, report = deepen(parent, "transformer.h.0.mlp.c_fc", width=160, probe=x, seed=0)
