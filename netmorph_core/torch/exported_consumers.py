@@ -119,7 +119,6 @@ class _ExportedWalk:
     def __init__(
         self, model: nn.Module, gm: fx.GraphModule, producers: Sequence[str], src: np.ndarray
     ) -> None:
-        self.model = model
         self.modules = dict(model.named_modules())
         self.gm = gm
         self.producers = tuple(producers)
@@ -235,8 +234,8 @@ class _ExportedWalk:
         return self.plan
 
     def _check_calls(self) -> None:
-        """Every call of a consumer sees the same widened channels; producers and gates are
-        called once; no parameter of a touched layer is read outside its own calls."""
+        """Every call of a consumer sees the same widened channels, a gate is called once,
+        and no parameter of a touched layer is read outside its own calls."""
         merged: dict[str, Use] = {}
         for use in self.plan.uses:
             first = merged.get(use.name)
