@@ -13,10 +13,13 @@ import pytest
 import torch
 from test_torch_transformer_hf import (  # noqa: F401 (exact_rmsnorm: a fixture)
     F64_TOL,
+    GQA,
+    SMALL,
     _inputs,
     _model,
     _rel_dev,
     exact_rmsnorm,
+    transformers,
 )
 from torch import nn
 
@@ -192,6 +195,69 @@ def test_gpt2_conv1d_morphs_natively() -> None:
     assert widened.get_submodule("transformer.h.0.mlp.c_fc").weight.shape == (32, 150)
     assert widened.get_submodule("transformer.h.0.mlp.c_proj").weight.shape == (150, 32)
     assert widened.get_submodule("transformer.h.0.mlp.c_fc").nf == 150
+
+
+def _more_families() -> dict[str, tuple[object, object, str]]:
+    """family → (model class, config, FFN input layer), built from tiny configs."""
+    tr = transformers
+    small = dict(**SMALL, vocab_size=100, max_position_embeddings=32)
+    seq2seq = dict(
+        d_model=32,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        vocab_size=100,
+        max_position_embeddings=32,
+    )
+    return {
+        "qwen2": (tr.Qwen2ForCausalLM, tr.Qwen2Config(**GQA), "model.layers.0.mlp.gate_proj"),
+        "gpt_neox": (
+            tr.GPTNeoXForCausalLM,
+            tr.GPTNeoXConfig(**small),
+            "gpt_neox.layers.0.mlp.dense_h_to_4h",
+        ),
+        "phi": (tr.PhiForCausalLM, tr.PhiConfig(**small), "model.layers.0.mlp.fc1"),
+        "roberta": (
+            tr.RobertaForSequenceClassification,
+            tr.RobertaConfig(**small),
+            "roberta.encoder.layer.0.intermediate.dense",
+        ),
+        "bart": (
+            tr.BartForConditionalGeneration,
+            tr.BartConfig(**seq2seq),
+            "model.decoder.layers.0.fc1",
+        ),
+        "swin": (
+            tr.SwinForImageClassification,
+            tr.SwinConfig(
+                image_size=16,
+                patch_size=4,
+                embed_dim=16,
+                depths=[1, 1],
+                num_heads=[2, 2],
+                window_size=2,
+            ),
+            "swin.encoder.layers.0.blocks.0.mlp.fc1",
+        ),
+    }
+
+
+@pytest.mark.thirdparty
+@pytest.mark.parametrize("family", ["qwen2", "gpt_neox", "phi", "roberta", "bart", "swin"])
+def test_more_families_ffn_deepen_and_widen(family: str) -> None:
+    """Default inputs from the config (an encoder-decoder gets decoder ids too); exact."""
+    model_class, config, at = _more_families()[family]
+    torch.manual_seed(0)
+    parent = model_class(config).to(torch.float64).eval()
+    before = _state(parent)
+    width = parent.get_submodule(at).out_features + 6
+    for child, report in (widen(parent, at, width, seed=0), deepen(parent, at, seed=0)):
+        assert report.scope == "model" and report.rel_dev_f64 <= F64_TOL
+        assert child.get_submodule(at) is not None
+    assert _unchanged(parent, before)
 
 
 def test_default_inputs_from_the_config() -> None:

@@ -13,6 +13,8 @@ or images), for tracing and for measuring a morph when no probe is given.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import fx, nn
 
@@ -60,25 +62,27 @@ def export_graph(
     the model and the reason when it cannot be exported."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    config = getattr(model, "config", None)
-    use_cache = getattr(config, "use_cache", None)
+    # every config a submodule holds (encoder-decoder stacks keep copies of their own)
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    saved = {key: c.use_cache for key, c in configs.items() if hasattr(c, "use_cache")}
     try:
-        if use_cache is not None:
-            config.use_cache = False  # the cache object is not a pytree the export can return
+        for key in saved:
+            configs[key].use_cache = False  # the cache is not a pytree the export can return
         program = torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as exc:  # export raises many types
         raise MorphError(
             f"torch.export cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"
         ) from exc
     finally:
-        if use_cache is not None:
-            config.use_cache = use_cache
+        for key, value in saved.items():
+            configs[key].use_cache = value
     return program.module()
 
 
 def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
     """Inputs a Hugging Face model runs on, from its config (None for other models): token
-    ids (2, 8) below the vocabulary size, or images (2, C, S, S) of the configured size."""
+    ids (2, 8) below the vocabulary size (an encoder-decoder model: ids, attention mask and
+    decoder ids), or images (2, C, S, S) of the configured size."""
     if not is_hf_model(model):
         return None
     gen = torch.Generator().manual_seed(0)
@@ -94,8 +98,13 @@ def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
             config, "n_positions", None
         )
         length = min(SEQ_LEN, limit) if isinstance(limit, int) else SEQ_LEN
-        ids = torch.randint(0, embed.num_embeddings, (2, length), generator=gen)
-        return (ids.to(device),)
+        ids = torch.randint(0, embed.num_embeddings, (2, length), generator=gen).to(device)
+        if not getattr(config, "is_encoder_decoder", False):
+            return (ids,)
+        return _positional(
+            model,
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": ids},
+        )
     if name == "pixel_values":
         size = getattr(config, "image_size", None)
         channels = getattr(config, "num_channels", None)
@@ -117,3 +126,13 @@ def node_module(node: fx.Node) -> str | None:
         return None
     path, _ = list(stack.values())[-1]
     return path.removeprefix("L['self'].").removeprefix("L__self__.") or None
+
+
+def _positional(
+    model: nn.Module, named: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, ...] | None:
+    """``named`` in the order of ``model.forward``'s leading parameters (None when they are
+    not exactly those names)."""
+    params = [p for p in inspect.signature(model.forward).parameters if p != "self"]
+    order = params[: len(named)]
+    return tuple(named[n] for n in order) if set(order) == set(named) else None
