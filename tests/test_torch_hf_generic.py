@@ -266,6 +266,36 @@ def test_default_inputs_from_the_config() -> None:
     assert default_inputs(nn.Linear(2, 2)) is None
 
 
+class _FixedViewConfig(transformers.PretrainedConfig):
+    model_type = "netmorph-fixed-view"
+
+
+class _FixedView(transformers.PreTrainedModel):
+    """A Hugging Face model with no token embedding whose forward writes its hidden size."""
+
+    config_class = _FixedViewConfig
+
+    def __init__(self, config: _FixedViewConfig) -> None:
+        super().__init__(config)
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)).view(x.shape[0], 6))
+
+
+def test_hf_model_without_inputs_or_with_a_written_size() -> None:
+    """No default inputs: widen asks for a probe. The graph cannot see that the forward
+    writes the size 6: the child fails on the probe, a MorphError, the parent unchanged."""
+    parent = _FixedView(_FixedViewConfig()).to(torch.float64).eval()
+    before = _state(parent)
+    assert default_inputs(parent) is None
+    with pytest.raises(MorphError, match="needs example inputs; pass probe="):
+        widen(parent, "a", 8)
+    with pytest.raises(MorphError, match=r"the child does not run on the probe \(RuntimeError"):
+        widen(parent, "a", 8, probe=torch.randn(3, 4))
+    assert _unchanged(parent, before)
+
+
 # ---------------------------------------------------------------------------------------------
 # The walk on small exported modules
 

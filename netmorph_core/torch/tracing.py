@@ -91,7 +91,10 @@ def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
     config = getattr(model, "config", None)
     name = getattr(model, "main_input_name", "input_ids")
     if name == "input_ids":
-        embed = model.get_input_embeddings()
+        try:
+            embed = model.get_input_embeddings()
+        except (NotImplementedError, AttributeError):  # a model without a token embedding
+            return None
         if not isinstance(embed, nn.Embedding):
             return None
         limit = getattr(config, "max_position_embeddings", None) or getattr(
