@@ -266,22 +266,17 @@ def layer_entries(
     return total
 
 
-def _weight(layer: nn.Module) -> torch.Tensor:
-    """A layer's weight with the output axis first (transformers' Conv1D stores (in, out))."""
-    return as_matrix(layer) if is_conv1d(layer) else layer.weight
-
-
 def check_widen_memory(
     model: nn.Module, producers: Iterable[str], consumers: Iterable[str], width: int
 ) -> None:
     """Bound the memory of widening ``producers`` to ``width`` output channels: the channel
     maps (2 int64 per channel), the producers' new weights and, once known, the consumers'
     (their input columns grow by width/C)."""
-    layers = [_weight(model.get_submodule(n)) for n in producers]
+    layers = [as_matrix(model.get_submodule(n)) for n in producers]
     channels = layers[0].shape[0]
     entries = sum(width * math.prod(w.shape[1:]) for w in layers)
     for name in consumers:
-        w = _weight(model.get_submodule(name))
+        w = as_matrix(model.get_submodule(name))
         cols = -(-w.shape[1] * width // channels) if w.dim() >= 2 else 0
         entries += w.shape[0] * cols * math.prod(w.shape[2:])
     like = layers[0]

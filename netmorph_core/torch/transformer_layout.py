@@ -47,7 +47,8 @@ def weight_axes(module: nn.Module) -> tuple[int, int | None]:
 
 
 def as_matrix(module: nn.Module) -> torch.Tensor:
-    """The (out, in) matrix of a Linear or Conv1D layer (a view, not a copy)."""
+    """The (out, in) matrix of a Linear or Conv1D layer (a view, not a copy); a conv's weight
+    as it is."""
     w = module.weight
     return w.t() if is_conv1d(module) else w
 

@@ -79,11 +79,6 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
 
 
-def _matrix(layer: nn.Module) -> torch.Tensor:
-    """The weight of a Conv/Linear layer, or transformers' Conv1D as the (out, in) matrix."""
-    return as_matrix(layer) if is_conv1d(layer) else layer.weight
-
-
 def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) -> tuple[str, str]:
     """The side to zero and why."""
     broken = plan.zero_broken()
@@ -107,9 +102,9 @@ def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) 
     inner = outer = 0
     for name in plan.producers:
         layer = model.get_submodule(name)
-        inner += extra * (math.prod(_matrix(layer).shape[1:]) + (layer.bias is not None))
+        inner += extra * (math.prod(as_matrix(layer).shape[1:]) + (layer.bias is not None))
     for use in plan.consumers:
-        w = _matrix(model.get_submodule(use.name))
+        w = as_matrix(model.get_submodule(use.name))
         block = w.shape[1] // use.flow.parent_channels
         outer += extra * block * w.shape[0] * math.prod(w.shape[2:])
     if inner < outer:
@@ -142,14 +137,14 @@ def _apply(
         new = mapping < 0
         layer = child.get_submodule(name)
         w = layer.weight
-        out_axis = weight_axes(layer)[0] if is_conv1d(layer) else 0
-        shape = (int(new.sum()), *_matrix(layer).shape[1:])
+        out_axis = weight_axes(layer)[0]  # 1 for Conv1D, whose W is (in, out)
+        shape = (int(new.sum()), *as_matrix(layer).shape[1:])
         rows = torch.zeros(shape, dtype=w.dtype, device=w.device)
         if side == "outer":
             rows = _noise(rng, shape, w, noise_scale(to_numpy64(w)))
         nonzero += int(torch.count_nonzero(rows))
         total += rows.numel()
-        _set_param(layer, "weight", gather(w, mapping, out_axis, rows.t() if out_axis else rows))
+        _set_param(layer, "weight", gather(w, mapping, out_axis, rows.movedim(0, out_axis)))
         index: list[np.ndarray | None] = [None] * w.dim()
         index[out_axis] = mapping
         sources[f"{name}.weight"] = ParamSource(f"{name}.weight", f"{name}.weight", tuple(index))
@@ -203,7 +198,7 @@ def _apply(
             )
             m.num_parameters = s.size
         else:
-            w, matrix = m.weight, _matrix(m)
+            w, matrix = m.weight, as_matrix(m)
             cols = _column_index(use, matrix.shape[1])
             shape = (matrix.shape[0], int((cols < 0).sum()), *matrix.shape[2:])
             fill = torch.zeros(shape, dtype=w.dtype, device=w.device)
@@ -211,8 +206,8 @@ def _apply(
                 fill = _noise(rng, shape, w, noise_scale(to_numpy64(w)))
             nonzero += int(torch.count_nonzero(fill))
             total += fill.numel()
-            in_axis = 0 if is_conv1d(m) else 1  # Conv1D stores W as (in, out)
-            _set_param(m, "weight", gather(w, cols, in_axis, fill.t() if in_axis == 0 else fill))
+            in_axis = weight_axes(m)[1]  # 0 for Conv1D, whose W is (in, out)
+            _set_param(m, "weight", gather(w, cols, in_axis, fill.movedim(1, in_axis)))
             index = [None] * w.dim()
             index[in_axis] = cols
             sources[f"{use.name}.weight"] = ParamSource(
