@@ -106,6 +106,7 @@ def test_widen_ffn_hidden_is_exact(family: str) -> None:
     if family == "llama":
         assert child.get_submodule("model.layers.0.mlp.gate_proj").weight.shape[0] == width
     assert report.scope == "model" and report.rel_dev_f64 <= F64_TOL
+    assert any("config still gives the parent's layer sizes" in n for n in report.notes)
     x = _inputs(family, torch.float64)
     assert _rel_dev(parent, child, x) <= F64_TOL
     child(x).logits.square().mean().backward()  # the new units get gradient

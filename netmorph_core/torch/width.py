@@ -306,6 +306,11 @@ def widen(
                 "new BatchNorm channels: running mean 0, var 1, weight 1, bias 0; BatchNorm is "
                 "per channel, so train mode is exact too"
             )
+        if is_hf_model(child):
+            outcome.notes.append(
+                "the config still gives the parent's layer sizes: save the child whole "
+                "(torch.save); type(child)(child.config) would build the parent's architecture"
+            )
         return outcome
 
     return run_morph(
