@@ -62,21 +62,20 @@ def _small_grams(a: np.ndarray, columns: np.ndarray, valid: np.ndarray) -> np.nd
     padded slots (``valid`` False) zero. From one Gram over the columns used by any row when
     that is cheaper (2·w·u² flops against 2·w·rows·s² for per-row products), else per row."""
     rows, width = columns.shape
-    used, index = np.unique(np.where(valid, columns, -1), return_inverse=True)
-    index = index.reshape(rows, width)
-    if used[0] == -1:  # the padding: a zero column first
-        sub = np.zeros((a.shape[0], used.size))
-        sub[:, 1:] = a[:, used[1:]]
-    else:
-        sub = a[:, used]
-    size = used.size
-    if size * size <= 2 * rows * width * width:
-        check_working_set(8 * (size * size + rows * width * width), "the floor repair's Grams")
-        full = sub.T @ sub
-        return np.take(full.ravel(), index[:, :, None] * size + index[:, None, :])
-    check_working_set(8 * (a.shape[0] + width) * rows * width, "the floor repair's Grams")
-    stacked = np.moveaxis(sub[:, index], 0, -1)  # (rows, s, w)
-    return stacked @ np.swapaxes(stacked, 1, 2)
+    used = np.unique(columns[valid])
+    if used.size * used.size > 2 * rows * width * width:
+        check_working_set(8 * a.shape[0] * rows * width, "the floor repair's Grams")
+        stacked = a.T[columns] * valid[:, :, None]  # (rows, s, w)
+        return stacked @ np.swapaxes(stacked, 1, 2)
+    size = used.size + 1  # and a zero column last, for the padding
+    check_working_set(8 * (size * size + rows * width * width), "the floor repair's Grams")
+    position = np.full(a.shape[1], used.size)
+    position[used] = np.arange(used.size)
+    index = np.where(valid, position[columns], used.size)
+    sub = np.zeros((a.shape[0], size))
+    sub[:, :-1] = a[:, used]
+    full = sub.T @ sub
+    return np.take(full.ravel(), index[:, :, None] * size + index[:, None, :])
 
 
 def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -119,7 +118,7 @@ def _row_correction(a: np.ndarray, m: float) -> tuple[np.ndarray, np.ndarray] | 
     gram += np.eye(width) * ridge + np.eye(width) * (~valid)[:, :, None]
     y = np.where(valid, _solve_spd(gram, rhs), 0.0)
     # D[r, :] = Σ_s y[r, s]·A[:, S_r[s]]ᵀ
-    return rows, np.einsum("rs,wrs->rw", y, a[:, columns], optimize=True)
+    return rows, (y[:, None, :] @ a.T[columns])[:, 0, :]
 
 
 def _gauge_rows(
