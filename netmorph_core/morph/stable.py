@@ -212,7 +212,7 @@ def stable_subnet(
     target = opts.stop_tol * _MARGIN
 
     best: list[np.ndarray] = []
-    best_residual, iterations = math.inf, 0
+    best_residual, iterations, repaired_exactly = math.inf, 0, False
     for start in ("general", "practical"):
         exact, residual, used = _exact_start(g64, shape, g_tilde, widths, kernels, start, opts)
         iterations += used
@@ -221,10 +221,11 @@ def stable_subnet(
             if len(start_filters) == 2:
                 start_filters = list(balanced_pair(*start_filters, opts.rng))
             repaired, sweeps = repair_floor(balance(start_filters), m)
+            repaired = balance(repaired)
             iterations += sweeps
             residual = relative_residual(g_tilde, repaired)
             if residual <= target and not any(_small(f, m).any() for f in repaired):
-                best, best_residual = repaired, residual
+                best, best_residual, repaired_exactly = repaired, residual, True
                 break
         filters, residual, used = _search(shape, g_tilde, exact, residual, m, opts)
         iterations += used
@@ -232,9 +233,13 @@ def stable_subnet(
             best, best_residual = filters, residual
         if best_residual <= target:
             break
-    final = balance([_enforce_floor(f, m) for f in best])
+    # A repaired start is balanced and above the floor, and its float64 residual is known.
+    final = best if repaired_exactly else balance([_enforce_floor(f, m) for f in best])
     out = tuple(np.ascontiguousarray(f, dtype=g.dtype) for f in final)
-    residual = relative_residual(g_tilde, out)
+    if repaired_exactly and g.dtype == np.float64:
+        residual = best_residual
+    else:
+        residual = relative_residual(g_tilde, out)
     if residual > opts.tol and not opts.allow_approximate:
         raise ValueError(
             f"stable morph residual {residual:.3g} > tol={opts.tol} with every entry at least "
