@@ -47,6 +47,7 @@ from .bilinear import solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers, general_chain, practical_chain
 from .common import Options, Seed, balance, check_options, relative_residual
 from .conditioning import balanced_pair
+from .counting import check_chain_count
 from .gauge import repair_floor
 from .graph import Module, ModuleShape, bind_to_layer, conv_edge
 from .newton import gauss_newton
@@ -193,7 +194,9 @@ def stable_subnet(
     Raises ``ValueError`` when the residual exceeds ``tol`` unless ``allow_approximate``; the
     floor holds either way. Filters in data-flow order with equal standard deviations and G's
     dtype; ``method`` is "stable"; ``iterations`` counts deconvolutions, Gauss–Newton steps and
-    rounds. G is not modified.
+    rounds. G is not modified. With the default ``tol`` and no ``allow_approximate``, a chain
+    that counting rules out (:func:`netmorph_core.morph.counting.check_chain_count`) raises
+    ``ValueError`` before any work.
     """
     g = v.as_filter(g, "G")
     widths, kernels = check_layers(g, layers)
@@ -202,6 +205,8 @@ def stable_subnet(
     kt = chain_effective_size(g.shape[2:], kernels)
     opts = check_options(g, "general", seed, max_iter, tol, allow_approximate, backend)
     m = _check_min_magnitude(min_magnitude)
+    if allow_approximate is False and tol is None:
+        check_chain_count(g.shape, widths, kernels, "stable subnet morph")
     g64 = g.astype(np.float64)
     g_tilde = pad_centered(g64, kt)
     path = Module(
