@@ -6,12 +6,12 @@ with the spatial convolution. With F_p seen as its "left" matrix L (w, C_{p−1}
 F_{p+1} as its "right" matrix R (C_{p+1}·|K_{p+1}|, w), the pair becomes (T⁻¹L, RT).
 
 Floor repair (:func:`repair_floor`): the entries of L below m·std of their filter are moved
-to ±PUSH·m·std (sign kept) by T⁻¹ = I + D, row a of D the minimum-norm solution of the
-linear constraints on row a's small entries (T⁻¹L is linear in D: the move is exact); then
-R's small entries likewise by T = I + D' (RT linear in D'). Each move changes the other
-matrix a little (its inverse), so sweeps repeat until no entry is below the floor. A row of
-L with s small entries needs s ≤ w; a few percent of the entries are small, so any blob
-that is not much narrower than its neighbours' fan-in has room.
+to ±PUSH·m·std (sign kept) by T⁻¹ = I + D, row a of D chosen so that row a of L changes as
+little as possible (its change lies in L's row space, which the gauge never changes, so one
+projector onto it serves every round); then R's small entries likewise by T = I + D'. Each
+move changes the other entries a little, so rounds repeat, each touching only the rows that
+still hold small entries. A row of L with s small entries needs s ≤ w; a few percent of the
+entries are small, so any blob that is not much narrower than its neighbours' fan-in has room.
 """
 
 from __future__ import annotations
@@ -57,25 +57,99 @@ def from_rows(mat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(mat.reshape(shape[1], shape[0], *shape[2:]), 0, 1))
 
 
-def _small_grams(a: np.ndarray, columns: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Row r's Gram A[:, S_r]ᵀ·A[:, S_r] (rows, s, s) for ``columns`` (rows, s) of A (w, n),
-    padded slots (``valid`` False) zero. From one Gram over the columns used by any row when
-    that is cheaper (2·w·u² flops against 2·w·rows·s² for per-row products), else per row."""
-    rows, width = columns.shape
-    used = np.unique(columns[valid])
-    if used.size * used.size > 2 * rows * width * width:
-        check_working_set(8 * a.shape[0] * rows * width, "the floor repair's Grams")
-        stacked = a.T[columns] * valid[:, :, None]  # (rows, s, w)
-        return stacked @ np.swapaxes(stacked, 1, 2)
-    size = used.size + 1  # and a zero column last, for the padding
-    check_working_set(8 * (size * size + rows * width * width), "the floor repair's Grams")
-    position = np.full(a.shape[1], used.size)
-    position[used] = np.arange(used.size)
-    index = np.where(valid, position[columns], used.size)
-    sub = np.zeros((a.shape[0], size))
-    sub[:, :-1] = a[:, used]
-    full = sub.T @ sub
-    return np.take(full.ravel(), index[:, :, None] * size + index[:, None, :])
+class _Side:
+    """One side of a blob, A (w, n) = M·Qᵀ: the gauge multiplies A and the coordinates M
+    (w, r) from the left and never changes Q (n, r), an orthonormal basis of A's row space,
+    nor the projector P = Q·Qᵀ onto it, held as (n + 1, n + 1) with a zero row and column
+    last (the index of a padding slot)."""
+
+    def __init__(self, mat: np.ndarray) -> None:
+        n = mat.shape[1]
+        check_working_set(8 * ((n + 1) ** 2 + 2 * mat.size), "the floor repair's projector")
+        self.mat = np.array(mat, dtype=np.float64)
+        basis, r = np.linalg.qr(self.mat.T)
+        self.basis = basis
+        self.coords = np.ascontiguousarray(r.T)
+        self.projector = np.zeros((n + 1, n + 1))
+        self.projector[:n, :n] = basis @ basis.T
+
+    def left_multiply(self, rows: np.ndarray, d_rows: np.ndarray) -> None:
+        """A ← S·A and M ← S·M for S = I + U·D_rows, U the selector of ``rows``."""
+        self.mat[rows] += d_rows @ self.mat
+        self.coords[rows] += d_rows @ self.coords
+
+    def inverse_transpose(self, rows: np.ndarray, d_rows: np.ndarray) -> None:
+        """A ← S⁻ᵀ·A and M ← S⁻ᵀ·M for the S of :meth:`left_multiply`: by Woodbury
+        S⁻ᵀ = I − Dᵀ·(I + D·U)⁻ᵀ·Uᵀ, a solve of the size of ``rows``."""
+        x = np.linalg.solve(np.eye(rows.size) + d_rows[:, rows], d_rows).T
+        self.mat -= x @ self.mat[rows]
+        self.coords -= x @ self.coords[rows]
+
+
+def _row_correction(side: _Side, m: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, D_rows): the rows r of A holding entries below the floor m·std, and D restricted
+    to them, such that (I + D)·A moves each of those entries to ±PUSH·m·std exactly and changes
+    the rest of row r as little as possible: the change is Δ_r = y_rᵀ·P[S_r, :] with
+    P[S_r, S_r]·y_r = target − A[r, S_r] over row r's small entries S_r (one small block of the
+    fixed projector per row, solved as a batch; a tiny ridge keeps a row with more small
+    entries than the rank solvable in least squares), and D_r = e_rᵀ·M⁺ with
+    Δ_r = e_rᵀ·Qᵀ. None when no entry is small.
+
+    Only the entries below the floor are constrained: the others move by a fraction of the
+    floor, and the few that cross it are caught by the next round, which touches their rows
+    only."""
+    a = side.mat
+    std = float(np.std(a))
+    small_all = np.abs(a) < m * std
+    rows = np.flatnonzero(small_all.any(axis=1))
+    if rows.size == 0:
+        return None
+    target = PUSH * m * std
+    hit_rows, hit_cols = np.nonzero(small_all[rows])  # row-major: columns ascending per row
+    counts = np.bincount(hit_rows, minlength=rows.size)
+    width = int(counts.max())
+    slot = np.arange(hit_rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    n = a.shape[1]
+    columns = np.full((rows.size, width), n)  # padding: P's zero row and column
+    columns[hit_rows, slot] = hit_cols
+    valid = columns < n
+    values = a[rows[hit_rows], hit_cols]
+    rhs = np.zeros((rows.size, width))
+    rhs[hit_rows, slot] = np.where(values < 0, -target, target) - values
+    block = np.take(side.projector.ravel(), columns[:, :, None] * (n + 1) + columns[:, None, :])
+    diagonal = block.reshape(rows.size, -1)[:, :: width + 1]
+    diagonal += 1e-12 * diagonal.sum(axis=1).max() + float(np.finfo(float).tiny)
+    diagonal += ~valid
+    y = _solve_spd(block, rhs)
+    weights = np.zeros((rows.size, n))
+    weights[hit_rows, hit_cols] = y[hit_rows, slot]
+    e = weights @ side.basis  # Δ_r = e_rᵀ·Qᵀ = y_rᵀ·Q[S_r]·Qᵀ
+    # D_rows·M = E: M is square and invertible when w ≤ n, else minimum-norm D.
+    coords = side.coords
+    if coords.shape[0] == coords.shape[1]:
+        d_rows = np.linalg.solve(coords.T, e.T).T
+    else:
+        d_rows = np.linalg.lstsq(coords.T, e.T, rcond=None)[0].T
+    return rows, d_rows
+
+
+def _repair_blob(a: np.ndarray, b: np.ndarray, m: float, rounds: int) -> tuple[int, bool]:
+    """Gauge the pair of row matrices A, B (in place) for at most ``rounds`` rounds until
+    neither has an entry below its floor. Returns (rounds used, whether both are clear)."""
+    left, right = _Side(a), _Side(b)
+    for used in range(rounds):
+        changed = False
+        for side, partner in ((left, right), (right, left)):
+            found = _row_correction(side, m)
+            if found is not None:
+                side.left_multiply(*found)
+                partner.inverse_transpose(*found)
+                changed = True
+        if not changed:
+            a[...], b[...] = left.mat, right.mat
+            return used, True
+    a[...], b[...] = left.mat, right.mat
+    return rounds, False
 
 
 def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -89,72 +163,26 @@ def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _row_correction(a: np.ndarray, m: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """(rows, D_rows): the rows r of A (w, n) holding entries below the floor m·std, and D
-    restricted to them, such that (I + D)·A moves each of those entries to ±PUSH·m·std
-    exactly. Row r of D is the minimum-norm solution of D[r, :]·A[:, S_r] = target − A[r, S_r]
-    over row r's small entries S_r (one small Gram per row, solved as a batch; a tiny ridge
-    keeps a row with more small entries than channels solvable in least squares). None when
-    no entry is small.
-
-    Only the entries below the floor are constrained: the others move by a fraction of the
-    floor, and the few that cross it are caught by the next sweep, which touches their rows
-    only (few rows and few columns: cheap)."""
-    std = float(np.std(a))
-    small_all = np.abs(a) < m * std
-    rows = np.flatnonzero(small_all.any(axis=1))
-    if rows.size == 0:
-        return None
-    target = PUSH * m * std
-    small = small_all[rows]
-    counts = small.sum(axis=1)
-    width = int(counts.max())
-    valid = np.arange(width)[None, :] < counts[:, None]
-    columns = np.argsort(~small, axis=1, kind="stable")[:, :width]
-    values = np.take_along_axis(a[rows], columns, axis=1)
-    rhs = np.where(valid, np.where(values < 0, -target, target) - values, 0.0)
-    gram = _small_grams(a, columns, valid)
-    ridge = 1e-12 * np.trace(gram, axis1=1, axis2=2).max() + float(np.finfo(float).tiny)
-    gram += np.eye(width) * ridge + np.eye(width) * (~valid)[:, :, None]
-    y = np.where(valid, _solve_spd(gram, rhs), 0.0)
-    # D[r, :] = Σ_s y[r, s]·A[:, S_r[s]]ᵀ
-    return rows, (y[:, None, :] @ a.T[columns])[:, 0, :]
-
-
-def _gauge_rows(
-    a: np.ndarray, b: np.ndarray, rows: np.ndarray, d_rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(S·A, S⁻ᵀ·B) for S = I + U·V, U the selector of ``rows`` and V = D_rows: by Woodbury
-    S⁻ᵀ = I − Vᵀ·(I + V·U)⁻ᵀ·Uᵀ, so only B's ``rows`` enter a small solve."""
-    a = a.copy()
-    a[rows] += d_rows @ a
-    small = np.eye(rows.size) + d_rows[:, rows]
-    return a, b - np.linalg.solve(small, d_rows).T @ b[rows]
-
-
 def repair_floor(filters: list[np.ndarray], m: float) -> tuple[list[np.ndarray], int]:
     """Gauge every blob of the chain ``filters`` (data-flow order, float64) until no entry is
-    below m·std of its filter, or :data:`MAX_ROUNDS` sweeps. The composition is unchanged up
-    to rounding. Returns (filters, sweeps); check the floor on the result (it may still fail
+    below m·std of its filter, or :data:`MAX_ROUNDS` rounds. The composition is unchanged up
+    to rounding. Returns (filters, rounds); check the floor on the result (it may still fail
     when a blob is too narrow for its small entries).
 
     A blob's pair is held as two row matrices of the gauge, A = F_p (w, C_{p−1}·|K_p|) and
     B = F_{p+1} as (w, C_{p+1}·|K_{p+1}|) = Rᵀ: (T⁻¹L, RT) is (S·A, S⁻ᵀ·B) with S = T⁻¹, and a
-    correction of B's rows is the same move with the roles swapped."""
+    correction of B's rows is the same move with the roles swapped. A blob is repaired to
+    completion before the next (its neighbour's gauge changes the shared filter's columns,
+    hence its row space); sweeps over the blobs repeat while some entry is below the floor."""
     filters = list(filters)
-    sweeps = 0
-    while sweeps < MAX_ROUNDS:
-        if not any(below_floor(f, m).any() for f in filters):
-            break
-        sweeps += 1
+    rounds = 0
+    while rounds < MAX_ROUNDS and any(below_floor(f, m).any() for f in filters):
         for p in range(len(filters) - 1):
-            a, b = as_left(filters[p]), as_rows(filters[p + 1])
-            found = _row_correction(a, m)
-            if found is not None:
-                a, b = _gauge_rows(a, b, *found)
-            found = _row_correction(b, m)
-            if found is not None:
-                b, a = _gauge_rows(b, a, *found)
+            a, b = np.array(as_left(filters[p])), as_rows(filters[p + 1])
+            used, _ = _repair_blob(a, b, m, MAX_ROUNDS - rounds)
+            rounds += max(used, 1)
             filters[p] = a.reshape(filters[p].shape)
             filters[p + 1] = from_rows(b, filters[p + 1].shape)
-    return filters, sweeps
+            if rounds >= MAX_ROUNDS:
+                break
+    return filters, rounds
