@@ -78,12 +78,21 @@ class _Side:
         self.mat[rows] += d_rows @ self.mat
         self.coords[rows] += d_rows @ self.coords
 
-    def inverse_transpose(self, rows: np.ndarray, d_rows: np.ndarray) -> None:
-        """A ← S⁻ᵀ·A and M ← S⁻ᵀ·M for the S of :meth:`left_multiply`: by Woodbury
-        S⁻ᵀ = I − Dᵀ·(I + D·U)⁻ᵀ·Uᵀ, a solve of the size of ``rows``."""
-        x = np.linalg.solve(np.eye(rows.size) + d_rows[:, rows], d_rows).T
+    def inverse_transpose(self, rows: np.ndarray, x: np.ndarray) -> None:
+        """A ← S⁻ᵀ·A and M ← S⁻ᵀ·M for the S of :meth:`left_multiply`, with ``x`` from
+        :func:`_woodbury`."""
         self.mat -= x @ self.mat[rows]
         self.coords -= x @ self.coords[rows]
+
+
+def _woodbury(rows: np.ndarray, d_rows: np.ndarray) -> np.ndarray:
+    """X (w, rows) with S⁻ᵀ = I − X·Uᵀ for S = I + U·D_rows: by Woodbury
+    X = Dᵀ·(I + D·U)⁻ᵀ, a solve of the size of ``rows``. Raises ``LinAlgError`` when S is
+    singular."""
+    x = np.linalg.solve(np.eye(rows.size) + d_rows[:, rows], d_rows).T
+    if not np.isfinite(x).all():
+        raise np.linalg.LinAlgError("the gauge correction is singular")
+    return x
 
 
 def _row_correction(side: _Side, m: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -135,21 +144,28 @@ def _row_correction(side: _Side, m: float) -> tuple[np.ndarray, np.ndarray] | No
 
 def _repair_blob(a: np.ndarray, b: np.ndarray, m: float, rounds: int) -> tuple[int, bool]:
     """Gauge the pair of row matrices A, B (in place) for at most ``rounds`` rounds until
-    neither has an entry below its floor. Returns (rounds used, whether both are clear)."""
+    neither has an entry below its floor. Returns (rounds used, whether both are clear); a
+    correction that would be singular (a row with more small entries than the rank, pushed in
+    least squares) ends the repair with the last pair, which is exact."""
     left, right = _Side(a), _Side(b)
-    for used in range(rounds):
-        changed = False
-        for side, partner in ((left, right), (right, left)):
-            found = _row_correction(side, m)
-            if found is not None:
-                side.left_multiply(*found)
-                partner.inverse_transpose(*found)
-                changed = True
-        if not changed:
-            a[...], b[...] = left.mat, right.mat
-            return used, True
+    used, clear = rounds, False
+    try:
+        for step in range(rounds):
+            changed = False
+            for side, partner in ((left, right), (right, left)):
+                found = _row_correction(side, m)
+                if found is not None:
+                    x = _woodbury(*found)
+                    side.left_multiply(*found)
+                    partner.inverse_transpose(found[0], x)
+                    changed = True
+            if not changed:
+                used, clear = step, True
+                break
+    except np.linalg.LinAlgError:
+        pass
     a[...], b[...] = left.mat, right.mat
-    return rounds, False
+    return used, clear
 
 
 def _solve_spd(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
