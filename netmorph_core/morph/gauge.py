@@ -23,6 +23,9 @@ from .._memory import check_working_set
 
 #: Small entries are moved to PUSH · floor, a margin over the floor for the linearisation error.
 PUSH = 1.5
+#: Rows with at most this many entries below PUSH · floor move them all to PUSH · floor (the
+#: margin saves rounds); rows with more, only those below the floor (smaller systems).
+BAND_LIMIT = 96
 #: Rounds of :func:`repair_floor` before giving up.
 MAX_ROUNDS = 30
 
@@ -114,7 +117,11 @@ def _row_correction(side: _Side, m: float) -> tuple[np.ndarray, np.ndarray] | No
     if rows.size == 0:
         return None
     target = PUSH * m * std
-    hit_rows, hit_cols = np.nonzero(small_all[rows])  # row-major: columns ascending per row
+    selected = small_all[rows]
+    band = np.abs(a[rows]) < target
+    if int(band.sum(axis=1).max()) <= BAND_LIMIT:
+        selected = band
+    hit_rows, hit_cols = np.nonzero(selected)  # row-major: columns ascending per row
     counts = np.bincount(hit_rows, minlength=rows.size)
     width = int(counts.max())
     slot = np.arange(hit_rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -133,13 +140,12 @@ def _row_correction(side: _Side, m: float) -> tuple[np.ndarray, np.ndarray] | No
     weights = np.zeros((rows.size, n))
     weights[hit_rows, hit_cols] = y[hit_rows, slot]
     e = weights @ side.basis  # Δ_r = e_rᵀ·Qᵀ = y_rᵀ·Q[S_r]·Qᵀ
-    # D_rows·M = E: M is square and invertible when w ≤ n, else minimum-norm D.
+    # D_rows·M = E: M is square and invertible when w ≤ n; for w > n it has full column rank
+    # and D = E·(MᵀM)⁻¹·Mᵀ is the minimum-norm solution.
     coords = side.coords
     if coords.shape[0] == coords.shape[1]:
-        d_rows = np.linalg.solve(coords.T, e.T).T
-    else:
-        d_rows = np.linalg.lstsq(coords.T, e.T, rcond=None)[0].T
-    return rows, d_rows
+        return rows, np.linalg.solve(coords.T, e.T).T
+    return rows, np.linalg.solve(coords.T @ coords, e.T).T @ coords.T
 
 
 def _repair_blob(a: np.ndarray, b: np.ndarray, m: float, rounds: int) -> tuple[int, bool]:
