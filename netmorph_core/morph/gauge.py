@@ -107,9 +107,10 @@ def _row_correction(side: _Side, m: float) -> tuple[np.ndarray, np.ndarray] | No
     entries than the rank solvable in least squares), and D_r = e_rᵀ·M⁺ with
     Δ_r = e_rᵀ·Qᵀ. None when no entry is small.
 
-    Only the entries below the floor are constrained: the others move by a fraction of the
-    floor, and the few that cross it are caught by the next round, which touches their rows
-    only."""
+    S_r is every entry below PUSH·m·std when no row has more than :data:`BAND_LIMIT` of them
+    (the margin saves rounds), else only the entries below the floor (smaller systems): the
+    others move by a fraction of the floor, and the few that cross it are caught by the next
+    round, which touches their rows only."""
     a = side.mat
     std = float(np.std(a))
     small_all = np.abs(a) < m * std
@@ -132,6 +133,7 @@ def _row_correction(side: _Side, m: float) -> tuple[np.ndarray, np.ndarray] | No
     values = a[rows[hit_rows], hit_cols]
     rhs = np.zeros((rows.size, width))
     rhs[hit_rows, slot] = np.where(values < 0, -target, target) - values
+    check_working_set(16 * rows.size * width * width, "the floor repair's small systems")
     block = np.take(side.projector.ravel(), columns[:, :, None] * (n + 1) + columns[:, None, :])
     diagonal = block.reshape(rows.size, -1)[:, :: width + 1]
     diagonal += 1e-12 * diagonal.sum(axis=1).max() + float(np.finfo(float).tiny)
