@@ -331,7 +331,7 @@ def morph_module(
     residual exceeds ``tol``, unless ``allow_approximate`` (then ``exact=False``). The filters
     have G's dtype; G and the module are not modified. With the default ``tol`` and no
     ``allow_approximate``, the general method raises ``ValueError`` before any work where
-    counting rules out a dense exact solution
+    counting rules out any exact solution for a generic G
     (:func:`netmorph_core.morph.counting.check_module_count`).
     """
     g = v.as_filter(g, "G")
@@ -342,7 +342,7 @@ def morph_module(
         raise ValueError("the module has no convolution edge to morph G into")
     opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
     if opts.method == "general" and not opts.allow_approximate and tol is None:
-        check_module_count(shape, "general module morph")
+        check_module_count(shape, g.shape[2:], "general module morph")
     g_tilde = pad_centered(g.astype(np.float64), shape.effective_size)
     ndim = g.ndim - 2
 

@@ -72,7 +72,7 @@ def morph_subnet(
     ``backend`` as in :func:`morph_depth`; ``max_iter`` bounds the single-layer solves of the
     general method. Filters are returned in data-flow order with G's dtype. With the default
     ``tol`` and no ``allow_approximate``, the general method raises ``ValueError`` before any
-    work where counting rules out a dense exact solution
+    work where counting rules out any exact solution for a generic G
     (:func:`netmorph_core.morph.counting.check_chain_count`).
     ``method="stable"``: every entry non-zero and on a consistent scale, see
     :func:`netmorph_core.morph.stable.stable_subnet`.
