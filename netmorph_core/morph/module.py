@@ -39,6 +39,7 @@ from ..solver import solve_deconv
 from ._scaling import module_morph
 from .chain import deconv_two_sided_lsqr
 from .common import Options, Seed, check_options
+from .counting import check_module_count
 from .depth import morph_depth
 from .graph import (
     Edge,
@@ -328,7 +329,10 @@ def morph_module(
     edges, ``max_iter`` bounds each Algorithm 2 run (single-edge solves) and each depth morph.
     ``tol`` defaults to 1e-10 (float64 G) or 1e-5 (float32). Raises ``ValueError`` when the
     residual exceeds ``tol``, unless ``allow_approximate`` (then ``exact=False``). The filters
-    have G's dtype; G and the module are not modified.
+    have G's dtype; G and the module are not modified. With the default ``tol`` and no
+    ``allow_approximate``, the general method raises ``ValueError`` before any work where
+    counting rules out any exact solution for a generic G
+    (:func:`netmorph_core.morph.counting.check_module_count`).
     """
     g = v.as_filter(g, "G")
     if not isinstance(module, Module):
@@ -337,6 +341,8 @@ def morph_module(
     if all(e.identity for e in module.edges):
         raise ValueError("the module has no convolution edge to morph G into")
     opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
+    if opts.method == "general" and not opts.allow_approximate and tol is None:
+        check_module_count(shape, g.shape[2:], "general module morph")
     g_tilde = pad_centered(g.astype(np.float64), shape.effective_size)
     ndim = g.ndim - 2
 

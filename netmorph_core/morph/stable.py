@@ -47,6 +47,7 @@ from .bilinear import solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers, general_chain, practical_chain
 from .common import Options, Seed, balance, check_options, relative_residual
 from .conditioning import balanced_pair
+from .counting import check_chain_count
 from .gauge import repair_floor
 from .graph import Module, ModuleShape, bind_to_layer, conv_edge
 from .newton import gauss_newton
@@ -193,7 +194,9 @@ def stable_subnet(
     Raises ``ValueError`` when the residual exceeds ``tol`` unless ``allow_approximate``; the
     floor holds either way. Filters in data-flow order with equal standard deviations and G's
     dtype; ``method`` is "stable"; ``iterations`` counts deconvolutions, Gauss–Newton steps and
-    rounds. G is not modified.
+    rounds. G is not modified. With the default ``tol`` and no ``allow_approximate``, a chain
+    that counting rules out (:func:`netmorph_core.morph.counting.check_chain_count`) raises
+    ``ValueError`` before any work.
     """
     g = v.as_filter(g, "G")
     widths, kernels = check_layers(g, layers)
@@ -202,6 +205,8 @@ def stable_subnet(
     kt = chain_effective_size(g.shape[2:], kernels)
     opts = check_options(g, "general", seed, max_iter, tol, allow_approximate, backend)
     m = _check_min_magnitude(min_magnitude)
+    if allow_approximate is False and tol is None:
+        check_chain_count(g.shape, widths, kernels, "stable subnet morph")
     g64 = g.astype(np.float64)
     g_tilde = pad_centered(g64, kt)
     path = Module(
@@ -212,7 +217,7 @@ def stable_subnet(
     target = opts.stop_tol * _MARGIN
 
     best: list[np.ndarray] = []
-    best_residual, iterations = math.inf, 0
+    best_residual, iterations, repaired_exactly = math.inf, 0, False
     for start in ("general", "practical"):
         exact, residual, used = _exact_start(g64, shape, g_tilde, widths, kernels, start, opts)
         iterations += used
@@ -221,10 +226,11 @@ def stable_subnet(
             if len(start_filters) == 2:
                 start_filters = list(balanced_pair(*start_filters, opts.rng))
             repaired, sweeps = repair_floor(balance(start_filters), m)
+            repaired = balance(repaired)
             iterations += sweeps
             residual = relative_residual(g_tilde, repaired)
             if residual <= target and not any(_small(f, m).any() for f in repaired):
-                best, best_residual = repaired, residual
+                best, best_residual, repaired_exactly = repaired, residual, True
                 break
         filters, residual, used = _search(shape, g_tilde, exact, residual, m, opts)
         iterations += used
@@ -232,9 +238,13 @@ def stable_subnet(
             best, best_residual = filters, residual
         if best_residual <= target:
             break
-    final = balance([_enforce_floor(f, m) for f in best])
+    # A repaired start is balanced and above the floor, and its float64 residual is known.
+    final = best if repaired_exactly else balance([_enforce_floor(f, m) for f in best])
     out = tuple(np.ascontiguousarray(f, dtype=g.dtype) for f in final)
-    residual = relative_residual(g_tilde, out)
+    if repaired_exactly and g.dtype == np.float64:
+        residual = best_residual
+    else:
+        residual = relative_residual(g_tilde, out)
     if residual > opts.tol and not opts.allow_approximate:
         raise ValueError(
             f"stable morph residual {residual:.3g} > tol={opts.tol} with every entry at least "

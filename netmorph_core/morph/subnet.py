@@ -37,6 +37,7 @@ from .chain import (
 )
 from .common import Seed, check_options, finish
 from .conditioning import balanced_pair
+from .counting import check_chain_count
 from .grouped import grouped_subnet
 from .result import MorphResult
 from .stable import stable_subnet
@@ -69,7 +70,10 @@ def morph_subnet(
     None). F_P ⊛ … ⊛ F_0 = G~, G zero-padded centred to Σ K_p − P. One layer just pads G.
     ``method``, ``seed``, ``tol`` (1e-10 float64 / 1e-5 float32), ``allow_approximate`` and
     ``backend`` as in :func:`morph_depth`; ``max_iter`` bounds the single-layer solves of the
-    general method. Filters are returned in data-flow order with G's dtype.
+    general method. Filters are returned in data-flow order with G's dtype. With the default
+    ``tol`` and no ``allow_approximate``, the general method raises ``ValueError`` before any
+    work where counting rules out any exact solution for a generic G
+    (:func:`netmorph_core.morph.counting.check_chain_count`).
     ``method="stable"``: every entry non-zero and on a consistent scale, see
     :func:`netmorph_core.morph.stable.stable_subnet`.
     ``groups`` = g: G (C2, C0/g, *K) and every layer grouped, solved group by group.
@@ -107,6 +111,8 @@ def morph_subnet(
     if opts.method == "practical":
         filters, iterations = practical_chain(g, kt, widths, kernels, opts)
         return finish(g, g_tilde, filters, iterations, opts)
+    if not opts.allow_approximate and tol is None:
+        check_chain_count(g.shape, widths, kernels, "general subnet morph")
     filters, iterations, residual, exact = general_chain(g_tilde, g.shape[1], widths, kernels, opts)
     if residual > opts.stop_tol and not opts.allow_approximate:
         raise ValueError(
