@@ -56,8 +56,9 @@ EXPLICIT_ROWS = 4096
 
 
 def in_bilinear_regime(info: Solvability) -> bool:
-    """Neither one-sided solve is exact, but counting admits a dense exact pair."""
-    return info.dense_count_ok and not info.exact_general
+    """Neither one-sided solve is exact nor the identity-augmented pair available
+    (:attr:`Solvability.augmented_side`), but counting admits a dense exact pair."""
+    return info.dense_count_ok and not info.exact_general and info.augmented_side is None
 
 
 def use_bilinear(info: Solvability) -> bool:
