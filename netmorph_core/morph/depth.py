@@ -167,7 +167,7 @@ def morph_depth(
         pair = augmented_pair(
             g_tilde, g.shape[2:], width, kernel1, kernel2, info.augmented_side, opts.rng
         )
-        return finish(g, g_tilde, list(balanced_pair(*pair, opts.rng)), 0, opts)
+        return finish(g, g_tilde, list(pair), 0, opts)
     start = random_start(shapes, g_tilde, opts.rng)
     ratios = [
         width * math.prod(kernel1) / (c2 * math.prod(kt)),

@@ -140,11 +140,12 @@ class Solvability:
     ``dense_count``: the pair's parameters less the w² of the channel gauge
     (F1, F2) → (T⁻¹F1, F2·T), C1·(C0|K1| + C2|K2|) − C1², against the C2·C0·|Kt| equations of
     a generic G~; ``dense_count_ok``: it is large enough, or a per-side condition holds, or
-    C1 exceeds min(C0|K1|, C2|K2|) (the gauge no longer acts freely; the count says nothing),
-    or ``augmented_side`` is set. ``augmented_side``: "F1"/"F2" where the identity-augmented
-    pair exists (exact and dense in closed form for C1 > C0 with K1 ≤ K2, or C1 > C2 with
-    K2 ≤ K1, G fitting the larger kernel; see :func:`augmented_side`), else None: G~ is G
-    zero-padded, not a generic G~, so the count is not necessary there. When
+    C1 exceeds min(C0|K1|, C2|K2|) (the gauge no longer acts freely; the count says nothing)
+    — that much is ``generic_count_ok`` — or ``augmented_side`` is set.
+    ``augmented_side``: "F1"/"F2" where the identity-augmented pair exists (exact and dense
+    in closed form for C1 > C0 with K1 ≤ K2, or C1 > C2 with K2 ≤ K1, G fitting the larger
+    kernel; see :func:`augmented_side`), else None: G~ is G zero-padded, not a generic G~,
+    so the count is not necessary there. When
     ``dense_count_ok`` fails, a dense exact decomposition is not expected (the bilinear map's
     image is too small), and the general and stable methods refuse before any work.
     """
@@ -171,6 +172,7 @@ class Solvability:
     exact_general: bool = field(init=False)
     exact_practical: bool = field(init=False)
     dense_count: int = field(init=False)
+    generic_count_ok: bool = field(init=False)
     dense_count_ok: bool = field(init=False)
     augmented_side: str | None = field(init=False)
 
@@ -203,11 +205,13 @@ class Solvability:
         reach1, reach2 = c0 * taps(k1), c2 * taps(k2)
         values["dense_count"] = c1 * (reach1 + reach2) - c1 * c1
         values["augmented_side"] = augmented_side(c0, c1, c2, kernel, k1, k2)
-        values["dense_count_ok"] = (
+        values["generic_count_ok"] = (
             values["exact_general"]
-            or values["augmented_side"] is not None
             or c1 > min(reach1, reach2)
             or values["dense_count"] >= values["params_g_tilde"]
+        )
+        values["dense_count_ok"] = (
+            values["generic_count_ok"] or values["augmented_side"] is not None
         )
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -254,16 +258,23 @@ class Solvability:
         return self.explain()
 
 
-def check_dense_count(info: Solvability, method: str) -> None:
+def check_dense_count(info: Solvability, method: str, *, generic: bool = False) -> None:
     """``ValueError`` with the counting argument when no dense exact decomposition is expected
-    (``info.dense_count_ok`` false): raised before any work by the general and stable depth
-    morphs unless approximate results are allowed."""
-    if not info.dense_count_ok:
+    (``info.dense_count_ok`` false, or with ``generic`` ``info.generic_count_ok`` false: the
+    stable method once the identity-augmented pair could not be lifted above its floor):
+    raised before any work (or any search) unless approximate results are allowed."""
+    if not (info.generic_count_ok if generic else info.dense_count_ok):
+        augmented = (
+            "; the identity-augmented pair exists but its entries could not be lifted above "
+            "the floor (its branch of C1 − C0 channels is too narrow)"
+            if generic and info.augmented_side
+            else ""
+        )
         raise ValueError(
             f"no exact dense {method} depth morph exists for a generic G: the pair has "
             f"{info.params_f1 + info.params_f2} parameters, less {info.c1}² = {info.c1**2} for "
             f"the channel gauge (F1, F2) -> (T⁻¹F1, F2·T), i.e. {info.dense_count} < "
-            f"{info.params_g_tilde} equations C2·C0·|Kt|; widen the layer, use "
+            f"{info.params_g_tilde} equations C2·C0·|Kt|{augmented}; widen the layer, use "
             f"method='practical' (zero-padded), or allow_approximate=True\n{info.explain()}"
         )
 
