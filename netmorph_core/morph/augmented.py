@@ -35,7 +35,7 @@ import numpy as np
 from ..reference import compose_ref, swap_channels
 from .common import orthogonal_filter
 from .conditioning import balancing_transform
-from .gauge import as_right
+from .gauge import as_left, as_right, from_right
 from .solvability import identity_tap
 
 #: ‖Q ⊛ B‖ / ‖G~‖ of the random branch.
@@ -48,6 +48,23 @@ LIFT_ROUNDS = 20
 _CONDITIONING_GROWTH = 10.0
 #: Bound on the entries of one batch of per-row Gram solves in the floor lifting.
 _BATCH_ENTRIES = 1 << 22
+
+
+def _branch_product(q: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Q ⊛ B (C2, C0, *K2): one matrix product when Q is 1×1 (K1 = K2)."""
+    if math.prod(q.shape[2:]) == 1:
+        return (q.reshape(q.shape[0], -1) @ b.reshape(b.shape[0], -1)).reshape(
+            q.shape[0], *b.shape[1:]
+        )
+    return compose_ref(q, b)
+
+
+def _mixed(
+    f1r: np.ndarray, f2r: np.ndarray, t: np.ndarray, t_inv: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(T⁻¹·F1, F2·T): the channel gauge as two matrix products."""
+    f1 = (t_inv @ as_left(f1r)).reshape(f1r.shape)
+    return f1, from_right(as_right(f2r) @ t, f2r.shape)
 
 
 @dataclass
@@ -68,7 +85,7 @@ class _Branch:
         f1[(np.arange(c0), np.arange(c0), *self.tap)] = 1.0
         f1[c0:] = self.b
         f2 = np.zeros((c2, c0 + m, *self.window.shape[2:]))
-        f2[:, :c0] = self.window - compose_ref(self.q, self.b)
+        f2[:, :c0] = self.window - _branch_product(self.q, self.b)
         taps_q = (slice(t, t + n) for t, n in zip(self.tap, self.q.shape[2:]))
         f2[(slice(None), slice(c0, None), *taps_q)] = self.q
         return f1, f2
@@ -89,7 +106,7 @@ def _draw(
     m = width - c0
     branch_b = orthogonal_filter((m, c0, *k1), rng)
     branch_q = orthogonal_filter((c2, m, *(n2 - n1 + 1 for n1, n2 in zip(k1, k2))), rng)
-    norm_product = float(np.linalg.norm(compose_ref(branch_q, branch_b)))
+    norm_product = float(np.linalg.norm(_branch_product(branch_q, branch_b)))
     norm_g = float(np.linalg.norm(g_tilde))
     if norm_product > 0.0 and norm_g > 0.0:
         root = math.sqrt(BRANCH_WEIGHT * norm_g / norm_product)
@@ -152,8 +169,7 @@ def _lift_floor(
     start = _conditioning(t, t_inv)
     for _ in range(LIFT_ROUNDS):
         f1r, f2r = branch.factors()
-        f1 = np.einsum("vw,wi...->vi...", t_inv, f1r)
-        f2 = np.einsum("ow...,wv->ov...", f2r, t)
+        f1, f2 = _mixed(f1r, f2r, t, t_inv)
         low1, low2 = _small_any(f1, m), _small_any(f2, m)
         if not (low1 or low2):
             return branch, t, t_inv
@@ -202,8 +218,7 @@ def augmented_pair(
     else:
         branch, t, t_inv = lifted
     f1r, f2r = branch.factors()
-    f1 = np.einsum("vw,wi...->vi...", t_inv, f1r)
-    f2 = np.einsum("ow...,wv->ov...", f2r, t)
+    f1, f2 = _mixed(f1r, f2r, t, t_inv)
     if side == "F2":
         f1, f2 = swap_channels(f2), swap_channels(f1)
     return np.ascontiguousarray(f1), np.ascontiguousarray(f2)
