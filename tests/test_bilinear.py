@@ -1,5 +1,7 @@
 """The bilinear regime of the depth morph: both factors solved at once (Levenberg–Marquardt)
-where counting admits a dense exact pair but neither one-sided solve is exact."""
+where counting admits a dense exact pair but neither one-sided solve is exact and the
+identity-augmented pair does not exist (here: a 5×5 G into two 3×3 factors, which G fits
+neither of)."""
 
 import numpy as np
 import pytest
@@ -15,11 +17,11 @@ from netmorph_core.reference import pad_centered
 TOL64 = 1e-10
 
 
-def _g(c: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((c, c, 3, 3))
+def _g(c: int, seed: int = 0, k: int = 5) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((c, c, k, k))
 
 
-@pytest.mark.parametrize("c", [4, 6, 8])
+@pytest.mark.parametrize("c", [4, 6])
 def test_width_2c_is_exact_and_dense(c):
     g = _g(c)
     info = solvability(g.shape, 2 * c, 3, 3)
@@ -33,9 +35,15 @@ def test_width_2c_is_exact_and_dense(c):
 
 def test_joint_solver_only_on_the_exact_steps_sizes():
     # C = 16, width 32: in the regime, but G~ has 6400 > EXPLICIT_ROWS entries.
-    info = solvability((16, 16, 3, 3), 32, 3, 3)
+    info = solvability((16, 16, 5, 5), 32, 3, 3)
     assert bilinear.in_bilinear_regime(info) and not bilinear.use_bilinear(info)
-    assert not bilinear.in_bilinear_regime(solvability((8, 8, 3, 3), 23, 3, 3))  # one-sided
+    assert not bilinear.in_bilinear_regime(solvability((8, 8, 5, 5), 23, 3, 3))  # one-sided
+    # A 3×3 G fits a 3×3 factor: the identity-augmented pair serves instead.
+    augmented = solvability((8, 8, 3, 3), 16, 3, 3)
+    assert augmented.augmented_side == "F1" and not bilinear.in_bilinear_regime(augmented)
+    assert bilinear.use_bilinear(
+        solvability((8, 8, 3, 3), 16, 3, 3), augmented_failed=True
+    )
 
 
 def test_alternation_alone_stalls_in_the_regime():
@@ -53,7 +61,7 @@ def test_same_seed_same_filters():
 
 
 def test_rectangular_and_float32():
-    g = np.random.default_rng(4).standard_normal((5, 4, 3, 3)).astype(np.float32)
+    g = np.random.default_rng(4).standard_normal((5, 4, 5, 5)).astype(np.float32)
     info = solvability(g.shape, 9, 3, 3)
     assert bilinear.in_bilinear_regime(info)
     r = morph_depth(g, 9, 3, 3, seed=0)
@@ -65,7 +73,7 @@ def test_matrix_free_steps_converge(monkeypatch):
     # Force the preconditioned-CG steps (the path of large G~) on a small problem.
     monkeypatch.setattr(bilinear, "EXPLICIT_ROWS", 0)
     c, w = 4, 8
-    g_tilde = pad_centered(_g(c, seed=2), (5, 5))
+    g_tilde = pad_centered(_g(c, seed=2, k=3), (5, 5))
     rng = np.random.default_rng(0)
     f1, f2 = random_start([(w, c, 3, 3), (c, w, 3, 3)], g_tilde, rng)
     impl = select_backend("auto", np.dtype(np.float64), g_tilde)
@@ -75,7 +83,7 @@ def test_matrix_free_steps_converge(monkeypatch):
 
 
 def test_below_the_count_is_refused_before_any_work(monkeypatch):
-    # C = 8, width 12: 12·144 − 12² = 1584 < 1600 equations.
+    # C = 8, width 12: 12·144 − 12² = 1584 < 1600 equations (5×5 G: no augmented pair).
     def fail(*args, **kwargs):
         raise AssertionError("no solver may run")
 

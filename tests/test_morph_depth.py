@@ -65,9 +65,11 @@ def test_general_solves_the_exact_side_first():
 
 
 def test_general_alternation_converges_when_no_side_is_exact():
-    # C1·|K1| = 9 < C2·|Kt| = 10 and C1·|K2| = 9 < C0·|Kt| = 10, yet alternating converges.
-    g = np.random.default_rng(0).standard_normal((2, 2, 3))
-    assert not solvability(g.shape, 3, 3, 3).exact_general
+    # C1·|K1| = 9 < C2·|Kt| = 10 and C1·|K2| = 9 < C0·|Kt| = 10, yet alternating converges
+    # (a G of kernel 5 fits neither factor: no identity-augmented pair).
+    g = np.random.default_rng(0).standard_normal((2, 2, 5))
+    info = solvability(g.shape, 3, 3, 3)
+    assert not info.exact_general and info.augmented_side is None
     r = morph_depth(g, 3, 3, 3, seed=1, max_iter=50)
     assert r.exact and 1 < r.iterations <= 50
     assert r.nonzero_ratio == 1.0

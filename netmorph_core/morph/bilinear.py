@@ -55,17 +55,21 @@ _CG_ITERATIONS = 400
 EXPLICIT_ROWS = 4096
 
 
-def in_bilinear_regime(info: Solvability) -> bool:
-    """Neither one-sided solve is exact, but counting admits a dense exact pair."""
-    return info.dense_count_ok and not info.exact_general
+def in_bilinear_regime(info: Solvability, *, augmented_failed: bool = False) -> bool:
+    """Neither one-sided solve is exact, but counting admits a dense exact pair, and the
+    identity-augmented pair (:attr:`Solvability.augmented_side`) is not available or, with
+    ``augmented_failed``, did not serve (the stable method's floor could not be lifted)."""
+    no_augmented = augmented_failed or info.augmented_side is None
+    return info.dense_count_ok and not info.exact_general and no_augmented
 
 
-def use_bilinear(info: Solvability) -> bool:
-    """Whether the depth morph runs :func:`solve_bilinear`: in the bilinear regime with G~ of
-    at most :data:`EXPLICIT_ROWS` entries (exact steps, about a dozen). The matrix-free steps
-    of larger G~ converge too slowly at real widths (C = 16, width 32: residual 3e-8 after
-    100 steps) to be the default there; the alternation keeps its bounded cost."""
-    return in_bilinear_regime(info) and info.params_g_tilde <= EXPLICIT_ROWS
+def use_bilinear(info: Solvability, *, augmented_failed: bool = False) -> bool:
+    """Whether a two-factor morph runs :func:`solve_bilinear`: in the bilinear regime with G~
+    of at most :data:`EXPLICIT_ROWS` entries (exact steps, about a dozen). The matrix-free
+    steps of larger G~ converge too slowly at real widths (C = 16, width 32: residual 3e-8
+    after 100 steps) to be the default there; the alternation keeps its bounded cost."""
+    regime = in_bilinear_regime(info, augmented_failed=augmented_failed)
+    return regime and info.params_g_tilde <= EXPLICIT_ROWS
 
 
 class _Pair:

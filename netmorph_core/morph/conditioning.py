@@ -53,32 +53,42 @@ def noise_ratio(g_tilde: np.ndarray, filters: Sequence[np.ndarray], dtype: str) 
     return child / parent
 
 
-def balanced_pair(
+def balancing_transform(
     f1: np.ndarray, f2: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """The exact pair (F1, F2) re-gauged to (T⁻¹F1, F2·T) with the smallest ‖F1‖_F·‖F2‖_F.
+) -> np.ndarray | None:
+    """T (w × w) such that (T⁻¹F1, F2·T) has the smallest ‖F1‖_F·‖F2‖_F, times a random
+    orthogonal Ω, or None when the pair cannot be balanced (see :func:`balanced_pair`).
 
     With L = F1 as (w, C0·|K1|), R = F2 as (C2·|K2|, w), P = L·Lᵀ = C·Cᵀ (Cholesky) and
-    Cᵀ·(RᵀR)·C = U·S²·Uᵀ, T = C·U·S^(−1/2) makes both Gramians S (balanced truncation's
+    Cᵀ·(RᵀR)·C = U·S²·Uᵀ, T = C·U·S^(−1/2)·Ω makes both Gramians S (balanced truncation's
     balancing): the minimum of ‖RT‖² + ‖T⁻¹L‖² over T, hence ‖L'‖·‖R'‖ ≤ ‖L‖·‖R‖, and a smaller
-    rounding error of the composition. A random orthogonal Ω (T·Ω) keeps that and spreads the
-    channels' scales evenly (dense factors, consistent row norms). The pair is returned
-    unchanged when P or RᵀR is singular (w larger than a factor's fan-in)."""
+    rounding error of the composition. Ω keeps that and spreads the channels' scales evenly
+    (dense factors, consistent row norms)."""
     left, right = as_left(f1), as_right(f2)
     w = left.shape[0]
     if w > min(left.shape[1], right.shape[0]):
-        return f1, f2
+        return None
     try:
         chol = np.linalg.cholesky(left @ left.T)
     except np.linalg.LinAlgError:
-        return f1, f2
+        return None
     s2, u = np.linalg.eigh(chol.T @ (right.T @ right) @ chol)
     if s2[0] <= s2[-1] * w * np.finfo(np.float64).eps:
-        return f1, f2
+        return None
     omega, r = np.linalg.qr(rng.standard_normal((w, w)))
     omega = omega * np.where(np.diag(r) < 0, -1.0, 1.0)
-    t = (chol @ u) / s2**0.25 @ omega
+    return (chol @ u) / s2**0.25 @ omega
+
+
+def balanced_pair(
+    f1: np.ndarray, f2: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact pair (F1, F2) re-gauged to (T⁻¹F1, F2·T) by :func:`balancing_transform`;
+    returned unchanged when P = L·Lᵀ or RᵀR is singular (w larger than a factor's fan-in)."""
+    t = balancing_transform(f1, f2, rng)
+    if t is None:
+        return f1, f2
     return (
-        np.linalg.solve(t, left).reshape(f1.shape),
-        from_right(right @ t, f2.shape),
+        np.linalg.solve(t, as_left(f1)).reshape(f1.shape),
+        from_right(as_right(f2) @ t, f2.shape),
     )

@@ -21,6 +21,7 @@ import numpy as np
 from .. import _validation as v
 from ..reference import pad_centered
 from ._scaling import chain_morph, depth_layout
+from .augmented import augmented_pair
 from .bilinear import WARMUP_SOLVES, solve_bilinear, use_bilinear
 from .common import (
     DEFAULT_TOL,
@@ -82,10 +83,13 @@ def morph_depth(
     alternately, starting with the side whose one-solve exactness condition holds
     (see :func:`solvability`), until the residual is ≤ ``tol`` or ``max_iter`` solves; the
     entries are non-zero (save the structural zeros of a square system's unique solution).
-    Where neither side is exact but counting admits a dense exact pair (the bilinear regime,
-    e.g. 3×3 → (3×3, 3×3) at width 2C) and G~ has at most 4096 entries (C ≤ 12 there), two
-    alternating solves are followed by Levenberg–Marquardt on both factors at once
-    (:mod:`netmorph_core.morph.bilinear`), each step counting as one iteration.
+    Where neither side is exact, the identity-augmented pair is built in closed form when it
+    exists (:mod:`netmorph_core.morph.augmented`: width > C0 with K1 ≤ K2 or width > C2
+    with K2 ≤ K1, G fitting the larger kernel — e.g. 3×3 → (3×3, 3×3) at any width > C),
+    exact, dense and balanced, 0 iterations. Elsewhere, where counting admits a dense exact
+    pair and G~ has at most 4096 entries, two alternating solves are followed by
+    Levenberg–Marquardt on both factors at once (:mod:`netmorph_core.morph.bilinear`), each
+    step counting as one iteration.
     ``method="practical"`` (Algorithm 2): one factor's kernel is shrunk until a single solve
     is exact, the shrunk factor is zero-padded back (any parity), choosing the exact
     candidate with the most non-zeros. ``tol`` defaults to 1e-10 (float64 G) or 1e-5
@@ -96,7 +100,7 @@ def morph_depth(
     With the default ``tol`` and no ``allow_approximate``, the general and stable methods
     raise ``ValueError`` before any work where counting rules out a dense exact solution
     (:attr:`Solvability.dense_count_ok`: parameters less the channel gauge's C1² against the
-    equations of G~), e.g. 3×3 → (3×3, 3×3) below width ≈ 1.52·C for C0 = C2 = C.
+    equations of G~, and no identity-augmented pair), e.g. 3×3 → (3×3, 3×3) at width ≤ C.
     ``groups`` = g: G (C2, C0/g, *K) is grouped and so are F1 (width, C0/g, *k1) and
     F2 (C2, width/g, *k2); see :mod:`netmorph_core.morph.grouped`.
     """
@@ -159,6 +163,11 @@ def morph_depth(
     if not opts.allow_approximate and tol is None:
         check_dense_count(info, "general")
     shapes = [(width, c0, *kernel1), (c2, width, *kernel2)]
+    if not info.exact_general and info.augmented_side is not None:
+        pair = augmented_pair(
+            g_tilde, g.shape[2:], width, kernel1, kernel2, info.augmented_side, opts.rng
+        )
+        return finish(g, g_tilde, list(pair), 0, opts)
     start = random_start(shapes, g_tilde, opts.rng)
     ratios = [
         width * math.prod(kernel1) / (c2 * math.prod(kt)),

@@ -88,7 +88,8 @@ def grouped_depth(
 ) -> MorphResult:
     """:func:`netmorph_core.morph.depth.morph_depth` for a grouped G (C2, C0/g, *K):
     F1 (width, C0/g, *k1), F2 (C2, width/g, *k2), both with ``groups``. ``per_group`` is the
-    ungrouped depth morph, run group by group for the practical and stable methods."""
+    ungrouped depth morph, run group by group for the practical and stable methods and where
+    each group takes the identity-augmented pair (no one-sided solve exact per group)."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
@@ -101,7 +102,9 @@ def grouped_depth(
     kt = v.effective_size(g.shape[2:], kernel2, kernel1, "k1, k2")
     opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
     g_tilde = pad_centered(g.astype(np.float64), kt)
-    if opts.method != "general":
+    c2g, c0g, c1g = g.shape[0] // groups, g.shape[1], width // groups
+    info = solvability((c2g, c0g, *g.shape[2:]), c1g, kernel1, kernel2)
+    if opts.method != "general" or (not info.exact_general and info.augmented_side):
         parts = [
             per_group(
                 gj,
@@ -123,9 +126,7 @@ def grouped_depth(
             g, g_tilde, filters, iterations, groups, opts.method, opts.tol, allow_approximate
         )
 
-    c2g, c0g, c1g = g.shape[0] // groups, g.shape[1], width // groups
     gt = stack(g_tilde, groups, "G")
-    info = solvability((c2g, c0g, *g.shape[2:]), c1g, kernel1, kernel2)
     f1 = opts.rng.standard_normal((groups, c1g, c0g, *kernel1)) * math.sqrt(
         2.0 / (c0g * math.prod(kernel1))
     )

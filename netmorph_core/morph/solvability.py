@@ -89,6 +89,37 @@ def practical_reductions(
     return found
 
 
+def identity_tap(
+    kernel: tuple[int, ...], k1: tuple[int, ...], k2: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The tap a of K1 for the identity in F1, or None where none exists: per dimension
+    K1 ≤ K2 and, with s = (Kt − K) / 2 the offset of G in G~, a ≤ s and s + K ≤ a + K2 (G
+    within a + K2); the admissible a nearest K1's centre."""
+    taps = []
+    for k, n1, n2 in zip(kernel, k1, k2):
+        s = (n1 + n2 - 1 - k) // 2
+        low, high = max(0, s + k - n2), min(s, n1 - 1)
+        if n1 > n2 or low > high:
+            return None
+        taps.append(min(max((n1 - 1) // 2, low), high))
+    return tuple(taps)
+
+
+def augmented_side(
+    c0: int, c1: int, c2: int, kernel: tuple[int, ...], k1: tuple[int, ...], k2: tuple[int, ...]
+) -> str | None:
+    """Where the identity-augmented pair (:mod:`netmorph_core.morph.augmented`, exact and dense
+    in closed form) puts its identity: "F1" (needs K1 ≤ K2, w > C0 and :func:`identity_tap`), "F2"
+    (K2 ≤ K1 and w > C2; the mirror image), or None. When both apply, the side leaving more
+    random channels (w − C0 against w − C2); ties go to F1."""
+    sides = []
+    if c1 > c0 and identity_tap(kernel, k1, k2) is not None:
+        sides.append((c1 - c0, 1, "F1"))
+    if c1 > c2 and identity_tap(kernel, k2, k1) is not None:
+        sides.append((c1 - c2, 0, "F2"))
+    return max(sides)[2] if sides else None
+
+
 @dataclass(frozen=True)
 class Solvability:
     """Exactness conditions of morphing G (C2, C0, *K) into F1 (C1, C0, *K1), F2 (C2, C1, *K2).
@@ -109,9 +140,14 @@ class Solvability:
     ``dense_count``: the pair's parameters less the w² of the channel gauge
     (F1, F2) → (T⁻¹F1, F2·T), C1·(C0|K1| + C2|K2|) − C1², against the C2·C0·|Kt| equations of
     a generic G~; ``dense_count_ok``: it is large enough, or a per-side condition holds, or
-    C1 exceeds min(C0|K1|, C2|K2|) (the gauge no longer acts freely; the count says nothing).
-    When it fails, a dense exact decomposition is not expected (the bilinear map's image is
-    too small), and the general and stable methods refuse before any work.
+    C1 exceeds min(C0|K1|, C2|K2|) (the gauge no longer acts freely; the count says nothing)
+    — that much is ``generic_count_ok`` — or ``augmented_side`` is set.
+    ``augmented_side``: "F1"/"F2" where the identity-augmented pair exists (exact and dense
+    in closed form for C1 > C0 with K1 ≤ K2, or C1 > C2 with K2 ≤ K1, G fitting the larger
+    kernel; see :func:`augmented_side`), else None: G~ is G zero-padded, not a generic G~,
+    so the count is not necessary there. When
+    ``dense_count_ok`` fails, a dense exact decomposition is not expected (the bilinear map's
+    image is too small), and the general and stable methods refuse before any work.
     """
 
     c0: int
@@ -136,7 +172,9 @@ class Solvability:
     exact_general: bool = field(init=False)
     exact_practical: bool = field(init=False)
     dense_count: int = field(init=False)
+    generic_count_ok: bool = field(init=False)
     dense_count_ok: bool = field(init=False)
+    augmented_side: str | None = field(init=False)
 
     def __post_init__(self) -> None:
         c0, c1, c2, kernel, k1, k2 = self.c0, self.c1, self.c2, self.kernel, self.k1, self.k2
@@ -166,10 +204,14 @@ class Solvability:
         values["exact_practical"] = values["practical_f1_side"] or values["practical_f2_side"]
         reach1, reach2 = c0 * taps(k1), c2 * taps(k2)
         values["dense_count"] = c1 * (reach1 + reach2) - c1 * c1
-        values["dense_count_ok"] = (
+        values["augmented_side"] = augmented_side(c0, c1, c2, kernel, k1, k2)
+        values["generic_count_ok"] = (
             values["exact_general"]
             or c1 > min(reach1, reach2)
             or values["dense_count"] >= values["params_g_tilde"]
+        )
+        values["dense_count_ok"] = (
+            values["generic_count_ok"] or values["augmented_side"] is not None
         )
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -204,6 +246,9 @@ class Solvability:
             f"= {self.dense_count} >= C2·C0·|Kt| = {self.params_g_tilde}: "
             f"{yes[self.dense_count_ok and self.dense_count >= self.params_g_tilde]}"
             f" (dense exact solution expected: {yes[self.dense_count_ok]})",
+            f"  identity-augmented pair (closed form, dense; identity in F1 needs K1 <= K2 and "
+            f"C1 > C0, in F2 K2 <= K1 and C1 > C2): "
+            f"{'yes, identity in ' + self.augmented_side if self.augmented_side else 'no'}",
             f"  => general (Algorithm 1): exact in one solve: {yes[self.exact_general]}; "
             f"practical (Algorithm 2): exact: {yes[self.exact_practical]}",
         ]
@@ -213,16 +258,23 @@ class Solvability:
         return self.explain()
 
 
-def check_dense_count(info: Solvability, method: str) -> None:
+def check_dense_count(info: Solvability, method: str, *, generic: bool = False) -> None:
     """``ValueError`` with the counting argument when no dense exact decomposition is expected
-    (``info.dense_count_ok`` false): raised before any work by the general and stable depth
-    morphs unless approximate results are allowed."""
-    if not info.dense_count_ok:
+    (``info.dense_count_ok`` false, or with ``generic`` ``info.generic_count_ok`` false: the
+    stable method once the identity-augmented pair could not be lifted above its floor):
+    raised before any work (or any search) unless approximate results are allowed."""
+    if not (info.generic_count_ok if generic else info.dense_count_ok):
+        augmented = (
+            "; the identity-augmented pair exists but its entries could not be lifted above "
+            "the floor (its branch of C1 − C0 channels is too narrow)"
+            if generic and info.augmented_side
+            else ""
+        )
         raise ValueError(
             f"no exact dense {method} depth morph exists for a generic G: the pair has "
             f"{info.params_f1 + info.params_f2} parameters, less {info.c1}² = {info.c1**2} for "
             f"the channel gauge (F1, F2) -> (T⁻¹F1, F2·T), i.e. {info.dense_count} < "
-            f"{info.params_g_tilde} equations C2·C0·|Kt|; widen the layer, use "
+            f"{info.params_g_tilde} equations C2·C0·|Kt|{augmented}; widen the layer, use "
             f"method='practical' (zero-padded), or allow_approximate=True\n{info.explain()}"
         )
 

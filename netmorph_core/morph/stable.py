@@ -5,7 +5,11 @@ continued training unstable. This solver looks for F_P ⊛ … ⊛ F_0 = G~ with
 |w| ≥ m·std(F_p) (m = ``min_magnitude``), every filter rescaled to the same standard deviation.
 With x all the entries and r(x) = F_P ⊛ … ⊛ F_0 − G~ it is a projected ("modified") descent:
 
-1. Start: the general algorithm (random orthogonal factors, one-sided deconvolutions nearest
+1. Start: for a pair where no one-sided solve is exact but the identity-augmented pair exists
+   (:mod:`netmorph_core.morph.augmented`), that pair (exact, dense, closed form) with its
+   entries lifted above the floor by linear moves of its branch and mixing; done if that
+   succeeds. Otherwise
+   the general algorithm (random orthogonal factors, one-sided deconvolutions nearest
    the iterate; exact in one solve when a per-side condition holds) for 2·(P + 1) solves,
    then Gauss–Newton on all factors at once with minimum-norm steps (:func:`gauss_newton`;
    for a pair in the bilinear regime :func:`netmorph_core.morph.bilinear.solve_bilinear`)
@@ -43,6 +47,7 @@ import numpy as np
 from .. import _validation as v
 from ..reference import pad_centered
 from ._scaling import chain_morph, depth_layout, subnet_layout
+from .augmented import augmented_pair
 from .bilinear import solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers, general_chain, practical_chain
 from .common import Options, Seed, balance, check_options, relative_residual
@@ -106,17 +111,30 @@ def _exact_start(
     kernels: list[tuple[int, ...]],
     start: str,
     opts: Options,
+    m: float,
 ) -> tuple[dict[str, np.ndarray], float, int]:
     """The ``start`` method's solution (2·(P + 1) solves at most), then Gauss–Newton towards
-    the exact set. Returns (filters by edge name, residual, solves and steps)."""
+    the exact set; for a general start where the identity-augmented pair exists and no
+    one-sided solve is exact, that pair with its entries lifted above the floor m (when the
+    lifting succeeds).
+    Returns (filters by edge name, residual, solves and steps)."""
     target = opts.stop_tol * _MARGIN
     names = [e.name for e in shape.module.edges]
+    info = solvability(g.shape, widths[0], *kernels) if len(widths) == 2 else None
+    if start == "general" and info and not info.exact_general and info.augmented_side:
+        pair = augmented_pair(
+            g_tilde, g.shape[2:], widths[0], *kernels, info.augmented_side, opts.rng, m
+        )
+        if not any(_small(f, m).any() for f in pair):
+            return dict(zip(names, pair)), relative_residual(g_tilde, pair), 0
+        if not opts.allow_approximate:
+            check_dense_count(info, "stable", generic=True)
     quick = replace(opts, max_iter=2 * len(widths), stop_tol=target, allow_approximate=True)
     if start == "general":
         found, iterations, _, _ = general_chain(g_tilde, g.shape[1], widths, kernels, quick)
     else:
         found, iterations = practical_chain(g, g_tilde.shape[2:], widths, kernels, quick)
-    if len(found) == 2 and use_bilinear(solvability(g.shape, widths[0], *kernels)):
+    if info and use_bilinear(info, augmented_failed=True):
         f1, f2, steps, residual = solve_bilinear(
             opts.backend, g_tilde, *found, target, 2 * _PROJECTION_STEPS
         )
@@ -219,13 +237,16 @@ def stable_subnet(
     best: list[np.ndarray] = []
     best_residual, iterations, repaired_exactly = math.inf, 0, False
     for start in ("general", "practical"):
-        exact, residual, used = _exact_start(g64, shape, g_tilde, widths, kernels, start, opts)
+        exact, residual, used = _exact_start(g64, shape, g_tilde, widths, kernels, start, opts, m)
         iterations += used
         if residual <= target:
             start_filters = list(exact.values())
-            if len(start_filters) == 2:
-                start_filters = list(balanced_pair(*start_filters, opts.rng))
-            repaired, sweeps = repair_floor(balance(start_filters), m)
+            if any(_small(f, m).any() for f in start_filters):
+                if len(start_filters) == 2:
+                    start_filters = list(balanced_pair(*start_filters, opts.rng))
+                repaired, sweeps = repair_floor(balance(start_filters), m)
+            else:  # already above the floor (the identity-augmented pair)
+                repaired, sweeps = start_filters, 0
             repaired = balance(repaired)
             iterations += sweeps
             residual = relative_residual(g_tilde, repaired)
