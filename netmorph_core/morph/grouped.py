@@ -7,8 +7,10 @@ factors with the same ``groups``: F1 (w, C0/g, *K1) and F2 (C2, w/g, *K2), (F2 �
   least-squares call over the groups (:func:`netmorph_core.grouped.deconv_stacked`), the
   residual is measured over all groups together; a depthwise layer is C single-channel
   problems in one call.
-- ``"practical"``/``"stable"`` (depth) and every subnet morph: the ungrouped algorithm per
-  group (a loop over the g groups; these searches differ from group to group).
+- ``"practical"`` (depth and subnet): Algorithm 2 on all groups at once, one stacked solve per
+  candidate (:mod:`netmorph_core.morph.grouped_practical`).
+- ``"stable"`` and the general subnet morph: the ungrouped algorithm per group (a loop over
+  the g groups; these searches differ from group to group).
 - :func:`separable_depth`: G into a depthwise F1 (C0·m, 1, *K) followed by a pointwise F2
   (C2, C0·m/g, 1…) with ``groups`` g: per input channel i the kernels G[:, i] (C2/g × |K|)
   are the product F2_i (C2/g × m) · F1_i (m × |K|), exact when m ≥ min(C2/g, |K|): F1_i is
@@ -37,6 +39,7 @@ from ..grouped import (
 from ..reference import pad_centered
 from .chain import chain_effective_size, check_layers
 from .common import balance, check_options
+from .grouped_practical import practical_chain_stacked
 from .pair import general_order
 from .result import MorphResult
 from .solvability import layer_kernel, solvability
@@ -88,7 +91,7 @@ def grouped_depth(
 ) -> MorphResult:
     """:func:`netmorph_core.morph.depth.morph_depth` for a grouped G (C2, C0/g, *K):
     F1 (width, C0/g, *k1), F2 (C2, width/g, *k2), both with ``groups``. ``per_group`` is the
-    ungrouped depth morph, run group by group for the practical and stable methods."""
+    ungrouped depth morph, run group by group for the stable method."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
@@ -101,7 +104,22 @@ def grouped_depth(
     kt = v.effective_size(g.shape[2:], kernel2, kernel1, "k1, k2")
     opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
     g_tilde = pad_centered(g.astype(np.float64), kt)
-    if opts.method != "general":
+    c2g, c0g, c1g = g.shape[0] // groups, g.shape[1], width // groups
+    info = solvability((c2g, c0g, *g.shape[2:]), c1g, kernel1, kernel2)
+    if opts.method == "practical":
+        if not info.exact_practical and not opts.allow_approximate:
+            raise ValueError(
+                f"no exact practical depth morph exists (groups={groups}, per group):\n"
+                f"{info.explain()}"
+            )
+        stacked, iterations = practical_chain_stacked(
+            stack(g, groups, "G"), kt, [c1g, c2g], [kernel1, kernel2], opts
+        )
+        filters = [unstack(f) for f in stacked]
+        return _result(
+            g, g_tilde, filters, iterations, groups, "practical", opts.tol, allow_approximate
+        )
+    if opts.method == "stable":
         parts = [
             per_group(
                 gj,
@@ -123,9 +141,7 @@ def grouped_depth(
             g, g_tilde, filters, iterations, groups, opts.method, opts.tol, allow_approximate
         )
 
-    c2g, c0g, c1g = g.shape[0] // groups, g.shape[1], width // groups
     gt = stack(g_tilde, groups, "G")
-    info = solvability((c2g, c0g, *g.shape[2:]), c1g, kernel1, kernel2)
     f1 = opts.rng.standard_normal((groups, c1g, c0g, *kernel1)) * math.sqrt(
         2.0 / (c0g * math.prod(kernel1))
     )
@@ -178,8 +194,8 @@ def grouped_subnet(
     per_group: Callable[..., MorphResult],
 ) -> MorphResult:
     """:func:`netmorph_core.morph.subnet.morph_subnet` for a grouped G: every layer keeps
-    ``groups`` (each width divisible by it), solved group by group with the ungrouped subnet
-    morph ``per_group``."""
+    ``groups`` (each width divisible by it); the practical method on all groups at once, the
+    others group by group with the ungrouped subnet morph ``per_group``."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
@@ -189,6 +205,14 @@ def grouped_subnet(
         check_divisible(w, groups, f"layers[{p}]'s width")
     opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
     g_tilde = pad_centered(g.astype(np.float64), chain_effective_size(g.shape[2:], kernels))
+    if opts.method == "practical" and len(widths) > 1:
+        stacked, iterations = practical_chain_stacked(
+            stack(g, groups, "G"), g_tilde.shape[2:], [w // groups for w in widths], kernels, opts
+        )
+        filters = [unstack(f) for f in stacked]
+        return _result(
+            g, g_tilde, filters, iterations, groups, "practical", opts.tol, allow_approximate
+        )
     layer_widths = [(w // groups, k) for w, k in zip(widths, kernels)]
     parts = [
         per_group(
