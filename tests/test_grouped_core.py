@@ -222,3 +222,18 @@ def test_practical_grouped_refusal_and_approximation(rng) -> None:
     assert res.residual == pytest.approx(
         nm.residual(g, res.filters[1], res.filters[0], groups=2), rel=1e-9
     )
+
+
+def test_grouped_general_bilinear_regime_per_group(rng) -> None:
+    """Depthwise 3×3 → (3×3, 3×3) at 2 channels per group: no one-sided solve is exact
+    (2·9 < 25), the dense count is (2·(9 + 9) − 2² = 32 ≥ 25): Levenberg–Marquardt per group."""
+    g = rng.standard_normal((4, 1, 3, 3))
+    res = nm.morph_depth(g, 8, 3, 3, groups=4, seed=0)
+    assert [f.shape for f in res.filters] == [(8, 1, 3, 3), (4, 2, 3, 3)]
+    assert res.exact and res.nonzero_ratio == 1.0
+    assert nm.residual(g, res.filters[1], res.filters[0], groups=4) <= 1e-10
+    # one channel per group: 18 − 1 < 25, refused with the count before any solve
+    with pytest.raises(
+        ValueError, match=r"no exact dense general \(groups=4, per group\).*17 < 25"
+    ):
+        nm.morph_depth(g, 4, 3, 3, groups=4, seed=0)

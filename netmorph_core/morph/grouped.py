@@ -37,12 +37,13 @@ from ..grouped import (
     unstack,
 )
 from ..reference import pad_centered
+from .bilinear import WARMUP_SOLVES, solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers
-from .common import balance, check_options
+from .common import Options, balance, check_options
 from .grouped_practical import practical_chain_stacked
 from .pair import general_order
 from .result import MorphResult
-from .solvability import layer_kernel, solvability
+from .solvability import check_dense_count, layer_kernel, solvability
 
 
 def _result(
@@ -141,6 +142,8 @@ def grouped_depth(
             g, g_tilde, filters, iterations, groups, opts.method, opts.tol, allow_approximate
         )
 
+    if not opts.allow_approximate and tol is None:
+        check_dense_count(info, f"general (groups={groups}, per group)")
     gt = stack(g_tilde, groups, "G")
     f1 = opts.rng.standard_normal((groups, c1g, c0g, *kernel1)) * math.sqrt(
         2.0 / (c0g * math.prod(kernel1))
@@ -157,6 +160,8 @@ def grouped_depth(
         c1g * math.prod(kernel2) / (c0g * math.prod(kt)),
     ]
     order = general_order([info.f1_last_exact, info.f2_last_exact], ratios)
+    bilinear = use_bilinear(info)
+    solves = min(opts.max_iter, WARMUP_SOLVES) if bilinear else opts.max_iter
     iterations = 0
     while True:
         if order[iterations % 2] == 0:
@@ -168,8 +173,13 @@ def grouped_depth(
         iterations += 1
         diff = float(np.linalg.norm(compose_stacked(f2, f1) - gt))
         residual = diff / target if target > 0 else diff
-        if residual <= opts.stop_tol or iterations >= opts.max_iter:
+        if residual <= opts.stop_tol or iterations >= solves:
             break
+    if bilinear and residual > opts.stop_tol and iterations < opts.max_iter:
+        f1, f2, steps = _bilinear_groups(gt, f1, f2, opts, opts.max_iter - iterations)
+        iterations += steps
+        diff = float(np.linalg.norm(compose_stacked(f2, f1) - gt))
+        residual = diff / target if target > 0 else diff
     if residual > opts.stop_tol and not opts.allow_approximate:
         raise ValueError(
             f"the grouped general depth morph (groups={groups}) did not reach tol={opts.tol} "
@@ -178,6 +188,27 @@ def grouped_depth(
         )
     filters = balance([unstack(f1), unstack(np.ascontiguousarray(f2))])
     return _result(g, g_tilde, filters, iterations, groups, "general", opts.tol, allow_approximate)
+
+
+def _bilinear_groups(
+    gt: np.ndarray, f1: np.ndarray, f2: np.ndarray, opts: Options, max_steps: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Levenberg–Marquardt (:func:`netmorph_core.morph.bilinear.solve_bilinear`) on each group
+    of the stacked G~ (g, C2', C0', *Kt) whose residual still exceeds ``opts.stop_tol``, from
+    its alternation iterate (F1 (g, …), F2 (g, …)); a per-group problem has at most
+    :data:`netmorph_core.morph.bilinear.EXPLICIT_ROWS` equations. Returns F1, F2 and the
+    largest number of steps any group took."""
+    f1, f2 = f1.copy(), f2.copy()
+    scale = np.sqrt(np.sum(np.square(gt.reshape(gt.shape[0], -1)), axis=1))
+    err = np.sqrt(np.sum(np.square((compose_stacked(f2, f1) - gt).reshape(gt.shape[0], -1)), 1))
+    open_groups = np.flatnonzero(err > opts.stop_tol * np.where(scale > 0, scale, 1.0))
+    most = 0
+    for j in open_groups:
+        f1[j], f2[j], steps, _ = solve_bilinear(
+            opts.backend, np.ascontiguousarray(gt[j]), f1[j], f2[j], opts.stop_tol, max_steps
+        )
+        most = max(most, steps)
+    return f1, f2, most
 
 
 def grouped_subnet(
