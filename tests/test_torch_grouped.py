@@ -137,7 +137,11 @@ def test_widen_depthwise_producer_raises_its_multiplier(block) -> None:
 
 def test_widen_refusals_name_the_node() -> None:
     grouped = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(MorphError, match=r"'1' \(Conv2d\) is a grouped convolution \(groups=2, 2"):
+    with pytest.raises(
+        MorphError,
+        match=r"'1' \(Conv2d\) is a grouped convolution \(groups=2, 2 input .* width of 4 \+ a "
+        r"multiple of 2, each new group adding 2 output channels",
+    ):
         widen(grouped, "0", 6)
 
     class Shuffle(nn.Module):

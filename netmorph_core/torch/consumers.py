@@ -18,7 +18,8 @@ along the channel axis. The walk follows that tensor through the graph in topolo
 - concatenation along the channel axis shifts it by the other inputs' channel counts;
 - an add of widened tensors needs every operand widened the same way;
 - Conv and Linear layers consume it: they get new input columns. Grouped convolutions with
-  more than one input channel per group are refused (they would need whole new groups).
+  more than one input channel per group are refused, with the widths whole new groups would
+  need (their new outputs would have to be taken by every later layer too).
 
 The channel map ``src`` of a tensor gives, for each child channel, the parent channel it holds
 or −1 for a new channel. Anything else the widened tensor reaches raises :class:`MorphError`.
@@ -528,11 +529,15 @@ class _Walk:
     def _grouped(self, node: fx.Node, m: nn.Module, flow: Flow) -> None:
         """A grouped conv consuming the widened tensor: depthwise ones widen channel-wise."""
         if m.in_channels != m.groups:
+            per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
             raise self.fail(
                 node,
-                f"is a grouped convolution (groups={m.groups}, {m.in_channels // m.groups} input "
-                "channels per group): new input channels would need whole new groups, which "
-                "widen does not build; widen layers whose consumers are ungrouped or depthwise",
+                f"is a grouped convolution (groups={m.groups}, {per_in} input channels per "
+                f"group): new input channels need whole new groups, i.e. a width of "
+                f"{flow.parent_channels} + a multiple of {per_in}, each new group adding "
+                f"{per_out} output channels that the layers after it would have to take too; "
+                "widen does not build that cascade: widen layers whose consumers are "
+                "ungrouped or depthwise",
             )
         if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
             raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
