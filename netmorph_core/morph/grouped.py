@@ -6,7 +6,10 @@ factors with the same ``groups``: F1 (w, C0/g, *K1) and F2 (C2, w/g, *K2), (F2 �
 - ``method="general"`` (depth): Algorithm 1 on all groups at once — every solve is one stacked
   least-squares call over the groups (:func:`netmorph_core.grouped.deconv_stacked`), the
   residual is measured over all groups together; a depthwise layer is C single-channel
-  problems in one call.
+  problems in one call. In the bilinear regime per group (:func:`.bilinear.use_bilinear`) two
+  solves are followed by Levenberg–Marquardt on each group not yet exact (a loop over those
+  groups, each a tiny problem); where the count rules out a dense exact pair per group the
+  morph refuses before any work (:func:`.solvability.check_dense_count`).
 - ``"practical"`` (depth and subnet): Algorithm 2 on all groups at once, one stacked solve per
   candidate (:mod:`netmorph_core.morph.grouped_practical`).
 - ``"stable"`` and the general subnet morph: the ungrouped algorithm per group (a loop over
