@@ -151,3 +151,89 @@ def test_grouped_memory_bound_before_work(monkeypatch, rng) -> None:
         nm.deconv(rng.standard_normal((8, 1, 9, 9)), outer=f2, kernel_size=5, groups=8)
     with pytest.raises(nm.ResourceLimitError, match="morph_depth"):
         nm.morph_depth(rng.standard_normal((8, 1, 9, 9)), 8, 5, 5, groups=8)
+
+
+def _per_group(fn, g: np.ndarray, groups: int, *args, **kwargs) -> list[nm.MorphResult]:
+    """The per-group reference: the ungrouped morph of each group G_j on its own."""
+    return [fn(gj, *args, **kwargs) for gj in np.split(g, groups)]
+
+
+def _zero_pattern(filters, groups: int) -> list[np.ndarray]:
+    return [np.stack(np.split(f == 0, groups)) for f in filters]
+
+
+# (G shape, groups, width, k1, k2): depthwise 3×3 → (3×3, 1×1) and → (3×3, 3×3) (F2 shrunk),
+# grouped, and a 1-D grouped layer whose F2 is the solved side.
+PRACTICAL_CASES = [
+    ((6, 1, 3, 3), 6, 6, 3, 1),
+    ((6, 1, 3, 3), 6, 6, 3, 3),
+    ((8, 2, 3, 3), 4, 8, 3, 3),
+    ((6, 2, 3), 2, 6, 1, 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("shape", "groups", "width", "k1", "k2"), PRACTICAL_CASES, ids=str)
+def test_practical_depth_batched_matches_per_group(dtype, shape, groups, width, k1, k2, rng):
+    g = rng.standard_normal(shape).astype(dtype)
+    before = g.copy()
+    res = nm.morph_depth(g, width, k1, k2, groups=groups, method="practical", seed=0)
+    ref = _per_group(nm.morph_depth, g, groups, width // groups, k1, k2, method="practical")
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    assert res.exact and res.residual <= tol and res.method == "practical"
+    assert all(f.dtype == dtype for f in res.filters)
+    assert nm.residual(g, res.filters[1], res.filters[0], groups=groups) <= tol
+    # the same candidate in every group: the reference's shapes, zero taps and solve count
+    for got, want in zip(_zero_pattern(res.filters, groups), zip(*(r.filters for r in ref))):
+        assert np.array_equal(got, np.stack([w == 0 for w in want]))
+    assert res.iterations == sum(r.iterations for r in ref)
+    # each group balanced on its own, as the reference does
+    for f1j, f2j in zip(*(np.split(f, groups) for f in res.filters)):
+        assert np.std(f1j) == pytest.approx(np.std(f2j) or np.sqrt(np.mean(f2j**2)), rel=1e-5)
+    assert np.array_equal(g, before)
+
+
+def test_practical_subnet_batched_matches_per_group(rng) -> None:
+    g = rng.standard_normal((8, 2, 3, 3))
+    layers = [(8, 1), (8, 3), (None, 1)]
+    res = nm.morph_subnet(g, layers, groups=4, method="practical", seed=0)
+    ref = _per_group(nm.morph_subnet, g, 4, [(2, 1), (2, 3), (None, 1)], method="practical")
+    assert res.exact and [f.shape for f in res.filters] == [
+        (8, 2, 1, 1),
+        (8, 2, 3, 3),
+        (8, 2, 1, 1),
+    ]
+    chain = nm.compose(
+        res.filters[2], nm.compose(res.filters[1], res.filters[0], groups=4), groups=4
+    )
+    assert rel_err(chain, g) <= 1e-10
+    for got, want in zip(_zero_pattern(res.filters, 4), zip(*(r.filters for r in ref))):
+        assert np.array_equal(got, np.stack([w == 0 for w in want]))
+
+
+def test_practical_grouped_refusal_and_approximation(rng) -> None:
+    # 2 → 2 channels per group through one: no side has enough unknowns
+    g = rng.standard_normal((4, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"no exact practical depth morph exists \(groups=2"):
+        nm.morph_depth(g, 2, 3, 1, groups=2, method="practical")
+    res = nm.morph_depth(g, 2, 3, 1, groups=2, method="practical", allow_approximate=True, seed=0)
+    # every group kept its least-squares candidate: no worse than the zero solution
+    assert not res.exact and 0 < res.residual < 1
+    assert res.residual == pytest.approx(
+        nm.residual(g, res.filters[1], res.filters[0], groups=2), rel=1e-9
+    )
+
+
+def test_grouped_general_bilinear_regime_per_group(rng) -> None:
+    """Depthwise 3×3 → (3×3, 3×3) at 2 channels per group: no one-sided solve is exact
+    (2·9 < 25), the dense count is (2·(9 + 9) − 2² = 32 ≥ 25): Levenberg–Marquardt per group."""
+    g = rng.standard_normal((4, 1, 3, 3))
+    res = nm.morph_depth(g, 8, 3, 3, groups=4, seed=0)
+    assert [f.shape for f in res.filters] == [(8, 1, 3, 3), (4, 2, 3, 3)]
+    assert res.exact and res.nonzero_ratio == 1.0
+    assert nm.residual(g, res.filters[1], res.filters[0], groups=4) <= 1e-10
+    # one channel per group: 18 − 1 < 25, refused with the count before any solve
+    with pytest.raises(
+        ValueError, match=r"no exact dense general \(groups=4, per group\).*17 < 25"
+    ):
+        nm.morph_depth(g, 4, 3, 3, groups=4, seed=0)

@@ -137,21 +137,12 @@ def test_widen_depthwise_producer_raises_its_multiplier(block) -> None:
 
 def test_widen_refusals_name_the_node() -> None:
     grouped = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(MorphError, match=r"'1' \(Conv2d\) is a grouped convolution \(groups=2, 2"):
+    with pytest.raises(
+        MorphError,
+        match=r"'1' \(Conv2d\) is a grouped convolution \(groups=2, 2 input .* width of 4 \+ a "
+        r"multiple of 2, each new group adding 2 output channels",
+    ):
         widen(grouped, "0", 6)
-
-    class Scaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 1)
-            self.gamma = nn.Parameter(torch.ones(4, 1, 1))
-            self.out = nn.Conv2d(4, 2, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(self.gamma * self.conv(x))
-
-    with pytest.raises(MorphError, match=r"parameter 'gamma' \(a layer scale\?\)"):
-        widen(Scaled(), "conv", 6)
 
     class Shuffle(nn.Module):
         def __init__(self) -> None:
@@ -167,6 +158,67 @@ def test_widen_refusals_name_the_node() -> None:
 
     with pytest.raises(MorphError, match=r"reads the shape of a widened tensor|reshapes"):
         widen(Shuffle(), "conv", 6)
+
+
+class LayerScaled(nn.Module):
+    """conv → BatchNorm → layer scale → GELU → conv: the scale as torchvision's ConvNeXt holds it
+    ((C, 1, 1) broadcast) or as timm's (``gamma`` (C,) reshaped to (1, C, 1, 1))."""
+
+    def __init__(self, timm_style: bool) -> None:
+        super().__init__()
+        self.timm_style = timm_style
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        shape = (6,) if timm_style else (6, 1, 1)
+        self.gamma = nn.Parameter(torch.rand(shape, generator=torch.Generator().manual_seed(3)))
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        y = y.mul(self.gamma.reshape(1, -1, 1, 1)) if self.timm_style else self.gamma * y
+        return self.out(nn.functional.gelu(y))
+
+
+@pytest.mark.parametrize("timm_style", [False, True])
+@pytest.mark.parametrize("side", ["inner", "outer"])
+def test_widen_through_a_layer_scale(timm_style, side) -> None:
+    parent = trained_like(LayerScaled(timm_style))
+    child = check(parent, lambda m: widen(m, "conv", 10, zero_side=side, seed=0))
+    assert child.gamma.shape == ((10,) if timm_style else (10, 1, 1))
+    kept = child.gamma.detach().flatten()
+    old = parent.gamma.detach().flatten()
+    # every parent value kept once, the new channels at the mean
+    new = ~torch.isin(kept, old)
+    assert int(new.sum()) == 4 and torch.allclose(kept[new], old.mean().expand(4))
+    assert sorted(kept[~new].tolist()) == sorted(old.tolist())
+
+
+def test_widen_refuses_a_scale_that_is_not_per_channel() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.gamma = nn.Parameter(torch.ones(4, 1, 1))
+            self.out = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.gamma * self.conv(x)) + self.gamma.sum()
+
+    with pytest.raises(MorphError, match=r"parameter 'gamma', which is also used elsewhere"):
+        widen(Shared(), "conv", 6)
+
+    class Spatial(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.gamma = nn.Parameter(torch.ones(4, 1))
+            self.out = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.gamma * self.conv(x))
+
+    with pytest.raises(MorphError, match=r"'gamma' of shape \(4, 1\), which is not one value"):
+        widen(Spatial(), "conv", 6)
 
 
 def test_grouped_layers_pass_the_understood_layer_checks() -> None:

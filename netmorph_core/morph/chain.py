@@ -5,7 +5,7 @@ the general (alternating) and practical (recursive Algorithm 2) solvers that
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from types import ModuleType
 
@@ -176,30 +176,28 @@ def general_chain(
     return filters, iterations, residual, exact
 
 
-def practical_chain(
-    g: np.ndarray,
-    kt: tuple[int, ...],
-    widths: list[int],
-    kernels: list[tuple[int, ...]],
-    opts: Options,
-) -> tuple[list[np.ndarray], int]:
-    """Algorithm 2 applied recursively: split layers a..b at a blob m into L (a..m) and
-    R (m+1..b) with one practical depth morph, then split L and R the same way.
+#: (every (m, Split) in order, the admissible splits, the others) of one node of the tree.
+Ranked = tuple[list[tuple[int, Split]], list[Split], list[Split]]
 
-    A target is a core (w_b, w_{a−1}, *size) at an offset in the window of layers a..b
-    composed. The solved factor of a step is dense (its core is its whole window); the other
-    is random noise shrunk to a small kernel (its core is that kernel). Steps are tried most
-    non-zeros first (ties: the split nearest the input) among those whose two sub-targets are
-    still exactly solvable by the equation counts (a memoised look-ahead on kernel sizes).
-    """
-    c0 = g.shape[1]
-    n = len(widths)
+#: ``ranked`` and ``feasible`` of :func:`practical_plan`.
+Plan = tuple[
+    Callable[[int, int, tuple[int, ...]], Ranked], Callable[[int, int, tuple[int, ...]], bool]
+]
+
+
+def practical_plan(c0: int, widths: list[int], kernels: list[tuple[int, ...]]) -> Plan:
+    """The choices of :func:`practical_chain`, from shapes alone: ``ranked(a, b, core)`` lists
+    the splits of layers a..b for a target core of spatial size ``core`` — every (m, Split)
+    most non-zeros first (ties: the split nearest the input), then the admissible splits (both
+    sub-targets still exactly solvable by the equation counts, a memoised look-ahead) and the
+    others; ``feasible(a, b, core)`` whether some tree of admissible splits exists."""
+    n_dims = len(kernels[0])
 
     def chan(p: int) -> int:
         return c0 if p < 0 else widths[p]
 
     def span(a: int, b: int) -> tuple[int, ...]:
-        return tuple(sum(k[d] for k in kernels[a : b + 1]) - (b - a) for d in range(len(kt)))
+        return tuple(sum(k[d] for k in kernels[a : b + 1]) - (b - a) for d in range(n_dims))
 
     def options(a: int, b: int, core: tuple[int, ...]) -> list[tuple[int, Split]]:
         shape = (widths[b], chan(a - 1), *core)
@@ -223,12 +221,42 @@ def practical_chain(
         left, right = sub_cores(split)
         return split.red.count_ok and feasible(a, m, left) and feasible(m + 1, b, right)
 
+    def ranked(a: int, b: int, core: tuple[int, ...]) -> Ranked:
+        choices = options(a, b, core)
+        good = [s for m, s in choices if admissible(a, b, m, s)]
+        rest = [s for m, s in choices if not admissible(a, b, m, s)]
+        return choices, good, rest
+
+    return ranked, feasible
+
+
+#: The refusal of :func:`practical_chain` when no tree of admissible splits exists.
+NO_PRACTICAL_TREE = (
+    "no tree of practical depth morphs is exact for these layers: every split leads to "
+    "a reduced system with fewer unknowns than equations; widen the layers, enlarge "
+    "the kernels, or use allow_approximate=True"
+)
+
+
+def practical_chain(
+    g: np.ndarray,
+    kt: tuple[int, ...],
+    widths: list[int],
+    kernels: list[tuple[int, ...]],
+    opts: Options,
+) -> tuple[list[np.ndarray], int]:
+    """Algorithm 2 applied recursively: split layers a..b at a blob m into L (a..m) and
+    R (m+1..b) with one practical depth morph, then split L and R the same way.
+
+    A target is a core (w_b, w_{a−1}, *size) at an offset in the window of layers a..b
+    composed. The solved factor of a step is dense (its core is its whole window); the other
+    is random noise shrunk to a small kernel (its core is that kernel). Steps are tried in the
+    order of :func:`practical_plan`.
+    """
+    n = len(widths)
+    ranked, feasible = practical_plan(g.shape[1], widths, kernels)
     if not feasible(0, n - 1, g.shape[2:]) and not opts.allow_approximate:
-        raise ValueError(
-            "no tree of practical depth morphs is exact for these layers: every split leads to "
-            "a reduced system with fewer unknowns than equations; widen the layers, enlarge "
-            "the kernels, or use allow_approximate=True"
-        )
+        raise ValueError(NO_PRACTICAL_TREE)
     filters: list[np.ndarray] = [np.empty(0)] * n
     iterations = 0
 
@@ -237,9 +265,7 @@ def practical_chain(
         if a == b:
             filters[a] = pad_at(core, kernels[a], offset)
             return
-        choices = options(a, b, core.shape[2:])
-        good = [s for m, s in choices if admissible(a, b, m, s)]
-        rest = [s for m, s in choices if not admissible(a, b, m, s)]
+        choices, good, rest = ranked(a, b, core.shape[2:])
         sol = practical_search(core, offset, good, rest, opts)
         if sol is None:
             raise ValueError(

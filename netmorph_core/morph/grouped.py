@@ -6,9 +6,14 @@ factors with the same ``groups``: F1 (w, C0/g, *K1) and F2 (C2, w/g, *K2), (F2 �
 - ``method="general"`` (depth): Algorithm 1 on all groups at once — every solve is one stacked
   least-squares call over the groups (:func:`netmorph_core.grouped.deconv_stacked`), the
   residual is measured over all groups together; a depthwise layer is C single-channel
-  problems in one call.
-- ``"practical"``/``"stable"`` (depth) and every subnet morph: the ungrouped algorithm per
-  group (a loop over the g groups; these searches differ from group to group).
+  problems in one call. In the bilinear regime per group (:func:`.bilinear.use_bilinear`) two
+  solves are followed by Levenberg–Marquardt on each group not yet exact (a loop over those
+  groups, each a tiny problem); where the count rules out a dense exact pair per group the
+  morph refuses before any work (:func:`.solvability.check_dense_count`).
+- ``"practical"`` (depth and subnet): Algorithm 2 on all groups at once, one stacked solve per
+  candidate (:mod:`netmorph_core.morph.grouped_practical`).
+- ``"stable"`` and the general subnet morph: the ungrouped algorithm per group (a loop over
+  the g groups; these searches differ from group to group).
 - :func:`separable_depth`: G into a depthwise F1 (C0·m, 1, *K) followed by a pointwise F2
   (C2, C0·m/g, 1…) with ``groups`` g: per input channel i the kernels G[:, i] (C2/g × |K|)
   are the product F2_i (C2/g × m) · F1_i (m × |K|), exact when m ≥ min(C2/g, |K|): F1_i is
@@ -35,11 +40,13 @@ from ..grouped import (
     unstack,
 )
 from ..reference import pad_centered
+from .bilinear import WARMUP_SOLVES, solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers
-from .common import balance, check_options
+from .common import Options, balance, check_options
+from .grouped_practical import practical_chain_stacked
 from .pair import general_order
 from .result import MorphResult
-from .solvability import layer_kernel, solvability
+from .solvability import check_dense_count, layer_kernel, solvability
 
 
 def _result(
@@ -88,8 +95,8 @@ def grouped_depth(
 ) -> MorphResult:
     """:func:`netmorph_core.morph.depth.morph_depth` for a grouped G (C2, C0/g, *K):
     F1 (width, C0/g, *k1), F2 (C2, width/g, *k2), both with ``groups``. ``per_group`` is the
-    ungrouped depth morph, run group by group for the practical and stable methods and where
-    each group takes the identity-augmented pair (no one-sided solve exact per group)."""
+    ungrouped depth morph, run group by group for the stable method and where each group takes
+    the identity-augmented pair (no one-sided solve exact per group)."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
@@ -104,7 +111,20 @@ def grouped_depth(
     g_tilde = pad_centered(g.astype(np.float64), kt)
     c2g, c0g, c1g = g.shape[0] // groups, g.shape[1], width // groups
     info = solvability((c2g, c0g, *g.shape[2:]), c1g, kernel1, kernel2)
-    if opts.method != "general" or (not info.exact_general and info.augmented_side):
+    if opts.method == "practical":
+        if not info.exact_practical and not opts.allow_approximate:
+            raise ValueError(
+                f"no exact practical depth morph exists (groups={groups}, per group):\n"
+                f"{info.explain()}"
+            )
+        stacked, iterations = practical_chain_stacked(
+            stack(g, groups, "G"), kt, [c1g, c2g], [kernel1, kernel2], opts
+        )
+        filters = [unstack(f) for f in stacked]
+        return _result(
+            g, g_tilde, filters, iterations, groups, "practical", opts.tol, allow_approximate
+        )
+    if opts.method == "stable" or (not info.exact_general and info.augmented_side):
         parts = [
             per_group(
                 gj,
@@ -126,6 +146,8 @@ def grouped_depth(
             g, g_tilde, filters, iterations, groups, opts.method, opts.tol, allow_approximate
         )
 
+    if not opts.allow_approximate and tol is None:
+        check_dense_count(info, f"general (groups={groups}, per group)")
     gt = stack(g_tilde, groups, "G")
     f1 = opts.rng.standard_normal((groups, c1g, c0g, *kernel1)) * math.sqrt(
         2.0 / (c0g * math.prod(kernel1))
@@ -142,6 +164,8 @@ def grouped_depth(
         c1g * math.prod(kernel2) / (c0g * math.prod(kt)),
     ]
     order = general_order([info.f1_last_exact, info.f2_last_exact], ratios)
+    bilinear = use_bilinear(info)
+    solves = min(opts.max_iter, WARMUP_SOLVES) if bilinear else opts.max_iter
     iterations = 0
     while True:
         if order[iterations % 2] == 0:
@@ -153,8 +177,13 @@ def grouped_depth(
         iterations += 1
         diff = float(np.linalg.norm(compose_stacked(f2, f1) - gt))
         residual = diff / target if target > 0 else diff
-        if residual <= opts.stop_tol or iterations >= opts.max_iter:
+        if residual <= opts.stop_tol or iterations >= solves:
             break
+    if bilinear and residual > opts.stop_tol and iterations < opts.max_iter:
+        f1, f2, steps = _bilinear_groups(gt, f1, f2, opts, opts.max_iter - iterations)
+        iterations += steps
+        diff = float(np.linalg.norm(compose_stacked(f2, f1) - gt))
+        residual = diff / target if target > 0 else diff
     if residual > opts.stop_tol and not opts.allow_approximate:
         raise ValueError(
             f"the grouped general depth morph (groups={groups}) did not reach tol={opts.tol} "
@@ -163,6 +192,27 @@ def grouped_depth(
         )
     filters = balance([unstack(f1), unstack(np.ascontiguousarray(f2))])
     return _result(g, g_tilde, filters, iterations, groups, "general", opts.tol, allow_approximate)
+
+
+def _bilinear_groups(
+    gt: np.ndarray, f1: np.ndarray, f2: np.ndarray, opts: Options, max_steps: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Levenberg–Marquardt (:func:`netmorph_core.morph.bilinear.solve_bilinear`) on each group
+    of the stacked G~ (g, C2', C0', *Kt) whose residual still exceeds ``opts.stop_tol``, from
+    its alternation iterate (F1 (g, …), F2 (g, …)); a per-group problem has at most
+    :data:`netmorph_core.morph.bilinear.EXPLICIT_ROWS` equations. Returns F1, F2 and the
+    largest number of steps any group took."""
+    f1, f2 = f1.copy(), f2.copy()
+    scale = np.sqrt(np.sum(np.square(gt.reshape(gt.shape[0], -1)), axis=1))
+    err = np.sqrt(np.sum(np.square((compose_stacked(f2, f1) - gt).reshape(gt.shape[0], -1)), 1))
+    open_groups = np.flatnonzero(err > opts.stop_tol * np.where(scale > 0, scale, 1.0))
+    most = 0
+    for j in open_groups:
+        f1[j], f2[j], steps, _ = solve_bilinear(
+            opts.backend, np.ascontiguousarray(gt[j]), f1[j], f2[j], opts.stop_tol, max_steps
+        )
+        most = max(most, steps)
+    return f1, f2, most
 
 
 def grouped_subnet(
@@ -179,8 +229,8 @@ def grouped_subnet(
     per_group: Callable[..., MorphResult],
 ) -> MorphResult:
     """:func:`netmorph_core.morph.subnet.morph_subnet` for a grouped G: every layer keeps
-    ``groups`` (each width divisible by it), solved group by group with the ungrouped subnet
-    morph ``per_group``."""
+    ``groups`` (each width divisible by it); the practical method on all groups at once, the
+    others group by group with the ungrouped subnet morph ``per_group``."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
@@ -190,6 +240,14 @@ def grouped_subnet(
         check_divisible(w, groups, f"layers[{p}]'s width")
     opts = check_options(g, method, seed, max_iter, tol, allow_approximate, backend)
     g_tilde = pad_centered(g.astype(np.float64), chain_effective_size(g.shape[2:], kernels))
+    if opts.method == "practical" and len(widths) > 1:
+        stacked, iterations = practical_chain_stacked(
+            stack(g, groups, "G"), g_tilde.shape[2:], [w // groups for w in widths], kernels, opts
+        )
+        filters = [unstack(f) for f in stacked]
+        return _result(
+            g, g_tilde, filters, iterations, groups, "practical", opts.tol, allow_approximate
+        )
     layer_widths = [(w // groups, k) for w, k in zip(widths, kernels)]
     parts = [
         per_group(

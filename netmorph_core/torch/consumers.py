@@ -12,11 +12,14 @@ along the channel axis. The walk follows that tensor through the graph in topolo
   feeds only its own m output channels) pass it on and are widened themselves;
 - a product with a gate computed from the tensor (squeeze-and-excitation: pool → conv →
   act → conv → sigmoid) widens the gate's last conv with the same channel map;
+- a product with a per-channel parameter (a layer scale, ConvNeXt's ``layer_scale``/``gamma``)
+  widens that parameter;
 - flatten turns channels into column blocks (channel c owns B consecutive features);
 - concatenation along the channel axis shifts it by the other inputs' channel counts;
 - an add of widened tensors needs every operand widened the same way;
 - Conv and Linear layers consume it: they get new input columns. Grouped convolutions with
-  more than one input channel per group are refused (they would need whole new groups).
+  more than one input channel per group are refused, with the widths whole new groups would
+  need (their new outputs would have to be taken by every later layer too).
 
 The channel map ``src`` of a tensor gives, for each child channel, the parent channel it holds
 or −1 for a new channel. Anything else the widened tensor reaches raises :class:`MorphError`.
@@ -149,6 +152,7 @@ _METHODS: dict[str, tuple[bool, bool]] = {
 }
 _ADD = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub", "add_", "sub_"}
 _MUL = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div", "mul_", "div_"}
+_DIV = {operator.truediv, torch.div, "div", "div_"}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _RESHAPES = {"reshape", "view", "unsqueeze", "expand", "expand_as", "to", "type_as"}
 _REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
@@ -178,11 +182,13 @@ class Flow:
 @dataclass(frozen=True)
 class Use:
     """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm", "prelu",
-    "depthwise" (widened channel-wise; ``flow`` is what it consumes)."""
+    "depthwise" (widened channel-wise; ``flow`` is what it consumes); or "scale": the
+    per-channel parameter ``name`` multiplying the tensor, its channels along ``axis``."""
 
     name: str
     kind: str
     flow: Flow
+    axis: int = 0
 
 
 @dataclass
@@ -523,11 +529,15 @@ class _Walk:
     def _grouped(self, node: fx.Node, m: nn.Module, flow: Flow) -> None:
         """A grouped conv consuming the widened tensor: depthwise ones widen channel-wise."""
         if m.in_channels != m.groups:
+            per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
             raise self.fail(
                 node,
-                f"is a grouped convolution (groups={m.groups}, {m.in_channels // m.groups} input "
-                "channels per group): new input channels would need whole new groups, which "
-                "widen does not build; widen layers whose consumers are ungrouped or depthwise",
+                f"is a grouped convolution (groups={m.groups}, {per_in} input channels per "
+                f"group): new input channels need whole new groups, i.e. a width of "
+                f"{flow.parent_channels} + a multiple of {per_in}, each new group adding "
+                f"{per_out} output channels that the layers after it would have to take too; "
+                "widen does not build that cascade: widen layers whose consumers are "
+                "ungrouped or depthwise",
             )
         if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
             raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
@@ -578,11 +588,10 @@ class _Walk:
             while base.op == "call_method" and base.target in _RESHAPES:
                 base = base.args[0]
             if base.op == "get_attr":
-                raise self.fail(
-                    node,
-                    f"multiplies widened channels with the parameter {base.target!r} (a layer "
-                    "scale?), which widen does not resize",
-                )
+                if node.target in _DIV and node.args[0] is a:
+                    raise self.fail(node, "divides by a widened tensor")
+                self._layer_scale(node, a, base, self.flows[widened[0]])
+                return
             self.plan.gates[self._gate(node, a, self.flows[widened[0]])] = self.flows[
                 widened[0]
             ].src
@@ -591,7 +600,7 @@ class _Walk:
         flows = [self.flows[a] for a in tensors]
         if any(not np.array_equal(f.src, flows[0].src) for f in flows):
             raise self.fail(node, "multiplies widened tensors whose channels do not line up")
-        if node.target in (operator.truediv, torch.div, "div", "div_") and len(tensors) > 1:
+        if node.target in _DIV and len(tensors) > 1:
             raise self.fail(node, "divides by a widened tensor")
         zero = any(f.zero_broken is None for f in flows)
         self.flows[node] = replace(
@@ -599,6 +608,66 @@ class _Walk:
             zero_broken=None if zero else flows[0].zero_broken,
             dead=next((f.dead for f in flows if f.dead), None),
         )
+
+    def _layer_scale(self, node: fx.Node, operand: fx.Node, param: fx.Node, flow: Flow) -> None:
+        """A product of the widened tensor with a per-channel parameter (a layer scale such as
+        ConvNeXt's ``layer_scale``/``gamma``, read directly or through reshapes with constant
+        shapes): the parameter is widened along its channel axis like BatchNorm's weight."""
+        try:
+            value = self.gm.get_parameter(param.target)
+        except AttributeError:
+            raise self.fail(
+                node, f"multiplies widened channels with {param.target!r}, which is not a parameter"
+            ) from None
+        reads = [n for n in self.gm.graph.nodes if n.op == "get_attr" and n.target == param.target]
+        chain, shape = [], tuple(value.shape)
+        step = operand
+        while step is not param:
+            chain.append(step)
+            step = step.args[0]
+        for step in [param, *chain]:
+            if len(step.users) != 1:
+                raise self.fail(
+                    node,
+                    f"multiplies widened channels with the parameter {param.target!r}, which "
+                    "is also used elsewhere: widening would change its shape there",
+                )
+        for step in reversed(chain):
+            shape = self._reshaped(node, step, shape, param.target)
+        if len(reads) != 1 or len(self._operands(node)) != 2:
+            raise self.fail(node, f"uses the parameter {param.target!r} more than once")
+        c = flow.parent_channels
+        axes = [i for i, n in enumerate(value.shape) if n != 1]
+        rank = {SPATIAL: flow.ndim, VECTOR: 2}.get(flow.layout, len(shape))
+        full = (1,) * (rank - len(shape)) + shape if len(shape) <= rank else shape
+        where = -1 if flow.layout == LAST else 1
+        if (
+            flow.layout == FLAT
+            or value.numel() != c
+            or len(axes) > 1
+            or len(full) != rank
+            or full[where] != c
+            or sum(n != 1 for n in full) > 1
+        ):
+            raise self.fail(
+                node,
+                f"multiplies widened channels with the parameter {param.target!r} of shape "
+                f"{tuple(value.shape)}, which is not one value per channel along the channel "
+                "axis",
+            )
+        axis = axes[0] if axes else 0
+        self.plan.uses.append(Use(param.target, "scale", flow, axis))
+        self.flows[node] = flow
+
+    def _reshaped(self, node: fx.Node, step: fx.Node, shape: tuple, name: str) -> tuple:
+        """The shape of the parameter ``name`` after the reshape ``step`` (constant shapes)."""
+        if step.target in ("to", "type_as"):
+            return shape
+        args = step.args[1:]
+        if any(isinstance(a, fx.Node) for a in args) or step.kwargs:
+            raise self.fail(node, f"reshapes the parameter {name!r} with a computed shape")
+        meta = torch.empty(shape, device="meta")
+        return tuple(getattr(meta, str(step.target))(*args).shape)
 
     def _channel_axis(self, flow: Flow, dim: object) -> bool:
         if not isinstance(dim, int):

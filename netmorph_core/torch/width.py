@@ -16,7 +16,10 @@ New producer rows N1 and new consumer columns N2 satisfy N2 ⊛ N1 = 0:
 
 Random entries are Gaussian with the std of the existing weights of that layer. The C̃
 channels are then permuted randomly (the same permutation for every producer), which changes
-nothing downstream. BatchNorm is per channel, so the morph is also exact in train mode.
+nothing downstream. BatchNorm is per channel, so the morph is also exact in train mode. A
+per-channel parameter multiplying the widened tensor (a layer scale) gets the mean of its
+values on the new channels: a new channel is zero where it meets the scale, or meets zero
+columns further on.
 
 Grouped producers (``groups`` g) get (C̃ − C)/g new channels in every group, permuted within the
 group. A depthwise consumer is widened channel-wise: its new channels get random filters and a
@@ -112,6 +115,11 @@ def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) 
     return "outer", f"zeroes no more parameters ({outer} <= {inner})"
 
 
+def _module_of(use: Use) -> str:
+    """The module a use edits (a layer scale's owner for a "scale" use)."""
+    return use.name.rpartition(".")[0] if use.kind == "scale" else use.name
+
+
 def _check_untied(model: nn.Module, plan: WidthPlan) -> None:
     """The parameters widen replaces must not be shared with other modules."""
     touched = {*plan.producers, *plan.gates, *(use.name for use in plan.uses)}
@@ -162,7 +170,7 @@ def _apply(
         else:
             layer.out_channels = mapping.size
     for use in plan.uses:
-        m = child.get_submodule(use.name)
+        m = child.get_submodule(_module_of(use))
         s = use.flow.src
         if use.kind == "batch_norm":
             for attr, fill in (("weight", 1.0), ("bias", 0.0)):
@@ -191,6 +199,12 @@ def _apply(
                     f"{use.name}.bias", f"{use.name}.bias", (out,)
                 )
             m.in_channels, m.out_channels, m.groups = s.size, out.size, s.size
+        elif use.kind == "scale":
+            attr = use.name.rpartition(".")[2]
+            p = getattr(m, attr)
+            _set_param(m, attr, gather(p, s, use.axis, float(p.detach().mean())))
+            index = (None,) * use.axis + (s,) + (None,) * (p.dim() - use.axis - 1)
+            sources[use.name] = ParamSource(use.name, use.name, index)
         elif use.kind == "prelu":
             _set_param(m, "weight", gather(m.weight, s, 0, float(m.weight.detach().mean())))
             sources[f"{use.name}.weight"] = ParamSource(
@@ -294,7 +308,7 @@ def widen(
     else:
         plan = plan_widening(model, names, src)
     _check_untied(model, plan)
-    check_editable(model, [use.name for use in plan.uses])
+    check_editable(model, [_module_of(use) for use in plan.uses])
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
     side, why = _choose_side(zero_side, plan, model, width - channels)
 
