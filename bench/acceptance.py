@@ -283,7 +283,7 @@ def transformer_ops(model: nn.Module, probe: torch.Tensor) -> dict[str, Op]:
         d, block = layout.d_model, layout.blocks[0]
         heads, kv = block.heads, block.kv_heads
         hidden = as_matrix(model.get_submodule(block.name(layout.family.ffn_out))).shape[1]
-    except MorphError:
+    except Exception:  # the operations themselves report what describe() raises
         config = getattr(model, "config", None)
         d = int(getattr(config, "hidden_size", 32))
         heads = int(getattr(config, "num_attention_heads", 4))

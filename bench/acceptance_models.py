@@ -182,6 +182,18 @@ SPECS: tuple[ModelSpec, ...] = (
         quick=True,
     ),
     ModelSpec(
+        "hf gemma2",
+        "transformers",
+        _hf("Gemma2ForCausalLM", "Gemma2Config", **LM, num_key_value_heads=2, head_dim=8),
+        tokens(100),
+    ),
+    ModelSpec(
+        "hf olmo2",
+        "transformers",
+        _hf("Olmo2ForCausalLM", "Olmo2Config", **LM, num_key_value_heads=2),
+        tokens(100),
+    ),
+    ModelSpec(
         "hf phi",
         "transformers",
         _hf("PhiForCausalLM", "PhiConfig", **LM),

@@ -255,8 +255,8 @@ def describe(model: nn.Module) -> Layout:
             first = blocks[0]
             if not all(_get(first, n) is not None for n in (*family.qkv, family.o, family.ffn_out)):
                 continue
-            if not all(_get(first, n) is not None for n in family.ffn_in[-1:]):
-                continue
+            if not all(_get(first, n) is not None for n in (*family.ffn_in[-1:], *family.norms)):
+                continue  # e.g. OLMo-2: Llama's names but no pre-attention norm
             ffn_in = tuple(n for n in family.ffn_in if _get(first, n) is not None)
             family = _with_ffn_in(family, ffn_in)
             d_model = as_matrix(first.get_submodule(family.o)).shape[0]
