@@ -96,6 +96,20 @@ class ReadsWeight(nn.Module):
         return F.linear(x, self.proj.weight, self.proj.bias)
 
 
+class ReadsAttributes(nn.Module):
+    """Calls its conv but also reads its attributes (Whisper's ``self.conv1.stride[0]``; from
+    an ancestor further up, DeiT's ``self.embeddings.patch_embeddings.projection.weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.inner = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(self.conv(x.to(self.inner[0].weight.dtype)))
+        return y[..., :: self.conv.stride[0]]
+
+
 class NeverCalls(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -216,6 +230,24 @@ def test_parent_reading_the_weight_directly_is_refused() -> None:
     refused(NeverCalls(), lambda m: deepen(m, "unused"), MorphError, "never calls it")
     nested = nn.Sequential(ReadsWeight(), nn.Tanh())
     refused(nested, lambda m: deepen(m, "0.proj"), MorphError, r"'0' \(ReadsWeight\)")
+
+
+@pytest.mark.parametrize(
+    ("at", "read"), [("conv", r"conv\.stride"), ("inner.0", r"inner\.0\.weight")]
+)
+@pytest.mark.parametrize("operation", ["deepen", "morph_subnet", "morph_stacked", "morph_module"])
+def test_ancestor_reading_a_replaced_layers_attributes_is_refused(
+    at: str, read: str, operation: str
+) -> None:
+    """The replacing module would lack the attribute: refused before any work, naming it;
+    grow_kernel keeps the layer's class and attributes and stays exact."""
+    model = ReadsAttributes().double()
+    match = rf"{at!r}: the model \(ReadsAttributes\) reads {read}"
+    shape = (2, 2, 5, 5)
+    refused(model, lambda m: OPERATIONS[operation](m, at), MorphError, match)
+    x = torch.randn(*shape, dtype=torch.float64)
+    child, _ = grow_kernel(model, at, 5)
+    assert rel_dev(model, child, x) <= F64_TOL
 
 
 HOOKS: dict[str, Callable[[nn.Module], object]] = {

@@ -32,7 +32,9 @@ the reason otherwise:
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 import warnings
 from collections.abc import Iterable
 
@@ -226,6 +228,34 @@ def check_model_values(model: nn.Module) -> None:
             raise ValueError(
                 f"{type(model).__name__}: {pname!r} is on the meta device and holds no values; "
                 "materialise the model first (to_empty() then load_state_dict)"
+            )
+
+
+def check_attributes_unread(model: nn.Module, at: str) -> None:
+    """No ancestor of the layer ``at`` reads an attribute of it in its forward
+    (``self.<path>.<attr>``, with ``self.blocks[0]`` for ``blocks.0``: CLIP's
+    ``self.patch_embedding.weight.dtype``, Whisper's ``self.conv1.stride[0]``, DeiT's
+    ``self.embeddings.patch_embeddings.projection.weight``);
+    the module that replaces the layer (a Sequential) would not have it. Checked on the source
+    of each ancestor's forward; an ancestor without source is not inspected."""
+    parts = at.split(".")
+    for i in range(len(parts)):
+        name, rel = ".".join(parts[:i]), ".".join(parts[i:])
+        owner = model.get_submodule(name) if name else model
+        try:
+            source = inspect.getsource(type(owner).forward)
+        except (OSError, TypeError):
+            continue
+        path = "".join(
+            rf"(?:\.{p}|\[{p}\])" if p.isdigit() else rf"\.{re.escape(p)}" for p in rel.split(".")
+        )
+        read = re.search(rf"self{path}\.([A-Za-z_]\w*)", source)
+        if read:
+            cls = type(owner).__qualname__
+            where = f"{name!r} ({cls})" if name else f"the model ({cls})"
+            raise MorphError(
+                f"{at!r}: {where} reads {rel}.{read.group(1)} in its forward; the module that "
+                "replaces the layer would not have that attribute; refused"
             )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .support import check_editable
+from .support import check_attributes_unread, check_editable
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LAYER_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
@@ -57,17 +57,22 @@ def find_layer(
     *,
     same_padding: bool = False,
     grouped: bool = False,
+    replaced: bool = False,
 ) -> nn.Module:
     """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
     MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
-    ``same_padding``: the caller handles dynamic "same" padding convs). Grouped convolutions
-    are accepted only with ``grouped=True`` (ValueError otherwise)."""
+    ``same_padding``: the caller handles dynamic "same" padding convs; ``replaced``: the
+    operation replaces the layer by another module, so no ancestor may read its attributes,
+    :func:`.support.check_attributes_unread`). Grouped convolutions are accepted only with
+    ``grouped=True`` (ValueError otherwise)."""
     layer = find_module(model, at, name)
     if not isinstance(layer, kinds):
         expected = "/".join(k.__name__ for k in kinds)
         raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
     check_editable(model, [at], same_padding)
+    if replaced:
+        check_attributes_unread(model, at)
     if isinstance(layer, CONV_TYPES) and layer.groups != 1 and not grouped:
         raise ValueError(
             f"{name}={at!r} is a grouped convolution (groups={layer.groups}); this operation "
