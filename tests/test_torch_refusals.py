@@ -110,6 +110,17 @@ class ReadsAttributes(nn.Module):
         return y[..., :: self.conv.stride[0]]
 
 
+class LooksUpItsLayer(nn.Module):
+    """Reads its conv's stride through ``_modules``, which no static check sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)[..., :: self._modules["conv"].stride[0]]
+
+
 class NeverCalls(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -248,6 +259,18 @@ def test_ancestor_reading_a_replaced_layers_attributes_is_refused(
     x = torch.randn(*shape, dtype=torch.float64)
     child, _ = grow_kernel(model, at, 5)
     assert rel_dev(model, child, x) <= F64_TOL
+
+
+def test_child_failing_on_the_probe_is_refused_by_name() -> None:
+    """A use of the layer the checks miss: the child's forward raises on the probe the parent
+    runs on; refused with the operation, the layer and the error, the parent unchanged."""
+    match = r"deepen at \['conv'\]: the child fails on the probe .*AttributeError"
+    refused(
+        LooksUpItsLayer().double(),
+        lambda m: deepen(m, "conv", seed=0, input_shape=(1, 2, 5, 5), tol=None),
+        MorphError,
+        match,
+    )
 
 
 HOOKS: dict[str, Callable[[nn.Module], object]] = {

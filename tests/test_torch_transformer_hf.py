@@ -80,6 +80,17 @@ ARCHITECTURES = {
     "gemma": (transformers.GemmaForCausalLM, transformers.GemmaConfig, dict(**GQA, head_dim=8)),
     "gemma2": (transformers.Gemma2ForCausalLM, transformers.Gemma2Config, dict(**GQA, head_dim=8)),
     "olmo2": (transformers.Olmo2ForCausalLM, transformers.Olmo2Config, GQA),
+    # RoBERTa's classifier reads the stream (no pooler); DeiT adds a distillation token.
+    "roberta": (
+        transformers.RobertaForSequenceClassification,
+        transformers.RobertaConfig,
+        dict(**SMALL, vocab_size=100, max_position_embeddings=16, num_labels=3, pad_token_id=1),
+    ),
+    "deit": (
+        transformers.DeiTForImageClassification,
+        transformers.DeiTConfig,
+        dict(**SMALL, image_size=8, patch_size=4, num_channels=3, num_labels=3),
+    ),
 }
 
 
@@ -96,7 +107,7 @@ def _model(family: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
 
 def _inputs(family: str, dtype: torch.dtype) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
-    if family == "vit":
+    if family in ("vit", "deit"):
         return torch.randn(3, 3, 8, 8, generator=gen).to(dtype)
     return torch.randint(0, 100, (3, 9), generator=gen)
 
@@ -208,6 +219,16 @@ def test_gemma_norms_grow_width_exactly(family: str, d_model: int, exact_rmsnorm
     assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())
     assert _rel_dev(parent, child, _inputs(family, torch.float64)) <= F64_TOL
     assert child.model.layers[0].input_layernorm.weight.shape == (d_model,)
+
+
+@pytest.mark.parametrize(("family", "d_model"), [("roberta", 64), ("deit", 45), ("deit", 64)])
+def test_stream_read_by_a_head_module_or_written_by_extra_tokens(family: str, d_model: int) -> None:
+    """RoBERTa's classifier.dense reads the stream; DeiT's distillation token writes it."""
+    parent = _model(family)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    child, _ = grow_width(parent, d_model)
+    assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())
+    assert _rel_dev(parent, child, _inputs(family, torch.float64)) <= F64_TOL
 
 
 def test_olmo2_without_a_pre_attention_norm_is_refused_by_name() -> None:

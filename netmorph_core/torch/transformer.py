@@ -651,7 +651,7 @@ def grow_width(
             f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
             "grow the width of a model with an output head (lm_head, classifier, score)"
         )
-    head_reads = fam.name != "bert"  # BERT's classifier reads the pooler, not the stream
+    head_reader = _head_reader(model, layout, d_model)
     stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
     _check_norms(model, layout, d_model, rescale=extra > 0)
     kind = layout.norm_kind
@@ -721,7 +721,7 @@ def grow_width(
                 setattr(norm, attr, getattr(norm, attr) * ratio)
             if isinstance(getattr(norm, "normalized_shape", None), tuple):
                 norm.normalized_shape = (d_model,)
-        readers = stream_readers + ([layout.head] if head_reads and not layout.tied else [])
+        readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
             w, _ = edit.linear(name)
             edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
@@ -744,6 +744,24 @@ def grow_width(
         return edit.outcome(notes)
 
     return _run("grow_width", model, (layout.blocks_path,), build, probe, tol, layout)
+
+
+def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
+    """The layer of the output head that reads the stream: the head itself, or the first
+    linear layer of a head module (RoBERTa's classifier.dense); None for BERT's classifier,
+    which reads the pooler (a stream reader itself)."""
+    if layout.family.name == "bert" and _exists(model, layout.name("pooler.dense")):
+        return None
+    head = model.get_submodule(layout.head)
+    if isinstance(head, nn.Linear) or is_conv1d(head):
+        return layout.head
+    for name, module in head.named_modules():
+        if isinstance(module, nn.Linear) or is_conv1d(module):
+            return f"{layout.head}.{name}"
+    raise MorphError(
+        f"d_model={d_model}: the output head {layout.head!r} ({type(head).__name__}) holds no "
+        "linear layer reading the stream"
+    )
 
 
 def _resolve(model: nn.Module, name: str) -> nn.Module | nn.Parameter:

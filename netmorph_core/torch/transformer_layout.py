@@ -9,8 +9,8 @@ A model is recognised structurally, by the names of its submodules, as one of th
   LayerNorm ``ln_1``/``ln_2``/``ln_f``, embeddings ``wte`` + ``wpe``);
 - ``bert``: BERT (post-LayerNorm: ``encoder.layer[i].attention.self.{query,key,value}``,
   ``attention.output``, ``intermediate``, ``output``; embeddings word + position + token type);
-- ``vit``: Hugging Face ViT (pre-LayerNorm; patch convolution, class token and position
-  embedding write the stream).
+- ``vit``: Hugging Face ViT and DeiT (pre-LayerNorm; patch convolution, class token, DeiT's
+  distillation token and position embedding write the stream).
 
 The residual stream of width d_model is *written* by the embeddings and each block's output
 projections, *read* by the query/key/value and feed-forward input projections (through a norm
@@ -155,6 +155,7 @@ FAMILIES: tuple[Family, ...] = (
         writers=(
             "embeddings.patch_embeddings.projection",
             "embeddings.cls_token",
+            "embeddings.distillation_token",  # DeiT
             "embeddings.position_embeddings",
             "embeddings.mask_token",
         ),
