@@ -205,10 +205,32 @@ def test_subclass_overriding_forward_is_refused_by_name(cls: type, operation: st
     torch.manual_seed(0)
     conv = cls(4, 4, 3) if cls is Conv2dSame else cls(4, 4, 3, padding=1)
     model = Net(conv).double()
-    match = rf"'conv' is {cls.__qualname__}, a subclass of nn\.Conv2d that overrides forward"
+    match = (
+        rf"'conv' is {cls.__qualname__} \(from [\w.]+\), a subclass of nn\.Conv2d that overrides"
+    )
     if operation == "widen consumer":  # torch.fx traces into the subclass and meets its code
         match = r"(widening \['stem'\]: call_function 'conv2d'|torch\.fx cannot trace Net)"
     refused(model, lambda m: OPERATIONS[operation](m, "conv"), MorphError, match)
+
+
+def test_timm_linear_computes_nn_linear_and_is_morphed_exactly() -> None:
+    """timm's Linear overrides forward only to cast weights under TorchScript (widen still
+    refuses it: torch.fx traces into its forward and never sees the module called)."""
+    from thirdparty import import_timm
+
+    try:
+        timm = import_timm()
+    except ImportError:
+        pytest.skip("timm is not installed")
+    torch.manual_seed(0)
+    model = nn.Sequential(timm.layers.Linear(4, 6), nn.Tanh(), timm.layers.Linear(6, 3)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    for grow in (
+        lambda m: deepen(m, "0", seed=0, probe=x),
+        lambda m: morph_subnet(m, "2", [(7, None), (None, None)], seed=0, probe=x),
+    ):
+        child, _ = grow(model)
+        assert rel_dev(model, child, x) <= F64_TOL
 
 
 def test_linear_subclass_overriding_forward_is_refused() -> None:

@@ -7,7 +7,8 @@ every module an operation replaces or edits (deepen, grow_kernel, morph_subnet, 
 morph_module, widen's producers and consumers) and raises a typed error naming the module and
 the reason otherwise:
 
-- the class: exactly Conv1d/2d/3d or Linear, or a subclass that overrides none of ``forward``,
+- the class: exactly Conv1d/2d/3d or Linear, a subclass known to compute its base's function
+  (:data:`SAME_FUNCTION`: timm's Linear), or a subclass that overrides none of ``forward``,
   ``_conv_forward``, ``__call__`` (weight standardisation, TF-style dynamic "same" padding,
   LoRA or quantisation wrappers compute another function of the same weight) → MorphError.
   Recognised dynamic "same" padding convs (:mod:`.samepad`) are verified and handled exactly
@@ -59,6 +60,9 @@ _HOOKS = {
     "_load_state_dict_post_hooks": "load_state_dict post-hook",
 }
 _LISTS = (nn.ModuleList, nn.ModuleDict)
+#: (module, qualified name) of subclasses whose overridden forward computes their base's
+#: function: timm's Linear casts weight and bias to the input's dtype under TorchScript only.
+SAME_FUNCTION = frozenset({("timm.layers.linear", "Linear")})
 
 
 def _hook_name(hook: object) -> str:
@@ -74,7 +78,7 @@ def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> 
     """``layer`` must compute nn.ConvNd's / nn.Linear's function of its weight and bias, or
     (``same_padding``: the operation handles it) be a verified dynamic "same" padding conv."""
     cls = type(layer)
-    if cls in KNOWN_LAYERS:
+    if cls in KNOWN_LAYERS or (cls.__module__, cls.__qualname__) in SAME_FUNCTION:
         return
     if is_same_padding_conv(layer):
         if not same_padding:
@@ -89,7 +93,8 @@ def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> 
     overridden = _overrides(cls, base)
     if overridden:
         raise MorphError(
-            f"{at!r} is {cls.__qualname__}, a subclass of nn.{base.__name__} that overrides "
+            f"{at!r} is {cls.__qualname__} (from {cls.__module__}), a subclass of "
+            f"nn.{base.__name__} that overrides "
             f"{', '.join(overridden)}: it may apply another function of its weight (weight "
             "standardisation, dynamic 'same' padding, a wrapper), so no morph of it can be "
             "shown exact; refused"
