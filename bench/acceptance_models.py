@@ -49,7 +49,14 @@ def tokens(vocab: int, length: int = 9) -> Callable[[int], torch.Tensor]:
 
 
 def _tv(name: str, **kwargs: object) -> Callable[[], nn.Module]:
-    return lambda: getattr(import_torchvision().models, name)(**kwargs)
+    """torchvision.models.<name>, or torchvision.models.video.<name>."""
+
+    def build() -> nn.Module:
+        models = import_torchvision().models
+        constructor = getattr(models, name, None) or getattr(models.video, name)
+        return constructor(**kwargs)
+
+    return build
 
 
 def _timm(name: str, **kwargs: object) -> Callable[[], nn.Module]:
@@ -250,6 +257,7 @@ SPECS: tuple[ModelSpec, ...] = (
         _hf(
             "ConvNextForImageClassification",
             "ConvNextConfig",
+            num_stages=2,
             hidden_sizes=[16, 32],
             depths=[1, 1],
             num_labels=3,
