@@ -96,6 +96,31 @@ class ReadsWeight(nn.Module):
         return F.linear(x, self.proj.weight, self.proj.bias)
 
 
+class ReadsAttributes(nn.Module):
+    """Calls its conv but also reads its attributes (Whisper's ``self.conv1.stride[0]``; from
+    an ancestor further up, DeiT's ``self.embeddings.patch_embeddings.projection.weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.inner = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(self.conv(x.to(self.inner[0].weight.dtype)))
+        return y[..., :: self.conv.stride[0]]
+
+
+class LooksUpItsLayer(nn.Module):
+    """Reads its conv's stride through ``_modules``, which no static check sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)[..., :: self._modules["conv"].stride[0]]
+
+
 class NeverCalls(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -180,10 +205,32 @@ def test_subclass_overriding_forward_is_refused_by_name(cls: type, operation: st
     torch.manual_seed(0)
     conv = cls(4, 4, 3) if cls is Conv2dSame else cls(4, 4, 3, padding=1)
     model = Net(conv).double()
-    match = rf"'conv' is {cls.__qualname__}, a subclass of nn\.Conv2d that overrides forward"
+    match = (
+        rf"'conv' is {cls.__qualname__} \(from [\w.]+\), a subclass of nn\.Conv2d that overrides"
+    )
     if operation == "widen consumer":  # torch.fx traces into the subclass and meets its code
         match = r"(widening \['stem'\]: call_function 'conv2d'|torch\.fx cannot trace Net)"
     refused(model, lambda m: OPERATIONS[operation](m, "conv"), MorphError, match)
+
+
+def test_timm_linear_computes_nn_linear_and_is_morphed_exactly() -> None:
+    """timm's Linear overrides forward only to cast weights under TorchScript (widen still
+    refuses it: torch.fx traces into its forward and never sees the module called)."""
+    from thirdparty import import_timm
+
+    try:
+        timm = import_timm()
+    except ImportError:
+        pytest.skip("timm is not installed")
+    torch.manual_seed(0)
+    model = nn.Sequential(timm.layers.Linear(4, 6), nn.Tanh(), timm.layers.Linear(6, 3)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    for grow in (
+        lambda m: deepen(m, "0", seed=0, probe=x),
+        lambda m: morph_subnet(m, "2", [(7, None), (None, None)], seed=0, probe=x),
+    ):
+        child, _ = grow(model)
+        assert rel_dev(model, child, x) <= F64_TOL
 
 
 def test_linear_subclass_overriding_forward_is_refused() -> None:
@@ -216,6 +263,36 @@ def test_parent_reading_the_weight_directly_is_refused() -> None:
     refused(NeverCalls(), lambda m: deepen(m, "unused"), MorphError, "never calls it")
     nested = nn.Sequential(ReadsWeight(), nn.Tanh())
     refused(nested, lambda m: deepen(m, "0.proj"), MorphError, r"'0' \(ReadsWeight\)")
+
+
+@pytest.mark.parametrize(
+    ("at", "read"), [("conv", r"conv\.stride"), ("inner.0", r"inner\.0\.weight")]
+)
+@pytest.mark.parametrize("operation", ["deepen", "morph_subnet", "morph_stacked", "morph_module"])
+def test_ancestor_reading_a_replaced_layers_attributes_is_refused(
+    at: str, read: str, operation: str
+) -> None:
+    """The replacing module would lack the attribute: refused before any work, naming it;
+    grow_kernel keeps the layer's class and attributes and stays exact."""
+    model = ReadsAttributes().double()
+    match = rf"{at!r}: the model \(ReadsAttributes\) reads {read}"
+    shape = (2, 2, 5, 5)
+    refused(model, lambda m: OPERATIONS[operation](m, at), MorphError, match)
+    x = torch.randn(*shape, dtype=torch.float64)
+    child, _ = grow_kernel(model, at, 5)
+    assert rel_dev(model, child, x) <= F64_TOL
+
+
+def test_child_failing_on_the_probe_is_refused_by_name() -> None:
+    """A use of the layer the checks miss: the child's forward raises on the probe the parent
+    runs on; refused with the operation, the layer and the error, the parent unchanged."""
+    match = r"deepen at \['conv'\]: the child fails on the probe .*AttributeError"
+    refused(
+        LooksUpItsLayer().double(),
+        lambda m: deepen(m, "conv", seed=0, input_shape=(1, 2, 5, 5), tol=None),
+        MorphError,
+        match,
+    )
 
 
 HOOKS: dict[str, Callable[[nn.Module], object]] = {

@@ -77,6 +77,22 @@ ARCHITECTURES = {
         transformers.Qwen2Config,
         dict(**GQA, tie_word_embeddings=True),
     ),
+    # Gemma: norms compute (1 + weight)·n and the head is tied; Gemma2 adds pre/post
+    # feed-forward norms; OLMo-2 has Llama's names but no pre-attention norm.
+    "gemma": (transformers.GemmaForCausalLM, transformers.GemmaConfig, dict(**GQA, head_dim=8)),
+    "gemma2": (transformers.Gemma2ForCausalLM, transformers.Gemma2Config, dict(**GQA, head_dim=8)),
+    "olmo2": (transformers.Olmo2ForCausalLM, transformers.Olmo2Config, GQA),
+    # RoBERTa's classifier reads the stream (no pooler); DeiT adds a distillation token.
+    "roberta": (
+        transformers.RobertaForSequenceClassification,
+        transformers.RobertaConfig,
+        dict(**SMALL, vocab_size=100, max_position_embeddings=16, num_labels=3, pad_token_id=1),
+    ),
+    "deit": (
+        transformers.DeiTForImageClassification,
+        transformers.DeiTConfig,
+        dict(**SMALL, image_size=8, patch_size=4, num_channels=3, num_labels=3),
+    ),
 }
 
 
@@ -93,7 +109,7 @@ def _model(family: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
 
 def _inputs(family: str, dtype: torch.dtype) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
-    if family == "vit":
+    if family in ("vit", "deit"):
         return torch.randn(3, 3, 8, 8, generator=gen).to(dtype)
     return torch.randint(0, 100, (3, 9), generator=gen)
 
@@ -117,8 +133,17 @@ def exact_rmsnorm(monkeypatch: pytest.MonkeyPatch) -> None:
         variance = x.pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
 
+    def offset_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return (1.0 + self.weight) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
     monkeypatch.setattr(transformers.models.llama.modeling_llama.LlamaRMSNorm, "forward", forward)
     monkeypatch.setattr(transformers.models.qwen2.modeling_qwen2.Qwen2RMSNorm, "forward", forward)
+    for gemma in (
+        transformers.models.gemma.modeling_gemma,
+        transformers.models.gemma2.modeling_gemma2,
+    ):
+        norm = getattr(gemma, f"{gemma.__name__.rpartition('_')[2].capitalize()}RMSNorm")
+        monkeypatch.setattr(norm, "forward", offset_forward)
 
 
 CASES = {
@@ -183,6 +208,35 @@ def test_hf_growth_preserves_the_function(family: str, op: str, exact_rmsnorm: N
     dev32 = _rel_dev(parent32, child32, _inputs(family, torch.float32))
     print(f"{family} {op}: float64 {dev:.1e}, float32 {dev32:.1e}")
     assert dev32 <= F32_TOL
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2"])
+@pytest.mark.parametrize("d_model", [45, 64])
+def test_gemma_norms_grow_width_exactly(family: str, d_model: int, exact_rmsnorm: None) -> None:
+    """Gemma's norms compute (1 + w)·n: the gain rescaled is 1 + w, not w; Gemma2's pre/post
+    feed-forward norms are rescaled like the others."""
+    parent = _model(family)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    child, _ = grow_width(parent, d_model)
+    assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())
+    assert _rel_dev(parent, child, _inputs(family, torch.float64)) <= F64_TOL
+    assert child.model.layers[0].input_layernorm.weight.shape == (d_model,)
+
+
+@pytest.mark.parametrize(("family", "d_model"), [("roberta", 64), ("deit", 45), ("deit", 64)])
+def test_stream_read_by_a_head_module_or_written_by_extra_tokens(family: str, d_model: int) -> None:
+    """RoBERTa's classifier.dense reads the stream; DeiT's distillation token writes it."""
+    parent = _model(family)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    child, _ = grow_width(parent, d_model)
+    assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())
+    assert _rel_dev(parent, child, _inputs(family, torch.float64)) <= F64_TOL
+
+
+def test_olmo2_without_a_pre_attention_norm_is_refused_by_name() -> None:
+    """OLMo-2 has Llama's projection names but norms after each branch, none before."""
+    with pytest.raises(MorphError, match="Olmo2ForCausalLM is not a recognised transformer"):
+        grow_width(_model("olmo2"), 64)
 
 
 def test_hf_llama_with_its_own_float32_rmsnorm() -> None:

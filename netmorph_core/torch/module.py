@@ -329,7 +329,7 @@ def morph_module(
     PActivation(a = 1) of every inner vertex. ``probe``/``input_shape``/``tol`` as in
     :func:`netmorph_core.torch.deepen`. Returns (child, report); ``model`` is not modified.
     """
-    layer = find_layer(model, at, same_padding=True)
+    layer = find_layer(model, at, same_padding=True, replaced=True)
     check_spec(layer, spec)
     check_method(method)
     make_activation(activation)

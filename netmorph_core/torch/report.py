@@ -21,7 +21,8 @@ caller's global torch RNG are left as they were.
   the number of Conv/Linear layers the child adds);
 
 otherwise it raises :class:`MorphError` with the numbers. A number is a bound on the float64
-relative deviation alone; ``None`` measures and reports without raising.
+relative deviation alone; ``None`` measures and reports without raising. A child that fails on
+the probe the parent runs on is refused (MorphError) whatever ``tol``.
 """
 
 from __future__ import annotations
@@ -428,6 +429,29 @@ def check_preserved(
         )
 
 
+def _measure_child(
+    operation: str,
+    targets: tuple[str, ...],
+    model: nn.Module,
+    child: nn.Module,
+    inputs: Inputs,
+    parent_out: Outputs,
+) -> Measurement:
+    """:func:`measure`; a child that fails on inputs the parent runs on (a use of the morphed
+    layers the adapter did not see) is refused with a MorphError naming the operation, the
+    layers and the error."""
+    try:
+        return measure(model, child, inputs, parent_out)
+    except MorphError:
+        raise
+    except Exception as exc:  # the child's forward raises any type
+        raise MorphError(
+            f"{operation} at {list(targets)}: the child fails on the probe the parent runs "
+            f"({type(exc).__name__}: {exc}); the model uses the morphed layers in a way the "
+            "adapter does not follow; refused"
+        ) from exc
+
+
 def run_morph(
     operation: str,
     model: nn.Module,
@@ -466,7 +490,7 @@ def run_morph(
         scope, measured, inputs = "none", None, None
         if resolved is not None:
             scope, (inputs, parent_out) = "model", resolved
-            measured = measure(model, child, inputs, parent_out)
+            measured = _measure_child(operation, targets, model, child, inputs, parent_out)
         elif layer_scope and len(targets) == 1:
             scope = "layer"
             old = _copy(model.get_submodule(targets[0]))

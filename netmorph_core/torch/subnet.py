@@ -104,7 +104,7 @@ def morph_subnet(
     (data-flow order; the last width is the layer's output channels or None; kernels None for
     Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`. A grouped conv
     keeps its ``groups`` in every layer (each width divisible by it)."""
-    layer = find_layer(model, at, same_padding=True, grouped=True)
+    layer = find_layer(model, at, same_padding=True, grouped=True, replaced=True)
     entries = _check_layers(layer, layers, "layers")
     groups = getattr(layer, "groups", 1)
     for p, (w, _) in enumerate(layers):
@@ -145,7 +145,7 @@ def morph_stacked(
     ``branches[i]`` (a list of (width, kernel) as in :func:`morph_subnet`; [(None, K)] keeps
     G_i as one layer). ``split``: "random" or "equal" (G_i = G/n). The parent's bias goes to
     branch 0; the other branches get a zero bias."""
-    layer = find_layer(model, at, same_padding=True)
+    layer = find_layer(model, at, same_padding=True, replaced=True)
     if not isinstance(branches, Sequence) or isinstance(branches, str) or not branches:
         raise TypeError(f"branches must be a non-empty list of layer lists, got {branches!r}")
     entries = sum(_check_layers(layer, ls, f"branches[{i}]") for i, ls in enumerate(branches))

@@ -8,7 +8,8 @@ morph_module, widen's producers and consumers) and raises a typed error naming t
 the reason otherwise:
 
 - the class: exactly Conv1d/2d/3d or Linear (or transformers' ``Conv1D``, the linear layer
-  y = x·W + b), or a subclass that overrides none of ``forward``,
+  y = x·W + b), a subclass known to compute its base's function (:data:`SAME_FUNCTION`:
+  timm's Linear), or a subclass that overrides none of ``forward``,
   ``_conv_forward``, ``__call__`` (weight standardisation, TF-style dynamic "same" padding,
   LoRA or quantisation wrappers compute another function of the same weight) → MorphError.
   Recognised dynamic "same" padding convs (:mod:`.samepad`) are verified and handled exactly
@@ -33,7 +34,9 @@ the reason otherwise:
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 import warnings
 from collections.abc import Iterable
 
@@ -59,6 +62,9 @@ _HOOKS = {
     "_load_state_dict_post_hooks": "load_state_dict post-hook",
 }
 _LISTS = (nn.ModuleList, nn.ModuleDict)
+#: (module, qualified name) of subclasses whose overridden forward computes their base's
+#: function: timm's Linear casts weight and bias to the input's dtype under TorchScript only.
+SAME_FUNCTION = frozenset({("timm.layers.linear", "Linear")})
 
 
 def _hook_name(hook: object) -> str:
@@ -74,7 +80,7 @@ def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> 
     """``layer`` must compute nn.ConvNd's / nn.Linear's function of its weight and bias, or
     (``same_padding``: the operation handles it) be a verified dynamic "same" padding conv."""
     cls = type(layer)
-    if cls in KNOWN_LAYERS:
+    if cls in KNOWN_LAYERS or (cls.__module__, cls.__qualname__) in SAME_FUNCTION:
         return
     if is_same_padding_conv(layer):
         if not same_padding:
@@ -89,7 +95,8 @@ def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> 
     overridden = _overrides(cls, base)
     if overridden:
         raise MorphError(
-            f"{at!r} is {cls.__qualname__}, a subclass of nn.{base.__name__} that overrides "
+            f"{at!r} is {cls.__qualname__} (from {cls.__module__}), a subclass of "
+            f"nn.{base.__name__} that overrides "
             f"{', '.join(overridden)}: it may apply another function of its weight (weight "
             "standardisation, dynamic 'same' padding, a wrapper), so no morph of it can be "
             "shown exact; refused"
@@ -228,6 +235,34 @@ def check_model_values(model: nn.Module) -> None:
             raise ValueError(
                 f"{type(model).__name__}: {pname!r} is on the meta device and holds no values; "
                 "materialise the model first (to_empty() then load_state_dict)"
+            )
+
+
+def check_attributes_unread(model: nn.Module, at: str) -> None:
+    """No ancestor of the layer ``at`` reads an attribute of it in its forward
+    (``self.<path>.<attr>``, with ``self.blocks[0]`` for ``blocks.0``: CLIP's
+    ``self.patch_embedding.weight.dtype``, Whisper's ``self.conv1.stride[0]``, DeiT's
+    ``self.embeddings.patch_embeddings.projection.weight``);
+    the module that replaces the layer (a Sequential) would not have it. Checked on the source
+    of each ancestor's forward; an ancestor without source is not inspected."""
+    parts = at.split(".")
+    for i in range(len(parts)):
+        name, rel = ".".join(parts[:i]), ".".join(parts[i:])
+        owner = model.get_submodule(name) if name else model
+        try:
+            source = inspect.getsource(type(owner).forward)
+        except (OSError, TypeError):
+            continue
+        path = "".join(
+            rf"(?:\.{p}|\[{p}\])" if p.isdigit() else rf"\.{re.escape(p)}" for p in rel.split(".")
+        )
+        read = re.search(rf"self{path}\.([A-Za-z_]\w*)", source)
+        if read:
+            cls = type(owner).__qualname__
+            where = f"{name!r} ({cls})" if name else f"the model ({cls})"
+            raise MorphError(
+                f"{at!r}: {where} reads {rel}.{read.group(1)} in its forward; the module that "
+                "replaces the layer would not have that attribute; refused"
             )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .support import check_editable
+from .support import check_attributes_unread, check_editable
 from .transformer_layout import is_conv1d
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -58,16 +58,21 @@ def find_layer(
     *,
     same_padding: bool = False,
     grouped: bool = False,
+    replaced: bool = False,
 ) -> nn.Module:
     """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
     MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
-    ``same_padding``: the caller handles dynamic "same" padding convs). Grouped convolutions
-    are accepted only with ``grouped=True`` (ValueError otherwise). Where Linear layers are
-    accepted, transformers' ``Conv1D`` is too: the result is then :func:`linear_equivalent`,
-    a copy to read shapes and values from."""
+    ``same_padding``: the caller handles dynamic "same" padding convs; ``replaced``: the
+    operation replaces the layer by another module, so no ancestor may read its attributes,
+    :func:`.support.check_attributes_unread`). Grouped convolutions are accepted only with
+    ``grouped=True`` (ValueError otherwise). Where Linear layers are accepted, transformers'
+    ``Conv1D`` is too: the result is then :func:`linear_equivalent`, a copy to read shapes
+    and values from."""
     layer = find_module(model, at, name)
     if is_conv1d(layer) and nn.Linear in kinds:
         check_editable(model, [at])
+        if replaced:
+            check_attributes_unread(model, at)
         return linear_equivalent(layer)
     if is_conv1d(layer):
         raise TypeError(
@@ -79,6 +84,8 @@ def find_layer(
         raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
     check_editable(model, [at], same_padding)
+    if replaced:
+        check_attributes_unread(model, at)
     if isinstance(layer, CONV_TYPES) and layer.groups != 1 and not grouped:
         raise ValueError(
             f"{name}={at!r} is a grouped convolution (groups={layer.groups}); this operation "

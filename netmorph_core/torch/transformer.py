@@ -534,18 +534,67 @@ def _eps_attr(norm: nn.Module) -> str:
     return next(a for a in ("eps", "variance_epsilon") if isinstance(getattr(norm, a, None), float))
 
 
-def _norm_names(layout: Layout) -> tuple[list[str], str | None]:
-    """The norms on the stream (every block's and the owner's) and the final norm."""
+def _is_stream_norm(module: nn.Module, d: int) -> bool:
+    """A LayerNorm/RMSNorm-like module (class name ending in "Norm") with a gain of size d."""
+    w = getattr(module, "weight", None)
+    named_norm = type(module).__name__.endswith("Norm")
+    is_norm = isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or named_norm
+    return is_norm and isinstance(w, torch.Tensor) and tuple(w.shape) == (d,)
+
+
+def _norm_names(model: nn.Module, layout: Layout) -> tuple[list[str], list[str], str | None]:
+    """The norms on the stream: the family's block norms and the owner's; the block's other
+    norms of width d_model outside attention (Gemma2's pre/post feed-forward norms, whose
+    input is a branch written like the stream); and the final norm."""
     fam = layout.family
     norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
     norms += [layout.name(rel) for rel in fam.stream_norms]
-    return norms, (layout.name(fam.final_norm) if fam.final_norm else None)
+    others = []
+    for b in layout.blocks:
+        for rel, module in model.get_submodule(b.prefix).named_modules():
+            inside_attention = rel == fam.attention or rel.startswith(f"{fam.attention}.")
+            if (
+                rel not in fam.norms
+                and not inside_attention
+                and _is_stream_norm(module, layout.d_model)
+            ):
+                others.append(b.name(rel))
+    return norms, others, (layout.name(fam.final_norm) if fam.final_norm else None)
+
+
+def _gain_offset(norm: nn.Module, name: str, kind: str) -> float:
+    """o such that the norm computes (o + weight)·n: 0 for γ·n, 1 for Gemma's (1 + w)·n;
+    found by running a float64 copy with weight (and bias) zero on a random input."""
+    probe = copy.deepcopy(norm).to(torch.float64)
+    with torch.no_grad():
+        for attr in ("weight", "bias"):
+            if isinstance(getattr(probe, attr, None), torch.Tensor):
+                getattr(probe, attr).zero_()
+        x = torch.randn(3, probe.weight.shape[0], generator=torch.Generator().manual_seed(0))
+        x = x.to(torch.float64)
+        y = probe(x).to(torch.float64)
+    if float(y.abs().max()) == 0.0:
+        return 0.0
+    centred = x - x.mean(-1, keepdim=True) if kind == "layer" else x
+    n = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True))
+    if torch.allclose(y, n, rtol=1e-3, atol=1e-3):
+        return 1.0
+    raise MorphError(
+        f"norm {name!r} ({type(norm).__name__}) computes neither weight·n nor (1 + weight)·n "
+        "of its normalised input n; its gain cannot be rescaled"
+    )
 
 
 def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) -> None:
-    """Every norm must hold a gain (and a float eps) when the width needs them rescaled."""
-    norms, final = _norm_names(layout)
-    for name in [*norms, *([final] if final else [])]:
+    """Every norm must hold a gain (and a float eps) when the width needs them rescaled; a
+    LayerNorm on a branch keeps only whole copies (its output's mean is not the stream's)."""
+    norms, others, final = _norm_names(model, layout)
+    if others and rescale and layout.norm_kind == "layer":
+        raise MorphError(
+            f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {others[0]!r} "
+            "normalises a branch, whose extra coordinates would not keep the stream's mean"
+        )
+    for name in [*norms, *others, *([final] if final else [])]:
         norm = model.get_submodule(name)
         needs_gain = rescale or (name == final and layout.tied)
         if needs_gain and getattr(norm, "weight", None) is None:
@@ -602,10 +651,17 @@ def grow_width(
             f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
             "grow the width of a model with an output head (lm_head, classifier, score)"
         )
-    head_reads = fam.name != "bert"  # BERT's classifier reads the pooler, not the stream
+    head_reader = _head_reader(model, layout, d_model)
     stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
     _check_norms(model, layout, d_model, rescale=extra > 0)
     kind = layout.norm_kind
+    norms, others, final = _norm_names(model, layout)
+    all_norms = [*norms, *others, *([final] if final else [])]
+    offsets = {
+        name: _gain_offset(model.get_submodule(name), name, kind)
+        for name in all_norms
+        if getattr(model.get_submodule(name), "weight", None) is not None
+    }
     ratio = copies * d / d_model
     _check_memory(model, 2.0 * d_model / d, "grow_width")
 
@@ -647,13 +703,13 @@ def grow_width(
                 edit.put_linear(
                     block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
                 )
-        norms, final = _norm_names(layout)
-        for name in [*norms, *([final] if final else [])]:
+        for name in all_norms:
             scale = math.sqrt(ratio) / (copies if (name == final and layout.tied) else 1)
             norm = child.get_submodule(name)
             if getattr(norm, "weight", None) is not None:
-                g = edit.get(f"{name}.weight")
-                new = torch.cat([g.repeat(copies) * scale, g.mean().expand(extra)])
+                # (o + w)·scale = o + w', exact for scale = 1
+                g = edit.get(f"{name}.weight") * scale + offsets[name] * (scale - 1.0)
+                new = torch.cat([g.repeat(copies), g.mean().expand(extra)])
                 edit.put(f"{name}.weight", new, (idx,))
             if getattr(norm, "bias", None) is not None:
                 bias = edit.get(f"{name}.bias") / (copies if (name == final and layout.tied) else 1)
@@ -665,7 +721,7 @@ def grow_width(
                 setattr(norm, attr, getattr(norm, attr) * ratio)
             if isinstance(getattr(norm, "normalized_shape", None), tuple):
                 norm.normalized_shape = (d_model,)
-        readers = stream_readers + ([layout.head] if head_reads and not layout.tied else [])
+        readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
             w, _ = edit.linear(name)
             edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
@@ -688,6 +744,24 @@ def grow_width(
         return edit.outcome(notes)
 
     return _run("grow_width", model, (layout.blocks_path,), build, probe, tol, layout)
+
+
+def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
+    """The layer of the output head that reads the stream: the head itself, or the first
+    linear layer of a head module (RoBERTa's classifier.dense); None for BERT's classifier,
+    which reads the pooler (a stream reader itself)."""
+    if layout.family.name == "bert" and _exists(model, layout.name("pooler.dense")):
+        return None
+    head = model.get_submodule(layout.head)
+    if isinstance(head, nn.Linear) or is_conv1d(head):
+        return layout.head
+    for name, module in head.named_modules():
+        if isinstance(module, nn.Linear) or is_conv1d(module):
+            return f"{layout.head}.{name}"
+    raise MorphError(
+        f"d_model={d_model}: the output head {layout.head!r} ({type(head).__name__}) holds no "
+        "linear layer reading the stream"
+    )
 
 
 def _resolve(model: nn.Module, name: str) -> nn.Module | nn.Parameter:

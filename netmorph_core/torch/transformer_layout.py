@@ -9,8 +9,8 @@ A model is recognised structurally, by the names of its submodules, as one of th
   LayerNorm ``ln_1``/``ln_2``/``ln_f``, embeddings ``wte`` + ``wpe``);
 - ``bert``: BERT (post-LayerNorm: ``encoder.layer[i].attention.self.{query,key,value}``,
   ``attention.output``, ``intermediate``, ``output``; embeddings word + position + token type);
-- ``vit``: Hugging Face ViT (pre-LayerNorm; patch convolution, class token and position
-  embedding write the stream).
+- ``vit``: Hugging Face ViT and DeiT (pre-LayerNorm; patch convolution, class token, DeiT's
+  distillation token and position embedding write the stream).
 
 The residual stream of width d_model is *written* by the embeddings and each block's output
 projections, *read* by the query/key/value and feed-forward input projections (through a norm
@@ -156,6 +156,7 @@ FAMILIES: tuple[Family, ...] = (
         writers=(
             "embeddings.patch_embeddings.projection",
             "embeddings.cls_token",
+            "embeddings.distillation_token",  # DeiT
             "embeddings.position_embeddings",
             "embeddings.mask_token",
         ),
@@ -256,8 +257,8 @@ def describe(model: nn.Module) -> Layout:
             first = blocks[0]
             if not all(_get(first, n) is not None for n in (*family.qkv, family.o, family.ffn_out)):
                 continue
-            if not all(_get(first, n) is not None for n in family.ffn_in[-1:]):
-                continue
+            if not all(_get(first, n) is not None for n in (*family.ffn_in[-1:], *family.norms)):
+                continue  # e.g. OLMo-2: Llama's names but no pre-attention norm
             ffn_in = tuple(n for n in family.ffn_in if _get(first, n) is not None)
             family = _with_ffn_in(family, ffn_in)
             d_model = as_matrix(first.get_submodule(family.o)).shape[0]
