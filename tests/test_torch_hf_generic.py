@@ -292,7 +292,9 @@ def test_hf_model_without_inputs_or_with_a_written_size() -> None:
     assert default_inputs(parent) is None
     with pytest.raises(MorphError, match="needs example inputs; pass probe="):
         widen(parent, "a", 8)
-    with pytest.raises(MorphError, match=r"the child does not run on the probe \(RuntimeError"):
+    with pytest.raises(
+        MorphError, match=r"the child fails on the probe the parent runs \(RuntimeError"
+    ):
         widen(parent, "a", 8, probe=torch.randn(3, 4))
     assert _unchanged(parent, before)
 
