@@ -138,7 +138,7 @@ def _row_moves(values: np.ndarray, basis: np.ndarray, floor: float) -> np.ndarra
         part = slice(start, start + step)
         cols = basis[:, order[part]] * valid[part][None]  # (k, r, width), padding zeroed
         cols = np.moveaxis(cols, 0, 1)  # (r, k, width)
-        gram = np.einsum("rkx,rky->rxy", cols, cols)
+        gram = np.swapaxes(cols, 1, 2) @ cols  # batched BLAS
         gram += np.eye(width) * ridge + np.eye(width) * (~valid[part])[:, :, None]
         y = np.linalg.solve(gram, rhs[part][..., None])
         moves[rows[part]] = (cols @ y)[..., 0]
