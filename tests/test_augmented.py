@@ -112,3 +112,17 @@ def test_depthwise_two_channels_per_group():
     r = morph_depth(g, 8, 3, 3, groups=4, seed=0)
     assert r.exact and r.residual <= TOL64
     assert all(np.all(f != 0) for f in r.filters)
+
+
+def test_nearly_square_one_sided_solves_give_way():
+    # Width 3C: 27·C unknowns for 25·C equations per row; the one-sided solve would leave a
+    # float32 noise ratio near 2.9, the identity-augmented pair stays below 2.
+    g = _g((16, 16, 3, 3), seed=9)
+    info = solvability(g.shape, 48, 3, 3)
+    assert info.exact_general and augmented.prefer_augmented(info)
+    r = morph_depth(g, 48, 3, 3, seed=0)
+    assert r.exact and r.iterations == 0
+    assert noise_ratio(pad_centered(g, (5, 5)), r.filters, "float32") <= 2.0
+    # 1×1 or linear factors keep the one-sided solve (its operator is orthogonal there).
+    assert not augmented.prefer_augmented(solvability((16, 16, 3, 3), 17, 3, 1))
+    assert not augmented.prefer_augmented(solvability((16, 16, 3, 3), 48, 3, 5))

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import netmorph_core as nm
+from netmorph_core.morph.augmented import prefer_augmented
 from netmorph_core.morph.depth import morph_depth
 from netmorph_core.morph.solvability import solvability
 from netmorph_core.reference import compose_ref, pad_centered
@@ -46,7 +47,9 @@ def test_general_exact_in_one_solve(shape, width, k1, k2):
     info = solvability(shape, width, k1, k2)
     assert info.exact_general
     r = morph_depth(g, width, k1, k2, method="general", seed=3)
-    assert r.exact and r.iterations == 1 and r.method == "general"
+    # A nearly square one-sided solve gives way to the identity-augmented pair (0 solves).
+    assert r.exact and r.iterations == (0 if prefer_augmented(info) else 1)
+    assert r.method == "general"
     assert r.residual <= TOL64
     assert nm.residual(g, r.filters[1], r.filters[0]) <= TOL64
     assert rel(composed(r), pad_centered(g, info.kt)) <= TOL64

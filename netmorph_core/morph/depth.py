@@ -21,7 +21,7 @@ import numpy as np
 from .. import _validation as v
 from ..reference import pad_centered
 from ._scaling import chain_morph, depth_layout
-from .augmented import augmented_pair
+from .augmented import augmented_pair, prefer_augmented
 from .bilinear import WARMUP_SOLVES, solve_bilinear, use_bilinear
 from .common import (
     DEFAULT_TOL,
@@ -163,7 +163,7 @@ def morph_depth(
     if not opts.allow_approximate and tol is None:
         check_dense_count(info, "general")
     shapes = [(width, c0, *kernel1), (c2, width, *kernel2)]
-    if not info.exact_general and info.augmented_side is not None:
+    if prefer_augmented(info):
         pair = augmented_pair(
             g_tilde, g.shape[2:], width, kernel1, kernel2, info.augmented_side, opts.rng
         )

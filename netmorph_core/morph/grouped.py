@@ -40,6 +40,7 @@ from ..grouped import (
     unstack,
 )
 from ..reference import pad_centered
+from .augmented import prefer_augmented
 from .bilinear import WARMUP_SOLVES, solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers
 from .common import Options, balance, check_options
@@ -124,7 +125,7 @@ def grouped_depth(
         return _result(
             g, g_tilde, filters, iterations, groups, "practical", opts.tol, allow_approximate
         )
-    if opts.method == "stable" or (not info.exact_general and info.augmented_side):
+    if opts.method == "stable" or prefer_augmented(info):
         parts = [
             per_group(
                 gj,

@@ -47,7 +47,7 @@ import numpy as np
 from .. import _validation as v
 from ..reference import pad_centered
 from ._scaling import chain_morph, depth_layout, subnet_layout
-from .augmented import augmented_pair
+from .augmented import augmented_pair, prefer_augmented
 from .bilinear import solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers, general_chain, practical_chain
 from .common import Options, Seed, balance, check_options, relative_residual
@@ -121,7 +121,7 @@ def _exact_start(
     target = opts.stop_tol * _MARGIN
     names = [e.name for e in shape.module.edges]
     info = solvability(g.shape, widths[0], *kernels) if len(widths) == 2 else None
-    if start == "general" and info and not info.exact_general and info.augmented_side:
+    if start == "general" and info and prefer_augmented(info):
         pair = augmented_pair(
             g_tilde, g.shape[2:], widths[0], *kernels, info.augmented_side, opts.rng, m
         )

@@ -27,6 +27,7 @@ import numpy as np
 from .. import _validation as v
 from ..reference import pad_centered
 from ._scaling import chain_morph, subnet_layout
+from .augmented import augmented_pair, prefer_augmented
 from .chain import (
     chain_effective_size,
     chain_exact_layers,
@@ -40,6 +41,7 @@ from .conditioning import balanced_pair
 from .counting import check_chain_count
 from .grouped import grouped_subnet
 from .result import MorphResult
+from .solvability import solvability
 from .stable import stable_subnet
 
 __all__ = [
@@ -111,6 +113,13 @@ def morph_subnet(
     if opts.method == "practical":
         filters, iterations = practical_chain(g, kt, widths, kernels, opts)
         return finish(g, g_tilde, filters, iterations, opts)
+    if len(widths) == 2:
+        info = solvability(g.shape, widths[0], *kernels)
+        if prefer_augmented(info):  # the same pair as morph_depth
+            pair = augmented_pair(
+                g_tilde, g.shape[2:], widths[0], *kernels, info.augmented_side, opts.rng
+            )
+            return finish(g, g_tilde, list(pair), 0, opts)
     if not opts.allow_approximate and tol is None:
         check_chain_count(g.shape, widths, kernels, "general subnet morph")
     filters, iterations, residual, exact = general_chain(g_tilde, g.shape[1], widths, kernels, opts)
