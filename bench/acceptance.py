@@ -1,4 +1,4 @@
-"""Acceptance run: the torch adapter on models outside the test lists (issue 11's hidden set).
+"""Acceptance run: the torch adapter on models outside the test lists.
 
     python bench/acceptance.py [--quick] [--out FILE] [--models SUBSTR ...] [--timeout S]
 

@@ -102,7 +102,7 @@ def test_residual_is_relative_at_every_scale(rng, s):
 
 
 def test_residual_of_a_tiny_g_does_not_underflow_to_absolute(rng):
-    """The issue's case: a composition of ~1e-16 against a G of 1e-170 is not exact."""
+    """A composition of ~1e-16 against a G of 1e-170 is not exact."""
     g = rng.standard_normal((3, 3, 3, 3)) * 1e-170
     f2 = rng.standard_normal((3, 4, 1, 1)) * 1e-8
     f1 = rng.standard_normal((4, 3, 3, 3)) * 1e-8
