@@ -55,6 +55,7 @@ from netmorph_core.torch import (
     morph_subnet,
     widen,
 )
+from netmorph_core.torch.calibrate import trained_like
 from netmorph_core.torch.transformer_layout import as_matrix, describe
 
 F64_TOL = 1e-9
@@ -118,30 +119,6 @@ def classify(a: Attempt) -> tuple[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # Models: trained-like weights, exact float64 norms, outputs
-
-
-def trained_like(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
-    """float64; every constant parameter (norm affine, layer scale, zero biases) redrawn at
-    random; BatchNorm running statistics of one calibration batch."""
-    torch.manual_seed(0)
-    model = model.double()
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
-                if float(p.flatten()[0]) == 0.0:
-                    p.normal_(0.0, 0.1)
-                else:
-                    p.uniform_(0.5, 1.5)
-        for m in bns:
-            if m.affine:
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.5)
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: one batch sets the statistics
-        model.train()
-        model(calibration)
-    return model.eval()
 
 
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -126,3 +126,12 @@ def test_nearly_square_one_sided_solves_give_way():
     # 1×1 or linear factors keep the one-sided solve (its operator is orthogonal there).
     assert not augmented.prefer_augmented(solvability((16, 16, 3, 3), 17, 3, 1))
     assert not augmented.prefer_augmented(solvability((16, 16, 3, 3), 48, 3, 5))
+
+
+def test_memory_is_checked_before_the_pair_is_built(monkeypatch):
+    # The mixing matrices are w × w: their working set is estimated first.
+    monkeypatch.setenv("NETMORPH_MAX_BYTES", str(1 << 20))
+    with pytest.raises(ValueError, match="identity-augmented pair"):
+        augmented.augmented_pair(
+            np.zeros((64, 64, 5, 5)), (3, 3), 128, (3, 3), (3, 3), "F1", np.random.default_rng(0)
+        )

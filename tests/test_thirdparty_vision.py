@@ -23,6 +23,7 @@ from thirdparty import import_timm, import_torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 from netmorph_core.torch import MorphError, deepen, grow_kernel, widen  # noqa: E402
+from netmorph_core.torch.calibrate import trained_like as calibrated  # noqa: E402
 
 try:
     tv = import_torchvision()
@@ -32,26 +33,11 @@ except ImportError:  # the test extra is not installed
 
 
 def trained_like(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
-    """float64; every constant parameter (BatchNorm/LayerNorm affine, layer scale, zero biases)
-    redrawn at random; BatchNorm running statistics of one calibration batch."""
-    torch.manual_seed(0)
-    model = model.double()
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
-                if float(p.flatten()[0]) == 0.0:
-                    p.normal_(0.0, 0.1)
-                else:
-                    p.uniform_(0.5, 1.5)
-        for m in bns:
-            m.weight.uniform_(0.5, 1.5)
-            m.bias.normal_(0.0, 0.5)
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: one batch sets the statistics
-        model.train()
-        model(torch.randn(8, *shape[1:], dtype=torch.float64))
-    return model.eval()
+    """:func:`netmorph_core.torch.calibrate.trained_like` with a calibration batch of 8."""
+    calibration = torch.randn(
+        8, *shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    return calibrated(model, calibration)
 
 
 def first_conv(model: nn.Module, where: Callable[[nn.Conv2d], bool]) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._memory import check_working_set
 from ..reference import compose_ref, swap_channels
 from .common import orthogonal_filter
 from .conditioning import balancing_transform
@@ -227,6 +228,10 @@ def augmented_pair(
     B and Q are then moved so that no entry is below m·std of its filter
     (:func:`_lift_floor`); where that fails (a branch too narrow for the moves) the pair is
     returned as drawn, so check the floor on the result."""
+    pair_entries = width * g_tilde.shape[1] * math.prod(k1) + g_tilde.shape[0] * width * math.prod(
+        k2
+    )
+    check_working_set(8 * (6 * width * width + 8 * pair_entries), "the identity-augmented pair")
     if side == "F1":
         branch = _draw(g_tilde, g_kernel, width, k1, k2, rng)
     else:
