@@ -6,7 +6,8 @@ may write files). A block preceded by the line ``<!-- docs-test: skip -->`` is s
 (a sketch needing GPUs, several processes or data not shipped); other fences (```bash, ```text)
 are never run. A page whose examples import torchvision, timm or transformers is skipped when
 they are not installed; they are imported through :mod:`thirdparty` first, so that they load on
-the CPU torch build.
+the CPU torch build. Torch runs on one thread here (tiny models: a thread pool only contends
+for the cores).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ PAGES = [p for p in pages() if python_blocks(p.read_text(encoding="utf-8"))]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+@pytest.mark.usefixtures("one_torch_thread")
 def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = python_blocks(page.read_text(encoding="utf-8"))
     source = "\n".join(code for _, code in blocks)
