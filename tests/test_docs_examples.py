@@ -20,8 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_MARK = "<!-- docs-test: skip -->"
-FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
-                   re.MULTILINE | re.DOTALL)
+FENCE = re.compile(
+    r"^(?P<indent> *)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
 THIRD_PARTY = ("torchvision", "timm", "transformers")
 
 

@@ -11,6 +11,7 @@ fails ``mkdocs build --strict``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import griffe
 
@@ -57,13 +58,16 @@ def _exists(collection: griffe.ModulesCollection, path: str) -> bool:
 class SphinxRoles(griffe.Extension):
     """Rewrite every docstring's Sphinx roles once the package is loaded."""
 
-    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: object) -> None:
+    def on_package(
+        self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: object
+    ) -> None:
         if pkg.path != PACKAGE:
             return
         for obj in _walk(pkg):
             if obj.docstring is not None and ":" in obj.docstring.value:
                 obj.docstring.value = ROLE.sub(
-                    lambda m, o=obj: self._link(o, m, loader.modules_collection), obj.docstring.value
+                    lambda m, o=obj: self._link(o, m, loader.modules_collection),
+                    obj.docstring.value,
                 )
 
     @staticmethod
@@ -77,7 +81,7 @@ class SphinxRoles(griffe.Extension):
         return f'<autoref identifier="{path}" optional><code>{title}</code></autoref>'
 
 
-def _walk(obj: griffe.Object):
+def _walk(obj: griffe.Object) -> Iterator[griffe.Object]:
     yield obj
     for member in obj.members.values():
         if not member.is_alias:
