@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.netmorph-installed
 
-.PHONY: setup demo test test-portability lint bench bench-quick clean
+.PHONY: setup demo test docs test-portability lint bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/* bindings/*)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e ".[torch,test,experiments]"
+	$(BIN)/python -m pip install -e ".[torch,test,experiments,docs]"
 	touch $(STAMP)
 
 demo: setup
@@ -22,9 +22,16 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m ruff check netmorph_core tests bench
+	$(MKDOCS_BUILD)
 	$(BIN)/python -m pytest
 
-# The suite under other CPUs' OpenBLAS kernels and with 1 and 2 threads (README, Development
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: any warning (a broken link or
+# cross-reference, a docstring the API reference cannot parse) fails the build.
+MKDOCS_BUILD = NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+docs: setup
+	$(MKDOCS_BUILD)
+
+# The suite under other CPUs' OpenBLAS kernels and with 1 and 2 threads (docs/development.md,
 # notes). SkylakeX's kernels need AVX-512, so they run only where the CPU has it.
 CORETYPES ?= Haswell Zen Sandybridge Nehalem Prescott \
 	$(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),SkylakeX)
@@ -42,4 +49,4 @@ bench-quick: setup
 	$(BIN)/python bench/run.py --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info netmorph_core/_native*.so
+	rm -rf $(VENV) build site *.egg-info netmorph_core/_native*.so

@@ -1,6 +1,6 @@
 """netmorph: network morphism — grow a trained network while preserving its function exactly.
 
-Public API of the numerical core (filters use PyTorch's layout, see README):
+Public API of the numerical core (filters use PyTorch's layout):
 
 - :func:`compose` — the ⊛ operator; :func:`deconv` — least-squares deconvolution;
   :func:`residual` — relative residual of a decomposition.

@@ -122,7 +122,7 @@ class MorphedModule(nn.Module):
     ``vertices[u]`` (identity BN → PActivation) on each inner vertex, ``bias`` at the sink.
 
     The forward pass visits the vertices in topological order; the blob of vertex u is
-    Σ_{e: tail → u} edges[e](blob[tail]), then ``vertices[u]`` when u is inner. Returns the
+    ``Σ_{e: tail → u} edges[e](blob[tail])``, then ``vertices[u]`` when u is inner. Returns the
     sink's blob plus ``bias`` (broadcast over the spatial dimensions).
     """
 
