@@ -190,6 +190,25 @@ def real_number(
     return value
 
 
+#: Seeds of torch generators are unsigned 64-bit integers.
+MAX_TORCH_SEED = 2**64 - 1
+
+
+def torch_seed(seed: object, name: str = "seed", default: int = 0) -> int:
+    """The integer seed of a ``torch.Generator`` from ``seed``: None (``default``), a
+    non-negative int (NumPy integers included, below 2⁶⁴) or a ``numpy.random.Generator``, of
+    which one 63-bit integer is drawn (the caller's generator advances by that one draw, as it
+    does when a NumPy routine uses it; the same generator state gives the same seed)."""
+    if seed is None:
+        return default
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**63))
+    value = as_int(seed, name, "None, a non-negative int or a numpy Generator")
+    if not 0 <= value <= MAX_TORCH_SEED:
+        raise ValueError(f"{name} must be a non-negative int below 2**64, got {value}")
+    return value
+
+
 def effective_size(
     kernel: tuple[int, ...], k_outer: tuple[int, ...], k_inner: tuple[int, ...], name: str
 ) -> tuple[int, ...]:
