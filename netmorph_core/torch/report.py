@@ -452,14 +452,16 @@ def run_morph(
     input_shape: object = None,
     tol: float | str | None = "auto",
     layer_scope: bool = True,
+    budget: Callable[[Inputs], None] | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Build the child on a deep copy of ``model`` with ``build``, measure it, check ``tol``
     (module docstring; MorphError when broken or, unless ``tol`` is None, when nothing can be
     measured) and report.
 
     ``layer_scope``: fall back to comparing the single target layer when no model input is
-    found. ``model``, the caller's torch RNG state and the returned child are not changed by
-    the measurement.
+    found. ``budget``: checks the memory of measuring the child on the model inputs found,
+    before the child is built (:mod:`.budget`). ``model``, the caller's torch RNG state and
+    the returned child are not changed by the measurement.
     """
     check_model(model)
     tol = check_tol(tol)
@@ -471,6 +473,8 @@ def run_morph(
     )
     with torch.random.fork_rng(devices=_devices(model)):
         resolved = resolve_probe(model, probe, input_shape)
+        if budget is not None and resolved is not None:
+            budget(resolved[0])
         start = time.perf_counter()
         child = copy.deepcopy(model)
         outcome = build(child)
