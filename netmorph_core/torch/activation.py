@@ -83,6 +83,14 @@ class PActivation(nn.Module):
         a = v.real_number(a, "a")
         if not isinstance(learnable, bool):
             raise TypeError(f"learnable must be a bool, got {learnable!r}")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    "device must be a torch.device or a device string such as 'cpu' or "
+                    f"'cuda:0', got {device!r}"
+                ) from None
         if dtype is not None and (
             not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
         ):

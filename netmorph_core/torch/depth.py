@@ -139,10 +139,11 @@ def parse_kernel_sizes(
     ndim = len(layer.kernel_size)
     if kernel_size is None:
         return tuple(layer.kernel_size), (1,) * ndim
-    if not isinstance(kernel_size, Sequence) or len(kernel_size) != 2:
+    pair = v.int_sequence(kernel_size)
+    if pair is None or len(pair) != 2:
         raise TypeError(f"kernel_size must be a pair (k1, k2), got {kernel_size!r}")
-    k1 = v.kernel_tuple(kernel_size[0], ndim, "kernel_size[0]")
-    k2 = v.kernel_tuple(kernel_size[1], ndim, "kernel_size[1]")
+    k1 = v.kernel_tuple(pair[0], ndim, "kernel_size[0]")
+    k2 = v.kernel_tuple(pair[1], ndim, "kernel_size[1]")
     v.effective_size(tuple(layer.kernel_size), k1, k2, "kernel_size")
     return k1, k2
 
