@@ -34,6 +34,7 @@ from torch import nn
 from .. import _validation as v
 from .._memory import check_working_set
 from .errors import MorphError
+from .kinds import advice
 from .kinds import describe as describe_kind
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .surgery import find_module, gather, replace_module
@@ -870,7 +871,7 @@ def deepen_projection(
     orthonormal columns, random) and B = W·Qᵀ/s, so B·A = W; s balances ‖A‖ and ‖B‖. Both
     factors are dense. ``width`` ≥ in (default in)."""
     layer = find_module(model, at)
-    if not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
+    if not (isinstance(layer, nn.Linear) or is_conv1d(layer)) or advice(layer):
         raise TypeError(f"at={at!r} is {describe_kind(layer)}; expected Linear or Conv1D")
     w0 = as_matrix(layer)
     out_f, in_f = w0.shape
