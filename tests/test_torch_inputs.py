@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import netmorph_core.torch.depth as depth_module  # noqa: E402
+import netmorph_core.torch.kernel as kernel_module  # noqa: E402
 from netmorph_core import ResourceLimitError  # noqa: E402
 from netmorph_core.torch import (  # noqa: E402
     PActivation,
@@ -177,6 +178,24 @@ def test_a_hidden_layer_that_cannot_fit_is_refused_before_the_solve(monkeypatch)
     monkeypatch.undo()
     _, report = deepen(_cnn(), "2", width=64, input_shape=(2, 3, 8, 8))
     assert report.rel_dev_f64 <= 1e-10
+
+
+def test_a_grown_kernel_whose_unfolding_cannot_fit_is_refused_before_growing(monkeypatch) -> None:
+    """The float64 CPU convolution unfolds C_in·|K| rows × the 8·8 output positions of a
+    sample: 3·1001² × 64 float64 (1.4 GiB) is refused at a 1 GiB limit, before the weights
+    are grown; kernel 5 is not."""
+    monkeypatch.setenv("NETMORPH_MAX_BYTES", str(1 << 30))  # the grown weights fit
+
+    def no_growth(*args: object, **kwargs: object) -> None:
+        raise AssertionError("grown before the memory check")
+
+    monkeypatch.setattr(kernel_module, "morph_kernel", no_growth)
+    with pytest.raises(ResourceLimitError, match=r"into 3006003 rows × 64 output positions"):
+        grow_kernel(_cnn(), "0", 1001, input_shape=(2, 3, 8, 8))
+    monkeypatch.undo()
+    monkeypatch.setenv("NETMORPH_MAX_BYTES", str(1 << 30))
+    _, report = grow_kernel(_cnn(), "0", 5, input_shape=(2, 3, 8, 8))
+    assert report.rel_dev_f64 <= 1e-12
 
 
 # --- PActivation and layer kinds -----------------------------------------------------------

@@ -31,16 +31,23 @@ _F64 = 8
 Inputs = tuple[torch.Tensor, ...]
 
 
-def layer_positions(model: nn.Module, at: str, inputs: Inputs) -> int | None:
-    """Output positions (entries / channels) of layer ``at`` on ``inputs``, the largest over its
-    calls, from a forward pass of a copy of ``model`` in eval mode (the caller's RNG state
-    restored); None when the copy does not run or the layer is not called."""
+def layer_positions(
+    model: nn.Module, at: str, inputs: Inputs, *, per_sample: bool = False
+) -> int | None:
+    """Output positions (entries / channels; of one sample when ``per_sample``: a conv's
+    spatial size) of layer ``at`` on ``inputs``, the largest over its calls, from a forward
+    pass of a copy of ``model`` in eval mode (the caller's RNG state restored); None when the
+    copy does not run or the layer is not called."""
     dup = copy.deepcopy(model)
     layer = dup.get_submodule(at)
     found: list[int] = []
+    spatial = len(getattr(layer, "kernel_size", ()))
 
     def record(_module: nn.Module, _args: object, out: object) -> None:
         if isinstance(out, torch.Tensor) and out.dim() >= 1:
+            if spatial and per_sample:
+                found.append(math.prod(out.shape[out.dim() - spatial :]))
+                return
             channels = out.shape[1] if out.dim() >= 3 else out.shape[-1]
             found.append(out.numel() // max(channels, 1))
 
@@ -85,6 +92,31 @@ def hidden_budget(
             f"channels at {positions} positions in float64, {HIDDEN_COPIES} tensors at once "
             f"({format_bytes(hidden)}), and {new_entries} new weights "
             f"({format_bytes(weights)}); it",
+        )
+
+    return check
+
+
+def unfold_budget(
+    operation: str, model: nn.Module, at: str, layer: nn.Module, kernel: Sequence[int]
+) -> Callable[[Inputs], None] | None:
+    """The check of the float64 measurement's convolution by the grown ``kernel`` on the CPU:
+    torch computes a float64 CPU convolution by unfolding its input (im2col), at least
+    C_in/groups·|K| rows by the output positions of one sample. None on other devices (their
+    algorithms need not unfold) or when the kernel does not grow."""
+    if layer.weight.device.type != "cpu" or math.prod(kernel) <= math.prod(layer.kernel_size):
+        return None
+    rows = layer.in_channels // layer.groups * math.prod(kernel)
+
+    def check(inputs: Inputs) -> None:
+        positions = layer_positions(model, at, inputs, per_sample=True)
+        if positions is None:
+            return
+        check_working_set(
+            _F64 * rows * positions,
+            f"{operation} at={at!r} to kernel_size={tuple(kernel)}: measuring the child "
+            f"unfolds the layer's float64 input on the CPU into {rows} rows × {positions} "
+            "output positions (one sample); it",
         )
 
     return check
