@@ -1,4 +1,5 @@
-"""Memory of measuring a child whose new hidden layers are wider than the layer they replace.
+"""Memory of measuring a child that holds more per position than its parent, checked before
+the child is built: new hidden layers wider than the layer they replace, and grown kernels.
 
 The measurement runs the child in float64 on the probe. A hidden layer of w channels between
 F1 and F2 holds P·w entries per tensor, P the positions (batch × spatial) it produces — at
@@ -10,7 +11,8 @@ measurement holds, so a refusal is never of a child that would fit.
 P needs a forward pass: :func:`hidden_budget` returns a check that reads it from a copy of the
 model run on the probe, only when some hidden width (times the layer's stride, for a hidden
 layer at the input's resolution) exceeds the layer's output channels — otherwise every hidden
-tensor is no larger than what the parent held at that layer.
+tensor is no larger than what the parent held at that layer. :func:`unfold_budget` bounds a
+grown kernel's float64 CPU convolution the same way (its unfolded input).
 """
 
 from __future__ import annotations
