@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+import netmorph_core as nm  # noqa: E402
 import netmorph_core.torch.depth as depth_module  # noqa: E402
 import netmorph_core.torch.kernel as kernel_module  # noqa: E402
 from netmorph_core import ResourceLimitError  # noqa: E402
@@ -25,6 +26,7 @@ from netmorph_core.torch import (  # noqa: E402
     grow_ffn,
     grow_kernel,
     grow_width,
+    morph_module,
     morph_subnet,
     widen,
 )
@@ -175,6 +177,11 @@ def test_a_hidden_layer_that_cannot_fit_is_refused_before_the_solve(monkeypatch)
     assert "more than the 1.0 GiB allowed" in str(info.value)
     with pytest.raises(ResourceLimitError, match=r"hidden layer of 300000 channels"):
         morph_subnet(_cnn(), "2", [(3 * 10**5, 1), (None, 3)], input_shape=(2, 3, 8, 8))
+    wide = nm.Module(
+        [nm.conv_edge("a", "s", "u", 1), nm.conv_edge("b", "u", "t", 3)], channels={"u": 10**6}
+    )
+    with pytest.raises(ResourceLimitError, match=r"hidden layer of 1000000 channels"):
+        morph_module(_cnn(), "2", wide, input_shape=(2, 3, 8, 8))
     monkeypatch.undo()
     _, report = deepen(_cnn(), "2", width=64, input_shape=(2, 3, 8, 8))
     assert report.rel_dev_f64 <= 1e-10
