@@ -182,6 +182,8 @@ def test_a_hidden_layer_that_cannot_fit_is_refused_before_the_solve(monkeypatch)
     )
     with pytest.raises(ResourceLimitError, match=r"hidden layer of 1000000 channels"):
         morph_module(_cnn(), "2", wide, input_shape=(2, 3, 8, 8))
+    with pytest.raises(ResourceLimitError, match=r"widen at='0': .* at 2048 positions"):
+        widen(_cnn(), "0", 10**5, input_shape=(2, 3, 32, 32))
     monkeypatch.undo()
     _, report = deepen(_cnn(), "2", width=64, input_shape=(2, 3, 8, 8))
     assert report.rel_dev_f64 <= 1e-10

@@ -11,7 +11,8 @@ measurement holds, so a refusal is never of a child that would fit.
 P needs a forward pass: :func:`hidden_budget` returns a check that reads it from a copy of the
 model run on the probe, only when some hidden width (times the layer's stride, for a hidden
 layer at the input's resolution) exceeds the layer's output channels — otherwise every hidden
-tensor is no larger than what the parent held at that layer. :func:`unfold_budget` bounds a
+tensor is no larger than what the parent held at that layer. A widened layer's own output is
+bounded the same way, one tensor of it (``widen``). :func:`unfold_budget` bounds a
 grown kernel's float64 CPU convolution the same way (its unfolded input).
 """
 
@@ -71,10 +72,12 @@ def hidden_budget(
     layer: nn.Module,
     widths: Sequence[int],
     new_entries: int,
+    copies: int = HIDDEN_COPIES,
 ) -> Callable[[Inputs], None] | None:
     """The check of the measurement's hidden activations for replacing ``layer`` (at ``at``)
-    by a chain with hidden ``widths`` and ``new_entries`` new weight entries; None when no
-    hidden layer is wider than the layer's output (see the module docstring)."""
+    by a chain with hidden ``widths`` and ``new_entries`` new weight entries, ``copies`` float64
+    tensors of the widest alive at once; None when no hidden layer is wider than the layer's
+    output (see the module docstring)."""
     out_channels = layer.weight.shape[0]
     stride = math.prod(getattr(layer, "stride", (1,)))
     widest = max(widths, default=0)
@@ -86,12 +89,12 @@ def hidden_budget(
         positions = layer_positions(model, at, inputs)
         if positions is None:
             return
-        hidden = HIDDEN_COPIES * _F64 * positions * widest
+        hidden = copies * _F64 * positions * widest
         weights = new_entries * (itemsize + _F64)
         check_working_set(
             hidden + weights,
             f"{operation} at={at!r}: measuring the child holds a hidden layer of {widest} "
-            f"channels at {positions} positions in float64, {HIDDEN_COPIES} tensors at once "
+            f"channels at {positions} positions in float64, {copies} tensors at once "
             f"({format_bytes(hidden)}), and {new_entries} new weights "
             f"({format_bytes(weights)}); it",
         )
