@@ -40,8 +40,12 @@ def layer_positions(
     """Output positions (entries / channels; of one sample when ``per_sample``: a conv's
     spatial size) of layer ``at`` on ``inputs``, the largest over its calls, from a forward
     pass of a copy of ``model`` in eval mode (the caller's RNG state restored); None when the
-    copy does not run or the layer is not called."""
-    dup = copy.deepcopy(model)
+    model cannot be copied or run, or the layer is not called (the operation reports those
+    by name)."""
+    try:
+        dup = copy.deepcopy(model)
+    except Exception:  # e.g. an active torch.nn.utils.prune: refused by name later
+        return None
     layer = dup.get_submodule(at)
     found: list[int] = []
     spatial = len(getattr(layer, "kernel_size", ()))
