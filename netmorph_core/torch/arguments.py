@@ -61,7 +61,7 @@ def check_input_shape(input_shape: object) -> tuple[int, ...]:
 def check_input_memory(
     shapes: list[tuple[int, ...]], itemsize: int, given: str, *, generated: bool = False
 ) -> None:
-    """Bound the model inputs of ``shapes``: each held in the model's dtype (``itemsize``
+    """Bound floating model inputs of ``shapes``: each held in the model's dtype (``itemsize``
     bytes) and as the measurement's float64 copy, plus the float32 draw it is generated from
     when ``generated`` (``input_shape``). ``ResourceLimitError`` naming ``given``."""
     numel = sum(math.prod(s) for s in shapes)
@@ -70,3 +70,11 @@ def check_input_memory(
         numel * per_entry,
         f"{given} of shape {shapes[0] if len(shapes) == 1 else shapes} ({numel} entries)",
     )
+
+
+def check_probe_memory(probe: tuple[torch.Tensor, ...], itemsize: int) -> None:
+    """:func:`check_input_memory` of the floating tensors of ``probe`` (integer inputs such as
+    token ids are used as given)."""
+    floating = [tuple(t.shape) for t in probe if t.is_floating_point()]
+    if floating:
+        check_input_memory(floating, itemsize, "probe")

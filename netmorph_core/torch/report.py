@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .._memory import check_working_set
-from .arguments import check_input_memory, check_input_shape, check_probe
+from .arguments import check_input_memory, check_input_shape, check_probe, check_probe_memory
 from .errors import MorphError
 from .surgery import CONV_TYPES, LAYER_TYPES, check_model, count_parameters
 from .tracing import default_inputs
@@ -297,7 +297,7 @@ def resolve_probe(
         if input_shape is not None:
             raise ValueError("give probe or input_shape, not both")
         items = check_probe(probe)
-        check_input_memory([tuple(t.shape) for t in items], dtype.itemsize, "probe")
+        check_probe_memory(items, dtype.itemsize)
         given = "probe"
         inputs = tuple(
             t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in items
