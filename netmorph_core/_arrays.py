@@ -32,17 +32,45 @@ def _device(x: Any, kind: str) -> tuple[str, int | None]:
     return ("cpu", None)
 
 
-def _from_torch(x: Any, name: str) -> Any:
+def torch_layout_problem(x: Any) -> str | None:
+    """Why the torch tensor ``x`` cannot be viewed as a dense array, or None when it can.
+
+    Nested (jagged) tensors, sparse and other non-strided layouts, quantised tensors and
+    tensors on the ``meta`` device (shapes without data) have no dense array view."""
+    if x.is_nested:
+        return "is a nested tensor (rows of different shapes); give a dense tensor"
+    if str(x.layout) != "torch.strided":
+        return f"has layout {x.layout}; give a dense (strided) tensor, e.g. x.to_dense()"
+    if x.is_quantized:
+        return f"is quantised ({x.dtype}); give a float tensor, e.g. x.dequantize()"
+    if x.device.type == "meta":
+        return "is on the meta device (a shape without data); give a tensor with values"
+    return None
+
+
+def from_torch(x: Any, name: str, *, host: bool = False) -> Any:
+    """The torch tensor ``x`` as a NumPy array (CPU; every CUDA tensor when ``host``) or a
+    CuPy array (CUDA), sharing memory where possible: any strides, the negative and
+    conjugate bits resolved (a copy), autograd detached. ``TypeError``/``ValueError`` naming
+    ``name`` for tensors without a dense float32/float64 view."""
+    problem = torch_layout_problem(x)
+    if problem is not None:
+        raise TypeError(f"{name} {problem}")
     if str(x.dtype) not in _TORCH_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+        raise TypeError(
+            f"{name} must have dtype float32 or float64, got {x.dtype}; cast it first, "
+            "e.g. x.double()"
+        )
     x = x.detach()
+    if x.device.type == "cuda" and host:
+        x = x.cpu()
     if x.device.type == "cuda":
         import cupy
 
-        return cupy.from_dlpack(x)
+        return cupy.from_dlpack(x.resolve_neg().resolve_conj())
     if x.device.type != "cpu":
         raise ValueError(f"{name} is on device {x.device}; only CPU and CUDA tensors are supported")
-    return x.resolve_conj().numpy()
+    return x.resolve_neg().resolve_conj().numpy()
 
 
 def unify(named: dict[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
@@ -53,6 +81,8 @@ def unify(named: dict[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
     devices raise ``ValueError`` naming them.
     """
     present = {k: x for k, x in named.items() if x is not None}
+    if not present:
+        raise TypeError(f"{next(iter(named))} must be an array or a tensor, got None")
     kinds = {k: _kind(x) for k, x in present.items()}
     devices = {k: _device(x, kinds[k]) for k, x in present.items()}
     first = next(iter(present))
@@ -62,7 +92,7 @@ def unify(named: dict[str, Any]) -> tuple[dict[str, Any], Callable[[Any], Any]]:
                 f"{first} is on {_describe(devices[first])} but {k} is on {_describe(dev)}; "
                 "all arrays must be on the same device"
             )
-    arrays = {k: _from_torch(x, k) if kinds.get(k) == "torch" else x for k, x in named.items()}
+    arrays = {k: from_torch(x, k) if kinds.get(k) == "torch" else x for k, x in named.items()}
     return arrays, _restorer(kinds[first])
 
 

@@ -7,11 +7,12 @@ before any kernel runs. Nothing here modifies the caller's arrays.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import numpy as np
 
-from ._arrays import namespace
+from ._arrays import from_torch, namespace
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_SPATIAL_DIMS = 3
@@ -26,7 +27,11 @@ def as_filter(x: object, name: str) -> np.ndarray:
     A linear layer's (C_out, C_in) matrix is a filter with no spatial dimension. Masked arrays
     are refused (their masked entries would be silently used or dropped); other ndarray
     subclasses (``np.matrix``, memmaps) are viewed as plain arrays. Any strides, read-only.
+    A torch tensor (any strides, negative or conjugate bit, requires_grad; CPU or CUDA) becomes
+    a NumPy array on the host (:func:`netmorph_core._arrays.from_torch`).
     """
+    if type(x).__module__.startswith("torch"):
+        x = from_torch(x, name, host=True)
     if isinstance(x, np.ma.MaskedArray):
         raise TypeError(
             f"{name} must be a plain array, got a masked array; fill or drop the masked "
@@ -43,7 +48,8 @@ def as_filter(x: object, name: str) -> np.ndarray:
             raise TypeError(f"{name} must be a rectangular array of floats: {exc}") from None
     else:
         raise TypeError(
-            f"{name} must be a NumPy array, a CuPy array or a torch tensor, got {type(x).__name__}"
+            f"{name} must be a NumPy array, a CuPy array or a torch tensor, got "
+            f"{type_name(x)}"
         )
     if arr.dtype.kind == "c":
         raise TypeError(f"{name} must be real floating point, got complex dtype {arr.dtype}")
@@ -79,18 +85,49 @@ def chain_channels(outer: np.ndarray, outer_name: str, inner: np.ndarray, inner_
         )
 
 
+def type_name(x: object) -> str:
+    """The qualified name of ``x``'s type ("numpy.ndarray", "int"), for error messages."""
+    cls = type(x)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def as_int(v: object, name: str, what: str = "an int") -> int:
+    """``v`` as a Python int: an int, a NumPy integer scalar, or a 0-d integer array or tensor
+    (anything with ``__index__``). bool and boolean arrays are refused: True is not a size.
+    ``TypeError`` naming ``name`` (and saying ``what`` was expected) otherwise."""
+    dtype = getattr(v, "dtype", None)
+    if isinstance(v, (bool, np.bool_)) or (dtype is not None and "bool" in str(dtype)):
+        raise TypeError(f"{name} must be {what}, got the bool {v!r}")
+    if getattr(v, "ndim", 0) != 0:
+        raise TypeError(f"{name} must be {what}, got {type_name(v)} of shape {tuple(v.shape)}")
+    try:
+        return operator.index(v)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, got {type_name(v)} {v!r}") from None
+
+
+def int_sequence(k: object) -> list[object] | None:
+    """The items of a list, tuple, ``torch.Size`` or 1-d array ``k``; None for anything else
+    (str and bytes included)."""
+    if isinstance(k, (str, bytes)):
+        return None
+    if isinstance(k, Sequence):
+        return list(k)
+    if getattr(k, "ndim", None) == 1 and hasattr(k, "tolist"):
+        return list(k)
+    return None
+
+
 def kernel_tuple(k: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
     """Normalise a kernel size (an int or one int per spatial dimension) to a tuple."""
-    if isinstance(k, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a positive int or a tuple of {ndim} ints, got {k!r}")
-    if isinstance(k, (int, np.integer)):
-        sizes = (int(k),) * ndim
-    elif isinstance(k, Sequence) and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in k
-    ):
-        sizes = tuple(int(v) for v in k)
+    what = f"a positive int or a tuple of {ndim} ints"
+    items = int_sequence(k)
+    if items is None:
+        sizes = (as_int(k, name, what),) * ndim
     else:
-        raise TypeError(f"{name} must be a positive int or a tuple of {ndim} ints, got {k!r}")
+        sizes = tuple(as_int(x, f"{name}[{i}]", what) for i, x in enumerate(items))
     if len(sizes) != ndim:
         raise ValueError(f"{name} must give {ndim} kernel sizes, got {sizes}")
     if any(v < 1 for v in sizes):
@@ -101,14 +138,25 @@ def kernel_tuple(k: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...
 
 
 def positive_int(v: object, name: str, maximum: int | None = None) -> int:
-    """A strictly positive Python int (at most ``maximum`` when given)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {v!r}")
-    if v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v}")
-    if maximum is not None and v > maximum:
-        raise ValueError(f"{name} must be at most {maximum}, got {v}")
-    return int(v)
+    """A strictly positive Python int (at most ``maximum`` when given); NumPy integers and 0-d
+    integer arrays count (:func:`as_int`)."""
+    value = as_int(v, name, "a positive int")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def as_generator(seed: object, name: str = "seed") -> np.random.Generator:
+    """A NumPy Generator from ``seed``: None (fresh entropy), a non-negative int (NumPy
+    integers included) or a Generator, which is used as is (the caller's generator advances)."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    value = as_int(seed, name, "None, a non-negative int or a numpy Generator")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value}")
+    return np.random.default_rng(value)
 
 
 def real_number(
@@ -121,8 +169,11 @@ def real_number(
 ) -> float:
     """``x`` as a finite Python float in [low, high] ((low, high] when ``low_open``).
 
-    bool, non-numbers, NaN and ±Inf are refused (``TypeError`` / ``ValueError`` naming ``x``).
+    NumPy scalars and 0-d arrays or tensors count; bool, non-numbers, NaN and ±Inf are refused
+    (``TypeError`` / ``ValueError`` naming ``x``).
     """
+    if getattr(x, "ndim", None) == 0 and hasattr(x, "item"):
+        x = x.item()  # a 0-d array or tensor: its Python scalar, checked below
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {x!r}")
     try:
@@ -136,6 +187,25 @@ def real_number(
         left = "(-inf" if low is None else f"{'(' if low_open else '['}{low}"
         right = "inf)" if high is None else f"{high}]"
         raise ValueError(f"{name} must be in {left}, {right}, got {value}")
+    return value
+
+
+#: Seeds of torch generators are unsigned 64-bit integers.
+MAX_TORCH_SEED = 2**64 - 1
+
+
+def torch_seed(seed: object, name: str = "seed", default: int = 0) -> int:
+    """The integer seed of a ``torch.Generator`` from ``seed``: None (``default``), a
+    non-negative int (NumPy integers included, below 2⁶⁴) or a ``numpy.random.Generator``, of
+    which one 63-bit integer is drawn (the caller's generator advances by that one draw, as it
+    does when a NumPy routine uses it; the same generator state gives the same seed)."""
+    if seed is None:
+        return default
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**63))
+    value = as_int(seed, name, "None, a non-negative int or a numpy Generator")
+    if not 0 <= value <= MAX_TORCH_SEED:
+        raise ValueError(f"{name} must be a non-negative int below 2**64, got {value}")
     return value
 
 

@@ -13,6 +13,8 @@ from types import MappingProxyType
 import numpy as np
 from scipy.special import erf, expit
 
+from . import _validation as v
+
 Activation = Callable[[np.ndarray], np.ndarray]
 
 LEAKY_RELU_SLOPE = 0.01  # PyTorch's default negative slope
@@ -137,11 +139,7 @@ def p_activation(base: str | Activation, a: float) -> Activation:
     ``base`` is given a copy of x, so one that writes into its argument cannot change x.
     """
     phi = resolve(base) if isinstance(base, str) else _on_a_copy(resolve(base))
-    if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, float, np.integer, np.floating)):
-        raise TypeError(f"a must be a real number, got {a!r}")
-    if not np.isfinite(a):
-        raise ValueError(f"a must be finite, got {a}")
-    a = float(a)
+    a = v.real_number(a, "a")
 
     def phi_a(x: np.ndarray) -> np.ndarray:
         return (1.0 - a) * phi(x) + a * x

@@ -57,10 +57,7 @@ def check_options(
     max_iter = v.positive_int(max_iter, "max_iter")
     if tol is None:
         tol = DEFAULT_TOL[g.dtype]
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
-        raise TypeError(f"tol must be a positive number or None, got {tol!r}")
-    if not (math.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be a positive finite number, got {tol}")
+    tol = v.real_number(tol, "tol", low=0.0, low_open=True)
     if not isinstance(allow_approximate, (bool, np.bool_)):
         raise TypeError(f"allow_approximate must be a bool, got {allow_approximate!r}")
     rng = as_rng(seed)
@@ -71,13 +68,7 @@ def check_options(
 
 def as_rng(seed: object) -> np.random.Generator:
     """A NumPy Generator from None (fresh entropy), a non-negative int, or a Generator."""
-    if seed is None or isinstance(seed, np.random.Generator):
-        return np.random.default_rng(seed)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be None, a non-negative int or a numpy Generator, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed}")
-    return np.random.default_rng(int(seed))
+    return v.as_generator(seed)
 
 
 def compose_chain(filters: Sequence[np.ndarray]) -> np.ndarray:

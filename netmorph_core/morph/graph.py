@@ -40,20 +40,18 @@ def _check_name(x: object, what: str) -> str:
 
 
 def _check_kernel_spec(k: object, edge: str) -> KernelSpec:
-    """A positive int (every spatial dimension) or a tuple of positive ints (one per dimension)."""
-    if isinstance(k, (bool, np.bool_)):
-        raise TypeError(f"kernel_size of edge {edge!r} must be a positive int or tuple, got {k!r}")
-    if isinstance(k, (int, np.integer)):
-        if k < 1:
-            raise ValueError(f"kernel_size of edge {edge!r} must be positive, got {k}")
-        return int(k)
-    if isinstance(k, tuple) and all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in k
-    ):
-        if any(d < 1 for d in k):
-            raise ValueError(f"kernel_size of edge {edge!r} must be positive, got {k}")
-        return tuple(int(d) for d in k)
-    raise TypeError(f"kernel_size of edge {edge!r} must be a positive int or tuple, got {k!r}")
+    """A positive int (every spatial dimension) or a tuple of positive ints (one per
+    dimension), as Python ints (NumPy integers, 0-d integer arrays and lists accepted)."""
+    what = "a positive int or tuple"
+    items = v.int_sequence(k)
+    if items is None:
+        size: KernelSpec = v.as_int(k, f"kernel_size of edge {edge!r}", what)
+        sizes: tuple[int, ...] = (size,)
+    else:
+        sizes = size = tuple(v.as_int(d, f"kernel_size of edge {edge!r}", what) for d in items)
+    if any(d < 1 for d in sizes):
+        raise ValueError(f"kernel_size of edge {edge!r} must be positive, got {k}")
+    return size
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ class Edge:
         _check_name(self.name, "edge name")
         _check_name(self.tail, f"tail of edge {self.name!r}")
         _check_name(self.head, f"head of edge {self.name!r}")
-        _check_kernel_spec(self.kernel_size, self.name)
+        object.__setattr__(self, "kernel_size", _check_kernel_spec(self.kernel_size, self.name))
         if not isinstance(self.identity, (bool, np.bool_)):
             raise TypeError(f"identity of edge {self.name!r} must be a bool, got {self.identity!r}")
         if isinstance(self.scale, bool) or not isinstance(
@@ -87,6 +85,8 @@ class Edge:
             )
         if not math.isfinite(self.scale):
             raise ValueError(f"scale of edge {self.name!r} must be finite, got {self.scale}")
+        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "identity", bool(self.identity))
         if self.identity and self.kernel_size != 1:
             raise ValueError(
                 f"identity edge {self.name!r} has kernel size 1, got {self.kernel_size!r}"
@@ -482,7 +482,7 @@ def compose_module(module: Module, filters: Mapping[str, np.ndarray]) -> np.ndar
     filters' common dtype; each path is zero-padded centred to Kt.
     """
     shape, kernels = check_filters(module, filters)
-    dtype = np.result_type(*(filters[n] for n in filters))
+    dtype = v.result_dtype(*(v.as_filter(f, f"filters[{n!r}]") for n, f in filters.items()))
     return module_kernel(shape, kernels).astype(dtype)
 
 

@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .. import _validation as v
+from .._errors import typed_errors
+from .._memory import check_working_set
 from ..grouped import (
     check_divisible,
     check_groups,
@@ -268,6 +270,7 @@ def grouped_subnet(
     return _result(g, g_tilde, filters, iterations, groups, method, opts.tol, allow_approximate)
 
 
+@typed_errors("separable_depth")
 def separable_depth(
     g: np.ndarray,
     *,
@@ -298,6 +301,12 @@ def separable_depth(
         )
     opts = check_options(g, "general", seed, 1, tol, False, "auto")
     c0 = c0g * groups
+    # float64 F1, its pseudo-inverse, F2, their balanced, output-dtype and checking copies,
+    # and G's float64 copies
+    check_working_set(
+        8 * (6 * c0 * m * (taps + c2g) + 3 * g.size),
+        f"separable_depth with multiplier={m} (F1 {c0 * m}×{taps}, F2 {g.shape[0]}×{c0g * m})",
+    )
     # Per input channel i (global): G_i (C2/g, |K|) = F2_i (C2/g, m) · F1_i (m, |K|).
     gi = g.astype(np.float64).reshape(groups, c2g, c0g, taps).transpose(0, 2, 1, 3)
     if m >= taps:  # random rows span every kernel

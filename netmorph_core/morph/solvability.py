@@ -280,9 +280,10 @@ def check_dense_count(info: Solvability, method: str, *, generic: bool = False) 
 
 
 def _shape(g_shape: object) -> tuple[int, ...]:
-    if not isinstance(g_shape, Sequence) or isinstance(g_shape, str):
+    items = v.int_sequence(g_shape)
+    if items is None:
         raise TypeError(f"g_shape must be a tuple of ints (C2, C0, *K), got {g_shape!r}")
-    dims = tuple(v.positive_int(d, "g_shape entries") for d in g_shape)
+    dims = tuple(v.positive_int(d, "g_shape entries") for d in items)
     if not 2 <= len(dims) <= 2 + v.MAX_SPATIAL_DIMS:
         raise ValueError(
             f"g_shape must have 2 to {2 + v.MAX_SPATIAL_DIMS} entries (C2, C0, *K), got {dims}"

@@ -74,11 +74,7 @@ _PROGRESS = 1e-3
 
 
 def _check_min_magnitude(m: object) -> float:
-    if isinstance(m, bool) or not isinstance(m, (int, float, np.integer, np.floating)):
-        raise TypeError(f"min_magnitude must be a number in (0, 0.5], got {m!r}")
-    if not (0 < m <= 0.5):
-        raise ValueError(f"min_magnitude must be in (0, 0.5], got {m}")
-    return float(m)
+    return v.real_number(m, "min_magnitude", low=0.0, high=0.5, low_open=True)
 
 
 def _small(f: np.ndarray, m: float) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from .. import _validation as v
+from .._arrays import from_torch
 from .._errors import typed_errors
 from .._memory import check_working_set
 from .._scaling import ldexp_float, normalise, scale_back
@@ -29,21 +30,16 @@ Seed = int | np.integer | np.random.Generator | None
 
 def as_generator(seed: object, name: str = "seed") -> np.random.Generator:
     """A NumPy Generator from ``seed``: None (fresh entropy), a non-negative int, or a Generator."""
-    if seed is None or isinstance(seed, np.random.Generator):
-        return np.random.default_rng(seed)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(
-            f"{name} must be None, a non-negative int or a numpy Generator, got {seed!r}"
-        )
-    if seed < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {seed}")
-    return np.random.default_rng(int(seed))
+    return v.as_generator(seed, name)
 
 
 def as_bias(b: object, channels: int, name: str) -> np.ndarray:
-    """``b`` as a finite float32/float64 vector of length ``channels``."""
+    """``b`` as a finite float32/float64 vector of length ``channels`` (a NumPy array, or a
+    torch tensor viewed as one on the host)."""
+    if type(b).__module__.startswith("torch"):
+        b = from_torch(b, name, host=True)
     if not isinstance(b, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array, got {type(b).__name__}")
+        raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {v.type_name(b)}")
     if b.dtype not in v.SUPPORTED_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {b.dtype}")
     if b.shape != (channels,):

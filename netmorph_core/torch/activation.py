@@ -8,13 +8,13 @@ non-linear. Over ReLU, φ^a is PReLU with slope a.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _validation as v
 from ..activations import accepted_names, canonical_name
 
 #: The named bases: PyTorch's functional form of each (default parameters).
@@ -80,12 +80,24 @@ class PActivation(nn.Module):
             self.copy_input = True
         else:
             raise TypeError(f"base must be an activation name or a callable, got {base!r}")
-        if isinstance(a, bool) or not isinstance(a, (int, float)):
-            raise TypeError(f"a must be a real number, got {a!r}")
-        if not math.isfinite(a):
-            raise ValueError(f"a must be finite, got {a!r}")
+        a = v.real_number(a, "a")
         if not isinstance(learnable, bool):
             raise TypeError(f"learnable must be a bool, got {learnable!r}")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    "device must be a torch.device or a device string such as 'cpu' or "
+                    f"'cuda:0', got {device!r}"
+                ) from None
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
+            raise TypeError(
+                f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}: "
+                "a is a real slope, trained with the model"
+            )
         value = torch.tensor(float(a), device=device, dtype=dtype or torch.get_default_dtype())
         if learnable:
             self.a = nn.Parameter(value)

@@ -30,6 +30,7 @@ from .. import _validation as v
 from ..morph.depth import METHODS, morph_depth
 from ..morph.grouped import separable_depth
 from .activation import make_activation
+from .budget import hidden_budget
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .samepad import split_same_padding
 from .support import check_new_entries, layer_entries
@@ -138,10 +139,11 @@ def parse_kernel_sizes(
     ndim = len(layer.kernel_size)
     if kernel_size is None:
         return tuple(layer.kernel_size), (1,) * ndim
-    if not isinstance(kernel_size, Sequence) or len(kernel_size) != 2:
+    pair = v.int_sequence(kernel_size)
+    if pair is None or len(pair) != 2:
         raise TypeError(f"kernel_size must be a pair (k1, k2), got {kernel_size!r}")
-    k1 = v.kernel_tuple(kernel_size[0], ndim, "kernel_size[0]")
-    k2 = v.kernel_tuple(kernel_size[1], ndim, "kernel_size[1]")
+    k1 = v.kernel_tuple(pair[0], ndim, "kernel_size[0]")
+    k2 = v.kernel_tuple(pair[1], ndim, "kernel_size[1]")
     v.effective_size(tuple(layer.kernel_size), k1, k2, "kernel_size")
     return k1, k2
 
@@ -250,6 +252,8 @@ def deepen(
         f"deepen at={at!r} with width={width}, kernel_size={kernel_size!r}",
     )
 
+    budget = hidden_budget("deepen", model, at, layer, [width], entries)
+
     def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
         res = morph_depth(g, width, k1, k2, method=method, seed=seed, groups=groups)
         return res.filters, res.residual, res.exact, res.iterations
@@ -257,7 +261,9 @@ def deepen(
     def build(child: nn.Module) -> Outcome:
         return replace_with_chain(child, at, solve, activation=activation, batch_norm=batch_norm)
 
-    return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)
+    return run_morph(
+        "deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol, budget=budget
+    )
 
 
 def _deepen_separable(
@@ -296,12 +302,12 @@ def _deepen_separable(
     if width % groups:
         raise ValueError(f"width ({width}) must be divisible by {at!r}'s groups={groups}")
     kernel = tuple(layer.kernel_size)
+    entries = (width + layer.out_channels * c_in // groups) * math.prod(kernel)
+    entries += layer.out_channels * width // groups
     check_new_entries(  # depthwise F1, pointwise F2 and the grouped G
-        (width + layer.out_channels * c_in // groups) * math.prod(kernel)
-        + layer.out_channels * width // groups,
-        layer.weight,
-        f"deepen at={at!r} with separable=True, width={width}",
+        entries, layer.weight, f"deepen at={at!r} with separable=True, width={width}"
     )
+    budget = hidden_budget("deepen", model, at, layer, [width], entries)
 
     def solve(g: np.ndarray) -> tuple[Sequence[np.ndarray], float, bool, int]:
         res = separable_depth(g, groups=groups, multiplier=multiplier, seed=seed)
@@ -312,4 +318,6 @@ def _deepen_separable(
             child, at, solve, activation=activation, batch_norm=batch_norm, groups=(c_in, groups)
         )
 
-    return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)
+    return run_morph(
+        "deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol, budget=budget
+    )

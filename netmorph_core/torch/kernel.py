@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import _validation as v
 from ..morph.kernel import morph_kernel
+from .budget import unfold_budget
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .samepad import split_same_padding
 from .support import check_new_entries
@@ -66,6 +67,7 @@ def grow_kernel(
     v.effective_size(old, size, (1,) * len(old), "kernel_size")
     entries = layer.in_channels // layer.groups * layer.out_channels * math.prod(size)
     check_new_entries(entries, layer.weight, f"grow_kernel at={at!r} to kernel_size={size}")
+    budget = unfold_budget("grow_kernel", model, at, layer, size)
 
     def build(child: nn.Module) -> Outcome:
         conv = child.get_submodule(at)
@@ -129,5 +131,12 @@ def grow_kernel(
         )
 
     return run_morph(
-        "grow_kernel", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol
+        "grow_kernel",
+        model,
+        (at,),
+        build,
+        probe=probe,
+        input_shape=input_shape,
+        tol=tol,
+        budget=budget,
     )

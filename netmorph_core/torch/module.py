@@ -31,6 +31,7 @@ from torch import nn
 from ..morph.graph import Module, ModuleShape, bind_to_layer
 from ..morph.module import morph_module as morph_module_filters
 from .activation import make_activation
+from .budget import hidden_budget
 from .depth import check_flag, check_method, new_layer_sources, weight_counts
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .samepad import split_same_padding
@@ -330,7 +331,13 @@ def morph_module(
     :func:`netmorph_core.torch.deepen`. Returns (child, report); ``model`` is not modified.
     """
     layer = find_layer(model, at, same_padding=True, replaced=True)
-    check_spec(layer, spec)
+    shape = check_spec(layer, spec)
+    inner = [c for u, c in shape.channels.items() if u not in (spec.source, spec.sink)]
+    entries = sum(
+        shape.channels[e.head] * shape.channels[e.tail] * math.prod(shape.kernels[e.name])
+        for e in spec.edges
+    )
+    budget = hidden_budget("morph_module", model, at, layer, inner, entries)
     check_method(method)
     make_activation(activation)
     check_flag(batch_norm, "batch_norm")
@@ -349,5 +356,12 @@ def morph_module(
         )
 
     return run_morph(
-        "morph_module", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol
+        "morph_module",
+        model,
+        (at,),
+        build,
+        probe=probe,
+        input_shape=input_shape,
+        tol=tol,
+        budget=budget,
     )

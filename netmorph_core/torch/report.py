@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .._memory import check_working_set
+from .arguments import check_input_memory, check_input_shape, check_probe, check_probe_memory
 from .errors import MorphError
 from .surgery import CONV_TYPES, LAYER_TYPES, check_model, count_parameters
 from .tracing import default_inputs
@@ -295,22 +296,17 @@ def resolve_probe(
     if probe is not None:
         if input_shape is not None:
             raise ValueError("give probe or input_shape, not both")
-        items = (probe,) if isinstance(probe, torch.Tensor) else probe
-        if not isinstance(items, (tuple, list)) or not all(
-            isinstance(t, torch.Tensor) for t in items
-        ):
-            raise TypeError(f"probe must be a tensor or a tuple of tensors, got {probe!r}")
+        items = check_probe(probe)
+        check_probe_memory(items, dtype.itemsize)
         given = "probe"
         inputs = tuple(
             t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in items
         )
     elif input_shape is not None:
-        if not isinstance(input_shape, Sequence) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_shape
-        ):
-            raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}")
+        shape = check_input_shape(input_shape)
+        check_input_memory([shape], dtype.itemsize, "input_shape", generated=True)
         given = "input_shape"
-        inputs = (torch.randn(tuple(input_shape), generator=gen).to(device, dtype),)
+        inputs = (torch.randn(shape, generator=gen).to(device, dtype),)
     else:
         return _infer_probe(model, gen, device, dtype)
     try:
@@ -456,14 +452,16 @@ def run_morph(
     input_shape: object = None,
     tol: float | str | None = "auto",
     layer_scope: bool = True,
+    budget: Callable[[Inputs], None] | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """Build the child on a deep copy of ``model`` with ``build``, measure it, check ``tol``
     (module docstring; MorphError when broken or, unless ``tol`` is None, when nothing can be
     measured) and report.
 
     ``layer_scope``: fall back to comparing the single target layer when no model input is
-    found. ``model``, the caller's torch RNG state and the returned child are not changed by
-    the measurement.
+    found. ``budget``: checks the memory of measuring the child on the model inputs found,
+    before the child is built (:mod:`.budget`). ``model``, the caller's torch RNG state and
+    the returned child are not changed by the measurement.
     """
     check_model(model)
     tol = check_tol(tol)
@@ -475,6 +473,8 @@ def run_morph(
     )
     with torch.random.fork_rng(devices=_devices(model)):
         resolved = resolve_probe(model, probe, input_shape)
+        if budget is not None and resolved is not None:
+            budget(resolved[0])
         start = time.perf_counter()
         child = copy.deepcopy(model)
         outcome = build(child)

@@ -27,6 +27,7 @@ from ..morph.subnet import chain_effective_size, check_layers
 from ..morph.subnet import morph_subnet as morph_subnet_filters
 from ..reference import pad_centered
 from .activation import make_activation
+from .budget import hidden_budget
 from .depth import (
     build_chain,
     check_flag,
@@ -111,6 +112,8 @@ def morph_subnet(
         if w is not None and w % groups:
             raise ValueError(f"layers[{p}]'s width ({w}) must be divisible by groups={groups}")
     check_new_entries(entries, layer.weight, f"morph_subnet at={at!r} with layers={layers!r}")
+    hidden = [int(w) for w, _ in list(layers)[:-1]]
+    budget = hidden_budget("morph_subnet", model, at, layer, hidden, entries)
     make_activation(activation)
     check_method(method)
     check_flag(batch_norm, "batch_norm")
@@ -123,7 +126,14 @@ def morph_subnet(
         return replace_with_chain(child, at, solve, activation=activation, batch_norm=batch_norm)
 
     return run_morph(
-        "morph_subnet", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol
+        "morph_subnet",
+        model,
+        (at,),
+        build,
+        probe=probe,
+        input_shape=input_shape,
+        tol=tol,
+        budget=budget,
     )
 
 
@@ -150,6 +160,8 @@ def morph_stacked(
         raise TypeError(f"branches must be a non-empty list of layer lists, got {branches!r}")
     entries = sum(_check_layers(layer, ls, f"branches[{i}]") for i, ls in enumerate(branches))
     check_new_entries(entries, layer.weight, f"morph_stacked at={at!r} with branches={branches!r}")
+    hidden = [int(w) for branch in branches for w, _ in list(branch)[:-1]]
+    budget = hidden_budget("morph_stacked", model, at, layer, hidden, entries)
     if split not in SPLIT_MODES:
         raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
     make_activation(activation)
@@ -185,5 +197,12 @@ def morph_stacked(
         )
 
     return run_morph(
-        "morph_stacked", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol
+        "morph_stacked",
+        model,
+        (at,),
+        build,
+        probe=probe,
+        input_shape=input_shape,
+        tol=tol,
+        budget=budget,
     )

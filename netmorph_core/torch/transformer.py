@@ -34,6 +34,8 @@ from torch import nn
 from .. import _validation as v
 from .._memory import check_working_set
 from .errors import MorphError
+from .kinds import advice
+from .kinds import describe as describe_kind
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .surgery import find_module, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
@@ -51,12 +53,12 @@ class _Editor:
     :class:`ParamSource` of each (``index``: per axis, child position → parent position, −1
     for a new entry) and how many new entries are non-zero."""
 
-    def __init__(self, child: nn.Module, seed: int | None) -> None:
+    def __init__(self, child: nn.Module, seed: int) -> None:
         self.child = child
         self.sources: dict[str, ParamSource] = {}
         self.new_nonzero = 0
         self.new_total = 0
-        self.gen = torch.Generator().manual_seed(0 if seed is None else seed)
+        self.gen = torch.Generator().manual_seed(seed)
 
     def get(self, name: str) -> torch.Tensor:
         return self.child.get_parameter(name).detach().to(torch.float64)
@@ -149,14 +151,12 @@ def _layers(layout: Layout, layers: object) -> tuple[int, ...]:
     n = len(layout.blocks)
     if layers is None:
         return tuple(range(n))
-    items = (layers,) if isinstance(layers, int) else layers
-    if (
-        isinstance(layers, bool)
-        or not isinstance(items, Sequence)
-        or not items
-        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in items)
-    ):
-        raise ValueError(f"layers must be block indices in [0, {n}), got {layers!r}")
+    listed = v.int_sequence(layers)
+    what = f"a block index in [0, {n}) or a list of them"
+    raw = [layers] if listed is None else listed
+    items = [v.as_int(i, "layers", what) for i in raw]
+    if not items or not all(0 <= i < n for i in items):
+        raise ValueError(f"layers must be block indices in [0, {n}), got {items}")
     if len(set(items)) != len(items):
         raise ValueError(f"layers names a block more than once: {list(items)}")
     return tuple(sorted(items))
@@ -250,7 +250,7 @@ def grow_ffn(
     method: str = "netmorph",
     probe: object = None,
     tol: float | None = None,
-    seed: int | None = None,
+    seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """The feed-forward hidden size of the blocks ``layers`` (default all) grows to ``width``.
 
@@ -271,6 +271,7 @@ def grow_ffn(
             f"width={width} must exceed the feed-forward hidden size {max(hidden.values())}"
         )
     _check_memory(model, width / min(hidden.values()), "grow_ffn")
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
 
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
@@ -430,7 +431,7 @@ def add_heads(
     method: str = "netmorph",
     probe: object = None,
     tol: float | None = None,
-    seed: int | None = None,
+    seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """The blocks ``layers`` get ``heads`` query heads (and ``kv_heads`` key/value heads) of
     the same head_dim; RoPE and the 1/√head_dim scale are unchanged.
@@ -480,6 +481,7 @@ def add_heads(
             f"(grow d_model to {heads * ref.head_dim} first)"
         )
     _check_memory(model, heads / ref.heads, "add_heads")
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
 
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
@@ -618,7 +620,7 @@ def grow_width(
     noise: float = 0.01,
     probe: object = None,
     tol: float | None = None,
-    seed: int | None = None,
+    seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """The residual stream grows from d to ``d_model`` = k·d + r (any width above d).
 
@@ -637,8 +639,7 @@ def grow_width(
     d_model = v.positive_int(d_model, "d_model")
     if d_model <= d:
         raise ValueError(f"d_model={d_model} must exceed the current width {d}")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
-        raise ValueError(f"noise must be a non-negative real number, got {noise!r}")
+    noise = v.real_number(noise, "noise", low=0.0)
     copies, extra = divmod(d_model, d)
     fam = layout.family
     if fam.post_ln and extra:
@@ -664,6 +665,7 @@ def grow_width(
     }
     ratio = copies * d / d_model
     _check_memory(model, 2.0 * d_model / d, "grow_width")
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
 
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
@@ -787,7 +789,7 @@ def add_block(
     method: str = "netmorph",
     probe: object = None,
     tol: float | None = None,
-    seed: int | None = None,
+    seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """A new block inserted before block ``at`` (``at`` = number of blocks: at the end).
 
@@ -800,8 +802,9 @@ def add_block(
     layout = describe(model)
     method = _method(method)
     n = len(layout.blocks)
-    if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= n:
-        raise ValueError(f"at must be a block index in [0, {n}], got {at!r}")
+    at = v.as_int(at, "at", f"a block index in [0, {n}]")
+    if not 0 <= at <= n:
+        raise ValueError(f"at must be a block index in [0, {n}], got {at}")
     if layout.family.post_ln:
         raise MorphError(
             f"at={at}: {layout.family.name} normalises after the residual sum (post-LN); a new "
@@ -810,6 +813,7 @@ def add_block(
     template = layout.blocks[min(at, n - 1)]
     template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
     _check_memory(model, 1.0 / n, "add_block")
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     prefix = layout.blocks_path
 
     def build(child: nn.Module) -> Outcome:
@@ -860,21 +864,22 @@ def deepen_projection(
     width: int | None = None,
     probe: object = None,
     tol: float | None = None,
-    seed: int | None = None,
+    seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """The Linear or Conv1D projection ``at`` (out × in matrix W) becomes
     Sequential(Linear(in, width, no bias), Linear(width, out)) with A = s·Q (Q: width × in,
     orthonormal columns, random) and B = W·Qᵀ/s, so B·A = W; s balances ‖A‖ and ‖B‖. Both
     factors are dense. ``width`` ≥ in (default in)."""
     layer = find_module(model, at)
-    if not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
-        raise TypeError(f"at={at!r} is {type(layer).__name__}; expected Linear or Conv1D")
+    if not (isinstance(layer, nn.Linear) or is_conv1d(layer)) or advice(layer):
+        raise TypeError(f"at={at!r} is {describe_kind(layer)}; expected Linear or Conv1D")
     w0 = as_matrix(layer)
     out_f, in_f = w0.shape
     width = in_f if width is None else v.positive_int(width, "width")
     if width < in_f:
         raise ValueError(f"width={width} must be at least the layer's {in_f} inputs")
     check_working_set(8.0 * (width * (in_f + out_f) + out_f * in_f) * 3, "deepen_projection")
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     try:
         layout = describe(model)
     except MorphError:
@@ -883,7 +888,7 @@ def deepen_projection(
     def build(child: nn.Module) -> Outcome:
         old = child.get_submodule(at)
         w = as_matrix(old).detach().to(torch.float64)
-        gen = torch.Generator().manual_seed(0 if seed is None else seed)
+        gen = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(width, in_f, generator=gen, dtype=torch.float64))
         q = q.to(w.device)
         s = math.sqrt(max(float(w.norm()), 1e-30) / math.sqrt(in_f))

@@ -40,6 +40,7 @@ from torch import nn
 
 from .. import _validation as v
 from ..morph.width import as_generator, noise_scale
+from .budget import hidden_budget
 from .consumers import FLAT, Use, WidthPlan, depthwise_outputs, plan_widening
 from .errors import MorphError
 from .exported_consumers import plan_exported_widening
@@ -311,6 +312,9 @@ def widen(
     check_editable(model, [_module_of(use) for use in plan.uses])
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
     side, why = _choose_side(zero_side, plan, model, width - channels)
+    # the widened output itself, one float64 tensor of it (its consumers' weights are bounded
+    # by check_widen_memory)
+    budget = hidden_budget("widen", model, names[0], layers[0], [width], 0, copies=1)
 
     def build(child: nn.Module) -> Outcome:
         outcome = _apply(child, plan, src, side, rng)
@@ -336,4 +340,5 @@ def widen(
         input_shape=input_shape,
         tol=tol,
         layer_scope=False,
+        budget=budget,
     )
