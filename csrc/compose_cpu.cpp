@@ -5,6 +5,7 @@
 
 #include "blas.h"
 #include "planes.h"
+#include "threads.h"
 #include "workspace.h"
 
 namespace netmorph {
@@ -89,7 +90,7 @@ bool use_openmp(const Plan& plan, int64_t m, int64_t n, int64_t k, int64_t plane
 // out = plan applied to the operands a and b (out has out_rows x out_cols channel pairs).
 template <typename T>
 void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_t out_rows,
-              int64_t out_cols, T* out) {
+              int64_t out_cols, int threads, T* out) {
   const int64_t na = a.size();
   const int64_t nb = b.size();
   const int64_t nc = out_rows * out_cols;
@@ -97,7 +98,8 @@ void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_
   const int64_t pb_n = plan.transform_b.rows;
   const int64_t pc_n = static_cast<int64_t>(plan.terms.size());
   const int64_t k = plan.trans_a ? a.rows : a.cols;
-  const bool openmp = use_openmp(plan, out_rows, out_cols, k, pc_n);
+  const bool openmp = threads > 1 && use_openmp(plan, out_rows, out_cols, k, pc_n);
+  const CallThreads scope(threads, openmp);
 
   int64_t chunk = pc_n;
   if (plan.pointwise) {
@@ -137,37 +139,39 @@ void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_
 
 template <typename T>
 void compose_cpu(const T* f2, const T* f1, int64_t c2, int64_t c1, int64_t c0, const Dims3& k2,
-                 const Dims3& k1, Method method, T* g) {
+                 const Dims3& k1, Method method, int threads, T* g) {
   if (k2.size() == 1) {
     // A 1-tap outer factor: G (c2 x c0|K1|) = F2 (c2 x c1) · F1 (c1 x c0|K1|).
+    const BlasThreads scope(threads);
     const int64_t n = c0 * k1.size();
     gemm<T>(false, false, c2, n, c1, T(1), f2, c1, f1, n, T(0), g, n);
     return;
   }
   const Plan& plan = get_plan(Operation::compose, method, k2, k1);
-  run_plan<T>(plan, Operand<T>{f2, c2, c1}, Operand<T>{f1, c1, c0}, c2, c0, g);
+  run_plan<T>(plan, Operand<T>{f2, c2, c1}, Operand<T>{f1, c1, c0}, c2, c0, threads, g);
 }
 
 template <typename T>
 void correlate_outer_cpu(const T* f2, const T* y, int64_t c2, int64_t c1, int64_t c0,
-                         const Dims3& k2, const Dims3& k1, Method method, T* x) {
+                         const Dims3& k2, const Dims3& k1, Method method, int threads, T* x) {
   if (k2.size() == 1) {
     // X (c1 x c0|k1|) = F2^T (c1 x c2) · Y (c2 x c0|k1|).
+    const BlasThreads scope(threads);
     const int64_t n = c0 * k1.size();
     gemm<T>(true, false, c1, n, c2, T(1), f2, c1, y, n, T(0), x, n);
     return;
   }
   const Plan& plan = get_plan(Operation::correlate, method, k2, k1);
-  run_plan<T>(plan, Operand<T>{f2, c2, c1}, Operand<T>{y, c2, c0}, c1, c0, x);
+  run_plan<T>(plan, Operand<T>{f2, c2, c1}, Operand<T>{y, c2, c0}, c1, c0, threads, x);
 }
 
 template void compose_cpu<float>(const float*, const float*, int64_t, int64_t, int64_t,
-                                 const Dims3&, const Dims3&, Method, float*);
+                                 const Dims3&, const Dims3&, Method, int, float*);
 template void compose_cpu<double>(const double*, const double*, int64_t, int64_t, int64_t,
-                                  const Dims3&, const Dims3&, Method, double*);
+                                  const Dims3&, const Dims3&, Method, int, double*);
 template void correlate_outer_cpu<float>(const float*, const float*, int64_t, int64_t, int64_t,
-                                         const Dims3&, const Dims3&, Method, float*);
+                                         const Dims3&, const Dims3&, Method, int, float*);
 template void correlate_outer_cpu<double>(const double*, const double*, int64_t, int64_t, int64_t,
-                                          const Dims3&, const Dims3&, Method, double*);
+                                          const Dims3&, const Dims3&, Method, int, double*);
 
 }  // namespace netmorph
