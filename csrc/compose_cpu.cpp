@@ -23,6 +23,43 @@ struct Operand {
   int64_t size() const { return rows * cols; }
 };
 
+// Pieces per thread a split product is cut into: a thread slowed down by another process
+// takes fewer of them instead of holding up the others (dynamic schedule).
+constexpr int64_t kPiecesPerThread = 4;
+// Fewest rows or columns of one piece: narrower pieces run the BLAS below its rate.
+constexpr int64_t kMinPiece = 64;
+
+// Size of each of the pieces `extent` is cut into for `threads` threads.
+int64_t piece(int64_t extent, int threads) {
+  const int64_t pieces = kPiecesPerThread * threads;
+  return std::max(kMinPiece, (extent + pieces - 1) / pieces);
+}
+
+// C (m x n) = A (m x k) · B (k x n), row-major and contiguous; with `openmp`, row pieces on
+// the OpenMP threads (the BLAS runs on one thread meanwhile, threads.h).
+template <typename T>
+void gemm_rows(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, bool openmp) {
+  const int64_t step = openmp ? piece(m, omp_threads()) : m;
+#pragma omp parallel for schedule(dynamic) if (openmp && m > step)
+  for (int64_t r0 = 0; r0 < m; r0 += step)
+    gemm<T>(false, false, std::min(step, m - r0), n, k, T(1), a + r0 * k, k, b, n, T(0),
+            c + r0 * n, n);
+}
+
+// C (m x n) = op(A) · B with op(A) m x k (A stored k x m when trans_a), B (k x n), row-major
+// and contiguous; with threads > 1, column pieces on the OpenMP threads.
+template <typename T>
+void gemm_cols(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c,
+               int threads) {
+  const CallThreads scope(threads);
+  const int64_t step = threads > 1 ? piece(n, threads) : n;
+  const int64_t lda = trans_a ? m : k;
+#pragma omp parallel for schedule(dynamic) if (threads > 1 && n > step)
+  for (int64_t j0 = 0; j0 < n; j0 += step)
+    gemm<T>(trans_a, false, m, std::min(step, n - j0), k, T(1), a, lda, b + j0, n, T(0), c + j0,
+            n);
+}
+
 // Whether every plane c in [c0, c1) is A_c · B_j for one shared j (direct, 1-tap inner factor).
 bool stacks(const Plan& plan, int64_t c0, int64_t c1) {
   if (plan.trans_a || c1 - c0 < 2) return false;
@@ -54,8 +91,9 @@ void products(const Plan& plan, const T* pa, int64_t a_base, const T* pb, int64_
   const int64_t k = ta ? a.rows : a.cols;
   const int64_t n = b.cols;
   if (stacks(plan, c0, c1)) {
-    gemm<T>(false, false, (c1 - c0) * m, n, k, T(1), pa + (c0 - a_base) * a.size(), k,
-            pb + (plan.terms[c0][0].b - b_base) * b.size(), n, T(0), pc, n);
+    // One product over the stacked planes, its rows split into pieces over the threads.
+    gemm_rows<T>((c1 - c0) * m, n, k, pa + (c0 - a_base) * a.size(),
+                 pb + (plan.terms[c0][0].b - b_base) * b.size(), pc, openmp);
     return;
   }
   auto plane = [&](int64_t c) {
@@ -76,17 +114,6 @@ void products(const Plan& plan, const T* pa, int64_t a_base, const T* pb, int64_
   for (int64_t c = c0; c < c1; ++c) plane(c);
 }
 
-// Whether a plan's products are small enough to run it in the OpenMP regime (planes.h).
-bool use_openmp(const Plan& plan, int64_t m, int64_t n, int64_t k, int64_t planes) {
-  if (stacks(plan, 0, planes)) return gemm_is_small(m * planes, n, k);
-  size_t longest = 1;
-  if (plan.trans_a)
-    for (const auto& terms : plan.terms)
-      for (size_t i = 0; i < terms.size(); i += run_length(terms, i))
-        longest = std::max(longest, run_length(terms, i));
-  return gemm_is_small(m, n, k * int64_t(longest));
-}
-
 // out = plan applied to the operands a and b (out has out_rows x out_cols channel pairs).
 template <typename T>
 void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_t out_rows,
@@ -97,9 +124,8 @@ void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_
   const int64_t pa_n = plan.transform_a.rows;
   const int64_t pb_n = plan.transform_b.rows;
   const int64_t pc_n = static_cast<int64_t>(plan.terms.size());
-  const int64_t k = plan.trans_a ? a.rows : a.cols;
-  const bool openmp = threads > 1 && use_openmp(plan, out_rows, out_cols, k, pc_n);
-  const CallThreads scope(threads, openmp);
+  const bool openmp = threads > 1;
+  const CallThreads scope(threads);
 
   int64_t chunk = pc_n;
   if (plan.pointwise) {
@@ -142,9 +168,7 @@ void compose_cpu(const T* f2, const T* f1, int64_t c2, int64_t c1, int64_t c0, c
                  const Dims3& k1, Method method, int threads, T* g) {
   if (k2.size() == 1) {
     // A 1-tap outer factor: G (c2 x c0|K1|) = F2 (c2 x c1) · F1 (c1 x c0|K1|).
-    const BlasThreads scope(threads);
-    const int64_t n = c0 * k1.size();
-    gemm<T>(false, false, c2, n, c1, T(1), f2, c1, f1, n, T(0), g, n);
+    gemm_cols<T>(false, c2, c0 * k1.size(), c1, f2, f1, g, threads);
     return;
   }
   const Plan& plan = get_plan(Operation::compose, method, k2, k1);
@@ -156,9 +180,7 @@ void correlate_outer_cpu(const T* f2, const T* y, int64_t c2, int64_t c1, int64_
                          const Dims3& k2, const Dims3& k1, Method method, int threads, T* x) {
   if (k2.size() == 1) {
     // X (c1 x c0|k1|) = F2^T (c1 x c2) · Y (c2 x c0|k1|).
-    const BlasThreads scope(threads);
-    const int64_t n = c0 * k1.size();
-    gemm<T>(true, false, c1, n, c2, T(1), f2, c1, y, n, T(0), x, n);
+    gemm_cols<T>(true, c1, c0 * k1.size(), c2, f2, y, x, threads);
     return;
   }
   const Plan& plan = get_plan(Operation::correlate, method, k2, k1);

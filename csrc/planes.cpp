@@ -3,16 +3,20 @@
 #include <algorithm>
 
 #include "blas.h"
+#include "threads.h"
 
 namespace netmorph {
 namespace {
 
 constexpr int64_t kBlock = 32;            // transpose tile edge
 constexpr int64_t kParallelWork = 32768;  // elements below which threads cost more than they save
+constexpr int64_t kPiecesPerThread = 4;   // row pieces per thread of a tap map (dynamic schedule)
+constexpr int64_t kMinRows = 256;         // fewest channel rows of one piece
 
-// Rows per BLAS call that keep an m x rows x k (or rows x m x k) product single-threaded.
-int64_t serial_rows(int64_t m, int64_t k) {
-  return std::max<int64_t>(1, static_cast<int64_t>(kSerialGemmWork / double(m * k)));
+// Channel rows per piece of a tap map: a few pieces per OpenMP thread.
+int64_t piece_rows(int64_t rows) {
+  const int64_t pieces = kPiecesPerThread * omp_threads();
+  return std::max(kMinRows, (rows + pieces - 1) / pieces);
 }
 
 }  // namespace
@@ -23,7 +27,7 @@ void transpose(const T* src, int64_t batch, int64_t rows, int64_t cols, int64_t 
   const int64_t rb = (rows + kBlock - 1) / kBlock;
   const int64_t cb = (cols + kBlock - 1) / kBlock;
   const bool parallel = openmp && batch * rows * cols > kParallelWork;
-#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+#pragma omp parallel for collapse(2) schedule(dynamic, 16) if (parallel)
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t blk = 0; blk < rb * cb; ++blk) {
       const int64_t r0 = (blk / cb) * kBlock;
@@ -53,8 +57,8 @@ void to_planes(const T* x, int64_t rows, const Matrix& e, int64_t p0, int64_t p1
   }
   // planes (np x rows) = E[p0:p1, :] · X^T with X = x as rows x taps.
   const T* em = e.data<T>() + p0 * taps;
-  const int64_t step = openmp ? serial_rows(np, taps) : rows;
-#pragma omp parallel for schedule(static) if (openmp && rows > step)
+  const int64_t step = openmp ? piece_rows(rows) : rows;
+#pragma omp parallel for schedule(dynamic) if (openmp && rows > step)
   for (int64_t r0 = 0; r0 < rows; r0 += step)
     gemm<T>(false, true, np, std::min(step, rows - r0), taps, T(1), em, taps, x + r0 * taps, taps,
             T(0), planes + r0, rows);
@@ -71,8 +75,8 @@ void from_planes(const T* planes, int64_t rows, const Matrix& e, int64_t p0, int
   }
   // out (rows x taps) = planes^T · E[:, p0:p1]^T.
   const T* em = e.data<T>() + p0;
-  const int64_t step = openmp ? serial_rows(taps, np) : rows;
-#pragma omp parallel for schedule(static) if (openmp && rows > step)
+  const int64_t step = openmp ? piece_rows(rows) : rows;
+#pragma omp parallel for schedule(dynamic) if (openmp && rows > step)
   for (int64_t r0 = 0; r0 < rows; r0 += step)
     gemm<T>(true, true, std::min(step, rows - r0), taps, np, T(1), planes + r0, rows, em, e.cols,
             accumulate ? T(1) : T(0), out + r0 * taps, taps);

@@ -3,11 +3,11 @@
 // A general map is a BLAS GEMM (the maps are tiny, the channel rows many), an identity map a
 // blocked transpose.
 //
-// Threading: with `openmp` true the rows are split over OpenMP threads and each BLAS call is
-// kept small enough to run on its thread alone; with `openmp` false everything runs on the
-// calling thread except the BLAS, which uses its own threads. A caller uses one regime for a
-// whole operation: OpenMP threads spin for a while after a parallel region and would compete
-// with the BLAS threads for the cores.
+// Threading: with `openmp` true the rows are split into pieces handed out to the OpenMP
+// threads one at a time (threads.h; the caller keeps the BLAS single-threaded meanwhile); with
+// `openmp` false everything runs on the calling thread except the BLAS, which may use its own
+// threads. A caller uses one regime for a whole operation: OpenMP threads spin for a while
+// after a parallel region and would compete with the BLAS threads for the cores.
 #pragma once
 
 #include <cstdint>

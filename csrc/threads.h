@@ -1,10 +1,10 @@
-// The thread counts of one kernel call.
+// The threads of one kernel call.
 //
-// A call runs in one of two regimes (planes.h): OpenMP threads each running small products on
-// their own, or large products on the BLAS's threads with everything else on the calling
-// thread. CallThreads gives the chosen regime `threads` threads and the other one a single
-// thread, for its scope: OpenMP's count is the calling thread's own setting (restored on
-// exit), the BLAS's is the library's global one (BlasThreads, blas.h).
+// Work is split into independent pieces (products, row or column blocks of a product, rows of
+// a tap map) handed out to OpenMP threads one at a time (dynamic schedule), and the BLAS runs
+// every piece on the thread that called it. A thread that another process slows down then
+// simply takes fewer pieces; a BLAS that splits each product evenly over its own threads
+// instead waits for the slowest one at every product, and its waiting threads spin.
 #pragma once
 
 #ifdef _OPENMP
@@ -15,12 +15,24 @@
 
 namespace netmorph {
 
+// OpenMP threads a parallel region started now on the calling thread gets (1 without OpenMP).
+inline int omp_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// For its scope: `threads` OpenMP threads for the calling thread's parallel regions (its own
+// setting, restored on exit) and a single-threaded BLAS (BlasThreads, blas.h).
 class CallThreads {
  public:
-  CallThreads(int threads, bool openmp)
-      : blas_(openmp ? 1 : threads), previous_(max_openmp_threads()) {
+  explicit CallThreads(int threads) : blas_(1), previous_(omp_threads()) {
 #ifdef _OPENMP
-    omp_set_num_threads(openmp ? threads : 1);
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
 #endif
   }
   ~CallThreads() {
@@ -30,14 +42,6 @@ class CallThreads {
   }
   CallThreads(const CallThreads&) = delete;
   CallThreads& operator=(const CallThreads&) = delete;
-
-  static int max_openmp_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-  }
 
  private:
   BlasThreads blas_;
