@@ -17,19 +17,20 @@ filters (and linear layers) all run natively.
 direct, computed from the algorithm's matrices) fits the dtype's budget, then takes the
 cheapest by a cost model of GEMM flops, per-call overhead and transform work.
 
-Threads: one call runs either on OpenMP threads (products small enough that the BLAS keeps
-each on its calling thread: one product per thread) or on the BLAS's own threads (large
-products, everything else on the calling thread), never both: idle OpenMP threads spin for a
-while and would take cores from the BLAS threads. How many (:func:`threads_for`): the
-``threads=`` argument, else ``$NETMORPH_NUM_THREADS``, else one thread for work below
-:data:`MIN_PARALLEL_WORK` multiply-adds and otherwise the cores this process may use
-(``os.sched_getaffinity``) less those other runnable tasks hold (``/proc/loadavg``), at most
-the OpenMP and BLAS thread counts set at start-up (``OMP_NUM_THREADS``,
-``OPENBLAS_NUM_THREADS``). A core held by another process thus makes a call single-threaded
-instead of splitting it evenly over a free and a shared core, where the half on the shared
-core runs at half speed and the other thread waits. The kernels release the GIL and keep their
-scratch memory per calling thread between calls (the largest any call on that thread needed;
-fresh pages cost as much as the transforms); ``_native.release_workspace()`` frees it.
+Threads (``compose`` and ``correlate_outer``): with more than one, the work is cut into
+independent pieces (channel products, row or column blocks of the one product of a 1-tap
+composition, row blocks of the tap maps) handed to OpenMP threads one at a time, while the BLAS
+runs each piece on the thread that called it (``csrc/threads.h``): a thread that another
+process slows down takes fewer pieces instead of holding up the others at every product. How
+many (:func:`threads_for`): the ``threads=`` argument, else ``$NETMORPH_NUM_THREADS``, else one
+thread for work below :data:`MIN_PARALLEL_WORK` multiply-adds and otherwise the cores this
+process may use (``os.sched_getaffinity``, at most the OpenMP and BLAS thread counts set at
+start-up: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``) less those other runnable tasks hold
+(``/proc/loadavg``). The BLAS's thread count is the library's global setting: a call sets it
+to 1 for its duration and restores it. The Grams run either on OpenMP threads (small products)
+or on the BLAS's own threads, never both. The kernels release the GIL and keep their scratch
+memory per calling thread between calls (the largest any call on that thread needed; fresh
+pages cost as much as the transforms); ``_native.release_workspace()`` frees it.
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ _MISSING = (
 #: measured float32 errors of direct stay below 4e-7 up to C = 512, and the bound is 5e-6.
 _MAX_AMPLIFICATION = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 300.0}
 #: Cost model in flop-equivalents, fitted to timings: the overhead of one GEMM call, of one
-#: element moved by a transpose, and of one multiply-add of a tap map. When the channel
-#: products are small enough to run one per OpenMP thread (m·n·k ≤ 2^18, see csrc/planes.h),
-#: the tap maps run as many small BLAS calls and cost _SMALL_MAP_FACTOR times more.
+#: element moved by a transpose, and of one multiply-add of a tap map. Beside small channel
+#: products (m·n·k ≤ 2^18) the tap maps cost _SMALL_MAP_FACTOR times more per multiply-add.
 _CALL_COST = 5.0e3
 _MOVE_COST = 10.0
 _MAP_COST = 2.0
@@ -71,8 +71,8 @@ ENV_THREADS = "NETMORPH_NUM_THREADS"
 MIN_PARALLEL_WORK = 2.0**24
 #: The most threads a call accepts.
 MAX_THREADS = 1024
-#: Seconds the BLAS's worker threads stay runnable (spinning) after a product that used them:
-#: they hold no core another call could be refused for.
+#: Seconds this process's idle OpenMP workers may stay runnable (spinning) after a
+#: multi-threaded call: they hold no core a later call should be refused.
 _SPIN_SECONDS = 0.2
 #: (time, threads) of this process's last multi-threaded call.
 _last_parallel = [-math.inf, 1]
@@ -106,7 +106,8 @@ def _start_up_threads() -> int:
 
 def _busy_cores() -> int:
     """Runnable tasks besides the caller, from /proc/loadavg's running count (0 where it
-    cannot be read), less this process's BLAS workers still spinning after its last call."""
+    cannot be read), less this process's OpenMP workers that may still spin after its last
+    multi-threaded call."""
     try:
         with open("/proc/loadavg", "rb") as f:
             running = int(f.read().split()[3].split(b"/")[0])
