@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 
 #include <climits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -21,6 +22,10 @@ sgemm_t g_sgemm = nullptr;
 dgemm_t g_dgemm = nullptr;
 set_threads_t g_set_threads = nullptr;
 get_threads_t g_get_threads = nullptr;
+// SerialBlas scopes alive in the process, and the BLAS's thread count from before the first.
+std::mutex g_serial_mutex;
+int g_serial_scopes = 0;
+int g_threads_outside = 0;
 
 // OpenBLAS's thread controls in the shared library that defines `symbol`, if it has them.
 void find_thread_controls(void* symbol) {
@@ -82,15 +87,25 @@ void set_blas(void* sgemm, void* dgemm) {
   find_thread_controls(sgemm);
 }
 
-int blas_threads() { return g_get_threads != nullptr ? g_get_threads() : 0; }
-
-BlasThreads::BlasThreads(int threads) : previous_(blas_threads()) {
-  if (g_set_threads != nullptr && threads >= 1 && threads != previous_) g_set_threads(threads);
+int blas_threads() {
+  if (g_get_threads == nullptr) return 0;
+  const std::lock_guard<std::mutex> lock(g_serial_mutex);
+  return g_serial_scopes > 0 ? g_threads_outside : g_get_threads();
 }
 
-BlasThreads::~BlasThreads() {
-  if (g_set_threads != nullptr && previous_ >= 1 && blas_threads() != previous_)
-    g_set_threads(previous_);
+SerialBlas::SerialBlas() {
+  if (g_set_threads == nullptr) return;
+  const std::lock_guard<std::mutex> lock(g_serial_mutex);
+  if (g_serial_scopes++ == 0) {
+    g_threads_outside = g_get_threads();
+    if (g_threads_outside != 1) g_set_threads(1);
+  }
+}
+
+SerialBlas::~SerialBlas() {
+  if (g_set_threads == nullptr) return;
+  const std::lock_guard<std::mutex> lock(g_serial_mutex);
+  if (--g_serial_scopes == 0 && g_threads_outside != 1) g_set_threads(g_threads_outside);
 }
 
 bool blas_ready() { return g_sgemm != nullptr && g_dgemm != nullptr; }

@@ -25,21 +25,20 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
           int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
 
-// Threads the BLAS runs its products on; 0 when its library has no OpenBLAS thread controls.
+// Threads the BLAS runs its products on outside SerialBlas scopes; 0 when its library has no
+// OpenBLAS thread controls.
 int blas_threads();
 
-// Sets the BLAS's thread count for one scope (no effect without thread controls) and restores
-// the previous count on exit. The count is the library's global setting: products that other
-// threads of the process run meanwhile use it too.
-class BlasThreads {
+// While any SerialBlas scope of the process is alive, the BLAS runs every product on its
+// calling thread (no effect without thread controls); the count from before the first scope is
+// restored when the last one ends. The count is the library's global setting: products other
+// threads of the process run meanwhile are single-threaded too.
+class SerialBlas {
  public:
-  explicit BlasThreads(int threads);
-  ~BlasThreads();
-  BlasThreads(const BlasThreads&) = delete;
-  BlasThreads& operator=(const BlasThreads&) = delete;
-
- private:
-  int previous_;
+  SerialBlas();
+  ~SerialBlas();
+  SerialBlas(const SerialBlas&) = delete;
+  SerialBlas& operator=(const SerialBlas&) = delete;
 };
 
 // Largest m * n * k that OpenBLAS runs on the calling thread (4 * 65536): products up to this

@@ -25,10 +25,10 @@ inline int omp_threads() {
 }
 
 // For its scope: `threads` OpenMP threads for the calling thread's parallel regions (its own
-// setting, restored on exit) and a single-threaded BLAS (BlasThreads, blas.h).
+// setting, restored on exit) and a single-threaded BLAS (SerialBlas, blas.h).
 class CallThreads {
  public:
-  explicit CallThreads(int threads) : blas_(1), previous_(omp_threads()) {
+  explicit CallThreads(int threads) : previous_(omp_threads()) {
 #ifdef _OPENMP
     omp_set_num_threads(threads);
 #else
@@ -44,7 +44,7 @@ class CallThreads {
   CallThreads& operator=(const CallThreads&) = delete;
 
  private:
-  BlasThreads blas_;
+  SerialBlas serial_;
   int previous_;
 };
 

@@ -192,7 +192,9 @@ def test_workspace_reuse_across_sizes(rng):
 
 
 def test_concurrent_calls_from_threads(rng):
-    """The kernels release the GIL and keep per-thread scratch memory."""
+    """The kernels release the GIL and keep per-thread scratch memory; overlapping calls leave
+    the BLAS's thread count as it was."""
+    blas = native._extension().blas_threads()
     pairs = [
         (rng.standard_normal((6, 5, 3, 3)), rng.standard_normal((5, 7, 3, 3))) for _ in range(4)
     ]
@@ -201,7 +203,7 @@ def test_concurrent_calls_from_threads(rng):
 
     def work(i):
         for _ in range(20):
-            results[i] = native.compose(*pairs[i], method="toom")
+            results[i] = native.compose(*pairs[i], method="toom", threads=1 + i % 2)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
     for t in threads:
@@ -210,6 +212,7 @@ def test_concurrent_calls_from_threads(rng):
         t.join()
     for got, want in zip(results, expected):
         assert rel_err(got, want) <= RTOL[np.dtype(np.float64)]
+    assert native._extension().blas_threads() == blas
 
 
 def test_bad_inputs_raise_typed_errors(rng):

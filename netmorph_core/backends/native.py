@@ -26,11 +26,12 @@ many (:func:`threads_for`): the ``threads=`` argument, else ``$NETMORPH_NUM_THRE
 thread for work below :data:`MIN_PARALLEL_WORK` multiply-adds and otherwise the cores this
 process may use (``os.sched_getaffinity``, at most the OpenMP and BLAS thread counts set at
 start-up: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``) less those other runnable tasks hold
-(``/proc/loadavg``). The BLAS's thread count is the library's global setting: a call sets it
-to 1 for its duration and restores it. The Grams run either on OpenMP threads (small products)
-or on the BLAS's own threads, never both. The kernels release the GIL and keep their scratch
-memory per calling thread between calls (the largest any call on that thread needed; fresh
-pages cost as much as the transforms); ``_native.release_workspace()`` frees it.
+(``/proc/loadavg``). The BLAS's thread count is the library's global setting: it is 1 while
+any such call runs and restored when the last one ends. The Grams run either on OpenMP threads
+(small products) or on the BLAS's own threads, never both. The kernels release the GIL and
+keep their scratch memory per calling thread between calls (the largest any call on that
+thread needed; fresh pages cost as much as the transforms); ``_native.release_workspace()``
+frees it.
 """
 
 from __future__ import annotations
