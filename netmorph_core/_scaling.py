@@ -64,7 +64,8 @@ def times_power_of_two(x: Any, e: int, *, inplace: bool = False) -> Any:
     2^e is split into representable factors when it is not one; when scaling down, the
     smaller factor goes first, so an intermediate result is below the normal range only if
     the final one rounds to zero either way. ``inplace`` overwrites ``x`` (an array the caller
-    owns)."""
+    owns); otherwise a new C-contiguous array is returned (a kernel needs no second copy),
+    or ``x`` itself when e = 0."""
     xp = namespace(x)
     info = np.finfo(x.dtype)
     lowest = int(info.minexp) - int(info.nmant)  # 2^lowest: the smallest subnormal number
@@ -78,10 +79,12 @@ def times_power_of_two(x: Any, e: int, *, inplace: bool = False) -> Any:
         e -= lowest
     if e:
         steps.insert(0, e)
-    out = x if inplace else None
-    for step in steps:
-        x = xp.multiply(x, x.dtype.type(2.0**step), out=out)
-        out = x
+    if not steps:
+        return x
+    out = x if inplace else xp.empty(x.shape, dtype=x.dtype)  # C order
+    x = xp.multiply(x, x.dtype.type(2.0 ** steps[0]), out=out)
+    for step in steps[1:]:
+        xp.multiply(x, x.dtype.type(2.0**step), out=x)
     return x
 
 

@@ -39,6 +39,9 @@ def test_times_power_of_two_rounds_as_ldexp(dtype, rng):
     y = x.copy()
     out = s.times_power_of_two(y, -3, inplace=True)
     assert out is y and np.array_equal(y, np.ldexp(x, -3))
+    strided = x.reshape(40, 100).T[::2]
+    out = s.times_power_of_two(strided, 5)
+    assert out.flags.c_contiguous and np.array_equal(out, np.ldexp(strided, 5))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
