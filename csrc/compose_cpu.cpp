@@ -24,7 +24,7 @@ struct Operand {
 };
 
 // Pieces per thread a split product is cut into: a thread slowed down by another process
-// takes fewer of them instead of holding up the others (dynamic schedule).
+// takes fewer of them instead of holding up the others.
 constexpr int64_t kPiecesPerThread = 4;
 // Fewest rows or columns of one piece: narrower pieces run the BLAS below its rate.
 constexpr int64_t kMinPiece = 64;
@@ -35,29 +35,31 @@ int64_t piece(int64_t extent, int threads) {
   return std::max(kMinPiece, (extent + pieces - 1) / pieces);
 }
 
-// C (m x n) = A (m x k) · B (k x n), row-major and contiguous; with `openmp`, row pieces on
-// the OpenMP threads (the BLAS runs on one thread meanwhile, threads.h).
+// C (m x n) = A (m x k) · B (k x n), row-major and contiguous, in row pieces on `threads`
+// threads (threads.h).
 template <typename T>
-void gemm_rows(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, bool openmp) {
-  const int64_t step = openmp ? piece(m, omp_threads()) : m;
-#pragma omp parallel for schedule(dynamic) if (openmp && m > step)
-  for (int64_t r0 = 0; r0 < m; r0 += step)
+void gemm_rows(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, int threads) {
+  const int64_t step = threads > 1 ? piece(m, threads) : m;
+  parallel_for((m + step - 1) / step, threads, [&](int64_t i) {
+    const int64_t r0 = i * step;
     gemm<T>(false, false, std::min(step, m - r0), n, k, T(1), a + r0 * k, k, b, n, T(0),
             c + r0 * n, n);
+  });
 }
 
 // C (m x n) = op(A) · B with op(A) m x k (A stored k x m when trans_a), B (k x n), row-major
-// and contiguous; with threads > 1, column pieces on the OpenMP threads.
+// and contiguous, in column pieces on `threads` threads.
 template <typename T>
 void gemm_cols(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c,
                int threads) {
-  const CallThreads scope(threads);
+  const SerialBlas serial;
   const int64_t step = threads > 1 ? piece(n, threads) : n;
   const int64_t lda = trans_a ? m : k;
-#pragma omp parallel for schedule(dynamic) if (threads > 1 && n > step)
-  for (int64_t j0 = 0; j0 < n; j0 += step)
+  parallel_for((n + step - 1) / step, threads, [&](int64_t i) {
+    const int64_t j0 = i * step;
     gemm<T>(trans_a, false, m, std::min(step, n - j0), k, T(1), a, lda, b + j0, n, T(0), c + j0,
             n);
+  });
 }
 
 // Whether every plane c in [c0, c1) is A_c · B_j for one shared j (direct, 1-tap inner factor).
@@ -85,7 +87,7 @@ size_t run_length(const std::vector<Term>& terms, size_t i) {
 template <typename T>
 void products(const Plan& plan, const T* pa, int64_t a_base, const T* pb, int64_t b_base,
               const Operand<T>& a, const Operand<T>& b, int64_t c0, int64_t c1, T* pc,
-              bool openmp) {
+              int threads) {
   const bool ta = plan.trans_a;
   const int64_t m = ta ? a.cols : a.rows;
   const int64_t k = ta ? a.rows : a.cols;
@@ -93,7 +95,7 @@ void products(const Plan& plan, const T* pa, int64_t a_base, const T* pb, int64_
   if (stacks(plan, c0, c1)) {
     // One product over the stacked planes, its rows split into pieces over the threads.
     gemm_rows<T>((c1 - c0) * m, n, k, pa + (c0 - a_base) * a.size(),
-                 pb + (plan.terms[c0][0].b - b_base) * b.size(), pc, openmp);
+                 pb + (plan.terms[c0][0].b - b_base) * b.size(), pc, threads);
     return;
   }
   auto plane = [&](int64_t c) {
@@ -110,8 +112,7 @@ void products(const Plan& plan, const T* pa, int64_t a_base, const T* pb, int64_
       i += run;
     }
   };
-#pragma omp parallel for schedule(dynamic) if (openmp && c1 - c0 > 1)
-  for (int64_t c = c0; c < c1; ++c) plane(c);
+  parallel_for(c1 - c0, threads, [&](int64_t i) { plane(c0 + i); });
 }
 
 // out = plan applied to the operands a and b (out has out_rows x out_cols channel pairs).
@@ -124,8 +125,7 @@ void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_
   const int64_t pa_n = plan.transform_a.rows;
   const int64_t pb_n = plan.transform_b.rows;
   const int64_t pc_n = static_cast<int64_t>(plan.terms.size());
-  const bool openmp = threads > 1;
-  const CallThreads scope(threads);
+  const SerialBlas serial;
 
   int64_t chunk = pc_n;
   if (plan.pointwise) {
@@ -148,16 +148,16 @@ void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_
     const T* pa = a.data;
     const T* pb = b.data;
     if (buf_a) {
-      to_planes(a.data, na, plan.transform_a, a0, plan.pointwise ? p1 : pa_n, buf_a, openmp);
+      to_planes(a.data, na, plan.transform_a, a0, plan.pointwise ? p1 : pa_n, buf_a, threads);
       pa = buf_a;
     }
     if (buf_b) {
-      to_planes(b.data, nb, plan.transform_b, b0, plan.pointwise ? p1 : pb_n, buf_b, openmp);
+      to_planes(b.data, nb, plan.transform_b, b0, plan.pointwise ? p1 : pb_n, buf_b, threads);
       pb = buf_b;
     }
     T* pc = buf_c ? buf_c : out;
-    products(plan, pa, a0, pb, b0, a, b, p0, p1, pc, openmp);
-    if (buf_c) from_planes(pc, nc, plan.output, p0, p1, out, p0 > 0, openmp);
+    products(plan, pa, a0, pb, b0, a, b, p0, p1, pc, threads);
+    if (buf_c) from_planes(pc, nc, plan.output, p0, p1, out, p0 > 0, threads);
   }
 }
 

@@ -5,8 +5,8 @@
 //   correlate_outer: X[m, i, s] = Σ_o Σ_t F2[o, m, t - s] Y[o, i, t]   (X = A^T Y)
 //                    F2 (c2, c1, k2), Y (c2, c0, k1 + k2 - 1) -> X (c1, c0, k1)
 //
-// `threads` (>= 1): OpenMP threads taking the call's pieces of work one at a time while the
-// BLAS runs single-threaded (threads.h); 1 runs everything on the calling thread.
+// `threads` (>= 1): threads taking the call's pieces of work one at a time while the BLAS runs
+// single-threaded (threads.h); 1 runs everything on the calling thread.
 #pragma once
 
 #include <cstdint>

@@ -1,51 +1,22 @@
-// The threads of one kernel call.
+// The threads of one compose or correlate call.
 //
-// Work is split into independent pieces (products, row or column blocks of a product, rows of
-// a tap map) handed out to OpenMP threads one at a time (dynamic schedule), and the BLAS runs
-// every piece on the thread that called it. A thread that another process slows down then
-// simply takes fewer pieces; a BLAS that splits each product evenly over its own threads
-// instead waits for the slowest one at every product, and its waiting threads spin.
+// Work is cut into independent pieces (products, row or column blocks of a product, rows of a
+// tap map) that `threads` threads take one at a time: the calling thread and helpers from a
+// process-wide pool. The BLAS runs every piece on the thread that called it (SerialBlas). A
+// thread that another process slows down simply takes fewer pieces, and a thread with nothing
+// left to do sleeps (condition variables, no spinning): it never takes a core from the
+// straggler it waits for or from other processes. An evenly split product on the BLAS's own
+// threads instead waits for the slowest thread at every product, spinning meanwhile.
 #pragma once
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include "blas.h"
+#include <cstdint>
+#include <functional>
 
 namespace netmorph {
 
-// OpenMP threads a parallel region started now on the calling thread gets (1 without OpenMP).
-inline int omp_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-// For its scope: `threads` OpenMP threads for the calling thread's parallel regions (its own
-// setting, restored on exit) and a single-threaded BLAS (SerialBlas, blas.h).
-class CallThreads {
- public:
-  explicit CallThreads(int threads) : previous_(omp_threads()) {
-#ifdef _OPENMP
-    omp_set_num_threads(threads);
-#else
-    (void)threads;
-#endif
-  }
-  ~CallThreads() {
-#ifdef _OPENMP
-    omp_set_num_threads(previous_);
-#endif
-  }
-  CallThreads(const CallThreads&) = delete;
-  CallThreads& operator=(const CallThreads&) = delete;
-
- private:
-  SerialBlas serial_;
-  int previous_;
-};
+// fn(i) for every i in [0, n), on up to `threads` threads (the caller and pool helpers). Runs
+// everything on the calling thread when threads <= 1, n <= 1, or another call is using the
+// pool. Returns when every fn(i) has returned; fn must not throw.
+void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn);
 
 }  // namespace netmorph

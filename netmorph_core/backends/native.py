@@ -19,9 +19,10 @@ cheapest by a cost model of GEMM flops, per-call overhead and transform work.
 
 Threads (``compose`` and ``correlate_outer``): with more than one, the work is cut into
 independent pieces (channel products, row or column blocks of the one product of a 1-tap
-composition, row blocks of the tap maps) handed to OpenMP threads one at a time, while the BLAS
-runs each piece on the thread that called it (``csrc/threads.h``): a thread that another
-process slows down takes fewer pieces instead of holding up the others at every product. How
+composition, row blocks of the tap maps) that the calling thread and helpers from a
+process-wide pool take one at a time, while the BLAS runs each piece on the thread that called
+it (``csrc/threads.h``): a thread that another process slows down takes fewer pieces instead
+of holding up the others at every product, and a thread with nothing left to do sleeps. How
 many (:func:`threads_for`): the ``threads=`` argument, else ``$NETMORPH_NUM_THREADS``, else one
 thread for work below :data:`MIN_PARALLEL_WORK` multiply-adds and otherwise the cores this
 process may use (``os.sched_getaffinity``, at most the OpenMP and BLAS thread counts set at
@@ -39,7 +40,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -72,11 +72,6 @@ ENV_THREADS = "NETMORPH_NUM_THREADS"
 MIN_PARALLEL_WORK = 2.0**24
 #: The most threads a call accepts.
 MAX_THREADS = 1024
-#: Seconds this process's idle OpenMP workers may stay runnable (spinning) after a
-#: multi-threaded call: they hold no core a later call should be refused.
-_SPIN_SECONDS = 0.2
-#: (time, threads) of this process's last multi-threaded call.
-_last_parallel = [-math.inf, 1]
 
 
 @functools.cache
@@ -107,16 +102,14 @@ def _start_up_threads() -> int:
 
 def _busy_cores() -> int:
     """Runnable tasks besides the caller, from /proc/loadavg's running count (0 where it
-    cannot be read), less this process's OpenMP workers that may still spin after its last
-    multi-threaded call."""
+    cannot be read). The kernels' own helper threads sleep between calls: they are not
+    counted."""
     try:
         with open("/proc/loadavg", "rb") as f:
             running = int(f.read().split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
         return 0
-    since, threads = _last_parallel
-    own = threads - 1 if time.monotonic() - since < _SPIN_SECONDS else 0
-    return max(running - 1 - own, 0)
+    return max(running - 1, 0)
 
 
 def threads_for(work: float, threads: int | None = None) -> int:
@@ -138,14 +131,6 @@ def threads_for(work: float, threads: int | None = None) -> int:
         return 1
     wanted = min(cores, int(work // MIN_PARALLEL_WORK))
     return max(1, min(wanted, cores - _busy_cores()))
-
-
-def _run(kernel: object, *args: object, threads: int) -> np.ndarray:
-    """``kernel(*args, threads)``, noting when it ran on several threads."""
-    out = kernel(*args, threads)  # type: ignore[operator]
-    if threads > 1:
-        _last_parallel[:] = [time.monotonic(), threads]
-    return out
 
 
 def load() -> None:
@@ -243,7 +228,7 @@ def compose(
     n = threads_for(_work(*channels, f2.shape[2:], f1.shape[2:]), threads)
     if method == "auto":
         method = choose_method("compose", channels, f2.shape[2:], f1.shape[2:], f2.dtype)
-    return _run(_extension().compose, f2, f1, method, threads=n)
+    return _extension().compose(f2, f1, method, n)
 
 
 def correlate_outer(
@@ -272,7 +257,7 @@ def correlate_outer(
     n = threads_for(_work(*channels, f2.shape[2:], k), threads)
     if method == "auto":
         method = choose_method("correlate", channels, f2.shape[2:], k, f2.dtype)
-    return _run(_extension().correlate_outer, f2, y, list(k), method, threads=n)
+    return _extension().correlate_outer(f2, y, list(k), method, n)
 
 
 def gram_outer(f2: np.ndarray, k1: int | Sequence[int]) -> np.ndarray:
