@@ -75,8 +75,14 @@ std::vector<int64_t> kernel_arg(const std::vector<int64_t>& k, const py::array& 
   return k;
 }
 
+int check_threads(int threads) {
+  if (threads < 1) throw py::value_error("threads must be a positive int");
+  return threads;
+}
+
 template <typename T>
-py::array compose_t(const py::array& f2_in, const py::array& f1_in, netmorph::Method method) {
+py::array compose_t(const py::array& f2_in, const py::array& f1_in, netmorph::Method method,
+                    int threads) {
   const carray<T> f2 = contiguous<T>(f2_in);
   const carray<T> f1 = contiguous<T>(f1_in);
   const int64_t c2 = f2.shape(0), c1 = f2.shape(1), c0 = f1.shape(1);
@@ -88,12 +94,13 @@ py::array compose_t(const py::array& f2_in, const py::array& f1_in, netmorph::Me
   {
     py::gil_scoped_release release;
     netmorph::compose_cpu<T>(f2.data(), f1.data(), c2, c1, c0, Dims3::from(k2), Dims3::from(k1),
-                             method, out);
+                             method, threads, out);
   }
   return std::move(g);
 }
 
-py::array compose(const py::array& f2, const py::array& f1, const std::string& method) {
+py::array compose(const py::array& f2, const py::array& f1, const std::string& method,
+                  int threads) {
   check_filter(f2, "f2");
   check_filter(f1, "f1");
   if (f2.ndim() != f1.ndim()) throw py::value_error("f2 and f1 must have the same ndim");
@@ -102,12 +109,13 @@ py::array compose(const py::array& f2, const py::array& f1, const std::string& m
   const Real r = real_type(f2, "f2");
   if (real_type(f1, "f1") != r) throw py::type_error("f2 and f1 must have the same dtype");
   const netmorph::Method m = netmorph::parse_method(method);
-  return r == Real::f32 ? compose_t<float>(f2, f1, m) : compose_t<double>(f2, f1, m);
+  const int t = check_threads(threads);
+  return r == Real::f32 ? compose_t<float>(f2, f1, m, t) : compose_t<double>(f2, f1, m, t);
 }
 
 template <typename T>
 py::array correlate_t(const py::array& f2_in, const py::array& y_in, const std::vector<int64_t>& k1,
-                      netmorph::Method method) {
+                      netmorph::Method method, int threads) {
   const carray<T> f2 = contiguous<T>(f2_in);
   const carray<T> y = contiguous<T>(y_in);
   const int64_t c2 = f2.shape(0), c1 = f2.shape(1), c0 = y.shape(1);
@@ -116,13 +124,13 @@ py::array correlate_t(const py::array& f2_in, const py::array& y_in, const std::
   {
     py::gil_scoped_release release;
     netmorph::correlate_outer_cpu<T>(f2.data(), y.data(), c2, c1, c0, Dims3::from(spatial(f2)),
-                                     Dims3::from(k1), method, out);
+                                     Dims3::from(k1), method, threads, out);
   }
   return std::move(x);
 }
 
 py::array correlate_outer(const py::array& f2, const py::array& y, const std::vector<int64_t>& k1,
-                          const std::string& method) {
+                          const std::string& method, int threads) {
   check_filter(f2, "f2");
   check_filter(y, "y");
   if (f2.ndim() != y.ndim()) throw py::value_error("f2 and y must have the same ndim");
@@ -135,7 +143,8 @@ py::array correlate_outer(const py::array& f2, const py::array& y, const std::ve
   const Real r = real_type(f2, "f2");
   if (real_type(y, "y") != r) throw py::type_error("f2 and y must have the same dtype");
   const netmorph::Method m = netmorph::parse_method(method);
-  return r == Real::f32 ? correlate_t<float>(f2, y, k, m) : correlate_t<double>(f2, y, k, m);
+  const int t = check_threads(threads);
+  return r == Real::f32 ? correlate_t<float>(f2, y, k, m, t) : correlate_t<double>(f2, y, k, m, t);
 }
 
 template <typename T, bool Rows>
@@ -225,10 +234,13 @@ PYBIND11_MODULE(_native, m) {
       },
       "Free the scratch memory the kernels keep for the calling thread between calls.");
   m.def("openmp_threads", &openmp_threads, "OpenMP threads available (1 without OpenMP).");
-  m.def("compose", &compose, py::arg("f2"), py::arg("f1"), py::arg("method"),
-        "G = F2 ⊛ F1: (C2, C1, *K2), (C1, C0, *K1) -> (C2, C0, *(K1 + K2 - 1)).");
+  m.def("blas_threads", &netmorph::blas_threads,
+        "The BLAS's thread count (0: its library has no OpenBLAS thread controls).");
+  m.def("compose", &compose, py::arg("f2"), py::arg("f1"), py::arg("method"), py::arg("threads"),
+        "G = F2 ⊛ F1: (C2, C1, *K2), (C1, C0, *K1) -> (C2, C0, *(K1 + K2 - 1)), on `threads` "
+        "threads.");
   m.def("correlate_outer", &correlate_outer, py::arg("f2"), py::arg("y"), py::arg("k1"),
-        py::arg("method"),
+        py::arg("method"), py::arg("threads"),
         "X = A^T Y: X[m, i, s] = Σ_{o,t} F2[o, m, t - s] Y[o, i, t]; X has shape (C1, C0, *k1).");
   m.def("gram_outer", &gram<false>, py::arg("f2"), py::arg("k1"),
         "M = A^T A of shape (C1·|k1|, C1·|k1|).");

@@ -1,7 +1,11 @@
 #include "blas.h"
 
+#include <dlfcn.h>
+
 #include <climits>
+#include <mutex>
 #include <stdexcept>
+#include <string>
 
 namespace netmorph {
 namespace {
@@ -11,8 +15,43 @@ using sgemm_t = void (*)(char*, char*, int*, int*, int*, float*, float*, int*, f
 using dgemm_t = void (*)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
                          double*, double*, int*);
 
+using set_threads_t = void (*)(int);
+using get_threads_t = int (*)();
+
 sgemm_t g_sgemm = nullptr;
 dgemm_t g_dgemm = nullptr;
+set_threads_t g_set_threads = nullptr;
+get_threads_t g_get_threads = nullptr;
+// SerialBlas scopes alive in the process, and the BLAS's thread count from before the first.
+std::mutex g_serial_mutex;
+int g_serial_scopes = 0;
+int g_threads_outside = 0;
+
+// OpenBLAS's thread controls in the shared library that defines `symbol`, if it has them.
+void find_thread_controls(void* symbol) {
+  g_set_threads = nullptr;
+  g_get_threads = nullptr;
+  Dl_info info;
+  if (dladdr(symbol, &info) == 0 || info.dli_fname == nullptr) return;
+  void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  if (lib == nullptr) return;
+  const char* prefixes[] = {"scipy_openblas", "openblas"};
+  const char* suffixes[] = {"", "64_"};
+  for (const char* prefix : prefixes)
+    for (const char* suffix : suffixes) {
+      const std::string set = std::string(prefix) + "_set_num_threads" + suffix;
+      const std::string get = std::string(prefix) + "_get_num_threads" + suffix;
+      void* s = dlsym(lib, set.c_str());
+      void* g = dlsym(lib, get.c_str());
+      if (s != nullptr && g != nullptr) {
+        g_set_threads = reinterpret_cast<set_threads_t>(s);
+        g_get_threads = reinterpret_cast<get_threads_t>(g);
+        dlclose(lib);
+        return;
+      }
+    }
+  dlclose(lib);
+}
 
 int as_blas_int(int64_t v, const char* what) {
   if (v < 0 || v > INT_MAX) {
@@ -45,6 +84,28 @@ void set_blas(void* sgemm, void* dgemm) {
   }
   g_sgemm = reinterpret_cast<sgemm_t>(sgemm);
   g_dgemm = reinterpret_cast<dgemm_t>(dgemm);
+  find_thread_controls(sgemm);
+}
+
+int blas_threads() {
+  if (g_get_threads == nullptr) return 0;
+  const std::lock_guard<std::mutex> lock(g_serial_mutex);
+  return g_serial_scopes > 0 ? g_threads_outside : g_get_threads();
+}
+
+SerialBlas::SerialBlas() {
+  if (g_set_threads == nullptr) return;
+  const std::lock_guard<std::mutex> lock(g_serial_mutex);
+  if (g_serial_scopes++ == 0) {
+    g_threads_outside = g_get_threads();
+    if (g_threads_outside != 1) g_set_threads(1);
+  }
+}
+
+SerialBlas::~SerialBlas() {
+  if (g_set_threads == nullptr) return;
+  const std::lock_guard<std::mutex> lock(g_serial_mutex);
+  if (--g_serial_scopes == 0 && g_threads_outside != 1) g_set_threads(g_threads_outside);
 }
 
 bool blas_ready() { return g_sgemm != nullptr && g_dgemm != nullptr; }

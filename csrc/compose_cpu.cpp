@@ -5,6 +5,7 @@
 
 #include "blas.h"
 #include "planes.h"
+#include "threads.h"
 #include "workspace.h"
 
 namespace netmorph {
@@ -21,6 +22,45 @@ struct Operand {
   int64_t cols;
   int64_t size() const { return rows * cols; }
 };
+
+// Pieces per thread a split product is cut into: a thread slowed down by another process
+// takes fewer of them instead of holding up the others.
+constexpr int64_t kPiecesPerThread = 4;
+// Fewest rows or columns of one piece: narrower pieces run the BLAS below its rate.
+constexpr int64_t kMinPiece = 64;
+
+// Size of each of the pieces `extent` is cut into for `threads` threads.
+int64_t piece(int64_t extent, int threads) {
+  const int64_t pieces = kPiecesPerThread * threads;
+  return std::max(kMinPiece, (extent + pieces - 1) / pieces);
+}
+
+// C (m x n) = A (m x k) · B (k x n), row-major and contiguous, in row pieces on `threads`
+// threads (threads.h).
+template <typename T>
+void gemm_rows(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c, int threads) {
+  const int64_t step = threads > 1 ? piece(m, threads) : m;
+  parallel_for((m + step - 1) / step, threads, [&](int64_t i) {
+    const int64_t r0 = i * step;
+    gemm<T>(false, false, std::min(step, m - r0), n, k, T(1), a + r0 * k, k, b, n, T(0),
+            c + r0 * n, n);
+  });
+}
+
+// C (m x n) = op(A) · B with op(A) m x k (A stored k x m when trans_a), B (k x n), row-major
+// and contiguous, in column pieces on `threads` threads.
+template <typename T>
+void gemm_cols(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c,
+               int threads) {
+  const SerialBlas serial;
+  const int64_t step = threads > 1 ? piece(n, threads) : n;
+  const int64_t lda = trans_a ? m : k;
+  parallel_for((n + step - 1) / step, threads, [&](int64_t i) {
+    const int64_t j0 = i * step;
+    gemm<T>(trans_a, false, m, std::min(step, n - j0), k, T(1), a, lda, b + j0, n, T(0), c + j0,
+            n);
+  });
+}
 
 // Whether every plane c in [c0, c1) is A_c · B_j for one shared j (direct, 1-tap inner factor).
 bool stacks(const Plan& plan, int64_t c0, int64_t c1) {
@@ -47,14 +87,15 @@ size_t run_length(const std::vector<Term>& terms, size_t i) {
 template <typename T>
 void products(const Plan& plan, const T* pa, int64_t a_base, const T* pb, int64_t b_base,
               const Operand<T>& a, const Operand<T>& b, int64_t c0, int64_t c1, T* pc,
-              bool openmp) {
+              int threads) {
   const bool ta = plan.trans_a;
   const int64_t m = ta ? a.cols : a.rows;
   const int64_t k = ta ? a.rows : a.cols;
   const int64_t n = b.cols;
   if (stacks(plan, c0, c1)) {
-    gemm<T>(false, false, (c1 - c0) * m, n, k, T(1), pa + (c0 - a_base) * a.size(), k,
-            pb + (plan.terms[c0][0].b - b_base) * b.size(), n, T(0), pc, n);
+    // One product over the stacked planes, its rows split into pieces over the threads.
+    gemm_rows<T>((c1 - c0) * m, n, k, pa + (c0 - a_base) * a.size(),
+                 pb + (plan.terms[c0][0].b - b_base) * b.size(), pc, threads);
     return;
   }
   auto plane = [&](int64_t c) {
@@ -71,33 +112,20 @@ void products(const Plan& plan, const T* pa, int64_t a_base, const T* pb, int64_
       i += run;
     }
   };
-#pragma omp parallel for schedule(dynamic) if (openmp && c1 - c0 > 1)
-  for (int64_t c = c0; c < c1; ++c) plane(c);
-}
-
-// Whether a plan's products are small enough to run it in the OpenMP regime (planes.h).
-bool use_openmp(const Plan& plan, int64_t m, int64_t n, int64_t k, int64_t planes) {
-  if (stacks(plan, 0, planes)) return gemm_is_small(m * planes, n, k);
-  size_t longest = 1;
-  if (plan.trans_a)
-    for (const auto& terms : plan.terms)
-      for (size_t i = 0; i < terms.size(); i += run_length(terms, i))
-        longest = std::max(longest, run_length(terms, i));
-  return gemm_is_small(m, n, k * int64_t(longest));
+  parallel_for(c1 - c0, threads, [&](int64_t i) { plane(c0 + i); });
 }
 
 // out = plan applied to the operands a and b (out has out_rows x out_cols channel pairs).
 template <typename T>
 void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_t out_rows,
-              int64_t out_cols, T* out) {
+              int64_t out_cols, int threads, T* out) {
   const int64_t na = a.size();
   const int64_t nb = b.size();
   const int64_t nc = out_rows * out_cols;
   const int64_t pa_n = plan.transform_a.rows;
   const int64_t pb_n = plan.transform_b.rows;
   const int64_t pc_n = static_cast<int64_t>(plan.terms.size());
-  const int64_t k = plan.trans_a ? a.rows : a.cols;
-  const bool openmp = use_openmp(plan, out_rows, out_cols, k, pc_n);
+  const SerialBlas serial;
 
   int64_t chunk = pc_n;
   if (plan.pointwise) {
@@ -120,16 +148,16 @@ void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_
     const T* pa = a.data;
     const T* pb = b.data;
     if (buf_a) {
-      to_planes(a.data, na, plan.transform_a, a0, plan.pointwise ? p1 : pa_n, buf_a, openmp);
+      to_planes(a.data, na, plan.transform_a, a0, plan.pointwise ? p1 : pa_n, buf_a, threads);
       pa = buf_a;
     }
     if (buf_b) {
-      to_planes(b.data, nb, plan.transform_b, b0, plan.pointwise ? p1 : pb_n, buf_b, openmp);
+      to_planes(b.data, nb, plan.transform_b, b0, plan.pointwise ? p1 : pb_n, buf_b, threads);
       pb = buf_b;
     }
     T* pc = buf_c ? buf_c : out;
-    products(plan, pa, a0, pb, b0, a, b, p0, p1, pc, openmp);
-    if (buf_c) from_planes(pc, nc, plan.output, p0, p1, out, p0 > 0, openmp);
+    products(plan, pa, a0, pb, b0, a, b, p0, p1, pc, threads);
+    if (buf_c) from_planes(pc, nc, plan.output, p0, p1, out, p0 > 0, threads);
   }
 }
 
@@ -137,37 +165,35 @@ void run_plan(const Plan& plan, const Operand<T>& a, const Operand<T>& b, int64_
 
 template <typename T>
 void compose_cpu(const T* f2, const T* f1, int64_t c2, int64_t c1, int64_t c0, const Dims3& k2,
-                 const Dims3& k1, Method method, T* g) {
+                 const Dims3& k1, Method method, int threads, T* g) {
   if (k2.size() == 1) {
     // A 1-tap outer factor: G (c2 x c0|K1|) = F2 (c2 x c1) · F1 (c1 x c0|K1|).
-    const int64_t n = c0 * k1.size();
-    gemm<T>(false, false, c2, n, c1, T(1), f2, c1, f1, n, T(0), g, n);
+    gemm_cols<T>(false, c2, c0 * k1.size(), c1, f2, f1, g, threads);
     return;
   }
   const Plan& plan = get_plan(Operation::compose, method, k2, k1);
-  run_plan<T>(plan, Operand<T>{f2, c2, c1}, Operand<T>{f1, c1, c0}, c2, c0, g);
+  run_plan<T>(plan, Operand<T>{f2, c2, c1}, Operand<T>{f1, c1, c0}, c2, c0, threads, g);
 }
 
 template <typename T>
 void correlate_outer_cpu(const T* f2, const T* y, int64_t c2, int64_t c1, int64_t c0,
-                         const Dims3& k2, const Dims3& k1, Method method, T* x) {
+                         const Dims3& k2, const Dims3& k1, Method method, int threads, T* x) {
   if (k2.size() == 1) {
     // X (c1 x c0|k1|) = F2^T (c1 x c2) · Y (c2 x c0|k1|).
-    const int64_t n = c0 * k1.size();
-    gemm<T>(true, false, c1, n, c2, T(1), f2, c1, y, n, T(0), x, n);
+    gemm_cols<T>(true, c1, c0 * k1.size(), c2, f2, y, x, threads);
     return;
   }
   const Plan& plan = get_plan(Operation::correlate, method, k2, k1);
-  run_plan<T>(plan, Operand<T>{f2, c2, c1}, Operand<T>{y, c2, c0}, c1, c0, x);
+  run_plan<T>(plan, Operand<T>{f2, c2, c1}, Operand<T>{y, c2, c0}, c1, c0, threads, x);
 }
 
 template void compose_cpu<float>(const float*, const float*, int64_t, int64_t, int64_t,
-                                 const Dims3&, const Dims3&, Method, float*);
+                                 const Dims3&, const Dims3&, Method, int, float*);
 template void compose_cpu<double>(const double*, const double*, int64_t, int64_t, int64_t,
-                                  const Dims3&, const Dims3&, Method, double*);
+                                  const Dims3&, const Dims3&, Method, int, double*);
 template void correlate_outer_cpu<float>(const float*, const float*, int64_t, int64_t, int64_t,
-                                         const Dims3&, const Dims3&, Method, float*);
+                                         const Dims3&, const Dims3&, Method, int, float*);
 template void correlate_outer_cpu<double>(const double*, const double*, int64_t, int64_t, int64_t,
-                                          const Dims3&, const Dims3&, Method, double*);
+                                          const Dims3&, const Dims3&, Method, int, double*);
 
 }  // namespace netmorph

@@ -3,11 +3,9 @@
 // A general map is a BLAS GEMM (the maps are tiny, the channel rows many), an identity map a
 // blocked transpose.
 //
-// Threading: with `openmp` true the rows are split over OpenMP threads and each BLAS call is
-// kept small enough to run on its thread alone; with `openmp` false everything runs on the
-// calling thread except the BLAS, which uses its own threads. A caller uses one regime for a
-// whole operation: OpenMP threads spin for a while after a parallel region and would compete
-// with the BLAS threads for the cores.
+// Threading: the tap maps split their rows into pieces that `threads` threads take one at a
+// time (threads.h; the caller keeps the BLAS single-threaded meanwhile). `transpose`, used by
+// the Grams, runs on OpenMP threads when `openmp` is true, otherwise on the calling thread.
 #pragma once
 
 #include <cstdint>
@@ -19,13 +17,13 @@ namespace netmorph {
 // planes[(p - p0) * rows + r] = Σ_s e[p, s] · x[r * e.cols + s]   for p in [p0, p1).
 template <typename T>
 void to_planes(const T* x, int64_t rows, const Matrix& e, int64_t p0, int64_t p1, T* planes,
-               bool openmp);
+               int threads);
 
 // out[r * e.rows + t] = (out[...] if accumulate) + Σ_{p in [p0, p1)} e[t, p] ·
 // planes[(p - p0) * rows + r].
 template <typename T>
 void from_planes(const T* planes, int64_t rows, const Matrix& e, int64_t p0, int64_t p1, T* out,
-                 bool accumulate, bool openmp);
+                 bool accumulate, int threads);
 
 // dst[b][c * ldd + r] (+)= src[b][r * lds + c] for r < rows, c < cols; batch b advances src
 // by rows * lds and dst by cols * ldd.

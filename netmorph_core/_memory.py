@@ -6,9 +6,18 @@ hold at once and calls :func:`check_working_set` before allocating.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 
 ENV_LIMIT = "NETMORPH_MAX_BYTES"
+#: A reading of the available memory is reused this long (seconds) for working sets below
+#: :data:`_REUSE_FRACTION` of the limit it gave: reading /proc/meminfo takes 20–80 µs, as long
+#: as a small kernel call, and memory cannot fall far enough in that time to matter to them.
+_REUSE_SECONDS = 0.1
+_REUSE_FRACTION = 1 / 16
+#: (monotonic time, bytes) of the last reading.
+_last_reading = [-math.inf, 0]
 
 
 class ResourceLimitError(ValueError):
@@ -33,9 +42,10 @@ def _available_bytes() -> int:
         return 4 << 30
 
 
-def memory_limit() -> int:
+def memory_limit(nbytes: float = math.inf) -> int:
     """Bytes one operation may hold at once: ``$NETMORPH_MAX_BYTES`` when set (an integer),
-    else half of the memory available now."""
+    else half of the memory available now (a reading up to 0.1 s old when ``nbytes``, the
+    working set to check, is below 1/16 of the limit it gave)."""
     raw = os.environ.get(ENV_LIMIT, "").strip()
     if raw:
         try:
@@ -45,7 +55,13 @@ def memory_limit() -> int:
         if value <= 0:
             raise ValueError(f"{ENV_LIMIT} must be positive, got {raw!r}")
         return value
-    return _available_bytes() // 2
+    when, available = _last_reading
+    now = time.monotonic()
+    if now - when < _REUSE_SECONDS and nbytes <= _REUSE_FRACTION * (available // 2):
+        return available // 2
+    available = _available_bytes()
+    _last_reading[:] = [now, available]
+    return available // 2
 
 
 def format_bytes(n: float) -> str:
@@ -60,7 +76,7 @@ def format_bytes(n: float) -> str:
 def check_working_set(nbytes: float, what: str) -> None:
     """Raise :class:`ResourceLimitError` when ``nbytes`` (an estimate of what ``what`` holds at
     once) exceeds :func:`memory_limit`."""
-    limit = memory_limit()
+    limit = memory_limit(nbytes)
     if nbytes > limit:
         raise ResourceLimitError(
             f"{what} needs about {format_bytes(nbytes)} of memory, more than the "

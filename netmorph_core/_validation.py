@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._arrays import from_torch, namespace
+from ._scaling import peak
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_SPATIAL_DIMS = 3
@@ -21,7 +22,7 @@ MAX_SPATIAL_DIMS = 3
 MAX_KERNEL_SIZE = 4096
 
 
-def as_filter(x: object, name: str) -> np.ndarray:
+def as_filter(x: object, name: str, *, finite: bool = True) -> np.ndarray:
     """Return ``x`` as a real floating array (NumPy or CuPy) of shape (C_out, C_in, *kernel).
 
     A linear layer's (C_out, C_in) matrix is a filter with no spatial dimension. Masked arrays
@@ -29,6 +30,8 @@ def as_filter(x: object, name: str) -> np.ndarray:
     subclasses (``np.matrix``, memmaps) are viewed as plain arrays. Any strides, read-only.
     A torch tensor (any strides, negative or conjugate bit, requires_grad; CPU or CUDA) becomes
     a NumPy array on the host (:func:`netmorph_core._arrays.from_torch`).
+    NaN and Inf are refused unless ``finite`` is False (the caller then checks them itself,
+    e.g. with :func:`netmorph_core._scaling.prescale` in the same pass that reads max|x|).
     """
     if type(x).__module__.startswith("torch"):
         x = from_torch(x, name, host=True)
@@ -62,7 +65,7 @@ def as_filter(x: object, name: str) -> np.ndarray:
         )
     if 0 in arr.shape:
         raise ValueError(f"{name} must not have an empty dimension, got shape {arr.shape}")
-    if not bool(namespace(arr).isfinite(arr).all()):
+    if finite and not math.isfinite(peak(arr)):
         raise ValueError(f"{name} contains NaN or Inf")
     return arr
 

@@ -16,7 +16,7 @@ from . import _validation as v
 from ._arrays import namespace, to_host, unify
 from ._errors import typed_errors
 from ._limits import check_compose, check_deconv
-from ._scaling import normalise, scale_back
+from ._scaling import prescale, scale_back
 from .backends import select_backend
 from .grouped import (
     chain_groups,
@@ -44,24 +44,31 @@ def compose(
     """
     groups = check_groups(groups)
     arrays, restore = unify({"F2": f2, "F1": f1})
-    f2 = v.as_filter(arrays["F2"], "F2")
-    f1 = v.as_filter(arrays["F1"], "F1")
+    # finiteness is checked by prescale, in the two reductions that also give max|F|
+    f2 = v.as_filter(arrays["F2"], "F2", finite=False)
+    f1 = v.as_filter(arrays["F1"], "F1", finite=False)
     v.same_spatial_rank(f2, "F2", f1, "F1")
     if groups == 1:
         v.chain_channels(f2, "F2", f1, "F1")
-        check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "compose(F2, F1)")
     else:
         chain_groups(f2, f1, groups)
+    f2, e2 = prescale(f2, "F2")
+    f1, e1 = prescale(f1, "F1")
+    if groups == 1:
+        check_compose(*f2.shape[:2], f1.shape[1], f2.shape[2:], f1.shape[2:], "compose(F2, F1)")
+    else:
         check_compose_grouped(f2, f1, groups, "compose(F2, F1)")
     dtype = v.result_dtype(f2, f1)
     impl = select_backend(backend, dtype, f2, f1)
-    f2n, e2 = normalise(f2.astype(dtype, copy=False))
-    f1n, e1 = normalise(f1.astype(dtype, copy=False))
+    f2, f1 = f2.astype(dtype, copy=False), f1.astype(dtype, copy=False)
+    xp = namespace(f2)
     if groups == 1:
-        out = namespace(f2).asarray(impl.compose(f2n, f1n))
+        out = xp.asarray(impl.compose(f2, f1))
     else:
-        out = namespace(f2).asarray(compose_grouped(f2n, f1n, groups, impl))
-    return restore(scale_back(out, e2 + e1, dtype, "compose(F2, F1)"))
+        out = xp.asarray(compose_grouped(f2, f1, groups, impl))
+    # the result is scaled in place unless the backend handed back memory it shares with F
+    owned = not (xp.may_share_memory(out, f2) or xp.may_share_memory(out, f1))
+    return restore(scale_back(out, e2 + e1, dtype, "compose(F2, F1)", owned=owned))
 
 
 @typed_errors("deconv")

@@ -192,7 +192,9 @@ def test_workspace_reuse_across_sizes(rng):
 
 
 def test_concurrent_calls_from_threads(rng):
-    """The kernels release the GIL and keep per-thread scratch memory."""
+    """The kernels release the GIL and keep per-thread scratch memory; overlapping calls leave
+    the BLAS's thread count as it was."""
+    blas = native._extension().blas_threads()
     pairs = [
         (rng.standard_normal((6, 5, 3, 3)), rng.standard_normal((5, 7, 3, 3))) for _ in range(4)
     ]
@@ -201,7 +203,7 @@ def test_concurrent_calls_from_threads(rng):
 
     def work(i):
         for _ in range(20):
-            results[i] = native.compose(*pairs[i], method="toom")
+            results[i] = native.compose(*pairs[i], method="toom", threads=1 + i % 2)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
     for t in threads:
@@ -210,6 +212,7 @@ def test_concurrent_calls_from_threads(rng):
         t.join()
     for got, want in zip(results, expected):
         assert rel_err(got, want) <= RTOL[np.dtype(np.float64)]
+    assert native._extension().blas_threads() == blas
 
 
 def test_bad_inputs_raise_typed_errors(rng):
@@ -257,3 +260,89 @@ def test_missing_extension_reports_the_reason(monkeypatch):
         monkeypatch.undo()
         native._extension.cache_clear()
     native.load()
+
+
+#: (C2, C1, C0, K2, K1) large enough for every split of a multi-threaded call to make several
+#: pieces: 3/1 (column blocks of one product), 1/3 (row blocks of the stacked product), 3/3
+#: and 5/5 (products and row blocks of the tap maps), a 1-D and a 3-D case.
+THREADED = [
+    (24, 20, 28, (1, 1), (3, 3)),
+    (24, 20, 28, (3, 3), (1, 1)),
+    (24, 20, 28, (3, 3), (3, 3)),
+    (20, 24, 16, (5, 5), (5, 5)),
+    (40, 36, 44, (3,), (1,)),
+    (12, 10, 14, (3, 3, 3), (1, 1, 1)),
+]
+THREADED_IDS = [f"{c2}x{c1}x{c0}-k2{k2}-k1{k1}" for c2, c1, c0, k2, k1 in THREADED]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("c2", "c1", "c0", "k2", "k1"), THREADED, ids=THREADED_IDS)
+def test_threaded_calls_match_reference(c2, c1, c0, k2, k1, dtype, threads, rng):
+    f2 = rng.standard_normal((c2, c1, *k2)).astype(dtype)
+    f1 = rng.standard_normal((c1, c0, *k1)).astype(dtype)
+    y = rng.standard_normal((c2, c0, *_kt(k2, k1))).astype(dtype)
+    tol = RTOL[np.dtype(dtype)]
+    expected = compose_ref(f2.astype(np.float64), f1.astype(np.float64))
+    for method in ("auto", "direct", "dft"):
+        g = native.compose(f2, f1, method=method, threads=threads)
+        assert g.dtype == dtype and rel_err(g, expected) <= tol, method
+        x = native.correlate_outer(f2, y, k1, method=method, threads=threads)
+        assert x.dtype == dtype and rel_err(x, _expected_correlate(f2, y, k1)) <= tol, method
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threaded_calls_take_non_contiguous_inputs(dtype, threads, rng):
+    for k2, k1 in (((1, 1), (3, 3)), ((3, 3), (1, 1)), ((3, 3), (3, 3))):
+        for f2 in _views(rng, (24, 20, *k2), dtype):
+            f1 = np.swapaxes(rng.standard_normal((28, 20, *k1)).astype(dtype), 0, 1)
+            before = (f2.copy(), f1.copy())
+            g = native.compose(f2, f1, threads=threads)
+            assert (
+                rel_err(g, compose_ref(f2.astype(np.float64), f1.astype(np.float64)))
+                <= RTOL[np.dtype(dtype)]
+            )
+            assert np.array_equal(f2, before[0]) and np.array_equal(f1, before[1])
+
+
+def test_calls_restore_the_thread_settings(rng):
+    """A call sets OpenMP's threads (of the calling thread) and the BLAS's for its duration."""
+    ext = native._extension()
+    blas, omp = ext.blas_threads(), ext.openmp_threads()
+    f2, f1 = rng.standard_normal((24, 20, 3, 3)), rng.standard_normal((20, 28, 1, 1))
+    for threads in (1, 2, 3):
+        native.compose(f2, f1, threads=threads)
+        native.compose(f1.transpose(1, 0, 2, 3), f2.transpose(1, 0, 2, 3), threads=threads)
+        assert (ext.blas_threads(), ext.openmp_threads()) == (blas, omp)
+
+
+def test_thread_count_choice(monkeypatch):
+    monkeypatch.delenv(native.ENV_THREADS, raising=False)
+    big = 64 * native.MIN_PARALLEL_WORK
+    assert native.threads_for(big, 3) == 3
+    assert native.threads_for(1.0) == 1  # too little work for a second thread
+    assert 1 <= native.threads_for(big) <= native._start_up_threads()
+    monkeypatch.setattr(native, "_busy_cores", lambda: 0)
+    assert native.threads_for(big) == native._start_up_threads()
+    monkeypatch.setattr(native, "_busy_cores", lambda: 64)  # every core held by others
+    assert native.threads_for(big) == 1
+    monkeypatch.setenv(native.ENV_THREADS, " 2 ")
+    assert native.threads_for(1.0) == 2
+    assert native.threads_for(1.0, 1) == 1  # the argument before the variable
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv(native.ENV_THREADS, bad)
+        with pytest.raises(ValueError, match=native.ENV_THREADS):
+            native.threads_for(big)
+
+
+def test_bad_thread_counts_raise_typed_errors(rng):
+    f2, f1 = rng.standard_normal((3, 4, 3, 3)), rng.standard_normal((4, 2, 3, 3))
+    for bad, err in ((0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="threads must be a positive int"):
+            native.compose(f2, f1, threads=bad)
+        with pytest.raises(err, match="threads must be a positive int"):
+            native.correlate_outer(f2, rng.standard_normal((3, 2, 5, 5)), 3, threads=bad)
+    with pytest.raises(ValueError, match="threads must be at most"):
+        native.compose(f2, f1, threads=native.MAX_THREADS + 1)

@@ -17,18 +17,29 @@ filters (and linear layers) all run natively.
 direct, computed from the algorithm's matrices) fits the dtype's budget, then takes the
 cheapest by a cost model of GEMM flops, per-call overhead and transform work.
 
-Threads: one call runs either on OpenMP threads (products small enough that the BLAS keeps
-each on its calling thread: one product per thread) or on the BLAS's own threads (large
-products, everything else on the calling thread), never both: idle OpenMP threads spin for a
-while and would take cores from the BLAS threads. The kernels release the GIL and keep their
-scratch memory per calling thread between calls (the largest any call on that thread needed;
-fresh pages cost as much as the transforms); ``_native.release_workspace()`` frees it.
+Threads (``compose`` and ``correlate_outer``): with more than one, the work is cut into
+independent pieces (channel products, row or column blocks of the one product of a 1-tap
+composition, row blocks of the tap maps) that the calling thread and helpers from a
+process-wide pool take one at a time, while the BLAS runs each piece on the thread that called
+it (``csrc/threads.h``): a thread that another process slows down takes fewer pieces instead
+of holding up the others at every product, and a thread with nothing left to do sleeps. How
+many (:func:`threads_for`): the ``threads=`` argument, else ``$NETMORPH_NUM_THREADS``, else one
+thread for work below :data:`MIN_PARALLEL_WORK` multiply-adds and otherwise the cores this
+process may use (``os.sched_getaffinity``, at most the OpenMP and BLAS thread counts set at
+start-up: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``) less those other runnable tasks hold
+(``/proc/loadavg``). The BLAS's thread count is the library's global setting: it is 1 while
+any such call runs and restored when the last one ends. The Grams run either on OpenMP threads
+(small products) or on the BLAS's own threads, never both. The kernels release the GIL and
+keep their scratch memory per calling thread between calls (the largest any call on that
+thread needed; fresh pages cost as much as the transforms); ``_native.release_workspace()``
+frees it.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -47,14 +58,20 @@ _MISSING = (
 #: measured float32 errors of direct stay below 4e-7 up to C = 512, and the bound is 5e-6.
 _MAX_AMPLIFICATION = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 300.0}
 #: Cost model in flop-equivalents, fitted to timings: the overhead of one GEMM call, of one
-#: element moved by a transpose, and of one multiply-add of a tap map. When the channel
-#: products are small enough to run one per OpenMP thread (m·n·k ≤ 2^18, see csrc/planes.h),
-#: the tap maps run as many small BLAS calls and cost _SMALL_MAP_FACTOR times more.
+#: element moved by a transpose, and of one multiply-add of a tap map. Beside small channel
+#: products (m·n·k ≤ 2^18) the tap maps cost _SMALL_MAP_FACTOR times more per multiply-add.
 _CALL_COST = 5.0e3
 _MOVE_COST = 10.0
 _MAP_COST = 2.0
 _SMALL_PRODUCT = 2.0**18
 _SMALL_MAP_FACTOR = 3.0
+#: Environment variable fixing the threads of every call (a positive int).
+ENV_THREADS = "NETMORPH_NUM_THREADS"
+#: Direct-method multiply-adds below which a call runs on one thread (fitted to timings: a
+#: second thread saves less than it costs to wake and join).
+MIN_PARALLEL_WORK = 2.0**24
+#: The most threads a call accepts.
+MAX_THREADS = 1024
 
 
 @functools.cache
@@ -69,6 +86,51 @@ def _extension() -> ModuleType:
         capi = cython_blas.__pyx_capi__
         _native.set_blas(capi["sgemm"], capi["dgemm"])
     return _native
+
+
+@functools.cache
+def _start_up_threads() -> int:
+    """Threads this process may use: its CPU affinity, at most the OpenMP and BLAS thread
+    counts the extension found at start-up (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``)."""
+    ext = _extension()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limits = [cores or 1, ext.openmp_threads()]
+    if ext.blas_threads() > 0:
+        limits.append(ext.blas_threads())
+    return max(1, min(limits))
+
+
+def _busy_cores() -> int:
+    """Runnable tasks besides the caller, from /proc/loadavg's running count (0 where it
+    cannot be read). The kernels' own helper threads sleep between calls: they are not
+    counted."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(running - 1, 0)
+
+
+def threads_for(work: float, threads: int | None = None) -> int:
+    """Threads of a call doing ``work`` direct-method multiply-adds: ``threads`` when given,
+    else ``$NETMORPH_NUM_THREADS``, else chosen from the work and the free cores (module
+    docstring)."""
+    if threads is not None:
+        return v.positive_int(threads, "threads", MAX_THREADS)
+    raw = os.environ.get(ENV_THREADS, "").strip()
+    if raw:
+        try:
+            return v.positive_int(int(raw), ENV_THREADS, MAX_THREADS)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{ENV_THREADS} must be a positive int up to {MAX_THREADS}, got {raw!r}"
+            ) from None
+    cores = _start_up_threads()
+    if cores == 1 or work < MIN_PARALLEL_WORK:
+        return 1
+    wanted = min(cores, int(work // MIN_PARALLEL_WORK))
+    return max(1, min(wanted, cores - _busy_cores()))
 
 
 def load() -> None:
@@ -101,7 +163,7 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=4096)
 def _plan(operation: str, method: str, k2: tuple[int, ...], k1: tuple[int, ...]) -> tuple:
     return _extension().plan_info(operation, method, list(k2), list(k1))
 
@@ -118,6 +180,7 @@ def _cost(info: tuple, channel_pairs: tuple[int, int, int], gemm_work: float) ->
     return cost
 
 
+@functools.lru_cache(maxsize=4096)
 def choose_method(
     operation: str,
     channels: tuple[int, int, int],
@@ -126,7 +189,7 @@ def choose_method(
     dtype: np.dtype,
 ) -> str:
     """The method ``"auto"`` runs for ``operation`` ("compose" or "correlate") with channels
-    (C2, C1, C0), outer kernel ``k2``, inner kernel ``k1`` and ``dtype``."""
+    (C2, C1, C0), outer kernel ``k2``, inner kernel ``k1`` and ``dtype`` (cached)."""
     if math.prod(k2) == 1 or math.prod(k1) == 1:
         return "direct"
     c2, c1, c0 = channels
@@ -145,25 +208,40 @@ def choose_method(
     return best
 
 
-def compose(f2: np.ndarray, f1: np.ndarray, *, method: str = "auto") -> np.ndarray:
+def _work(c2: int, c1: int, c0: int, k2: tuple[int, ...], k1: tuple[int, ...]) -> float:
+    """Multiply-adds of the direct method: c2·c1·c0·|K2|·|K1|."""
+    return float(c2 * c1 * c0) * math.prod(k2) * math.prod(k1)
+
+
+def compose(
+    f2: np.ndarray, f1: np.ndarray, *, method: str = "auto", threads: int | None = None
+) -> np.ndarray:
     """G = F2 ⊛ F1: F2 (C2, C1, *K2), F1 (C1, C0, *K1) -> G (C2, C0, *(K1 + K2 - 1)),
-    G[o, i] = Σ_m full_convolution(F2[o, m], F1[m, i]), in the inputs' dtype."""
+    G[o, i] = Σ_m full_convolution(F2[o, m], F1[m, i]), in the inputs' dtype; on ``threads``
+    threads (None: :func:`threads_for`). Any strides: non-contiguous inputs are copied."""
     _check_method(method)
     f2 = _check_filter(f2, "f2")
     f1 = _check_filter(f1, "f1", f2.ndim)
     _same_dtype(f2, f1, "f2 and f1")
     v.chain_channels(f2, "f2", f1, "f1")
+    channels = (f2.shape[0], f2.shape[1], f1.shape[1])
+    n = threads_for(_work(*channels, f2.shape[2:], f1.shape[2:]), threads)
     if method == "auto":
-        channels = (f2.shape[0], f2.shape[1], f1.shape[1])
         method = choose_method("compose", channels, f2.shape[2:], f1.shape[2:], f2.dtype)
-    return _extension().compose(f2, f1, method)
+    return _extension().compose(f2, f1, method, n)
 
 
 def correlate_outer(
-    f2: np.ndarray, y: np.ndarray, k1: int | Sequence[int], *, method: str = "auto"
+    f2: np.ndarray,
+    y: np.ndarray,
+    k1: int | Sequence[int],
+    *,
+    method: str = "auto",
+    threads: int | None = None,
 ) -> np.ndarray:
     """X = AᵀY for A: X ↦ F2 ⊛ X: F2 (C2, C1, *K2), Y (C2, C0, *(k1 + K2 - 1)) ->
-    X (C1, C0, *k1), X[m, i, s] = Σ_{o,t} F2[o, m, t - s]·Y[o, i, t]."""
+    X (C1, C0, *k1), X[m, i, s] = Σ_{o,t} F2[o, m, t - s]·Y[o, i, t]; on ``threads`` threads
+    (None: :func:`threads_for`)."""
     _check_method(method)
     f2 = _check_filter(f2, "f2")
     y = _check_filter(y, "y", f2.ndim)
@@ -175,10 +253,11 @@ def correlate_outer(
             f"y must have shape ({f2.shape[0]}, C0, *{kt}) for f2 of shape {f2.shape} and "
             f"k1 = {k}, got {y.shape}"
         )
+    channels = (f2.shape[0], f2.shape[1], y.shape[1])
+    n = threads_for(_work(*channels, f2.shape[2:], k), threads)
     if method == "auto":
-        channels = (f2.shape[0], f2.shape[1], y.shape[1])
         method = choose_method("correlate", channels, f2.shape[2:], k, f2.dtype)
-    return _extension().correlate_outer(f2, y, list(k), method)
+    return _extension().correlate_outer(f2, y, list(k), method, n)
 
 
 def gram_outer(f2: np.ndarray, k1: int | Sequence[int]) -> np.ndarray:

@@ -1,0 +1,101 @@
+"""Run the threaded compose benchmarks and print the summary tables of ``docs/kernels.md``.
+
+    python bench/compose_table.py [--quick] [--json PATH]
+    python bench/compose_table.py --table PATH      # only print the tables of a saved run
+
+Medians of ``bench/bench_compose.py::test_compose_threads`` in milliseconds. A cell "t / n
+(r×)" is torch's median t, the native kernel's median n and r = t / n (above 1: faster than
+torch). Under load the native kernel is also shown on 1 thread and with its own thread
+choice ("auto"). The second table is the public ``netmorph_core.compose`` against the bare
+native kernel on the same threads: overhead = compose / kernel − 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from run import ROOT, run_suite
+
+SETTINGS = ("1 thread", "2 threads", "2 threads, 1 core busy")
+
+
+def _medians(data: dict) -> dict[tuple[str, str], dict[str, float]]:
+    """{(shape, setting): {impl: median seconds}} of the threaded benchmarks."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if "setting" in info:
+            out.setdefault((info["shape"], info["setting"]), {})[info["impl"]] = bench["stats"][
+                "median"
+            ]
+    return out
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _pair(t: float | None, n: float | None) -> str:
+    if t is None or n is None:
+        return "n/a"
+    return f"{_ms(t)} / {_ms(n)} ({t / n:.2f}×)"
+
+
+def tables(data: dict) -> str:
+    """The speed table (native against torch) and the overhead table, in markdown."""
+    medians = _medians(data)
+    shapes = list(dict.fromkeys(shape for shape, _ in medians))
+    lines = [
+        "| shape | 1 thread: torch / native | 2 threads: torch / native | 2 threads, 1 core "
+        "busy: torch / native | same: native 1 thread / auto |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for shape in shapes:
+        cells = [shape]
+        for setting in SETTINGS:
+            m = medians.get((shape, setting), {})
+            cells.append(_pair(m.get("torch"), m.get("native")))
+        busy = medians.get((shape, SETTINGS[2]), {})
+        one, auto = busy.get("native 1 thread"), busy.get("native auto")
+        cells.append(f"{_ms(one)} / {_ms(auto)}" if one and auto else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| shape | 1 thread: kernel / compose | overhead | 2 threads: kernel / compose "
+        "| overhead |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for shape in shapes:
+        cells = [shape]
+        for setting in SETTINGS[:2]:
+            m = medians.get((shape, setting), {})
+            kernel, public = m.get("native"), m.get("compose")
+            if kernel is None or public is None:
+                cells += ["n/a", "n/a"]
+            else:
+                cells += [f"{_ms(kernel)} / {_ms(public)}", f"{100 * (public / kernel - 1):+.0f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="leave out C = 512")
+    parser.add_argument("--json", type=Path, default=ROOT / ".benchmarks" / "compose.json")
+    parser.add_argument("--table", type=Path, help="print the tables of this JSON and exit")
+    args = parser.parse_args(argv)
+    if args.table is None:
+        path = str(ROOT / "bench" / "bench_compose.py")
+        code = run_suite(args.json, args.quick, [path, "-k", "test_compose_threads"])
+        if code != 0 or not args.json.exists():
+            return code
+    print(tables(json.loads((args.table or args.json).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
