@@ -34,6 +34,7 @@ from torch import nn
 from .. import _validation as v
 from .._memory import check_working_set
 from .errors import MorphError
+from .hf_config import sync_config
 from .report import MorphReport, Outcome, ParamSource, run_morph
 from .surgery import find_module, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
@@ -107,6 +108,7 @@ class _Editor:
 
     def outcome(self, notes: list[str]) -> Outcome:
         sync_shapes(self.child)
+        notes = [*notes, *sync_config(self.child)]
         return Outcome(self.new_nonzero, self.new_total, sources=self.sources, notes=notes)
 
 
@@ -906,7 +908,7 @@ def deepen_projection(
             sources[f"{at}.1.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
         total = width * (in_f + out_f)
         nonzero = int((first.weight != 0).sum() + (second.weight != 0).sum())
-        return Outcome(nonzero, total, sources=sources)
+        return Outcome(nonzero, total, sources=sources, notes=sync_config(child))
 
     probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
     return run_morph("deepen_projection", model, (at,), build, probe=probe, tol=tol)
