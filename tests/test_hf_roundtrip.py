@@ -91,9 +91,10 @@ OPS: dict[str, tuple[Callable[[str], Op], tuple[str, ...]]] = {
     "add_heads": (lambda f: lambda m: add_heads(m, 8), LLAMA_LIKE),
     "add_heads_6": (lambda f: lambda m: add_heads(m, 6), ("qwen2", "mistral")),
     "grow_width": (lambda f: lambda m: grow_width(m, 64 if f == "bert" else 48), LLAMA_LIKE),
+    # BERT's masked-LM decoder keeps the parent's width (untied): no config describes it
     "grow_width_then_heads": (
         lambda f: lambda m: add_heads(grow_width(m, 64)[0], 8),
-        (*LLAMA_LIKE, "gpt2", "bert"),
+        (*LLAMA_LIKE, "gpt2"),
     ),
     "add_block": (lambda f: lambda m: add_block(m, 1), (*LLAMA_LIKE, "gpt2")),
     "deepen_projection": (lambda f: lambda m: deepen_projection(m, _q_proj(f)), ()),
@@ -133,7 +134,6 @@ CASES = [
     for family in FAMILIES
     # GPT-2 and BERT need heads·head_dim = d_model: their heads grow after the width
     if not (op.startswith("add_heads") and family in ("gpt2", "bert"))
-    and not (op.startswith("grow_width") and family == "bert")  # the MLM head: not grown yet
 ]
 
 

@@ -86,7 +86,9 @@ class GrowthSummary:
 
     ``logits_*``: the child's logits on the probe, carried through every block in the
     model's dtype, against the parent's (``max_abs_dev``: max |child − parent| in that dtype;
-    ``rel_dev``: relative to the parent in float64; ``parent_noise``: the parent's own)."""
+    ``rel_dev``: relative to the parent in float64; ``parent_noise``: the parent's own).
+    ``probe``: the token ids (tokens,); ``parent_logits``: the parent's float64 logits on them
+    (tokens, vocab), to check a reload of DST against."""
 
     dst: str
     config: dict[str, Any]
@@ -96,7 +98,9 @@ class GrowthSummary:
     logits_max_abs_dev: float
     logits_rel_dev: float
     logits_parent_noise: float
-    seconds: float
+    probe: torch.Tensor = field(repr=False)
+    parent_logits: torch.Tensor = field(repr=False)
+    seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
 
 
@@ -289,6 +293,7 @@ def grow_checkpoint(
         blocks=tuple(checks),
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
+        probe=ids,
         **logits,
     )
 
@@ -629,4 +634,5 @@ class _Job:
             "logits_max_abs_dev": float((out["c"].double() - out["p"].double()).abs().max()),
             "logits_rel_dev": dev,
             "logits_parent_noise": parent_noise,
+            "parent_logits": out["p64"][0],
         }

@@ -129,7 +129,7 @@ def sync_config(model: nn.Module) -> list[str]:
         layout: Layout | None = describe(model)
     except (MorphError, AttributeError):  # e.g. a projection split by deepen_projection
         layout = None
-    notes = []
+    notes = _untie(model)
     if layout is not None:
         _write_sizes(config, model, layout)
     base = stock_class(type(config))
@@ -158,7 +158,7 @@ def sync_config(model: nn.Module) -> list[str]:
         )
         return notes
     config.__class__ = marked_class(base)
-    config.netmorph = {"model_type": base.model_type, **spec}
+    config.netmorph = {"model_type": base.model_type, **spec, "shared": shared_parameters(model)}
     what = ", ".join(spec["why"][:3])
     notes.append(
         f"the config cannot describe this child ({what}): its model_type is "
@@ -167,6 +167,30 @@ def sync_config(model: nn.Module) -> list[str]:
         + ("" if spec["rebuildable"] else " — not here: save it whole with torch.save")
     )
     return notes
+
+
+def shared_parameters(model: nn.Module) -> list[list[str]]:
+    """Names of the parameters several modules share (a tied head, BERT's decoder bias)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _untie(model: nn.Module) -> list[str]:
+    """``tie_word_embeddings`` false where the child's output embedding no longer shares the
+    input embedding's weight (BERT's masked-LM decoder keeps the parent's width when the
+    stream grows), so that a reload does not tie them again."""
+    config = model.config
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    if not getattr(config, "tie_word_embeddings", False) or get_in is None or get_out is None:
+        return []
+    embed, head = get_in(), get_out()
+    if embed is None or head is None or head.weight is embed.weight:
+        return []
+    config.tie_word_embeddings = False
+    return ["the output embedding no longer shares the input embedding's weight: untied"]
 
 
 def _set(config: object, names: tuple[str, ...], value: object) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import MorphError
-from .hf_config import MARK, config_from_dict
+from .hf_config import MARK, config_from_dict, shared_parameters
 from .surgery import replace_module
 from .transformer_layout import sync_shapes
 
@@ -65,17 +65,26 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     model = model_class(config)
     for name, layers in spec.get("replace", {}).items():
         replace_module(model, name, nn.Sequential(*(nn.Linear(i, o, bias=b) for i, o, b in layers)))
-    loaded: set[int] = set()
+    shared = [*shared_parameters(model), *spec.get("shared", [])]
+    loaded: dict[str, nn.Parameter | torch.Tensor] = {}
     for file in weight_files(path):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                loaded.add(_assign(model, key, f.get_tensor(key)))
+                loaded[key] = _assign(model, key, f.get_tensor(key))
+    for names in shared:
+        source = next((n for n in names if n in loaded), None)
+        for name in names:
+            if source is not None and name not in loaded:
+                owner, _, attr = name.rpartition(".")
+                model.get_submodule(owner)._parameters[attr] = loaded[source]
+                loaded[name] = loaded[source]
+    ids = {id(t) for t in loaded.values()}
     if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()
     missing = [
         k
         for k, t in model.state_dict(keep_vars=True).items()
-        if id(t) not in loaded and not _non_persistent(model, k)
+        if id(t) not in ids and not _non_persistent(model, k)
     ]
     if missing:
         raise MorphError(f"{path}: no weights for {missing[:5]} ({len(missing)} in all)")
@@ -95,8 +104,8 @@ def _non_persistent(model: nn.Module, key: str) -> bool:
     return attr in model.get_submodule(owner)._non_persistent_buffers_set
 
 
-def _assign(model: nn.Module, key: str, value: torch.Tensor) -> int:
-    """Put ``value`` in place of the parameter or buffer ``key`` (any shape); its id."""
+def _assign(model: nn.Module, key: str, value: torch.Tensor) -> nn.Parameter | torch.Tensor:
+    """Put ``value`` in place of the parameter or buffer ``key`` (any shape); returns it."""
     owner, _, attr = key.rpartition(".")
     try:
         module = model.get_submodule(owner)
@@ -106,8 +115,8 @@ def _assign(model: nn.Module, key: str, value: torch.Tensor) -> int:
         old = module._parameters[attr]
         param = nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
         module._parameters[attr] = param
-        return id(param)
+        return param
     if module is not None and attr in module._buffers:
         module._buffers[attr] = value
-        return id(value)
+        return value
     raise MorphError(f"weight {key!r} has no place in {type(model).__name__}")

@@ -730,6 +730,10 @@ def grow_width(
         if layout.tied:
             embed = child.get_submodule(layout.name(fam.writers[0]))
             child.get_submodule(layout.head).weight = embed.weight
+        embed_name = f"{layout.name(fam.writers[0])}.weight"
+        for name, p in child.named_parameters():  # BERT's MLM decoder: the parent's embedding
+            if name not in edit.sources and p.shape[-1] == d and name.startswith(layout.head):
+                edit.sources[name] = ParamSource(embed_name, embed_name)
         notes = []
         config = getattr(child, "config", None)
         if config is not None:
