@@ -83,6 +83,7 @@ def test_sharded_llama_grows_like_in_memory_and_loads_stock(tmp_path: Path) -> N
     assert [b.parent for b in summary.blocks] == [0, None, 1, 2, None]
     assert all(b.rel_dev <= b.bound for b in summary.blocks)
     assert summary.params_after == sum(p.numel() for p in child.parameters())
+    assert summary.params_before == sum(p.numel() for p in parent.parameters())
 
     in_memory, _ = grow_width(parent, 48)
     in_memory, _ = add_heads(in_memory, 8)

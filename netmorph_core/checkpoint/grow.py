@@ -288,7 +288,7 @@ def grow_checkpoint(
     return GrowthSummary(
         dst=str(dst),
         config=child_config.to_dict(),
-        params_before=job.params_before(),
+        params_before=source.numel(),
         params_after=params_after,
         blocks=tuple(checks),
         seconds=time.perf_counter() - start,
@@ -380,18 +380,12 @@ class _Job:
     def check_memory(self, child_config: object) -> None:
         """Bytes held at once: a piece and its grown child in the dtype and in float64 (three
         blocks' worth for add_block), the grown embedding and head."""
-        cd, pd = self.cd, self.pd
+        cd = self.cd
         attention = cd.d * cd.head_dim * (2 * cd.heads + 2 * cd.kv)
         piece = max(attention, 3 * cd.d * (cd.units // self.slices + 1), self.piece_params)
         item = torch.empty((), dtype=self.dtype).element_size()
         ends = self.vocab * cd.d * item * (1 if self.tied else 2)
-        check_working_set(3 * piece * (2 * item + 16) + ends + pd.d, "grow_checkpoint")
-
-    def params_before(self) -> int:
-        pd, n = self.pd, int(self.values["num_hidden_layers"])
-        block = pd.d * pd.head_dim * (2 * pd.heads + 2 * pd.kv) + 3 * pd.d * pd.units + 2 * pd.d
-        head = 0 if self.tied else self.vocab * pd.d
-        return n * block + self.vocab * pd.d + head + pd.d
+        check_working_set(3 * piece * (2 * item + 16) + ends, "grow_checkpoint")
 
     def _seed(self, block: int, piece: int, op: int) -> int:
         """A seed per (block, piece, operation): every piece's noise independent."""

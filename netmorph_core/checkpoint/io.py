@@ -13,6 +13,7 @@ interrupted run leaves no directory at DST.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -68,8 +69,16 @@ class Source:
         if missing:
             raise FileNotFoundError(f"src: the index names missing shard files {missing[:3]}")
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.files
+    def numel(self) -> int:
+        """The number of parameters the checkpoint holds (from the shard headers)."""
+        from safetensors import safe_open
+
+        total = 0
+        for file in dict.fromkeys(self.files.values()):
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    total += math.prod(f.get_slice(name).get_shape())
+        return total
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor ``name`` (read now; the file is unmapped again)."""

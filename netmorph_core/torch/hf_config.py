@@ -209,9 +209,7 @@ def norm_eps(model: nn.Module) -> list[float]:
     """The eps of every norm module (LayerNorm, RMSNorm and classes named ``…Norm``)."""
     out = []
     for module in model.modules():
-        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith(
-            "Norm"
-        ):
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm"):
             eps = next(
                 (getattr(module, a) for a in ("eps", "variance_epsilon") if hasattr(module, a)),
                 None,
@@ -236,9 +234,7 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     head_dim = _one([b.head_dim for b in blocks])
     if head_dim is not None and (hasattr(config, "head_dim") or not fam.derived_head_dim):
         config.head_dim = head_dim
-    hidden = _one(
-        [as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks]
-    )
+    hidden = _one([as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks])
     if hidden is not None:
         _set(config, ("intermediate_size", "n_inner"), hidden)
     eps = _one(norm_eps(model))
