@@ -147,7 +147,9 @@ RELOAD = textwrap.dedent(
 )
 
 
-def _run(code: str, nice: int = 10) -> dict:
+def _run(code: str, nice: int = 0) -> dict:
+    """Run ``code`` in a subprocess (``nice``: added to this process's niceness); the JSON
+    object on its last output line."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = ["nice", "-n", str(nice), sys.executable, "-c", code]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -170,7 +172,7 @@ def grow_and_reload(shape: str, work: Path, reload: bool = True) -> dict:
     try:
         result = _run(code)
         if reload:
-            result |= _run(RELOAD.format(tests=tests, dst=str(dst), probe=str(probe)), nice=15)
+            result |= _run(RELOAD.format(tests=tests, dst=str(dst), probe=str(probe)), nice=5)
     finally:
         shutil.rmtree(dst, ignore_errors=True)
     return result
