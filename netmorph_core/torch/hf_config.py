@@ -46,6 +46,9 @@ EPS_FIELDS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_eps"
 #: Module attributes compared with the stock model's (scalars and tuples of scalars).
 _SCALARS = (int, float, bool, str, type(None))
 
+#: Module attributes that are training-time switches, not architecture.
+RUNTIME_FLAGS = frozenset({"training", "gradient_checkpointing"})
+
 _MARKED: dict[type, type] = {}
 
 
@@ -135,7 +138,7 @@ def sync_config(model: nn.Module) -> list[str]:
     base = stock_class(type(config))
     try:
         stock = _stock_model(model, config, base)
-    except (ValueError, TypeError) as exc:  # the stock architecture cannot take the config
+    except Exception as exc:  # whatever the stock class raises, it cannot load this child
         config.__class__ = marked_class(base)
         reason = str(exc).splitlines()[0]
         config.netmorph = {"model_type": base.model_type, "why": [reason], "rebuildable": False}
@@ -320,7 +323,7 @@ def gain_offset(norm: nn.Module) -> float:
 def _scalars(module: nn.Module) -> dict[str, Any]:
     out = {}
     for key, value in vars(module).items():
-        if key.startswith("_") or key == "training":
+        if key.startswith("_") or key in RUNTIME_FLAGS:
             continue
         if isinstance(value, _SCALARS) or (
             isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value)
