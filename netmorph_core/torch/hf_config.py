@@ -143,6 +143,7 @@ def sync_config(model: nn.Module) -> list[str]:
         reason = str(exc).splitlines()[0]
         config.netmorph = {"model_type": base.model_type, "why": [reason], "rebuildable": False}
         return [
+            *notes,
             f"the config cannot describe this child (a stock model built from it fails: "
             f"{reason}): a stock from_pretrained refuses its model_type {config.model_type!r}; "
             "save it whole with torch.save"
