@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._arrays import from_torch, namespace
+from ._arrays import from_torch
 from ._scaling import peak
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

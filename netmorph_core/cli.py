@@ -1,4 +1,4 @@
-"""The ``netmorph`` command line: ``demo``, ``experiment``, ``info`` and ``bench``."""
+"""The ``netmorph`` command line: ``demo``, ``experiment``, ``info``, ``bench`` and ``grow``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .experiments.cli_commands import (
     say_where,
 )
 from .extras import install_hint, top_module
+from .grow_cli import add_grow_parser
 
 BENCH_REQUIRES = ("pytest", "pytest_benchmark")
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_out_option(bench, ".benchmarks in the source checkout")
     bench.set_defaults(func=_bench)
     add_experiment_parser(sub)
+    add_grow_parser(sub)
     return parser
 
 

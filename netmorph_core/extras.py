@@ -1,7 +1,8 @@
 """Optional dependencies: which extra installs each, and one line saying what to install.
 
 The core needs NumPy and SciPy only; torch, CuPy, and the experiments' matplotlib, tqdm and
-scikit-learn come with extras (``pip install "netmorph[experiments]"``).
+scikit-learn come with extras (``pip install "netmorph[experiments]"``); checkpoint growth
+(``netmorph grow``) needs transformers and safetensors (``netmorph[hf]``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ OPTIONAL = MappingProxyType(
         "matplotlib": ("matplotlib", "experiments"),
         "tqdm": ("tqdm", "experiments"),
         "sklearn": ("scikit-learn", "experiments"),
+        "transformers": ("transformers", "hf"),
+        "safetensors": ("safetensors", "hf"),
         "pytest": ("pytest", "test"),
         "pytest_benchmark": ("pytest-benchmark", "test"),
     }

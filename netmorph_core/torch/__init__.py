@@ -19,9 +19,9 @@ parameter counts, the solver's residual and the non-zero ratio of the new weight
 Layers the adapter does not understand (overridden forward, parents that read their parameters,
 hooks, parametrizations, tied weights) are refused by name: see :mod:`.support`.
 
-Saving a child: ``torch.save(child)`` pickles the whole module; or rebuild the architecture by
-replaying the same morph calls on the parent (the structure depends only on the arguments, not
-on the seed) and ``load_state_dict`` the saved state dict.
+Saving a child: a Hugging Face child's config is kept describing it (:mod:`.hf_config`), so
+``save_pretrained`` → ``from_pretrained`` reloads it; where no config can describe it the stock
+load refuses it and :func:`load_grown` rebuilds it. Any child: ``torch.save(child)``.
 
 Importing this subpackage imports torch; ``import netmorph_core`` does not.
 """
@@ -29,6 +29,7 @@ Importing this subpackage imports torch; ``import netmorph_core`` does not.
 from .activation import PActivation
 from .depth import deepen
 from .errors import MorphError
+from .hf_load import load_grown
 from .kernel import grow_kernel
 from .module import MorphedModule, morph_module
 from .optim import remap_optimizer
@@ -62,6 +63,7 @@ __all__ = [
     "grow_ffn",
     "grow_kernel",
     "grow_width",
+    "load_grown",
     "morph_module",
     "morph_stacked",
     "morph_subnet",

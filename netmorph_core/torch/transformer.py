@@ -34,6 +34,7 @@ from torch import nn
 from .. import _validation as v
 from .._memory import check_working_set
 from .errors import MorphError
+from .hf_config import sync_config
 from .kinds import advice
 from .kinds import describe as describe_kind
 from .report import MorphReport, Outcome, ParamSource, run_morph
@@ -109,6 +110,7 @@ class _Editor:
 
     def outcome(self, notes: list[str]) -> Outcome:
         sync_shapes(self.child)
+        notes = [*notes, *sync_config(self.child)]
         return Outcome(self.new_nonzero, self.new_total, sources=self.sources, notes=notes)
 
 
@@ -730,6 +732,10 @@ def grow_width(
         if layout.tied:
             embed = child.get_submodule(layout.name(fam.writers[0]))
             child.get_submodule(layout.head).weight = embed.weight
+        embed_name = f"{layout.name(fam.writers[0])}.weight"
+        for name, p in child.named_parameters():  # BERT's MLM decoder: the parent's embedding
+            if name not in edit.sources and p.shape[-1] == d and name.startswith(layout.head):
+                edit.sources[name] = ParamSource(embed_name, embed_name)
         notes = []
         config = getattr(child, "config", None)
         if config is not None:
@@ -911,7 +917,7 @@ def deepen_projection(
             sources[f"{at}.1.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
         total = width * (in_f + out_f)
         nonzero = int((first.weight != 0).sum() + (second.weight != 0).sum())
-        return Outcome(nonzero, total, sources=sources)
+        return Outcome(nonzero, total, sources=sources, notes=sync_config(child))
 
     probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
     return run_morph("deepen_projection", model, (at,), build, probe=probe, tol=tol)

@@ -166,8 +166,9 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
-#: Root-level output heads that read the final norm's output (or the stream).
-HEADS = ("lm_head", "classifier", "score")
+#: Root-level output heads that read the final norm's output (or the stream); ``cls``: BERT's
+#: pre-training and masked-LM heads (``cls.predictions.transform.dense`` reads the stream).
+HEADS = ("lm_head", "classifier", "score", "cls")
 
 
 @dataclass(frozen=True)

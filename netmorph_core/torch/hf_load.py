@@ -1,0 +1,122 @@
+"""Reload a grown Hugging Face model saved with ``save_pretrained``, exactly.
+
+A child whose config describes it (:mod:`.hf_config`) reloads with the stock
+``from_pretrained``; :func:`load_grown` reloads every child, including those whose config
+is marked ``netmorph-<model_type>``: it builds the stock architecture from the config, puts
+the recorded replacement modules in place (a projection split into a Sequential of Linear
+layers), takes every parameter from the checkpoint with its own shape, sets the recorded
+module attributes (per-layer head counts, per-norm eps, …) and refuses anything missing or
+left over. Memory: the model once, plus the tensors of one shard file while it is read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import MorphError
+from .hf_config import MARK, config_from_dict, shared_parameters
+from .surgery import replace_module
+from .transformer_layout import sync_shapes
+
+CONFIG = "config.json"
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of the checkpoint directory ``path`` (index order)."""
+    index = path / INDEX
+    if index.is_file():
+        shards = json.loads(index.read_text())["weight_map"].values()
+        return [path / name for name in dict.fromkeys(shards)]
+    if (path / SINGLE).is_file():
+        return [path / SINGLE]
+    raise FileNotFoundError(f"{path}: neither {INDEX} nor {SINGLE}")
+
+
+def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """The model saved in the directory ``path`` by ``save_pretrained``, rebuilt exactly
+    (module docstring); ``dtype`` casts it. MorphError when the config names no class of
+    ``transformers``, or a weight is missing or has no place in the model."""
+    import transformers
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise FileNotFoundError(f"path={str(path)!r} holds no {CONFIG}")
+    values = json.loads((path / CONFIG).read_text())
+    spec = values.pop("netmorph", None) or {}
+    model_type = spec.get("model_type", values.pop("model_type", None))
+    values.pop("model_type", None)
+    if not model_type or model_type.startswith(MARK):
+        raise MorphError(f"{path / CONFIG}: no stock model_type to rebuild from")
+    if spec and not spec.get("rebuildable", False):
+        raise MorphError(f"{path}: the saved child has modules no config describes: {spec['why']}")
+    config_class = transformers.AutoConfig.for_model(model_type).__class__
+    config = config_from_dict(config_class, values)
+    names = getattr(config, "architectures", None) or []
+    model_class = getattr(transformers, names[0], None) if names else None
+    if not isinstance(model_class, type):
+        raise MorphError(f"{path / CONFIG}: architectures={names!r} names no transformers class")
+    model = model_class(config)
+    for name, layers in spec.get("replace", {}).items():
+        replace_module(model, name, nn.Sequential(*(nn.Linear(i, o, bias=b) for i, o, b in layers)))
+    shared = [*shared_parameters(model), *spec.get("shared", [])]
+    loaded: dict[str, nn.Parameter | torch.Tensor] = {}
+    for file in weight_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                loaded[key] = _assign(model, key, f.get_tensor(key))
+    for names in shared:
+        source = next((n for n in names if n in loaded), None)
+        for name in names:
+            if source is not None and name not in loaded:
+                owner, _, attr = name.rpartition(".")
+                model.get_submodule(owner)._parameters[attr] = loaded[source]
+                loaded[name] = loaded[source]
+    ids = {id(t) for t in loaded.values()}
+    if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()
+    missing = [
+        k
+        for k, t in model.state_dict(keep_vars=True).items()
+        if id(t) not in ids and not _non_persistent(model, k)
+    ]
+    if missing:
+        raise MorphError(f"{path}: no weights for {missing[:5]} ({len(missing)} in all)")
+    sync_shapes(model)
+    for name, attrs in spec.get("attributes", {}).items():
+        module = model.get_submodule(name)
+        for key, value in attrs.items():
+            old = getattr(module, key, None)
+            setattr(module, key, tuple(value) if isinstance(old, tuple) else value)
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def _non_persistent(model: nn.Module, key: str) -> bool:
+    owner, _, attr = key.rpartition(".")
+    return attr in model.get_submodule(owner)._non_persistent_buffers_set
+
+
+def _assign(model: nn.Module, key: str, value: torch.Tensor) -> nn.Parameter | torch.Tensor:
+    """Put ``value`` in place of the parameter or buffer ``key`` (any shape); returns it."""
+    owner, _, attr = key.rpartition(".")
+    try:
+        module = model.get_submodule(owner)
+    except AttributeError:
+        module = None
+    if module is not None and attr in module._parameters:
+        old = module._parameters[attr]
+        param = nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
+        module._parameters[attr] = param
+        return param
+    if module is not None and attr in module._buffers:
+        module._buffers[attr] = value
+        return value
+    raise MorphError(f"weight {key!r} has no place in {type(model).__name__}")

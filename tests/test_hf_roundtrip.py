@@ -1,0 +1,189 @@
+"""Grown Hugging Face children leave the process exactly.
+
+Every operation × {Llama, Qwen2, Mistral, GPT-2, BERT (masked LM), Gemma2} on tiny configs:
+``save_pretrained`` to a directory, then either the stock ``AutoModelFor….from_pretrained``
+reloads the child (logits equal to the in-memory child's within float32 rounding) or — where
+the config cannot describe the child — the stock load fails loudly and
+:func:`~netmorph_core.torch.load_grown` rebuilds it exactly. The report's notes say which.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from thirdparty import import_transformers
+
+from netmorph_core.torch import (
+    MorphError,
+    add_block,
+    add_heads,
+    deepen_projection,
+    grow_ffn,
+    grow_width,
+    load_grown,
+)
+
+try:
+    transformers = import_transformers()
+except ImportError:  # pragma: no cover - the test extra installs it
+    pytest.skip("transformers is not installed", allow_module_level=True)
+
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+F32_ATOL = 1e-5
+GQA = dict(
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    vocab_size=100,
+    max_position_embeddings=32,
+)
+#: family → (model class, config class, config arguments, Auto class).
+FAMILIES = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig", GQA, "AutoModelForCausalLM"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(**GQA, tie_word_embeddings=True), None),
+    "mistral": ("MistralForCausalLM", "MistralConfig", GQA, None),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(**GQA, head_dim=8), None),
+    "gpt2": (
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        dict(n_embd=32, n_head=4, n_layer=2, vocab_size=100, n_positions=16),
+        None,
+    ),
+    "bert": (
+        "BertForMaskedLM",
+        "BertConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            vocab_size=100,
+            max_position_embeddings=16,
+        ),
+        "AutoModelForMaskedLM",
+    ),
+}
+LLAMA_LIKE = ("llama", "qwen2", "mistral", "gemma2")
+Op = Callable[[torch.nn.Module], tuple[torch.nn.Module, object]]
+
+
+def _q_proj(family: str) -> str:
+    return {
+        "gpt2": "transformer.h.0.mlp.c_fc",
+        "bert": "bert.encoder.layer.0.attention.self.query",
+    }.get(family, "model.layers.0.self_attn.q_proj")
+
+
+#: op name → (callable, families whose child the stock load reproduces, families refused).
+OPS: dict[str, tuple[Callable[[str], Op], tuple[str, ...]]] = {
+    "grow_ffn": (lambda f: lambda m: grow_ffn(m, 160), (*LLAMA_LIKE, "gpt2", "bert")),
+    "grow_ffn_one_layer": (lambda f: lambda m: grow_ffn(m, 160, layers=1), ()),
+    "add_heads": (lambda f: lambda m: add_heads(m, 8), LLAMA_LIKE),
+    "add_heads_6": (lambda f: lambda m: add_heads(m, 6), ("qwen2", "mistral")),
+    "grow_width": (lambda f: lambda m: grow_width(m, 64 if f == "bert" else 48), LLAMA_LIKE),
+    # BERT's masked-LM decoder keeps the parent's width (untied): no config describes it
+    "grow_width_then_heads": (
+        lambda f: lambda m: add_heads(grow_width(m, 64)[0], 8),
+        (*LLAMA_LIKE, "gpt2"),
+    ),
+    "add_block": (lambda f: lambda m: add_block(m, 1), (*LLAMA_LIKE, "gpt2")),
+    "deepen_projection": (lambda f: lambda m: deepen_projection(m, _q_proj(f)), ()),
+}
+REFUSED = {("add_block", "bert"): "post-LN"}
+
+
+def _parent(family: str) -> torch.nn.Module:
+    model_name, config_name, args, _ = FAMILIES[family]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(**args)
+    model = getattr(transformers, model_name)(config).eval()
+    with torch.no_grad():  # non-trivial norms and biases
+        for name, p in model.named_parameters():
+            if "norm" in name.lower() or ".ln_" in name:
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.2, 0.2)
+    return model
+
+
+def _auto(family: str) -> type:
+    return getattr(transformers, FAMILIES[family][3] or "AutoModelForCausalLM")
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _save(child: torch.nn.Module, path: Path) -> None:
+    child.save_pretrained(path)
+
+
+CASES = [
+    pytest.param(op, family, id=f"{op}-{family}")
+    for op in OPS
+    for family in FAMILIES
+    # GPT-2 and BERT need heads·head_dim = d_model: their heads grow after the width
+    if not (op.startswith("add_heads") and family in ("gpt2", "bert"))
+]
+
+
+@pytest.mark.parametrize(("op", "family"), CASES)
+def test_child_round_trips(op: str, family: str, tmp_path: Path) -> None:
+    parent = _parent(family)
+    make, stock_families = OPS[op]
+    if (op, family) in REFUSED:
+        with pytest.raises(MorphError, match=REFUSED[op, family]):
+            make(family)(parent)
+        return
+    child, report = make(family)(parent)
+    _save(child, tmp_path)
+    expected = _logits(child)
+    torch.testing.assert_close(expected, _logits(parent), rtol=0, atol=1e-4)
+    if family in stock_families:
+        assert any("reloads this child exactly" in n for n in report.notes), report.notes
+        reloaded = _auto(family).from_pretrained(tmp_path).eval()
+    else:
+        assert any("cannot describe" in n for n in report.notes), report.notes
+        with pytest.raises(ValueError, match="does not recognize this architecture"):
+            _auto(family).from_pretrained(tmp_path)
+        reloaded = load_grown(tmp_path)
+    torch.testing.assert_close(_logits(reloaded), expected, rtol=0, atol=F32_ATOL)
+
+
+def test_marked_child_pickles_and_grows_back_to_stock(tmp_path: Path) -> None:
+    """A child marked for one layer's wider FFN is stock again once every layer has it."""
+    parent = _parent("llama")
+    child, _ = grow_ffn(parent, 96, layers=0)
+    assert child.config.model_type == "netmorph-llama"
+    again = pickle.loads(pickle.dumps(child))
+    torch.testing.assert_close(_logits(again), _logits(child), rtol=0, atol=0)
+    child, _ = grow_ffn(child, 96, layers=1)
+    assert child.config.model_type == "llama"
+    assert not hasattr(child.config, "netmorph")
+    _save(child, tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=1e-4)
+
+
+def test_width_rescales_the_config_eps_and_gemma_scale() -> None:
+    """A non-multiple width: eps·kd/D' in the config; Gemma2's embedding scale √D'."""
+    llama, _ = grow_width(_parent("llama"), 48)
+    assert llama.config.rms_norm_eps == pytest.approx(1e-6 * 32 / 48, rel=1e-12)
+    gemma, report = grow_width(_parent("gemma2"), 48)
+    assert gemma.model.embed_tokens.scalar_embed_scale == pytest.approx(48**0.5)
+    assert any("embedding scale" in n for n in report.notes)
+
+
+def test_load_grown_refuses_a_bad_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        load_grown(tmp_path)
