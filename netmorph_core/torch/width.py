@@ -40,7 +40,7 @@ from torch import nn
 
 from .. import _validation as v
 from ..morph.width import as_generator, noise_scale
-from .consumers import FLAT, Use, WidthPlan, depthwise_outputs, plan_widening
+from .consumers import FLAT, BlockRequest, Use, WidthPlan, depthwise_outputs, plan_widening
 from .errors import MorphError
 from .exported_consumers import plan_exported_widening
 from .report import MorphReport, Outcome, ParamSource, run_morph
@@ -183,6 +183,12 @@ def _apply(
                 m.running_mean = gather(m.running_mean, s, 0, 0.0)
                 m.running_var = gather(m.running_var, s, 0, 1.0)
             m.num_features = s.size
+        elif use.kind == "frozen_batch_norm":  # buffers, not parameters
+            for attr, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0)):
+                setattr(m, attr, gather(getattr(m, attr), s, 0, fill))
+            m.running_var = gather(m.running_var, s, 0, 1.0)
+            if hasattr(m, "num_features"):
+                m.num_features = s.size
         elif use.kind == "depthwise":
             out = depthwise_outputs(s, m.out_channels // m.groups)
             w = m.weight
@@ -247,6 +253,53 @@ def grouped_channel_map(
     return np.where(local < cg, base + local, -1).reshape(-1)
 
 
+def block_channel_map(
+    rng: np.random.Generator, channels: int, width: int, blocks: int
+) -> np.ndarray:
+    """Child channel → parent channel (−1: new) in ``blocks`` equal blocks: child block i holds
+    parent block i's C/b channels and (C̃ − C)/b new ones, every block with the same random
+    permutation (chunk(b) of the widened tensor then pairs its parts position by position)."""
+    cb, wb = channels // blocks, width // blocks
+    local = rng.permutation(wb)
+    base = np.arange(blocks)[:, None] * cb
+    return np.where(local < cb, base + local, -1).reshape(-1)
+
+
+def _blocks_for(request: BlockRequest, blocks: int, channels: int, width: int, names: tuple) -> int:
+    """The blocks of a producer map that satisfy ``request`` as well as the ``blocks`` already
+    needed (grouped producers: their groups)."""
+    need = math.lcm(blocks, request.blocks)
+    if channels % need or width % need:
+        raise MorphError(
+            f"widening {list(names)}: its channels are chunked into {request.blocks} parts "
+            f"(and come in {blocks} blocks), so the {channels} channels and the width must be "
+            f"multiples of {need}; got width {width}"
+        ) from request
+    return need
+
+
+def _shape_inputs(
+    model: nn.Module, probe: object, input_shape: object
+) -> tuple[torch.Tensor, ...] | None:
+    """Inputs to record the traced graph's shapes on: ``probe`` (floating tensors in the model's
+    dtype and device) or zeros of ``input_shape``; None when neither is a valid input (the
+    measurement validates them and names the argument)."""
+    like = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device, dtype = (like.device, like.dtype) if like is not None else ("cpu", None)
+    items = (probe,) if isinstance(probe, torch.Tensor) else probe
+    if (
+        isinstance(items, (tuple, list))
+        and items
+        and all(isinstance(t, torch.Tensor) for t in items)
+    ):
+        return tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in items)
+    if isinstance(input_shape, Sequence) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_shape
+    ):
+        return (torch.zeros(tuple(input_shape), device=device, dtype=dtype),)
+    return None
+
+
 def widen(
     model: nn.Module,
     at: str | Sequence[str],
@@ -304,9 +357,23 @@ def widen(
                 f"widening {list(names)}: {type(model).__name__} is traced with torch.export, "
                 "which needs example inputs; pass probe="
             )
-        plan = plan_exported_widening(model, names, src, inputs)
     else:
-        plan = plan_widening(model, names, src)
+        inputs = _shape_inputs(model, probe, input_shape)
+    blocks = 1
+    while True:
+        try:
+            if is_hf_model(model):
+                plan = plan_exported_widening(model, names, src, inputs)
+            else:
+                plan = plan_widening(model, names, src, inputs)
+            break
+        except BlockRequest as request:
+            if request.blocks == blocks or blocks % request.blocks == 0:
+                raise MorphError(
+                    f"widening {list(names)}: its chunks cannot grow consistently"
+                ) from request
+            blocks = _blocks_for(request, math.lcm(blocks, group_count), channels, width, names)
+            src = block_channel_map(rng, channels, width, blocks)
     _check_untied(model, plan)
     check_editable(model, [_module_of(use) for use in plan.uses])
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
