@@ -249,9 +249,65 @@ def test_spatial_shape_reads_are_unchanged() -> None:
 
 def test_reading_the_channel_count_is_refused_by_name() -> None:
     with pytest.raises(
-        MorphError, match=r"getitem.*reads the shape of a widened tensor where it holds"
+        MorphError, match=r"getitem.*reads the shape of a widened tensor .* where it holds"
     ):
         widen(PyramidUp(read_channels=True).double(), "a", 10, probe=x64(2, 3, 8, 6), seed=0)
+
+
+class ResNeXtBlock(nn.Module):
+    """1×1 conv → BN → ReLU → grouped 3×3 conv (4 groups of 2 → 3) → BN → ReLU → 1×1 conv;
+    ``chunk`` puts a GLU chunk between the widened conv and the grouped one (2 groups of 2)."""
+
+    def __init__(self, chunk: bool = False) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(3, 8, 1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.grouped = nn.Conv2d(4 if chunk else 8, 12, 3, padding=1, groups=2 if chunk else 4)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.expand = nn.Conv2d(12, 5, 1)
+        self.chunk = chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.reduce(x)))
+        if self.chunk:
+            a, b = y.chunk(2, dim=1)
+            y = a * torch.sigmoid(b)
+        return self.expand(torch.relu(self.bn2(self.grouped(y))))
+
+
+def resnext(chunk: bool = False) -> nn.Module:
+    torch.manual_seed(8)
+    net = ResNeXtBlock(chunk).double()
+    for bn in (net.bn1, net.bn2):  # trained statistics
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("zero_side", ["auto", "inner", "outer"])
+def test_grouped_consumer_grows_by_whole_new_groups(zero_side: str) -> None:
+    parent = resnext()
+    x = x64(2, 3, 5, 5)
+    child = check_exact(parent, "reduce", 12, x, zero_side=zero_side)
+    g = child.grouped
+    assert (g.in_channels, g.out_channels, g.groups) == (12, 18, 6)
+    assert child.bn2.num_features == 18 and child.expand.in_channels == 18
+    # train mode too: BatchNorm is per channel
+    parent.train()
+    child.train()
+    with torch.no_grad():
+        y, z = parent(x), child(x)
+    assert float((y - z).abs().max() / y.abs().max()) <= F64_TOL
+
+
+def test_grouped_consumer_needs_whole_groups() -> None:
+    with pytest.raises(MorphError, match=r"'grouped'.*width of 8 \+ a multiple of 2 \(got 11\)"):
+        widen(resnext(), "reduce", 11, probe=x64(2, 3, 5, 5), seed=0)
+
+
+def test_grouped_consumer_after_a_chunk_is_refused() -> None:
+    with pytest.raises(MorphError, match=r"'grouped'.*not through a concatenation or a chunk"):
+        widen(resnext(chunk=True), "reduce", 12, probe=x64(2, 3, 5, 5), seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,3 +349,15 @@ def test_exported_fused_gate_up_chunks_grow_together() -> None:
 def test_exported_split_with_fixed_sizes_is_refused_by_name() -> None:
     with pytest.raises(MorphError, match=r"aten\.split.*sizes fixed in the graph"):
         widen(_fused_gate_up(split=True), "gate_up", 28, probe=x64(2, 5, 6), seed=0)
+
+
+def test_without_a_probe_a_channels_last_transpose_asks_for_one() -> None:
+    """No probe: the rank of a Linear output is unknown, transpose(1, 2) may not move its
+    channels; permute names every axis and is followed."""
+    with pytest.raises(MorphError, match=r"'transpose'.*unknown rank; pass probe="):
+        widen(MixerBlock("transpose").double(), "proj", 11, seed=0, tol=None)
+    parent = MixerBlock("permute").double()
+    x = x64(2, 5, 6)
+    child, _ = widen(parent, "proj", 11, seed=0, tol=None)
+    with torch.no_grad():
+        assert float((parent(x) - child(x)).abs().max() / parent(x).abs().max()) <= F64_TOL

@@ -9,9 +9,14 @@ along the channel axis. The walk follows that tensor through the graph in topolo
   (φ'(0) ≠ 0; not for ReLU);
 - BatchNorm (also subclasses with channel-wise activations inside, like timm's
   BatchNormAct2d; and frozen BatchNorm, whose weight, bias and statistics are buffers,
-  like torchvision's FrozenBatchNorm2d), per-channel PReLU and depthwise convolutions
-  (groups = C_in: channel c feeds only its own m output channels) pass it on and are widened
+  like torchvision's FrozenBatchNorm2d) and per-channel PReLU pass it on and are widened
   themselves;
+- grouped convolutions (g groups of p input and q output channels; depthwise: p = 1) grow by
+  whole new groups: the map must hold every parent group as a block in order and the new
+  channels as whole blocks of p (the walk asks widen for such a map, see
+  :class:`BlockRequest`); a new group's filters read only new channels, and its q new output
+  channels go on downstream as new channels (zero when its inputs are zero, since its bias is
+  zero; met by zero columns further on otherwise);
 - a product with a gate computed from the tensor (squeeze-and-excitation: pool → conv →
   act → conv → sigmoid) widens the gate's last conv with the same channel map;
 - a product with a per-channel parameter (a layer scale, ConvNeXt's ``layer_scale``/``gamma``)
@@ -31,9 +36,7 @@ along the channel axis. The walk follows that tensor through the graph in topolo
 - flatten turns channels into column blocks (channel c owns B consecutive features);
 - concatenation along the channel axis shifts it by the other inputs' channel counts;
 - an add of widened tensors needs every operand widened the same way;
-- Conv and Linear layers consume it: they get new input columns. Grouped convolutions with
-  more than one input channel per group are refused, with the widths whole new groups would
-  need (their new outputs would have to be taken by every later layer too).
+- Conv and Linear layers consume it: they get new input columns.
 
 The channel map ``src`` of a tensor gives, for each child channel, the parent channel it holds
 or −1 for a new channel. Anything else the widened tensor reaches raises :class:`MorphError`.
@@ -171,6 +174,7 @@ _DIV = {operator.truediv, torch.div, "div", "div_"}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _RESHAPES = {"reshape", "view", "unsqueeze", "expand", "expand_as", "to", "type_as"}
 _REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
+_MOVES = {"transpose", torch.transpose, "permute", torch.permute}
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,8 @@ class Flow:
 @dataclass(frozen=True)
 class Use:
     """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm",
-    "frozen_batch_norm" (buffers), "prelu", "depthwise" (widened channel-wise; ``flow`` is what
-    it consumes); or "scale": the
+    "frozen_batch_norm" (buffers), "prelu", "grouped" (grouped or depthwise convs growing by
+    whole new groups) (widened channel-wise; ``flow`` is what it consumes); or "scale": the
     per-channel parameter ``name`` multiplying the tensor, its channels along ``axis``."""
 
     name: str
@@ -231,11 +235,14 @@ class WidthPlan:
 class BlockRequest(Exception):
     """The walk needs the producer's channel map laid out in ``blocks`` equal parts, each with
     the parent part's channels plus the same share of new ones and the same permutation
-    (:func:`~.width.block_channel_map`); widen builds that map and walks again."""
+    (:func:`~.width.block_channel_map`); or, ``whole_groups``, in whole groups of ``blocks``
+    channels: the parent's groups in order and all-new groups between them
+    (:func:`~.width.group_channel_map`). widen builds that map and walks again."""
 
-    def __init__(self, blocks: int) -> None:
-        super().__init__(f"the channel map must come in {blocks} equal blocks")
+    def __init__(self, blocks: int, whole_groups: bool = False) -> None:
+        super().__init__(f"the channel map must come in blocks of {blocks}")
         self.blocks = blocks
+        self.whole_groups = whole_groups
 
 
 _FROZEN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
@@ -398,8 +405,8 @@ class _Walk:
             if widened:
                 self._step(node, widened)
             flow = self.flows.get(node)
-            if flow is not None and flow.layout == LAST:
-                self.flows[node] = replace(flow, ndim=self.rank(node))
+            if flow is not None and flow.layout == LAST and node.target not in _MOVES:
+                self.flows[node] = replace(flow, ndim=self.rank(node))  # rank-changing ops
         for name, count in calls.items():
             if count != 1:
                 raise MorphError(
@@ -484,10 +491,9 @@ class _Walk:
                 return
         raise self.fail(
             node,
-            "reads the shape of a widened tensor where it holds (or may hold) the channel "
-            "count; "
-            "widen does not follow code that computes with it (such as a channel shuffle's "
-            "reshape)"
+            f"reads the shape of a widened tensor ({shapes[0].name!r}) where it holds (or may "
+            "hold) the channel count; widen does not follow code that computes with it (such "
+            "as a channel shuffle's reshape)"
             + (" — pass probe= or input_shape= so the rank is known" if flow.ndim is None else ""),
         )
 
@@ -544,7 +550,7 @@ class _Walk:
             self._cat(node)
         elif target in ("chunk", torch.chunk, "split", torch.split, torch.functional.split):
             self._chunk(node, flow)
-        elif target in ("transpose", torch.transpose, "permute", torch.permute):
+        elif target in _MOVES:
             self._move(node, flow)
         elif target in (torch.flatten, "flatten"):
             self._flatten(node, flow, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
@@ -675,28 +681,28 @@ class _Walk:
         self._pass(node, merged, zero, True)
 
     def _grouped(self, node: fx.Node, m: nn.Module, flow: Flow) -> None:
-        """A grouped conv consuming the widened tensor: depthwise ones widen channel-wise."""
-        if m.in_channels != m.groups:
-            per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
+        """A grouped conv consuming the widened tensor grows by whole new groups (depthwise:
+        one channel per group); its new output channels go on as new channels."""
+        if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
+            raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
+        self._expect(node, m.in_channels, flow)
+        per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
+        out = grouped_outputs(flow.src, per_in, per_out)
+        if out is None:
+            whole = (flow.src.size - flow.parent_channels) % per_in == 0
+            if whole and np.array_equal(flow.src, self.src):
+                raise BlockRequest(per_in, whole_groups=True)
             raise self.fail(
                 node,
                 f"is a grouped convolution (groups={m.groups}, {per_in} input channels per "
                 f"group): new input channels need whole new groups, i.e. a width of "
-                f"{flow.parent_channels} + a multiple of {per_in}, each new group adding "
-                f"{per_out} output channels that the layers after it would have to take too; "
-                "widen does not build that cascade: widen layers whose consumers are "
-                "ungrouped or depthwise",
+                f"{flow.parent_channels} + a multiple of {per_in}"
+                + ("" if whole else f" (got {flow.src.size})")
+                + ", reaching it with the parent's groups intact (not through a concatenation "
+                "or a chunk)",
             )
-        if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
-            raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
-        self._expect(node, m.in_channels, flow)
-        self.plan.uses.append(Use(node.target, "depthwise", flow))
-        self._pass(
-            node,
-            replace(flow, src=depthwise_outputs(flow.src, m.out_channels // m.groups)),
-            True,
-            True,
-        )
+        self.plan.uses.append(Use(node.target, "grouped", flow))
+        self._pass(node, replace(flow, src=out), True, True)
 
     def _gate(self, node: fx.Node, gate: fx.Node, flow: Flow) -> str:
         """The conv that computes ``gate`` through single-use channel-wise operations (the
@@ -1014,11 +1020,22 @@ class _Walk:
         self.flows[node] = replace(flow, layout=SPATIAL if ndim > 2 else VECTOR, ndim=ndim)
 
 
-def depthwise_outputs(src: np.ndarray, multiplier: int) -> np.ndarray:
-    """The channel map after a depthwise conv with ``multiplier`` outputs per input channel:
-    output c·m + r comes from input c (−1 stays −1: a new channel gives new outputs)."""
-    r = np.arange(multiplier)
-    return np.where(src[:, None] >= 0, src[:, None] * multiplier + r, -1).reshape(-1)
+def grouped_outputs(src: np.ndarray, per_in: int, per_out: int) -> np.ndarray | None:
+    """The channel map after a grouped conv with ``per_in`` input and ``per_out`` output
+    channels per group, or None when ``src`` does not come in whole groups. Every block of
+    ``per_in`` child channels must be a parent group in order (its outputs j·per_out + r come
+    from parent group j) or all new (a new group: new outputs). Depthwise: per_in = 1."""
+    if src.size % per_in:
+        return None
+    pieces = []
+    for row in src.reshape(-1, per_in):
+        if np.all(row < 0):
+            pieces.append(np.full(per_out, -1))
+        elif row[0] % per_in == 0 and np.array_equal(row, row[0] + np.arange(per_in)):
+            pieces.append(row[0] // per_in * per_out + np.arange(per_out))
+        else:
+            return None
+    return np.concatenate(pieces)
 
 
 def plan_widening(

@@ -22,9 +22,12 @@ values on the new channels: a new channel is zero where it meets the scale, or m
 columns further on.
 
 Grouped producers (``groups`` g) get (C̃ − C)/g new channels in every group, permuted within the
-group. A depthwise consumer is widened channel-wise: its new channels get random filters and a
-zero bias (a zero channel stays zero; a non-zero one meets zero columns further on), and its
-next consumer gets the new columns. The gate conv of a squeeze-and-excitation product is
+group. A grouped consumer (p input, q output channels per group; depthwise: p = 1) grows by
+whole new groups: the channel map keeps the parent's groups whole and in order and puts the
+new channels in (C̃ − C)/p new groups; a new group's filters (random) read only new channels,
+its bias is zero (a zero channel gives zero outputs; a non-zero one gives outputs that meet
+zero columns further on), and its q new outputs are followed to the next consumer like the
+widened channels. The gate conv of a squeeze-and-excitation product is
 widened like a producer: a new channel of the product is the widened channel times its gate,
 zero when the widened channel is, and met by zero columns otherwise.
 """
@@ -40,7 +43,7 @@ from torch import nn
 
 from .. import _validation as v
 from ..morph.width import as_generator, noise_scale
-from .consumers import FLAT, BlockRequest, Use, WidthPlan, depthwise_outputs, plan_widening
+from .consumers import FLAT, BlockRequest, Use, WidthPlan, grouped_outputs, plan_widening
 from .errors import MorphError
 from .exported_consumers import plan_exported_widening
 from .report import MorphReport, Outcome, ParamSource, run_morph
@@ -189,8 +192,9 @@ def _apply(
             m.running_var = gather(m.running_var, s, 0, 1.0)
             if hasattr(m, "num_features"):
                 m.num_features = s.size
-        elif use.kind == "depthwise":
-            out = depthwise_outputs(s, m.out_channels // m.groups)
+        elif use.kind == "grouped":
+            per_in = m.in_channels // m.groups
+            out = grouped_outputs(s, per_in, m.out_channels // m.groups)
             w = m.weight
             rows = _noise(rng, (int((out < 0).sum()), *w.shape[1:]), w, noise_scale(to_numpy64(w)))
             nonzero += int(torch.count_nonzero(rows))
@@ -204,7 +208,7 @@ def _apply(
                 sources[f"{use.name}.bias"] = ParamSource(
                     f"{use.name}.bias", f"{use.name}.bias", (out,)
                 )
-            m.in_channels, m.out_channels, m.groups = s.size, out.size, s.size
+            m.in_channels, m.out_channels, m.groups = s.size, out.size, s.size // per_in
         elif use.kind == "scale":
             attr = use.name.rpartition(".")[2]
             p = getattr(m, attr)
@@ -263,6 +267,17 @@ def block_channel_map(
     local = rng.permutation(wb)
     base = np.arange(blocks)[:, None] * cb
     return np.where(local < cb, base + local, -1).reshape(-1)
+
+
+def group_channel_map(rng: np.random.Generator, channels: int, width: int, size: int) -> np.ndarray:
+    """Child channel → parent channel (−1: new) in whole groups of ``size``: the parent's
+    groups in order, each kept in order, and (C̃ − C)/size all-new groups placed at random
+    among them (a grouped consumer then grows by whole new groups)."""
+    old, new = channels // size, (width - channels) // size
+    order = np.sort(rng.permutation(old + new)[:old])  # the positions of the parent's groups
+    src = np.full((old + new, size), -1)
+    src[order] = np.arange(channels).reshape(old, size)
+    return src.reshape(-1)
 
 
 def _blocks_for(request: BlockRequest, blocks: int, channels: int, width: int, names: tuple) -> int:
@@ -368,9 +383,16 @@ def widen(
                 plan = plan_widening(model, names, src, inputs)
             break
         except BlockRequest as request:
-            if request.blocks == blocks or blocks % request.blocks == 0:
+            if request.whole_groups and blocks == 1 and group_count == 1:
+                src = group_channel_map(rng, channels, width, request.blocks)
+                blocks = 0  # laid out in whole groups: no other layout can be asked for
+                continue
+            if request.whole_groups or blocks < 1 or blocks % request.blocks == 0:
                 raise MorphError(
-                    f"widening {list(names)}: its chunks cannot grow consistently"
+                    f"widening {list(names)}: its channels reach a chunk or a grouped "
+                    f"convolution that needs them in blocks of {request.blocks}, which the "
+                    "layout another use needs (the producer's groups, another chunk or "
+                    "grouped convolution) rules out"
                 ) from request
             blocks = _blocks_for(request, math.lcm(blocks, group_count), channels, width, names)
             src = block_channel_map(rng, channels, width, blocks)
