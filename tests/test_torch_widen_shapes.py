@@ -101,6 +101,34 @@ def test_conv_glu_chunk_over_channels_and_split_over_rows() -> None:
     assert child.b.in_channels == 6
 
 
+class GroupedGLU(nn.Module):
+    """A grouped producer (2 groups) chunked in two along the channels; ``cat`` first
+    concatenates another layer's output, so the parts cannot grow alike."""
+
+    def __init__(self, cat: bool = False) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 3, padding=1, groups=2)
+        self.side = nn.Conv2d(4, 2, 1)
+        self.b = nn.Conv2d(5 if cat else 4, 3, 1)
+        self.cat = cat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.a(x), self.side(x)], dim=1) if self.cat else self.a(x)
+        value, gate = h.chunk(2, dim=1)
+        return self.b(value * torch.sigmoid(gate))
+
+
+def test_grouped_producer_chunked_grows_every_group_alike() -> None:
+    torch.manual_seed(9)
+    child = check_exact(GroupedGLU().double(), "a", 12, x64(2, 4, 5, 5))
+    assert child.a.groups == 2 and child.b.in_channels == 6
+
+
+def test_chunk_after_a_concatenation_is_refused_by_name() -> None:
+    with pytest.raises(MorphError, match=r"'chunk'.*parts cannot grow consistently"):
+        widen(GroupedGLU(cat=True).double(), "a", 12, probe=x64(2, 4, 5, 5), seed=0)
+
+
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine terms held as buffers (as in detection
     backbones)."""
