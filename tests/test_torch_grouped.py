@@ -140,9 +140,11 @@ def test_widen_refusals_name_the_node() -> None:
     with pytest.raises(
         MorphError,
         match=r"'1' \(Conv2d\) is a grouped convolution \(groups=2, 2 input .* width of 4 \+ a "
-        r"multiple of 2, each new group adding 2 output channels",
+        r"multiple of 2 \(got 5\)",
     ):
-        widen(grouped, "0", 6)
+        widen(grouped, "0", 5)
+    with pytest.raises(MorphError, match=r"'output'.*receives widened channels"):
+        widen(grouped, "0", 6)  # a new group's outputs reach the model output
 
     class Shuffle(nn.Module):
         def __init__(self) -> None:

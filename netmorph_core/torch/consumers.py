@@ -8,18 +8,35 @@ along the channel axis. The walk follows that tensor through the graph in topolo
   channel stays zero (φ(0) = 0) and whether gradient passes a zero pre-activation
   (φ'(0) ≠ 0; not for ReLU);
 - BatchNorm (also subclasses with channel-wise activations inside, like timm's
-  BatchNormAct2d), per-channel PReLU and depthwise convolutions (groups = C_in: channel c
-  feeds only its own m output channels) pass it on and are widened themselves;
+  BatchNormAct2d; and frozen BatchNorm, whose weight, bias and statistics are buffers,
+  like torchvision's FrozenBatchNorm2d) and per-channel PReLU pass it on and are widened
+  themselves;
+- grouped convolutions (g groups of p input and q output channels; depthwise: p = 1) grow by
+  whole new groups: the map must hold every parent group as a block in order and the new
+  channels as whole blocks of p (the walk asks widen for such a map, see
+  :class:`BlockRequest`); a new group's filters read only new channels, and its q new output
+  channels go on downstream as new channels (zero when its inputs are zero, since its bias is
+  zero; met by zero columns further on otherwise);
 - a product with a gate computed from the tensor (squeeze-and-excitation: pool → conv →
   act → conv → sigmoid) widens the gate's last conv with the same channel map;
 - a product with a per-channel parameter (a layer scale, ConvNeXt's ``layer_scale``/``gamma``)
-  widens that parameter;
+  widens that parameter; a product with a one-element parameter or buffer (a learned scalar
+  gain) is channel-wise and leaves it as it is;
+- ``chunk(k)`` along the channel axis splits the map into k parts: exact when every child part
+  holds exactly the parent part's channels plus (C̃ − C)/k new ones, all parts with the same
+  permutation (a fused gated MLP's ``gate, up = x.chunk(2, -1)`` pairs gate and up channels
+  position by position). When the producer's map is not laid out that way the walk asks for
+  one (:class:`BlockRequest`); ``split`` with sizes written in the code is refused (its sizes
+  would no longer add up to the widened axis); chunk/split along another axis passes through;
+- transpose/permute move the channel axis: to axis 1 (a spatial (N, C, *S) tensor, e.g. before
+  a depthwise Conv1d) or to the last axis (channels last); the rank is read from the shapes
+  recorded on the probe (or from permute's dims);
+- shape reads (``x.shape[i]``, ``x.size(i)``) of axes other than the channel axis are
+  unchanged by the widening and allowed; reading the channel count is refused when used;
 - flatten turns channels into column blocks (channel c owns B consecutive features);
 - concatenation along the channel axis shifts it by the other inputs' channel counts;
 - an add of widened tensors needs every operand widened the same way;
-- Conv and Linear layers consume it: they get new input columns. Grouped convolutions with
-  more than one input channel per group are refused, with the widths whole new groups would
-  need (their new outputs would have to be taken by every later layer too).
+- Conv and Linear layers consume it: they get new input columns.
 
 The channel map ``src`` of a tensor gives, for each child channel, the parent channel it holds
 or −1 for a new channel. Anything else the widened tensor reaches raises :class:`MorphError`.
@@ -28,13 +45,14 @@ or −1 for a new channel. Anything else the widened tensor reaches raises :clas
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from .activation import PActivation
 from .errors import MorphError
@@ -156,6 +174,7 @@ _DIV = {operator.truediv, torch.div, "div", "div_"}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _RESHAPES = {"reshape", "view", "unsqueeze", "expand", "expand_as", "to", "type_as"}
 _REDUCE = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
+_MOVES = {"transpose", torch.transpose, "permute", torch.permute}
 
 
 @dataclass(frozen=True)
@@ -170,7 +189,7 @@ class Flow:
 
     src: np.ndarray
     layout: str
-    ndim: int | None
+    ndim: int | None  # the rank; None for a "last" tensor of unknown rank
     zero_broken: str | None = None
     dead: str | None = None
 
@@ -181,8 +200,9 @@ class Flow:
 
 @dataclass(frozen=True)
 class Use:
-    """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm", "prelu",
-    "depthwise" (widened channel-wise; ``flow`` is what it consumes); or "scale": the
+    """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm",
+    "frozen_batch_norm" (buffers), "prelu", "grouped" (grouped or depthwise convs growing by
+    whole new groups) (widened channel-wise; ``flow`` is what it consumes); or "scale": the
     per-channel parameter ``name`` multiplying the tensor, its channels along ``axis``."""
 
     name: str
@@ -212,12 +232,70 @@ class WidthPlan:
         return next((u.flow.dead for u in self.consumers if u.flow.dead), None)
 
 
+class BlockRequest(Exception):
+    """The walk needs the producer's channel map laid out in ``blocks`` equal parts, each with
+    the parent part's channels plus the same share of new ones and the same permutation
+    (:func:`~.width.block_channel_map`); or, ``whole_groups``, in whole groups of ``blocks``
+    channels: the parent's groups in order and all-new groups between them
+    (:func:`~.width.group_channel_map`). widen builds that map and walks again."""
+
+    def __init__(self, blocks: int, whole_groups: bool = False) -> None:
+        super().__init__(f"the channel map must come in blocks of {blocks}")
+        self.blocks = blocks
+        self.whole_groups = whole_groups
+
+
+_FROZEN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def is_frozen_batch_norm(m: nn.Module) -> bool:
+    """A frozen BatchNorm (torchvision's, timm's or detection libraries' FrozenBatchNorm2d):
+    y = (x − mean)/√(var + eps)·weight + bias per channel (axis 1), every one of weight, bias,
+    running_mean and running_var a 1-D buffer of the same size, no parameters, no children."""
+    buffers = dict(m.named_buffers(recurse=False))
+    return (
+        "FrozenBatchNorm" in type(m).__name__
+        and not list(m.parameters())
+        and not list(m.children())
+        and all(b in buffers and buffers[b].dim() == 1 for b in _FROZEN_BUFFERS)
+        and len({buffers[b].numel() for b in _FROZEN_BUFFERS}) == 1
+    )
+
+
+def chunk_flow(
+    flow: Flow, parts: int, root: np.ndarray, fail: Callable[[str], Exception]
+) -> list[Flow]:
+    """The flows of ``flow.chunk(parts)`` along its channel axis. Part i of the child must hold
+    exactly part i of the parent (plus new channels), with every part's map the same; when it
+    does not and ``flow`` carries the producer's map ``root``, raise :class:`BlockRequest`;
+    otherwise ``fail(why)``."""
+    total, child = flow.parent_channels, flow.src.size
+    if total % parts or child % parts:
+        raise fail(
+            f"chunks the widened channels into {parts} parts: the parent's {total} and the "
+            f"child's {child} channels must both be multiples of {parts} (a width of {total} "
+            f"+ a multiple of {parts})"
+        )
+    pieces = flow.src.reshape(parts, -1)
+    size = total // parts
+    local = np.where(pieces >= 0, pieces - size * np.arange(parts)[:, None], -1)
+    inside = (pieces < 0) | ((local >= 0) & (local < size))
+    if np.all(inside) and all(np.array_equal(local[0], row) for row in local):
+        return [replace(flow, src=row) for row in local]
+    if np.array_equal(flow.src, root):
+        raise BlockRequest(parts)
+    raise fail(
+        f"chunks the widened channels into {parts} parts, but after the operations before it "
+        "the parts cannot grow consistently"
+    )
+
+
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer with :class:`PActivation` and every BatchNorm (subclasses included)
-    kept as one leaf."""
+    """torch.fx's tracer with :class:`PActivation`, every BatchNorm (subclasses included) and
+    frozen BatchNorm kept as one leaf."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        leaf = isinstance(m, (PActivation, _BATCH_NORMS))  # ChannelLastBatchNorm included
+        leaf = isinstance(m, (PActivation, _BATCH_NORMS)) or is_frozen_batch_norm(m)
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
@@ -273,8 +351,14 @@ class _Walk:
         self.producers = tuple(producers)
         self.src = src
         self.flows: dict[fx.Node, Flow] = {}
-        self.shape_nodes: set[fx.Node] = set()
+        self.shape_nodes: dict[fx.Node, Flow] = {}  # x.shape / x.size() of a widened x
+        self.pieces: dict[fx.Node, list[Flow]] = {}  # the parts of a chunked widened tensor
         self.plan = WidthPlan(self.producers)
+
+    def rank(self, node: fx.Node) -> int | None:
+        """The rank of ``node``'s tensor as recorded on the probe (None: not recorded)."""
+        shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+        return None if shape is None else len(shape)
 
     def origins(self, node: fx.Node, seen: dict[fx.Node, list[str]] | None = None) -> list[str]:
         """The layers (or model inputs) a tensor comes from, through any operations."""
@@ -311,13 +395,18 @@ class _Walk:
                     raise self.fail(node, "consumes channels that are being widened with it")
                 layer = self.modules[node.target]
                 layout = SPATIAL if isinstance(layer, CONV_TYPES) else LAST
-                ndim = layer.weight.dim() if isinstance(layer, CONV_TYPES) else None
+                ndim = layer.weight.dim() if isinstance(layer, CONV_TYPES) else self.rank(node)
                 self.flows[node] = Flow(self.src, layout, ndim)
+                continue
+            if self._piece(node):
                 continue
             if shapes:
                 self._shape_use(node, shapes)
             if widened:
                 self._step(node, widened)
+            flow = self.flows.get(node)
+            if flow is not None and flow.layout == LAST and node.target not in _MOVES:
+                self.flows[node] = replace(flow, ndim=self.rank(node))  # rank-changing ops
         for name, count in calls.items():
             if count != 1:
                 raise MorphError(
@@ -366,10 +455,47 @@ class _Walk:
             if node.op == "get_attr":
                 self._check_attr(node)
 
+    def _piece(self, node: fx.Node) -> bool:
+        """Take one part of a chunked widened tensor (True), or refuse any other use of the
+        parts; False when ``node`` reads no chunk."""
+        chunks = [a for a in node.all_input_nodes if a in self.pieces]
+        if not chunks:
+            return False
+        if node.op == "call_function" and node.target is operator.getitem and len(chunks) == 1:
+            index = node.args[1]
+            if isinstance(index, int):
+                self.flows[node] = self.pieces[chunks[0]][index]
+                return True
+        raise self.fail(node, "uses the parts of a chunked widened tensor other than one by one")
+
+    def _is_channel(self, flow: Flow, dim: int) -> bool:
+        """Whether axis ``dim`` of a tensor carrying ``flow`` may be its channel axis."""
+        if flow.layout == LAST:
+            if flow.ndim is None:
+                return dim >= -1  # a non-negative axis of unknown rank may be the last one
+            return dim % flow.ndim == flow.ndim - 1
+        return dim % (flow.ndim or 2) == 1
+
     def _shape_use(self, node: fx.Node, shapes: list[fx.Node]) -> None:
-        if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
-            return
-        raise self.fail(node, "reads the shape of a widened tensor beyond its batch size")
+        """``x.shape[i]`` of a widened ``x``: unchanged unless i is the channel axis."""
+        flow = self.shape_nodes[shapes[0]]
+        if node.op == "call_function" and node.target is operator.getitem:
+            index = node.args[1]
+            if isinstance(index, slice) and flow.ndim is not None:
+                axes = list(range(flow.ndim))[index]
+            else:
+                axes = [index] if isinstance(index, int) else None
+            if axes is not None and (
+                not node.users or not any(self._is_channel(flow, a) for a in axes)
+            ):
+                return
+        raise self.fail(
+            node,
+            f"reads the shape of a widened tensor ({shapes[0].name!r}) where it holds (or may "
+            "hold) the channel count; widen does not follow code that computes with it (such "
+            "as a channel shuffle's reshape)"
+            + (" — pass probe= or input_shape= so the rank is known" if flow.ndim is None else ""),
+        )
 
     def _pass(self, node: fx.Node, flow: Flow, zero: bool, live: bool) -> None:
         here = _describe(node, self.modules)
@@ -390,7 +516,10 @@ class _Walk:
             return
         target = node.target
         if node.op == "call_method" and target == "size":
-            if _arg(node, 1, "dim", None) != 0:
+            dim = _arg(node, 1, "dim", None)
+            if dim is None:
+                self.shape_nodes[node] = flow
+            elif not isinstance(dim, int) or (node.users and self._is_channel(flow, dim)):
                 raise self.fail(
                     node,
                     "reads the channel count of a widened tensor; widen does not follow code "
@@ -398,7 +527,11 @@ class _Walk:
                 )
             return
         if node.op == "call_function" and target is getattr and node.args[1] == "shape":
-            self.shape_nodes.add(node)
+            self.shape_nodes[node] = flow
+            return
+        if node.op == "call_method" and target == "dim":
+            return
+        if node.op == "call_function" and target is getattr and node.args[1] == "ndim":
             return
         if node.args and node.args[0] is not widened[0] and target not in _CAT | _ADD | _MUL:
             raise self.fail(node, "takes a widened tensor as a non-data argument")
@@ -415,6 +548,10 @@ class _Walk:
             self._mul(node, widened)
         elif target in _CAT:
             self._cat(node)
+        elif target in ("chunk", torch.chunk, "split", torch.split, torch.functional.split):
+            self._chunk(node, flow)
+        elif target in _MOVES:
+            self._move(node, flow)
         elif target in (torch.flatten, "flatten"):
             self._flatten(node, flow, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
         elif target in ("view", "reshape"):
@@ -467,6 +604,12 @@ class _Walk:
                         "which widen does not know to be channel-wise",
                     )
                 self._pass(node, self.flows[node], *_MODULES[type(child)])
+        elif is_frozen_batch_norm(m):
+            if flow.layout not in (SPATIAL, VECTOR):
+                raise self.fail(node, f"cannot normalise a {flow.layout} tensor per channel")
+            self._expect(node, m.weight.numel(), flow)
+            self.plan.uses.append(Use(name, "frozen_batch_norm", flow))
+            self.flows[node] = flow
         elif isinstance(m, nn.PReLU):
             if m.num_parameters > 1:
                 self._expect(node, m.num_parameters, flow)
@@ -501,6 +644,17 @@ class _Walk:
     def _operands(self, node: fx.Node) -> list[object]:
         return [*node.args, *node.kwargs.values()]
 
+    def _merged(self, node: fx.Node, flows: list[Flow]) -> Flow:
+        """One flow for operands whose channels must line up."""
+        if any(not np.array_equal(f.src, flows[0].src) for f in flows):
+            raise self.fail(node, "combines widened tensors whose channels do not line up")
+        merged = flows[0]
+        for f in flows[1:]:
+            merged = replace(
+                merged, zero_broken=merged.zero_broken or f.zero_broken, dead=merged.dead or f.dead
+            )
+        return merged
+
     def _add(self, node: fx.Node, widened: list[fx.Node]) -> None:
         tensors = [a for a in self._operands(node) if isinstance(a, fx.Node)]
         others = [a for a in tensors if a not in self.flows]
@@ -527,28 +681,28 @@ class _Walk:
         self._pass(node, merged, zero, True)
 
     def _grouped(self, node: fx.Node, m: nn.Module, flow: Flow) -> None:
-        """A grouped conv consuming the widened tensor: depthwise ones widen channel-wise."""
-        if m.in_channels != m.groups:
-            per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
+        """A grouped conv consuming the widened tensor grows by whole new groups (depthwise:
+        one channel per group); its new output channels go on as new channels."""
+        if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
+            raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
+        self._expect(node, m.in_channels, flow)
+        per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
+        out = grouped_outputs(flow.src, per_in, per_out)
+        if out is None:
+            whole = (flow.src.size - flow.parent_channels) % per_in == 0
+            if whole and np.array_equal(flow.src, self.src):
+                raise BlockRequest(per_in, whole_groups=True)
             raise self.fail(
                 node,
                 f"is a grouped convolution (groups={m.groups}, {per_in} input channels per "
                 f"group): new input channels need whole new groups, i.e. a width of "
-                f"{flow.parent_channels} + a multiple of {per_in}, each new group adding "
-                f"{per_out} output channels that the layers after it would have to take too; "
-                "widen does not build that cascade: widen layers whose consumers are "
-                "ungrouped or depthwise",
+                f"{flow.parent_channels} + a multiple of {per_in}"
+                + ("" if whole else f" (got {flow.src.size})")
+                + ", reaching it with the parent's groups intact (not through a concatenation "
+                "or a chunk)",
             )
-        if flow.layout != SPATIAL or flow.ndim != m.weight.dim():
-            raise self.fail(node, f"cannot consume a {flow.layout} tensor of rank {flow.ndim}")
-        self._expect(node, m.in_channels, flow)
-        self.plan.uses.append(Use(node.target, "depthwise", flow))
-        self._pass(
-            node,
-            replace(flow, src=depthwise_outputs(flow.src, m.out_channels // m.groups)),
-            True,
-            True,
-        )
+        self.plan.uses.append(Use(node.target, "grouped", flow))
+        self._pass(node, replace(flow, src=out), True, True)
 
     def _gate(self, node: fx.Node, gate: fx.Node, flow: Flow) -> str:
         """The conv that computes ``gate`` through single-use channel-wise operations (the
@@ -590,6 +744,8 @@ class _Walk:
             if base.op == "get_attr":
                 if node.target in _DIV and node.args[0] is a:
                     raise self.fail(node, "divides by a widened tensor")
+                if self._scalar(node, a, base, self.flows[widened[0]]):
+                    continue
                 self._layer_scale(node, a, base, self.flows[widened[0]])
                 return
             self.plan.gates[self._gate(node, a, self.flows[widened[0]])] = self.flows[
@@ -608,6 +764,29 @@ class _Walk:
             zero_broken=None if zero else flows[0].zero_broken,
             dead=next((f.dead for f in flows if f.dead), None),
         )
+
+    def _scalar(self, node: fx.Node, operand: fx.Node, attr: fx.Node, flow: Flow) -> bool:
+        """Whether ``operand`` is a one-element parameter or buffer (through reshapes with
+        constant shapes) that keeps the widened tensor's rank: the same factor for every
+        channel, left as it is."""
+        owner, _, name = str(attr.target).rpartition(".")
+        value = getattr(self.gm.get_submodule(owner), name, None)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            return False
+        shape, chain, step = tuple(value.shape), [], operand
+        while step is not attr:
+            chain.append(step)
+            step = step.args[0]
+        for step in reversed(chain):
+            shape = self._reshaped(node, step, shape, str(attr.target))
+        rank = flow.ndim if flow.layout in (SPATIAL, LAST) else 2
+        if len(shape) > (1 if rank is None else rank):
+            raise self.fail(
+                node,
+                f"multiplies widened channels with {attr.target!r} of shape {shape}, which "
+                "would add axes to the widened tensor",
+            )
+        return True
 
     def _layer_scale(self, node: fx.Node, operand: fx.Node, param: fx.Node, flow: Flow) -> None:
         """A product of the widened tensor with a per-channel parameter (a layer scale such as
@@ -681,6 +860,15 @@ class _Walk:
         tensors = _arg(node, 0, "tensors", ())
         dim = _arg(node, 1, "dim", 0)
         flows = [self.flows[t] for t in tensors if t in self.flows]
+        if (
+            isinstance(dim, int)
+            and len(flows) == len(tensors)
+            and not any(self._is_channel(f, dim) for f in flows)
+        ):  # along another axis: every operand must carry the same channels
+            if any(f.layout != flows[0].layout or f.ndim != flows[0].ndim for f in flows):
+                raise self.fail(node, "concatenates widened tensors of different layouts")
+            self._pass(node, self._merged(node, flows), True, True)
+            return
         if any(not self._channel_axis(f, dim) for f in flows) or any(
             f.layout != flows[0].layout for f in flows
         ):
@@ -707,6 +895,76 @@ class _Walk:
                 merged, zero_broken=merged.zero_broken or f.zero_broken, dead=merged.dead or f.dead
             )
         self.flows[node] = replace(merged, src=np.concatenate(pieces))
+
+    def _chunk(self, node: fx.Node, flow: Flow) -> None:
+        """``chunk(k, dim)``/``split(size, dim)``: parts along the channel axis grow
+        consistently (:func:`chunk_flow`); along any other axis every part keeps the map."""
+        chunk = node.target in ("chunk", torch.chunk)
+        dim = _arg(node, 2, "dim", 0)
+        if not isinstance(dim, int):
+            raise self.fail(node, f"splits along a computed axis {dim!r}")
+        if not self._is_channel(flow, dim):
+            taken = [u.args[1] for u in node.users if u.target is operator.getitem]
+            self.pieces[node] = [flow] * max(
+                (i + 1 for i in taken if isinstance(i, int)), default=0
+            )
+            return
+        if flow.layout == FLAT or (flow.layout == LAST and flow.ndim is None and dim != -1):
+            raise self.fail(
+                node,
+                f"splits a {flow.layout} tensor along axis {dim}, which may hold the widened "
+                "channels; pass probe= or input_shape= so the rank is known",
+            )
+        if not chunk:
+            raise self.fail(
+                node,
+                f"splits the widened channels into parts of the sizes {node.args[1]!r} written "
+                "in the code, which would no longer add up to the widened axis; write it as "
+                "chunk(k, dim) so every part grows",
+            )
+        parts = _arg(node, 1, "chunks", None)
+        if not isinstance(parts, int):
+            raise self.fail(node, "chunks into a computed number of parts")
+        self.pieces[node] = chunk_flow(flow, parts, self.src, lambda why: self.fail(node, why))
+
+    def _move(self, node: fx.Node, flow: Flow) -> None:
+        """transpose/permute: the channel axis goes where the permutation puts it; the result
+        must hold it at axis 1 of a batched spatial tensor or as the last axis."""
+        args = node.args[1:]
+        rank = flow.ndim if flow.layout != VECTOR else 2
+        permute = node.target in ("permute", torch.permute)
+        if permute:
+            dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+            dims = list(dims or node.kwargs.get("dims", ()))
+            rank = len(dims)
+        if flow.layout == FLAT or rank is None:
+            raise self.fail(
+                node,
+                f"moves the axes of a {flow.layout} tensor of unknown rank; pass probe= or "
+                "input_shape= so the rank is known",
+            )
+        if not permute:
+            d0, d1 = _arg(node, 1, "dim0", None), _arg(node, 2, "dim1", None)
+            if not isinstance(d0, int) or not isinstance(d1, int):
+                raise self.fail(node, "transposes computed axes")
+            dims = list(range(rank))
+            dims[d0 % rank], dims[d1 % rank] = dims[d1 % rank], dims[d0 % rank]
+        if not all(isinstance(d, int) for d in dims) or sorted(d % rank for d in dims) != list(
+            range(rank)
+        ):
+            raise self.fail(node, f"permutes with dims {dims!r}")
+        axis = rank - 1 if flow.layout == LAST else 1
+        moved = [d % rank for d in dims].index(axis)
+        if moved == rank - 1:
+            self.flows[node] = replace(flow, layout=VECTOR if rank == 2 else LAST, ndim=rank)
+        elif moved == 1:
+            self.flows[node] = replace(flow, layout=SPATIAL, ndim=rank)
+        else:
+            raise self.fail(
+                node,
+                f"moves the widened channels to axis {moved} of {rank}; widen follows them at "
+                "axis 1 (N, C, ...) or as the last axis",
+            )
 
     def _flatten(self, node: fx.Node, flow: Flow, start: object, end: object) -> None:
         if flow.layout == VECTOR and start in (1, -1) and end in (1, -1):
@@ -762,15 +1020,48 @@ class _Walk:
         self.flows[node] = replace(flow, layout=SPATIAL if ndim > 2 else VECTOR, ndim=ndim)
 
 
-def depthwise_outputs(src: np.ndarray, multiplier: int) -> np.ndarray:
-    """The channel map after a depthwise conv with ``multiplier`` outputs per input channel:
-    output c·m + r comes from input c (−1 stays −1: a new channel gives new outputs)."""
-    r = np.arange(multiplier)
-    return np.where(src[:, None] >= 0, src[:, None] * multiplier + r, -1).reshape(-1)
+def grouped_outputs(src: np.ndarray, per_in: int, per_out: int) -> np.ndarray | None:
+    """The channel map after a grouped conv with ``per_in`` input and ``per_out`` output
+    channels per group, or None when ``src`` does not come in whole groups. Every block of
+    ``per_in`` child channels must be a parent group in order (its outputs j·per_out + r come
+    from parent group j) or all new (a new group: new outputs). Depthwise: per_in = 1."""
+    if src.size % per_in:
+        return None
+    pieces = []
+    for row in src.reshape(-1, per_in):
+        if np.all(row < 0):
+            pieces.append(np.full(per_out, -1))
+        elif row[0] % per_in == 0 and np.array_equal(row, row[0] + np.arange(per_in)):
+            pieces.append(row[0] // per_in * per_out + np.arange(per_out))
+        else:
+            return None
+    return np.concatenate(pieces)
 
 
-def plan_widening(model: nn.Module, producers: Sequence[str], src: np.ndarray) -> WidthPlan:
+def plan_widening(
+    model: nn.Module,
+    producers: Sequence[str],
+    src: np.ndarray,
+    inputs: tuple[torch.Tensor, ...] | None = None,
+) -> WidthPlan:
     """Trace ``model`` and find every module the widening of ``producers`` (all with channel map
-    ``src``) touches. Raises MorphError when the graph cannot be updated exactly."""
+    ``src``) touches; ``inputs`` (optional) record every tensor's shape first (an eval-mode run
+    without gradients), which tells the walk the ranks of channels-last tensors. Raises
+    MorphError when the graph cannot be updated exactly, :class:`BlockRequest` when ``src``
+    must come in equal blocks."""
     gm = trace(model, "widen")
+    if inputs is not None:
+        training = {m: m.training for m in gm.modules()}
+        try:
+            gm.eval()
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*inputs)
+        except Exception as exc:  # any failure of the model on its probe
+            raise MorphError(
+                f"widening {list(producers)}: {type(model).__name__} fails on the probe "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        finally:
+            for m, mode in training.items():
+                m.training = mode
     return _Walk(gm, producers, src).run()

@@ -18,6 +18,9 @@ torch.fx graph, into the same :class:`~.consumers.WidthPlan`:
   (SwiGLU's SiLU(gate(x))·up(x)) widens that layer with the same channel map, as
   :func:`~.transformer.grow_ffn` grows gate and up together;
 - concatenation along the last axis shifts the map;
+- ``chunk(k)`` along the last axis splits the map into k parts that grow alike (a fused
+  gate/up projection; :func:`~.consumers.chunk_flow`, which may ask widen for a map in equal
+  blocks); split with sizes fixed in the graph is refused; along other axes both pass;
 - a Linear or Conv1D layer reading the tensor consumes it (new input columns).
 
 Anything else is refused, naming the ATen op, the node and the module it ran in: a sum with
@@ -28,6 +31,7 @@ itself, the model's output.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .consumers import LAST, Flow, Use, WidthPlan
+from .consumers import LAST, Flow, Use, WidthPlan, chunk_flow
 from .errors import MorphError
 from .surgery import CONV_TYPES
 from .tracing import export_graph, node_module
@@ -124,6 +128,7 @@ class _ExportedWalk:
         self.producers = tuple(producers)
         self.src = src
         self.flows: dict[fx.Node, Flow] = {}
+        self.pieces: dict[fx.Node, list[Flow]] = {}  # the parts of a chunked widened tensor
         self.plan = WidthPlan(self.producers)
 
     # -- reading the graph ----------------------------------------------------------------
@@ -207,6 +212,13 @@ class _ExportedWalk:
         calls = {p: 0 for p in self.producers}
         for node in self.gm.graph.nodes:
             if node.op in ("get_attr", "placeholder"):
+                continue
+            chunks = [a for a in node.all_input_nodes if a in self.pieces]
+            if chunks:
+                index = node.args[1] if node.target is operator.getitem else None
+                if len(chunks) > 1 or not isinstance(index, int):
+                    raise self.fail(node, "uses the parts of a chunked widened tensor together")
+                self.flows[node] = self.pieces[chunks[0]][index]
                 continue
             widened = [a for a in node.all_input_nodes if a in self.flows]
             layer = self.layer_call(node)
@@ -312,6 +324,9 @@ class _ExportedWalk:
         if op == "cat":
             self._cat(node)
             return
+        if op in ("chunk", "split", "split_with_sizes", "unbind") and node.args[0] is widened[0]:
+            self._chunk(node, op, flow)
+            return
         if op in _NORMS:
             raise self.fail(node, "normalises over the widened channels")
         if op in _ATTENTION:
@@ -384,6 +399,27 @@ class _ExportedWalk:
         elif op == "index" and len(_arg(node, 1, "indices", ())) >= len(before):
             raise self.fail(node, "indexes the widened channels")
         self._pass(node, flow, True, True)
+
+    def _chunk(self, node: fx.Node, op: str, flow: Flow) -> None:
+        """chunk/split: parts of the last axis grow alike; parts of another axis keep the
+        map."""
+        dim = _arg(node, 1 if op == "unbind" else 2, "dim", 0)
+        taken = [u.args[1] for u in node.users if u.target is operator.getitem]
+        if not self._last_axis(node, dim):
+            self.pieces[node] = [flow] * max(
+                (i + 1 for i in taken if isinstance(i, int)), default=0
+            )
+            return
+        if op != "chunk":
+            raise self.fail(
+                node,
+                "splits the widened channels into parts of sizes fixed in the graph, which "
+                "would no longer add up to the widened axis; chunk(k, dim) grows every part",
+            )
+        parts = _arg(node, 1, "chunks", None)
+        if not isinstance(parts, int):
+            raise self.fail(node, "chunks into a computed number of parts")
+        self.pieces[node] = chunk_flow(flow, parts, self.src, lambda why: self.fail(node, why))
 
     def _broadcast(self, operand: object) -> bool:
         """A Python number, or a tensor of size 1 on the last axis: the same for every

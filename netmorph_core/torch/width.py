@@ -22,9 +22,12 @@ values on the new channels: a new channel is zero where it meets the scale, or m
 columns further on.
 
 Grouped producers (``groups`` g) get (C̃ − C)/g new channels in every group, permuted within the
-group. A depthwise consumer is widened channel-wise: its new channels get random filters and a
-zero bias (a zero channel stays zero; a non-zero one meets zero columns further on), and its
-next consumer gets the new columns. The gate conv of a squeeze-and-excitation product is
+group. A grouped consumer (p input, q output channels per group; depthwise: p = 1) grows by
+whole new groups: the channel map keeps the parent's groups whole and in order and puts the
+new channels in (C̃ − C)/p new groups; a new group's filters (random) read only new channels,
+its bias is zero (a zero channel gives zero outputs; a non-zero one gives outputs that meet
+zero columns further on), and its q new outputs are followed to the next consumer like the
+widened channels. The gate conv of a squeeze-and-excitation product is
 widened like a producer: a new channel of the product is the widened channel times its gate,
 zero when the widened channel is, and met by zero columns otherwise.
 """
@@ -41,7 +44,7 @@ from torch import nn
 from .. import _validation as v
 from ..morph.width import as_generator, noise_scale
 from .budget import hidden_budget
-from .consumers import FLAT, Use, WidthPlan, depthwise_outputs, plan_widening
+from .consumers import FLAT, BlockRequest, Use, WidthPlan, grouped_outputs, plan_widening
 from .errors import MorphError
 from .exported_consumers import plan_exported_widening
 from .report import MorphReport, Outcome, ParamSource, run_morph
@@ -184,8 +187,15 @@ def _apply(
                 m.running_mean = gather(m.running_mean, s, 0, 0.0)
                 m.running_var = gather(m.running_var, s, 0, 1.0)
             m.num_features = s.size
-        elif use.kind == "depthwise":
-            out = depthwise_outputs(s, m.out_channels // m.groups)
+        elif use.kind == "frozen_batch_norm":  # buffers, not parameters
+            for attr, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0)):
+                setattr(m, attr, gather(getattr(m, attr), s, 0, fill))
+            m.running_var = gather(m.running_var, s, 0, 1.0)
+            if hasattr(m, "num_features"):
+                m.num_features = s.size
+        elif use.kind == "grouped":
+            per_in = m.in_channels // m.groups
+            out = grouped_outputs(s, per_in, m.out_channels // m.groups)
             w = m.weight
             rows = _noise(rng, (int((out < 0).sum()), *w.shape[1:]), w, noise_scale(to_numpy64(w)))
             nonzero += int(torch.count_nonzero(rows))
@@ -199,7 +209,7 @@ def _apply(
                 sources[f"{use.name}.bias"] = ParamSource(
                     f"{use.name}.bias", f"{use.name}.bias", (out,)
                 )
-            m.in_channels, m.out_channels, m.groups = s.size, out.size, s.size
+            m.in_channels, m.out_channels, m.groups = s.size, out.size, s.size // per_in
         elif use.kind == "scale":
             attr = use.name.rpartition(".")[2]
             p = getattr(m, attr)
@@ -246,6 +256,64 @@ def grouped_channel_map(
     local = np.stack([rng.permutation(wg) for _ in range(groups)])
     base = np.arange(groups)[:, None] * cg
     return np.where(local < cg, base + local, -1).reshape(-1)
+
+
+def block_channel_map(
+    rng: np.random.Generator, channels: int, width: int, blocks: int
+) -> np.ndarray:
+    """Child channel → parent channel (−1: new) in ``blocks`` equal blocks: child block i holds
+    parent block i's C/b channels and (C̃ − C)/b new ones, every block with the same random
+    permutation (chunk(b) of the widened tensor then pairs its parts position by position)."""
+    cb, wb = channels // blocks, width // blocks
+    local = rng.permutation(wb)
+    base = np.arange(blocks)[:, None] * cb
+    return np.where(local < cb, base + local, -1).reshape(-1)
+
+
+def group_channel_map(rng: np.random.Generator, channels: int, width: int, size: int) -> np.ndarray:
+    """Child channel → parent channel (−1: new) in whole groups of ``size``: the parent's
+    groups in order, each kept in order, and (C̃ − C)/size all-new groups placed at random
+    among them (a grouped consumer then grows by whole new groups)."""
+    old, new = channels // size, (width - channels) // size
+    order = np.sort(rng.permutation(old + new)[:old])  # the positions of the parent's groups
+    src = np.full((old + new, size), -1)
+    src[order] = np.arange(channels).reshape(old, size)
+    return src.reshape(-1)
+
+
+def _blocks_for(request: BlockRequest, blocks: int, channels: int, width: int, names: tuple) -> int:
+    """The blocks of a producer map that satisfy ``request`` as well as the ``blocks`` already
+    needed (grouped producers: their groups)."""
+    need = math.lcm(blocks, request.blocks)
+    if channels % need or width % need:
+        raise MorphError(
+            f"widening {list(names)}: its channels are chunked into {request.blocks} parts "
+            f"(and come in {blocks} blocks), so the {channels} channels and the width must be "
+            f"multiples of {need}; got width {width}"
+        ) from request
+    return need
+
+
+def _shape_inputs(
+    model: nn.Module, probe: object, input_shape: object
+) -> tuple[torch.Tensor, ...] | None:
+    """Inputs to record the traced graph's shapes on: ``probe`` (floating tensors in the model's
+    dtype and device) or zeros of ``input_shape``; None when neither is a valid input (the
+    measurement validates them and names the argument)."""
+    like = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device, dtype = (like.device, like.dtype) if like is not None else ("cpu", None)
+    items = (probe,) if isinstance(probe, torch.Tensor) else probe
+    if (
+        isinstance(items, (tuple, list))
+        and items
+        and all(isinstance(t, torch.Tensor) for t in items)
+    ):
+        return tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in items)
+    if isinstance(input_shape, Sequence) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_shape
+    ):
+        return (torch.zeros(tuple(input_shape), device=device, dtype=dtype),)
+    return None
 
 
 def widen(
@@ -305,9 +373,30 @@ def widen(
                 f"widening {list(names)}: {type(model).__name__} is traced with torch.export, "
                 "which needs example inputs; pass probe="
             )
-        plan = plan_exported_widening(model, names, src, inputs)
     else:
-        plan = plan_widening(model, names, src)
+        inputs = _shape_inputs(model, probe, input_shape)
+    blocks = 1
+    while True:
+        try:
+            if is_hf_model(model):
+                plan = plan_exported_widening(model, names, src, inputs)
+            else:
+                plan = plan_widening(model, names, src, inputs)
+            break
+        except BlockRequest as request:
+            if request.whole_groups and blocks == 1 and group_count == 1:
+                src = group_channel_map(rng, channels, width, request.blocks)
+                blocks = 0  # laid out in whole groups: no other layout can be asked for
+                continue
+            if request.whole_groups or blocks < 1 or blocks % request.blocks == 0:
+                raise MorphError(
+                    f"widening {list(names)}: its channels reach a chunk or a grouped "
+                    f"convolution that needs them in blocks of {request.blocks}, which the "
+                    "layout another use needs (the producer's groups, another chunk or "
+                    "grouped convolution) rules out"
+                ) from request
+            blocks = _blocks_for(request, math.lcm(blocks, group_count), channels, width, names)
+            src = block_channel_map(rng, channels, width, blocks)
     _check_untied(model, plan)
     check_editable(model, [_module_of(use) for use in plan.uses])
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
