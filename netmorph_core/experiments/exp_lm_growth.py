@@ -35,6 +35,7 @@ B at which the method's validation loss first reaches the scratch model's final 
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,15 +97,16 @@ class LMGrowthConfig:
 
 
 def config_for(quick: bool) -> LMGrowthConfig:
-    """The full or the quick configuration (d 64 × 2 blocks → d 128 × 4 blocks)."""
-    parent = LMShape(dim=64, layers=2, heads=2, head_dim=32, hidden=192)
-    child = LMShape(dim=128, layers=4, heads=4, head_dim=32, hidden=384)
+    """The full or the quick configuration: d 32 × 2 blocks × 1 head × 96 hidden units grows
+    to d 64 × 4 blocks × 2 heads × 192 units (head_dim 32), each dimension doubled."""
+    parent = LMShape(dim=32, layers=2, heads=1, head_dim=32, hidden=96)
+    child = LMShape(dim=64, layers=4, heads=2, head_dim=32, hidden=192)
     if quick:
         return LMGrowthConfig(
-            parent, child, 64, 8, 120, 0.25, 3e-3, 0.05, 0.1, 0.01, 10, 5, 32, 400_000, 40_000
+            parent, child, 64, 8, 300, 0.25, 3e-3, 0.05, 0.1, 0.01, 12, 5, 32, 1_000_000, 100_000
         )
     return LMGrowthConfig(
-        parent, child, 128, 16, 400, 0.25, 3e-3, 0.05, 0.1, 0.01, 20, 10, 64, 2_000_000, 100_000
+        parent, child, 128, 16, 600, 0.25, 3e-3, 0.05, 0.1, 0.01, 24, 10, 64, 3_000_000, 200_000
     )
 
 
@@ -409,19 +411,12 @@ def summary_table(summary: list[dict], seeds: int) -> str:
     return table(headers, lines)
 
 
-def run(options: RunOptions, config: LMGrowthConfig | None = None) -> dict:
-    """Every seed; JSON, CSV and PNG in the output directory. ``config`` overrides
-    :func:`config_for` (tests use tiny ones)."""
-    device = resolve_device(options.device)
-    out = options.out_dir(NAME)
-    cfg = config_for(options.quick) if config is None else config
-    corpus = load_corpus(cfg.train_bytes, cfg.val_bytes, options.data_dir)
-    val = val_windows(corpus.val, cfg.val_windows, cfg.seq_len).to(device)
-    with exact_float32(1):
-        per_seed = [
-            run_seed(s, Context(cfg, corpus, val, s, device, options.quiet))
-            for s in options.seed_list
-        ]
+def save(
+    out: Path, options: RunOptions, cfg: LMGrowthConfig, corpus: Corpus, per_seed: list[dict]
+) -> tuple[list[dict], dict]:
+    """Write JSON, CSV and PNG for the seeds done so far (``complete`` says whether that is
+    every seed asked for); returns (summary, claims)."""
+    seeds = options.seed_list[: len(per_seed)]
     summary = summarise(per_seed)
     claims = {
         "preserved_at_every_morph": all(
@@ -436,19 +431,39 @@ def run(options: RunOptions, config: LMGrowthConfig | None = None) -> dict:
             "fraction_of_budget": f / r["budget"],
             "val_loss": loss,
         }
-        for seed, r in zip(options.seed_list, per_seed)
+        for seed, r in zip(seeds, per_seed)
         for method in METHODS
         for f, loss in zip(r[method]["flops"], r[method]["loss"])
     ]
     dataset = f"python stdlib sources ({corpus.root}), bytes"
     record = {
         **options.run_record(dataset, cfg),
+        "seeds_completed": seeds,
+        "complete": len(seeds) == options.seeds,
         "corpus": corpus.record(),
         "claims": claims,
         "per_seed": per_seed,
     }
     write_results(out, NAME, rows, summary, record)
     plot(out / f"{NAME}.png", per_seed)
+    return summary, claims
+
+
+def run(options: RunOptions, config: LMGrowthConfig | None = None) -> dict:
+    """Every seed, the results rewritten after each (JSON, CSV and PNG in the output
+    directory). ``config`` overrides :func:`config_for` (tests use tiny ones)."""
+    device = resolve_device(options.device)
+    out = options.out_dir(NAME)
+    cfg = config_for(options.quick) if config is None else config
+    corpus = load_corpus(cfg.train_bytes, cfg.val_bytes, options.data_dir)
+    val = val_windows(corpus.val, cfg.val_windows, cfg.seq_len).to(device)
+    per_seed: list[dict] = []
+    with exact_float32(1):
+        for seed in options.seed_list:
+            start = time.perf_counter()
+            per_seed.append(run_seed(seed, Context(cfg, corpus, val, seed, device, options.quiet)))
+            per_seed[-1]["seconds"] = time.perf_counter() - start
+            summary, claims = save(out, options, cfg, corpus, per_seed)
     options.say(summary_table(summary, options.seeds))
     return {"experiment": NAME, "out": out, "summary": summary, "claims": claims}
 
