@@ -259,6 +259,7 @@ def grow_library(
                     "rel_dev": report.rel_dev,
                     "new_nonzero_ratio": report.new_nonzero_ratio,
                     "params_after": report.params_after,
+                    "notes": list(report.notes),
                 }
             )
             model = child
