@@ -65,6 +65,8 @@ LABELS = {
     "zero": 'zero-init (method="zero"), optimizer carried',
     "copy": "baseline: copied units/blocks, fresh optimizer",
 }
+#: One colour per method in both panels of the plot.
+COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
 #: |loss(child) − loss(parent)| allowed right after growth (float32 losses of a few nats).
 LOSS_TOL = 1e-4
 EVAL_CHUNK = 16
@@ -476,13 +478,14 @@ def plot(path: Path, per_seed: list[dict]) -> None:
     for method in METHODS:
         st = curve_stats([r[method]["loss"] for r in per_seed])
         x = [f / 1e12 for f in per_seed[0][method]["flops"]]
-        curves.append(Series(method, x[1:], st["mean"][1:], st["std"][1:]))
+        curves.append(Series(method, x[1:], st["mean"][1:], st["std"][1:], color=COLORS[method]))
     first = []
     for method in GROWN:
         st = curve_stats(
             [[v - r[method]["first_steps"][0] for v in r[method]["first_steps"]] for r in per_seed]
         )
-        first.append(Series(method, range(len(st["mean"])), st["mean"], st["std"]))
+        steps = range(len(st["mean"]))
+        first.append(Series(method, steps, st["mean"], st["std"], color=COLORS[method]))
     line_panels(
         path,
         [
