@@ -282,6 +282,11 @@ def test_run_records_exact_growth_and_equal_compute(cli_run: Path) -> None:
             assert rec["first_steps"][0] == rec["loss_after_growth"]
             assert rec["spike"] == max(rec["first_steps"][1:]) - rec["first_steps"][0]
             assert all(math.isfinite(v) for v in rec["loss"])
+        small, grown = run["small"], run["netmorph"]
+        before = grown["flops"].index(run["parent"]["flops"]) + 1
+        assert small["flops"][:before] == grown["flops"][:before]
+        assert small["loss"][:before] == grown["loss"][:before]
+        assert budget - run["step_flops"]["parent"] < small["flops"][-1] <= budget
     rows = {r["method"]: r for r in saved["summary"]}
     assert set(rows) == set(lm.METHODS)
     assert rows["scratch"]["gap_to_scratch_mean"] == 0.0

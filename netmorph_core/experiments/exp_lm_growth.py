@@ -19,6 +19,8 @@ Protocol per seed. The budget B is ``scratch_steps`` training steps of the large
   - ``copy``: the baseline of :mod:`.lm_copy` (Net2Net/HyperCloning units, LLaMA-Pro copied
     blocks), a new optimizer (its parameters have no morph report to carry state with).
 
+- ``small``: the reference without growth, the parent trained on for all of B.
+
 Every run uses AdamW with one schedule over the fraction f of B spent: linear warm-up to
 ``lr`` over ``warmup``, then cosine decay to ``min_lr``·``lr`` at f = 1. The batches of
 global step t are the same for every method of a seed. Validation loss (nats per byte) is
@@ -56,17 +58,20 @@ from .results import curve_stats, mean_std, table, write_results
 from .train import exact_float32, resolve_device
 
 NAME = "lm-growth"
-METHODS = ("scratch", "netmorph", "netmorph-fresh", "zero", "copy")
-GROWN = METHODS[1:]
+GROWN = ("netmorph", "netmorph-fresh", "zero", "copy")
+METHODS = ("scratch", "small", *GROWN)
 LABELS = {
     "scratch": "scratch (large model from the start)",
+    "small": "reference: the parent trained on, no growth",
     "netmorph": "netmorph, optimizer carried",
     "netmorph-fresh": "netmorph, fresh optimizer",
     "zero": 'zero-init (method="zero"), optimizer carried',
     "copy": "baseline: copied units/blocks, fresh optimizer",
 }
 #: One colour per method in both panels of the plot.
-COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+COLORS = dict(
+    zip(METHODS, ("tab:blue", "tab:gray", "tab:orange", "tab:green", "tab:red", "tab:purple"))
+)
 #: |loss(child) − loss(parent)| allowed right after growth (float32 losses of a few nats).
 LOSS_TOL = 1e-4
 EVAL_CHUNK = 16
@@ -289,8 +294,34 @@ GROWTHS: dict[str, Growth] = {
 }
 
 
+def parent_phase(ctx: Context, budget: int) -> tuple[LlamaStyle, torch.optim.Optimizer, Run]:
+    """The parent of seed ``ctx.seed`` trained for ``parent_fraction`` of ``budget``: (parent,
+    its optimizer, its run)."""
+    cfg = ctx.cfg
+    parent = new_lm(cfg.parent, ctx.seed).to(ctx.device)
+    parent_flops = train_step_flops(parent, cfg.batch, cfg.seq_len)
+    parent_steps = max(1, round(cfg.parent_fraction * budget / parent_flops))
+    prun = Run(budget, cfg.evals)
+    prun.record(evaluate(parent, ctx.val))
+    popt = make_optimizer(parent, cfg)
+    desc = f"seed {ctx.seed} parent"
+    train_phase(parent, popt, prun, parent_steps, parent_flops, ctx, desc)
+    return parent, popt, prun
+
+
+def small_tail(parent: LlamaStyle, popt: torch.optim.Optimizer, prun: Run, ctx: Context) -> dict:
+    """The reference without growth: the parent trained on (same optimizer, schedule and
+    batches) until the budget is spent. Trains ``parent`` in place."""
+    run = copy.deepcopy(prun)
+    step_flops = train_step_flops(parent, ctx.cfg.batch, ctx.cfg.seq_len)
+    steps = (run.budget - run.spent) // step_flops
+    train_phase(parent, popt, run, steps, step_flops, ctx, f"seed {ctx.seed} small")
+    return {"flops": run.flops, "loss": run.loss}
+
+
 def run_seed(seed: int, ctx: Context) -> dict:
-    """Scratch, the parent, and every growth method from that parent, for one seed."""
+    """Scratch, the parent, every growth method from that parent, and the parent trained on
+    without growth ("small"), for one seed."""
     cfg = ctx.cfg
     scratch = new_lm(cfg.child, seed).to(ctx.device)
     child_flops = train_step_flops(scratch, cfg.batch, cfg.seq_len)
@@ -301,18 +332,12 @@ def run_seed(seed: int, ctx: Context) -> dict:
     train_phase(scratch, opt, run, cfg.scratch_steps, child_flops, ctx, f"seed {seed} scratch")
     out: dict = {"scratch": {"flops": run.flops, "loss": run.loss}}
 
-    parent = new_lm(cfg.parent, seed).to(ctx.device)
-    parent_flops = train_step_flops(parent, cfg.batch, cfg.seq_len)
-    parent_steps = max(1, round(cfg.parent_fraction * budget / parent_flops))
-    child_steps = (budget - parent_steps * parent_flops) // child_flops
+    parent, popt, prun = parent_phase(ctx, budget)
+    child_steps = (budget - prun.spent) // child_flops
     if child_steps < 1:
         raise ValueError(f"parent_fraction={cfg.parent_fraction} leaves no step for the child")
-    prun = Run(budget, cfg.evals)
-    prun.record(evaluate(parent, ctx.val))
-    popt = make_optimizer(parent, cfg)
-    train_phase(parent, popt, prun, parent_steps, parent_flops, ctx, f"seed {seed} parent")
     parent_loss = prun.loss[-1]
-    out["parent"] = {"steps": parent_steps, "flops": prun.spent, "loss": parent_loss}
+    out["parent"] = {"steps": prun.step, "flops": prun.spent, "loss": parent_loss}
     for method in GROWN:
         child, opt, steps = GROWTHS[method](parent, popt, cfg, seed)
         child = child.to(ctx.device)
@@ -337,8 +362,10 @@ def run_seed(seed: int, ctx: Context) -> dict:
             "spike": max(run.spike[1:]) - run.spike[0] if len(run.spike) > 1 else 0.0,
             "child_steps": child_steps,
         }
+    out["small"] = small_tail(parent, popt, prun, ctx)
     out["budget"] = budget
-    out["step_flops"] = {"parent": parent_flops, "child": child_flops}
+    out["step_flops"] = {"parent": train_step_flops(parent, cfg.batch, cfg.seq_len)}
+    out["step_flops"]["child"] = child_flops
     return out
 
 
