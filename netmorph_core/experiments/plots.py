@@ -56,7 +56,9 @@ def line_panels(path: Path, panels: Sequence[Panel], suptitle: str | None = None
             x = np.asarray(s.x, dtype=float)
             m = np.asarray(s.mean, dtype=float)
             extra = {} if any(c in s.style for c in MARKERS) or len(x) >= 40 else {"marker": "."}
-            (line,) = ax.plot(x, m, s.style, label=s.label, color=s.color, **extra)
+            if s.color is not None:
+                extra["color"] = s.color
+            (line,) = ax.plot(x, m, s.style, label=s.label, **extra)
             if s.std is not None:
                 sd = np.asarray(s.std, dtype=float)
                 ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.2, lw=0)
