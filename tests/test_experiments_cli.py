@@ -112,7 +112,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_registry() -> None:
-    assert set(EXPERIMENTS) == {"mlp", "cnn", "histograms", "condition", "stable"}
+    assert set(EXPERIMENTS) == {"mlp", "cnn", "histograms", "condition", "stable", "lm-growth"}
     with pytest.raises(ValueError, match="unknown experiment 'vgg'"):
         run_experiment("vgg", RunOptions())
     with pytest.raises(TypeError, match="RunOptions"):

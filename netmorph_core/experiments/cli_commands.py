@@ -100,7 +100,8 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
         type=Path,
         default=None,
         help="MNIST IDX files (mlp) or CIFAR-10 python batches (cnn, histograms)"
-        "; default: the bundled 8×8 digits",
+        "; default: the bundled 8×8 digits. lm-growth: a directory of *.py files "
+        "(default: the Python standard library)",
     )
     parser.add_argument("--quick", action="store_true", help="the short form (seconds)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")

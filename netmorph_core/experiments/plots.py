@@ -16,13 +16,15 @@ MARKERS = "o.s^vx+*dD"
 
 @dataclass(frozen=True)
 class Series:
-    """One line: y = ``mean`` over ``x``, with a shaded band of ± ``std`` when given."""
+    """One line: y = ``mean`` over ``x``, with a shaded band of ± ``std`` when given;
+    ``color``: a matplotlib colour (None: the axes' next colour)."""
 
     label: str
     x: Sequence[float]
     mean: Sequence[float]
     std: Sequence[float] | None = None
     style: str = "-"
+    color: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ def line_panels(path: Path, panels: Sequence[Panel], suptitle: str | None = None
             x = np.asarray(s.x, dtype=float)
             m = np.asarray(s.mean, dtype=float)
             extra = {} if any(c in s.style for c in MARKERS) or len(x) >= 40 else {"marker": "."}
+            if s.color is not None:
+                extra["color"] = s.color
             (line,) = ax.plot(x, m, s.style, label=s.label, **extra)
             if s.std is not None:
                 sd = np.asarray(s.std, dtype=float)

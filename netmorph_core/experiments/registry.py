@@ -59,6 +59,13 @@ EXPERIMENTS: dict[str, Experiment] = {
             requires=("matplotlib", "tqdm"),
             bundled_data=False,
         ),
+        Experiment(
+            "lm-growth",
+            "exp_lm_growth",
+            "Grow a byte-level decoder LM (width, heads, FFN, depth) trained on the Python "
+            "standard library; netmorph vs zero-init vs copied units vs scratch at equal FLOPs",
+            bundled_data=False,
+        ),
     )
 }
 
