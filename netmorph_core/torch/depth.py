@@ -30,8 +30,10 @@ from .. import _validation as v
 from ..morph.depth import METHODS, morph_depth
 from ..morph.grouped import separable_depth
 from .activation import make_activation
-from .report import MorphReport, Outcome, ParamSource, run_morph
+from .pipeline import Request, run
+from .report import MorphReport, Outcome, ParamSource
 from .samepad import split_same_padding
+from .streamed import Region
 from .support import check_new_entries, layer_entries
 from .surgery import (
     CONV_TYPES,
@@ -187,6 +189,7 @@ def replace_with_chain(
         iterations=iterations,
         sources=new_layer_sources(child, at, geo.has_bias),
         notes=notes,
+        train_exact=not batch_norm,
     )
 
 
@@ -257,7 +260,20 @@ def deepen(
     def build(child: nn.Module) -> Outcome:
         return replace_with_chain(child, at, solve, activation=activation, batch_norm=batch_norm)
 
-    return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)
+    return run(
+        Request(
+            "deepen",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            same_padding=True,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+        )
+    )
 
 
 def _deepen_separable(
@@ -312,4 +328,17 @@ def _deepen_separable(
             child, at, solve, activation=activation, batch_norm=batch_norm, groups=(c_in, groups)
         )
 
-    return run_morph("deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol)
+    return run(
+        Request(
+            "deepen",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            same_padding=True,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+        )
+    )

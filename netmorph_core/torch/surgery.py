@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .support import check_attributes_unread, check_editable
+from .support import check_attributes_unread, check_editable, check_understood
 from .transformer_layout import is_conv1d
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -69,6 +69,7 @@ def find_layer(
     ``Conv1D`` is too: the result is then :func:`linear_equivalent`, a copy to read shapes
     and values from."""
     layer = find_module(model, at, name)
+    check_understood(layer, at)
     if is_conv1d(layer) and nn.Linear in kinds:
         check_editable(model, [at])
         if replaced:
@@ -81,6 +82,7 @@ def find_layer(
         )
     if not isinstance(layer, kinds):
         expected = "/".join(k.__name__ for k in kinds)
+        expected = "Linear or Conv1D" if expected == "Linear" else expected
         raise TypeError(f"{name}={at!r} is {type(layer).__name__}; expected {expected}")
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
     check_editable(model, [at], same_padding)

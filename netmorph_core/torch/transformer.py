@@ -32,10 +32,11 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from .._memory import check_working_set
 from .errors import MorphError
-from .report import MorphReport, Outcome, ParamSource, run_morph
-from .surgery import find_module, gather, replace_module
+from .pipeline import Request, run
+from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .streamed import Region
+from .surgery import find_layer, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 
 METHODS = ("netmorph", "zero")
@@ -184,9 +185,18 @@ def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]
     return (torch.randn(2, channels, size, size, generator=gen).to(like.device, like.dtype),)
 
 
-def _check_memory(model: nn.Module, factor: float, what: str) -> None:
-    n = sum(p.numel() for p in model.parameters())
-    check_working_set(8.0 * n * (2.0 + factor), what)
+def _itemsize(model: nn.Module) -> int:
+    return next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4)
+
+
+def _edit_bytes(model: nn.Module, names: Sequence[str]) -> int:
+    """Float64 working tensors of the editor: three of the largest weight it edits."""
+    largest = max((model.get_submodule(n).weight.numel() for n in names), default=0)
+    return 3 * 8 * largest
+
+
+def _linears(blocks: Sequence[Block], rels: Sequence[str]) -> tuple[str, ...]:
+    return tuple(b.name(rel) for b in blocks for rel in rels)
 
 
 def _run(
@@ -195,11 +205,17 @@ def _run(
     targets: tuple[str, ...],
     build: object,
     probe: object,
-    tol: float | None,
+    tol: float | str | None,
     layout: Layout,
+    **request: object,
 ) -> tuple[nn.Module, MorphReport]:
+    """The pipeline on ``build`` with the family's default probe (token ids or images)."""
     probe = _default_probe(model, layout) if probe is None else probe
-    return run_morph(operation, model, targets, build, probe=probe, tol=tol, layer_scope=False)
+    return run(
+        Request(
+            operation, model, targets, build, probe=probe, tol=tol, layer_scope=False, **request
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +265,7 @@ def grow_ffn(
     layers: object = None,
     method: str = "netmorph",
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """The feed-forward hidden size of the blocks ``layers`` (default all) grows to ``width``.
@@ -270,7 +286,11 @@ def grow_ffn(
         raise ValueError(
             f"width={width} must exceed the feed-forward hidden size {max(hidden.values())}"
         )
-    _check_memory(model, width / min(hidden.values()), "grow_ffn")
+    blocks = [layout.blocks[i] for i in chosen]
+    edits = _linears(blocks, (*layout.family.ffn_in, layout.family.ffn_out))
+    d = layout.d_model
+    grown = sum(width - hidden[i] for i in chosen) * d * (len(layout.family.ffn_in) + 1)
+    new_bytes = grown * _itemsize(model) + _edit_bytes(model, edits) * width // min(hidden.values())
 
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
@@ -291,7 +311,18 @@ def grow_ffn(
         return edit.outcome(notes)
 
     targets = tuple(layout.blocks[i].name(layout.family.ffn_out) for i in chosen)
-    return _run("grow_ffn", model, targets, build, probe, tol, layout)
+    return _run(
+        "grow_ffn",
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        layout,
+        edits=edits,
+        regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
+        new_bytes=new_bytes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +460,7 @@ def add_heads(
     layers: object = None,
     method: str = "netmorph",
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """The blocks ``layers`` get ``heads`` query heads (and ``kv_heads`` key/value heads) of
@@ -479,7 +510,15 @@ def add_heads(
             f"{ref.head_dim}: {layout.family.name} derives head_dim = hidden_size / heads "
             f"(grow d_model to {heads * ref.head_dim} first)"
         )
-    _check_memory(model, heads / ref.heads, "add_heads")
+    blocks = [layout.blocks[i] for i in chosen]
+    edits = _linears(blocks, (*layout.family.qkv, layout.family.o))
+    grown = (
+        len(chosen)
+        * ref.head_dim
+        * layout.d_model
+        * (2 * (heads - ref.heads) + 2 * (kv - ref.kv_heads))
+    )
+    new_bytes = grown * _itemsize(model) + _edit_bytes(model, edits) * heads // ref.heads
 
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
@@ -502,7 +541,18 @@ def add_heads(
         return edit.outcome(notes)
 
     targets = tuple(layout.blocks[i].name(layout.family.attention) for i in chosen)
-    return _run("add_heads", model, targets, build, probe, tol, layout)
+    return _run(
+        "add_heads",
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        layout,
+        edits=edits,
+        regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
+        new_bytes=new_bytes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,7 +667,7 @@ def grow_width(
     *,
     noise: float = 0.01,
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """The residual stream grows from d to ``d_model`` = k·d + r (any width above d).
@@ -663,7 +713,19 @@ def grow_width(
         if getattr(model.get_submodule(name), "weight", None) is not None
     }
     ratio = copies * d / d_model
-    _check_memory(model, 2.0 * d_model / d, "grow_width")
+    edits = (
+        *_linears(layout.blocks, (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out)),
+        *stream_readers,
+        *([head_reader] if head_reader and not layout.tied else []),
+    )
+    new_bytes = (
+        state_bytes(model) * (d_model - d) // d
+        + _edit_bytes(model, edits) * (1 + copies) * d_model // d
+    )
+
+    def lift(x: torch.Tensor) -> torch.Tensor:
+        """The child's stream [x; …; x; a] of a parent stream tensor x (…, d)."""
+        return _write(x, -1, copies, extra, kind)
 
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
@@ -743,7 +805,19 @@ def grow_width(
                 )
         return edit.outcome(notes)
 
-    return _run("grow_width", model, (layout.blocks_path,), build, probe, tol, layout)
+    return _run(
+        "grow_width",
+        model,
+        (layout.blocks_path,),
+        build,
+        probe,
+        tol,
+        layout,
+        edits=edits,
+        copies=("",),
+        regions=tuple(Region(b.prefix, b.prefix, lift=lift) for b in layout.blocks),
+        new_bytes=new_bytes,
+    )
 
 
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
@@ -786,7 +860,7 @@ def add_block(
     *,
     method: str = "netmorph",
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """A new block inserted before block ``at`` (``at`` = number of blocks: at the end).
@@ -809,8 +883,14 @@ def add_block(
         )
     template = layout.blocks[min(at, n - 1)]
     template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
-    _check_memory(model, 1.0 / n, "add_block")
     prefix = layout.blocks_path
+    fam = layout.family
+    edits = _linears([template], (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out))
+    new_bytes = state_bytes(model.get_submodule(template.prefix)) + _edit_bytes(model, edits)
+    if at < n:
+        region = Region(f"{prefix}.{at}", f"{prefix}.{at}", identity=True)
+    else:
+        region = Region(f"{prefix}.{n - 1}", f"{prefix}.{n}", identity=True, after=True)
 
     def build(child: nn.Module) -> Outcome:
         blocks = child.get_submodule(prefix)
@@ -850,7 +930,19 @@ def add_block(
         outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
         return outcome
 
-    return _run("add_block", model, (f"{prefix}.{at}",), build, probe, tol, layout)
+    return _run(
+        "add_block",
+        model,
+        (f"{prefix}.{at}",),
+        build,
+        probe,
+        tol,
+        layout,
+        edits=edits,
+        copies=(template.prefix,),
+        regions=(region,),
+        new_bytes=new_bytes,
+    )
 
 
 def deepen_projection(
@@ -859,22 +951,20 @@ def deepen_projection(
     *,
     width: int | None = None,
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | None = None,
 ) -> tuple[nn.Module, MorphReport]:
     """The Linear or Conv1D projection ``at`` (out × in matrix W) becomes
     Sequential(Linear(in, width, no bias), Linear(width, out)) with A = s·Q (Q: width × in,
     orthonormal columns, random) and B = W·Qᵀ/s, so B·A = W; s balances ‖A‖ and ‖B‖. Both
     factors are dense. ``width`` ≥ in (default in)."""
-    layer = find_module(model, at)
-    if not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
-        raise TypeError(f"at={at!r} is {type(layer).__name__}; expected Linear or Conv1D")
+    layer = find_layer(model, at, (nn.Linear,), replaced=True)
     w0 = as_matrix(layer)
     out_f, in_f = w0.shape
     width = in_f if width is None else v.positive_int(width, "width")
     if width < in_f:
         raise ValueError(f"width={width} must be at least the layer's {in_f} inputs")
-    check_working_set(8.0 * (width * (in_f + out_f) + out_f * in_f) * 3, "deepen_projection")
+    new_bytes = width * (in_f + out_f) * (w0.element_size() + 8) + 8 * out_f * in_f * 2
     try:
         layout = describe(model)
     except MorphError:
@@ -909,11 +999,23 @@ def deepen_projection(
         return Outcome(nonzero, total, sources=sources)
 
     probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
-    return run_morph("deepen_projection", model, (at,), build, probe=probe, tol=tol)
+    return run(
+        Request(
+            "deepen_projection",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            new_bytes=new_bytes,
+            probe=probe,
+            tol=tol,
+        )
+    )
 
 
 def conv1d_to_linear(
-    model: nn.Module, *, probe: object = None, tol: float | None = None
+    model: nn.Module, *, probe: object = None, tol: float | str | None = "auto"
 ) -> tuple[nn.Module, MorphReport]:
     """Every transformers ``Conv1D`` (y = x·W + b, W: in × out) becomes the ``nn.Linear``
     with weight Wᵀ, so the generic adapter (``widen``, ``deepen``) can morph it. Exact: the
@@ -945,4 +1047,16 @@ def conv1d_to_linear(
         )
 
     probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
-    return run_morph("conv1d_to_linear", model, tuple(names), build, probe=probe, tol=tol)
+    return run(
+        Request(
+            "conv1d_to_linear",
+            model,
+            tuple(names),
+            build,
+            edits=tuple(names),
+            regions=tuple(Region(n, n) for n in names),
+            new_bytes=sum(state_bytes(model.get_submodule(n)) for n in names),
+            probe=probe,
+            tol=tol,
+        )
+    )
