@@ -393,6 +393,11 @@ def resolve_probe(
             isinstance(t, torch.Tensor) for t in items
         ):
             raise TypeError(f"probe must be a tensor or a tuple of tensors, got {probe!r}")
+        if any(t.is_meta for t in items):
+            raise ValueError(
+                "probe is on the meta device and holds no values to measure on; give real "
+                "tensors (or input_shape=)"
+            )
         given = "probe"
         inputs = tuple(
             t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in items

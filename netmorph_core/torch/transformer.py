@@ -36,6 +36,7 @@ from .errors import MorphError
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
+from .support import check_subtree
 from .surgery import find_layer, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 
@@ -701,6 +702,7 @@ def grow_width(
             f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
             "grow the width of a model with an output head (lm_head, classifier, score)"
         )
+    check_subtree(model, ("",))  # every module is rewritten; first: the norms run below
     head_reader = _head_reader(model, layout, d_model)
     stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
     _check_norms(model, layout, d_model, rescale=extra > 0)
