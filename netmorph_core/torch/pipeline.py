@@ -34,7 +34,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from .._memory import check_working_set, memory_limit
+from .._memory import ResourceLimitError, check_working_set, memory_limit
 from . import report
 from .errors import MorphError
 from .report import (
@@ -203,7 +203,16 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
     """Step 4: the child, built on a copy of the parent; (child, outcome, seconds)."""
     start = time.perf_counter()
     child = baseline.work if baseline.work is not None else copy.deepcopy(request.model)
-    outcome = request.build(child)
+    try:
+        outcome = request.build(child)
+    except (MorphError, ResourceLimitError):
+        raise
+    except Exception as exc:  # an edit the model's layout does not allow, of any type
+        raise MorphError(
+            f"{request.operation} at {list(request.targets)}: the child cannot be built "
+            f"({type(exc).__name__}: {exc}); the model is laid out in a way the operation "
+            "does not follow; refused"
+        ) from exc
     return child, outcome, time.perf_counter() - start
 
 

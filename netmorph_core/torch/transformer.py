@@ -703,6 +703,7 @@ def grow_width(
             "grow the width of a model with an output head (lm_head, classifier, score)"
         )
     check_subtree(model, ("",))  # every module is rewritten; first: the norms run below
+    _check_writers(model, layout, d_model)
     head_reader = _head_reader(model, layout, d_model)
     stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
     _check_norms(model, layout, d_model, rescale=extra > 0)
@@ -822,6 +823,29 @@ def grow_width(
     )
 
 
+def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
+    """Every writer the family names must write the stream (width d): a projection between
+    the embeddings and the stream (ELECTRA's embeddings_project) is not followed."""
+    d = layout.d_model
+    for rel in layout.family.writers:
+        name = layout.name(rel)
+        if not _exists(model, name):
+            continue
+        obj = _resolve(model, name)
+        if isinstance(obj, nn.Parameter):
+            width = obj.shape[-1]
+        elif isinstance(obj, nn.Embedding):
+            width = obj.weight.shape[1]
+        else:
+            width = as_matrix(obj).shape[0]
+        if width != d:
+            raise MorphError(
+                f"d_model={d_model}: {name!r} writes width {width}, not the stream's {d}: the "
+                "embeddings reach the stream through a layer the adapter does not follow (e.g. "
+                "ELECTRA's embeddings_project); refused"
+            )
+
+
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     """The layer of the output head that reads the stream: the head itself, or the first
     linear layer of a head module (RoBERTa's classifier.dense); None for BERT's classifier,
@@ -894,9 +918,21 @@ def add_block(
     else:
         region = Region(f"{prefix}.{n - 1}", f"{prefix}.{n}", identity=True, after=True)
 
+    shared_bias = _shared_position_bias(model, prefix)
+    if shared_bias and method == "netmorph":
+        raise MorphError(
+            f"at={at}: {shared_bias!r} adds a relative position bias shared by every block, "
+            "different for each head, to the new block's attention scores: heads in cancelling "
+            "sets would not cancel; use method='zero' (zero output projections)"
+        )
+
     def build(child: nn.Module) -> Outcome:
         blocks = child.get_submodule(prefix)
         blocks.insert(at, copy.deepcopy(blocks[min(at, n - 1)]))
+        with torch.no_grad():  # one bias for every head: heads of a cancelling set cancel
+            for name, p in blocks[at].named_parameters():
+                if "relative_position_bias" in name:
+                    p.zero_()
         for i, block in enumerate(blocks):
             for m in block.modules():
                 if isinstance(getattr(m, "layer_idx", None), int):
@@ -945,6 +981,17 @@ def add_block(
         regions=(region,),
         new_bytes=new_bytes,
     )
+
+
+def _shared_position_bias(model: nn.Module, prefix: str) -> str | None:
+    """A relative-position-bias module with parameters outside the blocks (BEiT's shared
+    bias), or None."""
+    for name, module in model.named_modules():
+        last = name.rpartition(".")[2]
+        inside = name.startswith(prefix + ".")
+        if "position_bias" in last and not inside and any(True for _ in module.parameters()):
+            return name
+    return None
 
 
 def deepen_projection(
