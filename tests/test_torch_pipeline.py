@@ -175,6 +175,31 @@ def test_per_module_and_whole_copy_measurements_agree(
         assert streamed.rel_dev == pytest.approx(whole.rel_dev, rel=1e-6, abs=1e-9)
 
 
+INPLACE_OPS = {
+    "grow_ffn": lambda m: nt.grow_ffn(m, 30, probe=IDS, inplace=True),
+    "add_heads": lambda m: nt.add_heads(m, 6, probe=IDS, inplace=True),
+    "grow_width": lambda m: nt.grow_width(m, 24, probe=IDS, inplace=True),
+    "add_block": lambda m: nt.add_block(m, 3, probe=IDS, inplace=True),
+    "deepen_projection": lambda m: nt.deepen_projection(
+        m, "layers.1.mlp.up_proj", probe=IDS, inplace=True
+    ),
+}
+
+
+@pytest.mark.parametrize("op", sorted(INPLACE_OPS))
+def test_inplace_builds_the_child_in_the_parent(op: str) -> None:
+    parent = llama()
+    reference = copy.deepcopy(parent)
+    child, report = INPLACE_OPS[op](parent)
+    assert child is parent and report.measured_by == pipeline.STREAMED
+    assert report.params_before == sum(p.numel() for p in reference.parameters())
+    expected = _outputs(reference, IDS[0])
+    deviation = (_outputs(child, IDS[0]) - expected).abs().max()
+    assert float(deviation) <= 1e-8 * float(expected.abs().max())
+    with pytest.raises(TypeError, match="inplace must be a bool"):
+        nt.grow_ffn(llama(), 30, inplace=1)
+
+
 def _scaled(name: str, factor: float) -> object:
     def build(child: nn.Module) -> Outcome:
         with torch.no_grad():

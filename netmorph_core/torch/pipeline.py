@@ -52,11 +52,12 @@ from .report import (
     model_devices,
     model_like,
     resolve_probe,
+    same_outputs,
     same_parameters,
     state_bytes,
     train_outputs,
 )
-from .streamed import Captured, Region, own_tensors, run_model
+from .streamed import Captured, Region, own_tensors, run_low_precision, run_model
 from .streamed import check_regions as check_regions_alone
 from .support import check_editable, check_model_state, check_subtree
 from .surgery import check_model, count_parameters
@@ -80,8 +81,9 @@ class Request:
     rewritten whole (no hooks, no wrappers); ``regions``: parts whose function the child keeps,
     checked alone by the streamed measurement; ``new_bytes``: bytes of the new parameters (the
     memory estimate); ``same_padding``: the operation handles dynamic "same" padding convs;
-    ``layer_scope``: without a model input, compare the single target layer
-    alone.
+    ``inplace``: the child is built in ``model`` itself (the parent is consumed; measured one
+    module at a time, so no copy of the model is made); ``layer_scope``: without a model
+    input, compare the single target layer alone.
     """
 
     operation: str
@@ -93,6 +95,7 @@ class Request:
     regions: tuple[Region, ...] = ()
     new_bytes: int = 0
     same_padding: bool = False
+    inplace: bool = False
     probe: object = None
     input_shape: object = None
     tol: object = "auto"
@@ -106,6 +109,7 @@ class Plan:
     tol: float | str | None
     dtype: torch.dtype
     measured_by: str
+    params_before: int
 
 
 @dataclass
@@ -140,21 +144,21 @@ def resolve(request: Request) -> Plan:
     state = state_bytes(model)
     whole = state * (2 + 16 / itemsize) + request.new_bytes * 3
     n = count_parameters(model)
-    if n <= WHOLE_COPY_LIMIT and whole <= memory_limit():
+    if not request.inplace and n <= WHOLE_COPY_LIMIT and whole <= memory_limit():
         check_working_set(whole, f"{request.operation}: the child and its measurement")
-        return Plan(tol, dtype, COPIES)
+        return Plan(tol, dtype, COPIES, n)
     region_bytes = max(
         (state_bytes(model.get_submodule(r.parent)) for r in request.regions), default=0
     )
     streamed = (
-        state
+        (0 if request.inplace else state)
         + request.new_bytes
         + 2 * _largest_module_bytes(model) * (8 / itemsize)
         + region_bytes * (1 + 8 / itemsize)
         + sum(b.numel() * b.element_size() for b in model.buffers())
     )
     check_working_set(streamed, f"{request.operation}: the child and its per-module measurement")
-    return Plan(tol, dtype, STREAMED)
+    return Plan(tol, dtype, STREAMED, n)
 
 
 def support(request: Request) -> None:
@@ -170,7 +174,8 @@ def probe(request: Request, plan: Plan) -> Baseline:
     if plan.measured_by == COPIES:
         found = resolve_probe(model, request.probe, request.input_shape)
         return Baseline(*(found or (None, None)))
-    work = copy.deepcopy(model)  # becomes the child: the parent itself never runs
+    # the copy becomes the child: the parent itself never runs (unless consumed: inplace)
+    work = model if request.inplace else copy.deepcopy(model)
     found = resolve_probe(
         model,
         request.probe,
@@ -184,14 +189,23 @@ def probe(request: Request, plan: Plan) -> Baseline:
         work, inputs, float64=True, capture=[r.parent for r in request.regions]
     )
     check_finite(parent64, "the parent (float64)")
-    train = _train_runs(work, inputs)
+    if plan.dtype != torch.float64:
+        run_low_precision(work, request.regions, captured, plan.dtype)
+    train = _train_runs(work, inputs, parent64)
     return Baseline(inputs, parent_out, work, parent64, train, captured)
 
 
-def _train_runs(model: nn.Module, inputs: Inputs) -> dict[int, Outputs | Exception]:
-    """The float64 train-mode outputs of ``model`` with seeds 0 and 1 (or the error)."""
+def _train_runs(
+    model: nn.Module, inputs: Inputs, eval_out: Outputs
+) -> dict[int, Outputs | Exception]:
+    """The float64 train-mode outputs of ``model`` with seeds 0 and 1 (or the error); seed 1
+    is not run when seed 0 gives the eval outputs ``eval_out`` (train mode changes nothing on
+    the probe, so it is deterministic)."""
     runs: dict[int, Outputs | Exception] = {}
     for seed in (0, 1):
+        if seed == 1 and not isinstance(runs[0], Exception) and same_outputs(runs[0], eval_out):
+            runs[1] = runs[0]
+            break
         try:
             runs[seed] = run_model(model, inputs, float64=True, train=True, seed=seed)[0]
         except (RuntimeError, ValueError) as exc:
@@ -240,7 +254,7 @@ def measure(
         return measured, "model", (), []
     inputs = baseline.inputs
     regions = check_regions_alone(
-        op, model, child, request.regions, baseline.captured or [], plan.dtype, plan.tol
+        op, child, request.regions, baseline.captured or [], plan.dtype, plan.tol
     )
     try:
         child64 = run_model(child, inputs, float64=True)[0]
@@ -350,7 +364,7 @@ def accept(
         train_max_abs_dev_f64=train64[0] if train64 else None,
         train_rel_dev_f64=train64[1] if train64 else None,
         train_mode_holds=holds,
-        params_before=count_parameters(request.model),
+        params_before=plan.params_before,
         params_after=count_parameters(child),
         new_nonzero_ratio=outcome.new_nonzero / outcome.new_total if outcome.new_total else 1.0,
         residual=float(outcome.residual),
@@ -367,8 +381,9 @@ def accept(
 
 def run(request: Request) -> tuple[nn.Module, MorphReport]:
     """Run ``request`` through every step (module docstring); returns (child, report). The
-    parent, the caller's torch RNG state and the returned child are not changed by the
-    measurement."""
+    parent (unless ``inplace``), the caller's torch RNG state and the returned child are not
+    changed by the measurement. With ``inplace`` the child is the parent object itself; a
+    refusal after the edit leaves it edited (reload it)."""
     plan = resolve(request)
     support(request)
     with torch.random.fork_rng(devices=model_devices(request.model)):

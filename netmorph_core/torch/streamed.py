@@ -16,7 +16,6 @@ models also in the model's dtype against the region's own rounding noise (see :m
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,11 +58,16 @@ class Region:
 
 @dataclass
 class Captured:
-    """One captured call: positional and keyword inputs and the outputs (detached clones)."""
+    """One captured call: positional and keyword inputs and the outputs (detached clones);
+    ``low``: the outputs of the same module run in the model's low-precision dtype on the
+    inputs cast to it (None for float64 models and new blocks); ``layers``: its Conv/Linear
+    layer count."""
 
     args: tuple
     kwargs: dict
     outputs: Outputs
+    low: Outputs | None = None
+    layers: int = 0
 
 
 def own_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -223,6 +227,19 @@ def _call(module: nn.Module, args: tuple, kwargs: dict, *, float64: bool) -> Out
             return [t.detach() for t in outputs_of(module(*args, **kwargs))]
 
 
+def run_low_precision(
+    model: nn.Module, regions: Sequence[Region], captured: Sequence[Captured], dtype: torch.dtype
+) -> None:
+    """Fill each captured call's ``low`` outputs: the parent's region module (of ``model``,
+    before any edit) run in ``dtype`` on its captured inputs cast to ``dtype``."""
+    for region, cap in zip(regions, captured):
+        if region.identity:
+            continue
+        module = model.get_submodule(region.parent)
+        cap.low = _call(module, _cast(cap.args, dtype), _cast(cap.kwargs, dtype), float64=False)
+        cap.layers = layer_count(module)
+
+
 def _inputs(region: Region, cap: Captured) -> tuple[tuple, Outputs]:
     """(child inputs, expected child outputs) of a region from the parent's captured call."""
     args = (cap.outputs[0], *cap.args[1:]) if region.after else cap.args
@@ -235,7 +252,6 @@ def _inputs(region: Region, cap: Captured) -> tuple[tuple, Outputs]:
 
 def check_regions(
     operation: str,
-    parent: nn.Module,
     child: nn.Module,
     regions: Sequence[Region],
     captured: Sequence[Captured],
@@ -244,7 +260,7 @@ def check_regions(
 ) -> tuple[tuple[str, float], ...]:
     """Run each child region on its captured inputs and compare (module docstring): MorphError
     naming the region when it breaks ``tol``. Returns (child module, float64 relative deviation)
-    for each region. The parent's region modules run on copies, one at a time."""
+    for each region. The parent's low-precision outputs come from :func:`run_low_precision`."""
     found = []
     for region, cap in zip(regions, captured):
         args, expected = _inputs(region, cap)
@@ -276,15 +292,12 @@ def check_regions(
             continue
         low = _cast(args, dtype), _cast(cap.kwargs, dtype)
         child_low = _call(module, *low, float64=False)[: len(expected)]
-        if region.identity:
+        if region.identity or cap.low is None:
             parent_low = [_cast(expected[0], dtype)]
             new_layers = layer_count(module)
         else:
-            original = copy.deepcopy(parent.get_submodule(region.parent))
-            plain = (_cast(cap.args, dtype), _cast(cap.kwargs, dtype))
-            parent_low = _call(original, *plain, float64=False)[: len(expected)]
-            new_layers = max(0, layer_count(module) - layer_count(original))
-            del original
+            parent_low = cap.low[: len(expected)]
+            new_layers = max(0, layer_count(module) - cap.layers)
         reference = list(cap.outputs) if not region.identity else [args[0]]
         parent_noise = compare(reference[: len(parent_low)], parent_low)[1]
         child_noise = compare(expected[: len(child_low)], child_low)[1]

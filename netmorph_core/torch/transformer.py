@@ -1,12 +1,15 @@
 """Function-preserving growth of transformers (DESIGN.md §8).
 
-Every operation returns ``(child, report)`` like the rest of the adapter; the parent is never
-modified. The model's architecture is recognised from its submodule names
-(:mod:`.transformer_layout`: Hugging Face Llama/Mistral/Qwen2, GPT-2, BERT, ViT, and
-:class:`~netmorph_core.torch.models.LlamaStyle`). New units come in *cancelling sets*: two (or
-three) units with identical input weights whose output columns are C and −C (or C, C, −2C), so
-every new weight is dense and non-zero while their sum adds exactly zero; a unit without a
-partner gets zero output columns.
+Every operation returns ``(child, report)`` like the rest of the adapter and goes through
+:mod:`.pipeline` (support checks, ``tol="auto"``, measurement); the parent is never modified,
+except with ``inplace=True`` (not ``conv1d_to_linear``): the child is then built in the parent
+object itself, which is consumed (extra memory ≈ the new parameters; measured one module at a
+time; a refusal after the edit leaves it edited). The model's architecture is recognised from
+its submodule names (:mod:`.transformer_layout`: Hugging Face Llama/Mistral/Qwen2, GPT-2,
+BERT, ViT, and :class:`~netmorph_core.torch.models.LlamaStyle`). New units come in
+*cancelling sets*: two (or three) units with identical input weights whose output columns are
+C and −C (or C, C, −2C), so every new weight is dense and non-zero while their sum adds
+exactly zero; a unit without a partner gets zero output columns.
 
 - :func:`grow_ffn` — more feed-forward hidden units (gated SwiGLU pairs included).
 - :func:`add_heads` — more attention heads of the same head_dim; grouped-query layouts keep
@@ -74,14 +77,13 @@ class _Editor:
         old = getattr(module, attr)
         setattr(module, attr, nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad))
         self.sources[name] = ParamSource(name, name, index)
-        new = torch.zeros(value.shape, dtype=torch.bool)
+        old = value  # the entries every indexed axis maps to the parent
         for axis, idx in enumerate(index):
             if idx is not None:
-                shape = [1] * value.dim()
-                shape[axis] = -1
-                new |= torch.as_tensor(idx < 0).view(shape)
-        self.new_total += int(new.sum())
-        self.new_nonzero += int((value.cpu()[new] != 0).sum())
+                keep = torch.as_tensor(np.flatnonzero(idx >= 0), device=value.device)
+                old = old.index_select(axis, keep)
+        self.new_total += value.numel() - old.numel()
+        self.new_nonzero += int(torch.count_nonzero(value)) - int(torch.count_nonzero(old))
 
     def put_linear(
         self,
@@ -186,6 +188,13 @@ def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]
     return (torch.randn(2, channels, size, size, generator=gen).to(like.device, like.dtype),)
 
 
+def check_bool(value: object, name: str) -> bool:
+    """``value`` must be a bool (TypeError naming ``name`` otherwise)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def _itemsize(model: nn.Module) -> int:
     return next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4)
 
@@ -208,13 +217,23 @@ def _run(
     probe: object,
     tol: float | str | None,
     layout: Layout,
+    inplace: object,
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
     """The pipeline on ``build`` with the family's default probe (token ids or images)."""
+    check_bool(inplace, "inplace")
     probe = _default_probe(model, layout) if probe is None else probe
     return run(
         Request(
-            operation, model, targets, build, probe=probe, tol=tol, layer_scope=False, **request
+            operation,
+            model,
+            targets,
+            build,
+            probe=probe,
+            tol=tol,
+            layer_scope=False,
+            inplace=inplace,
+            **request,
         )
     )
 
@@ -268,6 +287,7 @@ def grow_ffn(
     probe: object = None,
     tol: float | str | None = "auto",
     seed: int | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The feed-forward hidden size of the blocks ``layers`` (default all) grows to ``width``.
 
@@ -320,6 +340,7 @@ def grow_ffn(
         probe,
         tol,
         layout,
+        inplace,
         edits=edits,
         regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
@@ -463,6 +484,7 @@ def add_heads(
     probe: object = None,
     tol: float | str | None = "auto",
     seed: int | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The blocks ``layers`` get ``heads`` query heads (and ``kv_heads`` key/value heads) of
     the same head_dim; RoPE and the 1/√head_dim scale are unchanged.
@@ -550,6 +572,7 @@ def add_heads(
         probe,
         tol,
         layout,
+        inplace,
         edits=edits,
         regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
@@ -670,6 +693,7 @@ def grow_width(
     probe: object = None,
     tol: float | str | None = "auto",
     seed: int | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The residual stream grows from d to ``d_model`` = k·d + r (any width above d).
 
@@ -816,6 +840,7 @@ def grow_width(
         probe,
         tol,
         layout,
+        inplace,
         edits=edits,
         copies=("",),
         regions=tuple(Region(b.prefix, b.prefix, lift=lift) for b in layout.blocks),
@@ -888,6 +913,7 @@ def add_block(
     probe: object = None,
     tol: float | str | None = "auto",
     seed: int | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """A new block inserted before block ``at`` (``at`` = number of blocks: at the end).
 
@@ -976,6 +1002,7 @@ def add_block(
         probe,
         tol,
         layout,
+        inplace,
         edits=edits,
         copies=(template.prefix,),
         regions=(region,),
@@ -1002,6 +1029,7 @@ def deepen_projection(
     probe: object = None,
     tol: float | str | None = "auto",
     seed: int | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The Linear or Conv1D projection ``at`` (out × in matrix W) becomes
     Sequential(Linear(in, width, no bias), Linear(width, out)) with A = s·Q (Q: width × in,
@@ -1057,6 +1085,7 @@ def deepen_projection(
             edits=(at,),
             regions=(Region(at, at),),
             new_bytes=new_bytes,
+            inplace=check_bool(inplace, "inplace"),
             probe=probe,
             tol=tol,
         )
