@@ -73,10 +73,8 @@ def kernel_dir() -> Path:
     for candidate in (package / "csrc", package.parent / "csrc"):
         if (candidate / "compose_cuda.cu").is_file():
             return candidate
-    raise OSError(
-        f"the CUDA kernel sources (*_cuda.cu) are neither in {package / 'csrc'} "
-        f"nor in {package.parent / 'csrc'}"
-    )
+    raise OSError(f"the CUDA kernel sources (*_cuda.cu) are neither in {package / 'csrc'} "
+                  f"nor in {package.parent / 'csrc'}")
 
 
 def kernel_source(name: str) -> str:
@@ -161,7 +159,7 @@ def _same_kind(a: cp.ndarray, a_name: str, b: cp.ndarray, b_name: str) -> None:
 
 
 def choose_method(method: str, dtype: np.dtype, k2: tuple[int, ...], k1: tuple[int, ...]) -> str:
-    """ "direct" or "transform" for ``method`` ("auto", "direct" or "transform")."""
+    """"direct" or "transform" for ``method`` ("auto", "direct" or "transform")."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     kt = tuple(a + b - 1 for a, b in zip(k1, k2))
@@ -197,11 +195,8 @@ def _full_precision() -> Iterator[None]:
 
     f32 = np.dtype(np.float32)
     previous = linalg.get_compute_type(f32)
-    if previous in (
-        linalg.COMPUTE_TYPE_DEFAULT,
-        linalg.COMPUTE_TYPE_PEDANTIC,
-        linalg.COMPUTE_TYPE_FP32,
-    ):
+    if previous in (linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_PEDANTIC,
+                    linalg.COMPUTE_TYPE_FP32):
         yield
         return
     linalg.set_compute_type(f32, linalg.COMPUTE_TYPE_FP32)
@@ -258,8 +253,7 @@ def _to_points(x: cp.ndarray, nb: int, p: int, m: cp.ndarray) -> cp.ndarray:
     tile = max(1, min(32, _SHARED_BYTES // (ks * x.itemsize)))
     y = cp.empty((p, nb), dtype=x.dtype)
     _kernel("transform_cuda.cu", "nm_to_points", x.dtype)(
-        (-(-nb // tile),),
-        (_THREADS,),
+        (-(-nb // tile),), (_THREADS,),
         (x, y, np.int64(nb), np.int32(k), np.int32(p), m, np.int32(tile)),
         shared_mem=tile * ks * x.itemsize,
     )
@@ -272,17 +266,15 @@ def _from_points(q: cp.ndarray, nb: int, mt: cp.ndarray) -> cp.ndarray:
     tile = min(32, _SHARED_BYTES // (p * q.itemsize) // 4 * 4)
     g = cp.empty((nb, t), dtype=q.dtype)
     _kernel("transform_cuda.cu", "nm_from_points", q.dtype)(
-        (-(-nb // tile),),
-        (_THREADS,),
+        (-(-nb // tile),), (_THREADS,),
         (q, g, np.int64(nb), np.int32(p), np.int32(t), mt, np.int32(tile)),
         shared_mem=p * tile * q.itemsize,
     )
     return g
 
 
-def _elementwise(
-    file: str, name: str, out: cp.ndarray, rows: int, cols: int, *args: object
-) -> cp.ndarray:
+def _elementwise(file: str, name: str, out: cp.ndarray, rows: int, cols: int, *args: object
+                 ) -> cp.ndarray:
     """Launch a one-thread-per-output-element kernel writing ``out`` viewed as rows × cols."""
     if max(rows, cols) >= 2**31:
         raise ValueError(f"output of {rows} × {cols} elements is too large for one launch")
@@ -329,18 +321,8 @@ def compose(f2: cp.ndarray, f1: cp.ndarray, *, method: str = "auto") -> cp.ndarr
         if n2 == 1:
             return p.reshape(c2, c0, *kt)
         g = cp.empty((c2, c0, *kt), dtype=f2.dtype)
-        return _elementwise(
-            "compose_cuda.cu",
-            "nm_compose_shift_add",
-            g,
-            c2,
-            c0 * math.prod(kt),
-            p,
-            g,
-            np.int64(c2),
-            np.int64(c0),
-            *_sizes(l2, l1),
-        )
+        return _elementwise("compose_cuda.cu", "nm_compose_shift_add", g, c2, c0 * math.prod(kt),
+                            p, g, np.int64(c2), np.int64(c0), *_sizes(l2, l1))
 
 
 def correlate_outer(
@@ -358,9 +340,8 @@ def correlate_outer(
     k2 = f2.shape[2:]
     kt = tuple(a + b - 1 for a, b in zip(k1, k2))
     if y.shape[0] != c2 or y.shape[2:] != kt:
-        raise ValueError(
-            f"Y must have shape ({c2}, C0, *{kt}) for F2 {f2.shape} and k1 {k1}, got {y.shape}"
-        )
+        raise ValueError(f"Y must have shape ({c2}, C0, *{kt}) for F2 {f2.shape} and k1 {k1}, "
+                         f"got {y.shape}")
     how = choose_method(method, f2.dtype, k2, k1)
     l2, l1 = _lift(k2), _lift(k1)
     with f2.device:
@@ -379,18 +360,8 @@ def correlate_outer(
         if n2 == 1:
             return p.reshape(c1, c0, *k1)
         x = cp.empty((c1, c0, *k1), dtype=f2.dtype)
-        return _elementwise(
-            "correlate_outer_cuda.cu",
-            "nm_correlate_gather",
-            x,
-            c1,
-            c0 * math.prod(k1),
-            p,
-            x,
-            np.int64(c1),
-            np.int64(c0),
-            *_sizes(l2, l1),
-        )
+        return _elementwise("correlate_outer_cuda.cu", "nm_correlate_gather", x, c1,
+                            c0 * math.prod(k1), p, x, np.int64(c1), np.int64(c0), *_sizes(l2, l1))
 
 
 def gram_outer(f2: cp.ndarray, k1: tuple[int, ...]) -> cp.ndarray:
@@ -408,17 +379,8 @@ def gram_outer(f2: cp.ndarray, k1: tuple[int, ...]) -> cp.ndarray:
         f2r = cp.ascontiguousarray(f2).reshape(c2, c1 * n2)
         z = _matmul(f2r.T, f2r)
         out = cp.empty((c1 * n1, c1 * n1), dtype=f2.dtype)
-        return _elementwise(
-            "gram_outer_cuda.cu",
-            "nm_gram_assemble",
-            out,
-            c1 * n1,
-            c1 * n1,
-            z,
-            out,
-            np.int64(c1),
-            *_sizes(_lift(k2), _lift(k1)),
-        )
+        return _elementwise("gram_outer_cuda.cu", "nm_gram_assemble", out, c1 * n1, c1 * n1,
+                            z, out, np.int64(c1), *_sizes(_lift(k2), _lift(k1)))
 
 
 def gram_outer_rows(f2: cp.ndarray, k1: tuple[int, ...]) -> cp.ndarray:
@@ -437,14 +399,5 @@ def gram_outer_rows(f2: cp.ndarray, k1: tuple[int, ...]) -> cp.ndarray:
         f2q = cp.ascontiguousarray(f2.reshape(c2, c1, n2).transpose(0, 2, 1)).reshape(c2 * n2, c1)
         z = _matmul(f2q, f2q.T)
         out = cp.empty((c2 * nt, c2 * nt), dtype=f2.dtype)
-        return _elementwise(
-            "gram_outer_rows_cuda.cu",
-            "nm_gram_rows_assemble",
-            out,
-            c2 * nt,
-            c2 * nt,
-            z,
-            out,
-            np.int64(c2),
-            *_sizes(_lift(k2), _lift(k1)),
-        )
+        return _elementwise("gram_outer_rows_cuda.cu", "nm_gram_rows_assemble", out, c2 * nt,
+                            c2 * nt, z, out, np.int64(c2), *_sizes(_lift(k2), _lift(k1)))

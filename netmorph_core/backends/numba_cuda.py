@@ -165,9 +165,8 @@ def _gram_rows_kernel(f2, out, k1d, k1h, k1w, total):
         for sd in range(max(0, max(ad, bd) - k2d + 1), min(k1d, min(ad, bd) + 1)):
             for sh in range(max(0, max(ah, bh) - k2h + 1), min(k1h, min(ah, bh) + 1)):
                 for sw in range(max(0, max(aw, bw) - k2w + 1), min(k1w, min(aw, bw) + 1)):
-                    acc += (
-                        f2[o, m, ad - sd, ah - sh, aw - sw] * f2[o2, m, bd - sd, bh - sh, bw - sw]
-                    )
+                    acc += (f2[o, m, ad - sd, ah - sh, aw - sw]
+                            * f2[o2, m, bd - sd, bh - sh, bw - sw])
     out[row, col] = acc
 
 
@@ -182,7 +181,9 @@ class _Lifted:
         itemsize = np.dtype(interface["typestr"]).itemsize
         strides = interface.get("strides")
         if strides is None:  # C-contiguous
-            strides = tuple(itemsize * math.prod(shape[k + 1 :]) for k in range(len(shape)))
+            strides = tuple(
+                itemsize * math.prod(shape[k + 1:]) for k in range(len(shape))
+            )
         pad = 5 - len(shape)
         self._owner = owner
         self.__cuda_array_interface__ = {
@@ -275,13 +276,8 @@ def compose(f2: Any, f1: Any) -> Any:
     v.chain_channels(a, "F2", b, "F1")
     kt = tuple(x + y - 1 for x, y in zip(b.shape[2:], a.shape[2:]))
     g = _empty((a.shape[0], b.shape[1], *kt), a.dtype)
-    _launch(
-        _compose_kernel,
-        math.prod(g.shape),
-        a.lifted(),
-        b.lifted(),
-        g.reshape(*g.shape[:2], *_lift(kt)),
-    )
+    _launch(_compose_kernel, math.prod(g.shape), a.lifted(), b.lifted(),
+            g.reshape(*g.shape[:2], *_lift(kt)))
     return g
 
 
@@ -296,18 +292,11 @@ def correlate_outer(f2: Any, y: Any, k1: tuple[int, ...]) -> Any:
     k1 = v.kernel_tuple(k1, a.ndim - 2, "k1")
     kt = tuple(x + z - 1 for x, z in zip(k1, a.shape[2:]))
     if b.shape[0] != a.shape[0] or b.shape[2:] != kt:
-        raise ValueError(
-            f"Y must have shape ({a.shape[0]}, C0, *{kt}) for F2 {a.shape} and "
-            f"k1 {k1}, got {b.shape}"
-        )
+        raise ValueError(f"Y must have shape ({a.shape[0]}, C0, *{kt}) for F2 {a.shape} and "
+                         f"k1 {k1}, got {b.shape}")
     x = _empty((a.shape[1], b.shape[1], *k1), a.dtype)
-    _launch(
-        _correlate_kernel,
-        math.prod(x.shape),
-        a.lifted(),
-        b.lifted(),
-        x.reshape(*x.shape[:2], *_lift(k1)),
-    )
+    _launch(_correlate_kernel, math.prod(x.shape), a.lifted(), b.lifted(),
+            x.reshape(*x.shape[:2], *_lift(k1)))
     return x
 
 
