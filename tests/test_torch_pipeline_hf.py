@@ -8,7 +8,7 @@ import pytest
 import torch
 from thirdparty import import_transformers
 
-from netmorph_core.torch import MorphError, add_block, grow_ffn, grow_width
+from netmorph_core.torch import MorphError, add_block, grow_ffn, grow_width, pipeline
 
 try:
     transformers = import_transformers()
@@ -72,3 +72,53 @@ def test_electra_grow_width_is_refused_by_name() -> None:
         grow_width(parent, 64)
     _, report = grow_ffn(parent, 80)
     assert report.rel_dev_f64 <= 1e-10
+
+
+def _hf(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if family == "llama":
+        config = transformers.LlamaConfig(
+            **SMALL, num_key_value_heads=2, vocab_size=64, max_position_embeddings=32
+        )
+        return transformers.LlamaForCausalLM(config).double().eval()
+    if family == "gpt2":
+        config = transformers.GPT2Config(
+            n_embd=32,
+            n_head=4,
+            n_layer=2,
+            n_inner=64,
+            vocab_size=64,
+            n_positions=16,
+            attn_implementation="eager",
+        )
+        return transformers.GPT2LMHeadModel(config).double().eval()
+    config = transformers.BertConfig(
+        **SMALL, vocab_size=64, max_position_embeddings=32, num_labels=3
+    )
+    return transformers.BertForSequenceClassification(config).double().eval()
+
+
+HF_OPS = {
+    "grow_ffn": lambda m, tol: grow_ffn(m, 80, tol=tol),
+    "add_block": lambda m, tol: add_block(m, 1, tol=tol),
+    "grow_width": lambda m, tol: grow_width(m, 64, tol=tol),
+}
+
+
+@pytest.mark.parametrize("op", sorted(HF_OPS))
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_per_module_measurement_of_hugging_face_models(
+    family: str, op: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-module float64 measurement runs the stock models (attention masks, rotary
+    embeddings as keyword inputs of the blocks) and agrees with the whole-copy one. HF's
+    RMSNorm computes in float32, so a float64 Llama is only float32-exact (tol=None)."""
+    if family == "bert" and op == "add_block":
+        pytest.skip("post-LN: add_block is refused")
+    tol, bound = (None, 1e-6) if family == "llama" else ("auto", 1e-10)
+    _, whole = HF_OPS[op](_hf(family), tol)
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    _, report = HF_OPS[op](_hf(family), tol)
+    assert whole.measured_by == pipeline.COPIES and report.measured_by == pipeline.STREAMED
+    assert report.regions and max(dev for _, dev in report.regions) <= bound
+    assert report.rel_dev_f64 <= bound and whole.rel_dev_f64 <= bound

@@ -183,11 +183,26 @@ def probe(request: Request, plan: Plan) -> Baseline:
         run=lambda inputs: run_model(work, inputs, float64=False)[0],
     )
     if found is None:
+        if request.inplace:
+            raise MorphError(
+                f"{request.operation}: inplace=True needs a model input to measure on (none "
+                "was found); pass probe= or input_shape="
+            )
         return Baseline(None, None, work)
     inputs, parent_out = found
-    parent64, captured = run_model(
-        work, inputs, float64=True, capture=[r.parent for r in request.regions]
-    )
+    try:
+        parent64, captured = run_model(
+            work, inputs, float64=True, capture=[r.parent for r in request.regions]
+        )
+    except MorphError:
+        raise
+    except Exception as exc:  # the model's forward raises any type
+        raise MorphError(
+            f"{request.operation}: {type(model).__name__} cannot be computed in float64 one "
+            f"module at a time ({type(exc).__name__}: {exc}); a module probably reads another "
+            "module's parameters directly; refused (a model whose float64 copies fit in "
+            f"memory and has at most {WHOLE_COPY_LIMIT} parameters is measured on copies)"
+        ) from exc
     check_finite(parent64, "the parent (float64)")
     if plan.dtype != torch.float64:
         run_low_precision(work, request.regions, captured, plan.dtype)
