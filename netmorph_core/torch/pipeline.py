@@ -153,7 +153,7 @@ def resolve(request: Request) -> Plan:
     streamed = (
         (0 if request.inplace else state)
         + request.new_bytes
-        + 2 * _largest_module_bytes(model) * (8 / itemsize)
+        + _largest_module_bytes(model) * (8 / itemsize)
         + region_bytes * (1 + 8 / itemsize)
         + sum(b.numel() * b.element_size() for b in model.buffers())
     )
