@@ -523,3 +523,18 @@ def test_the_report_names_the_verified_modes() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double()
     _, report = nt.widen(model, "0", 8, probe=X_MLP)
     assert report.modes == ("eval",) or report.train_mode_holds
+
+
+def test_a_model_whose_copies_do_not_fit_is_measured_per_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The memory check never refuses what fits: float64 copies of parent and child need
+    4× the float64 model's bytes, the per-module measurement about 1× plus one module."""
+    parent = llama()
+    state = sum(p.numel() * p.element_size() for p in parent.parameters())
+    monkeypatch.setenv("NETMORPH_MAX_BYTES", str(3 * state))
+    _, report = nt.grow_ffn(parent, 30, probe=IDS)
+    assert report.measured_by == pipeline.STREAMED and report.rel_dev_f64 <= 1e-8
+    monkeypatch.setenv("NETMORPH_MAX_BYTES", str(state // 2))
+    with pytest.raises(ValueError, match="per-module measurement"):
+        nt.grow_ffn(parent, 30, probe=IDS)
