@@ -106,7 +106,14 @@ HF_OPS = {
 
 
 @pytest.mark.parametrize("op", sorted(HF_OPS))
-@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "llama",
+        pytest.param("gpt2", marks=pytest.mark.thirdparty),
+        pytest.param("bert", marks=pytest.mark.thirdparty),
+    ],
+)
 def test_per_module_measurement_of_hugging_face_models(
     family: str, op: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
