@@ -7,9 +7,11 @@ and 32). When no model input can be found, the replaced layer is
 compared with its replacement instead (``scope="layer"``). Relative deviation is
 max|y_child − y_parent| / max|y_parent| over every output tensor.
 
-Every forward pass runs on a deep copy, in a forked RNG: the parent (parameters, buffers such
-as BatchNorm statistics or counters, parametrizations, hooks), the returned child and the
-caller's global torch RNG are left as they were.
+Every forward pass runs on a copy, in a forked RNG: the parent (parameters, buffers such
+as BatchNorm statistics or counters, parametrizations, hooks), the returned child's buffers and
+the caller's global torch RNG are left as they were. :func:`measure` works on float64 copies of
+whole models; :mod:`.streamed` computes the same quantities in float64 one module at a time
+(:mod:`.pipeline` chooses).
 
 ``tol="auto"`` (the default of every operation) accepts the child when
 
@@ -22,7 +24,8 @@ caller's global torch RNG are left as they were.
 
 otherwise it raises :class:`MorphError` with the numbers. A number is a bound on the float64
 relative deviation alone; ``None`` measures and reports without raising. A child that fails on
-the probe the parent runs on is refused (MorphError) whatever ``tol``.
+the probe the parent runs on (in eval or in train mode), and a measurement that is not finite,
+are refused (MorphError) whatever ``tol``.
 """
 
 from __future__ import annotations
