@@ -16,7 +16,7 @@ from torch.nn.utils import parametrizations, prune  # noqa: E402
 import netmorph_core.torch as nt  # noqa: E402
 from netmorph_core.morph.graph import Module, conv_edge  # noqa: E402
 from netmorph_core.torch import MorphError, pipeline  # noqa: E402
-from netmorph_core.torch.models import LlamaStyle  # noqa: E402
+from netmorph_core.torch.models import GQAttention, LlamaStyle  # noqa: E402
 from netmorph_core.torch.pipeline import Request, run  # noqa: E402
 from netmorph_core.torch.report import Outcome  # noqa: E402
 from netmorph_core.torch.streamed import Region, float64_calls  # noqa: E402
@@ -318,6 +318,18 @@ class MixtureOfExperts(nn.Module):
         return sum(gate[..., i : i + 1] * e(x) for i, e in enumerate(self.experts))
 
 
+class CustomAttention(GQAttention):
+    """Another attention class in one block of the stack (what it computes is not known)."""
+
+
+def _custom_attention_llama() -> nn.Module:
+    model = llama()
+    custom = CustomAttention(16, 4, 2, 4)
+    custom.load_state_dict(model.layers[2].self_attn.state_dict())
+    model.layers[2].self_attn = custom.double()
+    return model
+
+
 def _spectral_llama() -> nn.Module:
     model = llama()
     parametrizations.spectral_norm(model.layers[0].mlp.down_proj)
@@ -387,6 +399,11 @@ REFUSALS = {
         lambda: nt.grow_ffn(_llama_with("layers.1.mlp", MixtureOfExperts()), 30),
         MorphError,
         r"layers\.1.*MixtureOfExperts",
+    ),
+    "custom_attention": (
+        lambda: nt.add_heads(_custom_attention_llama(), 6),
+        MorphError,
+        r"'layers\.2\.self_attn' is .*CustomAttention, block 0's is .*GQAttention",
     ),
     "lora_in_transformer": (
         lambda: nt.add_heads(
