@@ -15,7 +15,7 @@ from torch.nn.utils import parametrizations, prune  # noqa: E402
 
 import netmorph_core.torch as nt  # noqa: E402
 from netmorph_core.morph.graph import Module, conv_edge  # noqa: E402
-from netmorph_core.torch import MorphError, pipeline  # noqa: E402
+from netmorph_core.torch import MorphError, pipeline, streamed  # noqa: E402
 from netmorph_core.torch.models import GQAttention, LlamaStyle  # noqa: E402
 from netmorph_core.torch.pipeline import Request, run  # noqa: E402
 from netmorph_core.torch.report import Outcome  # noqa: E402
@@ -144,6 +144,7 @@ def test_per_module_measurement_accepts_exact_children(
     op: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    monkeypatch.setattr(streamed, "LINEAR_CHUNK", 200)  # the head and wide layers in chunks
     parent = llama(dtype)
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     child, report = TRANSFORMER_OPS[op](parent)
@@ -245,7 +246,11 @@ def test_per_module_measurement_catches_a_wrong_child_outside_its_regions(
         run(request)
 
 
-def test_float64_calls_computes_in_float64_and_restores_the_tensors() -> None:
+@pytest.mark.parametrize("chunk", [1 << 22, 100], ids=["whole", "chunked"])
+def test_float64_calls_computes_in_float64_and_restores_the_tensors(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streamed, "LINEAR_CHUNK", chunk)
     model = llama(torch.bfloat16)
     before = [(p, p.data_ptr(), p.dtype) for p in model.parameters()]
     reference = copy.deepcopy(model).double()
@@ -254,6 +259,7 @@ def test_float64_calls_computes_in_float64_and_restores_the_tensors() -> None:
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, reference(IDS[0]), rtol=1e-12, atol=1e-12)
     assert all(p.data_ptr() == ptr and p.dtype == dt for p, ptr, dt in before)
+    assert all("forward" not in vars(m) for m in model.modules())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from .report import (
     state_bytes,
     train_outputs,
 )
-from .streamed import Captured, Region, own_tensors, run_low_precision, run_model
+from .streamed import Captured, Region, float64_bytes, run_low_precision, run_model
 from .streamed import check_regions as check_regions_alone
 from .support import check_editable, check_model_state, check_subtree
 from .surgery import check_model, count_parameters
@@ -126,13 +126,6 @@ class Baseline:
     captured: list[Captured] | None = None
 
 
-def _largest_module_bytes(model: nn.Module) -> int:
-    return max(
-        (sum(t.numel() * t.element_size() for t in own_tensors(m)) for m in model.modules()),
-        default=0,
-    )
-
-
 def resolve(request: Request) -> Plan:
     """Step 1: the model, ``tol``, the model's state and the measurement's memory."""
     model = check_model(request.model)
@@ -153,7 +146,7 @@ def resolve(request: Request) -> Plan:
     streamed = (
         (0 if request.inplace else state)
         + request.new_bytes
-        + _largest_module_bytes(model) * (8 / itemsize)
+        + float64_bytes(model)
         + region_bytes * (1 + 8 / itemsize)
         + sum(b.numel() * b.element_size() for b in model.buffers())
     )

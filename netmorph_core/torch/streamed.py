@@ -4,7 +4,9 @@ and the edited regions of the model checked alone.
 :func:`float64_calls` makes a model compute in float64 without a float64 copy of it: each
 module holding floating parameters or buffers swaps them for float64 copies when it is called
 and gets its own tensors back when it returns, so at most the float64 tensors of the modules
-on the current call path are resident (for a transformer: one projection or embedding).
+on the current call path are resident (for a transformer: one projection). An ``nn.Embedding``
+casts the rows it looks up instead of its table, and a large ``nn.Linear`` (an output head)
+computes :data:`LINEAR_CHUNK` weight entries at a time.
 
 :func:`run_model` runs a model on the probe (eval or train mode, seeded, the caller's RNG
 restored, the key/value cache off, every buffer restored afterwards) and captures, with forward
@@ -21,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import MorphError
@@ -35,6 +38,9 @@ from .report import (
 )
 
 Inputs = tuple[torch.Tensor, ...]
+#: A Linear layer with more weight entries computes in float64 this many entries at a time
+#: (an output head of a language model: 65M entries, 0.5 GB in float64).
+LINEAR_CHUNK = 1 << 22
 Outputs = list[torch.Tensor]
 
 
@@ -104,9 +110,15 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
                 t.data = data
             del active[id(module)]
 
-    handles = []
+    handles, chunked = [], []
     for m in model.modules():
-        if own_tensors(m):
+        kind = _swapped(m)
+        if kind == "rows":
+            handles.append(m.register_forward_hook(_rows_in_float64))
+        elif kind == "chunks":
+            m.forward = _chunked_linear(m)
+            chunked.append(m)
+        elif kind == "swap":
             handles.append(m.register_forward_pre_hook(enter))
             handles.append(m.register_forward_hook(leave, always_call=True))
     try:
@@ -114,10 +126,60 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+        for m in chunked:
+            del m.forward
         for swapped, _ in active.values():
             for t, data in swapped:
                 t.data = data
         active.clear()
+
+
+def _swapped(module: nn.Module) -> str:
+    """How :func:`float64_calls` makes ``module`` compute in float64: "rows" (an embedding),
+    "chunks" (a large Linear), "swap" (its own tensors) or "none"."""
+    if type(module) is nn.Embedding and module.max_norm is None:
+        return "rows"
+    if (
+        type(module) is nn.Linear
+        and module.weight.numel() > LINEAR_CHUNK
+        and "forward" not in vars(module)
+        and not (module._forward_pre_hooks or module._forward_hooks)
+    ):
+        return "chunks"
+    return "swap" if own_tensors(module) else "none"
+
+
+def float64_bytes(model: nn.Module) -> int:
+    """The most float64 bytes :func:`float64_calls` holds for one module of ``model``."""
+    sizes = [0]
+    for m in model.modules():
+        kind = _swapped(m)
+        if kind == "chunks":
+            sizes.append(8 * LINEAR_CHUNK)
+        elif kind == "swap":
+            sizes.append(8 * sum(t.numel() for t in own_tensors(m)))
+    return max(sizes)
+
+
+def _rows_in_float64(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+    """An embedding's rows are exact in float64: cast the looked-up rows, not the table."""
+    return output.to(torch.float64) if output.is_floating_point() else output
+
+
+def _chunked_linear(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``layer``'s function in float64, :data:`LINEAR_CHUNK` weight entries at a time."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float64)
+        rows = max(1, LINEAR_CHUNK // max(layer.in_features, 1))
+        parts = []
+        for i in range(0, layer.out_features, rows):
+            w = layer.weight[i : i + rows].to(torch.float64)
+            b = None if layer.bias is None else layer.bias[i : i + rows].to(torch.float64)
+            parts.append(F.linear(x, w, b))
+        return torch.cat(parts, dim=-1)
+
+    return forward
 
 
 @contextmanager
