@@ -11,7 +11,8 @@
    and no wrapper (:func:`.support.check_subtree`);
 3. ``probe`` — the probe inputs and the parent's outputs on them, computed on a copy (never on
    the parent; the caller's RNG restored);
-4. ``build`` — the operation edits that copy into the child;
+4. ``build`` — the operation edits that copy into the child (an untyped exception from the
+   edit, e.g. a RuntimeError on a layout the operation does not follow, becomes a MorphError);
 5. ``measure`` — the child against the parent on the probe, in eval and train mode (a child
    that fails where the parent runs is refused); with the streamed measurement, each edited
    :class:`~.streamed.Region` is also run alone on the inputs it receives in the parent;
@@ -34,7 +35,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from .._memory import ResourceLimitError, check_working_set, memory_limit
+from .._memory import check_working_set, memory_limit
 from . import report
 from .errors import MorphError
 from .report import (
@@ -227,9 +228,9 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
     child = baseline.work if baseline.work is not None else copy.deepcopy(request.model)
     try:
         outcome = request.build(child)
-    except (MorphError, ResourceLimitError):
+    except (MorphError, ValueError, TypeError):  # typed answers (ResourceLimitError included)
         raise
-    except Exception as exc:  # an edit the model's layout does not allow, of any type
+    except Exception as exc:  # an edit the model's layout does not allow: RuntimeError, …
         raise MorphError(
             f"{request.operation} at {list(request.targets)}: the child cannot be built "
             f"({type(exc).__name__}: {exc}); the model is laid out in a way the operation "
