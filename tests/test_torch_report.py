@@ -12,16 +12,21 @@ from torch import nn  # noqa: E402
 from torch.nn.utils.parametrizations import spectral_norm  # noqa: E402
 
 from netmorph_core.torch import MorphError, deepen, grow_kernel, morph_subnet, widen  # noqa: E402
+from netmorph_core.torch.pipeline import Request, run  # noqa: E402
 from netmorph_core.torch.report import (  # noqa: E402
     AUTO_F64_BOUND,
     NOISE_FACTOR,
     NOISE_FLOOR_EPS,
     Outcome,
     check_tol,
-    run_morph,
 )
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def run_morph(operation: str, model: nn.Module, targets: tuple, build: object, **options: object):
+    """The pipeline on a hand-made builder."""
+    return run(Request(operation, model, targets, build, **options))
 
 
 def cnn() -> nn.Module:

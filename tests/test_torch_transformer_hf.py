@@ -240,9 +240,12 @@ def test_olmo2_without_a_pre_attention_norm_is_refused_by_name() -> None:
 
 
 def test_hf_llama_with_its_own_float32_rmsnorm() -> None:
-    """Without the exact norm the float64 deviation is float32 rounding, not the morph's."""
+    """Without the exact norm the float64 deviation is float32 rounding, not the morph's:
+    above tol="auto"'s float64 bound, so refused by default and accepted with tol=None."""
     parent = _model("llama")
-    child, _ = grow_width(parent, 45)
+    with pytest.raises(MorphError, match=r"above tol='auto' \(bound 1.0e-08\)"):
+        grow_width(parent, 45)
+    child, _ = grow_width(parent, 45, tol=None)
     assert _rel_dev(parent, child, _inputs("llama", torch.float64)) <= HF_RMSNORM_TOL
 
 

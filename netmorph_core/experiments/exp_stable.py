@@ -29,7 +29,9 @@ from torch import nn
 from ..morph.stable import stable_depth
 from ..torch import deepen
 from ..torch.depth import replace_with_chain
-from ..torch.report import Outcome, run_morph
+from ..torch.pipeline import Request
+from ..torch.pipeline import run as run_request
+from ..torch.report import Outcome
 from .data import experiment_dataset
 from .models import seeded, small_cnn
 from .net2net import net2net_deepen
@@ -110,7 +112,7 @@ def morph_stable(model: nn.Module, cfg: StableConfig, seed: int) -> nn.Module:
     def build(child: nn.Module) -> Outcome:
         return replace_with_chain(child, AT, solve, activation="prelu", batch_norm=False)
 
-    return run_morph("deepen_stable", model, (AT,), build)[0]
+    return run_request(Request("deepen_stable", model, (AT,), build, edits=(AT,)))[0]
 
 
 def morph_net2net(model: nn.Module, cfg: StableConfig, seed: int) -> nn.Module:

@@ -27,7 +27,8 @@ from ..morph.baselines import net2net_widen as net2net_widen_filters
 from ..morph.kernel import morph_kernel
 from ..torch import widen
 from ..torch.depth import replace_with_chain
-from ..torch.report import Outcome, run_morph
+from ..torch.pipeline import Request, run
+from ..torch.report import Outcome
 from ..torch.surgery import LAYER_TYPES, find_layer, to_numpy64, to_tensor
 
 Layers = Sequence[tuple[int | None, int | None]]
@@ -104,7 +105,7 @@ def net2net_deepen(
                     layer.bias.copy_(to_tensor(b, layer.bias) if b is not None else 0.0)
         return outcome
 
-    child, _ = run_morph("net2net_deepen", model, (at,), build)
+    child, _ = run(Request("net2net_deepen", model, (at,), build, edits=(at,)))
     return child
 
 

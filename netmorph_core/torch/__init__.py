@@ -1,8 +1,12 @@
 """PyTorch adapter: morph real ``nn.Module`` networks with their function preserved.
 
 Every operation returns ``(child, report)``: the child is a new model (the parent is deep-copied,
-never modified) and the :class:`MorphReport` gives the measured parent-vs-child deviation,
-parameter counts, the solver's residual and the non-zero ratio of the new weights.
+never modified; the transformer operations' ``inplace=True`` consumes it instead) and the
+:class:`MorphReport` gives the measured parent-vs-child deviation, parameter counts, the
+solver's residual and the non-zero ratio of the new weights. Every operation runs the same
+steps (:mod:`.pipeline`: resolve, support, probe, build, measure, accept), ``tol="auto"`` by
+default; models above 50M parameters are measured in float64 one module at a time
+(:mod:`.streamed`), never through float64 copies of the whole model.
 
 - :func:`deepen` — a layer becomes F1 → [BN] → PActivation(a = 1) → F2 (F2 ⊛ F1 = G~).
 - :func:`widen` — more output channels; consumers found with torch.fx are updated.
@@ -17,7 +21,8 @@ parameter counts, the solver's residual and the non-zero ratio of the new weight
   graphs Hugging Face models through torch.export.
 
 Layers the adapter does not understand (overridden forward, parents that read their parameters,
-hooks, parametrizations, tied weights) are refused by name: see :mod:`.support`.
+hooks, parametrizations, tied weights, quantised layers, LoRA wrappers, pruning, TorchScript)
+are refused by name: see :mod:`.support` and :mod:`.wrappers`.
 
 Saving a child: a Hugging Face child's config is kept describing it (:mod:`.hf_config`), so
 ``save_pretrained`` → ``from_pretrained`` reloads it; where no config can describe it the stock

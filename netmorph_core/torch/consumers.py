@@ -44,6 +44,7 @@ or −1 for a new channel. Anything else the widened tensor reaches raises :clas
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -300,9 +301,13 @@ class _Tracer(fx.Tracer):
 
 
 def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
-    """Symbolically trace ``model``; MorphError naming the model and fx's reason."""
+    """Symbolically trace a copy of ``model`` (tracing runs its forward code, which may count
+    calls or cache tensors; the caller's RNG is restored); MorphError naming the model and
+    fx's reason."""
     try:
-        return fx.GraphModule(model, _Tracer().trace(model))
+        with torch.random.fork_rng(devices=[]):
+            dup = copy.deepcopy(model)
+            return fx.GraphModule(dup, _Tracer().trace(dup))
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
         raise MorphError(
             f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); "

@@ -31,8 +31,10 @@ from ..morph.depth import METHODS, morph_depth
 from ..morph.grouped import separable_depth
 from .activation import make_activation
 from .budget import hidden_budget
-from .report import MorphReport, Outcome, ParamSource, run_morph
+from .pipeline import Request, run
+from .report import MorphReport, Outcome, ParamSource
 from .samepad import split_same_padding
+from .streamed import Region
 from .support import check_new_entries, layer_entries
 from .surgery import (
     CONV_TYPES,
@@ -189,6 +191,7 @@ def replace_with_chain(
         iterations=iterations,
         sources=new_layer_sources(child, at, geo.has_bias),
         notes=notes,
+        train_exact=not batch_norm,
     )
 
 
@@ -261,8 +264,20 @@ def deepen(
     def build(child: nn.Module) -> Outcome:
         return replace_with_chain(child, at, solve, activation=activation, batch_norm=batch_norm)
 
-    return run_morph(
-        "deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol, budget=budget
+    return run(
+        Request(
+            "deepen",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            same_padding=True,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+            budget=budget,
+        )
     )
 
 
@@ -318,6 +333,18 @@ def _deepen_separable(
             child, at, solve, activation=activation, batch_norm=batch_norm, groups=(c_in, groups)
         )
 
-    return run_morph(
-        "deepen", model, (at,), build, probe=probe, input_shape=input_shape, tol=tol, budget=budget
+    return run(
+        Request(
+            "deepen",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            same_padding=True,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+            budget=budget,
+        )
     )

@@ -19,8 +19,10 @@ from torch import nn
 from .. import _validation as v
 from ..morph.kernel import morph_kernel
 from .budget import unfold_budget
-from .report import MorphReport, Outcome, ParamSource, run_morph
+from .pipeline import Request, run
+from .report import MorphReport, Outcome, ParamSource
 from .samepad import split_same_padding
+from .streamed import Region
 from .support import check_new_entries
 from .surgery import (
     CONV_TYPES,
@@ -130,13 +132,18 @@ def grow_kernel(
             notes=notes,
         )
 
-    return run_morph(
-        "grow_kernel",
-        model,
-        (at,),
-        build,
-        probe=probe,
-        input_shape=input_shape,
-        tol=tol,
-        budget=budget,
+    return run(
+        Request(
+            "grow_kernel",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            same_padding=True,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+            budget=budget,
+        )
     )

@@ -33,8 +33,10 @@ from ..morph.module import morph_module as morph_module_filters
 from .activation import make_activation
 from .budget import hidden_budget
 from .depth import check_flag, check_method, new_layer_sources, weight_counts
-from .report import MorphReport, Outcome, ParamSource, run_morph
+from .pipeline import Request, run
+from .report import MorphReport, Outcome, ParamSource
 from .samepad import split_same_padding
+from .streamed import Region
 from .support import check_new_entries
 from .surgery import (
     LAYER_TYPES,
@@ -301,6 +303,7 @@ def replace_with_module(
         iterations=iterations,
         sources=sources,
         notes=notes,
+        train_exact=not (batch_norm and len(spec.vertices) > 2),
     )
 
 
@@ -355,13 +358,18 @@ def morph_module(
             batch_norm=batch_norm,
         )
 
-    return run_morph(
-        "morph_module",
-        model,
-        (at,),
-        build,
-        probe=probe,
-        input_shape=input_shape,
-        tol=tol,
-        budget=budget,
+    return run(
+        Request(
+            "morph_module",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            same_padding=True,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+            budget=budget,
+        )
     )

@@ -7,9 +7,11 @@ and 32). When no model input can be found, the replaced layer is
 compared with its replacement instead (``scope="layer"``). Relative deviation is
 max|y_child − y_parent| / max|y_parent| over every output tensor.
 
-Every forward pass runs on a deep copy, in a forked RNG: the parent (parameters, buffers such
-as BatchNorm statistics or counters, parametrizations, hooks), the returned child and the
-caller's global torch RNG are left as they were.
+Every forward pass runs on a copy, in a forked RNG: the parent (parameters, buffers such
+as BatchNorm statistics or counters, parametrizations, hooks), the returned child's buffers and
+the caller's global torch RNG are left as they were. :func:`measure` works on float64 copies of
+whole models; :mod:`.streamed` computes the same quantities in float64 one module at a time
+(:mod:`.pipeline` chooses).
 
 ``tol="auto"`` (the default of every operation) accepts the child when
 
@@ -22,27 +24,25 @@ caller's global torch RNG are left as they were.
 
 otherwise it raises :class:`MorphError` with the numbers. A number is a bound on the float64
 relative deviation alone; ``None`` measures and reports without raising. A child that fails on
-the probe the parent runs on is refused (MorphError) whatever ``tol``.
+the probe the parent runs on (in eval or in train mode), and a measurement that is not finite,
+are refused (MorphError) whatever ``tol``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._memory import check_working_set
 from .arguments import check_input_memory, check_input_shape, check_probe, check_probe_memory
 from .errors import MorphError
-from .surgery import CONV_TYPES, LAYER_TYPES, check_model, count_parameters
+from .surgery import CONV_TYPES, LAYER_TYPES
 from .tracing import default_inputs
 from .transformer_layout import as_matrix, is_conv1d
 
@@ -90,7 +90,12 @@ class MorphReport:
     ‖F_last ⊛ … ⊛ F_1 − G~‖/‖G~‖ (0 for exact constructions). ``seconds``: time to build the
     child (measurement excluded). On CUDA, float32 convolutions run in TF32 by default
     (``torch.backends.cudnn.allow_tf32``): that rounding shows in the model-dtype deviation
-    and in ``parent_noise``, not in the float64 one.
+    and in ``parent_noise``, not in the float64 one. ``modes``: the modes ("eval", "train")
+    in which the child was verified to compute the parent's function on the probe;
+    ``measured_by``: "float64 copies" (whole-model float64 copies), "float64 per module"
+    (:mod:`.streamed`: float64 one module at a time, edited regions checked alone), "layer"
+    or "none"; ``regions``: (child module, float64 relative deviation) of each edited region
+    checked alone.
     """
 
     operation: str
@@ -116,11 +121,16 @@ class MorphReport:
     seconds: float
     notes: tuple[str, ...] = ()
     param_sources: Mapping[str, ParamSource] = field(default_factory=dict, repr=False)
+    modes: tuple[str, ...] = ()
+    measured_by: str = "none"
+    regions: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
 class Outcome:
-    """What an operation's builder tells the runner about the child it built."""
+    """What an operation's builder tells the pipeline about the child it built
+    (``train_exact``: False where the child differs in train mode by design, e.g. a new
+    BatchNorm that is the identity in eval mode only)."""
 
     new_nonzero: int
     new_total: int
@@ -129,6 +139,7 @@ class Outcome:
     iterations: int = 0
     sources: dict[str, ParamSource] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    train_exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,7 @@ class Measurement:
     child_noise: float
     train64: tuple[float, float] | None
     new_layers: int = 0
+    train_deterministic: bool = False
 
     @property
     def noise_ratio(self) -> float:
@@ -171,7 +183,8 @@ def auto_bound(dtype: torch.dtype, parent_noise: float, new_layers: int = 0) -> 
     return NOISE_FACTOR * parent_noise + floor
 
 
-def _layer_count(model: nn.Module) -> int:
+def layer_count(model: nn.Module) -> int:
+    """How many Conv/Linear layers ``model`` holds."""
     return sum(isinstance(m, LAYER_TYPES) for m in model.modules())
 
 
@@ -188,36 +201,40 @@ def eval_mode(*models: nn.Module, train: bool = False) -> Iterator[None]:
             m.training = flag
 
 
-def _outputs(y: object) -> Outputs:
+def outputs_of(y: object) -> Outputs:
+    """Every tensor of a model output (tensors, mappings, lists, tuples), in order."""
     if isinstance(y, torch.Tensor):
         return [y]
     if isinstance(y, Mapping):
-        return [t for v in y.values() for t in _outputs(v)]
+        return [t for v in y.values() for t in outputs_of(v)]
     if isinstance(y, (list, tuple)):
-        return [t for v in y for t in _outputs(v)]
+        return [t for v in y for t in outputs_of(v)]
     return []
 
 
-def _devices(model: nn.Module, inputs: Inputs = ()) -> list[torch.device]:
+def model_devices(model: nn.Module, inputs: Inputs = ()) -> list[torch.device]:
+    """The CUDA devices of ``model``'s tensors and ``inputs`` (for forking their RNGs)."""
     tensors = (*model.parameters(), *model.buffers(), *inputs)
     return sorted({t.device for t in tensors if t.is_cuda}, key=str)
 
 
-def _run(model: nn.Module, inputs: Inputs, *, train: bool = False) -> Outputs:
-    """``model``'s outputs on ``inputs`` (no grad, seed 0, caller's RNG state restored); runs
-    ``model`` itself: give it a copy."""
+def run_outputs(model: nn.Module, inputs: Inputs, *, train: bool = False, seed: int = 0) -> Outputs:
+    """``model``'s outputs on ``inputs`` (no grad, seed ``seed``, caller's RNG state
+    restored); runs ``model`` itself: give it a copy."""
     with eval_mode(model, train=train), torch.no_grad():
-        with torch.random.fork_rng(devices=_devices(model, inputs)):
-            torch.manual_seed(0)
-            return [t.detach() for t in _outputs(model(*inputs))]
+        with torch.random.fork_rng(devices=model_devices(model, inputs)):
+            torch.manual_seed(seed)
+            return [t.detach() for t in outputs_of(model(*inputs))]
 
 
-def _copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+def copy_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A deep copy of ``model`` (cast to ``dtype`` when given)."""
     dup = copy.deepcopy(model)
     return dup if dtype is None else dup.to(dtype)
 
 
-def _as_float64(inputs: Inputs) -> Inputs:
+def as_float64(inputs: Inputs) -> Inputs:
+    """The floating tensors of ``inputs`` in float64."""
     return tuple(t.to(torch.float64) if t.is_floating_point() else t for t in inputs)
 
 
@@ -236,60 +253,149 @@ def compare(reference: Outputs, other: Outputs) -> tuple[float, float]:
     return err, (err / scale if scale > 0 else err)
 
 
+def check_finite(outputs: Outputs, who: str) -> None:
+    """MorphError naming the outputs of ``who`` that hold NaN or Inf (a non-finite measurement
+    is never within a tolerance)."""
+    bad = [
+        f"output {i} {tuple(t.shape)}"
+        for i, t in enumerate(outputs)
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise MorphError(
+            f"{who}'s outputs on the probe are not finite ({', '.join(bad)}): no deviation can "
+            "be measured through them; refused (give a probe on which the parent's outputs "
+            "are finite)"
+        )
+
+
+def same_outputs(a: Outputs, b: Outputs) -> bool:
+    """Whether two output lists are identical (shapes and values)."""
+    return len(a) == len(b) and all(
+        x.shape == y.shape and x.dtype == y.dtype and bool(torch.equal(x, y)) for x, y in zip(a, b)
+    )
+
+
+def train_outputs(
+    run: Callable[..., Outputs],
+    child_run: Callable[..., Outputs],
+    eval_out: Outputs | None = None,
+) -> tuple[tuple[float, float] | None, bool]:
+    """(float64 deviation in train mode, whether the parent's train mode is deterministic on
+    the probe) from runners of the parent and the child (keyword ``train`` and ``seed``);
+    (None, False) when the parent cannot run in train mode on the probe (a BatchNorm on a
+    batch of one). MorphError when the child fails where the parent runs. A parent whose
+    train outputs are its eval outputs ``eval_out`` is deterministic without a second run."""
+    try:
+        parent = run(train=True, seed=0)
+    except (RuntimeError, ValueError):
+        return None, False
+    try:
+        child = child_run(train=True, seed=0)
+    except Exception as exc:  # the child's forward raises any type
+        raise MorphError(
+            f"in train mode the child fails on the probe the parent runs on "
+            f"({type(exc).__name__}: {exc}): a branch or layer used only in training is not "
+            "followed by the morph; refused"
+        ) from exc
+    same = eval_out is not None and same_outputs(parent, eval_out)
+    deterministic = same or same_outputs(parent, run(train=True, seed=1))
+    return compare(parent, child), deterministic
+
+
+def _float64_runs(
+    parent: nn.Module, child: nn.Module, inputs: Inputs
+) -> tuple[Outputs, Outputs, tuple[float, float] | None, bool]:
+    """Eval outputs of float64 copies of both models, and :func:`train_outputs` (the copies
+    are freed on return)."""
+    in64 = as_float64(inputs)
+    p64, c64 = copy_model(parent, torch.float64), copy_model(child, torch.float64)
+    out_p64 = run_outputs(p64, in64)
+    check_finite(out_p64, "the parent (float64)")
+    out_c64 = run_outputs(c64, in64)
+    check_finite(out_c64, "the child (float64)")
+    train64, deterministic = train_outputs(
+        lambda **kw: run_outputs(p64, in64, **kw),
+        lambda **kw: run_outputs(c64, in64, **kw),
+        out_p64,
+    )
+    return out_p64, out_c64, train64, deterministic
+
+
 def measure(
     parent: nn.Module, child: nn.Module, inputs: Inputs, parent_out: Outputs | None = None
 ) -> Measurement:
     """Every deviation of :class:`MorphReport` on ``inputs`` (in the models' dtype), each
-    forward pass on a fresh copy. ``parent_out``: the parent's outputs on ``inputs`` when
-    already computed."""
-    like = _model_like(parent)
+    forward pass on a fresh copy (float64 copies of the whole models). ``parent_out``: the
+    parent's outputs on ``inputs`` when already computed."""
+    like = model_like(parent)
     dtype = like.dtype if like is not None else torch.get_default_dtype()
-    in64 = _as_float64(inputs)
-    p64, c64 = _copy(parent, torch.float64), _copy(child, torch.float64)
-    out_p64 = _run(p64, in64)
-    out_c64 = _run(c64, in64)
-    try:
-        train64 = compare(_run(p64, in64, train=True), _run(c64, in64, train=True))
-    except (RuntimeError, ValueError):  # e.g. BatchNorm in train mode on a batch of one
-        train64 = None
-    del p64, c64
+    out_p64, out_c64, train64, deterministic = _float64_runs(parent, child, inputs)
+    return combine(
+        parent, child, out_p64, out_c64, inputs, parent_out, train64, deterministic, dtype
+    )
+
+
+def combine(
+    parent: nn.Module,
+    child: nn.Module,
+    out_p64: Outputs,
+    out_c64: Outputs,
+    inputs: Inputs,
+    parent_out: Outputs | None,
+    train64: tuple[float, float] | None,
+    deterministic: bool,
+    dtype: torch.dtype,
+    child_out: Outputs | None = None,
+) -> Measurement:
+    """The :class:`Measurement` from float64 outputs of both models; the model-dtype outputs
+    (``parent_out``, ``child_out``) are computed on copies when not given."""
     dev64 = compare(out_p64, out_c64)
     if dtype == torch.float64:
-        return Measurement(dev64, dev64, 0.0, dev64[1], train64)
-    out_p = _run(_copy(parent), inputs) if parent_out is None else parent_out
-    out_c = _run(_copy(child), inputs)
+        return Measurement(dev64, dev64, 0.0, dev64[1], train64, 0, deterministic)
+    out_p = run_outputs(copy_model(parent), inputs) if parent_out is None else parent_out
+    out_c = run_outputs(copy_model(child), inputs) if child_out is None else child_out
+    check_finite(out_p, "the parent")
+    check_finite(out_c, "the child")
     return Measurement(
         dev64=dev64,
         dev=compare(out_p, out_c),
         parent_noise=compare(out_p64, out_p)[1],
         child_noise=compare(out_p64, out_c)[1],
         train64=train64,
-        new_layers=max(0, _layer_count(child) - _layer_count(parent)),
+        new_layers=max(0, layer_count(child) - layer_count(parent)),
+        train_deterministic=deterministic,
     )
 
 
-def _model_like(model: nn.Module) -> torch.Tensor | None:
+def model_like(model: nn.Module) -> torch.Tensor | None:
+    """The first floating parameter or buffer of ``model`` (its dtype and device)."""
     for t in (*model.parameters(), *model.buffers()):
         if t.is_floating_point():
             return t
     return None
 
 
-def _try_run(model: nn.Module, inputs: Inputs) -> Outputs | None:
+Runner = Callable[[Inputs], Outputs]
+
+
+def _try_run(run: Runner, inputs: Inputs) -> Outputs | None:
     try:
-        return _run(_copy(model), inputs)
+        return run(inputs)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError):
         return None
 
 
 def resolve_probe(
-    model: nn.Module, probe: object, input_shape: object
+    model: nn.Module, probe: object, input_shape: object, run: Runner | None = None
 ) -> tuple[Inputs, Outputs] | None:
-    """The model inputs to measure on and the parent's outputs on them (run on a copy):
-    ``probe`` (floating tensors cast to the model's dtype and device), a random tensor of
-    ``input_shape``, or an inferred input (None when none is found). MorphError naming
+    """The model inputs to measure on and the parent's outputs on them: ``probe`` (floating
+    tensors cast to the model's dtype and device), a random tensor of ``input_shape``, or an
+    inferred input (None when none is found). ``run`` computes the parent's outputs (default:
+    on a fresh copy of ``model``; never on ``model`` itself). MorphError naming
     ``probe``/``input_shape`` when the model cannot run on the given inputs."""
-    like = _model_like(model)
+    run = run or (lambda inputs: run_outputs(copy_model(model), inputs))
+    like = model_like(model)
     device = like.device if like is not None else torch.device("cpu")
     dtype = like.dtype if like is not None else torch.get_default_dtype()
     gen = torch.Generator().manual_seed(0)
@@ -308,9 +414,9 @@ def resolve_probe(
         given = "input_shape"
         inputs = (torch.randn(shape, generator=gen).to(device, dtype),)
     else:
-        return _infer_probe(model, gen, device, dtype)
+        return _infer_probe(model, run, gen, device, dtype)
     try:
-        return inputs, _run(_copy(model), inputs)
+        return inputs, run(inputs)
     except Exception as exc:
         shapes = ", ".join(
             f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs
@@ -322,12 +428,12 @@ def resolve_probe(
 
 
 def _infer_probe(
-    model: nn.Module, gen: torch.Generator, device: torch.device, dtype: torch.dtype
+    model: nn.Module, run: Runner, gen: torch.Generator, device: torch.device, dtype: torch.dtype
 ) -> tuple[Inputs, Outputs] | None:
     given = default_inputs(model)
     if given is not None:
         inputs = tuple(t.to(dtype) if t.is_floating_point() else t for t in given)
-        out = _try_run(model, inputs)
+        out = _try_run(run, inputs)
         return None if out is None else (inputs, out)
     first = next((m for m in model.modules() if isinstance(m, (*CONV_TYPES, nn.Linear))), None)
     if isinstance(first, nn.Linear):
@@ -342,7 +448,7 @@ def _infer_probe(
         return None
     for x in candidates:
         inputs = (x.to(device, dtype),)
-        out = _try_run(model, inputs)
+        out = _try_run(run, inputs)
         if out is not None:
             return inputs, out
     return None
@@ -352,7 +458,7 @@ def layer_probe(layer: nn.Module) -> Inputs:
     """A random input for a Conv/Linear ``layer`` alone, with a border 10× larger than the
     interior so that border errors show."""
     gen = torch.Generator().manual_seed(0)
-    like = _model_like(layer)
+    like = model_like(layer)
     device, dtype = like.device, like.dtype
     if isinstance(layer, nn.Linear) or is_conv1d(layer):
         features = as_matrix(layer).shape[1]
@@ -382,7 +488,8 @@ def same_parameters(parent: nn.Module, child: nn.Module, skip: Mapping[str, Para
     return sources
 
 
-def _state_bytes(model: nn.Module) -> int:
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s parameters and buffers."""
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
@@ -393,10 +500,23 @@ def check_preserved(
     dtype: torch.dtype,
     m: Measurement,
 ) -> None:
-    """Raise MorphError when measurement ``m`` breaks ``tol`` (see the module docstring)."""
+    """Raise MorphError when measurement ``m`` breaks ``tol`` (see the module docstring) or,
+    whatever ``tol``, when one of its deviations is not finite."""
+    where = f"{operation} at {list(targets)}"
+    values = {
+        "float64 deviation": m.dev64[1],
+        "deviation": m.dev[1],
+        "parent noise": m.parent_noise,
+        "child noise": m.child_noise,
+    }
+    bad = [k for k, x in values.items() if not math.isfinite(x)]
+    if bad:
+        raise MorphError(
+            f"{where}: the measured {', '.join(bad)} is not finite "
+            f"({', '.join(f'{k} {values[k]}' for k in bad)}); refused"
+        )
     if tol is None:
         return
-    where = f"{operation} at {list(targets)}"
     if tol != "auto" or dtype == torch.float64:
         bound64 = AUTO_F64_BOUND if tol == "auto" else tol
         if m.dev64[1] > bound64:
@@ -417,116 +537,3 @@ def check_preserved(
             f"layers); noise ratio {m.noise_ratio:.3g}, float64 deviation {m.dev64[1]:.3e}; "
             "pass tol=None to accept it"
         )
-
-
-def _measure_child(
-    operation: str,
-    targets: tuple[str, ...],
-    model: nn.Module,
-    child: nn.Module,
-    inputs: Inputs,
-    parent_out: Outputs,
-) -> Measurement:
-    """:func:`measure`; a child that fails on inputs the parent runs on (a use of the morphed
-    layers the adapter did not see) is refused with a MorphError naming the operation, the
-    layers and the error."""
-    try:
-        return measure(model, child, inputs, parent_out)
-    except MorphError:
-        raise
-    except Exception as exc:  # the child's forward raises any type
-        raise MorphError(
-            f"{operation} at {list(targets)}: the child fails on the probe the parent runs "
-            f"({type(exc).__name__}: {exc}); the model uses the morphed layers in a way the "
-            "adapter does not follow; refused"
-        ) from exc
-
-
-def run_morph(
-    operation: str,
-    model: nn.Module,
-    targets: tuple[str, ...],
-    build: Callable[[nn.Module], Outcome],
-    *,
-    probe: object = None,
-    input_shape: object = None,
-    tol: float | str | None = "auto",
-    layer_scope: bool = True,
-    budget: Callable[[Inputs], None] | None = None,
-) -> tuple[nn.Module, MorphReport]:
-    """Build the child on a deep copy of ``model`` with ``build``, measure it, check ``tol``
-    (module docstring; MorphError when broken or, unless ``tol`` is None, when nothing can be
-    measured) and report.
-
-    ``layer_scope``: fall back to comparing the single target layer when no model input is
-    found. ``budget``: checks the memory of measuring the child on the model inputs found,
-    before the child is built (:mod:`.budget`). ``model``, the caller's torch RNG state and
-    the returned child are not changed by the measurement.
-    """
-    check_model(model)
-    tol = check_tol(tol)
-    like = _model_like(model)
-    dtype = like.dtype if like is not None else torch.get_default_dtype()
-    itemsize = like.element_size() if like is not None else 4
-    check_working_set(
-        _state_bytes(model) * (2 + 16 / itemsize), f"{operation}: the child and its measurement"
-    )
-    with torch.random.fork_rng(devices=_devices(model)):
-        resolved = resolve_probe(model, probe, input_shape)
-        if budget is not None and resolved is not None:
-            budget(resolved[0])
-        start = time.perf_counter()
-        child = copy.deepcopy(model)
-        outcome = build(child)
-        seconds = time.perf_counter() - start
-        notes = list(outcome.notes)
-
-        scope, measured, inputs = "none", None, None
-        if resolved is not None:
-            scope, (inputs, parent_out) = "model", resolved
-            measured = _measure_child(operation, targets, model, child, inputs, parent_out)
-        elif layer_scope and len(targets) == 1:
-            scope = "layer"
-            old = _copy(model.get_submodule(targets[0]))
-            new = _copy(child.get_submodule(targets[0]))
-            inputs = layer_probe(old)
-            measured = measure(old, new, inputs)
-            notes.append("no model input found: deviation measured on the replaced layer alone")
-        elif tol is None:
-            notes.append("no model input found: pass probe= or input_shape= to measure deviation")
-        else:
-            raise MorphError(
-                f"{operation} at {list(targets)}: tol={tol!r} but the deviation could not be "
-                "measured (no model input found); pass probe= or input_shape=, or tol=None"
-            )
-    if measured is not None:
-        check_preserved(operation, targets, tol, dtype, measured)
-    train64 = measured.train64 if measured else None
-    if measured and train64 is None:
-        notes.append("train mode could not run on the probe: its deviation is not measured")
-    report = MorphReport(
-        operation=operation,
-        targets=targets,
-        dtype=str(dtype).removeprefix("torch."),
-        scope=scope,
-        probe_shapes=tuple(tuple(t.shape) for t in inputs) if inputs is not None else (),
-        max_abs_dev_f64=measured.dev64[0] if measured else None,
-        rel_dev_f64=measured.dev64[1] if measured else None,
-        max_abs_dev=measured.dev[0] if measured else None,
-        rel_dev=measured.dev[1] if measured else None,
-        parent_noise=measured.parent_noise if measured else None,
-        noise_ratio=measured.noise_ratio if measured and dtype != torch.float64 else None,
-        train_max_abs_dev_f64=train64[0] if train64 else None,
-        train_rel_dev_f64=train64[1] if train64 else None,
-        train_mode_holds=train64[1] <= max(1e-9, 10 * measured.dev64[1]) if train64 else None,
-        params_before=count_parameters(model),
-        params_after=count_parameters(child),
-        new_nonzero_ratio=outcome.new_nonzero / outcome.new_total if outcome.new_total else 1.0,
-        residual=float(outcome.residual),
-        exact=bool(outcome.exact),
-        iterations=int(outcome.iterations),
-        seconds=seconds,
-        notes=tuple(notes),
-        param_sources=MappingProxyType(same_parameters(model, child, outcome.sources)),
-    )
-    return child, report

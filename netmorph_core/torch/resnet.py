@@ -28,7 +28,8 @@ from .. import _validation as v
 from ..morph.graph import Module, conv_edge, identity_edge
 from .depth import check_flag, check_method
 from .module import check_spec, replace_with_module
-from .report import MorphReport, Outcome, run_morph
+from .pipeline import Request, run
+from .report import MorphReport, Outcome
 from .support import check_editable
 from .surgery import replace_module
 
@@ -265,6 +266,7 @@ def morph_resnet(
             f"{spec_name}: {len(blocks)} identity shortcuts morphed ({', '.join(blocks)})"
         )
         if batch_norm:
+            total.train_exact = False
             total.notes.append(
                 "the new BatchNorms are the identity in eval mode only; in train mode they "
                 "normalise with batch statistics"
@@ -272,13 +274,15 @@ def morph_resnet(
         return total
 
     targets = tuple(f"{n}.shortcut" for n in blocks)
-    return run_morph(
-        spec_name,
-        model,
-        targets,
-        build,
-        probe=probe,
-        input_shape=input_shape,
-        tol=tol,
-        layer_scope=False,
+    return run(
+        Request(
+            spec_name,
+            model,
+            targets,
+            build,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+            layer_scope=False,
+        )
     )

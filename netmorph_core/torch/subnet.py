@@ -36,8 +36,10 @@ from .depth import (
     replace_with_chain,
     weight_counts,
 )
-from .report import MorphReport, Outcome, run_morph
+from .pipeline import Request, run
+from .report import MorphReport, Outcome
 from .samepad import split_same_padding
+from .streamed import Region
 from .support import check_new_entries, layer_entries
 from .surgery import (
     LAYER_TYPES,
@@ -125,15 +127,20 @@ def morph_subnet(
     def build(child: nn.Module) -> Outcome:
         return replace_with_chain(child, at, solve, activation=activation, batch_norm=batch_norm)
 
-    return run_morph(
-        "morph_subnet",
-        model,
-        (at,),
-        build,
-        probe=probe,
-        input_shape=input_shape,
-        tol=tol,
-        budget=budget,
+    return run(
+        Request(
+            "morph_subnet",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            same_padding=True,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+            budget=budget,
+        )
     )
 
 
@@ -196,13 +203,18 @@ def morph_stacked(
             notes=[f"G split ({split!r}) into {len(results)} summed branches"],
         )
 
-    return run_morph(
-        "morph_stacked",
-        model,
-        (at,),
-        build,
-        probe=probe,
-        input_shape=input_shape,
-        tol=tol,
-        budget=budget,
+    return run(
+        Request(
+            "morph_stacked",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            same_padding=True,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+            budget=budget,
+        )
     )

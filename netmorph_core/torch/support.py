@@ -27,7 +27,16 @@ the reason otherwise:
 - sharing: a module registered under several names, or a parameter shared with another module
   (tied weights) → MorphError naming both (the morph would untie them);
 - values: parameters or buffers on the meta device or uninitialised (lazy) → ValueError;
-  non-floating ones (quantised, integer, complex) → TypeError.
+  non-floating ones (quantised, integer, complex) → TypeError;
+- types the adapter does not understand (quantised layers, LoRA-style wrappers, pruning,
+  parametrizations, TorchScript: :mod:`.wrappers`) → MorphError naming what it is and what to
+  do.
+
+:func:`check_model_state` checks the whole model before it is copied: no TorchScript, no
+active pruning (its tensors cannot be deep-copied), every parameter and buffer finite (a NaN
+would make every measurement NaN). :func:`check_subtree` checks the modules an operation copies
+or re-creates whole (a block add_block copies, every module grow_width rewrites): no hooks
+(a copied hook would act on the new block) and no type of :mod:`.wrappers`.
 
 :func:`check_new_entries` bounds the size of what a morph allocates (ResourceLimitError).
 """
@@ -47,7 +56,9 @@ from torch.nn.utils import parametrize
 from .._memory import check_working_set
 from .errors import MorphError
 from .samepad import is_same_padding_conv, verify_same_padding
+from .tracing import shell_copy
 from .transformer_layout import as_matrix, is_conv1d
+from .wrappers import pruning_methods, unsupported_kind
 
 KNOWN_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _FUNCTION_METHODS = ("forward", "_conv_forward", "__call__", "_call_impl")
@@ -136,10 +147,10 @@ def check_called_by_parent(model: nn.Module, at: str) -> None:
             "directly instead of calling them (e.g. nn.MultiheadAttention's in/out projections, "
             "the fast path of nn.TransformerEncoderLayer); refused"
         )
-    try:
+    try:  # traced on a copy without values: tracing runs the owner's forward code
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = _LeafTracer().trace(owner)
+            graph = _LeafTracer().trace(shell_copy(owner))
     except Exception:  # an untraceable parent cannot be inspected (module docstring)
         return
     reads = sorted(
@@ -274,6 +285,7 @@ def check_editable(model: nn.Module, names: Iterable[str], same_padding: bool = 
     check_model_values(model)
     for at in names:
         module = model.get_submodule(at)
+        check_understood(module, at)
         check_values(module, at)
         check_no_hooks(module, at)
         if isinstance(module, KNOWN_LAYERS):
@@ -281,6 +293,80 @@ def check_editable(model: nn.Module, names: Iterable[str], same_padding: bool = 
         if isinstance(module, KNOWN_LAYERS) or is_conv1d(module):
             check_called_by_parent(model, at)
     check_unshared(model, names)
+
+
+def check_understood(module: nn.Module, at: str) -> None:
+    """``module`` must not be a type of :mod:`.wrappers` (MorphError naming it otherwise)."""
+    kind = unsupported_kind(module)
+    if kind is not None:
+        raise MorphError(f"{at!r} is {kind}; refused")
+
+
+def check_subtree(model: nn.Module, roots: Iterable[str]) -> None:
+    """No module under ``roots`` (copied or rewritten whole by the operation) may carry a hook
+    or be a type of :mod:`.wrappers`."""
+    for root in roots:
+        top = model.get_submodule(root) if root else model
+        for rel, module in top.named_modules():
+            name = ".".join(p for p in (root, rel) if p)
+            check_understood(module, name)
+            check_no_hooks(module, name or type(model).__name__)
+
+
+def _non_finite(t: torch.Tensor) -> str | None:
+    if not t.is_floating_point() and not t.is_complex():
+        return None
+    wide = torch.complex128 if t.is_complex() else torch.float64
+    if t.numel() and math.isfinite(abs(complex(t.sum(dtype=wide)))):
+        return None  # a NaN or Inf would make the float64 sum non-finite
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        return None
+    nan = int(torch.isnan(t).sum())
+    return f"{nan} NaN, {t.numel() - int(finite.sum()) - nan} Inf"
+
+
+def check_model_state(model: nn.Module) -> None:
+    """The whole model may be copied and measured: not TorchScript, no active pruning, every
+    parameter and buffer finite (MorphError naming the modules or tensors otherwise)."""
+    if isinstance(model, (torch.jit.ScriptModule, torch.jit.RecursiveScriptModule)):
+        raise MorphError(f"the model is {unsupported_kind(model)}; refused")
+    pruned = [(n or "the model", pruning_methods(m)) for n, m in model.named_modules()]
+    pruned = [f"{n!r} ({', '.join(p)})" for n, p in pruned if p]
+    if pruned:
+        raise MorphError(
+            f"{', '.join(pruned[:8])} are pruned with torch.nn.utils.prune: their weights are "
+            "recomputed from weight_orig and weight_mask and cannot be copied; make the pruning "
+            "permanent first (torch.nn.utils.prune.remove(module, 'weight')); refused"
+        )
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.jit.ScriptModule, torch.jit.RecursiveScriptModule)):
+            raise MorphError(f"{name!r} is {unsupported_kind(module)}; refused")
+        computed = [
+            k
+            for k, t in vars(module).items()
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None
+        ]
+        if computed:
+            where = name or type(model).__name__
+            check_no_hooks(module, where)
+            raise MorphError(
+                f"{where!r} holds {computed}, tensors computed by autograd (not leaves), which "
+                "cannot be copied; detach them or compute them in forward; refused"
+            )
+    bad = []
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_meta:
+            continue
+        found = _non_finite(t.detach())
+        if found:
+            bad.append(f"{name} ({found})")
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise MorphError(
+            f"{type(model).__name__} has parameters or buffers that are not finite: {shown}; "
+            "every deviation measured through them would be NaN; refused"
+        )
 
 
 def check_new_entries(entries: int, like: torch.Tensor, what: str) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .kinds import advice
 from .kinds import describe as describe_kind
-from .support import check_attributes_unread, check_editable
+from .support import check_attributes_unread, check_editable, check_understood
 from .transformer_layout import is_conv1d
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -71,6 +71,7 @@ def find_layer(
     ``Conv1D`` is too: the result is then :func:`linear_equivalent`, a copy to read shapes
     and values from."""
     layer = find_module(model, at, name)
+    check_understood(layer, at)
     if is_conv1d(layer) and nn.Linear in kinds:
         check_editable(model, [at])
         if replaced:
@@ -83,6 +84,7 @@ def find_layer(
         )
     if not isinstance(layer, kinds) or advice(layer):  # a QAT Linear is an nn.Linear
         expected = "/".join(k.__name__ for k in kinds)
+        expected = "Linear or Conv1D" if expected == "Linear" else expected
         raise TypeError(f"{name}={at!r} is {describe_kind(layer)}; expected {expected}")
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
     check_editable(model, [at], same_padding)

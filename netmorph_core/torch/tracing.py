@@ -13,6 +13,7 @@ or images), for tracing and for measuring a morph when no probe is given.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -22,6 +23,17 @@ from .errors import MorphError
 
 #: Sequence length of the default token inputs.
 SEQ_LEN = 8
+
+
+def shell_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters and buffers are empty tensors on the meta
+    device: its code can be traced on it without running on ``module`` itself, at no memory
+    cost."""
+    memo: dict[int, object] = {}
+    for t in (*module.parameters(), *module.buffers()):
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(module, memo)
 
 
 def is_hf_model(model: nn.Module) -> bool:
@@ -35,14 +47,16 @@ def is_hf_model(model: nn.Module) -> bool:
 def trace_model(
     model: nn.Module, example_inputs: tuple[torch.Tensor, ...] | None = None
 ) -> fx.GraphModule:
-    """An fx graph of ``model``: ``torch.export`` on ``example_inputs`` (required) for
+    """An fx graph of a copy of ``model`` (tracing runs its forward code, never on ``model``
+    itself): ``torch.export`` on ``example_inputs`` (required) for
     Hugging Face models, ``torch.fx.symbolic_trace`` for the rest. MorphError when neither
     traces, naming the model and the reason."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not is_hf_model(model):
         try:
-            return fx.symbolic_trace(model)
+            with torch.random.fork_rng(devices=[]):
+                return fx.symbolic_trace(copy.deepcopy(model))
         except Exception as exc:  # fx raises many types
             raise MorphError(
                 f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"
@@ -57,7 +71,8 @@ def trace_model(
 def export_graph(
     model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...]
 ) -> fx.GraphModule:
-    """The graph ``torch.export`` (non-strict) records running ``model`` on ``example_inputs``,
+    """The graph ``torch.export`` (non-strict) records running a copy of ``model`` on
+    ``example_inputs``,
     with a Hugging Face model's key/value cache switched off for the call. MorphError naming
     the model and the reason when it cannot be exported."""
     if isinstance(example_inputs, torch.Tensor):
@@ -68,7 +83,8 @@ def export_graph(
     try:
         for key in saved:
             configs[key].use_cache = False  # the cache is not a pytree the export can return
-        program = torch.export.export(model, tuple(example_inputs), strict=False)
+        with torch.random.fork_rng(devices=[]):
+            program = torch.export.export(copy.deepcopy(model), tuple(example_inputs), strict=False)
     except Exception as exc:  # export raises many types
         raise MorphError(
             f"torch.export cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"

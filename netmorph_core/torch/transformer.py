@@ -1,12 +1,15 @@
 """Function-preserving growth of transformers (DESIGN.md §8).
 
-Every operation returns ``(child, report)`` like the rest of the adapter; the parent is never
-modified. The model's architecture is recognised from its submodule names
-(:mod:`.transformer_layout`: Hugging Face Llama/Mistral/Qwen2, GPT-2, BERT, ViT, and
-:class:`~netmorph_core.torch.models.LlamaStyle`). New units come in *cancelling sets*: two (or
-three) units with identical input weights whose output columns are C and −C (or C, C, −2C), so
-every new weight is dense and non-zero while their sum adds exactly zero; a unit without a
-partner gets zero output columns.
+Every operation returns ``(child, report)`` like the rest of the adapter and goes through
+:mod:`.pipeline` (support checks, ``tol="auto"``, measurement); the parent is never modified,
+except with ``inplace=True`` (not ``conv1d_to_linear``): the child is then built in the parent
+object itself, which is consumed (extra memory ≈ the new parameters; measured one module at a
+time; a refusal after the edit leaves it edited). The model's architecture is recognised from
+its submodule names (:mod:`.transformer_layout`: Hugging Face Llama/Mistral/Qwen2, GPT-2,
+BERT, ViT, and :class:`~netmorph_core.torch.models.LlamaStyle`). New units come in
+*cancelling sets*: two (or three) units with identical input weights whose output columns are
+C and −C (or C, C, −2C), so every new weight is dense and non-zero while their sum adds
+exactly zero; a unit without a partner gets zero output columns.
 
 - :func:`grow_ffn` — more feed-forward hidden units (gated SwiGLU pairs included).
 - :func:`add_heads` — more attention heads of the same head_dim; grouped-query layouts keep
@@ -32,13 +35,13 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from .._memory import check_working_set
 from .errors import MorphError
 from .hf_config import sync_config
-from .kinds import advice
-from .kinds import describe as describe_kind
-from .report import MorphReport, Outcome, ParamSource, run_morph
-from .surgery import find_module, gather, replace_module
+from .pipeline import Request, run
+from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .streamed import Region
+from .support import check_subtree
+from .surgery import find_layer, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 
 METHODS = ("netmorph", "zero")
@@ -75,14 +78,13 @@ class _Editor:
         old = getattr(module, attr)
         setattr(module, attr, nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad))
         self.sources[name] = ParamSource(name, name, index)
-        new = torch.zeros(value.shape, dtype=torch.bool)
+        old = value  # the entries every indexed axis maps to the parent
         for axis, idx in enumerate(index):
             if idx is not None:
-                shape = [1] * value.dim()
-                shape[axis] = -1
-                new |= torch.as_tensor(idx < 0).view(shape)
-        self.new_total += int(new.sum())
-        self.new_nonzero += int((value.cpu()[new] != 0).sum())
+                keep = torch.as_tensor(np.flatnonzero(idx >= 0), device=value.device)
+                old = old.index_select(axis, keep)
+        self.new_total += value.numel() - old.numel()
+        self.new_nonzero += int(torch.count_nonzero(value)) - int(torch.count_nonzero(old))
 
     def put_linear(
         self,
@@ -186,9 +188,25 @@ def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]
     return (torch.randn(2, channels, size, size, generator=gen).to(like.device, like.dtype),)
 
 
-def _check_memory(model: nn.Module, factor: float, what: str) -> None:
-    n = sum(p.numel() for p in model.parameters())
-    check_working_set(8.0 * n * (2.0 + factor), what)
+def check_bool(value: object, name: str) -> bool:
+    """``value`` must be a bool (TypeError naming ``name`` otherwise)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _itemsize(model: nn.Module) -> int:
+    return next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4)
+
+
+def _edit_bytes(model: nn.Module, names: Sequence[str]) -> int:
+    """Float64 working tensors of the editor: three of the largest weight it edits."""
+    largest = max((model.get_submodule(n).weight.numel() for n in names), default=0)
+    return 3 * 8 * largest
+
+
+def _linears(blocks: Sequence[Block], rels: Sequence[str]) -> tuple[str, ...]:
+    return tuple(b.name(rel) for b in blocks for rel in rels)
 
 
 def _run(
@@ -197,11 +215,27 @@ def _run(
     targets: tuple[str, ...],
     build: object,
     probe: object,
-    tol: float | None,
+    tol: float | str | None,
     layout: Layout,
+    inplace: object,
+    **request: object,
 ) -> tuple[nn.Module, MorphReport]:
+    """The pipeline on ``build`` with the family's default probe (token ids or images)."""
+    check_bool(inplace, "inplace")
     probe = _default_probe(model, layout) if probe is None else probe
-    return run_morph(operation, model, targets, build, probe=probe, tol=tol, layer_scope=False)
+    return run(
+        Request(
+            operation,
+            model,
+            targets,
+            build,
+            probe=probe,
+            tol=tol,
+            layer_scope=False,
+            inplace=inplace,
+            **request,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +285,9 @@ def grow_ffn(
     layers: object = None,
     method: str = "netmorph",
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The feed-forward hidden size of the blocks ``layers`` (default all) grows to ``width``.
 
@@ -272,7 +307,11 @@ def grow_ffn(
         raise ValueError(
             f"width={width} must exceed the feed-forward hidden size {max(hidden.values())}"
         )
-    _check_memory(model, width / min(hidden.values()), "grow_ffn")
+    blocks = [layout.blocks[i] for i in chosen]
+    edits = _linears(blocks, (*layout.family.ffn_in, layout.family.ffn_out))
+    d = layout.d_model
+    grown = sum(width - hidden[i] for i in chosen) * d * (len(layout.family.ffn_in) + 1)
+    new_bytes = grown * _itemsize(model) + _edit_bytes(model, edits) * width // min(hidden.values())
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
 
     def build(child: nn.Module) -> Outcome:
@@ -294,7 +333,19 @@ def grow_ffn(
         return edit.outcome(notes)
 
     targets = tuple(layout.blocks[i].name(layout.family.ffn_out) for i in chosen)
-    return _run("grow_ffn", model, targets, build, probe, tol, layout)
+    return _run(
+        "grow_ffn",
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        layout,
+        inplace,
+        edits=edits,
+        regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
+        new_bytes=new_bytes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,8 +483,9 @@ def add_heads(
     layers: object = None,
     method: str = "netmorph",
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The blocks ``layers`` get ``heads`` query heads (and ``kv_heads`` key/value heads) of
     the same head_dim; RoPE and the 1/√head_dim scale are unchanged.
@@ -482,7 +534,15 @@ def add_heads(
             f"{ref.head_dim}: {layout.family.name} derives head_dim = hidden_size / heads "
             f"(grow d_model to {heads * ref.head_dim} first)"
         )
-    _check_memory(model, heads / ref.heads, "add_heads")
+    blocks = [layout.blocks[i] for i in chosen]
+    edits = _linears(blocks, (*layout.family.qkv, layout.family.o))
+    grown = (
+        len(chosen)
+        * ref.head_dim
+        * layout.d_model
+        * (2 * (heads - ref.heads) + 2 * (kv - ref.kv_heads))
+    )
+    new_bytes = grown * _itemsize(model) + _edit_bytes(model, edits) * heads // ref.heads
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
 
     def build(child: nn.Module) -> Outcome:
@@ -506,7 +566,19 @@ def add_heads(
         return edit.outcome(notes)
 
     targets = tuple(layout.blocks[i].name(layout.family.attention) for i in chosen)
-    return _run("add_heads", model, targets, build, probe, tol, layout)
+    return _run(
+        "add_heads",
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        layout,
+        inplace,
+        edits=edits,
+        regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
+        new_bytes=new_bytes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,8 +693,9 @@ def grow_width(
     *,
     noise: float = 0.01,
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The residual stream grows from d to ``d_model`` = k·d + r (any width above d).
 
@@ -654,6 +727,8 @@ def grow_width(
             f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
             "grow the width of a model with an output head (lm_head, classifier, score)"
         )
+    check_subtree(model, ("",))  # every module is rewritten; first: the norms run below
+    _check_writers(model, layout, d_model)
     head_reader = _head_reader(model, layout, d_model)
     stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
     _check_norms(model, layout, d_model, rescale=extra > 0)
@@ -666,7 +741,19 @@ def grow_width(
         if getattr(model.get_submodule(name), "weight", None) is not None
     }
     ratio = copies * d / d_model
-    _check_memory(model, 2.0 * d_model / d, "grow_width")
+    edits = (
+        *_linears(layout.blocks, (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out)),
+        *stream_readers,
+        *([head_reader] if head_reader and not layout.tied else []),
+    )
+    new_bytes = (
+        state_bytes(model) * (d_model - d) // d
+        + _edit_bytes(model, edits) * (1 + copies) * d_model // d
+    )
+
+    def lift(x: torch.Tensor) -> torch.Tensor:
+        """The child's stream [x; …; x; a] of a parent stream tensor x (…, d)."""
+        return _write(x, -1, copies, extra, kind)
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
 
     def build(child: nn.Module) -> Outcome:
@@ -751,7 +838,43 @@ def grow_width(
                 )
         return edit.outcome(notes)
 
-    return _run("grow_width", model, (layout.blocks_path,), build, probe, tol, layout)
+    return _run(
+        "grow_width",
+        model,
+        (layout.blocks_path,),
+        build,
+        probe,
+        tol,
+        layout,
+        inplace,
+        edits=edits,
+        copies=("",),
+        regions=tuple(Region(b.prefix, b.prefix, lift=lift) for b in layout.blocks),
+        new_bytes=new_bytes,
+    )
+
+
+def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
+    """Every writer the family names must write the stream (width d): a projection between
+    the embeddings and the stream (ELECTRA's embeddings_project) is not followed."""
+    d = layout.d_model
+    for rel in layout.family.writers:
+        name = layout.name(rel)
+        if not _exists(model, name):
+            continue
+        obj = _resolve(model, name)
+        if isinstance(obj, nn.Parameter):
+            width = obj.shape[-1]
+        elif isinstance(obj, nn.Embedding):
+            width = obj.weight.shape[1]
+        else:
+            width = as_matrix(obj).shape[0]
+        if width != d:
+            raise MorphError(
+                f"d_model={d_model}: {name!r} writes width {width}, not the stream's {d}: the "
+                "embeddings reach the stream through a layer the adapter does not follow (e.g. "
+                "ELECTRA's embeddings_project); refused"
+            )
 
 
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
@@ -794,8 +917,9 @@ def add_block(
     *,
     method: str = "netmorph",
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """A new block inserted before block ``at`` (``at`` = number of blocks: at the end).
 
@@ -818,13 +942,31 @@ def add_block(
         )
     template = layout.blocks[min(at, n - 1)]
     template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
-    _check_memory(model, 1.0 / n, "add_block")
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     prefix = layout.blocks_path
+    fam = layout.family
+    edits = _linears([template], (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out))
+    new_bytes = state_bytes(model.get_submodule(template.prefix)) + _edit_bytes(model, edits)
+    if at < n:
+        region = Region(f"{prefix}.{at}", f"{prefix}.{at}", identity=True)
+    else:
+        region = Region(f"{prefix}.{n - 1}", f"{prefix}.{n}", identity=True, after=True)
+
+    shared_bias = _shared_position_bias(model, prefix)
+    if shared_bias and method == "netmorph":
+        raise MorphError(
+            f"at={at}: {shared_bias!r} adds a relative position bias shared by every block, "
+            "different for each head, to the new block's attention scores: heads in cancelling "
+            "sets would not cancel; use method='zero' (zero output projections)"
+        )
 
     def build(child: nn.Module) -> Outcome:
         blocks = child.get_submodule(prefix)
         blocks.insert(at, copy.deepcopy(blocks[min(at, n - 1)]))
+        with torch.no_grad():  # one bias for every head: heads of a cancelling set cancel
+            for name, p in blocks[at].named_parameters():
+                if "relative_position_bias" in name:
+                    p.zero_()
         for i, block in enumerate(blocks):
             for m in block.modules():
                 if isinstance(getattr(m, "layer_idx", None), int):
@@ -860,7 +1002,31 @@ def add_block(
         outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
         return outcome
 
-    return _run("add_block", model, (f"{prefix}.{at}",), build, probe, tol, layout)
+    return _run(
+        "add_block",
+        model,
+        (f"{prefix}.{at}",),
+        build,
+        probe,
+        tol,
+        layout,
+        inplace,
+        edits=edits,
+        copies=(template.prefix,),
+        regions=(region,),
+        new_bytes=new_bytes,
+    )
+
+
+def _shared_position_bias(model: nn.Module, prefix: str) -> str | None:
+    """A relative-position-bias module with parameters outside the blocks (BEiT's shared
+    bias), or None."""
+    for name, module in model.named_modules():
+        last = name.rpartition(".")[2]
+        inside = name.startswith(prefix + ".")
+        if "position_bias" in last and not inside and any(True for _ in module.parameters()):
+            return name
+    return None
 
 
 def deepen_projection(
@@ -869,22 +1035,21 @@ def deepen_projection(
     *,
     width: int | None = None,
     probe: object = None,
-    tol: float | None = None,
+    tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The Linear or Conv1D projection ``at`` (out × in matrix W) becomes
     Sequential(Linear(in, width, no bias), Linear(width, out)) with A = s·Q (Q: width × in,
     orthonormal columns, random) and B = W·Qᵀ/s, so B·A = W; s balances ‖A‖ and ‖B‖. Both
     factors are dense. ``width`` ≥ in (default in)."""
-    layer = find_module(model, at)
-    if not (isinstance(layer, nn.Linear) or is_conv1d(layer)) or advice(layer):
-        raise TypeError(f"at={at!r} is {describe_kind(layer)}; expected Linear or Conv1D")
+    layer = find_layer(model, at, (nn.Linear,), replaced=True)
     w0 = as_matrix(layer)
     out_f, in_f = w0.shape
     width = in_f if width is None else v.positive_int(width, "width")
     if width < in_f:
         raise ValueError(f"width={width} must be at least the layer's {in_f} inputs")
-    check_working_set(8.0 * (width * (in_f + out_f) + out_f * in_f) * 3, "deepen_projection")
+    new_bytes = width * (in_f + out_f) * (w0.element_size() + 8) + 8 * out_f * in_f * 2
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     try:
         layout = describe(model)
@@ -920,11 +1085,24 @@ def deepen_projection(
         return Outcome(nonzero, total, sources=sources, notes=sync_config(child))
 
     probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
-    return run_morph("deepen_projection", model, (at,), build, probe=probe, tol=tol)
+    return run(
+        Request(
+            "deepen_projection",
+            model,
+            (at,),
+            build,
+            edits=(at,),
+            regions=(Region(at, at),),
+            new_bytes=new_bytes,
+            inplace=check_bool(inplace, "inplace"),
+            probe=probe,
+            tol=tol,
+        )
+    )
 
 
 def conv1d_to_linear(
-    model: nn.Module, *, probe: object = None, tol: float | None = None
+    model: nn.Module, *, probe: object = None, tol: float | str | None = "auto"
 ) -> tuple[nn.Module, MorphReport]:
     """Every transformers ``Conv1D`` (y = x·W + b, W: in × out) becomes the ``nn.Linear``
     with weight Wᵀ, so the generic adapter (``widen``, ``deepen``) can morph it. Exact: the
@@ -956,4 +1134,16 @@ def conv1d_to_linear(
         )
 
     probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
-    return run_morph("conv1d_to_linear", model, tuple(names), build, probe=probe, tol=tol)
+    return run(
+        Request(
+            "conv1d_to_linear",
+            model,
+            tuple(names),
+            build,
+            edits=tuple(names),
+            regions=tuple(Region(n, n) for n in names),
+            new_bytes=sum(state_bytes(model.get_submodule(n)) for n in names),
+            probe=probe,
+            tol=tol,
+        )
+    )

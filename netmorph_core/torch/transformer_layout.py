@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import MorphError
+from .wrappers import class_path, unsupported_kind
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -262,8 +263,9 @@ def describe(model: nn.Module) -> Layout:
                 continue  # e.g. OLMo-2: Llama's names but no pre-attention norm
             ffn_in = tuple(n for n in family.ffn_in if _get(first, n) is not None)
             family = _with_ffn_in(family, ffn_in)
-            d_model = as_matrix(first.get_submodule(family.o)).shape[0]
             prefix = f"{owner_name}.{family.blocks}" if owner_name else family.blocks
+            _check_blocks(family, prefix, blocks)
+            d_model = as_matrix(first.get_submodule(family.o)).shape[0]
             geo = [_heads(family, b) for b in blocks]
             block_list = tuple(
                 Block(f"{prefix}.{i}", g.heads, g.kv_heads, g.head_dim) for i, g in enumerate(geo)
@@ -292,6 +294,32 @@ def describe(model: nn.Module) -> Layout:
         f"{type(model).__name__} is not a recognised transformer: expected the layout of "
         "Llama/Mistral/Qwen2, GPT-2, BERT or ViT (see netmorph_core.torch.transformer_layout)"
     )
+
+
+def _check_blocks(family: Family, prefix: str, blocks: nn.ModuleList) -> None:
+    """Every block has block 0's classes (block, attention, feed-forward) and the family's
+    projections as Linear or Conv1D layers; MorphError naming the first that does not (a
+    mixture-of-experts or custom attention block in an otherwise known stack)."""
+    first = blocks[0]
+    containers = {family.attention, *(r.rpartition(".")[0] for r in (family.ffn_out, family.o))}
+    for i, block in enumerate(blocks):
+        where = f"{prefix}.{i}"
+        for rel in ("", *sorted(c for c in containers if c)):
+            mine, theirs = _get(block, rel) if rel else block, _get(first, rel) if rel else first
+            if type(mine) is not type(theirs):
+                name = f"{where}.{rel}" if rel else where
+                raise MorphError(
+                    f"{name!r} is {class_path(mine)}, block 0's is {class_path(theirs)}: every "
+                    f"block of a {family.name} stack must share one layout (a mixture-of-experts "
+                    "or custom block is not understood); refused"
+                )
+        for rel in (*family.qkv, family.o, *family.ffn_in, family.ffn_out):
+            layer = _get(block, rel)
+            if layer is None:
+                raise MorphError(f"{where!r} has no {rel}; refused")
+            if not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
+                kind = unsupported_kind(layer) or f"{class_path(layer)}, not a Linear layer"
+                raise MorphError(f"'{where}.{rel}' is {kind}; refused")
 
 
 def _with_ffn_in(family: Family, ffn_in: tuple[str, ...]) -> Family:

@@ -47,8 +47,9 @@ from .budget import hidden_budget
 from .consumers import FLAT, BlockRequest, Use, WidthPlan, grouped_outputs, plan_widening
 from .errors import MorphError
 from .exported_consumers import plan_exported_widening
-from .report import MorphReport, Outcome, ParamSource, run_morph
-from .support import check_editable, check_widen_memory
+from .pipeline import Request, run
+from .report import MorphReport, Outcome, ParamSource
+from .support import check_editable, check_model_state, check_widen_memory
 from .surgery import find_layer, gather, to_numpy64, to_tensor
 from .tracing import default_inputs, is_hf_model
 from .transformer_layout import as_matrix, is_conv1d, weight_axes
@@ -343,6 +344,7 @@ def widen(
     """
     names = _names(at)
     layers = [find_layer(model, n, grouped=True) for n in names]
+    check_model_state(model)  # before tracing, which copies the model
     counts = {n: layer.weight.shape[0] for n, layer in zip(names, layers)}
     if len(set(counts.values())) > 1:
         raise ValueError(f"layers widened together must have the same output channels: {counts}")
@@ -420,14 +422,17 @@ def widen(
             )
         return outcome
 
-    return run_morph(
-        "widen",
-        model,
-        names,
-        build,
-        probe=probe,
-        input_shape=input_shape,
-        tol=tol,
-        layer_scope=False,
-        budget=budget,
+    return run(
+        Request(
+            "widen",
+            model,
+            names,
+            build,
+            edits=tuple(dict.fromkeys(_module_of(use) for use in plan.uses)),
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+            budget=budget,
+            layer_scope=False,
+        )
     )

@@ -1,0 +1,374 @@
+"""Measurement in memory proportional to one module: float64 computed one module at a time,
+and the edited regions of the model checked alone.
+
+:func:`float64_calls` makes a model compute in float64 without a float64 copy of it: each
+module holding floating parameters or buffers swaps them for float64 copies when it is called
+and gets its own tensors back when it returns, so at most the float64 tensors of the modules
+on the current call path are resident (for a transformer: one projection). An ``nn.Embedding``
+casts the rows it looks up instead of its table, and a large ``nn.Linear`` (an output head)
+computes :data:`LINEAR_CHUNK` weight entries at a time.
+
+:func:`run_model` runs a model on the probe (eval or train mode, seeded, the caller's RNG
+restored, the key/value cache off, every buffer restored afterwards) and captures, with forward
+hooks, the inputs (positional and keyword) and outputs of the :class:`Region` modules.
+:func:`check_regions` runs each child region on the inputs captured in the parent and compares
+with the parent's outputs there: in float64 against the float64 bound, and for low-precision
+models also in the model's dtype against the region's own rounding noise (see :mod:`.report`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import MorphError
+from .report import (
+    AUTO_F64_BOUND,
+    auto_bound,
+    compare,
+    eval_mode,
+    layer_count,
+    model_devices,
+    outputs_of,
+)
+
+Inputs = tuple[torch.Tensor, ...]
+#: A Linear layer with more weight entries computes in float64 this many entries at a time
+#: (an output head of a language model: 65M entries, 0.5 GB in float64).
+LINEAR_CHUNK = 1 << 22
+Outputs = list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of the model whose function the child keeps, checked alone.
+
+    The call of the parent's module ``parent`` is captured on the probe; the child's module
+    ``child`` runs on the same inputs. ``identity``: the child module must return its first
+    input (a new block); ``after``: its input is the parent module's output (a block appended
+    after ``parent``), with the parent call's other arguments; ``lift``: maps a parent stream
+    tensor (…, d) to the child's (grow_width): applied to the first input and first output.
+    """
+
+    parent: str
+    child: str
+    identity: bool = False
+    after: bool = False
+    lift: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass
+class Captured:
+    """One captured call: positional and keyword inputs and the outputs (detached clones);
+    ``low``: the outputs of the same module run in the model's low-precision dtype on the
+    inputs cast to it (None for float64 models and new blocks); ``layers``: its Conv/Linear
+    layer count."""
+
+    args: tuple
+    kwargs: dict
+    outputs: Outputs
+    low: Outputs | None = None
+    layers: int = 0
+
+
+def own_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The floating parameters and buffers ``module`` holds itself (not its children's)."""
+    items = (*module._parameters.values(), *module._buffers.values())
+    return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+@contextmanager
+def float64_calls(model: nn.Module) -> Iterator[None]:
+    """While active, every module of ``model`` computes in float64 (module docstring); the
+    modules' own tensors are back (same objects, same values) on exit."""
+    active: dict[int, tuple[list[tuple[torch.Tensor, torch.Tensor]], list[int]]] = {}
+
+    def enter(module: nn.Module, args: object) -> None:
+        key = id(module)
+        if key in active:
+            active[key][1][0] += 1
+            return
+        swapped = []
+        for t in own_tensors(module):
+            if t.dtype != torch.float64:
+                swapped.append((t, t.data))
+                t.data = t.data.to(torch.float64)
+        active[key] = (swapped, [1])
+
+    def leave(module: nn.Module, args: object, output: object) -> None:
+        entry = active.get(id(module))
+        if entry is None:
+            return
+        entry[1][0] -= 1
+        if entry[1][0] == 0:
+            for t, data in entry[0]:
+                t.data = data
+            del active[id(module)]
+
+    handles, chunked = [], []
+    for m in model.modules():
+        kind = _swapped(m)
+        if kind == "rows":
+            handles.append(m.register_forward_hook(_rows_in_float64))
+        elif kind == "chunks":
+            m.forward = _chunked_linear(m)
+            chunked.append(m)
+        elif kind == "swap":
+            handles.append(m.register_forward_pre_hook(enter))
+            handles.append(m.register_forward_hook(leave, always_call=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in chunked:
+            del m.forward
+        for swapped, _ in active.values():
+            for t, data in swapped:
+                t.data = data
+        active.clear()
+
+
+def _swapped(module: nn.Module) -> str:
+    """How :func:`float64_calls` makes ``module`` compute in float64: "rows" (an embedding),
+    "chunks" (a large Linear), "swap" (its own tensors) or "none"."""
+    if type(module) is nn.Embedding and module.max_norm is None:
+        return "rows"
+    if (
+        type(module) is nn.Linear
+        and module.weight.numel() > LINEAR_CHUNK
+        and "forward" not in vars(module)
+        and not (module._forward_pre_hooks or module._forward_hooks)
+    ):
+        return "chunks"
+    return "swap" if own_tensors(module) else "none"
+
+
+def float64_bytes(model: nn.Module) -> int:
+    """The most float64 bytes :func:`float64_calls` holds for one module of ``model``."""
+    sizes = [0]
+    for m in model.modules():
+        kind = _swapped(m)
+        if kind == "chunks":
+            sizes.append(8 * LINEAR_CHUNK)
+        elif kind == "swap":
+            sizes.append(8 * sum(t.numel() for t in own_tensors(m)))
+    return max(sizes)
+
+
+def _rows_in_float64(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+    """An embedding's rows are exact in float64: cast the looked-up rows, not the table."""
+    return output.to(torch.float64) if output.is_floating_point() else output
+
+
+def _chunked_linear(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``layer``'s function in float64, :data:`LINEAR_CHUNK` weight entries at a time."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float64)
+        rows = max(1, LINEAR_CHUNK // max(layer.in_features, 1))
+        parts = []
+        for i in range(0, layer.out_features, rows):
+            w = layer.weight[i : i + rows].to(torch.float64)
+            b = None if layer.bias is None else layer.bias[i : i + rows].to(torch.float64)
+            parts.append(F.linear(x, w, b))
+        return torch.cat(parts, dim=-1)
+
+    return forward
+
+
+@contextmanager
+def cache_off(model: nn.Module) -> Iterator[None]:
+    """Every config ``model``'s modules hold says ``use_cache=False`` (a key/value cache
+    would carry one call's keys into the next)."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    saved = {
+        k: c.use_cache
+        for k, c in configs.items()
+        if isinstance(getattr(c, "use_cache", None), bool)
+    }
+    try:
+        for k in saved:
+            configs[k].use_cache = False
+        yield
+    finally:
+        for k, value in saved.items():
+            configs[k].use_cache = value
+
+
+@contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Every buffer of ``model`` (BatchNorm statistics, counters) holds its values again on
+    exit."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                if b.shape == value.shape and b.dtype == value.dtype:
+                    b.copy_(value)
+
+
+def _cast(x: object, dtype: torch.dtype) -> object:
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() else x
+    if isinstance(x, tuple):
+        return tuple(_cast(v, dtype) for v in x)
+    if isinstance(x, list):
+        return [_cast(v, dtype) for v in x]
+    if isinstance(x, dict):
+        return {k: _cast(v, dtype) for k, v in x.items()}
+    return x
+
+
+def _clone(x: object) -> object:
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_clone(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _clone(v) for k, v in x.items()}
+    return x
+
+
+def run_model(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    float64: bool,
+    train: bool = False,
+    seed: int = 0,
+    capture: Sequence[str] = (),
+) -> tuple[Outputs, list[Captured]]:
+    """``model``'s outputs on ``inputs`` (float64 per module when ``float64``) and the calls
+    of the modules ``capture`` (the first call of each). Runs ``model`` itself: no grad, the
+    given mode, seed ``seed``, the caller's RNG and every buffer restored."""
+    found: dict[int, Captured] = {}
+    handles = []
+    for i, name in enumerate(capture):
+
+        def hook(m: nn.Module, args: tuple, kwargs: dict, out: object, i: int = i) -> None:
+            if i not in found:
+                found[i] = Captured(
+                    _clone(args), _clone(kwargs), [t.detach().clone() for t in outputs_of(out)]
+                )
+
+        handles.append(model.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
+    x = tuple(_cast(t, torch.float64) for t in inputs) if float64 else inputs
+    try:
+        with buffers_kept(model), eval_mode(model, train=train), torch.no_grad():
+            with torch.random.fork_rng(devices=model_devices(model, inputs)), cache_off(model):
+                torch.manual_seed(seed)
+                if float64:
+                    with float64_calls(model):
+                        out = [t.detach() for t in outputs_of(model(*x))]
+                else:
+                    out = [t.detach() for t in outputs_of(model(*x))]
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [capture[i] for i in range(len(capture)) if i not in found]
+    if missing:
+        raise MorphError(f"the probe never reaches {missing}: their change cannot be checked")
+    return out, [found[i] for i in range(len(capture))]
+
+
+def _call(module: nn.Module, args: tuple, kwargs: dict, *, float64: bool) -> Outputs:
+    with buffers_kept(module), eval_mode(module), torch.no_grad():
+        with torch.random.fork_rng(devices=model_devices(module)):
+            torch.manual_seed(0)
+            if float64:
+                with float64_calls(module):
+                    return [t.detach() for t in outputs_of(module(*args, **kwargs))]
+            return [t.detach() for t in outputs_of(module(*args, **kwargs))]
+
+
+def run_low_precision(
+    model: nn.Module, regions: Sequence[Region], captured: Sequence[Captured], dtype: torch.dtype
+) -> None:
+    """Fill each captured call's ``low`` outputs: the parent's region module (of ``model``,
+    before any edit) run in ``dtype`` on its captured inputs cast to ``dtype``."""
+    for region, cap in zip(regions, captured):
+        if region.identity:
+            continue
+        module = model.get_submodule(region.parent)
+        cap.low = _call(module, _cast(cap.args, dtype), _cast(cap.kwargs, dtype), float64=False)
+        cap.layers = layer_count(module)
+
+
+def _inputs(region: Region, cap: Captured) -> tuple[tuple, Outputs]:
+    """(child inputs, expected child outputs) of a region from the parent's captured call."""
+    args = (cap.outputs[0], *cap.args[1:]) if region.after else cap.args
+    expected = [args[0]] if region.identity else list(cap.outputs)
+    if region.lift is not None:
+        args = (region.lift(args[0]), *args[1:])
+        expected = [region.lift(expected[0]), *expected[1:]]
+    return args, expected
+
+
+def check_regions(
+    operation: str,
+    child: nn.Module,
+    regions: Sequence[Region],
+    captured: Sequence[Captured],
+    dtype: torch.dtype,
+    tol: float | str | None,
+) -> tuple[tuple[str, float], ...]:
+    """Run each child region on its captured inputs and compare (module docstring): MorphError
+    naming the region when it breaks ``tol``. Returns (child module, float64 relative deviation)
+    for each region. The parent's low-precision outputs come from :func:`run_low_precision`."""
+    found = []
+    for region, cap in zip(regions, captured):
+        args, expected = _inputs(region, cap)
+        module = child.get_submodule(region.child)
+        try:
+            out64 = _call(module, args, cap.kwargs, float64=True)
+            if len(expected) != len(out64):
+                expected, out64 = expected[:1], out64[:1]
+            dev64 = compare(expected, out64)
+        except MorphError:
+            raise
+        except Exception as exc:  # the child's forward raises any type
+            raise MorphError(
+                f"{operation}: {region.child!r} of the child fails on the inputs its parent "
+                f"region {region.parent!r} receives ({type(exc).__name__}: {exc}); refused"
+            ) from exc
+        found.append((region.child, dev64[1]))
+        if tol is None:
+            continue
+        where = f"{operation}: {region.child!r}"
+        if dtype == torch.float64 or tol != "auto":
+            bound = AUTO_F64_BOUND if tol == "auto" else float(tol)
+            if not dev64[1] <= bound:
+                raise MorphError(
+                    f"{where} deviates from the parent's {region.parent!r} by {dev64[1]:.3e} "
+                    f"(relative, float64, on the inputs it receives on the probe), above "
+                    f"tol={tol!r} (bound {bound:.1e}); refused"
+                )
+            continue
+        low = _cast(args, dtype), _cast(cap.kwargs, dtype)
+        child_low = _call(module, *low, float64=False)[: len(expected)]
+        if region.identity or cap.low is None:
+            parent_low = [_cast(expected[0], dtype)]
+            new_layers = layer_count(module)
+        else:
+            parent_low = cap.low[: len(expected)]
+            new_layers = max(0, layer_count(module) - cap.layers)
+        reference = list(cap.outputs) if not region.identity else [args[0]]
+        parent_noise = compare(reference[: len(parent_low)], parent_low)[1]
+        child_noise = compare(expected[: len(child_low)], child_low)[1]
+        bound = auto_bound(dtype, parent_noise, new_layers)
+        if not child_noise <= bound:
+            raise MorphError(
+                f"{where}: in {str(dtype).removeprefix('torch.')} it deviates from the float64 "
+                f"parent region {region.parent!r} by {child_noise:.3e} (relative), above "
+                f"tol='auto''s bound {bound:.3e} (the region's own rounding noise "
+                f"{parent_noise:.3e}); float64 deviation {dev64[1]:.3e}; refused"
+            )
+    return tuple(found)
