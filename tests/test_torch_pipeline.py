@@ -23,8 +23,8 @@ from netmorph_core.torch.streamed import Region, float64_calls  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-#: Public callables of netmorph_core.torch that are not morphs (no (child, report) result).
-NOT_OPERATIONS = {"remap_optimizer", "register_same_padding_conv", "trace_model"}
+# Not morphs: optimizer state, class registration, graphs, and reloading a saved child.
+NOT_OPERATIONS = {"remap_optimizer", "register_same_padding_conv", "trace_model", "load_grown"}
 
 
 def mlp() -> nn.Module:
@@ -420,7 +420,7 @@ REFUSALS = {
     ),
     "meta_probe": (
         lambda: nt.deepen(mlp(), "0", probe=torch.empty(3, 4, device="meta")),
-        ValueError,
+        TypeError,
         "probe.*meta",
     ),
 }

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .kinds import advice
-from .kinds import describe as describe_kind
+from .kinds import type_label
 from .support import check_attributes_unread, check_editable, check_understood
 from .transformer_layout import is_conv1d
 
@@ -82,10 +81,10 @@ def find_layer(
             f"{name}={at!r} is Conv1D, transformers' linear layer (y = x·W + b) with no kernel; "
             f"expected {'/'.join(k.__name__ for k in kinds)}"
         )
-    if not isinstance(layer, kinds) or advice(layer):  # a QAT Linear is an nn.Linear
+    if not isinstance(layer, kinds):
         expected = "/".join(k.__name__ for k in kinds)
         expected = "Linear or Conv1D" if expected == "Linear" else expected
-        raise TypeError(f"{name}={at!r} is {describe_kind(layer)}; expected {expected}")
+        raise TypeError(f"{name}={at!r} is {type_label(layer)}; expected {expected}")
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
     check_editable(model, [at], same_padding)
     if replaced:

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from .errors import MorphError
-from .wrappers import class_path, unsupported_kind
+from .kinds import type_label
+from .wrappers import unsupported_kind
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -309,7 +310,7 @@ def _check_blocks(family: Family, prefix: str, blocks: nn.ModuleList) -> None:
             if type(mine) is not type(theirs):
                 name = f"{where}.{rel}" if rel else where
                 raise MorphError(
-                    f"{name!r} is {class_path(mine)}, block 0's is {class_path(theirs)}: every "
+                    f"{name!r} is {type_label(mine)}, block 0's is {type_label(theirs)}: every "
                     f"block of a {family.name} stack must share one layout (a mixture-of-experts "
                     "or custom block is not understood); refused"
                 )
@@ -318,7 +319,7 @@ def _check_blocks(family: Family, prefix: str, blocks: nn.ModuleList) -> None:
             if layer is None:
                 raise MorphError(f"{where!r} has no {rel}; refused")
             if not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
-                kind = unsupported_kind(layer) or f"{class_path(layer)}, not a Linear layer"
+                kind = unsupported_kind(layer) or f"{type_label(layer)}, not a Linear layer"
                 raise MorphError(f"'{where}.{rel}' is {kind}; refused")
 
 

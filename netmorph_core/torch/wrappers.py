@@ -21,15 +21,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
+from .kinds import type_label
+
 _QUANTISED_MODULES = ("quantized", "quantization", ".qat", "bitsandbytes", "auto_gptq", "awq")
 _QUANTISED_NAMES = ("Linear8bitLt", "Linear4bit", "QuantLinear", "QLinear", "Int8Linear")
 _LORA_ATTRS = ("lora_A", "lora_B", "lora_down", "lora_up")
-
-
-def class_path(module: object) -> str:
-    """``module``'s class as module.qualname ("torch.ao.nn.quantized.modules.linear.Linear")."""
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def pruning_methods(module: nn.Module) -> list[str]:
@@ -44,7 +40,7 @@ def pruning_methods(module: nn.Module) -> list[str]:
 def unsupported_kind(module: nn.Module) -> str | None:
     """What ``module`` is and what to do, when it is a type the adapter does not understand
     (module docstring); None otherwise."""
-    path = class_path(module)
+    path = type_label(module)
     if isinstance(module, (torch.jit.ScriptModule, torch.jit.RecursiveScriptModule)):
         return (
             f"a TorchScript module ({path}): its code cannot be edited; morph the Python "
