@@ -120,8 +120,12 @@ def test_per_module_measurement_of_hugging_face_models(
     """The per-module float64 measurement runs the stock models (attention masks, rotary
     embeddings as keyword inputs of the blocks) and agrees with the whole-copy one. HF's
     RMSNorm computes in float32, so a float64 Llama is only float32-exact (tol=None)."""
-    if family == "bert" and op == "add_block":
-        pytest.skip("post-LN: add_block is refused")
+    if family == "bert" and op == "add_block":  # post-LN: refused on both paths, by name
+        for limit in (pipeline.WHOLE_COPY_LIMIT, 0):
+            monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", limit)
+            with pytest.raises(MorphError, match="post-LN"):
+                HF_OPS[op](_hf(family), "auto")
+        return
     tol, bound = (None, 1e-6) if family == "llama" else ("auto", 1e-10)
     _, whole = HF_OPS[op](_hf(family), tol)
     monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
