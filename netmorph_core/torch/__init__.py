@@ -28,7 +28,9 @@ Saving a child: a Hugging Face child's config is kept describing it (:mod:`.hf_c
 ``save_pretrained`` → ``from_pretrained`` reloads it; where no config can describe it the stock
 load refuses it and :func:`load_grown` rebuilds it. Any child: ``torch.save(child)``.
 
-Importing this subpackage imports torch; ``import netmorph_core`` does not.
+Importing this subpackage imports torch; ``import netmorph_core`` does not. Where PyPI's
+torchvision cannot load its compiled operators with a CPU torch, importing it first makes
+torchvision, timm and transformers importable (:mod:`.torchvision_ops`).
 """
 
 from .activation import PActivation
@@ -41,6 +43,7 @@ from .optim import remap_optimizer
 from .report import MorphReport, ParamSource
 from .samepad import DynamicSamePad, register_same_padding_conv
 from .subnet import StackedBranches, morph_stacked, morph_subnet
+from .torchvision_ops import declare_missing_operators
 from .tracing import trace_model
 from .transformer import (
     add_block,
@@ -51,6 +54,8 @@ from .transformer import (
     grow_width,
 )
 from .width import widen
+
+declare_missing_operators()
 
 __all__ = [
     "DynamicSamePad",
