@@ -1,6 +1,7 @@
 """Acceptance run: the torch adapter on models outside the test lists.
 
-    python bench/acceptance.py [--quick] [--out FILE] [--models SUBSTR ...] [--timeout S]
+    python bench/acceptance.py [--quick | --families] [--out FILE] [--models SUBSTR ...]
+                                [--timeout S]
 
 Every model of :mod:`acceptance_models` is built with random weights, made "trained-like"
 (float64; constant parameters redrawn; BatchNorm statistics of a calibration batch) and, for
@@ -435,12 +436,18 @@ def summary(cases: list[Case]) -> tuple[list[tuple[str, int, int, int, int, int]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the models marked quick")
+    parser.add_argument(
+        "--families", action="store_true", help="the second set (acceptance_families.py)"
+    )
     parser.add_argument("--out", type=Path, help="write the cases and the summary as JSON")
     parser.add_argument("--models", nargs="*", default=(), help="substrings of model names")
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per case")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    specs = [s for s in SPECS if not args.quick or s.quick]
+    if args.families:
+        from acceptance_families import FAMILY_SPECS as specs
+    else:
+        specs = [s for s in SPECS if not args.quick or s.quick]
     if args.models:
         specs = [s for s in specs if any(m in s.name for m in args.models)]
 
