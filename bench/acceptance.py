@@ -295,10 +295,15 @@ def transformer_ops(model: nn.Module, probe: torch.Tensor) -> dict[str, Op]:
         hidden = as_matrix(model.get_submodule(block.name(layout.family.ffn_out))).shape[1]
     except Exception:  # the operations themselves report what describe() raises
         config = getattr(model, "config", None)
-        d = int(getattr(config, "hidden_size", 32))
-        heads = int(getattr(config, "num_attention_heads", 4))
-        kv = int(getattr(config, "num_key_value_heads", None) or heads)
-        hidden = int(getattr(config, "intermediate_size", 64))
+
+        def size(name: str, default: int) -> int:  # per-stage configs give lists
+            value = getattr(config, name, None) or default
+            return int(value[-1] if isinstance(value, (list, tuple)) else value)
+
+        d = size("hidden_size", 32)
+        heads = size("num_attention_heads", 4)
+        kv = size("num_key_value_heads", heads)
+        hidden = size("intermediate_size", 64)
     new_heads = heads + kv if kv != heads else 2 * heads
     return {
         "grow_ffn": lambda m: grow_ffn(m, hidden + 6, seed=0, probe=(probe,)),

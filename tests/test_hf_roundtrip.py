@@ -1,6 +1,8 @@
 """Grown Hugging Face children leave the process exactly.
 
-Every operation × {Llama, Qwen2, Mistral, GPT-2, BERT (masked LM), Gemma2} on tiny configs:
+Every operation (the transformer operations and the layer operations deepen, widen,
+morph_subnet, conv1d_to_linear) × {Llama, Qwen2, Mistral, GPT-2, BERT (masked LM), Gemma2} on
+tiny configs:
 ``save_pretrained`` to a directory, then either the stock ``AutoModelFor….from_pretrained``
 reloads the child (logits equal to the in-memory child's within float32 rounding) or — where
 the config cannot describe the child — the stock load fails loudly and
@@ -21,10 +23,14 @@ from netmorph_core.torch import (
     MorphError,
     add_block,
     add_heads,
+    conv1d_to_linear,
+    deepen,
     deepen_projection,
     grow_ffn,
     grow_width,
     load_grown,
+    morph_subnet,
+    widen,
 )
 
 try:
@@ -84,7 +90,15 @@ def _q_proj(family: str) -> str:
     }.get(family, "model.layers.0.self_attn.q_proj")
 
 
-#: op name → (callable, families whose child the stock load reproduces, families refused).
+def _ffn_in(family: str) -> str:
+    return {
+        "gpt2": "transformer.h.0.mlp.c_fc",
+        "bert": "bert.encoder.layer.0.intermediate.dense",
+    }.get(family, "model.layers.0.mlp.up_proj")
+
+
+#: op name → (callable, families whose child the stock load reproduces). The layer operations
+#: change one layer, which no config describes: the stock load refuses, load_grown rebuilds.
 OPS: dict[str, tuple[Callable[[str], Op], tuple[str, ...]]] = {
     "grow_ffn": (lambda f: lambda m: grow_ffn(m, 160), (*LLAMA_LIKE, "gpt2", "bert")),
     "grow_ffn_one_layer": (lambda f: lambda m: grow_ffn(m, 160, layers=1), ()),
@@ -98,6 +112,13 @@ OPS: dict[str, tuple[Callable[[str], Op], tuple[str, ...]]] = {
     ),
     "add_block": (lambda f: lambda m: add_block(m, 1), (*LLAMA_LIKE, "gpt2")),
     "deepen_projection": (lambda f: lambda m: deepen_projection(m, _q_proj(f)), ()),
+    "deepen": (lambda f: lambda m: deepen(m, _ffn_in(f)), ()),
+    "widen": (lambda f: lambda m: widen(m, _ffn_in(f), 160), ()),
+    "morph_subnet": (
+        lambda f: lambda m: morph_subnet(m, _ffn_in(f), [(40, None), (None, None)]),
+        (),
+    ),
+    "conv1d_to_linear": (lambda f: lambda m: conv1d_to_linear(m), ()),
 }
 REFUSED = {("add_block", "bert"): "post-LN"}
 
@@ -134,6 +155,7 @@ CASES = [
     for family in FAMILIES
     # GPT-2 and BERT need heads·head_dim = d_model: their heads grow after the width
     if not (op.startswith("add_heads") and family in ("gpt2", "bert"))
+    and (op != "conv1d_to_linear" or family == "gpt2")  # the only family with Conv1D layers
 ]
 
 

@@ -3,7 +3,8 @@
 ``save_pretrained`` writes ``config.json`` and the weights; a stock ``from_pretrained`` builds
 the architecture from the config alone and then loads the weights, initialising missing ones
 at random with only a logged warning. A child whose config does not describe it exactly would
-therefore reload silently wrong. After every transformer operation :func:`sync_config`
+therefore reload silently wrong. After every operation on one (the pipeline's build step)
+:func:`sync_config`
 
 1. writes what the modules now are into the config: ``hidden_size``, ``num_hidden_layers``,
    ``num_attention_heads``/``num_key_value_heads`` and an explicit ``head_dim`` (where every
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from .errors import MorphError
+from .hf_modules import describe_module
 from .transformer_layout import Layout, as_matrix, describe
 
 #: Prefix of the model_type of a config that no stock class loads.
@@ -343,13 +345,6 @@ def _tensors(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return own | persistent
 
 
-def _linear_stack(module: nn.Module) -> list[list[int | bool]] | None:
-    """[[in, out, bias], …] of a Sequential of Linear layers (deepen_projection's split)."""
-    if isinstance(module, nn.Sequential) and all(isinstance(m, nn.Linear) for m in module):
-        return [[m.in_features, m.out_features, m.bias is not None] for m in module]
-    return None
-
-
 def _refusal(config: object) -> str | None:
     """Why the stock config class's validators refuse ``config`` (None: they accept it)."""
     from huggingface_hub.errors import StrictDataclassError
@@ -366,7 +361,8 @@ def difference(
 ) -> dict[str, Any] | None:
     """What the stock model built from the config lacks to be ``model`` (None: nothing).
 
-    ``replace``: module name → [[in, out, bias], …] of a Sequential of Linear layers;
+    ``replace``: module name → its description (:mod:`.hf_modules`: Linear, PActivation,
+    Sequential of them);
     ``attributes``: module name → {attribute: value}; ``why``: short reasons;
     ``rebuildable``: whether every difference is one of these (parameter shapes come with the
     weights). ``refusal``: why the stock config validators refuse the config, if they do."""
@@ -381,9 +377,9 @@ def difference(
             continue
         other = theirs.get(name)
         if other is None or type(other) is not type(module):
-            stack = _linear_stack(module)
-            replace[name] = stack or []
-            rebuildable &= stack is not None
+            description = describe_module(module)
+            replace[name] = description or []
+            rebuildable &= description is not None
             why.append(f"{name or 'the model'} is a {type(module).__name__}")
             continue
         if _tensors(module) != _tensors(other):

@@ -3,8 +3,9 @@
 A child whose config describes it (:mod:`.hf_config`) reloads with the stock
 ``from_pretrained``; :func:`load_grown` reloads every child, including those whose config
 is marked ``netmorph-<model_type>``: it builds the stock architecture from the config, puts
-the recorded replacement modules in place (a projection split into a Sequential of Linear
-layers), takes every parameter from the checkpoint with its own shape, sets the recorded
+the recorded replacement modules in place (:mod:`.hf_modules`: a layer split into a
+Sequential of Linear layers and P-activations, a Conv1D turned Linear), takes every parameter
+from the checkpoint with its own shape, sets the recorded
 module attributes (per-layer head counts, per-norm eps, …) and refuses anything missing or
 left over. Memory: the model once, plus the tensors of one shard file while it is read.
 """
@@ -19,6 +20,7 @@ from torch import nn
 
 from .errors import MorphError
 from .hf_config import MARK, config_from_dict, shared_parameters
+from .hf_modules import build_module
 from .surgery import replace_module
 from .transformer_layout import sync_shapes
 
@@ -63,8 +65,8 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     if not isinstance(model_class, type):
         raise MorphError(f"{path / CONFIG}: architectures={names!r} names no transformers class")
     model = model_class(config)
-    for name, layers in spec.get("replace", {}).items():
-        replace_module(model, name, nn.Sequential(*(nn.Linear(i, o, bias=b) for i, o, b in layers)))
+    for name, description in spec.get("replace", {}).items():
+        replace_module(model, name, build_module(description))
     shared = [*shared_parameters(model), *spec.get("shared", [])]
     loaded: dict[str, nn.Parameter | torch.Tensor] = {}
     for file in weight_files(path):

@@ -13,6 +13,8 @@
    the parent; the caller's RNG restored);
 4. ``build`` — the operation edits that copy into the child (an untyped exception from the
    edit, e.g. a RuntimeError on a layout the operation does not follow, becomes a MorphError);
+   a Hugging Face child's config is made to describe it, or marked so that a stock
+   ``from_pretrained`` refuses it (:func:`.hf_config.sync_config`);
 5. ``measure`` — the child against the parent on the probe, in eval and train mode (a child
    that fails where the parent runs is refused); with the streamed measurement, each edited
    :class:`~.streamed.Region` is also run alone on the inputs it receives in the parent;
@@ -38,6 +40,7 @@ from torch import nn
 from .._memory import check_working_set, memory_limit
 from . import report
 from .errors import MorphError
+from .hf_config import sync_config
 from .report import (
     Inputs,
     Measurement,
@@ -238,6 +241,7 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
     child = baseline.work if baseline.work is not None else copy.deepcopy(request.model)
     try:
         outcome = request.build(child)
+        outcome.notes = [*outcome.notes, *sync_config(child)]
     except (MorphError, ValueError, TypeError):  # typed answers (ResourceLimitError included)
         raise
     except Exception as exc:  # an edit the model's layout does not allow: RuntimeError, …

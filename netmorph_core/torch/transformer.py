@@ -36,7 +36,6 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
-from .hf_config import sync_config
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -112,7 +111,6 @@ class _Editor:
 
     def outcome(self, notes: list[str]) -> Outcome:
         sync_shapes(self.child)
-        notes = [*notes, *sync_config(self.child)]
         return Outcome(self.new_nonzero, self.new_total, sources=self.sources, notes=notes)
 
 
@@ -1082,7 +1080,7 @@ def deepen_projection(
             sources[f"{at}.1.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
         total = width * (in_f + out_f)
         nonzero = int((first.weight != 0).sum() + (second.weight != 0).sum())
-        return Outcome(nonzero, total, sources=sources, notes=sync_config(child))
+        return Outcome(nonzero, total, sources=sources)
 
     probe = _default_probe(model, layout) if (probe is None and layout is not None) else probe
     return run(
