@@ -119,6 +119,11 @@ OPS: dict[str, tuple[Callable[[str], Op], tuple[str, ...]]] = {
         (),
     ),
     "conv1d_to_linear": (lambda f: lambda m: conv1d_to_linear(m), ()),
+    # the head (tied to the token embedding in Qwen2, Gemma2, GPT-2 and BERT) gets its own copy
+    "deepen_head": (
+        lambda f: lambda m: deepen(m, "cls.predictions.decoder" if f == "bert" else "lm_head"),
+        (),
+    ),
 }
 REFUSED = {("add_block", "bert"): "post-LN"}
 

@@ -357,7 +357,6 @@ def test_parametrized_layers_are_refused(apply: Callable, match: str) -> None:
 
 
 def test_shared_weights_and_modules_are_refused() -> None:
-    refused(Tied(), lambda m: deepen(m, "a"), MorphError, r"tied weights: a\.weight and b\.weight")
     refused(Tied(), lambda m: widen(m, "a", 6), MorphError, "b.weight")
     shared = nn.Linear(4, 4)
     model = nn.Sequential(shared, nn.Tanh(), shared)
@@ -538,3 +537,24 @@ def test_dynamic_same_padding_is_verified_and_not_widened() -> None:
     refused(model, lambda m: widen(m, "conv", 6), MorphError, "dynamic 'same' padding conv: deepen")
     bad = Net(FalselyDeclaredConv(4, 4, 3)).double()
     refused(bad, lambda m: deepen(m, "conv"), MorphError, "does not compute that rule")
+
+
+@pytest.mark.parametrize("operation", ["deepen", "morph_subnet"])
+def test_a_replaced_layer_is_untied_from_its_partner(operation: str) -> None:
+    """Deepening or splitting one of two layers that share a weight gives it its own copy: the
+    other keeps the parent's Parameter, the child computes the parent's function."""
+    torch.manual_seed(5)
+    parent = Tied().double()
+    before = snapshot(parent)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    if operation == "deepen":
+        child, report = deepen(parent, "a")
+    else:
+        child, report = morph_subnet(parent, "a", [(6, None), (None, None)])
+    assert_unchanged(parent, before)
+    assert parent.b.weight is parent.a.weight
+    assert isinstance(child.a, nn.Sequential)
+    assert child.b.weight is not parent.b.weight
+    assert torch.equal(child.b.weight, parent.b.weight)
+    assert any("a.weight untied" in n for n in report.notes), report.notes
+    torch.testing.assert_close(child(x), parent(x), rtol=0, atol=1e-12)

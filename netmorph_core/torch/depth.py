@@ -276,6 +276,7 @@ def deepen(
             probe=probe,
             input_shape=input_shape,
             tol=tol,
+            untie=True,
             budget=budget,
         )
     )
@@ -345,6 +346,7 @@ def _deepen_separable(
             probe=probe,
             input_shape=input_shape,
             tol=tol,
+            untie=True,
             budget=budget,
         )
     )

@@ -193,7 +193,7 @@ def _untie(model: nn.Module) -> list[str]:
     if not getattr(config, "tie_word_embeddings", False) or get_in is None or get_out is None:
         return []
     embed, head = get_in(), get_out()
-    if embed is None or head is None or head.weight is embed.weight:
+    if embed is None or head is None or getattr(head, "weight", None) is embed.weight:
         return []
     config.tie_word_embeddings = False
     return ["the output embedding no longer shares the input embedding's weight: untied"]

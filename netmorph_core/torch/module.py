@@ -370,6 +370,7 @@ def morph_module(
             probe=probe,
             input_shape=input_shape,
             tol=tol,
+            untie=True,
             budget=budget,
         )
     )

@@ -64,7 +64,7 @@ from .report import (
 from .streamed import Captured, Region, float64_bytes, run_low_precision, run_model
 from .streamed import check_regions as check_regions_alone
 from .support import check_editable, check_model_state, check_subtree
-from .surgery import check_model, count_parameters
+from .surgery import check_model, count_parameters, untie
 
 #: Models with more parameters are measured one module at a time in float64 (:mod:`.streamed`)
 #: instead of through whole-model float64 copies.
@@ -92,7 +92,9 @@ class Request:
     ``inplace``: the child is built in ``model`` itself (the parent is consumed; measured one
     module at a time, so no copy of the model is made); ``layer_scope``: without a model
     input, compare the single target layer alone; ``budget``: checks the memory of measuring
-    the child on the model inputs found, before the child is built (:mod:`.budget`).
+    the child on the model inputs found, before the child is built (:mod:`.budget`);
+    ``untie``: the operation replaces ``edits``, whose parameters shared with other modules
+    (a tied head) get their own copy in the child instead of being refused.
     """
 
     operation: str
@@ -110,6 +112,7 @@ class Request:
     tol: object = "auto"
     layer_scope: bool = True
     budget: Callable[[Inputs], None] | None = None
+    untie: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def resolve(request: Request) -> Plan:
 def support(request: Request) -> None:
     """Step 2: every module the operation edits, replaces, copies or rewrites is understood."""
     if request.edits:
-        check_editable(request.model, request.edits, request.same_padding)
+        check_editable(request.model, request.edits, request.same_padding, request.untie)
     check_subtree(request.model, request.copies)
 
 
@@ -240,8 +243,9 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
     start = time.perf_counter()
     child = baseline.work if baseline.work is not None else copy.deepcopy(request.model)
     try:
+        untied = untie(child, request.edits) if request.untie else []
         outcome = request.build(child)
-        outcome.notes = [*outcome.notes, *sync_config(child)]
+        outcome.notes = [*untied, *outcome.notes, *sync_config(child)]
     except (MorphError, ValueError, TypeError):  # typed answers (ResourceLimitError included)
         raise
     except Exception as exc:  # an edit the model's layout does not allow: RuntimeError, …

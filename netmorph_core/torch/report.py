@@ -477,7 +477,7 @@ def layer_probe(layer: nn.Module) -> Inputs:
 
 def same_parameters(parent: nn.Module, child: nn.Module, skip: Mapping[str, ParamSource]) -> dict:
     """ParamSource of every child parameter not in ``skip``: the parent's same-named one."""
-    parent_names = dict(parent.named_parameters())
+    parent_names = dict(parent.named_parameters(remove_duplicate=False))
     sources = dict(skip)
     for name, p in child.named_parameters():
         if name in sources:

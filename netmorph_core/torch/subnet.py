@@ -139,6 +139,7 @@ def morph_subnet(
             probe=probe,
             input_shape=input_shape,
             tol=tol,
+            untie=True,
             budget=budget,
         )
     )
@@ -215,6 +216,7 @@ def morph_stacked(
             probe=probe,
             input_shape=input_shape,
             tol=tol,
+            untie=True,
             budget=budget,
         )
     )

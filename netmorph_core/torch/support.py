@@ -214,8 +214,10 @@ def check_values(module: nn.Module, at: str) -> None:
             )
 
 
-def check_unshared(model: nn.Module, names: Iterable[str]) -> None:
-    """The modules ``names`` must be registered once and own their parameters alone."""
+def check_unshared(model: nn.Module, names: Iterable[str], tied_ok: bool = False) -> None:
+    """The modules ``names`` must be registered once and own their parameters alone
+    (``tied_ok``: parameters they share are allowed; the operation unties them,
+    :func:`.surgery.untie`)."""
     names = set(names)
     aliases: dict[int, list[str]] = {}
     for n, m in model.named_modules(remove_duplicate=False):
@@ -227,6 +229,8 @@ def check_unshared(model: nn.Module, names: Iterable[str]) -> None:
                 f"{n!r} is one module registered under several names {found}; morphing one "
                 "name would untie the others; refused"
             )
+    if tied_ok:
+        return
     owners: dict[int, list[str]] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(pname)
@@ -277,10 +281,14 @@ def check_attributes_unread(model: nn.Module, at: str) -> None:
             )
 
 
-def check_editable(model: nn.Module, names: Iterable[str], same_padding: bool = False) -> None:
+def check_editable(
+    model: nn.Module, names: Iterable[str], same_padding: bool = False, tied_ok: bool = False
+) -> None:
     """Every module ``names`` of ``model`` may be replaced or edited by a morph (see the module
     docstring); conv/linear layers must also be understood and called by their parent.
-    ``same_padding``: the operation handles dynamic "same" padding convs (:mod:`.samepad`)."""
+    ``same_padding``: the operation handles dynamic "same" padding convs (:mod:`.samepad`);
+    ``tied_ok``: the operation replaces the modules, so parameters they share with others are
+    untied in the child (:func:`.surgery.untie`) instead of refused."""
     names = list(names)
     check_model_values(model)
     for at in names:
@@ -292,7 +300,7 @@ def check_editable(model: nn.Module, names: Iterable[str], same_padding: bool = 
             check_layer_class(module, at, same_padding)
         if isinstance(module, KNOWN_LAYERS) or is_conv1d(module):
             check_called_by_parent(model, at)
-    check_unshared(model, names)
+    check_unshared(model, names, tied_ok)
 
 
 def check_understood(module: nn.Module, at: str) -> None:

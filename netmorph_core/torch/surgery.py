@@ -7,6 +7,7 @@ morphs can grow it exactly (DESIGN.md §3).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +73,7 @@ def find_layer(
     layer = find_module(model, at, name)
     check_understood(layer, at)
     if is_conv1d(layer) and nn.Linear in kinds:
-        check_editable(model, [at])
+        check_editable(model, [at], tied_ok=replaced)
         if replaced:
             check_attributes_unread(model, at)
         return linear_equivalent(layer)
@@ -86,7 +87,7 @@ def find_layer(
         expected = "Linear or Conv1D" if expected == "Linear" else expected
         raise TypeError(f"{name}={at!r} is {type_label(layer)}; expected {expected}")
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
-    check_editable(model, [at], same_padding)
+    check_editable(model, [at], same_padding, tied_ok=replaced)
     if replaced:
         check_attributes_unread(model, at)
     if isinstance(layer, CONV_TYPES) and layer.groups != 1 and not grouped:
@@ -302,3 +303,27 @@ def gather(
 def count_parameters(model: nn.Module) -> int:
     """Number of scalar parameters (shared parameters counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def untie(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Give every parameter of the modules ``names`` that other modules share (a head tied to
+    the token embedding) its own copy in ``model``, so that replacing those modules leaves the
+    others as they are; the report's notes on what was untied."""
+    names = set(names)
+    owners: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(pname)
+    notes = []
+    for shared in owners.values():
+        mine = [p for p in shared if p.rpartition(".")[0] in names]
+        if len(shared) < 2 or not mine:
+            continue
+        for pname in mine:
+            owner, _, attr = pname.rpartition(".")
+            module = model.get_submodule(owner)
+            old = module._parameters[attr]
+            module._parameters[attr] = nn.Parameter(
+                old.detach().clone(), requires_grad=old.requires_grad
+            )
+        notes.append(f"{' and '.join(shared)} were one Parameter: {', '.join(mine)} untied")
+    return notes

@@ -1095,6 +1095,7 @@ def deepen_projection(
             inplace=check_bool(inplace, "inplace"),
             probe=probe,
             tol=tol,
+            untie=True,
         )
     )
 
