@@ -21,6 +21,18 @@ def _tv_fpn_backbone() -> nn.Module:
     return resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5).body
 
 
+#: Two hierarchical stages (SegFormer, PVT-v2).
+STAGES = dict(
+    num_encoder_blocks=2,
+    depths=[1, 1],
+    sr_ratios=[2, 1],
+    hidden_sizes=[16, 32],
+    patch_sizes=[7, 3],
+    strides=[4, 2],
+    num_attention_heads=[1, 2],
+    mlp_ratios=[2, 2],
+    num_labels=3,
+)
 TEXT = tokens(100)
 PICTURES = images(2, 3, 32, 32)
 FAMILY_SPECS: tuple[ModelSpec, ...] = (
@@ -206,15 +218,7 @@ FAMILY_SPECS: tuple[ModelSpec, ...] = (
         _hf(
             "SegformerForImageClassification",
             "SegformerConfig",
-            num_encoder_blocks=2,
-            depths=[1, 1],
-            sr_ratios=[2, 1],
-            hidden_sizes=[16, 32],
-            patch_sizes=[7, 3],
-            strides=[4, 2],
-            num_attention_heads=[1, 2],
-            mlp_ratios=[2, 2],
-            num_labels=3,
+            **STAGES,
         ),
         PICTURES,
     ),
@@ -224,15 +228,7 @@ FAMILY_SPECS: tuple[ModelSpec, ...] = (
         _hf(
             "PvtV2ForImageClassification",
             "PvtV2Config",
-            num_encoder_blocks=2,
-            depths=[1, 1],
-            sr_ratios=[2, 1],
-            hidden_sizes=[16, 32],
-            patch_sizes=[7, 3],
-            strides=[4, 2],
-            num_attention_heads=[1, 2],
-            mlp_ratios=[2, 2],
-            num_labels=3,
+            **STAGES,
         ),
         PICTURES,
     ),
