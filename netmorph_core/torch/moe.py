@@ -33,11 +33,12 @@ r ≠ 0 it is positive at x or at −x, and r = 0 gives 0; since the old logits 
 negatives of those at x, r·x stays below the k-th largest old logit for every x only if it lies
 between the k-th largest and the k-th smallest, which no linear function does in general (for
 k ≥ 2, or with ties at k = 1). So a bias-free router (Mixtral, Qwen2-MoE, OLMoE) is refused by
-name. With a **router bias** the new rows are r = 0 and b_new = −M (M = half the largest
-finite value of the router's dtype): l_new = −M for every x, strictly below every old logit
-the parent can compute (|l| < M), and exp(−M − max l) = 0 in any floating dtype, so S, p and
-the output are exactly the parent's, renormalised or not. The new experts are then never
-selected (zero gradient until b_new is raised): an exact addition cannot do otherwise.
+name. With a **router bias** the new rows are r = 0 and b_new = −M (:func:`router_floor`: M
+half the largest float32 value, or of the router's dtype where that is narrower): l_new = −M
+for every x, below every old logit with |l| < M (every logit a float32 router computes
+finitely, with room), and exp(−M − max l) underflows to 0, so S, p and the output are exactly
+the parent's, renormalised or not. The new experts are then never selected (zero gradient
+until b_new is raised): an exact addition for every input cannot do otherwise.
 
 **upcycle** (:func:`upcycle`): a dense Llama/Mistral model becomes the Mixtral model whose
 E experts are copies of each block's FFN f. Then y = Σ_{e∈S} w_e·f(x) = f(x)·Σ_{e∈S} w_e = f(x)
@@ -167,6 +168,11 @@ def _fused(module: nn.Module, count: int, d: int, where: str) -> tuple[int, bool
     holds no 3-D parameter of ``count`` experts; MorphError when it does but is laid out in a
     way not followed (biases, transposed or interleaved gate/up)."""
     params = dict(module.named_parameters(recurse=False))
+    if (
+        type(module).__module__.startswith("torch.")
+        or getattr(module, "num_experts", count) != count
+    ):
+        return None  # a torch layer (Conv1d's weight is 3-D too), or experts of another count
     if not params or not any(p.dim() == 3 and p.shape[0] == count for p in params.values()):
         return None
     gated = FUSED.get(tuple(sorted(params)))
@@ -560,10 +566,16 @@ def grow_ffn(
 # New experts
 
 
+def router_floor(dtype: torch.dtype) -> float:
+    """M: half the largest float32 value, or of ``dtype`` where that is narrower (float16), so
+    that −M stays finite when the router's logits are cast to float32."""
+    return min(torch.finfo(dtype).max, torch.finfo(torch.float32).max) / 2
+
+
 def _new_router_rows(edit: _Editor, block: MoeBlock, n: int) -> None:
-    """n router rows 0 with bias −M (M: half the largest value of the router's dtype)."""
+    """n router rows 0 with bias −M (:func:`router_floor`)."""
     w = edit.child.get_parameter(f"{block.router}.weight")
-    big = torch.finfo(w.dtype).max / 2
+    big = router_floor(w.dtype)
     rows = np.concatenate([np.arange(block.count), -np.ones(n, int)])
     weight = torch.cat([w.detach(), w.new_zeros(n, w.shape[1])])
     bias = edit.child.get_parameter(f"{block.router}.bias").detach()
@@ -622,7 +634,7 @@ def add_experts(
     tol: float | str | None = "auto",
 ) -> tuple[nn.Module, MorphReport]:
     """``n`` new experts in every mixture-of-experts block, copies of the existing ones, whose
-    router rows are 0 with bias −M (M: half the largest value of the router's dtype): never
+    router rows are 0 with bias −M (:func:`router_floor`: half the largest float32 value): never
     selected, so the routing and the output are exactly the parent's (module docstring).
 
     Refused (MorphError naming the router) when a router has no bias: a bias-free router's new
@@ -642,6 +654,7 @@ def add_experts(
                 "every reachable logit); refused"
             )
     count = {b.count for b in blocks}
+    floor = router_floor(model.get_parameter(f"{blocks[0].router}.weight").dtype)
     per_block = sum(state_bytes(model.get_submodule(b.experts)) // b.count for b in blocks)
     new_bytes = n * per_block
 
@@ -655,7 +668,7 @@ def add_experts(
             _set_first(config, COUNT_FIELDS, count.pop() + n)
         notes = [
             f"{n} experts added to each of {len(blocks)} blocks: router rows 0, bias "
-            "−(half the dtype's largest value); never selected until that bias is raised"
+            f"−{floor:.3g}; never selected until that bias is raised"
         ]
         return edit.outcome(notes)
 
