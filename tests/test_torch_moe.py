@@ -191,6 +191,20 @@ def test_grow_ffn_grows_every_expert_exactly(family: str) -> None:
     assert any("reloads this child exactly" in n for n in report.notes), report.notes
 
 
+def test_the_default_experts_implementation_is_measured_eager_and_kept() -> None:
+    """transformers' default grouped_mm has no float64 kernel: the measurement runs eager,
+    the parent keeps its implementation and the child gets it."""
+    config = transformers.MixtralConfig(**BASE, num_local_experts=4)
+    torch.manual_seed(0)
+    parent = transformers.MixtralForCausalLM(config).eval()
+    implementation = parent.config._experts_implementation
+    child, report = grow_ffn(parent, 60)
+    assert parent.config._experts_implementation == implementation
+    assert child.config._experts_implementation == implementation
+    assert report.noise_ratio is not None and report.noise_ratio <= 2.0
+    assert any("top-2 of 4 experts, renormalised" in n for n in report.notes), report.notes
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_grow_ffn_float32_within_the_parents_rounding(family: str) -> None:
     parent = _hf(family, torch.float32)

@@ -288,6 +288,13 @@ def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
     return None
 
 
+def routing(block: MoeBlock) -> str:
+    """How ``block`` routes, in words: "top-2 of 4 experts, renormalised"."""
+    k = f"top-{block.top_k}" if block.top_k is not None else "top-k (k not stated)"
+    norm = {True: "renormalised", False: "not renormalised", None: "renormalisation not stated"}
+    return f"{k} of {block.count} experts, {norm[block.renormalise]}"
+
+
 def find_moe(model: nn.Module) -> tuple[MoeBlock, ...]:
     """Every mixture-of-experts feed-forward of ``model`` (module docstring), outermost first;
     empty when it has none. MorphError naming a part of a recognised one that is not
@@ -540,7 +547,10 @@ def grow_ffn(
                     _grow_mlps(edit, [path], mlp, shared_width, method)
         config = getattr(child, "config", None)
         _set_first(config, HIDDEN_FIELDS, width)
-        notes = [f"{len(blocks)} mixture-of-experts blocks: every expert grown {hidden} → {width}"]
+        notes = [
+            f"{len(blocks)} mixture-of-experts blocks ({routing(blocks[0])}): every expert "
+            f"grown {hidden} → {width}; the routing is untouched"
+        ]
         if shared_sizes:
             _set_first(config, SHARED_FIELDS, shared_width)
             notes.append(f"shared experts {max(shared_sizes)} → {shared_width}")
@@ -667,7 +677,8 @@ def add_experts(
         if config is not None and len(count) == 1:
             _set_first(config, COUNT_FIELDS, count.pop() + n)
         notes = [
-            f"{n} experts added to each of {len(blocks)} blocks: router rows 0, bias "
+            f"{n} experts added to each of {len(blocks)} blocks ({routing(blocks[0])}, exact "
+            "either way): router rows 0, bias "
             f"−{floor:.3g}; never selected until that bias is raised"
         ]
         return edit.outcome(notes)
