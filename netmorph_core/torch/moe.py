@@ -130,8 +130,9 @@ def _attribute(objects: tuple[object, ...], names: tuple[str, ...]) -> object:
     return None
 
 
-def _mlp(module: nn.Module, d: int, where: str) -> Mlp | None:
-    """The :class:`Mlp` layout of ``module`` (None when it is not an MLP of Linear layers)."""
+def _mlp(module: nn.Module, d: int) -> Mlp | None:
+    """The :class:`Mlp` layout of ``module``; None when it is not an MLP of Linear layers, or
+    when its hidden size is d (its input and output layers cannot be told apart by shape)."""
     linears = {n: m for n, m in module.named_children() if isinstance(m, nn.Linear)}
     owned = {f"{n}.{p}" for n, m in linears.items() for p, _ in m.named_parameters()}
     if not linears or any(n not in owned for n, _ in module.named_parameters()):
@@ -140,11 +141,6 @@ def _mlp(module: nn.Module, d: int, where: str) -> Mlp | None:
     outputs = [n for n, m in linears.items() if m.out_features == d and m.in_features != d]
     hidden = {linears[n].out_features for n in inputs}
     if len(outputs) != 1 or len(hidden) != 1 or len(inputs) + 1 != len(linears):
-        if any(m.out_features == m.in_features == d for m in linears.values()):
-            raise MorphError(
-                f"{where!r}: its hidden size equals d_model={d}, so its input and output "
-                "layers cannot be told apart by shape; refused"
-            )
         return None
     if linears[outputs[0]].in_features not in hidden or not 1 <= len(inputs) <= 2:
         return None
@@ -208,7 +204,7 @@ def _experts(
         if experts_name == router:
             continue
         if isinstance(experts, nn.ModuleList) and len(experts) == count:
-            layouts = [_mlp(e, d, f"{q}.{i}") for i, e in enumerate(experts)]
+            layouts = [_mlp(e, d) for e in experts]
             if layouts[0] is not None and all(lay == layouts[0] for lay in layouts):
                 return (
                     experts_name,
@@ -238,7 +234,7 @@ def _shared(
         if isinstance(child, nn.Linear) and (child.in_features, child.out_features) == (d, 1):
             gate = q
             continue
-        layout = _mlp(child, d, q)
+        layout = _mlp(child, d)
         if layout is None:
             raise MorphError(
                 f"{q!r} ({type(child).__name__}) in the mixture of experts {name!r} is neither "
@@ -263,7 +259,7 @@ def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
         shared, gate = _shared(module, name, d, (router_name, experts_name))
         top_k = _attribute((child, module, config), ("top_k", "num_experts_per_tok"))
         renormalise = _attribute((child, module, config), ("norm_topk_prob",))
-        if renormalise is None and getattr(config, "model_type", "").endswith("mixtral"):
+        if renormalise is None and str(getattr(config, "model_type", "")).endswith("mixtral"):
             renormalise = True  # Mixtral's router always renormalises
 
         def q(rel: str) -> str:
