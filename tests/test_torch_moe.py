@@ -396,3 +396,22 @@ def test_children_round_trip_through_save_pretrained(case: str, tmp_path: Path) 
     torch.testing.assert_close(
         _logits(reloaded, torch.float32), _logits(child, torch.float32), rtol=0, atol=1e-6
     )
+
+
+def test_measured_one_module_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-module float64 measurement (large models): each MoE block is a region checked
+    alone on the inputs it receives in the parent."""
+    from netmorph_core.torch import pipeline
+
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    child, report = grow_ffn(_hf("mixtral", torch.float32), 60)
+    assert report.measured_by == pipeline.STREAMED
+    assert [r for r, _ in report.regions] == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    assert report.noise_ratio is not None and report.noise_ratio <= 2.0
+    parent = _llama()
+    child, report = upcycle(parent, 4, 2, router_std=0.1)
+    assert report.measured_by == pipeline.STREAMED
+    assert all(dev <= 2 * moe.ROUTER_ROUNDING for _, dev in report.regions)
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-6)
+    _, report = add_experts(_tiny(), 2)
+    assert report.measured_by == pipeline.STREAMED and report.rel_dev_f64 == 0.0
