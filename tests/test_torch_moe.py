@@ -48,6 +48,12 @@ FAMILIES = {
     ),
     "olmoe": ("OlmoeForCausalLM", "OlmoeConfig", dict(num_experts=4, eos_token_id=1)),
 }
+#: dense family → (config class, model class, its upcycled model class).
+DENSE = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", "MixtralForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM", "MixtralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "Qwen2MoeForCausalLM"),
+}
 IDS = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
 
 
@@ -68,10 +74,7 @@ def _hf(family: str, dtype: torch.dtype = torch.float64, **extra: object) -> nn.
 
 
 def _llama(family: str = "llama", dtype: torch.dtype = torch.float64, **extra: object) -> nn.Module:
-    config_name, model_name = {
-        "llama": ("LlamaConfig", "LlamaForCausalLM"),
-        "mistral": ("MistralConfig", "MistralForCausalLM"),
-    }[family]
+    config_name, model_name = DENSE[family][:2]
     torch.manual_seed(0)
     config = getattr(transformers, config_name)(**BASE, **extra)
     model = getattr(transformers, model_name)(config).eval()
@@ -79,6 +82,8 @@ def _llama(family: str = "llama", dtype: torch.dtype = torch.float64, **extra: o
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.uniform_(-0.2, 0.2)
     return model.to(dtype)
 
 
@@ -315,21 +320,28 @@ def test_add_experts_typed_errors() -> None:
 # upcycle
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral"])
+@pytest.mark.parametrize("family", sorted(DENSE))
 def test_upcycle_is_exact_with_a_zero_router(family: str) -> None:
     parent = _llama(family, tie_word_embeddings=True)
     before = _state(parent)
     child, report = upcycle(parent, 4, 2)
     _unchanged(parent, before)
-    assert type(parent).__name__.startswith(family.capitalize())
-    assert type(child) is transformers.MixtralForCausalLM
-    assert type(child.config) is transformers.MixtralConfig
-    assert (child.config.num_local_experts, child.config.num_experts_per_tok) == (4, 2)
+    target = getattr(transformers, DENSE[family][2])
+    assert type(child) is target and type(child.config) is target.config_class
+    assert child.config.num_experts_per_tok == 2
     assert child.lm_head.weight is child.model.embed_tokens.weight
-    experts = child.model.layers[1].mlp.experts
+    mlp = child.model.layers[1].mlp
     dense = parent.model.layers[1].mlp
-    assert torch.equal(experts.down_proj[3], dense.down_proj.weight)
-    assert torch.equal(experts.gate_up_proj[0, :48], dense.gate_proj.weight)
+    assert torch.equal(mlp.experts.down_proj[3], dense.down_proj.weight)
+    assert torch.equal(mlp.experts.gate_up_proj[0, :48], dense.gate_proj.weight)
+    if family == "qwen2":  # renormalised; the shared expert adds σ(0)·0
+        assert child.config.norm_topk_prob and child.config.num_experts == 4
+        assert torch.equal(mlp.shared_expert.up_proj.weight, dense.up_proj.weight)
+        assert not bool(mlp.shared_expert.down_proj.weight.any())
+        q_bias = child.model.layers[0].self_attn.q_proj.bias
+        assert torch.equal(q_bias, parent.model.layers[0].self_attn.q_proj.bias)
+    else:
+        assert child.config.num_local_experts == 4
     torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-12)
     assert report.rel_dev_f64 <= 1e-12
 
@@ -367,8 +379,12 @@ def test_upcycle_typed_errors() -> None:
         upcycle(_llama(mlp_bias=True), 4, 2)
     with pytest.raises(MorphError, match="LlamaStyle"):
         upcycle(LlamaStyle(vocab=32, dim=16, hidden=24), 4, 2)
-    with pytest.raises(MorphError, match="Mixtral"):
+    with pytest.raises(MorphError, match="model_type 'mixtral'"):
         upcycle(_hf("mixtral"), 4, 2)
+    parent = _llama()
+    parent.model.layers[1].mlp.down_proj.bias = nn.Parameter(torch.zeros(32, dtype=torch.float64))
+    with pytest.raises(MorphError, match=r"'model\.layers\.1\.mlp\.down_proj' has a bias"):
+        upcycle(parent, 4, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +395,7 @@ ROUND_TRIPS = {
     **{f"grow_ffn-{f}": (lambda f=f: grow_ffn(_hf(f, torch.float32), 60)) for f in FAMILIES},
     "upcycle-llama": lambda: upcycle(_llama(dtype=torch.float32), 4, 2, router_std=0.2),
     "upcycle-mistral": lambda: upcycle(_llama("mistral", torch.float32), 3, 1, router_std=0.2),
+    "upcycle-qwen2": lambda: upcycle(_llama("qwen2", torch.float32), 4, 2, router_std=0.2),
 }
 
 

@@ -40,13 +40,14 @@ finitely, with room), and exp(−M − max l) underflows to 0, so S, p and the o
 the parent's, renormalised or not. The new experts are then never selected (zero gradient
 until b_new is raised): an exact addition for every input cannot do otherwise.
 
-**upcycle** (:func:`upcycle`): a dense Llama/Mistral model becomes the Mixtral model whose
-E experts are copies of each block's FFN f. Then y = Σ_{e∈S} w_e·f(x) = f(x)·Σ_{e∈S} w_e = f(x)
-since Mixtral renormalises (Σ w_e = 1), whatever the router R: zero by default (uniform
-routing), or random with ``router_std`` > 0. The stock router computes w in float32, so
-Σ w_e = 1 holds to k float32 roundings: a float64 child agrees with its parent to about
-k·2⁻²⁴ relative (exactly when R = 0 and k is a power of two), and ``tol="auto"`` allows
-:data:`ROUTER_ROUNDING`·k for float64 parents.
+**upcycle** (:func:`upcycle`): a dense Llama/Mistral model becomes the Mixtral model (Qwen2:
+the Qwen2-MoE model) whose E experts are copies of each block's FFN f. Then
+y = Σ_{e∈S} w_e·f(x) = f(x)·Σ_{e∈S} w_e = f(x) since the top-k weights are renormalised
+(Σ w_e = 1), whatever the router R: zero by default (uniform routing), or random with
+``router_std`` > 0. Qwen2-MoE's shared expert starts as σ(0)·D·h with D = 0. The stock
+router computes w in float32, so Σ w_e = 1 holds to k float32 roundings: a float64 child agrees
+with its parent to about k·2⁻²⁴ relative (exactly when R = 0 and k is a power of two), and
+``tol="auto"`` allows :data:`ROUTER_ROUNDING`·k for float64 parents.
 
 Hugging Face experts modules pick an implementation (``grouped_mm`` by default) that has no
 float64 kernel: while an operation measures, the experts of the parent, its copies and the
@@ -57,7 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,8 +84,12 @@ FUSED = {("down_proj", "gate_up_proj"): True, ("down_proj", "up_proj"): False}
 HIDDEN_FIELDS = ("moe_intermediate_size", "intermediate_size")
 SHARED_FIELDS = ("shared_expert_intermediate_size",)
 COUNT_FIELDS = ("num_local_experts", "num_experts")
-#: Dense families upcycle turns into Mixtral.
-UPCYCLE_FAMILIES = ("llama", "mistral")
+#: Dense model_type → (config class, model class) of its upcycled mixture of experts.
+UPCYCLE_FAMILIES = {
+    "llama": ("MixtralConfig", "MixtralForCausalLM"),
+    "mistral": ("MixtralConfig", "MixtralForCausalLM"),
+    "qwen2": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
+}
 
 
 @dataclass(frozen=True)
@@ -697,49 +702,99 @@ def add_experts(
 # Dense → mixture of experts
 
 
-def _mixtral_config(config: object, n_experts: int, top_k: int) -> object:
-    """The MixtralConfig of the upcycled child of a Llama/Mistral ``config``."""
+#: Config fields copied from the dense parent's config (those it has).
+UPCYCLE_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings",
+    "initializer_range", "rms_norm_eps", "use_cache", "pad_token_id", "bos_token_id",
+    "eos_token_id", "tie_word_embeddings", "rope_parameters", "attention_dropout",
+    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types",
+)  # fmt: skip
+
+
+def _moe_config(config: object, n_experts: int, top_k: int) -> object:
+    """The config of the upcycled child of a dense ``config``: a MixtralConfig for Llama and
+    Mistral, a Qwen2MoeConfig for Qwen2 (renormalised top-k, one shared expert of the FFN's
+    size, every block sparse)."""
     import transformers
 
-    keys = (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
-        "max_position_embeddings", "initializer_range", "rms_norm_eps", "use_cache",
-        "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
-        "rope_parameters", "attention_dropout", "sliding_window",
-    )  # fmt: skip
-    values = {k: copy.deepcopy(getattr(config, k)) for k in keys if hasattr(config, k)}
-    mixtral = transformers.MixtralConfig(
-        **values,
-        num_local_experts=n_experts,
-        num_experts_per_tok=top_k,
-        router_jitter_noise=0.0,
-        experts_implementation="eager",
+    values = {k: copy.deepcopy(getattr(config, k)) for k in UPCYCLE_KEYS if hasattr(config, k)}
+    family = config.model_type
+    config_class, _ = UPCYCLE_FAMILIES[family]
+    if family == "qwen2":
+        values |= dict(
+            num_experts=n_experts,
+            moe_intermediate_size=config.intermediate_size,
+            shared_expert_intermediate_size=config.intermediate_size,
+            norm_topk_prob=True,
+            qkv_bias=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
+    else:
+        values |= dict(num_local_experts=n_experts, router_jitter_noise=0.0)
+    moe_config = getattr(transformers, config_class)(
+        **values, num_experts_per_tok=top_k, experts_implementation="eager"
     )
-    mixtral.dtype = getattr(config, "dtype", None)
-    return mixtral
+    moe_config.dtype = getattr(config, "dtype", None)
+    return moe_config
 
 
 def _check_upcycle(model: nn.Module) -> object:
-    """``model`` must be a Hugging Face Llama/Mistral causal LM without biases; its config."""
+    """``model`` must be a Hugging Face causal LM of :data:`UPCYCLE_FAMILIES` whose biases the
+    MoE family has (Qwen2's q/k/v only); returns its config."""
     config = getattr(model, "config", None)
     family = getattr(config, "model_type", None)
     if family not in UPCYCLE_FAMILIES or not type(model).__name__.endswith("ForCausalLM"):
         raise MorphError(
-            f"upcycle builds a Mixtral child from a Hugging Face Llama or Mistral causal LM; "
-            f"{type(model).__name__} (model_type {family!r}) is not one; refused"
+            "upcycle builds a Mixtral child from a Hugging Face Llama or Mistral causal LM and "
+            f"a Qwen2-MoE child from a Qwen2 one; {type(model).__name__} (model_type "
+            f"{family!r}) is none of them; refused"
         )
+    target = UPCYCLE_FAMILIES[family][1].removesuffix("ForCausalLM")
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(config, flag, False):
-            raise MorphError(f"the parent's config has {flag}=True; Mixtral has no biases; refused")
+            raise MorphError(
+                f"the parent's config has {flag}=True; {target} has no such biases; refused"
+            )
     layout = describe(model)
     fam = layout.family
+    biased = fam.qkv if family == "qwen2" else ()
     for block in layout.blocks:
         for rel in (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out):
             layer = model.get_submodule(block.name(rel))
-            if layer.bias is not None:
-                raise MorphError(f"{block.name(rel)!r} has a bias; Mixtral has none; refused")
+            if (layer.bias is not None) != (rel in biased):
+                has = "has a bias" if layer.bias is not None else "has no bias"
+                raise MorphError(f"{block.name(rel)!r} {has}, unlike {target}'s; refused")
     return config
+
+
+def _moe_parameter(
+    name: str, old: dict[str, torch.Tensor], n_experts: int, router: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, ParamSource]:
+    """The value and source of the upcycled child's MoE parameter ``name`` (…mlp.<rest>)
+    from the dense block's ``gate_proj``/``up_proj``/``down_proj`` weights in ``old``:
+    experts are copies, the router is ``router()``, the shared expert (Qwen2-MoE) copies the
+    input layers and starts with zero output projection and gate."""
+    prefix, _, rest = name.partition(".mlp.")
+    prefix += ".mlp"
+    gate, up, down = (old[f"{prefix}.{r}.weight"] for r in ("gate_proj", "up_proj", "down_proj"))
+    values = {
+        "experts.gate_up_proj": (
+            lambda: torch.cat([gate, up]).expand(n_experts, -1, -1),
+            "gate_proj",
+        ),
+        "experts.down_proj": (lambda: down.expand(n_experts, -1, -1), "down_proj"),
+        "gate.weight": (router, "gate_proj"),
+        "shared_expert.gate_proj.weight": (lambda: gate, "gate_proj"),
+        "shared_expert.up_proj.weight": (lambda: up, "up_proj"),
+        "shared_expert.down_proj.weight": (lambda: torch.zeros_like(down), "down_proj"),
+        "shared_expert_gate.weight": (lambda: gate.new_zeros(1, gate.shape[1]), "gate_proj"),
+    }
+    if rest not in values:
+        raise MorphError(f"upcycle does not know how to fill the child's {name!r}; refused")
+    make, group = values[rest]
+    return make(), ParamSource(None, f"{prefix}.{group}.weight")
 
 
 def upcycle(
@@ -752,12 +807,14 @@ def upcycle(
     tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
 ) -> tuple[nn.Module, MorphReport]:
-    """A dense Llama/Mistral causal LM becomes the ``MixtralForCausalLM`` with ``n_experts``
-    experts per block, each a copy of the block's FFN, ``top_k`` of them routed per token and
-    their weights renormalised, so y = f(x)·Σ w_e = f(x) (module docstring). The router is 0
-    (uniform routing; exact for top_k a power of two), or N(0, ``router_std``²) with
-    ``router_std`` > 0 (exact up to the float32 renormalisation of the stock router). The
-    child's config is a ``MixtralConfig``: ``save_pretrained`` → ``from_pretrained`` reloads it.
+    """A dense causal LM becomes the mixture of experts with ``n_experts`` experts per block,
+    each a copy of the block's FFN, ``top_k`` of them routed per token and their weights
+    renormalised, so y = f(x)·Σ w_e = f(x) (module docstring): Llama and Mistral become
+    ``MixtralForCausalLM``, Qwen2 ``Qwen2MoeForCausalLM`` (``norm_topk_prob=True``, and its
+    shared expert copies the FFN's input layers with a zero output projection and gate). The
+    router is 0 (uniform routing; exact for top_k a power of two), or N(0, ``router_std``²)
+    with ``router_std`` > 0 (exact up to the float32 renormalisation of the stock router). The
+    child's config is the MoE family's: ``save_pretrained`` → ``from_pretrained`` reloads it.
     """
     config = _check_upcycle(model)
     n_experts = v.positive_int(n_experts, "n_experts")
@@ -777,8 +834,9 @@ def upcycle(
     if tol == "auto" and dtype == torch.float64:
         tol = 1e-8 + ROUTER_ROUNDING * top_k
     ffn = sum(state_bytes(model.get_submodule(f"{b.prefix}.mlp")) for b in layout.blocks)
-    new_bytes = ffn * n_experts + state_bytes(model)
-    mixtral_config = _mixtral_config(config, n_experts, top_k)
+    new_bytes = ffn * (n_experts + 1) + state_bytes(model)
+    moe_config = _moe_config(config, n_experts, top_k)
+    model_class = UPCYCLE_FAMILIES[config.model_type][1]
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
 
     def build(child: nn.Module) -> Outcome:
@@ -786,7 +844,7 @@ def upcycle(
 
         device = next(child.parameters()).device
         with torch.device(device):
-            new = transformers.MixtralForCausalLM(mixtral_config).to(dtype)
+            new = getattr(transformers, model_class)(moe_config).to(dtype)
         new.train(child.training)
         gen = torch.Generator().manual_seed(seed)
         sources: dict[str, ParamSource] = {}
@@ -794,26 +852,19 @@ def upcycle(
         old_buffers = dict(child.named_buffers())
         with torch.no_grad():
             for name, p in new.named_parameters():
-                mlp = ".mlp." in name
-                if not mlp:
+                if ".mlp." not in name:
                     p.copy_(old_params[name])
                     sources[name] = ParamSource(name, name)
                     continue
-                prefix = name.partition(".mlp.")[0] + ".mlp"
-                gate, up, down = (
-                    old_params[f"{prefix}.{r}.weight"]
-                    for r in ("gate_proj", "up_proj", "down_proj")
+                value, sources[name] = _moe_parameter(
+                    name,
+                    old_params,
+                    n_experts,
+                    lambda p=p: (
+                        torch.randn(p.shape, generator=gen, dtype=torch.float64) * router_std
+                    ),
                 )
-                if name.endswith("experts.gate_up_proj"):
-                    p.copy_(torch.cat([gate, up]).expand(n_experts, -1, -1))
-                    sources[name] = ParamSource(None, f"{prefix}.gate_proj.weight")
-                elif name.endswith("experts.down_proj"):
-                    p.copy_(down.expand(n_experts, -1, -1))
-                    sources[name] = ParamSource(None, f"{prefix}.down_proj.weight")
-                else:  # the router
-                    noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * router_std
-                    p.copy_(noise.to(p.device, p.dtype))
-                    sources[name] = ParamSource(None, f"{prefix}.gate_proj.weight")
+                p.copy_(value.to(p.device, p.dtype))
             for name, b in new.named_buffers():
                 if name in old_buffers and old_buffers[name].shape == b.shape:
                     b.copy_(old_buffers[name])
@@ -822,7 +873,7 @@ def upcycle(
         child.__class__ = type(new)
         child.__dict__ = new.__dict__
         notes = [
-            f"upcycled to Mixtral: {n_experts} experts per block, top-{top_k}, router "
+            f"upcycled to {model_class}: {n_experts} experts per block, top-{top_k}, router "
             + (f"N(0, {router_std:g}²)" if router_std else "0 (uniform routing)")
         ]
         if dtype == torch.float64:
@@ -830,10 +881,9 @@ def upcycle(
                 "the stock router renormalises the top-k weights in float32: a float64 child "
                 f"agrees to about {top_k}·2⁻²⁴ relative"
             )
-        total = sum(p.numel() for n, p in child.named_parameters() if ".mlp." in n)
-        nonzero = sum(
-            int(torch.count_nonzero(p)) for n, p in child.named_parameters() if ".mlp." in n
-        )
+        mlp = [p for n, p in child.named_parameters() if ".mlp." in n]
+        nonzero = sum(int(torch.count_nonzero(p)) for p in mlp)
+        total = sum(p.numel() for p in mlp)
         return Outcome(nonzero, total, sources=sources, notes=[*notes, *sync_config(child)])
 
     return _pipeline(
