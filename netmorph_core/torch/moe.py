@@ -390,9 +390,10 @@ def _grow_stack(
     method: str,
 ) -> tuple[list[torch.Tensor], torch.Tensor, np.ndarray]:
     """Experts stacked as ``inputs`` (E, I, d) and ``output`` (E, d, I) grown to
-    ``new_hidden`` units: new input rows random, shared inside each cancelling set (per expert
-    and input), new output columns C·coefficient. Returns (inputs, output, child → parent unit
-    index, −1 new)."""
+    ``new_hidden`` units in their own dtype: new input rows random, shared inside each
+    cancelling set (per expert and input), new output columns C·coefficient (the parent's
+    entries are only copied, and −C, −2C round to exactly −1, −2 times the rounded C).
+    Returns (inputs, output, child → parent unit index, −1 new)."""
     hidden = output.shape[2]
     src = np.concatenate([np.arange(hidden), -np.ones(new_hidden - hidden, int)])
     sets = _cancel_sets(range(hidden, new_hidden))
@@ -401,20 +402,26 @@ def _grow_stack(
         new = torch.cat([w, w.new_zeros(w.shape[0], new_hidden - hidden, w.shape[2])], 1)
         std = _std(w)
         for unit_set in sets:
-            new[:, unit_set] = edit.noise((w.shape[0], 1, w.shape[2]), std, w)
+            new[:, unit_set] = edit.noise((w.shape[0], 1, w.shape[2]), std, w).to(w.dtype)
         grown.append(new)
     out = torch.cat([output, output.new_zeros(*output.shape[:2], new_hidden - hidden)], 2)
     std = _std(output)
     for unit_set in sets:
         col = edit.noise(output.shape[:2], std, output)
         for u, c in zip(unit_set, _coefficients(len(unit_set), method)):
-            out[:, :, u] = c * col
+            out[:, :, u] = (c * col).to(out.dtype)
     return grown, out, src
+
+
+def _native(edit: _Editor, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias of the child's Linear layer ``name``, in their dtype."""
+    layer = edit.child.get_submodule(name)
+    return layer.weight.detach(), layer.bias.detach() if layer.bias is not None else None
 
 
 def _grow_mlps(edit: _Editor, prefixes: list[str], mlp: Mlp, new_hidden: int, method: str) -> None:
     """The MLPs at ``prefixes`` (one layout) grown to ``new_hidden`` units."""
-    weights = [[edit.linear(f"{p}.{rel}") for p in prefixes] for rel in (*mlp.inputs, mlp.output)]
+    weights = [[_native(edit, f"{p}.{rel}") for p in prefixes] for rel in (*mlp.inputs, mlp.output)]
     stacks = [torch.stack([w for w, _ in layer]) for layer in weights]
     inputs, output, src = _grow_stack(edit, stacks[:-1], stacks[-1], new_hidden, method)
     for rel, stack, layer in zip(mlp.inputs, inputs, weights):
@@ -434,11 +441,10 @@ def _grow_fused(edit: _Editor, block: MoeBlock, new_hidden: int, method: str) ->
     """The fused experts of ``block`` grown to ``new_hidden`` units ([G; U] grown part by
     part)."""
     first = f"{block.experts}.{'gate_up_proj' if block.gated else 'up_proj'}"
-    w = edit.get(first)
+    w = edit.child.get_parameter(first).detach()
     parts = list(w.chunk(2, dim=1)) if block.gated else [w]
-    inputs, output, src = _grow_stack(
-        edit, parts, edit.get(f"{block.experts}.down_proj"), new_hidden, method
-    )
+    down = edit.child.get_parameter(f"{block.experts}.down_proj").detach()
+    inputs, output, src = _grow_stack(edit, parts, down, new_hidden, method)
     hidden = block.hidden
     rows = np.concatenate([src, np.where(src >= 0, src + hidden, -1)]) if block.gated else src
     edit.put(first, torch.cat(inputs, 1), (None, rows, None))
@@ -533,7 +539,7 @@ def grow_ffn(
         for b in blocks
     )
     largest = max(state_bytes(model.get_submodule(b.experts)) for b in blocks)
-    new_bytes = grown * itemsize + 3 * largest * 8 // itemsize * width // hidden
+    new_bytes = grown * itemsize + 3 * largest * width // hidden  # + the editor's copies
 
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
@@ -843,12 +849,14 @@ def upcycle(
         import transformers
 
         device = next(child.parameters()).device
-        with torch.device(device):
-            new = getattr(transformers, model_class)(moe_config).to(dtype)
-        new.train(child.training)
+        with torch.device("meta"):  # every tensor is filled below: no random initialisation
+            new = getattr(transformers, model_class)._from_config(moe_config, dtype=dtype)
+        new = new.to_empty(device=device).train(child.training)
+        if new.config.tie_word_embeddings:
+            new.tie_weights()
         gen = torch.Generator().manual_seed(seed)
         sources: dict[str, ParamSource] = {}
-        old_params = dict(child.named_parameters())
+        old_params = dict(child.named_parameters(remove_duplicate=False))
         old_buffers = dict(child.named_buffers())
         with torch.no_grad():
             for name, p in new.named_parameters():
@@ -866,10 +874,12 @@ def upcycle(
                 )
                 p.copy_(value.to(p.device, p.dtype))
             for name, b in new.named_buffers():
-                if name in old_buffers and old_buffers[name].shape == b.shape:
-                    b.copy_(old_buffers[name])
-        if new.config.tie_word_embeddings:
-            new.tie_weights()
+                if name not in old_buffers or old_buffers[name].shape != b.shape:
+                    raise MorphError(
+                        f"upcycle: the child's buffer {name!r} has no counterpart in the "
+                        "parent to take its values from; refused"
+                    )
+                b.copy_(old_buffers[name])
         child.__class__ = type(new)
         child.__dict__ = new.__dict__
         notes = [
