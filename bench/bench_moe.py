@@ -4,10 +4,11 @@ trained-like bfloat16 weights (built on the meta device, then materialised), tol
 
 Shape: d 512, 8 layers, 8/2 heads, FFN 1024, vocab 32000; Mixtral with 8 experts, top-2
 (138M parameters: measured one module at a time in float64). ``grow_ffn`` grows every expert
-1024 → 1536; ``upcycle`` turns the 51M-parameter dense Llama into that Mixtral (router
-N(0, 0.02²)). ``extra_peak_x``: the peak resident memory above the parent's while the
-operation runs, in units of the parent's parameter bytes; ``new_params_x``: the parameters
-added, same units. Run with ``MALLOC_MMAP_THRESHOLD_=65536`` (see ``bench_llm.py``).
+1024 → 1536 (``grow_ffn_inplace``: in the parent itself); ``upcycle`` turns the
+51M-parameter dense Llama into that Mixtral (router N(0, 0.02²)). ``extra_peak_x``: the peak
+resident memory above the parent's while the operation runs, in units of the parent's
+parameter bytes; ``new_params_x``: the parameters added, same units. Run with
+``MALLOC_MMAP_THRESHOLD_=65536`` (see ``bench_llm.py``).
 ``python bench/bench_moe.py [op …]`` prints the same figures.
 """
 
@@ -72,6 +73,10 @@ def llama(dtype: torch.dtype = torch.bfloat16) -> nn.Module:
 #: name → (parent builder, operation)
 OPERATIONS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], tuple]]] = {
     "grow_ffn": (mixtral, lambda m: grow_ffn(m, SHAPE["intermediate_size"] * 3 // 2)),
+    "grow_ffn_inplace": (
+        mixtral,
+        lambda m: grow_ffn(m, SHAPE["intermediate_size"] * 3 // 2, inplace=True),
+    ),
     "upcycle": (llama, lambda m: upcycle(m, EXPERTS, TOP_K, router_std=0.02)),
 }
 

@@ -238,6 +238,15 @@ def test_grow_ffn_zero_method_shared_width_and_module_list_experts() -> None:
     torch.testing.assert_close(_logits(child), _logits(_tiny()), rtol=0, atol=1e-12)
 
 
+def test_grow_ffn_in_place_consumes_the_parent() -> None:
+    reference = _logits(_hf("olmoe"))
+    model = _hf("olmoe")
+    child, report = grow_ffn(model, 60, inplace=True)
+    assert child is model and model.model.layers[0].mlp.experts.down_proj.shape[2] == 60
+    assert report.measured_by == "float64 per module"
+    torch.testing.assert_close(_logits(child), reference, rtol=0, atol=1e-12)
+
+
 def test_grow_ffn_leaves_dense_blocks_of_a_mixed_stack() -> None:
     parent = _hf("qwen2_moe", decoder_sparse_step=2)  # block 0 dense, block 1 MoE
     child, _ = grow_ffn(parent, 36)
@@ -254,8 +263,8 @@ def test_grow_ffn_typed_errors() -> None:
         grow_ffn(model, "60")
     with pytest.raises(ValueError, match="layers"):
         grow_ffn(model, 60, layers=0)
-    with pytest.raises(ValueError, match="inplace"):
-        grow_ffn(model, 60, inplace=True)
+    with pytest.raises(TypeError, match="inplace"):
+        grow_ffn(model, 60, inplace=1)
     with pytest.raises(ValueError, match="no shared expert"):
         grow_ffn(model, 60, shared_width=80)
     with pytest.raises(ValueError, match="method"):

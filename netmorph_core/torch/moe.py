@@ -477,7 +477,8 @@ def grow_ffn(
     """The feed-forward hidden size grows to ``width``: in a mixture-of-experts model, every
     expert of every MoE block, and each shared expert I_s → ``shared_width`` (default
     I_s·width/I, rounded down; unchanged when that is not larger); dense models go to
-    :func:`.transformer.grow_ffn` (``layers``, ``inplace``).
+    :func:`.transformer.grow_ffn` (``layers``). ``inplace=True``: the child is built in
+    ``model`` itself, which is consumed (measured one module at a time).
 
     New units of each expert come in cancelling sets (equal input rows, output columns C, −C
     or C, C, −2C; ``method="zero"``: zero columns), so every expert's output, hence the
@@ -507,8 +508,7 @@ def grow_ffn(
             f"layers={layers!r}: a mixture-of-experts model grows every MoE block (its config "
             "has one expert size); leave layers None"
         )
-    if check_bool(inplace, "inplace"):
-        raise ValueError("inplace=True is not available for mixture-of-experts models")
+    inplace = check_bool(inplace, "inplace")
     hidden = max(b.hidden for b in blocks)
     if len({b.hidden for b in blocks}) != 1:
         raise MorphError(
@@ -576,6 +576,7 @@ def grow_ffn(
         copies=tuple(b.path for b in blocks),
         regions=tuple(Region(b.path, b.path) for b in blocks),
         new_bytes=new_bytes,
+        inplace=inplace,
     )
 
 
