@@ -656,8 +656,8 @@ def add_experts(
     selected, so the routing and the output are exactly the parent's (module docstring).
 
     Refused (MorphError naming the router) when a router has no bias: a bias-free router's new
-    logit is linear in x and displaces an old expert from the top-k for some input, which no
-    row avoids; the construction needs a router with a bias (``Linear(d, E, bias=True)``)."""
+    logit is linear in x, and in general every row displaces an old expert from the top-k for
+    some input; the construction needs a router with a bias (``Linear(d, E, bias=True)``)."""
     blocks = find_moe(model)
     if not blocks:
         raise MorphError(f"{type(model).__name__} has no mixture-of-experts feed-forward")
@@ -665,11 +665,12 @@ def add_experts(
     for b in blocks:
         if not b.router_bias:
             raise MorphError(
-                f"{b.router!r} has no bias: a new expert's logit r·x is linear in x, and for "
-                "any row r it exceeds the k-th largest old logit for some input (at x or at "
-                "−x; r = 0 wherever fewer than k old logits are positive), displacing an old "
-                "expert from the top-k; exact only with a router bias (new rows 0, bias below "
-                "every reachable logit); refused"
+                f"{b.router!r} has no bias: a new expert's logit r·x is linear in x and "
+                "changes sign with x, as the old logits do, so to stay out of the top-k for "
+                "every input it would have to lie between the k-th largest and the k-th "
+                "smallest old logit everywhere, which no row does in general (r = 0 enters "
+                "wherever fewer than k old logits are positive); an exact addition needs a "
+                "router with a bias (new rows 0, bias below every reachable logit); refused"
             )
     count = {b.count for b in blocks}
     floor = router_floor(model.get_parameter(f"{blocks[0].router}.weight").dtype)
@@ -683,7 +684,7 @@ def add_experts(
             _new_router_rows(edit, b, n)
         config = getattr(child, "config", None)
         if config is not None and len(count) == 1:
-            _set_first(config, COUNT_FIELDS, count.pop() + n)
+            _set_first(config, COUNT_FIELDS, next(iter(count)) + n)
         notes = [
             f"{n} experts added to each of {len(blocks)} blocks ({routing(blocks[0])}, exact "
             "either way): router rows 0, bias "
@@ -698,7 +699,7 @@ def add_experts(
         probe,
         tol,
         targets=tuple(b.experts for b in blocks),
-        edits=tuple(n for b in blocks for n in (b.router, b.experts)),
+        edits=tuple(name for b in blocks for name in (b.router, b.experts)),
         copies=tuple(b.path for b in blocks),
         regions=tuple(Region(b.path, b.path) for b in blocks),
         new_bytes=new_bytes,
