@@ -391,6 +391,10 @@ def test_upcycle_typed_errors() -> None:
     with pytest.raises(MorphError, match="model_type 'mixtral'"):
         upcycle(_hf("mixtral"), 4, 2)
     parent = _llama()
+    parent.model.layers[0].scale = nn.Parameter(torch.ones(32, dtype=torch.float64))
+    with pytest.raises(MorphError, match=r"'model\.layers\.0\.scale'.*no place"):
+        upcycle(parent, 4, 2)
+    parent = _llama()
     parent.model.layers[1].mlp.down_proj.bias = nn.Parameter(torch.zeros(32, dtype=torch.float64))
     with pytest.raises(MorphError, match=r"'model\.layers\.1\.mlp\.down_proj' has a bias"):
         upcycle(parent, 4, 2)

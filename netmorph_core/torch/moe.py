@@ -861,9 +861,16 @@ def upcycle(
         old_params = dict(child.named_parameters(remove_duplicate=False))
         old_buffers = dict(child.named_buffers())
         with torch.no_grad():
-            for name, p in new.named_parameters():
+            kept = {n: t for n, t in old_params.items() if ".mlp." not in n}
+            for name, p in new.named_parameters(remove_duplicate=False):
                 if ".mlp." not in name:
-                    p.copy_(old_params[name])
+                    old = kept.pop(name, None)
+                    if old is None or old.shape != p.shape:
+                        raise MorphError(
+                            f"upcycle: the child's {name!r} {tuple(p.shape)} has no parameter "
+                            "of its name and shape in the parent; refused"
+                        )
+                    p.copy_(old)
                     sources[name] = ParamSource(name, name)
                     continue
                 value, sources[name] = _moe_parameter(
@@ -875,6 +882,11 @@ def upcycle(
                     ),
                 )
                 p.copy_(value.to(p.device, p.dtype))
+            if kept:
+                raise MorphError(
+                    f"upcycle: the parent's {sorted(kept)[:3]} have no place in the "
+                    f"{model_class}; refused"
+                )
             for name, b in new.named_buffers():
                 if name not in old_buffers or old_buffers[name].shape != b.shape:
                     raise MorphError(
