@@ -20,7 +20,7 @@ default; models above 50M parameters are measured in float64 one module at a tim
   :func:`add_block`, :func:`deepen_projection`, :func:`conv1d_to_linear`; :func:`trace_model`
   graphs Hugging Face models through torch.export.
 - Mixtures of experts (:mod:`.moe`): :func:`grow_ffn` grows every expert, :func:`add_experts`,
-  :func:`upcycle` (a dense Llama/Mistral → the equivalent Mixtral).
+  :func:`upcycle` (a dense Llama/Mistral/Qwen2 → the equivalent Mixtral/Qwen2-MoE).
 
 Layers the adapter does not understand (overridden forward, parents that read their parameters,
 hooks, parametrizations, tied weights, quantised layers, LoRA wrappers, pruning, TorchScript)
