@@ -59,6 +59,32 @@ def gpt2() -> nn.Module:
     return transformers.GPT2LMHeadModel(config).double().eval()
 
 
+def hf_llama() -> nn.Module:
+    from thirdparty import import_transformers
+
+    try:
+        transformers = import_transformers()
+    except ImportError:
+        pytest.skip("transformers is not installed")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=32,
+        max_position_embeddings=16,
+    )
+    return transformers.LlamaForCausalLM(config).double().eval()
+
+
+def tiny_moe() -> nn.Module:
+    from moe_models import TinyMoeLM
+
+    torch.manual_seed(0)
+    return TinyMoeLM(vocab=32).double()
+
+
 X_MLP = (torch.randn(3, 4, generator=torch.Generator().manual_seed(1)).double(),)
 X_CNN = (torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(1)).double(),)
 SPEC = Module([conv_edge("a", "s", "m", 3), conv_edge("b", "m", "t", 1)], channels={"m": 4})
@@ -79,6 +105,8 @@ CASES = {
     "add_block": lambda: nt.add_block(llama(), 1),
     "deepen_projection": lambda: nt.deepen_projection(llama(), "layers.0.mlp.up_proj"),
     "conv1d_to_linear": lambda: nt.conv1d_to_linear(gpt2()),
+    "add_experts": lambda: nt.add_experts(tiny_moe(), 2),
+    "upcycle": lambda: nt.upcycle(hf_llama(), 4, 2),
 }
 
 

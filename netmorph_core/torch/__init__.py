@@ -19,6 +19,8 @@ default; models above 50M parameters are measured in float64 one module at a tim
 - Transformers (:mod:`.transformer`): :func:`grow_ffn`, :func:`add_heads`, :func:`grow_width`,
   :func:`add_block`, :func:`deepen_projection`, :func:`conv1d_to_linear`; :func:`trace_model`
   graphs Hugging Face models through torch.export.
+- Mixtures of experts (:mod:`.moe`): :func:`grow_ffn` grows every expert, :func:`add_experts`,
+  :func:`upcycle` (a dense Llama/Mistral/Qwen2 → the equivalent Mixtral/Qwen2-MoE).
 
 Layers the adapter does not understand (overridden forward, parents that read their parameters,
 hooks, parametrizations, tied weights, quantised layers, LoRA wrappers, pruning, TorchScript)
@@ -39,6 +41,7 @@ from .errors import MorphError
 from .hf_load import load_grown
 from .kernel import grow_kernel
 from .module import MorphedModule, morph_module
+from .moe import add_experts, grow_ffn, upcycle
 from .optim import remap_optimizer
 from .report import MorphReport, ParamSource
 from .samepad import DynamicSamePad, register_same_padding_conv
@@ -50,7 +53,6 @@ from .transformer import (
     add_heads,
     conv1d_to_linear,
     deepen_projection,
-    grow_ffn,
     grow_width,
 )
 from .width import widen
@@ -66,6 +68,7 @@ __all__ = [
     "ParamSource",
     "StackedBranches",
     "add_block",
+    "add_experts",
     "add_heads",
     "conv1d_to_linear",
     "deepen",
@@ -80,5 +83,6 @@ __all__ = [
     "register_same_padding_conv",
     "remap_optimizer",
     "trace_model",
+    "upcycle",
     "widen",
 ]
