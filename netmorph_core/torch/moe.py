@@ -68,7 +68,6 @@ from torch import nn
 from .. import _validation as v
 from . import transformer
 from .errors import MorphError
-from .hf_config import sync_config
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -908,7 +907,7 @@ def upcycle(
         mlp = [p for n, p in child.named_parameters() if ".mlp." in n]
         nonzero = sum(int(torch.count_nonzero(p)) for p in mlp)
         total = sum(p.numel() for p in mlp)
-        return Outcome(nonzero, total, sources=sources, notes=[*notes, *sync_config(child)])
+        return Outcome(nonzero, total, sources=sources, notes=notes)
 
     return _pipeline(
         "upcycle",
