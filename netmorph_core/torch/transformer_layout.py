@@ -362,6 +362,11 @@ def _traced_family(model: nn.Module, owner: str, rel: str, d: int) -> Family:
     return family
 
 
+def _settable(config: object, attr: str) -> bool:
+    """Whether the config holds ``attr`` as a field (not absent, not a derived property)."""
+    return hasattr(config, attr) and not isinstance(getattr(type(config), attr, None), property)
+
+
 def _as_family(model: nn.Module, rel: str, stack: Stack) -> Family:
     config = getattr(model, "config", None)
     name = str(getattr(config, "model_type", "") or type(model).__name__)
@@ -377,7 +382,7 @@ def _as_family(model: nn.Module, rel: str, stack: Stack) -> Family:
         writers=stack.writers,
         final_norm=stack.final_norm,
         stream_norms=stack.stream_norms,
-        derived_head_dim=config is not None and not hasattr(config, "head_dim"),
+        derived_head_dim=config is not None and not _settable(config, "head_dim"),
         qkv_layout=stack.qkv_layout,
         gate_up=stack.gate_up,
         parallel=stack.parallel,

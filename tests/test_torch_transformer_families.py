@@ -1,0 +1,250 @@
+"""The decoder families found by structure: every operation on a tiny float64 config.
+
+Each case grows a tiny random model (norm gains and biases redrawn so that they matter), checks
+that the child computes the parent's logits (float64, 1e-9), that the parent is untouched, and
+that ``save_pretrained`` reloads it: with the stock ``from_pretrained`` where the child's config
+describes it, else the stock load refuses the marked model_type and ``load_grown`` rebuilds it
+exactly. :data:`OUTCOMES` is the family × operation table of ``docs/supported.md``
+(``test_supported_table_matches`` keeps the two the same).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from thirdparty import import_transformers
+
+from netmorph_core.torch import (
+    MorphError,
+    add_block,
+    add_heads,
+    deepen_projection,
+    grow_ffn,
+    grow_width,
+    load_grown,
+)
+
+try:
+    transformers = import_transformers()
+except ImportError:  # pragma: no cover - the test extra installs it
+    pytest.skip("transformers is not installed", allow_module_level=True)
+
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "supported.md"
+SMALL = dict(vocab_size=100, max_position_embeddings=32)
+#: family → (model class, config class, config arguments, block 0's output projection).
+FAMILIES: dict[str, tuple[str, str, dict, str]] = {
+    "Phi-3": (
+        "Phi3ForCausalLM",
+        "Phi3Config",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_hidden_layers=2,
+            intermediate_size=64,
+            pad_token_id=0,
+            **SMALL,
+        ),
+        "model.layers.0.self_attn.o_proj",
+    ),
+    "GPT-NeoX": (
+        "GPTNeoXForCausalLM",
+        "GPTNeoXConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            intermediate_size=64,
+            **SMALL,
+        ),
+        "gpt_neox.layers.0.attention.dense",
+    ),
+    "GPT-NeoX (sequential)": (
+        "GPTNeoXForCausalLM",
+        "GPTNeoXConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            intermediate_size=64,
+            use_parallel_residual=False,
+            **SMALL,
+        ),
+        "gpt_neox.layers.0.attention.dense",
+    ),
+    "Falcon (multi-query)": (
+        "FalconForCausalLM",
+        "FalconConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            ffn_hidden_size=64,
+            vocab_size=100,
+        ),
+        "transformer.h.0.self_attention.dense",
+    ),
+    "Falcon (new decoder)": (
+        "FalconForCausalLM",
+        "FalconConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_kv_heads=2,
+            num_hidden_layers=2,
+            ffn_hidden_size=64,
+            new_decoder_architecture=True,
+            vocab_size=100,
+        ),
+        "transformer.h.0.self_attention.dense",
+    ),
+    "GPT-J": (
+        "GPTJForCausalLM",
+        "GPTJConfig",
+        dict(
+            n_embd=32, n_head=4, n_layer=2, n_inner=64, rotary_dim=4, vocab_size=100, n_positions=32
+        ),
+        "transformer.h.0.attn.out_proj",
+    ),
+    "GPT-Neo": (
+        "GPTNeoForCausalLM",
+        "GPTNeoConfig",
+        dict(
+            hidden_size=32,
+            num_heads=4,
+            num_layers=2,
+            intermediate_size=64,
+            attention_types=[[["global", "local"], 1]],
+            window_size=4,
+            **SMALL,
+        ),
+        "transformer.h.0.attn.attention.out_proj",
+    ),
+    "Starcoder2": (
+        "Starcoder2ForCausalLM",
+        "Starcoder2Config",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_hidden_layers=2,
+            intermediate_size=64,
+            **SMALL,
+        ),
+        "model.layers.0.self_attn.o_proj",
+    ),
+    "Bloom": (
+        "BloomForCausalLM",
+        "BloomConfig",
+        dict(hidden_size=32, n_head=4, n_layer=2, vocab_size=100),
+        "transformer.h.0.self_attention.dense",
+    ),
+    "Phi": (
+        "PhiForCausalLM",
+        "PhiConfig",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            intermediate_size=64,
+            **SMALL,
+        ),
+        "model.layers.0.self_attn.dense",
+    ),
+}
+
+Op = Callable[[torch.nn.Module, str], tuple[torch.nn.Module, object]]
+#: operation → what it does to the parent (``name``: block 0's output projection).
+OPS: dict[str, Op] = {
+    "grow_ffn": lambda m, name: grow_ffn(m, 160),
+    "add_heads": lambda m, name: add_heads(m, 8),
+    "grow_width": lambda m, name: grow_width(m, 48),
+    "grow_width → add_heads": lambda m, name: add_heads(grow_width(m, 64)[0], 8),
+    "add_block": lambda m, name: add_block(m, 1),
+    "deepen_projection": lambda m, name: deepen_projection(m, name),
+}
+STOCK = "exact, stock reload"
+MARKED = "exact, load_grown"
+#: (family, operation) → STOCK, MARKED or "refused: <what the MorphError says>".
+SAVE_WHOLE = "exact, save whole (torch.save)"
+DERIVED = "refused: derives head_dim = hidden_size / heads"
+OUTCOMES: dict[tuple[str, str], str] = {
+    **{(f, "grow_ffn"): STOCK for f in FAMILIES},
+    **{(f, "add_heads"): DERIVED for f in FAMILIES},
+    **{(f, "grow_width"): SAVE_WHOLE for f in FAMILIES},
+    **{(f, "grow_width → add_heads"): STOCK for f in FAMILIES},
+    **{(f, "add_block"): STOCK for f in FAMILIES},
+    **{(f, "deepen_projection"): MARKED for f in FAMILIES},
+    ("Phi-3", "grow_width"): "refused: above tol='auto'",
+    ("GPT-J", "grow_width"): MARKED,
+    ("GPT-Neo", "grow_width"): MARKED,
+    ("GPT-Neo", "add_block"): MARKED,
+    ("Bloom", "grow_ffn"): MARKED,
+    ("Bloom", "grow_width → add_heads"): MARKED,
+    ("Bloom", "grow_width"): "refused: above tol='auto'",
+    ("Bloom", "deepen_projection"): "refused: reads dense.weight in its forward",
+}
+
+
+def _parent(family: str) -> torch.nn.Module:
+    model_name, config_name, args, _ = FAMILIES[family]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(**args)
+    model = getattr(transformers, model_name)(config).eval().double()
+    with torch.no_grad():  # non-trivial norms and biases
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5) if "norm" in name and name.endswith("weight") else p.uniform_(
+                    -0.2, 0.2
+                )
+    return model
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+CASES = [pytest.param(f, op, id=f"{f}-{op}") for f in FAMILIES for op in OPS]
+
+
+@pytest.mark.parametrize(("family", "op"), CASES)
+def test_family_operation(family: str, op: str, tmp_path: Path) -> None:
+    parent = _parent(family)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    expected = OUTCOMES[family, op]
+    if expected.startswith("refused: "):
+        with pytest.raises(MorphError, match=re.escape(expected.removeprefix("refused: "))):
+            OPS[op](parent, FAMILIES[family][3])
+    else:
+        child, report = OPS[op](parent, FAMILIES[family][3])
+        want = _logits(parent)
+        torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+        child.save_pretrained(tmp_path)
+        auto = transformers.AutoModelForCausalLM
+        if expected == SAVE_WHOLE:
+            assert any("save it whole" in n for n in report.notes), report.notes
+            with pytest.raises(MorphError, match="no config describes"):
+                load_grown(tmp_path)
+            return
+        if expected == STOCK:
+            assert any("reloads this child exactly" in n for n in report.notes), report.notes
+            reloaded = auto.from_pretrained(tmp_path, dtype=torch.float64).eval()
+        else:
+            assert any("cannot describe" in n for n in report.notes), report.notes
+            with pytest.raises(ValueError, match="does not recognize this architecture"):
+                auto.from_pretrained(tmp_path)
+            reloaded = load_grown(tmp_path)
+        torch.testing.assert_close(_logits(reloaded), want, rtol=0, atol=1e-9)
+    after = parent.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
