@@ -780,6 +780,13 @@ def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) 
             f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {others[0]!r} "
             "normalises a branch, whose extra coordinates would not keep the stream's mean"
         )
+    writes = [layout.name(r) for r in layout.family.stream_norms]
+    if writes and rescale and layout.norm_kind == "layer":
+        raise MorphError(
+            f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {writes[0]!r} "
+            "writes the stream, whose extra coordinates would have to carry its output's mean "
+            "per token (no bias does); use a multiple of the width"
+        )
     for name in [*norms, *others, *([final] if final else [])]:
         norm = model.get_submodule(name)
         needs_gain = rescale or (name == final and layout.tied)

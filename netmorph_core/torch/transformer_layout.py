@@ -339,10 +339,12 @@ _TRACED: dict[tuple, Family] = {}
 
 def _trace_key(model: nn.Module, owner: str, rel: str) -> tuple:
     """What a traced family depends on: the model's and block's classes, the block's module
-    names and classes, and the flags (bools and strings) its modules hold."""
+    names and classes, its parameter names, and the flags (bools and strings) its modules
+    hold."""
     root = model.get_submodule(owner) if owner else model
     block = root.get_submodule(rel)[0]
     modules = tuple((n, type(m)) for n, m in block.named_modules())
+    modules += tuple((n, None) for n, _ in block.named_parameters())
     flags = tuple(
         (n, k, v)
         for n, m in block.named_modules()

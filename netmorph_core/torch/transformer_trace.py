@@ -208,9 +208,8 @@ def _run(
     try:
         model.eval()
         with torch.no_grad():
-            y = _output(getattr(model(ids), "logits", None))
-            if y is None:
-                y = _output(model(ids))
+            out = model(ids)
+            y = _output(getattr(out, "logits", out))
     finally:
         for m, flag in flags:
             m.training = flag
