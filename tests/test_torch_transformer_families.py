@@ -385,3 +385,16 @@ def test_a_block_not_understood_is_refused_by_name(block: dict, message: str) ->
     with pytest.raises(MorphError, match=message) as err:
         grow_ffn(parent, 40)
     assert "stack.0" in str(err.value)
+
+
+class _NeedsTwoInputs(_Decoder):
+    """A stack that does not run on token ids alone (an encoder–decoder needs both sides)."""
+
+    def forward(self, ids: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) + other
+
+
+def test_a_model_that_does_not_run_on_token_ids_is_refused() -> None:
+    parent = _NeedsTwoInputs().double().eval()
+    with pytest.raises(MorphError, match=r"does not run on token ids.*cannot be traced"):
+        grow_ffn(parent, 40)

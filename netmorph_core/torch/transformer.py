@@ -6,7 +6,9 @@ except with ``inplace=True`` (not ``conv1d_to_linear``): the child is then built
 object itself, which is consumed (extra memory ≈ the new parameters; measured one module at a
 time; a refusal after the edit leaves it edited). The model's architecture is recognised from
 its submodule names (:mod:`.transformer_layout`: Hugging Face Llama/Mistral/Qwen2, GPT-2,
-BERT, ViT, and :class:`~netmorph_core.torch.models.LlamaStyle`). New units come in
+BERT, ViT, and :class:`~netmorph_core.torch.models.LlamaStyle`) or from a traced forward
+(:mod:`.transformer_trace`: fused q/k/v in [Q; K; V] or per-group rows, fused [gate; up],
+parallel blocks, ALiBi). New units come in
 *cancelling sets*: two (or three) units with identical input weights whose output columns are
 C and −C (or C, C, −2C), so every new weight is dense and non-zero while their sum adds
 exactly zero; a unit without a partner gets zero output columns.

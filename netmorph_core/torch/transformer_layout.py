@@ -1,7 +1,9 @@
 """Where the parts of a transformer live: the layout the transformer morphs work on.
 
-A model is recognised structurally, by the names of its submodules, as one of the families in
-:data:`FAMILIES`:
+A model is recognised by the names of its submodules as one of the families in
+:data:`FAMILIES`, or else from its modules and a traced forward pass
+(:mod:`.transformer_trace`: Phi-3, GPT-NeoX, Falcon, GPT-J, GPT-Neo, Starcoder2, Bloom, Phi and
+any decoder that follows their patterns; the found family is cached per block structure):
 
 - ``llama``: Hugging Face Llama / Mistral / Qwen2 (``layers[i].self_attn.{q,k,v,o}_proj``,
   ``mlp.{gate,up,down}_proj``, RMSNorm) and :class:`~netmorph_core.torch.models.LlamaStyle`;
@@ -15,8 +17,8 @@ A model is recognised structurally, by the names of its submodules, as one of th
 The residual stream of width d_model is *written* by the embeddings and each block's output
 projections, *read* by the query/key/value and feed-forward input projections (through a norm
 in pre-LN models) and the output head. ``Conv1D`` (GPT-2) is the linear layer y = x·W + b with
-W stored as (in, out): :func:`weight_axes` gives each layer kind's (out, in) axes so every
-routine treats it as the linear layer it is.
+W stored as (in, out) (:mod:`.linear_view`): :func:`weight_axes` gives each layer kind's
+(out, in) axes so every routine treats it as the linear layer it is.
 """
 
 from __future__ import annotations

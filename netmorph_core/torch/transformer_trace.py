@@ -210,6 +210,14 @@ def _run(
         with torch.no_grad():
             out = model(ids)
             y = _output(getattr(out, "logits", out))
+    except MorphError:
+        raise
+    except Exception as exc:  # whatever the model raises, its layout cannot be traced
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise MorphError(
+            f"{type(model).__name__} does not run on token ids of shape {tuple(ids.shape)} "
+            f"({type(exc).__name__}: {reason}): its layout cannot be traced; refused"
+        ) from exc
     finally:
         for m, flag in flags:
             m.training = flag
