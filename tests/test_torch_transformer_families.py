@@ -29,6 +29,7 @@ from netmorph_core.torch import (
     grow_width,
     load_grown,
 )
+from netmorph_core.torch.transformer import alibi_slopes
 from netmorph_core.torch.transformer_layout import describe
 
 try:
@@ -289,6 +290,40 @@ def test_every_case_has_an_outcome() -> None:
 
 if __name__ == "__main__":
     print(table())
+
+
+@pytest.mark.parametrize(
+    ("family", "grow", "message"),
+    [
+        ("Falcon (multi-query)", dict(kv_heads=2), "holds one key/value head"),
+        ("GPT-NeoX", dict(kv_heads=4), "records no key/value head count"),
+        ("Bloom", dict(layers=0), "ALiBi slopes are one set for every block"),
+    ],
+)
+def test_heads_the_layout_cannot_hold_are_refused(family: str, grow: dict, message: str) -> None:
+    wide, _ = grow_width(_parent(family), 64)
+    with pytest.raises(MorphError, match=message):
+        add_heads(wide, 8, **grow)
+
+
+def test_alibi_heads_keep_their_slopes() -> None:
+    """Bloom 4 → 8 heads: the parent's heads move to the positions of their slopes."""
+    wide, _ = grow_width(_parent("Bloom"), 64)
+    child, report = add_heads(wide, 8)
+    assert any("ALiBi" in n for n in report.notes), report.notes
+    q = wide.transformer.h[0].self_attention.query_key_value.weight.view(4, 3, 8, 64)
+    q_child = child.transformer.h[0].self_attention.query_key_value.weight.view(8, 3, 8, 64)
+    assert torch.equal(q_child[1::2], q)
+    torch.testing.assert_close(_logits(child), _logits(wide), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 3, 4, 5, 6, 8, 12, 16, 20, 24])
+def test_alibi_slopes_are_the_ones_bloom_derives(heads: int) -> None:
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    mask = torch.ones(1, 2, dtype=torch.int64)
+    theirs = build_alibi_tensor(mask, heads, torch.float64)[:, 0, 1]  # slope·position 1
+    torch.testing.assert_close(torch.tensor(alibi_slopes(heads), dtype=torch.float64), theirs)
 
 
 class _Attention(nn.Module):

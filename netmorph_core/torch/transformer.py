@@ -579,6 +579,11 @@ def add_heads(
     records_kv = any(
         isinstance(getattr(attention, a, None), int) for a in (*KV_ATTRS, "num_key_value_groups")
     )
+    if len(layout.family.qkv) == 1 and ref.kv_heads == 1 < kv and ref.heads > 1:
+        raise MorphError(
+            f"kv_heads={kv}: the fused multi-query projection of {layout.family.name} holds one "
+            "key/value head for all query heads ([Q; k; v]); its key/value heads stay 1"
+        )
     if kv != heads and not records_kv:
         raise MorphError(
             f"kv_heads={kv}: {layout.family.name} attention has kv_heads = heads (its module "
