@@ -23,6 +23,7 @@ W stored as (in, out) (:mod:`.linear_view`): :func:`weight_axes` gives each laye
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from .errors import MorphError
 from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
-from .transformer_trace import Stack, geometry, is_linear, trace_stack
+from .transformer_trace import Stack, geometry, head_dim, is_linear, trace_stack
 from .wrappers import unsupported_kind
 
 __all__ = ["as_matrix", "describe", "is_conv1d", "sync_shapes", "weight_axes"]
@@ -361,7 +362,7 @@ def _traced_family(model: nn.Module, owner: str, rel: str, d: int) -> Family:
     key = _trace_key(model, owner, rel)
     family = _TRACED.get(key)
     if family is None:
-        family = _as_family(model, rel, trace_stack(model, owner, rel, d))
+        family = _as_family(model, owner, rel, trace_stack(model, owner, rel, d))
         _TRACED[key] = family
     return family
 
@@ -371,9 +372,30 @@ def _settable(config: object, attr: str) -> bool:
     return hasattr(config, attr) and not isinstance(getattr(type(config), attr, None), property)
 
 
-def _as_family(model: nn.Module, rel: str, stack: Stack) -> Family:
+def _honours_head_dim(model: nn.Module, prefix: str, attention: str) -> bool:
+    """Whether the model's class builds its attention with a ``head_dim`` its config does not
+    declare but reads when present (Phi-3, Starcoder2, Phi): a copy of the config given twice
+    block 0's head_dim, built on the meta device."""
+    block = model.get_submodule(prefix)[0]
+    hd = head_dim(block.get_submodule(attention) if attention else block)
+    config = copy.deepcopy(model.config)
+    try:
+        config.head_dim = 2 * hd
+        with torch.device("meta"):
+            stock = type(model)(config)
+        built = stock.get_submodule(f"{prefix}.0.{attention}" if attention else f"{prefix}.0")
+    except Exception:  # the class or its config refuses the value: it derives head_dim
+        return False
+    return head_dim(built) == 2 * hd
+
+
+def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
     config = getattr(model, "config", None)
     name = str(getattr(config, "model_type", "") or type(model).__name__)
+    prefix = f"{owner}.{rel}" if owner else rel
+    settable = config is not None and (
+        _settable(config, "head_dim") or _honours_head_dim(model, prefix, stack.attention)
+    )
     return Family(
         name,
         blocks=rel,
@@ -386,7 +408,7 @@ def _as_family(model: nn.Module, rel: str, stack: Stack) -> Family:
         writers=stack.writers,
         final_norm=stack.final_norm,
         stream_norms=stack.stream_norms,
-        derived_head_dim=config is not None and not _settable(config, "head_dim"),
+        derived_head_dim=config is not None and not settable,
         qkv_layout=stack.qkv_layout,
         gate_up=stack.gate_up,
         parallel=stack.parallel,
