@@ -342,8 +342,8 @@ _TRACED: dict[tuple, Family] = {}
 
 def _trace_key(model: nn.Module, owner: str, rel: str) -> tuple:
     """What a traced family depends on: the model's and block's classes, the block's module
-    names and classes, its parameter names, and the flags (bools and strings) its modules
-    hold."""
+    names and classes, its parameter names, and the flags (bools and strings) its modules and
+    the model's config hold (Falcon's ``parallel_attn`` is read from the config)."""
     root = model.get_submodule(owner) if owner else model
     block = root.get_submodule(rel)[0]
     modules = tuple((n, type(m)) for n, m in block.named_modules())
@@ -354,7 +354,10 @@ def _trace_key(model: nn.Module, owner: str, rel: str) -> tuple:
         for k, v in sorted(vars(m).items())
         if not k.startswith("_") and k != "training" and isinstance(v, (bool, str))
     )
-    return type(model), owner, rel, modules, flags
+    config = getattr(model, "config", None)
+    values = getattr(config, "to_dict", lambda: {})() if config is not None else {}
+    switches = tuple(sorted((k, v) for k, v in values.items() if isinstance(v, (bool, str))))
+    return type(model), owner, rel, modules, flags, switches
 
 
 def _traced_family(model: nn.Module, owner: str, rel: str, d: int) -> Family:
