@@ -407,7 +407,7 @@ def _writers(root: nn.Module, blocks_rel: str, embed: nn.Embedding, d: int) -> t
     return tuple(names)
 
 
-def _head_factors(heads: int, kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _head_factors(kv: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Powers of two per key/value group: a_g for q (1/a_g for k), s_g for v."""
     g = torch.arange(kv, dtype=torch.float64)
     return 2.0 ** (1 + g % 3), 2.0 ** -(1 + (g + 1) % 3)
@@ -429,7 +429,7 @@ def _fused(
 def _scaled(layout: str, names: list[str], o: str, geo: tuple[int, int, int]) -> Transform:
     """q·2^a, k·2^−a, v·2^b per group and Wₒ's columns 2^−b: the output is unchanged."""
     heads, kv, hd = geo
-    a, s = _head_factors(heads, kv)
+    a, s = _head_factors(kv)
     group = torch.arange(heads) // (heads // kv)
     q = a[group][:, None].expand(heads, hd)
     k = (1 / a)[:, None].expand(kv, hd)
