@@ -199,7 +199,6 @@ OUTCOMES: dict[tuple[str, str], str] = {
     ("Phi", "grow_width"): STOCK,
     ("GPT-J", "grow_width"): MARKED,
     ("GPT-Neo", "grow_width"): MARKED,
-    ("GPT-Neo", "add_block"): MARKED,
     ("Bloom", "grow_ffn"): MARKED,
     ("Bloom", "grow_width → add_heads"): MARKED,
     ("Bloom", "grow_width"): "refused: writes the stream, whose extra coordinates",

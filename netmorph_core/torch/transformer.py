@@ -1119,7 +1119,7 @@ def add_block(
         _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
-        _insert_attention_type(config, at, n)
+        _insert_attention_type(child, config, at, n)
         notes = []
         if layout.family.alibi:
             notes.append("ALiBi: every head has its own slope: zero attention output columns")
@@ -1147,14 +1147,18 @@ def add_block(
     )
 
 
-def _insert_attention_type(config: object | None, at: int, n: int) -> None:
+def _insert_attention_type(child: nn.Module, config: object | None, at: int, n: int) -> None:
     """GPT-Neo's per-block attention types (``attention_layers``, expanded from
-    ``attention_types``) get the copied block's type at ``at``."""
+    ``attention_types``, and recorded by every attention module) get the copied block's type
+    at ``at``."""
     layers = getattr(config, "attention_layers", None)
     if not isinstance(layers, list) or len(layers) != n:
         return
     layers.insert(at, layers[min(at, n - 1)])
     config.attention_types = [[[t], 1] for t in layers]
+    for module in child.modules():
+        if isinstance(getattr(module, "attention_layers", None), list):
+            module.attention_layers = list(layers)
 
 
 def _shared_position_bias(model: nn.Module, prefix: str) -> str | None:
