@@ -333,6 +333,15 @@ def _scalars(module: nn.Module) -> dict[str, Any]:
     return out
 
 
+def _unsaved(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``module``'s own non-persistent buffers (rotary frequencies)."""
+    return {
+        k: tuple(b.shape)
+        for k, b in module.named_buffers(recurse=False)
+        if k in module._non_persistent_buffers_set
+    }
+
+
 def _tensors(module: nn.Module) -> dict[str, tuple[int, ...]]:
     own = {k: tuple(p.shape) for k, p in module.named_parameters(recurse=False)}
     persistent = {
@@ -341,15 +350,6 @@ def _tensors(module: nn.Module) -> dict[str, tuple[int, ...]]:
         if k not in module._non_persistent_buffers_set
     }
     return own | persistent
-
-
-def _unsaved(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``module``'s own non-persistent buffers (rotary frequencies)."""
-    return {
-        k: tuple(b.shape)
-        for k, b in module.named_buffers(recurse=False)
-        if k in module._non_persistent_buffers_set
-    }
 
 
 def _linear_stack(module: nn.Module) -> list[list[int | bool]] | None:
