@@ -198,6 +198,8 @@ OUTCOMES: dict[tuple[str, str], str] = {
     ("Phi", "add_heads"): STOCK,
     ("Phi", "grow_width"): STOCK,
     ("GPT-J", "grow_width"): MARKED,
+    ("GPT-NeoX", "grow_width"): MARKED,
+    ("GPT-NeoX (sequential)", "grow_width"): MARKED,
     ("GPT-Neo", "grow_width"): MARKED,
     ("Bloom", "grow_ffn"): MARKED,
     ("Bloom", "grow_width → add_heads"): MARKED,

@@ -152,6 +152,8 @@ def sync_config(model: nn.Module) -> list[str]:
         notes += _fold_embedding_scale(model, stock, layout)
         _align_widths(model, stock, layout.d_model)
     spec = difference(model, stock, _refusal(stock.config))
+    if spec is not None and not spec["rebuildable"] and layout is not None:
+        spec = _with_head_dim(model, config, base, layout) or spec
     if hasattr(config, "netmorph"):
         del config.netmorph
     if spec is None:
@@ -171,6 +173,29 @@ def sync_config(model: nn.Module) -> list[str]:
         + ("" if spec["rebuildable"] else " — not here: save it whole with torch.save")
     )
     return notes
+
+
+def _with_head_dim(
+    model: nn.Module, config: object, base: type, layout: Layout
+) -> dict[str, Any] | None:
+    """The difference once the config records the blocks' head_dim although its class derives
+    it (GPT-NeoX's rotary frequencies read ``head_dim`` when present, its attention does not):
+    kept when the child becomes rebuildable (or stock), else the config is left as it was."""
+    hd = _one([b.head_dim for b in layout.blocks])
+    if hd is None or "head_dim" in config.to_dict() or not layout.family.derived_head_dim:
+        return None
+    try:
+        config.head_dim = hd
+        stock = _stock_model(model, config, base)
+    except Exception:  # the class or its config refuses an explicit head_dim
+        if "head_dim" in vars(config):
+            del config.head_dim
+        return None
+    spec = difference(model, stock, _refusal(stock.config))
+    if spec is None or spec["rebuildable"]:
+        return spec
+    del config.head_dim
+    return None
 
 
 def shared_parameters(model: nn.Module) -> list[list[str]]:
