@@ -44,7 +44,7 @@ from .transformer_layout import Layout, as_matrix, describe
 #: Prefix of the model_type of a config that no stock class loads.
 MARK = "netmorph-"
 #: Config fields of the norm eps, by family.
-EPS_FIELDS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_eps")
+EPS_FIELDS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_eps", "norm_epsilon")
 #: Module attributes compared with the stock model's (scalars and tuples of scalars).
 _SCALARS = (int, float, bool, str, type(None))
 
@@ -148,12 +148,14 @@ def sync_config(model: nn.Module) -> list[str]:
             *notes,
             f"the config cannot describe this child (a stock model built from it fails: "
             f"{reason}): a stock from_pretrained refuses its model_type {config.model_type!r}; "
-            "save it whole with torch.save"
+            "save it whole with torch.save",
         ]
     if layout is not None:
         notes += _fold_embedding_scale(model, stock, layout)
         _align_widths(model, stock, layout.d_model)
     spec = difference(model, stock, _refusal(stock.config))
+    if spec is not None and not spec["rebuildable"] and layout is not None:
+        spec = _with_head_dim(model, config, base, layout) or spec
     if hasattr(config, "netmorph"):
         del config.netmorph
     if spec is None:
@@ -173,6 +175,29 @@ def sync_config(model: nn.Module) -> list[str]:
         + ("" if spec["rebuildable"] else " — not here: save it whole with torch.save")
     )
     return notes
+
+
+def _with_head_dim(
+    model: nn.Module, config: object, base: type, layout: Layout
+) -> dict[str, Any] | None:
+    """The difference once the config records the blocks' head_dim although its class derives
+    it (GPT-NeoX's rotary frequencies read ``head_dim`` when present, its attention does not):
+    kept when the child becomes rebuildable (or stock), else the config is left as it was."""
+    hd = _one([b.head_dim for b in layout.blocks])
+    if hd is None or "head_dim" in config.to_dict() or not layout.family.derived_head_dim:
+        return None
+    try:
+        config.head_dim = hd
+        stock = _stock_model(model, config, base)
+    except Exception:  # the class or its config refuses an explicit head_dim
+        if "head_dim" in vars(config):
+            del config.head_dim
+        return None
+    spec = difference(model, stock, _refusal(stock.config))
+    if spec is None or spec["rebuildable"]:
+        return spec
+    del config.head_dim
+    return None
 
 
 def shared_parameters(model: nn.Module) -> list[list[str]]:
@@ -235,14 +260,14 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     if heads is not None:
         _set(config, ("num_attention_heads", "n_head"), heads)
     kv = _one([b.kv_heads for b in blocks])
-    if kv is not None and hasattr(config, "num_key_value_heads"):
-        config.num_key_value_heads = kv
+    if kv is not None:
+        _set(config, ("num_key_value_heads", "num_kv_heads"), kv)
     head_dim = _one([b.head_dim for b in blocks])
-    if head_dim is not None and (hasattr(config, "head_dim") or not fam.derived_head_dim):
+    if head_dim is not None and not fam.derived_head_dim:
         config.head_dim = head_dim
     hidden = _one([as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks])
     if hidden is not None:
-        _set(config, ("intermediate_size", "n_inner"), hidden)
+        _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size"), hidden)
     eps = _one(norm_eps(model))
     if eps is not None:
         _set(config, EPS_FIELDS, eps)
@@ -335,6 +360,15 @@ def _scalars(module: nn.Module) -> dict[str, Any]:
     return out
 
 
+def _unsaved(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``module``'s own non-persistent buffers (rotary frequencies)."""
+    return {
+        k: tuple(b.shape)
+        for k, b in module.named_buffers(recurse=False)
+        if k in module._non_persistent_buffers_set
+    }
+
+
 def _tensors(module: nn.Module) -> dict[str, tuple[int, ...]]:
     own = {k: tuple(p.shape) for k, p in module.named_parameters(recurse=False)}
     persistent = {
@@ -384,6 +418,10 @@ def difference(
             continue
         if _tensors(module) != _tensors(other):
             why.append(f"{name} has other shapes")
+        derived = _unsaved(module) != _unsaved(other)
+        if derived:  # buffers the stock model derives from the config, not from the weights
+            rebuildable = False
+            why.append(f"{name or 'the model'} holds unsaved buffers of other shapes")
         mine, stock_values = _scalars(module), _scalars(other)
         changed = {k: v for k, v in mine.items() if stock_values.get(k, v) != v}
         if changed:

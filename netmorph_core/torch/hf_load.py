@@ -13,6 +13,7 @@ left over. Memory: the model once, plus the tensors of one shard file while it i
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -69,10 +70,12 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
         replace_module(model, name, build_module(description))
     shared = [*shared_parameters(model), *spec.get("shared", [])]
     loaded: dict[str, nn.Parameter | torch.Tensor] = {}
+    renames = _renames(model)
     for file in weight_files(path):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                loaded[key] = _assign(model, key, f.get_tensor(key))
+                name = _renamed(key, renames)
+                loaded[name] = _assign(model, name, f.get_tensor(key))
     for names in shared:
         source = next((n for n in names if n in loaded), None)
         for name in names:
@@ -99,6 +102,27 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+def _renames(model: nn.Module) -> list[tuple[str, str]]:
+    """(pattern, replacement) of the key renamings the stock loader applies to ``model``'s
+    checkpoints (GPT-NeoX saves its head as ``embed_out``)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:  # a transformers release without conversion mappings
+        return []
+    return [
+        (t.source_patterns[0], t.target_patterns[0])
+        for t in get_model_conversion_mapping(model)
+        if type(t) is WeightRenaming and len(t.source_patterns) == len(t.target_patterns) == 1
+    ]
+
+
+def _renamed(key: str, renames: list[tuple[str, str]]) -> str:
+    for pattern, replacement in renames:
+        key = re.sub(pattern, replacement, key)
+    return key
 
 
 def _non_persistent(model: nn.Module, key: str) -> bool:

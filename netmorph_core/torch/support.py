@@ -104,7 +104,7 @@ def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> 
         return
     base = next(b for b in KNOWN_LAYERS if isinstance(layer, b))
     overridden = _overrides(cls, base)
-    if overridden:
+    if overridden and not (base is nn.Linear and computes_linear(layer)):
         raise MorphError(
             f"{at!r} is {cls.__qualname__} (from {cls.__module__}), a subclass of "
             f"nn.{base.__name__} that overrides "
@@ -112,6 +112,40 @@ def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> 
             "standardisation, dynamic 'same' padding, a wrapper), so no morph of it can be "
             "shown exact; refused"
         )
+
+
+_LINEAR_CLASSES: dict[type, bool] = {}
+
+
+def computes_linear(layer: nn.Linear) -> bool:
+    """Whether ``layer``'s class computes x·Wᵀ + b of whatever weight and bias it holds (Falcon's
+    ``FalconLinear``): its forward on a float64 copy given other random shapes and values, with
+    and without bias, against ``F.linear`` (once per class)."""
+    cls = type(layer)
+    if cls not in _LINEAR_CLASSES:
+        gen = torch.Generator().manual_seed(0)
+        ok = True
+        for bias in (True, False):
+            probe = shell_copy(layer)
+            probe.weight = nn.Parameter(torch.randn(5, 7, generator=gen, dtype=torch.float64))
+            probe.bias = (
+                nn.Parameter(torch.randn(5, generator=gen, dtype=torch.float64)) if bias else None
+            )
+            probe.in_features, probe.out_features = 7, 5
+            x = torch.randn(2, 3, 7, generator=gen, dtype=torch.float64)
+            try:
+                with torch.no_grad():
+                    y = probe(x)
+                want = nn.functional.linear(x, probe.weight, probe.bias)
+                ok = (
+                    ok
+                    and isinstance(y, torch.Tensor)
+                    and torch.allclose(y, want, rtol=1e-12, atol=1e-12)
+                )
+            except Exception:  # a forward that fails on other shapes is not x·Wᵀ + b
+                ok = False
+        _LINEAR_CLASSES[cls] = ok
+    return _LINEAR_CLASSES[cls]
 
 
 def _owner(model: nn.Module, at: str) -> tuple[str, nn.Module, str]:

@@ -6,7 +6,9 @@ except with ``inplace=True`` (not ``conv1d_to_linear``): the child is then built
 object itself, which is consumed (extra memory ≈ the new parameters; measured one module at a
 time; a refusal after the edit leaves it edited). The model's architecture is recognised from
 its submodule names (:mod:`.transformer_layout`: Hugging Face Llama/Mistral/Qwen2, GPT-2,
-BERT, ViT, and :class:`~netmorph_core.torch.models.LlamaStyle`). New units come in
+BERT, ViT, and :class:`~netmorph_core.torch.models.LlamaStyle`) or from a traced forward
+(:mod:`.transformer_trace`: fused q/k/v in [Q; K; V] or per-group rows, fused [gate; up],
+parallel blocks, ALiBi). New units come in
 *cancelling sets*: two (or three) units with identical input weights whose output columns are
 C and −C (or C, C, −2C), so every new weight is dense and non-zero while their sum adds
 exactly zero; a unit without a partner gets zero output columns.
@@ -42,6 +44,7 @@ from .streamed import Region
 from .support import check_subtree
 from .surgery import find_layer, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
+from .transformer_trace import KV_ATTRS, qkv_rows
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
@@ -255,16 +258,28 @@ def _ffn_units(
     parent_hidden = 0 if fresh else hidden
     src = np.concatenate([np.arange(parent_hidden), -np.ones(new_hidden - parent_hidden, int)])
     sets = _cancel_sets(range(parent_hidden, new_hidden))
+    halves = 2 if fam.gate_up else 1  # one layer of rows [gate; up]
+    index = np.concatenate([np.where(src >= 0, src + j * parent_hidden, -1) for j in range(halves)])
     for rel in fam.ffn_in:
-        w, b = edit.linear(block.name(rel))
-        new_w = _gather_rows(w, src)
-        new_b = _gather_rows(b, src) if b is not None else None
-        std = _std(w)
-        for unit_set in sets:
-            row = edit.noise((w.shape[1],), std, w)
-            for u in unit_set:
-                new_w[u] = row
-        edit.put_linear(block.name(rel), new_w, new_b, src, None)
+        w_all, b_all = edit.linear(block.name(rel))
+        parts_w, parts_b = [], []
+        for j in range(halves):
+            w = w_all[j * hidden : (j + 1) * hidden] if fam.gate_up else w_all
+            b = (
+                None
+                if b_all is None
+                else (b_all[j * hidden : (j + 1) * hidden] if fam.gate_up else b_all)
+            )
+            new_w = _gather_rows(w, src)
+            std = _std(w)
+            for unit_set in sets:
+                row = edit.noise((w.shape[1],), std, w)
+                for u in unit_set:
+                    new_w[u] = row
+            parts_w.append(new_w)
+            parts_b.append(_gather_rows(b, src) if b is not None else None)
+        new_b = None if b_all is None else torch.cat(parts_b)
+        edit.put_linear(block.name(rel), torch.cat(parts_w), new_b, index, None)
     w, b = edit.linear(block.name(fam.ffn_out))
     new_w = _gather_rows(w, src, axis=1)
     std = _std(w)
@@ -323,7 +338,12 @@ def grow_ffn(
                 mlp.intermediate_size = width
         notes = []
         if len(chosen) == len(layout.blocks):
-            _set_config(getattr(child, "config", None), intermediate_size=width, n_inner=width)
+            _set_config(
+                getattr(child, "config", None),
+                intermediate_size=width,
+                n_inner=width,
+                ffn_hidden_size=width,
+            )
         elif layout.config is not None:
             notes.append("blocks differ in feed-forward size: the config describes the others")
         if 1 in {width - h for h in hidden.values()} and method == "netmorph":
@@ -372,31 +392,52 @@ def _expand_heads(index: np.ndarray, head_dim: int) -> np.ndarray:
 Rows = list  # [weight (rows, d_in), bias (rows,) or None] of one of q, k, v
 
 
+def _fused_layout(layout: Layout) -> str:
+    """The row layout of a fused q/k/v layer ("concat" for GPT-2's c_attn)."""
+    return "concat" if layout.family.qkv_layout == "separate" else layout.family.qkv_layout
+
+
+def _fused_rows(layout: Layout, heads: int, kv: int, hd: int) -> list[np.ndarray]:
+    return [r.reshape(-1).numpy() for r in qkv_rows(_fused_layout(layout), heads, kv, hd)]
+
+
 def _read_qkv(edit: _Editor, block: Block, layout: Layout) -> list[tuple]:
-    """(weight, bias) of q, k and v as (out, in) float64 matrices (a fused q|k|v split)."""
+    """(weight, bias) of q, k and v as (out, in) float64 matrices (a fused q/k/v split)."""
     fam = layout.family
     if len(fam.qkv) == 3:
         return [edit.linear(block.name(rel)) for rel in fam.qkv]
     w, b = edit.linear(block.name(fam.qkv[0]))
-    d = block.heads * block.head_dim
-    return [
-        (w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d]) for i in range(3)
-    ]
+    rows = _fused_rows(layout, block.heads, block.kv_heads, block.head_dim)
+    return [(w[r], None if b is None else b[r]) for r in rows]
 
 
 def _write_qkv(
-    edit: _Editor, block: Block, layout: Layout, qkv: list[Rows], rows: list[np.ndarray]
+    edit: _Editor,
+    block: Block,
+    layout: Layout,
+    qkv: list[Rows],
+    rows: list[np.ndarray],
+    new: tuple[int, int],
 ) -> None:
-    """Put q, k, v back (fused into one q|k|v layer where the family has one)."""
+    """Put q, k, v back (fused into one layer of ``new`` = (heads, kv_heads) in the family's
+    row layout where it has one)."""
     fam = layout.family
     if len(fam.qkv) == 3:
         for rel, (w, b), idx in zip(fam.qkv, qkv, rows):
             edit.put_linear(block.name(rel), w, b, idx, None)
         return
-    weight = torch.cat([w for w, _ in qkv])
-    bias = None if qkv[0][1] is None else torch.cat([b for _, b in qkv])
-    d = block.heads * block.head_dim
-    index = np.concatenate([np.where(idx >= 0, idx + i * d, -1) for i, idx in enumerate(rows)])
+    hd = block.head_dim
+    old = _fused_rows(layout, block.heads, block.kv_heads, hd)
+    places = _fused_rows(layout, *new, hd)
+    total = (new[0] + 2 * new[1]) * hd
+    weight = qkv[0][0].new_empty((total, qkv[0][0].shape[1]))
+    bias = None if qkv[0][1] is None else qkv[0][1].new_empty(total)
+    index = np.full(total, -1)
+    for (w, b), idx, at, parent in zip(qkv, rows, places, old):
+        weight[at] = w
+        if bias is not None:
+            bias[at] = b
+        index[at] = np.where(idx >= 0, parent[np.maximum(idx, 0)], -1)
     edit.put_linear(block.name(fam.qkv[0]), weight, bias, index, None)
 
 
@@ -417,15 +458,21 @@ def _attention_units(
     new_kv: int,
     method: str,
     fresh: bool = False,
+    placed: np.ndarray | None = None,
 ) -> int:
     """Give ``block`` ``new_heads`` query and ``new_kv`` key/value heads (``fresh``: all of
     them new, output bias zero); returns how many new heads got zero output columns for want
     of a partner. New key/value heads are random; the heads of a cancelling set share their q
-    rows (and, across groups, their k and v rows) and get output columns C·coefficient."""
+    rows (and, across groups, their k and v rows) and get output columns C·coefficient.
+    ``placed``: child head → parent head of multi-head attention with a per-head position bias
+    (ALiBi), whose new heads each have their own bias and get zero output columns."""
     fam = layout.family
     hd = block.head_dim
     heads, kv = (0, 0) if fresh else (block.heads, block.kv_heads)
-    q_src, kv_src = _head_sources(heads, kv, new_heads, new_kv)
+    if placed is None:
+        q_src, kv_src = _head_sources(heads, kv, new_heads, new_kv)
+    else:
+        q_src, kv_src = placed, placed
     new_rep = new_heads // new_kv
     parts = _read_qkv(edit, block, layout)
     rows = [_expand_heads(q_src, hd), *(_expand_heads(kv_src, hd),) * 2]
@@ -442,6 +489,8 @@ def _attention_units(
         for target, (w, _) in zip(qkv[1:], parts[1:]):
             target[0][span(g)] = edit.noise((hd, d_in), _std(w), w)
     sets = _head_sets(q_src, new_kv, new_rep)
+    if fam.alibi:  # heads of one set would see different position biases
+        sets = [[h] for head_set in sets for h in head_set]
     for head_set in sets:
         row = edit.noise((hd, d_in), _std(parts[0][0]), parts[0][0])
         for h in head_set:
@@ -449,7 +498,7 @@ def _attention_units(
             if new_rep == 1:  # one query head per group: the set shares k and v rows too
                 for target in qkv[1:]:
                     target[0][span(h)] = target[0][span(head_set[0])]
-    _write_qkv(edit, block, layout, qkv, rows)
+    _write_qkv(edit, block, layout, qkv, rows, (new_heads, new_kv))
     w, b = edit.linear(block.name(fam.o))
     new_w = _gather_rows(w, rows[0], axis=1)
     for head_set in sets:
@@ -524,8 +573,21 @@ def add_heads(
             f"heads={heads}, kv_heads={kv}: {heads // kv} query heads per key/value group cannot "
             f"keep the parent's {ref.heads // ref.kv_heads} heads of each group together"
         )
-    if len(layout.family.qkv) == 1 and kv != heads:
-        raise MorphError(f"kv_heads={kv}: {layout.family.name} attention has kv_heads = heads")
+    attention = model.get_submodule(ref.name(layout.family.attention))
+    records_kv = any(
+        isinstance(getattr(attention, a, None), int) for a in (*KV_ATTRS, "num_key_value_groups")
+    )
+    if len(layout.family.qkv) == 1 and ref.kv_heads == 1 < kv and ref.heads > 1:
+        raise MorphError(
+            f"kv_heads={kv}: the fused multi-query projection of {layout.family.name} holds one "
+            "key/value head for all query heads ([Q; k; v]); its key/value heads stay 1"
+        )
+    if kv != heads and not records_kv:
+        raise MorphError(
+            f"kv_heads={kv}: {layout.family.name} attention has kv_heads = heads (its module "
+            "records no key/value head count)"
+        )
+    placed = _alibi_placement(layout, ref, heads, kv, len(chosen)) if layout.family.alibi else None
     if layout.family.derived_head_dim and heads * ref.head_dim != layout.d_model:
         raise MorphError(
             f"heads={heads} do not divide d_model={layout.d_model} into head_dim "
@@ -546,18 +608,27 @@ def add_heads(
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
         lonely = sum(
-            _attention_units(edit, layout.blocks[i], layout, heads, kv, method) for i in chosen
+            _attention_units(edit, layout.blocks[i], layout, heads, kv, method, placed=placed)
+            for i in chosen
         )
         notes = []
-        if lonely and method == "netmorph":
+        if len(chosen) == len(layout.blocks):
+            _set_outer_heads(child, ref.heads, heads)
+        if placed is not None:
+            notes.append(
+                "ALiBi: the parent's heads moved to the positions of their slopes among "
+                f"{heads} heads; each new head has its own slope: zero output columns"
+            )
+        elif lonely and method == "netmorph":
             notes.append(f"{lonely} new heads have no partner in their group: zero output columns")
         if len(chosen) == len(layout.blocks):
             _set_config(
                 getattr(child, "config", None),
                 num_attention_heads=heads,
                 num_key_value_heads=kv,
+                num_kv_heads=kv,
             )
-            if layout.config is not None and hasattr(layout.config, "head_dim"):
+            if layout.config is not None and not layout.family.derived_head_dim:
                 child.config.head_dim = ref.head_dim
         elif layout.config is not None:
             notes.append("blocks differ in head count: the config describes the others")
@@ -577,6 +648,52 @@ def add_heads(
         regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
     )
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """The ALiBi slopes of ``heads`` heads (Press et al.): b^1 … b^p with b = 2^(−8/p) for the
+    largest power of two p ≤ heads, then c^1, c^3, … with c = 2^(−4/p) for the others."""
+    p = 2 ** math.floor(math.log2(heads))
+    slopes = [2.0 ** (-8.0 * (i + 1) / p) for i in range(p)]
+    slopes += [2.0 ** (-4.0 * (2 * i + 1) / p) for i in range(min(p, heads - p))]
+    return slopes
+
+
+def _alibi_placement(layout: Layout, ref: Block, heads: int, kv: int, chosen: int) -> np.ndarray:
+    """Child head → parent head (−1: new) such that every parent head keeps its ALiBi slope;
+    MorphError where the slopes of ``heads`` heads do not include the parent's."""
+    name = layout.family.name
+    if kv != heads or ref.kv_heads != ref.heads:
+        raise MorphError(
+            f"heads={heads}: {name} has ALiBi slopes per head; only multi-head "
+            "attention (kv_heads = heads) is grown"
+        )
+    if chosen != len(layout.blocks):
+        raise MorphError(
+            f"layers: {name}'s ALiBi slopes are one set for every block; grow the "
+            "heads of all blocks"
+        )
+    new = alibi_slopes(heads)
+    placed = np.full(heads, -1)
+    for parent, slope in enumerate(alibi_slopes(ref.heads)):
+        match = [c for c, s in enumerate(new) if math.isclose(s, slope, rel_tol=1e-12)]
+        if not match:
+            raise MorphError(
+                f"heads={heads}: the ALiBi slopes of {heads} heads do not include the slope "
+                f"{slope:g} of parent head {parent}; add_heads is refused for {name} at this "
+                "count (a power of two times the parent's keeps every slope)"
+            )
+        placed[match[0]] = parent
+    return placed
+
+
+def _set_outer_heads(child: nn.Module, old: int, new: int) -> None:
+    """Head counts recorded outside the attention modules (Bloom's and Falcon's models, for
+    the ALiBi builder, and their blocks) become ``new``."""
+    for module in child.modules():
+        for attr in ("num_heads", "n_head"):
+            if getattr(module, attr, None) == old and isinstance(getattr(module, attr), int):
+                setattr(module, attr, new)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,6 +785,13 @@ def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) 
             f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {others[0]!r} "
             "normalises a branch, whose extra coordinates would not keep the stream's mean"
         )
+    writes = [layout.name(r) for r in layout.family.stream_norms]
+    if writes and rescale and layout.norm_kind == "layer":
+        raise MorphError(
+            f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {writes[0]!r} "
+            "writes the stream, whose extra coordinates would have to carry its output's mean "
+            "per token (no bias does); use a multiple of the width"
+        )
     for name in [*norms, *others, *([final] if final else [])]:
         norm = model.get_submodule(name)
         needs_gain = rescale or (name == final and layout.tied)
@@ -752,6 +876,7 @@ def grow_width(
     def lift(x: torch.Tensor) -> torch.Tensor:
         """The child's stream [x; …; x; a] of a parent stream tensor x (…, d)."""
         return _write(x, -1, copies, extra, kind)
+
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
 
     def build(child: nn.Module) -> Outcome:
@@ -826,7 +951,7 @@ def grow_width(
         if config is not None:
             heads = layout.blocks[0].heads
             _set_config(config, hidden_size=d_model)
-            if hasattr(config, "head_dim"):
+            if not fam.derived_head_dim:
                 config.head_dim = layout.blocks[0].head_dim
             elif fam.derived_head_dim and heads * layout.blocks[0].head_dim != d_model:
                 notes.append(
@@ -967,8 +1092,9 @@ def add_block(
                     p.zero_()
         for i, block in enumerate(blocks):
             for m in block.modules():
-                if isinstance(getattr(m, "layer_idx", None), int):
-                    m.layer_idx = i
+                for attr in ("layer_idx", "layer_id"):
+                    if isinstance(getattr(m, attr, None), int):
+                        setattr(m, attr, i)
         edit = _Editor(child, seed)
         new_block = Block(f"{prefix}.{at}", template.heads, template.kv_heads, template.head_dim)
         lonely = _attention_units(
@@ -991,8 +1117,11 @@ def add_block(
         _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
+        _insert_attention_type(child, config, at, n)
         notes = []
-        if lonely and method == "netmorph":
+        if layout.family.alibi:
+            notes.append("ALiBi: every head has its own slope: zero attention output columns")
+        elif lonely and method == "netmorph":
             notes.append(f"{lonely} heads have no partner in their group: zero output columns")
         outcome = edit.outcome(notes)
         fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
@@ -1014,6 +1143,20 @@ def add_block(
         regions=(region,),
         new_bytes=new_bytes,
     )
+
+
+def _insert_attention_type(child: nn.Module, config: object | None, at: int, n: int) -> None:
+    """GPT-Neo's per-block attention types (``attention_layers``, expanded from
+    ``attention_types``, and recorded by every attention module) get the copied block's type
+    at ``at``."""
+    layers = getattr(config, "attention_layers", None)
+    if not isinstance(layers, list) or len(layers) != n:
+        return
+    layers.insert(at, layers[min(at, n - 1)])
+    config.attention_types = [[[t], 1] for t in layers]
+    for module in child.modules():
+        if isinstance(getattr(module, "attention_layers", None), list):
+            module.attention_layers = list(layers)
 
 
 def _shared_position_bias(model: nn.Module, prefix: str) -> str | None:

@@ -1,7 +1,9 @@
 """Where the parts of a transformer live: the layout the transformer morphs work on.
 
-A model is recognised structurally, by the names of its submodules, as one of the families in
-:data:`FAMILIES`:
+A model is recognised by the names of its submodules as one of the families in
+:data:`FAMILIES`, or else from its modules and a traced forward pass
+(:mod:`.transformer_trace`: Phi-3, GPT-NeoX, Falcon, GPT-J, GPT-Neo, Starcoder2, Bloom, Phi and
+any decoder that follows their patterns; the found family is cached per block structure):
 
 - ``llama``: Hugging Face Llama / Mistral / Qwen2 (``layers[i].self_attn.{q,k,v,o}_proj``,
   ``mlp.{gate,up,down}_proj``, RMSNorm) and :class:`~netmorph_core.torch.models.LlamaStyle`;
@@ -15,12 +17,13 @@ A model is recognised structurally, by the names of its submodules, as one of th
 The residual stream of width d_model is *written* by the embeddings and each block's output
 projections, *read* by the query/key/value and feed-forward input projections (through a norm
 in pre-LN models) and the output head. ``Conv1D`` (GPT-2) is the linear layer y = x·W + b with
-W stored as (in, out): :func:`weight_axes` gives each layer kind's (out, in) axes so every
-routine treats it as the linear layer it is.
+W stored as (in, out) (:mod:`.linear_view`): :func:`weight_axes` gives each layer kind's
+(out, in) axes so every routine treats it as the linear layer it is.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -28,12 +31,11 @@ from torch import nn
 
 from .errors import MorphError
 from .kinds import type_label
+from .linear_view import as_matrix, is_conv1d
+from .transformer_trace import Stack, geometry, head_dim, is_linear, trace_stack
 from .wrappers import unsupported_kind
 
-
-def is_conv1d(module: nn.Module) -> bool:
-    """Whether ``module`` is transformers' ``Conv1D`` (y = x·W + b, W of shape (in, out))."""
-    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
+__all__ = ["as_matrix", "describe", "is_conv1d", "sync_shapes", "weight_axes"]
 
 
 def weight_axes(module: nn.Module) -> tuple[int, int | None]:
@@ -46,13 +48,6 @@ def weight_axes(module: nn.Module) -> tuple[int, int | None]:
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return 0, 1
     raise MorphError(f"{type(module).__name__} is not a linear, conv, Conv1D or embedding layer")
-
-
-def as_matrix(module: nn.Module) -> torch.Tensor:
-    """The (out, in) matrix of a Linear or Conv1D layer (a view, not a copy); a conv's weight
-    as it is."""
-    w = module.weight
-    return w.t() if is_conv1d(module) else w
 
 
 def sync_shapes(model: nn.Module) -> None:
@@ -82,6 +77,12 @@ class Family:
     attributes (None where it has none). ``derived_head_dim``: the config derives head_dim as
     hidden_size / num_heads (no head_dim field). ``writers``: parameters or layers of the owner
     that write the stream; ``readers``: layers of the owner or root that read it.
+    ``qkv_layout``: "separate" (three layers), "concat" (one layer, rows [Q; K; V]) or
+    "grouped" (one layer, rows per key/value group g: [q heads of g; k_g; v_g], which is
+    [q_h; k_h; v_h] per head under multi-head attention). ``gate_up``: one feed-forward input
+    layer whose rows are [gate; up]. ``parallel``: attention and feed-forward both read the
+    block's input (x + attn(n₁(x)) + mlp(n₂(x))). ``alibi``: a per-head position bias (the
+    attention is not invariant under a permutation of its heads).
     """
 
     name: str
@@ -98,6 +99,10 @@ class Family:
     readers: tuple[str, ...] = ()
     post_ln: bool = False
     derived_head_dim: bool = False
+    qkv_layout: str = "separate"
+    gate_up: bool = False
+    parallel: bool = False
+    alibi: bool = False
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -223,13 +228,12 @@ def _norm_kind(norm: nn.Module) -> str:
     return "layer" if isinstance(norm, nn.LayerNorm) or hasattr(norm, "bias") else "rms"
 
 
-def _heads(family: Family, block: nn.Module) -> Block:
-    attention = block.get_submodule(family.attention)
-    q_rows = (
-        as_matrix(block.get_submodule(family.qkv[0])).shape[0] // 3
-        if len(family.qkv) == 1
-        else as_matrix(block.get_submodule(family.qkv[0])).shape[0]
-    )
+def _heads(family: Family, block: nn.Module, where: str) -> Block:
+    attention = block.get_submodule(family.attention) if family.attention else block
+    if len(family.qkv) == 1:
+        heads, kv, hd = geometry(attention, [block.get_submodule(family.qkv[0])], where)
+        return Block("", heads, kv, hd)
+    q_rows = as_matrix(block.get_submodule(family.qkv[0])).shape[0]
     head_dim = next(
         (
             int(getattr(attention, a))
@@ -240,10 +244,7 @@ def _heads(family: Family, block: nn.Module) -> Block:
     )
     if head_dim is None:
         raise MorphError(f"{type(attention).__name__} has no head_dim attribute")
-    if len(family.qkv) == 1:
-        kv_rows = q_rows
-    else:
-        kv_rows = as_matrix(block.get_submodule(family.qkv[1])).shape[0]
+    kv_rows = as_matrix(block.get_submodule(family.qkv[1])).shape[0]
     return Block("", q_rows // head_dim, kv_rows // head_dim, head_dim)
 
 
@@ -251,7 +252,6 @@ def describe(model: nn.Module) -> Layout:
     """The :class:`Layout` of ``model``; MorphError when no known family matches."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    config = getattr(model, "config", None)
     for owner_name, owner in model.named_modules():
         for family in FAMILIES:
             blocks = _get(owner, family.blocks)
@@ -267,33 +267,155 @@ def describe(model: nn.Module) -> Layout:
             prefix = f"{owner_name}.{family.blocks}" if owner_name else family.blocks
             _check_blocks(family, prefix, blocks)
             d_model = as_matrix(first.get_submodule(family.o)).shape[0]
-            geo = [_heads(family, b) for b in blocks]
+            geo = [_heads(family, b, f"{prefix}.{i}") for i, b in enumerate(blocks)]
             block_list = tuple(
                 Block(f"{prefix}.{i}", g.heads, g.kv_heads, g.head_dim) for i, g in enumerate(geo)
             )
-            norm = first.get_submodule(family.norms[0])
-            head_name = next((h for h in HEADS if _get(model, h) is not None), None)
-            embed_name = f"{owner_name}.{family.writers[0]}" if owner_name else family.writers[0]
-            embed = _get(model, embed_name)
-            head = _get(model, head_name) if head_name else None
-            tied = bool(
-                head is not None
-                and isinstance(embed, nn.Embedding)
-                and getattr(head, "weight", None) is embed.weight
-            )
-            return Layout(
-                family=family,
-                owner=owner_name,
-                blocks=block_list,
-                d_model=d_model,
-                norm_kind=_norm_kind(norm),
-                head=head_name,
-                tied=tied,
-                config=config,
-            )
-    raise MorphError(
-        f"{type(model).__name__} is not a recognised transformer: expected the layout of "
-        "Llama/Mistral/Qwen2, GPT-2, BERT or ViT (see netmorph_core.torch.transformer_layout)"
+            return _layout(model, family, owner_name, block_list, d_model)
+    found = _block_stack(model)
+    if found is None:
+        raise MorphError(
+            f"{type(model).__name__} is not a recognised transformer: no list of blocks (a "
+            "ModuleList of one block class holding linear layers) after an embedding; refused"
+        )
+    owner_name, rel, d = found
+    try:
+        family = _traced_family(model, owner_name, rel, d)
+    except MorphError as exc:
+        raise MorphError(f"{type(model).__name__} is not a recognised transformer: {exc}") from exc
+    prefix = f"{owner_name}.{rel}" if owner_name else rel
+    blocks = model.get_submodule(prefix)
+    _check_blocks(family, prefix, blocks)
+    geo = [_heads(family, b, f"{prefix}.{i}") for i, b in enumerate(blocks)]
+    block_list = tuple(
+        Block(f"{prefix}.{i}", g.heads, g.kv_heads, g.head_dim) for i, g in enumerate(geo)
+    )
+    return _layout(model, family, owner_name, block_list, d)
+
+
+def _layout(
+    model: nn.Module, family: Family, owner: str, blocks: tuple[Block, ...], d_model: int
+) -> Layout:
+    first = model.get_submodule(blocks[0].prefix)
+    norm = first.get_submodule(family.norms[0])
+    head_name = next((h for h in HEADS if _get(model, h) is not None), None)
+    embed_name = f"{owner}.{family.writers[0]}" if owner else family.writers[0]
+    embed = _get(model, embed_name)
+    head = _get(model, head_name) if head_name else None
+    tied = bool(
+        head is not None
+        and isinstance(embed, nn.Embedding)
+        and getattr(head, "weight", None) is embed.weight
+    )
+    return Layout(
+        family=family,
+        owner=owner,
+        blocks=blocks,
+        d_model=d_model,
+        norm_kind=_norm_kind(norm),
+        head=head_name,
+        tied=tied,
+        config=getattr(model, "config", None),
+    )
+
+
+def _block_stack(model: nn.Module) -> tuple[str, str, int] | None:
+    """(owner, list name, d_model) of the first ModuleList of blocks of one class holding
+    linear layers in a module that also holds an embedding (the stream's width d)."""
+    for owner_name, owner in model.named_modules():
+        embed = next((m for m in owner.children() if isinstance(m, nn.Embedding)), None)
+        if embed is None:
+            continue
+        for rel, blocks in owner.named_children():
+            if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+                continue
+            if len({type(b) for b in blocks}) != 1:
+                continue
+            if sum(is_linear(m) for m in blocks[0].modules()) >= 2:
+                return owner_name, rel, embed.embedding_dim
+    return None
+
+
+#: Families found by tracing, by the structure that decides them (see :func:`_trace_key`).
+_TRACED: dict[tuple, Family] = {}
+
+
+def _trace_key(model: nn.Module, owner: str, rel: str) -> tuple:
+    """What a traced family depends on: the model's and block's classes, the block's module
+    names and classes, its parameter names, and the flags (bools and strings) its modules and
+    the model's config hold (Falcon's ``parallel_attn`` is read from the config)."""
+    root = model.get_submodule(owner) if owner else model
+    block = root.get_submodule(rel)[0]
+    modules = tuple((n, type(m)) for n, m in block.named_modules())
+    modules += tuple((n, None) for n, _ in block.named_parameters())
+    flags = tuple(
+        (n, k, v)
+        for n, m in block.named_modules()
+        for k, v in sorted(vars(m).items())
+        if not k.startswith("_") and k != "training" and isinstance(v, (bool, str))
+    )
+    config = getattr(model, "config", None)
+    values = getattr(config, "to_dict", lambda: {})() if config is not None else {}
+    switches = tuple(sorted((k, v) for k, v in values.items() if isinstance(v, (bool, str))))
+    return type(model), owner, rel, modules, flags, switches
+
+
+def _traced_family(model: nn.Module, owner: str, rel: str, d: int) -> Family:
+    """The :class:`Family` of a block list found by :func:`trace_stack` (cached)."""
+    key = _trace_key(model, owner, rel)
+    family = _TRACED.get(key)
+    if family is None:
+        family = _as_family(model, owner, rel, trace_stack(model, owner, rel, d))
+        _TRACED[key] = family
+    return family
+
+
+def _settable(config: object, attr: str) -> bool:
+    """Whether the config holds ``attr`` as a field (not absent, not a derived property)."""
+    return hasattr(config, attr) and not isinstance(getattr(type(config), attr, None), property)
+
+
+def _honours_head_dim(model: nn.Module, prefix: str, attention: str) -> bool:
+    """Whether the model's class builds its attention with a ``head_dim`` its config does not
+    declare but reads when present (Phi-3, Starcoder2, Phi): a copy of the config given twice
+    block 0's head_dim, built on the meta device."""
+    block = model.get_submodule(prefix)[0]
+    hd = head_dim(block.get_submodule(attention) if attention else block)
+    config = copy.deepcopy(model.config)
+    try:
+        config.head_dim = 2 * hd
+        with torch.device("meta"):
+            stock = type(model)(config)
+        built = stock.get_submodule(f"{prefix}.0.{attention}" if attention else f"{prefix}.0")
+    except Exception:  # the class or its config refuses the value: it derives head_dim
+        return False
+    return head_dim(built) == 2 * hd
+
+
+def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
+    config = getattr(model, "config", None)
+    name = str(getattr(config, "model_type", "") or type(model).__name__)
+    prefix = f"{owner}.{rel}" if owner else rel
+    settable = config is not None and (
+        _settable(config, "head_dim") or _honours_head_dim(model, prefix, stack.attention)
+    )
+    return Family(
+        name,
+        blocks=rel,
+        attention=stack.attention,
+        qkv=stack.qkv,
+        o=stack.o,
+        ffn_in=stack.ffn_in,
+        ffn_out=stack.ffn_out,
+        norms=stack.norms,
+        writers=stack.writers,
+        final_norm=stack.final_norm,
+        stream_norms=stack.stream_norms,
+        derived_head_dim=config is not None and not settable,
+        qkv_layout=stack.qkv_layout,
+        gate_up=stack.gate_up,
+        parallel=stack.parallel,
+        alibi=stack.alibi,
     )
 
 
@@ -303,6 +425,7 @@ def _check_blocks(family: Family, prefix: str, blocks: nn.ModuleList) -> None:
     mixture-of-experts or custom attention block in an otherwise known stack)."""
     first = blocks[0]
     containers = {family.attention, *(r.rpartition(".")[0] for r in (family.ffn_out, family.o))}
+    containers.discard("")
     for i, block in enumerate(blocks):
         where = f"{prefix}.{i}"
         for rel in ("", *sorted(c for c in containers if c)):
@@ -318,7 +441,7 @@ def _check_blocks(family: Family, prefix: str, blocks: nn.ModuleList) -> None:
             layer = _get(block, rel)
             if layer is None:
                 raise MorphError(f"{where!r} has no {rel}; refused")
-            if not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
+            if not is_linear(layer):
                 kind = unsupported_kind(layer) or f"{type_label(layer)}, not a Linear layer"
                 raise MorphError(f"'{where}.{rel}' is {kind}; refused")
 
