@@ -1,12 +1,13 @@
 """Float32 rounding of grouped and depthwise ``deepen`` on RegNetY-800MF, EfficientNet-B3 and
-TinyNet-A (random weights made trained-like, eval mode): the table of ``docs/graph-shapes.md``.
+TinyNet-A (random weights made trained-like, eval mode): the table of ``docs/concepts/grouped.md``.
 
     python bench/grouped_rounding.py [--size S] [--models NAME ...] [--variants V ...]
 
 For every kind of grouped or depthwise conv (kernel, stride) the middle layer of that kind is
-deepened in the float32 model (``deepen`` with its defaults, or ``separable=True``) and its
-noise ratio — the float32 child's deviation from the float64 parent over the float32
-parent's own, both max-relative on the same input — is measured twice:
+deepened in the float32 model (``deepen`` with its defaults, or ``separable=True`` on grouped
+layers: on a depthwise one it builds the default's factor shapes) and its noise ratio — the
+float32 child's deviation from the float64 parent over the float32 parent's own, both
+max-relative on the same input — is measured twice:
 
 - ``layer``: the layer alone on its real input (captured from a 1×3×S×S probe), where the
   new factors' rounding is all there is to see;
@@ -107,6 +108,8 @@ def main() -> None:
         model32 = copy.deepcopy(model64).float()
         for k, at in sorted(picks.items()):
             for variant in args.variants:
+                if variant == "separable" and k.startswith("depthwise"):
+                    continue  # the default's factor shapes: depthwise F1, 1×1 F2 with C groups
                 kwargs = VARIANTS[variant]
                 conv = model64.get_submodule(at)
                 try:
