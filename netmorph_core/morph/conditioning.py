@@ -95,10 +95,11 @@ def balanced_pair(
 
 
 def power_of_two_balance(filters: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """F_p·2^e_p with Σ e_p = 0 and e_p the power of two nearest the factor that gives F_p the
-    common standard deviation (``balance``'s target, within a factor √2 per filter): the
-    rescaling is exact in every binary floating-point format, so an entry that was exactly
-    representable (G/2^k, a power of two) stays so. All-zero filters: no change."""
+    """F_p·2^e_p with Σ e_p = 0: e_p (p < P) is the power of two nearest the factor that gives
+    F_p the common standard deviation (``balance``'s target), the last takes what is left, so
+    two filters end with standard deviations within a factor 2 of each other. The rescaling
+    is exact in every binary floating-point format: an entry that was exactly representable
+    (G·2^−k, a power of two) stays so. All-zero filters: no change."""
     scales = [float(np.std(f)) or float(np.sqrt(np.mean(np.square(f)))) for f in filters]
     if len(filters) == 1 or min(scales) == 0.0:
         return list(filters)

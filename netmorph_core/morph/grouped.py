@@ -111,7 +111,10 @@ def grouped_depth(
     """:func:`netmorph_core.morph.depth.morph_depth` for a grouped G (C2, C0/g, *K):
     F1 (width, C0/g, *k1), F2 (C2, width/g, *k2), both with ``groups``. ``per_group`` is the
     ungrouped depth morph, run group by group for the stable method and where each group takes
-    the identity-augmented pair (no one-sided solve exact per group)."""
+    the identity-augmented pair (no one-sided solve exact per group). The general method's
+    pair is balanced per group (:func:`.conditioning.balanced_groups`) and rescaled by powers
+    of two to standard deviations within a factor 2 of each other
+    (:func:`.conditioning.power_of_two_balance`)."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
