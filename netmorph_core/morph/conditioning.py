@@ -92,3 +92,94 @@ def balanced_pair(
         np.linalg.solve(t, as_left(f1)).reshape(f1.shape),
         from_right(as_right(f2) @ t, f2.shape),
     )
+
+
+def power_of_two_balance(filters: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """F_p·2^e_p with Σ e_p = 0: e_p (p < P) is the power of two nearest the factor that gives
+    F_p the common standard deviation (``balance``'s target), the last takes what is left, so
+    two filters end with standard deviations within a factor 2 of each other. The rescaling
+    is exact in every binary floating-point format: an entry that was exactly representable
+    (G·2^−k, a power of two) stays so. All-zero filters: no change."""
+    scales = [float(np.std(f)) or float(np.sqrt(np.mean(np.square(f)))) for f in filters]
+    if len(filters) == 1 or min(scales) == 0.0:
+        return list(filters)
+    logs = [math.log2(s) for s in scales]
+    common = sum(logs) / len(logs)
+    shifts = [round(common - e) for e in logs[:-1]]
+    shifts.append(-sum(shifts))
+    return [np.ldexp(f, e) for f, e in zip(filters, shifts)]
+
+
+def _orthogonal_stack(n: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """n random orthogonal (w × w) matrices (Haar: the sign of R's diagonal), one batched QR."""
+    q, r = np.linalg.qr(rng.standard_normal((n, w, w)))
+    return q * np.where(np.diagonal(r, axis1=-2, axis2=-1) < 0, -1.0, 1.0)[:, None, :]
+
+
+def power_of_two_gauge(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One channel between the factors (w = 1) and one of them a single entry: that entry
+    becomes the signed power of two nearest the balanced magnitude √(|entry|·‖other‖), the
+    other factor is multiplied by entry/2^k (float64; G·2^−k exactly once rounded back to G's
+    dtype). Stacked (n, 1, a), (n, b, 1) with a = 1 or b = 1; zero groups are left as they are."""
+    scalar_left = left.shape[2] == 1
+    entry = (left if scalar_left else right).reshape(-1)
+    other = right if scalar_left else left
+    norm = np.sqrt(np.sum(np.square(other.reshape(other.shape[0], -1)), axis=1))
+    ok = (entry != 0.0) & (norm > 0.0)
+    k = np.rint(0.5 * np.log2(np.where(ok, np.abs(entry) * norm, 1.0)))
+    power = np.where(ok, np.copysign(np.ldexp(1.0, k.astype(int)), entry), entry)
+    factor = np.where(ok, np.ldexp(entry, -k.astype(int)) * np.sign(entry), 1.0)
+    other = other * factor.reshape(-1, 1, 1)
+    power = power.reshape(-1, 1, 1)
+    return (power, other) if scalar_left else (other, power)
+
+
+def balanced_stacked(
+    left: np.ndarray, right: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`balanced_pair` on n independent pairs at once (the groups of a grouped layer):
+    L (n, w, a), R (n, b, w) → (T_j⁻¹·L_j, R_j·T_j), T_j the balancing transform of pair j
+    (times a random orthogonal Ω_j), from two batched symmetric eigendecompositions:
+    P_j = L_j·L_jᵀ = C_j·C_jᵀ (C_j = V·D^½), C_jᵀ·R_jᵀR_j·C_j = U·S²·Uᵀ,
+    T_j = C_j·U·S^(−1/2)·Ω_j, T_j⁻¹ = Ω_jᵀ·S^(1/2)·Uᵀ·D^(−1/2)·Vᵀ. Pairs that cannot be balanced
+    (w > min(a, b), a singular Gramian) are returned as they are. With one channel (w = 1) and
+    a single-entry factor, the gauge is a power of two instead (:func:`power_of_two_gauge`): that
+    factor is ±2^k and the other G_j·2^−k, both exact in G's own dtype, so the child rounds
+    like the parent."""
+    n, w, a = left.shape
+    b = right.shape[1]
+    if w == 1 and min(a, b) == 1:
+        return power_of_two_gauge(left, right)
+    if w > min(a, b):
+        return left, right
+    eps = w * np.finfo(np.float64).eps
+    d, v = np.linalg.eigh(left @ np.swapaxes(left, 1, 2))
+    ok = d[:, 0] > d[:, -1] * eps
+    root = np.sqrt(np.where(ok[:, None], d, 1.0))
+    c = v * root[:, None, :]
+    gram = np.swapaxes(right, 1, 2) @ right
+    s2, u = np.linalg.eigh(np.swapaxes(c, 1, 2) @ gram @ c)
+    ok &= s2[:, 0] > s2[:, -1] * eps
+    quarter = np.where(ok[:, None], s2, 1.0) ** 0.25
+    omega = _orthogonal_stack(n, w, rng)
+    t = (c @ u) / quarter[:, None, :] @ omega
+    t_inv = np.swapaxes(omega, 1, 2) @ (
+        (quarter[:, :, None] * np.swapaxes(u, 1, 2)) @ (np.swapaxes(v, 1, 2) / root[:, :, None])
+    )
+    eye = np.eye(w)
+    t = np.where(ok[:, None, None], t, eye)
+    t_inv = np.where(ok[:, None, None], t_inv, eye)
+    return t_inv @ left, right @ t
+
+
+def balanced_groups(
+    f1: np.ndarray, f2: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`balanced_stacked` on stacked filters F1 (n, w, C0', *K1), F2 (n, C2', w, *K2)
+    (each group's channel gauge between the two); returns them in the same layout."""
+    n, w = f1.shape[:2]
+    left = f1.reshape(n, w, -1)
+    right = np.moveaxis(f2, 2, -1).reshape(n, -1, w)
+    left, right = balanced_stacked(left, right, rng)
+    moved = right.reshape(n, f2.shape[1], *f2.shape[3:], w)
+    return left.reshape(f1.shape), np.ascontiguousarray(np.moveaxis(moved, -1, 2))

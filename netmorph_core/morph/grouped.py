@@ -9,15 +9,22 @@ factors with the same ``groups``: F1 (w, C0/g, *K1) and F2 (C2, w/g, *K2), (F2 �
   problems in one call. In the bilinear regime per group (:func:`.bilinear.use_bilinear`) two
   solves are followed by Levenberg–Marquardt on each group not yet exact (a loop over those
   groups, each a tiny problem); where the count rules out a dense exact pair per group the
-  morph refuses before any work (:func:`.solvability.check_dense_count`).
+  morph refuses before any work (:func:`.solvability.check_dense_count`). The start is
+  orthogonal per group and the exact pair is re-gauged per group
+  (:func:`.conditioning.balanced_groups`, as the ungrouped morph's ``balanced_pair``), so a
+  float32 child rounds like the parent; with one channel per group (depthwise, width = C)
+  the 1×1 factor is ±2^k and the other G_j·2^−k, exact in G's dtype.
 - ``"practical"`` (depth and subnet): Algorithm 2 on all groups at once, one stacked solve per
   candidate (:mod:`netmorph_core.morph.grouped_practical`).
 - ``"stable"`` and the general subnet morph: the ungrouped algorithm per group (a loop over
   the g groups; these searches differ from group to group).
 - :func:`separable_depth`: G into a depthwise F1 (C0·m, 1, *K) followed by a pointwise F2
   (C2, C0·m/g, 1…) with ``groups`` g: per input channel i the kernels G[:, i] (C2/g × |K|)
-  are the product F2_i (C2/g × m) · F1_i (m × |K|), exact when m ≥ min(C2/g, |K|): F1_i is
-  random (full rank) and F2_i = G_i·F1_i⁺, all channels in one stacked solve.
+  are the product F2_i (C2/g × m) · F1_i (m × |K|), exact when m ≥ min(C2/g, |K|): F1_i has
+  random orthonormal columns (m ≥ |K|) or is Q_i·G_i with Q_i's columns orthonormal
+  (m ≥ C2/g), and F2_i = G_i·F1_i⁺, all channels in one stacked solve. Either way one factor
+  has equal singular values (it does not amplify the other's rounding); m = 1 takes the
+  power-of-two gauge (:func:`.conditioning.power_of_two_gauge`).
 - Width: :func:`netmorph_core.morph.width.grouped_width`.
 """
 
@@ -45,8 +52,13 @@ from ..reference import pad_centered
 from .augmented import prefer_augmented
 from .bilinear import WARMUP_SOLVES, solve_bilinear, use_bilinear
 from .chain import chain_effective_size, check_layers
-from .common import Options, balance, check_options
-from .grouped_practical import practical_chain_stacked
+from .common import Options, check_options
+from .conditioning import balanced_groups, power_of_two_balance, power_of_two_gauge
+from .grouped_practical import (
+    orthogonal_stacked,
+    practical_chain_stacked,
+    random_pair_stacked,
+)
 from .pair import general_order
 from .result import MorphResult
 from .solvability import check_dense_count, layer_kernel, solvability
@@ -99,7 +111,10 @@ def grouped_depth(
     """:func:`netmorph_core.morph.depth.morph_depth` for a grouped G (C2, C0/g, *K):
     F1 (width, C0/g, *k1), F2 (C2, width/g, *k2), both with ``groups``. ``per_group`` is the
     ungrouped depth morph, run group by group for the stable method and where each group takes
-    the identity-augmented pair (no one-sided solve exact per group)."""
+    the identity-augmented pair (no one-sided solve exact per group). The general method's
+    pair is balanced per group (:func:`.conditioning.balanced_groups`) and rescaled by powers
+    of two to standard deviations within a factor 2 of each other
+    (:func:`.conditioning.power_of_two_balance`)."""
 
     g = v.as_filter(g, "G")
     groups = check_groups(groups)
@@ -152,16 +167,8 @@ def grouped_depth(
     if not opts.allow_approximate and tol is None:
         check_dense_count(info, f"general (groups={groups}, per group)")
     gt = stack(g_tilde, groups, "G")
-    f1 = opts.rng.standard_normal((groups, c1g, c0g, *kernel1)) * math.sqrt(
-        2.0 / (c0g * math.prod(kernel1))
-    )
-    f2 = opts.rng.standard_normal((groups, c2g, c1g, *kernel2)) * math.sqrt(
-        2.0 / (c1g * math.prod(kernel2))
-    )
-    start = float(np.linalg.norm(compose_stacked(f2, f1)))
+    f1, f2 = random_pair_stacked((c1g, c0g, *kernel1), (c2g, c1g, *kernel2), gt, opts.rng)
     target = float(np.linalg.norm(gt))
-    if start > 0 and target > 0:
-        f1, f2 = f1 * math.sqrt(target / start), f2 * math.sqrt(target / start)
     ratios = [
         c1g * math.prod(kernel1) / (c2g * math.prod(kt)),
         c1g * math.prod(kernel2) / (c0g * math.prod(kt)),
@@ -193,7 +200,8 @@ def grouped_depth(
             f"(relative residual {residual:.3g} after {iterations} solves); per group:\n"
             f"{info.explain()}"
         )
-    filters = balance([unstack(f1), unstack(np.ascontiguousarray(f2))])
+    f1, f2 = balanced_groups(f1, np.ascontiguousarray(f2), opts.rng)
+    filters = power_of_two_balance([unstack(f1), unstack(f2)])
     return _result(g, g_tilde, filters, iterations, groups, "general", opts.tol, allow_approximate)
 
 
@@ -309,15 +317,18 @@ def separable_depth(
     )
     # Per input channel i (global): G_i (C2/g, |K|) = F2_i (C2/g, m) · F1_i (m, |K|).
     gi = g.astype(np.float64).reshape(groups, c2g, c0g, taps).transpose(0, 2, 1, 3)
-    if m >= taps:  # random rows span every kernel
-        f1 = opts.rng.standard_normal((groups, c0g, m, taps)) * math.sqrt(2.0 / taps)
-    else:  # m ≥ C2/g: random mixtures of G_i's own rows span them
-        mix = opts.rng.standard_normal((groups, c0g, m, c2g)) * math.sqrt(1.0 / c2g)
-        f1 = mix @ gi
-    f2 = gi @ np.linalg.pinv(f1)  # (g, C0/g, C2/g, m)
+    flat = gi.reshape(c0, c2g, taps)
+    if m >= taps:  # orthonormal columns span every kernel
+        f1 = orthogonal_stacked(c0, (m, taps), opts.rng)
+    else:  # m ≥ C2/g: orthonormal mixtures of G_i's own rows span them
+        f1 = orthogonal_stacked(c0, (m, c2g), opts.rng) @ flat
+    f2 = flat @ np.linalg.pinv(f1)  # (C0, C2/g, m)
+    if m == 1:  # one channel per input channel: a power-of-two gauge, both factors exact
+        f1, f2 = power_of_two_gauge(f1, f2)
     w1 = f1.reshape(c0 * m, 1, *g.shape[2:])
+    f2 = f2.reshape(groups, c0g, c2g, m)
     w2 = f2.transpose(0, 2, 1, 3).reshape(g.shape[0], c0g * m, *(1,) * ndim)
-    out = tuple(np.ascontiguousarray(f, dtype=g.dtype) for f in balance([w1, w2]))
+    out = tuple(np.ascontiguousarray(f, dtype=g.dtype) for f in power_of_two_balance([w1, w2]))
     # 1×1 F2 after depthwise F1: G[o, i] = Σ_r F2[o, i·m + r]·F1[i·m + r], per group.
     f1_out = out[0].astype(np.float64).reshape(groups, c0g, m, taps)
     f2_out = out[1].astype(np.float64).reshape(groups, c2g, c0g, m).transpose(0, 2, 1, 3)
