@@ -46,6 +46,7 @@ FAMILY_SPECS: tuple[ModelSpec, ...] = (
             num_key_value_heads=2,
             num_local_experts=4,
             num_experts_per_tok=2,
+            experts_implementation="eager",  # the default grouped_mm has no float64 kernel
         ),
         TEXT,
     ),
@@ -59,6 +60,7 @@ FAMILY_SPECS: tuple[ModelSpec, ...] = (
             num_key_value_heads=2,
             num_experts=4,
             num_experts_per_tok=2,
+            experts_implementation="eager",  # the default grouped_mm has no float64 kernel
         ),
         TEXT,
     ),
