@@ -46,6 +46,7 @@ from types import ModuleType
 import numpy as np
 
 from .. import _validation as v
+from .._environ import getenv
 
 DEVICE = "cpu"
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -112,20 +113,26 @@ def _busy_cores() -> int:
     return max(running - 1, 0)
 
 
+@functools.lru_cache(maxsize=16)
+def _env_threads(raw: str) -> int:
+    """The thread count ``$NETMORPH_NUM_THREADS`` = ``raw`` (stripped, not empty) sets."""
+    try:
+        return v.positive_int(int(raw), ENV_THREADS, MAX_THREADS)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{ENV_THREADS} must be a positive int up to {MAX_THREADS}, got {raw!r}"
+        ) from None
+
+
 def threads_for(work: float, threads: int | None = None) -> int:
     """Threads of a call doing ``work`` direct-method multiply-adds: ``threads`` when given,
     else ``$NETMORPH_NUM_THREADS``, else chosen from the work and the free cores (module
     docstring)."""
     if threads is not None:
         return v.positive_int(threads, "threads", MAX_THREADS)
-    raw = os.environ.get(ENV_THREADS, "").strip()
+    raw = (getenv(ENV_THREADS) or "").strip()
     if raw:
-        try:
-            return v.positive_int(int(raw), ENV_THREADS, MAX_THREADS)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{ENV_THREADS} must be a positive int up to {MAX_THREADS}, got {raw!r}"
-            ) from None
+        return _env_threads(raw)
     cores = _start_up_threads()
     if cores == 1 or work < MIN_PARALLEL_WORK:
         return 1
@@ -229,6 +236,21 @@ def compose(
     if method == "auto":
         method = choose_method("compose", channels, f2.shape[2:], f1.shape[2:], f2.dtype)
     return _extension().compose(f2, f1, method, n)
+
+
+def compose_in_range(f2: np.ndarray, f1: np.ndarray, max_exponent: int) -> np.ndarray | None:
+    """:func:`compose` (method and threads chosen as for ``"auto"`` and ``None``) of inputs the
+    caller has checked (NumPy arrays of one dtype of :data:`DTYPES`, 2 to 5 dimensions alike,
+    none empty, F2's input channels F1's output channels), when both are finite and the binary
+    exponent e of each one's largest magnitude (``frexp``) has |e| <= ``max_exponent``; None,
+    without running the kernel, when one has not. ``ValueError`` "F2 (or F1) contains NaN or
+    Inf" for a non-finite input. The check is one pass over each input's bits, in the same
+    native call as the kernel (non-contiguous inputs are copied first, as the kernel needs)."""
+    k2, k1 = f2.shape[2:], f1.shape[2:]
+    channels = (f2.shape[0], f2.shape[1], f1.shape[1])
+    n = threads_for(_work(*channels, k2, k1))
+    method = choose_method("compose", channels, k2, k1, f2.dtype)
+    return _extension().compose_in_range(f2, f1, method, n, max_exponent)
 
 
 def correlate_outer(
