@@ -5,10 +5,15 @@
 
 ``test_compose_threads``: the native backend beside torch at 1 and at 2 threads, and at 2
 threads while another process keeps one core busy (:func:`busy_core`, a bounded busy loop
-started for the test and stopped after it). Each group times torch (the baseline), the bare
-native kernel (``backends.native.compose``) and the public ``netmorph_core.compose`` on the
-same threads; under load also the native kernel on 1 thread and with its own thread choice.
-``bench/compose_table.py`` runs these and prints the summary table of ``docs/kernels.md``.
+started for the test and stopped after it). Each group times torch (the baseline) and the bare
+native kernel (``backends.native.compose``) on the same threads; under load also the native
+kernel on 1 thread and with its own thread choice.
+
+``test_compose_overhead``: the public ``netmorph_core.compose`` against the bare kernel on the
+same threads, paired: each round calls one, then the other, and the minimum of each over the
+rounds is recorded (``kernel_min``, ``compose_min``), so that both see the same machine load.
+
+``bench/compose_table.py`` runs these and prints the summary tables of ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -47,11 +52,14 @@ BASELINE = "torch conv2d"
 SETTINGS = {"1 thread": (1, False), "2 threads": (2, False), "2 threads, 1 core busy": (2, True)}
 #: Implementations timed in each setting; "auto" lets the native backend pick its threads.
 IMPLS = {
-    "1 thread": ("torch", "native", "compose"),
-    "2 threads": ("torch", "native", "compose"),
-    "2 threads, 1 core busy": ("torch", "native", "native 1 thread", "native auto", "compose"),
+    "1 thread": ("torch", "native"),
+    "2 threads": ("torch", "native"),
+    "2 threads, 1 core busy": ("torch", "native", "native 1 thread", "native auto"),
 }
 THREAD_ROUNDS = {64: 30, 256: 7, 512: 3}
+#: Rounds of test_compose_overhead (each calls the kernel and the public compose once): many,
+#: since the minimum of each is kept; a tenth of them (at least 3) for 5/5.
+OVERHEAD_ROUNDS = {64: 300, 256: 30, 512: 10}
 #: The busy loop ends by itself after this many seconds should the fixture not stop it.
 BUSY_SECONDS = 600
 
@@ -110,9 +118,7 @@ def _timed(impl: str, threads: int, f2: np.ndarray, f1: np.ndarray) -> Callable[
         return lambda: native.compose(f2, f1, threads=threads)
     if impl == "native 1 thread":
         return lambda: native.compose(f2, f1, threads=1)
-    if impl == "native auto":
-        return lambda: native.compose(f2, f1)
-    return lambda: nm.compose(f2, f1, backend="native")
+    return lambda: native.compose(f2, f1)
 
 
 @pytest.mark.parametrize(
@@ -146,4 +152,41 @@ def test_compose_threads(benchmark, monkeypatch, c, k1, k2, setting, impl, busy_
             )
     finally:
         torch.set_num_threads(previous)
+    benchmark.extra_info["rel_err"] = rel_err(np.asarray(g), compose_reference(c, k1, k2))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("k1", "k2"), KERNELS, ids=KERNEL_IDS)
+@pytest.mark.parametrize("c", CHANNELS, ids=lambda c: f"C{c}")
+def test_compose_overhead(benchmark, monkeypatch, c, k1, k2, threads):
+    # the public compose runs the native kernel on the same threads
+    monkeypatch.setenv(native.ENV_THREADS, str(threads))
+    f2, f1 = filters(c, k1, k2, np.float32)
+    kernel_times: list[float] = []
+    compose_times: list[float] = []
+
+    def pair() -> np.ndarray:
+        start = time.perf_counter()
+        native.compose(f2, f1, threads=threads)
+        middle = time.perf_counter()
+        g = nm.compose(f2, f1, backend="native")
+        compose_times.append(time.perf_counter() - middle)
+        kernel_times.append(middle - start)
+        return g
+
+    rounds = OVERHEAD_ROUNDS[c] if (k1, k2) != (5, 5) else max(3, OVERHEAD_ROUNDS[c] // 10)
+    shape = f"C={c} K1={k1} K2={k2}"
+    g = run(
+        benchmark,
+        pair,
+        group=f"compose overhead {shape}, {threads} thread(s)",
+        impl="kernel, then compose",
+        baseline=False,
+        rounds=rounds,
+        shape=shape,
+        dtype="float32",
+        overhead_threads=threads,
+    )
+    benchmark.extra_info["kernel_min"] = min(kernel_times)
+    benchmark.extra_info["compose_min"] = min(compose_times)
     benchmark.extra_info["rel_err"] = rel_err(np.asarray(g), compose_reference(c, k1, k2))
