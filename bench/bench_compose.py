@@ -9,9 +9,12 @@ started for the test and stopped after it). Each group times torch (the baseline
 native kernel (``backends.native.compose``) on the same threads; under load also the native
 kernel on 1 thread and with its own thread choice.
 
-``test_compose_overhead``: the public ``netmorph_core.compose`` against the bare kernel on the
-same threads, paired: each round calls one, then the other, and the minimum of each over the
-rounds is recorded (``kernel_min``, ``compose_min``), so that both see the same machine load.
+``test_compose_paired``: the same three settings, with torch, the bare kernel and the public
+``netmorph_core.compose`` called in turn in every round (starting with a different one each
+round), so that all three see the same machine load; the minimum of each over the rounds is
+recorded (``paired_min``) and the median over the rounds of the per-round ratios torch / kernel
+and compose / kernel (``paired_ratio``). On a machine shared with other work these are steadier
+than medians of separate runs, which each catch their own stretch of the load.
 
 ``bench/compose_table.py`` runs these and prints the summary tables of ``docs/kernels.md``.
 """
@@ -57,9 +60,10 @@ IMPLS = {
     "2 threads, 1 core busy": ("torch", "native", "native 1 thread", "native auto"),
 }
 THREAD_ROUNDS = {64: 30, 256: 7, 512: 3}
-#: Rounds of test_compose_overhead (each calls the kernel and the public compose once): many,
-#: since the minimum of each is kept; a tenth of them (at least 3) for 5/5.
-OVERHEAD_ROUNDS = {64: 300, 256: 30, 512: 10}
+#: Rounds of test_compose_paired (each calls torch, the kernel and the public compose once):
+#: many, since minima are kept; a tenth of them (at least 2, no warm-up round) for 5/5, whose
+#: calls take seconds.
+PAIRED_ROUNDS = {64: 200, 256: 30, 512: 10}
 #: The busy loop ends by itself after this many seconds should the fixture not stop it.
 BUSY_SECONDS = 600
 
@@ -155,38 +159,59 @@ def test_compose_threads(benchmark, monkeypatch, c, k1, k2, setting, impl, busy_
     benchmark.extra_info["rel_err"] = rel_err(np.asarray(g), compose_reference(c, k1, k2))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("setting", "busy_core"), [(s, SETTINGS[s][1]) for s in SETTINGS], indirect=["busy_core"]
+)
 @pytest.mark.parametrize(("k1", "k2"), KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("c", CHANNELS, ids=lambda c: f"C{c}")
-def test_compose_overhead(benchmark, monkeypatch, c, k1, k2, threads):
+def test_compose_paired(benchmark, monkeypatch, c, k1, k2, setting, busy_core):
+    threads = SETTINGS[setting][0]
     # the public compose runs the native kernel on the same threads
     monkeypatch.setenv(native.ENV_THREADS, str(threads))
     f2, f1 = filters(c, k1, k2, np.float32)
-    kernel_times: list[float] = []
-    compose_times: list[float] = []
+    t2, t1 = torch.from_numpy(f2), torch.from_numpy(f1)
+    calls: dict[str, Callable[[], Any]] = {
+        "torch": lambda: torch_compose(t2, t1),
+        "kernel": lambda: native.compose(f2, f1, threads=threads),
+        "compose": lambda: nm.compose(f2, f1, backend="native"),
+    }
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
 
-    def pair() -> np.ndarray:
-        start = time.perf_counter()
-        native.compose(f2, f1, threads=threads)
-        middle = time.perf_counter()
-        g = nm.compose(f2, f1, backend="native")
-        compose_times.append(time.perf_counter() - middle)
-        kernel_times.append(middle - start)
-        return g
+    def one_round() -> Any:
+        first = len(times["kernel"]) % len(names)
+        out = None
+        for name in names[first:] + names[:first]:
+            start = time.perf_counter()
+            result = calls[name]()
+            times[name].append(time.perf_counter() - start)
+            out = result if name == "compose" else out
+        return out
 
-    rounds = OVERHEAD_ROUNDS[c] if (k1, k2) != (5, 5) else max(3, OVERHEAD_ROUNDS[c] // 10)
+    long_calls = (k1, k2) == (5, 5)
+    rounds = max(2, PAIRED_ROUNDS[c] // 10) if long_calls else PAIRED_ROUNDS[c]
     shape = f"C={c} K1={k1} K2={k2}"
-    g = run(
-        benchmark,
-        pair,
-        group=f"compose overhead {shape}, {threads} thread(s)",
-        impl="kernel, then compose",
-        baseline=False,
-        rounds=rounds,
-        shape=shape,
-        dtype="float32",
-        overhead_threads=threads,
-    )
-    benchmark.extra_info["kernel_min"] = min(kernel_times)
-    benchmark.extra_info["compose_min"] = min(compose_times)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            g = run(
+                benchmark,
+                one_round,
+                group=f"compose paired {shape}, {setting}",
+                impl="torch, kernel, compose",
+                baseline=False,
+                rounds=rounds,
+                warmup=0 if long_calls else 1,
+                shape=shape,
+                dtype="float32",
+                paired_setting=setting,
+            )
+    finally:
+        torch.set_num_threads(previous)
+    kernel = np.array(times["kernel"])
+    benchmark.extra_info["paired_min"] = {name: min(t) for name, t in times.items()}
+    benchmark.extra_info["paired_ratio"] = {
+        name: float(np.median(np.array(times[name]) / kernel)) for name in ("torch", "compose")
+    }
     benchmark.extra_info["rel_err"] = rel_err(np.asarray(g), compose_reference(c, k1, k2))
