@@ -1,7 +1,7 @@
 // pybind11 module netmorph_core._native: thin wrappers over the CPU kernels in csrc/.
 //
 // Inputs are validated in Python (netmorph_core/backends/native.py); the checks here only
-// guard memory safety. Any array layout is accepted: non-contiguous or non-native-byte-order
+// guard memory safety, except compose_in_range's finiteness and exponent check. Any array layout is accepted: non-contiguous or non-native-byte-order
 // inputs are copied to C-contiguous buffers, so the caller's arrays are never modified.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>

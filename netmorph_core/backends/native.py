@@ -13,6 +13,11 @@ filters (and linear layers) all run natively.
 - ``"dft"``: a real DFT of size Kt per dimension, three products (Gauss's trick) per
   conjugate pair of frequencies: 121 instead of 625 for 5×5 ⊛ 5×5, as accurate as direct.
 
+:func:`compose_in_range` is the public ``compose``'s path for plain arrays: one native call
+that reads each input once for finiteness and its largest exponent (an integer maximum over
+the bits, ``csrc/magnitude.h``) and then runs the kernel unscaled, or stops when an input needs
+the exact power-of-two scaling of :mod:`netmorph_core._scaling`.
+
 ``method="auto"`` keeps the transform methods whose rounding-error magnification (relative to
 direct, computed from the algorithm's matrices) fits the dtype's budget, then takes the
 cheapest by a cost model of GEMM flops, per-call overhead and transform work.
