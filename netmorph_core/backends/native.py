@@ -86,6 +86,11 @@ def _extension() -> ModuleType:
         from .. import _native
     except ImportError as exc:
         raise ImportError(f"{_MISSING} ({exc})") from exc
+    if not hasattr(_native, "compose_in_range"):
+        raise ImportError(
+            "netmorph_core._native was built from older sources (it has no compose_in_range): "
+            "rebuild it (python setup.py build_ext --inplace, or pip install .)"
+        )
     if not _native.blas_ready():
         from scipy.linalg import cython_blas
 
