@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -151,3 +153,21 @@ def test_getenv_agrees_with_os_environ(monkeypatch):
     assert _environ.getenv(name) is None
     monkeypatch.setattr(os, "environ", {name: "7"})  # any other mapping
     assert _environ.getenv(name) == "7"
+
+
+def test_an_extension_built_from_older_sources_is_reported(monkeypatch):
+    current = nm._native
+    stale = types.ModuleType("netmorph_core._native")
+    for name in dir(current):
+        if name != "compose_in_range" and not name.startswith("__"):
+            setattr(stale, name, getattr(current, name))
+    native._extension.cache_clear()
+    monkeypatch.setattr(nm, "_native", stale)
+    monkeypatch.setitem(sys.modules, "netmorph_core._native", stale)
+    try:
+        with pytest.raises(ImportError, match=r"built from older sources.*rebuild it"):
+            native.load()
+    finally:
+        monkeypatch.undo()
+        native._extension.cache_clear()
+    native.load()
