@@ -5,10 +5,18 @@
 
 ``test_compose_threads``: the native backend beside torch at 1 and at 2 threads, and at 2
 threads while another process keeps one core busy (:func:`busy_core`, a bounded busy loop
-started for the test and stopped after it). Each group times torch (the baseline), the bare
-native kernel (``backends.native.compose``) and the public ``netmorph_core.compose`` on the
-same threads; under load also the native kernel on 1 thread and with its own thread choice.
-``bench/compose_table.py`` runs these and prints the summary table of ``docs/kernels.md``.
+started for the test and stopped after it). Each group times torch (the baseline) and the bare
+native kernel (``backends.native.compose``) on the same threads; under load also the native
+kernel on 1 thread and with its own thread choice.
+
+``test_compose_paired``: the same three settings, with torch, the bare kernel and the public
+``netmorph_core.compose`` called in turn in every round (starting with a different one each
+round), so that all three see the same machine load; the minimum of each over the rounds is
+recorded (``paired_min``) and the median over the rounds of the per-round ratios torch / kernel
+and compose / kernel (``paired_ratio``). On a machine shared with other work these are steadier
+than medians of separate runs, which each catch their own stretch of the load.
+
+``bench/compose_table.py`` runs these and prints the summary tables of ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -47,11 +55,15 @@ BASELINE = "torch conv2d"
 SETTINGS = {"1 thread": (1, False), "2 threads": (2, False), "2 threads, 1 core busy": (2, True)}
 #: Implementations timed in each setting; "auto" lets the native backend pick its threads.
 IMPLS = {
-    "1 thread": ("torch", "native", "compose"),
-    "2 threads": ("torch", "native", "compose"),
-    "2 threads, 1 core busy": ("torch", "native", "native 1 thread", "native auto", "compose"),
+    "1 thread": ("torch", "native"),
+    "2 threads": ("torch", "native"),
+    "2 threads, 1 core busy": ("torch", "native", "native 1 thread", "native auto"),
 }
 THREAD_ROUNDS = {64: 30, 256: 7, 512: 3}
+#: Rounds of test_compose_paired (each calls torch, the kernel and the public compose once):
+#: many, since minima are kept; a tenth of them (at least 2, no warm-up round) for 5/5, whose
+#: calls take seconds.
+PAIRED_ROUNDS = {64: 200, 256: 30, 512: 10}
 #: The busy loop ends by itself after this many seconds should the fixture not stop it.
 BUSY_SECONDS = 600
 
@@ -110,9 +122,7 @@ def _timed(impl: str, threads: int, f2: np.ndarray, f1: np.ndarray) -> Callable[
         return lambda: native.compose(f2, f1, threads=threads)
     if impl == "native 1 thread":
         return lambda: native.compose(f2, f1, threads=1)
-    if impl == "native auto":
-        return lambda: native.compose(f2, f1)
-    return lambda: nm.compose(f2, f1, backend="native")
+    return lambda: native.compose(f2, f1)
 
 
 @pytest.mark.parametrize(
@@ -146,4 +156,62 @@ def test_compose_threads(benchmark, monkeypatch, c, k1, k2, setting, impl, busy_
             )
     finally:
         torch.set_num_threads(previous)
+    benchmark.extra_info["rel_err"] = rel_err(np.asarray(g), compose_reference(c, k1, k2))
+
+
+@pytest.mark.parametrize(
+    ("setting", "busy_core"), [(s, SETTINGS[s][1]) for s in SETTINGS], indirect=["busy_core"]
+)
+@pytest.mark.parametrize(("k1", "k2"), KERNELS, ids=KERNEL_IDS)
+@pytest.mark.parametrize("c", CHANNELS, ids=lambda c: f"C{c}")
+def test_compose_paired(benchmark, monkeypatch, c, k1, k2, setting, busy_core):
+    threads = SETTINGS[setting][0]
+    # the public compose runs the native kernel on the same threads
+    monkeypatch.setenv(native.ENV_THREADS, str(threads))
+    f2, f1 = filters(c, k1, k2, np.float32)
+    t2, t1 = torch.from_numpy(f2), torch.from_numpy(f1)
+    calls: dict[str, Callable[[], Any]] = {
+        "torch": lambda: torch_compose(t2, t1),
+        "kernel": lambda: native.compose(f2, f1, threads=threads),
+        "compose": lambda: nm.compose(f2, f1, backend="native"),
+    }
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+
+    def one_round() -> Any:
+        first = len(times["kernel"]) % len(names)
+        out = None
+        for name in names[first:] + names[:first]:
+            start = time.perf_counter()
+            result = calls[name]()
+            times[name].append(time.perf_counter() - start)
+            out = result if name == "compose" else out
+        return out
+
+    long_calls = (k1, k2) == (5, 5)
+    rounds = max(2, PAIRED_ROUNDS[c] // 10) if long_calls else PAIRED_ROUNDS[c]
+    shape = f"C={c} K1={k1} K2={k2}"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            g = run(
+                benchmark,
+                one_round,
+                group=f"compose paired {shape}, {setting}",
+                impl="torch, kernel, compose",
+                baseline=False,
+                rounds=rounds,
+                warmup=0 if long_calls else 1,
+                shape=shape,
+                dtype="float32",
+                paired_setting=setting,
+            )
+    finally:
+        torch.set_num_threads(previous)
+    kernel = np.array(times["kernel"])
+    benchmark.extra_info["paired_min"] = {name: min(t) for name, t in times.items()}
+    benchmark.extra_info["paired_ratio"] = {
+        name: float(np.median(np.array(times[name]) / kernel)) for name in ("torch", "compose")
+    }
     benchmark.extra_info["rel_err"] = rel_err(np.asarray(g), compose_reference(c, k1, k2))

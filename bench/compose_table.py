@@ -6,8 +6,10 @@
 Medians of ``bench/bench_compose.py::test_compose_threads`` in milliseconds. A cell "t / n
 (r×)" is torch's median t, the native kernel's median n and r = t / n (above 1: faster than
 torch). Under load the native kernel is also shown on 1 thread and with its own thread
-choice ("auto"). The second table is the public ``netmorph_core.compose`` against the bare
-native kernel on the same threads: overhead = compose / kernel − 1.
+choice ("auto"). The other two tables come from ``test_compose_paired`` (torch, the bare
+kernel and the public ``netmorph_core.compose`` called in turn in every round): a cell
+"t / k / c (r×, +o%)" holds their minima over the rounds, r = t / k and the public compose's
+overhead o = c / k − 1; the last table the medians over the rounds of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -34,6 +36,26 @@ def _medians(data: dict) -> dict[tuple[str, str], dict[str, float]]:
     return out
 
 
+def _paired(data: dict) -> dict[tuple[str, str], dict]:
+    """{(shape, setting): extra_info} of the paired benchmark."""
+    out: dict[tuple[str, str], dict] = {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if "paired_setting" in info:
+            out[(info["shape"], info["paired_setting"])] = info
+    return out
+
+
+def _paired_cells(info: dict | None) -> tuple[str, str]:
+    """The minima cell and the median-ratio cell of one shape and setting."""
+    if info is None:
+        return "n/a", "n/a"
+    m, r = info["paired_min"], info["paired_ratio"]
+    t, k, c = m["torch"], m["kernel"], m["compose"]
+    minima = f"{_ms(t)} / {_ms(k)} / {_ms(c)} ({t / k:.2f}×, {100 * (c / k - 1):+.1f}%)"
+    return minima, f"{r['torch']:.2f}×, {100 * (r['compose'] - 1):+.1f}%"
+
+
 def _ms(seconds: float) -> str:
     ms = seconds * 1e3
     return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
@@ -46,9 +68,10 @@ def _pair(t: float | None, n: float | None) -> str:
 
 
 def tables(data: dict) -> str:
-    """The speed table (native against torch) and the overhead table, in markdown."""
+    """The speed table (medians of separate runs) and the two paired tables, in markdown."""
     medians = _medians(data)
-    shapes = list(dict.fromkeys(shape for shape, _ in medians))
+    paired = _paired(data)
+    shapes = list(dict.fromkeys([*(shape for shape, _ in medians), *(s for s, _ in paired)]))
     lines = [
         "| shape | 1 thread: torch / native | 2 threads: torch / native | 2 threads, 1 core "
         "busy: torch / native | same: native 1 thread / auto |",
@@ -63,22 +86,17 @@ def tables(data: dict) -> str:
         one, auto = busy.get("native 1 thread"), busy.get("native auto")
         cells.append(f"{_ms(one)} / {_ms(auto)}" if one and auto else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| shape | 1 thread: kernel / compose | overhead | 2 threads: kernel / compose "
-        "| overhead |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
+    header = "| shape | " + " | ".join(SETTINGS) + " |"
+    rule = "| --- |" + " ---: |" * len(SETTINGS)
+    minima = ["", "Paired minima: torch / kernel / compose (torch ÷ kernel, compose overhead)", ""]
+    ratios = ["", "Paired medians of the per-round ratios: torch ÷ kernel, compose overhead", ""]
+    minima += [header, rule]
+    ratios += [header, rule]
     for shape in shapes:
-        cells = [shape]
-        for setting in SETTINGS[:2]:
-            m = medians.get((shape, setting), {})
-            kernel, public = m.get("native"), m.get("compose")
-            if kernel is None or public is None:
-                cells += ["n/a", "n/a"]
-            else:
-                cells += [f"{_ms(kernel)} / {_ms(public)}", f"{100 * (public / kernel - 1):+.0f}%"]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [_paired_cells(paired.get((shape, setting))) for setting in SETTINGS]
+        minima.append("| " + " | ".join([shape, *(a for a, _ in cells)]) + " |")
+        ratios.append("| " + " | ".join([shape, *(b for _, b in cells)]) + " |")
+    lines += minima + ratios
     return "\n".join(lines)
 
 
@@ -90,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.table is None:
         path = str(ROOT / "bench" / "bench_compose.py")
-        code = run_suite(args.json, args.quick, [path, "-k", "test_compose_threads"])
+        tests = "test_compose_threads or test_compose_paired"
+        code = run_suite(args.json, args.quick, [path, "-k", tests])
         if code != 0 or not args.json.exists():
             return code
     print(tables(json.loads((args.table or args.json).read_text())))

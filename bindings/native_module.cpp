@@ -1,7 +1,7 @@
 // pybind11 module netmorph_core._native: thin wrappers over the CPU kernels in csrc/.
 //
 // Inputs are validated in Python (netmorph_core/backends/native.py); the checks here only
-// guard memory safety. Any array layout is accepted: non-contiguous or non-native-byte-order
+// guard memory safety, except compose_in_range's finiteness and exponent check. Any array layout is accepted: non-contiguous or non-native-byte-order
 // inputs are copied to C-contiguous buffers, so the caller's arrays are never modified.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -11,6 +11,7 @@
 #include <omp.h>
 #endif
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "blas.h"
 #include "compose_cpu.h"
 #include "gram_cpu.h"
+#include "magnitude.h"
 #include "shape.h"
 #include "workspace.h"
 
@@ -111,6 +113,61 @@ py::array compose(const py::array& f2, const py::array& f1, const std::string& m
   const netmorph::Method m = netmorph::parse_method(method);
   const int t = check_threads(threads);
   return r == Real::f32 ? compose_t<float>(f2, f1, m, t) : compose_t<double>(f2, f1, m, t);
+}
+
+// G = F2 ⊛ F1 as `compose`, when both inputs are finite and the binary exponent e of each
+// one's largest magnitude (frexp) satisfies |e| <= max_exponent: then G is exactly the
+// power-of-two-normalised problem's answer, scaled (netmorph_core/_scaling.py). None, without
+// running the kernel, when an exponent lies outside (the caller scales the inputs); ValueError
+// "F2 contains NaN or Inf" (then the same for F1) otherwise. One pass over each input's bits
+// (magnitude.h) precedes the kernel, with the GIL released once for both.
+template <typename T>
+py::object compose_in_range_t(const py::array& f2_in, const py::array& f1_in,
+                              netmorph::Method method, int threads, int max_exponent) {
+  const carray<T> f2 = contiguous<T>(f2_in);
+  const carray<T> f1 = contiguous<T>(f1_in);
+  const int64_t c2 = f2.shape(0), c1 = f2.shape(1), c0 = f1.shape(1);
+  const std::vector<int64_t> k2 = spatial(f2), k1 = spatial(f1);
+  std::vector<int64_t> kt(k1.size());
+  for (size_t d = 0; d < k1.size(); ++d) kt[d] = k1[d] + k2[d] - 1;
+  py::array_t<T> g(filter_shape(c2, c0, kt));
+  T* out = g.mutable_data();
+  const auto inf = netmorph::infinity_bits(T());
+  bool finite2 = false, finite1 = false, in_range = false;
+  {
+    py::gil_scoped_release release;
+    const auto b2 = netmorph::max_magnitude_bits(f2.data(), f2.size());
+    const auto b1 = netmorph::max_magnitude_bits(f1.data(), f1.size());
+    finite2 = b2 < inf;
+    finite1 = b1 < inf;
+    if (finite2 && finite1) {
+      const int e2 = netmorph::magnitude_exponent<T>(b2), e1 = netmorph::magnitude_exponent<T>(b1);
+      in_range = std::abs(e2) <= max_exponent && std::abs(e1) <= max_exponent;
+      if (in_range)
+        netmorph::compose_cpu<T>(f2.data(), f1.data(), c2, c1, c0, Dims3::from(k2),
+                                 Dims3::from(k1), method, threads, out);
+    }
+  }
+  if (!finite2) throw py::value_error("F2 contains NaN or Inf");
+  if (!finite1) throw py::value_error("F1 contains NaN or Inf");
+  if (!in_range) return py::none();
+  return std::move(g);
+}
+
+py::object compose_in_range(const py::array& f2, const py::array& f1, const std::string& method,
+                            int threads, int max_exponent) {
+  check_filter(f2, "f2");
+  check_filter(f1, "f1");
+  if (f2.ndim() != f1.ndim()) throw py::value_error("f2 and f1 must have the same ndim");
+  if (f2.shape(1) != f1.shape(0))
+    throw py::value_error("f2.shape[1] must equal f1.shape[0] (the shared channels)");
+  const Real r = real_type(f2, "f2");
+  if (real_type(f1, "f1") != r) throw py::type_error("f2 and f1 must have the same dtype");
+  const netmorph::Method m = netmorph::parse_method(method);
+  const int t = check_threads(threads);
+  if (max_exponent < 0) throw py::value_error("max_exponent must be non-negative");
+  return r == Real::f32 ? compose_in_range_t<float>(f2, f1, m, t, max_exponent)
+                        : compose_in_range_t<double>(f2, f1, m, t, max_exponent);
 }
 
 template <typename T>
@@ -239,6 +296,11 @@ PYBIND11_MODULE(_native, m) {
   m.def("compose", &compose, py::arg("f2"), py::arg("f1"), py::arg("method"), py::arg("threads"),
         "G = F2 ⊛ F1: (C2, C1, *K2), (C1, C0, *K1) -> (C2, C0, *(K1 + K2 - 1)), on `threads` "
         "threads.");
+  m.def("compose_in_range", &compose_in_range, py::arg("f2"), py::arg("f1"), py::arg("method"),
+        py::arg("threads"), py::arg("max_exponent"),
+        "G = F2 ⊛ F1 as compose when both inputs are finite and the exponent of each one's "
+        "largest magnitude lies in [-max_exponent, max_exponent]; None (no kernel run) when one "
+        "does not; ValueError naming F2 or F1 when it holds NaN or Inf.");
   m.def("correlate_outer", &correlate_outer, py::arg("f2"), py::arg("y"), py::arg("k1"),
         py::arg("method"), py::arg("threads"),
         "X = A^T Y: X[m, i, s] = Σ_{o,t} F2[o, m, t - s] Y[o, i, t]; X has shape (C1, C0, *k1).");

@@ -71,7 +71,9 @@ def check_compose(
     """Working set of F2 (c_out, c_mid, *k_outer) ⊛ F1 (c_mid, c_in, *k_inner): the output of
     size K_outer + K_inner − 1, the operands, and the transform kernels' copies of all three;
     ``groups`` such products at once (grouped filters, channel counts per group)."""
-    kt = math.prod(a + b - 1 for a, b in zip(k_outer, k_inner))
+    kt = 1
+    for a, b in zip(k_outer, k_inner):  # a loop, not a generator: this runs on every compose
+        kt *= a + b - 1
     entries = c_out * c_in * kt + c_out * c_mid * math.prod(k_outer)
     entries += c_mid * c_in * math.prod(k_inner)
     check_working_set(_F64 * _COPIES * groups * entries, what)

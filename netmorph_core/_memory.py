@@ -10,6 +10,8 @@ import math
 import os
 import time
 
+from ._environ import getenv
+
 ENV_LIMIT = "NETMORPH_MAX_BYTES"
 #: A reading of the available memory is reused this long (seconds) for working sets below
 #: :data:`_REUSE_FRACTION` of the limit it gave: reading /proc/meminfo takes 20–80 µs, as long
@@ -46,8 +48,8 @@ def memory_limit(nbytes: float = math.inf) -> int:
     """Bytes one operation may hold at once: ``$NETMORPH_MAX_BYTES`` when set (an integer),
     else half of the memory available now (a reading up to 0.1 s old when ``nbytes``, the
     working set to check, is below 1/16 of the limit it gave)."""
-    raw = os.environ.get(ENV_LIMIT, "").strip()
-    if raw:
+    raw = getenv(ENV_LIMIT)
+    if raw is not None and (raw := raw.strip()):
         try:
             value = int(float(raw))
         except ValueError as exc:

@@ -7,7 +7,9 @@ below the smallest normal number — and scales the result back. Then G·2^k giv
 represented in the output dtype is a ``ValueError`` naming the arguments, never inf or a
 silent zero. Works on NumPy and CuPy arrays.
 
-Costs: max|x| is read as max(x.max(), −x.min()), two reductions over a view (no temporary),
+Costs: max|x| is read as max(x.max(), −x.min()), two reductions over a view (no temporary;
+the public ``compose`` reads plain NumPy arrays in one native pass instead, see
+:func:`netmorph_core.backends.native.compose_in_range`),
 and x·2^e is a multiplication by powers of two (rounded once, as ``ldexp``, at memory speed).
 :func:`prescale` leaves inputs whose exponent lies in [−:data:`SAFE_EXPONENT`,
 :data:`SAFE_EXPONENT`] as they are: every intermediate of a product of such inputs is then

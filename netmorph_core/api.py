@@ -16,8 +16,8 @@ from . import _validation as v
 from ._arrays import namespace, to_host, unify
 from ._errors import typed_errors
 from ._limits import check_compose, check_deconv
-from ._scaling import prescale, scale_back
-from .backends import select_backend
+from ._scaling import SAFE_EXPONENT, prescale, scale_back
+from .backends import select_backend, try_backend
 from .grouped import (
     chain_groups,
     check_compose_grouped,
@@ -42,6 +42,9 @@ def compose(
     ``groups`` = g: both filters grouped (F2 (C2, C1/g, *K2), F1 (C1, C0/g, *K1)); group j of
     G (C2, C0/g, *Kt) is F2_j ⊛ F1_j (see :mod:`netmorph_core.grouped`).
     """
+    fast = _compose_native(f2, f1, groups, backend)
+    if fast is not None:
+        return fast
     groups = check_groups(groups)
     arrays, restore = unify({"F2": f2, "F1": f1})
     # finiteness is checked by prescale, in the two reductions that also give max|F|
@@ -69,6 +72,37 @@ def compose(
     # the result is scaled in place unless the backend handed back memory it shares with F
     owned = not (xp.may_share_memory(out, f2) or xp.may_share_memory(out, f1))
     return restore(scale_back(out, e2 + e1, dtype, "compose(F2, F1)", owned=owned))
+
+
+#: dtypes of the native fast path of :func:`compose` (native byte order).
+_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _compose_native(f2: object, f1: object, groups: object, backend: object) -> np.ndarray | None:
+    """:func:`compose`'s common case in one native call: plain NumPy arrays of one dtype
+    (float32 or float64, any strides), ``groups=1``, ``backend`` "auto" or "native" with the
+    native backend available, both inputs finite with max|F| in [2^−(SAFE_EXPONENT+1),
+    2^SAFE_EXPONENT) (or zero). Finiteness and the largest exponents are read in one pass over
+    each input inside the kernel's call, which then runs unscaled (exact: ``_scaling``).
+    None when the general path must run: any other input (it is checked and refused there by
+    name) or an input outside that range (scaled there)."""
+    if type(f2) is not np.ndarray or type(f1) is not np.ndarray:
+        return None
+    if type(groups) is not int or groups != 1 or type(backend) is not str:
+        return None
+    dtype = f2.dtype
+    if f1.dtype != dtype or dtype not in _NATIVE_DTYPES or backend not in ("auto", "native"):
+        return None
+    shape2, shape1 = f2.shape, f1.shape
+    if len(shape1) != len(shape2) or not 2 <= len(shape2) <= 2 + v.MAX_SPATIAL_DIMS:
+        return None
+    if 0 in shape2 or 0 in shape1 or shape2[1] != shape1[0]:
+        return None
+    impl = try_backend("native")
+    if impl is None:
+        return None
+    check_compose(shape2[0], shape2[1], shape1[1], shape2[2:], shape1[2:], "compose(F2, F1)")
+    return impl.compose_in_range(f2, f1, SAFE_EXPONENT)
 
 
 @typed_errors("deconv")

@@ -59,6 +59,12 @@ def _try_load(name: str) -> ModuleType | None:
     return module
 
 
+def try_backend(name: str) -> ModuleType | None:
+    """The loaded backend ``name``, or None when it cannot run here (:func:`backends` says
+    why); ``name`` must be registered."""
+    return _try_load(name)
+
+
 def backends() -> list[BackendInfo]:
     """Every backend with whether it is available and the reason when it is not."""
     rows = []

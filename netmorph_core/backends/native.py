@@ -13,6 +13,11 @@ filters (and linear layers) all run natively.
 - ``"dft"``: a real DFT of size Kt per dimension, three products (Gauss's trick) per
   conjugate pair of frequencies: 121 instead of 625 for 5×5 ⊛ 5×5, as accurate as direct.
 
+:func:`compose_in_range` is the public ``compose``'s path for plain arrays: one native call
+that reads each input once for finiteness and its largest exponent (an integer maximum over
+the bits, ``csrc/magnitude.h``) and then runs the kernel unscaled, or stops when an input needs
+the exact power-of-two scaling of :mod:`netmorph_core._scaling`.
+
 ``method="auto"`` keeps the transform methods whose rounding-error magnification (relative to
 direct, computed from the algorithm's matrices) fits the dtype's budget, then takes the
 cheapest by a cost model of GEMM flops, per-call overhead and transform work.
@@ -46,6 +51,7 @@ from types import ModuleType
 import numpy as np
 
 from .. import _validation as v
+from .._environ import getenv
 
 DEVICE = "cpu"
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -80,6 +86,11 @@ def _extension() -> ModuleType:
         from .. import _native
     except ImportError as exc:
         raise ImportError(f"{_MISSING} ({exc})") from exc
+    if not hasattr(_native, "compose_in_range"):
+        raise ImportError(
+            "netmorph_core._native was built from older sources (it has no compose_in_range): "
+            "rebuild it (python setup.py build_ext --inplace, or pip install .)"
+        )
     if not _native.blas_ready():
         from scipy.linalg import cython_blas
 
@@ -112,20 +123,26 @@ def _busy_cores() -> int:
     return max(running - 1, 0)
 
 
+@functools.lru_cache(maxsize=16)
+def _env_threads(raw: str) -> int:
+    """The thread count ``$NETMORPH_NUM_THREADS`` = ``raw`` (stripped, not empty) sets."""
+    try:
+        return v.positive_int(int(raw), ENV_THREADS, MAX_THREADS)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{ENV_THREADS} must be a positive int up to {MAX_THREADS}, got {raw!r}"
+        ) from None
+
+
 def threads_for(work: float, threads: int | None = None) -> int:
     """Threads of a call doing ``work`` direct-method multiply-adds: ``threads`` when given,
     else ``$NETMORPH_NUM_THREADS``, else chosen from the work and the free cores (module
     docstring)."""
     if threads is not None:
         return v.positive_int(threads, "threads", MAX_THREADS)
-    raw = os.environ.get(ENV_THREADS, "").strip()
+    raw = (getenv(ENV_THREADS) or "").strip()
     if raw:
-        try:
-            return v.positive_int(int(raw), ENV_THREADS, MAX_THREADS)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{ENV_THREADS} must be a positive int up to {MAX_THREADS}, got {raw!r}"
-            ) from None
+        return _env_threads(raw)
     cores = _start_up_threads()
     if cores == 1 or work < MIN_PARALLEL_WORK:
         return 1
@@ -229,6 +246,21 @@ def compose(
     if method == "auto":
         method = choose_method("compose", channels, f2.shape[2:], f1.shape[2:], f2.dtype)
     return _extension().compose(f2, f1, method, n)
+
+
+def compose_in_range(f2: np.ndarray, f1: np.ndarray, max_exponent: int) -> np.ndarray | None:
+    """:func:`compose` (method and threads chosen as for ``"auto"`` and ``None``) of inputs the
+    caller has checked (NumPy arrays of one dtype of :data:`DTYPES`, 2 to 5 dimensions alike,
+    none empty, F2's input channels F1's output channels), when both are finite and the binary
+    exponent e of each one's largest magnitude (``frexp``) has |e| <= ``max_exponent``; None,
+    without running the kernel, when one has not. ``ValueError`` "F2 (or F1) contains NaN or
+    Inf" for a non-finite input. The check is one pass over each input's bits, in the same
+    native call as the kernel (non-contiguous inputs are copied first, as the kernel needs)."""
+    k2, k1 = f2.shape[2:], f1.shape[2:]
+    channels = (f2.shape[0], f2.shape[1], f1.shape[1])
+    n = threads_for(_work(*channels, k2, k1))
+    method = choose_method("compose", channels, k2, k1, f2.dtype)
+    return _extension().compose_in_range(f2, f1, method, n, max_exponent)
 
 
 def correlate_outer(
