@@ -82,32 +82,86 @@ def own_tensors(module: nn.Module) -> list[torch.Tensor]:
     return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
+class _Scratch:
+    """Float64 buffers reused from one module call to the next: a fresh tensor of a
+    projection's size costs its page faults on every call (ten times the cast itself). A
+    buffer is taken for one call and given back when the call returns; one that cannot hold a
+    request is dropped, so the buffers held are those of the calls active at once."""
+
+    def __init__(self) -> None:
+        self.free: list[torch.Tensor] = []
+
+    def take(self, numel: int, device: torch.device) -> torch.Tensor:
+        """A float64 buffer of at least ``numel`` entries on ``device``, out of the free list."""
+        here = [b for b in self.free if b.device == device]
+        fits = [b for b in here if b.numel() >= numel]
+        if fits:
+            buffer = min(fits, key=torch.Tensor.numel)
+            self.free = [b for b in self.free if b is not buffer]
+            return buffer
+        self.free = [b for b in self.free if b.device != device or b.numel() >= numel]
+        return torch.empty(numel, dtype=torch.float64, device=device)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        self.free.append(buffer)
+
+    def cast(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(buffer, float64 copies of ``tensors`` as views of it); give the buffer back."""
+        buffer = self.take(sum(t.numel() for t in tensors), tensors[0].device)
+        views, start = [], 0
+        for t in tensors:
+            view = buffer[start : start + t.numel()].view(t.shape)
+            view.copy_(t.detach())
+            views.append(view)
+            start += t.numel()
+        return buffer, views
+
+
+Slot = tuple[dict, str, torch.Tensor]
+
+
 @contextmanager
 def float64_calls(model: nn.Module) -> Iterator[None]:
-    """While active, every module of ``model`` computes in float64 (module docstring); the
-    modules' own tensors are back (same objects, same values) on exit."""
-    active: dict[int, tuple[list[tuple[torch.Tensor, torch.Tensor]], list[int]]] = {}
+    """While active, every module of ``model`` computes in float64 (module docstring): a
+    module's own floating tensors are replaced, in its ``_parameters``/``_buffers``, by float64
+    copies in reused scratch buffers for the duration of its call. The tensors themselves are
+    never touched (a tensor the parent shares with the child under construction stays the
+    parent's), and every module holds them again on exit."""
+    scratch = _Scratch()
+    active: dict[int, tuple[list[Slot], torch.Tensor | None, list[int]]] = {}
 
     def enter(module: nn.Module, args: object) -> None:
         key = id(module)
         if key in active:
-            active[key][1][0] += 1
+            active[key][2][0] += 1
             return
-        swapped = []
-        for t in own_tensors(module):
-            if t.dtype != torch.float64:
-                swapped.append((t, t.data))
-                t.data = t.data.to(torch.float64)
-        active[key] = (swapped, [1])
+        slots: list[Slot] = [
+            (table, name, t)
+            for table in (module._parameters, module._buffers)
+            for name, t in table.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+        ]
+        buffer = None
+        if slots:
+            buffer, views = scratch.cast([t for _, _, t in slots])
+            for (table, name, _), view in zip(slots, views):
+                is_param = table is module._parameters
+                table[name] = nn.Parameter(view, requires_grad=False) if is_param else view
+        active[key] = (slots, buffer, [1])
+
+    def restore(slots: list[Slot], buffer: torch.Tensor | None) -> None:
+        for table, name, t in slots:
+            table[name] = t
+        if buffer is not None:
+            scratch.give(buffer)
 
     def leave(module: nn.Module, args: object, output: object) -> None:
         entry = active.get(id(module))
         if entry is None:
             return
-        entry[1][0] -= 1
-        if entry[1][0] == 0:
-            for t, data in entry[0]:
-                t.data = data
+        entry[2][0] -= 1
+        if entry[2][0] == 0:
+            restore(entry[0], entry[1])
             del active[id(module)]
 
     handles, chunked = [], []
@@ -116,7 +170,7 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
         if kind == "rows":
             handles.append(m.register_forward_hook(_rows_in_float64))
         elif kind == "chunks":
-            m.forward = _chunked_linear(m)
+            m.forward = _chunked_linear(m, scratch)
             chunked.append(m)
         elif kind == "swap":
             handles.append(m.register_forward_pre_hook(enter))
@@ -128,9 +182,8 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
             h.remove()
         for m in chunked:
             del m.forward
-        for swapped, _ in active.values():
-            for t, data in swapped:
-                t.data = data
+        for slots, buffer, _ in active.values():
+            restore(slots, buffer)
         active.clear()
 
 
@@ -166,18 +219,25 @@ def _rows_in_float64(module: nn.Module, args: object, output: torch.Tensor) -> t
     return output.to(torch.float64) if output.is_floating_point() else output
 
 
-def _chunked_linear(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``layer``'s function in float64, :data:`LINEAR_CHUNK` weight entries at a time."""
+def _chunked_linear(layer: nn.Linear, scratch: _Scratch) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``layer``'s function in float64, :data:`LINEAR_CHUNK` weight entries at a time (each
+    chunk cast into one reused scratch buffer)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float64)
         rows = max(1, LINEAR_CHUNK // max(layer.in_features, 1))
-        parts = []
-        for i in range(0, layer.out_features, rows):
-            w = layer.weight[i : i + rows].to(torch.float64)
-            b = None if layer.bias is None else layer.bias[i : i + rows].to(torch.float64)
-            parts.append(F.linear(x, w, b))
-        return torch.cat(parts, dim=-1)
+        out = x.new_empty((*x.shape[:-1], layer.out_features))
+        buffer = scratch.take(min(rows, layer.out_features) * layer.in_features, x.device)
+        try:
+            for i in range(0, layer.out_features, rows):
+                chunk = layer.weight[i : i + rows]
+                w = buffer[: chunk.numel()].view(chunk.shape)
+                w.copy_(chunk.detach())
+                b = None if layer.bias is None else layer.bias[i : i + rows].to(torch.float64)
+                out[..., i : i + chunk.shape[0]] = F.linear(x, w, b)
+        finally:
+            scratch.give(buffer)
+        return out
 
     return forward
 
