@@ -372,6 +372,13 @@ def _inputs(region: Region, cap: Captured) -> tuple[tuple, Outputs]:
     return args, expected
 
 
+def in_float64(dtype: torch.dtype, tol: float | str | None) -> bool:
+    """Whether ``tol`` is checked on float64 deviations: for float64 models, a number, and
+    None (which reports every deviation); ``tol="auto"`` of a low-precision model bounds the
+    deviation in the model's dtype from the float64 parent instead."""
+    return dtype == torch.float64 or tol != "auto"
+
+
 def check_regions(
     operation: str,
     child: nn.Module,
@@ -381,17 +388,25 @@ def check_regions(
     tol: float | str | None,
 ) -> tuple[tuple[str, float], ...]:
     """Run each child region on its captured inputs and compare (module docstring): MorphError
-    naming the region when it breaks ``tol``. Returns (child module, float64 relative deviation)
-    for each region. The parent's low-precision outputs come from :func:`run_low_precision`."""
+    naming the region when it breaks ``tol``. Returns (child module, relative deviation) for
+    each region: the checked one — in float64 where :func:`in_float64`, else the child region
+    in the model's dtype against the float64 parent region (the region is not run in float64
+    then: nothing would check it). The parent's low-precision outputs come from
+    :func:`run_low_precision`."""
     found = []
+    wide = in_float64(dtype, tol)
     for region, cap in zip(regions, captured):
         args, expected = _inputs(region, cap)
         module = child.get_submodule(region.child)
+        where = f"{operation}: {region.child!r}"
         try:
-            out64 = _call(module, args, cap.kwargs, float64=True)
-            if len(expected) != len(out64):
-                expected, out64 = expected[:1], out64[:1]
-            dev64 = compare(expected, out64)
+            if wide:
+                out = _call(module, args, cap.kwargs, float64=True)
+            else:
+                out = _call(module, _cast(args, dtype), _cast(cap.kwargs, dtype), float64=False)
+            if len(expected) != len(out):
+                expected, out = expected[:1], out[:1]
+            dev = compare(expected, out)
         except MorphError:
             raise
         except Exception as exc:  # the child's forward raises any type
@@ -399,21 +414,18 @@ def check_regions(
                 f"{operation}: {region.child!r} of the child fails on the inputs its parent "
                 f"region {region.parent!r} receives ({type(exc).__name__}: {exc}); refused"
             ) from exc
-        found.append((region.child, dev64[1]))
+        found.append((region.child, dev[1]))
         if tol is None:
             continue
-        where = f"{operation}: {region.child!r}"
-        if dtype == torch.float64 or tol != "auto":
+        if wide:
             bound = AUTO_F64_BOUND if tol == "auto" else float(tol)
-            if not dev64[1] <= bound:
+            if not dev[1] <= bound:
                 raise MorphError(
-                    f"{where} deviates from the parent's {region.parent!r} by {dev64[1]:.3e} "
+                    f"{where} deviates from the parent's {region.parent!r} by {dev[1]:.3e} "
                     f"(relative, float64, on the inputs it receives on the probe), above "
                     f"tol={tol!r} (bound {bound:.1e}); refused"
                 )
             continue
-        low = _cast(args, dtype), _cast(cap.kwargs, dtype)
-        child_low = _call(module, *low, float64=False)[: len(expected)]
         if region.identity or cap.low is None:
             parent_low = [_cast(expected[0], dtype)]
             new_layers = layer_count(module)
@@ -422,13 +434,12 @@ def check_regions(
             new_layers = max(0, layer_count(module) - cap.layers)
         reference = list(cap.outputs) if not region.identity else [args[0]]
         parent_noise = compare(reference[: len(parent_low)], parent_low)[1]
-        child_noise = compare(expected[: len(child_low)], child_low)[1]
         bound = auto_bound(dtype, parent_noise, new_layers)
-        if not child_noise <= bound:
+        if not dev[1] <= bound:
             raise MorphError(
                 f"{where}: in {str(dtype).removeprefix('torch.')} it deviates from the float64 "
-                f"parent region {region.parent!r} by {child_noise:.3e} (relative), above "
+                f"parent region {region.parent!r} by {dev[1]:.3e} (relative), above "
                 f"tol='auto''s bound {bound:.3e} (the region's own rounding noise "
-                f"{parent_noise:.3e}); float64 deviation {dev64[1]:.3e}; refused"
+                f"{parent_noise:.3e}); refused"
             )
     return tuple(found)

@@ -37,15 +37,20 @@ from torch import nn
 from .. import _validation as v
 from .errors import MorphError
 from .hf_config import sync_config
-from .pipeline import Request, run
+from .pipeline import WHOLE_COPY_LIMIT, Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
 from .support import check_subtree
-from .surgery import find_layer, gather, replace_module
+from .surgery import count_parameters, find_layer, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
+#: Edits that compute new values (grow_width's readers and means) cast this many entries of a
+#: weight to float64 at a time (an embedding of 65M entries would be 0.5 GB in float64).
+EDIT_CHUNK = 1 << 22
+#: The scale of new random entries is the standard deviation of this many entries at most.
+STD_SAMPLE = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,9 +58,10 @@ SEQ_LEN = 8
 
 
 class _Editor:
-    """Replaces parameters of ``child`` by float64 values cast to their dtype, and records the
-    :class:`ParamSource` of each (``index``: per axis, child position → parent position, −1
-    for a new entry) and how many new entries are non-zero."""
+    """Replaces parameters of ``child`` by new values cast to their dtype (computed in float64
+    where they are not copies of parent entries, :data:`EDIT_CHUNK` entries of a weight at a
+    time), and records the :class:`ParamSource` of each (``index``: per axis, child position →
+    parent position, −1 for a new entry) and how many new entries are non-zero."""
 
     def __init__(self, child: nn.Module, seed: int) -> None:
         self.child = child
@@ -105,10 +111,16 @@ class _Editor:
 
     def linear(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The float64 (out, in) weight and bias of the Linear or Conv1D layer ``name``."""
+        w, b = self.native(name)
+        return w.to(torch.float64), None if b is None else b.to(torch.float64)
+
+    def native(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (out, in) weight and bias of the Linear or Conv1D layer ``name`` in their own
+        dtype, not copied (read them only): edits that copy entries and insert new ones
+        cast once are exact in any dtype, and need no float64 copy of the matrix."""
         module = self.child.get_submodule(name)
-        w = as_matrix(module).detach().to(torch.float64)
-        b = module.bias.detach().to(torch.float64) if module.bias is not None else None
-        return w, b
+        b = module.bias.detach() if module.bias is not None else None
+        return as_matrix(module).detach(), b
 
     def outcome(self, notes: list[str]) -> Outcome:
         sync_shapes(self.child)
@@ -117,7 +129,11 @@ class _Editor:
 
 
 def _std(t: torch.Tensor) -> float:
-    s = float(t.std()) if t.numel() > 1 else 0.0
+    """The scale of new random entries next to ``t``: the standard deviation of an even sample
+    of at most :data:`STD_SAMPLE` of its entries, in float64 (1/√fan-in when it is 0)."""
+    flat = (t.t() if t.dim() == 2 and not t.is_contiguous() else t).reshape(-1)
+    sample = flat[:: max(1, flat.numel() // STD_SAMPLE)]
+    s = float(sample.to(torch.float64).std()) if sample.numel() > 1 else 0.0
     return s if s > 0 else 1.0 / math.sqrt(max(t.shape[-1], 1))
 
 
@@ -175,17 +191,21 @@ def _set_config(config: object | None, **values: int) -> None:
 
 
 def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]:
-    """Token ids (2, 8) for language models, images (2, C, S, S) for ViT."""
+    """Token ids (B, 8) for language models, images (B, C, S, S) for ViT: B = 2, or 1 for a
+    model of more than ``WHOLE_COPY_LIMIT`` parameters (each forward pass then costs seconds,
+    about its parameter count, and eight tokens already run through every block)."""
+    batch = 1 if count_parameters(model) > WHOLE_COPY_LIMIT else 2
     gen = torch.Generator().manual_seed(0)
     first = model.get_submodule(layout.name(layout.family.writers[0]))
     like = next(model.parameters())
     if isinstance(first, nn.Embedding):
-        ids = torch.randint(0, first.num_embeddings, (2, SEQ_LEN), generator=gen)
+        ids = torch.randint(0, first.num_embeddings, (batch, SEQ_LEN), generator=gen)
         return (ids.to(like.device),)
     config = layout.config
     size = int(getattr(config, "image_size", 8))
     channels = int(getattr(config, "num_channels", first.in_channels))
-    return (torch.randn(2, channels, size, size, generator=gen).to(like.device, like.dtype),)
+    image = torch.randn(batch, channels, size, size, generator=gen)
+    return (image.to(like.device, like.dtype),)
 
 
 def check_bool(value: object, name: str) -> bool:
@@ -200,9 +220,10 @@ def _itemsize(model: nn.Module) -> int:
 
 
 def _edit_bytes(model: nn.Module, names: Sequence[str]) -> int:
-    """Float64 working tensors of the editor: three of the largest weight it edits."""
+    """Working tensors of the editor: a copy of the largest weight it edits in its dtype (the
+    parent entries it keeps, counted) and four float64 chunks of :data:`EDIT_CHUNK` entries."""
     largest = max((model.get_submodule(n).weight.numel() for n in names), default=0)
-    return 3 * 8 * largest
+    return largest * _itemsize(model) + 4 * 8 * min(largest, EDIT_CHUNK)
 
 
 def _linears(blocks: Sequence[Block], rels: Sequence[str]) -> tuple[str, ...]:
@@ -258,7 +279,7 @@ def _ffn_units(
     src = np.concatenate([np.arange(parent_hidden), -np.ones(new_hidden - parent_hidden, int)])
     sets = _cancel_sets(range(parent_hidden, new_hidden))
     for rel in fam.ffn_in:
-        w, b = edit.linear(block.name(rel))
+        w, b = edit.native(block.name(rel))
         new_w = _gather_rows(w, src)
         new_b = _gather_rows(b, src) if b is not None else None
         std = _std(w)
@@ -267,7 +288,7 @@ def _ffn_units(
             for u in unit_set:
                 new_w[u] = row
         edit.put_linear(block.name(rel), new_w, new_b, src, None)
-    w, b = edit.linear(block.name(fam.ffn_out))
+    w, b = edit.native(block.name(fam.ffn_out))
     new_w = _gather_rows(w, src, axis=1)
     std = _std(w)
     for unit_set in sets:
@@ -345,6 +366,7 @@ def grow_ffn(
         edits=edits,
         regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
+        replaced=edits,
     )
 
 
@@ -375,11 +397,11 @@ Rows = list  # [weight (rows, d_in), bias (rows,) or None] of one of q, k, v
 
 
 def _read_qkv(edit: _Editor, block: Block, layout: Layout) -> list[tuple]:
-    """(weight, bias) of q, k and v as (out, in) float64 matrices (a fused q|k|v split)."""
+    """(weight, bias) of q, k and v as (out, in) matrices (a fused q|k|v split), not copied."""
     fam = layout.family
     if len(fam.qkv) == 3:
-        return [edit.linear(block.name(rel)) for rel in fam.qkv]
-    w, b = edit.linear(block.name(fam.qkv[0]))
+        return [edit.native(block.name(rel)) for rel in fam.qkv]
+    w, b = edit.native(block.name(fam.qkv[0]))
     d = block.heads * block.head_dim
     return [
         (w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d]) for i in range(3)
@@ -452,7 +474,7 @@ def _attention_units(
                 for target in qkv[1:]:
                     target[0][span(h)] = target[0][span(head_set[0])]
     _write_qkv(edit, block, layout, qkv, rows)
-    w, b = edit.linear(block.name(fam.o))
+    w, b = edit.native(block.name(fam.o))
     new_w = _gather_rows(w, rows[0], axis=1)
     for head_set in sets:
         cols = edit.noise((w.shape[0], hd), _std(w), w)
@@ -578,6 +600,7 @@ def add_heads(
         edits=edits,
         regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
+        replaced=edits,
     )
 
 
@@ -589,21 +612,46 @@ def _stream_index(d: int, copies: int, extra: int) -> np.ndarray:
     return np.concatenate([np.tile(np.arange(d), copies), -np.ones(extra, int)])
 
 
+def _mean64(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """mean(t) along ``axis`` (kept) in float64, :data:`EDIT_CHUNK` entries cast at a time."""
+    axis %= t.dim()
+    if t.dim() == 1 or t.numel() <= EDIT_CHUNK:
+        return t.to(torch.float64).mean(axis, keepdim=True)
+    other = 1 if axis == 0 else 0
+    step = max(1, EDIT_CHUNK * t.shape[other] // t.numel())
+    parts = [c.to(torch.float64).mean(axis, keepdim=True) for c in t.split(step, other)]
+    return torch.cat(parts, other)
+
+
 def _write(t: torch.Tensor, axis: int, copies: int, extra: int, kind: str) -> torch.Tensor:
-    """A writer's output axis: [t; …; t; a] with a = mean(t) (LayerNorm) or 0 (RMSNorm)."""
-    a = t.mean(axis, keepdim=True) if kind == "layer" else torch.zeros_like(t.narrow(axis, 0, 1))
+    """A writer's output axis: [t; …; t; a] with a = mean(t) (LayerNorm; in float64, rounded
+    to t's dtype) or 0 (RMSNorm), in t's dtype."""
+    if kind == "layer":
+        a = _mean64(t, axis).to(t.dtype)
+    else:
+        a = torch.zeros_like(t.narrow(axis, 0, 1))
     shape = list(t.shape)
     shape[axis] = extra
     return torch.cat([t] * copies + [a.expand(shape)], dim=axis)
 
 
 def _read(edit: _Editor, w: torch.Tensor, copies: int, extra: int, noise: float) -> torch.Tensor:
-    """A reader's (out, in) columns: k blocks W/k + R_j − mean(R) summing to W, then random
-    columns for the extra coordinates (whose normalised value is zero)."""
+    """A reader's (out, in) columns: k blocks W/k + R_j − mean(R) summing to W (W itself for
+    k = 1), then random columns for the extra coordinates (whose normalised value is zero).
+    Computed in float64 :data:`EDIT_CHUNK` entries at a time, in w's dtype."""
     std = _std(w)
-    r = torch.stack([edit.noise(tuple(w.shape), noise * std, w) for _ in range(copies)])
-    blocks = w / copies + r - r.mean(0)
-    return torch.cat([*blocks, edit.noise((w.shape[0], extra), std, w)], dim=1)
+    out = w.new_empty((w.shape[0], copies * w.shape[1] + extra))
+    step = max(1, EDIT_CHUNK // max(w.shape[1] * (copies + 1), 1))
+    for i in range(0, w.shape[0], step):
+        rows = w[i : i + step]
+        if copies == 1:
+            out[i : i + step, : w.shape[1]] = rows
+        else:
+            r = torch.stack([edit.noise(tuple(rows.shape), noise * std, w) for _ in range(copies)])
+            blocks = rows.to(torch.float64) / copies + r - r.mean(0)
+            out[i : i + step, : copies * w.shape[1]] = torch.cat([*blocks], dim=1)
+        out[i : i + step, copies * w.shape[1] :] = edit.noise((rows.shape[0], extra), std, w)
+    return out
 
 
 def _eps_attr(norm: nn.Module) -> str:
@@ -772,7 +820,7 @@ def grow_width(
                 )
                 continue
             axis = 1 if isinstance(obj, nn.Embedding) else 0
-            w = edit.get(f"{name}.weight")
+            w = child.get_parameter(f"{name}.weight").detach()
             index = tuple(idx if a == axis else None for a in range(w.dim()))
             edit.put(f"{name}.weight", _write(w, axis, copies, extra, kind), index)
             if getattr(obj, "bias", None) is not None:
@@ -781,7 +829,7 @@ def grow_width(
                 )
         for block in layout.blocks:
             for rel in (fam.o, fam.ffn_out):
-                w, b = edit.linear(block.name(rel))
+                w, b = edit.native(block.name(rel))
                 edit.put_linear(
                     block.name(rel),
                     _write(w, 0, copies, extra, kind),
@@ -790,7 +838,7 @@ def grow_width(
                     None,
                 )
             for rel in (*fam.qkv, *fam.ffn_in):
-                w, _ = edit.linear(block.name(rel))
+                w, _ = edit.native(block.name(rel))
                 edit.put_linear(
                     block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
                 )
@@ -814,7 +862,7 @@ def grow_width(
                 norm.normalized_shape = (d_model,)
         readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
-            w, _ = edit.linear(name)
+            w, _ = edit.native(name)
             edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
         if layout.tied:
             embed = child.get_submodule(layout.name(fam.writers[0]))
@@ -851,6 +899,7 @@ def grow_width(
         copies=("",),
         regions=tuple(Region(b.prefix, b.prefix, lift=lift) for b in layout.blocks),
         new_bytes=new_bytes,
+        replaced=("",),
     )
 
 
@@ -1094,6 +1143,7 @@ def deepen_projection(
             edits=(at,),
             regions=(Region(at, at),),
             new_bytes=new_bytes,
+            replaced=(at,),
             inplace=check_bool(inplace, "inplace"),
             probe=probe,
             tol=tol,
