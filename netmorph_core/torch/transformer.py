@@ -50,7 +50,7 @@ SEQ_LEN = 8
 #: weight to float64 at a time (an embedding of 65M entries would be 0.5 GB in float64).
 EDIT_CHUNK = 1 << 22
 #: The scale of new random entries is the standard deviation of this many entries at most.
-STD_SAMPLE = 1 << 20
+STD_SAMPLE = 1 << 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,11 +84,17 @@ class _Editor:
         old = getattr(module, attr)
         setattr(module, attr, nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad))
         self.sources[name] = ParamSource(name, name, index)
+        axes = [axis for axis, idx in enumerate(index) if idx is not None]
+        if len(axes) == 1:  # the new entries: the new positions of the one indexed axis
+            fresh = np.flatnonzero(index[axes[0]] < 0)
+            new = value.index_select(axes[0], torch.as_tensor(fresh, device=value.device))
+            self.new_total += new.numel()
+            self.new_nonzero += int(torch.count_nonzero(new))
+            return
         old = value  # the entries every indexed axis maps to the parent
-        for axis, idx in enumerate(index):
-            if idx is not None:
-                keep = torch.as_tensor(np.flatnonzero(idx >= 0), device=value.device)
-                old = old.index_select(axis, keep)
+        for axis in axes:
+            keep = torch.as_tensor(np.flatnonzero(index[axis] >= 0), device=value.device)
+            old = old.index_select(axis, keep)
         self.new_total += value.numel() - old.numel()
         self.new_nonzero += int(torch.count_nonzero(value)) - int(torch.count_nonzero(old))
 
@@ -278,23 +284,21 @@ def _ffn_units(
     parent_hidden = 0 if fresh else hidden
     src = np.concatenate([np.arange(parent_hidden), -np.ones(new_hidden - parent_hidden, int)])
     sets = _cancel_sets(range(parent_hidden, new_hidden))
+    units = [u for unit_set in sets for u in unit_set]
+    of_set = [i for i, unit_set in enumerate(sets) for _ in unit_set]
+    coefficients = [c for unit_set in sets for c in _coefficients(len(unit_set), method)]
     for rel in fam.ffn_in:
         w, b = edit.native(block.name(rel))
         new_w = _gather_rows(w, src)
         new_b = _gather_rows(b, src) if b is not None else None
-        std = _std(w)
-        for unit_set in sets:
-            row = edit.noise((w.shape[1],), std, w)
-            for u in unit_set:
-                new_w[u] = row
+        rows = edit.noise((len(sets), w.shape[1]), _std(w), w)  # one row per set
+        new_w[units] = rows[of_set].to(new_w.dtype)
         edit.put_linear(block.name(rel), new_w, new_b, src, None)
     w, b = edit.native(block.name(fam.ffn_out))
     new_w = _gather_rows(w, src, axis=1)
-    std = _std(w)
-    for unit_set in sets:
-        col = edit.noise((w.shape[0],), std, w)
-        for u, c in zip(unit_set, _coefficients(len(unit_set), method)):
-            new_w[:, u] = c * col
+    cols = edit.noise((len(sets), w.shape[0]), _std(w), w)  # one column per set
+    scale = torch.tensor(coefficients, dtype=cols.dtype, device=cols.device)[:, None]
+    new_w[:, units] = (cols[of_set] * scale).t().to(new_w.dtype)
     new_b = torch.zeros_like(b) if (fresh and b is not None) else None
     edit.put_linear(block.name(fam.ffn_out), new_w, new_b, None, src)
 
