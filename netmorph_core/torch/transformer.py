@@ -1102,7 +1102,8 @@ def deepen_projection(
     width = in_f if width is None else v.positive_int(width, "width")
     if width < in_f:
         raise ValueError(f"width={width} must be at least the layer's {in_f} inputs")
-    new_bytes = width * (in_f + out_f) * (w0.element_size() + 8) + 8 * out_f * in_f * 2
+    # the factors in the model's dtype, Q and the QR's factor in float64, two float64 chunks
+    new_bytes = width * (in_f + out_f) * w0.element_size() + 16 * width * in_f + 16 * EDIT_CHUNK
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     try:
         layout = describe(model)
@@ -1111,17 +1112,21 @@ def deepen_projection(
 
     def build(child: nn.Module) -> Outcome:
         old = child.get_submodule(at)
-        w = as_matrix(old).detach().to(torch.float64)
+        w = as_matrix(old).detach()  # read in float64 chunks of EDIT_CHUNK entries
         gen = torch.Generator().manual_seed(seed)
-        q, _ = torch.linalg.qr(torch.randn(width, in_f, generator=gen, dtype=torch.float64))
-        q = q.to(w.device)
-        s = math.sqrt(max(float(w.norm()), 1e-30) / math.sqrt(in_f))
+        a, tau = torch.geqrf(torch.randn(width, in_f, generator=gen, dtype=torch.float64))
+        q = torch.linalg.householder_product(a, tau).to(w.device)  # torch.linalg.qr's Q
+        del a, tau
+        step = max(1, EDIT_CHUNK // max(in_f, 1))
+        norm = math.sqrt(sum(float(c.to(torch.float64).pow(2).sum()) for c in w.split(step)))
+        s = math.sqrt(max(norm, 1e-30) / math.sqrt(in_f))
         like = {"device": w.device, "dtype": old.weight.dtype}
         first = nn.Linear(in_f, width, bias=False, **like)
         second = nn.Linear(width, out_f, bias=old.bias is not None, **like)
         with torch.no_grad():
-            first.weight.copy_(s * q)
-            second.weight.copy_(w @ q.t() / s)
+            for i in range(0, out_f, step):
+                second.weight[i : i + step] = w[i : i + step].to(torch.float64) @ q.t() / s
+            first.weight.copy_(q.mul_(s))
             if old.bias is not None:
                 second.bias.copy_(old.bias)
         for p, ref in ((first.weight, old.weight), (second.weight, old.weight)):
