@@ -297,6 +297,29 @@ def test_per_module_measurement_names_a_wrong_block(
         run(request)
 
 
+def test_a_build_writing_into_a_tensor_it_declared_replaced_is_a_defect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The copy holds the parent's own tensors where the build declares it replaces them: a
+    build that writes into one instead (here ×1, so the parent keeps its values) is stopped
+    as a defect, not returned as a child."""
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    parent = llama()
+    before = parent.layers[1].mlp.down_proj.weight.clone()
+    request = Request(
+        "wrong",
+        parent,
+        ("layers.1",),
+        _scaled("layers.1.mlp.down_proj", 1.0),
+        replaced=("layers.1.mlp.down_proj",),
+        probe=IDS,
+        layer_scope=False,
+    )
+    with pytest.raises(RuntimeError, match="wrote into 1 of the parent's tensors"):
+        run(request)
+    assert torch.equal(parent.layers[1].mlp.down_proj.weight, before)
+
+
 def test_per_module_measurement_catches_a_wrong_child_outside_its_regions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

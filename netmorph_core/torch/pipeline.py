@@ -298,6 +298,9 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
     """Step 4: the child, built on a copy of the parent; (child, outcome, seconds)."""
     start = time.perf_counter()
     child = baseline.work if baseline.work is not None else copy.deepcopy(request.model)
+    inplace = child is request.model
+    shared = [] if inplace else list(_shared(request.model, request.replaced).values())
+    versions = [p._version for p in shared]
     try:
         outcome = request.build(child)
         if child is not request.model:
@@ -310,6 +313,12 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
             f"({type(exc).__name__}: {exc}); the model is laid out in a way the operation "
             "does not follow; refused"
         ) from exc
+    written = [p for p, version in zip(shared, versions) if p._version != version]
+    if written:  # a defect of the operation, never the caller's: say so loudly
+        raise RuntimeError(
+            f"{request.operation}: the build wrote into {len(written)} of the parent's tensors "
+            "it declared replaced (Request.replaced) instead of replacing them"
+        )
     return child, outcome, time.perf_counter() - start
 
 

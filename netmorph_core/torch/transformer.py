@@ -116,17 +116,34 @@ class _Editor:
             self.put(f"{name}.bias", bias, (rows,))
 
     def linear(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The float64 (out, in) weight and bias of the Linear or Conv1D layer ``name``."""
-        w, b = self.native(name)
-        return w.to(torch.float64), None if b is None else b.to(torch.float64)
-
-    def native(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The (out, in) weight and bias of the Linear or Conv1D layer ``name`` in their own
         dtype, not copied (read them only): edits that copy entries and insert new ones
-        cast once are exact in any dtype, and need no float64 copy of the matrix."""
+        cast once are exact in any dtype, and need no float64 copy of the matrix; arithmetic
+        on them casts chunks to float64 (:func:`_read`, :func:`_mean64`)."""
         module = self.child.get_submodule(name)
         b = module.bias.detach() if module.bias is not None else None
         return as_matrix(module).detach(), b
+
+    def set_rows(self, new_w: torch.Tensor, sets: list[list[int]], std: float) -> None:
+        """Rows ``sets`` of ``new_w``: one random row per cancelling set, shared by its units
+        (the inputs of new hidden units or heads)."""
+        units = [u for unit_set in sets for u in unit_set]
+        of_set = [i for i, unit_set in enumerate(sets) for _ in unit_set]
+        rows = self.noise((len(sets), new_w.shape[1]), std, new_w)
+        new_w[units] = rows[of_set].to(new_w.dtype)
+
+    def set_columns(
+        self, new_w: torch.Tensor, sets: list[list[int]], std: float, method: str
+    ) -> None:
+        """Columns ``sets`` of ``new_w``: one random column C per cancelling set, times its
+        units' coefficients (C, −C; C, C, −2C; zero with ``method="zero"`` or alone), so the
+        set's outputs cancel. Exact in any dtype: the coefficients are powers of two."""
+        units = [u for unit_set in sets for u in unit_set]
+        of_set = [i for i, unit_set in enumerate(sets) for _ in unit_set]
+        coefficients = [c for unit_set in sets for c in _coefficients(len(unit_set), method)]
+        cols = self.noise((len(sets), new_w.shape[0]), std, new_w)
+        scale = torch.tensor(coefficients, dtype=cols.dtype, device=cols.device)[:, None]
+        new_w[:, units] = (cols[of_set] * scale).t().to(new_w.dtype)
 
     def outcome(self, notes: list[str]) -> Outcome:
         sync_shapes(self.child)
@@ -284,21 +301,15 @@ def _ffn_units(
     parent_hidden = 0 if fresh else hidden
     src = np.concatenate([np.arange(parent_hidden), -np.ones(new_hidden - parent_hidden, int)])
     sets = _cancel_sets(range(parent_hidden, new_hidden))
-    units = [u for unit_set in sets for u in unit_set]
-    of_set = [i for i, unit_set in enumerate(sets) for _ in unit_set]
-    coefficients = [c for unit_set in sets for c in _coefficients(len(unit_set), method)]
     for rel in fam.ffn_in:
-        w, b = edit.native(block.name(rel))
+        w, b = edit.linear(block.name(rel))
         new_w = _gather_rows(w, src)
         new_b = _gather_rows(b, src) if b is not None else None
-        rows = edit.noise((len(sets), w.shape[1]), _std(w), w)  # one row per set
-        new_w[units] = rows[of_set].to(new_w.dtype)
+        edit.set_rows(new_w, sets, _std(w))
         edit.put_linear(block.name(rel), new_w, new_b, src, None)
-    w, b = edit.native(block.name(fam.ffn_out))
+    w, b = edit.linear(block.name(fam.ffn_out))
     new_w = _gather_rows(w, src, axis=1)
-    cols = edit.noise((len(sets), w.shape[0]), _std(w), w)  # one column per set
-    scale = torch.tensor(coefficients, dtype=cols.dtype, device=cols.device)[:, None]
-    new_w[:, units] = (cols[of_set] * scale).t().to(new_w.dtype)
+    edit.set_columns(new_w, sets, _std(w), method)
     new_b = torch.zeros_like(b) if (fresh and b is not None) else None
     edit.put_linear(block.name(fam.ffn_out), new_w, new_b, None, src)
 
@@ -404,8 +415,8 @@ def _read_qkv(edit: _Editor, block: Block, layout: Layout) -> list[tuple]:
     """(weight, bias) of q, k and v as (out, in) matrices (a fused q|k|v split), not copied."""
     fam = layout.family
     if len(fam.qkv) == 3:
-        return [edit.native(block.name(rel)) for rel in fam.qkv]
-    w, b = edit.native(block.name(fam.qkv[0]))
+        return [edit.linear(block.name(rel)) for rel in fam.qkv]
+    w, b = edit.linear(block.name(fam.qkv[0]))
     d = block.heads * block.head_dim
     return [
         (w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d]) for i in range(3)
@@ -478,7 +489,7 @@ def _attention_units(
                 for target in qkv[1:]:
                     target[0][span(h)] = target[0][span(head_set[0])]
     _write_qkv(edit, block, layout, qkv, rows)
-    w, b = edit.native(block.name(fam.o))
+    w, b = edit.linear(block.name(fam.o))
     new_w = _gather_rows(w, rows[0], axis=1)
     for head_set in sets:
         cols = edit.noise((w.shape[0], hd), _std(w), w)
@@ -833,7 +844,7 @@ def grow_width(
                 )
         for block in layout.blocks:
             for rel in (fam.o, fam.ffn_out):
-                w, b = edit.native(block.name(rel))
+                w, b = edit.linear(block.name(rel))
                 edit.put_linear(
                     block.name(rel),
                     _write(w, 0, copies, extra, kind),
@@ -842,7 +853,7 @@ def grow_width(
                     None,
                 )
             for rel in (*fam.qkv, *fam.ffn_in):
-                w, _ = edit.native(block.name(rel))
+                w, _ = edit.linear(block.name(rel))
                 edit.put_linear(
                     block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
                 )
@@ -866,7 +877,7 @@ def grow_width(
                 norm.normalized_shape = (d_model,)
         readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
-            w, _ = edit.native(name)
+            w, _ = edit.linear(name)
             edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
         if layout.tied:
             embed = child.get_submodule(layout.name(fam.writers[0]))
