@@ -8,7 +8,9 @@ operation on Llama shapes built from ``LlamaConfig`` with random trained-like bf
 
 ``extra_info`` gives ``extra_peak_x``: the peak resident memory above the parent's while the
 operation runs (``/proc/self/status`` VmHWM after resetting it), in units of the parent's
-parameter bytes, and ``new_params_x``: the parameters the operation adds, in the same units.
+parameter bytes, ``new_params_x``: the parameters the operation adds, in the same units, and
+``cpu_seconds``: the process's CPU time (every thread), less sensitive than the wall time to
+other work on the machine.
 Run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the resident set (glibc
 otherwise keeps them in its heap and the peak counts them twice).
 ``python bench/bench_llm.py [125m|1.1b] [--inplace] [op …]`` prints the same figures.
@@ -103,14 +105,15 @@ def measure(size: str, op: str, model: nn.Module | None = None, inplace: bool = 
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # resets VmHWM to the current resident size
     base = _status("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     child, report = OPERATIONS[op](model, SHAPES[size], inplace)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = _status("VmHWM")
     del child
     gc.collect()
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "extra_peak_x": (peak - base) / param_bytes,
         "parent_gb": param_bytes / 1e9,
         "measured_by": report.measured_by,
@@ -145,8 +148,9 @@ if __name__ == "__main__":
     for name in ops:
         row = measure(size, name, parent, consume)
         print(
-            f"{size} {name}: {row['seconds']:.1f} s, extra peak {row['extra_peak_x']:.2f}× "
-            f"of {row['parent_gb']:.2f} GB, {row['measured_by']}, modes {row['modes']}, "
+            f"{size} {name}: {row['seconds']:.1f} s (CPU {row['cpu_seconds']:.1f} s), extra "
+            f"peak {row['extra_peak_x']:.2f}× of {row['parent_gb']:.2f} GB, "
+            f"{row['measured_by']}, modes {row['modes']}, "
             f"rel_dev {row['rel_dev']:.2e}, noise ratio {row['noise_ratio']:.2f}, "
             f"new parameters {row['new_params_x']:.2f}×, inplace {consume}",
             flush=True,

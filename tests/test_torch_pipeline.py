@@ -229,6 +229,74 @@ def test_inplace_builds_the_child_in_the_parent(op: str) -> None:
         nt.grow_ffn(llama(), 30, inplace=1)
 
 
+def _storages(model: nn.Module) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+
+
+@pytest.mark.parametrize("op", sorted(TRANSFORMER_OPS))
+def test_a_child_built_on_shared_tensors_shares_no_memory_with_its_parent(
+    op: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy the child is built on holds the parent's tensors where the operation replaces
+    them; the child returned holds none of them (an optimizer step on it leaves the parent)."""
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    parent = llama(torch.bfloat16)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    child, _ = TRANSFORMER_OPS[op](parent)
+    assert not _storages(child) & _storages(parent)
+    with torch.no_grad():
+        for p in child.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def test_unshare_clones_shared_tensors_and_keeps_ties() -> None:
+    parent = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 5, bias=False))
+    parent[1].weight = nn.Parameter(torch.randn(5, 3))
+    child = pipeline.child_copy(parent, ("0",))
+    assert child[0].weight is parent[0].weight and child[1].weight is not parent[1].weight
+    child[1].weight = child[0].weight  # tied in the child
+    pipeline.unshare(parent, child)
+    assert child[0].weight is child[1].weight and child[0].weight is not parent[0].weight
+    assert torch.equal(child[0].weight, parent[0].weight)
+    assert not _storages(child) & _storages(parent)
+
+
+class ZeroAux(nn.Module):
+    """Train mode adds 0 · aux(h): the parent's train mode changes no output bit, a child whose
+    hidden layer aux cannot read fails in train mode only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.aux = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        out = self.fc2(h)
+        return out + 0.0 * self.aux(h) if self.training else out
+
+
+@pytest.mark.parametrize("limit", [pipeline.WHOLE_COPY_LIMIT, 0], ids=["copies", "per_module"])
+def test_train_mode_is_verified_on_both_measurements(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per module, a train mode that changes no output bit of parent and child is verified
+    without float64 train passes; any other goes through the float64 train-mode check."""
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", limit)
+    torch.manual_seed(0)
+    with pytest.raises(MorphError, match="in train mode the child fails"):
+        nt.widen(ZeroAux().double().eval(), "fc1", 8, probe=X_MLP)
+    with pytest.raises(MorphError, match="in train mode the child fails"):
+        nt.widen(AuxHead().double().eval(), "fc1", 8, probe=X_MLP)
+    with pytest.raises(MorphError, match="in train mode the child deviates"):
+        nt.widen(TrainScale().double().eval(), "fc1", 8, probe=X_MLP, zero_side="outer")
+    dropout = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+    _, report = nt.widen(dropout, "0", 8, probe=X_MLP)
+    assert report.modes == ("eval",) and any("train mode differs" in n for n in report.notes)
+    _, report = nt.deepen(mlp(), "0", probe=X_MLP)
+    assert report.modes == ("eval", "train")
+
+
 def _scaled(name: str, factor: float) -> object:
     def build(child: nn.Module) -> Outcome:
         with torch.no_grad():
@@ -255,6 +323,29 @@ def test_per_module_measurement_names_a_wrong_block(
     )
     with pytest.raises(MorphError, match=r"wrong: 'layers.1'.*deviates from the .*parent"):
         run(request)
+
+
+def test_a_build_writing_into_a_tensor_it_declared_replaced_is_a_defect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The copy holds the parent's own tensors where the build declares it replaces them: a
+    build that writes into one instead (here ×1, so the parent keeps its values) is stopped
+    as a defect, not returned as a child."""
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    parent = llama()
+    before = parent.layers[1].mlp.down_proj.weight.clone()
+    request = Request(
+        "wrong",
+        parent,
+        ("layers.1",),
+        _scaled("layers.1.mlp.down_proj", 1.0),
+        replaced=("layers.1.mlp.down_proj",),
+        probe=IDS,
+        layer_scope=False,
+    )
+    with pytest.raises(RuntimeError, match="wrote into 1 of the parent's tensors"):
+        run(request)
+    assert torch.equal(parent.layers[1].mlp.down_proj.weight, before)
 
 
 def test_per_module_measurement_catches_a_wrong_child_outside_its_regions(

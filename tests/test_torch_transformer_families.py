@@ -28,6 +28,7 @@ from netmorph_core.torch import (
     grow_ffn,
     grow_width,
     load_grown,
+    pipeline,
 )
 from netmorph_core.torch.transformer import alibi_slopes
 from netmorph_core.torch.transformer_layout import describe
@@ -439,3 +440,17 @@ def test_a_model_that_does_not_run_on_token_ids_is_refused() -> None:
     parent = _NeedsTwoInputs().double().eval()
     with pytest.raises(MorphError, match=r"does not run on token ids.*cannot be traced"):
         grow_ffn(parent, 40)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("op", ["grow_width → add_heads", "add_block"])
+def test_family_operation_measured_one_module_at_a_time(
+    family: str, op: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-module float64 measurement (every model above the whole-copy limit) accepts
+    the same exact children: block regions run on their captured inputs, ALiBi models whole."""
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    parent = _parent(family)
+    child, report = OPS[op](parent, FAMILIES[family][3])
+    assert report.measured_by == pipeline.STREAMED
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)

@@ -61,7 +61,14 @@ from .report import (
     state_bytes,
     train_outputs,
 )
-from .streamed import Captured, Region, float64_bytes, run_low_precision, run_model
+from .streamed import (
+    Captured,
+    Region,
+    float64_bytes,
+    in_float64,
+    run_low_precision,
+    run_model,
+)
 from .streamed import check_regions as check_regions_alone
 from .support import check_editable, check_model_state, check_subtree
 from .surgery import check_model, count_parameters, untie
@@ -90,7 +97,10 @@ class Request:
     checked alone by the streamed measurement; ``new_bytes``: bytes of the new parameters (the
     memory estimate); ``same_padding``: the operation handles dynamic "same" padding convs;
     ``inplace``: the child is built in ``model`` itself (the parent is consumed; measured one
-    module at a time, so no copy of the model is made); ``layer_scope``: without a model
+    module at a time, so no copy of the model is made); ``replaced``: modules whose
+    parameters ``build`` replaces by new tensors (never writes): the copy the child is built on
+    holds the parent's own tensors there instead of copies of them (:func:`child_copy`);
+    ``layer_scope``: without a model
     input, compare the single target layer alone; ``budget``: checks the memory of measuring
     the child on the model inputs found, before the child is built (:mod:`.budget`);
     ``untie``: the operation replaces ``edits``, whose parameters shared with other modules
@@ -107,6 +117,7 @@ class Request:
     new_bytes: int = 0
     same_padding: bool = False
     inplace: bool = False
+    replaced: tuple[str, ...] = ()
     probe: object = None
     input_shape: object = None
     tol: object = "auto"
@@ -137,6 +148,7 @@ class Baseline:
     parent64: Outputs | None = None
     train: object = None
     captured: list[Captured] | None = None
+    train_same: bool = False
 
 
 def resolve(request: Request) -> Plan:
@@ -167,6 +179,43 @@ def resolve(request: Request) -> Plan:
     return Plan(tol, dtype, STREAMED, n)
 
 
+def _shared(model: nn.Module, replaced: Sequence[str]) -> dict[int, nn.Parameter]:
+    """The parameters of the modules ``replaced`` (and their submodules), by id."""
+    return {id(p): p for name in replaced for p in model.get_submodule(name).parameters()}
+
+
+def child_copy(model: nn.Module, replaced: Sequence[str]) -> nn.Module:
+    """A deep copy of ``model`` except the parameters of the modules ``replaced``, which are
+    the parent's own tensors: the build replaces them by new ones, so copying them first
+    would only cost time and memory. :func:`unshare` clones any the build left."""
+    return copy.deepcopy(model, memo=dict(_shared(model, replaced)))
+
+
+def unshare(parent: nn.Module, child: nn.Module) -> None:
+    """Every parameter of ``child`` that holds storage of one of ``parent``'s tensors becomes
+    a copy of it (tied parameters stay tied): the child never shares memory with its parent."""
+    owned = {
+        t.untyped_storage().data_ptr()
+        for t in (*parent.parameters(), *parent.buffers())
+        if t.device.type != "meta"
+    }
+    clones: dict[int, torch.Tensor] = {}
+    for module in child.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is None or t.device.type == "meta":
+                    continue
+                if t.untyped_storage().data_ptr() not in owned:
+                    continue
+                if id(t) not in clones:
+                    copied = t.detach().clone()
+                    is_param = isinstance(t, nn.Parameter)
+                    clones[id(t)] = (
+                        nn.Parameter(copied, requires_grad=t.requires_grad) if is_param else copied
+                    )
+                table[name] = clones[id(t)]
+
+
 def support(request: Request) -> None:
     """Step 2: every module the operation edits, replaces, copies or rewrites is understood."""
     if request.edits:
@@ -183,7 +232,7 @@ def probe(request: Request, plan: Plan) -> Baseline:
             request.budget(found[0])
         return Baseline(*(found or (None, None)))
     # the copy becomes the child: the parent itself never runs (unless consumed: inplace)
-    work = model if request.inplace else copy.deepcopy(model)
+    work = model if request.inplace else child_copy(model, request.replaced)
     found = resolve_probe(
         model,
         request.probe,
@@ -216,8 +265,21 @@ def probe(request: Request, plan: Plan) -> Baseline:
     check_finite(parent64, "the parent (float64)")
     if plan.dtype != torch.float64:
         run_low_precision(work, request.regions, captured, plan.dtype)
-    train = _train_runs(work, inputs, parent64)
-    return Baseline(inputs, parent_out, work, parent64, train, captured)
+    same = _train_same(work, inputs, parent_out)
+    train = {0: parent64, 1: parent64} if same else _train_runs(work, inputs, parent64)
+    return Baseline(inputs, parent_out, work, parent64, train, captured, same)
+
+
+def _train_same(model: nn.Module, inputs: Inputs, eval_out: Outputs) -> bool:
+    """Whether ``model``'s train-mode outputs in its dtype are its eval-mode outputs
+    ``eval_out``, bitwise: train mode changes nothing on the probe (no dropout, no batch
+    statistics, no train-only branch that shows), and its float64 train-mode outputs are taken
+    to be its float64 eval-mode ones."""
+    try:
+        out = run_model(model, inputs, float64=False, train=True)[0]
+    except Exception:  # train mode fails on the probe: the float64 runs record the error
+        return False
+    return same_outputs(out, eval_out)
 
 
 def _train_runs(
@@ -242,9 +304,14 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
     """Step 4: the child, built on a copy of the parent; (child, outcome, seconds)."""
     start = time.perf_counter()
     child = baseline.work if baseline.work is not None else copy.deepcopy(request.model)
+    inplace = child is request.model
+    shared = [] if inplace else list(_shared(request.model, request.replaced).values())
+    versions = [p._version for p in shared]
     try:
         untied = untie(child, request.edits) if request.untie else []
         outcome = request.build(child)
+        if child is not request.model:
+            unshare(request.model, child)
         outcome.notes = [*untied, *outcome.notes, *sync_config(child)]
     except (MorphError, ValueError, TypeError):  # typed answers (ResourceLimitError included)
         raise
@@ -254,6 +321,12 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
             f"({type(exc).__name__}: {exc}); the model is laid out in a way the operation "
             "does not follow; refused"
         ) from exc
+    written = [p for p, version in zip(shared, versions) if p._version != version]
+    if written:  # a defect of the operation, never the caller's: say so loudly
+        raise RuntimeError(
+            f"{request.operation}: the build wrote into {len(written)} of the parent's tensors "
+            "it declared replaced (Request.replaced) instead of replacing them"
+        )
     return child, outcome, time.perf_counter() - start
 
 
@@ -284,11 +357,41 @@ def measure(
         op, child, request.regions, baseline.captured or [], plan.dtype, plan.tol
     )
     try:
-        child64 = run_model(child, inputs, float64=True)[0]
         child_out = run_model(child, inputs, float64=False)[0]
     except Exception as exc:  # the child's forward raises any type
         raise _fails(op, targets, exc) from exc
-    check_finite(child64, "the child (float64)")
+    same = False
+    if baseline.train_same:
+        try:
+            same = same_outputs(run_model(child, inputs, float64=False, train=True)[0], child_out)
+        except Exception as exc:  # the child's forward raises any type
+            raise MorphError(
+                f"{op} at {list(targets)}: in train mode the child fails on the probe the "
+                f"parent runs on ({type(exc).__name__}: {exc}): a branch or layer used only in "
+                "training is not followed by the morph; refused"
+            ) from exc
+    child64 = None
+    if in_float64(plan.dtype, plan.tol) or not same:
+        try:
+            child64 = run_model(child, inputs, float64=True)[0]
+        except Exception as exc:  # the child's forward raises any type
+            raise _fails(op, targets, exc) from exc
+        check_finite(child64, "the child (float64)")
+    if same:
+        measured = combine(
+            model,
+            child,
+            baseline.parent64,
+            child64,
+            inputs,
+            baseline.parent_out,
+            None,
+            True,
+            plan.dtype,
+            child_out=child_out,
+            train_same=True,
+        )
+        return measured, "model", regions, []
     runs = baseline.train
 
     def parent_train(train: bool, seed: int) -> Outputs:
@@ -358,7 +461,10 @@ def accept(
         check_preserved(op, targets, tol, dtype, measured)
     train64 = measured.train64 if measured else None
     holds = None
-    if train64 is not None:
+    if measured and measured.train_same:
+        holds = True
+        train64 = measured.dev64
+    elif train64 is not None:
         holds = train64[1] <= max(1e-9, 10 * measured.dev64[1])
         broken = train64[1] > max(TRAIN_BOUND, TRAIN_AMPLIFICATION * measured.dev64[1])
         if broken and measured.train_deterministic and outcome.train_exact and tol is not None:
@@ -368,7 +474,7 @@ def accept(
                 "train mode is deterministic on the probe: a branch or layer used only in "
                 "training is not preserved; refused"
             )
-    if measured and train64 is None:
+    if measured and train64 is None and not holds:
         notes.append("train mode could not run on the probe: its deviation is not measured")
     elif measured and not holds:
         notes.append("train mode differs (random layers such as dropout, or by design)")
@@ -382,8 +488,8 @@ def accept(
         dtype=str(dtype).removeprefix("torch."),
         scope=scope,
         probe_shapes=tuple(tuple(t.shape) for t in inputs) if inputs is not None else (),
-        max_abs_dev_f64=measured.dev64[0] if measured else None,
-        rel_dev_f64=measured.dev64[1] if measured else None,
+        max_abs_dev_f64=measured.dev64[0] if measured and measured.dev64 else None,
+        rel_dev_f64=measured.dev64[1] if measured and measured.dev64 else None,
         max_abs_dev=measured.dev[0] if measured else None,
         rel_dev=measured.dev[1] if measured else None,
         parent_noise=measured.parent_noise if measured else None,

@@ -144,15 +144,20 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Deviations of a child from its parent on one set of inputs (see :class:`MorphReport`)."""
+    """Deviations of a child from its parent on one set of inputs (see :class:`MorphReport`).
+    ``dev64`` is None where nothing checks it (a low-precision model under tol="auto",
+    measured one module at a time); ``train_same``: in train mode the parent and the child
+    give their eval-mode outputs, bitwise, in the model's dtype (train mode changes nothing
+    on the probe, so its deviation is the eval deviation)."""
 
-    dev64: tuple[float, float]
+    dev64: tuple[float, float] | None
     dev: tuple[float, float]
     parent_noise: float
     child_noise: float
     train64: tuple[float, float] | None
     new_layers: int = 0
     train_deterministic: bool = False
+    train_same: bool = False
 
     @property
     def noise_ratio(self) -> float:
@@ -347,12 +352,16 @@ def combine(
     deterministic: bool,
     dtype: torch.dtype,
     child_out: Outputs | None = None,
+    train_same: bool = False,
 ) -> Measurement:
-    """The :class:`Measurement` from float64 outputs of both models; the model-dtype outputs
-    (``parent_out``, ``child_out``) are computed on copies when not given."""
-    dev64 = compare(out_p64, out_c64)
-    if dtype == torch.float64:
-        return Measurement(dev64, dev64, 0.0, dev64[1], train64, 0, deterministic)
+    """The :class:`Measurement` from float64 outputs of both models (the child's None: not
+    measured, see :class:`Measurement`); the model-dtype outputs (``parent_out``,
+    ``child_out``) are computed on copies when not given."""
+    dev64 = compare(out_p64, out_c64) if out_c64 is not None else None
+    if dtype == torch.float64 and dev64 is not None:
+        return Measurement(
+            dev64, dev64, 0.0, dev64[1], train64, 0, deterministic, train_same=train_same
+        )
     out_p = run_outputs(copy_model(parent), inputs) if parent_out is None else parent_out
     out_c = run_outputs(copy_model(child), inputs) if child_out is None else child_out
     check_finite(out_p, "the parent")
@@ -365,6 +374,7 @@ def combine(
         train64=train64,
         new_layers=max(0, layer_count(child) - layer_count(parent)),
         train_deterministic=deterministic,
+        train_same=train_same,
     )
 
 
@@ -504,7 +514,7 @@ def check_preserved(
     whatever ``tol``, when one of its deviations is not finite."""
     where = f"{operation} at {list(targets)}"
     values = {
-        "float64 deviation": m.dev64[1],
+        **({"float64 deviation": m.dev64[1]} if m.dev64 is not None else {}),
         "deviation": m.dev[1],
         "parent noise": m.parent_noise,
         "child noise": m.child_noise,
@@ -534,6 +544,5 @@ def check_preserved(
             f"{m.child_noise:.3e} (relative), above tol='auto''s bound {bound:.3e} = "
             f"{NOISE_FACTOR:g} × the parent's own {name} rounding noise {m.parent_noise:.3e} + "
             f"{NOISE_FLOOR_EPS * (1 + m.new_layers):g} eps (the output and {m.new_layers} new "
-            f"layers); noise ratio {m.noise_ratio:.3g}, float64 deviation {m.dev64[1]:.3e}; "
-            "pass tol=None to accept it"
+            f"layers); noise ratio {m.noise_ratio:.3g}; pass tol=None to accept it"
         )

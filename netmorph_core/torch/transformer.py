@@ -38,16 +38,21 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
-from .pipeline import Request, run
+from .pipeline import WHOLE_COPY_LIMIT, Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
 from .support import check_subtree
-from .surgery import find_layer, gather, replace_module
+from .surgery import count_parameters, find_layer, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 from .transformer_trace import KV_ATTRS, qkv_rows
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
+#: Edits that compute new values (grow_width's readers and means) cast this many entries of a
+#: weight to float64 at a time (an embedding of 65M entries would be 0.5 GB in float64).
+EDIT_CHUNK = 1 << 22
+#: The scale of new random entries is the standard deviation of this many entries at most.
+STD_SAMPLE = 1 << 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,9 +60,10 @@ SEQ_LEN = 8
 
 
 class _Editor:
-    """Replaces parameters of ``child`` by float64 values cast to their dtype, and records the
-    :class:`ParamSource` of each (``index``: per axis, child position → parent position, −1
-    for a new entry) and how many new entries are non-zero."""
+    """Replaces parameters of ``child`` by new values cast to their dtype (computed in float64
+    where they are not copies of parent entries, :data:`EDIT_CHUNK` entries of a weight at a
+    time), and records the :class:`ParamSource` of each (``index``: per axis, child position →
+    parent position, −1 for a new entry) and how many new entries are non-zero."""
 
     def __init__(self, child: nn.Module, seed: int) -> None:
         self.child = child
@@ -80,11 +86,17 @@ class _Editor:
         old = getattr(module, attr)
         setattr(module, attr, nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad))
         self.sources[name] = ParamSource(name, name, index)
+        axes = [axis for axis, idx in enumerate(index) if idx is not None]
+        if len(axes) == 1:  # the new entries: the new positions of the one indexed axis
+            fresh = np.flatnonzero(index[axes[0]] < 0)
+            new = value.index_select(axes[0], torch.as_tensor(fresh, device=value.device))
+            self.new_total += new.numel()
+            self.new_nonzero += int(torch.count_nonzero(new))
+            return
         old = value  # the entries every indexed axis maps to the parent
-        for axis, idx in enumerate(index):
-            if idx is not None:
-                keep = torch.as_tensor(np.flatnonzero(idx >= 0), device=value.device)
-                old = old.index_select(axis, keep)
+        for axis in axes:
+            keep = torch.as_tensor(np.flatnonzero(index[axis] >= 0), device=value.device)
+            old = old.index_select(axis, keep)
         self.new_total += value.numel() - old.numel()
         self.new_nonzero += int(torch.count_nonzero(value)) - int(torch.count_nonzero(old))
 
@@ -106,11 +118,34 @@ class _Editor:
             self.put(f"{name}.bias", bias, (rows,))
 
     def linear(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The float64 (out, in) weight and bias of the Linear or Conv1D layer ``name``."""
+        """The (out, in) weight and bias of the Linear or Conv1D layer ``name`` in their own
+        dtype, not copied (read them only): edits that copy entries and insert new ones
+        cast once are exact in any dtype, and need no float64 copy of the matrix; arithmetic
+        on them casts chunks to float64 (:func:`_read`, :func:`_mean64`)."""
         module = self.child.get_submodule(name)
-        w = as_matrix(module).detach().to(torch.float64)
-        b = module.bias.detach().to(torch.float64) if module.bias is not None else None
-        return w, b
+        b = module.bias.detach() if module.bias is not None else None
+        return as_matrix(module).detach(), b
+
+    def set_rows(self, new_w: torch.Tensor, sets: list[list[int]], std: float) -> None:
+        """Rows ``sets`` of ``new_w``: one random row per cancelling set, shared by its units
+        (the inputs of new hidden units or heads)."""
+        units = [u for unit_set in sets for u in unit_set]
+        of_set = [i for i, unit_set in enumerate(sets) for _ in unit_set]
+        rows = self.noise((len(sets), new_w.shape[1]), std, new_w)
+        new_w[units] = rows[of_set].to(new_w.dtype)
+
+    def set_columns(
+        self, new_w: torch.Tensor, sets: list[list[int]], std: float, method: str
+    ) -> None:
+        """Columns ``sets`` of ``new_w``: one random column C per cancelling set, times its
+        units' coefficients (C, −C; C, C, −2C; zero with ``method="zero"`` or alone), so the
+        set's outputs cancel. Exact in any dtype: the coefficients are powers of two."""
+        units = [u for unit_set in sets for u in unit_set]
+        of_set = [i for i, unit_set in enumerate(sets) for _ in unit_set]
+        coefficients = [c for unit_set in sets for c in _coefficients(len(unit_set), method)]
+        cols = self.noise((len(sets), new_w.shape[0]), std, new_w)
+        scale = torch.tensor(coefficients, dtype=cols.dtype, device=cols.device)[:, None]
+        new_w[:, units] = (cols[of_set] * scale).t().to(new_w.dtype)
 
     def outcome(self, notes: list[str]) -> Outcome:
         sync_shapes(self.child)
@@ -118,7 +153,11 @@ class _Editor:
 
 
 def _std(t: torch.Tensor) -> float:
-    s = float(t.std()) if t.numel() > 1 else 0.0
+    """The scale of new random entries next to ``t``: the standard deviation of an even sample
+    of at most :data:`STD_SAMPLE` of its entries, in float64 (1/√fan-in when it is 0)."""
+    flat = (t.t() if t.dim() == 2 and not t.is_contiguous() else t).reshape(-1)
+    sample = flat[:: max(1, flat.numel() // STD_SAMPLE)]
+    s = float(sample.to(torch.float64).std()) if sample.numel() > 1 else 0.0
     return s if s > 0 else 1.0 / math.sqrt(max(t.shape[-1], 1))
 
 
@@ -176,17 +215,21 @@ def _set_config(config: object | None, **values: int) -> None:
 
 
 def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]:
-    """Token ids (2, 8) for language models, images (2, C, S, S) for ViT."""
+    """Token ids (B, 8) for language models, images (B, C, S, S) for ViT: B = 2, or 1 for a
+    model of more than ``WHOLE_COPY_LIMIT`` parameters (each forward pass then costs seconds,
+    about its parameter count, and eight tokens already run through every block)."""
+    batch = 1 if count_parameters(model) > WHOLE_COPY_LIMIT else 2
     gen = torch.Generator().manual_seed(0)
     first = model.get_submodule(layout.name(layout.family.writers[0]))
     like = next(model.parameters())
     if isinstance(first, nn.Embedding):
-        ids = torch.randint(0, first.num_embeddings, (2, SEQ_LEN), generator=gen)
+        ids = torch.randint(0, first.num_embeddings, (batch, SEQ_LEN), generator=gen)
         return (ids.to(like.device),)
     config = layout.config
     size = int(getattr(config, "image_size", 8))
     channels = int(getattr(config, "num_channels", first.in_channels))
-    return (torch.randn(2, channels, size, size, generator=gen).to(like.device, like.dtype),)
+    image = torch.randn(batch, channels, size, size, generator=gen)
+    return (image.to(like.device, like.dtype),)
 
 
 def check_bool(value: object, name: str) -> bool:
@@ -201,9 +244,10 @@ def _itemsize(model: nn.Module) -> int:
 
 
 def _edit_bytes(model: nn.Module, names: Sequence[str]) -> int:
-    """Float64 working tensors of the editor: three of the largest weight it edits."""
+    """Working tensors of the editor: a copy of the largest weight it edits in its dtype (the
+    parent entries it keeps, counted) and four float64 chunks of :data:`EDIT_CHUNK` entries."""
     largest = max((model.get_submodule(n).weight.numel() for n in names), default=0)
-    return 3 * 8 * largest
+    return largest * _itemsize(model) + 4 * 8 * min(largest, EDIT_CHUNK)
 
 
 def _linears(blocks: Sequence[Block], rels: Sequence[str]) -> tuple[str, ...]:
@@ -271,22 +315,14 @@ def _ffn_units(
                 else (b_all[j * hidden : (j + 1) * hidden] if fam.gate_up else b_all)
             )
             new_w = _gather_rows(w, src)
-            std = _std(w)
-            for unit_set in sets:
-                row = edit.noise((w.shape[1],), std, w)
-                for u in unit_set:
-                    new_w[u] = row
+            edit.set_rows(new_w, sets, _std(w))
             parts_w.append(new_w)
             parts_b.append(_gather_rows(b, src) if b is not None else None)
         new_b = None if b_all is None else torch.cat(parts_b)
         edit.put_linear(block.name(rel), torch.cat(parts_w), new_b, index, None)
     w, b = edit.linear(block.name(fam.ffn_out))
     new_w = _gather_rows(w, src, axis=1)
-    std = _std(w)
-    for unit_set in sets:
-        col = edit.noise((w.shape[0],), std, w)
-        for u, c in zip(unit_set, _coefficients(len(unit_set), method)):
-            new_w[:, u] = c * col
+    edit.set_columns(new_w, sets, _std(w), method)
     new_b = torch.zeros_like(b) if (fresh and b is not None) else None
     edit.put_linear(block.name(fam.ffn_out), new_w, new_b, None, src)
 
@@ -363,6 +399,7 @@ def grow_ffn(
         edits=edits,
         regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
+        replaced=edits,
     )
 
 
@@ -402,7 +439,7 @@ def _fused_rows(layout: Layout, heads: int, kv: int, hd: int) -> list[np.ndarray
 
 
 def _read_qkv(edit: _Editor, block: Block, layout: Layout) -> list[tuple]:
-    """(weight, bias) of q, k and v as (out, in) float64 matrices (a fused q/k/v split)."""
+    """(weight, bias) of q, k and v as (out, in) matrices (a fused q/k/v split), not copied."""
     fam = layout.family
     if len(fam.qkv) == 3:
         return [edit.linear(block.name(rel)) for rel in fam.qkv]
@@ -645,8 +682,11 @@ def add_heads(
         layout,
         inplace,
         edits=edits,
-        regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
+        # ALiBi biases are built from the head count outside the blocks: a child block cannot
+        # run on the parent's, so the model is measured whole (float64 one module at a time)
+        regions=() if layout.family.alibi else tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
+        replaced=edits,
     )
 
 
@@ -704,21 +744,46 @@ def _stream_index(d: int, copies: int, extra: int) -> np.ndarray:
     return np.concatenate([np.tile(np.arange(d), copies), -np.ones(extra, int)])
 
 
+def _mean64(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """mean(t) along ``axis`` (kept) in float64, :data:`EDIT_CHUNK` entries cast at a time."""
+    axis %= t.dim()
+    if t.dim() == 1 or t.numel() <= EDIT_CHUNK:
+        return t.to(torch.float64).mean(axis, keepdim=True)
+    other = 1 if axis == 0 else 0
+    step = max(1, EDIT_CHUNK * t.shape[other] // t.numel())
+    parts = [c.to(torch.float64).mean(axis, keepdim=True) for c in t.split(step, other)]
+    return torch.cat(parts, other)
+
+
 def _write(t: torch.Tensor, axis: int, copies: int, extra: int, kind: str) -> torch.Tensor:
-    """A writer's output axis: [t; …; t; a] with a = mean(t) (LayerNorm) or 0 (RMSNorm)."""
-    a = t.mean(axis, keepdim=True) if kind == "layer" else torch.zeros_like(t.narrow(axis, 0, 1))
+    """A writer's output axis: [t; …; t; a] with a = mean(t) (LayerNorm; in float64, rounded
+    to t's dtype) or 0 (RMSNorm), in t's dtype."""
+    if kind == "layer":
+        a = _mean64(t, axis).to(t.dtype)
+    else:
+        a = torch.zeros_like(t.narrow(axis, 0, 1))
     shape = list(t.shape)
     shape[axis] = extra
     return torch.cat([t] * copies + [a.expand(shape)], dim=axis)
 
 
 def _read(edit: _Editor, w: torch.Tensor, copies: int, extra: int, noise: float) -> torch.Tensor:
-    """A reader's (out, in) columns: k blocks W/k + R_j − mean(R) summing to W, then random
-    columns for the extra coordinates (whose normalised value is zero)."""
+    """A reader's (out, in) columns: k blocks W/k + R_j − mean(R) summing to W (W itself for
+    k = 1), then random columns for the extra coordinates (whose normalised value is zero).
+    Computed in float64 :data:`EDIT_CHUNK` entries at a time, in w's dtype."""
     std = _std(w)
-    r = torch.stack([edit.noise(tuple(w.shape), noise * std, w) for _ in range(copies)])
-    blocks = w / copies + r - r.mean(0)
-    return torch.cat([*blocks, edit.noise((w.shape[0], extra), std, w)], dim=1)
+    out = w.new_empty((w.shape[0], copies * w.shape[1] + extra))
+    step = max(1, EDIT_CHUNK // max(w.shape[1] * (copies + 1), 1))
+    for i in range(0, w.shape[0], step):
+        rows = w[i : i + step]
+        if copies == 1:
+            out[i : i + step, : w.shape[1]] = rows
+        else:
+            r = torch.stack([edit.noise(tuple(rows.shape), noise * std, w) for _ in range(copies)])
+            blocks = rows.to(torch.float64) / copies + r - r.mean(0)
+            out[i : i + step, : copies * w.shape[1]] = torch.cat([*blocks], dim=1)
+        out[i : i + step, copies * w.shape[1] :] = edit.noise((rows.shape[0], extra), std, w)
+    return out
 
 
 def _eps_attr(norm: nn.Module) -> str:
@@ -895,7 +960,7 @@ def grow_width(
                 )
                 continue
             axis = 1 if isinstance(obj, nn.Embedding) else 0
-            w = edit.get(f"{name}.weight")
+            w = child.get_parameter(f"{name}.weight").detach()
             index = tuple(idx if a == axis else None for a in range(w.dim()))
             edit.put(f"{name}.weight", _write(w, axis, copies, extra, kind), index)
             if getattr(obj, "bias", None) is not None:
@@ -974,6 +1039,7 @@ def grow_width(
         copies=("",),
         regions=tuple(Region(b.prefix, b.prefix, lift=lift) for b in layout.blocks),
         new_bytes=new_bytes,
+        replaced=("",),
     )
 
 
@@ -1190,7 +1256,8 @@ def deepen_projection(
     width = in_f if width is None else v.positive_int(width, "width")
     if width < in_f:
         raise ValueError(f"width={width} must be at least the layer's {in_f} inputs")
-    new_bytes = width * (in_f + out_f) * (w0.element_size() + 8) + 8 * out_f * in_f * 2
+    # the factors in the model's dtype, Q and the QR's factor in float64, two float64 chunks
+    new_bytes = width * (in_f + out_f) * w0.element_size() + 16 * width * in_f + 16 * EDIT_CHUNK
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     try:
         layout = describe(model)
@@ -1199,17 +1266,21 @@ def deepen_projection(
 
     def build(child: nn.Module) -> Outcome:
         old = child.get_submodule(at)
-        w = as_matrix(old).detach().to(torch.float64)
+        w = as_matrix(old).detach()  # read in float64 chunks of EDIT_CHUNK entries
         gen = torch.Generator().manual_seed(seed)
-        q, _ = torch.linalg.qr(torch.randn(width, in_f, generator=gen, dtype=torch.float64))
-        q = q.to(w.device)
-        s = math.sqrt(max(float(w.norm()), 1e-30) / math.sqrt(in_f))
+        a, tau = torch.geqrf(torch.randn(width, in_f, generator=gen, dtype=torch.float64))
+        q = torch.linalg.householder_product(a, tau).to(w.device)  # torch.linalg.qr's Q
+        del a, tau
+        step = max(1, EDIT_CHUNK // max(in_f, 1))
+        norm = math.sqrt(sum(float(c.to(torch.float64).pow(2).sum()) for c in w.split(step)))
+        s = math.sqrt(max(norm, 1e-30) / math.sqrt(in_f))
         like = {"device": w.device, "dtype": old.weight.dtype}
         first = nn.Linear(in_f, width, bias=False, **like)
         second = nn.Linear(width, out_f, bias=old.bias is not None, **like)
         with torch.no_grad():
-            first.weight.copy_(s * q)
-            second.weight.copy_(w @ q.t() / s)
+            for i in range(0, out_f, step):
+                second.weight[i : i + step] = w[i : i + step].to(torch.float64) @ q.t() / s
+            first.weight.copy_(q.mul_(s))
             if old.bias is not None:
                 second.bias.copy_(old.bias)
         for p, ref in ((first.weight, old.weight), (second.weight, old.weight)):
@@ -1235,6 +1306,7 @@ def deepen_projection(
             edits=(at,),
             regions=(Region(at, at),),
             new_bytes=new_bytes,
+            replaced=(at,),
             inplace=check_bool(inplace, "inplace"),
             probe=probe,
             tol=tol,
