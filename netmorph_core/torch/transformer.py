@@ -704,9 +704,23 @@ def _stream_index(d: int, copies: int, extra: int) -> np.ndarray:
     return np.concatenate([np.tile(np.arange(d), copies), -np.ones(extra, int)])
 
 
-def _write(t: torch.Tensor, axis: int, copies: int, extra: int, kind: str) -> torch.Tensor:
-    """A writer's output axis: [t; …; t; a] with a = mean(t) (LayerNorm) or 0 (RMSNorm)."""
-    a = t.mean(axis, keepdim=True) if kind == "layer" else torch.zeros_like(t.narrow(axis, 0, 1))
+def _write(
+    t: torch.Tensor,
+    axis: int,
+    copies: int,
+    extra: int,
+    kind: str,
+    gain: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A writer's output axis: [t; …; t; a] with a = mean(t) (LayerNorm) or 0 (RMSNorm).
+
+    ``gain``: the layer scale λ (d,) the block multiplies this writer's output by; then
+    a = mean(λ⊙t), and the child's λ is 1 on the extra coordinates (see :func:`_scale`)."""
+    if kind == "layer":
+        g = t if gain is None else t * gain.reshape([-1] + [1] * (t.dim() - axis - 1))
+        a = g.mean(axis, keepdim=True)
+    else:
+        a = torch.zeros_like(t.narrow(axis, 0, 1))
     shape = list(t.shape)
     shape[axis] = extra
     return torch.cat([t] * copies + [a.expand(shape)], dim=axis)
@@ -719,6 +733,30 @@ def _read(edit: _Editor, w: torch.Tensor, copies: int, extra: int, noise: float)
     r = torch.stack([edit.noise(tuple(w.shape), noise * std, w) for _ in range(copies)])
     blocks = w / copies + r - r.mean(0)
     return torch.cat([*blocks, edit.noise((w.shape[0], extra), std, w)], dim=1)
+
+
+def _read_segments(
+    edit: _Editor, w: torch.Tensor, d: int, copies: int, extra: int, noise: float
+) -> tuple[torch.Tensor, np.ndarray]:
+    """A head reading m·d inputs (m stream vectors side by side: DINOv2's classifier reads
+    [class token; mean of the patch tokens]): each d-column segment read as by :func:`_read`;
+    also the child column → parent column index."""
+    segments = w.shape[1] // d
+    idx = _stream_index(d, copies, extra)
+    cols = [_read(edit, w[:, j * d : (j + 1) * d], copies, extra, noise) for j in range(segments)]
+    index = np.concatenate([np.where(idx >= 0, idx + j * d, -1) for j in range(segments)])
+    return torch.cat(cols, dim=1), index
+
+
+def _scale(layout: Layout, child: nn.Module, block: Block, rel: str) -> str | None:
+    """The layer-scale parameter (d,) of ``block`` that multiplies the output of its writer
+    ``rel`` (the attention or feed-forward output projection), or None."""
+    fam = layout.family
+    if not fam.scales:
+        return None
+    name = block.name(fam.scales[0 if rel == fam.o else 1])
+    found = _resolve(child, name) if _exists(child, name) else None
+    return name if isinstance(found, nn.Parameter) else None
 
 
 def _eps_attr(norm: nn.Module) -> str:
@@ -740,6 +778,7 @@ def _norm_names(model: nn.Module, layout: Layout) -> tuple[list[str], list[str],
     fam = layout.family
     norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
     norms += [layout.name(rel) for rel in fam.stream_norms]
+    norms += [layout.name(r) for r in fam.head_norms if _get_module(model, layout.name(r))]
     others = []
     for b in layout.blocks:
         for rel, module in model.get_submodule(b.prefix).named_modules():
@@ -750,7 +789,17 @@ def _norm_names(model: nn.Module, layout: Layout) -> tuple[list[str], list[str],
                 and _is_stream_norm(module, layout.d_model)
             ):
                 others.append(b.name(rel))
-    return norms, others, (layout.name(fam.final_norm) if fam.final_norm else None)
+    final = layout.name(fam.final_norm) if fam.final_norm else None
+    if final is not None and isinstance(_get_module(model, final), nn.Identity):
+        final = None  # BEiT with mean pooling: its pooler's norm reads the stream
+    return norms, others, final
+
+
+def _get_module(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _gain_offset(norm: nn.Module, name: str, kind: str) -> float:
@@ -905,13 +954,17 @@ def grow_width(
         for block in layout.blocks:
             for rel in (fam.o, fam.ffn_out):
                 w, b = edit.linear(block.name(rel))
+                scale = _scale(layout, child, block, rel)
+                lam = None if scale is None else edit.get(scale)
                 edit.put_linear(
                     block.name(rel),
-                    _write(w, 0, copies, extra, kind),
-                    None if b is None else _write(b, 0, copies, extra, kind),
+                    _write(w, 0, copies, extra, kind, lam),
+                    None if b is None else _write(b, 0, copies, extra, kind, lam),
                     idx,
                     None,
                 )
+                if lam is not None:  # λ̃ = [λ; …; λ; 1]: the writer's extra rows carry λ
+                    edit.put(scale, torch.cat([lam.repeat(copies), lam.new_ones(extra)]), (idx,))
             for rel in (*fam.qkv, *fam.ffn_in):
                 w, _ = edit.linear(block.name(rel))
                 edit.put_linear(
@@ -938,6 +991,10 @@ def grow_width(
         readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
             w, _ = edit.linear(name)
+            if name == head_reader and w.shape[1] != d:
+                cols, index = _read_segments(edit, w, d, copies, extra, noise)
+                edit.put_linear(name, cols, None, None, index)
+                continue
             edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
         if layout.tied:
             embed = child.get_submodule(layout.name(fam.writers[0]))
@@ -1007,11 +1064,20 @@ def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     if layout.family.name == "bert" and _exists(model, layout.name("pooler.dense")):
         return None
     head = model.get_submodule(layout.head)
+    found = None
     if isinstance(head, nn.Linear) or is_conv1d(head):
-        return layout.head
+        found = layout.head
     for name, module in head.named_modules():
-        if isinstance(module, nn.Linear) or is_conv1d(module):
-            return f"{layout.head}.{name}"
+        if found is None and (isinstance(module, nn.Linear) or is_conv1d(module)):
+            found = f"{layout.head}.{name}"
+    if found is not None:
+        inputs = as_matrix(model.get_submodule(found)).shape[1]
+        if inputs % layout.d_model:
+            raise MorphError(
+                f"d_model={d_model}: the output head {found!r} reads {inputs} inputs, not a "
+                f"multiple of the stream's {layout.d_model}; refused"
+            )
+        return found
     raise MorphError(
         f"d_model={d_model}: the output head {layout.head!r} ({type(head).__name__}) holds no "
         "linear layer reading the stream"
