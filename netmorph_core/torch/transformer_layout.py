@@ -15,7 +15,8 @@ any decoder that follows their patterns; the found family is cached per block st
   DeiT's distillation token and position embedding write the stream; BEiT's layer scales
   ``lambda_1``/``lambda_2`` and its mean-pooling ``pooler.layernorm``);
 - ``dinov2``/``dinov2-swiglu``: DINOv2 (pre-LayerNorm ``norm1``/``norm2``, layer scales
-  ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens).
+  ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens; its
+  attention reads ``config.head_dim`` when the config holds one).
 
 Encoder–decoder models (a cross-attention module, or ``config.is_encoder_decoder``) and
 models whose blocks are shared by several depths (ALBERT) are refused by name.
@@ -134,7 +135,6 @@ def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
             "embeddings.register_tokens",
         ),
         final_norm="layernorm",
-        derived_head_dim=True,
         scales=("layer_scale1.lambda1", "layer_scale2.lambda1"),
     )
 
