@@ -83,12 +83,15 @@ def _dinov2(cls: str = "Dinov2ForImageClassification", **extra: object) -> torch
     return _redraw(getattr(transformers, cls)(config).eval().double())
 
 
-def _beit() -> torch.nn.Module:
+def _beit(shared: bool = False) -> torch.nn.Module:
+    """BEiT with layer scales and a relative position bias per block (``shared``: one for
+    every block)."""
     torch.manual_seed(0)
     config = transformers.BeitConfig(
         **VISION,
         intermediate_size=64,
-        use_relative_position_bias=True,
+        use_relative_position_bias=not shared,
+        use_shared_relative_position_bias=shared,
         layer_scale_init_value=0.1,
     )
     return _redraw(transformers.BeitForImageClassification(config).eval().double())
@@ -186,6 +189,29 @@ def test_beit_grow_width_x2_reloads(tmp_path: Path) -> None:
     parent = _beit()
     child, report = grow_width(parent, 64)
     _reloads(child, report, MARKED, _logits(parent), tmp_path)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_beit_add_heads_grows_the_relative_position_bias(shared: bool, tmp_path: Path) -> None:
+    """New heads get a zero bias column (the same for every head of a cancelling set)."""
+    parent = _beit(shared)
+    wide, _ = grow_width(parent, 64)
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    child, report = add_heads(wide, 8)
+    want = _logits(parent)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    tables = [p for n, p in child.named_parameters() if n.endswith("relative_position_bias_table")]
+    assert tables and all(t.shape[-1] == 8 and not t[:, 4:].any() for t in tables)
+    assert all(torch.equal(before[k], v) for k, v in wide.state_dict().items())
+    _reloads(child, report, STOCK, want, tmp_path)
+
+
+def test_beit_shared_bias_needs_every_block() -> None:
+    wide, _ = grow_width(_beit(shared=True), 64)
+    with pytest.raises(
+        MorphError, match=re.escape("'beit.shared_position_bias.relative_position_bias_table'")
+    ):
+        add_heads(wide, 8, layers=0)
 
 
 def _albert() -> torch.nn.Module:

@@ -595,6 +595,8 @@ def add_heads(
             f"(grow d_model to {heads * ref.head_dim} first)"
         )
     blocks = [layout.blocks[i] for i in chosen]
+    tables = _bias_tables(model, layout, ref.heads, chosen)
+    q_src = _head_sources(ref.heads, ref.kv_heads, heads, kv)[0]
     edits = _linears(blocks, (*layout.family.qkv, layout.family.o))
     grown = (
         len(chosen)
@@ -611,6 +613,10 @@ def add_heads(
             _attention_units(edit, layout.blocks[i], layout, heads, kv, method, placed=placed)
             for i in chosen
         )
+        for name in tables:  # new heads: a zero bias column, one for every head of a set
+            t = edit.get(name)
+            last = t.dim() - 1
+            edit.put(name, _gather_rows(t, q_src, axis=last), (None,) * last + (q_src,))
         notes = []
         if len(chosen) == len(layout.blocks):
             _set_outer_heads(child, ref.heads, heads)
@@ -648,6 +654,28 @@ def add_heads(
         regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
     )
+
+
+def _bias_tables(model: nn.Module, layout: Layout, heads: int, chosen: Sequence[int]) -> list[str]:
+    """The relative-position-bias tables (…, heads) that add_heads on blocks ``chosen`` grows
+    (BEiT's per-block ``relative_position_bias_table``, or the one shared by every block);
+    MorphError for a shared table when only some blocks grow."""
+    inside = [layout.blocks[i].prefix + "." for i in chosen]
+    every = [b.prefix + "." for b in layout.blocks]
+    found = []
+    for name, p in model.named_parameters():
+        if "relative_position_bias" not in name or p.shape[-1] != heads:
+            continue
+        if any(name.startswith(b) for b in inside):
+            found.append(name)
+        elif not any(name.startswith(b) for b in every):
+            if len(chosen) != len(layout.blocks):
+                raise MorphError(
+                    f"layers: {name!r} is a relative position bias shared by every block, one "
+                    "column per head; grow the heads of all blocks"
+                )
+            found.append(name)
+    return found
 
 
 def alibi_slopes(heads: int) -> list[float]:
