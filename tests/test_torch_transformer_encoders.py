@@ -162,15 +162,36 @@ def test_dinov2_swiglu_operations_are_exact(grow: Op) -> None:
     torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
 
 
-def test_dinov2_model_without_head() -> None:
+@pytest.mark.parametrize(
+    "grow",
+    [
+        lambda m: grow_ffn(m, 160),
+        lambda m: add_heads(m, 8),
+        lambda m: add_block(m, 1),
+        lambda m: deepen_projection(m, "encoder.layer.0.mlp.fc1"),
+    ],
+)
+def test_dinov2_model_without_head(grow: Op) -> None:
     """Dinov2Model returns the stream: block operations are exact, a wider stream refused."""
     parent = _dinov2("Dinov2Model")
-    child, _ = add_block(parent, 1)
+    child, _ = grow(parent)
     with torch.no_grad():
         want = parent(_pixels()).last_hidden_state
         torch.testing.assert_close(child(_pixels()).last_hidden_state, want, rtol=0, atol=1e-9)
     with pytest.raises(MorphError, match="returns the residual stream itself"):
         grow_width(parent, 64)
+
+
+def test_dinov2_swiglu_child_the_config_cannot_describe_fails_loudly(tmp_path: Path) -> None:
+    """No integer mlp_ratio gives a SwiGLU size of 160 (d 32): the config is marked, the stock
+    load refuses it and load_grown refuses the checkpoint's fused weight names."""
+    child, report = grow_ffn(_dinov2(use_swiglu_ffn=True), 160)
+    assert any("cannot describe" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not recognize this architecture"):
+        transformers.AutoModelForImageClassification.from_pretrained(tmp_path)
+    with pytest.raises(MorphError, match="has no place in"):
+        load_grown(tmp_path)
 
 
 @pytest.mark.parametrize("d_model", [45, 64])
