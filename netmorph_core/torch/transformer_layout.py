@@ -353,7 +353,10 @@ def _refuse_encoder_decoder(model: nn.Module) -> None:
     )
     config = getattr(model, "config", None)
     if found is None and getattr(config, "is_encoder_decoder", False) is True:
-        found = next((n for n, _ in model.named_modules() if n.endswith("decoder")), "decoder")
+        # T5EncoderModel keeps its config's flag without a decoder
+        found = next(
+            (n for n, _ in model.named_modules() if n.rpartition(".")[2] == "decoder"), None
+        )
     if found is not None:
         raise MorphError(
             f"{type(model).__name__} is an encoder–decoder model ({found!r} attends to the "
