@@ -162,6 +162,20 @@ def test_dinov2_swiglu_operations_are_exact(grow: Op) -> None:
     torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize(("d_model", "how"), [(48, MARKED), (64, STOCK)])
+def test_dinov2_with_registers_grow_width(d_model: int, how: str, tmp_path: Path) -> None:
+    """Register tokens write the stream like the class token."""
+    torch.manual_seed(0)
+    config = transformers.Dinov2WithRegistersConfig(**VISION, num_register_tokens=2)
+    parent = _redraw(transformers.Dinov2WithRegistersForImageClassification(config).eval())
+    parent = parent.double()
+    want = _logits(parent)
+    child, report = grow_width(parent, d_model)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    assert child.dinov2_with_registers.embeddings.register_tokens.shape == (1, 2, d_model)
+    _reloads(child, report, how, want, tmp_path)
+
+
 @pytest.mark.parametrize(
     "grow",
     [
