@@ -344,3 +344,12 @@ def test_encoder_decoders_are_refused_by_name(
 ) -> None:
     with pytest.raises(MorphError, match=f"^{re.escape(message)}$"):
         grow(build())
+
+
+def test_an_encoder_alone_is_not_an_encoder_decoder() -> None:
+    """T5EncoderModel keeps its config's is_encoder_decoder flag but has no decoder."""
+    config = transformers.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2)
+    encoder = transformers.T5EncoderModel(config).eval()
+    with pytest.raises(MorphError) as err:
+        grow_ffn(encoder, 128)
+    assert "encoder–decoder" not in str(err.value)
