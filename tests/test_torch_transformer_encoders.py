@@ -243,6 +243,10 @@ def test_beit_add_heads_grows_the_relative_position_bias(shared: bool, tmp_path:
 
 def test_beit_shared_bias_needs_every_block() -> None:
     wide, _ = grow_width(_beit(shared=True), 64)
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    with pytest.raises(MorphError, match=re.escape("inplace=True: 'beit.shared_position_bias")):
+        add_heads(wide, 8, inplace=True)
+    assert all(torch.equal(before[k], v) for k, v in wide.state_dict().items())
     with pytest.raises(
         MorphError, match=re.escape("'beit.shared_position_bias.relative_position_bias_table'")
     ):

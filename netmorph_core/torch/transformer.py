@@ -596,6 +596,13 @@ def add_heads(
         )
     blocks = [layout.blocks[i] for i in chosen]
     tables = _bias_tables(model, layout, ref.heads, chosen)
+    shared = [n for n in tables if not n.startswith(layout.blocks_path + ".")]
+    if shared and inplace is True:
+        raise MorphError(
+            f"inplace=True: {shared[0]!r} is a relative position bias shared by every block, "
+            "which the in-place measurement (block by block, on the parent's inputs) cannot "
+            "follow; use inplace=False"
+        )
     q_src = _head_sources(ref.heads, ref.kv_heads, heads, kv)[0]
     edits = _linears(blocks, (*layout.family.qkv, layout.family.o))
     grown = (
