@@ -268,9 +268,32 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     hidden = _one([as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks])
     if hidden is not None:
         _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size"), hidden)
+        if _settable(config, "mlp_ratio") and not hasattr(config, "intermediate_size"):
+            ratio = _mlp_ratio(config, layout.d_model, hidden)
+            if ratio is not None:
+                config.mlp_ratio = ratio
     eps = _one(norm_eps(model))
     if eps is not None:
         _set(config, EPS_FIELDS, eps)
+
+
+def _settable(config: object, attr: str) -> bool:
+    return hasattr(config, attr) and not isinstance(getattr(type(config), attr, None), property)
+
+
+def _ffn_size(config: object, d: int, ratio: int) -> int:
+    """DINOv2's feed-forward hidden size for ``mlp_ratio``: m = int(d·ratio), or for SwiGLU
+    (``use_swiglu_ffn``) ⌈int(2m/3) / 8⌉·8."""
+    m = int(d * ratio)
+    return (int(m * 2 / 3) + 7) // 8 * 8 if getattr(config, "use_swiglu_ffn", False) else m
+
+
+def _mlp_ratio(config: object, d: int, hidden: int) -> int | None:
+    """The integer ``mlp_ratio`` (DINOv2's config types it int) whose derived hidden size
+    (:func:`_ffn_size`) is ``hidden``; None where none is (the comparison with the stock
+    model then marks the config)."""
+    top = 2 * hidden // d + 2
+    return next((r for r in range(1, top) if _ffn_size(config, d, r) == hidden), None)
 
 
 def _stock_model(model: nn.Module, config: object, base: type) -> nn.Module:

@@ -632,6 +632,15 @@ def add_heads(
             f"(grow d_model to {heads * ref.head_dim} first)"
         )
     blocks = [layout.blocks[i] for i in chosen]
+    tables = _bias_tables(model, layout, ref.heads, chosen)
+    shared = [n for n in tables if not n.startswith(layout.blocks_path + ".")]
+    if shared and inplace is True:
+        raise MorphError(
+            f"inplace=True: {shared[0]!r} is a relative position bias shared by every block, "
+            "which the in-place measurement (block by block, on the parent's inputs) cannot "
+            "follow; use inplace=False"
+        )
+    q_src = _head_sources(ref.heads, ref.kv_heads, heads, kv)[0]
     edits = _linears(blocks, (*layout.family.qkv, layout.family.o))
     grown = (
         len(chosen)
@@ -648,6 +657,10 @@ def add_heads(
             _attention_units(edit, layout.blocks[i], layout, heads, kv, method, placed=placed)
             for i in chosen
         )
+        for name in tables:  # new heads: a zero bias column, one for every head of a set
+            t = edit.get(name)
+            last = t.dim() - 1
+            edit.put(name, _gather_rows(t, q_src, axis=last), (None,) * last + (q_src,))
         notes = []
         if len(chosen) == len(layout.blocks):
             _set_outer_heads(child, ref.heads, heads)
@@ -682,12 +695,37 @@ def add_heads(
         layout,
         inplace,
         edits=edits,
-        # ALiBi biases are built from the head count outside the blocks: a child block cannot
-        # run on the parent's, so the model is measured whole (float64 one module at a time)
-        regions=() if layout.family.alibi else tuple(Region(b.prefix, b.prefix) for b in blocks),
+        # ALiBi biases and a shared relative position bias are built outside the blocks for
+        # the head count: a child block cannot run on the parent's, so the model is measured
+        # whole (float64 one module at a time)
+        regions=()
+        if layout.family.alibi or _shared_position_bias(model, layout.blocks_path)
+        else tuple(Region(b.prefix, b.prefix) for b in blocks),
         new_bytes=new_bytes,
         replaced=edits,
     )
+
+
+def _bias_tables(model: nn.Module, layout: Layout, heads: int, chosen: Sequence[int]) -> list[str]:
+    """The relative-position-bias tables (…, heads) that add_heads on blocks ``chosen`` grows
+    (BEiT's per-block ``relative_position_bias_table``, or the one shared by every block);
+    MorphError for a shared table when only some blocks grow."""
+    inside = [layout.blocks[i].prefix + "." for i in chosen]
+    every = [b.prefix + "." for b in layout.blocks]
+    found = []
+    for name, p in model.named_parameters():
+        if "relative_position_bias" not in name or p.shape[-1] != heads:
+            continue
+        if any(name.startswith(b) for b in inside):
+            found.append(name)
+        elif not any(name.startswith(b) for b in every):
+            if len(chosen) != len(layout.blocks):
+                raise MorphError(
+                    f"layers: {name!r} is a relative position bias shared by every block, one "
+                    "column per head; grow the heads of all blocks"
+                )
+            found.append(name)
+    return found
 
 
 def alibi_slopes(heads: int) -> list[float]:
@@ -755,11 +793,26 @@ def _mean64(t: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.cat(parts, other)
 
 
-def _write(t: torch.Tensor, axis: int, copies: int, extra: int, kind: str) -> torch.Tensor:
+def _write(
+    t: torch.Tensor,
+    axis: int,
+    copies: int,
+    extra: int,
+    kind: str,
+    gain: torch.Tensor | None = None,
+) -> torch.Tensor:
     """A writer's output axis: [t; …; t; a] with a = mean(t) (LayerNorm; in float64, rounded
-    to t's dtype) or 0 (RMSNorm), in t's dtype."""
+    to t's dtype) or 0 (RMSNorm), in t's dtype.
+
+    ``gain``: the layer scale λ (d,) the block multiplies this writer's output by; then
+    a = mean(λ⊙t), and the child's λ is 1 on the extra coordinates (see :func:`_scale`)."""
     if kind == "layer":
-        a = _mean64(t, axis).to(t.dtype)
+        if gain is not None:  # layer-scale models are small: one float64 product
+            shape = [-1] + [1] * (t.dim() - axis % t.dim() - 1)
+            a = _mean64(t.to(torch.float64) * gain.to(torch.float64).reshape(shape), axis)
+        else:
+            a = _mean64(t, axis)
+        a = a.to(t.dtype)
     else:
         a = torch.zeros_like(t.narrow(axis, 0, 1))
     shape = list(t.shape)
@@ -786,6 +839,30 @@ def _read(edit: _Editor, w: torch.Tensor, copies: int, extra: int, noise: float)
     return out
 
 
+def _read_segments(
+    edit: _Editor, w: torch.Tensor, d: int, copies: int, extra: int, noise: float
+) -> tuple[torch.Tensor, np.ndarray]:
+    """A head reading m·d inputs (m stream vectors side by side: DINOv2's classifier reads
+    [class token; mean of the patch tokens]): each d-column segment read as by :func:`_read`;
+    also the child column → parent column index."""
+    segments = w.shape[1] // d
+    idx = _stream_index(d, copies, extra)
+    cols = [_read(edit, w[:, j * d : (j + 1) * d], copies, extra, noise) for j in range(segments)]
+    index = np.concatenate([np.where(idx >= 0, idx + j * d, -1) for j in range(segments)])
+    return torch.cat(cols, dim=1), index
+
+
+def _scale(layout: Layout, child: nn.Module, block: Block, rel: str) -> str | None:
+    """The layer-scale parameter (d,) of ``block`` that multiplies the output of its writer
+    ``rel`` (the attention or feed-forward output projection), or None."""
+    fam = layout.family
+    if not fam.scales:
+        return None
+    name = block.name(fam.scales[0 if rel == fam.o else 1])
+    found = _resolve(child, name) if _exists(child, name) else None
+    return name if isinstance(found, nn.Parameter) else None
+
+
 def _eps_attr(norm: nn.Module) -> str:
     return next(a for a in ("eps", "variance_epsilon") if isinstance(getattr(norm, a, None), float))
 
@@ -805,6 +882,7 @@ def _norm_names(model: nn.Module, layout: Layout) -> tuple[list[str], list[str],
     fam = layout.family
     norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
     norms += [layout.name(rel) for rel in fam.stream_norms]
+    norms += [layout.name(r) for r in fam.head_norms if _get_module(model, layout.name(r))]
     others = []
     for b in layout.blocks:
         for rel, module in model.get_submodule(b.prefix).named_modules():
@@ -815,7 +893,17 @@ def _norm_names(model: nn.Module, layout: Layout) -> tuple[list[str], list[str],
                 and _is_stream_norm(module, layout.d_model)
             ):
                 others.append(b.name(rel))
-    return norms, others, (layout.name(fam.final_norm) if fam.final_norm else None)
+    final = layout.name(fam.final_norm) if fam.final_norm else None
+    if final is not None and isinstance(_get_module(model, final), nn.Identity):
+        final = None  # BEiT with mean pooling: its pooler's norm reads the stream
+    return norms, others, final
+
+
+def _get_module(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _gain_offset(norm: nn.Module, name: str, kind: str) -> float:
@@ -970,13 +1058,17 @@ def grow_width(
         for block in layout.blocks:
             for rel in (fam.o, fam.ffn_out):
                 w, b = edit.linear(block.name(rel))
+                scale = _scale(layout, child, block, rel)
+                lam = None if scale is None else edit.get(scale)
                 edit.put_linear(
                     block.name(rel),
-                    _write(w, 0, copies, extra, kind),
-                    None if b is None else _write(b, 0, copies, extra, kind),
+                    _write(w, 0, copies, extra, kind, lam),
+                    None if b is None else _write(b, 0, copies, extra, kind, lam),
                     idx,
                     None,
                 )
+                if lam is not None:  # λ̃ = [λ; …; λ; 1]: the writer's extra rows carry λ
+                    edit.put(scale, torch.cat([lam.repeat(copies), lam.new_ones(extra)]), (idx,))
             for rel in (*fam.qkv, *fam.ffn_in):
                 w, _ = edit.linear(block.name(rel))
                 edit.put_linear(
@@ -1003,6 +1095,10 @@ def grow_width(
         readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
             w, _ = edit.linear(name)
+            if name == head_reader and w.shape[1] != d:
+                cols, index = _read_segments(edit, w, d, copies, extra, noise)
+                edit.put_linear(name, cols, None, None, index)
+                continue
             edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
         if layout.tied:
             embed = child.get_submodule(layout.name(fam.writers[0]))
@@ -1073,11 +1169,20 @@ def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     if layout.family.name == "bert" and _exists(model, layout.name("pooler.dense")):
         return None
     head = model.get_submodule(layout.head)
+    found = None
     if isinstance(head, nn.Linear) or is_conv1d(head):
-        return layout.head
+        found = layout.head
     for name, module in head.named_modules():
-        if isinstance(module, nn.Linear) or is_conv1d(module):
-            return f"{layout.head}.{name}"
+        if found is None and (isinstance(module, nn.Linear) or is_conv1d(module)):
+            found = f"{layout.head}.{name}"
+    if found is not None:
+        inputs = as_matrix(model.get_submodule(found)).shape[1]
+        if inputs % layout.d_model:
+            raise MorphError(
+                f"d_model={d_model}: the output head {found!r} reads {inputs} inputs, not a "
+                f"multiple of the stream's {layout.d_model}; refused"
+            )
+        return found
     raise MorphError(
         f"d_model={d_model}: the output head {layout.head!r} ({type(head).__name__}) holds no "
         "linear layer reading the stream"

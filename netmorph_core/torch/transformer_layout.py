@@ -11,8 +11,15 @@ any decoder that follows their patterns; the found family is cached per block st
   LayerNorm ``ln_1``/``ln_2``/``ln_f``, embeddings ``wte`` + ``wpe``);
 - ``bert``: BERT (post-LayerNorm: ``encoder.layer[i].attention.self.{query,key,value}``,
   ``attention.output``, ``intermediate``, ``output``; embeddings word + position + token type);
-- ``vit``: Hugging Face ViT and DeiT (pre-LayerNorm; patch convolution, class token, DeiT's
-  distillation token and position embedding write the stream).
+- ``vit``: Hugging Face ViT, DeiT and BEiT (pre-LayerNorm; patch convolution, class token,
+  DeiT's distillation token and position embedding write the stream; BEiT's layer scales
+  ``lambda_1``/``lambda_2`` and its mean-pooling ``pooler.layernorm``);
+- ``dinov2``/``dinov2-swiglu``: DINOv2 (pre-LayerNorm ``norm1``/``norm2``, layer scales
+  ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens; its
+  attention reads ``config.head_dim`` when the config holds one).
+
+Encoder–decoder models (a cross-attention module, or ``config.is_encoder_decoder``) and
+models whose blocks are shared by several depths (ALBERT) are refused by name.
 
 The residual stream of width d_model is *written* by the embeddings and each block's output
 projections, *read* by the query/key/value and feed-forward input projections (through a norm
@@ -32,7 +39,7 @@ from torch import nn
 from .errors import MorphError
 from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
-from .transformer_trace import Stack, geometry, head_dim, is_linear, trace_stack
+from .transformer_trace import Stack, geometry, head_dim, is_linear, shared_block, trace_stack
 from .wrappers import unsupported_kind
 
 __all__ = ["as_matrix", "describe", "is_conv1d", "sync_shapes", "weight_axes"]
@@ -82,7 +89,10 @@ class Family:
     [q_h; k_h; v_h] per head under multi-head attention). ``gate_up``: one feed-forward input
     layer whose rows are [gate; up]. ``parallel``: attention and feed-forward both read the
     block's input (x + attn(n₁(x)) + mlp(n₂(x))). ``alibi``: a per-head position bias (the
-    attention is not invariant under a permutation of its heads).
+    attention is not invariant under a permutation of its heads). ``scales``: per-channel
+    layer-scale gains of a block (relative names of the parameters λ₁, λ₂ in
+    x + λ₁⊙attn(n₁(x)), then + λ₂⊙mlp(n₂(x)); absent ones are skipped). ``head_norms``: norms
+    of the owner between the stream and the head (BEiT's mean-pooling ``pooler.layernorm``).
     """
 
     name: str
@@ -103,6 +113,30 @@ class Family:
     gate_up: bool = False
     parallel: bool = False
     alibi: bool = False
+    scales: tuple[str, ...] = ()
+    head_norms: tuple[str, ...] = ()
+
+
+def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
+    return Family(
+        name,
+        blocks="encoder.layer",
+        attention="attention",
+        qkv=("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+        o="attention.o_proj",
+        ffn_in=ffn_in,
+        ffn_out=ffn_out,
+        norms=("norm1", "norm2"),
+        writers=(
+            "embeddings.patch_embeddings.projection",
+            "embeddings.cls_token",
+            "embeddings.position_embeddings",
+            "embeddings.mask_token",
+            "embeddings.register_tokens",
+        ),
+        final_norm="layernorm",
+        scales=("layer_scale1.lambda1", "layer_scale2.lambda1"),
+    )
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -170,7 +204,11 @@ FAMILIES: tuple[Family, ...] = (
         final_norm="layernorm",
         readers=("pooler.dense",),
         derived_head_dim=True,
+        scales=("lambda_1", "lambda_2"),  # BEiT
+        head_norms=("pooler.layernorm",),  # BEiT's mean pooling
     ),
+    _dinov2("dinov2", ("mlp.fc1",), "mlp.fc2"),
+    _dinov2("dinov2-swiglu", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
 )
 
 #: Root-level output heads that read the final norm's output (or the stream); ``cls``: BERT's
@@ -252,6 +290,7 @@ def describe(model: nn.Module) -> Layout:
     """The :class:`Layout` of ``model``; MorphError when no known family matches."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _refuse_encoder_decoder(model)
     for owner_name, owner in model.named_modules():
         for family in FAMILIES:
             blocks = _get(owner, family.blocks)
@@ -274,6 +313,14 @@ def describe(model: nn.Module) -> Layout:
             return _layout(model, family, owner_name, block_list, d_model)
     found = _block_stack(model)
     if found is None:
+        shared = shared_block(model)
+        if shared is not None:
+            name, runs = shared
+            raise MorphError(
+                f"{type(model).__name__} shares its blocks across depths: {name!r} runs {runs} "
+                "times in one forward pass (one module used at several depths, as in ALBERT); "
+                "the transformer operations do not support shared layers yet; refused"
+            )
         raise MorphError(
             f"{type(model).__name__} is not a recognised transformer: no list of blocks (a "
             "ModuleList of one block class holding linear layers) after an embedding; refused"
@@ -291,6 +338,31 @@ def describe(model: nn.Module) -> Layout:
         Block(f"{prefix}.{i}", g.heads, g.kv_heads, g.head_dim) for i, g in enumerate(geo)
     )
     return _layout(model, family, owner_name, block_list, d)
+
+
+#: Last name components of cross-attention modules (BART/Marian/Whisper, T5, BERT decoders).
+CROSS_ATTENTION = ("encoder_attn", "encdecattention", "crossattention", "cross_attn")
+
+
+def _refuse_encoder_decoder(model: nn.Module) -> None:
+    """MorphError naming the model class and its cross-attention (or decoder) module when
+    ``model`` is an encoder–decoder."""
+    found = next(
+        (n for n, _ in model.named_modules() if n.rpartition(".")[2].lower() in CROSS_ATTENTION),
+        None,
+    )
+    config = getattr(model, "config", None)
+    if found is None and getattr(config, "is_encoder_decoder", False) is True:
+        # T5EncoderModel keeps its config's flag without a decoder
+        found = next(
+            (n for n, _ in model.named_modules() if n.rpartition(".")[2] == "decoder"), None
+        )
+    if found is not None:
+        raise MorphError(
+            f"{type(model).__name__} is an encoder–decoder model ({found!r} attends to the "
+            "encoder's output: cross-attention); the transformer operations do not support "
+            "encoder–decoder models yet; refused"
+        )
 
 
 def _layout(

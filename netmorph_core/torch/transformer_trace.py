@@ -378,6 +378,30 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
     )
 
 
+def shared_block(model: nn.Module) -> tuple[str, int] | None:
+    """(name, runs) of the first block (an entry of a ModuleList holding two or more linear
+    layers) that runs more than once in one forward pass on token ids (ALBERT's layer group,
+    used at every depth); None when none does or the model does not run on token ids."""
+    watch = {
+        f"{name}.{i}": block
+        for name, blocks in model.named_modules()
+        if isinstance(blocks, nn.ModuleList)
+        for i, block in enumerate(blocks)
+        if sum(is_linear(m) for m in block.modules()) >= 2
+    }
+    if not watch:
+        return None
+    try:
+        ids = _probe_ids(_token_embedding(model, model))
+        _, calls = _run(model, ids, watch, {})
+    except MorphError:
+        return None
+    counts: dict[str, int] = {}
+    for call in calls:
+        counts[call.name] = counts.get(call.name, 0) + 1
+    return next(((n, k) for n, k in counts.items() if k > 1), None)
+
+
 def _token_embedding(model: nn.Module, root: nn.Module) -> nn.Embedding:
     get = getattr(model, "get_input_embeddings", None)
     embed = get() if callable(get) else None

@@ -1,0 +1,366 @@
+"""Vision encoders with layer scale (DINOv2, BEiT), shared layers (ALBERT) and encoder–decoders.
+
+DINOv2 and BEiT: every operation on a tiny float64 config (d 32, 4 heads, 2 blocks, layer
+scales and norms redrawn so that they matter) computes the parent's logits (1e-9), leaves the
+parent untouched and reloads through ``save_pretrained``: the stock ``from_pretrained`` where
+the config describes the child, else the stock load refuses the marked model_type and
+``load_grown`` rebuilds it. ALBERT and T5/BART are refused by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from thirdparty import import_transformers
+
+from netmorph_core.torch import (
+    MorphError,
+    add_block,
+    add_heads,
+    deepen_projection,
+    grow_ffn,
+    grow_width,
+    load_grown,
+    pipeline,
+)
+
+try:
+    transformers = import_transformers()
+except ImportError:  # pragma: no cover - the test extra installs it
+    pytest.skip("transformers is not installed", allow_module_level=True)
+
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=8,
+    patch_size=4,
+    num_channels=3,
+    num_labels=3,
+)
+STOCK = "stock"
+MARKED = "load_grown"
+Op = Callable[[torch.nn.Module], tuple[torch.nn.Module, object]]
+O_PROJ = "dinov2.encoder.layer.0.attention.o_proj"
+#: operation → (what it does, how the DINOv2 child reloads).
+DINOV2_OPS: dict[str, tuple[Op, str]] = {
+    "grow_ffn": (lambda m: grow_ffn(m, 160), STOCK),  # mlp_ratio 5
+    "grow_ffn (no integer mlp_ratio)": (lambda m: grow_ffn(m, 168), MARKED),
+    "add_heads": (lambda m: add_heads(m, 8), STOCK),  # explicit head_dim
+    "grow_width": (lambda m: grow_width(m, 48), MARKED),  # 128 / 48 is no mlp_ratio
+    "grow_width x2": (lambda m: grow_width(m, 64), STOCK),
+    "grow_width → add_heads": (lambda m: add_heads(grow_width(m, 64)[0], 8), STOCK),
+    "add_block": (lambda m: add_block(m, 1), STOCK),
+    "add_block (zero)": (lambda m: add_block(m, 2, method="zero"), STOCK),
+    "deepen_projection": (lambda m: deepen_projection(m, O_PROJ), MARKED),
+}
+
+
+def _redraw(model: torch.nn.Module) -> torch.nn.Module:
+    """Gains (norms, layer scales) in [0.5, 1.5], biases and bias tables in [−0.2, 0.2]."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            gain = name.endswith(("norm1.weight", "norm2.weight", "layernorm.weight"))
+            gain |= "lambda" in name or ("layernorm_" in name and name.endswith("weight"))
+            if gain:
+                p.uniform_(0.5, 1.5)
+            elif p.dim() == 1 or "relative_position_bias" in name:
+                p.uniform_(-0.2, 0.2)
+    return model
+
+
+def _dinov2(cls: str = "Dinov2ForImageClassification", **extra: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(**VISION, **extra)
+    return _redraw(getattr(transformers, cls)(config).eval().double())
+
+
+def _beit(shared: bool = False) -> torch.nn.Module:
+    """BEiT with layer scales and a relative position bias per block (``shared``: one for
+    every block)."""
+    torch.manual_seed(0)
+    config = transformers.BeitConfig(
+        **VISION,
+        intermediate_size=64,
+        use_relative_position_bias=not shared,
+        use_shared_relative_position_bias=shared,
+        layer_scale_init_value=0.1,
+    )
+    return _redraw(transformers.BeitForImageClassification(config).eval().double())
+
+
+def _pixels() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(_pixels()).logits
+
+
+def _reloads(child: torch.nn.Module, report: object, how: str, want: torch.Tensor, path: Path):
+    child.save_pretrained(path)
+    auto = transformers.AutoModelForImageClassification
+    if how == STOCK:
+        assert any("reloads this child exactly" in n for n in report.notes), report.notes
+        reloaded = auto.from_pretrained(path, dtype=torch.float64).eval()
+    else:
+        assert any("cannot describe" in n for n in report.notes), report.notes
+        with pytest.raises(ValueError, match="does not recognize this architecture"):
+            auto.from_pretrained(path)
+        reloaded = load_grown(path)
+    torch.testing.assert_close(_logits(reloaded), want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("op", DINOV2_OPS)
+def test_dinov2_operation_is_exact_and_reloads(op: str, tmp_path: Path) -> None:
+    parent = _dinov2()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    want = _logits(parent)
+    grow, how = DINOV2_OPS[op]
+    child, report = grow(parent)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+    _reloads(child, report, how, want, tmp_path)
+
+
+def test_dinov2_width_extends_the_layer_scales() -> None:
+    """λ̃ = [λ; λ; 1]: the copies keep λ, the extra coordinate's gain is 1 (its writer rows
+    carry mean(λ⊙W), so the coordinate stays the stream's mean)."""
+    parent = _dinov2()
+    child, _ = grow_width(parent, 65)
+    for i in range(2):
+        for rel in ("layer_scale1", "layer_scale2"):
+            lam = getattr(parent.dinov2.encoder.layer[i], rel).lambda1
+            got = getattr(child.dinov2.encoder.layer[i], rel).lambda1
+            want = torch.cat([lam, lam, lam.new_ones(1)])
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "grow",
+    [
+        lambda m: grow_ffn(m, 160),
+        lambda m: add_heads(m, 8),
+        lambda m: add_block(m, 0),
+        lambda m: grow_width(m, 48),
+        lambda m: deepen_projection(m, "dinov2.encoder.layer.1.mlp.down_proj"),
+    ],
+)
+def test_dinov2_swiglu_operations_are_exact(grow: Op) -> None:
+    parent = _dinov2(use_swiglu_ffn=True)
+    child, _ = grow(parent)
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("d_model", "how"), [(48, MARKED), (64, STOCK)])
+def test_dinov2_with_registers_grow_width(d_model: int, how: str, tmp_path: Path) -> None:
+    """Register tokens write the stream like the class token."""
+    torch.manual_seed(0)
+    config = transformers.Dinov2WithRegistersConfig(**VISION, num_register_tokens=2)
+    parent = _redraw(transformers.Dinov2WithRegistersForImageClassification(config).eval())
+    parent = parent.double()
+    want = _logits(parent)
+    child, report = grow_width(parent, d_model)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    assert child.dinov2_with_registers.embeddings.register_tokens.shape == (1, 2, d_model)
+    _reloads(child, report, how, want, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "grow",
+    [
+        lambda m: grow_ffn(m, 160),
+        lambda m: add_heads(m, 8),
+        lambda m: add_block(m, 1),
+        lambda m: deepen_projection(m, "encoder.layer.0.mlp.fc1"),
+    ],
+)
+def test_dinov2_model_without_head(grow: Op) -> None:
+    """Dinov2Model returns the stream: block operations are exact, a wider stream refused."""
+    parent = _dinov2("Dinov2Model")
+    child, _ = grow(parent)
+    with torch.no_grad():
+        want = parent(_pixels()).last_hidden_state
+        torch.testing.assert_close(child(_pixels()).last_hidden_state, want, rtol=0, atol=1e-9)
+    with pytest.raises(MorphError, match="returns the residual stream itself"):
+        grow_width(parent, 64)
+
+
+def test_dinov2_swiglu_child_the_config_cannot_describe_fails_loudly(tmp_path: Path) -> None:
+    """No integer mlp_ratio gives a SwiGLU size of 160 (d 32): the config is marked, the stock
+    load refuses it and load_grown refuses the checkpoint's fused weight names."""
+    child, report = grow_ffn(_dinov2(use_swiglu_ffn=True), 160)
+    assert any("cannot describe" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not recognize this architecture"):
+        transformers.AutoModelForImageClassification.from_pretrained(tmp_path)
+    with pytest.raises(MorphError, match="has no place in"):
+        load_grown(tmp_path)
+
+
+@pytest.mark.parametrize("d_model", [45, 64])
+def test_beit_grow_width_keeps_layer_scales_and_pooler_norm(d_model: int) -> None:
+    parent = _beit()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    child, _ = grow_width(parent, d_model)
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
+    assert child.beit.layers[0].lambda_1.shape == (d_model,)
+    assert child.beit.pooler.layernorm.weight.shape == (d_model,)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def test_beit_grow_width_x2_reloads(tmp_path: Path) -> None:
+    """BEiT's config derives head_dim = hidden_size / heads: the wider child is marked."""
+    parent = _beit()
+    child, report = grow_width(parent, 64)
+    _reloads(child, report, MARKED, _logits(parent), tmp_path)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["copies", "per module"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_beit_add_heads_grows_the_relative_position_bias(
+    shared: bool, streamed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New heads get a zero bias column (the same for every head of a cancelling set); the
+    per-module measurement measures a model whose bias is built outside the blocks whole."""
+    if streamed:
+        monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    parent = _beit(shared)
+    wide, _ = grow_width(parent, 64)
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    child, report = add_heads(wide, 8)
+    want = _logits(parent)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    tables = [p for n, p in child.named_parameters() if n.endswith("relative_position_bias_table")]
+    assert tables and all(t.shape[-1] == 8 and not t[:, 4:].any() for t in tables)
+    assert all(torch.equal(before[k], v) for k, v in wide.state_dict().items())
+    _reloads(child, report, STOCK, want, tmp_path)
+
+
+def test_beit_shared_bias_needs_every_block() -> None:
+    wide, _ = grow_width(_beit(shared=True), 64)
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    with pytest.raises(MorphError, match=re.escape("inplace=True: 'beit.shared_position_bias")):
+        add_heads(wide, 8, inplace=True)
+    assert all(torch.equal(before[k], v) for k, v in wide.state_dict().items())
+    with pytest.raises(
+        MorphError, match=re.escape("'beit.shared_position_bias.relative_position_bias_table'")
+    ):
+        add_heads(wide, 8, layers=0)
+
+
+def _albert() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.AlbertConfig(
+        vocab_size=100,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    return transformers.AlbertForMaskedLM(config).eval().double()
+
+
+ALBERT = (
+    "AlbertForMaskedLM shares its blocks across depths: "
+    "'albert.encoder.albert_layer_groups.0.albert_layers.0' runs 2 times in one forward pass "
+    "(one module used at several depths, as in ALBERT); the transformer operations do not "
+    "support shared layers yet; refused"
+)
+
+
+@pytest.mark.parametrize(
+    "grow",
+    [
+        lambda m: grow_ffn(m, 128),
+        lambda m: add_heads(m, 8),
+        lambda m: grow_width(m, 64),
+        lambda m: add_block(m, 1),
+    ],
+)
+def test_albert_shared_layers_are_refused_by_name(grow: Op) -> None:
+    parent = _albert()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    with pytest.raises(MorphError, match=f"^{re.escape(ALBERT)}$"):
+        grow(parent)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def _bart() -> torch.nn.Module:
+    config = transformers.BartConfig(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        vocab_size=100,
+        max_position_embeddings=32,
+    )
+    return transformers.BartModel(config).eval()
+
+
+def _t5() -> torch.nn.Module:
+    config = transformers.T5Config(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4
+    )
+    return transformers.T5ForConditionalGeneration(config).eval()
+
+
+def _encoder_decoder(model: str, module: str) -> str:
+    return (
+        f"{model} is an encoder–decoder model ({module!r} attends to the encoder's output: "
+        "cross-attention); the transformer operations do not support encoder–decoder models "
+        "yet; refused"
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (_bart, _encoder_decoder("BartModel", "decoder.layers.0.encoder_attn")),
+        (
+            _t5,
+            _encoder_decoder(
+                "T5ForConditionalGeneration", "decoder.block.0.layer.1.EncDecAttention"
+            ),
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "grow",
+    [
+        lambda m: grow_ffn(m, 128),
+        lambda m: add_heads(m, 8),
+        lambda m: grow_width(m, 64),
+        lambda m: add_block(m, 1),
+    ],
+)
+def test_encoder_decoders_are_refused_by_name(
+    build: Callable[[], torch.nn.Module], message: str, grow: Op
+) -> None:
+    with pytest.raises(MorphError, match=f"^{re.escape(message)}$"):
+        grow(build())
+
+
+def test_an_encoder_alone_is_not_an_encoder_decoder() -> None:
+    """T5EncoderModel keeps its config's is_encoder_decoder flag but has no decoder."""
+    config = transformers.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2)
+    encoder = transformers.T5EncoderModel(config).eval()
+    with pytest.raises(MorphError) as err:
+        grow_ffn(encoder, 128)
+    assert "encoder–decoder" not in str(err.value)
