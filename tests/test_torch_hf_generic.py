@@ -408,3 +408,27 @@ def test_walk_refusals(module: nn.Module, at: str, match: str) -> None:
     channels = module.get_submodule(at).out_features
     with pytest.raises(MorphError, match=match):
         plan_exported_widening(module, [at], _src(channels, channels + 2), torch.randn(2, 4))
+
+
+def test_a_model_without_token_embeddings_morphs_and_is_refused_by_name() -> None:
+    """SegFormer's get_input_embeddings raises NotImplementedError: its layers still deepen
+    exactly (the config step reads no embedding), and the transformer operations refuse it
+    with a MorphError, not the model's own exception."""
+    config = transformers.SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[16, 32],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    parent = transformers.SegformerForImageClassification(config).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    child, _ = deepen(parent, "segformer.stages.0.blocks.0.mlp.fc1", probe=(x,))
+    assert _rel_dev(parent, child, x) <= F64_TOL
+    with pytest.raises(MorphError, match="SegformerForImageClassification"):
+        grow_ffn(parent, 64, probe=(x,))

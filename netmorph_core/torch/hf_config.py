@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .errors import MorphError
+from .hf_embeddings import input_embedding, output_embedding
 from .hf_modules import describe_module
 from .transformer_layout import Layout, as_matrix, describe
 
@@ -213,11 +214,9 @@ def _untie(model: nn.Module) -> list[str]:
     input embedding's weight (BERT's masked-LM decoder keeps the parent's width when the
     stream grows), so that a reload does not tie them again."""
     config = model.config
-    get_in = getattr(model, "get_input_embeddings", None)
-    get_out = getattr(model, "get_output_embeddings", None)
-    if not getattr(config, "tie_word_embeddings", False) or get_in is None or get_out is None:
+    if not getattr(config, "tie_word_embeddings", False):
         return []
-    embed, head = get_in(), get_out()
+    embed, head = input_embedding(model), output_embedding(model)
     if embed is None or head is None or getattr(head, "weight", None) is embed.weight:
         return []
     config.tie_word_embeddings = False

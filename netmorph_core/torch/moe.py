@@ -68,6 +68,7 @@ from torch import nn
 from .. import _validation as v
 from . import transformer
 from .errors import MorphError
+from .hf_embeddings import input_embedding
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -366,8 +367,7 @@ def _pipeline(
 
 def _default_probe(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
     """Token ids (2, 8) for a model with an input embedding; None (inferred) otherwise."""
-    get = getattr(model, "get_input_embeddings", None)
-    embed = get() if callable(get) else None
+    embed = input_embedding(model)
     if embed is None:
         embed = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
     if not isinstance(embed, nn.Embedding):

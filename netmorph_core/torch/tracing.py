@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from .errors import MorphError
+from .hf_embeddings import input_embedding
 
 #: Sequence length of the default token inputs.
 SEQ_LEN = 8
@@ -107,10 +108,7 @@ def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
     config = getattr(model, "config", None)
     name = getattr(model, "main_input_name", "input_ids")
     if name == "input_ids":
-        try:
-            embed = model.get_input_embeddings()
-        except (NotImplementedError, AttributeError):  # a model without a token embedding
-            return None
+        embed = input_embedding(model)
         if not isinstance(embed, nn.Embedding):
             return None
         limit = getattr(config, "max_position_embeddings", None) or getattr(

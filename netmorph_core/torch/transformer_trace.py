@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .errors import MorphError
+from .hf_embeddings import input_embedding
 from .linear_view import as_matrix, is_conv1d
 
 #: Attention-module attributes giving head_dim, the query heads and the key/value heads.
@@ -403,8 +404,7 @@ def shared_block(model: nn.Module) -> tuple[str, int] | None:
 
 
 def _token_embedding(model: nn.Module, root: nn.Module) -> nn.Embedding:
-    get = getattr(model, "get_input_embeddings", None)
-    embed = get() if callable(get) else None
+    embed = input_embedding(model)
     if not isinstance(embed, nn.Embedding):
         embed = next((m for m in root.modules() if isinstance(m, nn.Embedding)), None)
     if embed is None:
