@@ -432,3 +432,27 @@ def test_a_model_without_token_embeddings_morphs_and_is_refused_by_name() -> Non
     assert _rel_dev(parent, child, x) <= F64_TOL
     with pytest.raises(MorphError, match="SegformerForImageClassification"):
         grow_ffn(parent, 64, probe=(x,))
+
+
+@pytest.mark.parametrize("operation", ["grow_kernel", "deepen"])
+def test_a_layer_operation_on_a_vision_model_reloads_exactly(operation: str, tmp_path) -> None:
+    """A ConvNeXt child with a grown depthwise kernel or a deepened pointwise layer: the stock
+    load refuses the marked config, load_grown rebuilds the child exactly."""
+    from netmorph_core.torch import load_grown
+
+    config = transformers.ConvNextConfig(
+        num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=3
+    )
+    torch.manual_seed(0)
+    parent = transformers.ConvNextForImageClassification(config).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    block = "convnext.encoder.stages.0.layers.0"
+    if operation == "grow_kernel":
+        child, _ = grow_kernel(parent, f"{block}.dwconv", 9, probe=(x,))
+    else:
+        child, _ = deepen(parent, f"{block}.pwconv1", probe=(x,))
+    child.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not recognize this architecture"):
+        transformers.AutoModelForImageClassification.from_pretrained(tmp_path)
+    reloaded = load_grown(tmp_path).double()
+    assert _rel_dev(parent, reloaded, x) <= F64_TOL
