@@ -197,16 +197,21 @@ def test_dinov2_model_without_head(grow: Op) -> None:
         grow_width(parent, 64)
 
 
-def test_dinov2_swiglu_child_the_config_cannot_describe_fails_loudly(tmp_path: Path) -> None:
-    """No integer mlp_ratio gives a SwiGLU size of 160 (d 32): the config is marked, the stock
-    load refuses it and load_grown refuses the checkpoint's fused weight names."""
-    child, report = grow_ffn(_dinov2(use_swiglu_ffn=True), 160)
-    assert any("cannot describe" in n for n in report.notes), report.notes
-    child.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="does not recognize this architecture"):
-        transformers.AutoModelForImageClassification.from_pretrained(tmp_path)
-    with pytest.raises(MorphError, match="has no place in"):
-        load_grown(tmp_path)
+@pytest.mark.parametrize(
+    "grow",
+    [
+        lambda m: grow_ffn(m, 160),
+        lambda m: deepen_projection(m, "dinov2.encoder.layer.1.mlp.gate_proj"),
+    ],
+    ids=["grow_ffn", "deepen_projection"],
+)
+def test_dinov2_swiglu_child_the_config_cannot_describe_reloads(grow: Op, tmp_path: Path) -> None:
+    """No integer mlp_ratio gives a SwiGLU size of 160 (d 32), and no config field describes a
+    split gate: the config is marked, the stock load refuses it, and load_grown splits the
+    checkpoint's fused [gate; up] weight (``mlp.weights_in``) back into its two halves."""
+    parent = _dinov2(use_swiglu_ffn=True)
+    child, report = grow(parent)
+    _reloads(child, report, MARKED, _logits(parent), tmp_path)
 
 
 @pytest.mark.parametrize("d_model", [45, 64])

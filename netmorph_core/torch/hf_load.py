@@ -70,12 +70,14 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
         replace_module(model, name, build_module(description))
     shared = [*shared_parameters(model), *spec.get("shared", [])]
     loaded: dict[str, nn.Parameter | torch.Tensor] = {}
-    renames = _renames(model)
+    renames, splits = _conversions(model)
     for file in weight_files(path):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
-                name = _renamed(key, renames)
-                loaded[name] = _assign(model, name, f.get_tensor(key))
+                parts = _split(model, key, f.get_tensor(key), splits, config)
+                for name, tensor in parts.items():
+                    name = _renamed(name, renames)
+                    loaded[name] = _assign(model, name, tensor)
     for names in shared:
         source = next((n for n in names if n in loaded), None)
         for name in names:
@@ -104,19 +106,63 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     return model.eval()
 
 
-def _renames(model: nn.Module) -> list[tuple[str, str]]:
-    """(pattern, replacement) of the key renamings the stock loader applies to ``model``'s
-    checkpoints (GPT-NeoX saves its head as ``embed_out``)."""
+def _conversions(model: nn.Module) -> tuple[list[tuple[str, str]], list]:
+    """The key conversions the stock loader applies to ``model``'s checkpoints: (pattern,
+    replacement) renamings (GPT-NeoX saves its head as ``embed_out``) and the converters that
+    split one stored tensor into several parameters (DINOv2's SwiGLU stores [gate; up] as
+    ``weights_in``)."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
+        from transformers.core_model_loading import WeightConverter, WeightRenaming
     except ImportError:  # a transformers release without conversion mappings
-        return []
-    return [
-        (t.source_patterns[0], t.target_patterns[0])
-        for t in get_model_conversion_mapping(model)
-        if type(t) is WeightRenaming and len(t.source_patterns) == len(t.target_patterns) == 1
-    ]
+        return [], []
+    renames, splits = [], []
+    for t in get_model_conversion_mapping(model):
+        if type(t) is WeightRenaming and len(t.source_patterns) == len(t.target_patterns) == 1:
+            renames.append((t.source_patterns[0], t.target_patterns[0]))
+        elif isinstance(t, WeightConverter) and len(t.source_patterns) == 1:
+            splits.append(t)
+    return renames, splits
+
+
+def _split(model: nn.Module, key: str, tensor: torch.Tensor, splits: list, config: object) -> dict:
+    """{parameter name: tensor} for the stored ``key``: the converter's parameters when one of
+    ``splits`` stores several parameters under ``key`` (its operations run on the tensor as
+    the stock loader runs them, so a grown [gate; up] splits in two halves again; when all but
+    one of them were replaced by other modules, the stored tensor is that one's alone), else
+    {key: tensor}."""
+    for converter in splits:
+        source = converter.source_patterns[0]
+        if re.search(source, key) is None:
+            continue
+        targets = [re.sub(source, target, key) for target in converter.target_patterns]
+        present = [t for t in targets if _has_slot(model, t)]
+        if len(present) == 1 and len(targets) > 1:
+            return {present[0]: tensor}
+        if len(present) != len(targets):
+            raise MorphError(
+                f"weight {key!r} stores {targets} together, but the model has only {present}"
+            )
+        parts: dict = {key: [tensor]}
+        try:
+            for op in converter.operations:
+                parts = op.convert(parts, [key], targets, config=config)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise MorphError(
+                f"weight {key!r}: the stored tensor {tuple(tensor.shape)} cannot be split into "
+                f"{targets} ({exc})"
+            ) from exc
+        return {name: t[0] if isinstance(t, list) else t for name, t in parts.items()}
+    return {key: tensor}
+
+
+def _has_slot(model: nn.Module, key: str) -> bool:
+    owner, _, attr = key.rpartition(".")
+    try:
+        module = model.get_submodule(owner)
+    except AttributeError:
+        return False
+    return attr in module._parameters or attr in module._buffers
 
 
 def _renamed(key: str, renames: list[tuple[str, str]]) -> str:
