@@ -184,10 +184,9 @@ MARKED = "exact, load_grown"
 FLOAT32 = {("Phi-3", "grow_width")}
 #: (family, operation) → STOCK, MARKED or "refused: <what the MorphError says>".
 SAVE_WHOLE = "exact, save whole (torch.save)"
-DERIVED = "refused: derives head_dim = hidden_size / heads"
 OUTCOMES: dict[tuple[str, str], str] = {
     **{(f, "grow_ffn"): STOCK for f in FAMILIES},
-    **{(f, "add_heads"): DERIVED for f in FAMILIES},
+    **{(f, "add_heads"): MARKED for f in FAMILIES},
     **{(f, "grow_width"): SAVE_WHOLE for f in FAMILIES},
     **{(f, "grow_width → add_heads"): STOCK for f in FAMILIES},
     **{(f, "add_block"): STOCK for f in FAMILIES},

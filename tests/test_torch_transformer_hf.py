@@ -21,6 +21,7 @@ from netmorph_core.torch import (
     deepen_projection,
     grow_ffn,
     grow_width,
+    load_grown,
     remap_optimizer,
     widen,
 )
@@ -265,10 +266,29 @@ def test_child_config_rebuilds_the_child(family: str, exact_rmsnorm: None) -> No
     assert _rel_dev(parent, child, x) <= F64_TOL
 
 
+@pytest.mark.parametrize("family", ["gpt2", "bert", "vit"])
+def test_add_heads_the_config_cannot_derive_reloads_with_load_grown(family: str, tmp_path) -> None:
+    """6 heads of head_dim 8 at d_model 32: a config that derives head_dim = hidden_size / heads
+    cannot hold them; it keeps 4 heads, the attention modules record 6, the stock load refuses
+    the child and load_grown rebuilds it exactly."""
+    parent = _model(family)
+    x = _inputs(family, torch.float64)
+    child, report = add_heads(parent, 6)
+    assert _rel_dev(parent, child, x) <= F64_TOL
+    assert child.config.num_attention_heads == parent.config.num_attention_heads
+    assert any("each attention module records its own" in n for n in report.notes), report.notes
+    assert any("cannot describe" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not recognize this architecture"):
+        transformers.AutoConfig.from_pretrained(tmp_path)
+    torch.testing.assert_close(
+        _output(load_grown(tmp_path), x), _output(child, x), rtol=0, atol=1e-12
+    )
+
+
 @pytest.mark.parametrize(
     ("family", "call", "match"),
     [
-        ("gpt2", lambda m: add_heads(m, 6), "heads=6 do not divide d_model=32"),
         ("llama", lambda m: add_heads(m, 7), "heads=7 is not a multiple of kv_heads=2"),
         ("llama", lambda m: add_heads(m, 6, kv_heads=6), "cannot keep"),
         ("gpt2", lambda m: add_heads(grow_width(m, 64)[0], 8, kv_heads=4), "kv_heads=4"),

@@ -256,12 +256,14 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     _set(config, ("hidden_size", "n_embd"), layout.d_model)
     _set(config, ("num_hidden_layers", "n_layer"), len(blocks))
     heads = _one([b.heads for b in blocks])
-    if heads is not None:
+    head_dim = _one([b.head_dim for b in blocks])
+    if heads is not None and not (
+        fam.derived_head_dim and head_dim is not None and heads * head_dim != layout.d_model
+    ):  # a count that would derive another head_dim stays: the modules record theirs
         _set(config, ("num_attention_heads", "n_head"), heads)
     kv = _one([b.kv_heads for b in blocks])
     if kv is not None:
         _set(config, ("num_key_value_heads", "num_kv_heads"), kv)
-    head_dim = _one([b.head_dim for b in blocks])
     if head_dim is not None and not fam.derived_head_dim:
         config.head_dim = head_dim
     hidden = _one([as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks])

@@ -578,8 +578,9 @@ def add_heads(
     ``heads`` must be a multiple of ``kv_heads`` (default: unchanged, or ``heads`` for
     multi-head attention) and each group must keep at least its parent's query heads. New
     heads come in cancelling sets (identical q rows in one group, output columns ±C) or, with
-    ``method="zero"``, with zero output columns. Families whose config derives head_dim as
-    hidden_size / heads (GPT-2, BERT, ViT) need heads·head_dim = d_model.
+    ``method="zero"``, with zero output columns. Where the config derives head_dim as
+    hidden_size / heads (GPT-2, BERT, ViT) and heads·head_dim ≠ d_model, the config cannot
+    describe the child: the stock load refuses it and ``load_grown`` rebuilds it.
     """
     layout = describe(model)
     method = _method(method)
@@ -625,12 +626,10 @@ def add_heads(
             "records no key/value head count)"
         )
     placed = _alibi_placement(layout, ref, heads, kv, len(chosen)) if layout.family.alibi else None
-    if layout.family.derived_head_dim and heads * ref.head_dim != layout.d_model:
-        raise MorphError(
-            f"heads={heads} do not divide d_model={layout.d_model} into head_dim "
-            f"{ref.head_dim}: {layout.family.name} derives head_dim = hidden_size / heads "
-            f"(grow d_model to {heads * ref.head_dim} first)"
-        )
+    # a config that derives head_dim = hidden_size / heads cannot hold these heads: it keeps
+    # the parent's count (so the buffers it derives, e.g. rotary frequencies, keep head_dim),
+    # the attention modules record theirs, and the child is marked for load_grown
+    off_config = layout.family.derived_head_dim and heads * ref.head_dim != layout.d_model
     blocks = [layout.blocks[i] for i in chosen]
     tables = _bias_tables(model, layout, ref.heads, chosen)
     shared = [n for n in tables if not n.startswith(layout.blocks_path + ".")]
@@ -671,7 +670,7 @@ def add_heads(
             )
         elif lonely and method == "netmorph":
             notes.append(f"{lonely} new heads have no partner in their group: zero output columns")
-        if len(chosen) == len(layout.blocks):
+        if len(chosen) == len(layout.blocks) and not off_config:
             _set_config(
                 getattr(child, "config", None),
                 num_attention_heads=heads,
@@ -680,6 +679,12 @@ def add_heads(
             )
             if layout.config is not None and not layout.family.derived_head_dim:
                 child.config.head_dim = ref.head_dim
+        elif off_config and layout.config is not None:
+            notes.append(
+                f"{heads} heads of head_dim {ref.head_dim} ≠ d_model {layout.d_model}: "
+                f"{layout.family.name} derives head_dim = hidden_size / heads, so the config "
+                f"keeps {ref.heads} heads and each attention module records its own"
+            )
         elif layout.config is not None:
             notes.append("blocks differ in head count: the config describes the others")
         return edit.outcome(notes)
