@@ -257,9 +257,14 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     _set(config, ("num_hidden_layers", "n_layer"), len(blocks))
     heads = _one([b.heads for b in blocks])
     head_dim = _one([b.head_dim for b in blocks])
-    if heads is not None and not (
-        fam.derived_head_dim and head_dim is not None and heads * head_dim != layout.d_model
-    ):  # a count that would derive another head_dim stays: the modules record theirs
+    if fam.derived_head_dim and head_dim is not None and heads is not None:
+        # the count that derives the blocks' head_dim, so that the buffers the config derives
+        # from it (rotary frequencies) keep their shapes; the modules record their own count
+        if heads * head_dim != layout.d_model and layout.d_model % head_dim == 0:
+            heads = layout.d_model // head_dim
+        elif heads * head_dim != layout.d_model:
+            heads = None
+    if heads is not None:
         _set(config, ("num_attention_heads", "n_head"), heads)
     kv = _one([b.kv_heads for b in blocks])
     if kv is not None:

@@ -1121,9 +1121,9 @@ def grow_width(
                 config.head_dim = layout.blocks[0].head_dim
             elif fam.derived_head_dim and heads * layout.blocks[0].head_dim != d_model:
                 notes.append(
-                    f"the config derives head_dim = hidden_size / heads = {d_model / heads:g}, "
-                    f"the attention keeps {layout.blocks[0].head_dim}: until add_heads makes "
-                    "heads·head_dim = d_model, save the model whole (torch.save)"
+                    f"{heads} heads of head_dim {layout.blocks[0].head_dim} ≠ d_model {d_model}: "
+                    f"{fam.name} derives head_dim = hidden_size / heads, so each attention "
+                    "module records its own head count"
                 )
         return edit.outcome(notes)
 
