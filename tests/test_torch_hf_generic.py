@@ -456,3 +456,65 @@ def test_a_layer_operation_on_a_vision_model_reloads_exactly(operation: str, tmp
         transformers.AutoModelForImageClassification.from_pretrained(tmp_path)
     reloaded = load_grown(tmp_path).double()
     assert _rel_dev(parent, reloaded, x) <= F64_TOL
+
+
+#: vision model → (config, the patch embedding whose weight dtype its forward reads)
+PATCH_EMBEDDINGS = {
+    "ViT": ("ViTForImageClassification", "ViTConfig", "vit.embeddings.patch_embeddings.projection"),
+    "DINOv2": (
+        "Dinov2ForImageClassification",
+        "Dinov2Config",
+        "dinov2.embeddings.patch_embeddings.projection",
+    ),
+    "CLIP": ("CLIPVisionModel", "CLIPVisionConfig", "embeddings.patch_embedding"),
+    "SigLIP": (
+        "SiglipVisionModel",
+        "SiglipVisionConfig",
+        "embeddings.patch_embedding",
+    ),
+}
+
+
+@pytest.mark.parametrize("family", PATCH_EMBEDDINGS)
+@pytest.mark.parametrize("operation", ["deepen", "morph_subnet"])
+def test_a_patch_embedding_read_for_its_dtype_deepens_and_reloads(
+    family: str, operation: str, tmp_path
+) -> None:
+    """The model casts its pixels to ``patch_embedding.weight.dtype``: the layers that replace
+    the patch embedding come as a Chain answering that read; the child is exact, and
+    load_grown rebuilds the Chain of convolutions exactly."""
+    from netmorph_core.torch import load_grown
+    from netmorph_core.torch.layer_reads import Chain
+
+    model_name, config_name, at = PATCH_EMBEDDINGS[family]
+    config = getattr(transformers, config_name)(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        image_size=16,
+        patch_size=8,
+    )
+    torch.manual_seed(0)
+    parent = getattr(transformers, model_name)(config).double().eval()
+    before = _state(parent)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    if operation == "deepen":
+        child, _ = deepen(parent, at, probe=(x,))
+    else:
+        child, _ = morph_subnet(parent, at, [(48, 8), (None, 1)], probe=(x,))
+    assert type(child.get_submodule(at)) is Chain
+    assert _unchanged(parent, before)
+
+    def out(model: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            result = model(pixel_values=x)
+        logits = getattr(result, "logits", None)
+        return result.last_hidden_state if logits is None else logits
+
+    want = out(parent)
+    torch.testing.assert_close(out(child), want, rtol=0, atol=1e-9)
+    child.save_pretrained(tmp_path)
+    reloaded = load_grown(tmp_path)
+    assert type(reloaded.get_submodule(at)) is Chain
+    torch.testing.assert_close(out(reloaded), want, rtol=0, atol=1e-9)

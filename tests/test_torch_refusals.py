@@ -30,6 +30,7 @@ from netmorph_core.torch import (  # noqa: E402
     morph_subnet,
     widen,
 )
+from netmorph_core.torch.layer_reads import Chain  # noqa: E402
 from netmorph_core.torch.samepad import DynamicSamePad, register_same_padding_conv  # noqa: E402
 from netmorph_core.torch.surgery import ChannelLastBatchNorm  # noqa: E402
 
@@ -265,21 +266,37 @@ def test_parent_reading_the_weight_directly_is_refused() -> None:
     refused(nested, lambda m: deepen(m, "0.proj"), MorphError, r"'0' \(ReadsWeight\)")
 
 
-@pytest.mark.parametrize(
-    ("at", "read"), [("conv", r"conv\.stride"), ("inner.0", r"inner\.0\.weight")]
-)
 @pytest.mark.parametrize("operation", ["deepen", "morph_subnet", "morph_stacked", "morph_module"])
-def test_ancestor_reading_a_replaced_layers_attributes_is_refused(
-    at: str, read: str, operation: str
-) -> None:
+def test_ancestor_reading_a_replaced_layers_attributes_is_refused(operation: str) -> None:
     """The replacing module would lack the attribute: refused before any work, naming it;
     grow_kernel keeps the layer's class and attributes and stays exact."""
     model = ReadsAttributes().double()
-    match = rf"{at!r}: the model \(ReadsAttributes\) reads {read}"
-    shape = (2, 2, 5, 5)
-    refused(model, lambda m: OPERATIONS[operation](m, at), MorphError, match)
-    x = torch.randn(*shape, dtype=torch.float64)
-    child, _ = grow_kernel(model, at, 5)
+    match = r"'conv': the model \(ReadsAttributes\) reads conv\.stride"
+    refused(model, lambda m: OPERATIONS[operation](m, "conv"), MorphError, match)
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    child, _ = grow_kernel(model, "conv", 5)
+    assert rel_dev(model, child, x) <= F64_TOL
+
+
+@pytest.mark.parametrize("operation", ["morph_stacked", "morph_module"])
+def test_weight_dtype_read_of_a_layer_replaced_by_branches_is_refused(operation: str) -> None:
+    """Parallel branches and module graphs have no first layer to answer ``weight.dtype``."""
+    model = ReadsAttributes().double()
+    match = r"'inner\.0': the model \(ReadsAttributes\) reads inner\.0\.weight"
+    refused(model, lambda m: OPERATIONS[operation](m, "inner.0"), MorphError, match)
+
+
+@pytest.mark.parametrize("operation", ["deepen", "morph_subnet"])
+def test_ancestor_reading_only_the_weight_dtype_gets_a_chain(operation: str) -> None:
+    """``self.inner[0].weight.dtype`` is the one read: the layers that replace ``inner.0`` come
+    as a Chain whose ``weight`` is its first layer's, so the read holds and the child is
+    exact."""
+    model = ReadsAttributes().double()
+    child, _ = OPERATIONS[operation](model, "inner.0")
+    assert type(child.inner[0]) is Chain
+    assert child.inner[0].weight is child.inner[0][0].weight
+    assert child.inner[0].weight.dtype == torch.float64
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
     assert rel_dev(model, child, x) <= F64_TOL
 
 

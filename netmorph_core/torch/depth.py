@@ -230,7 +230,7 @@ def deepen(
     C_in·m (default m = min(C_out/g, |K|), the least that is exact; ``kernel_size`` and
     ``method`` do not apply).
     """
-    layer = find_layer(model, at, same_padding=True, grouped=True, replaced=True)
+    layer = find_layer(model, at, same_padding=True, grouped=True, replaced=True, chain=True)
     groups = layer.groups if isinstance(layer, CONV_TYPES) else 1
     out_channels = layer.weight.shape[0]
     check_flag(separable, "separable")

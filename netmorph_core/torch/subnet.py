@@ -107,7 +107,7 @@ def morph_subnet(
     (data-flow order; the last width is the layer's output channels or None; kernels None for
     Linear; Σ K_p − P − K even and ≥ 0). Other arguments as in :func:`deepen`. A grouped conv
     keeps its ``groups`` in every layer (each width divisible by it)."""
-    layer = find_layer(model, at, same_padding=True, grouped=True, replaced=True)
+    layer = find_layer(model, at, same_padding=True, grouped=True, replaced=True, chain=True)
     entries = _check_layers(layer, layers, "layers")
     groups = getattr(layer, "groups", 1)
     for p, (w, _) in enumerate(layers):

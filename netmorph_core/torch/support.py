@@ -43,9 +43,7 @@ or re-creates whole (a block add_block copies, every module grow_width rewrites)
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
 import warnings
 from collections.abc import Iterable
 
@@ -55,6 +53,7 @@ from torch.nn.utils import parametrize
 
 from .._memory import check_working_set
 from .errors import MorphError
+from .layer_reads import attribute_reads
 from .samepad import is_same_padding_conv, verify_same_padding
 from .tracing import shell_copy
 from .transformer_layout import as_matrix, is_conv1d
@@ -287,30 +286,16 @@ def check_model_values(model: nn.Module) -> None:
             )
 
 
-def check_attributes_unread(model: nn.Module, at: str) -> None:
+def check_attributes_unread(model: nn.Module, at: str, chain: bool = False) -> None:
     """No ancestor of the layer ``at`` reads an attribute of it in its forward
-    (``self.<path>.<attr>``, with ``self.blocks[0]`` for ``blocks.0``: CLIP's
-    ``self.patch_embedding.weight.dtype``, Whisper's ``self.conv1.stride[0]``, DeiT's
-    ``self.embeddings.patch_embeddings.projection.weight``);
-    the module that replaces the layer (a Sequential) would not have it. Checked on the source
-    of each ancestor's forward; an ancestor without source is not inspected."""
-    parts = at.split(".")
-    for i in range(len(parts)):
-        name, rel = ".".join(parts[:i]), ".".join(parts[i:])
-        owner = model.get_submodule(name) if name else model
-        try:
-            source = inspect.getsource(type(owner).forward)
-        except (OSError, TypeError):
-            continue
-        path = "".join(
-            rf"(?:\.{p}|\[{p}\])" if p.isdigit() else rf"\.{re.escape(p)}" for p in rel.split(".")
-        )
-        read = re.search(rf"self{path}\.([A-Za-z_]\w*)", source)
-        if read:
-            cls = type(owner).__qualname__
-            where = f"{name!r} ({cls})" if name else f"the model ({cls})"
+    (:func:`.layer_reads.attribute_reads`: Whisper's ``self.conv1.stride[0]``, Bloom's
+    ``self.dense.weight``): the module that replaces the layer would not have it. With
+    ``chain`` (the replacement is a Sequential, put in place as a
+    :class:`.layer_reads.Chain`), reads of its weight's dtype or device are answered."""
+    for read in attribute_reads(model, at):
+        if not (chain and read.chain):
             raise MorphError(
-                f"{at!r}: {where} reads {rel}.{read.group(1)} in its forward; the module that "
+                f"{at!r}: {read.where} reads {read.attr} in its forward; the module that "
                 "replaces the layer would not have that attribute; refused"
             )
 

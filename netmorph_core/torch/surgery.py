@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .kinds import type_label
+from .layer_reads import Chain, needs_chain
 from .support import check_attributes_unread, check_editable, check_understood
 from .transformer_layout import is_conv1d
 
@@ -61,21 +62,23 @@ def find_layer(
     same_padding: bool = False,
     grouped: bool = False,
     replaced: bool = False,
+    chain: bool = False,
 ) -> nn.Module:
     """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
     MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
     ``same_padding``: the caller handles dynamic "same" padding convs; ``replaced``: the
     operation replaces the layer by another module, so no ancestor may read its attributes,
-    :func:`.support.check_attributes_unread`). Grouped convolutions are accepted only with
-    ``grouped=True`` (ValueError otherwise). Where Linear layers are accepted, transformers'
-    ``Conv1D`` is too: the result is then :func:`linear_equivalent`, a copy to read shapes
-    and values from."""
+    :func:`.support.check_attributes_unread`, except its weight's dtype or device where
+    ``chain``: the replacement is a Sequential, which becomes a :class:`.layer_reads.Chain`).
+    Grouped convolutions are accepted only with ``grouped=True`` (ValueError otherwise). Where
+    Linear layers are accepted, transformers' ``Conv1D`` is too: the result is then
+    :func:`linear_equivalent`, a copy to read shapes and values from."""
     layer = find_module(model, at, name)
     check_understood(layer, at)
     if is_conv1d(layer) and nn.Linear in kinds:
         check_editable(model, [at], tied_ok=replaced)
         if replaced:
-            check_attributes_unread(model, at)
+            check_attributes_unread(model, at, chain)
         return linear_equivalent(layer)
     if is_conv1d(layer):
         raise TypeError(
@@ -89,7 +92,7 @@ def find_layer(
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
     check_editable(model, [at], same_padding, tied_ok=replaced)
     if replaced:
-        check_attributes_unread(model, at)
+        check_attributes_unread(model, at, chain)
     if isinstance(layer, CONV_TYPES) and layer.groups != 1 and not grouped:
         raise ValueError(
             f"{name}={at!r} is a grouped convolution (groups={layer.groups}); this operation "
@@ -121,10 +124,13 @@ def linear_equivalent(layer: nn.Module) -> nn.Module:
 
 def replace_module(model: nn.Module, at: str, new: nn.Module) -> None:
     """Put ``new`` in place of the submodule ``at`` (its parent is found by the name's prefix),
-    in the train/eval mode of the module it replaces."""
+    in the train/eval mode of the module it replaces; a Sequential becomes a
+    :class:`.layer_reads.Chain` where an ancestor reads the layer's weight dtype or device."""
     parent_name, _, attr = at.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     new.train(getattr(parent, attr).training)
+    if type(new) is nn.Sequential and needs_chain(model, at):
+        new = Chain(*new)
     setattr(parent, attr, new)
 
 

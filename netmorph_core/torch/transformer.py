@@ -1360,7 +1360,7 @@ def deepen_projection(
     Sequential(Linear(in, width, no bias), Linear(width, out)) with A = s·Q (Q: width × in,
     orthonormal columns, random) and B = W·Qᵀ/s, so B·A = W; s balances ‖A‖ and ‖B‖. Both
     factors are dense. ``width`` ≥ in (default in)."""
-    layer = find_layer(model, at, (nn.Linear,), replaced=True)
+    layer = find_layer(model, at, (nn.Linear,), replaced=True, chain=True)
     w0 = as_matrix(layer)
     out_f, in_f = w0.shape
     width = in_f if width is None else v.positive_int(width, "width")
