@@ -81,6 +81,32 @@ def test_split_with_sizes_in_the_code_is_refused_by_name() -> None:
         widen(SplitMLP().double(), "fc", 20, probe=x64(3, 6), seed=0)
 
 
+class CrossStage(nn.Module):
+    """A CSP stage: half the expanded map skips the blocks and rejoins them by concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(3, 8, 1)
+        self.block = nn.Conv2d(4, 4, 3, padding=1)
+        self.transition = nn.Conv2d(8, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip, through = self.expand(x).split(4, dim=1)
+        return self.transition(torch.cat([skip, torch.relu(self.block(through))], dim=1))
+
+
+def test_a_concatenation_with_a_split_part_counts_the_part() -> None:
+    """The skip half has 4 channels (read from the probe's shapes, not from the conv that made
+    the whole map): the transition's new input columns go after 4 + 4."""
+    child = check_exact(CrossStage().double(), "block", 7, x64(2, 3, 5, 5))
+    assert child.transition.in_channels == 11
+
+
+def test_without_a_probe_the_split_part_is_refused_by_name() -> None:
+    with pytest.raises(MorphError, match="whose channel count cannot be read from the graph"):
+        widen(CrossStage().double(), "block", 7, seed=0)
+
+
 class ConvGLU(nn.Module):
     """conv → GLU over channels (chunk along dim 1) → conv; a split along H passes through."""
 

@@ -324,8 +324,13 @@ def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"{node.op} {name!r} (node {node.name!r})"
 
 
-def _channels(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
-    """The channel count of an unwidened tensor, when the graph tells it."""
+def _channels(node: fx.Node, modules: dict[str, nn.Module], dim: int = 1) -> int | None:
+    """The size along axis ``dim`` of an unwidened tensor, when the graph tells it: its shape
+    recorded on the probe, else the module that makes it (a conv's out_channels through ops
+    that keep the channels); None where neither holds (a part of a chunk or split)."""
+    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+    if shape is not None and -len(shape) <= dim < len(shape):
+        return int(shape[dim])
     if node.op == "call_module":
         m = modules[node.target]
         if isinstance(m, CONV_TYPES):
@@ -335,10 +340,12 @@ def _channels(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
         if isinstance(m, _BATCH_NORMS):
             return m.num_features
     if node.op == "call_function" and node.target in _CAT:
-        counts = [_channels(t, modules) for t in _arg(node, 0, "tensors", ())]
+        counts = [_channels(t, modules, dim) for t in _arg(node, 0, "tensors", ())]
         return None if None in counts else sum(counts)
+    if node.op == "call_function" and node.target is operator.getitem:
+        return None  # a part of a chunk, split or unbind
     inputs = node.all_input_nodes
-    return _channels(inputs[0], modules) if inputs else None
+    return _channels(inputs[0], modules, dim) if inputs else None
 
 
 def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
@@ -885,7 +892,7 @@ class _Walk:
                 pieces.append(np.where(src >= 0, src + offset, -1))
                 offset += self.flows[t].parent_channels
             else:
-                count = _channels(t, self.modules)
+                count = _channels(t, self.modules, dim)
                 if count is None:
                     raise self.fail(
                         node,
