@@ -57,6 +57,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .activation import PActivation
 from .errors import MorphError
+from .standardized import may_be_standardised
 from .surgery import CONV_TYPES, ChannelLastBatchNorm
 
 SPATIAL, VECTOR, LAST, FLAT = "spatial", "vector", "last", "flat"
@@ -292,11 +293,13 @@ def chunk_flow(
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer with :class:`PActivation`, every BatchNorm (subclasses included) and
-    frozen BatchNorm kept as one leaf."""
+    """torch.fx's tracer with :class:`PActivation`, every BatchNorm (subclasses included),
+    frozen BatchNorm and convs that may be weight-standardised (checked and refused by name as
+    widen's producers or consumers) kept as one leaf."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         leaf = isinstance(m, (PActivation, _BATCH_NORMS)) or is_frozen_batch_norm(m)
+        leaf = leaf or may_be_standardised(m)
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
 

@@ -13,7 +13,9 @@ the reason otherwise:
   ``_conv_forward``, ``__call__`` (weight standardisation, TF-style dynamic "same" padding,
   LoRA or quantisation wrappers compute another function of the same weight) → MorphError.
   Recognised dynamic "same" padding convs (:mod:`.samepad`) are verified and handled exactly
-  by the operations that replace the layer (not by widen);
+  by the operations that replace the layer (not by widen); so are weight-standardised convs
+  (:mod:`.standardized`: replaced by plain convs of their standardised weight; widen and
+  grow_kernel refuse them by name);
 - the parent: the nearest ancestor that is not a ModuleList/ModuleDict must call the layer.
   nn.Sequential does; other torch.nn modules (nn.MultiheadAttention, nn.TransformerEncoderLayer)
   read their layers' parameters directly, so they are refused; a user module is traced with
@@ -55,6 +57,7 @@ from .._memory import check_working_set
 from .errors import MorphError
 from .layer_reads import attribute_reads
 from .samepad import is_same_padding_conv, verify_same_padding
+from .standardized import is_weight_standardised
 from .tracing import shell_copy
 from .transformer_layout import as_matrix, is_conv1d
 from .wrappers import pruning_methods, unsupported_kind
@@ -86,11 +89,24 @@ def _overrides(cls: type, base: type) -> list[str]:
     return [m for m in _FUNCTION_METHODS if getattr(cls, m, None) is not getattr(base, m, None)]
 
 
-def check_layer_class(layer: nn.Module, at: str, same_padding: bool = False) -> None:
+def check_layer_class(
+    layer: nn.Module, at: str, same_padding: bool = False, replaced: bool = False
+) -> None:
     """``layer`` must compute nn.ConvNd's / nn.Linear's function of its weight and bias, or
-    (``same_padding``: the operation handles it) be a verified dynamic "same" padding conv."""
+    (``same_padding``: the operation handles it) be a verified dynamic "same" padding conv, or
+    (``replaced``: the operation replaces the layer) a verified weight-standardised conv
+    (:mod:`.standardized`)."""
     cls = type(layer)
     if cls in KNOWN_LAYERS or (cls.__module__, cls.__qualname__) in SAME_FUNCTION:
+        return
+    if is_weight_standardised(layer):
+        if not replaced:
+            raise MorphError(
+                f"{at!r} is {cls.__qualname__}, a weight-standardised conv: deepen, "
+                "morph_subnet, morph_stacked and morph_module replace it by plain convs of its "
+                "standardised weight; this operation would keep it, and new zero columns or "
+                "taps would change its per-filter mean and variance; refused"
+            )
         return
     if is_same_padding_conv(layer):
         if not same_padding:
@@ -316,7 +332,7 @@ def check_editable(
         check_values(module, at)
         check_no_hooks(module, at)
         if isinstance(module, KNOWN_LAYERS):
-            check_layer_class(module, at, same_padding)
+            check_layer_class(module, at, same_padding, tied_ok)
         if isinstance(module, KNOWN_LAYERS) or is_conv1d(module):
             check_called_by_parent(model, at)
     check_unshared(model, names, tied_ok)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .kinds import type_label
 from .layer_reads import Chain, needs_chain
+from .standardized import is_weight_standardised, plain_conv
 from .support import check_attributes_unread, check_editable, check_understood
 from .transformer_layout import is_conv1d
 
@@ -101,13 +102,16 @@ def find_layer(
         )
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):
         raise ValueError(f"{name}={at!r} has uninitialized (lazy) parameters; run a forward first")
-    return layer
+    return linear_equivalent(layer) if replaced else layer
 
 
 def linear_equivalent(layer: nn.Module) -> nn.Module:
     """transformers' ``Conv1D`` (y = x·W + b, W: in × out) as the ``nn.Linear`` computing
-    the same function (weight Wᵀ, copied; same dtype, device, mode and requires_grad); any
-    other layer itself."""
+    the same function (weight Wᵀ, copied; same dtype, device, mode and requires_grad); a
+    weight-standardised conv as the plain conv of its standardised weight
+    (:func:`.standardized.plain_conv`); any other layer itself."""
+    if is_weight_standardised(layer):
+        return plain_conv(layer)
     if not is_conv1d(layer):
         return layer
     w, b = layer.weight, layer.bias
