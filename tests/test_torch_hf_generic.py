@@ -518,3 +518,34 @@ def test_a_patch_embedding_read_for_its_dtype_deepens_and_reloads(
     reloaded = load_grown(tmp_path)
     assert type(reloaded.get_submodule(at)) is Chain
     torch.testing.assert_close(out(reloaded), want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("operation", ["deepen", "morph_subnet", "widen"])
+def test_t5_feed_forward_read_for_its_dtype_morphs_and_reloads(operation: str, tmp_path) -> None:
+    """T5's feed-forward casts to ``self.wo.weight.dtype`` (after an ``isinstance`` test): a
+    widened ``wi`` keeps ``wo`` a Linear, a replaced ``wo`` is a Chain answering the read; the
+    children are exact and load_grown rebuilds them."""
+    from netmorph_core.torch import load_grown
+
+    config = transformers.T5Config(
+        d_model=32, d_ff=64, num_heads=4, d_kv=8, num_layers=2, vocab_size=100
+    )
+    torch.manual_seed(0)
+    parent = transformers.T5EncoderModel(config).double().eval()
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    ffn = "encoder.block.1.layer.1.DenseReluDense"
+    if operation == "deepen":
+        child, _ = deepen(parent, f"{ffn}.wo", probe=(ids,))
+    elif operation == "morph_subnet":
+        child, _ = morph_subnet(parent, f"{ffn}.wo", [(40, None), (None, None)], probe=(ids,))
+    else:
+        child, _ = widen(parent, f"{ffn}.wi", 70, probe=(ids,), seed=0)
+
+    def out(model: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=ids).last_hidden_state
+
+    want = out(parent)
+    torch.testing.assert_close(out(child), want, rtol=0, atol=1e-9)
+    child.save_pretrained(tmp_path)
+    torch.testing.assert_close(out(load_grown(tmp_path)), want, rtol=0, atol=1e-9)

@@ -575,3 +575,44 @@ def test_a_replaced_layer_is_untied_from_its_partner(operation: str) -> None:
     assert torch.equal(child.b.weight, parent.b.weight)
     assert any("a.weight untied" in n for n in report.notes), report.notes
     torch.testing.assert_close(child(x), parent(x), rtol=0, atol=1e-12)
+
+
+class CastsToItsLayer(nn.Module):
+    """Casts its input to its layer's weight dtype (T5's feed-forward), then calls it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.proj(x.to(self.proj.weight.dtype))))
+
+
+class SlicesByItsLayer(CastsToItsLayer):
+    """Also slices by the weight's shape: a read no replacement answers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.proj(x))
+        return self.head(y[..., : self.proj.weight.shape[0]])
+
+
+@pytest.mark.parametrize(
+    "grow",
+    [lambda m: deepen(m, "proj", seed=0), lambda m: widen(m, "proj", 8, seed=0)],
+    ids=["deepen", "widen"],
+)
+def test_a_parent_reading_its_layers_dtype_is_morphed_exactly(grow: Callable) -> None:
+    model = CastsToItsLayer().double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    child, _ = grow(model)
+    assert rel_dev(model, child, x) <= F64_TOL
+
+
+def test_a_parent_reading_its_layers_weight_shape_is_refused() -> None:
+    refused(
+        SlicesByItsLayer().double(),
+        lambda m: deepen(m, "proj", seed=0),
+        MorphError,
+        r"reads proj\.weight directly in its forward",
+    )

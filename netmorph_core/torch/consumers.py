@@ -57,6 +57,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .activation import PActivation
 from .errors import MorphError
+from .layer_reads import metadata_read
 from .standardized import may_be_standardised
 from .surgery import CONV_TYPES, ChannelLastBatchNorm
 
@@ -433,7 +434,7 @@ class _Walk:
 
     def _check_attr(self, node: fx.Node) -> None:
         touched = {*self.producers, *(u.name for u in self.plan.uses)}
-        if str(node.target).rpartition(".")[0] in touched:
+        if str(node.target).rpartition(".")[0] in touched and not metadata_read(node):
             raise MorphError(
                 f"widening {list(self.producers)}: the graph reads {node.target!r} directly "
                 "(get_attr); its shape would change under it"

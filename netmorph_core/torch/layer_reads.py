@@ -4,9 +4,10 @@ layer whose parent reads only its weight's dtype or device.
 Operations that replace a layer by several (``deepen``, ``morph_subnet``, ``morph_module``,
 ``deepen_projection``) put an ``nn.Sequential`` in its place. An ancestor that reads an
 attribute of the layer (``self.conv1.stride[0]``) would fail on it or read something else, so
-such layers are refused — except for ``self.<layer>.weight.dtype`` / ``.weight.device``, which
-CLIP, SigLIP, ViT, DeiT and DINOv2 read of their patch embedding (and Mamba of its head) to
-cast the input: :class:`Chain` answers those with its first layer's weight.
+such layers are refused — except for ``self.<layer>.weight.dtype`` / ``.weight.device`` and
+``isinstance(self.<layer>.weight, …)``, which CLIP, SigLIP, ViT, DeiT and DINOv2 read of their
+patch embedding, T5 of its feed-forward output and Mamba of its head, to cast the input:
+:class:`Chain` answers those with its first layer's weight.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 #: Reads of a replaced layer that :class:`Chain` answers exactly.
 CHAIN_READS = frozenset({"weight.dtype", "weight.device"})
@@ -73,9 +74,13 @@ def attribute_reads(model: nn.Module, at: str) -> list[Read]:
         )
         cls = type(owner).__qualname__
         where = f"{name!r} ({cls})" if name else f"the model ({cls})"
-        for read in re.finditer(rf"self{path}\.([A-Za-z_]\w*)(\.[A-Za-z_]\w*)?", source):
-            chain = read.group(1) + (read.group(2) or "") in CHAIN_READS
-            found.append(Read(where, f"{rel}.{read.group(1)}", chain))
+        pattern = rf"(isinstance\(\s*)?self{path}\.([A-Za-z_]\w*)(\.[A-Za-z_]\w*)?"
+        for read in re.finditer(pattern, source):
+            attr = read.group(2)
+            chain = attr + (read.group(3) or "") in CHAIN_READS or (
+                read.group(1) is not None and attr == "weight" and not read.group(3)
+            )
+            found.append(Read(where, f"{rel}.{attr}", chain))
     return found
 
 
@@ -83,3 +88,16 @@ def needs_chain(model: nn.Module, at: str) -> bool:
     """Whether ancestors of ``at`` read its weight's dtype or device and nothing else."""
     reads = attribute_reads(model, at)
     return bool(reads) and all(r.chain for r in reads)
+
+
+def metadata_read(node: fx.Node) -> bool:
+    """Whether a traced read (get_attr) of a parameter only asks its dtype or device (T5's
+    ``hidden.to(self.wo.weight.dtype)``; an ``isinstance`` test leaves no user): a widened
+    layer keeps both, and a replacing :class:`Chain` answers them."""
+    return all(
+        user.op == "call_function"
+        and user.target is getattr
+        and len(user.args) > 1
+        and user.args[1] in ("dtype", "device")
+        for user in node.users
+    )

@@ -55,7 +55,7 @@ from torch.nn.utils import parametrize
 
 from .._memory import check_working_set
 from .errors import MorphError
-from .layer_reads import attribute_reads
+from .layer_reads import attribute_reads, metadata_read
 from .samepad import is_same_padding_conv, verify_same_padding
 from .standardized import is_weight_standardised
 from .tracing import shell_copy
@@ -205,7 +205,7 @@ def check_called_by_parent(model: nn.Module, at: str) -> None:
     reads = sorted(
         str(n.target)
         for n in graph.nodes
-        if n.op == "get_attr" and str(n.target).startswith(rel + ".")
+        if n.op == "get_attr" and str(n.target).startswith(rel + ".") and not metadata_read(n)
     )
     if reads:
         raise MorphError(
