@@ -137,7 +137,7 @@ def sync_config(model: nn.Module) -> list[str]:
         layout = None
     notes = _untie(model)
     if layout is not None:
-        _write_sizes(config, model, layout)
+        _write_sizes(_stack_config(config, layout), model, layout)
     base = stock_class(type(config))
     try:
         stock = _stock_model(model, config, base)
@@ -223,6 +223,18 @@ def _untie(model: nn.Module) -> list[str]:
     return ["the output embedding no longer shares the input embedding's weight: untied"]
 
 
+def _stack_config(config: object, layout: Layout) -> object:
+    """The config that sizes the layout's stack: a composite config's sub-config named like
+    the stack's owner (CLIP's ``vision_config`` for ``vision_model``), else ``config``."""
+    owner = layout.owner.split(".")[0]
+    for key in getattr(config, "sub_configs", None) or {}:
+        sub = getattr(config, key, None)
+        prefix = key.removesuffix("_config")
+        if sub is not None and prefix and owner.startswith(prefix):
+            return sub
+    return config
+
+
 def _set(config: object, names: tuple[str, ...], value: object) -> None:
     """Set the first of ``names`` the config has (attribute maps included)."""
     for name in names:
@@ -257,16 +269,15 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     _set(config, ("num_hidden_layers", "n_layer"), len(blocks))
     heads = _one([b.heads for b in blocks])
     head_dim = _one([b.head_dim for b in blocks])
-    if fam.derived_head_dim and head_dim is not None and heads is not None:
+    kv = _one([b.kv_heads for b in blocks])
+    if fam.derived_head_dim and head_dim and heads and heads * head_dim != layout.d_model:
         # the count that derives the blocks' head_dim, so that the buffers the config derives
         # from it (rotary frequencies) keep their shapes; the modules record their own count
-        if heads * head_dim != layout.d_model and layout.d_model % head_dim == 0:
-            heads = layout.d_model // head_dim
-        elif heads * head_dim != layout.d_model:
-            heads = None
+        derived = layout.d_model // head_dim if layout.d_model % head_dim == 0 else None
+        kv = derived if kv == heads else None  # multi-head: the same count (Whisper maps both)
+        heads = derived
     if heads is not None:
         _set(config, ("num_attention_heads", "n_head"), heads)
-    kv = _one([b.kv_heads for b in blocks])
     if kv is not None:
         _set(config, ("num_key_value_heads", "num_kv_heads"), kv)
     if head_dim is not None and not fam.derived_head_dim:

@@ -99,7 +99,8 @@ def export_graph(
 def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
     """Inputs a Hugging Face model runs on, from its config (None for other models): token
     ids (2, 8) below the vocabulary size (an encoder-decoder model: ids, attention mask and
-    decoder ids), or images (2, C, S, S) of the configured size."""
+    decoder ids), images (2, C, S, S) of the configured size, or mel features (2, bins,
+    2·positions)."""
     if not is_hf_model(model):
         return None
     gen = torch.Generator().manual_seed(0)
@@ -123,12 +124,20 @@ def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
             {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": ids},
         )
     if name == "pixel_values":
+        config = getattr(config, "vision_config", None) or config  # CLIP's image classifier
         size = getattr(config, "image_size", None)
         channels = getattr(config, "num_channels", None)
         if not isinstance(channels, int) or size is None:
             return None
         sizes = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         x = torch.randn(2, channels, *sizes, generator=gen)
+        return (x.to(device, like.dtype if like is not None else x.dtype),)
+    if name == "input_features":  # Whisper: mel features, two frames per position
+        bins = getattr(config, "num_mel_bins", None)
+        positions = getattr(config, "max_source_positions", None)
+        if not isinstance(bins, int) or not isinstance(positions, int):
+            return None
+        x = torch.randn(2, bins, 2 * positions, generator=gen)
         return (x.to(device, like.dtype if like is not None else x.dtype),)
     return None
 

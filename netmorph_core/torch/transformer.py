@@ -43,6 +43,7 @@ from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
 from .support import check_subtree
 from .surgery import count_parameters, find_layer, gather, replace_module
+from .tracing import default_inputs
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 from .transformer_trace import KV_ATTRS, qkv_rows
 
@@ -215,10 +216,15 @@ def _set_config(config: object | None, **values: int) -> None:
 
 
 def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]:
-    """Token ids (B, 8) for language models, images (B, C, S, S) for ViT: B = 2, or 1 for a
-    model of more than ``WHOLE_COPY_LIMIT`` parameters (each forward pass then costs seconds,
-    about its parameter count, and eight tokens already run through every block)."""
+    """The inputs a Hugging Face model names in its config (:func:`.tracing.default_inputs`:
+    token ids (B, 8), images, mel features), else token ids (B, 8) for a token embedding or
+    images (B, C, S, S): B = 2, or 1 for a model of more than ``WHOLE_COPY_LIMIT`` parameters
+    (each forward pass then costs seconds, about its parameter count, and eight tokens already
+    run through every block)."""
     batch = 1 if count_parameters(model) > WHOLE_COPY_LIMIT else 2
+    found = default_inputs(model)
+    if found is not None:
+        return tuple(t[:batch] for t in found)
     gen = torch.Generator().manual_seed(0)
     first = model.get_submodule(layout.name(layout.family.writers[0]))
     like = next(model.parameters())
@@ -662,7 +668,7 @@ def add_heads(
             edit.put(name, _gather_rows(t, q_src, axis=last), (None,) * last + (q_src,))
         notes = []
         if len(chosen) == len(layout.blocks):
-            _set_outer_heads(child, ref.heads, heads)
+            _set_outer_heads(child, layout, ref.heads, heads)
         if placed is not None:
             notes.append(
                 "ALiBi: the parent's heads moved to the positions of their slopes among "
@@ -770,10 +776,13 @@ def _alibi_placement(layout: Layout, ref: Block, heads: int, kv: int, chosen: in
     return placed
 
 
-def _set_outer_heads(child: nn.Module, old: int, new: int) -> None:
+def _set_outer_heads(child: nn.Module, layout: Layout, old: int, new: int) -> None:
     """Head counts recorded outside the attention modules (Bloom's and Falcon's models, for
-    the ALiBi builder, and their blocks) become ``new``."""
-    for module in child.modules():
+    the ALiBi builder, and their blocks) become ``new``: on the modules from the root to the
+    blocks and inside the blocks (a head's own attention, SigLIP's pooling, keeps its count)."""
+    path = layout.blocks_path.split(".")
+    outer = [child.get_submodule(".".join(path[:i])) for i in range(len(path))]
+    for module in [*outer, *child.get_submodule(layout.blocks_path).modules()]:
         for attr in ("num_heads", "n_head"):
             if getattr(module, attr, None) == old and isinstance(getattr(module, attr), int):
                 setattr(module, attr, new)

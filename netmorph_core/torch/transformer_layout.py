@@ -209,11 +209,59 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _dinov2("dinov2", ("mlp.fc1",), "mlp.fc2"),
     _dinov2("dinov2-swiglu", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+    Family(
+        "clip-vision",  # CLIP and SigLIP image encoders
+        blocks="encoder.layers",
+        attention="self_attn",
+        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        o="self_attn.out_proj",
+        ffn_in=("mlp.fc1",),
+        ffn_out="mlp.fc2",
+        norms=("layer_norm1", "layer_norm2"),
+        writers=(
+            "embeddings.patch_embedding",
+            "embeddings.class_embedding",
+            "embeddings.position_embedding",
+        ),
+        final_norm="post_layernorm",
+        stream_norms=("pre_layrnorm",),
+        derived_head_dim=True,
+    ),
+    Family(
+        "whisper-encoder",
+        blocks="layers",
+        attention="self_attn",
+        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        o="self_attn.out_proj",
+        ffn_in=("fc1",),
+        ffn_out="fc2",
+        norms=("self_attn_layer_norm", "final_layer_norm"),
+        writers=("conv2", "embed_positions"),
+        final_norm="layer_norm",
+        derived_head_dim=True,
+    ),
+    Family(
+        "distilbert",
+        blocks="transformer.layer",
+        attention="attention",
+        qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        o="attention.out_lin",
+        ffn_in=("ffn.lin1",),
+        ffn_out="ffn.lin2",
+        norms=("sa_layer_norm", "output_layer_norm"),
+        writers=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+        final_norm=None,
+        stream_norms=("embeddings.LayerNorm",),
+        post_ln=True,
+        derived_head_dim=True,
+    ),
 )
 
-#: Root-level output heads that read the final norm's output (or the stream); ``cls``: BERT's
-#: pre-training and masked-LM heads (``cls.predictions.transform.dense`` reads the stream).
-HEADS = ("lm_head", "classifier", "score", "cls")
+#: Root-level output heads that read the final norm's output (or the stream):
+#: ``pre_classifier`` (DistilBERT) and ``projector`` (Whisper's audio classifier) come before
+#: the classifier they feed; ``cls``: BERT's pre-training and masked-LM heads
+#: (``cls.predictions.transform.dense`` reads the stream).
+HEADS = ("lm_head", "pre_classifier", "projector", "classifier", "score", "cls")
 
 
 @dataclass(frozen=True)
@@ -301,6 +349,8 @@ def describe(model: nn.Module) -> Layout:
                 continue
             if not all(_get(first, n) is not None for n in (*family.ffn_in[-1:], *family.norms)):
                 continue  # e.g. OLMo-2: Llama's names but no pre-attention norm
+            if _get(owner, family.writers[0]) is None:
+                continue  # e.g. CLIP's text encoder: the image encoder's block names
             ffn_in = tuple(n for n in family.ffn_in if _get(first, n) is not None)
             family = _with_ffn_in(family, ffn_in)
             prefix = f"{owner_name}.{family.blocks}" if owner_name else family.blocks
