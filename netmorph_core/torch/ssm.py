@@ -32,7 +32,6 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
-from .hf_config import norm_eps
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .ssm_layout import Geometry, SSMLayout, find_ssm
@@ -384,7 +383,9 @@ def grow_width(
         inner = {g.inner for g in layout.geometry}
         if len(inner) == 1:
             _inner_config(config, layout, d_model, inner.pop())
-        eps = set(norm_eps(child))
+        eps = {
+            getattr(child.get_submodule(n), _eps_attr(child.get_submodule(n))) for n in all_norms
+        }
         if len(eps) == 1:
             _set(config, layer_norm_epsilon=eps.pop())
         return edit.outcome([])
@@ -423,7 +424,9 @@ def add_block(
     copy of its neighbour's norm with a new mixer whose output is zero: ``"netmorph"``: every
     weight dense and random, the channels in cancelling sets (equal input rows, kernels and
     Δ rows, one parent channel's A_log, D and Δ bias; ``out_proj`` columns C, −C or C, C, −2C);
-    ``"zero"``: independent random channels and a zero ``out_proj``."""
+    ``"zero"``: independent random channels and a zero ``out_proj``. In a float64 model the
+    new block does not round the stream to float32 (``residual_in_fp32`` off for it alone):
+    the config then cannot describe the child, which reloads with ``load_grown``."""
     layout = mamba_layout(model, "add_block")
     method = _method(method)
     n = len(layout.geometry)
@@ -447,6 +450,15 @@ def add_block(
             for m in block.modules():
                 if isinstance(getattr(m, "layer_idx", None), int):
                     m.layer_idx = i
+        notes = []
+        new = blocks[at]
+        if getattr(new, "residual_in_fp32", False) is True and _is_float64(child):
+            new.residual_in_fp32 = False
+            notes.append(
+                "residual_in_fp32 rounds the float64 stream to float32: the new block keeps it "
+                "in float64 (its residual_in_fp32 is False), so that it passes the stream on "
+                "unchanged"
+            )
         edit = _Editor(child, seed)
         _mixer_units(edit, f"{prefix}.{at}.{layout.mixer}", geo, geo.inner, method, fresh=True)
         sources: dict[str, ParamSource] = {}
@@ -465,7 +477,7 @@ def add_block(
         _set(config, num_hidden_layers=n + 1)
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[source])
-        outcome = edit.outcome([])
+        outcome = edit.outcome(notes)
         fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
         outcome.new_total = sum(p.numel() for p in fresh)
         outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
@@ -484,6 +496,10 @@ def add_block(
         regions=(region,),
         new_bytes=state_bytes(model.get_submodule(template)) * 2,
     )
+
+
+def _is_float64(model: nn.Module) -> bool:
+    return any(p.dtype == torch.float64 for p in model.parameters())
 
 
 def add_heads(model: nn.Module, heads: int, **_: object) -> tuple[nn.Module, MorphReport]:
