@@ -30,6 +30,7 @@ from netmorph_core.torch import (
     grow_kernel,
     grow_width,
     load_grown,
+    widen,
 )
 from netmorph_core.torch.ssm_layout import find_ssm
 
@@ -75,6 +76,8 @@ OPS: dict[str, Op] = {
     "add_block (end, zero)": lambda m: add_block(m, 2, method="zero"),
     "grow_kernel": lambda m: grow_kernel(m, CONV, 6),
     "grow_kernel (every block)": lambda m: _every_kernel(m, 5),
+    "widen in_proj": lambda m: widen(m, "backbone.layers.1.mixer.in_proj", 140),
+    "widen conv1d (outer)": lambda m: widen(m, CONV, 72, zero_side="outer"),
     "add_heads": lambda m: add_heads(m, 4),
 }
 STOCK = "exact, stock reload"
@@ -86,15 +89,17 @@ FLOAT32 = {(m, op) for m in MODELS for op in ("grow_width", "add_block (float32)
 #: Models whose blocks round the stream to float32 (``residual_in_fp32``): a new block of a
 #: float64 model does not (²), and its config cannot say so.
 ROUNDING = ("Mamba", "FalconMamba")
+#: Operations that grow one block's inner width: the config has one value for every block.
+ONE_BLOCK = ("grow_ffn (one block)", "widen in_proj", "widen conv1d (outer)")
 OUTCOMES: dict[tuple[str, str], str] = {
     **{(m, op): STOCK for m in MODELS for op in OPS},
     **{(m, op): STOCK + " ¹" for m, op in FLOAT32},
     **{(m, op): MARKED + " ²" for m in ROUNDING for op in ("add_block", "add_block (end, zero)")},
-    **{(m, "grow_ffn (one block)"): MARKED for m in MODELS},
+    **{(m, op): MARKED for m in MODELS for op in ONE_BLOCK},
     **{(m, "grow_kernel"): MARKED for m in MODELS},
     **{(m, "add_heads"): "refused: have no attention heads" for m in MODELS},
     # FalconMamba's unused per-channel norm weights are unsaved buffers the config sizes
-    ("FalconMamba", "grow_ffn (one block)"): SAVE_WHOLE,
+    **{("FalconMamba", op): SAVE_WHOLE for op in ONE_BLOCK},
 }
 
 
@@ -229,6 +234,9 @@ def test_added_block_renumbers_the_cache_layers() -> None:
         (lambda m: add_block(m, 3), ValueError, "at must be a block index in [0, 2]"),
         (lambda m: grow_kernel(m, CONV, 4), ValueError, "must exceed the causal kernel's 4"),
         (lambda m: grow_kernel(m, CONV, 6, input_shape=(2, 8)), ValueError, "reads token ids"),
+        (lambda m: widen(m, CONV.replace("conv1d", "in_proj"), 131), ValueError, "an even width"),
+        (lambda m: widen(m, CONV, 80, zero_side="inner"), MorphError, "use 'auto' or 'outer'"),
+        (lambda m: grow_ffn(m, 80, shared_width=8), ValueError, "no shared expert"),
         (lambda m: grow_width(m.backbone, 64), MorphError, "returns the residual stream"),
         (lambda m: deepen(m, CONV), MorphError, "reads conv1d.weight in its forward"),
     ],

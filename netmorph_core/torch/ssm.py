@@ -502,7 +502,7 @@ def _is_float64(model: nn.Module) -> bool:
     return any(p.dtype == torch.float64 for p in model.parameters())
 
 
-def add_heads(model: nn.Module, heads: int, **_: object) -> tuple[nn.Module, MorphReport]:
+def add_heads(model: nn.Module, heads: int) -> tuple[nn.Module, MorphReport]:
     """Refused: a Mamba mixer has no attention heads (MorphError naming what to grow)."""
     layout = mamba_layout(model, "add_heads")
     raise MorphError(
@@ -586,4 +586,71 @@ def grow_kernel(
         copies=(mixer,),
         regions=(Region(layout.blocks[block], layout.blocks[block]),),
         new_bytes=model.get_submodule(at).weight.numel() * size // old * _bytes(model),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Widening a mixer's inner layers
+
+#: The mixer's layers whose outputs are its inner channels, and how many outputs per channel
+#: (``in_proj``: the x and gate halves).
+INNER_WRITERS = {"in_proj": 2, "conv1d": 1, "dt_proj": 1}
+
+
+def inner_writer(layout: SSMLayout, at: object) -> tuple[int, str] | None:
+    """(block, part) where ``at`` is one of :data:`INNER_WRITERS` of a mixer (else None)."""
+    for i in range(len(layout.geometry)):
+        for part in INNER_WRITERS:
+            if at == f"{layout.mixer_of(i)}.{part}":
+                return i, part
+    return None
+
+
+def widen(
+    model: nn.Module,
+    at: str,
+    width: int,
+    *,
+    zero_side: str = "auto",
+    seed: int | np.random.Generator | None = None,
+    probe: object = None,
+    input_shape: Sequence[int] | None = None,
+    tol: float | str | None = "auto",
+) -> tuple[nn.Module, MorphReport]:
+    """A mixer's ``in_proj`` (2E outputs: the x and gate halves), ``conv1d`` or ``dt_proj``
+    (E outputs) widened to ``width`` outputs: its block's inner width grows to E' = width / 2
+    or width by :func:`grow_ffn` (``zero_side="auto"``: new channels in cancelling sets;
+    ``"outer"``: zero ``x_proj``/``out_proj`` columns; ``"inner"`` is refused: a channel with
+    zero input rows is not zero after the convolution's bias and the skip)."""
+    layout = mamba_layout(model, "widen")
+    found = inner_writer(layout, at)
+    if found is None:
+        raise MorphError(
+            f"widen at={at!r}: not an inner layer (in_proj, conv1d, dt_proj) of a mixer of "
+            f"{type(model).__name__}; refused"
+        )
+    block, part = found
+    if input_shape is not None:
+        raise ValueError(
+            f"input_shape={input_shape!r}: {type(model).__name__} reads token ids, not a random "
+            "tensor; pass probe= (token ids) instead"
+        )
+    width = v.positive_int(width, "width")
+    per = INNER_WRITERS[part]
+    if width % per:
+        raise ValueError(
+            f"width={width}: {at!r} writes the x and gate halves of each inner channel; give "
+            "an even width (twice the new inner width)"
+        )
+    if zero_side not in ("auto", "inner", "outer"):
+        raise ValueError(f"zero_side must be one of ('auto', 'inner', 'outer'), got {zero_side!r}")
+    if zero_side == "inner":
+        raise MorphError(
+            f"widen at={at!r} with zero_side='inner': a new inner channel with zero input rows "
+            "still outputs its convolution bias through the scan and the skip D; use 'auto' or "
+            "'outer'"
+        )
+    method = "netmorph" if zero_side == "auto" else "zero"
+    return grow_ffn(
+        model, width // per, layers=[block], method=method, probe=probe, tol=tol, seed=seed
     )
