@@ -19,6 +19,12 @@ operations (support checks, ``tol="auto"``, measurement; the parent is never mod
 - :func:`grow_kernel` — the causal convolution of one mixer K → K' (any K' > K): new taps
   at the past end, zero, and padding K' − 1, so output t still reads inputs t − K + 1 … t.
 - :func:`add_heads` — refused: a Mamba mixer has no attention heads.
+
+Mamba-2 mixers (heads of P channels sharing Δ, A and D, a gated norm per group of channels)
+take :func:`grow_width`, :func:`add_block` (a new mixer's channels paired inside their heads:
+equal z and x rows, kernels and norm gains, ``out_proj`` columns ±C) and :func:`grow_kernel`;
+new channels or heads would change their group's RMS, so :func:`grow_ffn` and
+:func:`add_heads` refuse them by name.
 """
 
 from __future__ import annotations
@@ -235,6 +241,7 @@ def grow_ffn(
     layout = mamba_layout(model, "grow_ffn")
     method = _method(method)
     chosen = _layers(layout, layers)
+    _refuse_mamba2(layout, chosen[0], "new inner channels")
     width = v.positive_int(width, "width")
     inner = max(layout.geometry[i].inner for i in chosen)
     if width <= inner:
@@ -460,7 +467,11 @@ def add_block(
                 "unchanged"
             )
         edit = _Editor(child, seed)
-        _mixer_units(edit, f"{prefix}.{at}.{layout.mixer}", geo, geo.inner, method, fresh=True)
+        mixer = f"{prefix}.{at}.{layout.mixer}"
+        if geo.mamba2:
+            _fresh_mixer2(edit, mixer, geo, method)
+        else:
+            _mixer_units(edit, mixer, geo, geo.inner, method, fresh=True)
         sources: dict[str, ParamSource] = {}
         offset = len(prefix) + 1
         for name, _ in child.named_parameters():
@@ -498,13 +509,79 @@ def add_block(
     )
 
 
+def _fresh_mixer2(edit: _Editor, mixer: str, geo: Geometry, method: str) -> None:
+    """A new Mamba-2 mixer (a copy of its neighbour's) whose output is zero: ``"zero"``: a
+    zero ``out_proj``; ``"netmorph"``: the channels of each head in cancelling sets (equal z
+    and x rows of ``in_proj``, kernels, biases and norm gains: equal outputs after the scan,
+    which shares Δ, A, D per head and B, C per group, and after the gated norm, whose group
+    holds the whole head) and ``out_proj`` columns C·(1, −1) or C·(1, 1, −2)."""
+    inner, per_head = geo.inner, geo.inner // geo.heads
+    w, b = edit.linear(f"{mixer}.out_proj")
+    if method == "zero":
+        cols = torch.zeros_like(w)
+        edit.put_linear(
+            f"{mixer}.out_proj", cols, None if b is None else torch.zeros_like(b), None, None
+        )
+        return
+    sets = [
+        s for h in range(geo.heads) for s in _cancel_sets(range(h * per_head, (h + 1) * per_head))
+    ]
+    first = torch.tensor([s[0] for s in sets for _ in s])
+    units = [u for s in sets for u in s]
+    cols = w.clone()
+    edit.set_columns(cols, sets, _std(w), method)
+    edit.put_linear(
+        f"{mixer}.out_proj", cols, None if b is None else torch.zeros_like(b), None, None
+    )
+    w, b = edit.linear(f"{mixer}.in_proj")  # rows [z; x; B; C; Δ]
+    rows = w.clone()
+    for start in (0, inner):
+        part = rows[start : start + inner]
+        edit.set_rows(part, sets, _std(part))
+    bias = None
+    if b is not None:
+        bias = b.clone()
+        for start in (0, inner):
+            bias[start + torch.tensor(units)] = b[start + first]
+    edit.put_linear(f"{mixer}.in_proj", rows, bias, None, None)
+    taps = edit.get(f"{mixer}.conv1d.weight").clone()
+    x_taps = taps[:inner, 0]
+    edit.set_rows(x_taps, sets, _std(x_taps))
+    edit.put(f"{mixer}.conv1d.weight", taps, (None, None, None))
+    for name in (f"{mixer}.conv1d.bias", f"{mixer}.norm.weight"):
+        if _exists(edit.child, name):
+            t = edit.get(name).clone()
+            t[units] = t[first]
+            edit.put(name, t, (None,))
+
+
+def _exists(model: nn.Module, name: str) -> bool:
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner), attr, None) is not None
+
+
 def _is_float64(model: nn.Module) -> bool:
     return any(p.dtype == torch.float64 for p in model.parameters())
 
 
+def _refuse_mamba2(layout: SSMLayout, block: int, what: str) -> None:
+    """MorphError when block ``block``'s mixer is a Mamba-2 mixer, which ``what`` would
+    change."""
+    geo = layout.geometry[block]
+    if geo.mamba2:
+        raise MorphError(
+            f"{layout.mixer_of(block)!r} is a Mamba-2 mixer: {what} would enter the RMS of its "
+            f"gated norm, taken over groups of {geo.inner // geo.groups} channels, and change "
+            "every output of their group; refused (grow_width, add_block and grow_kernel "
+            "apply)"
+        )
+
+
 def add_heads(model: nn.Module, heads: int) -> tuple[nn.Module, MorphReport]:
-    """Refused: a Mamba mixer has no attention heads (MorphError naming what to grow)."""
+    """Refused: a Mamba mixer has no attention heads; a Mamba-2 mixer's heads feed a gated
+    norm per group (MorphError naming what to grow)."""
     layout = mamba_layout(model, "add_heads")
+    _refuse_mamba2(layout, 0, f"heads={heads!r}: new heads")
     raise MorphError(
         f"heads={heads!r}: {type(model).__name__} is a state-space (Mamba) model: its mixers "
         f"({layout.mixer_of(0)!r}, …) have no attention heads; grow its inner width with "

@@ -15,8 +15,11 @@ N states, rank r, kernel K):
   bias: Δ per channel; ``A_log`` (E, N), ``D`` (E,): per channel;
 - ``out_proj`` (d, E): writes the stream.
 
-A mixer whose ``A_log`` is one value per head (Mamba-2: heads, groups, a gated norm) and a
-stack mixing state-space and attention blocks (Jamba, Zamba, Bamba) are refused by name.
+A Mamba-2 mixer holds one decay per head: ``in_proj`` (E + (E + 2GN) + H, d) with rows
+[z; x; B; C; Δ] (H heads of P = E/H channels, G groups of N states), the causal ``conv1d``
+over x, B, C, ``dt_bias``, ``A_log``, ``D`` (H,), a gated norm ``norm`` whose RMS runs over each
+group of E/G channels, and ``out_proj`` (d, E). A stack mixing state-space and attention blocks
+(Jamba, Zamba, Bamba) is refused by name.
 """
 
 from __future__ import annotations
@@ -35,12 +38,19 @@ MIXER_PARTS = ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj
 
 @dataclass(frozen=True)
 class Geometry:
-    """One mixer's sizes: E inner channels, N states per channel, Δ's rank r, kernel K."""
+    """One mixer's sizes: E inner channels, N states, Δ's rank r (Mamba), kernel K; for a
+    Mamba-2 mixer its ``heads`` and ``groups`` (0 for Mamba)."""
 
     inner: int
     state: int
     rank: int
     kernel: int
+    heads: int = 0
+    groups: int = 0
+
+    @property
+    def mamba2(self) -> bool:
+        return self.heads > 0
 
 
 @dataclass(frozen=True)
@@ -86,34 +96,16 @@ def _is_norm(module: nn.Module, d: int) -> bool:
 
 
 def geometry(mixer: nn.Module, d: int, where: str) -> Geometry:
-    """The :class:`Geometry` of the Mamba (v1) mixer ``mixer`` reading a stream of width d;
-    MorphError naming the part that does not fit (module docstring)."""
+    """The :class:`Geometry` of the Mamba or Mamba-2 mixer ``mixer`` reading a stream of
+    width d; MorphError naming the part that does not fit (module docstring)."""
     a_log = getattr(mixer, "A_log", None)
     if isinstance(a_log, torch.Tensor) and a_log.dim() == 1:
-        raise MorphError(
-            f"{where!r} is a Mamba-2 mixer (one decay per head, {a_log.shape[0]} heads, grouped "
-            "B/C and a gated norm): the state-space operations support Mamba (v1) mixers "
-            "only; refused"
-        )
+        return _geometry2(mixer, d, where)
     missing = [p for p in MIXER_PARTS if getattr(mixer, p, None) is None]
     if missing:
         raise MorphError(f"{where!r} is a state-space mixer without {missing[0]!r}; refused")
-    conv = mixer.conv1d
-    if not isinstance(conv, nn.Conv1d) or type(conv).forward is not nn.Conv1d.forward:
-        raise MorphError(f"'{where}.conv1d' is {type(conv).__name__}, not an nn.Conv1d; refused")
-    inner = conv.out_channels
-    kernel = conv.kernel_size[0]
-    if not (conv.in_channels == conv.groups == inner and conv.stride == (1,)):
-        raise MorphError(f"'{where}.conv1d' is not a depthwise convolution of stride 1; refused")
-    if conv.dilation != (1,) or conv.padding != (kernel - 1,) or conv.padding_mode != "zeros":
-        raise MorphError(
-            f"'{where}.conv1d' is not causal (zero padding {kernel - 1} = kernel − 1, no "
-            "dilation); refused"
-        )
-    for p in ("in_proj", "x_proj", "dt_proj", "out_proj"):
-        layer = getattr(mixer, p)
-        if type(layer) is not nn.Linear:
-            raise MorphError(f"'{where}.{p}' is {type(layer).__name__}, not an nn.Linear; refused")
+    inner, kernel = _causal_conv(mixer.conv1d, where)
+    _linears(mixer, ("in_proj", "x_proj", "dt_proj", "out_proj"), where)
     state = mixer.A_log.shape[1]
     rank = mixer.x_proj.out_features - 2 * state
     shapes = {
@@ -138,6 +130,70 @@ def geometry(mixer: nn.Module, d: int, where: str) -> Geometry:
     if extra:
         raise MorphError(f"'{where}.{extra[0]}' is not a part of a Mamba mixer; refused")
     return Geometry(inner, state, rank, kernel)
+
+
+def _causal_conv(conv: nn.Module, where: str) -> tuple[int, int]:
+    """(channels, kernel) of a mixer's depthwise causal ``conv1d``; MorphError otherwise."""
+    if not isinstance(conv, nn.Conv1d) or type(conv).forward is not nn.Conv1d.forward:
+        raise MorphError(f"'{where}.conv1d' is {type(conv).__name__}, not an nn.Conv1d; refused")
+    channels, kernel = conv.out_channels, conv.kernel_size[0]
+    if not (conv.in_channels == conv.groups == channels and conv.stride == (1,)):
+        raise MorphError(f"'{where}.conv1d' is not a depthwise convolution of stride 1; refused")
+    if conv.dilation != (1,) or conv.padding != (kernel - 1,) or conv.padding_mode != "zeros":
+        raise MorphError(
+            f"'{where}.conv1d' is not causal (zero padding {kernel - 1} = kernel − 1, no "
+            "dilation); refused"
+        )
+    return channels, kernel
+
+
+def _linears(mixer: nn.Module, parts: tuple[str, ...], where: str) -> None:
+    for p in parts:
+        layer = getattr(mixer, p)
+        if type(layer) is not nn.Linear:
+            raise MorphError(f"'{where}.{p}' is {type(layer).__name__}, not an nn.Linear; refused")
+
+
+#: A Mamba-2 mixer's layers and parameters (module docstring).
+MIXER2_PARTS = ("in_proj", "conv1d", "dt_bias", "A_log", "D", "norm", "out_proj")
+
+
+def _geometry2(mixer: nn.Module, d: int, where: str) -> Geometry:
+    """The :class:`Geometry` of a Mamba-2 mixer (module docstring)."""
+    missing = [p for p in MIXER2_PARTS if getattr(mixer, p, None) is None]
+    if missing:
+        raise MorphError(f"{where!r} is a Mamba-2 mixer without {missing[0]!r}; refused")
+    _linears(mixer, ("in_proj", "out_proj"), where)
+    channels, kernel = _causal_conv(mixer.conv1d, where)
+    heads, inner = mixer.A_log.shape[0], mixer.out_proj.in_features
+    group_size = getattr(mixer.norm, "group_size", None)
+    weight = getattr(mixer.norm, "weight", None)
+    if not isinstance(group_size, int) or group_size <= 0 or inner % group_size:
+        raise MorphError(f"'{where}.norm' has no group size dividing {inner} channels; refused")
+    groups = inner // group_size
+    bc = channels - inner
+    fits = (
+        inner % heads == 0
+        and heads % groups == 0
+        and bc > 0
+        and bc % (2 * groups) == 0
+        and mixer.in_proj.weight.shape == (inner + channels + heads, d)
+        and mixer.out_proj.weight.shape == (d, inner)
+        and isinstance(weight, nn.Parameter)
+        and weight.shape == (inner,)
+        and all(getattr(mixer, p).shape == (heads,) for p in ("dt_bias", "A_log", "D"))
+    )
+    if not fits:
+        raise MorphError(
+            f"{where!r}: in_proj {tuple(mixer.in_proj.weight.shape)}, conv1d over {channels} "
+            f"channels, {heads} heads, out_proj {tuple(mixer.out_proj.weight.shape)} are not "
+            "the shapes of a Mamba-2 mixer; refused"
+        )
+    top = {n.partition(".")[0] for n, _ in mixer.named_parameters()}
+    extra = sorted(top - set(MIXER2_PARTS))
+    if extra:
+        raise MorphError(f"'{where}.{extra[0]}' is not a part of a Mamba-2 mixer; refused")
+    return Geometry(inner, bc // (2 * groups), 0, kernel, heads=heads, groups=groups)
 
 
 def find_ssm(model: nn.Module) -> SSMLayout | None:
