@@ -286,3 +286,13 @@ def test_a_hybrid_stack_is_refused_by_name() -> None:
         find_ssm(_Hybrid())
     with pytest.raises(MorphError, match="hybrid stack"):
         add_block(_Hybrid(), 1)
+
+
+def test_inplace_grows_the_parent_itself() -> None:
+    """inplace=True builds the child in the parent object (measured one block at a time)."""
+    parent = _parent("Mamba")
+    want = _logits(parent)
+    child, report = grow_ffn(parent, 72, inplace=True)
+    assert child is parent and report.measured_by == "float64 per module"
+    assert parent.backbone.layers[1].mixer.conv1d.weight.shape == (72, 1, 4)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)

@@ -217,7 +217,7 @@ def _resize_buffers(mixer: nn.Module, inner: int, width: int, where: str) -> Non
         owner.register_buffer(attr, buf.new_ones((width, *buf.shape[1:])), persistent=persistent)
 
 
-def _inner_config(config: object | None, layout: SSMLayout, d_model: int, inner: int) -> None:
+def _inner_config(config: object | None, d_model: int, inner: int) -> None:
     """``intermediate_size`` (and ``expand``, from which MambaConfig derives it) for a stack
     whose mixers all have ``inner`` channels on a stream of width ``d_model``."""
     _set(config, intermediate_size=inner)
@@ -259,7 +259,7 @@ def grow_ffn(
         notes = []
         config = getattr(child, "config", None)
         if len(chosen) == len(layout.geometry):
-            _inner_config(config, layout, layout.d_model, width)
+            _inner_config(config, layout.d_model, width)
         elif config is not None:
             notes.append("blocks differ in inner width: the config describes the others")
         if method == "netmorph" and any(len(s) == 1 for s in _channel_sets(inner, width, method)):
@@ -389,7 +389,7 @@ def grow_width(
         _set(config, hidden_size=d_model)
         inner = {g.inner for g in layout.geometry}
         if len(inner) == 1:
-            _inner_config(config, layout, d_model, inner.pop())
+            _inner_config(config, d_model, inner.pop())
         eps = {
             getattr(child.get_submodule(n), _eps_attr(child.get_submodule(n))) for n in all_norms
         }
