@@ -17,14 +17,22 @@ from torch import nn
 
 from . import kernel, moe, ssm, transformer
 from . import width as general_width
+from .errors import MorphError
 from .report import MorphReport
 from .ssm_layout import find_ssm, is_mixer
 
 
 def _is_ssm(model: object) -> bool:
-    """Whether ``model`` holds a state-space mixer (:func:`.ssm_layout.find_ssm` raises a
-    MorphError naming any part of such a model it does not follow)."""
-    return isinstance(model, nn.Module) and find_ssm(model) is not None
+    """Whether ``model`` is a state-space model :mod:`.ssm` follows; a model it does not
+    (a hybrid stack of state-space, attention and mixture-of-experts blocks such as Jamba,
+    whose experts :func:`.moe.grow_ffn` grows) goes to the general operation, which grows it
+    or refuses it by name."""
+    if not isinstance(model, nn.Module):
+        return False
+    try:
+        return find_ssm(model) is not None
+    except MorphError:
+        return False
 
 
 def _mixer_part(model: object, at: object, parts: Sequence[str]) -> bool:
