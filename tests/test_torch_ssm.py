@@ -298,3 +298,10 @@ def test_inplace_grows_the_parent_itself() -> None:
     assert child is parent and report.measured_by == "float64 per module"
     assert parent.backbone.layers[1].mixer.conv1d.weight.shape == (72, 1, 4)
     torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+
+
+def test_a_per_channel_buffer_it_cannot_grow_is_refused_before_any_work() -> None:
+    parent = _parent("Mamba")
+    parent.backbone.layers[0].mixer.register_buffer("scale", torch.full((64,), 2.0))
+    with pytest.raises(MorphError, match=r"mixer\.scale' is a buffer of one value per channel"):
+        grow_ffn(parent, 80)

@@ -195,22 +195,28 @@ def _mixer_units(
     edit.put_linear(f"{mixer}.out_proj", cols, new_b, None, src)
     module = edit.child.get_submodule(mixer)
     module.conv1d.groups = width
-    _resize_buffers(module, inner, width, mixer)
+    if width != inner:
+        _resize_buffers(module, inner, width, mixer)
     if isinstance(getattr(module, "intermediate_size", None), int):
         module.intermediate_size = width
 
 
-def _resize_buffers(mixer: nn.Module, inner: int, width: int, where: str) -> None:
-    """Buffers of one entry per channel (FalconMamba's unused all-ones norm weights) grow with
-    ones; any other per-channel buffer is refused."""
-    for name, buf in list(mixer.named_buffers()):
-        if buf.dim() == 0 or buf.shape[0] != inner:
-            continue
+def _channel_buffers(mixer: nn.Module, inner: int, where: str) -> list[tuple[str, torch.Tensor]]:
+    """The mixer's buffers of one entry per channel: all ones (FalconMamba's unused norm
+    weights), or a MorphError naming the first that is not."""
+    found = [(n, b) for n, b in mixer.named_buffers() if b.dim() and b.shape[0] == inner]
+    for name, buf in found:
         if not bool((buf == 1).all()):
             raise MorphError(
                 f"'{where}.{name}' is a buffer of one value per channel that is not all ones; "
                 "refused"
             )
+    return found
+
+
+def _resize_buffers(mixer: nn.Module, inner: int, width: int, where: str) -> None:
+    """The mixer's all-ones buffers of one entry per channel grow with ones."""
+    for name, buf in _channel_buffers(mixer, inner, where):
         owner_name, _, attr = name.rpartition(".")
         owner = mixer.get_submodule(owner_name) if owner_name else mixer
         persistent = attr not in owner._non_persistent_buffers_set
@@ -247,6 +253,8 @@ def grow_ffn(
     if width <= inner:
         raise ValueError(f"width={width} must exceed the inner width {inner}")
     mixers = tuple(layout.mixer_of(i) for i in chosen)
+    for i, name in zip(chosen, mixers):
+        _channel_buffers(model.get_submodule(name), layout.geometry[i].inner, name)
     grown = sum(width - layout.geometry[i].inner for i in chosen)
     geo = layout.geometry[chosen[0]]
     per_channel = 3 * layout.d_model + geo.kernel + 2 * geo.rank + 2 * geo.state + 4
