@@ -39,23 +39,16 @@ from .activation import PActivation
 from .depth import deepen
 from .errors import MorphError
 from .hf_load import load_grown
-from .kernel import grow_kernel
 from .module import MorphedModule, morph_module
-from .moe import add_experts, grow_ffn, upcycle
+from .moe import add_experts, upcycle
 from .optim import remap_optimizer
 from .report import MorphReport, ParamSource
+from .routing import add_block, add_heads, grow_ffn, grow_kernel, grow_width, widen
 from .samepad import DynamicSamePad, register_same_padding_conv
 from .subnet import StackedBranches, morph_stacked, morph_subnet
 from .torchvision_ops import declare_missing_operators
 from .tracing import trace_model
-from .transformer import (
-    add_block,
-    add_heads,
-    conv1d_to_linear,
-    deepen_projection,
-    grow_width,
-)
-from .width import widen
+from .transformer import conv1d_to_linear, deepen_projection
 
 declare_missing_operators()
 

@@ -389,14 +389,16 @@ def gain_offset(norm: nn.Module) -> float:
 
 
 def _scalars(module: nn.Module) -> dict[str, Any]:
+    """The module's scalar attributes; sequences as tuples (a config read back from JSON holds
+    lists where the module was built with tuples: Mamba-2's ``time_step_limit``)."""
     out = {}
     for key, value in vars(module).items():
         if key.startswith("_") or key in RUNTIME_FLAGS:
             continue
-        if isinstance(value, _SCALARS) or (
-            isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value)
-        ):
+        if isinstance(value, _SCALARS):
             out[key] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value):
+            out[key] = tuple(value)
     return out
 
 

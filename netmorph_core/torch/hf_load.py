@@ -51,7 +51,8 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise FileNotFoundError(f"path={str(path)!r} holds no {CONFIG}")
-    values = json.loads((path / CONFIG).read_text())
+    # decodes the floats JSON cannot hold (Mamba-2's time_step_limit (0, ∞))
+    values = transformers.PretrainedConfig._dict_from_json_file(path / CONFIG)
     spec = values.pop("netmorph", None) or {}
     model_type = spec.get("model_type", values.pop("model_type", None))
     values.pop("model_type", None)

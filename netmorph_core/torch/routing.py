@@ -1,0 +1,203 @@
+"""The public growth operations, each sent to the implementation for the model's family.
+
+A state-space (Mamba) model goes to :mod:`.ssm`; every other model to the general operation:
+:func:`.moe.grow_ffn` (which sends dense transformers on to :func:`.transformer.grow_ffn`),
+:func:`.transformer.add_heads`, :func:`.transformer.grow_width`, :func:`.transformer.add_block`,
+:func:`.kernel.grow_kernel` and :func:`.width.widen` (the last two go to :mod:`.ssm` only where
+the layer ``at`` is a mixer's causal convolution or one of its inner layers). Each takes the
+arguments of the general operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import nn
+
+from . import kernel, moe, ssm, transformer
+from . import width as general_width
+from .errors import MorphError
+from .report import MorphReport
+from .ssm_layout import find_ssm, is_mixer
+
+
+def _is_ssm(model: object) -> bool:
+    """Whether ``model`` is a state-space model :mod:`.ssm` follows; a model it does not
+    (a hybrid stack of state-space, attention and mixture-of-experts blocks such as Jamba,
+    whose experts :func:`.moe.grow_ffn` grows) goes to the general operation, which grows it
+    or refuses it by name."""
+    if not isinstance(model, nn.Module):
+        return False
+    try:
+        return find_ssm(model) is not None
+    except MorphError:
+        return False
+
+
+def _mixer_part(model: object, at: object, parts: Sequence[str]) -> bool:
+    """Whether ``at`` names one of ``parts`` of a state-space mixer of ``model``."""
+    if not isinstance(model, nn.Module) or not isinstance(at, str):
+        return False
+    owner, _, part = at.rpartition(".")
+    if part not in parts:
+        return False
+    try:
+        return is_mixer(model.get_submodule(owner))
+    except AttributeError:
+        return False
+
+
+def grow_ffn(
+    model: nn.Module,
+    width: int,
+    *,
+    shared_width: int | None = None,
+    layers: object = None,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """The feed-forward hidden size grows to ``width``: every expert of a mixture-of-experts
+    model and each shared expert to ``shared_width`` (:func:`.moe.grow_ffn`), the blocks
+    ``layers`` of a dense transformer (:func:`.transformer.grow_ffn`), or the inner width of
+    the mixers ``layers`` of a state-space (Mamba) model (:func:`.ssm.grow_ffn`)."""
+    if not _is_ssm(model):
+        return moe.grow_ffn(
+            model,
+            width,
+            shared_width=shared_width,
+            layers=layers,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
+    if shared_width is not None:
+        raise ValueError(
+            f"shared_width={shared_width!r}: {type(model).__name__} is a state-space model "
+            "(no shared expert); leave it None"
+        )
+    return ssm.grow_ffn(
+        model, width, layers=layers, method=method, probe=probe, tol=tol, seed=seed, inplace=inplace
+    )
+
+
+def add_heads(
+    model: nn.Module,
+    heads: int,
+    *,
+    kv_heads: int | None = None,
+    layers: object = None,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """The blocks ``layers`` of a transformer get ``heads`` query heads (and ``kv_heads``
+    key/value heads) of the same head_dim (:func:`.transformer.add_heads`); a state-space
+    (Mamba) model has none and is refused by name (:func:`.ssm.add_heads`)."""
+    if _is_ssm(model):
+        return ssm.add_heads(model, heads)
+    return transformer.add_heads(
+        model,
+        heads,
+        kv_heads=kv_heads,
+        layers=layers,
+        method=method,
+        probe=probe,
+        tol=tol,
+        seed=seed,
+        inplace=inplace,
+    )
+
+
+def grow_width(
+    model: nn.Module,
+    d_model: int,
+    *,
+    noise: float = 0.01,
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """The residual stream grows from d to ``d_model`` = k·d + r: the writers write
+    [x; …; x; a], the norms are rescaled, the readers read k column blocks summing to W
+    (:func:`.transformer.grow_width`; a state-space model: :func:`.ssm.grow_width`)."""
+    op = ssm.grow_width if _is_ssm(model) else transformer.grow_width
+    return op(model, d_model, noise=noise, probe=probe, tol=tol, seed=seed, inplace=inplace)
+
+
+def add_block(
+    model: nn.Module,
+    at: int,
+    *,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """A new block, whose branches add exactly zero, inserted before block ``at`` (``at`` =
+    number of blocks: at the end) (:func:`.transformer.add_block`; a state-space model:
+    :func:`.ssm.add_block`)."""
+    op = ssm.add_block if _is_ssm(model) else transformer.add_block
+    return op(model, at, method=method, probe=probe, tol=tol, seed=seed, inplace=inplace)
+
+
+def grow_kernel(
+    model: nn.Module,
+    at: str,
+    kernel_size: int | Sequence[int],
+    *,
+    probe: object = None,
+    input_shape: Sequence[int] | None = None,
+    tol: float | str | None = "auto",
+) -> tuple[nn.Module, MorphReport]:
+    """The kernel of the Conv1d/2d/3d layer ``at`` grows to ``kernel_size``, zero-padded
+    symmetrically (:func:`.kernel.grow_kernel`); a state-space mixer's causal convolution
+    grows at its past end instead (:func:`.ssm.grow_kernel`)."""
+    op = ssm.grow_kernel if _mixer_part(model, at, ("conv1d",)) else kernel.grow_kernel
+    return op(model, at, kernel_size, probe=probe, input_shape=input_shape, tol=tol)
+
+
+def widen(
+    model: nn.Module,
+    at: str | Sequence[str],
+    width: int,
+    *,
+    zero_side: str = "auto",
+    seed: int | np.random.Generator | None = None,
+    probe: object = None,
+    input_shape: Sequence[int] | None = None,
+    tol: float | str | None = "auto",
+) -> tuple[nn.Module, MorphReport]:
+    """The outputs of the Conv/Linear layer ``at`` widen to ``width`` channels, their
+    consumers following (:func:`.width.widen`); a layer writing a state-space mixer's inner
+    channels grows its block's inner width instead (:func:`.ssm.widen`)."""
+    if isinstance(at, str) and _mixer_part(model, at, tuple(ssm.INNER_WRITERS)):
+        return ssm.widen(
+            model,
+            at,
+            width,
+            zero_side=zero_side,
+            seed=seed,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+        )
+    return general_width.widen(
+        model,
+        at,
+        width,
+        zero_side=zero_side,
+        seed=seed,
+        probe=probe,
+        input_shape=input_shape,
+        tol=tol,
+    )
