@@ -7,7 +7,9 @@ A description holds what the weights do not: the module's kind and constructor a
 - ``["pactivation", base, learnable]`` — :class:`~netmorph_core.torch.PActivation` on a named
   base (its ``a`` is a weight);
 - ``["sequential", [description, …]]`` — ``nn.Sequential`` (``deepen``, ``morph_subnet``,
-  ``deepen_projection``: a layer split into layers).
+  ``deepen_projection``: a layer split into layers);
+- ``["identity"]`` — ``nn.Identity`` (ModernBERT's first attention norm, moved by
+  ``add_block`` to a depth where the stock model builds a LayerNorm).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def describe_module(module: nn.Module) -> list[Any] | None:
     if type(module) is nn.Sequential:
         parts = [describe_module(m) for m in module]
         return None if any(p is None for p in parts) else ["sequential", parts]
+    if type(module) is nn.Identity:
+        return ["identity"]
     return None
 
 
@@ -41,4 +45,6 @@ def build_module(description: list[Any]) -> nn.Module:
         return PActivation(args[0], learnable=args[1])
     if kind == "sequential":
         return nn.Sequential(*(build_module(part) for part in args[0]))
+    if kind == "identity":
+        return nn.Identity()
     raise MorphError(f"a saved module description names an unknown kind {kind!r}")

@@ -16,7 +16,8 @@ any decoder that follows their patterns; the found family is cached per block st
   ``lambda_1``/``lambda_2`` and its mean-pooling ``pooler.layernorm``);
 - ``dinov2``/``dinov2-swiglu``: DINOv2 (pre-LayerNorm ``norm1``/``norm2``, layer scales
   ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens; its
-  attention reads ``config.head_dim`` when the config holds one).
+  attention reads ``config.head_dim`` when the config holds one);
+- ``modernbert``, ``deberta-v2``, ``mpnet``: the encoders of :mod:`.encoder_families`.
 
 Encoder–decoder models (a cross-attention module, or ``config.is_encoder_decoder``) and
 models whose blocks are shared by several depths (ALBERT) are refused by name.
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .encoder_families import ENCODER_FAMILIES
 from .errors import MorphError
 from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
@@ -93,6 +95,14 @@ class Family:
     layer-scale gains of a block (relative names of the parameters λ₁, λ₂ in
     x + λ₁⊙attn(n₁(x)), then + λ₂⊙mlp(n₂(x)); absent ones are skipped). ``head_norms``: norms
     of the owner between the stream and the head (BEiT's mean-pooling ``pooler.layernorm``).
+    ``head``: the root's output head module where the family names one (else the first of
+    :data:`HEADS`); ``pooled_head``: the root's classifier reads the owner's ``pooler`` (a
+    stream reader), not the stream. ``head_rows``: attention layers whose output rows are per
+    query head besides q/k/v (DeBERTa's position projections; absent ones are skipped);
+    ``side_inputs``: tensors of width d_model built outside the blocks that every block reads
+    (DeBERTa's relative-position embeddings); ``fixed_width``: modules of the owner or root
+    that keep the stream's width (grow_width and add_block refuse naming them);
+    ``head_dim_field``: the config field that records head_dim.
     """
 
     name: str
@@ -115,6 +125,12 @@ class Family:
     alibi: bool = False
     scales: tuple[str, ...] = ()
     head_norms: tuple[str, ...] = ()
+    head: str | None = None
+    pooled_head: bool = False
+    head_rows: tuple[str, ...] = ()
+    side_inputs: tuple[str, ...] = ()
+    fixed_width: tuple[str, ...] = ()
+    head_dim_field: str = "head_dim"
 
 
 def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
@@ -184,6 +200,7 @@ FAMILIES: tuple[Family, ...] = (
         readers=("pooler.dense",),
         post_ln=True,
         derived_head_dim=True,
+        pooled_head=True,
     ),
     Family(
         "vit",
@@ -209,6 +226,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _dinov2("dinov2", ("mlp.fc1",), "mlp.fc2"),
     _dinov2("dinov2-swiglu", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+    *(Family(**entry) for entry in ENCODER_FAMILIES),  # ModernBERT, DeBERTa-v2, MPNet
 )
 
 #: Root-level output heads that read the final norm's output (or the stream); ``cls``: BERT's
@@ -369,8 +387,10 @@ def _layout(
     model: nn.Module, family: Family, owner: str, blocks: tuple[Block, ...], d_model: int
 ) -> Layout:
     first = model.get_submodule(blocks[0].prefix)
-    norm = first.get_submodule(family.norms[0])
-    head_name = next((h for h in HEADS if _get(model, h) is not None), None)
+    # ModernBERT's block 0 has an Identity for its attention norm
+    norm = next(m for m in map(first.get_submodule, family.norms) if type(m) is not nn.Identity)
+    heads = (family.head,) if family.head else HEADS
+    head_name = next((h for h in heads if _get(model, h) is not None), None)
     embed_name = f"{owner}.{family.writers[0]}" if owner else family.writers[0]
     embed = _get(model, embed_name)
     head = _get(model, head_name) if head_name else None
