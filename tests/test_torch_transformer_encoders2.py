@@ -119,11 +119,10 @@ OPS: dict[str, Op] = {
 STOCK = "exact, stock reload"
 MARKED = "exact, load_grown"
 SAVE_WHOLE = "exact, save whole (torch.save)"
-DERIVED = "refused: derives head_dim = hidden_size / heads"
 POST_LN = "refused: normalises after the residual sum (post-LN)"
 MODERNBERT_ROW = {
     "grow_ffn": STOCK,
-    "add_heads": DERIVED,
+    "add_heads": MARKED,
     "grow_width": "refused: 'model.embeddings.norm' writes the stream",
     "grow_width x2": MARKED,
     "grow_width x2 → add_heads": MARKED,
@@ -141,7 +140,7 @@ DEBERTA_ROW = {
 }
 MPNET_ROW = {
     "grow_ffn": STOCK,
-    "add_heads": DERIVED,
+    "add_heads": MARKED,
     "grow_width": POST_LN,
     "grow_width x2": MARKED,
     "grow_width x2 → add_heads": MARKED,

@@ -40,6 +40,7 @@ ENCODER_FAMILIES: tuple[dict[str, object], ...] = (
         final_norm="final_norm",
         stream_norms=("embeddings.norm",),
         derived_head_dim=True,
+        own_head_dim=True,
         qkv_layout="concat",
         gate_up=True,
         head="head",
@@ -88,5 +89,6 @@ ENCODER_FAMILIES: tuple[dict[str, object], ...] = (
         readers=("pooler.dense",),
         post_ln=True,
         derived_head_dim=True,
+        own_head_dim=True,
     ),
 )

@@ -651,7 +651,8 @@ def add_heads(
             "records no key/value head count)"
         )
     placed = _alibi_placement(layout, ref, heads, kv, len(chosen)) if layout.family.alibi else None
-    if layout.family.derived_head_dim and heads * ref.head_dim != layout.d_model:
+    fam = layout.family
+    if fam.derived_head_dim and not fam.own_head_dim and heads * ref.head_dim != layout.d_model:
         raise MorphError(
             f"heads={heads} do not divide d_model={layout.d_model} into head_dim "
             f"{ref.head_dim}: {layout.family.name} derives head_dim = hidden_size / heads "
@@ -1152,7 +1153,7 @@ def grow_width(
             _set_config(config, hidden_size=d_model)
             if not fam.derived_head_dim:
                 setattr(config, fam.head_dim_field, layout.blocks[0].head_dim)
-            elif fam.derived_head_dim and heads * layout.blocks[0].head_dim != d_model:
+            elif not fam.own_head_dim and heads * layout.blocks[0].head_dim != d_model:
                 notes.append(
                     f"the config derives head_dim = hidden_size / heads = {d_model / heads:g}, "
                     f"the attention keeps {layout.blocks[0].head_dim}: until add_heads makes "

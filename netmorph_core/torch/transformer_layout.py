@@ -102,7 +102,9 @@ class Family:
     ``side_inputs``: tensors of width d_model built outside the blocks that every block reads
     (DeBERTa's relative-position embeddings); ``fixed_width``: modules of the owner or root
     that keep the stream's width (grow_width and add_block refuse naming them);
-    ``head_dim_field``: the config field that records head_dim.
+    ``head_dim_field``: the config field that records head_dim. ``own_head_dim``: the
+    attention splits its heads by its own head_dim attribute, so add_heads may leave
+    heads·head_dim ≠ d_model although the config derives head_dim (load_grown rebuilds it).
     """
 
     name: str
@@ -131,6 +133,7 @@ class Family:
     side_inputs: tuple[str, ...] = ()
     fixed_width: tuple[str, ...] = ()
     head_dim_field: str = "head_dim"
+    own_head_dim: bool = False
 
 
 def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
