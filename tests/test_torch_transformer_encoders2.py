@@ -442,3 +442,34 @@ def test_modernbert_model_without_head() -> None:
         torch.testing.assert_close(child(IDS).last_hidden_state, want, rtol=0, atol=1e-9)
     with pytest.raises(MorphError, match="returns the residual stream itself"):
         grow_width(parent, 64)
+
+
+@pytest.mark.parametrize(
+    ("model", "config", "args", "how"),
+    [
+        ("ModernBertForQuestionAnswering", "ModernBertConfig", MODERNBERT, MARKED),
+        ("DebertaV2ForQuestionAnswering", "DebertaV2Config", DEBERTA_V3, STOCK),
+        ("MPNetForQuestionAnswering", "MPNetConfig", {}, STOCK),
+        ("BertForQuestionAnswering", "BertConfig", {}, STOCK),
+    ],
+)
+def test_question_answering_head_reads_the_stream(
+    model: str, config: str, args: dict, how: str, tmp_path: Path
+) -> None:
+    """``qa_outputs`` (start and end logits per token) reads the stream like a classifier:
+    a wider stream with as many more heads reloads (ModernBERT's ``head`` keeps its width)."""
+    parent = _build(model, config, args)
+    with torch.no_grad():
+        want = parent(IDS).start_logits
+    child, report = add_heads(grow_width(parent, 64)[0], 8)
+    child.save_pretrained(tmp_path)
+    if how == STOCK:
+        assert any("reloads this child exactly" in n for n in report.notes), report.notes
+        auto = transformers.AutoModelForQuestionAnswering
+        reloaded = auto.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    else:
+        assert any("cannot describe" in n for n in report.notes), report.notes
+        reloaded = load_grown(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(child(IDS).start_logits, want, rtol=0, atol=1e-9)
+        torch.testing.assert_close(reloaded(IDS).start_logits, want, rtol=0, atol=1e-9)

@@ -233,8 +233,9 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 #: Root-level output heads that read the final norm's output (or the stream); ``cls``: BERT's
-#: pre-training and masked-LM heads (``cls.predictions.transform.dense`` reads the stream).
-HEADS = ("lm_head", "classifier", "score", "cls")
+#: pre-training and masked-LM heads (``cls.predictions.transform.dense`` reads the stream);
+#: ``qa_outputs``: question-answering span heads (start and end logits per token).
+HEADS = ("lm_head", "classifier", "score", "cls", "qa_outputs")
 
 
 @dataclass(frozen=True)
