@@ -392,7 +392,8 @@ def _layout(
 ) -> Layout:
     first = model.get_submodule(blocks[0].prefix)
     # ModernBERT's block 0 has an Identity for its attention norm
-    norm = next(m for m in map(first.get_submodule, family.norms) if type(m) is not nn.Identity)
+    norms = [first.get_submodule(n) for n in family.norms]
+    norm = next((m for m in norms if type(m) is not nn.Identity), norms[0])
     heads = (family.head,) if family.head else HEADS
     head_name = next((h for h in heads if _get(model, h) is not None), None)
     embed_name = f"{owner}.{family.writers[0]}" if owner else family.writers[0]
