@@ -54,8 +54,9 @@ SMALL = dict(
     initializer_range=0.2,  # attention scores and relative-position terms of order one
 )
 #: DeBERTa-v3's attention: relative positions in 8 buckets read through the key and query
-#: projections (c2p and p2c), the table normalised by a LayerNorm.
+#: projections (c2p and p2c), the table normalised by a LayerNorm; no absolute positions.
 DEBERTA_V3 = dict(
+    position_biased_input=False,
     relative_attention=True,
     pos_att_type=["p2c", "c2p"],
     position_buckets=8,
@@ -88,7 +89,7 @@ FAMILIES: dict[str, tuple[str, str, dict, str]] = {
     "DeBERTa-v2 (position projections, masked LM)": (
         "DebertaV2ForMaskedLM",
         "DebertaV2Config",
-        dict(DEBERTA_V3, share_att_key=False, norm_rel_ebd="none"),
+        dict(DEBERTA_V3, share_att_key=False, norm_rel_ebd="none", position_biased_input=True),
         "deberta.encoder.layer.0.attention.output.dense",
     ),
     "MPNet (masked LM)": (
