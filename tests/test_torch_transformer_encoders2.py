@@ -80,6 +80,12 @@ FAMILIES: dict[str, tuple[str, str, dict, str]] = {
         dict(**MODERNBERT, num_labels=3),
         "model.layers.0.attn.Wo",
     ),
+    "ModernBERT decoder (causal LM)": (
+        "ModernBertDecoderForCausalLM",
+        "ModernBertDecoderConfig",
+        MODERNBERT,
+        "model.layers.0.attn.Wo",
+    ),
     "DeBERTa-v2 (v3 attention, classifier)": (
         "DebertaV2ForSequenceClassification",
         "DebertaV2Config",
@@ -152,6 +158,7 @@ MPNET_ROW = {
 OUTCOMES: dict[tuple[str, str], str] = {
     **{("ModernBERT (masked LM)", op): v for op, v in MODERNBERT_ROW.items()},
     **{("ModernBERT (classifier)", op): v for op, v in MODERNBERT_ROW.items()},
+    **{("ModernBERT decoder (causal LM)", op): v for op, v in MODERNBERT_ROW.items()},
     **{("DeBERTa-v2 (v3 attention, classifier)", op): v for op, v in DEBERTA_ROW.items()},
     **{("DeBERTa-v2 (position projections, masked LM)", op): v for op, v in DEBERTA_ROW.items()},
     **{("MPNet (masked LM)", op): v for op, v in MPNET_ROW.items()},
@@ -192,12 +199,8 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _auto(model: torch.nn.Module) -> type:
-    masked = type(model).__name__.endswith("ForMaskedLM")
-    return (
-        transformers.AutoModelForMaskedLM
-        if masked
-        else transformers.AutoModelForSequenceClassification
-    )
+    task = type(model).__name__.rpartition("For")[2]
+    return getattr(transformers, f"AutoModelFor{task}")
 
 
 def _unchanged(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
@@ -277,17 +280,20 @@ if __name__ == "__main__":
     [
         ("ModernBERT (masked LM)", "modernbert", "head", True),
         ("ModernBERT (classifier)", "modernbert", "head", True),
+        ("ModernBERT decoder (causal LM)", "modernbert-decoder", "lm_head", False),
         ("DeBERTa-v2 (v3 attention, classifier)", "deberta-v2", "classifier", False),
         ("DeBERTa-v2 (position projections, masked LM)", "deberta-v2", "cls", False),
         ("MPNet (masked LM)", "mpnet", "lm_head", False),
     ],
 )
 def test_layout(family: str, name: str, head: str, fused: bool) -> None:
-    """ModernBERT: fused [Q; K; V] and [input; gate] rows, LayerNorm (no bias) although block
-    0's attention norm is an Identity; its head is ``head`` (dense → act → norm)."""
+    """ModernBERT: fused [Q; K; V] (its decoder: separate q, k, v) and [input; gate] rows,
+    LayerNorm (no bias) although block 0's attention norm is an Identity; its head is ``head``
+    (the decoder's ``lm_head``: dense → act → norm)."""
     layout = describe(_parent(family))
     assert (layout.family.name, layout.head, layout.norm_kind) == (name, head, "layer")
-    assert (len(layout.family.qkv) == 1, layout.family.gate_up) == (fused, fused)
+    assert len(layout.family.qkv) == (1 if fused else 3)
+    assert layout.family.gate_up == name.startswith("modernbert")
     assert [(b.heads, b.kv_heads, b.head_dim) for b in layout.blocks] == [(4, 4, 8)] * 2
 
 

@@ -11,6 +11,8 @@ are plain data so that this module imports nothing of the layout.
   [input; gate] (act(input)·gate) and ``mlp.Wo``; ``embeddings.tok_embeddings`` normalised by
   ``embeddings.norm``; ``final_norm``; the output head ``head`` (dense → act → norm) before the
   tied ``decoder`` or the ``classifier``. Its LayerNorms may have no bias.
+  ``modernbert-decoder``: ModernBERT's causal decoder, the same blocks with separate
+  ``attn.{q,k,v}_proj``.
 - ``deberta-v2``: post-LayerNorm blocks like BERT's with ``attention.self.{query,key,
   value}_proj`` and disentangled relative attention: the table ``encoder.rel_embeddings``
   (2·buckets × d, the stream's width, normalised by ``encoder.LayerNorm`` when
@@ -26,12 +28,13 @@ are plain data so that this module imports nothing of the layout.
 
 from __future__ import annotations
 
-ENCODER_FAMILIES: tuple[dict[str, object], ...] = (
-    dict(
-        name="modernbert",
+
+def _modernbert(name: str, qkv: tuple[str, ...]) -> dict[str, object]:
+    return dict(
+        name=name,
         blocks="layers",
         attention="attn",
-        qkv=("attn.Wqkv",),
+        qkv=qkv,
         o="attn.Wo",
         ffn_in=("mlp.Wi",),
         ffn_out="mlp.Wo",
@@ -44,7 +47,12 @@ ENCODER_FAMILIES: tuple[dict[str, object], ...] = (
         qkv_layout="concat",
         gate_up=True,
         head="head",
-    ),
+    )
+
+
+ENCODER_FAMILIES: tuple[dict[str, object], ...] = (
+    _modernbert("modernbert", ("attn.Wqkv",)),
+    _modernbert("modernbert-decoder", ("attn.q_proj", "attn.k_proj", "attn.v_proj")),
     dict(
         name="deberta-v2",
         blocks="encoder.layer",

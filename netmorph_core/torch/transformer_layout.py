@@ -95,7 +95,7 @@ class Family:
     layer-scale gains of a block (relative names of the parameters λ₁, λ₂ in
     x + λ₁⊙attn(n₁(x)), then + λ₂⊙mlp(n₂(x)); absent ones are skipped). ``head_norms``: norms
     of the owner between the stream and the head (BEiT's mean-pooling ``pooler.layernorm``).
-    ``head``: the root's output head module where the family names one (else the first of
+    ``head``: the root's output head module where the family names one (looked up before
     :data:`HEADS`); ``pooled_head``: the root's classifier reads the owner's ``pooler`` (a
     stream reader), not the stream. ``head_rows``: attention layers whose output rows are per
     query head besides q/k/v (DeBERTa's position projections; absent ones are skipped);
@@ -394,7 +394,7 @@ def _layout(
     # ModernBERT's block 0 has an Identity for its attention norm
     norms = [first.get_submodule(n) for n in family.norms]
     norm = next((m for m in norms if type(m) is not nn.Identity), norms[0])
-    heads = (family.head,) if family.head else HEADS
+    heads = (family.head, *HEADS) if family.head else HEADS
     head_name = next((h for h in heads if _get(model, h) is not None), None)
     embed_name = f"{owner}.{family.writers[0]}" if owner else family.writers[0]
     embed = _get(model, embed_name)
