@@ -1,4 +1,4 @@
-"""Where the parts of three Hugging Face encoder families live (ModernBERT, DeBERTa-v2, MPNet).
+"""Where the parts of Hugging Face ModernBERT, DeBERTa(-v2) and MPNet models live.
 
 Each entry holds the keyword arguments of a :class:`~.transformer_layout.Family` (names relative
 to a block or to the stream's owner); :mod:`.transformer_layout` adds them to its table. They
@@ -21,6 +21,9 @@ are plain data so that this module imports nothing of the layout.
   projections themselves. Its config records head_dim as ``attention_head_size``. The
   convolution ``encoder.conv`` (``conv_kernel_size`` > 0) and the masked-LM head
   ``lm_predictions`` (which reads the word embedding's weight in its forward) keep the width.
+- ``deberta``: DeBERTa (v1), the same blocks and table (no table norm) with one fused
+  ``attention.self.in_proj`` of rows [q_h; k_h; v_h] per head and the per-head biases
+  ``q_bias``/``v_bias``; its position projections are ``pos_proj``/``pos_q_proj``.
 - ``mpnet``: post-LayerNorm blocks like BERT's with ``attention.attn.{q,k,v,o}``; one relative
   attention bias ``encoder.relative_attention_bias`` (buckets × heads), built outside the
   blocks and added to every block's scores.
@@ -80,6 +83,38 @@ ENCODER_FAMILIES: tuple[dict[str, object], ...] = (
         side_inputs=("encoder.rel_embeddings",),
         fixed_width=("encoder.conv", "lm_predictions"),
         head_dim_field="attention_head_size",
+        pooled_head=True,
+    ),
+    dict(
+        name="deberta",
+        blocks="encoder.layer",
+        attention="attention.self",
+        qkv=("attention.self.in_proj",),
+        o="attention.output.dense",
+        ffn_in=("intermediate.dense",),
+        ffn_out="output.dense",
+        norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        writers=(
+            "embeddings.word_embeddings",
+            "embeddings.position_embeddings",
+            "embeddings.token_type_embeddings",
+            "encoder.rel_embeddings",
+        ),
+        final_norm=None,
+        stream_norms=("embeddings.LayerNorm",),
+        readers=("pooler.dense",),
+        post_ln=True,
+        derived_head_dim=True,
+        own_head_dim=True,
+        qkv_layout="grouped",
+        head_rows=(
+            "attention.self.pos_proj",
+            "attention.self.pos_q_proj",
+            "attention.self.q_bias",
+            "attention.self.v_bias",
+        ),
+        side_inputs=("encoder.rel_embeddings",),
+        fixed_width=("lm_predictions",),
         pooled_head=True,
     ),
     dict(

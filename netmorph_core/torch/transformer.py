@@ -569,11 +569,15 @@ def _head_rows(
 ) -> None:
     """The family's other per-head layers (``head_rows``: DeBERTa's position projections)
     get the query heads' row index ``rows``; the heads of a cancelling set share one random
-    row block, so their scores stay equal."""
+    row block, so their scores stay equal. A per-head bias (DeBERTa v1's ``q_bias``) is zero
+    for the new heads."""
     hd = block.head_dim
     for rel in layout.family.head_rows:
         name = block.name(rel)
-        if _get_module(edit.child, name) is None:
+        if not _exists(edit.child, name):
+            continue
+        if isinstance(_resolve(edit.child, name), nn.Parameter):  # a bias (heads·hd,)
+            edit.put(name, _gather_rows(edit.get(name), rows), (rows,))
             continue
         w, b = edit.linear(name)
         new_w = _gather_rows(w, rows)
@@ -637,6 +641,19 @@ def add_heads(
             f"keep the parent's {ref.heads // ref.kv_heads} heads of each group together"
         )
     attention = model.get_submodule(ref.name(layout.family.attention))
+    mixer = next(
+        (
+            n
+            for n, m in attention.named_modules()
+            if isinstance(m, nn.Linear) and (m.in_features, m.out_features) == (ref.heads,) * 2
+        ),
+        None,
+    )
+    if mixer is not None:  # DeBERTa's talking heads
+        raise MorphError(
+            f"heads={heads}: '{ref.name(layout.family.attention)}.{mixer}' mixes the "
+            f"{ref.heads} heads' scores (talking heads), which add_heads does not grow; refused"
+        )
     records_kv = any(
         isinstance(getattr(attention, a, None), int) for a in (*KV_ATTRS, "num_key_value_groups")
     )

@@ -17,7 +17,8 @@ any decoder that follows their patterns; the found family is cached per block st
 - ``dinov2``/``dinov2-swiglu``: DINOv2 (pre-LayerNorm ``norm1``/``norm2``, layer scales
   ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens; its
   attention reads ``config.head_dim`` when the config holds one);
-- ``modernbert``, ``deberta-v2``, ``mpnet``: the encoders of :mod:`.encoder_families`.
+- ``modernbert`` (and ``modernbert-decoder``), ``deberta-v2``, ``deberta``, ``mpnet``: the
+  encoders of :mod:`.encoder_families`.
 
 Encoder–decoder models (a cross-attention module, or ``config.is_encoder_decoder``) and
 models whose blocks are shared by several depths (ALBERT) are refused by name.
@@ -98,7 +99,8 @@ class Family:
     ``head``: the root's output head module where the family names one (looked up before
     :data:`HEADS`); ``pooled_head``: the root's classifier reads the owner's ``pooler`` (a
     stream reader), not the stream. ``head_rows``: attention layers whose output rows are per
-    query head besides q/k/v (DeBERTa's position projections; absent ones are skipped);
+    query head besides q/k/v (DeBERTa's position projections), or per-head bias parameters
+    (DeBERTa v1's ``q_bias``/``v_bias``); absent ones are skipped;
     ``side_inputs``: tensors of width d_model built outside the blocks that every block reads
     (DeBERTa's relative-position embeddings); ``fixed_width``: modules of the owner or root
     that keep the stream's width (grow_width and add_block refuse naming them);
@@ -229,7 +231,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _dinov2("dinov2", ("mlp.fc1",), "mlp.fc2"),
     _dinov2("dinov2-swiglu", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    *(Family(**entry) for entry in ENCODER_FAMILIES),  # ModernBERT, DeBERTa-v2, MPNet
+    *(Family(**entry) for entry in ENCODER_FAMILIES),  # ModernBERT, DeBERTa, MPNet
 )
 
 #: Root-level output heads that read the final norm's output (or the stream); ``cls``: BERT's
