@@ -641,11 +641,14 @@ def add_heads(
             f"keep the parent's {ref.heads // ref.kv_heads} heads of each group together"
         )
     attention = model.get_submodule(ref.name(layout.family.attention))
+    own = {ref.name(r) for r in (*layout.family.qkv, layout.family.o, *layout.family.head_rows)}
     mixer = next(
         (
             n
             for n, m in attention.named_modules()
-            if isinstance(m, nn.Linear) and (m.in_features, m.out_features) == (ref.heads,) * 2
+            if isinstance(m, nn.Linear)
+            and (m.in_features, m.out_features) == (ref.heads,) * 2
+            and f"{ref.name(layout.family.attention)}.{n}" not in own
         ),
         None,
     )
