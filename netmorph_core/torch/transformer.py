@@ -688,12 +688,13 @@ def add_heads(
             "follow; use inplace=False"
         )
     q_src = _head_sources(ref.heads, ref.kv_heads, heads, kv)[0]
-    edits = _linears(blocks, (*layout.family.qkv, layout.family.o))
+    rows = tuple(r for r in layout.family.head_rows if _get_module(model, ref.name(r)) is not None)
+    edits = _linears(blocks, (*layout.family.qkv, layout.family.o, *rows))
     grown = (
         len(chosen)
         * ref.head_dim
         * layout.d_model
-        * (2 * (heads - ref.heads) + 2 * (kv - ref.kv_heads))
+        * ((2 + len(rows)) * (heads - ref.heads) + 2 * (kv - ref.kv_heads))
     )
     new_bytes = grown * _itemsize(model) + _edit_bytes(model, edits) * heads // ref.heads
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
