@@ -538,3 +538,22 @@ def test_deberta_v1_new_heads_get_zero_query_and_value_biases() -> None:
         new = getattr(child.deberta.encoder.layer[1].attention.self, rel)
         assert new.shape == (64,) and torch.equal(new[:32], old) and not new[32:].any()
     torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("model", "config"),
+    [("BertForMaskedLM", "BertConfig"), ("RobertaForSequenceClassification", "RobertaConfig")],
+)
+def test_bert_add_heads_at_the_same_width(model: str, config: str, tmp_path: Path) -> None:
+    """BERT's attention splits its heads by its own ``attention_head_size`` (as MPNet's):
+    8 heads of 8 at d_model 32 are exact; the config derives head_dim, so the stock load
+    refuses the child and load_grown rebuilds it."""
+    parent = _build(model, config, dict(num_labels=3) if "Classification" in model else {})
+    want = _logits(parent)
+    child, report = add_heads(parent, 8)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    assert any("cannot describe" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not recognize this architecture"):
+        _auto(parent).from_pretrained(tmp_path)
+    torch.testing.assert_close(_logits(load_grown(tmp_path)), want, rtol=0, atol=1e-9)

@@ -206,6 +206,7 @@ FAMILIES: tuple[Family, ...] = (
         post_ln=True,
         derived_head_dim=True,
         pooled_head=True,
+        own_head_dim=True,
     ),
     Family(
         "vit",
