@@ -281,7 +281,7 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     if kv is not None:
         _set(config, ("num_key_value_heads", "num_kv_heads"), kv)
     if head_dim is not None and not fam.derived_head_dim:
-        config.head_dim = head_dim
+        setattr(config, fam.head_dim_field, head_dim)
     hidden = _one([as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks])
     if hidden is not None:
         _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size"), hidden)
@@ -361,8 +361,9 @@ def _fold_embedding_scale(model: nn.Module, stock: nn.Module, layout: Layout) ->
     return [f"embedding scale {own:g} folded into {name}.weight (a reload computes {want:g})"]
 
 
-#: Module attributes that only record the stream's width (set at construction, unused after).
-WIDTH_ATTRS = ("hidden_size", "embed_dim")
+#: Module attributes that only record the stream's width (set at construction, unused after;
+#: DeBERTa's embeddings and masked-LM head record ``embedding_size``).
+WIDTH_ATTRS = ("hidden_size", "embed_dim", "embedding_size")
 
 
 def _align_widths(model: nn.Module, stock: nn.Module, d_model: int) -> None:

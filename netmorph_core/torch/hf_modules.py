@@ -11,7 +11,9 @@ A description holds what the weights do not: the module's kind and constructor a
   base (its ``a`` is a weight);
 - ``["sequential", [description, …]]`` — ``nn.Sequential`` (``deepen``, ``morph_subnet``,
   ``deepen_projection``: a layer split into layers); ``["chain", …]`` — the same as a
-  :class:`~netmorph_core.torch.layer_reads.Chain` (its parent reads the layer's weight dtype).
+  :class:`~netmorph_core.torch.layer_reads.Chain` (its parent reads the layer's weight dtype);
+- ``["identity"]`` — ``nn.Identity`` (ModernBERT's first attention norm, moved by
+  ``add_block`` to a depth where the stock model builds a LayerNorm).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def describe_module(module: nn.Module) -> list[Any] | None:
     if type(module) in SEQUENCES:
         parts = [describe_module(m) for m in module]
         return None if any(p is None for p in parts) else [SEQUENCES[type(module)], parts]
+    if type(module) is nn.Identity:
+        return ["identity"]
     return None
 
 
@@ -77,4 +81,6 @@ def build_module(description: list[Any]) -> nn.Module:
         return PActivation(args[0], learnable=args[1])
     if kind in KINDS:
         return KINDS[kind](*(build_module(part) for part in args[0]))
+    if kind == "identity":
+        return nn.Identity()
     raise MorphError(f"a saved module description names an unknown kind {kind!r}")

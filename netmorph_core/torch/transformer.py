@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -54,6 +55,9 @@ SEQ_LEN = 8
 EDIT_CHUNK = 1 << 22
 #: The scale of new random entries is the standard deviation of this many entries at most.
 STD_SAMPLE = 1 << 16
+#: Names of per-head relative position biases (…, heads): BEiT's tables, MPNet's and T5's
+#: bucketed embeddings.
+POSITION_BIASES = ("relative_position_bias", "relative_attention_bias")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +546,7 @@ def _attention_units(
                 for target in qkv[1:]:
                     target[0][span(h)] = target[0][span(head_set[0])]
     _write_qkv(edit, block, layout, qkv, rows, (new_heads, new_kv))
+    _head_rows(edit, block, layout, rows[0], sets)
     w, b = edit.linear(block.name(fam.o))
     new_w = _gather_rows(w, rows[0], axis=1)
     for head_set in sets:
@@ -563,6 +568,31 @@ def _attention_units(
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, value)
     return sum(len(head_set) == 1 for head_set in sets)
+
+
+def _head_rows(
+    edit: _Editor, block: Block, layout: Layout, rows: np.ndarray, sets: list[list[int]]
+) -> None:
+    """The family's other per-head layers (``head_rows``: DeBERTa's position projections)
+    get the query heads' row index ``rows``; the heads of a cancelling set share one random
+    row block, so their scores stay equal. A per-head bias (DeBERTa v1's ``q_bias``) is zero
+    for the new heads."""
+    hd = block.head_dim
+    for rel in layout.family.head_rows:
+        name = block.name(rel)
+        if not _exists(edit.child, name):
+            continue
+        if isinstance(_resolve(edit.child, name), nn.Parameter):  # a bias (heads·hd,)
+            edit.put(name, _gather_rows(edit.get(name), rows), (rows,))
+            continue
+        w, b = edit.linear(name)
+        new_w = _gather_rows(w, rows)
+        new_b = None if b is None else _gather_rows(b, rows)
+        for head_set in sets:
+            shared = edit.noise((hd, w.shape[1]), _std(w), w)
+            for h in head_set:
+                new_w[h * hd : (h + 1) * hd] = shared
+        edit.put_linear(name, new_w, new_b, rows, None)
 
 
 def add_heads(
@@ -618,6 +648,22 @@ def add_heads(
             f"keep the parent's {ref.heads // ref.kv_heads} heads of each group together"
         )
     attention = model.get_submodule(ref.name(layout.family.attention))
+    own = {ref.name(r) for r in (*layout.family.qkv, layout.family.o, *layout.family.head_rows)}
+    mixer = next(
+        (
+            n
+            for n, m in attention.named_modules()
+            if isinstance(m, nn.Linear)
+            and (m.in_features, m.out_features) == (ref.heads,) * 2
+            and f"{ref.name(layout.family.attention)}.{n}" not in own
+        ),
+        None,
+    )
+    if mixer is not None:  # DeBERTa's talking heads
+        raise MorphError(
+            f"heads={heads}: '{ref.name(layout.family.attention)}.{mixer}' mixes the "
+            f"{ref.heads} heads' scores (talking heads), which add_heads does not grow; refused"
+        )
     records_kv = any(
         isinstance(getattr(attention, a, None), int) for a in (*KV_ATTRS, "num_key_value_groups")
     )
@@ -646,12 +692,13 @@ def add_heads(
             "follow; use inplace=False"
         )
     q_src = _head_sources(ref.heads, ref.kv_heads, heads, kv)[0]
-    edits = _linears(blocks, (*layout.family.qkv, layout.family.o))
+    rows = tuple(r for r in layout.family.head_rows if _get_module(model, ref.name(r)) is not None)
+    edits = _linears(blocks, (*layout.family.qkv, layout.family.o, *rows))
     grown = (
         len(chosen)
         * ref.head_dim
         * layout.d_model
-        * (2 * (heads - ref.heads) + 2 * (kv - ref.kv_heads))
+        * ((2 + len(rows)) * (heads - ref.heads) + 2 * (kv - ref.kv_heads))
     )
     new_bytes = grown * _itemsize(model) + _edit_bytes(model, edits) * heads // ref.heads
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
@@ -684,7 +731,7 @@ def add_heads(
                 num_kv_heads=kv,
             )
             if layout.config is not None and not layout.family.derived_head_dim:
-                child.config.head_dim = ref.head_dim
+                setattr(child.config, layout.family.head_dim_field, ref.head_dim)
         elif off_config and layout.config is not None:
             notes.append(
                 f"{heads} heads of head_dim {ref.head_dim} ≠ d_model {layout.d_model}: "
@@ -725,7 +772,7 @@ def _bias_tables(model: nn.Module, layout: Layout, heads: int, chosen: Sequence[
     every = [b.prefix + "." for b in layout.blocks]
     found = []
     for name, p in model.named_parameters():
-        if "relative_position_bias" not in name or p.shape[-1] != heads:
+        if not any(k in name for k in POSITION_BIASES) or p.shape[-1] != heads:
             continue
         if any(name.startswith(b) for b in inside):
             found.append(name)
@@ -783,7 +830,7 @@ def _set_outer_heads(child: nn.Module, layout: Layout, old: int, new: int) -> No
     path = layout.blocks_path.split(".")
     outer = [child.get_submodule(".".join(path[:i])) for i in range(len(path))]
     for module in [*outer, *child.get_submodule(layout.blocks_path).modules()]:
-        for attr in ("num_heads", "n_head"):
+        for attr in ("num_heads", "n_head", "n_heads"):
             if getattr(module, attr, None) == old and isinstance(getattr(module, attr), int):
                 setattr(module, attr, new)
 
@@ -895,7 +942,7 @@ def _norm_names(model: nn.Module, layout: Layout) -> tuple[list[str], list[str],
     input is a branch written like the stream); and the final norm."""
     fam = layout.family
     norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
-    norms += [layout.name(rel) for rel in fam.stream_norms]
+    norms += [layout.name(r) for r in fam.stream_norms if _get_module(model, layout.name(r))]
     norms += [layout.name(r) for r in fam.head_norms if _get_module(model, layout.name(r))]
     others = []
     for b in layout.blocks:
@@ -952,7 +999,9 @@ def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) 
             f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {others[0]!r} "
             "normalises a branch, whose extra coordinates would not keep the stream's mean"
         )
-    writes = [layout.name(r) for r in layout.family.stream_norms]
+    writes = [
+        layout.name(r) for r in layout.family.stream_norms if _get_module(model, layout.name(r))
+    ]
     if writes and rescale and layout.norm_kind == "layer":
         raise MorphError(
             f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {writes[0]!r} "
@@ -1011,15 +1060,22 @@ def grow_width(
             f"d_model={d_model} is not a multiple of {d}: {fam.name} normalises after the "
             "residual sum (post-LN), which only keeps whole copies of the stream"
         )
+    _check_fixed_width(model, layout, f"d_model={d_model}")
     if layout.head is None:
         raise MorphError(
             f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
             "grow the width of a model with an output head (lm_head, classifier, score)"
         )
+    if fam.side_inputs and inplace is True:
+        raise MorphError(
+            f"inplace=True: {layout.name(fam.side_inputs[0])!r} is read by every block at the "
+            "stream's width, which the in-place measurement (block by block, on the parent's "
+            "inputs) cannot follow; use inplace=False"
+        )
     check_subtree(model, ("",))  # every module is rewritten; first: the norms run below
     _check_writers(model, layout, d_model)
     head_reader = _head_reader(model, layout, d_model)
-    stream_readers = [layout.name(r) for r in fam.readers if _exists(model, layout.name(r))]
+    stream_readers = [n for n in map(partial(_owned, model, layout), fam.readers) if n]
     _check_norms(model, layout, d_model, rescale=extra > 0)
     kind = layout.norm_kind
     norms, others, final = _norm_names(model, layout)
@@ -1030,8 +1086,11 @@ def grow_width(
         if getattr(model.get_submodule(name), "weight", None) is not None
     }
     ratio = copies * d / d_model
+    side_readers = tuple(
+        rel for rel in fam.head_rows if _get_module(model, layout.blocks[0].name(rel)) is not None
+    )
     edits = (
-        *_linears(layout.blocks, (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out)),
+        *_linears(layout.blocks, (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out, *side_readers)),
         *stream_readers,
         *([head_reader] if head_reader and not layout.tied else []),
     )
@@ -1083,7 +1142,7 @@ def grow_width(
                 )
                 if lam is not None:  # λ̃ = [λ; …; λ; 1]: the writer's extra rows carry λ
                     edit.put(scale, torch.cat([lam.repeat(copies), lam.new_ones(extra)]), (idx,))
-            for rel in (*fam.qkv, *fam.ffn_in):
+            for rel in (*fam.qkv, *fam.ffn_in, *side_readers):
                 w, _ = edit.linear(block.name(rel))
                 edit.put_linear(
                     block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
@@ -1127,8 +1186,8 @@ def grow_width(
             heads = layout.blocks[0].heads
             _set_config(config, hidden_size=d_model)
             if not fam.derived_head_dim:
-                config.head_dim = layout.blocks[0].head_dim
-            elif fam.derived_head_dim and heads * layout.blocks[0].head_dim != d_model:
+                setattr(config, fam.head_dim_field, layout.blocks[0].head_dim)
+            elif heads * layout.blocks[0].head_dim != d_model:
                 notes.append(
                     f"{heads} heads of head_dim {layout.blocks[0].head_dim} ≠ d_model {d_model}: "
                     f"{fam.name} derives head_dim = hidden_size / heads, so each attention "
@@ -1147,10 +1206,27 @@ def grow_width(
         inplace,
         edits=edits,
         copies=("",),
-        regions=tuple(Region(b.prefix, b.prefix, lift=lift) for b in layout.blocks),
+        # blocks that read a side input at the stream's width (DeBERTa's relative-position
+        # embeddings) cannot run on the parent's: such a model is measured whole
+        regions=()
+        if fam.side_inputs
+        else tuple(Region(b.prefix, b.prefix, lift=lift) for b in layout.blocks),
         new_bytes=new_bytes,
         replaced=("",),
     )
+
+
+def _check_fixed_width(model: nn.Module, layout: Layout, what: str) -> None:
+    """MorphError naming the first module of the family's ``fixed_width`` the model holds
+    (DeBERTa's convolution, its masked-LM head that reads the word embedding's weight)."""
+    for rel in layout.family.fixed_width:
+        name = _owned(model, layout, rel)
+        if name is not None:
+            kind = type(model.get_submodule(name)).__name__
+            raise MorphError(
+                f"{what}: {name!r} ({kind}) works at the stream's width and is not grown with "
+                f"it; {layout.family.name} models that hold it are refused"
+            )
 
 
 def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
@@ -1180,7 +1256,7 @@ def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     """The layer of the output head that reads the stream: the head itself, or the first
     linear layer of a head module (RoBERTa's classifier.dense); None for BERT's classifier,
     which reads the pooler (a stream reader itself)."""
-    if layout.family.name == "bert" and _exists(model, layout.name("pooler.dense")):
+    if layout.family.pooled_head and _owned(model, layout, "pooler.dense"):
         return None
     head = model.get_submodule(layout.head)
     found = None
@@ -1201,6 +1277,12 @@ def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
         f"d_model={d_model}: the output head {layout.head!r} ({type(head).__name__}) holds no "
         "linear layer reading the stream"
     )
+
+
+def _owned(model: nn.Module, layout: Layout, rel: str) -> str | None:
+    """The qualified name of ``rel`` in the stream's owner, or else at the root (DeBERTa's
+    classifier pooler), where the model holds it; None where it does not."""
+    return next((n for n in (layout.name(rel), rel) if _exists(model, n)), None)
 
 
 def _resolve(model: nn.Module, name: str) -> nn.Module | nn.Parameter:
@@ -1248,6 +1330,7 @@ def add_block(
             f"at={at}: {layout.family.name} normalises after the residual sum (post-LN); a new "
             "block would apply LayerNorm again, which is not the identity on LN's output"
         )
+    _check_fixed_width(model, layout, f"at={at}")
     template = layout.blocks[min(at, n - 1)]
     template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
@@ -1350,7 +1433,8 @@ def _shared_position_bias(model: nn.Module, prefix: str) -> str | None:
     for name, module in model.named_modules():
         last = name.rpartition(".")[2]
         inside = name.startswith(prefix + ".")
-        if "position_bias" in last and not inside and any(True for _ in module.parameters()):
+        biased = any(k in last for k in ("position_bias", *POSITION_BIASES))
+        if biased and not inside and any(True for _ in module.parameters()):
             return name
     return None
 

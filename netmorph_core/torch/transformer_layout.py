@@ -16,7 +16,9 @@ any decoder that follows their patterns; the found family is cached per block st
   ``lambda_1``/``lambda_2`` and its mean-pooling ``pooler.layernorm``);
 - ``dinov2``/``dinov2-swiglu``: DINOv2 (pre-LayerNorm ``norm1``/``norm2``, layer scales
   ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens; its
-  attention reads ``config.head_dim`` when the config holds one).
+  attention reads ``config.head_dim`` when the config holds one);
+- ``modernbert`` (and ``modernbert-decoder``), ``deberta-v2``, ``deberta``, ``mpnet``: the
+  encoders of :mod:`.encoder_families`.
 
 Encoder–decoder models (a cross-attention module, or ``config.is_encoder_decoder``) and
 models whose blocks are shared by several depths (ALBERT) are refused by name.
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .encoder_families import ENCODER_FAMILIES
 from .errors import MorphError
 from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
@@ -93,6 +96,15 @@ class Family:
     layer-scale gains of a block (relative names of the parameters λ₁, λ₂ in
     x + λ₁⊙attn(n₁(x)), then + λ₂⊙mlp(n₂(x)); absent ones are skipped). ``head_norms``: norms
     of the owner between the stream and the head (BEiT's mean-pooling ``pooler.layernorm``).
+    ``head``: the root's output head module where the family names one (looked up before
+    :data:`HEADS`); ``pooled_head``: the root's classifier reads the owner's ``pooler`` (a
+    stream reader), not the stream. ``head_rows``: attention layers whose output rows are per
+    query head besides q/k/v (DeBERTa's position projections), or per-head bias parameters
+    (DeBERTa v1's ``q_bias``/``v_bias``); absent ones are skipped;
+    ``side_inputs``: tensors of width d_model built outside the blocks that every block reads
+    (DeBERTa's relative-position embeddings); ``fixed_width``: modules of the owner or root
+    that keep the stream's width (grow_width and add_block refuse naming them);
+    ``head_dim_field``: the config field that records head_dim.
     """
 
     name: str
@@ -115,6 +127,12 @@ class Family:
     alibi: bool = False
     scales: tuple[str, ...] = ()
     head_norms: tuple[str, ...] = ()
+    head: str | None = None
+    pooled_head: bool = False
+    head_rows: tuple[str, ...] = ()
+    side_inputs: tuple[str, ...] = ()
+    fixed_width: tuple[str, ...] = ()
+    head_dim_field: str = "head_dim"
 
 
 def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
@@ -184,6 +202,7 @@ FAMILIES: tuple[Family, ...] = (
         readers=("pooler.dense",),
         post_ln=True,
         derived_head_dim=True,
+        pooled_head=True,
     ),
     Family(
         "vit",
@@ -255,13 +274,15 @@ FAMILIES: tuple[Family, ...] = (
         post_ln=True,
         derived_head_dim=True,
     ),
+    *(Family(**entry) for entry in ENCODER_FAMILIES),  # ModernBERT, DeBERTa, MPNet
 )
 
 #: Root-level output heads that read the final norm's output (or the stream):
 #: ``pre_classifier`` (DistilBERT) and ``projector`` (Whisper's audio classifier) come before
 #: the classifier they feed; ``cls``: BERT's pre-training and masked-LM heads
-#: (``cls.predictions.transform.dense`` reads the stream).
-HEADS = ("lm_head", "pre_classifier", "projector", "classifier", "score", "cls")
+#: (``cls.predictions.transform.dense`` reads the stream); ``qa_outputs``: question-answering
+#: span heads (start and end logits per token).
+HEADS = ("lm_head", "pre_classifier", "projector", "classifier", "score", "cls", "qa_outputs")
 
 
 @dataclass(frozen=True)
@@ -419,8 +440,11 @@ def _layout(
     model: nn.Module, family: Family, owner: str, blocks: tuple[Block, ...], d_model: int
 ) -> Layout:
     first = model.get_submodule(blocks[0].prefix)
-    norm = first.get_submodule(family.norms[0])
-    head_name = next((h for h in HEADS if _get(model, h) is not None), None)
+    # ModernBERT's block 0 has an Identity for its attention norm
+    norms = [first.get_submodule(n) for n in family.norms]
+    norm = next((m for m in norms if type(m) is not nn.Identity), norms[0])
+    heads = (family.head, *HEADS) if family.head else HEADS
+    head_name = next((h for h in heads if _get(model, h) is not None), None)
     embed_name = f"{owner}.{family.writers[0]}" if owner else family.writers[0]
     embed = _get(model, embed_name)
     head = _get(model, head_name) if head_name else None
