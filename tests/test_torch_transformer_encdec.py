@@ -24,6 +24,7 @@ from netmorph_core.torch import (
     add_heads,
     deepen_projection,
     grow_ffn,
+    grow_width,
     load_grown,
 )
 from netmorph_core.torch.encdec_layout import describe_encoder_decoder
@@ -281,4 +282,56 @@ def test_refusals_name_the_reason(
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     with pytest.raises(error, match=re.escape(message)):
         grow(parent)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("model", "how"), [("t5 relu", STOCK), ("t5 gated-gelu", STOCK), ("bart", MARKED)]
+)
+def test_grow_width_widens_both_stacks(model: str, how: str, tmp_path: Path) -> None:
+    """D' = 2d: the stream of both stacks is [x; x], the encoder's output [y; y] (read by the
+    cross-attention's keys and values); the tied head's final norm is divided by 2 (and, in
+    T5, multiplied by √(D'/d) for the decoder-output scale model_dim^−½)."""
+    parent = MODELS[model]()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    logits, encoded = _outputs(parent)
+    child, report = grow_width(parent, 64)
+    assert report.rel_dev_f64 <= 1e-12
+    got_logits, got_encoded = _outputs(child)
+    torch.testing.assert_close(got_logits, logits, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got_encoded, encoded.repeat(1, 1, 2), rtol=0, atol=1e-9)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+    assert child.config.d_model == 64
+    child.save_pretrained(tmp_path)
+    auto = transformers.AutoModelForSeq2SeqLM
+    if how == STOCK:
+        reloaded = auto.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    else:
+        with pytest.raises(ValueError, match="does not recognize this architecture"):
+            auto.from_pretrained(tmp_path)
+        reloaded = load_grown(tmp_path).eval()
+    torch.testing.assert_close(_outputs(reloaded)[0], logits, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("build", "d_model", "message"),
+    [
+        (
+            _t5,
+            45,
+            "d_model=45 is not a multiple of the width: 'encoder.block.0.layer.0.layer_norm' "
+            "(T5LayerNorm) computes its mean square in a lower precision",
+        ),
+        (_bart, 48, "d_model=48 is not a multiple of 32: bart normalises after each residual sum"),
+        (lambda: _t5(cls="T5Model"), 64, "d_model=64: T5Model returns the residual stream itself"),
+        (lambda: _bart("BartModel"), 64, "BartModel returns the residual stream itself"),
+    ],
+)
+def test_grow_width_refusals(
+    build: Callable[[], torch.nn.Module], d_model: int, message: str
+) -> None:
+    parent = build()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    with pytest.raises(MorphError, match=re.escape(message)):
+        grow_width(parent, d_model)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())

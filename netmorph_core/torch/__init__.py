@@ -37,7 +37,7 @@ torchvision, timm and transformers importable (:mod:`.torchvision_ops`).
 
 from .activation import PActivation
 from .depth import deepen
-from .encdec import add_block, add_heads, deepen_projection
+from .encdec import add_block, add_heads, deepen_projection, grow_width
 from .errors import MorphError
 from .hf_load import load_grown
 from .kernel import grow_kernel
@@ -49,7 +49,7 @@ from .samepad import DynamicSamePad, register_same_padding_conv
 from .subnet import StackedBranches, morph_stacked, morph_subnet
 from .torchvision_ops import declare_missing_operators
 from .tracing import trace_model
-from .transformer import conv1d_to_linear, grow_width
+from .transformer import conv1d_to_linear
 from .width import widen
 
 declare_missing_operators()

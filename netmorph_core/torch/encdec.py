@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from . import transformer
+from . import encdec_width, transformer
 from .encdec_layout import EncoderDecoder, Stack, describe_encoder_decoder
 from .errors import MorphError
 from .pipeline import WHOLE_COPY_LIMIT, Request, run
@@ -515,4 +515,33 @@ def deepen_projection(
         probe = probe_inputs(model, es)
     return transformer.deepen_projection(
         model, at, width=width, probe=probe, tol=tol, seed=seed, inplace=inplace
+    )
+
+
+def grow_width(
+    model: nn.Module,
+    d_model: int,
+    *,
+    noise: float = 0.01,
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """The residual stream of both stacks grows to ``d_model`` (:mod:`.encdec_width`; other
+    models: :func:`.transformer.grow_width`)."""
+    es = describe_encoder_decoder(model)
+    if es is None:
+        return transformer.grow_width(
+            model, d_model, noise=noise, probe=probe, tol=tol, seed=seed, inplace=inplace
+        )
+    return encdec_width.grow_width(
+        model,
+        es,
+        d_model,
+        noise=noise,
+        probe=probe_inputs(model, es) if probe is None else probe,
+        tol=tol,
+        seed=seed,
+        inplace=check_bool(inplace, "inplace"),
     )
