@@ -322,7 +322,11 @@ def test_grow_width_widens_both_stacks(model: str, how: str, tmp_path: Path) -> 
             "d_model=45 is not a multiple of the width: 'encoder.block.0.layer.0.layer_norm' "
             "(T5LayerNorm) computes its mean square in a lower precision",
         ),
-        (_bart, 48, "d_model=48 is not a multiple of 32: bart normalises after each residual sum"),
+        (
+            _bart,
+            48,
+            "d_model=48 is not a multiple of 32: bart normalises after each residual sum (post-LN)",
+        ),
         (lambda: _t5(cls="T5Model"), 64, "d_model=64: T5Model returns the residual stream itself"),
         (lambda: _bart("BartModel"), 64, "BartModel returns the residual stream itself"),
     ],
@@ -335,3 +339,39 @@ def test_grow_width_refusals(
     with pytest.raises(MorphError, match=re.escape(message)):
         grow_width(parent, d_model)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def _mbart() -> torch.nn.Module:
+    """MBart: BART's module names, but pre-LN (each stack ends in a final ``layer_norm``)."""
+    torch.manual_seed(0)
+    config = transformers.MBartConfig(**BART)
+    return _redraw(transformers.MBartForConditionalGeneration(config).eval().double())
+
+
+MBART_OPS: dict[str, tuple[Op, str]] = {
+    "add_block (encoder 0)": (lambda m: add_block(m, 0), STOCK),
+    "add_block (decoder end)": (lambda m: add_block(m, "decoder.2"), STOCK),
+    "add_heads": (lambda m: add_heads(m, 8), MARKED),
+    "grow_ffn": (lambda m: grow_ffn(m, 72), STOCK),
+}
+
+
+@pytest.mark.parametrize("op", MBART_OPS)
+def test_pre_ln_bart_layout_grows_blocks(op: str, tmp_path: Path) -> None:
+    parent = _mbart()
+    want = _outputs(parent)
+    grow, how = MBART_OPS[op]
+    child, report = grow(parent)
+    _same(_outputs(child), want)
+    _reloads(child, report, how, want, tmp_path)
+
+
+def test_pre_ln_bart_layout_grow_width() -> None:
+    parent = _mbart()
+    logits, encoded = _outputs(parent)
+    child, _ = grow_width(parent, 64)
+    got_logits, got_encoded = _outputs(child)
+    torch.testing.assert_close(got_logits, logits, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got_encoded, encoded.repeat(1, 1, 2), rtol=0, atol=1e-9)
+    with pytest.raises(MorphError, match="mbart normalises with LayerNorm"):
+        grow_width(parent, 40)

@@ -61,7 +61,8 @@ from .transformer import (
 from .transformer_layout import Block, Layout, as_matrix
 
 SEQ_LEN, DECODER_LEN = 8, 6
-#: The relative attention bias of T5 (buckets × heads), in block 0's self-attention.
+#: The relative attention bias (buckets × heads) of T5's block 0 self-attention (UMT5: every
+#: block's).
 T5_BIAS = "relative_attention_bias"
 
 
@@ -299,7 +300,7 @@ def add_heads(
     heads = v.positive_int(heads, "heads")
     if kv_heads is not None and v.positive_int(kv_heads, "kv_heads") != heads:
         raise MorphError(
-            f"kv_heads={kv_heads}: {es.kind} attention is multi-head (one key/value head per "
+            f"kv_heads={kv_heads}: {es.model_type} attention is multi-head (one key/value head per "
             "query head); leave kv_heads None"
         )
     where = {i: es.locate(i) for i in chosen}
@@ -317,10 +318,15 @@ def add_heads(
             f"'{s.prefix}.block.0', and passes them to every block of the stack; grow the heads "
             f"of all its blocks (global indices {s.offset} … {s.offset + len(s) - 1})"
         )
-    tables = [
-        f"{s.layout.blocks[0].name(s.layout.family.attention)}.{T5_BIAS}.weight"
+    tables = [  # block 0's (T5), or every block's (UMT5)
+        f"{b.name(s.layout.family.attention)}.{T5_BIAS}.weight"
         for s in es.stacks
-        if s.name in touched and es.kind == "t5"
+        if s.name in touched
+        for b in s.layout.blocks
+        if isinstance(
+            getattr(model.get_submodule(b.name(s.layout.family.attention)), T5_BIAS, None),
+            nn.Embedding,
+        )
     ]
     edits = tuple(b.name(rel) for lay, b in parts for rel in (*lay.family.qkv, lay.family.o))
     grown = sum(4 * (heads - b.heads) * b.head_dim * es.d_model for _, b in parts)
@@ -391,6 +397,12 @@ def _position(es: EncoderDecoder, at: object) -> tuple[Stack, int]:
     return es.locate(index)
 
 
+def _owns_bias(model: nn.Module, s: Stack, block: Block) -> bool:
+    """Whether ``block``'s self-attention computes a relative attention bias itself."""
+    attention = model.get_submodule(block.name(s.layout.family.attention))
+    return isinstance(getattr(attention, T5_BIAS, None), nn.Embedding)
+
+
 def add_block(
     model: nn.Module,
     at: int | str,
@@ -413,12 +425,14 @@ def add_block(
     n = len(s)
     if s.layout.family.post_ln:
         raise MorphError(
-            f"at={at!r}: {es.kind} normalises after each residual sum (post-LN); a new "
+            f"at={at!r}: {es.model_type} normalises after each residual sum (post-LN); a new "
             f"{s.name} block would apply LayerNorm again, which is not the identity on LN's "
             "output; refused"
         )
     blocks_path = f"{s.prefix}.{s.layout.family.blocks}"
-    if pos == 0:
+    owns = [_owns_bias(model, s, b) for b in s.layout.blocks]
+    shared_bias = owns[0] and not all(owns)  # T5: block 0's bias serves every block
+    if pos == 0 and shared_bias:
         raise MorphError(
             f"at={at!r}: '{blocks_path}.0' computes the {s.name}'s relative attention bias "
             "for every block; a new block cannot go before it (insert at position 1 or later)"
@@ -435,7 +449,7 @@ def add_block(
     def build(child: nn.Module) -> Outcome:
         blocks = child.get_submodule(blocks_path)
         block = copy.deepcopy(blocks[min(pos, n - 1)])
-        for m in block.modules():  # the copy of block 0 (one block) leaves the bias behind
+        for m in block.modules() if shared_bias else ():  # a copy of block 0 (of one block)
             if getattr(m, "has_relative_attention_bias", False) is True:
                 m.has_relative_attention_bias = False
                 del m.relative_attention_bias
@@ -468,6 +482,8 @@ def add_block(
                 sources[name] = ParamSource(old, old)
         edit.sources = sources
         field = "num_layers" if s.name == "encoder" else "num_decoder_layers"
+        if es.kind == "bart":
+            field = f"{s.name}_layers"
         _set([getattr(child, "config", None)], **{field: n + 1})
         stack_config = getattr(child.get_submodule(s.prefix), "config", None)
         if stack_config is not None and stack_config is not getattr(child, "config", None):

@@ -13,9 +13,11 @@ is a second ``Layout`` over the same blocks. Recognised layouts:
   attention bias ``relative_attention_bias`` (buckets × heads) in block 0 of each stack,
   computed once per forward and passed to every later block); also ``T5EncoderModel`` (an
   encoder alone);
-- ``bart``: BART (``layers[i].self_attn.{q,k,v,out}_proj``, ``encoder_attn``, ``fc1``/``fc2``;
-  post-LayerNorm ``self_attn_layer_norm``, ``encoder_attn_layer_norm``, ``final_layer_norm``;
-  embeddings ``embed_tokens`` (scaled) + ``embed_positions`` then ``layernorm_embedding``).
+- ``bart``: BART and the models laid out like it (``layers[i].self_attn.{q,k,v,out}_proj``,
+  ``encoder_attn``, ``fc1``/``fc2``; LayerNorms ``self_attn_layer_norm``,
+  ``encoder_attn_layer_norm``, ``final_layer_norm``; embeddings ``embed_tokens`` (scaled) +
+  ``embed_positions``, then ``layernorm_embedding`` where present): post-LN (BART, Marian),
+  or pre-LN where the stack ends in a final ``layer_norm`` (MBart, Pegasus, Blenderbot).
 
 Blocks are addressed by one global index: the encoder's blocks first (0 … E−1), then the
 decoder's (E … E+D−1). A model with cross-attention in another layout is refused by name.
@@ -23,6 +25,7 @@ decoder's (E … E+D−1). A model with cross-attention in another layout is ref
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -132,12 +135,14 @@ class Stack:
 
 @dataclass(frozen=True)
 class EncoderDecoder:
-    """A recognised encoder–decoder (or T5's encoder alone): ``kind`` ("t5"/"bart"), the
-    ``owner`` prefix of its stacks, the ``stacks`` (encoder first), the output ``head`` (None
-    when the model returns the decoder's stream), whether the head is ``tied`` to the shared
-    embedding, and the model ``config``."""
+    """A recognised encoder–decoder (or T5's encoder alone): ``kind`` ("t5"/"bart": the
+    layout), its ``model_type`` (the config's, else the class name), the ``owner`` prefix of
+    its stacks, the ``stacks`` (encoder first), the output ``head`` (None when the model
+    returns the decoder's stream), whether the head is ``tied`` to the shared embedding, and
+    the model ``config``."""
 
     kind: str
+    model_type: str
     owner: str
     stacks: tuple[Stack, ...]
     d_model: int
@@ -304,6 +309,10 @@ def describe_encoder_decoder(model: nn.Module) -> EncoderDecoder | None:
                 f"(with cross-attention in the decoder); refused"
             )
         family, cross = found
+        final = getattr(stack, "layer_norm", None)
+        if family.name == "bart" and isinstance(final, nn.LayerNorm):  # MBart, Pegasus: pre-LN
+            family = dataclasses.replace(family, post_ln=False, final_norm="layer_norm")
+            cross = cross and dataclasses.replace(cross, post_ln=False, final_norm="layer_norm")
         if kind and family.name != kind:
             raise MorphError(
                 f"{type(model).__name__}: the encoder is {kind}, the decoder {family.name}; refused"
@@ -323,4 +332,5 @@ def describe_encoder_decoder(model: nn.Module) -> EncoderDecoder | None:
         and isinstance(shared, nn.Embedding)
         and model.get_submodule(head).weight is shared.weight
     )
-    return EncoderDecoder(kind, owner, tuple(stacks), d, head, tied, config)
+    model_type = str(getattr(config, "model_type", "") or type(model).__name__)
+    return EncoderDecoder(kind, model_type, owner, tuple(stacks), d, head, tied, config)

@@ -16,7 +16,8 @@ cross-attention reads the encoder's output, so both streams become x̃ = [x; …
   k; T5's ``scale_decoder_outputs`` multiplies the decoder output by ``model_dim``^−½, which
   becomes D'^−½, so that norm is also multiplied by √(D'/d).
 
-BART normalises after each residual sum (post-LN): only whole copies (D' = k·d) keep
+The BART layout normalises with LayerNorm (after each residual sum in BART and Marian, before
+each branch in MBart and Pegasus): only whole copies (D' = k·d) are made, which keep
 LayerNorm's output, LN([x; …; x]) = [LN(x); …; LN(x)] with the same eps. A model that returns
 the stream itself (``T5Model``, ``BartModel``, ``T5EncoderModel``) or whose head is not an
 ``lm_head`` is refused.
@@ -139,10 +140,17 @@ def grow_width(
     noise = v.real_number(noise, "noise", low=0.0)
     copies, extra = divmod(d_model, d)
     post_ln = es.stacks[0].layout.family.post_ln
-    if post_ln and extra:
+    kind = es.stacks[0].layout.norm_kind
+    if kind == "layer" and extra:
+        why = (
+            "normalises after each residual sum (post-LN)"
+            if post_ln
+            else "normalises with LayerNorm, whose extra coordinates would have to carry the "
+            "mean of every writer"
+        )
         raise MorphError(
-            f"d_model={d_model} is not a multiple of {d}: {es.kind} normalises after each "
-            "residual sum (post-LN), which only keeps whole copies of the stream"
+            f"d_model={d_model} is not a multiple of {d}: {es.model_type} {why}; only whole copies "
+            f"of the stream (a multiple of {d}) keep it"
         )
     if es.stack("decoder") is None or es.head is None:
         raise MorphError(
@@ -156,9 +164,8 @@ def grow_width(
         )
     check_subtree(model, ("",))  # every module is rewritten; first: the norms run below
     norms = _norms(model, es)
-    if extra and not post_ln:
+    if extra:
         _check_float64_rms(model, norms, d_model)
-    kind = "layer" if post_ln else "rms"
     offsets = {n: _gain_offset(model.get_submodule(n), n, kind) for n in norms}
     last = _last_norm(model, es)
     ratio = copies * d / d_model
