@@ -375,3 +375,26 @@ def test_pre_ln_bart_layout_grow_width() -> None:
     torch.testing.assert_close(got_encoded, encoded.repeat(1, 1, 2), rtol=0, atol=1e-9)
     with pytest.raises(MorphError, match="mbart normalises with LayerNorm"):
         grow_width(parent, 40)
+
+
+def _exact_rms(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """T5LayerNorm's formula in the input's dtype (its own forward takes mean(x²) in float32)."""
+    return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+
+def test_grow_width_with_extra_coordinates_where_the_norm_computes_in_float64(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """D' = d + 13: the extra coordinates are zero in the stream and the encoder's output."""
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    monkeypatch.setattr(T5LayerNorm, "forward", _exact_rms)
+    parent = _t5("gated-gelu")
+    logits, encoded = _outputs(parent)
+    child, report = grow_width(parent, 45)
+    assert report.rel_dev_f64 <= 1e-12
+    got_logits, got_encoded = _outputs(child)
+    torch.testing.assert_close(got_logits, logits, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got_encoded[..., :32], encoded, rtol=0, atol=1e-9)
+    assert torch.count_nonzero(got_encoded[..., 32:]) == 0
+    assert child.config.layer_norm_epsilon == pytest.approx(1e-6 * 32 / 45)

@@ -12,6 +12,9 @@ cross-attention reads the encoder's output, so both streams become x̃ = [x; …
   blocks summing to W and random columns on the extra coordinates;
 - every norm gets γ·√(kd/D') on the copies and eps·kd/D' (T5), so its output is unchanged
   there and zero on the extra coordinates;
+- the encoder's output, which the model also returns, becomes [y; …; y; 0]: the
+  measurement compares the logits and each d-wide part of it with the parent's y (zero on the
+  extra coordinates);
 - a head tied to the shared embedding reads k copies: the decoder's last norm is divided by
   k; T5's ``scale_decoder_outputs`` multiplies the decoder output by ``model_dim``^−½, which
   becomes D'^−½, so that norm is also multiplied by √(D'/d).
@@ -259,7 +262,7 @@ def grow_width(
     child, report = run(
         Request(
             "grow_width",
-            _logits_only(model),
+            _measured(model, d, copies, extra),
             tuple(s.prefix for s in es.stacks),
             build,
             probe=probe,
@@ -273,18 +276,28 @@ def grow_width(
         )
     )
     child.__class__ = type(model)
-    note = "measured on the logits: the child's encoder output is the parent's, widened"
+    note = (
+        f"encoder_last_hidden_state is now {d_model} wide: the parent's repeated {copies} "
+        f"times, then {extra} zeros (measured so, with the logits)"
+    )
     return child, dataclasses.replace(report, notes=(*report.notes, note))
 
 
-def _logits_only(model: nn.Module) -> nn.Module:
-    """A shallow copy of ``model`` (the same modules) whose class returns only the logits:
-    the encoder's output the model also returns is wider in the child, so the measurement
-    compares the logits, which read it through every cross-attention."""
+def _measured(model: nn.Module, d: int, copies: int, extra: int) -> nn.Module:
+    """A shallow copy of ``model`` (the same modules) whose class returns what the child must
+    keep: the logits and the encoder's output as the child holds it, [y; …; y; 0]: the
+    parent's y repeated ``copies`` times and ``extra`` zeros, the child's split into its d-wide
+    copies and the rest (the measurement compares them with the parent's, exactly)."""
     cls = type(model)
 
-    def forward(self: nn.Module, *args: object, **kwargs: object) -> torch.Tensor:
-        return cls.forward(self, *args, **kwargs).logits
+    def forward(self: nn.Module, *args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
+        out = cls.forward(self, *args, **kwargs)
+        y = out.encoder_last_hidden_state
+        if y.shape[-1] == d:  # the parent
+            parts = [y] * copies + [y.new_zeros((*y.shape[:-1], extra))]
+        else:
+            parts = [y[..., j * d : (j + 1) * d] for j in range(copies)] + [y[..., copies * d :]]
+        return (out.logits, *parts[: copies + (extra > 0)])
 
     view = copy.copy(model)
     view.__class__ = type(cls.__name__, (cls,), {"forward": forward})
