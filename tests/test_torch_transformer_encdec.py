@@ -134,6 +134,8 @@ T5_OPS: dict[str, tuple[Op, str]] = {
     "add_block (decoder end)": (lambda m: add_block(m, 4), STOCK),
     "add_block (decoder, zero)": (lambda m: add_block(m, "decoder.1", method="zero"), STOCK),
     "add_block (encoder end)": (lambda m: add_block(m, "encoder.2"), STOCK),
+    "add_block (decoder 0: the bias moves)": (lambda m: add_block(m, 2), STOCK),
+    "add_block (encoder 0, zero)": (lambda m: add_block(m, "encoder.0", method="zero"), STOCK),
     "deepen_projection (cross k)": (
         lambda m: deepen_projection(m, "decoder.block.1.layer.1.EncDecAttention.k"),
         MARKED,
@@ -248,13 +250,6 @@ def test_layers_are_global_indices() -> None:
         ),
         (
             "t5 relu",
-            lambda m: add_block(m, 2),
-            MorphError,
-            "at=2: 'decoder.block.0' computes the decoder's relative attention bias for every "
-            "block; a new block cannot go before it",
-        ),
-        (
-            "t5 relu",
             lambda m: add_heads(m, 6, layers=[0]),
             MorphError,
             "layers: T5 computes the encoder's attention biases once",
@@ -329,6 +324,7 @@ def test_grow_width_widens_both_stacks(model: str, how: str, tmp_path: Path) -> 
         ),
         (lambda: _t5(cls="T5Model"), 64, "d_model=64: T5Model returns the residual stream itself"),
         (lambda: _bart("BartModel"), 64, "BartModel returns the residual stream itself"),
+        (lambda: _t5(cls="T5EncoderModel"), 64, "T5EncoderModel returns the residual stream"),
     ],
 )
 def test_grow_width_refusals(
@@ -398,3 +394,49 @@ def test_grow_width_with_extra_coordinates_where_the_norm_computes_in_float64(
     torch.testing.assert_close(got_encoded[..., :32], encoded, rtol=0, atol=1e-9)
     assert torch.count_nonzero(got_encoded[..., 32:]) == 0
     assert child.config.layer_norm_epsilon == pytest.approx(1e-6 * 32 / 45)
+
+
+def test_t5_add_block_at_a_stacks_position_0_moves_the_bias_table() -> None:
+    """Block 0 computes the stack's relative bias for every block: a new block 0 takes the
+    parent's table (and computes the same bias), the old block 0 gives it up."""
+    parent = _t5()
+    table = parent.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    child, report = add_block(parent, "decoder.0")
+    first, second = (child.decoder.block[i].layer[0].SelfAttention for i in (0, 1))
+    assert first.has_relative_attention_bias and not second.has_relative_attention_bias
+    assert not hasattr(second, "relative_attention_bias")
+    assert torch.equal(first.relative_attention_bias.weight, table)
+    assert first.relative_attention_bias.weight is not table
+    name = "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    assert report.param_sources[name].parent == name
+    _same(_outputs(child), _outputs(parent))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: _t5(cls="T5ForSequenceClassification"),
+        lambda: _bart("BartForSequenceClassification"),
+    ],
+)
+def test_sequence_classification_heads(
+    build: Callable[[], torch.nn.Module], tmp_path: Path
+) -> None:
+    """The head reads the decoder's stream at the end-of-sequence token (the default probe
+    ends every row in it): classification_head.dense is the stream's reader."""
+    parent = build()
+    ids, decoder_ids = _ids()
+    ids[:, -1] = parent.config.eos_token_id
+
+    def logits(model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=ids, decoder_input_ids=decoder_ids[:, :1].expand(2, 7)).logits
+
+    want = logits(parent)
+    for grow in (lambda m: grow_ffn(m, 96), lambda m: add_heads(m, 8)):
+        torch.testing.assert_close(logits(grow(parent)[0]), want, rtol=0, atol=1e-9)
+    child, report = grow_width(parent, 64)
+    torch.testing.assert_close(logits(child), want, rtol=0, atol=1e-9)
+    assert any("load_grown" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    torch.testing.assert_close(logits(load_grown(tmp_path).eval()), want, rtol=0, atol=1e-9)

@@ -25,7 +25,7 @@ Every operation keeps the config describing the child (T5: ``d_ff``, ``num_heads
 ``encoder_attention_heads``/``decoder_attention_heads``), also in the stacks' own copies of it,
 where one value covers what it sizes; else :func:`.hf_config.sync_config` marks it for
 :func:`~netmorph_core.torch.load_grown`. The default probe holds token ids (2, 8), their
-attention mask and decoder ids (2, 6) of other tokens.
+attention mask and decoder ids (2, 8) of other tokens (:func:`probe_inputs`).
 """
 
 from __future__ import annotations
@@ -60,16 +60,18 @@ from .transformer import (
 )
 from .transformer_layout import Block, Layout, as_matrix
 
-SEQ_LEN, DECODER_LEN = 8, 6
+SEQ_LEN = 8
 #: The relative attention bias (buckets × heads) of T5's block 0 self-attention (UMT5: every
 #: block's).
 T5_BIAS = "relative_attention_bias"
 
 
 def probe_inputs(model: nn.Module, es: EncoderDecoder) -> tuple[torch.Tensor, ...]:
-    """Token ids (B, 8) and, with a decoder, the attention mask and decoder ids (B, 6) of
+    """Token ids (B, 8) and, with a decoder, the attention mask and decoder ids (B, 8) of
     other tokens, in the order of ``model.forward``'s parameters (B = 2, or 1 above
-    :data:`~.pipeline.WHOLE_COPY_LIMIT` parameters)."""
+    :data:`~.pipeline.WHOLE_COPY_LIMIT` parameters). Each row of ids ends in the config's
+    end-of-sequence token, found nowhere else (sequence-classification heads read the
+    decoder's stream there, at the same positions)."""
     batch = 1 if count_parameters(model) > WHOLE_COPY_LIMIT else 2
     embed = getattr(model.get_submodule(es.stacks[0].prefix), "embed_tokens", None)
     if not isinstance(embed, nn.Embedding):
@@ -78,16 +80,20 @@ def probe_inputs(model: nn.Module, es: EncoderDecoder) -> tuple[torch.Tensor, ..
             "default probe is made; pass probe= (the model's positional inputs)"
         )
     device = embed.weight.device
+    vocab = embed.num_embeddings
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, embed.num_embeddings, (batch, SEQ_LEN), generator=gen).to(device)
+    ids = torch.randint(0, vocab, (batch, SEQ_LEN), generator=gen)
+    eos = getattr(es.config, "eos_token_id", None)
+    if isinstance(eos, int) and 0 <= eos < vocab and vocab > 1:
+        ids[ids == eos] = (eos + 1) % vocab
+        ids[:, -1] = eos
+    ids = ids.to(device)
     if es.stack("decoder") is None:
         return (ids,)
     named = {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
-        "decoder_input_ids": torch.randint(
-            0, embed.num_embeddings, (batch, DECODER_LEN), generator=gen
-        ).to(device),
+        "decoder_input_ids": torch.randint(0, vocab, (batch, SEQ_LEN), generator=gen).to(device),
     }
     order = [p for p in inspect.signature(model.forward).parameters if p != "self"][:3]
     if set(order) != set(named):
@@ -432,11 +438,6 @@ def add_block(
     blocks_path = f"{s.prefix}.{s.layout.family.blocks}"
     owns = [_owns_bias(model, s, b) for b in s.layout.blocks]
     shared_bias = owns[0] and not all(owns)  # T5: block 0's bias serves every block
-    if pos == 0 and shared_bias:
-        raise MorphError(
-            f"at={at!r}: '{blocks_path}.0' computes the {s.name}'s relative attention bias "
-            "for every block; a new block cannot go before it (insert at position 1 or later)"
-        )
     template = s.layout.blocks[min(pos, n - 1)]
     hidden = as_matrix(model.get_submodule(template.name(s.layout.family.ffn_out))).shape[1]
     layouts = [lay for lay in (s.layout, s.cross) if lay is not None]
@@ -449,11 +450,13 @@ def add_block(
     def build(child: nn.Module) -> Outcome:
         blocks = child.get_submodule(blocks_path)
         block = copy.deepcopy(blocks[min(pos, n - 1)])
-        for m in block.modules() if shared_bias else ():  # a copy of block 0 (of one block)
+        blocks.insert(pos, block)
+        # T5: the stack's bias table stays in (or moves to) the new block 0, which computes
+        # it for every block as block 0 did; any other copy of it is dropped
+        for m in blocks[1 if pos == 0 else pos].modules() if shared_bias else ():
             if getattr(m, "has_relative_attention_bias", False) is True:
                 m.has_relative_attention_bias = False
                 del m.relative_attention_bias
-        blocks.insert(pos, block)
         for i, b in enumerate(blocks):
             for m in b.modules():
                 if isinstance(getattr(m, "layer_idx", None), int):
@@ -475,7 +478,11 @@ def add_block(
                 continue
             i, _, rest = name[offset:].partition(".")
             j = int(i)
-            if j == pos:
+            if j == pos and T5_BIAS in rest:  # the stack's table, moved to the new block 0
+                sources[name] = ParamSource(
+                    f"{template.prefix}.{rest}", f"{template.prefix}.{rest}"
+                )
+            elif j == pos:
                 sources[name] = ParamSource(None, f"{template.prefix}.{rest}")
             elif j > pos:
                 old = f"{blocks_path}.{j - 1}.{rest}"
@@ -494,7 +501,11 @@ def add_block(
                 "the self-attention's heads read a relative bias per head: zero output columns"
             )
         outcome = edit.outcome(notes)
-        fresh = [p for name, p in child.named_parameters() if name.startswith(f"{new.prefix}.")]
+        fresh = [
+            p
+            for name, p in child.named_parameters()
+            if name.startswith(f"{new.prefix}.") and T5_BIAS not in name
+        ]
         outcome.new_total = sum(p.numel() for p in fresh)
         outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
         return outcome

@@ -137,9 +137,9 @@ class Stack:
 class EncoderDecoder:
     """A recognised encoder–decoder (or T5's encoder alone): ``kind`` ("t5"/"bart": the
     layout), its ``model_type`` (the config's, else the class name), the ``owner`` prefix of
-    its stacks, the ``stacks`` (encoder first), the output ``head`` (None when the model
-    returns the decoder's stream), whether the head is ``tied`` to the shared embedding, and
-    the model ``config``."""
+    its stacks, the ``stacks`` (encoder first), the output ``head`` (the layer reading the
+    decoder's stream; None when the model returns the stream), whether the head is ``tied``
+    to the shared embedding, and the model ``config``."""
 
     kind: str
     model_type: str
@@ -272,6 +272,22 @@ def _cross_attention(model: nn.Module) -> str | None:
     )
 
 
+def _head(model: nn.Module, owner: str, d: int) -> str | None:
+    """The output head's layer that reads the decoder's stream: ``lm_head``, else the first
+    Linear of d inputs in a module of the root beside the stacks' owner (BART's and T5's
+    ``classification_head.dense``, ``qa_outputs``); None when the model returns the stream."""
+    if isinstance(_get(model, "lm_head"), nn.Linear):
+        return "lm_head"
+    beside = {owner.partition(".")[0]} if owner else {"encoder", "decoder"}
+    for name, child in model.named_children():
+        if name in beside:
+            continue
+        for rel, m in child.named_modules():
+            if isinstance(m, nn.Linear) and m.in_features == d:
+                return f"{name}.{rel}" if rel else name
+    return None
+
+
 def describe_encoder_decoder(model: nn.Module) -> EncoderDecoder | None:
     """The :class:`EncoderDecoder` of a T5/BART model (or T5's encoder alone); None for a
     model with neither stacks of these layouts nor cross-attention; MorphError naming the
@@ -325,7 +341,7 @@ def describe_encoder_decoder(model: nn.Module) -> EncoderDecoder | None:
     d = stacks[0].layout.d_model
     if any(s.layout.d_model != d for s in stacks):
         raise MorphError(f"{type(model).__name__}: the stacks' widths differ; refused")
-    head = "lm_head" if isinstance(_get(model, "lm_head"), nn.Linear) else None
+    head = _head(model, owner, d)
     shared = _get(model, f"{owner}.shared" if owner else "shared")
     tied = bool(
         head is not None

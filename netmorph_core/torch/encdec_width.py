@@ -8,13 +8,14 @@ cross-attention reads the encoder's output, so both streams become x̃ = [x; …
   cross-attention and feed-forward output projection) repeat their rows, a = 0 under T5's
   RMSNorm (no mean);
 - readers (q/k/v of self-attention, q of cross-attention, k/v of cross-attention, which read the
-  encoder's output [y; …; y; 0], feed-forward inputs, an untied ``lm_head``) get k column
+  encoder's output [y; …; y; 0], feed-forward inputs, an untied head's layer reading the
+  decoder's stream: ``lm_head``, ``classification_head.dense``) get k column
   blocks summing to W and random columns on the extra coordinates;
 - every norm gets γ·√(kd/D') on the copies and eps·kd/D' (T5), so its output is unchanged
   there and zero on the extra coordinates;
 - the encoder's output, which the model also returns, becomes [y; …; y; 0]: the
-  measurement compares the logits and each d-wide part of it with the parent's y (zero on the
-  extra coordinates);
+  measurement compares the other outputs (the logits) and each d-wide part of it with the
+  parent's (zero on the extra coordinates);
 - a head tied to the shared embedding reads k copies: the decoder's last norm is divided by
   k; T5's ``scale_decoder_outputs`` multiplies the decoder output by ``model_dim``^−½, which
   becomes D'^−½, so that norm is also multiplied by √(D'/d).
@@ -22,8 +23,8 @@ cross-attention reads the encoder's output, so both streams become x̃ = [x; …
 The BART layout normalises with LayerNorm (after each residual sum in BART and Marian, before
 each branch in MBart and Pegasus): only whole copies (D' = k·d) are made, which keep
 LayerNorm's output, LN([x; …; x]) = [LN(x); …; LN(x)] with the same eps. A model that returns
-the stream itself (``T5Model``, ``BartModel``, ``T5EncoderModel``) or whose head is not an
-``lm_head`` is refused.
+the stream itself (``T5Model``, ``BartModel``, ``T5EncoderModel``: no head reading the
+decoder's stream) is refused.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .. import _validation as v
 from .encdec_layout import EncoderDecoder
 from .errors import MorphError
 from .pipeline import Request, run
-from .report import MorphReport, Outcome, state_bytes
+from .report import MorphReport, Outcome, outputs_of, state_bytes
 from .support import check_subtree
 from .transformer import (
     _edit_bytes,
@@ -157,8 +158,9 @@ def grow_width(
         )
     if es.stack("decoder") is None or es.head is None:
         raise MorphError(
-            f"d_model={d_model}: {type(model).__name__} returns the residual stream itself (no "
-            "lm_head); grow the width of a model with an output head"
+            f"d_model={d_model}: {type(model).__name__} returns the residual stream itself "
+            "(no decoder, or no head reading the decoder's stream); grow the width of a model "
+            "with an output head"
         )
     if inplace:
         raise MorphError(
@@ -278,14 +280,14 @@ def grow_width(
     child.__class__ = type(model)
     note = (
         f"encoder_last_hidden_state is now {d_model} wide: the parent's repeated {copies} "
-        f"times, then {extra} zeros (measured so, with the logits)"
+        f"times, then {extra} zeros (measured so, with the other outputs)"
     )
     return child, dataclasses.replace(report, notes=(*report.notes, note))
 
 
 def _measured(model: nn.Module, d: int, copies: int, extra: int) -> nn.Module:
     """A shallow copy of ``model`` (the same modules) whose class returns what the child must
-    keep: the logits and the encoder's output as the child holds it, [y; …; y; 0]: the
+    keep: its outputs (the logits) and the encoder's output as the child holds it, [y; …; y; 0]: the
     parent's y repeated ``copies`` times and ``extra`` zeros, the child's split into its d-wide
     copies and the rest (the measurement compares them with the parent's, exactly)."""
     cls = type(model)
@@ -297,7 +299,8 @@ def _measured(model: nn.Module, d: int, copies: int, extra: int) -> nn.Module:
             parts = [y] * copies + [y.new_zeros((*y.shape[:-1], extra))]
         else:
             parts = [y[..., j * d : (j + 1) * d] for j in range(copies)] + [y[..., copies * d :]]
-        return (out.logits, *parts[: copies + (extra > 0)])
+        rest = [t for k, t in out.items() if k != "encoder_last_hidden_state"]
+        return (*outputs_of(rest), *parts[: copies + (extra > 0)])
 
     view = copy.copy(model)
     view.__class__ = type(cls.__name__, (cls,), {"forward": forward})
