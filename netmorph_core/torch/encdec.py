@@ -536,10 +536,13 @@ def deepen_projection(
     inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """:func:`.transformer.deepen_projection`, measured on :func:`probe_inputs` for an
-    encoder–decoder when no probe is given."""
-    es = describe_encoder_decoder(model)
-    if es is not None and probe is None:
-        probe = probe_inputs(model, es)
+    encoder–decoder when no probe is given (one that makes none is measured as before)."""
+    if probe is None:
+        try:
+            es = describe_encoder_decoder(model)
+            probe = None if es is None else probe_inputs(model, es)
+        except MorphError:  # another layout, or no token ids: the model's own inputs
+            probe = None
     return transformer.deepen_projection(
         model, at, width=width, probe=probe, tol=tol, seed=seed, inplace=inplace
     )
