@@ -13,10 +13,12 @@ of its blocks, so the block edits are the decoder-only ones:
   bias (buckets × heads, in block 0 of a stack, passed on to every later block) gets a zero
   column per new head, the same for every head of a set; it is one table per stack, so a
   stack grows whole or not at all. T5 has no 1/√d_kv scale and an explicit ``d_kv``.
-- :func:`add_block` — T5 (pre-RMSNorm): a new block whose branches add zero; its self-attention
-  reads the stack's per-head relative bias, so its heads get zero output columns, while its
-  cross-attention and feed-forward units come in cancelling sets. Position 0 of a stack (the
-  block owning the relative bias) is refused; BART (post-LayerNorm) is refused.
+- :func:`add_block` — T5 (pre-RMSNorm) and the pre-LN BART layouts (MBart, Pegasus): a new
+  block whose branches add zero; T5's self-attention reads the stack's per-head relative bias,
+  so its heads get zero output columns, while its cross-attention and feed-forward units come
+  in cancelling sets. At a T5 stack's position 0 the new block takes over the bias table
+  (block 0 computes the bias for every block). BART (post-LayerNorm) is refused.
+- :func:`grow_width` — both stacks (:mod:`.encdec_width`).
 - :func:`deepen_projection` — :func:`.transformer.deepen_projection` with the encoder–decoder
   probe.
 
@@ -390,7 +392,7 @@ def _position(es: EncoderDecoder, at: object) -> tuple[Stack, int]:
     if isinstance(at, str):
         name, _, pos = at.partition(".")
         s = es.stack(name)
-        if s is None or not pos.isdigit() or int(pos) > len(s):
+        if s is None or not (pos.isascii() and pos.isdigit()) or int(pos) > len(s):
             stacks = ", ".join(f"'{t.name}.0' … '{t.name}.{len(t)}'" for t in es.stacks)
             raise ValueError(f"at={at!r} must name a stack position: {stacks}")
         return s, int(pos)
