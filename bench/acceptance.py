@@ -12,7 +12,9 @@ add_heads, grow_width, add_block, deepen_projection). Each case runs in a forked
 time limit and is classified (:func:`classify`):
 
 - ``exact``: a child whose float64 deviation from the parent, measured here on our own inputs,
-  is ≤ 1e-9, with the parent bitwise unchanged; or, on a model whose own float64 rounding
+  is ≤ 1e-9, with the parent bitwise unchanged (after ``grow_width``, an output whose last axis
+  grew from d to D' = k·d + r — an encoder–decoder's encoder output — must be the parent's
+  [y; …; y; 0]); or, on a model whose own float64 rounding
   already moves its output by more (:func:`rounding_noise`, e.g. random-weight EfficientNet-V2
   with activations ~1e5), ≤ 10× that noise, marked "within noise" and counted apart;
 - ``refused``: MorphError/ValueError/TypeError whose message names the layer, the model or
@@ -193,14 +195,25 @@ def rounding_noise(model: nn.Module, x: torch.Tensor) -> float:
     return max(float((n - c).abs().max() / c.abs().max()) for n, c in zip(noisy, clean))
 
 
-def deviation(parent: nn.Module, child: nn.Module, x: torch.Tensor) -> float:
-    """max |child − parent| / max |parent| over every floating output, in float64."""
+def lifted(e: torch.Tensor, width: int) -> torch.Tensor:
+    """A stream output y (…, d) as ``grow_width`` to D' = k·d + r makes it under RMSNorm or
+    with whole copies: [y; …; y; 0] (an encoder–decoder's ``encoder_last_hidden_state``)."""
+    copies, extra = divmod(width, e.shape[-1])
+    return torch.cat([e] * copies + [e.new_zeros((*e.shape[:-1], extra))], dim=-1)
+
+
+def deviation(parent: nn.Module, child: nn.Module, x: torch.Tensor, widened: bool = False) -> float:
+    """max |child − parent| / max |parent| over every floating output, in float64;
+    ``widened`` (grow_width): an output whose last axis grew is compared with :func:`lifted`."""
     with torch.no_grad():
         expected, got = leaves(parent(x)), leaves(child(x))
     if len(expected) != len(got) or not expected:
         return float("inf")
     devs = []
     for e, g in zip(expected, got):
+        grew = e.shape[:-1] == g.shape[:-1] and g.shape[-1] > e.shape[-1]
+        if widened and e.dim() and grew:
+            e = lifted(e, g.shape[-1])
         if e.shape != g.shape:
             return float("inf")
         devs.append(float((g - e).abs().max() / e.abs().max().clamp_min(1e-300)))
@@ -325,7 +338,9 @@ def names_for(model: nn.Module, target: str) -> list[str]:
 # Running the cases
 
 
-def _attempt(model: nn.Module, op: Op, x: torch.Tensor, names: list[str], noise: float, conn):
+def _attempt(
+    model: nn.Module, op: Op, x: torch.Tensor, names: list[str], noise: float, widened: bool, conn
+):
     """Child process: run ``op`` on ``model``, measure it on ``x``, send an :class:`Attempt`."""
     torch.set_num_threads(1)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -333,7 +348,7 @@ def _attempt(model: nn.Module, op: Op, x: torch.Tensor, names: list[str], noise:
     try:
         child, _ = op(model)
         child = child.double()
-        a.dev = deviation(model, child, x)
+        a.dev = deviation(model, child, x, widened)
     except (MorphError, ValueError, TypeError) as exc:
         a.error_type, a.error_typed, a.message = type(exc).__name__, True, str(exc)
     except Exception as exc:
@@ -344,12 +359,19 @@ def _attempt(model: nn.Module, op: Op, x: torch.Tensor, names: list[str], noise:
 
 
 def run_case(
-    model: nn.Module, op: Op, x: torch.Tensor, names: list[str], noise: float, timeout: float
+    model: nn.Module,
+    op: Op,
+    x: torch.Tensor,
+    names: list[str],
+    noise: float,
+    timeout: float,
+    widened: bool = False,
 ) -> tuple[Attempt, float]:
-    """(Attempt, seconds): ``op`` run in a forked process, killed after ``timeout`` s."""
+    """(Attempt, seconds): ``op`` run in a forked process, killed after ``timeout`` s;
+    ``widened``: it grows the stream (:func:`deviation`)."""
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_attempt, args=(model, op, x, names, noise, send))
+    proc = ctx.Process(target=_attempt, args=(model, op, x, names, noise, widened, send))
     start = time.perf_counter()
     proc.start()
     send.close()
@@ -414,7 +436,9 @@ def model_cases(spec: ModelSpec, timeout: float, log: Callable[[str], None]) -> 
             )
     cases = []
     for op_name, kind, target, op in plan:
-        attempt, seconds = run_case(model, op, x, names_for(model, target), noise, timeout)
+        widened = op_name.startswith("grow_width")
+        names = names_for(model, target)
+        attempt, seconds = run_case(model, op, x, names, noise, timeout, widened)
         status, detail = classify(attempt)
         case = Case(spec.name, op_name, kind, target, status, detail, attempt.dev, seconds)
         log(f"  {status:8s} {op_name:17s} {kind:15s} {target:40s} {seconds:6.1f}s  {detail[:160]}")

@@ -7,8 +7,10 @@ backbones — at the same tiny sizes and with the same inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from acceptance_models import LM, VISION, ModelSpec, _hf, _timm, _tv, images, tokens
-from thirdparty import import_torchvision
+from thirdparty import import_torchvision, import_transformers
 from torch import nn
 
 
@@ -21,6 +23,27 @@ def _tv_fpn_backbone() -> nn.Module:
     return resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5).body
 
 
+def _t5_on_ids(**config: object) -> Callable[[], nn.Module]:
+    """T5ForConditionalGeneration whose decoder reads the input ids shifted right when no
+    decoder ids are given (this run feeds each model one tensor; BART does the same itself)."""
+
+    def build() -> nn.Module:
+        t = import_transformers()
+
+        class T5OnIds(t.T5ForConditionalGeneration):
+            def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, **kw):
+                if decoder_input_ids is None and input_ids is not None:
+                    decoder_input_ids = self._shift_right(input_ids)
+                return super().forward(input_ids, attention_mask, decoder_input_ids, **kw)
+
+        return T5OnIds(t.T5Config(**config))
+
+    return build
+
+
+T5 = dict(
+    vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
+)
 #: Two hierarchical stages (SegFormer, PVT-v2).
 STAGES = dict(
     num_encoder_blocks=2,
@@ -227,6 +250,28 @@ FAMILY_SPECS: tuple[ModelSpec, ...] = (
             max_position_embeddings=32,
         ),
         TEXT,
+    ),
+    ModelSpec(
+        "hf bart lm",
+        "transformers",
+        _hf(
+            "BartForConditionalGeneration",
+            "BartConfig",
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            vocab_size=100,
+            max_position_embeddings=32,
+        ),
+        TEXT,
+    ),
+    ModelSpec("hf t5", "transformers", _t5_on_ids(**T5), TEXT),
+    ModelSpec(
+        "hf t5 gated", "transformers", _t5_on_ids(**T5, feed_forward_proj="gated-gelu"), TEXT
     ),
     ModelSpec(
         "hf mamba",

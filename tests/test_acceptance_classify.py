@@ -76,3 +76,24 @@ def test_deviation_and_rounding_noise_on_a_tiny_model() -> None:
         child[0].bias.add_(1e-3)
     assert 1e-5 < deviation(parent, child, x) < 1e-2
     assert 0.0 < rounding_noise(parent, x) < 1e-15
+
+
+class _Returns(torch.nn.Module):
+    """Returns its input and its input widened by ``lift``."""
+
+    def __init__(self, lift: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.lift = lift
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.sum(-1), x if self.lift is None else self.lift
+
+
+def test_a_widened_output_is_compared_with_the_lifted_parent() -> None:
+    """After grow_width, an output d → D' = k·d + r must be [y; …; y; 0]."""
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    right = _Returns(torch.cat([x, x, x.new_zeros(2, 3, 1)], dim=-1))
+    wrong = _Returns(torch.cat([x, x.flip(-1), x.new_zeros(2, 3, 1)], dim=-1))
+    assert deviation(_Returns(), right, x, widened=True) == 0.0
+    assert deviation(_Returns(), wrong, x, widened=True) > 0.1
+    assert deviation(_Returns(), right, x) == float("inf")

@@ -1,10 +1,11 @@
-"""Vision encoders with layer scale (DINOv2, BEiT), shared layers (ALBERT) and encoder–decoders.
+"""Vision encoders with layer scale (DINOv2, BEiT) and shared layers (ALBERT).
 
 DINOv2 and BEiT: every operation on a tiny float64 config (d 32, 4 heads, 2 blocks, layer
 scales and norms redrawn so that they matter) computes the parent's logits (1e-9), leaves the
 parent untouched and reloads through ``save_pretrained``: the stock ``from_pretrained`` where
 the config describes the child, else the stock load refuses the marked model_type and
-``load_grown`` rebuilds it. ALBERT and T5/BART are refused by name.
+``load_grown`` rebuilds it. ALBERT is refused by name (encoder–decoders:
+``test_torch_transformer_encdec.py``).
 """
 
 from __future__ import annotations
@@ -302,70 +303,3 @@ def test_albert_shared_layers_are_refused_by_name(grow: Op) -> None:
     with pytest.raises(MorphError, match=f"^{re.escape(ALBERT)}$"):
         grow(parent)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
-
-
-def _bart() -> torch.nn.Module:
-    config = transformers.BartConfig(
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        vocab_size=100,
-        max_position_embeddings=32,
-    )
-    return transformers.BartModel(config).eval()
-
-
-def _t5() -> torch.nn.Module:
-    config = transformers.T5Config(
-        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4
-    )
-    return transformers.T5ForConditionalGeneration(config).eval()
-
-
-def _encoder_decoder(model: str, module: str) -> str:
-    return (
-        f"{model} is an encoder–decoder model ({module!r} attends to the encoder's output: "
-        "cross-attention); the transformer operations do not support encoder–decoder models "
-        "yet; refused"
-    )
-
-
-@pytest.mark.parametrize(
-    ("build", "message"),
-    [
-        (_bart, _encoder_decoder("BartModel", "decoder.layers.0.encoder_attn")),
-        (
-            _t5,
-            _encoder_decoder(
-                "T5ForConditionalGeneration", "decoder.block.0.layer.1.EncDecAttention"
-            ),
-        ),
-    ],
-)
-@pytest.mark.parametrize(
-    "grow",
-    [
-        lambda m: grow_ffn(m, 128),
-        lambda m: add_heads(m, 8),
-        lambda m: grow_width(m, 64),
-        lambda m: add_block(m, 1),
-    ],
-)
-def test_encoder_decoders_are_refused_by_name(
-    build: Callable[[], torch.nn.Module], message: str, grow: Op
-) -> None:
-    with pytest.raises(MorphError, match=f"^{re.escape(message)}$"):
-        grow(build())
-
-
-def test_an_encoder_alone_is_not_an_encoder_decoder() -> None:
-    """T5EncoderModel keeps its config's is_encoder_decoder flag but has no decoder."""
-    config = transformers.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2)
-    encoder = transformers.T5EncoderModel(config).eval()
-    with pytest.raises(MorphError) as err:
-        grow_ffn(encoder, 128)
-    assert "encoder–decoder" not in str(err.value)

@@ -37,6 +37,7 @@ torchvision, timm and transformers importable (:mod:`.torchvision_ops`).
 
 from .activation import PActivation
 from .depth import deepen
+from .encdec import deepen_projection
 from .errors import MorphError
 from .hf_load import load_grown
 from .module import MorphedModule, morph_module
@@ -48,7 +49,7 @@ from .samepad import DynamicSamePad, register_same_padding_conv
 from .subnet import StackedBranches, morph_stacked, morph_subnet
 from .torchvision_ops import declare_missing_operators
 from .tracing import trace_model
-from .transformer import conv1d_to_linear, deepen_projection
+from .transformer import conv1d_to_linear
 
 declare_missing_operators()
 

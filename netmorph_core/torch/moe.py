@@ -66,7 +66,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from . import transformer
+from . import encdec, transformer
 from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .pipeline import Request, run
@@ -490,7 +490,7 @@ def grow_ffn(
                 f"shared_width={shared_width!r}: {type(model).__name__} has no mixture-of-"
                 "experts feed-forward (no shared expert); leave it None"
             )
-        return transformer.grow_ffn(
+        return encdec.grow_ffn(
             model,
             width,
             layers=layers,

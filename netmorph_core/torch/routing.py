@@ -1,8 +1,9 @@
 """The public growth operations, each sent to the implementation for the model's family.
 
 A state-space (Mamba) model goes to :mod:`.ssm`; every other model to the general operation:
-:func:`.moe.grow_ffn` (which sends dense transformers on to :func:`.transformer.grow_ffn`),
-:func:`.transformer.add_heads`, :func:`.transformer.grow_width`, :func:`.transformer.add_block`,
+:func:`.moe.grow_ffn` (which sends dense models on through :func:`.encdec.grow_ffn`),
+:func:`.encdec.add_heads`, :func:`.encdec.grow_width`, :func:`.encdec.add_block` (which send
+models other than encoder–decoders on to :mod:`.transformer`),
 :func:`.kernel.grow_kernel` and :func:`.width.widen` (the last two go to :mod:`.ssm` only where
 the layer ``at`` is a mixer's causal convolution or one of its inner layers). Each takes the
 arguments of the general operation.
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from . import kernel, moe, ssm, transformer
+from . import encdec, kernel, moe, ssm
 from . import width as general_width
 from .errors import MorphError
 from .report import MorphReport
@@ -99,11 +100,11 @@ def add_heads(
     inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The blocks ``layers`` of a transformer get ``heads`` query heads (and ``kv_heads``
-    key/value heads) of the same head_dim (:func:`.transformer.add_heads`); a state-space
+    key/value heads) of the same head_dim (:func:`.encdec.add_heads`); a state-space
     (Mamba) model has none and is refused by name (:func:`.ssm.add_heads`)."""
     if _is_ssm(model):
         return ssm.add_heads(model, heads)
-    return transformer.add_heads(
+    return encdec.add_heads(
         model,
         heads,
         kv_heads=kv_heads,
@@ -128,14 +129,14 @@ def grow_width(
 ) -> tuple[nn.Module, MorphReport]:
     """The residual stream grows from d to ``d_model`` = k·d + r: the writers write
     [x; …; x; a], the norms are rescaled, the readers read k column blocks summing to W
-    (:func:`.transformer.grow_width`; a state-space model: :func:`.ssm.grow_width`)."""
-    op = ssm.grow_width if _is_ssm(model) else transformer.grow_width
+    (:func:`.encdec.grow_width`; a state-space model: :func:`.ssm.grow_width`)."""
+    op = ssm.grow_width if _is_ssm(model) else encdec.grow_width
     return op(model, d_model, noise=noise, probe=probe, tol=tol, seed=seed, inplace=inplace)
 
 
 def add_block(
     model: nn.Module,
-    at: int,
+    at: int | str,
     *,
     method: str = "netmorph",
     probe: object = None,
@@ -144,9 +145,9 @@ def add_block(
     inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """A new block, whose branches add exactly zero, inserted before block ``at`` (``at`` =
-    number of blocks: at the end) (:func:`.transformer.add_block`; a state-space model:
+    number of blocks: at the end) (:func:`.encdec.add_block`; a state-space model:
     :func:`.ssm.add_block`)."""
-    op = ssm.add_block if _is_ssm(model) else transformer.add_block
+    op = ssm.add_block if _is_ssm(model) else encdec.add_block
     return op(model, at, method=method, probe=probe, tol=tol, seed=seed, inplace=inplace)
 
 
