@@ -278,7 +278,6 @@ def test_child_config_rebuilds_the_child(family: str, exact_rmsnorm: None) -> No
             "d_model=45 is not a multiple of 32",
             marks=pytest.mark.thirdparty,
         ),
-        pytest.param("bert", lambda m: add_block(m, 1), "post-LN", marks=pytest.mark.thirdparty),
     ],
 )
 def test_hf_bad_input_is_refused_by_name(family: str, call: object, match: str) -> None:

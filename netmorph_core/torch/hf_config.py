@@ -254,7 +254,8 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     fam = layout.family
     blocks = layout.blocks
     _set(config, ("hidden_size", "n_embd"), layout.d_model)
-    _set(config, ("num_hidden_layers", "n_layer"), len(blocks))
+    if not fam.shared:  # shared blocks (ALBERT): the layer count is the depth
+        _set(config, ("num_hidden_layers", "n_layer"), len(blocks))
     heads = _one([b.heads for b in blocks])
     if heads is not None:
         _set(config, ("num_attention_heads", "n_head"), heads)

@@ -38,12 +38,20 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
+from .hf_embeddings import input_embedding
 from .pipeline import WHOLE_COPY_LIMIT, Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
 from .support import check_subtree
 from .surgery import count_parameters, find_layer, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
+from .transformer_postln import plan as post_ln_plan
+from .transformer_projection import (
+    embedding_projection,
+    follow_embedding_size,
+    stream_norms,
+    stream_writers,
+)
 from .transformer_trace import KV_ATTRS, qkv_rows
 
 METHODS = ("netmorph", "zero")
@@ -221,6 +229,8 @@ def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]
     batch = 1 if count_parameters(model) > WHOLE_COPY_LIMIT else 2
     gen = torch.Generator().manual_seed(0)
     first = model.get_submodule(layout.name(layout.family.writers[0]))
+    if not isinstance(first, nn.Embedding) and isinstance(input_embedding(model), nn.Embedding):
+        first = input_embedding(model)  # ALBERT: the stream's writer is a projection
     like = next(model.parameters())
     if isinstance(first, nn.Embedding):
         ids = torch.randint(0, first.num_embeddings, (batch, SEQ_LEN), generator=gen)
@@ -881,7 +891,7 @@ def _norm_names(model: nn.Module, layout: Layout) -> tuple[list[str], list[str],
     input is a branch written like the stream); and the final norm."""
     fam = layout.family
     norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
-    norms += [layout.name(rel) for rel in fam.stream_norms]
+    norms += stream_norms(model, layout)
     norms += [layout.name(r) for r in fam.head_norms if _get_module(model, layout.name(r))]
     others = []
     for b in layout.blocks:
@@ -938,7 +948,7 @@ def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) 
             f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {others[0]!r} "
             "normalises a branch, whose extra coordinates would not keep the stream's mean"
         )
-    writes = [layout.name(r) for r in layout.family.stream_norms]
+    writes = stream_norms(model, layout)
     if writes and rescale and layout.norm_kind == "layer":
         raise MorphError(
             f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {writes[0]!r} "
@@ -1016,8 +1026,10 @@ def grow_width(
         if getattr(model.get_submodule(name), "weight", None) is not None
     }
     ratio = copies * d / d_model
+    writers = stream_writers(model, layout)
     edits = (
         *_linears(layout.blocks, (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out)),
+        *(w for w in writers if _exists(model, w) and isinstance(_resolve(model, w), nn.Linear)),
         *stream_readers,
         *([head_reader] if head_reader and not layout.tied else []),
     )
@@ -1035,8 +1047,7 @@ def grow_width(
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
         idx = _stream_index(d, copies, extra)
-        for rel in fam.writers:
-            name = layout.name(rel)
+        for name in writers:
             if not _exists(child, name):
                 continue
             obj = _resolve(child, name)
@@ -1112,6 +1123,7 @@ def grow_width(
         if config is not None:
             heads = layout.blocks[0].heads
             _set_config(config, hidden_size=d_model)
+            follow_embedding_size(config, model, layout, d_model)
             if not fam.derived_head_dim:
                 config.head_dim = layout.blocks[0].head_dim
             elif fam.derived_head_dim and heads * layout.blocks[0].head_dim != d_model:
@@ -1140,11 +1152,10 @@ def grow_width(
 
 
 def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
-    """Every writer the family names must write the stream (width d): a projection between
-    the embeddings and the stream (ELECTRA's embeddings_project) is not followed."""
+    """Every writer of the stream (the family's, or the embedding projection that replaces
+    them: ELECTRA's embeddings_project) must write width d."""
     d = layout.d_model
-    for rel in layout.family.writers:
-        name = layout.name(rel)
+    for name in stream_writers(model, layout):
         if not _exists(model, name):
             continue
         obj = _resolve(model, name)
@@ -1157,16 +1168,17 @@ def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
         if width != d:
             raise MorphError(
                 f"d_model={d_model}: {name!r} writes width {width}, not the stream's {d}: the "
-                "embeddings reach the stream through a layer the adapter does not follow (e.g. "
-                "ELECTRA's embeddings_project); refused"
+                "embeddings reach the stream through a layer the adapter does not follow (no "
+                "one linear layer outside the blocks maps them to the stream's width); refused"
             )
 
 
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     """The layer of the output head that reads the stream: the head itself, or the first
-    linear layer of a head module (RoBERTa's classifier.dense); None for BERT's classifier,
-    which reads the pooler (a stream reader itself)."""
-    if layout.family.name == "bert" and _exists(model, layout.name("pooler.dense")):
+    linear layer of a head module (RoBERTa's classifier.dense); None for a classifier of a
+    model with a pooler (BERT, ALBERT), which reads the pooler (a stream reader itself)."""
+    pooled = any(_exists(model, layout.name(r)) for r in layout.family.readers)
+    if layout.family.post_ln and pooled and layout.head == "classifier":
         return None
     head = model.get_submodule(layout.head)
     found = None
@@ -1221,19 +1233,25 @@ def add_block(
     ``"netmorph"``: every inner weight dense and random, the heads and hidden units in
     cancelling sets (shared q rows / input rows, output columns ±C), output biases zero.
     ``"zero"``: random inner layers and zero output projections. Norms are copied from the
-    neighbouring block. Post-LN models (BERT) are refused: LN(γ·n + β) ≠ γ·n + β.
+    neighbouring block. Post-LN models (BERT): LN(γ·n + β) ≠ γ·n + β, so the norm before the
+    new block gives its gain and bias to the new block's last norm
+    (:mod:`.transformer_postln`). Blocks shared by several depths (ALBERT) are refused.
     """
     layout = describe(model)
+    if layout.family.shared:
+        raise MorphError(
+            f"at={at!r}: {type(model).__name__} runs its blocks at several depths (shared "
+            "layers); a new block of its own at one depth is not a layer its config can "
+            "describe (one layer count, every depth running the shared blocks); refused"
+        )
     method = _method(method)
     n = len(layout.blocks)
     at = v.as_int(at, "at", f"a block index in [0, {n}]")
     if not 0 <= at <= n:
         raise ValueError(f"at must be a block index in [0, {n}], got {at}")
+    post = None
     if layout.family.post_ln:
-        raise MorphError(
-            f"at={at}: {layout.family.name} normalises after the residual sum (post-LN); a new "
-            "block would apply LayerNorm again, which is not the identity on LN's output"
-        )
+        post = post_ln_plan(model, layout, at, embedding_projection(model, layout))
     template = layout.blocks[min(at, n - 1)]
     template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
@@ -1290,6 +1308,9 @@ def add_block(
             config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
         _insert_attention_type(child, config, at, n)
         notes = []
+        if post is not None:
+            edit.sources.update(post.apply(child, new_block.prefix))
+            notes += post.notes()
         if layout.family.alibi:
             notes.append("ALiBi: every head has its own slope: zero attention output columns")
         elif lonely and method == "netmorph":
@@ -1311,7 +1332,8 @@ def add_block(
         inplace,
         edits=edits,
         copies=(template.prefix,),
-        regions=(region,),
+        # post-LN: the block before the new one changes too; the model is measured whole
+        regions=(region,) if post is None else (),
         new_bytes=new_bytes,
     )
 

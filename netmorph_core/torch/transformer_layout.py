@@ -16,10 +16,13 @@ any decoder that follows their patterns; the found family is cached per block st
   ``lambda_1``/``lambda_2`` and its mean-pooling ``pooler.layernorm``);
 - ``dinov2``/``dinov2-swiglu``: DINOv2 (pre-LayerNorm ``norm1``/``norm2``, layer scales
   ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens; its
-  attention reads ``config.head_dim`` when the config holds one).
+  attention reads ``config.head_dim`` when the config holds one);
+- ``albert``: ALBERT (post-LayerNorm, one layer group ``albert_layer_groups.0`` run at every
+  depth: ``shared``; ``embedding_hidden_mapping_in`` writes the stream; several groups are
+  refused by :func:`.transformer_shared.check_groups`).
 
 Encoder–decoder models (a cross-attention module, or ``config.is_encoder_decoder``) and
-models whose blocks are shared by several depths (ALBERT) are refused by name.
+other models whose blocks run at several depths are refused by name.
 
 The residual stream of width d_model is *written* by the embeddings and each block's output
 projections, *read* by the query/key/value and feed-forward input projections (through a norm
@@ -39,6 +42,7 @@ from torch import nn
 from .errors import MorphError
 from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
+from .transformer_shared import check_groups
 from .transformer_trace import Stack, geometry, head_dim, is_linear, shared_block, trace_stack
 from .wrappers import unsupported_kind
 
@@ -93,6 +97,8 @@ class Family:
     layer-scale gains of a block (relative names of the parameters λ₁, λ₂ in
     x + λ₁⊙attn(n₁(x)), then + λ₂⊙mlp(n₂(x)); absent ones are skipped). ``head_norms``: norms
     of the owner between the stream and the head (BEiT's mean-pooling ``pooler.layernorm``).
+    ``shared``: the blocks run at several depths (ALBERT's layer group): the config's layer
+    count is the depth, not the number of blocks.
     """
 
     name: str
@@ -115,6 +121,7 @@ class Family:
     alibi: bool = False
     scales: tuple[str, ...] = ()
     head_norms: tuple[str, ...] = ()
+    shared: bool = False
 
 
 def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
@@ -209,11 +216,36 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _dinov2("dinov2", ("mlp.fc1",), "mlp.fc2"),
     _dinov2("dinov2-swiglu", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+    Family(  # one layer group run at every depth (num_hidden_groups = 1)
+        "albert",
+        blocks="encoder.albert_layer_groups.0.albert_layers",
+        attention="attention",
+        qkv=("attention.query", "attention.key", "attention.value"),
+        o="attention.dense",
+        ffn_in=("ffn",),
+        ffn_out="ffn_output",
+        norms=("attention.LayerNorm", "full_layer_layer_norm"),
+        writers=("encoder.embedding_hidden_mapping_in",),
+        final_norm=None,
+        readers=("pooler",),
+        post_ln=True,
+        derived_head_dim=True,
+        shared=True,
+    ),
 )
 
 #: Root-level output heads that read the final norm's output (or the stream); ``cls``: BERT's
-#: pre-training and masked-LM heads (``cls.predictions.transform.dense`` reads the stream).
-HEADS = ("lm_head", "classifier", "score", "cls")
+#: pre-training and masked-LM heads (``cls.predictions.transform.dense`` reads the stream);
+#: ALBERT's and ELECTRA's masked-LM and discriminator heads read it through their first layer.
+HEADS = (
+    "lm_head",
+    "classifier",
+    "score",
+    "cls",
+    "predictions",
+    "generator_predictions",
+    "discriminator_predictions",
+)
 
 
 @dataclass(frozen=True)
@@ -304,6 +336,8 @@ def describe(model: nn.Module) -> Layout:
             ffn_in = tuple(n for n in family.ffn_in if _get(first, n) is not None)
             family = _with_ffn_in(family, ffn_in)
             prefix = f"{owner_name}.{family.blocks}" if owner_name else family.blocks
+            if family.shared:
+                check_groups(model, prefix)
             _check_blocks(family, prefix, blocks)
             d_model = as_matrix(first.get_submodule(family.o)).shape[0]
             geo = [_heads(family, b, f"{prefix}.{i}") for i, b in enumerate(blocks)]
