@@ -1,5 +1,6 @@
-"""Post-LayerNorm encoders: BERT, RoBERTa, ELECTRA (embeddings narrower than the stream) and
-ALBERT (one layer shared by every depth), every operation on a tiny float64 config.
+"""Post-LayerNorm encoders: BERT, RoBERTa, ELECTRA (embeddings narrower than the stream),
+DistilBERT and ALBERT (one layer shared by every depth), every operation on a tiny float64
+config.
 
 Each case (d_model 32, 4 heads, 2 blocks, norm gains and biases redrawn so that they matter)
 checks that the child computes the parent's logits (1e-9), that the parent is untouched, and
@@ -71,6 +72,12 @@ FAMILIES: dict[str, tuple[str, str, dict, str]] = {
         dict(num_labels=3, embedding_size=16),
         "electra.encoder.layer.0.attention.self.query",
     ),
+    "DistilBERT": (
+        "DistilBertForSequenceClassification",
+        "DistilBertConfig",
+        dict(num_labels=3, hidden_dim=64, intermediate_size=None),  # None: not passed
+        "distilbert.transformer.layer.0.attention.q_lin",
+    ),
     "ALBERT (embedding_size 16)": (
         "AlbertForMaskedLM",
         "AlbertConfig",
@@ -112,7 +119,8 @@ def _parent(
 ) -> transformers.PreTrainedModel:
     model_name, config_name, args, _ = FAMILIES[family]
     torch.manual_seed(0)
-    config = getattr(transformers, config_name)(**(LM | args | extra))
+    values = {k: v for k, v in (LM | args | extra).items() if v is not None}
+    config = getattr(transformers, config_name)(**values)
     model = getattr(transformers, model_name)(config).eval().to(dtype)
     with torch.no_grad():  # non-trivial norms and biases
         for name, p in model.named_parameters():

@@ -267,7 +267,7 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
         config.head_dim = head_dim
     hidden = _one([as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks])
     if hidden is not None:
-        _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size"), hidden)
+        _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size", "hidden_dim"), hidden)
         if _settable(config, "mlp_ratio") and not hasattr(config, "intermediate_size"):
             ratio = _mlp_ratio(config, layout.d_model, hidden)
             if ratio is not None:

@@ -558,6 +558,7 @@ def _attention_units(
     for attr, value in (
         ("num_heads", new_heads),
         ("num_attention_heads", new_heads),
+        ("n_heads", new_heads),
         ("num_kv_heads", new_kv),
         ("num_key_value_heads", new_kv),
         ("num_key_value_groups", new_rep),
@@ -1304,6 +1305,9 @@ def add_block(
         edit.sources = sources
         config = getattr(child, "config", None)
         _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
+        for module in child.modules():  # DistilBERT's Transformer records its layer count
+            if getattr(module, "n_layers", None) == n and isinstance(module.n_layers, int):
+                module.n_layers = n + 1
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
         _insert_attention_type(child, config, at, n)

@@ -17,6 +17,8 @@ any decoder that follows their patterns; the found family is cached per block st
 - ``dinov2``/``dinov2-swiglu``: DINOv2 (pre-LayerNorm ``norm1``/``norm2``, layer scales
   ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens; its
   attention reads ``config.head_dim`` when the config holds one);
+- ``distilbert``: DistilBERT (post-LayerNorm like BERT: ``transformer.layer[i].attention``
+  ``{q,k,v,out}_lin``, ``ffn.lin1``/``lin2``, ``sa_layer_norm``/``output_layer_norm``);
 - ``albert``: ALBERT (post-LayerNorm, one layer group ``albert_layer_groups.0`` run at every
   depth: ``shared``; ``embedding_hidden_mapping_in`` writes the stream; several groups are
   refused by :func:`.transformer_shared.check_groups`).
@@ -216,6 +218,21 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _dinov2("dinov2", ("mlp.fc1",), "mlp.fc2"),
     _dinov2("dinov2-swiglu", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+    Family(
+        "distilbert",
+        blocks="transformer.layer",
+        attention="attention",
+        qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        o="attention.out_lin",
+        ffn_in=("ffn.lin1",),
+        ffn_out="ffn.lin2",
+        norms=("sa_layer_norm", "output_layer_norm"),
+        writers=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+        final_norm=None,
+        stream_norms=("embeddings.LayerNorm",),
+        post_ln=True,
+        derived_head_dim=True,
+    ),
     Family(  # one layer group run at every depth (num_hidden_groups = 1)
         "albert",
         blocks="encoder.albert_layer_groups.0.albert_layers",
@@ -236,15 +253,18 @@ FAMILIES: tuple[Family, ...] = (
 
 #: Root-level output heads that read the final norm's output (or the stream); ``cls``: BERT's
 #: pre-training and masked-LM heads (``cls.predictions.transform.dense`` reads the stream);
-#: ALBERT's and ELECTRA's masked-LM and discriminator heads read it through their first layer.
+#: ALBERT's, ELECTRA's and DistilBERT's heads read it through their first layer.
 HEADS = (
     "lm_head",
+    "pre_classifier",  # DistilBERT: reads the stream, its classifier reads pre_classifier
     "classifier",
     "score",
     "cls",
     "predictions",
     "generator_predictions",
     "discriminator_predictions",
+    "vocab_transform",
+    "qa_outputs",
 )
 
 
