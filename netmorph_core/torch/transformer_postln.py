@@ -86,7 +86,10 @@ class PostLnNorms:
         """The report's notes on the construction."""
         where = f"{self.previous!r}'s gain and bias moved into the new block's {self.last}"
         if self.gain == 1.0:
-            return [f"post-LN: {where} (relative deviation ≤ {self.deviation:.0e} from eps)"]
+            return [
+                f"post-LN: {where} (relative deviation from eps {self.deviation:.0e} where the "
+                f"variance of {self.previous!r}'s input is {T_MIN:g}, less above)"
+            ]
         return [
             f"post-LN: {where}, scaled by λ = {self.scale:.3g}; {self.previous!r} and the new "
             f"{self.first} have gain {self.gain:.3g} (eps makes c = 1 deviate): exact, but these "
