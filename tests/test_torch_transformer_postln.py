@@ -12,6 +12,7 @@ rebuilds it exactly. :data:`OUTCOMES` is the post-LN table of ``docs/supported.m
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable
@@ -114,14 +115,12 @@ OUTCOMES: dict[tuple[str, str], str] = {
 }
 
 
-def _parent(
-    family: str, dtype: torch.dtype = torch.float64, **extra: object
-) -> transformers.PreTrainedModel:
+def _parent(family: str, **extra: object) -> transformers.PreTrainedModel:
     model_name, config_name, args, _ = FAMILIES[family]
     torch.manual_seed(0)
     values = {k: v for k, v in (LM | args | extra).items() if v is not None}
     config = getattr(transformers, config_name)(**values)
-    model = getattr(transformers, model_name)(config).eval().to(dtype)
+    model = getattr(transformers, model_name)(config).eval().double()
     with torch.no_grad():  # non-trivial norms and biases
         for name, p in model.named_parameters():
             if p.dim() == 1:
@@ -270,17 +269,17 @@ def test_norm_before_the_new_block_moves_its_affine(family: str, gain: float, at
 )
 def test_float32_add_block_rounds_like_the_parent(family: str, at: int) -> None:
     """A float32 child against the float64 parent deviates by at most twice the float32
-    parent's own rounding (on inputs other than the probe)."""
-    parent = _parent(family, torch.float32)
+    parent's own rounding, on inputs other than the probe (16 × 12 token ids: 1.2 at most)."""
     exact = _parent(family)
+    parent = copy.deepcopy(exact).float()
     child, report = add_block(parent, at)
     assert report.noise_ratio <= 2.0, report
     for seed in (2, 3, 4):
-        ids = _ids(seed)
+        ids = torch.randint(0, 100, (16, 12), generator=torch.Generator().manual_seed(seed))
         want = _logits(exact, ids)
         own = float((_logits(parent, ids).double() - want).norm() / want.norm())
         got = float((_logits(child, ids).double() - want).norm() / want.norm())
-        assert got <= 2 * own + 2 * torch.finfo(torch.float32).eps, (seed, got, own)
+        assert 0 < own and got <= 2 * own, (seed, got, own)
 
 
 def test_post_ln_add_block_measured_one_module_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
