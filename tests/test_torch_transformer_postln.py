@@ -396,3 +396,31 @@ class _Shared(nn.Module):
 def test_another_shared_block_is_refused_by_name() -> None:
     with pytest.raises(MorphError, match=re.escape("'stack.0.0' runs 2 times in one forward")):
         grow_ffn(_Shared(), 16)
+
+
+@pytest.mark.parametrize(
+    "model_name",
+    [
+        "BertForPreTraining",
+        "BertForNextSentencePrediction",
+        "ElectraForPreTraining",
+        "ElectraForMaskedLM",
+        "AlbertForPreTraining",
+        "DistilBertForMaskedLM",
+        "DistilBertForQuestionAnswering",
+    ],
+)
+def test_heads_reading_the_stream_or_the_pooler(model_name: str) -> None:
+    """grow_width widens the head layer that reads the stream (masked-LM transform,
+    discriminator, pre-classifier, QA outputs) and leaves a classifier of the pooler alone."""
+    family = next(f for f, spec in FAMILIES.items() if spec[1][:4] == model_name[:4])
+    config_name, args = FAMILIES[family][1], FAMILIES[family][2]
+    values = {k: v for k, v in (LM | args).items() if v is not None and k != "num_labels"}
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(**values)
+    parent = getattr(transformers, model_name)(config).eval().double()
+    child, report = grow_width(parent, 64)
+    assert report.rel_dev_f64 <= 1e-12, report
+    with torch.no_grad():
+        for want, got in zip(parent(_ids()).values(), child(_ids()).values()):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-9)

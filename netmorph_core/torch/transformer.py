@@ -1176,18 +1176,22 @@ def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
 
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     """The layer of the output head that reads the stream: the head itself, or the first
-    linear layer of a head module (RoBERTa's classifier.dense); None for a classifier of a
-    model with a pooler (BERT, ALBERT), which reads the pooler (a stream reader itself)."""
+    linear layer of a head module (RoBERTa's classifier.dense); in a model with a pooler (BERT,
+    ALBERT: a stream reader itself), the first linear layer of the head's masked-LM part
+    (``cls.predictions``), None where it has none (its classifier reads the pooler)."""
+    where = layout.head
     pooled = any(_exists(model, layout.name(r)) for r in layout.family.readers)
-    if layout.family.post_ln and pooled and layout.head == "classifier":
-        return None
-    head = model.get_submodule(layout.head)
+    if layout.family.post_ln and pooled and layout.head != "predictions":
+        where = f"{layout.head}.predictions"
+        if not _exists(model, where):
+            return None
+    head = model.get_submodule(where)
     found = None
     if isinstance(head, nn.Linear) or is_conv1d(head):
-        found = layout.head
+        found = where
     for name, module in head.named_modules():
         if found is None and (isinstance(module, nn.Linear) or is_conv1d(module)):
-            found = f"{layout.head}.{name}"
+            found = f"{where}.{name}"
     if found is not None:
         inputs = as_matrix(model.get_submodule(found)).shape[1]
         if inputs % layout.d_model:
