@@ -1,11 +1,11 @@
-"""Vision encoders with layer scale (DINOv2, BEiT) and shared layers (ALBERT).
+"""Vision encoders with layer scale (DINOv2, BEiT).
 
 DINOv2 and BEiT: every operation on a tiny float64 config (d 32, 4 heads, 2 blocks, layer
 scales and norms redrawn so that they matter) computes the parent's logits (1e-9), leaves the
 parent untouched and reloads through ``save_pretrained``: the stock ``from_pretrained`` where
 the config describes the child, else the stock load refuses the marked model_type and
-``load_grown`` rebuilds it. ALBERT is refused by name (encoder–decoders:
-``test_torch_transformer_encdec.py``).
+``load_grown`` rebuilds it (encoder–decoders: ``test_torch_transformer_encdec.py``; ALBERT's
+shared layers: ``test_torch_transformer_postln.py``).
 """
 
 from __future__ import annotations
@@ -264,42 +264,3 @@ def test_beit_shared_bias_needs_every_block() -> None:
         MorphError, match=re.escape("'beit.shared_position_bias.relative_position_bias_table'")
     ):
         add_heads(wide, 8, layers=0)
-
-
-def _albert() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.AlbertConfig(
-        vocab_size=100,
-        embedding_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    return transformers.AlbertForMaskedLM(config).eval().double()
-
-
-ALBERT = (
-    "AlbertForMaskedLM shares its blocks across depths: "
-    "'albert.encoder.albert_layer_groups.0.albert_layers.0' runs 2 times in one forward pass "
-    "(one module used at several depths, as in ALBERT); the transformer operations do not "
-    "support shared layers yet; refused"
-)
-
-
-@pytest.mark.parametrize(
-    "grow",
-    [
-        lambda m: grow_ffn(m, 128),
-        lambda m: add_heads(m, 8),
-        lambda m: grow_width(m, 64),
-        lambda m: add_block(m, 1),
-    ],
-)
-def test_albert_shared_layers_are_refused_by_name(grow: Op) -> None:
-    parent = _albert()
-    before = {k: v.clone() for k, v in parent.state_dict().items()}
-    with pytest.raises(MorphError, match=f"^{re.escape(ALBERT)}$"):
-        grow(parent)
-    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())

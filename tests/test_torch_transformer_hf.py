@@ -298,7 +298,6 @@ def test_add_heads_the_config_cannot_derive_reloads_with_load_grown(family: str,
             "d_model=45 is not a multiple of 32",
             marks=pytest.mark.thirdparty,
         ),
-        pytest.param("bert", lambda m: add_block(m, 1), "post-LN", marks=pytest.mark.thirdparty),
     ],
 )
 def test_hf_bad_input_is_refused_by_name(family: str, call: object, match: str) -> None:

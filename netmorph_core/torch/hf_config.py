@@ -266,7 +266,8 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     fam = layout.family
     blocks = layout.blocks
     _set(config, ("hidden_size", "n_embd"), layout.d_model)
-    _set(config, ("num_hidden_layers", "n_layer"), len(blocks))
+    if not fam.shared:  # shared blocks (ALBERT): the layer count is the depth
+        _set(config, ("num_hidden_layers", "n_layer"), len(blocks))
     heads = _one([b.heads for b in blocks])
     head_dim = _one([b.head_dim for b in blocks])
     kv = _one([b.kv_heads for b in blocks])
@@ -284,7 +285,7 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
         setattr(config, fam.head_dim_field, head_dim)
     hidden = _one([as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks])
     if hidden is not None:
-        _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size"), hidden)
+        _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size", "hidden_dim"), hidden)
         if _settable(config, "mlp_ratio") and not hasattr(config, "intermediate_size"):
             ratio = _mlp_ratio(config, layout.d_model, hidden)
             if ratio is not None:

@@ -39,6 +39,7 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
+from .hf_embeddings import input_embedding
 from .pipeline import WHOLE_COPY_LIMIT, Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -46,6 +47,13 @@ from .support import check_subtree
 from .surgery import count_parameters, find_layer, gather, replace_module
 from .tracing import default_inputs
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
+from .transformer_postln import plan as post_ln_plan
+from .transformer_projection import (
+    embedding_projection,
+    follow_embedding_size,
+    stream_norms,
+    stream_writers,
+)
 from .transformer_trace import KV_ATTRS, qkv_rows
 
 METHODS = ("netmorph", "zero")
@@ -231,6 +239,8 @@ def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]
         return tuple(t[:batch] for t in found)
     gen = torch.Generator().manual_seed(0)
     first = model.get_submodule(layout.name(layout.family.writers[0]))
+    if not isinstance(first, nn.Embedding) and isinstance(input_embedding(model), nn.Embedding):
+        first = input_embedding(model)  # ALBERT: the stream's writer is a projection
     like = next(model.parameters())
     if isinstance(first, nn.Embedding):
         ids = torch.randint(0, first.num_embeddings, (batch, SEQ_LEN), generator=gen)
@@ -559,6 +569,7 @@ def _attention_units(
     for attr, value in (
         ("num_heads", new_heads),
         ("num_attention_heads", new_heads),
+        ("n_heads", new_heads),
         ("num_kv_heads", new_kv),
         ("num_key_value_heads", new_kv),
         ("num_key_value_groups", new_rep),
@@ -942,7 +953,7 @@ def _norm_names(model: nn.Module, layout: Layout) -> tuple[list[str], list[str],
     input is a branch written like the stream); and the final norm."""
     fam = layout.family
     norms = [b.name(rel) for b in layout.blocks for rel in fam.norms]
-    norms += [layout.name(r) for r in fam.stream_norms if _get_module(model, layout.name(r))]
+    norms += stream_norms(model, layout)
     norms += [layout.name(r) for r in fam.head_norms if _get_module(model, layout.name(r))]
     others = []
     for b in layout.blocks:
@@ -999,9 +1010,7 @@ def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) 
             f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {others[0]!r} "
             "normalises a branch, whose extra coordinates would not keep the stream's mean"
         )
-    writes = [
-        layout.name(r) for r in layout.family.stream_norms if _get_module(model, layout.name(r))
-    ]
+    writes = stream_norms(model, layout)
     if writes and rescale and layout.norm_kind == "layer":
         raise MorphError(
             f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {writes[0]!r} "
@@ -1089,8 +1098,10 @@ def grow_width(
     side_readers = tuple(
         rel for rel in fam.head_rows if _get_module(model, layout.blocks[0].name(rel)) is not None
     )
+    writers = stream_writers(model, layout)
     edits = (
         *_linears(layout.blocks, (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out, *side_readers)),
+        *(w for w in writers if _exists(model, w) and isinstance(_resolve(model, w), nn.Linear)),
         *stream_readers,
         *([head_reader] if head_reader and not layout.tied else []),
     )
@@ -1108,8 +1119,7 @@ def grow_width(
     def build(child: nn.Module) -> Outcome:
         edit = _Editor(child, seed)
         idx = _stream_index(d, copies, extra)
-        for rel in fam.writers:
-            name = layout.name(rel)
+        for name in writers:
             if not _exists(child, name):
                 continue
             obj = _resolve(child, name)
@@ -1185,6 +1195,7 @@ def grow_width(
         if config is not None:
             heads = layout.blocks[0].heads
             _set_config(config, hidden_size=d_model)
+            follow_embedding_size(config, model, layout, d_model)
             if not fam.derived_head_dim:
                 setattr(config, fam.head_dim_field, layout.blocks[0].head_dim)
             elif heads * layout.blocks[0].head_dim != d_model:
@@ -1230,11 +1241,10 @@ def _check_fixed_width(model: nn.Module, layout: Layout, what: str) -> None:
 
 
 def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
-    """Every writer the family names must write the stream (width d): a projection between
-    the embeddings and the stream (ELECTRA's embeddings_project) is not followed."""
+    """Every writer of the stream (the family's, or the embedding projection that replaces
+    them: ELECTRA's embeddings_project) must write width d."""
     d = layout.d_model
-    for rel in layout.family.writers:
-        name = layout.name(rel)
+    for name in stream_writers(model, layout):
         if not _exists(model, name):
             continue
         obj = _resolve(model, name)
@@ -1247,24 +1257,32 @@ def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
         if width != d:
             raise MorphError(
                 f"d_model={d_model}: {name!r} writes width {width}, not the stream's {d}: the "
-                "embeddings reach the stream through a layer the adapter does not follow (e.g. "
-                "ELECTRA's embeddings_project); refused"
+                "embeddings reach the stream through a layer the adapter does not follow (no "
+                "one linear layer outside the blocks maps them to the stream's width); refused"
             )
 
 
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     """The layer of the output head that reads the stream: the head itself, or the first
-    linear layer of a head module (RoBERTa's classifier.dense); None for BERT's classifier,
-    which reads the pooler (a stream reader itself)."""
-    if layout.family.pooled_head and _owned(model, layout, "pooler.dense"):
+    linear layer of a head module (RoBERTa's classifier.dense); in a model with a pooler (BERT,
+    ALBERT, DeBERTa: a stream reader itself), the first linear layer of the head's masked-LM
+    part (``cls.predictions``), None where it has none (its classifier reads the pooler)."""
+    where = layout.head
+    pooled = layout.family.pooled_head and _owned(model, layout, "pooler.dense") is not None
+    pooled = pooled or any(_exists(model, layout.name(r)) for r in layout.family.readers)
+    if layout.family.post_ln and pooled and layout.head != "predictions":
+        where = f"{layout.head}.predictions"
+        if not _exists(model, where):
+            return None
+    elif layout.family.pooled_head and pooled:
         return None
-    head = model.get_submodule(layout.head)
+    head = model.get_submodule(where)
     found = None
     if isinstance(head, nn.Linear) or is_conv1d(head):
-        found = layout.head
+        found = where
     for name, module in head.named_modules():
         if found is None and (isinstance(module, nn.Linear) or is_conv1d(module)):
-            found = f"{layout.head}.{name}"
+            found = f"{where}.{name}"
     if found is not None:
         inputs = as_matrix(model.get_submodule(found)).shape[1]
         if inputs % layout.d_model:
@@ -1317,19 +1335,25 @@ def add_block(
     ``"netmorph"``: every inner weight dense and random, the heads and hidden units in
     cancelling sets (shared q rows / input rows, output columns ±C), output biases zero.
     ``"zero"``: random inner layers and zero output projections. Norms are copied from the
-    neighbouring block. Post-LN models (BERT) are refused: LN(γ·n + β) ≠ γ·n + β.
+    neighbouring block. Post-LN models (BERT): LN(γ·n + β) ≠ γ·n + β, so the norm before the
+    new block gives its gain and bias to the new block's last norm
+    (:mod:`.transformer_postln`). Blocks shared by several depths (ALBERT) are refused.
     """
     layout = describe(model)
+    if layout.family.shared:
+        raise MorphError(
+            f"at={at!r}: {type(model).__name__} runs its blocks at several depths (shared "
+            "layers); a new block of its own at one depth is not a layer its config can "
+            "describe (one layer count, every depth running the shared blocks); refused"
+        )
     method = _method(method)
     n = len(layout.blocks)
     at = v.as_int(at, "at", f"a block index in [0, {n}]")
     if not 0 <= at <= n:
         raise ValueError(f"at must be a block index in [0, {n}], got {at}")
+    post = None
     if layout.family.post_ln:
-        raise MorphError(
-            f"at={at}: {layout.family.name} normalises after the residual sum (post-LN); a new "
-            "block would apply LayerNorm again, which is not the identity on LN's output"
-        )
+        post = post_ln_plan(model, layout, at, embedding_projection(model, layout))
     _check_fixed_width(model, layout, f"at={at}")
     template = layout.blocks[min(at, n - 1)]
     template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
@@ -1383,10 +1407,16 @@ def add_block(
         edit.sources = sources
         config = getattr(child, "config", None)
         _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
+        for module in child.modules():  # DistilBERT's Transformer records its layer count
+            if getattr(module, "n_layers", None) == n and isinstance(module.n_layers, int):
+                module.n_layers = n + 1
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
         _insert_attention_type(child, config, at, n)
         notes = []
+        if post is not None:
+            edit.sources.update(post.apply(child, new_block.prefix))
+            notes += post.notes()
         if layout.family.alibi:
             notes.append("ALiBi: every head has its own slope: zero attention output columns")
         elif lonely and method == "netmorph":
@@ -1408,7 +1438,8 @@ def add_block(
         inplace,
         edits=edits,
         copies=(template.prefix,),
-        regions=(region,),
+        # post-LN: the block before the new one changes too; the model is measured whole
+        regions=(region,) if post is None else (),
         new_bytes=new_bytes,
     )
 

@@ -19,9 +19,14 @@ any decoder that follows their patterns; the found family is cached per block st
   attention reads ``config.head_dim`` when the config holds one);
 - ``modernbert`` (and ``modernbert-decoder``), ``deberta-v2``, ``deberta``, ``mpnet``: the
   encoders of :mod:`.encoder_families`.
+- ``distilbert``: DistilBERT (post-LayerNorm like BERT: ``transformer.layer[i].attention``
+  ``{q,k,v,out}_lin``, ``ffn.lin1``/``lin2``, ``sa_layer_norm``/``output_layer_norm``);
+- ``albert``: ALBERT (post-LayerNorm, one layer group ``albert_layer_groups.0`` run at every
+  depth: ``shared``; ``embedding_hidden_mapping_in`` writes the stream; several groups are
+  refused by :func:`.transformer_shared.check_groups`).
 
 Encoder–decoder models (a cross-attention module, or ``config.is_encoder_decoder``) and
-models whose blocks are shared by several depths (ALBERT) are refused by name.
+other models whose blocks run at several depths are refused by name.
 
 The residual stream of width d_model is *written* by the embeddings and each block's output
 projections, *read* by the query/key/value and feed-forward input projections (through a norm
@@ -42,6 +47,7 @@ from .encoder_families import ENCODER_FAMILIES
 from .errors import MorphError
 from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
+from .transformer_shared import check_groups
 from .transformer_trace import Stack, geometry, head_dim, is_linear, shared_block, trace_stack
 from .wrappers import unsupported_kind
 
@@ -105,6 +111,8 @@ class Family:
     (DeBERTa's relative-position embeddings); ``fixed_width``: modules of the owner or root
     that keep the stream's width (grow_width and add_block refuse naming them);
     ``head_dim_field``: the config field that records head_dim.
+    ``shared``: the blocks run at several depths (ALBERT's layer group): the config's layer
+    count is the depth, not the number of blocks.
     """
 
     name: str
@@ -133,6 +141,7 @@ class Family:
     side_inputs: tuple[str, ...] = ()
     fixed_width: tuple[str, ...] = ()
     head_dim_field: str = "head_dim"
+    shared: bool = False
 
 
 def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
@@ -275,14 +284,42 @@ FAMILIES: tuple[Family, ...] = (
         derived_head_dim=True,
     ),
     *(Family(**entry) for entry in ENCODER_FAMILIES),  # ModernBERT, DeBERTa, MPNet
+    Family(  # one layer group run at every depth (num_hidden_groups = 1)
+        "albert",
+        blocks="encoder.albert_layer_groups.0.albert_layers",
+        attention="attention",
+        qkv=("attention.query", "attention.key", "attention.value"),
+        o="attention.dense",
+        ffn_in=("ffn",),
+        ffn_out="ffn_output",
+        norms=("attention.LayerNorm", "full_layer_layer_norm"),
+        writers=("encoder.embedding_hidden_mapping_in",),
+        final_norm=None,
+        readers=("pooler",),
+        post_ln=True,
+        derived_head_dim=True,
+        shared=True,
+    ),
 )
 
-#: Root-level output heads that read the final norm's output (or the stream):
-#: ``pre_classifier`` (DistilBERT) and ``projector`` (Whisper's audio classifier) come before
-#: the classifier they feed; ``cls``: BERT's pre-training and masked-LM heads
-#: (``cls.predictions.transform.dense`` reads the stream); ``qa_outputs``: question-answering
-#: span heads (start and end logits per token).
-HEADS = ("lm_head", "pre_classifier", "projector", "classifier", "score", "cls", "qa_outputs")
+#: Root-level output heads that read the final norm's output (or the stream): ``cls``: BERT's
+#: pre-training and masked-LM heads (``cls.predictions.transform.dense`` reads the stream);
+#: ALBERT's, ELECTRA's and DistilBERT's heads and Whisper's audio classifier read it through
+#: their first layer, which comes before the classifier it feeds; ``qa_outputs``:
+#: question-answering span heads (start and end logits per token).
+HEADS = (
+    "lm_head",
+    "pre_classifier",  # DistilBERT: reads the stream, its classifier reads pre_classifier
+    "projector",  # Whisper's audio classifier
+    "classifier",
+    "score",
+    "cls",
+    "predictions",
+    "generator_predictions",
+    "discriminator_predictions",
+    "vocab_transform",
+    "qa_outputs",
+)
 
 
 @dataclass(frozen=True)
@@ -375,6 +412,8 @@ def describe(model: nn.Module) -> Layout:
             ffn_in = tuple(n for n in family.ffn_in if _get(first, n) is not None)
             family = _with_ffn_in(family, ffn_in)
             prefix = f"{owner_name}.{family.blocks}" if owner_name else family.blocks
+            if family.shared:
+                check_groups(model, prefix)
             _check_blocks(family, prefix, blocks)
             d_model = as_matrix(first.get_submodule(family.o)).shape[0]
             geo = [_heads(family, b, f"{prefix}.{i}") for i, b in enumerate(blocks)]

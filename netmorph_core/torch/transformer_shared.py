@@ -1,0 +1,39 @@
+"""Blocks shared by several depths (ALBERT): grown once, used everywhere.
+
+ALBERT runs ``num_hidden_layers`` depths, each calling a layer group of
+``encoder.albert_layer_groups``; with one group (``num_hidden_groups = 1``, every released
+ALBERT) every depth runs the same ``inner_group_num`` layers. An edit that preserves one layer's
+function on every input (new feed-forward units and heads whose output columns cancel, a
+factored projection, the wider stream x̃ = [x; x] that every layer maps to [y; y]) preserves
+it at every depth, so ``grow_ffn``, ``add_heads``, ``grow_width`` and ``deepen_projection``
+edit the shared layers once. The config's sizes (hidden_size, intermediate_size,
+num_attention_heads) are one per model, so a uniform edit round-trips; its layer count is the
+depth and stays. A new block of its own at one depth is refused: AlbertConfig describes every
+depth as a run of the shared group.
+
+Several groups (``num_hidden_groups`` > 1) are refused by name: depth i runs group
+⌊i·groups/layers⌋, and the layout of one list of blocks does not hold them.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .errors import MorphError
+
+
+def check_groups(model: nn.Module, prefix: str) -> None:
+    """MorphError when the block list ``prefix`` is entry 0 of a list of several groups (each
+    holding blocks of its own: ALBERT with ``num_hidden_groups`` > 1)."""
+    parts = prefix.split(".")
+    for i, part in enumerate(parts):
+        if not part.isdigit() or i == 0:
+            continue
+        groups = model.get_submodule(".".join(parts[:i]))
+        if isinstance(groups, nn.ModuleList) and len(groups) > 1:
+            raise MorphError(
+                f"{type(model).__name__} has {len(groups)} layer groups in "
+                f"{'.'.join(parts[:i])!r}, each run at some of the depths "
+                "(num_hidden_groups > 1); the transformer operations grow one shared group "
+                "(num_hidden_groups = 1); refused"
+            )
