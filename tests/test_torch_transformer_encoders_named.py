@@ -94,7 +94,6 @@ OPS: dict[str, Op] = {
 REFUSED = {
     ("CLIP image encoder", "grow_width"): "returns the residual stream itself",
     ("SigLIP image encoder", "grow_width"): "returns the residual stream itself",
-    ("DistilBERT classifier", "add_block"): "post-LN",
 }
 
 
