@@ -290,7 +290,8 @@ def _head(model: nn.Module, owner: str, d: int) -> str | None:
 
 def describe_encoder_decoder(model: nn.Module) -> EncoderDecoder | None:
     """The :class:`EncoderDecoder` of a T5/BART model (or T5's encoder alone); None for a
-    model with neither stacks of these layouts nor cross-attention; MorphError naming the
+    model with neither stacks of these layouts nor cross-attention, or with an encoder alone
+    that reads no token embedding (Whisper's); MorphError naming the
     cross-attention of an encoder–decoder in another layout."""
     owner = _stacks_owner(model)
     if owner is None:
@@ -304,6 +305,10 @@ def describe_encoder_decoder(model: nn.Module) -> EncoderDecoder | None:
         return None
     config = getattr(model, "config", None)
     root = model.get_submodule(owner) if owner else model
+    if not isinstance(getattr(root, "decoder", None), nn.Module) and not isinstance(
+        getattr(root.encoder, "embed_tokens", None), nn.Embedding
+    ):
+        return None  # an encoder alone on other inputs (Whisper's audio encoder): one stack
     stacks: list[Stack] = []
     kind = ""
     offset = 0
