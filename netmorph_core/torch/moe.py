@@ -67,7 +67,7 @@ from .. import _validation as v
 from . import transformer
 from .errors import MorphError
 from .hf_embeddings import input_embedding
-from .moe_eager import eager_experts, set_implementation
+from .moe_eager import run_eager
 from .moe_find import Mlp, MoeBlock, find_moe, routing
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
@@ -104,12 +104,9 @@ def _pipeline(
 ) -> tuple[nn.Module, MorphReport]:
     """:func:`.pipeline.run` with eager experts and a default probe of token ids."""
     probe = _default_probe(model) if probe is None else probe
-    with eager_experts(model) as saved:
-        child, report = run(Request(operation, model, build=build, probe=probe, tol=tol, **request))
-    previous = {v for _, v in saved}
-    if len(previous) == 1:
-        set_implementation(child, previous.pop())
-    return child, report
+    return run_eager(
+        model, lambda: run(Request(operation, model, build=build, probe=probe, tol=tol, **request))
+    )
 
 
 def _default_probe(model: nn.Module) -> tuple[torch.Tensor, ...] | None:

@@ -5,9 +5,12 @@ the child gets it."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from torch import nn
+
+R = TypeVar("R")
 
 
 def _experts_configs(model: nn.Module) -> list[object]:
@@ -38,3 +41,16 @@ def eager_experts(model: nn.Module) -> Iterator[list[tuple[object, object]]]:
 def set_implementation(model: nn.Module, value: object) -> None:
     for config in _experts_configs(model):
         config._experts_implementation_internal = value
+
+
+def run_eager(
+    model: nn.Module, operation: Callable[[], tuple[nn.Module, R]]
+) -> tuple[nn.Module, R]:
+    """``operation()`` (child, report) with ``model``'s experts eager while it runs; the child
+    gets the parent's implementation (when all its experts had one)."""
+    with eager_experts(model) as saved:
+        child, report = operation()
+    previous = {v for _, v in saved}
+    if len(previous) == 1:
+        set_implementation(child, previous.pop())
+    return child, report

@@ -71,7 +71,7 @@ def _attribute(objects: tuple[object, ...], names: tuple[str, ...]) -> object:
     return None
 
 
-def _mlp(module: nn.Module, d: int) -> Mlp | None:
+def mlp_layout(module: nn.Module, d: int) -> Mlp | None:
     """The :class:`Mlp` layout of ``module``; None when it is not an MLP of Linear layers, or
     when its hidden size is d (its input and output layers cannot be told apart by shape)."""
     linears = {n: m for n, m in module.named_children() if isinstance(m, nn.Linear)}
@@ -145,7 +145,7 @@ def _experts(
         if experts_name == router:
             continue
         if isinstance(experts, nn.ModuleList) and len(experts) == count:
-            layouts = [_mlp(e, d) for e in experts]
+            layouts = [mlp_layout(e, d) for e in experts]
             if layouts[0] is not None and all(lay == layouts[0] for lay in layouts):
                 return (
                     experts_name,
@@ -175,7 +175,7 @@ def _shared(
         if isinstance(child, nn.Linear) and (child.in_features, child.out_features) == (d, 1):
             gate = q
             continue
-        layout = _mlp(child, d)
+        layout = mlp_layout(child, d)
         if layout is None:
             raise MorphError(
                 f"{q!r} ({type(child).__name__}) in the mixture of experts {name!r} is neither "

@@ -38,6 +38,8 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
+from .moe_eager import run_eager
+from .moe_stream import fresh_ffn, sparse_layers, stream_bytes, widen_ffn
 from .pipeline import WHOLE_COPY_LIMIT, Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -178,6 +180,11 @@ def _cancel_sets(items: Sequence[int]) -> list[list[int]]:
     return sets
 
 
+def _sets_of(units: int) -> list[list[int]]:
+    """The cancelling sets of ``units`` new units 0 … units − 1."""
+    return _cancel_sets(range(units))
+
+
 def _coefficients(size: int, method: str) -> list[float]:
     """Output-column multipliers of a cancelling set: [1, −1], [1, 1, −2]; [0] alone."""
     if method == "zero" or size == 1:
@@ -254,6 +261,12 @@ def _linears(blocks: Sequence[Block], rels: Sequence[str]) -> tuple[str, ...]:
     return tuple(b.name(rel) for b in blocks for rel in rels)
 
 
+def _ffn_linears(layout: Layout) -> tuple[str, ...]:
+    """The feed-forward's Linear layers (none where it is a mixture of experts)."""
+    fam = layout.family
+    return () if fam.moe else (*fam.ffn_in, fam.ffn_out)
+
+
 def _run(
     operation: str,
     model: nn.Module,
@@ -268,19 +281,18 @@ def _run(
     """The pipeline on ``build`` with the family's default probe (token ids or images)."""
     check_bool(inplace, "inplace")
     probe = _default_probe(model, layout) if probe is None else probe
-    return run(
-        Request(
-            operation,
-            model,
-            targets,
-            build,
-            probe=probe,
-            tol=tol,
-            layer_scope=False,
-            inplace=inplace,
-            **request,
-        )
+    request = Request(
+        operation,
+        model,
+        targets,
+        build,
+        probe=probe,
+        tol=tol,
+        layer_scope=False,
+        inplace=inplace,
+        **request,
     )
+    return run_eager(model, lambda: run(request))  # experts: float64 needs "eager"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +357,11 @@ def grow_ffn(
     C, −C (C, C, −2C) so that W_out,new·h_new = 0; ``method="zero"`` gives zero columns.
     """
     layout = describe(model)
+    if layout.family.moe:
+        raise MorphError(
+            f"{type(model).__name__}'s feed-forwards are mixtures of experts: grow them with "
+            "netmorph_core.torch.grow_ffn (every expert); refused"
+        )
     method = _method(method)
     chosen = _layers(layout, layers)
     width = v.positive_int(width, "width")
@@ -1017,14 +1034,13 @@ def grow_width(
     }
     ratio = copies * d / d_model
     edits = (
-        *_linears(layout.blocks, (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out)),
+        *_linears(layout.blocks, (*fam.qkv, fam.o, *_ffn_linears(layout))),
         *stream_readers,
         *([head_reader] if head_reader and not layout.tied else []),
     )
-    new_bytes = (
-        state_bytes(model) * (d_model - d) // d
-        + _edit_bytes(model, edits) * (1 + copies) * d_model // d
-    )
+    ffn_modules = [b.name(fam.ffn_out) for b in layout.blocks] if fam.moe else []
+    largest = max(_edit_bytes(model, edits), stream_bytes(model, ffn_modules, d))
+    new_bytes = state_bytes(model) * (d_model - d) // d + largest * (1 + copies) * d_model // d
 
     def lift(x: torch.Tensor) -> torch.Tensor:
         """The child's stream [x; …; x; a] of a parent stream tensor x (…, d)."""
@@ -1056,7 +1072,16 @@ def grow_width(
                     f"{name}.bias", _write(edit.get(f"{name}.bias"), 0, copies, extra, kind), (idx,)
                 )
         for block in layout.blocks:
-            for rel in (fam.o, fam.ffn_out):
+            if fam.moe:  # a mixture of experts: router, experts, shared expert (moe_stream)
+                widen_ffn(
+                    edit,
+                    block.name(fam.ffn_out),
+                    d,
+                    lambda w: _read(edit, w, copies, extra, noise),
+                    lambda w: _write(w, 0, copies, extra, kind),
+                    idx,
+                )
+            for rel in (fam.o, *_ffn_linears(layout)[-1:]):
                 w, b = edit.linear(block.name(rel))
                 scale = _scale(layout, child, block, rel)
                 lam = None if scale is None else edit.get(scale)
@@ -1235,11 +1260,13 @@ def add_block(
             "block would apply LayerNorm again, which is not the identity on LN's output"
         )
     template = layout.blocks[min(at, n - 1)]
-    template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
+    fam = layout.family
+    template_hidden = (
+        0 if fam.moe else as_matrix(model.get_submodule(template.name(fam.ffn_out))).shape[1]
+    )
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     prefix = layout.blocks_path
-    fam = layout.family
-    edits = _linears([template], (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out))
+    edits = _linears([template], (*fam.qkv, fam.o, *_ffn_linears(layout)))
     new_bytes = state_bytes(model.get_submodule(template.prefix)) + _edit_bytes(model, edits)
     if at < n:
         region = Region(f"{prefix}.{at}", f"{prefix}.{at}", identity=True)
@@ -1271,7 +1298,10 @@ def add_block(
         lonely = _attention_units(
             edit, new_block, layout, template.heads, template.kv_heads, method, fresh=True
         )
-        _ffn_units(edit, new_block, layout, template_hidden, template_hidden, method, fresh=True)
+        if fam.moe:  # every expert's units in cancelling sets; the router routes as before
+            fresh_ffn(edit, new_block.name(fam.ffn_out), layout.d_model, _sets_of, _std, method)
+        else:
+            _ffn_units(edit, new_block, layout, template_hidden, template_hidden, method, True)
         sources: dict[str, ParamSource] = {}
         offset = len(prefix) + 1
         for name, _ in child.named_parameters():
@@ -1289,6 +1319,8 @@ def add_block(
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
         _insert_attention_type(child, config, at, n)
+        if fam.moe:
+            sparse_layers(config, child, prefix, fam.ffn_out)
         notes = []
         if layout.family.alibi:
             notes.append("ALiBi: every head has its own slope: zero attention output columns")
