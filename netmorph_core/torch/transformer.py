@@ -46,7 +46,7 @@ from .streamed import Region
 from .support import check_subtree
 from .surgery import count_parameters, find_layer, gather, replace_module
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
-from .transformer_trace import KV_ATTRS, qkv_rows
+from .transformer_trace import KV_ATTRS, is_norm, qkv_rows
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
@@ -658,6 +658,7 @@ def add_heads(
             "follow; use inplace=False"
         )
     q_src = _head_sources(ref.heads, ref.kv_heads, heads, kv)[0]
+    joint = {i: _joint_norm_sources(model, layout, layout.blocks[i], heads, kv) for i in chosen}
     edits = _linears(blocks, (*layout.family.qkv, layout.family.o))
     grown = (
         len(chosen)
@@ -674,6 +675,9 @@ def add_heads(
             _attention_units(edit, layout.blocks[i], layout, heads, kv, method, placed=placed)
             for i in chosen
         )
+        for i in chosen:
+            for norm, proj, src in joint[i]:
+                _grow_joint_norm(edit, layout.blocks[i], norm, proj, src)
         for name in tables:  # new heads: a zero bias column, one for every head of a set
             t = edit.get(name)
             last = t.dim() - 1
@@ -721,6 +725,82 @@ def add_heads(
         new_bytes=new_bytes,
         replaced=edits,
     )
+
+
+def _joint_norms(model: nn.Module, layout: Layout, block: Block) -> list[tuple[str, int]]:
+    """(name, g) of the norms inside ``block``'s attention whose gain spans g > 1 heads (OLMo's
+    and OLMoE's q_norm over every query head, k_norm over every key/value head)."""
+    prefix = block.name(layout.family.attention)
+    found = []
+    for rel, module in model.get_submodule(prefix).named_modules():
+        w = getattr(module, "weight", None)
+        if rel and is_norm(module) and w.numel() % block.head_dim == 0:
+            if w.numel() > block.head_dim:
+                found.append((f"{prefix}.{rel}", w.numel() // block.head_dim))
+    return found
+
+
+def _joint_norm_sources(
+    model: nn.Module, layout: Layout, block: Block, heads: int, kv: int
+) -> list[tuple[str, str, np.ndarray]]:
+    """(norm, the projection it normalises, child head → parent head) of every joint norm
+    (:func:`_joint_norms`) that add_heads grows; MorphError naming one it cannot keep exact."""
+    q_src, kv_src = _head_sources(block.heads, block.kv_heads, heads, kv)
+    fam = layout.family
+    found = []
+    for name, g in _joint_norms(model, layout, block):
+        which = [
+            (proj, src)
+            for count, proj, src in ((block.heads, 0, q_src), (block.kv_heads, 1, kv_src))
+            if g == count
+        ]
+        norm = model.get_submodule(name)
+        if (len(which) == 2 and not np.array_equal(q_src, kv_src)) or not which:
+            why = "as many heads as both q and k" if which else f"{g} heads, neither q nor k"
+        elif getattr(norm, "bias", None) is not None or len(fam.qkv) != 3:
+            why = "a LayerNorm (the zero new heads would move its mean) or a fused q/k/v layer"
+        else:
+            proj, src = which[0]
+            if len(src) > g:
+                found.append((name, fam.qkv[proj], src))
+            continue
+        raise MorphError(
+            f"{name!r} normalises several heads together ({why}): add_heads cannot keep it "
+            "exact; refused"
+        )
+    return found
+
+
+def _grow_joint_norm(edit: _Editor, block: Block, norm: str, proj: str, src: np.ndarray) -> None:
+    """RMS-normalised q (or k) over all heads, n(q) = γ⊙q/√(ms(q) + ε), keeps the parent's
+    heads exactly when the new heads' rows of ``proj`` are zero: over the child's H'·hd
+    coordinates ms(q̃) = (H/H')·ms(q), so γ·√(H/H') and ε·H/H' give n(q) on the parent's heads
+    (and 0 on the new ones, whose q is 0: uniform attention, outputs that still cancel)."""
+    rows = _expand_heads(src, block.head_dim)
+    fresh = torch.as_tensor(np.flatnonzero(rows < 0))
+    layer = edit.child.get_submodule(block.name(proj))
+    for p in (layer.weight, layer.bias):
+        if p is not None:
+            t = p.detach()
+            edit.new_nonzero -= int(torch.count_nonzero(t[fresh]))
+            t[fresh] = 0
+    ratio = (src >= 0).sum() / len(src)
+    gamma = edit.get(f"{norm}.weight")
+    new = _gather_rows(gamma, rows)
+    new[fresh] = gamma.mean()
+    edit.put(f"{norm}.weight", new * math.sqrt(ratio), (rows,))
+    module = edit.child.get_submodule(norm)
+    attr = _eps_attr(module)
+    setattr(module, attr, getattr(module, attr) * float(ratio))
+
+
+def _periodic_joint_norms(child: nn.Module, layout: Layout, block: Block) -> None:
+    """A new block's joint norms (:func:`_joint_norms`) get one gain for every head (the mean
+    over heads): the heads of a cancelling set then see equal normalised queries and keys."""
+    with torch.no_grad():
+        for name, g in _joint_norms(child, layout, block):
+            w = child.get_parameter(f"{name}.weight")
+            w.copy_(w.view(g, -1).mean(0).repeat(g))
 
 
 def _bias_tables(model: nn.Module, layout: Layout, heads: int, chosen: Sequence[int]) -> list[str]:
@@ -1295,6 +1375,7 @@ def add_block(
                         setattr(m, attr, i)
         edit = _Editor(child, seed)
         new_block = Block(f"{prefix}.{at}", template.heads, template.kv_heads, template.head_dim)
+        _periodic_joint_norms(child, layout, new_block)
         lonely = _attention_units(
             edit, new_block, layout, template.heads, template.kv_heads, method, fresh=True
         )
