@@ -67,7 +67,6 @@ from .. import _validation as v
 from . import transformer
 from .errors import MorphError
 from .hf_embeddings import input_embedding
-from .moe_eager import run_eager
 from .moe_find import Mlp, MoeBlock, find_moe, routing
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
@@ -102,11 +101,9 @@ def _pipeline(
     tol: object,
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
-    """:func:`.pipeline.run` with eager experts and a default probe of token ids."""
+    """:func:`.pipeline.run` with a default probe of token ids."""
     probe = _default_probe(model) if probe is None else probe
-    return run_eager(
-        model, lambda: run(Request(operation, model, build=build, probe=probe, tol=tol, **request))
-    )
+    return run(Request(operation, model, build=build, probe=probe, tol=tol, **request))
 
 
 def _default_probe(model: nn.Module) -> tuple[torch.Tensor, ...] | None:

@@ -33,6 +33,8 @@ from .errors import MorphError
 from .moe_find import Mlp, find_moe, mlp_layout
 
 Matrix = Callable[[torch.Tensor], torch.Tensor]
+#: Roles of the stream's readers and writers (:func:`stream_parameters`).
+READ, ROUTE, WRITE = "read", "route", "write"
 #: Attributes of the feed-forward's modules that record the stream's width.
 WIDTH_ATTRS = ("hidden_dim", "hidden_size")
 
@@ -54,17 +56,18 @@ class Edits(Protocol):
         """Columns ``sets`` of ``new_w``: C·coefficient per cancelling set."""
 
 
-def _mlp_parameters(module: nn.Module, prefix: str, mlp: Mlp) -> list[tuple[str, int, bool]]:
-    found = [(f"{prefix}{rel}.weight", 1, False) for rel in mlp.inputs]
-    found.append((f"{prefix}{mlp.output}.weight", 0, True))
+def _mlp_parameters(module: nn.Module, prefix: str, mlp: Mlp) -> list[tuple[str, int, str]]:
+    found = [(f"{prefix}{rel}.weight", 1, READ) for rel in mlp.inputs]
+    found.append((f"{prefix}{mlp.output}.weight", 0, WRITE))
     if module.get_submodule(mlp.output).bias is not None:
-        found.append((f"{prefix}{mlp.output}.bias", 0, True))
+        found.append((f"{prefix}{mlp.output}.bias", 0, WRITE))
     return found
 
 
-def stream_parameters(model: nn.Module, path: str, d: int) -> list[tuple[str, int, bool]]:
-    """(parameter name, axis of width d, whether it writes the stream) of every parameter of
-    the feed-forward module ``path`` that reads or writes the stream (module docstring)."""
+def stream_parameters(model: nn.Module, path: str, d: int) -> list[tuple[str, int, str]]:
+    """(parameter name, axis of width d, :data:`READ`, :data:`ROUTE` or :data:`WRITE`) of
+    every parameter of the feed-forward module ``path`` that reads or writes the stream
+    (module docstring); ROUTE: the router and the shared-expert gate."""
     module = model.get_submodule(path)
     blocks = [b for b in find_moe(module) if b.path == ""]
     q = f"{path}."
@@ -74,10 +77,10 @@ def stream_parameters(model: nn.Module, path: str, d: int) -> list[tuple[str, in
             raise MorphError(f"{path!r} is neither a mixture of experts nor a dense MLP; refused")
         return _mlp_parameters(module, q, mlp)
     b = blocks[0]
-    found = [(f"{q}{b.router}.weight", 1, False)]
+    found = [(f"{q}{b.router}.weight", 1, ROUTE)]
     if b.fused:
         first = "gate_up_proj" if b.gated else "up_proj"
-        found += [(f"{q}{b.experts}.{first}", 2, False), (f"{q}{b.experts}.down_proj", 1, True)]
+        found += [(f"{q}{b.experts}.{first}", 2, READ), (f"{q}{b.experts}.down_proj", 1, WRITE)]
     else:
         experts = module.get_submodule(b.experts)
         for i, expert in enumerate(experts):
@@ -85,7 +88,7 @@ def stream_parameters(model: nn.Module, path: str, d: int) -> list[tuple[str, in
     for rel, mlp in b.shared:
         found += _mlp_parameters(module.get_submodule(rel), f"{q}{rel}.", mlp)
     if b.shared_gate is not None:
-        found.append((f"{q}{b.shared_gate}.weight", 1, False))
+        found.append((f"{q}{b.shared_gate}.weight", 1, ROUTE))
     return found
 
 
@@ -101,15 +104,14 @@ def _along(t: torch.Tensor, axis: int, fn: Matrix, writes: bool) -> torch.Tensor
     return out.reshape(*m.shape[:-1], out.shape[1]).movedim(-1, axis).contiguous()
 
 
-def widen_ffn(
-    edit: Edits, path: str, d: int, read: Matrix, write: Matrix, index: np.ndarray
-) -> None:
-    """Every stream reader of the feed-forward ``path`` gets the columns ``read`` gives an
-    (out, d) matrix, every writer the rows ``write`` gives a (d, in) matrix; ``index``: child
-    stream coordinate → parent coordinate (−1 new)."""
-    for name, axis, writes in stream_parameters(edit.child, path, d):
+def widen_ffn(edit: Edits, path: str, d: int, fns: dict[str, Matrix], index: np.ndarray) -> None:
+    """Every stream reader of the feed-forward ``path`` gets the columns ``fns[READ]`` (the
+    router and shared-expert gate: ``fns[ROUTE]``) gives an (out, d) matrix, every writer the
+    rows ``fns[WRITE]`` gives a (d, in) matrix; ``index``: child stream coordinate → parent
+    coordinate (−1 new)."""
+    for name, axis, role in stream_parameters(edit.child, path, d):
         t = edit.child.get_parameter(name).detach()
-        value = _along(t, axis, write if writes else read, writes)
+        value = _along(t, axis, fns[role], role == WRITE)
         edit.put(name, value, tuple(index if a == axis else None for a in range(t.dim())))
     for module in edit.child.get_submodule(path).modules():
         for attr in WIDTH_ATTRS:  # the router reshapes its input to (-1, hidden_dim)

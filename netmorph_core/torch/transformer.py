@@ -38,8 +38,7 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
-from .moe_eager import run_eager
-from .moe_stream import fresh_ffn, sparse_layers, stream_bytes, widen_ffn
+from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
 from .pipeline import WHOLE_COPY_LIMIT, Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -292,7 +291,7 @@ def _run(
         inplace=inplace,
         **request,
     )
-    return run_eager(model, lambda: run(request))  # experts: float64 needs "eager"
+    return run(request)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1151,16 +1150,14 @@ def grow_width(
                 edit.put(
                     f"{name}.bias", _write(edit.get(f"{name}.bias"), 0, copies, extra, kind), (idx,)
                 )
+        moe_fns = {  # the router's columns without noise: its logits round least
+            READ: lambda w: _read(edit, w, copies, extra, noise),
+            ROUTE: lambda w: _read(edit, w, copies, extra, 0.0),
+            WRITE: lambda w: _write(w, 0, copies, extra, kind),
+        }
         for block in layout.blocks:
             if fam.moe:  # a mixture of experts: router, experts, shared expert (moe_stream)
-                widen_ffn(
-                    edit,
-                    block.name(fam.ffn_out),
-                    d,
-                    lambda w: _read(edit, w, copies, extra, noise),
-                    lambda w: _write(w, 0, copies, extra, kind),
-                    idx,
-                )
+                widen_ffn(edit, block.name(fam.ffn_out), d, moe_fns, idx)
             for rel in (fam.o, *_ffn_linears(layout)[-1:]):
                 w, b = edit.linear(block.name(rel))
                 scale = _scale(layout, child, block, rel)
