@@ -71,6 +71,23 @@ FAMILIES = {
         "Qwen3MoeConfig",
         dict(num_experts=4, moe_intermediate_size=24, head_dim=8, mlp_only_layers=[1]),
     ),
+    "GLM-4-MoE": (  # block 0 dense; sigmoid routing in float32 with a correction bias
+        "Glm4MoeForCausalLM",
+        "Glm4MoeConfig",
+        dict(
+            n_routed_experts=4,
+            moe_intermediate_size=24,
+            head_dim=8,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+        ),
+    ),
+    "Granite-MoE": (  # block_sparse_moe, residual and attention multipliers
+        "GraniteMoeForCausalLM",
+        "GraniteMoeConfig",
+        dict(num_local_experts=4, residual_multiplier=0.5, embedding_multiplier=2.0),
+    ),
 }
 OPS = {
     "add_heads": lambda m: add_heads(m, 16, kv_heads=8),
@@ -155,7 +172,8 @@ def test_moe_operation(family: str, op: str, tmp_path: Path) -> None:
 def test_layout_sees_attention_and_a_feed_forward_module(family: str) -> None:
     model = _parent(family)
     layout = describe(model)
-    assert layout.family.moe and layout.family.ffn_in == () and layout.family.ffn_out == "mlp"
+    ffn = "block_sparse_moe" if family == "Granite-MoE" else "mlp"
+    assert layout.family.moe and layout.family.ffn_in == () and layout.family.ffn_out == ffn
     assert [b.prefix for b in layout.blocks] == ["model.layers.0", "model.layers.1"]
     assert (layout.blocks[0].heads, layout.blocks[0].kv_heads, layout.blocks[0].head_dim) == (
         4,

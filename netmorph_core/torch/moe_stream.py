@@ -36,7 +36,7 @@ Matrix = Callable[[torch.Tensor], torch.Tensor]
 #: Roles of the stream's readers and writers (:func:`stream_parameters`).
 READ, ROUTE, WRITE = "read", "route", "write"
 #: Attributes of the feed-forward's modules that record the stream's width.
-WIDTH_ATTRS = ("hidden_dim", "hidden_size")
+WIDTH_ATTRS = ("hidden_dim", "hidden_size", "input_size")
 
 
 class Edits(Protocol):
@@ -199,13 +199,19 @@ def fresh_ffn(
 
 
 def sparse_layers(config: object | None, model: nn.Module, prefix: str, ffn: str) -> None:
-    """A config that lists which blocks are dense (Qwen-MoE's ``mlp_only_layers`` with
-    ``decoder_sparse_step``) made to list the blocks of ``model``'s stack ``prefix`` whose
-    feed-forward ``ffn`` is not a mixture of experts, with every other block sparse."""
-    if config is None or not isinstance(getattr(config, "mlp_only_layers", None), list):
+    """A config that says which blocks are dense made to say it of ``model``'s stack
+    ``prefix`` (blocks whose feed-forward ``ffn`` is not a mixture of experts): Qwen-MoE's
+    ``mlp_only_layers`` becomes their list (``decoder_sparse_step`` 1), GLM-4-MoE's and
+    DeepSeek's ``first_k_dense_replace`` the number of leading dense blocks (where the dense
+    blocks are not the leading ones, the comparison with the stock model marks the config)."""
+    if config is None:
         return
     sparse = {b.path for b in find_moe(model)}
-    blocks = model.get_submodule(prefix)
-    config.mlp_only_layers = [i for i in range(len(blocks)) if f"{prefix}.{i}.{ffn}" not in sparse]
-    if isinstance(getattr(config, "decoder_sparse_step", None), int):
-        config.decoder_sparse_step = 1
+    count = len(model.get_submodule(prefix))
+    dense = [i for i in range(count) if f"{prefix}.{i}.{ffn}" not in sparse]
+    if isinstance(getattr(config, "mlp_only_layers", None), list):
+        config.mlp_only_layers = dense
+        if isinstance(getattr(config, "decoder_sparse_step", None), int):
+            config.decoder_sparse_step = 1
+    if isinstance(getattr(config, "first_k_dense_replace", None), int):
+        config.first_k_dense_replace = next(k for k in range(count + 1) if k not in dense)

@@ -1150,9 +1150,9 @@ def grow_width(
                 edit.put(
                     f"{name}.bias", _write(edit.get(f"{name}.bias"), 0, copies, extra, kind), (idx,)
                 )
-        moe_fns = {  # the router's columns without noise: its logits round least
+        moe_fns = {  # the router reads the first copy: its logits sum the parent's products
             READ: lambda w: _read(edit, w, copies, extra, noise),
-            ROUTE: lambda w: _read(edit, w, copies, extra, 0.0),
+            ROUTE: lambda w: torch.cat([w, w.new_zeros(w.shape[0], d_model - d)], 1),
             WRITE: lambda w: _write(w, 0, copies, extra, kind),
         }
         for block in layout.blocks:
