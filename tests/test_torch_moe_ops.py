@@ -21,6 +21,7 @@ from torch import nn
 from netmorph_core.torch import (
     MorphError,
     add_block,
+    add_experts,
     add_heads,
     grow_width,
     load_grown,
@@ -83,6 +84,11 @@ FAMILIES = {
             topk_group=1,
         ),
     ),
+    "ERNIE-4.5-MoE": (  # block 0 dense; a score-correction bias in the router
+        "Ernie4_5_MoeForCausalLM",
+        "Ernie4_5_MoeConfig",
+        dict(num_experts=4, moe_intermediate_size=24, head_dim=8),
+    ),
     "Granite-MoE": (  # block_sparse_moe, residual and attention multipliers
         "GraniteMoeForCausalLM",
         "GraniteMoeConfig",
@@ -113,6 +119,7 @@ RELOAD = {
     ("OLMoE", "grow_width 48"): MARKED,
     # the stream's norms get eps·32/48, the per-head q/k norms keep theirs: two values
     ("Qwen3-MoE", "grow_width 48"): MARKED,
+    ("ERNIE-4.5-MoE", "grow_width 48"): MARKED,
 }
 IDS = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
 
@@ -287,3 +294,21 @@ def test_norm_over_as_many_heads_as_q_and_k_is_refused() -> None:
     parent = _parent("OLMoE", num_key_value_heads=4)
     with pytest.raises(MorphError, match="normalises several heads together"):
         add_heads(parent, 8, kv_heads=4)
+
+
+def test_routers_holding_statistics_or_a_linear_are_recognised() -> None:
+    """ERNIE-4.5-MoE's router holds a score-correction bias beside its weight (add_experts
+    refuses it by name); Hunyuan's router is a module around a Linear ``wg``."""
+    ernie = _parent("ERNIE-4.5-MoE")
+    (block,) = find_moe(ernie)
+    assert block.router == "model.layers.1.mlp.gate"
+    assert block.router_extras == ("model.layers.1.mlp.gate.moe_statics.e_score_correction_bias",)
+    with pytest.raises(MorphError, match="per-expert statistics of the router"):
+        add_experts(ernie, 2)
+    config = transformers.HunYuanMoEV1Config(
+        **(BASE | dict(num_experts=4, moe_topk=2, head_dim=8, eos_token_id=1))
+    )
+    hunyuan = transformers.HunYuanMoEV1ForCausalLM(config)
+    assert [b.router for b in find_moe(hunyuan)] == [
+        f"model.layers.{i}.mlp.gate.wg" for i in range(2)
+    ]

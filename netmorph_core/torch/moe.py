@@ -403,6 +403,12 @@ def add_experts(
         raise MorphError(f"{type(model).__name__} has no mixture-of-experts feed-forward")
     n = v.positive_int(n, "n")
     for b in blocks:
+        if b.router_extras:
+            raise MorphError(
+                f"{b.router_extras[0]!r} holds per-expert statistics of the router; new "
+                "experts would need entries there whose effect on the top-k is not followed; "
+                "refused"
+            )
         if not b.router_bias:
             raise MorphError(
                 f"{b.router!r} has no bias: a new expert's logit r·x is linear in x and "

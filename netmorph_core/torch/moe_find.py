@@ -2,8 +2,9 @@
 
 A module is a mixture of experts (:func:`find_moe`) when it holds
 
-- a **router**: a ``Linear(d, E)`` (with or without bias) or a module whose only parameters
-  are an E × d ``weight`` (and an E ``bias``), E ≥ 2;
+- a **router**: a ``Linear(d, E)`` (with or without bias), a module whose parameters are an
+  E × d ``weight`` (and an E ``bias``, and per-expert statistics of E entries such as a
+  score-correction bias), or a module holding one such Linear, E ≥ 2;
 - **E experts**: an ``nn.ModuleList`` of MLPs of Linear layers (one or two inputs d → I, one
   output I → d; older Mixtral ``w1``/``w3``/``w2``), or one module with fused 3-D parameters
   (transformers ≥ 5: ``gate_up_proj`` E × 2I × d holding [G; U] and ``down_proj`` E × d × I,
@@ -44,7 +45,8 @@ class MoeBlock:
 
     ``experts_mlp``: the layout of every expert of a ModuleList (None when ``fused``: the
     experts module's 3-D parameters, gated or not). ``top_k``/``renormalise``: read from the
-    module, its router or the config (None where none says)."""
+    module, its router or the config (None where none says). ``router_extras``: the router's
+    per-expert statistics (E entries each, reading no input)."""
 
     path: str
     d_model: int
@@ -60,6 +62,7 @@ class MoeBlock:
     shared_gate: str | None
     top_k: int | None
     renormalise: bool | None
+    router_extras: tuple[str, ...] = ()
 
 
 def _attribute(objects: tuple[object, ...], names: tuple[str, ...]) -> object:
@@ -88,16 +91,26 @@ def mlp_layout(module: nn.Module, d: int) -> Mlp | None:
     return Mlp(inputs, outputs[0], hidden.pop())
 
 
-def _router(module: nn.Module) -> tuple[int, int, bool] | None:
-    """(E, d, has bias) of a router: a Linear(d, E) or a module whose only parameters are an
-    E × d ``weight`` (and an E ``bias``)."""
+def _router(module: nn.Module) -> tuple[str, int, int, bool, tuple[str, ...]] | None:
+    """(name of the layer holding the weight, relative to ``module``; E; d; has bias; names of
+    per-expert statistics) of a router: a Linear(d, E); a module whose parameters are an E × d
+    ``weight``, an E ``bias`` and statistics of E entries that read no input (ERNIE's
+    score-correction bias, added to the scores that choose the top-k); or a module holding one
+    such Linear and nothing else (Hunyuan's ``wg``)."""
     params = dict(module.named_parameters())
+    inner = [n for n, m in module.named_children() if isinstance(m, nn.Linear)]
+    if len(inner) == 1 and set(params) <= {f"{inner[0]}.weight", f"{inner[0]}.bias"}:
+        found = _router(module.get_submodule(inner[0]))
+        return None if found is None else (inner[0], *found[1:])
     w, b = params.get("weight"), params.get("bias")
-    if w is None or w.dim() != 2 or set(params) - {"weight", "bias"}:
+    if w is None or w.dim() != 2:
         return None
     if b is not None and tuple(b.shape) != (w.shape[0],):
         return None
-    return w.shape[0], w.shape[1], b is not None
+    extras = tuple(sorted(set(params) - {"weight", "bias"}))
+    if any(params[n].numel() != w.shape[0] for n in extras):
+        return None
+    return "", w.shape[0], w.shape[1], b is not None, extras
 
 
 def _fused(module: nn.Module, count: int, d: int, where: str) -> tuple[int, bool] | None:
@@ -190,9 +203,9 @@ def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
     """The :class:`MoeBlock` of ``module`` (None when it is not a mixture of experts)."""
     for router_name, child in module.named_children():
         found = _router(child)
-        if found is None or found[0] < 2:
+        if found is None or found[1] < 2:
             continue
-        count, d, bias = found
+        inner, count, d, bias, extras = found
         experts = _experts(module, name, router_name, count, d)
         if experts is None:
             continue
@@ -209,7 +222,7 @@ def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
         return MoeBlock(
             path=name,
             d_model=d,
-            router=q(router_name),
+            router=q(f"{router_name}.{inner}" if inner else router_name),
             router_bias=bias,
             experts=q(experts_name),
             count=count,
@@ -221,6 +234,7 @@ def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
             shared_gate=gate,
             top_k=int(top_k) if isinstance(top_k, int) else None,
             renormalise=bool(renormalise) if renormalise is not None else None,
+            router_extras=tuple(q(f"{router_name}.{n}") for n in extras),
         )
     return None
 

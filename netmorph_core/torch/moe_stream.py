@@ -35,6 +35,8 @@ from .moe_find import Mlp, find_moe, mlp_layout
 Matrix = Callable[[torch.Tensor], torch.Tensor]
 #: Roles of the stream's readers and writers (:func:`stream_parameters`).
 READ, ROUTE, WRITE = "read", "route", "write"
+#: ERNIE-4.5-MoE's span of sparse blocks (every ``moe_layer_interval``-th in it).
+ERNIE_SPAN = ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval")
 #: Attributes of the feed-forward's modules that record the stream's width.
 WIDTH_ATTRS = ("hidden_dim", "hidden_size", "input_size")
 
@@ -202,8 +204,9 @@ def sparse_layers(config: object | None, model: nn.Module, prefix: str, ffn: str
     """A config that says which blocks are dense made to say it of ``model``'s stack
     ``prefix`` (blocks whose feed-forward ``ffn`` is not a mixture of experts): Qwen-MoE's
     ``mlp_only_layers`` becomes their list (``decoder_sparse_step`` 1), GLM-4-MoE's and
-    DeepSeek's ``first_k_dense_replace`` the number of leading dense blocks (where the dense
-    blocks are not the leading ones, the comparison with the stock model marks the config)."""
+    DeepSeek's ``first_k_dense_replace`` the number of leading dense blocks, ERNIE-4.5-MoE's
+    first and last sparse block (where these fields cannot say it, the comparison with the
+    stock model marks the config)."""
     if config is None:
         return
     sparse = {b.path for b in find_moe(model)}
@@ -215,3 +218,6 @@ def sparse_layers(config: object | None, model: nn.Module, prefix: str, ffn: str
             config.decoder_sparse_step = 1
     if isinstance(getattr(config, "first_k_dense_replace", None), int):
         config.first_k_dense_replace = next(k for k in range(count + 1) if k not in dense)
+    sparse_at = [i for i in range(count) if i not in dense]
+    if sparse_at and all(isinstance(getattr(config, f, None), int) for f in ERNIE_SPAN):
+        config.moe_layer_start_index, config.moe_layer_end_index = sparse_at[0], sparse_at[-1]
