@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from moe_models import SparseMoe
 from thirdparty import import_transformers
 from torch import nn
 
@@ -312,3 +313,24 @@ def test_routers_holding_statistics_or_a_linear_are_recognised() -> None:
     assert [b.router for b in find_moe(hunyuan)] == [
         f"model.layers.{i}.mlp.gate.wg" for i in range(2)
     ]
+
+
+def test_module_list_experts_with_biases_and_a_shared_expert() -> None:
+    """Mixtral blocks whose feed-forward is a mixture of ModuleList experts (Linear layers),
+    a Linear router with a bias and a shared expert behind a gate: grow_width and add_block
+    follow every expert's Linear layers."""
+    parent = _parent("Mixtral")
+    torch.manual_seed(1)
+    for layer in parent.model.layers:
+        layer.mlp = SparseMoe(32, 24, 4, 2, router_bias=True, norm_topk_prob=True, shared=20)
+    parent = parent.double()
+    for name, op in (
+        ("grow_width", lambda m: grow_width(m, 64)),
+        ("add_block", lambda m: add_block(m, 1)),
+    ):
+        child, _ = op(parent)
+        torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9, msg=name)
+    wide, _ = grow_width(parent, 64)
+    expert = wide.model.layers[0].mlp.experts[0]
+    assert (expert.w1.in_features, expert.w2.out_features) == (64, 64)
+    assert wide.model.layers[0].mlp.router.in_features == 64
