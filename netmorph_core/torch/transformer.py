@@ -280,18 +280,19 @@ def _run(
     """The pipeline on ``build`` with the family's default probe (token ids or images)."""
     check_bool(inplace, "inplace")
     probe = _default_probe(model, layout) if probe is None else probe
-    request = Request(
-        operation,
-        model,
-        targets,
-        build,
-        probe=probe,
-        tol=tol,
-        layer_scope=False,
-        inplace=inplace,
-        **request,
+    return run(
+        Request(
+            operation,
+            model,
+            targets,
+            build,
+            probe=probe,
+            tol=tol,
+            layer_scope=False,
+            inplace=inplace,
+            **request,
+        )
     )
-    return run(request)
 
 
 # ---------------------------------------------------------------------------------------------
