@@ -88,6 +88,23 @@ FAMILY_SPECS: tuple[ModelSpec, ...] = (
         TEXT,
     ),
     ModelSpec(
+        "hf qwen2-moe",
+        "transformers",
+        _hf(
+            "Qwen2MoeForCausalLM",
+            "Qwen2MoeConfig",
+            **LM,
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=40,
+            decoder_sparse_step=2,  # a dense block, then a mixture of experts
+            experts_implementation="eager",  # the default grouped_mm has no float64 kernel
+        ),
+        TEXT,
+    ),
+    ModelSpec(
         "hf falcon",
         "transformers",
         _hf(

@@ -283,7 +283,11 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
         _set(config, ("num_key_value_heads", "num_kv_heads"), kv)
     if head_dim is not None and not fam.derived_head_dim:
         setattr(config, fam.head_dim_field, head_dim)
-    hidden = _one([as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks])
+    hidden = None
+    if not fam.moe:  # the experts' sizes: moe.grow_ffn writes them
+        hidden = _one(
+            [as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks]
+        )
     if hidden is not None:
         _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size", "hidden_dim"), hidden)
         if _settable(config, "mlp_ratio") and not hasattr(config, "intermediate_size"):

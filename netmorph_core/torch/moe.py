@@ -56,10 +56,8 @@ child compute with ``"eager"`` (the parent's setting is restored, and the child 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -69,6 +67,7 @@ from .. import _validation as v
 from . import encdec, transformer
 from .errors import MorphError
 from .hf_embeddings import input_embedding
+from .moe_find import Mlp, MoeBlock, find_moe, routing
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -78,8 +77,6 @@ from .transformer_layout import describe
 #: Relative float32 rounding of the renormalised top-k weights, per selected expert: a float64
 #: upcycled child may deviate by this × top_k (the stock router computes the weights in float32).
 ROUTER_ROUNDING = 2.0**-22
-#: Fused expert parameters followed: (names, gated).
-FUSED = {("down_proj", "gate_up_proj"): True, ("down_proj", "up_proj"): False}
 #: Config fields of the experts' and the shared expert's hidden sizes, first present wins.
 HIDDEN_FIELDS = ("moe_intermediate_size", "intermediate_size")
 SHARED_FIELDS = ("shared_expert_intermediate_size",)
@@ -92,259 +89,8 @@ UPCYCLE_FAMILIES = {
 }
 
 
-@dataclass(frozen=True)
-class Mlp:
-    """An MLP of Linear layers: ``inputs`` (d → hidden, one or two) and ``output`` (hidden →
-    d), names relative to the MLP."""
-
-    inputs: tuple[str, ...]
-    output: str
-    hidden: int
-
-
-@dataclass(frozen=True)
-class MoeBlock:
-    """One mixture-of-experts feed-forward (module docstring), names qualified.
-
-    ``experts_mlp``: the layout of every expert of a ModuleList (None when ``fused``: the
-    experts module's 3-D parameters, gated or not). ``top_k``/``renormalise``: read from the
-    module, its router or the config (None where none says)."""
-
-    path: str
-    d_model: int
-    router: str
-    router_bias: bool
-    experts: str
-    count: int
-    hidden: int
-    fused: bool
-    gated: bool
-    experts_mlp: Mlp | None
-    shared: tuple[tuple[str, Mlp], ...]
-    shared_gate: str | None
-    top_k: int | None
-    renormalise: bool | None
-
-
-def _attribute(objects: tuple[object, ...], names: tuple[str, ...]) -> object:
-    for obj in objects:
-        for name in names:
-            value = getattr(obj, name, None)
-            if value is not None:
-                return value
-    return None
-
-
-def _mlp(module: nn.Module, d: int) -> Mlp | None:
-    """The :class:`Mlp` layout of ``module``; None when it is not an MLP of Linear layers, or
-    when its hidden size is d (its input and output layers cannot be told apart by shape)."""
-    linears = {n: m for n, m in module.named_children() if isinstance(m, nn.Linear)}
-    owned = {f"{n}.{p}" for n, m in linears.items() for p, _ in m.named_parameters()}
-    if not linears or any(n not in owned for n, _ in module.named_parameters()):
-        return None
-    inputs = tuple(n for n, m in linears.items() if m.in_features == d)
-    outputs = [n for n, m in linears.items() if m.out_features == d and m.in_features != d]
-    hidden = {linears[n].out_features for n in inputs}
-    if len(outputs) != 1 or len(hidden) != 1 or len(inputs) + 1 != len(linears):
-        return None
-    if linears[outputs[0]].in_features not in hidden or not 1 <= len(inputs) <= 2:
-        return None
-    return Mlp(inputs, outputs[0], hidden.pop())
-
-
-def _router(module: nn.Module) -> tuple[int, int, bool] | None:
-    """(E, d, has bias) of a router: a Linear(d, E) or a module whose only parameters are an
-    E × d ``weight`` (and an E ``bias``)."""
-    params = dict(module.named_parameters())
-    w, b = params.get("weight"), params.get("bias")
-    if w is None or w.dim() != 2 or set(params) - {"weight", "bias"}:
-        return None
-    if b is not None and tuple(b.shape) != (w.shape[0],):
-        return None
-    return w.shape[0], w.shape[1], b is not None
-
-
-def _fused(module: nn.Module, count: int, d: int, where: str) -> tuple[int, bool] | None:
-    """(hidden, gated) of a fused experts module with ``count`` experts, None when ``module``
-    holds no 3-D parameter of ``count`` experts; MorphError when it does but is laid out in a
-    way not followed (biases, transposed or interleaved gate/up)."""
-    params = dict(module.named_parameters(recurse=False))
-    if (
-        type(module).__module__.startswith("torch.")
-        or getattr(module, "num_experts", count) != count
-    ):
-        return None  # a torch layer (Conv1d's weight is 3-D too), or experts of another count
-    if not params or not any(p.dim() == 3 and p.shape[0] == count for p in params.values()):
-        return None
-    gated = FUSED.get(tuple(sorted(params)))
-    flags = {a: getattr(module, a, None) for a in ("has_bias", "is_transposed")}
-    layout_ok = gated is not None and not any(flags.values())
-    layout_ok = layout_ok and getattr(module, "is_concatenated", True) is not False
-    if layout_ok:
-        down = params["down_proj"]
-        first = params["gate_up_proj" if gated else "up_proj"]
-        hidden = down.shape[2]
-        layout_ok = tuple(down.shape) == (count, d, hidden) and tuple(first.shape) == (
-            count,
-            hidden * (2 if gated else 1),
-            d,
-        )
-    if not layout_ok or any(True for _ in module.children() if any(_.parameters())):
-        raise MorphError(
-            f"{where!r} ({type(module).__name__}) holds fused experts laid out as "
-            f"{ {n: tuple(p.shape) for n, p in params.items()} } with {flags}: followed are "
-            "gate_up_proj (E, 2I, d) with down_proj (E, d, I), or up_proj (E, I, d), without "
-            "biases, not transposed; refused"
-        )
-    return hidden, bool(gated)
-
-
-def _experts(
-    module: nn.Module, name: str, router: str, count: int, d: int
-) -> tuple[str, int, bool, bool, Mlp | None] | None:
-    """(experts name, hidden, fused, gated, expert MLP layout) of the experts of ``module``
-    that ``router`` (E = ``count``) routes to; None when it has none."""
-    for experts_name, experts in module.named_children():
-        q = f"{name}.{experts_name}" if name else experts_name
-        if experts_name == router:
-            continue
-        if isinstance(experts, nn.ModuleList) and len(experts) == count:
-            layouts = [_mlp(e, d) for e in experts]
-            if layouts[0] is not None and all(lay == layouts[0] for lay in layouts):
-                return (
-                    experts_name,
-                    layouts[0].hidden,
-                    False,
-                    len(layouts[0].inputs) == 2,
-                    layouts[0],
-                )
-            continue
-        found = _fused(experts, count, d, q)
-        if found is not None:
-            return experts_name, found[0], True, found[1], None
-    return None
-
-
-def _shared(
-    module: nn.Module, name: str, d: int, skip: tuple[str, str]
-) -> tuple[tuple[tuple[str, Mlp], ...], str | None]:
-    """The shared experts and the shared-expert gate of the MoE ``module`` (``skip``: its
-    router and experts); MorphError naming any other part holding parameters."""
-    shared: list[tuple[str, Mlp]] = []
-    gate = None
-    for child_name, child in module.named_children():
-        q = f"{name}.{child_name}" if name else child_name
-        if child_name in skip or not any(True for _ in child.parameters()):
-            continue
-        if isinstance(child, nn.Linear) and (child.in_features, child.out_features) == (d, 1):
-            gate = q
-            continue
-        layout = _mlp(child, d)
-        if layout is None:
-            raise MorphError(
-                f"{q!r} ({type(child).__name__}) in the mixture of experts {name!r} is neither "
-                "a router, experts, a shared expert (an MLP of Linear layers) nor a "
-                "shared-expert gate Linear(d, 1); refused"
-            )
-        shared.append((q, layout))
-    return tuple(shared), gate
-
-
-def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
-    """The :class:`MoeBlock` of ``module`` (None when it is not a mixture of experts)."""
-    for router_name, child in module.named_children():
-        found = _router(child)
-        if found is None or found[0] < 2:
-            continue
-        count, d, bias = found
-        experts = _experts(module, name, router_name, count, d)
-        if experts is None:
-            continue
-        experts_name, hidden, fused, gated, mlp = experts
-        shared, gate = _shared(module, name, d, (router_name, experts_name))
-        top_k = _attribute((child, module, config), ("top_k", "num_experts_per_tok"))
-        renormalise = _attribute((child, module, config), ("norm_topk_prob",))
-        if renormalise is None and str(getattr(config, "model_type", "")).endswith("mixtral"):
-            renormalise = True  # Mixtral's router always renormalises
-
-        def q(rel: str) -> str:
-            return f"{name}.{rel}" if name else rel
-
-        return MoeBlock(
-            path=name,
-            d_model=d,
-            router=q(router_name),
-            router_bias=bias,
-            experts=q(experts_name),
-            count=count,
-            hidden=hidden,
-            fused=fused,
-            gated=gated,
-            experts_mlp=mlp,
-            shared=shared,
-            shared_gate=gate,
-            top_k=int(top_k) if isinstance(top_k, int) else None,
-            renormalise=bool(renormalise) if renormalise is not None else None,
-        )
-    return None
-
-
-def routing(block: MoeBlock) -> str:
-    """How ``block`` routes, in words: "top-2 of 4 experts, renormalised"."""
-    k = f"top-{block.top_k}" if block.top_k is not None else "top-k (k not stated)"
-    norm = {True: "renormalised", False: "not renormalised", None: "renormalisation not stated"}
-    return f"{k} of {block.count} experts, {norm[block.renormalise]}"
-
-
-def find_moe(model: nn.Module) -> tuple[MoeBlock, ...]:
-    """Every mixture-of-experts feed-forward of ``model`` (module docstring), outermost first;
-    empty when it has none. MorphError naming a part of a recognised one that is not
-    understood."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    config = getattr(model, "config", None)
-    found: list[MoeBlock] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(f"{b.path}.") for b in found):
-            continue
-        block = _moe(name, module, config)
-        if block is not None:
-            found.append(block)
-    return tuple(found)
-
-
 # ---------------------------------------------------------------------------------------------
 # Measuring Hugging Face experts in float64
-
-
-def _experts_configs(model: nn.Module) -> list[object]:
-    """The distinct configs whose ``_experts_implementation`` the model's experts read."""
-    configs: dict[int, object] = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if hasattr(module, "_apply_gate") and hasattr(config, "_experts_implementation"):
-            configs[id(config)] = config
-    return list(configs.values())
-
-
-@contextlib.contextmanager
-def eager_experts(model: nn.Module) -> Iterator[list[tuple[object, object]]]:
-    """While inside, ``model``'s Hugging Face experts compute with the ``"eager"``
-    implementation (the others have no float64 kernel); restored on exit. Yields the
-    (config, previous value) pairs."""
-    saved = [(c, c._experts_implementation) for c in _experts_configs(model)]
-    for config, _ in saved:
-        config._experts_implementation_internal = "eager"
-    try:
-        yield saved
-    finally:
-        for config, value in saved:
-            config._experts_implementation_internal = value
-
-
-def _set_implementation(model: nn.Module, value: object) -> None:
-    for config in _experts_configs(model):
-        config._experts_implementation_internal = value
 
 
 def _pipeline(
@@ -355,14 +101,9 @@ def _pipeline(
     tol: object,
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
-    """:func:`.pipeline.run` with eager experts and a default probe of token ids."""
+    """:func:`.pipeline.run` with a default probe of token ids."""
     probe = _default_probe(model) if probe is None else probe
-    with eager_experts(model) as saved:
-        child, report = run(Request(operation, model, build=build, probe=probe, tol=tol, **request))
-    previous = {v for _, v in saved}
-    if len(previous) == 1:
-        _set_implementation(child, previous.pop())
-    return child, report
+    return run(Request(operation, model, build=build, probe=probe, tol=tol, **request))
 
 
 def _default_probe(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
@@ -662,6 +403,12 @@ def add_experts(
         raise MorphError(f"{type(model).__name__} has no mixture-of-experts feed-forward")
     n = v.positive_int(n, "n")
     for b in blocks:
+        if b.router_extras:
+            raise MorphError(
+                f"{b.router_extras[0]!r} holds per-expert statistics of the router; new "
+                "experts would need entries there whose effect on the top-k is not followed; "
+                "refused"
+            )
         if not b.router_bias:
             raise MorphError(
                 f"{b.router!r} has no bias: a new expert's logit r·x is linear in x and "

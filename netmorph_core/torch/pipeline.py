@@ -41,6 +41,7 @@ from .._memory import check_working_set, memory_limit
 from . import report
 from .errors import MorphError
 from .hf_config import sync_config
+from .moe_eager import run_eager
 from .report import (
     Inputs,
     Measurement,
@@ -516,7 +517,13 @@ def run(request: Request) -> tuple[nn.Module, MorphReport]:
     """Run ``request`` through every step (module docstring); returns (child, report). The
     parent (unless ``inplace``), the caller's torch RNG state and the returned child are not
     changed by the measurement. With ``inplace`` the child is the parent object itself; a
-    refusal after the edit leaves it edited (reload it)."""
+    refusal after the edit leaves it edited (reload it). Hugging Face experts compute with
+    the "eager" implementation meanwhile (the default has no float64 kernel, :mod:`.moe_eager`);
+    the child gets the parent's."""
+    return run_eager(request.model, lambda: _steps(request))
+
+
+def _steps(request: Request) -> tuple[nn.Module, MorphReport]:
     plan = resolve(request)
     support(request)
     with torch.random.fork_rng(devices=model_devices(request.model)):

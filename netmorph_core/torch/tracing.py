@@ -21,6 +21,7 @@ from torch import fx, nn
 
 from .errors import MorphError
 from .hf_embeddings import input_embedding
+from .moe_eager import set_implementation
 
 #: Sequence length of the default token inputs.
 SEQ_LEN = 8
@@ -85,7 +86,10 @@ def export_graph(
         for key in saved:
             configs[key].use_cache = False  # the cache is not a pytree the export can return
         with torch.random.fork_rng(devices=[]):
-            program = torch.export.export(copy.deepcopy(model), tuple(example_inputs), strict=False)
+            copied = copy.deepcopy(model)
+            # experts that loop over the routed experts branch on data; "batched_mm" gathers
+            set_implementation(copied, "batched_mm")
+            program = torch.export.export(copied, tuple(example_inputs), strict=False)
     except Exception as exc:  # export raises many types
         raise MorphError(
             f"torch.export cannot trace {type(model).__name__} ({type(exc).__name__}: {exc})"

@@ -40,6 +40,7 @@ from torch import nn
 from .. import _validation as v
 from .errors import MorphError
 from .hf_embeddings import input_embedding
+from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
 from .pipeline import WHOLE_COPY_LIMIT, Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -54,7 +55,7 @@ from .transformer_projection import (
     stream_norms,
     stream_writers,
 )
-from .transformer_trace import KV_ATTRS, qkv_rows
+from .transformer_trace import KV_ATTRS, is_norm, qkv_rows
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
@@ -191,6 +192,11 @@ def _cancel_sets(items: Sequence[int]) -> list[list[int]]:
     return sets
 
 
+def _sets_of(units: int) -> list[list[int]]:
+    """The cancelling sets of ``units`` new units 0 … units − 1."""
+    return _cancel_sets(range(units))
+
+
 def _coefficients(size: int, method: str) -> list[float]:
     """Output-column multipliers of a cancelling set: [1, −1], [1, 1, −2]; [0] alone."""
     if method == "zero" or size == 1:
@@ -272,6 +278,12 @@ def _edit_bytes(model: nn.Module, names: Sequence[str]) -> int:
 
 def _linears(blocks: Sequence[Block], rels: Sequence[str]) -> tuple[str, ...]:
     return tuple(b.name(rel) for b in blocks for rel in rels)
+
+
+def _ffn_linears(layout: Layout) -> tuple[str, ...]:
+    """The feed-forward's Linear layers (none where it is a mixture of experts)."""
+    fam = layout.family
+    return () if fam.moe else (*fam.ffn_in, fam.ffn_out)
 
 
 def _run(
@@ -365,6 +377,11 @@ def grow_ffn(
     C, −C (C, C, −2C) so that W_out,new·h_new = 0; ``method="zero"`` gives zero columns.
     """
     layout = describe(model)
+    if layout.family.moe:
+        raise MorphError(
+            f"{type(model).__name__}'s feed-forwards are mixtures of experts: grow them with "
+            "netmorph_core.torch.grow_ffn (every expert); refused"
+        )
     method = _method(method)
     chosen = _layers(layout, layers)
     width = v.positive_int(width, "width")
@@ -704,6 +721,7 @@ def add_heads(
         )
     q_src = _head_sources(ref.heads, ref.kv_heads, heads, kv)[0]
     rows = tuple(r for r in layout.family.head_rows if _get_module(model, ref.name(r)) is not None)
+    joint = {i: _joint_norm_sources(model, layout, layout.blocks[i], heads, kv) for i in chosen}
     edits = _linears(blocks, (*layout.family.qkv, layout.family.o, *rows))
     grown = (
         len(chosen)
@@ -720,6 +738,9 @@ def add_heads(
             _attention_units(edit, layout.blocks[i], layout, heads, kv, method, placed=placed)
             for i in chosen
         )
+        for i in chosen:
+            for norm, proj, src in joint[i]:
+                _grow_joint_norm(edit, layout.blocks[i], norm, proj, src)
         for name in tables:  # new heads: a zero bias column, one for every head of a set
             t = edit.get(name)
             last = t.dim() - 1
@@ -773,6 +794,82 @@ def add_heads(
         new_bytes=new_bytes,
         replaced=edits,
     )
+
+
+def _joint_norms(model: nn.Module, layout: Layout, block: Block) -> list[tuple[str, int]]:
+    """(name, g) of the norms inside ``block``'s attention whose gain spans g > 1 heads (OLMo's
+    and OLMoE's q_norm over every query head, k_norm over every key/value head)."""
+    prefix = block.name(layout.family.attention)
+    found = []
+    for rel, module in model.get_submodule(prefix).named_modules():
+        w = getattr(module, "weight", None)
+        if rel and is_norm(module) and w.numel() % block.head_dim == 0:
+            if w.numel() > block.head_dim:
+                found.append((f"{prefix}.{rel}", w.numel() // block.head_dim))
+    return found
+
+
+def _joint_norm_sources(
+    model: nn.Module, layout: Layout, block: Block, heads: int, kv: int
+) -> list[tuple[str, str, np.ndarray]]:
+    """(norm, the projection it normalises, child head → parent head) of every joint norm
+    (:func:`_joint_norms`) that add_heads grows; MorphError naming one it cannot keep exact."""
+    q_src, kv_src = _head_sources(block.heads, block.kv_heads, heads, kv)
+    fam = layout.family
+    found = []
+    for name, g in _joint_norms(model, layout, block):
+        which = [
+            (proj, src)
+            for count, proj, src in ((block.heads, 0, q_src), (block.kv_heads, 1, kv_src))
+            if g == count
+        ]
+        norm = model.get_submodule(name)
+        if (len(which) == 2 and not np.array_equal(q_src, kv_src)) or not which:
+            why = "as many heads as both q and k" if which else f"{g} heads, neither q nor k"
+        elif getattr(norm, "bias", None) is not None or len(fam.qkv) != 3:
+            why = "a LayerNorm (the zero new heads would move its mean) or a fused q/k/v layer"
+        else:
+            proj, src = which[0]
+            if len(src) > g:
+                found.append((name, fam.qkv[proj], src))
+            continue
+        raise MorphError(
+            f"{name!r} normalises several heads together ({why}): add_heads cannot keep it "
+            "exact; refused"
+        )
+    return found
+
+
+def _grow_joint_norm(edit: _Editor, block: Block, norm: str, proj: str, src: np.ndarray) -> None:
+    """RMS-normalised q (or k) over all heads, n(q) = γ⊙q/√(ms(q) + ε), keeps the parent's
+    heads exactly when the new heads' rows of ``proj`` are zero: over the child's H'·hd
+    coordinates ms(q̃) = (H/H')·ms(q), so γ·√(H/H') and ε·H/H' give n(q) on the parent's heads
+    (and 0 on the new ones, whose q is 0: uniform attention, outputs that still cancel)."""
+    rows = _expand_heads(src, block.head_dim)
+    fresh = torch.as_tensor(np.flatnonzero(rows < 0))
+    layer = edit.child.get_submodule(block.name(proj))
+    for p in (layer.weight, layer.bias):
+        if p is not None:
+            t = p.detach()
+            edit.new_nonzero -= int(torch.count_nonzero(t[fresh]))
+            t[fresh] = 0
+    ratio = (src >= 0).sum() / len(src)
+    gamma = edit.get(f"{norm}.weight")
+    new = _gather_rows(gamma, rows)
+    new[fresh] = gamma.mean()
+    edit.put(f"{norm}.weight", new * math.sqrt(ratio), (rows,))
+    module = edit.child.get_submodule(norm)
+    attr = _eps_attr(module)
+    setattr(module, attr, getattr(module, attr) * float(ratio))
+
+
+def _periodic_joint_norms(child: nn.Module, layout: Layout, block: Block) -> None:
+    """A new block's joint norms (:func:`_joint_norms`) get one gain for every head (the mean
+    over heads): the heads of a cancelling set then see equal normalised queries and keys."""
+    with torch.no_grad():
+        for name, g in _joint_norms(child, layout, block):
+            w = child.get_parameter(f"{name}.weight")
+            w.copy_(w.view(g, -1).mean(0).repeat(g))
 
 
 def _bias_tables(model: nn.Module, layout: Layout, heads: int, chosen: Sequence[int]) -> list[str]:
@@ -1100,15 +1197,14 @@ def grow_width(
     )
     writers = stream_writers(model, layout)
     edits = (
-        *_linears(layout.blocks, (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out, *side_readers)),
+        *_linears(layout.blocks, (*fam.qkv, fam.o, *_ffn_linears(layout), *side_readers)),
         *(w for w in writers if _exists(model, w) and isinstance(_resolve(model, w), nn.Linear)),
         *stream_readers,
         *([head_reader] if head_reader and not layout.tied else []),
     )
-    new_bytes = (
-        state_bytes(model) * (d_model - d) // d
-        + _edit_bytes(model, edits) * (1 + copies) * d_model // d
-    )
+    ffn_modules = [b.name(fam.ffn_out) for b in layout.blocks] if fam.moe else []
+    largest = max(_edit_bytes(model, edits), stream_bytes(model, ffn_modules, d))
+    new_bytes = state_bytes(model) * (d_model - d) // d + largest * (1 + copies) * d_model // d
 
     def lift(x: torch.Tensor) -> torch.Tensor:
         """The child's stream [x; …; x; a] of a parent stream tensor x (…, d)."""
@@ -1138,8 +1234,15 @@ def grow_width(
                 edit.put(
                     f"{name}.bias", _write(edit.get(f"{name}.bias"), 0, copies, extra, kind), (idx,)
                 )
+        moe_fns = {  # the router reads the first copy: its logits sum the parent's products
+            READ: lambda w: _read(edit, w, copies, extra, noise),
+            ROUTE: lambda w: torch.cat([w, w.new_zeros(w.shape[0], d_model - d)], 1),
+            WRITE: lambda w: _write(w, 0, copies, extra, kind),
+        }
         for block in layout.blocks:
-            for rel in (fam.o, fam.ffn_out):
+            if fam.moe:  # a mixture of experts: router, experts, shared expert (moe_stream)
+                widen_ffn(edit, block.name(fam.ffn_out), d, moe_fns, idx)
+            for rel in (fam.o, *_ffn_linears(layout)[-1:]):
                 w, b = edit.linear(block.name(rel))
                 scale = _scale(layout, child, block, rel)
                 lam = None if scale is None else edit.get(scale)
@@ -1356,11 +1459,13 @@ def add_block(
         post = post_ln_plan(model, layout, at, embedding_projection(model, layout))
     _check_fixed_width(model, layout, f"at={at}")
     template = layout.blocks[min(at, n - 1)]
-    template_hidden = as_matrix(model.get_submodule(template.name(layout.family.ffn_out))).shape[1]
+    fam = layout.family
+    template_hidden = (
+        0 if fam.moe else as_matrix(model.get_submodule(template.name(fam.ffn_out))).shape[1]
+    )
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     prefix = layout.blocks_path
-    fam = layout.family
-    edits = _linears([template], (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out))
+    edits = _linears([template], (*fam.qkv, fam.o, *_ffn_linears(layout)))
     new_bytes = state_bytes(model.get_submodule(template.prefix)) + _edit_bytes(model, edits)
     if at < n:
         region = Region(f"{prefix}.{at}", f"{prefix}.{at}", identity=True)
@@ -1389,10 +1494,14 @@ def add_block(
                         setattr(m, attr, i)
         edit = _Editor(child, seed)
         new_block = Block(f"{prefix}.{at}", template.heads, template.kv_heads, template.head_dim)
+        _periodic_joint_norms(child, layout, new_block)
         lonely = _attention_units(
             edit, new_block, layout, template.heads, template.kv_heads, method, fresh=True
         )
-        _ffn_units(edit, new_block, layout, template_hidden, template_hidden, method, fresh=True)
+        if fam.moe:  # every expert's units in cancelling sets; the router routes as before
+            fresh_ffn(edit, new_block.name(fam.ffn_out), layout.d_model, _sets_of, _std, method)
+        else:
+            _ffn_units(edit, new_block, layout, template_hidden, template_hidden, method, True)
         sources: dict[str, ParamSource] = {}
         offset = len(prefix) + 1
         for name, _ in child.named_parameters():
@@ -1413,6 +1522,8 @@ def add_block(
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
         _insert_attention_type(child, config, at, n)
+        if fam.moe:
+            sparse_layers(config, child, prefix, fam.ffn_out)
         notes = []
         if post is not None:
             edit.sources.update(post.apply(child, new_block.prefix))

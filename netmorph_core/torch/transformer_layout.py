@@ -25,6 +25,10 @@ any decoder that follows their patterns; the found family is cached per block st
   depth: ``shared``; ``embedding_hidden_mapping_in`` writes the stream; several groups are
   refused by :func:`.transformer_shared.check_groups`).
 
+Decoders whose feed-forwards are mixtures of experts (Mixtral, OLMoE, Qwen2-MoE with dense
+blocks mixed in, Qwen3-MoE) are found by :mod:`.moe_layout`: the same trace with the mixture
+of experts seen as one feed-forward module (``Family.moe``).
+
 Encoder–decoder models (a cross-attention module, or ``config.is_encoder_decoder``) and
 other models whose blocks run at several depths are refused by name.
 
@@ -38,6 +42,7 @@ W stored as (in, out) (:mod:`.linear_view`): :func:`weight_axes` gives each laye
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +52,7 @@ from .encoder_families import ENCODER_FAMILIES
 from .errors import MorphError
 from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
+from .moe_layout import moe_ffn, trace_moe
 from .transformer_shared import check_groups
 from .transformer_trace import Stack, geometry, head_dim, is_linear, shared_block, trace_stack
 from .wrappers import unsupported_kind
@@ -113,6 +119,8 @@ class Family:
     ``head_dim_field``: the config field that records head_dim.
     ``shared``: the blocks run at several depths (ALBERT's layer group): the config's layer
     count is the depth, not the number of blocks.
+    ``moe``: the feed-forward is the module ``ffn_out`` names, a mixture of experts in some
+    blocks and a dense MLP in the others (:mod:`.moe_layout`); ``ffn_in`` is then empty.
     """
 
     name: str
@@ -142,6 +150,7 @@ class Family:
     fixed_width: tuple[str, ...] = ()
     head_dim_field: str = "head_dim"
     shared: bool = False
+    moe: bool = False
 
 
 def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
@@ -397,7 +406,11 @@ def describe(model: nn.Module) -> Layout:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _refuse_encoder_decoder(model)
-    for owner_name, owner in model.named_modules():
+    moe = _moe_stack(model)
+    named = _named_moe(model, *moe) if moe else None
+    if named is not None:
+        return named
+    for owner_name, owner in [] if moe else model.named_modules():
         for family in FAMILIES:
             blocks = _get(owner, family.blocks)
             if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
@@ -421,7 +434,7 @@ def describe(model: nn.Module) -> Layout:
                 Block(f"{prefix}.{i}", g.heads, g.kv_heads, g.head_dim) for i, g in enumerate(geo)
             )
             return _layout(model, family, owner_name, block_list, d_model)
-    found = _block_stack(model)
+    found = moe or _block_stack(model)
     if found is None:
         shared = shared_block(model)
         if shared is not None:
@@ -435,9 +448,9 @@ def describe(model: nn.Module) -> Layout:
             f"{type(model).__name__} is not a recognised transformer: no list of blocks (a "
             "ModuleList of one block class holding linear layers) after an embedding; refused"
         )
-    owner_name, rel, d = found
+    owner_name, rel, d = found[:3]
     try:
-        family = _traced_family(model, owner_name, rel, d)
+        family = _traced_family(model, owner_name, rel, d, *found[3:])
     except MorphError as exc:
         raise MorphError(f"{type(model).__name__} is not a recognised transformer: {exc}") from exc
     prefix = f"{owner_name}.{rel}" if owner_name else rel
@@ -504,6 +517,39 @@ def _layout(
     )
 
 
+def _moe_stack(model: nn.Module) -> tuple[str, str, int, str] | None:
+    """(owner, list name, d_model, feed-forward name) of a block stack whose feed-forwards
+    are mixtures of experts (:func:`.moe_layout.moe_ffn`), None for any other model."""
+    found = _block_stack(model)
+    if found is None:
+        return None
+    ffn = moe_ffn(model, *found)
+    return None if ffn is None else (*found, ffn)
+
+
+def _named_moe(model: nn.Module, owner: str, rel: str, d: int, ffn: str) -> Layout | None:
+    """The layout of a mixture-of-experts stack whose attention and norms carry the names of
+    a family of :data:`FAMILIES` (Mixtral, OLMoE and Qwen-MoE: Llama's; their q/k norms are
+    outside the structural trace's attention check); None when none matches."""
+    prefix = f"{owner}.{rel}" if owner else rel
+    blocks = model.get_submodule(prefix)
+    for family in FAMILIES:
+        if family.blocks != rel or any(
+            _get(blocks[0], n) is None for n in (*family.qkv, family.o, *family.norms)
+        ):
+            continue
+        family = dataclasses.replace(
+            family, name=f"{family.name}-moe", ffn_in=(), ffn_out=ffn, gate_up=False, moe=True
+        )
+        _check_blocks(family, prefix, blocks)
+        geo = [_heads(family, b, f"{prefix}.{i}") for i, b in enumerate(blocks)]
+        block_list = tuple(
+            Block(f"{prefix}.{i}", g.heads, g.kv_heads, g.head_dim) for i, g in enumerate(geo)
+        )
+        return _layout(model, family, owner, block_list, d)
+    return None
+
+
 def _block_stack(model: nn.Module) -> tuple[str, str, int] | None:
     """(owner, list name, d_model) of the first ModuleList of blocks of one class holding
     linear layers in a module that also holds an embedding (the stream's width d)."""
@@ -545,12 +591,17 @@ def _trace_key(model: nn.Module, owner: str, rel: str) -> tuple:
     return type(model), owner, rel, modules, flags, switches
 
 
-def _traced_family(model: nn.Module, owner: str, rel: str, d: int) -> Family:
-    """The :class:`Family` of a block list found by :func:`trace_stack` (cached)."""
-    key = _trace_key(model, owner, rel)
+def _traced_family(model: nn.Module, owner: str, rel: str, d: int, moe: str = "") -> Family:
+    """The :class:`Family` of a block list found by :func:`trace_stack` (cached); ``moe``:
+    the name of the feed-forward module of a mixture-of-experts stack (:func:`trace_moe`)."""
+    key = (*_trace_key(model, owner, rel), moe)
     family = _TRACED.get(key)
     if family is None:
-        family = _as_family(model, owner, rel, trace_stack(model, owner, rel, d))
+        if moe:
+            stack = trace_moe(model, owner, rel, d, moe)
+            family = dataclasses.replace(_as_family(model, owner, rel, stack), moe=True)
+        else:
+            family = _as_family(model, owner, rel, trace_stack(model, owner, rel, d))
         _TRACED[key] = family
     return family
 
@@ -622,7 +673,8 @@ def _check_blocks(family: Family, prefix: str, blocks: nn.ModuleList) -> None:
                     f"block of a {family.name} stack must share one layout (a mixture-of-experts "
                     "or custom block is not understood); refused"
                 )
-        for rel in (*family.qkv, family.o, *family.ffn_in, family.ffn_out):
+        ffn = () if family.moe else (*family.ffn_in, family.ffn_out)  # moe: moe_layout checks
+        for rel in (*family.qkv, family.o, *ffn):
             layer = _get(block, rel)
             if layer is None:
                 raise MorphError(f"{where!r} has no {rel}; refused")

@@ -1,0 +1,263 @@
+"""Mixture-of-experts feed-forwards recognised by structure, not by class names.
+
+A module is a mixture of experts (:func:`find_moe`) when it holds
+
+- a **router**: a ``Linear(d, E)`` (with or without bias), a module whose parameters are an
+  E × d ``weight`` (and an E ``bias``, and per-expert statistics of E entries such as a
+  score-correction bias), or a module holding one such Linear, E ≥ 2;
+- **E experts**: an ``nn.ModuleList`` of MLPs of Linear layers (one or two inputs d → I, one
+  output I → d; older Mixtral ``w1``/``w3``/``w2``), or one module with fused 3-D parameters
+  (transformers ≥ 5: ``gate_up_proj`` E × 2I × d holding [G; U] and ``down_proj`` E × d × I,
+  or ``up_proj`` alone);
+- optionally **shared experts** (MLPs of Linear layers, Qwen2-MoE's ``shared_expert``) and a
+  **shared-expert gate** ``Linear(d, 1)``.
+
+Any other part holding parameters is refused by name, and so are fused experts laid out
+another way (biases, transposed, interleaved gate/up). The top-k and whether the top-k weights
+are renormalised are read from the router, the module or the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import MorphError
+
+#: Fused expert parameters followed: (names, gated).
+FUSED = {("down_proj", "gate_up_proj"): True, ("down_proj", "up_proj"): False}
+
+
+@dataclass(frozen=True)
+class Mlp:
+    """An MLP of Linear layers: ``inputs`` (d → hidden, one or two) and ``output`` (hidden →
+    d), names relative to the MLP."""
+
+    inputs: tuple[str, ...]
+    output: str
+    hidden: int
+
+
+@dataclass(frozen=True)
+class MoeBlock:
+    """One mixture-of-experts feed-forward (module docstring), names qualified.
+
+    ``experts_mlp``: the layout of every expert of a ModuleList (None when ``fused``: the
+    experts module's 3-D parameters, gated or not). ``top_k``/``renormalise``: read from the
+    module, its router or the config (None where none says). ``router_extras``: the router's
+    per-expert statistics (E entries each, reading no input)."""
+
+    path: str
+    d_model: int
+    router: str
+    router_bias: bool
+    experts: str
+    count: int
+    hidden: int
+    fused: bool
+    gated: bool
+    experts_mlp: Mlp | None
+    shared: tuple[tuple[str, Mlp], ...]
+    shared_gate: str | None
+    top_k: int | None
+    renormalise: bool | None
+    router_extras: tuple[str, ...] = ()
+
+
+def _attribute(objects: tuple[object, ...], names: tuple[str, ...]) -> object:
+    for obj in objects:
+        for name in names:
+            value = getattr(obj, name, None)
+            if value is not None:
+                return value
+    return None
+
+
+def mlp_layout(module: nn.Module, d: int) -> Mlp | None:
+    """The :class:`Mlp` layout of ``module``; None when it is not an MLP of Linear layers, or
+    when its hidden size is d (its input and output layers cannot be told apart by shape)."""
+    linears = {n: m for n, m in module.named_children() if isinstance(m, nn.Linear)}
+    owned = {f"{n}.{p}" for n, m in linears.items() for p, _ in m.named_parameters()}
+    if not linears or any(n not in owned for n, _ in module.named_parameters()):
+        return None
+    inputs = tuple(n for n, m in linears.items() if m.in_features == d)
+    outputs = [n for n, m in linears.items() if m.out_features == d and m.in_features != d]
+    hidden = {linears[n].out_features for n in inputs}
+    if len(outputs) != 1 or len(hidden) != 1 or len(inputs) + 1 != len(linears):
+        return None
+    if linears[outputs[0]].in_features not in hidden or not 1 <= len(inputs) <= 2:
+        return None
+    return Mlp(inputs, outputs[0], hidden.pop())
+
+
+def _router(module: nn.Module) -> tuple[str, int, int, bool, tuple[str, ...]] | None:
+    """(name of the layer holding the weight, relative to ``module``; E; d; has bias; names of
+    per-expert statistics) of a router: a Linear(d, E); a module whose parameters are an E × d
+    ``weight``, an E ``bias`` and statistics of E entries that read no input (ERNIE's
+    score-correction bias, added to the scores that choose the top-k); or a module holding one
+    such Linear and nothing else (Hunyuan's ``wg``)."""
+    params = dict(module.named_parameters())
+    inner = [n for n, m in module.named_children() if isinstance(m, nn.Linear)]
+    if len(inner) == 1 and set(params) <= {f"{inner[0]}.weight", f"{inner[0]}.bias"}:
+        found = _router(module.get_submodule(inner[0]))
+        return None if found is None else (inner[0], *found[1:])
+    w, b = params.get("weight"), params.get("bias")
+    if w is None or w.dim() != 2:
+        return None
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        return None
+    extras = tuple(sorted(set(params) - {"weight", "bias"}))
+    if any(params[n].numel() != w.shape[0] for n in extras):
+        return None
+    return "", w.shape[0], w.shape[1], b is not None, extras
+
+
+def _fused(module: nn.Module, count: int, d: int, where: str) -> tuple[int, bool] | None:
+    """(hidden, gated) of a fused experts module with ``count`` experts, None when ``module``
+    holds no 3-D parameter of ``count`` experts; MorphError when it does but is laid out in a
+    way not followed (biases, transposed or interleaved gate/up)."""
+    params = dict(module.named_parameters(recurse=False))
+    if (
+        type(module).__module__.startswith("torch.")
+        or getattr(module, "num_experts", count) != count
+    ):
+        return None  # a torch layer (Conv1d's weight is 3-D too), or experts of another count
+    if not params or not any(p.dim() == 3 and p.shape[0] == count for p in params.values()):
+        return None
+    gated = FUSED.get(tuple(sorted(params)))
+    flags = {a: getattr(module, a, None) for a in ("has_bias", "is_transposed")}
+    layout_ok = gated is not None and not any(flags.values())
+    layout_ok = layout_ok and getattr(module, "is_concatenated", True) is not False
+    if layout_ok:
+        down = params["down_proj"]
+        first = params["gate_up_proj" if gated else "up_proj"]
+        hidden = down.shape[2]
+        layout_ok = tuple(down.shape) == (count, d, hidden) and tuple(first.shape) == (
+            count,
+            hidden * (2 if gated else 1),
+            d,
+        )
+    if not layout_ok or any(True for _ in module.children() if any(_.parameters())):
+        raise MorphError(
+            f"{where!r} ({type(module).__name__}) holds fused experts laid out as "
+            f"{ {n: tuple(p.shape) for n, p in params.items()} } with {flags}: followed are "
+            "gate_up_proj (E, 2I, d) with down_proj (E, d, I), or up_proj (E, I, d), without "
+            "biases, not transposed; refused"
+        )
+    return hidden, bool(gated)
+
+
+def _experts(
+    module: nn.Module, name: str, router: str, count: int, d: int
+) -> tuple[str, int, bool, bool, Mlp | None] | None:
+    """(experts name, hidden, fused, gated, expert MLP layout) of the experts of ``module``
+    that ``router`` (E = ``count``) routes to; None when it has none."""
+    for experts_name, experts in module.named_children():
+        q = f"{name}.{experts_name}" if name else experts_name
+        if experts_name == router:
+            continue
+        if isinstance(experts, nn.ModuleList) and len(experts) == count:
+            layouts = [mlp_layout(e, d) for e in experts]
+            if layouts[0] is not None and all(lay == layouts[0] for lay in layouts):
+                return (
+                    experts_name,
+                    layouts[0].hidden,
+                    False,
+                    len(layouts[0].inputs) == 2,
+                    layouts[0],
+                )
+            continue
+        found = _fused(experts, count, d, q)
+        if found is not None:
+            return experts_name, found[0], True, found[1], None
+    return None
+
+
+def _shared(
+    module: nn.Module, name: str, d: int, skip: tuple[str, str]
+) -> tuple[tuple[tuple[str, Mlp], ...], str | None]:
+    """The shared experts and the shared-expert gate of the MoE ``module`` (``skip``: its
+    router and experts); MorphError naming any other part holding parameters."""
+    shared: list[tuple[str, Mlp]] = []
+    gate = None
+    for child_name, child in module.named_children():
+        q = f"{name}.{child_name}" if name else child_name
+        if child_name in skip or not any(True for _ in child.parameters()):
+            continue
+        if isinstance(child, nn.Linear) and (child.in_features, child.out_features) == (d, 1):
+            gate = q
+            continue
+        layout = mlp_layout(child, d)
+        if layout is None:
+            raise MorphError(
+                f"{q!r} ({type(child).__name__}) in the mixture of experts {name!r} is neither "
+                "a router, experts, a shared expert (an MLP of Linear layers) nor a "
+                "shared-expert gate Linear(d, 1); refused"
+            )
+        shared.append((q, layout))
+    return tuple(shared), gate
+
+
+def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
+    """The :class:`MoeBlock` of ``module`` (None when it is not a mixture of experts)."""
+    for router_name, child in module.named_children():
+        found = _router(child)
+        if found is None or found[1] < 2:
+            continue
+        inner, count, d, bias, extras = found
+        experts = _experts(module, name, router_name, count, d)
+        if experts is None:
+            continue
+        experts_name, hidden, fused, gated, mlp = experts
+        shared, gate = _shared(module, name, d, (router_name, experts_name))
+        top_k = _attribute((child, module, config), ("top_k", "num_experts_per_tok"))
+        renormalise = _attribute((child, module, config), ("norm_topk_prob",))
+        if renormalise is None and str(getattr(config, "model_type", "")).endswith("mixtral"):
+            renormalise = True  # Mixtral's router always renormalises
+
+        def q(rel: str) -> str:
+            return f"{name}.{rel}" if name else rel
+
+        return MoeBlock(
+            path=name,
+            d_model=d,
+            router=q(f"{router_name}.{inner}" if inner else router_name),
+            router_bias=bias,
+            experts=q(experts_name),
+            count=count,
+            hidden=hidden,
+            fused=fused,
+            gated=gated,
+            experts_mlp=mlp,
+            shared=shared,
+            shared_gate=gate,
+            top_k=int(top_k) if isinstance(top_k, int) else None,
+            renormalise=bool(renormalise) if renormalise is not None else None,
+            router_extras=tuple(q(f"{router_name}.{n}") for n in extras),
+        )
+    return None
+
+
+def routing(block: MoeBlock) -> str:
+    """How ``block`` routes, in words: "top-2 of 4 experts, renormalised"."""
+    k = f"top-{block.top_k}" if block.top_k is not None else "top-k (k not stated)"
+    norm = {True: "renormalised", False: "not renormalised", None: "renormalisation not stated"}
+    return f"{k} of {block.count} experts, {norm[block.renormalise]}"
+
+
+def find_moe(model: nn.Module) -> tuple[MoeBlock, ...]:
+    """Every mixture-of-experts feed-forward of ``model`` (module docstring), outermost first;
+    empty when it has none. MorphError naming a part of a recognised one that is not
+    understood."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    config = getattr(model, "config", None)
+    found: list[MoeBlock] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{b.path}.") for b in found):
+            continue
+        block = _moe(name, module, config)
+        if block is not None:
+            found.append(block)
+    return tuple(found)
