@@ -19,6 +19,8 @@ default; models above 50M parameters are measured in float64 one module at a tim
 - Transformers (:mod:`.transformer`): :func:`grow_ffn`, :func:`add_heads`, :func:`grow_width`,
   :func:`add_block`, :func:`deepen_projection`, :func:`conv1d_to_linear`; :func:`trace_model`
   graphs Hugging Face models through torch.export.
+- Hierarchical vision transformers (:mod:`.hierarchical`: SegFormer, PVT-v2): the same
+  operations per stage (``stage=``, or ``layers`` as global block indices).
 - Mixtures of experts (:mod:`.moe`): :func:`grow_ffn` grows every expert, :func:`add_experts`,
   :func:`upcycle` (a dense Llama/Mistral/Qwen2 → the equivalent Mixtral/Qwen2-MoE).
 
@@ -39,22 +41,17 @@ from .activation import PActivation
 from .depth import deepen
 from .errors import MorphError
 from .hf_load import load_grown
+from .hierarchical import add_block, add_heads, grow_ffn, grow_width
 from .kernel import grow_kernel
 from .module import MorphedModule, morph_module
-from .moe import add_experts, grow_ffn, upcycle
+from .moe import add_experts, upcycle
 from .optim import remap_optimizer
 from .report import MorphReport, ParamSource
 from .samepad import DynamicSamePad, register_same_padding_conv
 from .subnet import StackedBranches, morph_stacked, morph_subnet
 from .torchvision_ops import declare_missing_operators
 from .tracing import trace_model
-from .transformer import (
-    add_block,
-    add_heads,
-    conv1d_to_linear,
-    deepen_projection,
-    grow_width,
-)
+from .transformer import conv1d_to_linear, deepen_projection
 from .width import widen
 
 declare_missing_operators()

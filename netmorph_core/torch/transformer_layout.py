@@ -70,7 +70,7 @@ def sync_shapes(model: nn.Module) -> None:
         elif isinstance(module, nn.Embedding):
             module.embedding_dim = w.shape[1]
         elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            module.out_channels, module.in_channels = w.shape[:2]
+            module.out_channels, module.in_channels = w.shape[0], w.shape[1] * module.groups
         elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or hasattr(module, "normalized_shape"):
             module.normalized_shape = tuple(w.shape)
 
