@@ -1,4 +1,5 @@
-"""Hierarchical vision transformers (SegFormer, PVT-v2): the transformer operations per stage.
+"""Hierarchical vision transformers (SegFormer, PVT-v2): the transformer operations per stage,
+and ``widen`` through the convolutions and transposes of their exported graphs.
 
 Each case grows a tiny float64 model of two stages (widths 16 and 32, one block each, spatial
 reduction 2 in stage 0; norm gains and biases redrawn so that they matter), checks that the
@@ -14,9 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from thirdparty import import_transformers
+from torch import nn
 
 from netmorph_core.torch import (
     MorphError,
@@ -26,7 +30,9 @@ from netmorph_core.torch import (
     grow_ffn,
     grow_width,
     load_grown,
+    widen,
 )
+from netmorph_core.torch.exported_consumers import plan_exported_widening
 from netmorph_core.torch.hier_layout import hierarchy
 
 try:
@@ -241,6 +247,137 @@ def test_stage_on_a_flat_model_is_refused() -> None:
     vit = transformers.ViTForImageClassification(config).eval()
     with pytest.raises(ValueError, match="stage=0: ViTForImageClassification is not a hier"):
         add_block(vit, 0, stage=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# widen in the exported graph: channels at axis 1 (N, C, …), convolutions, depthwise convs
+
+#: (family, layer, extra channels) → the refusal's message fragment, or None: exact.
+WIDEN: dict[tuple[str, str, int], str | None] = {
+    ("SegFormer", "segformer.stages.0.blocks.0.mlp.fc1", 4): None,  # → dwconv → fc2
+    ("SegFormer", "segformer.stages.1.blocks.0.mlp.fc1", 2): None,
+    ("SegFormer", "segformer.stages.1.blocks.0.mlp.dwconv.dwconv", 64): None,  # 2 outputs/group
+    ("PVT-v2", "pvt_v2.encoder.layers.0.blocks.0.mlp.dense1", 4): None,
+    ("PVT-v2", "pvt_v2.encoder.layers.0.blocks.0.mlp.dwconv.dwconv", 64): None,
+    ("SegFormer", "segformer.stages.0.patch_embeddings.proj", 4): (
+        r"aten\.layer_norm .*patch_embeddings\.layer_norm.* normalises over the widened"
+    ),
+    ("PVT-v2", "pvt_v2.encoder.layers.0.blocks.0.attention.spatial_reduction", 4): (
+        r"aten\.layer_norm .*attention\.layer_norm.* normalises over the widened"
+    ),
+    ("SegFormer", "segformer.stages.0.blocks.0.attention.q_proj", 4): r"add_heads grows it",
+}
+
+
+@pytest.mark.parametrize(("family", "at", "extra"), list(WIDEN))
+@pytest.mark.parametrize("zero_side", ["inner", "outer"])
+def test_widen_follows_the_mix_ffn(family: str, at: str, extra: int, zero_side: str) -> None:
+    parent = _parent(family)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    width = parent.get_submodule(at).weight.shape[0] + extra
+    message = WIDEN[family, at, extra]
+    if message is not None:
+        with pytest.raises(MorphError, match=message):
+            widen(parent, at, width, zero_side=zero_side, probe=(_pixels(),), seed=0)
+    else:
+        child, _ = widen(parent, at, width, zero_side=zero_side, probe=(_pixels(),), seed=0)
+        assert child.get_submodule(at).weight.shape[0] == width
+        torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def test_widen_grows_the_depthwise_conv_by_whole_groups() -> None:
+    """fc1 24 → 36 in stage 0: the depthwise conv gets 4 new groups (one channel each)."""
+    parent = _parent("SegFormer")
+    child, _ = widen(parent, "segformer.stages.0.blocks.0.mlp.fc1", 36, probe=(_pixels(),))
+    conv = child.segformer.stages[0].blocks[0].mlp.dwconv.dwconv
+    assert conv.weight.shape == (36, 1, 3, 3)
+    assert conv.groups == conv.in_channels == conv.out_channels == 36
+    assert child.segformer.stages[0].blocks[0].mlp.fc2.in_features == 36
+
+
+class _Mixer(nn.Module):
+    """Linear → (N, C, L) → ``conv`` → back to channels last → ``out``; ``move="permute"``
+    moves the channels to axis 2 instead."""
+
+    def __init__(self, conv: nn.Module, move: str = "transpose") -> None:
+        super().__init__()
+        self.proj, self.conv = nn.Linear(4, 6), conv
+        self.out = nn.Linear(getattr(conv, "out_channels", 6), 3)
+        self.move = move
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)  # (N, L, 6)
+        if self.move == "permute":
+            return h.unsqueeze(1).permute(0, 2, 3, 1).sum()  # channels to axis 2 of 4
+        return self.out(F.gelu(self.conv(h.transpose(1, 2))).transpose(1, 2))
+
+
+def _src(channels: int, width: int) -> np.ndarray:
+    return np.concatenate([np.arange(channels), -np.ones(width - channels, int)])
+
+
+@pytest.mark.parametrize(
+    ("conv", "kinds", "out"),
+    [
+        (nn.Conv1d(6, 5, 3, padding=1), [("conv", "conv")], None),
+        (nn.Conv1d(6, 6, 3, padding=1, groups=6), [("conv", "grouped"), ("out", "linear")], 8),
+        (nn.Conv1d(6, 12, 3, padding=1, groups=6), [("conv", "grouped"), ("out", "linear")], 16),
+    ],
+)
+def test_exported_walk_follows_channels_at_axis_1(conv, kinds, out) -> None:
+    plan = plan_exported_widening(_Mixer(conv), ["proj"], _src(6, 8), torch.randn(2, 5, 4))
+    assert [(u.name, u.kind) for u in plan.uses] == kinds
+    if out is not None:  # the depthwise conv's new groups go on as new channels
+        assert plan.uses[1].flow.src.size == out
+        assert plan.uses[1].flow.parent_channels == conv.out_channels
+
+
+@pytest.mark.parametrize(
+    ("module", "match"),
+    [
+        (
+            _Mixer(nn.Identity(), "permute"),
+            r"aten\.permute .* moves the widened channels off the last axis \(to axis 2 of 4\)",
+        ),
+        (
+            _Mixer(nn.Conv1d(6, 6, 3, padding=1, groups=3)),
+            r"grouped convolution \(groups=3, 2 input channels per group\)",
+        ),
+    ],
+)
+def test_exported_walk_refuses_channels_it_cannot_follow(module: nn.Module, match: str) -> None:
+    with pytest.raises(MorphError, match=match):
+        plan_exported_widening(
+            module, ["proj"], np.array([0, 1, -1, 2, 3, 4, 5]), torch.randn(2, 5, 4)
+        )
+
+
+class _ConvThenLinear(nn.Module):
+    """A convolution whose (N, C, H, W) output a Linear reads along W, or (``flat``) reads
+    flattened."""
+
+    def __init__(self, flat: bool) -> None:
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(100 if flat else 5, 2)
+        self.flat = flat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return self.out(h.reshape(h.shape[0], -1) if self.flat else h)
+
+
+@pytest.mark.parametrize(
+    ("flat", "match"),
+    [
+        (False, r"Linear layer reading a tensor whose widened channels are on axis 1"),
+        (True, r"reshapes the widened tensor \(2, 4, 5, 5\) to \(2, 100\), which does not"),
+    ],
+)
+def test_exported_walk_refuses_linear_reads_of_a_conv_output(flat: bool, match: str) -> None:
+    module = _ConvThenLinear(flat)
+    with pytest.raises(MorphError, match=match):
+        plan_exported_widening(module, ["conv"], _src(4, 6), torch.randn(2, 3, 5, 5))
 
 
 START = "<!-- hierarchical table: generated by tests/test_torch_hierarchical.py -->"
