@@ -84,10 +84,13 @@ OPS: dict[str, Op] = {
     "add_heads stage=1": lambda m, _: add_heads(m, 3, stage=1, seed=0),
     "add_block": lambda m, _: add_block(m, 1, seed=0),
     "add_block stage=0 (zero)": lambda m, _: add_block(m, 1, stage=0, method="zero", seed=0),
+    "grow_width x2": lambda m, _: grow_width(m, 64, seed=0),  # the last stage
+    "grow_width stage=0 x3": lambda m, _: grow_width(m, 48, stage=0, seed=0),
+    "grow_width 45": lambda m, _: grow_width(m, 45, seed=0),
     "deepen_projection": lambda m, q: deepen_projection(m, q, seed=0),
 }
 HEADS = "heads·head_dim = d_s"
-WIDTH = "grow_width does not widen a stage's stream"
+WIDTH = "is not a multiple of stage 1's width 32"
 #: (family, operation) → how the child reloads, or the refusal's message fragment.
 OUTCOMES: dict[tuple[str, str], str] = {
     ("SegFormer", "grow_ffn"): STOCK,
@@ -97,6 +100,9 @@ OUTCOMES: dict[tuple[str, str], str] = {
     ("SegFormer", "add_heads stage=1"): MARKED,
     ("SegFormer", "add_block"): MARKED,  # the stochastic-depth schedule moves
     ("SegFormer", "add_block stage=0 (zero)"): MARKED,
+    ("SegFormer", "grow_width x2"): STOCK,  # heads and mlp_ratios [2, 1] follow
+    ("SegFormer", "grow_width stage=0 x3"): MARKED,  # 32 hidden units: no mlp_ratio of 48
+    ("SegFormer", "grow_width 45"): WIDTH,
     ("SegFormer", "deepen_projection"): MARKED,
     ("PVT-v2", "grow_ffn"): STOCK,
     ("PVT-v2", "grow_ffn (no integer mlp_ratio)"): MARKED,
@@ -105,6 +111,9 @@ OUTCOMES: dict[tuple[str, str], str] = {
     ("PVT-v2", "add_heads stage=1"): HEADS,
     ("PVT-v2", "add_block"): STOCK,
     ("PVT-v2", "add_block stage=0 (zero)"): STOCK,
+    ("PVT-v2", "grow_width x2"): STOCK,
+    ("PVT-v2", "grow_width stage=0 x3"): MARKED,
+    ("PVT-v2", "grow_width 45"): WIDTH,
     ("PVT-v2", "deepen_projection"): MARKED,
 }
 
@@ -165,10 +174,24 @@ def test_operation_is_exact_and_reloads(family: str, op: str, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("d_model", [45, 64])
-def test_grow_width_is_refused_by_name(family: str, d_model: int) -> None:
-    with pytest.raises(MorphError, match=WIDTH):
-        grow_width(_parent(family), d_model)
+def test_grow_width_copies_the_stage_stream(family: str) -> None:
+    """Stage 0, 16 → 32: the patch convolution's rows and every stream norm's gain twice, the
+    next stage's patch convolution reads two column blocks summing to its weight, each block
+    has twice the heads (head_dim 16 kept)."""
+    parent = _parent(family)
+    child, _ = grow_width(parent, 32, stage=0, seed=0)
+    old, new = hierarchy(parent).stages, hierarchy(child).stages
+    conv, conv0 = child.get_submodule(new[0].embed), parent.get_submodule(old[0].embed)
+    assert torch.equal(conv.weight, torch.cat([conv0.weight] * 2))
+    norm, norm0 = child.get_submodule(new[0].norm), parent.get_submodule(old[0].norm)
+    assert torch.equal(norm.weight, torch.cat([norm0.weight] * 2))
+    reader, reader0 = child.get_submodule(new[1].embed), parent.get_submodule(old[1].embed)
+    total = reader.weight[:, :16] + reader.weight[:, 16:]
+    torch.testing.assert_close(total, reader0.weight, rtol=0, atol=1e-15)
+    assert not torch.equal(reader.weight[:, :16], reader.weight[:, 16:])
+    assert [b.heads for b in new[0].layout.blocks] == [2]
+    assert new[0].layout.blocks[0].head_dim == 16
+    assert child.config.hidden_sizes == [32, 32] and child.config.num_attention_heads == [2, 2]
 
 
 def test_grow_ffn_grows_the_depthwise_conv_by_whole_groups() -> None:
@@ -230,6 +253,8 @@ def test_layers_are_global_block_indices() -> None:
         (lambda m: add_heads(m, 4, kv_heads=2), MorphError, "multi-head"),
         (lambda m: add_block(m, 3), ValueError, r"global block index in \[0, 2\]"),
         (lambda m: add_block(m, 2, stage=1), ValueError, r"\[0, 1\] of stage 1"),
+        (lambda m: grow_width(m, 16, stage=0), ValueError, "must exceed stage 0's width 16"),
+        (lambda m: grow_width(m, 64, stage=2), ValueError, r"stage index in \[0, 2\)"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(call, error, message) -> None:

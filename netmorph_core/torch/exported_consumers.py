@@ -710,3 +710,35 @@ def plan_exported_widening(
         items = tuple(t.to(like.dtype) if t.is_floating_point() else t for t in items)
     gm = export_graph(model, tuple(items))
     return _ExportedWalk(model, gm, producers, src).run()
+
+
+class _NormOutputWalk(_ExportedWalk):
+    """The walk from the output of a LayerNorm (the producer named): the readers of a
+    normalised stream, such as a hierarchical stage's output."""
+
+    def layer_call(self, node: fx.Node) -> tuple[str, str] | None:
+        found = super().layer_call(node)
+        if found is not None or _aten(node) != "layer_norm" or len(node.args) < 3:
+            return found
+        weight = node.args[2]  # layer_norm(input, normalized_shape, weight, bias, eps)
+        if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+            return None
+        owner, _, attr = str(weight.target).rpartition(".")
+        return (owner, "norm") if attr == "weight" and owner in self.producers else None
+
+
+def plan_norm_readers(
+    model: nn.Module,
+    norm: str,
+    src: np.ndarray,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+) -> WidthPlan:
+    """Export ``model`` and find every layer reading the output of the LayerNorm ``norm``
+    (called once, with a weight), as if its channels were widened with map ``src``; MorphError
+    where anything else reads them (a residual sum, another norm, the model's output)."""
+    items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    like = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if like is not None:
+        items = tuple(t.to(like.dtype) if t.is_floating_point() else t for t in items)
+    gm = export_graph(model, tuple(items))
+    return _NormOutputWalk(model, gm, (norm,), src).run()

@@ -15,11 +15,11 @@ stage order (stage 0's blocks first: with depths [2, 2], block 2 is stage 1's fi
   where the attention reshapes its context to the stream width (PVT-v2: heads·head_dim = d_s
   is fixed).
 - :func:`add_block` — a new pre-LN block whose two branches add exactly zero.
-- :func:`grow_width` — refused by name for a hierarchical model (one stage's stream feeds the
-  next stage's patch convolution and the heads).
+- :func:`grow_width` — one stage's stream (``stage``, default the last) becomes k copies of
+  itself, its heads k-fold (:mod:`.hier_width`).
 
-The config follows where it can (``depths``, ``num_attention_heads`` and ``mlp_ratios`` per
-stage); where it cannot describe the child (a head count its derived head_dim does not give),
+The config follows where it can (``depths``, ``hidden_sizes``, ``num_attention_heads`` and
+``mlp_ratios`` per stage); where it cannot describe the child (a head count its derived head_dim does not give),
 :func:`.hf_config.sync_config` marks it and :func:`~.hf_load.load_grown` rebuilds it.
 """
 
@@ -35,6 +35,7 @@ from .. import _validation as v
 from . import moe, transformer
 from .errors import MorphError
 from .hier_layout import Hierarchy, Stage, find_hierarchy, hierarchy
+from .hier_width import grow_stage_width
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
@@ -543,23 +544,33 @@ def grow_width(
     model: nn.Module,
     d_model: int,
     *,
+    stage: int | None = None,
     noise: float = 0.01,
+    method: str = "netmorph",
     probe: object = None,
     tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
     inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
-    """The residual stream grows to ``d_model`` (:func:`.transformer.grow_width`); refused by
-    name for a hierarchical model, whose stages each have their own stream."""
-    if find_hierarchy(model) is not None:
-        hier = hierarchy(model)
-        widths = [st.width for st in hier.stages]
-        raise MorphError(
-            f"d_model={d_model}: {type(model).__name__} is a hierarchical transformer of "
-            f"{len(widths)} stages of widths {widths} under {hier.path!r}: each stage's stream "
-            "is read by the next stage's patch convolution and by the heads; grow_width does "
-            "not widen a stage's stream; refused"
+    """The residual stream grows to ``d_model``: in a hierarchical model the stream of stage
+    ``stage`` (default the last, which the classifier reads) to a multiple k·d_s of its width,
+    its heads k-fold (:mod:`.hier_width`; ``method`` for the new heads); any other model goes
+    to :func:`.transformer.grow_width`."""
+    if find_hierarchy(model) is None:
+        _no_stage(model, stage)
+        return transformer.grow_width(
+            model, d_model, noise=noise, probe=probe, tol=tol, seed=seed, inplace=inplace
         )
-    return transformer.grow_width(
-        model, d_model, noise=noise, probe=probe, tol=tol, seed=seed, inplace=inplace
+    hier = hierarchy(model)
+    return grow_stage_width(
+        model,
+        hier,
+        d_model,
+        stage=stage,
+        noise=noise,
+        method=method,
+        probe=_probe(model, hier) if probe is None else probe,
+        tol=tol,
+        seed=seed,
+        inplace=inplace,
     )
