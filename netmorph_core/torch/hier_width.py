@@ -157,7 +157,10 @@ def grow_stage_width(
                 f"{block.head_dim}, not d/heads: its heads cannot grow with the stream; refused"
             )
     src = np.concatenate([np.arange(d), -np.ones(d_model - d, int)])
-    plan = plan_norm_readers(model, st.norm, src, probe)
+    try:
+        plan = plan_norm_readers(model, st.norm, src, probe)
+    except MorphError as exc:
+        raise MorphError(f"d_model={d_model}: the readers of stage {s}'s output: {exc}") from exc
     if plan.gates or any(u.kind not in ("linear", "conv") for u in plan.uses):
         odd = next(iter(plan.gates), None) or next(
             u.name for u in plan.uses if u.kind not in ("linear", "conv")

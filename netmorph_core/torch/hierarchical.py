@@ -19,8 +19,9 @@ stage order (stage 0's blocks first: with depths [2, 2], block 2 is stage 1's fi
   itself, its heads k-fold (:mod:`.hier_width`).
 
 The config follows where it can (``depths``, ``hidden_sizes``, ``num_attention_heads`` and
-``mlp_ratios`` per stage); where it cannot describe the child (a head count its derived head_dim does not give),
-:func:`.hf_config.sync_config` marks it and :func:`~.hf_load.load_grown` rebuilds it.
+``mlp_ratios`` per stage); where it cannot describe the child (a head count its derived
+head_dim does not give), :func:`.hf_config.sync_config` marks it and
+:func:`~.hf_load.load_grown` rebuilds it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from .transformer import (
     _std,
     check_bool,
 )
-from .transformer_layout import Block
+from .transformer_layout import Block, describe
 
 __all__ = ["add_block", "add_heads", "grow_ffn", "grow_width"]
 
@@ -67,6 +68,22 @@ def _probe(model: nn.Module, hier: Hierarchy) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(2, conv.in_channels, PROBE_SIZE, PROBE_SIZE, generator=gen)
     return (image.to(like.device, like.dtype),)
+
+
+def _recognised(model: nn.Module) -> Hierarchy | None:
+    """The model's :class:`Hierarchy`; None for a model without a list of stages, or whose
+    stages are not understood while :func:`.transformer_layout.describe` knows its blocks
+    (the flat operations then apply); else the MorphError naming the part not understood."""
+    if find_hierarchy(model) is None:
+        return None
+    try:
+        return hierarchy(model)
+    except MorphError as exc:
+        try:
+            describe(model)
+        except MorphError:
+            raise exc from None
+        return None
 
 
 def _chosen(hier: Hierarchy, layers: object, stage: object) -> list[tuple[int, int]]:
@@ -220,7 +237,8 @@ def grow_ffn(
     (default every block; ``width`` must exceed each one's hidden size); any other model goes to
     :func:`.moe.grow_ffn` (mixtures of experts, ``shared_width``) and
     :func:`.transformer.grow_ffn`."""
-    if find_hierarchy(model) is None:
+    hier = _recognised(model)
+    if hier is None:
         _no_stage(model, stage)
         return moe.grow_ffn(
             model,
@@ -233,7 +251,6 @@ def grow_ffn(
             seed=seed,
             inplace=inplace,
         )
-    hier = hierarchy(model)
     if shared_width is not None:
         raise ValueError(
             f"shared_width={shared_width!r}: {type(model).__name__} has no mixture-of-experts "
@@ -347,7 +364,8 @@ def add_heads(
     model the blocks ``layers`` (global indices) or of the stages ``stage`` (default every
     block; ``heads`` must exceed each one's count; multi-head attention only, so ``kv_heads``
     is None or ``heads``); any other model goes to :func:`.transformer.add_heads`."""
-    if find_hierarchy(model) is None:
+    hier = _recognised(model)
+    if hier is None:
         _no_stage(model, stage)
         return transformer.add_heads(
             model,
@@ -360,7 +378,6 @@ def add_heads(
             seed=seed,
             inplace=inplace,
         )
-    hier = hierarchy(model)
     method = _method(method)
     chosen = _chosen(hier, layers, stage)
     heads = v.positive_int(heads, "heads")
@@ -463,12 +480,12 @@ def add_block(
     and Mix-FFN channels come in cancelling sets (``"zero"``: zero output projections) and its
     output biases are zero, so both branches add zero. Any other model goes to
     :func:`.transformer.add_block`."""
-    if find_hierarchy(model) is None:
+    hier = _recognised(model)
+    if hier is None:
         _no_stage(model, stage)
         return transformer.add_block(
             model, at, method=method, probe=probe, tol=tol, seed=seed, inplace=inplace
         )
-    hier = hierarchy(model)
     method = _method(method)
     s, at = _place(hier, at, stage)
     st = hier.stages[s]
@@ -556,12 +573,12 @@ def grow_width(
     ``stage`` (default the last, which the classifier reads) to a multiple k·d_s of its width,
     its heads k-fold (:mod:`.hier_width`; ``method`` for the new heads); any other model goes
     to :func:`.transformer.grow_width`."""
-    if find_hierarchy(model) is None:
+    hier = _recognised(model)
+    if hier is None:
         _no_stage(model, stage)
         return transformer.grow_width(
             model, d_model, noise=noise, probe=probe, tol=tol, seed=seed, inplace=inplace
         )
-    hier = hierarchy(model)
     return grow_stage_width(
         model,
         hier,
