@@ -311,12 +311,24 @@ def grow_ffn(
 
 
 def _check_heads_fit(model: nn.Module, stage: Stage, block: Block, heads: int) -> None:
-    """A copy of the block's attention with ``heads`` zero heads of the same head_dim must run
-    on a (1, 16, d_s) input on a 4×4 grid; MorphError naming it where its forward fixes the
-    head count (PVT-v2 reshapes its context to the stream width: heads·head_dim = d_s)."""
+    """A copy of the block's attention must run on a (1, S², d_s) input on an S×S grid (S the
+    largest kernel of its spatial reduction, at least 4), then also with ``heads`` zero heads of
+    the same head_dim; MorphError naming it where its forward fixes the head count (PVT-v2
+    reshapes its context to the stream width: heads·head_dim = d_s)."""
     fam = stage.layout.family
     name = block.name(fam.attention)
     attention = copy.deepcopy(model.get_submodule(name)).to(torch.float64)
+    side = max([4] + [max(m.kernel_size) for m in attention.modules() if isinstance(m, nn.Conv2d)])
+    x = torch.zeros(1, side * side, stage.width, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            attention(x, side, side)
+    except Exception as exc:  # any failure of the module's own forward
+        raise MorphError(
+            f"heads={heads}: {name!r} ({type(attention).__name__}) cannot be run alone on a "
+            f"(1, {side * side}, {stage.width}) input on a {side}×{side} grid "
+            f"({type(exc).__name__}: {exc}); refused"
+        ) from exc
     rows = heads * block.head_dim
     with torch.no_grad():
         for rel in fam.qkv:
@@ -334,10 +346,9 @@ def _check_heads_fit(model: nn.Module, stage: Stage, block: Block, heads: int) -
             setattr(attention, attr, heads)
     if isinstance(getattr(attention, "all_head_size", None), int):
         attention.all_head_size = rows
-    x = torch.zeros(1, 16, stage.width, dtype=torch.float64)
     try:
         with torch.no_grad():
-            attention(x, 4, 4)
+            attention(x, side, side)
     except Exception as exc:  # the forward of this class fixes the head count
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MorphError(
