@@ -242,6 +242,37 @@ def test_layers_are_global_block_indices() -> None:
 
 
 @pytest.mark.parametrize(
+    "grow",
+    [
+        lambda m: grow_ffn(m, 80, seed=0),
+        lambda m: add_heads(m, 4, seed=0),
+        lambda m: add_block(m, 1, seed=0),
+        lambda m: grow_width(m, 64, seed=0),
+    ],
+)
+def test_glpn_parallel_stage_lists(grow, tmp_path: Path) -> None:
+    """GLPN keeps SegFormer's encoder as three parallel lists (patch embeddings, block lists,
+    final norms) and its attention one level down (``attention.self``, ``attention.output``);
+    the depth decoder reads every stage."""
+    torch.manual_seed(0)
+    args = {k: v for k, v in STAGES.items() if k != "num_labels"}
+    config = transformers.GLPNConfig(**args, decoder_hidden_size=16)
+    parent = transformers.GLPNForDepthEstimation(config).eval().double()
+    with torch.no_grad():
+        want = parent(_pixels()).predicted_depth
+    child, _ = grow(parent)
+    child.save_pretrained(tmp_path)
+    for model in (child, load_grown(tmp_path)):
+        with torch.no_grad():
+            got = model(_pixels()).predicted_depth
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want.abs().max()))
+    assert [s.blocks for s in hierarchy(parent).stages] == [
+        "glpn.encoder.block.0",
+        "glpn.encoder.block.1",
+    ]
+
+
+@pytest.mark.parametrize(
     ("call", "error", "message"),
     [
         (lambda m: grow_ffn(m, 80, layers=0, stage=0), ValueError, "not both"),

@@ -32,14 +32,19 @@ __all__ = ["Hierarchy", "Stage", "find_hierarchy", "hierarchy"]
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: the qualified names of its ``embed`` (patch Conv2d), its ``blocks``
-    (ModuleList) and its final ``norm``; its stream ``width`` d_s and its ``layout`` (the
-    :class:`~.transformer_layout.Layout` of its blocks, relative names in ``layout.family``)."""
+    """One stage: the qualified names of its ``embed`` (patch Conv2d) and ``embed_norm`` (the
+    LayerNorm after it; None where there is not exactly one), its ``blocks`` (ModuleList) and
+    its final ``norm``; ``roots``: the modules that hold every part of the stage; its stream
+    ``width`` d_s, its ``layout`` (the :class:`~.transformer_layout.Layout` of its blocks,
+    relative names in ``layout.family``) and its Mix-FFN's depthwise conv ``dwconv``
+    (relative to a block)."""
 
     index: int
     embed: str
+    embed_norm: str | None
     blocks: str
     norm: str
+    roots: tuple[str, ...]
     width: int
     layout: Layout
     dwconv: str
@@ -51,8 +56,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class Hierarchy:
-    """A recognised hierarchical transformer: its ``stages`` (qualified name ``path`` of their
-    ModuleList) and the model ``config`` (None for a plain module)."""
+    """A recognised hierarchical transformer: its ``stages`` (``path``: the module holding
+    them) and the model ``config`` (None for a plain module)."""
 
     path: str
     stages: tuple[Stage, ...]
@@ -63,6 +68,11 @@ class Hierarchy:
         return [(s.index, i) for s in self.stages for i in range(s.depth)]
 
 
+#: The qualified names of one stage's parts: patch conv, its LayerNorm (or None), block list,
+#: final norm, and the modules holding them.
+Parts = tuple[str, str | None, str, str, tuple[str, ...]]
+
+
 def _children(module: nn.Module, kind: type) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in module.named_children() if isinstance(m, kind)]
 
@@ -71,33 +81,98 @@ def _leaves(module: nn.Module, kind: type) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, kind)]
 
 
-def _stage_parts(stage: nn.Module) -> tuple[str, str, str] | None:
-    """(patch conv, block list, final norm) relative names of a stage, or None."""
+def _embedding(module: nn.Module, prefix: str, skip: str = "") -> tuple[str, str | None] | None:
+    """(patch conv, its LayerNorm or None) of a module holding one ungrouped Conv2d (outside
+    ``skip``), qualified with ``prefix``; None when it holds none or several."""
+    convs = [
+        n
+        for n, m in _leaves(module, nn.Conv2d)
+        if m.groups == 1 and not (skip and n.startswith(skip))
+    ]
+    if len(convs) != 1:
+        return None
+    owner = convs[0].rpartition(".")[0]
+    inside = module.get_submodule(owner) if owner else module
+    norms = [
+        n
+        for n, _ in _children(inside, nn.LayerNorm)
+        if not (skip and f"{owner}.{n}".startswith(skip))
+    ]
+    norm = None
+    if len(norms) == 1:
+        norm = f"{prefix}.{owner}.{norms[0]}" if owner else f"{prefix}.{norms[0]}"
+    return f"{prefix}.{convs[0]}", norm
+
+
+def _stage_parts(stage: nn.Module, prefix: str) -> Parts | None:
+    """The parts of a stage module (one list of blocks, a patch convolution outside it, a
+    LayerNorm child last: the final norm), or None."""
     lists = [(n, m) for n, m in stage.named_children() if isinstance(m, nn.ModuleList)]
     norms = _children(stage, nn.LayerNorm)
     if len(lists) != 1 or not norms or len(lists[0][1]) == 0:
         return None
-    blocks_name = lists[0][0]
-    convs = [
-        (n, m)
-        for n, m in _leaves(stage, nn.Conv2d)
-        if not n.startswith(blocks_name + ".") and m.groups == 1
-    ]
-    if len(convs) != 1:
+    blocks = lists[0][0]
+    found = _embedding(stage, prefix, skip=blocks + ".")
+    if found is None:
         return None
-    return convs[0][0], blocks_name, norms[-1][0]
+    embed, embed_norm = found
+    final = f"{prefix}.{norms[-1][0]}"
+    if embed_norm == final:  # the patch convolution's own norm is the only one
+        return None
+    return embed, embed_norm, f"{prefix}.{blocks}", final, (prefix,)
 
 
-def find_hierarchy(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """(name, ModuleList) of the first list of stages of one class in ``model``, each with a
-    patch convolution, one list of blocks and a final LayerNorm; None when there is none."""
+def _stage_list(name: str, module: nn.Module) -> list[Parts] | None:
+    """A ModuleList of stage modules of one class (SegFormer, PVT-v2)."""
+    if not isinstance(module, nn.ModuleList) or len(module) == 0:
+        return None
+    if len({type(s) for s in module}) != 1:
+        return None
+    parts = [_stage_parts(s, f"{name}.{i}" if name else str(i)) for i, s in enumerate(module)]
+    return None if any(p is None for p in parts) else parts  # type: ignore[return-value]
+
+
+def _parallel_lists(name: str, module: nn.Module) -> list[Parts] | None:
+    """Three ModuleLists of one length in one module (GLPN's encoder): patch embeddings (one
+    patch conv each), lists of blocks, and final LayerNorms."""
+    lists = [(n, m) for n, m in module.named_children() if isinstance(m, nn.ModuleList) and m]
+    nested = [(n, m) for n, m in lists if all(isinstance(b, nn.ModuleList) and b for b in m)]
+    finals = [(n, m) for n, m in lists if all(type(x) is nn.LayerNorm for x in m)]
+    if len(nested) != 1 or len(finals) != 1:
+        return None
+    (b_name, b_list), (n_name, n_list) = nested[0], finals[0]
+    prefix = f"{name}." if name else ""
+    embeds = []
+    for e_name, e_list in lists:
+        if len(e_list) != len(b_list) or e_name in (b_name, n_name):
+            continue
+        found = [_embedding(e, f"{prefix}{e_name}.{i}") for i, e in enumerate(e_list)]
+        if all(f is not None for f in found):
+            embeds.append((e_name, found))
+    if len(embeds) != 1 or len(n_list) != len(b_list):
+        return None
+    e_name, found = embeds[0]
+    return [
+        (
+            conv,
+            norm,
+            f"{prefix}{b_name}.{i}",
+            f"{prefix}{n_name}.{i}",
+            (f"{prefix}{e_name}.{i}", f"{prefix}{b_name}.{i}", f"{prefix}{n_name}.{i}"),
+        )
+        for i, (conv, norm) in enumerate(found)  # type: ignore[misc]
+    ]
+
+
+def find_hierarchy(model: nn.Module) -> tuple[str, list[Parts]] | None:
+    """(the module holding them, the parts of every stage) of the first list of stages in
+    ``model``: a ModuleList of stage modules, each with a patch convolution, one list of
+    blocks and a final LayerNorm, or three parallel ModuleLists of patch embeddings, block
+    lists and final LayerNorms; None when there is none."""
     for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if len({type(s) for s in module}) != 1:
-            continue
-        if all(_stage_parts(s) is not None for s in module):
-            return name, module
+        found = _stage_list(name, module) or _parallel_lists(name, module)
+        if found:
+            return name, found
     return None
 
 
@@ -109,40 +184,27 @@ def hierarchy(model: nn.Module) -> Hierarchy:
             f"{type(model).__name__} has no list of stages (patch convolution, blocks, "
             "LayerNorm); refused"
         )
-    path, stages = found
+    path, parts = found
     out = []
-    for s, stage in enumerate(stages):
-        embed, blocks_rel, norm = _stage_parts(stage)  # type: ignore[misc]
-        prefix = f"{path}.{s}"
-        conv = stage.get_submodule(embed)
-        width = conv.out_channels
-        blocks = stage.get_submodule(blocks_rel)
-        family, dwconv = _family(blocks, f"{prefix}.{blocks_rel}", width)
-        heads = []
-        for i, block in enumerate(blocks):
-            where = f"{prefix}.{blocks_rel}.{i}"
-            heads.append(_block_heads(family, block, where, width))
+    for s, (embed, embed_norm, blocks_name, norm, roots) in enumerate(parts):
+        width = model.get_submodule(embed).out_channels
+        blocks = model.get_submodule(blocks_name)
+        family, dwconv = _family(blocks, blocks_name, width)
+        heads = tuple(
+            _block_heads(family, block, f"{blocks_name}.{i}", width)
+            for i, block in enumerate(blocks)
+        )
         layout = Layout(
             family=family,
             owner="",
-            blocks=tuple(heads),
+            blocks=heads,
             d_model=width,
             norm_kind="layer",
             head=None,
             tied=False,
             config=getattr(model, "config", None),
         )
-        out.append(
-            Stage(
-                s,
-                f"{prefix}.{embed}",
-                f"{prefix}.{blocks_rel}",
-                f"{prefix}.{norm}",
-                width,
-                layout,
-                dwconv,
-            )
-        )
+        out.append(Stage(s, embed, embed_norm, blocks_name, norm, roots, width, layout, dwconv))
     for a, b in itertools.pairwise(out):
         conv = model.get_submodule(b.embed)
         if conv.in_channels != a.width:
@@ -183,6 +245,7 @@ def _family(blocks: nn.ModuleList, where: str, width: int) -> tuple[Family, str]
             "value, output); refused"
         )
     q, k, v, o = (f"{attn_name}.{n}" for n, _ in linears)
+    attention = _common_parent((q, k, v))
     mlp = _leaves(ffn, nn.Linear)
     convs = _leaves(ffn, nn.Conv2d)
     if len(mlp) != 2 or len(convs) != 1:
@@ -197,7 +260,7 @@ def _family(blocks: nn.ModuleList, where: str, width: int) -> tuple[Family, str]
     family = Family(
         "hierarchical",
         blocks="",
-        attention=attn_name,
+        attention=attention,
         qkv=(q, k, v),
         o=o,
         ffn_in=(fc1,),
@@ -208,6 +271,17 @@ def _family(blocks: nn.ModuleList, where: str, width: int) -> tuple[Family, str]
         derived_head_dim=True,
     )
     return family, dwconv
+
+
+def _common_parent(names: tuple[str, ...]) -> str:
+    """The innermost module holding every one of ``names`` (relative dotted names)."""
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
 
 
 def _check_block(

@@ -47,21 +47,15 @@ from .transformer import (
 __all__ = ["grow_stage_width"]
 
 
-def _stream_modules(model: nn.Module, root: str, stage: Stage) -> tuple[str, list[str], list[str]]:
+def _stream_modules(model: nn.Module, stage: Stage) -> tuple[str, list[str], list[str]]:
     """(the patch embedding's LayerNorm, the spatial-reduction convolutions and LayerNorms
-    inside the blocks' attention, those convolutions) of the stage ``root``; MorphError naming
-    a part of the stage not understood."""
-    outside = [
-        f"{root}.{n}"
-        for n, m in model.get_submodule(root).named_modules()
-        if isinstance(m, nn.LayerNorm)
-        and not f"{root}.{n}".startswith(stage.blocks + ".")
-        and f"{root}.{n}" != stage.norm
-    ]
-    if len(outside) != 1:
+    inside the blocks' attention, those convolutions); MorphError naming a part of the stage
+    not understood: every parameter of a block must belong to its norms, projections,
+    spatial reduction or depthwise conv."""
+    if stage.embed_norm is None:
         raise MorphError(
-            f"stage {stage.index}: {len(outside)} LayerNorms outside its blocks besides the final "
-            f"{stage.norm!r}, not one after the patch convolution {stage.embed!r}; refused"
+            f"stage {stage.index}: no single LayerNorm after the patch convolution "
+            f"{stage.embed!r}; refused"
         )
     fam = stage.layout.family
     reduce: list[str] = []
@@ -81,7 +75,18 @@ def _stream_modules(model: nn.Module, root: str, stage: Stage) -> tuple[str, lis
                     f"reduction convolution of width {stage.width} nor its LayerNorm; refused"
                 )
             reduce.append(name)
-    return outside[0], reduce, [n for n in reduce if isinstance(model.get_submodule(n), nn.Conv2d)]
+        known = {*own, *reduce, block.name(stage.dwconv)}
+        known |= {block.name(r) for r in (*fam.norms, *fam.ffn_in, fam.ffn_out)}
+        for pname, _ in model.get_submodule(block.prefix).named_parameters():
+            owner = f"{block.prefix}.{pname.rpartition('.')[0]}"
+            if owner not in known:
+                raise MorphError(
+                    f"'{block.prefix}.{pname}' is not a parameter of a norm, projection, spatial "
+                    "reduction or depthwise conv of the block: the width does not follow it; "
+                    "refused"
+                )
+    convs = [n for n in reduce if isinstance(model.get_submodule(n), nn.Conv2d)]
+    return stage.embed_norm, reduce, convs
 
 
 def _tile(edit: _Editor, name: str, attr: str, copies: int, axis: int = 0) -> None:
@@ -141,8 +146,7 @@ def grow_stage_width(
     noise = v.real_number(noise, "noise", low=0.0)
     method = _method(method)
     check_bool(inplace, "inplace")
-    prefix = f"{hier.path}.{s}"
-    embed_norm, reduce, reduce_convs = _stream_modules(model, prefix, st)
+    embed_norm, reduce, reduce_convs = _stream_modules(model, st)
     if d_model % d:
         raise MorphError(
             f"d_model={d_model} is not a multiple of stage {s}'s width {d}: LayerNorm "
@@ -177,7 +181,8 @@ def grow_stage_width(
     writers = [st.embed, *(b.name(r) for b in blocks for r in (fam.o, fam.ffn_out))]
     inner = [b.name(r) for b in blocks for r in (*fam.qkv, *fam.ffn_in)]
     edits = tuple(dict.fromkeys([*writers, *inner, *reduce_convs, *norms, *readers]))
-    new_bytes = state_bytes(model.get_submodule(prefix)) * copies * 2 + sum(
+    stage_bytes = sum(state_bytes(model.get_submodule(r)) for r in st.roots)
+    new_bytes = stage_bytes * copies * 2 + sum(
         state_bytes(model.get_submodule(r)) * copies for r in readers
     )
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
@@ -206,9 +211,10 @@ def grow_stage_width(
             name = f"{block.name(fam.o)}.weight"
             edit.sources[name] = ParamSource(name, name, (stream, rows))
         outcome = edit.outcome([])
-        for module in child.get_submodule(prefix).modules():
-            if getattr(module, "hidden_size", None) == d:
-                module.hidden_size = d_model
+        for root in st.roots:
+            for module in child.get_submodule(root).modules():
+                if getattr(module, "hidden_size", None) == d:
+                    module.hidden_size = d_model
         config = getattr(child, "config", None)
         _set_stage(config, "hidden_sizes", s, d_model)
         _set_stage(config, "num_attention_heads", s, blocks[0].heads * copies)
@@ -227,14 +233,14 @@ def grow_stage_width(
         Request(
             "grow_width",
             model,
-            (prefix,),
+            (st.blocks,),
             build,
             probe=probe,
             tol=tol,
             layer_scope=False,
             inplace=inplace,
             edits=edits,
-            copies=(prefix,),
+            copies=st.roots,
             regions=(),
             new_bytes=new_bytes,
             replaced=edits,

@@ -338,9 +338,11 @@ def _check_heads_fit(model: nn.Module, stage: Stage, block: Block, heads: int) -
             if layer.bias is not None:
                 layer.bias = nn.Parameter(_gather_rows(layer.bias, index))
             layer.out_features = rows
-        out = attention.get_submodule(fam.o.removeprefix(fam.attention + "."))
-        out.weight = nn.Parameter(_gather_rows(out.weight, np.arange(rows) % out.in_features, 1))
-        out.in_features = rows
+        if fam.o.startswith(fam.attention + "."):  # else the block applies it afterwards
+            out = attention.get_submodule(fam.o.removeprefix(fam.attention + "."))
+            index = np.arange(rows) % out.in_features
+            out.weight = nn.Parameter(_gather_rows(out.weight, index, 1))
+            out.in_features = rows
     for attr in ("num_heads", "num_attention_heads"):
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, heads)
