@@ -55,7 +55,7 @@ from .transformer import (
 )
 from .transformer_layout import Block, describe
 
-__all__ = ["add_block", "add_heads", "grow_ffn", "grow_width"]
+__all__ = ["add_block", "add_heads", "grow_ffn", "grow_width", "recognise"]
 
 #: Side of the square probe images (every stage sees a grid of at least 1×1 at strides 4·2·2·2).
 PROBE_SIZE = 64
@@ -70,7 +70,7 @@ def _probe(model: nn.Module, hier: Hierarchy) -> tuple[torch.Tensor, ...]:
     return (image.to(like.device, like.dtype),)
 
 
-def _recognised(model: nn.Module) -> Hierarchy | None:
+def recognise(model: nn.Module) -> Hierarchy | None:
     """The model's :class:`Hierarchy`; None for a model without a list of stages, or whose
     stages are not understood while :func:`.transformer_layout.describe` knows its blocks
     (the flat operations then apply); else the MorphError naming the part not understood."""
@@ -237,7 +237,7 @@ def grow_ffn(
     (default every block; ``width`` must exceed each one's hidden size); any other model goes to
     :func:`.moe.grow_ffn` (mixtures of experts, ``shared_width``) and
     :func:`.transformer.grow_ffn`."""
-    hier = _recognised(model)
+    hier = recognise(model)
     if hier is None:
         _no_stage(model, stage)
         return moe.grow_ffn(
@@ -377,7 +377,7 @@ def add_heads(
     model the blocks ``layers`` (global indices) or of the stages ``stage`` (default every
     block; ``heads`` must exceed each one's count; multi-head attention only, so ``kv_heads``
     is None or ``heads``); any other model goes to :func:`.transformer.add_heads`."""
-    hier = _recognised(model)
+    hier = recognise(model)
     if hier is None:
         _no_stage(model, stage)
         return transformer.add_heads(
@@ -493,7 +493,7 @@ def add_block(
     and Mix-FFN channels come in cancelling sets (``"zero"``: zero output projections) and its
     output biases are zero, so both branches add zero. Any other model goes to
     :func:`.transformer.add_block`."""
-    hier = _recognised(model)
+    hier = recognise(model)
     if hier is None:
         _no_stage(model, stage)
         return transformer.add_block(
@@ -586,7 +586,7 @@ def grow_width(
     ``stage`` (default the last, which the classifier reads) to a multiple k·d_s of its width,
     its heads k-fold (:mod:`.hier_width`; ``method`` for the new heads); any other model goes
     to :func:`.transformer.grow_width`."""
-    hier = _recognised(model)
+    hier = recognise(model)
     if hier is None:
         _no_stage(model, stage)
         return transformer.grow_width(
