@@ -5,8 +5,9 @@ torch.export, whose graph holds ATen calls and reads every parameter with ``get_
 Linear layer is ``aten.linear(x, <layer>.weight, <layer>.bias)``, transformers' ``Conv1D``
 (y = x·W + b, W: in × out) is ``aten.addmm(<layer>.bias, x.view(-1, in), <layer>.weight)``.
 A layer call is recognised by the module owning its weight. The widened channels are the last
-axis of a Linear or Conv1D output, and the walk follows them as :mod:`.consumers` does in a
-torch.fx graph, into the same :class:`~.consumers.WidthPlan`:
+axis of a Linear or Conv1D output, or axis 1 of a convolution's (N, C, *S) output, and the walk
+follows them as :mod:`.consumers` does in a torch.fx graph, into the same
+:class:`~.consumers.WidthPlan`:
 
 - element-wise ATen ops pass the tensor on (activations, dropout, casts, copies), noting
   whether a zero channel stays zero and whether gradient passes 0; so do ops that keep the
@@ -21,7 +22,12 @@ torch.fx graph, into the same :class:`~.consumers.WidthPlan`:
 - ``chunk(k)`` along the last axis splits the map into k parts that grow alike (a fused
   gate/up projection; :func:`~.consumers.chunk_flow`, which may ask widen for a map in equal
   blocks); split with sizes fixed in the graph is refused; along other axes both pass;
-- a Linear or Conv1D layer reading the tensor consumes it (new input columns).
+- transpose/permute move the channel axis: to the last axis or to axis 1 (N, C, …); at axis 1
+  the walk follows reshapes that keep N and C the first two axes (``view(B, C, H, W)``,
+  ``flatten(2)``), ops on the spatial axes and element-wise ops;
+- a Linear or Conv1D layer reading the channels last consumes it (new input columns), and so
+  does a convolution reading them at axis 1; a grouped (depthwise) convolution grows by whole
+  new groups (:func:`~.consumers.grouped_outputs`) whose new outputs go on as new channels.
 
 Anything else is refused, naming the ATen op, the node and the module it ran in: a sum with
 a tensor that is not widened (a residual stream: grow_width), a norm's statistics over the
@@ -39,7 +45,16 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .consumers import LAST, Flow, Use, WidthPlan, chunk_flow
+from .consumers import (
+    LAST,
+    SPATIAL,
+    BlockRequest,
+    Flow,
+    Use,
+    WidthPlan,
+    chunk_flow,
+    grouped_outputs,
+)
 from .errors import MorphError
 from .surgery import CONV_TYPES
 from .tracing import export_graph, node_module
@@ -96,6 +111,14 @@ _LAYER_CALLS = {
     "conv3d": (1, 0, "conv"),
     "convolution": (1, 0, "conv"),
 }
+
+
+#: What the walk does with channels at axis 1 of an (N, C, *S) tensor.
+_SPATIAL_ONLY = (
+    "acts on a tensor whose widened channels are at axis 1 (N, C, …): in an exported graph widen "
+    "follows them there through element-wise ops, reshapes of the other axes, transposes and "
+    "convolutions only"
+)
 
 
 def _aten(node: fx.Node) -> str | None:
@@ -226,13 +249,7 @@ class _ExportedWalk:
                 calls[layer[0]] += 1
                 if widened:
                     raise self.fail(node, "consumes channels that are being widened with it")
-                if layer[1] == "conv":
-                    raise self.fail(
-                        node,
-                        "is a convolution: in an exported graph widen follows the last axis "
-                        "of Linear and Conv1D outputs only",
-                    )
-                self.flows[node] = Flow(self.src, LAST, None)
+                self.flows[node] = self._start(node, layer[1])
                 continue
             if widened:
                 self._step(node, widened, layer)
@@ -244,6 +261,16 @@ class _ExportedWalk:
                 )
         self._check_calls()
         return self.plan
+
+    def _start(self, node: fx.Node, kind: str) -> Flow:
+        """The producer's output: channels last (Linear, Conv1D) or at axis 1 (a convolution's
+        (N, C, *S) output)."""
+        if kind != "conv":
+            return Flow(self.src, LAST, None)
+        rank = len(_shape(node) or ())
+        if rank < 3:
+            raise self.fail(node, f"is a convolution with an output of rank {rank}, not (N, C, …)")
+        return Flow(self.src, SPATIAL, rank)
 
     def _check_calls(self) -> None:
         """Every call of a consumer sees the same widened channels, a gate is called once,
@@ -321,6 +348,8 @@ class _ExportedWalk:
         if op in _MULS:
             self._mul(node, op)
             return
+        if flow.layout == SPATIAL and op in ("cat", "chunk", "split", "split_with_sizes", "unbind"):
+            raise self.fail(node, f"{_SPATIAL_ONLY}; not through aten.{op}")
         if op == "cat":
             self._cat(node)
             return
@@ -353,7 +382,14 @@ class _ExportedWalk:
         if widened != [data]:
             raise self.fail(node, "takes the widened tensor as a non-data argument")
         if kind == "conv":
-            raise self.fail(node, "is a convolution reading the last axis of a Linear output")
+            self._conv(node, name, flow)
+            return
+        if flow.layout == SPATIAL:
+            raise self.fail(
+                node,
+                "is a Linear layer reading a tensor whose widened channels are "
+                "on axis 1 (N, C, …), not the last axis",
+            )
         in_features = as_matrix(self.modules[name]).shape[1]
         if in_features != flow.parent_channels:
             raise self.fail(
@@ -362,6 +398,96 @@ class _ExportedWalk:
                 f"{flow.parent_channels} channels in the parent",
             )
         self.plan.uses.append(Use(name, "linear", flow))
+
+    def _conv(self, node: fx.Node, name: str, flow: Flow) -> None:
+        """A convolution reading the widened channels at axis 1: new input columns, or for a
+        grouped (depthwise) one whole new groups whose outputs go on as new channels (its new
+        filters read only new channels and have zero bias: zero stays zero)."""
+        m = self.modules[name]
+        if flow.layout != SPATIAL:
+            raise self.fail(node, "is a convolution reading the last axis of a Linear output")
+        if flow.ndim != m.weight.dim():
+            raise self.fail(
+                node,
+                f"is a convolution of rank {m.weight.dim()} reading a tensor of rank {flow.ndim}",
+            )
+        if m.in_channels != flow.parent_channels:
+            raise self.fail(
+                node,
+                f"expects {m.in_channels} input channels but the widened tensor has "
+                f"{flow.parent_channels} channels in the parent",
+            )
+        if m.groups == 1:
+            self.plan.uses.append(Use(name, "conv", flow))
+            return
+        per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
+        out = grouped_outputs(flow.src, per_in, per_out)
+        if out is None:
+            whole = (flow.src.size - flow.parent_channels) % per_in == 0
+            if whole and np.array_equal(flow.src, self.src):
+                raise BlockRequest(per_in, whole_groups=True)
+            raise self.fail(
+                node,
+                f"is a grouped convolution (groups={m.groups}, {per_in} input channels per "
+                f"group): new input channels need whole new groups, i.e. a width of "
+                f"{flow.parent_channels} + a multiple of {per_in}, reaching it with the "
+                "parent's groups intact",
+            )
+        self.plan.uses.append(Use(name, "grouped", flow))
+        self._pass(node, replace(flow, src=out), True, True)
+
+    def _placed(self, node: fx.Node, flow: Flow, axis: int, rank: int) -> Flow:
+        """``flow`` with its channels at ``axis`` of a tensor of ``rank``: the last axis, or
+        axis 1 of an (N, C, *S) tensor."""
+        if axis == rank - 1:
+            return replace(flow, layout=LAST, ndim=None)
+        if axis == 1:
+            return replace(flow, layout=SPATIAL, ndim=rank)
+        raise self.fail(
+            node,
+            f"moves the widened channels off the last axis (to axis {axis} of {rank}); widen "
+            "follows them as the last axis or at axis 1 (N, C, …)",
+        )
+
+    def _spatial(self, node: fx.Node, op: str, flow: Flow, before: tuple, after: tuple) -> Flow:
+        """Reshapes, axis ops and reductions of a tensor whose channels are at axis 1."""
+        rank = len(before)
+        if op in _RESHAPES:
+            if before[:2] != after[:2]:
+                raise self.fail(
+                    node,
+                    f"reshapes the widened tensor {before} to {after}, which does not keep its "
+                    "batch and channel axes (N, C, …)",
+                )
+            return self._placed(node, flow, 1, len(after))
+        if op in _AXIS_OPS:
+            dim = _arg(node, 1, "dim", 0)
+            if not isinstance(dim, int) or dim % rank <= 1:
+                raise self.fail(node, "selects or slices the batch or channel axis")
+            return self._placed(node, flow, 1, len(after))
+        if op in _REDUCTIONS:
+            dims = _arg(node, 1, "dim", None)
+            dims = [dims] if isinstance(dims, int) else dims
+            if not dims or any(not isinstance(d, int) or d % rank <= 1 for d in dims):
+                raise self.fail(node, "reduces over the batch or channel axis")
+            return self._placed(node, flow, 1, len(after))
+        raise self.fail(node, _SPATIAL_ONLY)
+
+    def _moved(self, node: fx.Node, op: str, flow: Flow, rank: int) -> Flow:
+        """transpose/permute: the channel axis goes where the permutation puts it."""
+        axis = 1 if flow.layout == SPATIAL else rank - 1
+        if op == "transpose":
+            d0, d1 = _arg(node, 1, "dim0", None), _arg(node, 2, "dim1", None)
+            if not isinstance(d0, int) or not isinstance(d1, int):
+                raise self.fail(node, "transposes computed axes")
+            dims = list(range(rank))
+            dims[d0 % rank], dims[d1 % rank] = dims[d1 % rank], dims[d0 % rank]
+        else:
+            dims = list(_arg(node, 1, "dims", ()))
+            if not all(isinstance(d, int) for d in dims) or len(dims) != rank:
+                raise self.fail(node, f"permutes with dims {dims!r}")
+            dims = [d % rank for d in dims]
+        return self._placed(node, flow, dims.index(axis), rank)
 
     def _last_axis(self, node: fx.Node, dim: object) -> bool:
         """Whether axis ``dim`` of ``node``'s (widened) input is its last one."""
@@ -375,6 +501,12 @@ class _ExportedWalk:
         before, after = _shape(node.args[0]), _shape(node)
         if before is None or after is None:
             raise self.fail(node, "has no recorded shape")
+        if op in ("transpose", "permute"):
+            self._pass(node, self._moved(node, op, flow, len(before)), True, True)
+            return
+        if flow.layout == SPATIAL:
+            self._pass(node, self._spatial(node, op, flow, before, after), True, True)
+            return
         if op in _RESHAPES:
             keeps = before[-1:] == after[-1:] == (flow.parent_channels,)
             if not keeps:
@@ -390,12 +522,6 @@ class _ExportedWalk:
             dims = [dims] if isinstance(dims, int) else dims
             if not dims or any(self._last_axis(node, d) for d in dims):
                 raise self.fail(node, "reduces over the widened channels")
-        elif op == "transpose" and any(
-            self._last_axis(node, _arg(node, i, n, 0)) for i, n in ((1, "dim0"), (2, "dim1"))
-        ):
-            raise self.fail(node, "moves the widened channels off the last axis")
-        elif op == "permute" and not self._last_axis(node, _arg(node, 1, "dims", [0])[-1]):
-            raise self.fail(node, "moves the widened channels off the last axis")
         elif op == "index" and len(_arg(node, 1, "indices", ())) >= len(before):
             raise self.fail(node, "indexes the widened channels")
         self._pass(node, flow, True, True)
@@ -421,19 +547,26 @@ class _ExportedWalk:
             raise self.fail(node, "chunks into a computed number of parts")
         self.pieces[node] = chunk_flow(flow, parts, self.src, lambda why: self.fail(node, why))
 
-    def _broadcast(self, operand: object) -> bool:
-        """A Python number, or a tensor of size 1 on the last axis: the same for every
-        channel."""
+    def _broadcast(self, operand: object, flow: Flow) -> bool:
+        """A Python number, or a tensor of size 1 on the channel axis (the last one, or axis
+        1 of an (N, C, *S) tensor, counted from the right): the same for every channel."""
         if isinstance(operand, (int, float)):
             return True
         shape = _shape(operand)
-        return shape is not None and (not shape or shape[-1] == 1)
+        if shape is None:
+            return False
+        if flow.layout == SPATIAL:
+            at = len(shape) - (flow.ndim - 1)
+            return at < 0 or shape[at] == 1
+        return not shape or shape[-1] == 1
 
     def _operands(self, node: fx.Node) -> list[object]:
         return [_arg(node, 0, "self", None), _arg(node, 1, "other", None)]
 
     def _merged(self, node: fx.Node, tensors: list[fx.Node], what: str) -> Flow:
         flows = [self.flows[t] for t in tensors]
+        if any((f.layout, f.ndim) != (flows[0].layout, flows[0].ndim) for f in flows):
+            raise self.fail(node, f"{what} widened tensors with their channels on other axes")
         if any(not np.array_equal(f.src, flows[0].src) for f in flows):
             raise self.fail(node, f"{what} widened tensors whose channels do not line up")
         merged = flows[0]
@@ -447,7 +580,8 @@ class _ExportedWalk:
         operands = self._operands(node)
         widened = [a for a in operands if a in self.flows]
         others = [a for a in operands if a not in self.flows]
-        if any(not self._broadcast(a) for a in others):
+        flow = self.flows[widened[0]]
+        if any(not self._broadcast(a, flow) for a in others):
             partners = [o for a in others if isinstance(a, fx.Node) for o in self.origins(a)]
             raise self.fail(
                 node,
@@ -467,9 +601,11 @@ class _ExportedWalk:
         zero_factors = sum(self.flows[a].zero_broken is None for a in widened)
         live = True
         for other in [a for a in operands if a not in self.flows]:
-            if self._broadcast(other):
+            if self._broadcast(other, flow):
                 live = live and not (isinstance(other, (int, float)) and other == 0)
                 continue
+            if flow.layout == SPATIAL:
+                raise self.fail(node, f"{_SPATIAL_ONLY}; not through a product with a tensor")
             gate, gate_zero = self._gate(node, other, flow)
             self.plan.gates[gate] = flow.src
             zero_factors += gate_zero
@@ -524,7 +660,12 @@ class _ExportedWalk:
         merged = self._merged(node, widened, "concatenates") if dim % rank != rank - 1 else None
         if merged is not None:
             if len(widened) != len(tensors):
-                raise self.fail(node, "concatenates widened and other tensors along another axis")
+                others = [o for t in tensors if t not in self.flows for o in self.origins(t)]
+                raise self.fail(
+                    node,
+                    "concatenates widened and other tensors (from "
+                    f"{', '.join(others) or 'elsewhere'}) along another axis",
+                )
             self.flows[node] = merged
             return
         pieces, offset = [], 0
@@ -569,3 +710,35 @@ def plan_exported_widening(
         items = tuple(t.to(like.dtype) if t.is_floating_point() else t for t in items)
     gm = export_graph(model, tuple(items))
     return _ExportedWalk(model, gm, producers, src).run()
+
+
+class _NormOutputWalk(_ExportedWalk):
+    """The walk from the output of a LayerNorm (the producer named): the readers of a
+    normalised stream, such as a hierarchical stage's output."""
+
+    def layer_call(self, node: fx.Node) -> tuple[str, str] | None:
+        found = super().layer_call(node)
+        if found is not None or _aten(node) != "layer_norm" or len(node.args) < 3:
+            return found
+        weight = node.args[2]  # layer_norm(input, normalized_shape, weight, bias, eps)
+        if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+            return None
+        owner, _, attr = str(weight.target).rpartition(".")
+        return (owner, "norm") if attr == "weight" and owner in self.producers else None
+
+
+def plan_norm_readers(
+    model: nn.Module,
+    norm: str,
+    src: np.ndarray,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+) -> WidthPlan:
+    """Export ``model`` and find every layer reading the output of the LayerNorm ``norm``
+    (called once, with a weight), as if its channels were widened with map ``src``; MorphError
+    where anything else reads them (a residual sum, another norm, the model's output)."""
+    items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    like = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if like is not None:
+        items = tuple(t.to(like.dtype) if t.is_floating_point() else t for t in items)
+    gm = export_graph(model, tuple(items))
+    return _NormOutputWalk(model, gm, (norm,), src).run()

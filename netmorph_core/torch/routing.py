@@ -1,6 +1,7 @@
 """The public growth operations, each sent to the implementation for the model's family.
 
-A state-space (Mamba) model goes to :mod:`.ssm`; every other model to the general operation:
+A state-space (Mamba) model goes to :mod:`.ssm`, a hierarchical vision transformer
+(SegFormer, PVT-v2, GLPN) to :mod:`.hierarchical`; every other model to the general operation:
 :func:`.moe.grow_ffn` (which sends dense models on through :func:`.encdec.grow_ffn`),
 :func:`.encdec.add_heads`, :func:`.encdec.grow_width`, :func:`.encdec.add_block` (which send
 models other than encoder–decoders on to :mod:`.transformer`),
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from . import encdec, kernel, moe, ssm
+from . import encdec, hierarchical, kernel, moe, ssm
 from . import width as general_width
 from .errors import MorphError
 from .report import MorphReport
@@ -34,6 +35,18 @@ def _is_ssm(model: object) -> bool:
         return find_ssm(model) is not None
     except MorphError:
         return False
+
+
+def _hierarchical(model: object, stage: object) -> bool:
+    """Whether ``model`` is a hierarchical vision transformer (:mod:`.hierarchical`); a
+    ``stage`` given for another model is refused (ValueError)."""
+    found = isinstance(model, nn.Module) and hierarchical.recognise(model) is not None
+    if stage is not None and not found:
+        raise ValueError(
+            f"stage={stage!r}: {type(model).__name__} has no stages of their own width "
+            "(SegFormer, PVT-v2, GLPN); leave stage None"
+        )
+    return found
 
 
 def _mixer_part(model: object, at: object, parts: Sequence[str]) -> bool:
@@ -55,6 +68,7 @@ def grow_ffn(
     *,
     shared_width: int | None = None,
     layers: object = None,
+    stage: object = None,
     method: str = "netmorph",
     probe: object = None,
     tol: float | str | None = "auto",
@@ -63,8 +77,23 @@ def grow_ffn(
 ) -> tuple[nn.Module, MorphReport]:
     """The feed-forward hidden size grows to ``width``: every expert of a mixture-of-experts
     model and each shared expert to ``shared_width`` (:func:`.moe.grow_ffn`), the blocks
-    ``layers`` of a dense transformer (:func:`.transformer.grow_ffn`), or the inner width of
-    the mixers ``layers`` of a state-space (Mamba) model (:func:`.ssm.grow_ffn`)."""
+    ``layers`` of a dense transformer (:func:`.transformer.grow_ffn`), the Mix-FFN of the
+    blocks ``layers`` or stages ``stage`` of a hierarchical vision transformer
+    (:func:`.hierarchical.grow_ffn`), or the inner width of the mixers ``layers`` of a
+    state-space (Mamba) model (:func:`.ssm.grow_ffn`)."""
+    if _hierarchical(model, stage):
+        return hierarchical.grow_ffn(
+            model,
+            width,
+            shared_width=shared_width,
+            layers=layers,
+            stage=stage,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     if not _is_ssm(model):
         return moe.grow_ffn(
             model,
@@ -93,6 +122,7 @@ def add_heads(
     *,
     kv_heads: int | None = None,
     layers: object = None,
+    stage: object = None,
     method: str = "netmorph",
     probe: object = None,
     tol: float | str | None = "auto",
@@ -100,8 +130,22 @@ def add_heads(
     inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The blocks ``layers`` of a transformer get ``heads`` query heads (and ``kv_heads``
-    key/value heads) of the same head_dim (:func:`.encdec.add_heads`); a state-space
-    (Mamba) model has none and is refused by name (:func:`.ssm.add_heads`)."""
+    key/value heads) of the same head_dim (:func:`.encdec.add_heads`; the blocks ``layers`` or
+    stages ``stage`` of a hierarchical vision transformer: :func:`.hierarchical.add_heads`); a
+    state-space (Mamba) model has none and is refused by name (:func:`.ssm.add_heads`)."""
+    if _hierarchical(model, stage):
+        return hierarchical.add_heads(
+            model,
+            heads,
+            kv_heads=kv_heads,
+            layers=layers,
+            stage=stage,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     if _is_ssm(model):
         return ssm.add_heads(model, heads)
     return encdec.add_heads(
@@ -121,6 +165,7 @@ def grow_width(
     model: nn.Module,
     d_model: int,
     *,
+    stage: int | None = None,
     noise: float = 0.01,
     probe: object = None,
     tol: float | str | None = "auto",
@@ -129,7 +174,20 @@ def grow_width(
 ) -> tuple[nn.Module, MorphReport]:
     """The residual stream grows from d to ``d_model`` = k·d + r: the writers write
     [x; …; x; a], the norms are rescaled, the readers read k column blocks summing to W
-    (:func:`.encdec.grow_width`; a state-space model: :func:`.ssm.grow_width`)."""
+    (:func:`.encdec.grow_width`; a state-space model: :func:`.ssm.grow_width`; the stage
+    ``stage`` of a hierarchical vision transformer, to a multiple of its width:
+    :func:`.hierarchical.grow_width`)."""
+    if _hierarchical(model, stage):
+        return hierarchical.grow_width(
+            model,
+            d_model,
+            stage=stage,
+            noise=noise,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     op = ssm.grow_width if _is_ssm(model) else encdec.grow_width
     return op(model, d_model, noise=noise, probe=probe, tol=tol, seed=seed, inplace=inplace)
 
@@ -138,6 +196,7 @@ def add_block(
     model: nn.Module,
     at: int | str,
     *,
+    stage: int | None = None,
     method: str = "netmorph",
     probe: object = None,
     tol: float | str | None = "auto",
@@ -146,7 +205,19 @@ def add_block(
 ) -> tuple[nn.Module, MorphReport]:
     """A new block, whose branches add exactly zero, inserted before block ``at`` (``at`` =
     number of blocks: at the end) (:func:`.encdec.add_block`; a state-space model:
-    :func:`.ssm.add_block`)."""
+    :func:`.ssm.add_block`; a hierarchical vision transformer, ``at`` within the stage
+    ``stage`` when given: :func:`.hierarchical.add_block`)."""
+    if _hierarchical(model, stage):
+        return hierarchical.add_block(
+            model,
+            at,
+            stage=stage,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     op = ssm.add_block if _is_ssm(model) else encdec.add_block
     return op(model, at, method=method, probe=probe, tol=tol, seed=seed, inplace=inplace)
 

@@ -74,6 +74,17 @@ _HOOKS = {
     "_load_state_dict_pre_hooks": "load_state_dict pre-hook",
     "_load_state_dict_post_hooks": "load_state_dict post-hook",
 }
+#: Forward hooks that only record a module's output and change nothing: transformers' output
+#: capture (active only inside a forward that asks for hidden states or attentions; SegFormer's
+#: segmentation model always does), as (module, qualified name).
+OBSERVERS = frozenset(
+    {
+        (
+            "transformers.utils.output_capturing",
+            "install_output_capuring_hook.<locals>.output_capturing_hook",
+        )
+    }
+)
 _LISTS = (nn.ModuleList, nn.ModuleDict)
 #: (module, qualified name) of subclasses whose overridden forward computes their base's
 #: function: timm's Linear casts weight and bias to the input's dtype under TorchScript only.
@@ -232,6 +243,7 @@ def check_no_hooks(module: nn.Module, at: str) -> None:
         f"{what} {_hook_name(h)}"
         for attr, what in _HOOKS.items()
         for h in (getattr(module, attr, None) or {}).values()
+        if (getattr(h, "__module__", None), _hook_name(h)) not in OBSERVERS
     ]
     for pname, p in module.named_parameters(recurse=False):
         for attr in ("_backward_hooks", "_post_accumulate_grad_hooks"):
