@@ -154,7 +154,7 @@ DEBERTA_ROW = {
     "grow_width": POST_LN,
     "grow_width x2": MARKED,
     "grow_width x2 → add_heads": MARKED,
-    "add_block": POST_LN,
+    "add_block": STOCK,
     "deepen_projection": MARKED,
 }
 MPNET_ROW = {
@@ -163,9 +163,11 @@ MPNET_ROW = {
     "grow_width": POST_LN,
     "grow_width x2": MARKED,
     "grow_width x2 → add_heads": MARKED,
-    "add_block": POST_LN,
+    "add_block": "refused: a relative position bias shared by every block, different for each head",
     "deepen_projection": MARKED,
 }
+#: DeBERTa v1's LayerNorm keeps its eps as ``variance_epsilon`` and computes in float32.
+DEBERTA_V1_ROW = {**MPNET_ROW, "add_block": "refused: has no positive float eps"}
 #: (family, operation) → STOCK, MARKED, SAVE_WHOLE or "refused: <what the MorphError says>".
 OUTCOMES: dict[tuple[str, str], str] = {
     **{("ModernBERT (masked LM)", op): v for op, v in MODERNBERT_ROW.items()},
@@ -173,8 +175,8 @@ OUTCOMES: dict[tuple[str, str], str] = {
     **{("ModernBERT decoder (causal LM)", op): v for op, v in MODERNBERT_ROW.items()},
     **{("DeBERTa-v2 (v3 attention, classifier)", op): v for op, v in DEBERTA_ROW.items()},
     **{("DeBERTa-v2 (position projections, masked LM)", op): v for op, v in DEBERTA_ROW.items()},
-    **{("DeBERTa v1 (classifier) ¹", op): v for op, v in MPNET_ROW.items()},
-    **{("DeBERTa v1 (masked LM) ¹", op): v for op, v in MPNET_ROW.items()},
+    **{("DeBERTa v1 (classifier) ¹", op): v for op, v in DEBERTA_V1_ROW.items()},
+    **{("DeBERTa v1 (masked LM) ¹", op): v for op, v in DEBERTA_V1_ROW.items()},
     **{("MPNet (masked LM)", op): v for op, v in MPNET_ROW.items()},
     **{("MPNet (classifier)", op): v for op, v in MPNET_ROW.items()},
 }

@@ -321,10 +321,17 @@ def test_electra_without_projection_keeps_embedding_size_with_the_stream(tmp_pat
 
 
 @pytest.mark.parametrize("family", ["ELECTRA (embedding_size 16)", "ALBERT (embedding_size 16)"])
-def test_heads_need_head_dim_to_divide_the_width(family: str) -> None:
+def test_heads_at_the_same_width_reload_with_load_grown(family: str, tmp_path: Path) -> None:
+    """8 heads of head_dim 8 at width 32: the config, which derives head_dim = hidden_size /
+    heads, keeps 4 heads; the attention modules record 8; load_grown rebuilds the child. After
+    grow_width to 64 the config describes 8 heads again."""
     parent = _parent(family)
-    with pytest.raises(MorphError, match=re.escape("heads=8 do not divide d_model=32")):
-        add_heads(parent, 8)
+    child, report = add_heads(parent, 8)
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
+    assert child.config.num_attention_heads == 4
+    assert any("each attention module records its own" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    torch.testing.assert_close(_logits(load_grown(tmp_path)), _logits(parent), rtol=0, atol=1e-9)
     child, _ = add_heads(grow_width(parent, 64)[0], 8)
     torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
 

@@ -800,9 +800,12 @@ def _joint_norms(model: nn.Module, layout: Layout, block: Block) -> list[tuple[s
     """(name, g) of the norms inside ``block``'s attention whose gain spans g > 1 heads (OLMo's
     and OLMoE's q_norm over every query head, k_norm over every key/value head)."""
     prefix = block.name(layout.family.attention)
+    stream = {block.name(rel) for rel in layout.family.norms}  # ALBERT's post-LN inside it
     found = []
     for rel, module in model.get_submodule(prefix).named_modules():
         w = getattr(module, "weight", None)
+        if f"{prefix}.{rel}" in stream:
+            continue
         if rel and is_norm(module) and w.numel() % block.head_dim == 0:
             if w.numel() > block.head_dim:
                 found.append((f"{prefix}.{rel}", w.numel() // block.head_dim))
