@@ -1,5 +1,5 @@
-"""The transformer operations on hierarchical vision transformers (SegFormer, PVT-v2), and the
-public entry points that send every other model to :mod:`.transformer` / :mod:`.moe`.
+"""The transformer operations on hierarchical vision transformers (SegFormer, PVT-v2, GLPN);
+the public operations (:mod:`.routing`) send these models here.
 
 A hierarchical model (:mod:`.hier_layout`) has several stages, each with its own stream width
 d_s and its own blocks. Blocks are addressed either by ``layers``, global block indices in
@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from . import moe, transformer
 from .errors import MorphError
 from .hier_layout import Hierarchy, Stage, find_hierarchy, hierarchy
 from .hier_width import grow_stage_width
@@ -160,12 +159,16 @@ def _run(
     )
 
 
-def _no_stage(model: nn.Module, stage: object) -> None:
-    if stage is not None:
-        raise ValueError(
-            f"stage={stage!r}: {type(model).__name__} is not a hierarchical transformer (no "
-            "list of stages); leave stage None"
+def _hierarchy(model: nn.Module) -> Hierarchy:
+    """The :class:`Hierarchy` of ``model``; MorphError for a model without stages (the public
+    operations send those elsewhere: :mod:`.routing`)."""
+    hier = recognise(model)
+    if hier is None:
+        raise MorphError(
+            f"{type(model).__name__} is not a hierarchical vision transformer (no list of "
+            "stages of their own width)"
         )
+    return hier
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,23 +237,9 @@ def grow_ffn(
 ) -> tuple[nn.Module, MorphReport]:
     """The feed-forward hidden size of the chosen blocks grows to ``width``: in a hierarchical
     model the Mix-FFN of the blocks ``layers`` (global indices) or of the stages ``stage``
-    (default every block; ``width`` must exceed each one's hidden size); any other model goes to
-    :func:`.moe.grow_ffn` (mixtures of experts, ``shared_width``) and
-    :func:`.transformer.grow_ffn`."""
-    hier = recognise(model)
-    if hier is None:
-        _no_stage(model, stage)
-        return moe.grow_ffn(
-            model,
-            width,
-            shared_width=shared_width,
-            layers=layers,
-            method=method,
-            probe=probe,
-            tol=tol,
-            seed=seed,
-            inplace=inplace,
-        )
+    (default every block; ``width`` must exceed each one's hidden size); MorphError for another
+    model (:mod:`.routing` sends those elsewhere)."""
+    hier = _hierarchy(model)
     if shared_width is not None:
         raise ValueError(
             f"shared_width={shared_width!r}: {type(model).__name__} has no mixture-of-experts "
@@ -376,21 +365,8 @@ def add_heads(
     """The chosen blocks get ``heads`` attention heads of their head_dim: in a hierarchical
     model the blocks ``layers`` (global indices) or of the stages ``stage`` (default every
     block; ``heads`` must exceed each one's count; multi-head attention only, so ``kv_heads``
-    is None or ``heads``); any other model goes to :func:`.transformer.add_heads`."""
-    hier = recognise(model)
-    if hier is None:
-        _no_stage(model, stage)
-        return transformer.add_heads(
-            model,
-            heads,
-            kv_heads=kv_heads,
-            layers=layers,
-            method=method,
-            probe=probe,
-            tol=tol,
-            seed=seed,
-            inplace=inplace,
-        )
+    is None or ``heads``); MorphError for another model."""
+    hier = _hierarchy(model)
     method = _method(method)
     chosen = _chosen(hier, layers, stage)
     heads = v.positive_int(heads, "heads")
@@ -491,14 +467,8 @@ def add_block(
     end of the last stage) or, with ``stage``, an index in [0, depth] of that stage; its
     norms, spatial reduction and head count are copied from its neighbour, its attention heads
     and Mix-FFN channels come in cancelling sets (``"zero"``: zero output projections) and its
-    output biases are zero, so both branches add zero. Any other model goes to
-    :func:`.transformer.add_block`."""
-    hier = recognise(model)
-    if hier is None:
-        _no_stage(model, stage)
-        return transformer.add_block(
-            model, at, method=method, probe=probe, tol=tol, seed=seed, inplace=inplace
-        )
+    output biases are zero, so both branches add zero. MorphError for another model."""
+    hier = _hierarchy(model)
     method = _method(method)
     s, at = _place(hier, at, stage)
     st = hier.stages[s]
@@ -584,14 +554,9 @@ def grow_width(
 ) -> tuple[nn.Module, MorphReport]:
     """The residual stream grows to ``d_model``: in a hierarchical model the stream of stage
     ``stage`` (default the last, which the classifier reads) to a multiple k·d_s of its width,
-    its heads k-fold (:mod:`.hier_width`; ``method`` for the new heads); any other model goes
-    to :func:`.transformer.grow_width`."""
-    hier = recognise(model)
-    if hier is None:
-        _no_stage(model, stage)
-        return transformer.grow_width(
-            model, d_model, noise=noise, probe=probe, tol=tol, seed=seed, inplace=inplace
-        )
+    its heads k-fold (:mod:`.hier_width`; ``method`` for the new heads); MorphError for another
+    model."""
+    hier = _hierarchy(model)
     return grow_stage_width(
         model,
         hier,
