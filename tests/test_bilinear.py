@@ -41,9 +41,7 @@ def test_joint_solver_only_on_the_exact_steps_sizes():
     # A 3×3 G fits a 3×3 factor: the identity-augmented pair serves instead.
     augmented = solvability((8, 8, 3, 3), 16, 3, 3)
     assert augmented.augmented_side == "F1" and not bilinear.in_bilinear_regime(augmented)
-    assert bilinear.use_bilinear(
-        solvability((8, 8, 3, 3), 16, 3, 3), augmented_failed=True
-    )
+    assert bilinear.use_bilinear(solvability((8, 8, 3, 3), 16, 3, 3), augmented_failed=True)
 
 
 def test_alternation_alone_stalls_in_the_regime():

@@ -54,8 +54,11 @@ def test_compose_linear_is_matrix_product(rng):
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_compose_matches_torch_formula(rng, dims):
     torch = pytest.importorskip("torch")
-    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d,
-            3: torch.nn.functional.conv3d}[dims]
+    conv = {
+        1: torch.nn.functional.conv1d,
+        2: torch.nn.functional.conv2d,
+        3: torch.nn.functional.conv3d,
+    }[dims]
     k1 = (3, 2, 1)[:dims]
     k2 = (2, 3, 3)[:dims]
     f1 = rng.standard_normal((4, 3, *k1))

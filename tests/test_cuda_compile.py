@@ -36,7 +36,11 @@ KERNELS = {
 def nvcc(*args: str | Path, cwd: Path) -> None:
     done = subprocess.run(
         [NVCC, "-arch=sm_90", "-std=c++17", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, f"nvcc failed:\n{done.stdout}\n{done.stderr}"
 
@@ -82,6 +86,13 @@ def test_pybind11_module_compiles(tmp_path):
     if not (python_include / "Python.h").is_file():
         pytest.skip("Python development headers are not installed")
     nvcc(
-        "-c", "-Xcompiler", "-fPIC", f"-I{pybind11.get_include()}", f"-I{python_include}",
-        ROOT / "bindings" / "cuda_module.cu", "-o", tmp_path / "module.o", cwd=tmp_path,
+        "-c",
+        "-Xcompiler",
+        "-fPIC",
+        f"-I{pybind11.get_include()}",
+        f"-I{python_include}",
+        ROOT / "bindings" / "cuda_module.cu",
+        "-o",
+        tmp_path / "module.o",
+        cwd=tmp_path,
     )

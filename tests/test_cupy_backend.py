@@ -59,8 +59,10 @@ def routine_cases() -> list:
 
 def filters(rng, case, dtype):
     c2, c1, c0, k2, k1 = case
-    return (rng.standard_normal((c2, c1, *k2)).astype(dtype),
-            rng.standard_normal((c1, c0, *k1)).astype(dtype))
+    return (
+        rng.standard_normal((c2, c1, *k2)).astype(dtype),
+        rng.standard_normal((c1, c0, *k1)).astype(dtype),
+    )
 
 
 def correlate_reference(f2: np.ndarray, y: np.ndarray, k1: tuple[int, ...]) -> np.ndarray:

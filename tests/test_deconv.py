@@ -48,7 +48,7 @@ def test_underdetermined_nearest_to_init(rng):
     assert nm.residual(g, f2, x) <= 1e-12
     # x − init is orthogonal to the null space, so it is the closest exact solution to init.
     a = outer_operator(f2, (3,))
-    null = np.linalg.svd(a)[2][np.linalg.matrix_rank(a):]
+    null = np.linalg.svd(a)[2][np.linalg.matrix_rank(a) :]
     delta = (x - init).transpose(0, 2, 1).reshape(-1, 2)
     assert np.abs(null @ delta).max() <= 1e-10
     assert np.linalg.norm(x - init) < np.linalg.norm(x_min - init)
@@ -82,8 +82,11 @@ def test_dtype_preserved(rng, dtype):
 
 @settings(max_examples=20, deadline=None)
 @given(
-    c0=st.integers(1, 3), c2=st.integers(2, 3), k=st.sampled_from([1, 3]),
-    k2=st.integers(1, 3), seed=st.integers(0, 2**32 - 1),
+    c0=st.integers(1, 3),
+    c2=st.integers(2, 3),
+    k=st.sampled_from([1, 3]),
+    k2=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
 )
 def test_property_exact_when_f1_side_condition_holds(c0, c2, k, k2, seed):
     # With a single output channel (C2 = 1) the K1² ≥ Kt² count is not enough in 2-D: the C1

@@ -124,8 +124,11 @@ def test_strided_operands_are_read_and_left_unchanged(rng, c2, c1, c0, k2, k1, d
     f1_t = np.ascontiguousarray(np.swapaxes(f1, 0, 1))
     f2_view, f1_view = f2_wide[:c2], np.swapaxes(f1_t, 0, 1)  # non-contiguous views
     before = (f2_wide.copy(), f1_t.copy())
-    g = to_host(numba_cuda.compose(f2_view, f1_view) if numba_cuda.simulated() else _on_device(
-        f2_wide, f1_t, c2))
+    g = to_host(
+        numba_cuda.compose(f2_view, f1_view)
+        if numba_cuda.simulated()
+        else _on_device(f2_wide, f1_t, c2)
+    )
     assert rel_err(g, compose_ref(f2.astype(np.float64), f1.astype(np.float64))) <= RTOL[g.dtype]
     np.testing.assert_array_equal(f2_wide, before[0])
     np.testing.assert_array_equal(f1_t, before[1])
@@ -150,7 +153,7 @@ class _SwappedView:
         interface = dict(array.__cuda_array_interface__)
         shape, itemsize = interface["shape"], np.dtype(interface["typestr"]).itemsize
         strides = interface.get("strides") or tuple(
-            itemsize * int(np.prod(shape[k + 1:])) for k in range(len(shape))
+            itemsize * int(np.prod(shape[k + 1 :])) for k in range(len(shape))
         )
         interface["shape"] = (shape[1], shape[0], *shape[2:])
         interface["strides"] = (strides[1], strides[0], *strides[2:])
@@ -190,9 +193,23 @@ def test_load_explains_why_it_cannot_run():
 def test_cases_pass_on_the_simulator():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "not on_the_simulator"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "not on_the_simulator",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     passed = re.search(r"(\d+) passed", done.stdout)
