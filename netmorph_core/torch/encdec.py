@@ -45,7 +45,7 @@ from .. import _validation as v
 from . import encdec_width, transformer
 from .encdec_layout import EncoderDecoder, Stack, describe_encoder_decoder
 from .errors import MorphError
-from .pipeline import WHOLE_COPY_LIMIT, Request, run
+from .pipeline import WHOLE_COPY_LIMIT, run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .surgery import count_parameters
 from .transformer import (
@@ -117,19 +117,16 @@ def _run(
     inplace: object,
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
-    check_bool(inplace, "inplace")
-    return run(
-        Request(
-            operation,
-            model,
-            targets,
-            build,
-            probe=probe_inputs(model, es) if probe is None else probe,
-            tol=tol,
-            layer_scope=False,
-            inplace=inplace,
-            **request,
-        )
+    return run_on_model(
+        operation,
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        inplace,
+        lambda: probe_inputs(model, es),
+        **request,
     )
 
 

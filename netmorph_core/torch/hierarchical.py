@@ -36,7 +36,7 @@ from .. import _validation as v
 from .errors import MorphError
 from .hier_layout import Hierarchy, Stage, find_hierarchy, hierarchy
 from .hier_width import grow_stage_width
-from .pipeline import Request, run
+from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
 from .transformer import (
@@ -50,7 +50,6 @@ from .transformer import (
     _linears,
     _method,
     _std,
-    check_bool,
 )
 from .transformer_layout import Block, describe
 
@@ -143,19 +142,16 @@ def _run(
     inplace: object,
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
-    check_bool(inplace, "inplace")
-    return run(
-        Request(
-            operation,
-            model,
-            targets,
-            build,
-            probe=_probe(model, hier) if probe is None else probe,
-            tol=tol,
-            layer_scope=False,
-            inplace=inplace,
-            **request,
-        )
+    return run_on_model(
+        operation,
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        inplace,
+        lambda: _probe(model, hier),
+        **request,
     )
 
 

@@ -532,3 +532,34 @@ def _steps(request: Request) -> tuple[nn.Module, MorphReport]:
         found = measure(request, plan, baseline, child)
     report = accept(request, plan, child, outcome, seconds, found, baseline.inputs)
     return child, report
+
+
+def run_on_model(
+    operation: str,
+    model: nn.Module,
+    targets: tuple[str, ...],
+    build: Callable[[nn.Module], Outcome],
+    probe: object,
+    tol: float | str | None,
+    inplace: object,
+    default_probe: Callable[[], tuple[torch.Tensor, ...]],
+    **request: object,
+) -> tuple[nn.Module, MorphReport]:
+    """:func:`run` for an operation on a whole model (the transformer, state-space,
+    encoder–decoder and hierarchical operations): probed on ``probe``, else on
+    ``default_probe()``; ``inplace`` must be a bool (TypeError otherwise)."""
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {inplace!r}")
+    return run(
+        Request(
+            operation,
+            model,
+            targets,
+            build,
+            probe=default_probe() if probe is None else probe,
+            tol=tol,
+            layer_scope=False,
+            inplace=inplace,
+            **request,
+        )
+    )

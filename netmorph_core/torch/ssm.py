@@ -38,7 +38,7 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
-from .pipeline import Request, run
+from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .ssm_layout import Geometry, SSMLayout, find_ssm
 from .streamed import Region
@@ -53,7 +53,6 @@ from .transformer import (
     _std,
     _stream_index,
     _write,
-    check_bool,
 )
 
 SEQ_LEN = 8
@@ -89,19 +88,16 @@ def _run(
     inplace: object,
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
-    check_bool(inplace, "inplace")
-    return run(
-        Request(
-            operation,
-            model,
-            targets,
-            build,
-            probe=_probe(model, layout) if probe is None else probe,
-            tol=tol,
-            layer_scope=False,
-            inplace=bool(inplace),
-            **request,
-        )
+    return run_on_model(
+        operation,
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        inplace,
+        lambda: _probe(model, layout),
+        **request,
     )
 
 

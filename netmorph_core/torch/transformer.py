@@ -41,7 +41,7 @@ from .. import _validation as v
 from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
-from .pipeline import WHOLE_COPY_LIMIT, Request, run
+from .pipeline import WHOLE_COPY_LIMIT, Request, run, run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
 from .support import check_subtree
@@ -298,20 +298,16 @@ def _run(
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
     """The pipeline on ``build`` with the family's default probe (token ids or images)."""
-    check_bool(inplace, "inplace")
-    probe = _default_probe(model, layout) if probe is None else probe
-    return run(
-        Request(
-            operation,
-            model,
-            targets,
-            build,
-            probe=probe,
-            tol=tol,
-            layer_scope=False,
-            inplace=inplace,
-            **request,
-        )
+    return run_on_model(
+        operation,
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        inplace,
+        lambda: _default_probe(model, layout),
+        **request,
     )
 
 
