@@ -301,7 +301,7 @@ def test_stage_on_a_flat_model_is_refused() -> None:
         hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=8, patch_size=4
     )
     vit = transformers.ViTForImageClassification(config).eval()
-    with pytest.raises(ValueError, match="stage=0: ViTForImageClassification is not a hier"):
+    with pytest.raises(ValueError, match="stage=0: ViTForImageClassification has no stages"):
         add_block(vit, 0, stage=0)
 
 
