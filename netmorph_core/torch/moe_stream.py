@@ -33,8 +33,12 @@ from .errors import MorphError
 from .moe_find import Mlp, find_moe, mlp_layout
 
 Matrix = Callable[[torch.Tensor], torch.Tensor]
-#: Roles of the stream's readers and writers (:func:`stream_parameters`).
-READ, ROUTE, WRITE = "read", "route", "write"
+#: A stream reader's role (:func:`stream_parameters`): its input columns read every copy.
+READ = "read"
+#: A router's role (or a shared-expert gate's): its input columns read the first copy only.
+ROUTE = "route"
+#: A stream writer's role: its output rows write every copy.
+WRITE = "write"
 #: ERNIE-4.5-MoE's span of sparse blocks (every ``moe_layer_interval``-th in it).
 ERNIE_SPAN = ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval")
 #: Attributes of the feed-forward's modules that record the stream's width.
