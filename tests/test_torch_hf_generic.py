@@ -145,18 +145,12 @@ def test_widen_llama_gate_takes_up_with_it(zero_side: str) -> None:
             r"residual stream grows with grow_width",
             marks=pytest.mark.thirdparty,
         ),
-        ("llama", "model.layers.0.self_attn.q_proj", r"reshapes the widened tensor .*add_heads"),
+        ("llama", "model.layers.0.self_attn.q_proj", r"rotates every head_dim coordinate"),
         ("gpt2", "transformer.h.0.attn.c_attn", r"aten\.split \(node 'split'.*add_heads"),
         pytest.param(
             "gpt2",
             "transformer.h.1.mlp.c_proj",
             r"adds the widened channels",
-            marks=pytest.mark.thirdparty,
-        ),
-        pytest.param(
-            "bert",
-            "bert.encoder.layer.0.attention.self.key",
-            r"in 'bert\.encoder\.layer\.0\.attention\.self' \(BertSelfAttention\).*add_heads",
             marks=pytest.mark.thirdparty,
         ),
         pytest.param(

@@ -20,6 +20,7 @@ from torch import nn
 from . import encdec, hierarchical, kernel, moe, ssm
 from . import width as general_width
 from .errors import MorphError
+from .head_dim import attention_projection, widen_head_dim
 from .report import MorphReport
 from .ssm_layout import find_ssm, is_mixer
 
@@ -251,7 +252,11 @@ def widen(
 ) -> tuple[nn.Module, MorphReport]:
     """The outputs of the Conv/Linear layer ``at`` widen to ``width`` channels, their
     consumers following (:func:`.width.widen`); a layer writing a state-space mixer's inner
-    channels grows its block's inner width instead (:func:`.ssm.widen`)."""
+    channels grows its block's inner width instead (:func:`.ssm.widen`), and a transformer
+    block's query, key or value projection its heads' head_dim
+    (:func:`.head_dim.widen_head_dim`)."""
+    if attention_projection(model, at) is not None:
+        return widen_head_dim(model, at, width, seed=seed, probe=probe, tol=tol)
     if isinstance(at, str) and _mixer_part(model, at, tuple(ssm.INNER_WRITERS)):
         return ssm.widen(
             model,

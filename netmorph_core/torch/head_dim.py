@@ -1,0 +1,153 @@
+"""``widen`` of one attention projection (query, key or value) of a transformer block: every
+head of the block grows from head_dim h to h' = h + δ, the width asked for being heads·h'.
+
+Per head, the new query coordinates are random and the new key coordinates zero, so every
+score q·k keeps its value; the new value coordinates are random and the output projection's
+new columns zero, so the block's output keeps its value. The scale of the scores stays the
+parent's 1/√h: the attention module must hold it as an attribute (``scaling``, ``scale``, or
+none for T5's unscaled scores); the measurement refuses any other. Rotary position embeddings
+rotate all h coordinates of a head with frequencies that depend on h, and are refused by name.
+The block's attention module records its own head_dim (the config, one value for every block,
+is marked; :func:`~.hf_load.load_grown` rebuilds the child).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _validation as v
+from .errors import MorphError
+from .report import MorphReport, Outcome
+from .transformer import _Editor, _run, _std
+from .transformer_layout import Block, Layout, describe
+
+#: Attention attributes that record the head_dim (BERT's, GPT-NeoX's, the others').
+HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_kv", "key_value_proj_dim")
+#: Attention attributes that record heads·head_dim (BERT's, T5's).
+ALL_HEADS_ATTRS = ("all_head_size", "inner_dim")
+
+
+def attention_projection(model: nn.Module, at: object) -> tuple[Layout, Block] | None:
+    """(layout, block) when ``at`` names the query, key or value projection of a block of a
+    recognised transformer with three separate projections; None otherwise."""
+    if not isinstance(at, str) or not isinstance(model, nn.Module):
+        return None
+    try:
+        layout = describe(model)
+    except (MorphError, AttributeError, ValueError, TypeError):
+        return None
+    if len(layout.family.qkv) != 3:
+        return None
+    for block in layout.blocks:
+        if at in {block.name(rel) for rel in layout.family.qkv}:
+            return layout, block
+    return None
+
+
+def _rotary(model: nn.Module) -> str | None:
+    return next((n for n, m in model.named_modules() if "rotary" in type(m).__name__.lower()), None)
+
+
+def widen_head_dim(
+    model: nn.Module,
+    at: str,
+    width: int,
+    *,
+    seed: int | np.random.Generator | None = None,
+    probe: object = None,
+    tol: float | str | None = "auto",
+) -> tuple[nn.Module, MorphReport]:
+    """The projection ``at`` (query, key or value of a block) widens to ``width`` = heads·h'
+    rows by growing every head of its block to head_dim h' (module docstring)."""
+    layout, block = attention_projection(model, at) or (None, None)
+    if layout is None:
+        raise MorphError(f"at={at!r} is not an attention projection of a recognised transformer")
+    width = v.positive_int(width, "width")
+    q, k, val = (block.name(rel) for rel in layout.family.qkv)
+    heads = {q: block.heads, k: block.kv_heads, val: block.kv_heads}[at]
+    rows = heads * block.head_dim
+    if width <= rows or width % heads:
+        raise ValueError(
+            f"width={width}: {at!r} holds {heads} heads of head_dim {block.head_dim}; widen it to "
+            f"a larger multiple of {heads} (each head grows to width / {heads})"
+        )
+    rotary = _rotary(model)
+    if rotary is not None:
+        raise MorphError(
+            f"widening {at!r}: {rotary!r} rotates every head_dim coordinate with frequencies "
+            "that depend on head_dim, which a wider head would change; add heads instead "
+            "(add_heads)"
+        )
+    h, new_h = block.head_dim, width // heads
+    attention = block.name(layout.family.attention)
+    seed = v.torch_seed(seed)
+
+    def build(child: nn.Module) -> Outcome:
+        edit = _Editor(child, seed)
+        _grow(edit, q, block.heads, h, new_h, zero=False)
+        _grow(edit, k, block.kv_heads, h, new_h, zero=True)
+        _grow(edit, val, block.kv_heads, h, new_h, zero=False)
+        _grow_input(edit, block.name(layout.family.o), block.heads, h, new_h)
+        module = child.get_submodule(attention)
+        for attr in HEAD_DIM_ATTRS:
+            if getattr(module, attr, None) == h:
+                setattr(module, attr, new_h)
+        for attr in ALL_HEADS_ATTRS:
+            if getattr(module, attr, None) == block.heads * h:
+                setattr(module, attr, block.heads * new_h)
+        return edit.outcome(
+            [
+                f"every head of {attention!r} grows from head_dim {h} to {new_h}: new key "
+                "coordinates zero (the scores keep their values and their 1/√head_dim scale), "
+                "new value coordinates read by zero output columns"
+            ]
+        )
+
+    return _run(
+        "widen",
+        model,
+        (q, k, val),
+        build,
+        probe,
+        tol,
+        layout,
+        False,
+        edits=(q, k, val, block.name(layout.family.o)),
+        replaced=(q, k, val, block.name(layout.family.o)),
+    )
+
+
+def _head_rows(heads: int, h: int, new_h: int) -> np.ndarray:
+    """Child row → parent row of a projection of ``heads`` heads grown from ``h`` to ``new_h``
+    rows each (−1 for a new row)."""
+    slot = np.arange(new_h)
+    per_head = [np.where(slot < h, head * h + slot, -1) for head in range(heads)]
+    return np.concatenate(per_head)
+
+
+def _grow(edit: _Editor, name: str, heads: int, h: int, new_h: int, zero: bool) -> None:
+    """Rows of the projection ``name`` per head: the parent's, then new ones (zero, or random
+    of the weight's scale; zero bias)."""
+    w, b = edit.linear(name)
+    index = _head_rows(heads, h, new_h)
+    fresh = torch.as_tensor(np.flatnonzero(index < 0))
+    keep = torch.as_tensor(np.maximum(index, 0))
+    new_w = w.to(torch.float64).index_select(0, keep)
+    new_w[fresh] = 0.0 if zero else edit.noise((len(fresh), w.shape[1]), _std(w), new_w)
+    new_b = None
+    if b is not None:
+        new_b = b.to(torch.float64).index_select(0, keep)
+        new_b[fresh] = 0.0
+    edit.put_linear(name, new_w, new_b, index, None)
+
+
+def _grow_input(edit: _Editor, name: str, heads: int, h: int, new_h: int) -> None:
+    """Columns of the output projection ``name`` per head: the parent's, then zeros."""
+    w, b = edit.linear(name)
+    index = _head_rows(heads, h, new_h)
+    fresh = torch.as_tensor(np.flatnonzero(index < 0))
+    new_w = w.to(torch.float64).index_select(1, torch.as_tensor(np.maximum(index, 0)))
+    new_w[:, fresh] = 0.0
+    edit.put_linear(name, new_w, None if b is None else b.to(torch.float64), None, index)
