@@ -35,8 +35,10 @@ def attention_projection(model: nn.Module, at: object) -> tuple[Layout, Block] |
     if not isinstance(at, str) or not isinstance(model, nn.Module):
         return None
     try:
+        if not isinstance(model.get_submodule(at), nn.Linear):
+            return None
         layout = describe(model)
-    except (MorphError, AttributeError, ValueError, TypeError):
+    except Exception:  # not a layer of a transformer this recognises: the general widen's case
         return None
     if len(layout.family.qkv) != 3:
         return None
