@@ -38,6 +38,7 @@ from torch import nn
 
 from .. import _validation as v
 from .errors import MorphError
+from .norm_kind import norm_kind
 from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .ssm_layout import Geometry, SSMLayout, find_ssm
@@ -290,10 +291,6 @@ def grow_ffn(
 # Stream width
 
 
-def _norm_kind(norm: nn.Module) -> str:
-    return "layer" if getattr(norm, "bias", None) is not None else "rms"
-
-
 def grow_width(
     model: nn.Module,
     d_model: int,
@@ -325,7 +322,7 @@ def grow_width(
     norms = [layout.norm_of(i) for i in range(len(layout.geometry))]
     final = layout.final_norm
     all_norms = norms + ([final] if final else [])
-    kinds = {_norm_kind(model.get_submodule(n)) for n in all_norms}
+    kinds = {norm_kind(model.get_submodule(n)) for n in all_norms}
     if len(kinds) != 1:
         raise MorphError(f"d_model={d_model}: the stack mixes LayerNorm and RMSNorm; refused")
     kind = kinds.pop()

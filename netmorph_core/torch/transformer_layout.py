@@ -53,6 +53,7 @@ from .errors import MorphError
 from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
 from .moe_layout import moe_ffn, trace_moe
+from .norm_kind import norm_kind
 from .transformer_shared import check_groups
 from .transformer_trace import Stack, geometry, head_dim, is_linear, shared_block, trace_stack
 from .wrappers import unsupported_kind
@@ -377,10 +378,6 @@ def _get(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def _norm_kind(norm: nn.Module) -> str:
-    return "layer" if isinstance(norm, nn.LayerNorm) or hasattr(norm, "bias") else "rms"
-
-
 def _heads(family: Family, block: nn.Module, where: str) -> Block:
     attention = block.get_submodule(family.attention) if family.attention else block
     if len(family.qkv) == 1:
@@ -510,7 +507,7 @@ def _layout(
         owner=owner,
         blocks=blocks,
         d_model=d_model,
-        norm_kind=_norm_kind(norm),
+        norm_kind=norm_kind(norm),
         head=head_name,
         tied=tied,
         config=getattr(model, "config", None),
