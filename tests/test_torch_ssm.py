@@ -395,3 +395,12 @@ def test_mamba2_requests_between_whole_groups_are_refused_before_any_work(
     with pytest.raises(error, match=re.escape(message)):
         call(parent)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def test_mamba2_groups_other_than_the_norms_are_refused() -> None:
+    """A mixer whose n_groups (its B/C groups) differs from its norm's groups: whole groups of
+    the norm are not whole B/C groups, so the request is refused by name before any work."""
+    parent = _parent(MAMBA2)
+    parent.backbone.layers[1].mixer.n_groups = 1
+    with pytest.raises(MorphError, match=r"layers\.1\.mixer\.n_groups' is 1, not 2"):
+        grow_ffn(parent, 96)

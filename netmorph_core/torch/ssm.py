@@ -43,7 +43,7 @@ from .. import _validation as v
 from .errors import MorphError
 from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
-from .ssm_groups import add_groups, group_bytes, groups_to_add
+from .ssm_groups import add_groups, check_sizes, group_bytes, groups_to_add
 from .ssm_layout import Geometry, SSMLayout, find_ssm
 from .streamed import Region
 from .transformer import (
@@ -640,6 +640,7 @@ def _grow_groups(
         geo, where = layout.geometry[i], layout.mixer_of(i)
         if not geo.mamba2:
             raise MorphError(f"{where!r} is not a Mamba-2 mixer like the others; refused")
+        check_sizes(model.get_submodule(where), geo, where)
         groups[i] = groups_to_add(geo, request.quantity, request.value, request.arg, where)
     mixers = tuple(layout.mixer_of(i) for i in chosen)
     element = _bytes(model)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import MorphError
 from .ssm_layout import Geometry
@@ -84,6 +85,29 @@ _UNITS = {
     "in_proj": "in_proj outputs",
     "conv1d": "conv1d channels",
 }
+
+
+def check_sizes(mixer: nn.Module, geo: Geometry, where: str) -> None:
+    """MorphError when a size attribute the mixer ``where`` reads in its forward (Hugging
+    Face's ``n_groups``, ``num_heads``, ``head_dim``, ``ssm_state_size``,
+    ``intermediate_size``, ``conv_dim``) disagrees with ``geo``, the sizes read from its
+    weights and its norm's group size: a mixer whose B/C groups are not its norm's groups."""
+    expected = {
+        "n_groups": geo.groups,
+        "num_heads": geo.heads,
+        "head_dim": geo.inner // geo.heads,
+        "ssm_state_size": geo.state,
+        "intermediate_size": geo.inner,
+        "conv_dim": geo.inner + 2 * geo.groups * geo.state,
+    }
+    for attr, want in expected.items():
+        value = getattr(mixer, attr, None)
+        if isinstance(value, int) and value != want:
+            raise MorphError(
+                f"'{where}.{attr}' is {value}, not {want} (read from its weights and its norm's "
+                f"groups of {geo.inner // geo.groups} channels): its B/C groups are not the "
+                "groups of its gated norm; refused"
+            )
 
 
 def group_bytes(geo: Geometry, d_model: int, element: int) -> int:
