@@ -243,7 +243,8 @@ def grow_ffn(
     inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The inner width (``intermediate_size``: the channels each mixer scans) of the blocks
-    ``layers`` (default all) grows to ``width`` (module docstring)."""
+    ``layers`` (default all) grows to ``width`` (module docstring); a Mamba-2 mixer's by whole
+    new groups (:mod:`.ssm_groups`; another width is refused naming the nearest valid ones)."""
     layout = mamba_layout(model, "grow_ffn")
     method = _method(method)
     chosen = _layers(layout, layers)
