@@ -385,6 +385,11 @@ def test_mamba2_width_the_config_cannot_describe_reloads_with_load_grown(
             "nearest valid value is 228 (1 new group)",
         ),
         (lambda m: widen(m, CONV, 120, zero_side="inner"), MorphError, "use 'auto' or 'outer'"),
+        (
+            lambda m: widen(m, CONV.replace("conv1d", "dt_proj"), 80),
+            MorphError,
+            "a Mamba-2 mixer has no dt_proj",
+        ),
     ],
 )
 def test_mamba2_requests_between_whole_groups_are_refused_before_any_work(

@@ -43,7 +43,7 @@ from .. import _validation as v
 from .errors import MorphError
 from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
-from .ssm_groups import add_groups, check_sizes, group_bytes, groups_to_add
+from .ssm_groups import LAYERS, add_groups, check_sizes, group_bytes, groups_to_add
 from .ssm_layout import Geometry, SSMLayout, find_ssm
 from .streamed import Region
 from .transformer import (
@@ -824,6 +824,11 @@ def widen(
         )
     block, part = found
     geo = layout.geometry[block]
+    if geo.mamba2 and part not in LAYERS:
+        raise MorphError(
+            f"widen at={at!r}: a Mamba-2 mixer has no {part}; its inner layers are in_proj and "
+            "conv1d; refused"
+        )
     if input_shape is not None:
         raise ValueError(
             f"input_shape={input_shape!r}: {type(model).__name__} reads token ids, not a random "

@@ -35,8 +35,10 @@ from .errors import MorphError
 from .ssm_layout import Geometry
 from .transformer import _cancel_sets, _Editor, _gather_rows, _std
 
+#: The mixer's layers whose outputs ``widen`` grows by whole groups (:func:`per_group`).
+LAYERS = ("in_proj", "conv1d")
 #: What a request may name, and how much of it one group adds (see :func:`per_group`).
-QUANTITIES = ("inner", "heads", "in_proj", "conv1d")
+QUANTITIES = ("inner", "heads", *LAYERS)
 
 
 def per_group(geo: Geometry, quantity: str) -> tuple[int, int]:
