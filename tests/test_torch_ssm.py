@@ -75,7 +75,7 @@ Op = Callable[[nn.Module], tuple[nn.Module, object]]
 OPS: dict[str, Op] = {
     "grow_ffn": lambda m: grow_ffn(m, 96),
     "grow_ffn (odd)": lambda m: grow_ffn(m, 67),
-    "grow_ffn (one block)": lambda m: grow_ffn(m, 80, layers=0, method="zero"),
+    "grow_ffn (one block)": lambda m: grow_ffn(m, 96, layers=0, method="zero"),
     "grow_width x2": lambda m: grow_width(m, 64),
     "grow_width": lambda m: grow_width(m, 48),
     "add_block": lambda m: add_block(m, 1),
@@ -83,34 +83,40 @@ OPS: dict[str, Op] = {
     "add_block (end, zero)": lambda m: add_block(m, 2, method="zero"),
     "grow_kernel": lambda m: grow_kernel(m, CONV, 6),
     "grow_kernel (every block)": lambda m: _every_kernel(m, 5),
-    "widen in_proj": lambda m: widen(m, "backbone.layers.1.mixer.in_proj", 140),
-    "widen conv1d (outer)": lambda m: widen(m, CONV, 72, zero_side="outer"),
-    "add_heads": lambda m: add_heads(m, 4),
+    "widen in_proj": lambda m: widen(m, "backbone.layers.1.mixer.in_proj", 228),
+    "widen conv1d (outer)": lambda m: widen(m, CONV, 120, zero_side="outer"),
+    "add_heads": lambda m: add_heads(m, 12),
+    "add_heads (float32)": lambda m: add_heads(m, 16),
+    "add_heads (one block, zero)": lambda m: add_heads(m, 16, layers=1, method="zero"),
 }
 STOCK = "exact, stock reload"
 MARKED = "exact, load_grown"
 SAVE_WHOLE = "exact, save whole (torch.save)"
 #: Cases run on a float32 parent (¹): Mamba's RMSNorm computes in float32 even in a float64
 #: model, so a float64 child of a width that is not a multiple deviates by float32 rounding.
-FLOAT32 = {(m, op) for m in MODELS for op in ("grow_width", "add_block (float32)")}
+FLOAT32 = {(m, op) for m in MODELS for op in ("grow_width", "add_block (float32)")} | {
+    (MAMBA2, "add_heads (float32)")
+}
 #: Models whose blocks round the stream to float32 (``residual_in_fp32``): a new block of a
 #: float64 model does not (²), and its config cannot say so.
 ROUNDING = ("Mamba", "FalconMamba", MAMBA2)
 #: Operations that grow one block's inner width: the config has one value for every block.
 ONE_BLOCK = ("grow_ffn (one block)", "widen in_proj", "widen conv1d (outer)")
+HEADS = ("add_heads", "add_heads (float32)", "add_heads (one block, zero)")
 OUTCOMES: dict[tuple[str, str], str] = {
     **{(m, op): STOCK for m in MODELS for op in OPS},
     **{(m, op): STOCK + " ¹" for m, op in FLOAT32},
     **{(m, op): MARKED + " ²" for m in ROUNDING for op in ("add_block", "add_block (end, zero)")},
     **{(m, op): MARKED for m in MODELS for op in ONE_BLOCK},
     **{(m, "grow_kernel"): MARKED for m in MODELS},
-    **{(m, "add_heads"): "refused: have no attention heads" for m in MODELS},
+    **{(m, op): "refused: have no attention heads" for m in MODELS for op in HEADS},
     # FalconMamba's unused per-channel norm weights are unsaved buffers the config sizes
     **{("FalconMamba", op): SAVE_WHOLE for op in ONE_BLOCK},
-    **{
-        (MAMBA2, op): "refused: would enter the RMS of its gated norm"
-        for op in (*ONE_BLOCK, "grow_ffn", "grow_ffn (odd)", "add_heads")
-    },
+    # Mamba-2 grows by whole groups of 32 channels (4 heads): 67 channels are not
+    (MAMBA2, "grow_ffn (odd)"): "refused: grows exactly by whole groups only",
+    (MAMBA2, "add_heads"): STOCK,
+    (MAMBA2, "add_heads (float32)"): STOCK + " ¹",
+    (MAMBA2, "add_heads (one block, zero)"): MARKED,
     # its config derives the inner width from hidden_size·expand = num_heads·head_dim
     (MAMBA2, "grow_width"): MARKED + " ¹",
 }
@@ -291,3 +297,115 @@ def test_a_per_channel_buffer_it_cannot_grow_is_refused_before_any_work() -> Non
     parent.backbone.layers[0].mixer.register_buffer("scale", torch.full((64,), 2.0))
     with pytest.raises(MorphError, match=r"mixer\.scale' is a buffer of one value per channel"):
         grow_ffn(parent, 80)
+
+
+def test_new_groups_are_whole_and_cancel() -> None:
+    """Mamba-2 grow_ffn 64 → 96 adds one whole group: the parent's z, x, B, C and Δ rows keep
+    their places in their blocks, the new group's x rows are equal in pairs inside a head with
+    out_proj columns C and −C, its B and C rows are new and dense, the norm's group size stays
+    32, and the config describes the child."""
+    parent = _parent(MAMBA2)
+    child, report = grow_ffn(parent, 96)
+    old, new = parent.backbone.layers[0].mixer, child.backbone.layers[0].mixer
+    assert (new.n_groups, new.num_heads, new.head_dim, new.intermediate_size) == (3, 12, 8, 96)
+    assert new.norm.group_size == 32 and new.conv1d.weight.shape == (120, 1, 4)
+    assert new.in_proj.weight.shape == (96 + 120 + 12, 32)
+    w, w0 = new.in_proj.weight, old.in_proj.weight
+    # parent rows [z 0:64; x 64:128; B 128:136; C 136:144; Δ 144:152] → child blocks of 96, 96,
+    # 12, 12, 12
+    for start, parent_start, size in ((0, 0, 64), (96, 64, 64), (192, 128, 8), (204, 136, 8)):
+        assert torch.equal(w[start : start + size], w0[parent_start : parent_start + size])
+    assert torch.equal(w[216:224], w0[144:152])
+    assert torch.equal(w[160], w[161]) and torch.equal(w[64], w[65])  # x and z of one set
+    assert not torch.equal(w[160], w[162])
+    assert bool(w[200:204].ne(0).all()) and bool(w[212:216].ne(0).all())  # new B, C rows
+    assert torch.equal(new.out_proj.weight[:, 64], -new.out_proj.weight[:, 65])
+    assert torch.equal(new.out_proj.weight[:, :64], old.out_proj.weight)
+    assert bool(new.out_proj.weight[:, 64:].ne(0).all()) and report.new_nonzero_ratio > 0.9
+    assert torch.equal(new.A_log[:8], old.A_log) and new.A_log.shape == (12,)
+    config = child.config
+    assert (config.n_groups, config.num_heads, config.expand) == (3, 12, 3)
+
+
+def test_mamba2_groups_generate_the_parents_tokens_with_the_cache() -> None:
+    """Generation runs the mixer's cached path (the convolution and scan states, sized from
+    the grown tensors): a child with a new group in one block gives the parent's logits at
+    every step."""
+    parent = _parent(MAMBA2)
+    child, _ = add_heads(parent, 16, layers=0)
+    ids = torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(2))
+    kw = dict(
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    with torch.no_grad():
+        got, want = child.generate(ids, **kw), parent.generate(ids, **kw)
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.logits, want.logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+def test_mamba2_width_the_config_cannot_describe_reloads_with_load_grown(
+    tmp_path: Path,
+) -> None:
+    """Groups of 16 channels on a stream of 32: inner width 64 → 80 is not hidden_size·expand
+    for an integer expand, so the config stays the parent's and is marked; load_grown rebuilds
+    the child exactly."""
+    torch.manual_seed(0)
+    config = transformers.Mamba2Config(**dict(MODELS[MAMBA2][2], n_groups=4))
+    parent = transformers.Mamba2ForCausalLM(config).eval().to(torch.float64)
+    child, report = grow_ffn(parent, 80)
+    assert child.backbone.layers[1].mixer.n_groups == 5
+    assert any("expand (an integer) cannot describe it" in n for n in report.notes), report
+    want = _logits(parent)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    child.save_pretrained(tmp_path)
+    reloaded = _reload(MARKED, report.notes, tmp_path, torch.float64)
+    assert reloaded is not None and reloaded.backbone.layers[0].mixer.num_heads == 10
+    torch.testing.assert_close(_logits(reloaded), want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m: grow_ffn(m, 64), ValueError, "width=64 must exceed the inner width 64"),
+        (lambda m: grow_ffn(m, 112), MorphError, "nearest valid values are 96 (1 new group)"),
+        (lambda m: grow_ffn(m, 80), MorphError, "nearest valid value is 96 (1 new group)"),
+        (lambda m: add_heads(m, 8), ValueError, "heads=8 must exceed the head count 8"),
+        (lambda m: add_heads(m, 10), MorphError, "each adding 4 heads"),
+        (lambda m: add_heads(m, 12, kv_heads=4), ValueError, "leave kv_heads None"),
+        (lambda m: add_heads(m, 12, method="copy"), ValueError, "method must be one of"),
+        (lambda m: widen(m, CONV, 100), MorphError, "each adding 40 conv1d channels"),
+        (
+            lambda m: widen(m, CONV.replace("conv1d", "in_proj"), 156),
+            MorphError,
+            "nearest valid value is 228 (1 new group)",
+        ),
+        (lambda m: widen(m, CONV, 120, zero_side="inner"), MorphError, "use 'auto' or 'outer'"),
+        (
+            lambda m: widen(m, CONV.replace("conv1d", "dt_proj"), 80),
+            MorphError,
+            "a Mamba-2 mixer has no dt_proj",
+        ),
+    ],
+)
+def test_mamba2_requests_between_whole_groups_are_refused_before_any_work(
+    call: Op, error: type[Exception], message: str
+) -> None:
+    parent = _parent(MAMBA2)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    with pytest.raises(error, match=re.escape(message)):
+        call(parent)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def test_mamba2_groups_other_than_the_norms_are_refused() -> None:
+    """A mixer whose n_groups (its B/C groups) differs from its norm's groups: whole groups of
+    the norm are not whole B/C groups, so the request is refused by name before any work."""
+    parent = _parent(MAMBA2)
+    parent.backbone.layers[1].mixer.n_groups = 1
+    with pytest.raises(MorphError, match=r"layers\.1\.mixer\.n_groups' is 1, not 2"):
+        grow_ffn(parent, 96)

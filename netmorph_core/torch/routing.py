@@ -133,7 +133,8 @@ def add_heads(
     """The blocks ``layers`` of a transformer get ``heads`` query heads (and ``kv_heads``
     key/value heads) of the same head_dim (:func:`.encdec.add_heads`; the blocks ``layers`` or
     stages ``stage`` of a hierarchical vision transformer: :func:`.hierarchical.add_heads`); a
-    state-space (Mamba) model has none and is refused by name (:func:`.ssm.add_heads`)."""
+    Mamba-2 model's mixers get them by whole groups, a Mamba model has none and is refused by
+    name (:func:`.ssm.add_heads`)."""
     if _hierarchical(model, stage):
         return hierarchical.add_heads(
             model,
@@ -148,7 +149,17 @@ def add_heads(
             inplace=inplace,
         )
     if _is_ssm(model):
-        return ssm.add_heads(model, heads)
+        return ssm.add_heads(
+            model,
+            heads,
+            kv_heads=kv_heads,
+            layers=layers,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     return encdec.add_heads(
         model,
         heads,

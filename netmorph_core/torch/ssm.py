@@ -18,19 +18,22 @@ operations (support checks, ``tol="auto"``, measurement; the parent is never mod
   channels (``method="zero"``: zero ``out_proj``); the stream passes unchanged.
 - :func:`grow_kernel` — the causal convolution of one mixer K → K' (any K' > K): new taps
   at the past end, zero, and padding K' − 1, so output t still reads inputs t − K + 1 … t.
-- :func:`add_heads` — refused: a Mamba mixer has no attention heads.
+- :func:`add_heads` — refused for Mamba: its mixer has no attention heads.
 
 Mamba-2 mixers (heads of P channels sharing Δ, A and D, a gated norm per group of channels)
 take :func:`grow_width`, :func:`add_block` (a new mixer's channels paired inside their heads:
 equal z and x rows, kernels and norm gains, ``out_proj`` columns ±C) and :func:`grow_kernel`;
-new channels or heads would change their group's RMS, so :func:`grow_ffn` and
-:func:`add_heads` refuse them by name.
+their inner width (:func:`grow_ffn`), heads (:func:`add_heads`) and the outputs of ``in_proj``
+and ``conv1d`` (:func:`widen`) grow by whole new groups (:mod:`.ssm_groups`): a channel added
+to an existing group would change its RMS, so a size between whole groups is refused naming
+the nearest valid ones.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,6 +44,7 @@ from .errors import MorphError
 from .norm_kind import norm_kind
 from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .ssm_groups import LAYERS, add_groups, check_sizes, group_bytes, groups_to_add
 from .ssm_layout import Geometry, SSMLayout, find_ssm
 from .streamed import Region
 from .transformer import (
@@ -240,12 +244,15 @@ def grow_ffn(
     inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
     """The inner width (``intermediate_size``: the channels each mixer scans) of the blocks
-    ``layers`` (default all) grows to ``width`` (module docstring)."""
+    ``layers`` (default all) grows to ``width`` (module docstring); a Mamba-2 mixer's by whole
+    new groups (:mod:`.ssm_groups`; another width is refused naming the nearest valid ones)."""
     layout = mamba_layout(model, "grow_ffn")
     method = _method(method)
     chosen = _layers(layout, layers)
-    _refuse_mamba2(layout, chosen[0], "new inner channels")
     width = v.positive_int(width, "width")
+    if layout.geometry[chosen[0]].mamba2:
+        request = _GroupRequest("grow_ffn", "inner", width, "width", method)
+        return _grow_groups(request, model, layout, chosen, probe, tol, seed, inplace)
     inner = max(layout.geometry[i].inner for i in chosen)
     if width <= inner:
         raise ValueError(f"width={width} must exceed the inner width {inner}")
@@ -565,30 +572,133 @@ def _is_float64(model: nn.Module) -> bool:
     return any(p.dtype == torch.float64 for p in model.parameters())
 
 
-def _refuse_mamba2(layout: SSMLayout, block: int, what: str) -> None:
-    """MorphError when block ``block``'s mixer is a Mamba-2 mixer, which ``what`` would
-    change."""
-    geo = layout.geometry[block]
-    if geo.mamba2:
-        raise MorphError(
-            f"{layout.mixer_of(block)!r} is a Mamba-2 mixer: {what} would enter the RMS of its "
-            f"gated norm, taken over groups of {geo.inner // geo.groups} channels, and change "
-            "every output of their group; refused (grow_width, add_block and grow_kernel "
-            "apply)"
-        )
-
-
-def add_heads(model: nn.Module, heads: int) -> tuple[nn.Module, MorphReport]:
-    """Refused: a Mamba mixer has no attention heads; a Mamba-2 mixer's heads feed a gated
-    norm per group (MorphError naming what to grow)."""
+def add_heads(
+    model: nn.Module,
+    heads: int,
+    *,
+    kv_heads: int | None = None,
+    layers: object = None,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """The Mamba-2 mixers of the blocks ``layers`` (default all) get ``heads`` heads in all,
+    by whole new groups (:mod:`.ssm_groups`; ``kv_heads`` must stay None: the heads share B
+    and C by group, not keys and values); a Mamba mixer has no heads and is refused by name
+    (MorphError naming what to grow)."""
     layout = mamba_layout(model, "add_heads")
-    _refuse_mamba2(layout, 0, f"heads={heads!r}: new heads")
-    raise MorphError(
-        f"heads={heads!r}: {type(model).__name__} is a state-space (Mamba) model: its mixers "
-        f"({layout.mixer_of(0)!r}, …) have no attention heads; grow its inner width with "
-        "grow_ffn (intermediate_size), its stream with grow_width or its convolution with "
-        "grow_kernel"
+    if not layout.geometry[0].mamba2:
+        raise MorphError(
+            f"heads={heads!r}: {type(model).__name__} is a state-space (Mamba) model: its mixers "
+            f"({layout.mixer_of(0)!r}, …) have no attention heads; grow its inner width with "
+            "grow_ffn (intermediate_size), its stream with grow_width or its convolution with "
+            "grow_kernel"
+        )
+    method = _method(method)
+    chosen = _layers(layout, layers)
+    heads = v.positive_int(heads, "heads")
+    if kv_heads is not None:
+        raise ValueError(
+            f"kv_heads={kv_heads!r}: the heads of a Mamba-2 mixer share B and C by group, "
+            "not keys and values; leave kv_heads None"
+        )
+    request = _GroupRequest("add_heads", "heads", heads, "heads", method)
+    return _grow_groups(request, model, layout, chosen, probe, tol, seed, inplace)
+
+
+@dataclass(frozen=True)
+class _GroupRequest:
+    """A request met by whole new groups of Mamba-2 mixers: the ``operation``, the
+    ``quantity`` of :data:`.ssm_groups.QUANTITIES` it names, its ``value`` (the argument
+    ``arg``) and the ``method``."""
+
+    operation: str
+    quantity: str
+    value: int
+    arg: str
+    method: str
+
+
+def _grow_groups(
+    request: _GroupRequest,
+    model: nn.Module,
+    layout: SSMLayout,
+    chosen: tuple[int, ...],
+    probe: object,
+    tol: float | str | None,
+    seed: object,
+    inplace: bool,
+) -> tuple[nn.Module, MorphReport]:
+    """The Mamba-2 mixers of the blocks ``chosen`` grow by the whole groups that bring
+    ``request``'s quantity to its value (:func:`.ssm_groups.groups_to_add`, refusals first)."""
+    groups = {}
+    for i in chosen:
+        geo, where = layout.geometry[i], layout.mixer_of(i)
+        if not geo.mamba2:
+            raise MorphError(f"{where!r} is not a Mamba-2 mixer like the others; refused")
+        check_sizes(model.get_submodule(where), geo, where)
+        groups[i] = groups_to_add(geo, request.quantity, request.value, request.arg, where)
+    mixers = tuple(layout.mixer_of(i) for i in chosen)
+    element = _bytes(model)
+    new_bytes = sum(
+        groups[i] * group_bytes(layout.geometry[i], layout.d_model, element) for i in chosen
     )
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
+
+    def build(child: nn.Module) -> Outcome:
+        edit = _Editor(child, seed)
+        for i in chosen:
+            add_groups(edit, layout.mixer_of(i), layout.geometry[i], groups[i], request.method)
+        grown = [_grown(g, groups.get(i, 0)) for i, g in enumerate(layout.geometry)]
+        return edit.outcome(_groups_config(getattr(child, "config", None), layout, grown))
+
+    return _run(
+        request.operation,
+        model,
+        layout,
+        tuple(f"{m}.out_proj" for m in mixers),
+        build,
+        probe,
+        tol,
+        inplace,
+        copies=mixers,
+        regions=tuple(Region(layout.blocks[i], layout.blocks[i]) for i in chosen),
+        new_bytes=new_bytes,
+        replaced=mixers,
+    )
+
+
+def _grown(geo: Geometry, m: int) -> Geometry:
+    """``geo`` with ``m`` more groups (:mod:`.ssm_groups`)."""
+    return Geometry(
+        geo.inner + m * (geo.inner // geo.groups),
+        geo.state,
+        geo.rank,
+        geo.kernel,
+        heads=geo.heads + m * (geo.heads // geo.groups),
+        groups=geo.groups + m,
+    )
+
+
+def _groups_config(config: object | None, layout: SSMLayout, grown: list[Geometry]) -> list[str]:
+    """Write ``n_groups``, ``num_heads`` and ``expand`` for mixers now ``grown``, where one
+    value of each describes every block and hidden_size·expand (an integer) = num_heads·
+    head_dim holds; otherwise leave the config and say why (the child is then marked and
+    reloads with ``load_grown``)."""
+    if config is None:
+        return []
+    if len(set(grown)) > 1:
+        return ["blocks differ in groups: the config describes the others"]
+    geo, d = grown[0], layout.d_model
+    if geo.inner % d:
+        return [
+            f"an inner width of {geo.inner} is not a whole multiple of hidden_size {d}: the "
+            "config's expand (an integer) cannot describe it"
+        ]
+    _set(config, n_groups=geo.groups, num_heads=geo.heads, expand=geo.inner // d)
+    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -699,7 +809,9 @@ def widen(
     (E outputs) widened to ``width`` outputs: its block's inner width grows to E' = width / 2
     or width by :func:`grow_ffn` (``zero_side="auto"``: new channels in cancelling sets;
     ``"outer"``: zero ``x_proj``/``out_proj`` columns; ``"inner"`` is refused: a channel with
-    zero input rows is not zero after the convolution's bias and the skip)."""
+    zero input rows is not zero after the convolution's bias and the skip). A Mamba-2 mixer's
+    ``in_proj`` ([z; x; B; C; Δ]) or ``conv1d`` ([x; B; C]) reaches ``width`` by whole new
+    groups (:mod:`.ssm_groups`), or is refused naming the nearest valid widths."""
     layout = mamba_layout(model, "widen")
     found = inner_writer(layout, at)
     if found is None:
@@ -708,18 +820,18 @@ def widen(
             f"{type(model).__name__}; refused"
         )
     block, part = found
+    geo = layout.geometry[block]
+    if geo.mamba2 and part not in LAYERS:
+        raise MorphError(
+            f"widen at={at!r}: a Mamba-2 mixer has no {part}; its inner layers are in_proj and "
+            "conv1d; refused"
+        )
     if input_shape is not None:
         raise ValueError(
             f"input_shape={input_shape!r}: {type(model).__name__} reads token ids, not a random "
             "tensor; pass probe= (token ids) instead"
         )
     width = v.positive_int(width, "width")
-    per = INNER_WRITERS[part]
-    if width % per:
-        raise ValueError(
-            f"width={width}: {at!r} writes the x and gate halves of each inner channel; give "
-            "an even width (twice the new inner width)"
-        )
     if zero_side not in ("auto", "inner", "outer"):
         raise ValueError(f"zero_side must be one of ('auto', 'inner', 'outer'), got {zero_side!r}")
     if zero_side == "inner":
@@ -729,6 +841,15 @@ def widen(
             "'outer'"
         )
     method = "netmorph" if zero_side == "auto" else "zero"
+    if geo.mamba2:
+        request = _GroupRequest("widen", part, width, "width", method)
+        return _grow_groups(request, model, layout, (block,), probe, tol, seed, False)
+    per = INNER_WRITERS[part]
+    if width % per:
+        raise ValueError(
+            f"width={width}: {at!r} writes the x and gate halves of each inner channel; give "
+            "an even width (twice the new inner width)"
+        )
     return grow_ffn(
         model, width // per, layers=[block], method=method, probe=probe, tol=tol, seed=seed
     )

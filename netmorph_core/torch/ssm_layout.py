@@ -199,7 +199,7 @@ def _geometry2(mixer: nn.Module, d: int, where: str) -> Geometry:
 def find_ssm(model: nn.Module) -> SSMLayout | None:
     """The :class:`SSMLayout` of ``model``; None when it holds no state-space mixer;
     MorphError naming what it does not follow when it holds one the operations do not
-    support (a Mamba-2 mixer, a hybrid stack, a block with other parts)."""
+    support (a mixer of other shapes, a hybrid stack, a block with other parts)."""
     if not isinstance(model, nn.Module):
         return None
     mixers = [n for n, m in model.named_modules() if is_mixer(m)]
