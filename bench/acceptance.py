@@ -314,7 +314,7 @@ def transformer_ops(model: nn.Module, probe: torch.Tensor) -> dict[str, Op]:
             return int(value[-1] if isinstance(value, (list, tuple)) else value)
 
         d = size("hidden_size", 32)
-        heads = size("num_attention_heads", 4)
+        heads = size("num_attention_heads", 0) or size("num_heads", 4)  # Mamba-2: num_heads
         kv = size("num_key_value_heads", heads)
         hidden = size("intermediate_size", 64)
     new_heads = heads + kv if kv != heads else 2 * heads
