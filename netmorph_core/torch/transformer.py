@@ -826,9 +826,11 @@ def _joint_norm_sources(
             for count, proj, src in ((block.heads, 0, q_src), (block.kv_heads, 1, kv_src))
             if g == count
         ]
+        if len(which) == 2:  # multi-head attention: the norm's own projection decides
+            which = [which[_joint_norm_projection(layout, block, name)]]
         norm = model.get_submodule(name)
-        if (len(which) == 2 and not np.array_equal(q_src, kv_src)) or not which:
-            why = "as many heads as both q and k" if which else f"{g} heads, neither q nor k"
+        if not which:
+            why = f"{g} heads, neither q nor k"
         elif getattr(norm, "bias", None) is not None or len(fam.qkv) != 3:
             why = "a LayerNorm (the zero new heads would move its mean) or a fused q/k/v layer"
         else:
@@ -841,6 +843,22 @@ def _joint_norm_sources(
             "exact; refused"
         )
     return found
+
+
+def _joint_norm_projection(layout: Layout, block: Block, name: str) -> int:
+    """0 or 1: whether the joint norm ``name``, as wide as both q and k, normalises the query
+    or the key projection: as the trace found (``Family.qk_norms``), else by its name (OLMo's
+    ``q_norm``/``k_norm``); MorphError naming it otherwise."""
+    rel = name.removeprefix(block.prefix + ".")
+    if rel in layout.family.qk_norms:
+        return layout.family.qk_norms.index(rel)
+    last = rel.rpartition(".")[2].lower()
+    if last.startswith(("q_", "query")) != last.startswith(("k_", "key")):
+        return 0 if last.startswith(("q_", "query")) else 1
+    raise MorphError(
+        f"{name!r} normalises as many heads as both q and k, and neither the trace nor its name "
+        "says which it reads; add_heads cannot keep it exact; refused"
+    )
 
 
 def _grow_joint_norm(edit: _Editor, block: Block, norm: str, proj: str, src: np.ndarray) -> None:

@@ -127,6 +127,8 @@ class Family:
     ``branch_norms``: the norms N₁, N₂ of the attention and feed-forward outputs before the
     residual sum, x + N₁(attn(·)), then + N₂(mlp(·)) (OLMo-2, where they are also ``norms``:
     its branches read the stream itself; Gemma-2's sandwich adds them to pre-norms).
+    ``qk_norms``: the norms that read the query and the key projection's whole output (""
+    for none), where the trace found them.
     """
 
     name: str
@@ -158,6 +160,7 @@ class Family:
     shared: bool = False
     moe: bool = False
     branch_norms: tuple[str, ...] = ()
+    qk_norms: tuple[str, ...] = ()
 
 
 def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
@@ -674,6 +677,7 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         parallel=stack.parallel,
         alibi=stack.alibi,
         branch_norms=stack.branch_norms,
+        qk_norms=stack.qk_norms,
     )
 
 

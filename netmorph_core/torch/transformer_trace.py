@@ -9,13 +9,17 @@ is touched; training flags are restored) and reads from the calls of block 0:
   gate/up pair, or one fused [gate; up] layer of twice the hidden size) and the feed-forward
   output;
 - the norms (modules with a 1-D gain and a float eps): which one feeds the attention readers
-  and which the feed-forward readers; both read the block's input → a parallel block;
+  and which the feed-forward readers; both read the block's input → a parallel block; or,
+  where the readers take the stream itself, the norms N₁, N₂ that read each branch's output
+  (:mod:`.transformer_branches`: OLMo-2; both kinds: a sandwich block);
 - the residual sums, checked numerically: y = x + o + f (parallel) or
-  m = x + o, y = m + f (sequential) on the recorded tensors;
+  m = x + o, y = m + f (sequential) on the recorded tensors, o and f being N₁'s and N₂'s
+  outputs where the branches are normalised;
 - the attention's data flow, checked by two transformations of the recorded run that keep the
   output of softmax(q·kᵀ)·v·Wₒ unchanged exactly when the rows are read right: q of group g
   scaled by 2^a_g, k by 2^−a_g, v by 2^b_g and Wₒ's columns by 2^−b_g (powers of two: exact
-  in floating point), which also decides the row layout of a fused q/k/v layer; and a
+  in floating point; after the norm where one normalises the whole q or k: OLMo-2's joint
+  q/k norms), which also decides the row layout of a fused q/k/v layer; and a
   rotation of the heads (q, k, v and Wₒ's columns together), which changes the output only
   when each head carries its own position bias (ALiBi);
 - outside the blocks: the embeddings of width d (stream writers) and the norms that run
@@ -64,6 +68,7 @@ class Stack:
     final_norm: str | None
     stream_norms: tuple[str, ...]
     branch_norms: tuple[str, ...] = ()
+    qk_norms: tuple[str, ...] = ()
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -391,6 +396,7 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
         final_norm=after[-1] if after else None,
         stream_norms=tuple(dict.fromkeys(before)),
         branch_norms=(b_attn.name[2:], b_mlp.name[2:]) if post else (),
+        qk_norms=tuple(n[2:] if n.startswith("N:") else "" for n in probed[:2]),
     )
 
 
