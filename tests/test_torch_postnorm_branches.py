@@ -32,6 +32,7 @@ from netmorph_core.torch import (
     grow_ffn,
     grow_width,
     load_grown,
+    pipeline,
 )
 from netmorph_core.torch.transformer_layout import describe
 
@@ -170,6 +171,20 @@ def test_operation_is_exact_and_reloads(
             auto.from_pretrained(tmp_path)
         reloaded = load_grown(tmp_path)
     torch.testing.assert_close(_logits(reloaded), want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("op", ["add_heads", "grow_width", "add_block"])
+def test_measured_one_module_at_a_time(
+    model: str, op: str, monkeypatch: pytest.MonkeyPatch, exact_rmsnorm: None
+) -> None:
+    """The per-module float64 measurement (every model above the whole-copy limit) accepts
+    the same exact children."""
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    parent = _parent(model)
+    child, report = OPS[op](parent, MODELS[model][3])
+    assert report.measured_by == pipeline.STREAMED
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("op", OPS)
