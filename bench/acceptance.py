@@ -24,7 +24,8 @@ time limit and is classified (:func:`classify`):
 
 The acceptance percentage is (exact + refused) / cases. Hugging Face RMSNorm/T5LayerNorm
 compute in float32 whatever the input dtype; their forward is replaced by the same formula in
-the input's dtype so that float64 exactness is measurable (:func:`exact_norms`).
+the input's dtype so that float64 exactness is measurable (:func:`exact_norms`; DeBERTa's
+LayerNorm likewise).
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ def _gemma_rms_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (1.0 + self.weight) * _rms(x, self.eps)
 
 
+def _centred_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    centred = x - x.mean(-1, keepdim=True)
+    return self.weight * _rms(centred, self.variance_epsilon) + self.bias
+
+
 def exact_norms(model: nn.Module) -> list[str]:
     """Replace the forward of the float32-computing Hugging Face norm classes in ``model`` by
     the same formula in the input's dtype; returns the class names patched."""
@@ -143,13 +149,15 @@ def exact_norms(model: nn.Module) -> list[str]:
 
     patched = []
     for cls in {type(m) for m in model.modules()}:
-        if not cls.__name__.endswith(("RMSNorm", "T5LayerNorm")):
+        if not cls.__name__.endswith(("RMSNorm", "T5LayerNorm", "DebertaLayerNorm")):
             continue
         try:
             source = inspect.getsource(cls.forward)
         except (OSError, TypeError):
             continue
-        if "1.0 + self.weight" in source and hasattr(cls, "_norm"):
+        if cls.__name__.endswith("DebertaLayerNorm"):  # LayerNorm with eps in the root
+            cls.forward = _centred_forward
+        elif "1.0 + self.weight" in source and hasattr(cls, "_norm"):
             cls.forward = _gemma_rms_forward
         elif "variance_epsilon" in source:
             cls.forward = _scaled_rms_forward

@@ -8,7 +8,7 @@ import pytest
 import torch
 from thirdparty import import_transformers
 
-from netmorph_core.torch import MorphError, add_block, grow_ffn, grow_width, pipeline
+from netmorph_core.torch import add_block, grow_ffn, grow_width, pipeline
 
 try:
     transformers = import_transformers()
@@ -54,10 +54,15 @@ def test_beit_add_block_with_per_block_position_bias_is_exact(at: int) -> None:
     assert report.rel_dev_f64 <= 1e-10 and report.modes == ("eval", "train")
 
 
-def test_beit_shared_position_bias_is_refused_by_name_unless_zero() -> None:
+def test_beit_shared_position_bias_gives_the_new_attention_zero_output_columns() -> None:
+    """The shared bias differs per head, so the new block's heads cannot cancel in sets: as
+    under ALiBi, "netmorph" gives them zero output columns (its feed-forward still cancels)."""
     parent = beit(use_shared_relative_position_bias=True)
-    with pytest.raises(MorphError, match=r"shared_position_bias.*method='zero'"):
-        add_block(parent, 1)
+    child, report = add_block(parent, 1)
+    assert report.rel_dev_f64 <= 1e-10
+    assert any("shared_position_bias" in n and "zero attention" in n for n in report.notes)
+    assert not child.beit.layers[1].attention.o_proj.weight.any()
+    assert child.beit.layers[1].mlp.fc2.weight.all()
     _, report = add_block(parent, 1, method="zero")
     assert report.rel_dev_f64 <= 1e-10
 

@@ -163,11 +163,11 @@ MPNET_ROW = {
     "grow_width": POST_LN,
     "grow_width x2": MARKED,
     "grow_width x2 → add_heads": MARKED,
-    "add_block": "refused: a relative position bias shared by every block, different for each head",
+    "add_block": STOCK,
     "deepen_projection": MARKED,
 }
 #: DeBERTa v1's LayerNorm keeps its eps as ``variance_epsilon`` and computes in float32.
-DEBERTA_V1_ROW = {**MPNET_ROW, "add_block": "refused: has no positive float eps"}
+DEBERTA_V1_ROW = MPNET_ROW
 #: (family, operation) → STOCK, MARKED, SAVE_WHOLE or "refused: <what the MorphError says>".
 OUTCOMES: dict[tuple[str, str], str] = {
     **{("ModernBERT (masked LM)", op): v for op, v in MODERNBERT_ROW.items()},
@@ -319,8 +319,9 @@ STREAMED_CASES = [
     for op in ("grow_ffn", "grow_width x2 → add_heads", "add_block", "deepen_projection")
     if not OUTCOMES[f, op].startswith("refused")
     # ¹ on float64 parents (a float32 one is refused: its LayerNorm's float32 output cannot
-    # be computed in float64 one module at a time), no wider LayerNorm in float32 arithmetic
-    and not (f.endswith("¹") and op.startswith("grow_width"))
+    # be computed in float64 one module at a time), no wider or new LayerNorm in float32
+    # arithmetic
+    and not (f.endswith("¹") and op.startswith(("grow_width", "add_block")))
 ]
 
 

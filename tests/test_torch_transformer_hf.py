@@ -79,10 +79,9 @@ ARCHITECTURES = {
         dict(**GQA, tie_word_embeddings=True),
     ),
     # Gemma: norms compute (1 + weight)·n and the head is tied; Gemma2 adds pre/post
-    # feed-forward norms; OLMo-2 has Llama's names but no pre-attention norm.
+    # feed-forward norms.
     "gemma": (transformers.GemmaForCausalLM, transformers.GemmaConfig, dict(**GQA, head_dim=8)),
     "gemma2": (transformers.Gemma2ForCausalLM, transformers.Gemma2Config, dict(**GQA, head_dim=8)),
-    "olmo2": (transformers.Olmo2ForCausalLM, transformers.Olmo2Config, GQA),
     # RoBERTa's classifier reads the stream (no pooler); DeiT adds a distillation token.
     "roberta": (
         transformers.RobertaForSequenceClassification,
@@ -232,12 +231,6 @@ def test_stream_read_by_a_head_module_or_written_by_extra_tokens(family: str, d_
     child, _ = grow_width(parent, d_model)
     assert all(torch.equal(v, before[k]) for k, v in parent.state_dict().items())
     assert _rel_dev(parent, child, _inputs(family, torch.float64)) <= F64_TOL
-
-
-def test_olmo2_without_a_pre_attention_norm_is_refused_by_name() -> None:
-    """OLMo-2 has Llama's projection names but norms after each branch, none before."""
-    with pytest.raises(MorphError, match="Olmo2ForCausalLM is not a recognised transformer"):
-        grow_width(_model("olmo2"), 64)
 
 
 def test_hf_llama_with_its_own_float32_rmsnorm() -> None:

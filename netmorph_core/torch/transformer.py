@@ -47,6 +47,7 @@ from .streamed import Region
 from .support import check_subtree
 from .surgery import count_parameters, find_layer, gather, replace_module
 from .tracing import default_inputs
+from .transformer_branch_block import silence_branches
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 from .transformer_postln import plan as post_ln_plan
 from .transformer_projection import (
@@ -529,13 +530,16 @@ def _attention_units(
     method: str,
     fresh: bool = False,
     placed: np.ndarray | None = None,
+    alone: bool = False,
 ) -> int:
     """Give ``block`` ``new_heads`` query and ``new_kv`` key/value heads (``fresh``: all of
     them new, output bias zero); returns how many new heads got zero output columns for want
     of a partner. New key/value heads are random; the heads of a cancelling set share their q
     rows (and, across groups, their k and v rows) and get output columns C·coefficient.
     ``placed``: child head → parent head of multi-head attention with a per-head position bias
-    (ALiBi), whose new heads each have their own bias and get zero output columns."""
+    (ALiBi), whose new heads each have their own bias and get zero output columns; ``alone``:
+    every head reads its own position bias (ALiBi, or a relative bias shared by every block):
+    no cancelling sets, zero output columns."""
     fam = layout.family
     hd = block.head_dim
     heads, kv = (0, 0) if fresh else (block.heads, block.kv_heads)
@@ -559,7 +563,7 @@ def _attention_units(
         for target, (w, _) in zip(qkv[1:], parts[1:]):
             target[0][span(g)] = edit.noise((hd, d_in), _std(w), w)
     sets = _head_sets(q_src, new_kv, new_rep)
-    if fam.alibi:  # heads of one set would see different position biases
+    if fam.alibi or alone:  # heads of one set would see different position biases
         sets = [[h] for head_set in sets for h in head_set]
     for head_set in sets:
         row = edit.noise((hd, d_in), _std(parts[0][0]), parts[0][0])
@@ -822,9 +826,11 @@ def _joint_norm_sources(
             for count, proj, src in ((block.heads, 0, q_src), (block.kv_heads, 1, kv_src))
             if g == count
         ]
+        if len(which) == 2:  # multi-head attention: the norm's own projection decides
+            which = [which[_joint_norm_projection(layout, block, name)]]
         norm = model.get_submodule(name)
-        if (len(which) == 2 and not np.array_equal(q_src, kv_src)) or not which:
-            why = "as many heads as both q and k" if which else f"{g} heads, neither q nor k"
+        if not which:
+            why = f"{g} heads, neither q nor k"
         elif getattr(norm, "bias", None) is not None or len(fam.qkv) != 3:
             why = "a LayerNorm (the zero new heads would move its mean) or a fused q/k/v layer"
         else:
@@ -837,6 +843,22 @@ def _joint_norm_sources(
             "exact; refused"
         )
     return found
+
+
+def _joint_norm_projection(layout: Layout, block: Block, name: str) -> int:
+    """0 or 1: whether the joint norm ``name``, as wide as both q and k, normalises the query
+    or the key projection: as the trace found (``Family.qk_norms``), else by its name (OLMo's
+    ``q_norm``/``k_norm``); MorphError naming it otherwise."""
+    rel = name.removeprefix(block.prefix + ".")
+    if rel in layout.family.qk_norms:
+        return layout.family.qk_norms.index(rel)
+    last = rel.rpartition(".")[2].lower()
+    if last.startswith(("q_", "query")) != last.startswith(("k_", "key")):
+        return 0 if last.startswith(("q_", "query")) else 1
+    raise MorphError(
+        f"{name!r} normalises as many heads as both q and k, and neither the trace nor its name "
+        "says which it reads; add_heads cannot keep it exact; refused"
+    )
 
 
 def _grow_joint_norm(edit: _Editor, block: Block, norm: str, proj: str, src: np.ndarray) -> None:
@@ -1101,9 +1123,10 @@ def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) 
     """Every norm must hold a gain (and a float eps) when the width needs them rescaled; a
     LayerNorm on a branch keeps only whole copies (its output's mean is not the stream's)."""
     norms, others, final = _norm_names(model, layout)
-    if others and rescale and layout.norm_kind == "layer":
+    branches = [*others, *(layout.blocks[0].name(r) for r in layout.family.branch_norms)]
+    if branches and rescale and layout.norm_kind == "layer":
         raise MorphError(
-            f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {others[0]!r} "
+            f"d_model={d_model} is not a multiple of {layout.d_model}: LayerNorm {branches[0]!r} "
             "normalises a branch, whose extra coordinates would not keep the stream's mean"
         )
     writes = stream_norms(model, layout)
@@ -1437,9 +1460,13 @@ def add_block(
     ``"netmorph"``: every inner weight dense and random, the heads and hidden units in
     cancelling sets (shared q rows / input rows, output columns ±C), output biases zero.
     ``"zero"``: random inner layers and zero output projections. Norms are copied from the
-    neighbouring block. Post-LN models (BERT): LN(γ·n + β) ≠ γ·n + β, so the norm before the
+    neighbouring block. Heads that each see their own position bias (ALiBi, a relative bias
+    shared by every block: MPNet, BEiT) cannot cancel in sets: the attention's output columns
+    are zero. Post-LN models (BERT): LN(γ·n + β) ≠ γ·n + β, so the norm before the
     new block gives its gain and bias to the new block's last norm
-    (:mod:`.transformer_postln`). Blocks shared by several depths (ALBERT) are refused.
+    (:mod:`.transformer_postln`). Norms on the branches' outputs (OLMo-2, Gemma-2's sandwich):
+    with ``"netmorph"`` they get zero gain and the output projections are dense
+    (:mod:`.transformer_branch_block`). Blocks shared by several depths (ALBERT) are refused.
     """
     layout = describe(model)
     if layout.family.shared:
@@ -1471,13 +1498,14 @@ def add_block(
     else:
         region = Region(f"{prefix}.{n - 1}", f"{prefix}.{n}", identity=True, after=True)
 
+    silenced = _branch_offsets(model, layout, template, method)
+    out_std = {  # the new block's dense output projections (silenced branches)
+        rel: _std(as_matrix(model.get_submodule(template.name(rel))).detach())
+        for rel in (((fam.o,) if fam.moe else (fam.o, fam.ffn_out)) if silenced else ())
+    }
+    # a relative position bias shared by every block reaches the new block's heads, different
+    # for each: as under ALiBi, heads of a cancelling set would not cancel
     shared_bias = _shared_position_bias(model, prefix)
-    if shared_bias and method == "netmorph":
-        raise MorphError(
-            f"at={at}: {shared_bias!r} adds a relative position bias shared by every block, "
-            "different for each head, to the new block's attention scores: heads in cancelling "
-            "sets would not cancel; use method='zero' (zero output projections)"
-        )
 
     def build(child: nn.Module) -> Outcome:
         blocks = child.get_submodule(prefix)
@@ -1495,12 +1523,22 @@ def add_block(
         new_block = Block(f"{prefix}.{at}", template.heads, template.kv_heads, template.head_dim)
         _periodic_joint_norms(child, layout, new_block)
         lonely = _attention_units(
-            edit, new_block, layout, template.heads, template.kv_heads, method, fresh=True
+            edit,
+            new_block,
+            layout,
+            template.heads,
+            template.kv_heads,
+            method,
+            fresh=True,
+            alone=shared_bias is not None and not silenced,
         )
         if fam.moe:  # every expert's units in cancelling sets; the router routes as before
             fresh_ffn(edit, new_block.name(fam.ffn_out), layout.d_model, _sets_of, _std, method)
         else:
             _ffn_units(edit, new_block, layout, template_hidden, template_hidden, method, True)
+        if silenced:
+            draw = {rel: partial(_redraw, edit, std) for rel, std in out_std.items()}
+            silence_branches(blocks[at], silenced, draw, method)
         sources: dict[str, ParamSource] = {}
         offset = len(prefix) + 1
         for name, _ in child.named_parameters():
@@ -1527,8 +1565,18 @@ def add_block(
         if post is not None:
             edit.sources.update(post.apply(child, new_block.prefix))
             notes += post.notes()
-        if layout.family.alibi:
+        if silenced and method == "netmorph":
+            notes.append(
+                "the new block's branch norms have zero gain: its branches add exactly 0 "
+                "whatever they compute (dense output projections)"
+            )
+        elif layout.family.alibi:
             notes.append("ALiBi: every head has its own slope: zero attention output columns")
+        elif shared_bias is not None and method == "netmorph":
+            notes.append(
+                f"{shared_bias!r} gives every head its own position bias, shared by every "
+                "block: zero attention output columns"
+            )
         elif lonely and method == "netmorph":
             notes.append(f"{lonely} heads have no partner in their group: zero output columns")
         outcome = edit.outcome(notes)
@@ -1552,6 +1600,33 @@ def add_block(
         regions=(region,) if post is None else (),
         new_bytes=new_bytes,
     )
+
+
+def _branch_offsets(
+    model: nn.Module, layout: Layout, template: Block, method: str
+) -> dict[str, float]:
+    """Branch norm (relative name) → gain offset of the norms a new block copied from
+    ``template`` silences (:mod:`.transformer_branch_block`); MorphError naming one without the
+    gain that "netmorph" sets to zero."""
+    found = {}
+    for rel in layout.family.branch_norms:
+        name = template.name(rel)
+        norm = model.get_submodule(name)
+        if getattr(norm, "weight", None) is None:
+            if method == "netmorph":
+                raise MorphError(
+                    f"{name!r} normalises a branch before the residual sum and has no gain to "
+                    "set to zero for the new block; use method='zero' (zero output projections)"
+                )
+            found[rel] = 0.0
+            continue
+        found[rel] = _gain_offset(norm, name, layout.norm_kind)
+    return found
+
+
+def _redraw(edit: _Editor, std: float, w: torch.Tensor) -> torch.Tensor:
+    """A random matrix shaped like ``w`` with entries of standard deviation ``std``."""
+    return edit.noise(tuple(w.shape), std, w).to(w.dtype)
 
 
 def _insert_attention_type(child: nn.Module, config: object | None, at: int, n: int) -> None:

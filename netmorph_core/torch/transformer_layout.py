@@ -5,6 +5,9 @@ A model is recognised by the names of its submodules as one of the families in
 (:mod:`.transformer_trace`: Phi-3, GPT-NeoX, Falcon, GPT-J, GPT-Neo, Starcoder2, Bloom, Phi and
 any decoder that follows their patterns; the found family is cached per block structure):
 
+- ``gemma2``: Gemma-2 and Gemma-3 (Llama's names, with sandwich norms: ``input_layernorm``
+  and ``pre_feedforward_layernorm`` before the branches, ``post_attention_layernorm`` and
+  ``post_feedforward_layernorm`` after them);
 - ``llama``: Hugging Face Llama / Mistral / Qwen2 (``layers[i].self_attn.{q,k,v,o}_proj``,
   ``mlp.{gate,up,down}_proj``, RMSNorm) and :class:`~netmorph_core.torch.models.LlamaStyle`;
 - ``gpt2``: GPT-2 (``h[i].attn.c_attn`` fused q|k|v and ``c_proj`` as ``Conv1D``, ``mlp.c_fc``,
@@ -122,6 +125,11 @@ class Family:
     count is the depth, not the number of blocks.
     ``moe``: the feed-forward is the module ``ffn_out`` names, a mixture of experts in some
     blocks and a dense MLP in the others (:mod:`.moe_layout`); ``ffn_in`` is then empty.
+    ``branch_norms``: the norms N₁, N₂ of the attention and feed-forward outputs before the
+    residual sum, x + N₁(attn(·)), then + N₂(mlp(·)) (OLMo-2, where they are also ``norms``:
+    its branches read the stream itself; Gemma-2's sandwich adds them to pre-norms).
+    ``qk_norms``: the norms that read the query and the key projection's whole output (""
+    for none), where the trace found them.
     """
 
     name: str
@@ -152,6 +160,8 @@ class Family:
     head_dim_field: str = "head_dim"
     shared: bool = False
     moe: bool = False
+    branch_norms: tuple[str, ...] = ()
+    qk_norms: tuple[str, ...] = ()
 
 
 def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
@@ -177,6 +187,19 @@ def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
 
 
 FAMILIES: tuple[Family, ...] = (
+    Family(  # Gemma-2/3: sandwich norms, before and after each branch
+        "gemma2",
+        blocks="layers",
+        attention="self_attn",
+        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        o="self_attn.o_proj",
+        ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+        ffn_out="mlp.down_proj",
+        norms=("input_layernorm", "pre_feedforward_layernorm"),
+        writers=("embed_tokens",),
+        final_norm="norm",
+        branch_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
+    ),
     Family(
         "llama",
         blocks="layers",
@@ -415,7 +438,8 @@ def describe(model: nn.Module) -> Layout:
             first = blocks[0]
             if not all(_get(first, n) is not None for n in (*family.qkv, family.o, family.ffn_out)):
                 continue
-            if not all(_get(first, n) is not None for n in (*family.ffn_in[-1:], *family.norms)):
+            parts = (*family.ffn_in[-1:], *family.norms, *family.branch_norms)
+            if not all(_get(first, n) is not None for n in parts):
                 continue  # e.g. OLMo-2: Llama's names but no pre-attention norm
             if _get(owner, family.writers[0]) is None:
                 continue  # e.g. CLIP's text encoder: the image encoder's block names
@@ -649,6 +673,8 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         gate_up=stack.gate_up,
         parallel=stack.parallel,
         alibi=stack.alibi,
+        branch_norms=stack.branch_norms,
+        qk_norms=stack.qk_norms,
     )
 
 

@@ -41,6 +41,7 @@ from torch import nn
 from .errors import MorphError
 from .report import ParamSource
 from .transformer_layout import Layout
+from .transformer_trace import EPS_ATTRS
 
 #: The smallest pre-norm variance t the choice of c is made for (embeddings of std 0.02).
 T_MIN = 1e-3
@@ -98,8 +99,9 @@ class PostLnNorms:
 
 
 def _eps(norm: nn.Module, name: str, d: int) -> float:
-    """The eps of the LayerNorm ``name`` with gain and bias of width ``d``; MorphError else."""
-    eps = getattr(norm, "eps", None)
+    """The eps of the LayerNorm ``name`` with gain and bias of width ``d`` (``eps``, or
+    DeBERTa's ``variance_epsilon``: :data:`.transformer_trace.EPS_ATTRS`); MorphError else."""
+    eps = next((getattr(norm, a) for a in EPS_ATTRS if hasattr(norm, a)), None)
     for attr in ("weight", "bias"):
         p = getattr(norm, attr, None)
         if not isinstance(p, torch.Tensor) or tuple(p.shape) != (d,):

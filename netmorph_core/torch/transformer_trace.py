@@ -9,13 +9,17 @@ is touched; training flags are restored) and reads from the calls of block 0:
   gate/up pair, or one fused [gate; up] layer of twice the hidden size) and the feed-forward
   output;
 - the norms (modules with a 1-D gain and a float eps): which one feeds the attention readers
-  and which the feed-forward readers; both read the block's input → a parallel block;
+  and which the feed-forward readers; both read the block's input → a parallel block; or,
+  where the readers take the stream itself, the norms N₁, N₂ that read each branch's output
+  (:mod:`.transformer_branches`: OLMo-2; both kinds: a sandwich block);
 - the residual sums, checked numerically: y = x + o + f (parallel) or
-  m = x + o, y = m + f (sequential) on the recorded tensors;
+  m = x + o, y = m + f (sequential) on the recorded tensors, o and f being N₁'s and N₂'s
+  outputs where the branches are normalised;
 - the attention's data flow, checked by two transformations of the recorded run that keep the
   output of softmax(q·kᵀ)·v·Wₒ unchanged exactly when the rows are read right: q of group g
   scaled by 2^a_g, k by 2^−a_g, v by 2^b_g and Wₒ's columns by 2^−b_g (powers of two: exact
-  in floating point), which also decides the row layout of a fused q/k/v layer; and a
+  in floating point; after the norm where one normalises the whole q or k: OLMo-2's joint
+  q/k norms), which also decides the row layout of a fused q/k/v layer; and a
   rotation of the heads (q, k, v and Wₒ's columns together), which changes the output only
   when each head carries its own position bias (ALiBi);
 - outside the blocks: the embeddings of width d (stream writers) and the norms that run
@@ -35,6 +39,7 @@ from torch import nn
 from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .linear_view import as_matrix, is_conv1d
+from .transformer_branches import branch_norms, reader_norm
 
 #: Attention-module attributes giving head_dim, the query heads and the key/value heads.
 HEAD_DIM_ATTRS = ("head_dim", "head_size", "attention_head_size")
@@ -62,6 +67,8 @@ class Stack:
     writers: tuple[str, ...]
     final_norm: str | None
     stream_norms: tuple[str, ...]
+    branch_norms: tuple[str, ...] = ()
+    qk_norms: tuple[str, ...] = ()
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -313,19 +320,25 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
         raise MorphError(f"'{where}': {len(reads)} attention input layers; refused")
     norm_of = {id(c.out): c for c in calls[start:] if c.name in norms and c.out is not None}
     n_attn, n_mlp = norm_of.get(id(reads[0].inp)), norm_of.get(id(ffn_in[0].inp))
-    if n_attn is None or n_mlp is None or n_attn.inp is not calls[start].inp:
+    b_attn, b_mlp = branch_norms(calls, o, out, set(norms))
+    pre = n_attn is not None and n_mlp is not None and n_attn.inp is calls[start].inp
+    bare = n_attn is None and n_mlp is None and reads[0].inp is calls[start].inp
+    post = b_attn is not None and b_mlp is not None
+    if not (pre or (bare and post)) or (b_attn is None) != (b_mlp is None):
         raise MorphError(
             f"{where!r}: the attention or feed-forward inputs are not norms of the block's input "
-            "(post-norm or norm-free blocks are not understood); refused"
+            "nor, with a norm on each branch's output, the block's input itself (norm-free "
+            "blocks and blocks normalised after the residual sum are not understood); refused"
         )
-    parallel = n_mlp.inp is calls[start].inp
+    mid_in = n_mlp.inp if pre else ffn_in[0].inp
+    parallel = mid_in is calls[start].inp
     dtype = first.out.dtype
     x, y = calls[start].inp.double(), first.out.double()
-    o_out, f_out = o.out.double(), out.out.double()
+    o_out, f_out = (b.out.double() for b in ((b_attn, b_mlp) if post else (o, out)))
     if parallel:
         ok = _close(x + o_out + f_out, y, dtype)
     else:
-        mid = n_mlp.inp.double()
+        mid = mid_in.double()
         ok = _close(x + o_out, mid, dtype) and _close(mid + f_out, y, dtype)
     if not ok:
         raise MorphError(
@@ -339,11 +352,14 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
     fused = ("concat",) if kv == 1 else ("concat", "grouped")
     layouts = ("separate",) if len(reads) == 3 else fused
     names = [c.name for c in reads]
+    probed = names  # q and k normalised whole (OLMo-2): scaled and rotated after their norms
+    if len(reads) == 3:
+        probed = [getattr(reader_norm(calls, c, set(norms)), "name", c.name) for c in reads]
     geo = (heads, kv, hd)
     found = [
         lay
         for lay in layouts
-        if _close(_run(model, ids, watch, _scaled(lay, names, o.name, geo))[0], y0)
+        if _close(_run(model, ids, watch, _scaled(lay, probed, o.name, geo))[0], y0)
     ]
     if len(found) != 1:
         what = (
@@ -356,9 +372,12 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
         raise MorphError(f"{what}; this attention is not understood; refused")
     layout = found[0]
     alibi = heads > 1 and not _close(
-        _run(model, ids, watch, _rotated(layout, names, o.name, geo))[0], y0
+        _run(model, ids, watch, _rotated(layout, probed, o.name, geo))[0], y0
     )
-    norm_rels = (n_attn.name[2:],) if n_mlp is n_attn else (n_attn.name[2:], n_mlp.name[2:])
+    if pre:
+        norm_rels = (n_attn.name[2:],) if n_mlp is n_attn else (n_attn.name[2:], n_mlp.name[2:])
+    else:
+        norm_rels = (b_attn.name[2:], b_mlp.name[2:])
     before = [c.name[2:] for c in calls[:start] if c.name in outside]
     after = [c.name[2:] for c in calls[end + 1 :] if c.name in outside]
     writers = _writers(root, blocks_rel, embed, d)
@@ -376,6 +395,8 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
         writers=writers,
         final_norm=after[-1] if after else None,
         stream_norms=tuple(dict.fromkeys(before)),
+        branch_norms=(b_attn.name[2:], b_mlp.name[2:]) if post else (),
+        qk_norms=tuple(n[2:] if n.startswith("N:") else "" for n in probed[:2]),
     )
 
 
