@@ -1,25 +1,32 @@
 """A transformer's parts found from its modules and one traced forward pass, not from names.
 
-:func:`trace_stack` runs the parent once on a few token ids with forward hooks (no parameter
-is touched; training flags are restored) and reads from the calls of block 0:
+:func:`trace_stack` runs the parent on one example of its own input kind
+(:func:`.transformer_stream.probe_inputs`: token ids, images or audio features) with forward
+hooks (no parameter is touched; training flags are restored), after checking that two runs
+agree (no random masking), and reads from the calls of block 0:
 
 - the linear layers (``nn.Linear`` and its subclasses, ``Conv1D``) in the order they run,
   in four phases of consecutive calls sharing one input: the query/key/value readers (three
   layers, or one fused layer), the output projection, the feed-forward input(s) (plain, a
   gate/up pair, or one fused [gate; up] layer of twice the hidden size) and the feed-forward
   output;
-- the norms (modules with a 1-D gain and a float eps): which one feeds the attention readers
-  and which the feed-forward readers; both read the block's input → a parallel block;
-- the residual sums, checked numerically: y = x + o + f (parallel) or
-  m = x + o, y = m + f (sequential) on the recorded tensors;
+- the norms (modules with a 1-D gain and a float eps): pre-LN, one feeds the attention
+  readers and one the feed-forward readers (both read the block's input: a parallel block);
+  post-LN, the attention reads the block's input itself and the norms follow the sums;
+- the residual sums, checked numerically on the recorded tensors
+  (:mod:`.transformer_residual`): y = x + λ₁⊙o + λ₂⊙f (parallel), m = x + λ₁⊙o,
+  y = m + λ₂⊙f (sequential) with per-channel layer scales λ found structurally, or
+  m = LN₁(x + o), y = LN₂(m + f) (post-LN);
 - the attention's data flow, checked by two transformations of the recorded run that keep the
   output of softmax(q·kᵀ)·v·Wₒ unchanged exactly when the rows are read right: q of group g
   scaled by 2^a_g, k by 2^−a_g, v by 2^b_g and Wₒ's columns by 2^−b_g (powers of two: exact
   in floating point), which also decides the row layout of a fused q/k/v layer; and a
   rotation of the heads (q, k, v and Wₒ's columns together), which changes the output only
-  when each head carries its own position bias (ALiBi);
-- outside the blocks: the embeddings of width d (stream writers) and the norms that run
-  before the first block (stream norms) or after the last (the final norm).
+  when each head carries its own position bias (ALiBi, or a relative position bias table);
+- outside the blocks: the stream's writers (:func:`.transformer_stream.stream_writers`,
+  proven complete by a run with their parameters zero), the norms that run before the first
+  block (stream norms), and the norms and linear layers after the last one that read the
+  stream itself (final and head norms, readers).
 
 Anything else is refused with a :class:`MorphError` naming the module not understood.
 """
@@ -64,8 +71,10 @@ EPS_ATTRS = ("eps", "variance_epsilon", "epsilon")
 
 @dataclass(frozen=True)
 class Stack:
-    """What :func:`trace_stack` found: names relative to a block (``attention`` … ``norms``)
-    or to the stream's owner (``writers``, ``final_norm``, ``stream_norms``)."""
+    """What :func:`trace_stack` found: names relative to a block (``attention`` … ``norms``,
+    ``scales``) or to the stream's owner (``writers``, ``final_norm``, ``stream_norms``,
+    ``head_norms``: norms after the last block before the final one, ``readers``: linear
+    layers after the last block reading the stream); ``post_ln``: norms after the sums."""
 
     attention: str
     qkv: tuple[str, ...]
