@@ -199,7 +199,8 @@ def stream_writers(
 
 
 def zeroed(root_prefix: str, root: nn.Module, writers: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Zero tensors for every parameter of ``writers`` (qualified from the model's root)."""
+    """Zero tensors for every parameter of ``writers`` (qualified from the model's root): one
+    zero expanded to each shape, so an embedding table costs no memory."""
     out = {}
     for name in writers:
         owner, _, attr = name.rpartition(".")
@@ -209,7 +210,7 @@ def zeroed(root_prefix: str, root: nn.Module, writers: tuple[str, ...]) -> dict[
         for rel, t in tensors.items():
             local = f"{name}.{rel}" if not isinstance(obj, torch.Tensor) else name
             qualified = f"{root_prefix}.{local}" if root_prefix else local
-            out[qualified] = torch.zeros_like(t)
+            out[qualified] = t.new_zeros(()).expand(t.shape)
     return out
 
 
