@@ -389,12 +389,11 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None = N
         names = (o.name, out.name, n_mlp.name)
         plain = _branches(calls, names, parallel)
         twice = None
-        if options:
-            values = dict(block.named_parameters())
-            params = {f"{where}.{c}": values[c].detach() * factor(i) for i, c in enumerate(options)}
+        values = {c: p.detach() for c, p in block.named_parameters() if c in options}
+        if options:  # candidate i multiplied by 2^(i+1): only a true scale fits both runs
+            params = {f"{where}.{c}": values[c] * factor(i) for i, c in enumerate(options)}
             _, again = _run(model, inputs, watch, {}, params)
             twice = _branches(again, names, parallel)
-        values = {c: p.detach() for c, p in block.named_parameters() if c in options}
         scales = pre_ln_scales((plain, twice), options, values, parallel, dtype, where)
     attention = _attention(block, [c.name[2:] for c in reads], o.name[2:])
     att_module = block.get_submodule(attention) if attention else block
