@@ -13,11 +13,13 @@ not reproduce:
 
 - ``llama``: Hugging Face Llama / Mistral / Qwen2 (``layers[i].self_attn.{q,k,v,o}_proj``,
   ``mlp.{gate,up,down}_proj``, RMSNorm ``input_layernorm``/``post_attention_layernorm``) and
-  :class:`~netmorph_core.torch.models.LlamaStyle`. The trace gives a Llama the same layout,
-  but these names also cover Gemma-2 and Gemma-3, whose sandwich norms (a norm on each
-  branch's output before the residual sum: ``post_attention_layernorm`` normalises the
-  attention output, ``pre_feedforward_layernorm`` feeds the MLP) the trace refuses; the
-  operations keep them exact as the block's other norms of the stream's width;
+  :class:`~netmorph_core.torch.models.LlamaStyle`. The trace gives Llama, Mistral and
+  Qwen2 the same layout, but these names also cover models the trace refuses: Gemma-2 and
+  Gemma-3, whose sandwich norms (a norm on each branch's output before the residual sum:
+  ``post_attention_layernorm`` normalises the attention output, ``pre_feedforward_layernorm``
+  feeds the MLP) the operations keep exact as the block's other norms of the stream's width;
+  Qwen3 and Gemma-3, whose per-head q/k norms undo the trace's scaling of each head's q and k;
+  OLMo, whose norms have no gain (the trace finds norms by their gain);
 - ``modernbert`` (and ``modernbert-decoder``): block 0's attention norm is an
   ``nn.Identity`` (the embedding norm's output enters its attention directly), which the
   trace reads as a block whose attention input is no norm of its input;
