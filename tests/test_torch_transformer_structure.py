@@ -8,8 +8,9 @@ compared as sets where order does not matter and restricted to the names the mod
 table entry named parts some members of its family lack: DeiT's distillation token, BEiT's
 layer scales). :data:`EXPECTED` holds those tables' values. The families still named
 (ModernBERT, DeBERTa, MPNet, ALBERT) are refused by the structural path with the part it does
-not understand, and found by :func:`describe`; Llama's names stay for Gemma-2/3's sandwich
-norms, which the structural path refuses.
+not understand, and found by :func:`describe`; Llama's names stay for the models that carry
+them and that the structural path refuses (Gemma-2's sandwich norms, Qwen3's q/k norms, OLMo's
+gain-free norms).
 """
 
 from __future__ import annotations
@@ -367,6 +368,20 @@ NAMED: dict[str, tuple[str, str, dict, str, str]] = {
         dict(TEXT, num_key_value_heads=2, head_dim=8),
         "llama",
         "each scaled by at most one per-channel layer scale",
+    ),
+    "Qwen3 (per-head q/k norms, Llama's names)": (
+        "Qwen3ForCausalLM",
+        "Qwen3Config",
+        dict(TEXT, num_key_value_heads=2, head_dim=8),
+        "llama",
+        "does not compute softmax(q·kᵀ)·v per head",
+    ),
+    "OLMo (gain-free norms, Llama's names)": (
+        "OlmoForCausalLM",
+        "OlmoConfig",
+        dict(TEXT, num_key_value_heads=2),
+        "llama",
+        "are not norms of the block's input",
     ),
     "ALBERT": (
         "AlbertForMaskedLM",
