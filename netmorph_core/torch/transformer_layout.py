@@ -505,18 +505,23 @@ def _trace_key(model: nn.Module, owner: str, rel: str) -> tuple:
         (n, k, v)
         for n, m in block.named_modules()
         for k, v in sorted(vars(m).items())
-        if not k.startswith("_") and k != "training" and isinstance(v, (bool, str))
+        if _flag(k, v)
     )
     config = getattr(model, "config", None)
     values = getattr(config, "to_dict", lambda: {})() if config is not None else {}
     switches = tuple(sorted((k, v) for k, v in values.items() if isinstance(v, (bool, str))))
     blocks = f"{owner}.{rel}" if owner else rel
     around = tuple(  # the writers, norms and heads outside the blocks (timm's pooling)
-        (n, type(m), *((k, v) for k, v in sorted(vars(m).items()) if isinstance(v, (bool, str))))
+        (n, type(m), *((k, v) for k, v in sorted(vars(m).items()) if _flag(k, v)))
         for n, m in model.named_modules()
         if not (n == blocks or n.startswith(blocks + "."))
     )
     return type(model), owner, rel, modules, flags, switches, around
+
+
+def _flag(key: str, value: object) -> bool:
+    """A module attribute that can change its forward: a public bool or string."""
+    return not key.startswith("_") and key != "training" and isinstance(value, (bool, str))
 
 
 def _traced_family(
