@@ -227,10 +227,11 @@ def test_beit_grow_width_keeps_layer_scales_and_pooler_norm(d_model: int) -> Non
 
 
 def test_beit_grow_width_x2_reloads(tmp_path: Path) -> None:
-    """BEiT's config derives head_dim = hidden_size / heads: the wider child is marked."""
+    """BEiT's attention reads ``config.head_dim`` where the config holds one (found by
+    building it): the wider child's config records the head_dim and reloads stock."""
     parent = _beit()
     child, report = grow_width(parent, 64)
-    _reloads(child, report, MARKED, _logits(parent), tmp_path)
+    _reloads(child, report, STOCK, _logits(parent), tmp_path)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["copies", "per module"])

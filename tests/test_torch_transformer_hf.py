@@ -259,7 +259,7 @@ def test_child_config_rebuilds_the_child(family: str, exact_rmsnorm: None) -> No
     assert _rel_dev(parent, child, x) <= F64_TOL
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bert", "vit"])
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
 def test_add_heads_the_config_cannot_derive_reloads_with_load_grown(family: str, tmp_path) -> None:
     """6 heads of head_dim 8 at d_model 32: a config that derives head_dim = hidden_size / heads
     cannot hold them; it keeps 4 heads, the attention modules record 6, the stock load refuses
@@ -277,6 +277,21 @@ def test_add_heads_the_config_cannot_derive_reloads_with_load_grown(family: str,
     torch.testing.assert_close(
         _output(load_grown(tmp_path), x), _output(child, x), rtol=0, atol=1e-12
     )
+
+
+def test_add_heads_vit_config_records_the_head_dim(tmp_path) -> None:
+    """ViT's attention reads ``config.head_dim`` where the config holds one (found by building
+    the class): 6 heads of head_dim 8 at d_model 32 are recorded in the config, and the stock
+    class reloads the child exactly."""
+    parent = _model("vit")
+    x = _inputs("vit", torch.float64)
+    child, report = add_heads(parent, 6)
+    assert _rel_dev(parent, child, x) <= F64_TOL
+    assert (child.config.num_attention_heads, child.config.head_dim) == (6, 8)
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    reloaded = type(child).from_pretrained(tmp_path, dtype=torch.float64).eval()
+    torch.testing.assert_close(_output(reloaded, x), _output(child, x), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,8 @@ from .transformer_projection import (
     stream_norms,
     stream_writers,
 )
-from .transformer_trace import KV_ATTRS, is_norm, qkv_rows
+from .transformer_stream import image_size
+from .transformer_trace import KV_ATTRS, POSITION_BIASES, is_norm, qkv_rows
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
@@ -65,9 +66,6 @@ SEQ_LEN = 8
 EDIT_CHUNK = 1 << 22
 #: The scale of new random entries is the standard deviation of this many entries at most.
 STD_SAMPLE = 1 << 16
-#: Names of per-head relative position biases (…, heads): BEiT's tables, MPNet's and T5's
-#: bucketed embeddings.
-POSITION_BIASES = ("relative_position_bias", "relative_attention_bias")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,9 +251,9 @@ def _default_probe(model: nn.Module, layout: Layout) -> tuple[torch.Tensor, ...]
         ids = torch.randint(0, first.num_embeddings, (batch, SEQ_LEN), generator=gen)
         return (ids.to(like.device),)
     config = layout.config
-    size = int(getattr(config, "image_size", 8))
+    sizes = image_size(model) or (8, 8)  # timm: patch_embed.img_size
     channels = int(getattr(config, "num_channels", first.in_channels))
-    image = torch.randn(batch, channels, size, size, generator=gen)
+    image = torch.randn(batch, channels, *sizes, generator=gen)
     return (image.to(like.device, like.dtype),)
 
 

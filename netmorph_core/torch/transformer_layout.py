@@ -1,32 +1,39 @@
 """Where the parts of a transformer live: the layout the transformer morphs work on.
 
-A model is recognised by the names of its submodules as one of the families in
-:data:`FAMILIES`, or else from its modules and a traced forward pass
-(:mod:`.transformer_trace`: Phi-3, GPT-NeoX, Falcon, GPT-J, GPT-Neo, Starcoder2, Bloom, Phi and
-any decoder that follows their patterns; the found family is cached per block structure):
+A model is recognised from its modules and a traced forward pass
+(:mod:`.transformer_trace`): pre-LN and parallel decoders (GPT-2, Phi-3, GPT-NeoX, Falcon,
+GPT-J, GPT-Neo, Starcoder2, Bloom, Phi), post-LN encoders (BERT, RoBERTa, ELECTRA,
+DistilBERT), vision and audio encoders whose stream is written by a patch or convolution
+projection (ViT, DeiT, BEiT, DINOv2, CLIP/SigLIP vision, Whisper's encoder, timm's
+VisionTransformer) with their layer scales, and any model that follows these patterns; the
+found family is cached per structure. :func:`describe_by_structure` gives that layout alone.
+
+The name table :data:`FAMILIES` is consulted first and holds only the families the trace does
+not reproduce:
 
 - ``gemma2``: Gemma-2 and Gemma-3 (Llama's names, with sandwich norms: ``input_layernorm``
   and ``pre_feedforward_layernorm`` before the branches, ``post_attention_layernorm`` and
-  ``post_feedforward_layernorm`` after them);
+  ``post_feedforward_layernorm`` after them). The trace finds Gemma-2's sandwich blocks
+  itself; Gemma-3's per-head q/k norms undo its scaling of each head's q and k;
 - ``llama``: Hugging Face Llama / Mistral / Qwen2 (``layers[i].self_attn.{q,k,v,o}_proj``,
-  ``mlp.{gate,up,down}_proj``, RMSNorm) and :class:`~netmorph_core.torch.models.LlamaStyle`;
-- ``gpt2``: GPT-2 (``h[i].attn.c_attn`` fused q|k|v and ``c_proj`` as ``Conv1D``, ``mlp.c_fc``,
-  LayerNorm ``ln_1``/``ln_2``/``ln_f``, embeddings ``wte`` + ``wpe``);
-- ``bert``: BERT (post-LayerNorm: ``encoder.layer[i].attention.self.{query,key,value}``,
-  ``attention.output``, ``intermediate``, ``output``; embeddings word + position + token type);
-- ``vit``: Hugging Face ViT, DeiT and BEiT (pre-LayerNorm; patch convolution, class token,
-  DeiT's distillation token and position embedding write the stream; BEiT's layer scales
-  ``lambda_1``/``lambda_2`` and its mean-pooling ``pooler.layernorm``);
-- ``dinov2``/``dinov2-swiglu``: DINOv2 (pre-LayerNorm ``norm1``/``norm2``, layer scales
-  ``layer_scale1``/``layer_scale2``, a plain or SwiGLU feed-forward, register tokens; its
-  attention reads ``config.head_dim`` when the config holds one);
-- ``modernbert`` (and ``modernbert-decoder``), ``deberta-v2``, ``deberta``, ``mpnet``: the
-  encoders of :mod:`.encoder_families`.
-- ``distilbert``: DistilBERT (post-LayerNorm like BERT: ``transformer.layer[i].attention``
-  ``{q,k,v,out}_lin``, ``ffn.lin1``/``lin2``, ``sa_layer_norm``/``output_layer_norm``);
-- ``albert``: ALBERT (post-LayerNorm, one layer group ``albert_layer_groups.0`` run at every
-  depth: ``shared``; ``embedding_hidden_mapping_in`` writes the stream; several groups are
-  refused by :func:`.transformer_shared.check_groups`).
+  ``mlp.{gate,up,down}_proj``, RMSNorm ``input_layernorm``/``post_attention_layernorm``) and
+  :class:`~netmorph_core.torch.models.LlamaStyle`. The trace gives Llama, Mistral and
+  Qwen2 the same layout, but these names also cover models the trace refuses: Qwen3, whose
+  per-head q/k norms undo the trace's scaling of each head's q and k, and OLMo, whose norms
+  have no gain (the trace finds norms by their gain);
+- ``modernbert`` (and ``modernbert-decoder``): block 0's attention norm is an
+  ``nn.Identity`` (the embedding norm's output enters its attention directly), which the
+  trace reads as a block whose attention input is no norm of its input;
+- ``deberta-v2``, ``deberta``: every block also reads the relative-position table
+  ``encoder.rel_embeddings`` through further per-head projections (side inputs at the
+  stream's width), which the trace sees as linear layers beyond q/k/v → o → feed-forward;
+- ``mpnet``: the relative attention bias ``encoder.relative_attention_bias`` is held by the
+  module that holds the blocks, so the stream's owner found by structure holds no writer;
+- ``albert``: one layer group runs at every depth (its layers run several times per pass,
+  which the trace refuses) and ``encoder.embedding_hidden_mapping_in`` writes the stream.
+
+These are Gemma-2's entry, :data:`LLAMA`, the encoders of :mod:`.encoder_families` and
+ALBERT (below).
 
 Decoders whose feed-forwards are mixtures of experts (Mixtral, OLMoE, Qwen2-MoE with dense
 blocks mixed in, Qwen3-MoE) are found by :mod:`.moe_layout`: the same trace with the mixture
@@ -58,7 +65,16 @@ from .linear_view import as_matrix, is_conv1d
 from .moe_layout import moe_ffn, trace_moe
 from .norm_kind import norm_kind
 from .transformer_shared import check_groups
-from .transformer_trace import Stack, geometry, head_dim, is_linear, shared_block, trace_stack
+from .transformer_stream import find_stack
+from .transformer_trace import (
+    POSITION_BIASES,
+    Stack,
+    geometry,
+    head_dim,
+    is_linear,
+    shared_block,
+    trace_stack,
+)
 from .wrappers import unsupported_kind
 
 __all__ = ["as_matrix", "describe", "is_conv1d", "sync_shapes", "weight_axes"]
@@ -164,27 +180,20 @@ class Family:
     qk_norms: tuple[str, ...] = ()
 
 
-def _dinov2(name: str, ffn_in: tuple[str, ...], ffn_out: str) -> Family:
-    return Family(
-        name,
-        blocks="encoder.layer",
-        attention="attention",
-        qkv=("attention.q_proj", "attention.k_proj", "attention.v_proj"),
-        o="attention.o_proj",
-        ffn_in=ffn_in,
-        ffn_out=ffn_out,
-        norms=("norm1", "norm2"),
-        writers=(
-            "embeddings.patch_embeddings.projection",
-            "embeddings.cls_token",
-            "embeddings.position_embeddings",
-            "embeddings.mask_token",
-            "embeddings.register_tokens",
-        ),
-        final_norm="layernorm",
-        scales=("layer_scale1.lambda1", "layer_scale2.lambda1"),
-    )
-
+#: Llama's names: Gemma-2/3 carry them with sandwich norms, and the mixture-of-experts
+#: stacks that carry them (Mixtral, OLMoE, Qwen-MoE) are found by them (:func:`_named_moe`).
+LLAMA = Family(
+    "llama",
+    blocks="layers",
+    attention="self_attn",
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    o="self_attn.o_proj",
+    ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+    ffn_out="mlp.down_proj",
+    norms=("input_layernorm", "post_attention_layernorm"),
+    writers=("embed_tokens",),
+    final_norm="norm",
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family(  # Gemma-2/3: sandwich norms, before and after each branch
@@ -200,122 +209,7 @@ FAMILIES: tuple[Family, ...] = (
         final_norm="norm",
         branch_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
     ),
-    Family(
-        "llama",
-        blocks="layers",
-        attention="self_attn",
-        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        o="self_attn.o_proj",
-        ffn_in=("mlp.gate_proj", "mlp.up_proj"),
-        ffn_out="mlp.down_proj",
-        norms=("input_layernorm", "post_attention_layernorm"),
-        writers=("embed_tokens",),
-        final_norm="norm",
-    ),
-    Family(
-        "gpt2",
-        blocks="h",
-        attention="attn",
-        qkv=("attn.c_attn",),
-        o="attn.c_proj",
-        ffn_in=("mlp.c_fc",),
-        ffn_out="mlp.c_proj",
-        norms=("ln_1", "ln_2"),
-        writers=("wte", "wpe"),
-        final_norm="ln_f",
-        derived_head_dim=True,
-    ),
-    Family(
-        "bert",
-        blocks="encoder.layer",
-        attention="attention.self",
-        qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
-        o="attention.output.dense",
-        ffn_in=("intermediate.dense",),
-        ffn_out="output.dense",
-        norms=("attention.output.LayerNorm", "output.LayerNorm"),
-        writers=(
-            "embeddings.word_embeddings",
-            "embeddings.position_embeddings",
-            "embeddings.token_type_embeddings",
-        ),
-        final_norm=None,
-        stream_norms=("embeddings.LayerNorm",),
-        readers=("pooler.dense",),
-        post_ln=True,
-        derived_head_dim=True,
-        pooled_head=True,
-    ),
-    Family(
-        "vit",
-        blocks="layers",
-        attention="attention",
-        qkv=("attention.q_proj", "attention.k_proj", "attention.v_proj"),
-        o="attention.o_proj",
-        ffn_in=("mlp.fc1",),
-        ffn_out="mlp.fc2",
-        norms=("layernorm_before", "layernorm_after"),
-        writers=(
-            "embeddings.patch_embeddings.projection",
-            "embeddings.cls_token",
-            "embeddings.distillation_token",  # DeiT
-            "embeddings.position_embeddings",
-            "embeddings.mask_token",
-        ),
-        final_norm="layernorm",
-        readers=("pooler.dense",),
-        derived_head_dim=True,
-        scales=("lambda_1", "lambda_2"),  # BEiT
-        head_norms=("pooler.layernorm",),  # BEiT's mean pooling
-    ),
-    _dinov2("dinov2", ("mlp.fc1",), "mlp.fc2"),
-    _dinov2("dinov2-swiglu", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    Family(
-        "clip-vision",  # CLIP and SigLIP image encoders
-        blocks="encoder.layers",
-        attention="self_attn",
-        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        o="self_attn.out_proj",
-        ffn_in=("mlp.fc1",),
-        ffn_out="mlp.fc2",
-        norms=("layer_norm1", "layer_norm2"),
-        writers=(
-            "embeddings.patch_embedding",
-            "embeddings.class_embedding",
-            "embeddings.position_embedding",
-        ),
-        final_norm="post_layernorm",
-        stream_norms=("pre_layrnorm",),
-        derived_head_dim=True,
-    ),
-    Family(
-        "whisper-encoder",
-        blocks="layers",
-        attention="self_attn",
-        qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        o="self_attn.out_proj",
-        ffn_in=("fc1",),
-        ffn_out="fc2",
-        norms=("self_attn_layer_norm", "final_layer_norm"),
-        writers=("conv2", "embed_positions"),
-        final_norm="layer_norm",
-        derived_head_dim=True,
-    ),
-    Family(
-        "distilbert",
-        blocks="transformer.layer",
-        attention="attention",
-        qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
-        o="attention.out_lin",
-        ffn_in=("ffn.lin1",),
-        ffn_out="ffn.lin2",
-        norms=("sa_layer_norm", "output_layer_norm"),
-        writers=("embeddings.word_embeddings", "embeddings.position_embeddings"),
-        final_norm=None,
-        stream_norms=("embeddings.LayerNorm",),
-        post_ln=True,
-        derived_head_dim=True,
-    ),
+    LLAMA,
     *(Family(**entry) for entry in ENCODER_FAMILIES),  # ModernBERT, DeBERTa, MPNet
     Family(  # one layer group run at every depth (num_hidden_groups = 1)
         "albert",
@@ -407,7 +301,7 @@ def _heads(family: Family, block: nn.Module, where: str) -> Block:
         heads, kv, hd = geometry(attention, [block.get_submodule(family.qkv[0])], where)
         return Block("", heads, kv, hd)
     q_rows = as_matrix(block.get_submodule(family.qkv[0])).shape[0]
-    head_dim = next(
+    size = next(
         (
             int(getattr(attention, a))
             for a in ("head_dim", "attention_head_size")
@@ -415,10 +309,11 @@ def _heads(family: Family, block: nn.Module, where: str) -> Block:
         ),
         None,
     )
-    if head_dim is None:
+    size = size or head_dim(attention)  # else the first submodule that records it
+    if size is None:
         raise MorphError(f"{type(attention).__name__} has no head_dim attribute")
     kv_rows = as_matrix(block.get_submodule(family.qkv[1])).shape[0]
-    return Block("", q_rows // head_dim, kv_rows // head_dim, head_dim)
+    return Block("", q_rows // size, kv_rows // size, size)
 
 
 def describe(model: nn.Module) -> Layout:
@@ -430,7 +325,23 @@ def describe(model: nn.Module) -> Layout:
     named = _named_moe(model, *moe) if moe else None
     if named is not None:
         return named
-    for owner_name, owner in [] if moe else model.named_modules():
+    named = None if moe else _named_layout(model)
+    return named if named is not None else _structural_layout(model, moe)
+
+
+def describe_by_structure(model: nn.Module) -> Layout:
+    """The :class:`Layout` of ``model`` found from its modules and a traced forward pass
+    alone, without the name table :data:`FAMILIES` (MorphError where the trace does not
+    understand it)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _refuse_encoder_decoder(model)
+    return _structural_layout(model, _moe_stack(model))
+
+
+def _named_layout(model: nn.Module) -> Layout | None:
+    """The layout of the first family of :data:`FAMILIES` whose names ``model`` holds."""
+    for owner_name, owner in model.named_modules():
         for family in FAMILIES:
             blocks = _get(owner, family.blocks)
             if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
@@ -455,7 +366,15 @@ def describe(model: nn.Module) -> Layout:
                 Block(f"{prefix}.{i}", g.heads, g.kv_heads, g.head_dim) for i, g in enumerate(geo)
             )
             return _layout(model, family, owner_name, block_list, d_model)
-    found = moe or _block_stack(model)
+    return None
+
+
+def _structural_layout(model: nn.Module, moe: tuple[str, str, int, str] | None) -> Layout:
+    """The layout of the traced block stack (:func:`.transformer_trace.trace_stack`)."""
+    found: tuple | None = moe
+    if found is None:
+        stack = find_stack(model)
+        found = None if stack is None else (*stack, None)
     if found is None:
         shared = shared_block(model)
         if shared is not None:
@@ -467,7 +386,7 @@ def describe(model: nn.Module) -> Layout:
             )
         raise MorphError(
             f"{type(model).__name__} is not a recognised transformer: no list of blocks (a "
-            "ModuleList of one block class holding linear layers) after an embedding; refused"
+            "ModuleList of one block class holding linear layers); refused"
         )
     owner_name, rel, d = found[:3]
     try:
@@ -476,6 +395,7 @@ def describe(model: nn.Module) -> Layout:
         raise MorphError(f"{type(model).__name__} is not a recognised transformer: {exc}") from exc
     prefix = f"{owner_name}.{rel}" if owner_name else rel
     blocks = model.get_submodule(prefix)
+    d = d or as_matrix(blocks[0].get_submodule(family.o)).shape[0]
     _check_blocks(family, prefix, blocks)
     geo = [_heads(family, b, f"{prefix}.{i}") for i, b in enumerate(blocks)]
     block_list = tuple(
@@ -594,8 +514,9 @@ _TRACED: dict[tuple, Family] = {}
 
 def _trace_key(model: nn.Module, owner: str, rel: str) -> tuple:
     """What a traced family depends on: the model's and block's classes, the block's module
-    names and classes, its parameter names, and the flags (bools and strings) its modules and
-    the model's config hold (Falcon's ``parallel_attn`` is read from the config)."""
+    names and classes, its parameter names, the flags (bools and strings) its modules and the
+    model's config hold (Falcon's ``parallel_attn`` is read from the config), and the names,
+    classes and flags of the modules outside the blocks."""
     root = model.get_submodule(owner) if owner else model
     block = root.get_submodule(rel)[0]
     modules = tuple((n, type(m)) for n, m in block.named_modules())
@@ -604,21 +525,36 @@ def _trace_key(model: nn.Module, owner: str, rel: str) -> tuple:
         (n, k, v)
         for n, m in block.named_modules()
         for k, v in sorted(vars(m).items())
-        if not k.startswith("_") and k != "training" and isinstance(v, (bool, str))
+        if _flag(k, v)
     )
     config = getattr(model, "config", None)
     values = getattr(config, "to_dict", lambda: {})() if config is not None else {}
     switches = tuple(sorted((k, v) for k, v in values.items() if isinstance(v, (bool, str))))
-    return type(model), owner, rel, modules, flags, switches
+    blocks = f"{owner}.{rel}" if owner else rel
+    around = tuple(  # the writers, norms and heads outside the blocks (timm's pooling)
+        (n, type(m), *((k, v) for k, v in sorted(vars(m).items()) if _flag(k, v)))
+        for n, m in model.named_modules()
+        if not (n == blocks or n.startswith(blocks + "."))
+    )
+    return type(model), owner, rel, modules, flags, switches, around
 
 
-def _traced_family(model: nn.Module, owner: str, rel: str, d: int, moe: str = "") -> Family:
-    """The :class:`Family` of a block list found by :func:`trace_stack` (cached); ``moe``:
-    the name of the feed-forward module of a mixture-of-experts stack (:func:`trace_moe`)."""
+def _flag(key: str, value: object) -> bool:
+    """A module attribute that can change its forward: a public bool or string."""
+    return not key.startswith("_") and key != "training" and isinstance(value, (bool, str))
+
+
+def _traced_family(
+    model: nn.Module, owner: str, rel: str, d: int | None, moe: str | None = None
+) -> Family:
+    """The :class:`Family` of a block list found by :func:`trace_stack` (cached); ``d``: the
+    stream's width (None: block 0's output width); ``moe``: the name of the feed-forward
+    module of a mixture-of-experts stack (:func:`trace_moe`)."""
     key = (*_trace_key(model, owner, rel), moe)
     family = _TRACED.get(key)
     if family is None:
         if moe:
+            assert d is not None
             stack = trace_moe(model, owner, rel, d, moe)
             family = dataclasses.replace(_as_family(model, owner, rel, stack), moe=True)
         else:
@@ -656,6 +592,7 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
     settable = config is not None and (
         _settable(config, "head_dim") or _honours_head_dim(model, prefix, stack.attention)
     )
+    head, readers = _head(model, owner, stack.readers)
     return Family(
         name,
         blocks=rel,
@@ -668,14 +605,41 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         writers=stack.writers,
         final_norm=stack.final_norm,
         stream_norms=stack.stream_norms,
+        readers=readers,
+        post_ln=stack.post_ln,
         derived_head_dim=config is not None and not settable,
         qkv_layout=stack.qkv_layout,
         gate_up=stack.gate_up,
         parallel=stack.parallel,
-        alibi=stack.alibi,
+        alibi=stack.alibi and not _position_bias(model),
+        scales=stack.scales,
+        head_norms=stack.head_norms,
+        head=head,
+        pooled_head=stack.post_ln and bool(readers),
         branch_norms=stack.branch_norms,
         qk_norms=stack.qk_norms,
     )
+
+
+def _position_bias(model: nn.Module) -> bool:
+    """Whether the model holds a per-head relative position bias of
+    :data:`.transformer_trace.POSITION_BIASES` (the bias the trace saw per head)."""
+    return any(b in name for name, _ in model.named_parameters() for b in POSITION_BIASES)
+
+
+def _head(model: nn.Module, owner: str, readers: tuple[str, ...]) -> tuple[str | None, tuple]:
+    """The output head the family names (None where one of :data:`HEADS` is the model's) and
+    the stream readers that are not part of it: where the owner is the root and no module of
+    :data:`HEADS` exists, the root's child holding the last layer that reads the stream after
+    the blocks (timm's ``head``)."""
+    found = next((h for h in HEADS if _get(model, h) is not None), None)
+    head = None
+    if found is None and not owner and readers:
+        head = found = readers[-1].split(".")[0]
+    if found is None:
+        return None, readers
+    inside = tuple(r for r in readers if not (r == found or r.startswith(found + ".")))
+    return head, inside
 
 
 def _check_blocks(family: Family, prefix: str, blocks: nn.ModuleList) -> None:

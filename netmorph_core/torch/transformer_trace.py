@@ -1,29 +1,37 @@
 """A transformer's parts found from its modules and one traced forward pass, not from names.
 
-:func:`trace_stack` runs the parent once on a few token ids with forward hooks (no parameter
-is touched; training flags are restored) and reads from the calls of block 0:
+:func:`trace_stack` runs the parent on one example of its own input kind
+(:func:`.transformer_stream.probe_inputs`: token ids, images or audio features) with forward
+hooks (no parameter is touched; training flags are restored), after checking that two runs
+agree (no random masking), and reads from the calls of block 0:
 
 - the linear layers (``nn.Linear`` and its subclasses, ``Conv1D``) in the order they run,
   in four phases of consecutive calls sharing one input: the query/key/value readers (three
   layers, or one fused layer), the output projection, the feed-forward input(s) (plain, a
   gate/up pair, or one fused [gate; up] layer of twice the hidden size) and the feed-forward
   output;
-- the norms (modules with a 1-D gain and a float eps): which one feeds the attention readers
-  and which the feed-forward readers; both read the block's input → a parallel block; or,
-  where the readers take the stream itself, the norms N₁, N₂ that read each branch's output
-  (:mod:`.transformer_branches`: OLMo-2; both kinds: a sandwich block);
-- the residual sums, checked numerically: y = x + o + f (parallel) or
-  m = x + o, y = m + f (sequential) on the recorded tensors, o and f being N₁'s and N₂'s
-  outputs where the branches are normalised;
+- the norms (modules with a 1-D gain and a float eps): pre-LN, one feeds the attention
+  readers and one the feed-forward readers (both read the block's input: a parallel block);
+  post-LN, the attention reads the block's input itself and the norms follow the sums; and
+  the norms N₁, N₂ that read each branch's output before its residual sum
+  (:mod:`.transformer_branches`: OLMo-2 with the stream read bare; with pre-norms as well: a
+  sandwich block);
+- the residual sums, checked numerically on the recorded tensors
+  (:mod:`.transformer_residual`): y = x + λ₁⊙o + λ₂⊙f (parallel), m = x + λ₁⊙o,
+  y = m + λ₂⊙f (sequential) with per-channel layer scales λ found structurally (o and f
+  being N₁'s and N₂'s outputs where the branches are normalised), or
+  m = LN₁(x + o), y = LN₂(m + f) (post-LN);
 - the attention's data flow, checked by two transformations of the recorded run that keep the
   output of softmax(q·kᵀ)·v·Wₒ unchanged exactly when the rows are read right: q of group g
   scaled by 2^a_g, k by 2^−a_g, v by 2^b_g and Wₒ's columns by 2^−b_g (powers of two: exact
   in floating point; after the norm where one normalises the whole q or k: OLMo-2's joint
   q/k norms), which also decides the row layout of a fused q/k/v layer; and a
   rotation of the heads (q, k, v and Wₒ's columns together), which changes the output only
-  when each head carries its own position bias (ALiBi);
-- outside the blocks: the embeddings of width d (stream writers) and the norms that run
-  before the first block (stream norms) or after the last (the final norm).
+  when each head carries its own position bias (ALiBi, or a relative position bias table);
+- outside the blocks: the stream's writers (:func:`.transformer_stream.stream_writers`,
+  proven complete by a run with their parameters zero), the norms that run before the first
+  block (stream norms), and the norms and linear layers after the last one that read the
+  stream itself (final and head norms, readers).
 
 Anything else is refused with a :class:`MorphError` naming the module not understood.
 """
@@ -37,22 +45,42 @@ import torch
 from torch import nn
 
 from .errors import MorphError
-from .hf_embeddings import input_embedding
-from .linear_view import as_matrix, is_conv1d
+from .linear_view import as_matrix
 from .transformer_branches import branch_norms, reader_norm
+from .transformer_residual import (
+    Branches,
+    factor,
+    post_ln_holds,
+    pre_ln_scales,
+    scale_candidates,
+)
+from .transformer_stream import (
+    check_writers,
+    is_linear,
+    on_stream,
+    probe_inputs,
+    stream_writers,
+    token_embedding,
+    writer_candidates,
+)
 
+#: Names of per-head relative position biases (…, heads): BEiT's tables, MPNet's and T5's
+#: bucketed embeddings. The operations grow them per head; a model that holds one has no
+#: other per-head position bias (``alibi``).
+POSITION_BIASES = ("relative_position_bias", "relative_attention_bias")
 #: Attention-module attributes giving head_dim, the query heads and the key/value heads.
 HEAD_DIM_ATTRS = ("head_dim", "head_size", "attention_head_size")
 HEADS_ATTRS = ("num_heads", "num_attention_heads", "n_head")
 KV_ATTRS = ("num_kv_heads", "num_key_value_heads")
 EPS_ATTRS = ("eps", "variance_epsilon", "epsilon")
-PROBE_TOKENS = 8
 
 
 @dataclass(frozen=True)
 class Stack:
-    """What :func:`trace_stack` found: names relative to a block (``attention`` … ``norms``)
-    or to the stream's owner (``writers``, ``final_norm``, ``stream_norms``)."""
+    """What :func:`trace_stack` found: names relative to a block (``attention`` … ``norms``,
+    ``scales``) or to the stream's owner (``writers``, ``final_norm``, ``stream_norms``,
+    ``head_norms``: norms after the last block before the final one, ``readers``: linear
+    layers after the last block reading the stream); ``post_ln``: norms after the sums."""
 
     attention: str
     qkv: tuple[str, ...]
@@ -67,12 +95,12 @@ class Stack:
     writers: tuple[str, ...]
     final_norm: str | None
     stream_norms: tuple[str, ...]
+    post_ln: bool = False
+    scales: tuple[str, ...] = ()
+    head_norms: tuple[str, ...] = ()
+    readers: tuple[str, ...] = ()
     branch_norms: tuple[str, ...] = ()
     qk_norms: tuple[str, ...] = ()
-
-
-def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -167,6 +195,8 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
 def _output(out: object) -> torch.Tensor | None:
     if isinstance(out, torch.Tensor):
         return out
+    if callable(getattr(out, "to_tuple", None)):  # a Hugging Face ModelOutput
+        out = out.to_tuple()
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     return None
@@ -176,10 +206,16 @@ Transform = dict[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def _run(
-    model: nn.Module, ids: torch.Tensor, watch: dict[str, nn.Module], transform: Transform
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    watch: dict[str, nn.Module],
+    transform: Transform,
+    params: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[_Call]]:
-    """The model's output on ``ids`` with the calls of ``watch`` recorded; ``transform``:
-    name → function applied to that module's output (a name ending in ":in": to its input)."""
+    """The model's output on ``inputs`` with the calls of ``watch`` recorded; ``transform``:
+    name → function applied to that module's output (a name ending in ":in": to its input);
+    ``params``: qualified parameter names → the values this run uses instead (the model's
+    own parameters are not touched)."""
     calls: list[_Call] = []
     handles = []
 
@@ -208,7 +244,7 @@ def _run(
 
     for name, module in watch.items():
         handles.append(module.register_forward_hook(hook(name), with_kwargs=True))
-        if name.startswith("B:"):
+        if name.startswith(("B:", "W:")):
             handles.append(module.register_forward_pre_hook(begin(name), with_kwargs=True))
         if name + ":in" in transform:
             handles.append(module.register_forward_pre_hook(pre(name)))
@@ -216,14 +252,17 @@ def _run(
     try:
         model.eval()
         with torch.no_grad():
-            out = model(ids)
+            if params:
+                out = torch.func.functional_call(model, params, inputs)
+            else:
+                out = model(*inputs)
             y = _output(getattr(out, "logits", out))
     except MorphError:
         raise
     except Exception as exc:  # whatever the model raises, its layout cannot be traced
         reason = str(exc).splitlines()[0] if str(exc) else ""
         raise MorphError(
-            f"{type(model).__name__} does not run on token ids of shape {tuple(ids.shape)} "
+            f"{type(model).__name__} does not run on {_what(inputs)} "
             f"({type(exc).__name__}: {reason}): its layout cannot be traced; refused"
         ) from exc
     finally:
@@ -232,8 +271,13 @@ def _run(
         for h in handles:
             h.remove()
     if y is None:
-        raise MorphError(f"{type(model).__name__} returns no tensor on token ids; refused")
+        raise MorphError(f"{type(model).__name__} returns no tensor on {_what(inputs)}; refused")
     return y.detach(), calls
+
+
+def _what(inputs: tuple[torch.Tensor, ...]) -> str:
+    kind = "token ids" if not inputs[0].is_floating_point() else "inputs"
+    return f"{kind} of shape {tuple(inputs[0].shape)}"
 
 
 def _phases(calls: list[_Call]) -> list[list[_Call]]:
@@ -264,13 +308,15 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -
     return bool(torch.isfinite(a).all()) and float((a - b).abs().max()) <= 64 * eps * max(scale, 1)
 
 
-def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
-    """The :class:`Stack` of the block list ``owner.blocks_rel`` (module docstring)."""
+def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None = None) -> Stack:
+    """The :class:`Stack` of the block list ``owner.blocks_rel`` (module docstring); ``d``:
+    the stream's width (None: block 0's output width)."""
     root = model.get_submodule(owner) if owner else model
     blocks = root.get_submodule(blocks_rel)
     block = blocks[0]
     where = f"{owner}.{blocks_rel}.0" if owner else f"{blocks_rel}.0"
-    embed = _token_embedding(model, root)
+    embed = token_embedding(model, root)
+    inputs = probe_inputs(model, root)
     linears = {f"L:{n}": m for n, m in block.named_modules() if is_linear(m)}
     norms = {f"N:{n}": m for n, m in block.named_modules() if is_norm(m)}
     outside = {
@@ -278,15 +324,26 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
         for n, m in root.named_modules()
         if n and not (n == blocks_rel or n.startswith(blocks_rel + ".")) and is_norm(m)
     }
-    watch = {**linears, **norms, **outside, "B:first": block, "B:last": blocks[-1]}
-    ids = _probe_ids(embed)
-    y0, calls = _run(model, ids, watch, {})
+    candidates = {f"W:{n}": m for n, m in writer_candidates(root, blocks_rel).items()}
+    watch = {**linears, **norms, **outside, **candidates, "B:first": block, "B:last": blocks[-1]}
+    y0, calls = _run(model, inputs, watch, {})
+    if not _close(_run(model, inputs, {}, {})[0], y0):
+        raise MorphError(
+            f"{type(model).__name__} gives two outputs on one input in eval mode (random "
+            "masking or sampling in its forward): its layout cannot be traced; refused"
+        )
+    first = next((c for c in calls if c.name == "B:first"), None)
+    if first is None or first.out is None:
+        raise MorphError(f"{where!r} does not run or returns no tensor; refused")
+    d = d or int(first.out.shape[-1])
+    runs = sum(c.name == "B:first" for c in calls)
+    if runs != 1:
+        raise MorphError(f"{where!r} runs {runs} times in one forward pass; refused")
     mine = [c for c in calls if c.name in linears]
     counts = {n: sum(c.name == n for c in mine) for n in linears}
     for n, k in counts.items():
         if k != 1:
             raise MorphError(f"'{where}.{n[2:]}' runs {k} times in one forward pass; refused")
-    first = next(c for c in calls if c.name == "B:first")
     order = [c.name for c in calls]
     start, end = order.index("B:first:start"), len(order) - 1 - order[::-1].index("B:last")
     phases = _phases(mine)
@@ -318,34 +375,43 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
         )
     if len(reads) not in (1, 3):
         raise MorphError(f"'{where}': {len(reads)} attention input layers; refused")
+    x_call = calls[start]
     norm_of = {id(c.out): c for c in calls[start:] if c.name in norms and c.out is not None}
     n_attn, n_mlp = norm_of.get(id(reads[0].inp)), norm_of.get(id(ffn_in[0].inp))
+    dtype = first.out.dtype
+    scales: tuple[str, ...] = ()
     b_attn, b_mlp = branch_norms(calls, o, out, set(norms))
-    pre = n_attn is not None and n_mlp is not None and n_attn.inp is calls[start].inp
-    bare = n_attn is None and n_mlp is None and reads[0].inp is calls[start].inp
-    post = b_attn is not None and b_mlp is not None
-    if not (pre or (bare and post)) or (b_attn is None) != (b_mlp is None):
+    branched = b_attn is not None and b_mlp is not None
+    bare = n_attn is None and reads[0].inp is x_call.inp
+    pre = n_attn is not None and n_mlp is not None and n_attn.inp is x_call.inp
+    post_ln = bare and b_attn is None and b_mlp is None
+    if post_ln:
+        n_attn, n_mlp = _post_ln_norms(calls, start, norms, n_mlp, o, out, first, dtype, where)
+        parallel = False
+    elif not (pre or (bare and n_mlp is None)) or (b_attn is None) != (b_mlp is None):
         raise MorphError(
             f"{where!r}: the attention or feed-forward inputs are not norms of the block's input "
-            "nor, with a norm on each branch's output, the block's input itself (norm-free "
-            "blocks and blocks normalised after the residual sum are not understood); refused"
+            "(pre-LN) nor the block's input itself (post-LN, or a norm on each branch's output): "
+            "a norm-free block, or one with a norm on one branch only, is not understood; "
+            "refused"
         )
-    mid_in = n_mlp.inp if pre else ffn_in[0].inp
-    parallel = mid_in is calls[start].inp
-    dtype = first.out.dtype
-    x, y = calls[start].inp.double(), first.out.double()
-    o_out, f_out = (b.out.double() for b in ((b_attn, b_mlp) if post else (o, out)))
-    if parallel:
-        ok = _close(x + o_out + f_out, y, dtype)
     else:
-        mid = mid_in.double()
-        ok = _close(x + o_out, mid, dtype) and _close(mid + f_out, y, dtype)
-    if not ok:
-        raise MorphError(
-            f"{where!r}: the block's output is not its input plus the attention and feed-forward "
-            "outputs (a layer scale or post-norm residual is not understood); refused"
-        )
-    attention = _prefix([c.name[2:] for c in (*reads, o)])
+        mid = n_mlp if pre else ffn_in[0]
+        assert mid is not None
+        parallel = mid.inp is x_call.inp
+        layers = {n[2:] for n in (*linears, *norms)}
+        options = scale_candidates(block, d, layers)
+        sums = (b_attn, b_mlp) if branched else (o, out)
+        names = (sums[0].name, sums[1].name, mid.name)
+        plain = _branches(calls, names, parallel)
+        twice = None
+        values = {c: p.detach() for c, p in block.named_parameters() if c in options}
+        if options:  # candidate i multiplied by 2^(i+1): only a true scale fits both runs
+            params = {f"{where}.{c}": values[c] * factor(i) for i, c in enumerate(options)}
+            _, again = _run(model, inputs, watch, {}, params)
+            twice = _branches(again, names, parallel)
+        scales = pre_ln_scales((plain, twice), options, values, parallel, dtype, where)
+    attention = _attention(block, [c.name[2:] for c in reads], o.name[2:])
     att_module = block.get_submodule(attention) if attention else block
     qkv_mods = [mods[c.name] for c in reads]
     heads, kv, hd = geometry(att_module, qkv_mods, f"{where}.{attention}")
@@ -359,7 +425,7 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
     found = [
         lay
         for lay in layouts
-        if _close(_run(model, ids, watch, _scaled(lay, probed, o.name, geo))[0], y0)
+        if _close(_run(model, inputs, watch, _scaled(lay, probed, o.name, geo))[0], y0)
     ]
     if len(found) != 1:
         what = (
@@ -372,15 +438,38 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
         raise MorphError(f"{what}; this attention is not understood; refused")
     layout = found[0]
     alibi = heads > 1 and not _close(
-        _run(model, ids, watch, _rotated(layout, probed, o.name, geo))[0], y0
+        _run(model, inputs, watch, _rotated(layout, probed, o.name, geo))[0], y0
     )
-    if pre:
+    if n_attn is not None and n_mlp is not None:
         norm_rels = (n_attn.name[2:],) if n_mlp is n_attn else (n_attn.name[2:], n_mlp.name[2:])
     else:
+        assert b_attn is not None and b_mlp is not None
         norm_rels = (b_attn.name[2:], b_mlp.name[2:])
-    before = [c.name[2:] for c in calls[:start] if c.name in outside]
-    after = [c.name[2:] for c in calls[end + 1 :] if c.name in outside]
-    writers = _writers(root, blocks_rel, embed, d)
+    before = [c for c in calls[:start] if c.name in outside]
+    streams = [c.out for c in calls[end : end + 1] if c.out is not None]  # the last block's
+    after = []
+    for c in calls[end + 1 :]:
+        if c.name in outside and c.out is not None and on_stream(c.inp, streams):
+            after.append(c.name[2:])  # a norm of the stream, not of a pooling head's output
+            streams.append(c.out)
+    started = [c.name[2:-6] for c in calls[:start] if c.name.startswith("W:") and c.out is None]
+    writers = stream_writers(root, list(dict.fromkeys(started)), d, embed)
+    entry = before[0].name if before else "B:first:start"
+
+    def stream_entry(params: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        _, got = _run(model, inputs, watch, {}, params)
+        return next((c.inp for c in got if c.name == entry), None)
+
+    check_writers(stream_entry, owner, root, writers, where)
+    readers = [
+        c.name[2:]
+        for c in calls[end + 1 :]
+        if c.name.startswith("W:")
+        and c.out is not None
+        and is_linear(candidates[c.name])
+        and as_matrix(candidates[c.name]).shape[1] == d
+        and on_stream(c.inp, streams)
+    ]
     return Stack(
         attention=attention,
         qkv=tuple(n[2:] for n in names),
@@ -394,10 +483,92 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int) -> Stack:
         alibi=alibi,
         writers=writers,
         final_norm=after[-1] if after else None,
-        stream_norms=tuple(dict.fromkeys(before)),
-        branch_norms=(b_attn.name[2:], b_mlp.name[2:]) if post else (),
+        stream_norms=tuple(dict.fromkeys(c.name[2:] for c in before)),
+        post_ln=post_ln,
+        scales=scales,
+        head_norms=tuple(dict.fromkeys(after[:-1])),
+        readers=tuple(dict.fromkeys(readers)),
+        branch_norms=(b_attn.name[2:], b_mlp.name[2:]) if branched else (),
         qk_norms=tuple(n[2:] if n.startswith("N:") else "" for n in probed[:2]),
     )
+
+
+def _post_ln_norms(
+    calls: list[_Call],
+    start: int,
+    norms: dict[str, nn.Module],
+    n_mlp: _Call | None,
+    o: _Call,
+    out: _Call,
+    first: _Call,
+    dtype: torch.dtype,
+    where: str,
+) -> tuple[_Call, _Call]:
+    """The norms (LN₁, LN₂) of a post-LN block: LN₁ reads x + o and feeds the feed-forward,
+    LN₂ reads LN₁'s output + f and gives the block's output; MorphError otherwise."""
+    x = calls[start].inp
+    after_out = calls.index(out)
+    n2 = next(
+        (
+            c
+            for c in calls[after_out:]
+            if c.name in norms and c.out is not None and c.inp is not None
+        ),
+        None,
+    )
+    ok = n_mlp is not None and n2 is not None and calls.index(n_mlp) > calls.index(o)
+    if ok and n_mlp is not None and n2 is not None:
+        assert x is not None and n_mlp.inp is not None and n_mlp.out is not None
+        assert o.out is not None and out.out is not None and first.out is not None
+        ok = post_ln_holds(
+            x.double(),
+            o.out.double(),
+            n_mlp.inp.double(),
+            n_mlp.out.double(),
+            out.out.double(),
+            n2.inp.double(),
+            n2.out.double(),
+            first.out.double(),
+            dtype,
+        )
+    if not ok or n_mlp is None or n2 is None:
+        raise MorphError(
+            f"{where!r}: the attention reads the block's input, but the block does not compute "
+            "LN₁(x + attention) → feed-forward → LN₂(· + feed-forward) (post-LN); this block is "
+            "not understood; refused"
+        )
+    return n_mlp, n2
+
+
+def _branches(calls: list[_Call], names: tuple[str, str, str], parallel: bool) -> Branches:
+    """The recorded x, o, f, m and y of block 0 (:class:`.transformer_residual.Branches`)."""
+    o, out, n_mlp = names
+
+    def find(name: str) -> _Call:
+        return next(c for c in calls if c.name == name)
+
+    x, y = find("B:first:start").inp, find("B:first").out
+    mid = None if parallel else find(n_mlp).inp
+    o_out, f_out = find(o).out, find(out).out
+    assert x is not None and y is not None and o_out is not None and f_out is not None
+    return Branches(
+        x.double(),
+        o_out.double(),
+        f_out.double(),
+        None if mid is None else mid.double(),
+        y.double(),
+    )
+
+
+def _attention(block: nn.Module, qkv: list[str], o: str) -> str:
+    """The attention module: the deepest of the common prefixes of q/k/v and o and of q/k/v
+    alone that records its heads (BERT's ``attention.self``), else the former."""
+    both, inner = _prefix([*qkv, o]), _prefix(qkv) if len(qkv) > 1 else qkv[0].rpartition(".")[0]
+    for name in (inner, both):
+        module = block.get_submodule(name) if name else block
+        if _int_attr(module, HEAD_DIM_ATTRS + HEADS_ATTRS) is not None:
+            return name
+    return both
 
 
 def shared_block(model: nn.Module) -> tuple[str, int] | None:
@@ -414,42 +585,13 @@ def shared_block(model: nn.Module) -> tuple[str, int] | None:
     if not watch:
         return None
     try:
-        ids = _probe_ids(_token_embedding(model, model))
-        _, calls = _run(model, ids, watch, {})
+        _, calls = _run(model, probe_inputs(model, model), watch, {})
     except MorphError:
         return None
     counts: dict[str, int] = {}
     for call in calls:
         counts[call.name] = counts.get(call.name, 0) + 1
     return next(((n, k) for n, k in counts.items() if k > 1), None)
-
-
-def _token_embedding(model: nn.Module, root: nn.Module) -> nn.Embedding:
-    embed = input_embedding(model)
-    if not isinstance(embed, nn.Embedding):
-        embed = next((m for m in root.modules() if isinstance(m, nn.Embedding)), None)
-    if embed is None:
-        raise MorphError(f"{type(model).__name__} has no token embedding (nn.Embedding); refused")
-    return embed
-
-
-def _probe_ids(embed: nn.Embedding) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, embed.num_embeddings, (1, PROBE_TOKENS), generator=gen)
-    return ids.to(embed.weight.device)
-
-
-def _writers(root: nn.Module, blocks_rel: str, embed: nn.Embedding, d: int) -> tuple[str, ...]:
-    """Embeddings of width d outside the blocks, the token embedding first."""
-    names = [
-        n
-        for n, m in root.named_modules()
-        if isinstance(m, nn.Embedding)
-        and m.embedding_dim == d
-        and not (n == blocks_rel or n.startswith(blocks_rel + "."))
-    ]
-    names.sort(key=lambda n: root.get_submodule(n) is not embed)
-    return tuple(names)
 
 
 def _head_factors(kv: int) -> tuple[torch.Tensor, torch.Tensor]:
