@@ -9,8 +9,8 @@ table entry named parts some members of its family lack: DeiT's distillation tok
 layer scales). :data:`EXPECTED` holds those tables' values. The families still named
 (ModernBERT, DeBERTa, MPNet, ALBERT) are refused by the structural path with the part it does
 not understand, and found by :func:`describe`; Llama's names stay for the models that carry
-them and that the structural path refuses (Gemma-2's sandwich norms, Qwen3's q/k norms, OLMo's
-gain-free norms).
+them and that the structural path refuses (Qwen3's q/k norms, OLMo's gain-free norms);
+Gemma-2's sandwich blocks are found by structure as its named entry describes them.
 """
 
 from __future__ import annotations
@@ -362,13 +362,6 @@ NAMED: dict[str, tuple[str, str, dict, str, str]] = {
         "mpnet",
         "no layer or parameter writes the stream entering 'mpnet.encoder.layer.0'",
     ),
-    "Gemma-2 (sandwich norms, Llama's names)": (
-        "Gemma2ForCausalLM",
-        "Gemma2Config",
-        dict(TEXT, num_key_value_heads=2, head_dim=8),
-        "llama",
-        "each scaled by at most one per-channel layer scale",
-    ),
     "Qwen3 (per-head q/k norms, Llama's names)": (
         "Qwen3ForCausalLM",
         "Qwen3Config",
@@ -391,6 +384,19 @@ NAMED: dict[str, tuple[str, str, dict, str, str]] = {
         "'albert.encoder.albert_layer_groups.0' runs 2 times",
     ),
 }
+
+
+def test_gemma2_sandwich_blocks_are_found_by_structure_as_named() -> None:
+    model = _build(
+        "Gemma2ForCausalLM", "Gemma2Config", dict(TEXT, num_key_value_heads=2, head_dim=8)
+    )
+    found, named = describe_by_structure(model).family, describe(model).family
+    assert named.name == "gemma2"
+    assert found.norms == named.norms == ("input_layernorm", "pre_feedforward_layernorm")
+    assert found.branch_norms == named.branch_norms
+    assert named.branch_norms == ("post_attention_layernorm", "post_feedforward_layernorm")
+    for field in ("qkv", "o", "ffn_in", "ffn_out", "writers", "final_norm", "post_ln"):
+        assert getattr(found, field) == getattr(named, field), field
 
 
 @pytest.mark.parametrize("name", list(NAMED))
