@@ -12,7 +12,7 @@ A *block* is a module whose parameters belong, in registration order, to a depth
 d → m (``Linear`` on channels-last, or a 1×1 ``Conv2d``), an optional global response norm
 (ConvNeXt V2's GRN: parameters of m entries), a pointwise layer m → d of the same kind, and an
 optional per-channel layer scale γ (a parameter of d entries, of the block or of a module of
-its own). Its forward is checked on a float64 copy (random γ and GRN parameters) against
+its own). Its forward is checked on a float64 copy (every parameter redrawn) against
 x + γ ⊙ pw2(ψ(pw1(LN(dwconv(x))))), ψ the parameterless modules and GRN registered between
 pw1 and pw2 applied in order; a block whose forward differs is refused by name. A stage is a
 ``ModuleList``/``Sequential`` whose children are all such blocks of one width.
@@ -195,18 +195,18 @@ def _reference(module: nn.Module, block: ConvBlock, x: torch.Tensor) -> torch.Te
 
 def _check_forward(module: nn.Module, block: ConvBlock) -> None:
     """The block's forward is x + γ ⊙ pw2(ψ(pw1(LN(dwconv(x))))) (module docstring) on a
-    float64 copy with random γ and GRN parameters; MorphError naming it otherwise."""
+    float64 copy whose parameters are all redrawn (per-channel ones in [0.5, 1.5], the others
+    N(0, 1/fan-in)), so that no part of the formula is degenerate (a new block adding zero, a
+    zero GRN); MorphError naming it otherwise."""
     probe = copy.deepcopy(module).to(torch.float64).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        tuned = [block.scale] if block.scale else []
-        if block.grn is not None:
-            tuned += [
-                f"{block.grn}.{n}" for n, _ in probe.get_submodule(block.grn).named_parameters()
-            ]
-        for name in tuned:
-            p = probe.get_parameter(name)
-            p.copy_(0.5 + torch.rand(p.shape, generator=gen, dtype=torch.float64))
+        for p in probe.parameters():
+            if p.numel() == max(p.shape, default=1):
+                p.copy_(0.5 + torch.rand(p.shape, generator=gen, dtype=torch.float64))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / fan_in**0.5)
         x = torch.randn(2, block.width, CHECK_SIDE, CHECK_SIDE, generator=gen, dtype=torch.float64)
         try:
             out = probe(x)
