@@ -291,6 +291,23 @@ def test_backbone_last_stage_width_is_refused() -> None:
         torch.testing.assert_close(child(_pixels()).last_hidden_state, want, rtol=0, atol=1e-9)
 
 
+def test_grow_width_behind_a_two_conv_stem() -> None:
+    """timm's overlapping stem (conv, GELU, conv, LayerNorm): only its last conv and norm write
+    stage 0's stream; the first conv is untouched."""
+    from timm.models.convnext import ConvNeXt
+
+    torch.manual_seed(0)
+    parent = ConvNeXt(
+        depths=(1, 1, 0, 0), dims=(8, 16, 16, 16), num_classes=3, stem_type="overlap_act"
+    )
+    parent = parent.eval().double()
+    child, report = grow_width(parent, 16, stage=0, seed=0)
+    assert report.exact
+    assert torch.equal(child.stem[0].weight, parent.stem[0].weight)
+    assert child.stem[2].out_channels == 16
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)
+
+
 class _OddBlock(nn.Module):
     """A ConvNeXt block's parts whose forward doubles the branch."""
 

@@ -19,7 +19,8 @@ keeps its mean and variance):
   weight (:func:`.hier_width._split_columns`).
 
 The writer and readers are found in registration order around the stage's list of blocks:
-before stage 0 [patch conv] or [patch conv, LayerNorm], between two stages [LayerNorm, conv],
+before stage 0 […, conv] or […, conv, LayerNorm] (the stem's last layers; what comes before
+them only feeds the conv), between two stages [LayerNorm, conv],
 after the last [LayerNorm, Linear or conv, …]; anything else is refused by name (a model whose
 output is the stream itself, such as a bare backbone, has no reader after the last stage's
 norm). The config's ``hidden_sizes[s]`` follows.
@@ -94,13 +95,13 @@ def _boundary(model: nn.Module, net: ConvNet, st: ConvStage) -> tuple[list[str],
     before, after = _around(model, net, st.index)
     mods = [model.get_submodule(n) for n in before]
     if st.index == 0:
-        if len(mods) == 2 and _is_conv(mods[0]) and _is_norm(mods[1], d):
-            writers = before
-        elif len(mods) == 1 and _is_conv(mods[0]):
-            writers = before
+        if len(mods) >= 2 and _is_conv(mods[-2]) and _is_norm(mods[-1], d):
+            writers = before[-2:]
+        elif mods and _is_conv(mods[-1]):
+            writers = before[-1:]
         else:
             raise MorphError(
-                f"stage 0: the layers before {st.blocks!r} ({before}) are not a patch "
+                f"stage 0: the layers before {st.blocks!r} ({before}) do not end in a "
                 f"convolution to {d} channels, optionally followed by a LayerNorm; refused"
             )
         if model.get_submodule(writers[0]).out_channels != d:
