@@ -193,37 +193,48 @@ def _reference(module: nn.Module, block: ConvBlock, x: torch.Tensor) -> torch.Te
     return h.permute(0, 3, 1, 2)
 
 
-def _check_forward(module: nn.Module, block: ConvBlock) -> None:
-    """The block's forward is x + γ ⊙ pw2(ψ(pw1(LN(dwconv(x))))) (module docstring) on a
-    float64 copy whose parameters are all redrawn (per-channel ones in [0.5, 1.5], the others
-    N(0, 1/fan-in)), so that no part of the formula is degenerate (a new block adding zero, a
-    zero GRN); MorphError naming it otherwise."""
+def _redrawn(module: nn.Module) -> nn.Module:
+    """A float64 copy of ``module`` in eval mode, every parameter redrawn (per-channel ones in
+    [0.5, 1.5], the others N(0, 1/fan-in)): no part of the formula is degenerate there (a new
+    block adding zero, a zero GRN)."""
     probe = copy.deepcopy(module).to(torch.float64).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in probe.parameters():
             if p.numel() == max(p.shape, default=1):
-                p.copy_(0.5 + torch.rand(p.shape, generator=gen, dtype=torch.float64))
+                value = 0.5 + torch.rand(p.shape, generator=gen, dtype=torch.float64)
             else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / fan_in**0.5)
-        x = torch.randn(2, block.width, CHECK_SIDE, CHECK_SIDE, generator=gen, dtype=torch.float64)
-        try:
+                value = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                value /= p[0].numel() ** 0.5
+            p.copy_(value.to(p.device))
+    return probe
+
+
+def _check_forward(module: nn.Module, block: ConvBlock) -> None:
+    """The block's forward is x + γ ⊙ pw2(ψ(pw1(LN(dwconv(x))))) (module docstring) on a
+    redrawn float64 copy (:func:`_redrawn`); MorphError naming it otherwise."""
+    shape = (2, block.width, CHECK_SIDE, CHECK_SIDE)
+    try:
+        probe = _redrawn(module)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        x = x.to(next(probe.parameters()).device)
+        with torch.no_grad():
             out = probe(x)
             ref = _reference(probe, block, x)
-        except Exception as exc:  # any failure of the block's own forward or of the formula
-            raise MorphError(
-                f"{block.prefix!r} ({type_label(module)}) does not run as a ConvNeXt block on a "
-                f"(2, {block.width}, {CHECK_SIDE}, {CHECK_SIDE}) input ({type(exc).__name__}: "
-                f"{exc}); refused"
-            ) from exc
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            raise MorphError(
-                f"{block.prefix!r} ({type_label(module)}) does not return a map of its input's "
-                "shape: not a residual ConvNeXt block; refused"
-            )
-        err = float((out - x - ref).abs().max())
-        scale = float(ref.abs().max())
+            same = isinstance(out, torch.Tensor) and out.shape == x.shape
+            err = float((out - x - ref).abs().max()) if same else float("inf")
+            scale = float(ref.abs().max())
+    except Exception as exc:  # any failure of the block's own forward or of the formula
+        raise MorphError(
+            f"{block.prefix!r} ({type_label(module)}) does not run as a ConvNeXt block on a "
+            f"{shape} input ({type(exc).__name__}: {exc}); refused"
+        ) from exc
+    if not same:
+        raise MorphError(
+            f"{block.prefix!r} ({type_label(module)}) does not return a map of its input's "
+            "shape: not a residual ConvNeXt block; refused"
+        )
     if not err <= CHECK_TOL * max(scale, 1e-30):
         raise MorphError(
             f"{block.prefix!r} ({type_label(module)}) holds a depthwise conv, LayerNorm and two "
