@@ -60,6 +60,7 @@ from netmorph_core.torch import (
     widen,
 )
 from netmorph_core.torch.calibrate import trained_like
+from netmorph_core.torch.convnext import recognise as convnext_layout
 from netmorph_core.torch.transformer_layout import as_matrix, describe
 
 F64_TOL = 1e-9
@@ -325,6 +326,13 @@ def transformer_ops(model: nn.Module, probe: torch.Tensor) -> dict[str, Op]:
         heads = size("num_attention_heads", 0) or size("num_heads", 4)  # Mamba-2: num_heads
         kv = size("num_key_value_heads", heads)
         hidden = size("intermediate_size", 64)
+        try:  # a ConvNeXt: the last stage's width and the largest MLP
+            net = convnext_layout(model)
+        except MorphError:
+            net = None
+        if net is not None:
+            d = net.stages[-1].width
+            hidden = max(b.hidden for st in net.stages for b in st.members)
     new_heads = heads + kv if kv != heads else 2 * heads
     return {
         "grow_ffn": lambda m: grow_ffn(m, hidden + 6, seed=0, probe=(probe,)),

@@ -1,7 +1,8 @@
 """The public growth operations, each sent to the implementation for the model's family.
 
 A state-space (Mamba) model goes to :mod:`.ssm`, a hierarchical vision transformer
-(SegFormer, PVT-v2, GLPN) to :mod:`.hierarchical`; every other model to the general operation:
+(SegFormer, PVT-v2, GLPN) to :mod:`.hierarchical`, a ConvNeXt to :mod:`.convnext`; every other
+model to the general operation:
 :func:`.moe.grow_ffn` (which sends dense models on through :func:`.encdec.grow_ffn`),
 :func:`.encdec.add_heads`, :func:`.encdec.grow_width`, :func:`.encdec.add_block` (which send
 models other than encoder–decoders on to :mod:`.transformer`),
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from . import encdec, hierarchical, kernel, moe, ssm
+from . import convnext, encdec, hierarchical, kernel, moe, ssm
 from . import width as general_width
 from .errors import MorphError
 from .head_dim import attention_projection, widen_head_dim
@@ -45,9 +46,15 @@ def _hierarchical(model: object, stage: object) -> bool:
     if stage is not None and not found:
         raise ValueError(
             f"stage={stage!r}: {type(model).__name__} has no stages of their own width "
-            "(SegFormer, PVT-v2, GLPN); leave stage None"
+            "(SegFormer, PVT-v2, GLPN, ConvNeXt); leave stage None"
         )
     return found
+
+
+def _convnext(model: object) -> bool:
+    """Whether ``model`` is a ConvNeXt (:mod:`.convnext`); MorphError where its blocks look
+    like ConvNeXt blocks but are not understood."""
+    return isinstance(model, nn.Module) and convnext.recognise(model) is not None
 
 
 def _mixer_part(model: object, at: object, parts: Sequence[str]) -> bool:
@@ -81,7 +88,21 @@ def grow_ffn(
     ``layers`` of a dense transformer (:func:`.transformer.grow_ffn`), the Mix-FFN of the
     blocks ``layers`` or stages ``stage`` of a hierarchical vision transformer
     (:func:`.hierarchical.grow_ffn`), or the inner width of the mixers ``layers`` of a
-    state-space (Mamba) model (:func:`.ssm.grow_ffn`)."""
+    state-space (Mamba) model (:func:`.ssm.grow_ffn`), or the MLP of the blocks ``layers`` or
+    stages ``stage`` of a ConvNeXt (:func:`.convnext.grow_ffn`)."""
+    if _convnext(model):
+        return convnext.grow_ffn(
+            model,
+            width,
+            shared_width=shared_width,
+            layers=layers,
+            stage=stage,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     if _hierarchical(model, stage):
         return hierarchical.grow_ffn(
             model,
@@ -133,8 +154,10 @@ def add_heads(
     """The blocks ``layers`` of a transformer get ``heads`` query heads (and ``kv_heads``
     key/value heads) of the same head_dim (:func:`.encdec.add_heads`; the blocks ``layers`` or
     stages ``stage`` of a hierarchical vision transformer: :func:`.hierarchical.add_heads`); a
-    Mamba-2 model's mixers get them by whole groups, a Mamba model has none and is refused by
-    name (:func:`.ssm.add_heads`)."""
+    Mamba-2 model's mixers get them by whole groups; a Mamba model or a ConvNeXt has none and
+    is refused by name (:func:`.ssm.add_heads`, :func:`.convnext.add_heads`)."""
+    if _convnext(model):
+        return convnext.add_heads(model, heads)
     if _hierarchical(model, stage):
         return hierarchical.add_heads(
             model,
@@ -188,7 +211,18 @@ def grow_width(
     [x; …; x; a], the norms are rescaled, the readers read k column blocks summing to W
     (:func:`.encdec.grow_width`; a state-space model: :func:`.ssm.grow_width`; the stage
     ``stage`` of a hierarchical vision transformer, to a multiple of its width:
-    :func:`.hierarchical.grow_width`)."""
+    :func:`.hierarchical.grow_width`; of a ConvNeXt: :func:`.convnext.grow_width`)."""
+    if _convnext(model):
+        return convnext.grow_width(
+            model,
+            d_model,
+            stage=stage,
+            noise=noise,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     if _hierarchical(model, stage):
         return hierarchical.grow_width(
             model,
@@ -218,7 +252,19 @@ def add_block(
     """A new block, whose branches add exactly zero, inserted before block ``at`` (``at`` =
     number of blocks: at the end) (:func:`.encdec.add_block`; a state-space model:
     :func:`.ssm.add_block`; a hierarchical vision transformer, ``at`` within the stage
-    ``stage`` when given: :func:`.hierarchical.add_block`)."""
+    ``stage`` when given: :func:`.hierarchical.add_block`; a ConvNeXt:
+    :func:`.convnext.add_block`)."""
+    if _convnext(model):
+        return convnext.add_block(
+            model,
+            at,
+            stage=stage,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     if _hierarchical(model, stage):
         return hierarchical.add_block(
             model,
