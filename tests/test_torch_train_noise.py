@@ -1,0 +1,95 @@
+"""The train-mode check tells a parent whose own train mode amplifies float64 rounding (batch
+statistics that cancel most digits) from a child that breaks a train-only branch.
+
+The ill-conditioned parent: inputs 1e8·b + 1e-3·ε (every sample almost the same), Linear →
+BatchNorm1d → Linear. In eval mode the output is ~1e8 and any rounding is ~1e-16 of it; in
+train mode BatchNorm subtracts the batch mean, which leaves the ~1e-3 spread carrying the
+~1e-8 absolute rounding of the first layer: a relative change ~1e-5 that is the parent's own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from netmorph_core.torch import MorphError, deepen, pipeline, widen  # noqa: E402
+from netmorph_core.torch.report import TRAIN_BOUND, compare, run_outputs  # noqa: E402
+from netmorph_core.torch.train_noise import (  # noqa: E402
+    TRAIN_NOISE_FACTOR,
+    rounded_outputs,
+    rounding_hooks,
+)
+
+
+def _ill_conditioned() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)).double().eval()
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 4, generator=gen, dtype=torch.float64)
+    x = 1e8 * base + 1e-3 * torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    return model, x
+
+
+class TrainShift(nn.Module):
+    """The ill-conditioned parent whose train mode also adds 1e-8 × the mean of its first
+    layer's features (~1e8), which the trace never sees: an outer widening changes that mean
+    by O(1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fc1(x)
+        out = self.fc2(self.bn(z))
+        return out + 1e-8 * z.mean(-1, keepdim=True) if self.training else out
+
+
+@pytest.mark.parametrize("limit", [pipeline.WHOLE_COPY_LIMIT, 0], ids=["copies", "per_module"])
+def test_a_child_within_the_parents_own_train_noise_is_accepted_unverified(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", limit)
+    model, x = _ill_conditioned()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    child, report = deepen(model, "0", seed=0, probe=(x,))
+    assert report.rel_dev_f64 <= 1e-14
+    assert report.train_rel_dev_f64 > TRAIN_BOUND  # refused before the noise was measured
+    assert report.modes == ("eval",)
+    (note,) = [n for n in report.notes if n.startswith("train mode not verified")]
+    noise = float(note.split("outputs by ")[1].split(" ")[0])
+    assert noise > TRAIN_BOUND and report.train_rel_dev_f64 <= TRAIN_NOISE_FACTOR * noise
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert all(not m._forward_hooks for m in (*model.modules(), *child.modules()))
+
+
+@pytest.mark.parametrize("limit", [pipeline.WHOLE_COPY_LIMIT, 0], ids=["copies", "per_module"])
+def test_a_train_only_branch_is_refused_on_an_ill_conditioned_parent(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", limit)
+    _, x = _ill_conditioned()
+    torch.manual_seed(0)
+    model = TrainShift().double().eval()
+    with pytest.raises(
+        MorphError, match=r"in train mode the child deviates .* moves it by"
+    ) as info:
+        widen(model, "fc1", 10, seed=0, probe=(x,), zero_side="outer")
+    noise = float(str(info.value).split("moves it by ")[1].split(")")[0])
+    assert noise > TRAIN_BOUND  # the parent's own train mode is ill-conditioned here too
+
+
+def test_rounding_hooks_move_outputs_by_one_rounding_and_are_removed() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    clean = run_outputs(model, (x,))
+    rounded = rounded_outputs(model, lambda: run_outputs(model, (x,)))
+    dev = compare(clean, rounded)[1]
+    assert 0 < dev <= 1e-14
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(ZeroDivisionError), rounding_hooks(model):
+        raise ZeroDivisionError
+    assert all(not m._forward_hooks for m in model.modules())
