@@ -43,6 +43,7 @@ from .errors import MorphError
 from .hf_config import sync_config
 from .moe_eager import run_eager
 from .report import (
+    AUTO_F64_BOUND,
     TRAIN_BOUND,
     Inputs,
     Measurement,
@@ -64,6 +65,7 @@ from .report import (
     state_bytes,
     train_outputs,
 )
+from .rounding_noise import TRAIN_NOISE_FACTOR, rounded_outputs
 from .streamed import (
     Captured,
     Region,
@@ -75,7 +77,6 @@ from .streamed import (
 from .streamed import check_regions as check_regions_alone
 from .support import check_editable, check_model_state, check_subtree
 from .surgery import check_model, count_parameters, untie
-from .train_noise import TRAIN_NOISE_FACTOR, rounded_outputs
 
 #: Models with more parameters are measured one module at a time in float64 (:mod:`.streamed`)
 #: instead of through whole-model float64 copies.
@@ -292,7 +293,7 @@ def _train_runs(
     is not run when seed 0 gives the eval outputs ``eval_out`` (train mode changes nothing on
     the probe, so it is deterministic). A deterministic train mode that changes the outputs is
     also run with one rounding of every layer's output (key ``ROUNDED``,
-    :mod:`.train_noise`): the parent's own train-mode noise, which the child is built over."""
+    :mod:`.rounding_noise`): the parent's own train-mode noise, which the child is built over."""
     runs: dict[int | str, Outputs | Exception] = {}
     for seed in (0, 1):
         if seed == 1 and not isinstance(runs[0], Exception) and same_outputs(runs[0], eval_out):
@@ -470,6 +471,12 @@ def accept(
     notes = [*outcome.notes, *extra]
     if measured is not None:
         check_preserved(op, targets, tol, dtype, measured)
+        if measured.noise64 and measured.dev64 and measured.dev64[1] > AUTO_F64_BOUND:
+            notes.append(
+                f"float64 deviation {measured.dev64[1]:.1e} is past 1e-8: one rounding of every "
+                f"layer's output moves the parent's own float64 outputs by "
+                f"{measured.noise64:.1e} on the probe"
+            )
     train64 = measured.train64 if measured else None
     holds = None
     unverified = False

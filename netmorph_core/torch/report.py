@@ -15,7 +15,9 @@ whole models; :mod:`.streamed` computes the same quantities in float64 one modul
 
 ``tol="auto"`` (the default of every operation) accepts the child when
 
-- of a float64 model: its relative deviation is at most 1e-8;
+- of a float64 model: its relative deviation is at most 1e-8, or (on float64 copies) at most
+  ``NOISE_FACTOR`` × the parent's own float64 rounding noise where that is larger (one
+  rounding of every layer's output, :mod:`.rounding_noise`; measured only past 1e-8);
 - of a float32, bfloat16 or float16 model (whose float64 copies hold weights rounded to that
   dtype): its relative deviation in the model's dtype from the parent run in float64 is at
   most ``NOISE_FACTOR`` × the parent's own rounding noise (the parent in its
@@ -43,9 +45,9 @@ from torch import nn
 
 from .arguments import check_input_memory, check_input_shape, check_probe, check_probe_memory
 from .errors import MorphError
+from .rounding_noise import rounded_outputs
 from .surgery import CONV_TYPES, LAYER_TYPES
 from .tracing import default_inputs
-from .train_noise import rounded_outputs
 from .transformer_layout import as_matrix, is_conv1d
 
 Inputs = tuple[torch.Tensor, ...]
@@ -155,7 +157,8 @@ class Measurement:
     measured one module at a time); ``train_same``: in train mode the parent and the child
     give their eval-mode outputs, bitwise, in the model's dtype (train mode changes nothing
     on the probe, so its deviation is the eval deviation); ``train_noise``: the parent's own
-    train-mode rounding noise (:class:`TrainRun`)."""
+    train-mode rounding noise (:class:`TrainRun`); ``noise64``: its own float64 eval-mode rounding
+    noise (:mod:`.rounding_noise`; 0 where not measured)."""
 
     dev64: tuple[float, float] | None
     dev: tuple[float, float]
@@ -166,6 +169,7 @@ class Measurement:
     train_deterministic: bool = False
     train_same: bool = False
     train_noise: float = 0.0
+    noise64: float = 0.0
 
     @property
     def noise_ratio(self) -> float:
@@ -293,7 +297,7 @@ class TrainRun(NamedTuple):
     """What :func:`train_outputs` found: ``dev64`` (the child's float64 train-mode deviation,
     None when the parent cannot run in train mode on the probe), ``deterministic`` (the
     parent's train mode gives the same outputs with another seed) and ``noise`` (the parent's
-    own train-mode rounding noise, :mod:`.train_noise`; measured only when the child's
+    own train-mode rounding noise, :mod:`.rounding_noise`; measured only when the child's
     deviation exceeds ``TRAIN_BOUND`` on a deterministic train mode, else 0)."""
 
     dev64: tuple[float, float] | None
@@ -309,7 +313,7 @@ def train_outputs(
 ) -> TrainRun:
     """The :class:`TrainRun` from runners of the parent and the child (keyword ``train`` and
     ``seed``) and ``rounded`` (the parent's train-mode outputs with one rounding of every
-    layer's output, :func:`.train_noise.rounded_outputs`); (None, False) when the parent
+    layer's output, :func:`.rounding_noise.rounded_outputs`); (None, False) when the parent
     cannot run in train mode on the probe (a BatchNorm on a batch of one). MorphError when the
     child fails where the parent runs. A parent whose train outputs are its eval outputs
     ``eval_out`` is deterministic without a second run."""
@@ -336,9 +340,10 @@ def train_outputs(
 
 def _float64_runs(
     parent: nn.Module, child: nn.Module, inputs: Inputs
-) -> tuple[Outputs, Outputs, TrainRun]:
-    """Eval outputs of float64 copies of both models, and :func:`train_outputs` (the copies
-    are freed on return)."""
+) -> tuple[Outputs, Outputs, TrainRun, float]:
+    """Eval outputs of float64 copies of both models, :func:`train_outputs` and the parent's
+    own float64 rounding noise (:mod:`.rounding_noise`; measured only when the child deviates
+    by more than ``AUTO_F64_BOUND``, else 0). The copies are freed on return."""
     in64 = as_float64(inputs)
     p64, c64 = copy_model(parent, torch.float64), copy_model(child, torch.float64)
     out_p64 = run_outputs(p64, in64)
@@ -351,7 +356,10 @@ def _float64_runs(
         out_p64,
         lambda: rounded_outputs(p64, lambda: run_outputs(p64, in64, train=True)),
     )
-    return out_p64, out_c64, train
+    noise64 = 0.0
+    if compare(out_p64, out_c64)[1] > AUTO_F64_BOUND:
+        noise64 = compare(out_p64, rounded_outputs(p64, lambda: run_outputs(p64, in64)))[1]
+    return out_p64, out_c64, train, noise64
 
 
 def measure(
@@ -362,8 +370,10 @@ def measure(
     parent's outputs on ``inputs`` when already computed."""
     like = model_like(parent)
     dtype = like.dtype if like is not None else torch.get_default_dtype()
-    out_p64, out_c64, train = _float64_runs(parent, child, inputs)
-    return combine(parent, child, out_p64, out_c64, inputs, parent_out, train, dtype)
+    out_p64, out_c64, train, noise64 = _float64_runs(parent, child, inputs)
+    return combine(
+        parent, child, out_p64, out_c64, inputs, parent_out, train, dtype, noise64=noise64
+    )
 
 
 def combine(
@@ -377,6 +387,7 @@ def combine(
     dtype: torch.dtype,
     child_out: Outputs | None = None,
     train_same: bool = False,
+    noise64: float = 0.0,
 ) -> Measurement:
     """The :class:`Measurement` from float64 outputs of both models (the child's None: not
     measured, see :class:`Measurement`); the model-dtype outputs (``parent_out``,
@@ -393,6 +404,7 @@ def combine(
             train.deterministic,
             train_same=train_same,
             train_noise=train.noise,
+            noise64=noise64,
         )
     out_p = run_outputs(copy_model(parent), inputs) if parent_out is None else parent_out
     out_c = run_outputs(copy_model(child), inputs) if child_out is None else child_out
@@ -408,6 +420,7 @@ def combine(
         train_deterministic=train.deterministic,
         train_same=train_same,
         train_noise=train.noise,
+        noise64=noise64,
     )
 
 
@@ -561,12 +574,17 @@ def check_preserved(
     if tol is None:
         return
     if tol != "auto" or dtype == torch.float64:
-        bound64 = AUTO_F64_BOUND if tol == "auto" else tol
+        bound64 = max(AUTO_F64_BOUND, NOISE_FACTOR * m.noise64) if tol == "auto" else tol
         if m.dev64[1] > bound64:
+            own = (
+                f"; the parent's own float64 rounding noise is {m.noise64:.1e}"
+                if tol == "auto" and m.noise64
+                else ""
+            )
             raise MorphError(
                 f"{where}: the child deviates from the parent by {m.dev64[1]:.3e} (relative, "
-                f"float64 copies), above tol={tol!r} (bound {bound64:.1e}); pass tol=None to "
-                "accept an inexact child"
+                f"float64 copies), above tol={tol!r} (bound {bound64:.1e}{own}); pass tol=None "
+                "to accept an inexact child"
             )
         return
     bound = auto_bound(dtype, m.parent_noise, m.new_layers)

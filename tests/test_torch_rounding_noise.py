@@ -1,10 +1,11 @@
-"""The train-mode check tells a parent whose own train mode amplifies float64 rounding (batch
-statistics that cancel most digits) from a child that breaks a train-only branch.
+"""The deviation checks tell a parent whose own float64 computation amplifies rounding from a
+child that is wrong: in eval mode (tol="auto" on float64 models) and in train mode (a branch
+used only in training).
 
-The ill-conditioned parent: inputs 1e8·b + 1e-3·ε (every sample almost the same), Linear →
-BatchNorm1d → Linear. In eval mode the output is ~1e8 and any rounding is ~1e-16 of it; in
-train mode BatchNorm subtracts the batch mean, which leaves the ~1e-3 spread carrying the
-~1e-8 absolute rounding of the first layer: a relative change ~1e-5 that is the parent's own.
+The ill-conditioned parents: inputs 1e8·b + 1e-3·ε (every sample almost the same), Linear →
+BatchNorm1d → Linear. In train mode BatchNorm subtracts the batch mean, which leaves the ~1e-3
+spread carrying the ~1e-8 absolute rounding of the first layer: a relative change ~1e-5 that
+is the parent's own. In eval mode the same happens when the running mean is the common value.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from netmorph_core.torch import MorphError, deepen, pipeline, widen  # noqa: E402
-from netmorph_core.torch.report import TRAIN_BOUND, compare, run_outputs  # noqa: E402
-from netmorph_core.torch.train_noise import (  # noqa: E402
+from netmorph_core.torch.report import (  # noqa: E402
+    AUTO_F64_BOUND,
+    NOISE_FACTOR,
+    TRAIN_BOUND,
+    Measurement,
+    check_preserved,
+    compare,
+    run_outputs,
+)
+from netmorph_core.torch.rounding_noise import (  # noqa: E402
     TRAIN_NOISE_FACTOR,
     rounded_outputs,
     rounding_hooks,
@@ -93,3 +102,38 @@ def test_rounding_hooks_move_outputs_by_one_rounding_and_are_removed() -> None:
     with pytest.raises(ZeroDivisionError), rounding_hooks(model):
         raise ZeroDivisionError
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def _eval_ill_conditioned() -> tuple[nn.Module, torch.Tensor]:
+    """The parent whose eval-mode BatchNorm subtracts the inputs' common value."""
+    model, _ = _ill_conditioned()
+    gen = torch.Generator().manual_seed(1)
+    base = 1e8 * torch.randn(1, 4, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        model[1].running_mean.copy_(model[0](base)[0])
+        model[1].running_var.fill_(1e-6)
+    return model, base + 1e-3 * torch.randn(4, 4, generator=gen, dtype=torch.float64)
+
+
+def test_float64_auto_bound_follows_the_parents_own_rounding() -> None:
+    model, x = _eval_ill_conditioned()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(MorphError, match=r"above tol=1e-08 \(bound 1\.0e-08\)"):
+        deepen(model, "0", seed=0, probe=(x,), tol=1e-8)
+    _, report = deepen(model, "0", seed=0, probe=(x,))
+    assert report.rel_dev_f64 > AUTO_F64_BOUND
+    (note,) = [n for n in report.notes if n.startswith("float64 deviation")]
+    noise = float(note.split("outputs by ")[1].split(" ")[0])
+    assert report.rel_dev_f64 <= NOISE_FACTOR * noise
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_float64_auto_bound_refuses_beyond_the_parents_own_rounding() -> None:
+    def measured(dev: float, noise: float) -> Measurement:
+        return Measurement((dev, dev), (dev, dev), 0.0, dev, None, noise64=noise)
+
+    check_preserved("deepen", ("0",), "auto", torch.float64, measured(5e-6, 1e-6))
+    with pytest.raises(MorphError, match=r"bound 8\.0e-06; the parent's own float64 rounding"):
+        check_preserved("deepen", ("0",), "auto", torch.float64, measured(1e-3, 1e-6))
+    with pytest.raises(MorphError, match=r"bound 1\.0e-08\)"):
+        check_preserved("deepen", ("0",), "auto", torch.float64, measured(5e-8, 0.0))
