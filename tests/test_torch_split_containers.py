@@ -1,7 +1,9 @@
 """Containers with their own forward that split their input among member convs (timm's
 ``MixedConv2d``: a ModuleDict subclass, ``x.split(self.splits, 1)`` → conv i on part i →
 ``cat``): the member convs are called by the container, so the operations that replace a
-layer are exact on them; a container that reads a member's weight is refused by name.
+layer are exact on them; a container that reads a member's weight is refused by name. widen
+through such a split keeps every parent part whole with the new channels among its channels
+and updates the container's ``splits``; split sizes nothing holds are refused by name.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch_exactness import border_input, rel_dev  # noqa: E402
 
-from netmorph_core.torch import MorphError, deepen, grow_kernel, morph_subnet  # noqa: E402
+from netmorph_core.torch import MorphError, deepen, grow_kernel, morph_subnet, widen  # noqa: E402
 
 F64_TOL = 1e-9
 
@@ -101,3 +103,51 @@ def test_container_reading_a_members_weight_is_refused() -> None:
     with pytest.raises(MorphError, match=r"'dw' \(ReadsMember\) reads 0\.bias, 0\.weight"):
         deepen(model, "dw.0", seed=0)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+class FixedSplit(MixedConv):
+    """Splits by sizes written in its forward, held by no attribute."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, [3, 3], 1)
+        return torch.cat([conv(parts[i]) for i, conv in enumerate(self.values())], 1)
+
+
+class Twice(MixNet):
+    """Calls its mixed depthwise conv twice: one ``splits`` for two splits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.stem(x)))
+        y = self.pw(torch.relu(self.bn2(self.dw(self.dw(y)))))
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("side", ["inner", "outer"])
+@pytest.mark.parametrize(
+    ("at", "width"), [("stem", 8), ("dw.0", 9), ("dw.1", 6), ("pw.0", 4), ("pw.1", 5)]
+)
+def test_widen_through_a_split_container_grows_its_parts(at: str, width: int, side: str) -> None:
+    """stem: its new channels reach dw's split (the producer's channels kept in order) and dw's
+    depthwise convs grow new groups whose outputs reach pw's split; a depthwise member grows
+    per group and its new channels reach pw's split."""
+    model = _trained(MixNet())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = border_input((2, 3, 9, 9))
+    child, report = widen(model, at, width, seed=0, probe=(x,), zero_side=side)
+    assert rel_dev(model, child, x) <= F64_TOL
+    assert report.modes == ("eval", "train")
+    for name in ("dw", "pw"):
+        container = child.get_submodule(name)
+        assert sum(container.splits) == sum(conv.in_channels for conv in container.values())
+        assert [conv.in_channels for conv in container.values()] == container.splits
+    assert model.dw.splits == [3, 3] and model.pw.splits == [3, 3]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_widen_refuses_split_sizes_no_attribute_holds() -> None:
+    model = _trained(MixNet(FixedSplit))
+    with pytest.raises(MorphError, match=r"'dw' \(FixedSplit\) holds no attribute its forward splits by"):
+        widen(model, "stem", 8, seed=0, input_shape=(2, 3, 9, 9))
+    model = _trained(Twice())
+    with pytest.raises(MorphError, match=r"'dw' splits 2 times in the graph"):
+        widen(model, "stem", 8, seed=0, input_shape=(2, 3, 9, 9))

@@ -245,6 +245,8 @@ def _apply(
                 m.in_features = cols.size
             else:
                 m.in_channels = cols.size
+    for owner, (attr, sizes) in plan.sizes.items():
+        setattr(child.get_submodule(owner), attr, sizes)
     return Outcome(new_nonzero=nonzero, new_total=total, sources=sources)
 
 
