@@ -146,7 +146,7 @@ def test_widen_through_a_split_container_grows_its_parts(at: str, width: int, si
 
 def test_widen_refuses_split_sizes_no_attribute_holds() -> None:
     model = _trained(MixNet(FixedSplit))
-    with pytest.raises(MorphError, match=r"'dw' \(FixedSplit\) holds no attribute its forward splits by"):
+    with pytest.raises(MorphError, match=r"'dw' \(FixedSplit\) holds no attribute its forward"):
         widen(model, "stem", 8, seed=0, input_shape=(2, 3, 9, 9))
     model = _trained(Twice())
     with pytest.raises(MorphError, match=r"'dw' splits 2 times in the graph"):

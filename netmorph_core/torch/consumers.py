@@ -62,7 +62,7 @@ from .errors import MorphError
 from .layer_reads import metadata_read
 from .standardized import may_be_standardised
 from .surgery import CONV_TYPES, ChannelLastBatchNorm
-from .tracing import shell_copy
+from .tracing import node_module, shell_copy
 
 SPATIAL, VECTOR, LAST, FLAT = "spatial", "vector", "last", "flat"
 
@@ -305,12 +305,6 @@ class _OneLevel(fx.Tracer):
         return True
 
 
-def _innermost(node: fx.Node) -> str | None:
-    """The name of the innermost module whose forward ran ``node`` (None: the model's own)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return stack[next(reversed(stack))][0] if stack else None
-
-
 def _splits_by(module: nn.Module, attr: str, split: object) -> bool:
     """Whether ``module``'s forward splits by its attribute ``attr``: traced alone (a copy
     without values, :func:`.tracing.shell_copy`) with every size of ``attr`` one larger, it
@@ -337,6 +331,10 @@ class _Tracer(fx.Tracer):
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
+class FxTraceError(MorphError):
+    """torch.fx cannot trace the model (widen then falls back to torch.export)."""
+
+
 def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     """Symbolically trace a copy of ``model`` (tracing runs its forward code, which may count
     calls or cache tensors; the caller's RNG is restored); MorphError naming the model and
@@ -346,7 +344,7 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
             dup = copy.deepcopy(model)
             return fx.GraphModule(dup, _Tracer().trace(dup))
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
-        raise MorphError(
+        raise FxTraceError(
             f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
             f"{purpose} needs the traced graph"
         ) from exc
@@ -991,7 +989,7 @@ class _Walk:
             f"splits the widened channels into parts of the sizes {sizes!r} written in the "
             "code, which would no longer add up to the widened axis"
         )
-        owner = _innermost(node)
+        owner = node_module(node)
         module = self.originals.get(owner) if owner is not None else None
         if not isinstance(sizes, (list, tuple)) or not all(isinstance(n, int) for n in sizes):
             raise self.fail(node, f"{fixed}; write it as chunk(k, dim) so every part grows")
@@ -1009,7 +1007,7 @@ class _Walk:
                 "its forward splits by; write it as chunk(k, dim) so every part grows",
             )
         splits = [
-            n for n in self.gm.graph.nodes if n.target is node.target and _innermost(n) == owner
+            n for n in self.gm.graph.nodes if n.target is node.target and node_module(n) == owner
         ]
         if len(splits) != 1:
             raise self.fail(node, f"{fixed}; {owner!r} splits {len(splits)} times in the graph")
