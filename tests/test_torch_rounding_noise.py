@@ -133,7 +133,7 @@ def test_float64_auto_bound_refuses_beyond_the_parents_own_rounding() -> None:
         return Measurement((dev, dev), (dev, dev), 0.0, dev, None, noise64=noise)
 
     check_preserved("deepen", ("0",), "auto", torch.float64, measured(5e-6, 1e-6))
-    with pytest.raises(MorphError, match=r"bound 8\.0e-06; the parent's own float64 rounding"):
+    with pytest.raises(MorphError, match=r"bound 8\.0e-06\) \(the parent's own float64 rounding"):
         check_preserved("deepen", ("0",), "auto", torch.float64, measured(1e-3, 1e-6))
     with pytest.raises(MorphError, match=r"bound 1\.0e-08\)"):
         check_preserved("deepen", ("0",), "auto", torch.float64, measured(5e-8, 0.0))

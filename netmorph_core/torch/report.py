@@ -577,13 +577,13 @@ def check_preserved(
         bound64 = max(AUTO_F64_BOUND, NOISE_FACTOR * m.noise64) if tol == "auto" else tol
         if m.dev64[1] > bound64:
             own = (
-                f"; the parent's own float64 rounding noise is {m.noise64:.1e}"
+                f" (the parent's own float64 rounding noise is {m.noise64:.1e})"
                 if tol == "auto" and m.noise64
                 else ""
             )
             raise MorphError(
                 f"{where}: the child deviates from the parent by {m.dev64[1]:.3e} (relative, "
-                f"float64 copies), above tol={tol!r} (bound {bound64:.1e}{own}); pass tol=None "
+                f"float64 copies), above tol={tol!r} (bound {bound64:.1e}){own}; pass tol=None "
                 "to accept an inexact child"
             )
         return
