@@ -10,6 +10,8 @@ is the parent's own. In eval mode the same happens when the running mean is the 
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -126,6 +128,12 @@ def test_float64_auto_bound_follows_the_parents_own_rounding() -> None:
     noise = float(note.split("outputs by ")[1].split(" ")[0])
     assert report.rel_dev_f64 <= NOISE_FACTOR * noise
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    # the parent's eval-mode noise, measured on the parent as it is (not after train-mode runs
+    # moved a copy's BatchNorm statistics)
+    copy = deepcopy(model)
+    clean = run_outputs(copy, (x,))
+    own = compare(clean, rounded_outputs(copy, lambda: run_outputs(copy, (x,))))[1]
+    assert own == pytest.approx(noise, rel=0.06)
 
 
 def test_float64_auto_bound_refuses_beyond_the_parents_own_rounding() -> None:

@@ -350,15 +350,15 @@ def _float64_runs(
     check_finite(out_p64, "the parent (float64)")
     out_c64 = run_outputs(c64, in64)
     check_finite(out_c64, "the child (float64)")
+    noise64 = 0.0  # before the train-mode runs, which update the copies' statistics
+    if compare(out_p64, out_c64)[1] > AUTO_F64_BOUND:
+        noise64 = compare(out_p64, rounded_outputs(p64, lambda: run_outputs(p64, in64)))[1]
     train = train_outputs(
         lambda **kw: run_outputs(p64, in64, **kw),
         lambda **kw: run_outputs(c64, in64, **kw),
         out_p64,
         lambda: rounded_outputs(p64, lambda: run_outputs(p64, in64, train=True)),
     )
-    noise64 = 0.0
-    if compare(out_p64, out_c64)[1] > AUTO_F64_BOUND:
-        noise64 = compare(out_p64, rounded_outputs(p64, lambda: run_outputs(p64, in64)))[1]
     return out_p64, out_c64, train, noise64
 
 
