@@ -26,7 +26,9 @@ along the channel axis. The walk follows that tensor through the graph in topolo
   holds exactly the parent part's channels plus (C̃ − C)/k new ones, all parts with the same
   permutation (a fused gated MLP's ``gate, up = x.chunk(2, -1)`` pairs gate and up channels
   position by position). When the producer's map is not laid out that way the walk asks for
-  one (:class:`BlockRequest`); ``split`` with sizes written in the code is refused (its sizes
+  one (:class:`BlockRequest`); ``split`` with sizes held by one attribute of the module it
+  runs in (timm's ``MixedConv2d.splits``) keeps each parent part with the new channels among
+  its channels and updates that attribute; other sizes written in the code are refused (they
   would no longer add up to the widened axis); chunk/split along another axis passes through;
 - transpose/permute move the channel axis: to axis 1 (a spatial (N, C, *S) tensor, e.g. before
   a depthwise Conv1d) or to the last axis (channels last); the rank is read from the shapes
@@ -60,6 +62,7 @@ from .errors import MorphError
 from .layer_reads import metadata_read
 from .standardized import may_be_standardised
 from .surgery import CONV_TYPES, ChannelLastBatchNorm
+from .tracing import node_module, shell_copy
 
 SPATIAL, VECTOR, LAST, FLAT = "spatial", "vector", "last", "flat"
 
@@ -221,6 +224,8 @@ class WidthPlan:
     producers: tuple[str, ...]
     uses: list[Use] = field(default_factory=list)
     gates: dict[str, np.ndarray] = field(default_factory=dict)
+    #: module → (attribute, the child's split sizes) of a split the widening grows
+    sizes: dict[str, tuple[str, list[int] | tuple[int, ...]]] = field(default_factory=dict)
 
     @property
     def consumers(self) -> list[Use]:
@@ -293,6 +298,28 @@ def chunk_flow(
     )
 
 
+class _OneLevel(fx.Tracer):
+    """torch.fx's tracer with every submodule a leaf: one module's own forward."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _splits_by(module: nn.Module, attr: str, split: object) -> bool:
+    """Whether ``module``'s forward splits by its attribute ``attr``: traced alone (a copy
+    without values, :func:`.tracing.shell_copy`) with every size of ``attr`` one larger, it
+    runs exactly one ``split`` call, with those sizes."""
+    probe = shell_copy(module)
+    sizes = getattr(module, attr)
+    setattr(probe, attr, type(sizes)(n + 1 for n in sizes))
+    try:
+        graph = _OneLevel().trace(probe)
+    except Exception:  # a forward that cannot be traced alone cannot be shown to split by attr
+        return False
+    found = [n.args[1] if len(n.args) > 1 else None for n in graph.nodes if n.target is split]
+    return found == [getattr(probe, attr)]
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with :class:`PActivation`, every BatchNorm (subclasses included),
     frozen BatchNorm and convs that may be weight-standardised (checked and refused by name as
@@ -304,6 +331,10 @@ class _Tracer(fx.Tracer):
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
+class FxTraceError(MorphError):
+    """torch.fx cannot trace the model (widen then falls back to torch.export)."""
+
+
 def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     """Symbolically trace a copy of ``model`` (tracing runs its forward code, which may count
     calls or cache tensors; the caller's RNG is restored); MorphError naming the model and
@@ -313,7 +344,7 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
             dup = copy.deepcopy(model)
             return fx.GraphModule(dup, _Tracer().trace(dup))
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
-        raise MorphError(
+        raise FxTraceError(
             f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
             f"{purpose} needs the traced graph"
         ) from exc
@@ -361,9 +392,16 @@ def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
 class _Walk:
     """One walk over a traced graph; see the module docstring."""
 
-    def __init__(self, gm: fx.GraphModule, producers: Sequence[str], src: np.ndarray) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        producers: Sequence[str],
+        src: np.ndarray,
+        originals: dict[str, nn.Module] | None = None,
+    ) -> None:
         self.gm = gm
         self.modules = dict(gm.named_modules())
+        self.originals = originals or {}  # the model's own modules (containers included)
         self.producers = tuple(producers)
         self.src = src
         self.flows: dict[fx.Node, Flow] = {}
@@ -932,16 +970,70 @@ class _Walk:
                 "channels; pass probe= or input_shape= so the rank is known",
             )
         if not chunk:
-            raise self.fail(
-                node,
-                f"splits the widened channels into parts of the sizes {node.args[1]!r} written "
-                "in the code, which would no longer add up to the widened axis; write it as "
-                "chunk(k, dim) so every part grows",
-            )
+            self._sized_split(node, flow)
+            return
         parts = _arg(node, 1, "chunks", None)
         if not isinstance(parts, int):
             raise self.fail(node, "chunks into a computed number of parts")
         self.pieces[node] = chunk_flow(flow, parts, self.src, lambda why: self.fail(node, why))
+
+    def _sized_split(self, node: fx.Node, flow: Flow) -> None:
+        """``split(sizes, dim)`` along the channel axis inside a module that holds ``sizes`` as
+        one attribute (timm's ``MixedConv2d.splits``) and runs this split once: part i keeps
+        the parent's part i and the new channels among them, and the attribute gets the
+        child's sizes (:attr:`WidthPlan.sizes`). The parent channels must reach the split in
+        part order; the producer's own map is asked for with its channels in order
+        (:class:`BlockRequest`)."""
+        sizes = node.args[1]
+        fixed = (
+            f"splits the widened channels into parts of the sizes {sizes!r} written in the "
+            "code, which would no longer add up to the widened axis"
+        )
+        owner = node_module(node)
+        module = self.originals.get(owner) if owner is not None else None
+        if not isinstance(sizes, (list, tuple)) or not all(isinstance(n, int) for n in sizes):
+            raise self.fail(node, f"{fixed}; write it as chunk(k, dim) so every part grows")
+        attrs = [
+            a
+            for a, v in (vars(module) if module is not None else {}).items()
+            if not a.startswith("_") and isinstance(v, (list, tuple)) and list(v) == list(sizes)
+        ]
+        attrs = [a for a in attrs if _splits_by(module, a, node.target)]
+        if len(attrs) != 1:
+            where = f"{owner!r} ({type(module).__name__})" if module is not None else "no module"
+            raise self.fail(
+                node,
+                f"{fixed}; {where} holds {'no' if not attrs else 'more than one'} attribute "
+                "its forward splits by; write it as chunk(k, dim) so every part grows",
+            )
+        splits = [
+            n for n in self.gm.graph.nodes if n.target is node.target and node_module(n) == owner
+        ]
+        if len(splits) != 1:
+            raise self.fail(node, f"{fixed}; {owner!r} splits {len(splits)} times in the graph")
+        bounds = np.cumsum([0, *sizes])
+        part = np.searchsorted(bounds, flow.src, side="right") - 1  # parent channel → its part
+        old = flow.src >= 0
+        if not old.any() or bounds[-1] != flow.parent_channels or min(sizes) < 1:
+            raise self.fail(node, f"{fixed}, not the {flow.parent_channels} channels it splits")
+        # a new channel belongs to the part of the parent channel before it (or the first)
+        index = np.maximum.accumulate(np.where(old, np.arange(old.size), -1))
+        first = int(np.argmax(old))
+        owners = np.where(index >= 0, part[np.maximum(index, 0)], part[first])
+        if np.any(np.diff(owners) < 0) or len(set(owners.tolist())) != len(sizes):
+            if np.array_equal(flow.src, self.src):
+                raise BlockRequest(1, whole_groups=True)
+            raise self.fail(
+                node, f"{fixed}, and the operations before it moved channels between the parts"
+            )
+        cuts = np.searchsorted(owners, np.arange(len(sizes) + 1), side="left")
+        pieces = []
+        for i in range(len(sizes)):
+            src = flow.src[cuts[i] : cuts[i + 1]]
+            pieces.append(replace(flow, src=np.where(src >= 0, src - bounds[i], -1)))
+        self.pieces[node] = pieces
+        child = [int(p.src.size) for p in pieces]
+        self.plan.sizes[owner] = (attrs[0], type(getattr(module, attrs[0]))(child))
 
     def _move(self, node: fx.Node, flow: Flow) -> None:
         """transpose/permute: the channel axis goes where the permutation puts it; the result
@@ -1080,4 +1172,4 @@ def plan_widening(
         finally:
             for m, mode in training.items():
                 m.training = mode
-    return _Walk(gm, producers, src).run()
+    return _Walk(gm, producers, src, dict(model.named_modules())).run()

@@ -220,7 +220,8 @@ def deepen(
     solver's random start. ``probe`` (a tensor or tuple of model inputs) or ``input_shape``
     gives the inputs the report measures on (else inferred, see :mod:`.report`). ``tol``:
     "auto" raises MorphError unless the deviation is what the dtype explains (float64: ≤ 1e-8
-    relative; lower precision: rounding within 8× the parent's own, see :mod:`.report`); a
+    relative, or within 8× the parent's own float64 rounding where larger; lower precision:
+    rounding within 8× the parent's own, see :mod:`.report`); a
     number bounds the float64 relative deviation; None never raises. Returns (child, report);
     ``model`` is not modified (also on error).
 

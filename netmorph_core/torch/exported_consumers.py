@@ -1,9 +1,11 @@
 """Where widened channels go in an exported graph (Hugging Face models, torch.export).
 
-torch.fx cannot trace Hugging Face models; :func:`.tracing.export_graph` records them with
-torch.export, whose graph holds ATen calls and reads every parameter with ``get_attr``: a
-Linear layer is ``aten.linear(x, <layer>.weight, <layer>.bias)``, transformers' ``Conv1D``
-(y = x·W + b, W: in × out) is ``aten.addmm(<layer>.bias, x.view(-1, in), <layer>.weight)``.
+torch.fx cannot trace Hugging Face models, nor models whose forward branches on tensor values
+or sizes (timm's EfficientNet and ByobNet; widen falls back to this walk when fx fails);
+:func:`.tracing.export_graph` records them with torch.export, whose graph holds ATen calls
+and reads every parameter with ``get_attr``: a Linear layer is ``aten.linear(x,
+<layer>.weight, <layer>.bias)``, transformers' ``Conv1D`` (y = x·W + b, W: in × out) is
+``aten.addmm(<layer>.bias, x.view(-1, in), <layer>.weight)``.
 A layer call is recognised by the module owning its weight. The widened channels are the last
 axis of a Linear or Conv1D output, or axis 1 of a convolution's (N, C, *S) output, and the walk
 follows them as :mod:`.consumers` does in a torch.fx graph, into the same
@@ -25,6 +27,9 @@ follows them as :mod:`.consumers` does in a torch.fx graph, into the same
 - transpose/permute move the channel axis: to the last axis or to axis 1 (N, C, …); at axis 1
   the walk follows reshapes that keep N and C the first two axes (``view(B, C, H, W)``,
   ``flatten(2)``), ops on the spatial axes and element-wise ops;
+- a BatchNorm module's call on channels at axis 1 gets the new channels (every call of it
+  must see the same widened channels); pooling, resizing and padding of the spatial axes pass
+  them on (a constant pad by a non-zero value makes a zero channel non-zero);
 - a Linear or Conv1D layer reading the channels last consumes it (new input columns), and so
   does a convolution reading them at axis 1; a grouped (depthwise) convolution grows by whole
   new groups (:func:`~.consumers.grouped_outputs`) whose new outputs go on as new channels.
@@ -63,6 +68,7 @@ from .transformer_layout import as_matrix, is_conv1d
 #: Element-wise ops: (φ(0) == 0, φ'(0) != 0).
 _UNARY: dict[str, tuple[bool, bool]] = {
     "relu": (True, False),
+    "relu6": (True, False),
     "gelu": (True, True),
     "silu": (True, True),
     "tanh": (True, True),
@@ -100,6 +106,18 @@ _REDUCTIONS = {"mean", "sum", "amax", "amin"}
 _ADDS = {"add", "sub", "rsub"}
 _MULS = {"mul", "div"}
 _NORMS = {"layer_norm", "native_layer_norm", "rms_norm", "group_norm", "batch_norm"}
+#: BatchNorm calls: (input, weight, bias, running_mean, running_var, …); per channel at axis 1.
+_BATCH_NORMS = {
+    "batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit",
+    "native_batch_norm",
+}
+#: Ops on the spatial axes of an (N, C, *S) tensor, channel by channel.
+_POOLS = {
+    f"{kind}_pool{d}d" for kind in ("adaptive_avg", "adaptive_max", "avg", "max") for d in (1, 2, 3)
+} | {f"upsample_{m}{d}d" for m in ("nearest", "bilinear", "bicubic") for d in (1, 2)}
+_PADS = {"pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "replicate_pad2d"}
 _ATTENTION = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention"}
 _NO_OUTPUT = {"_assert_tensor_metadata"}
 #: Layer calls: op → (position of the weight, position of the data input, layer kind).
@@ -152,6 +170,7 @@ class _ExportedWalk:
         self.src = src
         self.flows: dict[fx.Node, Flow] = {}
         self.pieces: dict[fx.Node, list[Flow]] = {}  # the parts of a chunked widened tensor
+        self.norm_calls: dict[str, set[fx.Node]] = {}  # BatchNorm module → its calls
         self.plan = WidthPlan(self.producers)
 
     # -- reading the graph ----------------------------------------------------------------
@@ -304,6 +323,16 @@ class _ExportedWalk:
                     f"widening {list(self.producers)}: {name!r} is also called on tensors that "
                     "are not widened"
                 )
+        for node in self.gm.graph.nodes:
+            if _aten(node) not in _BATCH_NORMS:
+                continue
+            stats = [a for a in node.args[1:5] if isinstance(a, fx.Node) and a.op == "get_attr"]
+            owners = {str(a.target).rpartition(".")[0] for a in stats}
+            if owners & self.norm_calls.keys() and node not in self.norm_calls[owners.pop()]:
+                raise MorphError(
+                    f"widening {list(self.producers)}: {self.describe(node)} also normalises "
+                    "tensors that are not widened with the same BatchNorm"
+                )
         for name, count in gate_calls.items():
             if count != 1:
                 raise MorphError(
@@ -316,7 +345,11 @@ class _ExportedWalk:
             owner = str(node.target).rpartition(".")[0]
             if owner not in touched:
                 continue
+            if owner in self.norm_calls and str(node.target).endswith(".num_batches_tracked"):
+                continue  # a BatchNorm's step counter (train mode), one number
             for user in node.users:
+                if user in self.norm_calls.get(owner, ()):
+                    continue
                 if (self.layer_call(user) or ("",))[0] != owner:
                     raise MorphError(
                         f"widening {list(self.producers)}: {self.describe(user)} reads "
@@ -335,6 +368,8 @@ class _ExportedWalk:
     def _step(self, node: fx.Node, widened: list[fx.Node], layer: tuple[str, str] | None) -> None:
         flow = self.flows[widened[0]]
         op = _aten(node)
+        if op is not None and op.endswith("_") and op[:-1] in _UNARY:
+            op = op[:-1]  # in place (relu_, hardtanh_): the same function
         if node.op == "output":
             raise self.fail(node, "receives widened channels: the output would change shape")
         if op in _NO_OUTPUT:
@@ -356,6 +391,9 @@ class _ExportedWalk:
         if op in ("chunk", "split", "split_with_sizes", "unbind") and node.args[0] is widened[0]:
             self._chunk(node, op, flow)
             return
+        if op in _BATCH_NORMS and node.args[0] is widened[0] and len(widened) == 1:
+            self._batch_norm(node, flow)
+            return
         if op in _NORMS:
             raise self.fail(node, "normalises over the widened channels")
         if op in _ATTENTION:
@@ -364,6 +402,8 @@ class _ExportedWalk:
             raise self.fail(node, "takes the widened tensor as a non-data argument")
         if op in _UNARY:
             self._pass(node, flow, *_UNARY[op])
+        elif op in _POOLS | _PADS:
+            self._spatial_op(node, op, flow)
         elif op == "pow":
             exponent = _arg(node, 1, "exponent", None)
             if not isinstance(exponent, (int, float)):
@@ -373,6 +413,41 @@ class _ExportedWalk:
             self._layout(node, op, flow)
         else:
             raise self.fail(node, "consumes widened channels and cannot be updated by widen")
+
+    def _batch_norm(self, node: fx.Node, flow: Flow) -> None:
+        """A BatchNorm module's call on the channels at axis 1: it gets the new channels
+        (running mean 0, var 1, weight 1, bias 0: a zero channel stays zero)."""
+        stats = [a for a in node.args[1:5] if isinstance(a, fx.Node) and a.op == "get_attr"]
+        owners = {str(a.target).rpartition(".")[0] for a in stats}
+        module = self.modules.get(next(iter(owners))) if len(owners) == 1 else None
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise self.fail(node, "normalises the widened channels with statistics of no module")
+        if flow.layout != SPATIAL and not (flow.layout == LAST and len(_shape(node) or ()) == 2):
+            raise self.fail(node, "is a BatchNorm reading channels that are not at axis 1")
+        if module.num_features != flow.parent_channels:
+            raise self.fail(
+                node,
+                f"normalises {module.num_features} channels but the widened tensor has "
+                f"{flow.parent_channels} in the parent",
+            )
+        name = next(iter(owners))
+        self.norm_calls.setdefault(name, set()).add(node)
+        self.plan.uses.append(Use(name, "batch_norm", flow))
+        self._pass(node, flow, True, True)
+
+    def _spatial_op(self, node: fx.Node, op: str, flow: Flow) -> None:
+        """Pooling, resizing and padding of the spatial axes of an (N, C, *S) tensor: channel
+        by channel (a constant pad by a non-zero value makes a zero channel non-zero)."""
+        if flow.layout != SPATIAL:
+            raise self.fail(node, "pools or pads a tensor whose widened channels are not at axis 1")
+        if op in _PADS:
+            pad = _arg(node, 1, "pad", ())
+            if not isinstance(pad, (list, tuple)) or len(pad) // 2 > (flow.ndim or 0) - 2:
+                raise self.fail(node, f"pads axes {pad!r}, which may include the channel axis")
+            value = _arg(node, 3 if op == "pad" else 2, "value", 0.0)
+            self._pass(node, flow, value in (0, None), True)
+            return
+        self._pass(node, flow, True, True)
 
     def _consume(
         self, node: fx.Node, layer: tuple[str, str], widened: list[fx.Node], flow: Flow

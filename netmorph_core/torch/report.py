@@ -15,7 +15,9 @@ whole models; :mod:`.streamed` computes the same quantities in float64 one modul
 
 ``tol="auto"`` (the default of every operation) accepts the child when
 
-- of a float64 model: its relative deviation is at most 1e-8;
+- of a float64 model: its relative deviation is at most 1e-8, or (on float64 copies) at most
+  ``NOISE_FACTOR`` × the parent's own float64 rounding noise where that is larger (one
+  rounding of every layer's output, :mod:`.rounding_noise`; measured only past 1e-8);
 - of a float32, bfloat16 or float16 model (whose float64 copies hold weights rounded to that
   dtype): its relative deviation in the model's dtype from the parent run in float64 is at
   most ``NOISE_FACTOR`` × the parent's own rounding noise (the parent in its
@@ -35,6 +37,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,6 +45,7 @@ from torch import nn
 
 from .arguments import check_input_memory, check_input_shape, check_probe, check_probe_memory
 from .errors import MorphError
+from .rounding_noise import rounded_outputs
 from .surgery import CONV_TYPES, LAYER_TYPES
 from .tracing import default_inputs
 from .transformer_layout import as_matrix, is_conv1d
@@ -57,6 +61,10 @@ NOISE_FACTOR = 8.0
 #: tol="auto": plus this many eps of the dtype for the output and for each layer the child
 #: adds (its weights are rounded to the dtype; a parent may show almost no rounding noise).
 NOISE_FLOOR_EPS = 1.0
+#: A child whose train-mode float64 deviation exceeds this (and TRAIN_AMPLIFICATION × its eval
+#: deviation, and TRAIN_NOISE_FACTOR × the parent's own train-mode rounding noise), on a probe
+#: where the parent's train mode is deterministic, is refused (:mod:`.pipeline`).
+TRAIN_BOUND = 1e-6
 
 
 @dataclass(frozen=True)
@@ -148,7 +156,9 @@ class Measurement:
     ``dev64`` is None where nothing checks it (a low-precision model under tol="auto",
     measured one module at a time); ``train_same``: in train mode the parent and the child
     give their eval-mode outputs, bitwise, in the model's dtype (train mode changes nothing
-    on the probe, so its deviation is the eval deviation)."""
+    on the probe, so its deviation is the eval deviation); ``train_noise``: the parent's own
+    train-mode rounding noise (:class:`TrainRun`); ``noise64``: its own float64 eval-mode rounding
+    noise (:mod:`.rounding_noise`; 0 where not measured)."""
 
     dev64: tuple[float, float] | None
     dev: tuple[float, float]
@@ -158,6 +168,8 @@ class Measurement:
     new_layers: int = 0
     train_deterministic: bool = False
     train_same: bool = False
+    train_noise: float = 0.0
+    noise64: float = 0.0
 
     @property
     def noise_ratio(self) -> float:
@@ -281,20 +293,34 @@ def same_outputs(a: Outputs, b: Outputs) -> bool:
     )
 
 
+class TrainRun(NamedTuple):
+    """What :func:`train_outputs` found: ``dev64`` (the child's float64 train-mode deviation,
+    None when the parent cannot run in train mode on the probe), ``deterministic`` (the
+    parent's train mode gives the same outputs with another seed) and ``noise`` (the parent's
+    own train-mode rounding noise, :mod:`.rounding_noise`; measured only when the child's
+    deviation exceeds ``TRAIN_BOUND`` on a deterministic train mode, else 0)."""
+
+    dev64: tuple[float, float] | None
+    deterministic: bool
+    noise: float = 0.0
+
+
 def train_outputs(
     run: Callable[..., Outputs],
     child_run: Callable[..., Outputs],
     eval_out: Outputs | None = None,
-) -> tuple[tuple[float, float] | None, bool]:
-    """(float64 deviation in train mode, whether the parent's train mode is deterministic on
-    the probe) from runners of the parent and the child (keyword ``train`` and ``seed``);
-    (None, False) when the parent cannot run in train mode on the probe (a BatchNorm on a
-    batch of one). MorphError when the child fails where the parent runs. A parent whose
-    train outputs are its eval outputs ``eval_out`` is deterministic without a second run."""
+    rounded: Callable[[], Outputs] | None = None,
+) -> TrainRun:
+    """The :class:`TrainRun` from runners of the parent and the child (keyword ``train`` and
+    ``seed``) and ``rounded`` (the parent's train-mode outputs with one rounding of every
+    layer's output, :func:`.rounding_noise.rounded_outputs`); (None, False) when the parent
+    cannot run in train mode on the probe (a BatchNorm on a batch of one). MorphError when the
+    child fails where the parent runs. A parent whose train outputs are its eval outputs
+    ``eval_out`` is deterministic without a second run."""
     try:
         parent = run(train=True, seed=0)
     except (RuntimeError, ValueError):
-        return None, False
+        return TrainRun(None, False)
     try:
         child = child_run(train=True, seed=0)
     except Exception as exc:  # the child's forward raises any type
@@ -305,26 +331,35 @@ def train_outputs(
         ) from exc
     same = eval_out is not None and same_outputs(parent, eval_out)
     deterministic = same or same_outputs(parent, run(train=True, seed=1))
-    return compare(parent, child), deterministic
+    dev64 = compare(parent, child)
+    noise = 0.0
+    if deterministic and dev64[1] > TRAIN_BOUND and rounded is not None:
+        noise = compare(parent, rounded())[1]
+    return TrainRun(dev64, deterministic, noise)
 
 
 def _float64_runs(
     parent: nn.Module, child: nn.Module, inputs: Inputs
-) -> tuple[Outputs, Outputs, tuple[float, float] | None, bool]:
-    """Eval outputs of float64 copies of both models, and :func:`train_outputs` (the copies
-    are freed on return)."""
+) -> tuple[Outputs, Outputs, TrainRun, float]:
+    """Eval outputs of float64 copies of both models, :func:`train_outputs` and the parent's
+    own float64 rounding noise (:mod:`.rounding_noise`; measured only when the child deviates
+    by more than ``AUTO_F64_BOUND``, else 0). The copies are freed on return."""
     in64 = as_float64(inputs)
     p64, c64 = copy_model(parent, torch.float64), copy_model(child, torch.float64)
     out_p64 = run_outputs(p64, in64)
     check_finite(out_p64, "the parent (float64)")
     out_c64 = run_outputs(c64, in64)
     check_finite(out_c64, "the child (float64)")
-    train64, deterministic = train_outputs(
+    noise64 = 0.0  # before the train-mode runs, which update the copies' statistics
+    if compare(out_p64, out_c64)[1] > AUTO_F64_BOUND:
+        noise64 = compare(out_p64, rounded_outputs(p64, lambda: run_outputs(p64, in64)))[1]
+    train = train_outputs(
         lambda **kw: run_outputs(p64, in64, **kw),
         lambda **kw: run_outputs(c64, in64, **kw),
         out_p64,
+        lambda: rounded_outputs(p64, lambda: run_outputs(p64, in64, train=True)),
     )
-    return out_p64, out_c64, train64, deterministic
+    return out_p64, out_c64, train, noise64
 
 
 def measure(
@@ -335,9 +370,9 @@ def measure(
     parent's outputs on ``inputs`` when already computed."""
     like = model_like(parent)
     dtype = like.dtype if like is not None else torch.get_default_dtype()
-    out_p64, out_c64, train64, deterministic = _float64_runs(parent, child, inputs)
+    out_p64, out_c64, train, noise64 = _float64_runs(parent, child, inputs)
     return combine(
-        parent, child, out_p64, out_c64, inputs, parent_out, train64, deterministic, dtype
+        parent, child, out_p64, out_c64, inputs, parent_out, train, dtype, noise64=noise64
     )
 
 
@@ -348,11 +383,11 @@ def combine(
     out_c64: Outputs,
     inputs: Inputs,
     parent_out: Outputs | None,
-    train64: tuple[float, float] | None,
-    deterministic: bool,
+    train: TrainRun,
     dtype: torch.dtype,
     child_out: Outputs | None = None,
     train_same: bool = False,
+    noise64: float = 0.0,
 ) -> Measurement:
     """The :class:`Measurement` from float64 outputs of both models (the child's None: not
     measured, see :class:`Measurement`); the model-dtype outputs (``parent_out``,
@@ -360,7 +395,16 @@ def combine(
     dev64 = compare(out_p64, out_c64) if out_c64 is not None else None
     if dtype == torch.float64 and dev64 is not None:
         return Measurement(
-            dev64, dev64, 0.0, dev64[1], train64, 0, deterministic, train_same=train_same
+            dev64,
+            dev64,
+            0.0,
+            dev64[1],
+            train.dev64,
+            0,
+            train.deterministic,
+            train_same=train_same,
+            train_noise=train.noise,
+            noise64=noise64,
         )
     out_p = run_outputs(copy_model(parent), inputs) if parent_out is None else parent_out
     out_c = run_outputs(copy_model(child), inputs) if child_out is None else child_out
@@ -371,10 +415,12 @@ def combine(
         dev=compare(out_p, out_c),
         parent_noise=compare(out_p64, out_p)[1],
         child_noise=compare(out_p64, out_c)[1],
-        train64=train64,
+        train64=train.dev64,
         new_layers=max(0, layer_count(child) - layer_count(parent)),
-        train_deterministic=deterministic,
+        train_deterministic=train.deterministic,
         train_same=train_same,
+        train_noise=train.noise,
+        noise64=noise64,
     )
 
 
@@ -528,12 +574,17 @@ def check_preserved(
     if tol is None:
         return
     if tol != "auto" or dtype == torch.float64:
-        bound64 = AUTO_F64_BOUND if tol == "auto" else tol
+        bound64 = max(AUTO_F64_BOUND, NOISE_FACTOR * m.noise64) if tol == "auto" else tol
         if m.dev64[1] > bound64:
+            own = (
+                f" (the parent's own float64 rounding noise is {m.noise64:.1e})"
+                if tol == "auto" and m.noise64
+                else ""
+            )
             raise MorphError(
                 f"{where}: the child deviates from the parent by {m.dev64[1]:.3e} (relative, "
-                f"float64 copies), above tol={tol!r} (bound {bound64:.1e}); pass tol=None to "
-                "accept an inexact child"
+                f"float64 copies), above tol={tol!r} (bound {bound64:.1e}){own}; pass tol=None "
+                "to accept an inexact child"
             )
         return
     bound = auto_bound(dtype, m.parent_noise, m.new_layers)

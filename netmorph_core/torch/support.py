@@ -16,7 +16,8 @@ the reason otherwise:
   by the operations that replace the layer (not by widen); so are weight-standardised convs
   (:mod:`.standardized`: replaced by plain convs of their standardised weight; widen and
   grow_kernel refuse them by name);
-- the parent: the nearest ancestor that is not a ModuleList/ModuleDict must call the layer.
+- the parent: the nearest ancestor that is not a plain ModuleList/ModuleDict (a subclass with
+  its own forward counts) must call the layer.
   nn.Sequential does; other torch.nn modules (nn.MultiheadAttention, nn.TransformerEncoderLayer)
   read their layers' parameters directly, so they are refused; a user module is traced with
   torch.fx (every submodule a leaf) and refused when it reads the layer's parameters (get_attr)
@@ -174,14 +175,23 @@ def computes_linear(layer: nn.Linear) -> bool:
     return _LINEAR_CLASSES[cls]
 
 
+def _calls_members(module: nn.Module) -> bool:
+    """Whether ``module`` may call its members: any module but a plain ModuleList/ModuleDict
+    (those have no forward); a subclass with its own forward (timm's ``MixedConv2d``, a
+    ModuleDict that splits its input among its convs) does."""
+    if not isinstance(module, _LISTS):
+        return True
+    return type(module).forward is not nn.Module.forward
+
+
 def _owner(model: nn.Module, at: str) -> tuple[str, nn.Module, str]:
-    """(name, module, path of ``at`` relative to it) of the nearest ancestor of ``at`` that is
-    not a ModuleList/ModuleDict (those never call their members)."""
+    """(name, module, path of ``at`` relative to it) of the nearest ancestor of ``at`` that
+    may call it (:func:`_calls_members`)."""
     parts = at.split(".")
     for i in range(len(parts) - 1, -1, -1):
         name = ".".join(parts[:i])
         module = model.get_submodule(name) if name else model
-        if not isinstance(module, _LISTS) or i == 0:
+        if _calls_members(module) or i == 0:
             return name, module, ".".join(parts[i:])
     raise AssertionError("unreachable")
 

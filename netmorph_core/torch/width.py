@@ -1,10 +1,10 @@
 """Width morphing of Conv/Linear layers inside a model (NetMorph §3.4.1, DESIGN.md §3).
 
 The layers ``at`` get C̃ − C new output channels; every module the widened tensor reaches is
-found with torch.fx (:mod:`.consumers`; Hugging Face models: torch.export,
-:mod:`.exported_consumers`) and updated: BatchNorm and per-channel PReLU get the
-new channels, consumers (Conv, Linear, flatten → Linear column blocks) get new input columns.
-New producer rows N1 and new consumer columns N2 satisfy N2 ⊛ N1 = 0:
+found with torch.fx (:mod:`.consumers`; Hugging Face models, and models torch.fx cannot
+trace: torch.export, :mod:`.exported_consumers`) and updated: BatchNorm and per-channel PReLU
+get the new channels, consumers (Conv, Linear, flatten → Linear column blocks) get new input
+columns. New producer rows N1 and new consumer columns N2 satisfy N2 ⊛ N1 = 0:
 
 - "inner": N1 (and the new bias entries) are zero, N2 random. Exact only when a zero channel
   stays zero on the way to every consumer (BatchNorm's new channels keep it: running mean 0,
@@ -44,7 +44,15 @@ from torch import nn
 from .. import _validation as v
 from ..morph.width import as_generator, noise_scale
 from .budget import hidden_budget
-from .consumers import FLAT, BlockRequest, Use, WidthPlan, grouped_outputs, plan_widening
+from .consumers import (
+    FLAT,
+    BlockRequest,
+    FxTraceError,
+    Use,
+    WidthPlan,
+    grouped_outputs,
+    plan_widening,
+)
 from .errors import MorphError
 from .exported_consumers import plan_exported_widening
 from .pipeline import Request, run
@@ -245,6 +253,8 @@ def _apply(
                 m.in_features = cols.size
             else:
                 m.in_channels = cols.size
+    for owner, (attr, sizes) in plan.sizes.items():
+        setattr(child.get_submodule(owner), attr, sizes)
     return Outcome(new_nonzero=nonzero, new_total=total, sources=sources)
 
 
@@ -378,13 +388,21 @@ def widen(
     else:
         inputs = _shape_inputs(model, probe, input_shape)
     blocks = 1
+    exported = is_hf_model(model)
     while True:
         try:
-            if is_hf_model(model):
+            if exported:
                 plan = plan_exported_widening(model, names, src, inputs)
             else:
                 plan = plan_widening(model, names, src, inputs)
             break
+        except FxTraceError as exc:
+            if inputs is None:
+                raise MorphError(
+                    f"{exc}; torch.export can record it but needs example inputs: pass probe= "
+                    "or input_shape="
+                ) from exc
+            exported = True  # the exported graph instead (its walk follows the same rules)
         except BlockRequest as request:
             if request.whole_groups and blocks == 1 and group_count == 1:
                 src = group_channel_map(rng, channels, width, request.blocks)

@@ -1,0 +1,80 @@
+"""widen on models torch.fx cannot trace (a forward that branches on a tensor's size, as timm's
+dynamic "same" padding does): the consumers are found in the torch.export graph instead, through
+BatchNorm, in-place activations, padding and pooling; what that walk does not follow is
+refused by name, and the parent (in eval or train mode) is left as it was.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch_exactness import border_input, rel_dev  # noqa: E402
+
+from netmorph_core.torch import MorphError, widen  # noqa: E402
+
+F64_TOL = 1e-9
+
+
+class Branchy(nn.Module):
+    """stem → BN → ReLU6 (in place) → pad by one on odd sizes → depthwise 3×3 → BN →
+    hardtanh → conv 1×1 → (GroupNorm when ``group_norm``) → pooled head."""
+
+    def __init__(self, group_norm: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, groups=6)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.pw = nn.Conv2d(6, 4, 1)
+        self.norm = nn.GroupNorm(2, 4) if group_norm else nn.Identity()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self.bn1(self.stem(x)), inplace=True)
+        if y.shape[-1] % 2:
+            y = F.pad(y, (0, 1, 0, 1))
+        y = F.hardtanh(self.bn2(self.dw(y)))
+        y = self.norm(self.pw(y))
+        return self.head(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def _trained(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    model = model.double()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize(("at", "width"), [("stem", 8), ("dw", 12)])
+def test_widen_falls_back_to_the_exported_graph(at: str, width: int, train: bool) -> None:
+    model = _trained(Branchy()).train(train)
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(model)
+    state = _state(model)
+    x = border_input((2, 3, 9, 9))
+    child, report = widen(model, at, width, seed=0, probe=(x,), zero_side="outer")
+    assert model.training is train  # the parent's mode, buffers and parameters are kept
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert report.rel_dev_f64 <= F64_TOL and rel_dev(model, child, x) <= F64_TOL
+    assert child.bn2.num_features == width  # a widened stem grows dw by whole new groups
+
+
+def test_the_exported_walk_refuses_what_it_does_not_follow() -> None:
+    model = _trained(Branchy(group_norm=True)).eval()
+    state = _state(model)
+    with pytest.raises(MorphError, match=r"aten\.group_norm .*'norm'.*normalises over"):
+        widen(model, "pw", 6, seed=0, input_shape=(2, 3, 9, 9))
+    with pytest.raises(MorphError, match=r"torch\.fx cannot trace Branchy.*pass probe="):
+        widen(model, "stem", 8, seed=0)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
