@@ -9,18 +9,30 @@ none for T5's unscaled scores); the measurement refuses any other. Rotary positi
 rotate all h coordinates of a head with frequencies that depend on h, and are refused by name.
 The block's attention module records its own head_dim (the config, one value for every block,
 is marked; :func:`~.hf_load.load_grown` rebuilds the child).
+
+Encoder–decoders (:mod:`.encdec_layout`: T5, MT5, UMT5, BART, Marian, MBart, Pegasus) widen
+the same way in either stack, the decoder's cross-attention included: its keys and values read
+the encoder's output, whose width does not change. T5's scores are unscaled (``scaling`` 1)
+and its relative attention bias is one value per head and position pair, whatever head_dim.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import _validation as v
+from .encdec import probe_inputs
+from .encdec_layout import describe_encoder_decoder
 from .errors import MorphError
+from .pipeline import run_on_model
 from .report import MorphReport, Outcome
-from .transformer import _Editor, _run, _std
+from .transformer import _default_probe, _Editor, _std
 from .transformer_layout import Block, Layout, describe
 
 #: Attention attributes that record the head_dim (BERT's, GPT-NeoX's, the others').
@@ -29,22 +41,41 @@ HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_kv", "key_v
 ALL_HEADS_ATTRS = ("all_head_size", "inner_dim")
 
 
-def attention_projection(model: nn.Module, at: object) -> tuple[Layout, Block] | None:
-    """(layout, block) when ``at`` names the query, key or value projection of a block of a
-    recognised transformer with three separate projections; None otherwise."""
+@dataclass(frozen=True)
+class Projection:
+    """The attention projection a ``widen`` names: the ``layout`` of its attention (a decoder
+    stack's cross-attention is a layout of its own), its ``block``, and the model's default
+    ``probe`` (token ids, images; an encoder–decoder's ids and decoder ids)."""
+
+    layout: Layout
+    block: Block
+    probe: Callable[[], tuple[torch.Tensor, ...]]
+
+
+def attention_projection(model: nn.Module, at: object) -> Projection | None:
+    """The :class:`Projection` when ``at`` names the query, key or value Linear layer of a block
+    of a recognised transformer with three separate projections (an encoder–decoder's self- or
+    cross-attention in either stack included); None otherwise."""
     if not isinstance(at, str) or not isinstance(model, nn.Module):
         return None
     try:
         if not isinstance(model.get_submodule(at), nn.Linear):
             return None
-        layout = describe(model)
+        es = describe_encoder_decoder(model)
+        if es is not None:
+            layouts = [x for s in es.stacks for x in (s.layout, s.cross) if x is not None]
+            probe = partial(probe_inputs, model, es)
+        else:
+            layout = describe(model)
+            layouts, probe = [layout], partial(_default_probe, model, layout)
     except Exception:  # not a layer of a transformer this recognises: the general widen's case
         return None
-    if len(layout.family.qkv) != 3:
-        return None
-    for block in layout.blocks:
-        if at in {block.name(rel) for rel in layout.family.qkv}:
-            return layout, block
+    for layout in layouts:
+        if len(layout.family.qkv) != 3:
+            continue
+        for block in layout.blocks:
+            if at in {block.name(rel) for rel in layout.family.qkv}:
+                return Projection(layout, block, probe)
     return None
 
 
@@ -63,9 +94,10 @@ def widen_head_dim(
 ) -> tuple[nn.Module, MorphReport]:
     """The projection ``at`` (query, key or value of a block) widens to ``width`` = heads·h'
     rows by growing every head of its block to head_dim h' (module docstring)."""
-    layout, block = attention_projection(model, at) or (None, None)
-    if layout is None:
+    found = attention_projection(model, at)
+    if found is None:
         raise MorphError(f"at={at!r} is not an attention projection of a recognised transformer")
+    layout, block = found.layout, found.block
     width = v.positive_int(width, "width")
     q, k, val = (block.name(rel) for rel in layout.family.qkv)
     heads = {q: block.heads, k: block.kv_heads, val: block.kv_heads}[at]
@@ -107,15 +139,15 @@ def widen_head_dim(
             ]
         )
 
-    return _run(
+    return run_on_model(
         "widen",
         model,
         (q, k, val),
         build,
         probe,
         tol,
-        layout,
         False,
+        found.probe,
         edits=(q, k, val, block.name(layout.family.o)),
         replaced=(q, k, val, block.name(layout.family.o)),
     )

@@ -5,7 +5,8 @@ A child whose config describes it (:mod:`.hf_config`) reloads with the stock
 is marked ``netmorph-<model_type>``: it builds the stock architecture from the config, puts
 the recorded replacement modules in place (:mod:`.hf_modules`: a layer split into a
 Sequential of Linear layers and P-activations, a Conv1D turned Linear), takes every parameter
-from the checkpoint with its own shape, sets the recorded
+from the checkpoint with its own shape (those the class never saves, such as Marian's
+sinusoidal positions, it builds itself), sets the recorded
 module attributes (per-layer head counts, per-norm eps, …) and refuses anything missing or
 left over. Memory: the model once, plus the tensors of one shard file while it is read.
 """
@@ -89,10 +90,11 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     ids = {id(t) for t in loaded.values()}
     if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()
+    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
     missing = [
         k
         for k, t in model.state_dict(keep_vars=True).items()
-        if id(t) not in ids and not _non_persistent(model, k)
+        if id(t) not in ids and not _non_persistent(model, k) and k not in unsaved
     ]
     if missing:
         raise MorphError(f"{path}: no weights for {missing[:5]} ({len(missing)} in all)")
