@@ -20,7 +20,8 @@ from torch import nn
 from . import encdec, hierarchical, kernel, moe, ssm
 from . import width as general_width
 from .errors import MorphError
-from .head_dim import attention_projection, widen_head_dim
+from .head_dim import widen_head_dim
+from .head_dim_find import attention_projection
 from .report import MorphReport
 from .ssm_layout import find_ssm, is_mixer
 
@@ -256,7 +257,9 @@ def widen(
     block's query, key or value projection its heads' head_dim
     (:func:`.head_dim.widen_head_dim`)."""
     if attention_projection(model, at) is not None:
-        return widen_head_dim(model, at, width, seed=seed, probe=probe, tol=tol)
+        return widen_head_dim(
+            model, at, width, seed=seed, probe=probe, input_shape=input_shape, tol=tol
+        )
     if isinstance(at, str) and _mixer_part(model, at, tuple(ssm.INNER_WRITERS)):
         return ssm.widen(
             model,
