@@ -4,10 +4,11 @@ self- or cross-attention of an encoder–decoder (:mod:`.encdec_layout`), or a f
 attention module found by its structure alone (timm's ``Attention`` of ViT, DeiT, …).
 
 The last is a module holding a Linear ``qkv`` of rows [Q; K; V] (3 · heads · head_dim), a
-Linear ``proj`` reading heads · head_dim, and the integers ``num_heads`` and ``head_dim``; a
-norm over the heads' coordinates (``q_norm``, ``k_norm``, ``norm`` not the identity), a gate
-of the heads' outputs, or rotary position embeddings (a ``rope`` argument or part) would see
-new coordinates, and such a module is not taken.
+Linear ``proj`` reading heads · head_dim, and the integers ``num_heads`` and ``head_dim``, with
+no other part than identities and dropouts and no parameter or buffer of its own: a norm over
+the heads' coordinates (``q_norm``, ``k_norm``), a gate of the heads' outputs, a position bias
+table, separate q/v biases (BEiT) or rotary position embeddings (a ``rope`` argument) are not
+understood here, and such a module is left to the general ``widen``.
 """
 
 from __future__ import annotations
@@ -106,17 +107,17 @@ def _fused_module(model: nn.Module, at: str) -> Attention | None:
         return None
     if module.get_submodule(rel).out_features != 3 * heads * hd:
         return None
+    if any(p is not None for p in (*module._parameters.values(), *module._buffers.values())):
+        return None  # a position bias table, separate q/v biases (BEiT): not understood here
     if any(
-        not isinstance(getattr(module, part, None), (nn.Identity, type(None)))
-        for part in ("q_norm", "k_norm", "norm", "gate")
+        name not in ("qkv", "proj") and not isinstance(child, (nn.Identity, nn.Dropout))
+        for name, child in module.named_children()
     ):
-        return None
+        return None  # q/k norms over head_dim, a gate, rotary parts: the new coordinates count
     try:
         params = inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return None
-    if any("rope" in p or "rotary" in p for p in params) or any(
-        "rope" in n.lower() or "rotary" in n.lower() for n, _ in module.named_children()
-    ):
+    if any("rope" in p or "rotary" in p for p in params):
         return None
     return Attention(owner, (at,), "concat", f"{owner}.proj", heads, heads, hd)
