@@ -13,9 +13,11 @@ left over. Memory: the model once, plus the tensors of one shard file while it i
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -64,7 +66,7 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     config_class = transformers.AutoConfig.for_model(model_type).__class__
     config = config_from_dict(config_class, values)
     names = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, names[0], None) if names else None
+    model_class = _model_class(transformers, config_class, names[0]) if names else None
     if not isinstance(model_class, type):
         raise MorphError(f"{path / CONFIG}: architectures={names!r} names no transformers class")
     model = model_class(config)
@@ -107,6 +109,19 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+def _model_class(transformers: ModuleType, config_class: type, name: str) -> object:
+    """The class ``name`` of ``transformers``, else of the modeling module beside the config's
+    (a part saved alone, such as Whisper's ``WhisperEncoder``); None if neither has it."""
+    found = getattr(transformers, name, None)
+    if found is not None:
+        return found
+    modeling = config_class.__module__.replace(".configuration_", ".modeling_")
+    try:
+        return getattr(importlib.import_module(modeling), name, None)
+    except ImportError:
+        return None
 
 
 def _conversions(model: nn.Module) -> tuple[list[tuple[str, str]], list]:
