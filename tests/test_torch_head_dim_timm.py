@@ -68,3 +68,11 @@ def test_a_width_that_is_not_whole_growth_per_head_is_refused() -> None:
 def test_query_key_norms_over_head_dim_are_left_to_the_general_widen() -> None:
     with pytest.raises(MorphError, match="reshape"):
         widen(_vit(qk_norm=True), AT, 120)
+
+
+def test_float32_child_rounds_like_the_parent() -> None:
+    """The queries ×√(h'/h) are rounded once to float32: the child's error against the parent
+    in float64 stays about the parent's own float32 rounding."""
+    parent = _vit().float()
+    _, report = widen(parent, AT, 120)
+    assert report.noise_ratio is not None and report.noise_ratio <= 2.0, report
