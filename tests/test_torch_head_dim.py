@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from thirdparty import import_transformers  # noqa: E402
 
 from netmorph_core.torch import MorphError, load_grown, widen  # noqa: E402
+from netmorph_core.torch.head_dim import score_scales  # noqa: E402
 
 try:
     transformers = import_transformers()
@@ -98,6 +99,20 @@ MODELS = {
         "DebertaV2Config",
         dict(TINY, **DEBERTA, position_buckets=8, share_att_key=True),
         "deberta.encoder.layer.0.attention.self.query_proj",
+        "ids",
+    ),
+    "GPT-Neo (unscaled scores)": (
+        "GPTNeoForCausalLM",
+        "GPTNeoConfig",
+        dict(
+            hidden_size=32,
+            num_heads=4,
+            num_layers=2,
+            attention_types=[[["global", "local"], 1]],
+            window_size=4,
+            vocab_size=100,
+        ),
+        "transformer.h.1.attn.attention.q_proj",
         "ids",
     ),
     "BLOOM (fused, ALiBi)": (
@@ -204,3 +219,27 @@ def test_deberta_position_rows_grow_per_head() -> None:
     assert torch.count_nonzero(grouped[:, 1, 8:]) == 0  # new key coordinates
     assert torch.count_nonzero(attention.pos_proj.weight.view(4, 10, 32)[:, 8:]) == 0
     assert child.deberta.encoder.layer[1].attention.self.in_proj.weight.shape == (96, 32)
+
+
+@pytest.mark.parametrize(
+    ("name", "attention", "first"),
+    [
+        ("BERT", "bert.encoder.layer.0.attention.self", 1.0),  # reads self.scaling
+        ("GPT-Neo (unscaled scores)", "transformer.h.0.attn.attention", 1.0),  # no scale
+        ("MPNet (scale 1/√attention_head_size)", "mpnet.encoder.layer.0.attention.attn", 1.25),
+    ],
+)
+def test_the_likelier_way_of_keeping_the_scale_comes_first(
+    name: str, attention: str, first: float
+) -> None:
+    """The query factor tried first (squared: 10/8 where the scale is derived from head_dim);
+    the other way is the measured fallback."""
+    scales = score_scales(_parent(name).get_submodule(attention), 8, 10)
+    assert len(scales) == 2 and scales[0][0] ** 2 == pytest.approx(first, rel=1e-15)
+    assert scales[1][0] ** 2 == pytest.approx(2.25 - first, rel=1e-15)
+
+
+def test_a_scale_attribute_of_another_value_is_only_kept() -> None:
+    t5 = transformers.T5EncoderModel(transformers.T5Config(d_model=32, d_kv=8, num_heads=4))
+    attention = t5.encoder.block[0].layer[0].SelfAttention  # scaling 1: unscaled scores
+    assert score_scales(attention, 8, 10) == [(1.0, {})]

@@ -5,14 +5,15 @@ head of its attention grows from head_dim h to h' = h + δ, the width asked for 
 Per head, the new query coordinates are random and the new key coordinates zero, so every
 score q·k keeps its value; the new value coordinates are random and the output projection's
 new columns zero, so the attention's output keeps its value. The scores keep their scale
-(:func:`score_scale`): an attribute the forward reads (``scaling``, ``scale``; T5's 1) is
-kept; a scale 1/√head_dim derived from head_dim (MPNet, DeBERTa,
+(:func:`score_scales`): an attribute the forward reads (``scaling``, ``scale``; T5's 1), or no
+scale at all (GPT-Neo), is kept; a scale 1/√head_dim derived from head_dim (MPNet, DeBERTa,
 ``scaled_dot_product_attention`` without ``scale=``) becomes 1/√h' and the queries are
 multiplied by √(h'/h), so that (√(h'/h)·q)·k/√h' = q·k/√h whichever path computes it (one
-rounding of the query weights). The family's other per-head rows (DeBERTa's position
-projections and ``q_bias``/``v_bias``) grow by zero rows, those read against the keys scaled
-like the queries. Rotary position embeddings rotate all h coordinates of a head with
-frequencies that depend on h, and are refused by name.
+rounding of the query weights). The module's source suggests which holds; where the
+measurement refuses that child, the other is built and measured. The family's other per-head
+rows (DeBERTa's position projections and ``q_bias``/``v_bias``) grow by zero rows, those read
+against the keys scaled like the queries. Rotary position embeddings rotate all h coordinates
+of a head with frequencies that depend on h, and are refused by name.
 
 The attentions found (:mod:`.head_dim_find`): the blocks of a recognised transformer (three
 projections, or DeBERTa's fused ``in_proj`` of rows [q_h; k_h; v_h] per head), the self- and
@@ -26,8 +27,10 @@ own head_dim; a Hugging Face config (one value for every block) is marked, and
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -48,6 +51,12 @@ HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_kv", "key_v
 ALL_HEADS_ATTRS = ("all_head_size", "inner_dim", "attn_dim")
 #: Attention attributes that hold the scores' scale (Hugging Face's, timm's, BLOOM's).
 SCALE_ATTRS = ("scaling", "scale", "softmax_scale", "inv_norm_factor")
+#: Source fragments of an attention that derives its scale from head_dim.
+DERIVED_SCALE = ("sqrt", "**-0.5", "** -0.5", "scaled_dot_product_attention(")
+#: The query rows' factor and the scale attributes set (:func:`score_scales`).
+Scale = tuple[float, dict[str, float]]
+#: The adapter's deviation check, whose refusal sends the next way of keeping the scale.
+GUARD = "deviates from the parent"
 
 
 def _rotary(model: nn.Module) -> str | None:
@@ -60,30 +69,39 @@ def _query_side(rel: str) -> bool:
     return bool({"q", "query"} & set(rel.rpartition(".")[2].split("_")))
 
 
-def score_scale(attention: nn.Module, h: int, new_h: int) -> tuple[float, dict[str, float]]:
-    """(the factor on the query rows, the attribute values set) that keep the scores of
-    ``attention`` when its heads grow from head_dim ``h`` to ``new_h``.
+def score_scales(attention: nn.Module, h: int, new_h: int) -> list[Scale]:
+    """The ways to keep the scores of ``attention`` when its heads grow from head_dim ``h`` to
+    ``new_h``, the likelier first (the measurement settles which holds): each (the factor on
+    the query rows, the scale attributes set).
 
-    A scale attribute (:data:`SCALE_ATTRS`) that the forward reads, with no fused kernel
-    beside it, is kept as it is, the queries unchanged (BERT's and BART's ``scaling``, T5's
-    unscaled 1). Otherwise, where the scale is 1/√h — held in an attribute or derived from
-    head_dim (MPNet's ``1/√attention_head_size``, DeBERTa's ``1/√(size(-1)·f)``,
-    ``scaled_dot_product_attention`` without ``scale=``, timm's fused path beside its
-    ``scale``) — the attributes become 1/√h' and the queries are multiplied by √(h'/h), so
-    that every path scores (√(h'/h)·q)·k/√h' = q·k/√h. Any other attribute is kept."""
+    Kept as it is, the queries unchanged: a scale attribute (:data:`SCALE_ATTRS`) that the
+    forward reads with no fused kernel beside it (BERT's and BART's ``scaling``, T5's
+    unscaled 1, BLOOM's ``inv_norm_factor``), or no scale at all (GPT-Neo). Folded: a scale
+    1/√h derived from head_dim (MPNet's ``1/√attention_head_size``, DeBERTa's
+    ``1/√(size(-1)·f)``, ``scaled_dot_product_attention`` without ``scale=``, timm's fused
+    path beside its ``scale``): the attributes become 1/√h' and the queries are multiplied by
+    the ratio of the two divisors, so that every path scores (√(h'/h)·q)·k/√h' = q·k/√h. An
+    attribute of another value than 1/√h is only kept."""
     held = {
         a: float(getattr(attention, a))
         for a in SCALE_ATTRS
         if isinstance(getattr(attention, a, None), (int, float))
         and not isinstance(getattr(attention, a), bool)
     }
-    source = _forward_source(type(attention)) or ""
-    read = [a for a in held if f"self.{a}" in source]
-    if read and "scaled_dot_product_attention(" not in source:
-        return 1.0, {}
-    if not all(math.isclose(x, h**-0.5, rel_tol=1e-6) for x in held.values()):
-        return 1.0, {}
-    return _root(attention, new_h) / _root(attention, h), {a: new_h**-0.5 for a in held}
+    keep: Scale = (1.0, {})
+    fold: Scale = (_root(attention, new_h) / _root(attention, h), {a: new_h**-0.5 for a in held})
+    if held and not all(math.isclose(x, h**-0.5, rel_tol=1e-6) for x in held.values()):
+        return [keep]
+    forward = _forward_source(type(attention)) or ""
+    if held:
+        read = any(f"self.{a}" in forward for a in held)
+        fused = "scaled_dot_product_attention(" in forward
+        return [keep, fold] if read and not fused else [fold, keep]
+    try:
+        source = inspect.getsource(type(attention))
+    except (OSError, TypeError):
+        source = forward
+    return [fold, keep] if any(m in source for m in DERIVED_SCALE) else [keep, fold]
 
 
 def _root(attention: nn.Module, h: int) -> float:
@@ -134,7 +152,7 @@ def widen_head_dim(
             "(add_heads)"
         )
     new_h = width // units
-    factor, scale_attrs = score_scale(model.get_submodule(att.name), h, new_h)
+    scales = score_scales(model.get_submodule(att.name), h, new_h)
     layers = (
         *att.qkv,
         att.o,
@@ -144,51 +162,72 @@ def widen_head_dim(
     new_bytes = grown * next(model.parameters()).element_size()
     seed = v.torch_seed(seed)
 
-    def build(child: nn.Module) -> Outcome:
-        edit = _Editor(child, seed)
-        heads = (att.heads, att.kv_heads, att.kv_heads)
-        parts = [
-            _grow(edit, w, b, n, h, new_h, role, factor)
-            for (w, b), n, role in zip(_read(edit, att), heads, "qkv")
-        ]
-        _write(edit, att, parts, new_h)
-        for name in att.head_rows:
-            _grow_head_rows(edit, name, att.heads, h, new_h, _query_side(name), factor)
-        _grow_input(edit, att.o, att.heads, h, new_h)
-        module = child.get_submodule(att.name)
-        for attr in HEAD_DIM_ATTRS:
-            if getattr(module, attr, None) == h:
-                setattr(module, attr, new_h)
-        for attr in ALL_HEADS_ATTRS:
-            if getattr(module, attr, None) == att.heads * h:
-                setattr(module, attr, att.heads * new_h)
-        for attr, value in scale_attrs.items():
-            setattr(module, attr, value)
-        scaled = (
-            f"; the queries ×√({new_h}/{h}) against the scale 1/√{new_h}" if factor != 1 else ""
-        )
-        return edit.outcome(
-            [
-                f"every head of {att.name!r} grows from head_dim {h} to {new_h}: new key "
-                f"coordinates zero (the scores keep their values and their scale{scaled}), "
-                "new value coordinates read by zero output columns"
-            ]
+    def attempt(scale: Scale) -> tuple[nn.Module, MorphReport]:
+        factor, attrs = scale
+        build = partial(_build, att=att, h=h, new_h=new_h, seed=seed, factor=factor, attrs=attrs)
+        return run(
+            Request(
+                "widen",
+                model,
+                att.qkv,
+                build,
+                edits=layers,
+                replaced=layers,
+                new_bytes=new_bytes,
+                probe=att.probe() if probe is None and att.probe is not None else probe,
+                input_shape=input_shape,
+                tol=tol,
+                layer_scope=False,
+            )
         )
 
-    return run(
-        Request(
-            "widen",
-            model,
-            att.qkv,
-            build,
-            edits=layers,
-            replaced=layers,
-            new_bytes=new_bytes,
-            probe=att.probe() if probe is None and att.probe is not None else probe,
-            input_shape=input_shape,
-            tol=tol,
-            layer_scope=False,
-        )
+    for scale in scales[:-1]:
+        try:
+            return attempt(scale)
+        except MorphError as refusal:  # the measurement refused this way: try the next
+            if GUARD not in str(refusal):
+                raise
+    return attempt(scales[-1])
+
+
+def _build(
+    child: nn.Module,
+    *,
+    att: Attention,
+    h: int,
+    new_h: int,
+    seed: int,
+    factor: float,
+    attrs: dict[str, float],
+) -> Outcome:
+    """Grow every head of ``att`` in ``child`` from head_dim ``h`` to ``new_h``, the queries
+    ×``factor`` and the scale attributes ``attrs`` set (module docstring)."""
+    edit = _Editor(child, seed)
+    heads = (att.heads, att.kv_heads, att.kv_heads)
+    parts = [
+        _grow(edit, w, b, n, h, new_h, role, factor)
+        for (w, b), n, role in zip(_read(edit, att), heads, "qkv")
+    ]
+    _write(edit, att, parts, new_h)
+    for name in att.head_rows:
+        _grow_head_rows(edit, name, att.heads, h, new_h, _query_side(name), factor)
+    _grow_input(edit, att.o, att.heads, h, new_h)
+    module = child.get_submodule(att.name)
+    for attr in HEAD_DIM_ATTRS:
+        if getattr(module, attr, None) == h:
+            setattr(module, attr, new_h)
+    for attr in ALL_HEADS_ATTRS:
+        if getattr(module, attr, None) == att.heads * h:
+            setattr(module, attr, att.heads * new_h)
+    for attr, value in attrs.items():
+        setattr(module, attr, value)
+    scaled = f"; the queries ×√({new_h}/{h}) against the scale 1/√{new_h}" if factor != 1 else ""
+    return edit.outcome(
+        [
+            f"every head of {att.name!r} grows from head_dim {h} to {new_h}: new key "
+            f"coordinates zero (the scores keep their values and their scale{scaled}), "
+            "new value coordinates read by zero output columns"
+        ]
     )
 
 
