@@ -5,16 +5,19 @@ A child whose config describes it (:mod:`.hf_config`) reloads with the stock
 is marked ``netmorph-<model_type>``: it builds the stock architecture from the config, puts
 the recorded replacement modules in place (:mod:`.hf_modules`: a layer split into a
 Sequential of Linear layers and P-activations, a Conv1D turned Linear), takes every parameter
-from the checkpoint with its own shape, sets the recorded
+from the checkpoint with its own shape (those the class never saves, such as Marian's
+sinusoidal positions, it builds itself), sets the recorded
 module attributes (per-layer head counts, per-norm eps, …) and refuses anything missing or
 left over. Memory: the model once, plus the tensors of one shard file while it is read.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -63,7 +66,7 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     config_class = transformers.AutoConfig.for_model(model_type).__class__
     config = config_from_dict(config_class, values)
     names = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, names[0], None) if names else None
+    model_class = _model_class(transformers, config_class, names[0]) if names else None
     if not isinstance(model_class, type):
         raise MorphError(f"{path / CONFIG}: architectures={names!r} names no transformers class")
     model = model_class(config)
@@ -89,10 +92,11 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     ids = {id(t) for t in loaded.values()}
     if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()
+    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
     missing = [
         k
         for k, t in model.state_dict(keep_vars=True).items()
-        if id(t) not in ids and not _non_persistent(model, k)
+        if id(t) not in ids and not _non_persistent(model, k) and k not in unsaved
     ]
     if missing:
         raise MorphError(f"{path}: no weights for {missing[:5]} ({len(missing)} in all)")
@@ -105,6 +109,19 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+def _model_class(transformers: ModuleType, config_class: type, name: str) -> object:
+    """The class ``name`` of ``transformers``, else of the modeling module beside the config's
+    (a part saved alone, such as Whisper's ``WhisperEncoder``); None if neither has it."""
+    found = getattr(transformers, name, None)
+    if found is not None:
+        return found
+    modeling = config_class.__module__.replace(".configuration_", ".modeling_")
+    try:
+        return getattr(importlib.import_module(modeling), name, None)
+    except ImportError:
+        return None
 
 
 def _conversions(model: nn.Module) -> tuple[list[tuple[str, str]], list]:

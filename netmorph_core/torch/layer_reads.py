@@ -7,12 +7,15 @@ attribute of the layer (``self.conv1.stride[0]``) would fail on it or read somet
 such layers are refused — except for ``self.<layer>.weight.dtype`` / ``.weight.device`` and
 ``isinstance(self.<layer>.weight, …)``, which CLIP, SigLIP, ViT, DeiT and DINOv2 read of their
 patch embedding, T5 of its feed-forward output and Mamba of its head, to cast the input:
-:class:`Chain` answers those with its first layer's weight.
+:class:`Chain` answers those with its first layer's weight; and ``self.<layer>.stride``, which
+Whisper's encoder reads of ``conv1`` and ``conv2``: :class:`Chain` answers the product of its
+convolutions' strides, checked against the replaced layer's.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from functools import lru_cache
 from typing import NamedTuple
@@ -20,15 +23,18 @@ from typing import NamedTuple
 import torch
 from torch import fx, nn
 
-#: Reads of a replaced layer that :class:`Chain` answers exactly.
-CHAIN_READS = frozenset({"weight.dtype", "weight.device"})
+#: Reads of a replaced layer that :class:`Chain` answers exactly (``stride``: checked against
+#: the replaced layer's when the chain is put in place, :func:`.surgery.replace_module`).
+CHAIN_READS = frozenset({"weight.dtype", "weight.device", "stride"})
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class Chain(nn.Sequential):
     """An ``nn.Sequential`` in place of one layer; ``weight`` is the weight of its first layer
     that has one, so that a parent's ``layer.weight.dtype`` / ``.device`` reads still hold (the
     layers share the parent layer's dtype and device). Not a parameter of its own: the state
-    dict is the Sequential's."""
+    dict is the Sequential's. ``stride``: the chain's overall stride (:func:`overall_stride`;
+    Whisper's encoder reads ``conv1.stride[0]`` to check its input length)."""
 
     @property
     def weight(self) -> torch.Tensor:
@@ -37,6 +43,57 @@ class Chain(nn.Sequential):
             if isinstance(weight, torch.Tensor):
                 return weight
         raise AttributeError(f"{type(self).__name__} holds no layer with a weight")
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        try:
+            return overall_stride(self)
+        except ValueError as exc:
+            raise AttributeError(str(exc)) from None
+
+
+def overall_stride(chain: nn.Sequential) -> tuple[int, ...]:
+    """The stride of ``chain`` along each axis, the product of its convolutions' strides,
+    where that is well defined (ValueError naming what is not): convolutions of one dimension
+    and element-wise modules only, every convolution after the first padding nothing or keeping
+    the length before its stride (2·padding = dilation·(kernel − 1)), so that the chain maps
+    lengths as one convolution of that stride does."""
+    convs = [m for m in chain if isinstance(m, CONVS)]
+    others = [type(m).__name__ for m in chain if not isinstance(m, CONVS) and not _pointwise(m)]
+    if not convs or others or len({type(c) for c in convs}) > 1:
+        raise ValueError(
+            f"the layers {[type(m).__name__ for m in chain]} have no overall stride "
+            "(convolutions of one dimension and element-wise modules only)"
+        )
+    for conv in convs[1:]:
+        if not (_pads_nothing(conv) or _keeps_length(conv)):
+            raise ValueError(
+                f"a later {type(conv).__name__} pads {conv.padding} with kernel "
+                f"{conv.kernel_size}: the layers have no overall stride"
+            )
+    return tuple(math.prod(axis) for axis in zip(*(c.stride for c in convs)))
+
+
+def _pointwise(module: nn.Module) -> bool:
+    """An element-wise module: an activation, the identity (or netmorph's P-activation)."""
+    return (
+        isinstance(module, nn.Identity)
+        or type(module).__module__ == nn.modules.activation.__name__
+        or type(module).__name__ == "PActivation"
+    )
+
+
+def _pads_nothing(conv: nn.Module) -> bool:
+    return conv.padding == "valid" or (not isinstance(conv.padding, str) and not any(conv.padding))
+
+
+def _keeps_length(conv: nn.Module) -> bool:
+    """Whether ``conv`` keeps its input's length along every axis before its stride."""
+    if isinstance(conv.padding, str):
+        return conv.padding == "same" or all(k == 1 for k in conv.kernel_size)
+    return all(
+        2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size)
+    )
 
 
 @lru_cache(maxsize=256)

@@ -7,12 +7,15 @@ model to the general operation:
 :func:`.encdec.add_heads`, :func:`.encdec.grow_width`, :func:`.encdec.add_block` (which send
 models other than encoder–decoders on to :mod:`.transformer`),
 :func:`.kernel.grow_kernel` and :func:`.width.widen` (the last two go to :mod:`.ssm` only where
-the layer ``at`` is a mixer's causal convolution or one of its inner layers). Each takes the
+the layer ``at`` is a mixer's causal convolution or one of its inner layers; ``widen`` of an
+attention projection goes to :mod:`.head_dim`, and of a feed-forward input layer the graph
+cannot follow to the block's ``grow_ffn``, :mod:`.ffn_widen`). Each takes the
 arguments of the general operation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +24,9 @@ from torch import nn
 from . import convnext, encdec, hierarchical, kernel, moe, ssm
 from . import width as general_width
 from .errors import MorphError
-from .head_dim import attention_projection, widen_head_dim
+from .ffn_widen import FeedForwardInput, feed_forward_input
+from .head_dim import widen_head_dim
+from .head_dim_find import attention_projection
 from .report import MorphReport
 from .ssm_layout import find_ssm, is_mixer
 
@@ -311,9 +316,12 @@ def widen(
     consumers following (:func:`.width.widen`); a layer writing a state-space mixer's inner
     channels grows its block's inner width instead (:func:`.ssm.widen`), and a transformer
     block's query, key or value projection its heads' head_dim
-    (:func:`.head_dim.widen_head_dim`)."""
+    (:func:`.head_dim.widen_head_dim`); a transformer block's feed-forward input layer that the
+    graph widen refuses grows its block's hidden size (:mod:`.ffn_widen`)."""
     if attention_projection(model, at) is not None:
-        return widen_head_dim(model, at, width, seed=seed, probe=probe, tol=tol)
+        return widen_head_dim(
+            model, at, width, seed=seed, probe=probe, input_shape=input_shape, tol=tol
+        )
     if isinstance(at, str) and _mixer_part(model, at, tuple(ssm.INNER_WRITERS)):
         return ssm.widen(
             model,
@@ -325,13 +333,51 @@ def widen(
             input_shape=input_shape,
             tol=tol,
         )
-    return general_width.widen(
-        model,
-        at,
-        width,
-        zero_side=zero_side,
-        seed=seed,
-        probe=probe,
-        input_shape=input_shape,
-        tol=tol,
+    try:
+        return general_width.widen(
+            model,
+            at,
+            width,
+            zero_side=zero_side,
+            seed=seed,
+            probe=probe,
+            input_shape=input_shape,
+            tol=tol,
+        )
+    except MorphError as refusal:
+        ffn = feed_forward_input(model, at)
+        if ffn is None:
+            raise
+        reason = str(refusal)
+    return _widen_ffn(model, ffn, width, reason, seed=seed, probe=probe, tol=tol)
+
+
+def _widen_ffn(
+    model: nn.Module,
+    ffn: FeedForwardInput,
+    width: int,
+    reason: str,
+    *,
+    seed: int | np.random.Generator | None,
+    probe: object,
+    tol: float | str | None,
+) -> tuple[nn.Module, MorphReport]:
+    """``widen`` of the feed-forward input layer ``ffn`` that the graph widen refused (for
+    ``reason``): its block's hidden size grows to ``width`` / rows per unit
+    (:mod:`.ffn_widen`)."""
+    if width % ffn.rows:
+        raise ValueError(
+            f"width={width}: {ffn.name!r} holds {ffn.rows} rows per hidden unit ([gate; up]); "
+            f"widen it to a multiple of {ffn.rows}"
+        )
+    child, report = grow_ffn(
+        model, width // ffn.rows, layers=[ffn.block], seed=seed, probe=probe, tol=tol
     )
+    shared = f", run at all {ffn.depths} depths, grows once" if ffn.depths > 1 else ""
+    note = (
+        f"{ffn.name!r}{shared}: its block's feed-forward hidden size grows to "
+        f"{width // ffn.rows} (grow_ffn of block {ffn.block}), as the exported graph does not "
+        f"follow it ({reason})"
+    )
+    done = dataclasses.replace(report, operation="widen", targets=(ffn.name,))
+    return child, dataclasses.replace(done, notes=(note, *report.notes))

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import MorphError
 from .kinds import type_label
-from .layer_reads import Chain, needs_chain
+from .layer_reads import Chain, attribute_reads, needs_chain, overall_stride
 from .standardized import is_weight_standardised, plain_conv
 from .support import check_attributes_unread, check_editable, check_understood
 from .transformer_layout import is_conv1d
@@ -132,10 +133,27 @@ def replace_module(model: nn.Module, at: str, new: nn.Module) -> None:
     :class:`.layer_reads.Chain` where an ancestor reads the layer's weight dtype or device."""
     parent_name, _, attr = at.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    new.train(getattr(parent, attr).training)
+    old = getattr(parent, attr)
+    new.train(old.training)
     if type(new) is nn.Sequential and needs_chain(model, at):
         new = Chain(*new)
+        if any(r.attr.rpartition(".")[2] == "stride" for r in attribute_reads(model, at)):
+            _check_stride(at, old, new)
     setattr(parent, attr, new)
+
+
+def _check_stride(at: str, old: nn.Module, chain: Chain) -> None:
+    """The chain in place of ``at``, whose ``stride`` an ancestor reads, has the same overall
+    stride as the layer it replaces (MorphError naming the layer otherwise)."""
+    try:
+        stride = overall_stride(chain)
+    except ValueError as exc:
+        raise MorphError(f"{at!r}: its parent reads its stride, and {exc}; refused") from None
+    if stride != tuple(getattr(old, "stride", ())):
+        raise MorphError(
+            f"{at!r}: its parent reads its stride {tuple(old.stride)}, and the layers in its "
+            f"place stride {stride} in all; refused"
+        )
 
 
 @dataclass(frozen=True)
