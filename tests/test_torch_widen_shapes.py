@@ -415,3 +415,23 @@ def test_without_a_probe_a_channels_last_transpose_asks_for_one() -> None:
     child, _ = widen(parent, "proj", 11, seed=0, tol=None)
     with torch.no_grad():
         assert float((parent(x) - child(x)).abs().max() / parent(x).abs().max()) <= F64_TOL
+
+
+class PlainConv3d(nn.Conv3d):
+    """A subclass that keeps nn.Conv3d's forward (torchvision's Conv3DSimple)."""
+
+
+def test_a_conv_subclass_keeping_its_forward_is_a_consumer_layer() -> None:
+    parent = nn.Sequential(
+        nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), PlainConv3d(4, 3, 3, padding=1)
+    ).double()
+    child = check_exact(parent, "0", 6, x64(2, 2, 3, 5, 5))
+    assert isinstance(child[2], PlainConv3d)
+    assert child[2].in_channels == 6 and child[2].weight.shape[1] == 6
+
+
+def test_torchvision_mc3_inner_conv3d_widens() -> None:
+    tv = import_torchvision()
+    parent = tv.models.video.mc3_18().double().eval()
+    child = check_exact(parent, "layer1.0.conv1.0", 70, x64(1, 3, 2, 16, 16))
+    assert child.get_submodule("layer1.0.conv2.0").in_channels == 70

@@ -320,14 +320,23 @@ def _splits_by(module: nn.Module, attr: str, split: object) -> bool:
     return found == [getattr(probe, attr)]
 
 
+def _inherits_forward(m: nn.Module) -> bool:
+    """A subclass of a torch linear or conv layer that keeps its base class's forward
+    (torchvision's ``Conv3DSimple``): it computes what the base layer computes."""
+    return any(
+        isinstance(m, base) and type(m).forward is base.forward for base in (nn.Linear, *CONV_TYPES)
+    )
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with :class:`PActivation`, every BatchNorm (subclasses included),
-    frozen BatchNorm and convs that may be weight-standardised (checked and refused by name as
-    widen's producers or consumers) kept as one leaf."""
+    frozen BatchNorm, convs that may be weight-standardised (checked and refused by name as
+    widen's producers or consumers) and subclasses of linear and conv layers that keep their
+    base class's forward kept as one leaf."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         leaf = isinstance(m, (PActivation, _BATCH_NORMS)) or is_frozen_batch_norm(m)
-        leaf = leaf or may_be_standardised(m)
+        leaf = leaf or may_be_standardised(m) or _inherits_forward(m)
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
