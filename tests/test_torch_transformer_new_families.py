@@ -4,7 +4,7 @@ Two models written here with their own module names, one following BERT's post-L
 (m = LN(x + attention(x)), y = LN(m + mlp(m)), a token and a position embedding, a head on the
 first token) and one ViT's pre-LN pattern (a patch convolution, a class token and position
 parameter write the stream, per-channel layer scales, one fused q|k|v layer), and Hugging Face
-and timm families named in no table and no other test (XLM-RoBERTa-XL, ERNIE,
+and timm families named in no table and no other test (XLM-RoBERTa-XL, ERNIE, RoFormer,
 Data2Vec-Vision, AltCLIP's and BLIP's image encoders, timm's VisionTransformer and
 distilled DeiT): every transformer operation computes the parent's output on float64 models
 (1e-9) and leaves the parent untouched, or is refused with a :class:`MorphError` naming why.
@@ -266,6 +266,12 @@ HF: dict[str, tuple[str, str, dict, Callable[[], tuple[torch.Tensor, ...]]]] = {
     "ERNIE": (
         "ErnieForSequenceClassification",
         "ErnieConfig",
+        TEXT,
+        lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
+    "RoFormer (rotary; its sinusoidal table sits beside the blocks)": (
+        "RoFormerForSequenceClassification",
+        "RoFormerConfig",
         TEXT,
         lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
     ),

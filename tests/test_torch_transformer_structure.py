@@ -7,7 +7,7 @@ layout the table gave: the same projections, norms, writers, readers, layer scal
 compared as sets where order does not matter and restricted to the names the model holds (a
 table entry named parts some members of its family lack: DeiT's distillation token, BEiT's
 layer scales). :data:`EXPECTED` holds those tables' values. The families still named
-(ModernBERT, DeBERTa, MPNet, ALBERT) are refused by the structural path with the part it does
+(ModernBERT, DeBERTa, ALBERT) are refused by the structural path with the part it does
 not understand, and found by :func:`describe`; Llama's names stay for the models that carry
 them and that the structural path refuses (Qwen3's q/k norms, OLMo's gain-free norms);
 Gemma-2's sandwich blocks are found by structure as its named entry describes them.
@@ -355,13 +355,6 @@ NAMED: dict[str, tuple[str, str, dict, str, str]] = {
         "deberta",
         "attention.self.pos_proj|attention.self.pos_q_proj",
     ),
-    "MPNet": (
-        "MPNetForSequenceClassification",
-        "MPNetConfig",
-        TEXT,
-        "mpnet",
-        "no layer or parameter writes the stream entering 'mpnet.encoder.layer.0'",
-    ),
     "Qwen3 (per-head q/k norms, Llama's names)": (
         "Qwen3ForCausalLM",
         "Qwen3Config",
@@ -384,6 +377,20 @@ NAMED: dict[str, tuple[str, str, dict, str, str]] = {
         "'albert.encoder.albert_layer_groups.0' runs 2 times",
     ),
 }
+
+
+def test_mpnet_is_found_by_structure_above_the_module_holding_its_bias() -> None:
+    """MPNet's encoder holds the blocks and the relative bias table but no writer: the owner is
+    the module above it, which holds the embeddings."""
+    model = _build("MPNetForSequenceClassification", "MPNetConfig", TEXT)
+    layout = describe_by_structure(model)
+    assert layout.owner == "mpnet" and layout.family.blocks == "encoder.layer"
+    assert layout.family.post_ln and not layout.family.alibi
+    assert set(layout.family.writers) == {
+        "embeddings.word_embeddings",
+        "embeddings.position_embeddings",
+    }
+    assert layout.family.qkv == ("attention.attn.q", "attention.attn.k", "attention.attn.v")
 
 
 def test_gemma2_sandwich_blocks_are_found_by_structure_as_named() -> None:

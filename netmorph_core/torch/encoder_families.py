@@ -1,4 +1,4 @@
-"""Where the parts of Hugging Face ModernBERT, DeBERTa(-v2) and MPNet models live.
+"""Where the parts of Hugging Face ModernBERT and DeBERTa(-v2) models live.
 
 Each entry holds the keyword arguments of a :class:`~.transformer_layout.Family` (names relative
 to a block or to the stream's owner); :mod:`.transformer_layout` adds them to its table. They
@@ -24,9 +24,10 @@ are plain data so that this module imports nothing of the layout.
 - ``deberta``: DeBERTa (v1), the same blocks and table (no table norm) with one fused
   ``attention.self.in_proj`` of rows [q_h; k_h; v_h] per head and the per-head biases
   ``q_bias``/``v_bias``; its position projections are ``pos_proj``/``pos_q_proj``.
-- ``mpnet``: post-LayerNorm blocks like BERT's with ``attention.attn.{q,k,v,o}``; one relative
-  attention bias ``encoder.relative_attention_bias`` (buckets × heads), built outside the
-  blocks and added to every block's scores.
+
+MPNet is found by structure (:mod:`.transformer_trace`): its post-LN blocks are BERT's, and its
+relative attention bias ``encoder.relative_attention_bias`` (buckets × heads, added to every
+block's scores) is grown per head like BEiT's tables.
 """
 
 from __future__ import annotations
@@ -114,21 +115,5 @@ ENCODER_FAMILIES: tuple[dict[str, object], ...] = (
         side_inputs=("encoder.rel_embeddings",),
         fixed_width=("lm_predictions",),
         pooled_head=True,
-    ),
-    dict(
-        name="mpnet",
-        blocks="encoder.layer",
-        attention="attention.attn",
-        qkv=("attention.attn.q", "attention.attn.k", "attention.attn.v"),
-        o="attention.attn.o",
-        ffn_in=("intermediate.dense",),
-        ffn_out="output.dense",
-        norms=("attention.LayerNorm", "output.LayerNorm"),
-        writers=("embeddings.word_embeddings", "embeddings.position_embeddings"),
-        final_norm=None,
-        stream_norms=("embeddings.LayerNorm",),
-        readers=("pooler.dense",),
-        post_ln=True,
-        derived_head_dim=True,
     ),
 )

@@ -27,8 +27,6 @@ not reproduce:
 - ``deberta-v2``, ``deberta``: every block also reads the relative-position table
   ``encoder.rel_embeddings`` through further per-head projections (side inputs at the
   stream's width), which the trace sees as linear layers beyond q/k/v → o → feed-forward;
-- ``mpnet``: the relative attention bias ``encoder.relative_attention_bias`` is held by the
-  module that holds the blocks, so the stream's owner found by structure holds no writer;
 - ``albert``: one layer group runs at every depth (its layers run several times per pass,
   which the trace refuses) and ``encoder.embedding_hidden_mapping_in`` writes the stream.
 
@@ -65,7 +63,7 @@ from .linear_view import as_matrix, is_conv1d
 from .moe_layout import moe_ffn, trace_moe
 from .norm_kind import norm_kind
 from .transformer_shared import check_groups
-from .transformer_stream import find_stack
+from .transformer_stream import NoWriterError, find_stack
 from .transformer_trace import (
     POSITION_BIASES,
     Stack,
@@ -389,10 +387,20 @@ def _structural_layout(model: nn.Module, moe: tuple[str, str, int, str] | None) 
             "ModuleList of one block class holding linear layers); refused"
         )
     owner_name, rel, d = found[:3]
-    try:
-        family = _traced_family(model, owner_name, rel, d, *found[3:])
-    except MorphError as exc:
-        raise MorphError(f"{type(model).__name__} is not a recognised transformer: {exc}") from exc
+    while True:
+        try:
+            family = _traced_family(model, owner_name, rel, d, *found[3:])
+            break
+        except NoWriterError as exc:  # the writers sit above a module holding a side table
+            if not owner_name:
+                what = f"{type(model).__name__} is not a recognised transformer: {exc}"
+                raise MorphError(what) from exc
+            owner_name, _, up = owner_name.rpartition(".")
+            rel = f"{up}.{rel}"
+        except MorphError as exc:
+            raise MorphError(
+                f"{type(model).__name__} is not a recognised transformer: {exc}"
+            ) from exc
     prefix = f"{owner_name}.{rel}" if owner_name else rel
     blocks = model.get_submodule(prefix)
     d = d or as_matrix(blocks[0].get_submodule(family.o)).shape[0]

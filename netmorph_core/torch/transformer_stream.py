@@ -68,8 +68,7 @@ def _holds_more(module: nn.Module, child: str) -> bool:
     if any(True for _ in module.parameters(recurse=False)):
         return True
     return any(
-        n != child and any(_writes(m) for m in sub.modules())
-        for n, sub in module.named_children()
+        n != child and any(_writes(m) for m in sub.modules()) for n, sub in module.named_children()
     )
 
 
@@ -214,6 +213,12 @@ def zeroed(root_prefix: str, root: nn.Module, writers: tuple[str, ...]) -> dict[
     return out
 
 
+class NoWriterError(MorphError):
+    """No layer or parameter of the stream's owner writes the stream: the module found as the
+    owner holds the blocks beside a table they read (RoFormer's sinusoidal positions), and the
+    writers sit in a module above it."""
+
+
 def check_writers(
     run: Callable[[dict[str, torch.Tensor]], torch.Tensor | None],
     root_prefix: str,
@@ -225,7 +230,7 @@ def check_writers(
     parameters zero: ``run(parameters)`` returns that tensor for a run with those
     parameters replaced."""
     if not writers:
-        raise MorphError(f"no layer or parameter writes the stream entering {where!r}; refused")
+        raise NoWriterError(f"no layer or parameter writes the stream entering {where!r}; refused")
     entry = run(zeroed(root_prefix, root, writers))
     if entry is None or torch.count_nonzero(entry) != 0:
         raise MorphError(
