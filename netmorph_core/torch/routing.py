@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 from torch import nn
@@ -62,6 +63,16 @@ def _convnext(model: object) -> bool:
     return isinstance(model, nn.Module) and convnext.recognise(model) is not None
 
 
+def _staged(model: object, stage: object) -> ModuleType | None:
+    """The module whose operations take ``stage`` for ``model``: :mod:`.convnext` for a
+    ConvNeXt, :mod:`.hierarchical` for a hierarchical vision transformer; None otherwise."""
+    if _convnext(model):
+        return convnext
+    if _hierarchical(model, stage):
+        return hierarchical
+    return None
+
+
 def _mixer_part(model: object, at: object, parts: Sequence[str]) -> bool:
     """Whether ``at`` names one of ``parts`` of a state-space mixer of ``model``."""
     if not isinstance(model, nn.Module) or not isinstance(at, str):
@@ -95,21 +106,9 @@ def grow_ffn(
     (:func:`.hierarchical.grow_ffn`), or the inner width of the mixers ``layers`` of a
     state-space (Mamba) model (:func:`.ssm.grow_ffn`), or the MLP of the blocks ``layers`` or
     stages ``stage`` of a ConvNeXt (:func:`.convnext.grow_ffn`)."""
-    if _convnext(model):
-        return convnext.grow_ffn(
-            model,
-            width,
-            shared_width=shared_width,
-            layers=layers,
-            stage=stage,
-            method=method,
-            probe=probe,
-            tol=tol,
-            seed=seed,
-            inplace=inplace,
-        )
-    if _hierarchical(model, stage):
-        return hierarchical.grow_ffn(
+    staged = _staged(model, stage)
+    if staged is not None:
+        return staged.grow_ffn(
             model,
             width,
             shared_width=shared_width,
@@ -217,19 +216,9 @@ def grow_width(
     (:func:`.encdec.grow_width`; a state-space model: :func:`.ssm.grow_width`; the stage
     ``stage`` of a hierarchical vision transformer, to a multiple of its width:
     :func:`.hierarchical.grow_width`; of a ConvNeXt: :func:`.convnext.grow_width`)."""
-    if _convnext(model):
-        return convnext.grow_width(
-            model,
-            d_model,
-            stage=stage,
-            noise=noise,
-            probe=probe,
-            tol=tol,
-            seed=seed,
-            inplace=inplace,
-        )
-    if _hierarchical(model, stage):
-        return hierarchical.grow_width(
+    staged = _staged(model, stage)
+    if staged is not None:
+        return staged.grow_width(
             model,
             d_model,
             stage=stage,
@@ -259,19 +248,9 @@ def add_block(
     :func:`.ssm.add_block`; a hierarchical vision transformer, ``at`` within the stage
     ``stage`` when given: :func:`.hierarchical.add_block`; a ConvNeXt:
     :func:`.convnext.add_block`)."""
-    if _convnext(model):
-        return convnext.add_block(
-            model,
-            at,
-            stage=stage,
-            method=method,
-            probe=probe,
-            tol=tol,
-            seed=seed,
-            inplace=inplace,
-        )
-    if _hierarchical(model, stage):
-        return hierarchical.add_block(
+    staged = _staged(model, stage)
+    if staged is not None:
+        return staged.add_block(
             model,
             at,
             stage=stage,
