@@ -215,8 +215,8 @@ def test_subclass_overriding_forward_is_refused_by_name(cls: type, operation: st
 
 
 def test_timm_linear_computes_nn_linear_and_is_morphed_exactly() -> None:
-    """timm's Linear overrides forward only to cast weights under TorchScript (widen still
-    refuses it: torch.fx traces into its forward and never sees the module called)."""
+    """timm's Linear overrides forward only to cast weights under TorchScript: it is shown to
+    compute x·Wᵀ + b, so it is morphed, and widen's graph keeps it as one layer."""
     from thirdparty import import_timm
 
     try:
@@ -229,6 +229,7 @@ def test_timm_linear_computes_nn_linear_and_is_morphed_exactly() -> None:
     for grow in (
         lambda m: deepen(m, "0", seed=0, probe=x),
         lambda m: morph_subnet(m, "2", [(7, None), (None, None)], seed=0, probe=x),
+        lambda m: widen(m, "0", 9, seed=0, probe=x),
     ):
         child, _ = grow(model)
         assert rel_dev(model, child, x) <= F64_TOL
@@ -531,6 +532,25 @@ def test_dynamic_same_padding_is_kept_exactly(
         assert rel_dev(model, child, border_input((2, 3, *size), seed=1)) <= F64_TOL
 
 
+@pytest.mark.parametrize("cls", [DeclaredSameConv, TimmConv2dSame], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("at", ["stem", "conv"])
+def test_dynamic_same_padding_conv_widens_exactly(cls: type, at: str) -> None:
+    """widen edits a dynamic "same" padding conv's weight in place, as producer (``conv``) or
+    consumer (``stem`` widened): its padding rule reads only the input's spatial size, so the
+    child keeps the class and is exact on other input sizes too."""
+    torch.manual_seed(10)
+    model = Net(cls(4, 4, 3, 2))
+    model.stem = cls(3, 4, 3, 1)
+    model = model.double()
+    x = border_input((2, 3, 9, 8))
+    child, report = widen(model, at, 7, probe=x, seed=0)
+    assert type(child.conv) is cls and type(child.stem) is cls
+    assert child.get_submodule(at).out_channels == 7
+    assert report.rel_dev_f64 <= F64_TOL
+    for size in ((5, 6), (7, 7), (10, 11)):
+        assert rel_dev(model, child, border_input((2, 3, *size), seed=1)) <= F64_TOL
+
+
 @pytest.mark.parametrize("operation", ["deepen", "separable", "grow_kernel", "morph_subnet"])
 def test_dynamic_same_padding_depthwise_is_kept_exactly(operation: str) -> None:
     """A depthwise TF "same" padding conv (EfficientNet-TF) keeps the rule and its groups."""
@@ -551,11 +571,11 @@ def test_dynamic_same_padding_depthwise_is_kept_exactly(operation: str) -> None:
         assert rel_dev(model, child, border_input((2, 3, *size), seed=1)) <= F64_TOL
 
 
-def test_dynamic_same_padding_is_verified_and_not_widened() -> None:
-    model = Net(DeclaredSameConv(4, 4, 3, 2)).double()
-    refused(model, lambda m: widen(m, "conv", 6), MorphError, "dynamic 'same' padding conv: deepen")
+@pytest.mark.parametrize("operation", ["deepen", "widen"])
+def test_dynamic_same_padding_is_verified(operation: str) -> None:
     bad = Net(FalselyDeclaredConv(4, 4, 3)).double()
-    refused(bad, lambda m: deepen(m, "conv"), MorphError, "does not compute that rule")
+    call = {"deepen": lambda m: deepen(m, "conv"), "widen": lambda m: widen(m, "conv", 6)}
+    refused(bad, call[operation], MorphError, "does not compute that rule")
 
 
 @pytest.mark.parametrize("operation", ["deepen", "morph_subnet"])

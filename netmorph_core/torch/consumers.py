@@ -60,7 +60,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .activation import PActivation
 from .errors import MorphError
 from .layer_reads import metadata_read
+from .samepad import is_same_padding_conv
 from .standardized import may_be_standardised
+from .support import computes_linear
 from .surgery import CONV_TYPES, ChannelLastBatchNorm
 from .tracing import node_module, shell_copy
 
@@ -320,23 +322,36 @@ def _splits_by(module: nn.Module, attr: str, split: object) -> bool:
     return found == [getattr(probe, attr)]
 
 
-def _inherits_forward(m: nn.Module) -> bool:
-    """A subclass of a torch linear or conv layer that keeps its base class's forward
-    (torchvision's ``Conv3DSimple``): it computes what the base layer computes."""
-    return any(
+def _computes_base_layer(m: nn.Module) -> bool:
+    """A subclass of a torch linear or conv layer that computes what its base layer computes
+    with whatever weight it holds: it keeps its base class's forward (torchvision's
+    ``Conv3DSimple``), is a linear layer whose forward is shown to be x·Wᵀ + b (timm's
+    ``Linear``, :func:`.support.computes_linear`), or a recognised dynamic "same" padding conv
+    (timm's ``Conv2dSame``: its padding depends on the input's spatial size only; verified by
+    :func:`.support.check_layer_class` before any morph)."""
+    if any(
         isinstance(m, base) and type(m).forward is base.forward for base in (nn.Linear, *CONV_TYPES)
-    )
+    ):
+        return True
+    if isinstance(m, nn.Linear):
+        return computes_linear(m)
+    return is_same_padding_conv(m)
 
 
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with :class:`PActivation`, every BatchNorm (subclasses included),
     frozen BatchNorm, convs that may be weight-standardised (checked and refused by name as
-    widen's producers or consumers) and subclasses of linear and conv layers that keep their
-    base class's forward kept as one leaf."""
+    widen's producers or consumers) and subclasses of linear and conv layers that compute
+    their base layer's function (:func:`_computes_base_layer`) kept as one leaf."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        # decided before tracing: computes_linear runs the layer, which tracing would record
+        self.base_layers = {id(m) for m in model.modules() if _computes_base_layer(m)}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         leaf = isinstance(m, (PActivation, _BATCH_NORMS)) or is_frozen_batch_norm(m)
-        leaf = leaf or may_be_standardised(m) or _inherits_forward(m)
+        leaf = leaf or may_be_standardised(m) or id(m) in self.base_layers
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
 
@@ -351,7 +366,7 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     try:
         with torch.random.fork_rng(devices=[]):
             dup = copy.deepcopy(model)
-            return fx.GraphModule(dup, _Tracer().trace(dup))
+            return fx.GraphModule(dup, _Tracer(dup).trace(dup))
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
         raise FxTraceError(
             f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); "

@@ -6,6 +6,7 @@ its output has ⌈n/s⌉ entries. P depends on n, so no static padding reproduce
 kernel cannot simply be given to the same rule (the max(·, 0) clips differently). A morph keeps
 the parent's rule as a :class:`DynamicSamePad` (the parent's K, s, d) in front and morphs the
 unpadded conv: the growth d·(K̃ − K)/2 is static zero padding after it, exact for every n.
+``widen`` keeps the layer itself: its channels grow, and P does not depend on them.
 
 Recognised classes: timm's ``Conv2dSame`` (by module and name) and any class passed to
 :func:`register_same_padding_conv`. Either way the rule is verified on the layer itself, in

@@ -124,8 +124,8 @@ def check_layer_class(
         if not same_padding:
             raise MorphError(
                 f"{at!r} is {cls.__qualname__}, a dynamic 'same' padding conv: deepen, "
-                "grow_kernel, morph_subnet, morph_stacked and morph_module handle it, this "
-                "operation does not; refused"
+                "widen, grow_kernel, morph_subnet, morph_stacked and morph_module handle it, "
+                "this operation does not; refused"
             )
         verify_same_padding(layer, at)
         return

@@ -353,7 +353,7 @@ def widen(
     unchanged.
     """
     names = _names(at)
-    layers = [find_layer(model, n, grouped=True) for n in names]
+    layers = [find_layer(model, n, grouped=True, same_padding=True) for n in names]
     check_model_state(model)  # before tracing, which copies the model
     counts = {n: layer.weight.shape[0] for n, layer in zip(names, layers)}
     if len(set(counts.values())) > 1:
@@ -418,7 +418,7 @@ def widen(
             blocks = _blocks_for(request, math.lcm(blocks, group_count), channels, width, names)
             src = block_channel_map(rng, channels, width, blocks)
     _check_untied(model, plan)
-    check_editable(model, [_module_of(use) for use in plan.uses])
+    check_editable(model, [_module_of(use) for use in plan.uses], same_padding=True)
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
     side, why = _choose_side(zero_side, plan, model, width - channels)
     # the widened output itself, one float64 tensor of it (its consumers' weights are bounded
@@ -451,6 +451,7 @@ def widen(
             input_shape=input_shape,
             tol=tol,
             budget=budget,
+            same_padding=True,
             layer_scope=False,
         )
     )
