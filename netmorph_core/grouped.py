@@ -141,11 +141,12 @@ def outer_operators(f2g: np.ndarray, k1: tuple[int, ...]) -> np.ndarray:
     return a.reshape(g, c2 * math.prod(kt), c1 * math.prod(k1))
 
 
-def _pinv_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _pinv_solve(a: np.ndarray, b: np.ndarray, size: int | None = None) -> np.ndarray:
     """Minimum-norm least-squares solutions of the stacked systems A_j·X_j = B_j (lstsq's
-    cut-off: singular values below max(m, n)·ε·σ_max are dropped)."""
+    cut-off: singular values below size·ε·σ_max are dropped, size = max(m, n) unless given)."""
     u, s, vt = np.linalg.svd(a, full_matrices=False)
-    cut = max(a.shape[1:]) * np.finfo(np.float64).eps * s[..., :1]
+    size = max(a.shape[1:]) if size is None else size
+    cut = size * np.finfo(np.float64).eps * s[..., :1]
     inv = np.where(s > cut, 1.0 / np.where(s > cut, s, 1.0), 0.0)
     return vt.swapaxes(-1, -2) @ (inv[..., None] * (u.swapaxes(-1, -2) @ b))
 
@@ -170,6 +171,8 @@ def deconv_stacked(
     c0 = g_tilde_g.shape[2]
     rows = c2 * math.prod(g_tilde_g.shape[3:])
     cols = c1 * math.prod(k1)
+    if all(k == 1 for k in f2g.shape[3:]):
+        return _deconv_pointwise(g_tilde_g, f2g, init_g, max(rows, cols))
     check_working_set(
         8.0 * g * (3 * rows * cols + 2 * min(rows, cols) ** 2 + (rows + cols) * c0),
         f"the grouped deconvolution ({g} groups of {rows} x {cols} operators)",
@@ -182,6 +185,29 @@ def deconv_stacked(
         x0 = np.moveaxis(init_g.astype(np.float64), 2, -1).reshape(g, -1, c0)
         x = x0 + _pinv_solve(a, b - a @ x0)
     return np.moveaxis(x.reshape(g, c1, *k1, c0), -1, 2)
+
+
+def _deconv_pointwise(
+    g_tilde_g: np.ndarray, f2g: np.ndarray, init_g: np.ndarray | None, size: int
+) -> np.ndarray:
+    """:func:`deconv_stacked` for a 1×…×1 F2 (g, C2', C1'): its operator is F2_j ⊗ I over the
+    taps, whose pseudo-inverse is pinv(F2_j) ⊗ I, so every tap is solved with one SVD of F2_j
+    (C2' × C1') instead of one of the (C2'·|K|) × (C1'·|K|) operator; ``size``: the full
+    operator's larger side, which sets the same singular-value cut-off."""
+    g, c2, c1 = f2g.shape[:3]
+    c0, taps = g_tilde_g.shape[2], math.prod(g_tilde_g.shape[3:])
+    check_working_set(
+        8.0 * g * (3 * c2 * c1 + 2 * min(c2, c1) ** 2 + 3 * (c2 + c1) * c0 * taps),
+        f"the grouped deconvolution ({g} groups of {c2} x {c1} pointwise operators)",
+    )
+    a = f2g.astype(np.float64).reshape(g, c2, c1)
+    b = g_tilde_g.astype(np.float64).reshape(g, c2, c0 * taps)
+    if init_g is None:
+        x = _pinv_solve(a, b, size)
+    else:
+        x0 = init_g.astype(np.float64).reshape(g, c1, c0 * taps)
+        x = x0 + _pinv_solve(a, b - a @ x0, size)
+    return x.reshape(g, c1, c0, *g_tilde_g.shape[3:])
 
 
 def deconv_grouped(

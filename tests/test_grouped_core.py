@@ -52,6 +52,26 @@ def test_deconv_matches_reference(side, with_init, groups, c2, c1, c0, rng) -> N
     assert rel_err(x, ref) <= 1e-9
 
 
+@pytest.mark.parametrize("side", ["outer", "inner"])
+@pytest.mark.parametrize("with_init", [False, True])
+@pytest.mark.parametrize(("groups", "c2", "c1", "c0"), SHAPES)
+def test_pointwise_factor_deconv_matches_reference(side, with_init, groups, c2, c1, c0, rng):
+    """A 1×1 factor is solved tap by tap (pinv(F) ⊗ I): the same least-squares solution as
+    the reference's full operator, rank-deficient factors (C1 > C2) included."""
+    g = rng.standard_normal((c2, c0 // groups, 3, 3))
+    if side == "outer":
+        factor = rng.standard_normal((c2, c1 // groups, 1, 1))
+        x_shape = (c1, c0 // groups, 3, 3)
+    else:
+        factor = rng.standard_normal((c1, c0 // groups, 1, 1))
+        x_shape = (c2, c1 // groups, 3, 3)
+    init = rng.standard_normal(x_shape) if with_init else None
+    x = nm.deconv(g, kernel_size=x_shape[2:], init=init, groups=groups, **{side: factor})
+    ref = deconv_grouped_ref(pad_centered(g, (3, 3)), factor, side, x_shape[2:], groups, init)
+    assert x.shape == x_shape
+    assert rel_err(x, ref) <= 1e-9
+
+
 def test_deconv_exact_when_solvable(rng) -> None:
     """Depthwise with multiplier 3: F2 (C, 3, 1×1) groups C, 3 unknowns ≥ 1 equation per tap."""
     g = rng.standard_normal((5, 1, 3, 3))
