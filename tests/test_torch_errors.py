@@ -132,13 +132,13 @@ def test_errors_leave_the_parent_bitwise_unchanged(
     assert_unchanged(model, snap)
 
 
-def test_inconsistent_residual_partners_leave_the_parent_unchanged() -> None:
+def test_a_refusal_after_tracing_leaves_the_parent_unchanged() -> None:
     torch.manual_seed(1)
     model = small_resnet()
     model.train()
     snap = snapshot(model)
-    with pytest.raises(MorphError, match=r"'layer2.0.downsample.0'.*not widened") as info:
-        widen(model, "layer2.0.conv2", 40, input_shape=(2, 3, 8, 8))
+    with pytest.raises(MorphError, match=r"'fc'.*the model's output would change shape") as info:
+        widen(model, "fc", 12, input_shape=(2, 3, 8, 8))
     assert isinstance(info.value, ValueError)
     assert_unchanged(model, snap)
 

@@ -198,14 +198,34 @@ def test_a_consumer_called_twice_is_updated_once() -> None:
     assert rel_dev(parent, child, x) <= F64_TOL
 
 
-def test_residual_add_needs_every_partner() -> None:
+@pytest.mark.parametrize(
+    ("at", "width", "partner"),
+    [("layer1.0.conv2", 24, "conv1"), ("layer2.0.conv2", 40, "layer2.0.downsample.0")],
+)
+def test_residual_partners_grow_with_the_layer(at: str, width: int, partner: str) -> None:
+    """A sum of widened and unwidened channels has no exact child: the other producers of the
+    residual sum (the stem, the shortcut) grow with the layer, with one permutation."""
     torch.manual_seed(6)
     parent = small_resnet().double().eval()
     x = x4(2, 3, 8, 8)
-    with pytest.raises(MorphError, match=r"'conv1', which is not widened"):
-        widen(parent, "layer1.0.conv2", 24, probe=x)
-    with pytest.raises(MorphError, match=r"'layer2.0.downsample.0'"):
-        widen(parent, "layer2.0.conv2", 40, probe=x)
+    child, report = widen(parent, at, width, probe=x, seed=0)
+    assert rel_dev(parent, child, x) <= F64_TOL and report.train_mode_holds
+    assert child.get_submodule(partner).out_channels == width
+    assert any(f"['{partner}']" in note for note in report.notes), report.notes
+    a = report.param_sources[f"{at}.weight"].index[0]
+    np.testing.assert_array_equal(a, report.param_sources[f"{partner}.weight"].index[0])
+
+
+def test_a_sum_with_the_model_input_is_refused() -> None:
+    parent = TransformerMLP(8, 16).double()
+    with pytest.raises(MorphError, match=r"adds the widened channels to the model input 'x'"):
+        widen(parent, "fc2", 10, probe=x4(2, 3, 8))
+
+
+def test_residual_add_widens_every_producer_listed() -> None:
+    torch.manual_seed(6)
+    parent = small_resnet().double().eval()
+    x = x4(2, 3, 8, 8)
     child, report = widen(parent, ["layer2.0.conv2", "layer2.0.downsample.0"], 40, probe=x, seed=0)
     assert rel_dev(parent, child, x) <= F64_TOL and report.train_mode_holds
     assert child.fc.in_features == 40

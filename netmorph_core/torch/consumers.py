@@ -242,6 +242,24 @@ class WidthPlan:
         return next((u.flow.dead for u in self.consumers if u.flow.dead), None)
 
 
+class PartnerRequest(MorphError):
+    """A widened tensor is added to the output of other conv/linear layers (``partners``), which
+    are not widened: widen adds them to its producers and walks again (the message is the
+    refusal where it cannot)."""
+
+    def __init__(self, message: str, partners: list[str]) -> None:
+        super().__init__(message)
+        self.partners = partners
+
+
+def layer_origins(origins: list[str]) -> list[str]:
+    """The layer names among a walk's ``origins`` descriptions (a layer is its quoted name;
+    model inputs, parameters and other modules are described otherwise); empty unless every
+    origin is a layer."""
+    names = [o[1:-1] for o in origins if len(o) > 2 and o[0] == o[-1] == "'" and "'" not in o[1:-1]]
+    return names if len(names) == len(origins) else []
+
+
 class BlockRequest(Exception):
     """The walk needs the producer's channel map laid out in ``blocks`` equal parts, each with
     the parent part's channels plus the same share of new ones and the same permutation
@@ -738,11 +756,16 @@ class _Walk:
         others = [a for a in tensors if a not in self.flows]
         if others:
             partners = [o for a in others for o in self.origins(a)]
-            raise self.fail(
-                node,
-                f"adds the widened channels to {', '.join(partners)}, which "
-                f"{'is' if len(partners) == 1 else 'are'} not widened: widen every producer "
-                "of this sum together (at=[...]) with the same width",
+            raise PartnerRequest(
+                str(
+                    self.fail(
+                        node,
+                        f"adds the widened channels to {', '.join(partners)}, which "
+                        f"{'is' if len(partners) == 1 else 'are'} not widened: widen every "
+                        "producer of this sum together (at=[...]) with the same width",
+                    )
+                ),
+                layer_origins(partners),
             )
         flows = [self.flows[a] for a in tensors]
         if any(

@@ -55,10 +55,12 @@ from .consumers import (
     SPATIAL,
     BlockRequest,
     Flow,
+    PartnerRequest,
     Use,
     WidthPlan,
     chunk_flow,
     grouped_outputs,
+    layer_origins,
 )
 from .errors import MorphError
 from .surgery import CONV_TYPES
@@ -658,12 +660,13 @@ class _ExportedWalk:
         flow = self.flows[widened[0]]
         if any(not self._broadcast(a, flow) for a in others):
             partners = [o for a in others if isinstance(a, fx.Node) for o in self.origins(a)]
-            raise self.fail(
+            refusal = self.fail(
                 node,
                 f"adds the widened channels to a tensor from {', '.join(partners) or 'elsewhere'}"
                 ", which is not widened: widen every producer of the sum together (at=[...]); "
                 "a transformer's residual stream grows with grow_width",
             )
+            raise PartnerRequest(str(refusal), layer_origins(partners))
         zero = all(isinstance(a, (int, float)) and a == 0 for a in others)
         self._pass(node, self._merged(node, widened, "adds"), zero, True)
 

@@ -48,6 +48,7 @@ from .consumers import (
     FLAT,
     BlockRequest,
     FxTraceError,
+    PartnerRequest,
     Use,
     WidthPlan,
     grouped_outputs,
@@ -305,6 +306,45 @@ def _blocks_for(request: BlockRequest, blocks: int, channels: int, width: int, n
     return need
 
 
+#: The most producers one widen grows (the layer asked for and its residual partners).
+MAX_PRODUCERS = 256
+
+
+def _producers(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Module], int, int]:
+    """The layers ``names`` (found and checked), their common output channels and groups."""
+    layers = [find_layer(model, n, grouped=True, same_padding=True) for n in names]
+    counts = {n: layer.weight.shape[0] for n, layer in zip(names, layers)}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"layers widened together must have the same output channels: {counts}")
+    groups = {getattr(layer, "groups", 1) for layer in layers}
+    if len(groups) > 1:
+        raise ValueError(f"layers widened together must have the same groups, got {groups}")
+    return layers, layers[0].weight.shape[0], groups.pop()
+
+
+def _with_partners(
+    model: nn.Module,
+    names: tuple[str, ...],
+    request: PartnerRequest,
+    channels: int,
+    groups: int,
+) -> tuple[str, ...]:
+    """``names`` and the layers ``request`` found added to their widened channels, which grow
+    with them (same channels and groups); the request's refusal where there are none, they
+    cannot be widened, or there would be more than :data:`MAX_PRODUCERS`."""
+    new = [p for p in dict.fromkeys(request.partners) if p not in names]
+    if not new or len(names) + len(new) > MAX_PRODUCERS:
+        raise MorphError(str(request)) from request
+    grown = (*names, *new)
+    try:
+        _, partner_channels, partner_groups = _producers(model, grown)
+    except (MorphError, TypeError, ValueError) as exc:
+        raise MorphError(f"{request}; its partners cannot grow with it: {exc}") from exc
+    if (partner_channels, partner_groups) != (channels, groups):
+        raise MorphError(str(request)) from request
+    return grown
+
+
 def _shape_inputs(
     model: nn.Module, probe: object, input_shape: object
 ) -> tuple[torch.Tensor, ...] | None:
@@ -341,9 +381,11 @@ def widen(
     """Widen the outputs of the Conv/Linear layer ``at`` to ``width`` channels.
 
     ``at`` may list several layers whose outputs meet in a residual add: they are widened
-    together (same width, same permutation); a widened tensor added to one that is not widened
-    raises :class:`MorphError` naming the partner. ``zero_side``: "auto", "inner" or "outer"
-    (module docstring); ``seed``: the permutation and the random entries. ``probe``/
+    together (same width, same permutation). The other conv/linear producers of a residual sum
+    the widened channels reach join them (a ResNet stage's stem or shortcut and every block's
+    last conv; the report names them); a sum with a model input, a parameter or a layer of other
+    channels or groups raises :class:`MorphError` naming it. ``zero_side``: "auto", "inner" or
+    "outer" (module docstring); ``seed``: the permutation and the random entries. ``probe``/
     ``input_shape``/``tol`` as in :func:`deepen` (no single-layer fallback: without a model
     input tol="auto" raises, tol=None leaves the deviation unmeasured). Needs a model
     torch.fx can trace (MorphError otherwise); a Hugging Face model is exported with
@@ -353,12 +395,8 @@ def widen(
     unchanged.
     """
     names = _names(at)
-    layers = [find_layer(model, n, grouped=True, same_padding=True) for n in names]
+    layers, channels, group_count = _producers(model, names)
     check_model_state(model)  # before tracing, which copies the model
-    counts = {n: layer.weight.shape[0] for n, layer in zip(names, layers)}
-    if len(set(counts.values())) > 1:
-        raise ValueError(f"layers widened together must have the same output channels: {counts}")
-    channels = layers[0].weight.shape[0]
     width = v.positive_int(width, "width")
     if width <= channels:
         raise ValueError(
@@ -367,10 +405,6 @@ def widen(
         )
     if zero_side not in ZERO_SIDES:
         raise ValueError(f"zero_side must be one of {ZERO_SIDES}, got {zero_side!r}")
-    groups = {getattr(layer, "groups", 1) for layer in layers}
-    if len(groups) > 1:
-        raise ValueError(f"layers widened together must have the same groups, got {groups}")
-    group_count = groups.pop()
     if width % group_count:
         raise ValueError(
             f"width ({width}) must be divisible by the groups={group_count} of {list(names)}"
@@ -403,6 +437,9 @@ def widen(
                     "or input_shape="
                 ) from exc
             exported = True  # the exported graph instead (its walk follows the same rules)
+        except PartnerRequest as request:
+            names = _with_partners(model, names, request, channels, group_count)
+            check_widen_memory(model, names, (), width)
         except BlockRequest as request:
             if request.whole_groups and blocks == 1 and group_count == 1:
                 src = group_channel_map(rng, channels, width, request.blocks)
@@ -425,9 +462,17 @@ def widen(
     # by check_widen_memory)
     budget = hidden_budget("widen", model, names[0], layers[0], [width], 0, copies=1)
 
+    asked = _names(at)
+    partners = [n for n in names if n not in asked]
+
     def build(child: nn.Module) -> Outcome:
         outcome = _apply(child, plan, src, side, rng)
         outcome.notes.append(f"zero_side={side!r}: {why}")
+        if partners:
+            outcome.notes.append(
+                f"widened with the other producers of its residual sums: {partners} (a sum "
+                "of widened and unwidened channels has no exact child)"
+            )
         if any(use.kind == "batch_norm" for use in plan.uses):
             outcome.notes.append(
                 "new BatchNorm channels: running mean 0, var 1, weight 1, bias 0; BatchNorm is "
