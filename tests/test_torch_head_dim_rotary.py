@@ -118,6 +118,14 @@ REFUSED = {
         18,
         r"no exact child: 'model\.rotary_emb'.*add heads instead \(add_heads\)",
     ),
+    "RoFormer (sinusoidal rotary table of the heads' width)": (
+        "RoFormerForMaskedLM",
+        "RoFormerConfig",
+        dict(LM, rotary_value=True),
+        "roformer.encoder.layer.1.attention.self.value",
+        48,
+        r"no exact child: 'roformer\.encoder\.embed_positions' rotates all 8 coordinates",
+    ),
     "Qwen3 (q_norm, k_norm per head)": (
         "Qwen3ForCausalLM",
         "Qwen3Config",
