@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import doc_tables
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -56,7 +57,7 @@ EXACT = {
         18,
         2,
     ),
-    "GPT-NeoX (rotary_pct, fused [q_h; k_h; v_h])": (
+    "GPT-NeoX (partial rotary, fused [q_h; k_h; v_h])": (
         "GPTNeoXForCausalLM",
         "GPTNeoXConfig",
         LM,
@@ -151,6 +152,33 @@ REFUSED = {
         r"no exact child: model\.layers\.0\.self_attn\.q_layernorm",
     ),
 }
+
+
+def table() -> str:
+    """The table of docs/supported.md: each model's outcome, as the tests below assert it."""
+    outcomes = {}
+    for name, (*_, at, width, rotated) in EXACT.items():
+        layer = at.rpartition(".")[2]
+        outcomes[name, "widen"] = (
+            f"exact, `load_grown` (`{layer}` to {width}: the first {rotated} coordinates of "
+            "each head rotated, the new one passes through)"
+        )
+    for name, (*_, at, width, _) in REFUSED.items():
+        layer = at.rpartition(".")[2]
+        outcomes[name, "widen"] = f"refused (`{layer}` to {width}): “no exact child”"
+    rows = [*EXACT, *REFUSED]
+    return doc_tables.table(
+        "rotary widen", "test_torch_head_dim_rotary.py", "model", rows, ["widen"], outcomes
+    )
+
+
+def test_rotary_table_matches() -> None:
+    """docs/supported.md holds the table these tests assert, unchanged."""
+    doc_tables.check("rotary widen", "test_torch_head_dim_rotary.py", table())
+
+
+if __name__ == "__main__":
+    print(table())
 
 
 def _model(class_name: str, config_name: str, config: dict) -> torch.nn.Module:

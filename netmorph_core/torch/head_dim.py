@@ -12,8 +12,10 @@ multiplied by √(h'/h), so that (√(h'/h)·q)·k/√h' = q·k/√h whichever p
 rounding of the query weights). The module's source suggests which holds; where the
 measurement refuses that child, the other is built and measured. The family's other per-head
 rows (DeBERTa's position projections and ``q_bias``/``v_bias``) grow by zero rows, those read
-against the keys scaled like the queries. Rotary position embeddings rotate all h coordinates
-of a head with frequencies that depend on h, and are refused by name.
+against the keys scaled like the queries. Under rotary position embeddings the new
+coordinates join each head's pass-through part, the rotated part and its table kept; an
+attention that rotates every coordinate with the table its model shares, or normalises the
+heads' coordinates, has no exact child and is refused as such (:mod:`.head_dim_rotary`).
 
 The attentions found (:mod:`.head_dim_find`): the blocks of a recognised transformer (three
 projections, or DeBERTa's fused ``in_proj`` of rows [q_h; k_h; v_h] per head), the self- and
