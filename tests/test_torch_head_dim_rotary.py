@@ -109,7 +109,7 @@ REFUSED = {
         GQA,
         "model.layers.1.self_attn.k_proj",
         32,
-        r"a head of 16 coordinates in one block would need a table of its own",
+        r"a head of 16 coordinates through it, so that head would need a table of its own",
     ),
     "Cohere (full rotary, interleaved)": (
         "CohereForCausalLM",

@@ -112,11 +112,13 @@ def refuse_head_norms(model: nn.Module, attention: str, at: str) -> None:
 
 
 def no_exact_child(at: str, rotary: Rotary, h: int, new_h: int, why: MorphError) -> MorphError:
-    """The refusal of a wider head whose child does not run: ``rotary`` rotates all ``h``
-    coordinates of the head with its one table, shared by every block."""
+    """The refusal of a wider head whose child does not run (``why``): ``rotary`` rotates the
+    head's coordinates with its one table, shared by every block."""
+    rotated = f"all {h}" if rotary.width >= h else f"the first {rotary.width} of the {h}"
     return MorphError(
-        f"widening {at!r}: no exact child: {rotary.table!r} rotates all {h} coordinates of "
-        f"each head with one cos/sin table of width {rotary.width} that every block shares, so "
-        f"a head of {new_h} coordinates in one block would need a table of its own; add heads "
-        f"instead (add_heads), which keeps head_dim ({why})"
+        f"widening {at!r}: no exact child: {rotary.table!r} rotates {rotated} coordinates of "
+        f"each head with one cos/sin table of width {rotary.width} that every block shares, and "
+        f"the attention does not pass a head of {new_h} coordinates through it, so that head "
+        f"would need a table of its own; add heads instead (add_heads), which keeps head_dim "
+        f"({why})"
     )
