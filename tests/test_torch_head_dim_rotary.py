@@ -258,3 +258,17 @@ def test_no_exact_child_is_refused_by_name(name: str) -> None:
     with pytest.raises(MorphError, match=match):
         widen(parent, at, width)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def test_a_float32_child_stays_within_the_parents_rounding() -> None:
+    """Phi in float32: the child's deviation from the float64 parent is within twice the
+    float32 parent's own (the rotated part and its table are the parent's, bit for bit)."""
+    class_name, config_name, config, at, width, _ = EXACT["Phi (partial_rotary_factor 0.5)"]
+    parent = _model(class_name, config_name, config)
+    want = _logits(parent)
+    parent32 = parent.float()
+    child, _ = widen(parent32, at, width)
+    assert child.get_submodule(at).weight.dtype == torch.float32
+    own = (_logits(parent32).double() - want).abs().max()
+    assert 0 < own < 1e-5 * want.abs().max()
+    assert (_logits(child).double() - want).abs().max() <= 2 * own
