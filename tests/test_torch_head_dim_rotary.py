@@ -272,3 +272,16 @@ def test_a_float32_child_stays_within_the_parents_rounding() -> None:
     own = (_logits(parent32).double() - want).abs().max()
     assert 0 < own < 1e-5 * want.abs().max()
     assert (_logits(child).double() - want).abs().max() <= 2 * own
+
+
+def test_a_norm_of_the_stream_inside_the_attention_is_no_head_norm() -> None:
+    """ALBERT's attention module holds the block's LayerNorm over the stream, which the new
+    head coordinates never reach: its heads grow exactly."""
+    parent = _model(
+        "AlbertForMaskedLM", "AlbertConfig", dict(LM, embedding_size=16, num_hidden_layers=2)
+    )
+    at = "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query"
+    want = _logits(parent)
+    child, _ = widen(parent, at, 36)
+    assert isinstance(child.get_submodule(at.replace("query", "LayerNorm")), torch.nn.LayerNorm)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9 * want.abs().max())

@@ -39,6 +39,9 @@ TABLES = {
     "embed_positions": lambda s: s[-1],
     "weight": lambda s: s[-1],
 }
+#: Name parts of a norm of the queries or keys (``q_norm``, ``k_layernorm``, ``qk_norm``); a
+#: norm of the stream inside the attention module (ALBERT's ``LayerNorm``) is none of these.
+HEAD_SIDES = {"q", "k", "qk", "query", "key"}
 #: The measurement's refusal of a child that does not run (a table narrower than the head).
 FAILS = "fails on the probe"
 
@@ -96,14 +99,16 @@ def _table_width(module: nn.Module, head_dim: int) -> int:
 
 
 def refuse_head_norms(model: nn.Module, attention: str, at: str) -> None:
-    """MorphError naming the first norm inside ``attention`` (a norm of each head's
-    coordinates or of the whole query or key): the new coordinates would enter its mean and
-    variance, so no child keeps the scores."""
+    """MorphError naming the first norm of the queries or keys inside ``attention`` (of each
+    head's coordinates or of the whole query or key, :data:`HEAD_SIDES`): the new coordinates
+    would enter its mean and variance, so no child keeps the scores."""
     module = model.get_submodule(attention)
     for rel, child in module.named_modules():
         if isinstance(child, (nn.Identity, nn.Dropout)):  # timm's q_norm without qk_norm
             continue
-        if rel and "norm" in (rel.rpartition(".")[2] + type(child).__name__).lower():
+        last = rel.rpartition(".")[2].lower()
+        is_norm = "norm" in last + type(child).__name__.lower()
+        if is_norm and set(last.split("_")) & HEAD_SIDES:
             raise MorphError(
                 f"widening {at!r}: no exact child: {attention}.{rel} normalises the heads' "
                 "coordinates, and new coordinates would change its mean and scale; add heads "
