@@ -285,3 +285,35 @@ def test_a_norm_of_the_stream_inside_the_attention_is_no_head_norm() -> None:
     child, _ = widen(parent, at, 36)
     assert isinstance(child.get_submodule(at.replace("query", "LayerNorm")), torch.nn.LayerNorm)
     torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9 * want.abs().max())
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        dict(rope_type="dynamic", factor=2.0),
+        dict(rope_type="yarn", factor=2.0),
+        dict(
+            rope_type="longrope",
+            short_factor=[1.0, 1.1],
+            long_factor=[1.5, 2.0],
+            original_max_position_embeddings=8,
+        ),
+    ],
+    ids=lambda rope: rope["rope_type"],
+)
+def test_scaled_rope_types_keep_their_table(rope: dict, tmp_path: Path) -> None:
+    """Phi with a rope type whose frequencies depend on the table's width and on the sequence
+    length: the child's table is the parent's, also past max_position_embeddings (16) where
+    dynamic NTK rebuilds it, and after reloading."""
+    params = dict(rope, rope_theta=10000.0, partial_rotary_factor=0.5)
+    config = dict(LM, max_position_embeddings=16, rope_parameters=params)
+    parent = _model("PhiForCausalLM", "PhiConfig", config)
+    child, _ = widen(parent, "model.layers.1.self_attn.k_proj", 36)
+    child.save_pretrained(tmp_path)  # before a long forward updates a dynamic table in place
+    ids = torch.randint(3, 100, (1, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = parent(ids).logits
+        for model in (child, load_grown(tmp_path)):
+            torch.testing.assert_close(
+                model(ids).logits, want, rtol=0, atol=1e-9 * want.abs().max()
+            )
