@@ -2,8 +2,9 @@
 its block's heads grow to a larger head_dim (new key coordinates zero, new value coordinates
 read by zero output columns, the scores' scale kept: a scale derived from head_dim, as in MPNet
 and DeBERTa, by queries ×√(h'/h)); exact in float64, the parent unchanged, the stock
-``from_pretrained`` refusing the child loudly and ``load_grown`` rebuilding it exactly; rotary
-position embeddings and widths that are not whole per-head growth are refused."""
+``from_pretrained`` refusing the child loudly and ``load_grown`` rebuilding it exactly; a rotary
+embedding of every coordinate (tests/test_torch_head_dim_rotary.py for the partial ones) and
+widths that are not whole per-head growth are refused."""
 
 from __future__ import annotations
 
@@ -178,7 +179,7 @@ def test_a_width_that_is_not_whole_growth_per_head_is_refused(width: int, match:
 def test_rotary_attention_is_refused_by_name() -> None:
     config = transformers.MistralConfig(**TINY, num_key_value_heads=2, vocab_size=100)
     model = transformers.MistralForCausalLM(config).double().eval()
-    with pytest.raises(MorphError, match=r"'model\.rotary_emb' rotates every head_dim coordinate"):
+    with pytest.raises(MorphError, match=r"no exact child: 'model\.rotary_emb' rotates all 8"):
         widen(model, "model.layers.0.self_attn.q_proj", 48)
 
 

@@ -145,7 +145,7 @@ def test_widen_llama_gate_takes_up_with_it(zero_side: str) -> None:
             r"residual stream grows with grow_width",
             marks=pytest.mark.thirdparty,
         ),
-        ("llama", "model.layers.0.self_attn.q_proj", r"rotates every head_dim coordinate"),
+        ("llama", "model.layers.0.self_attn.q_proj", r"no exact child: .* rotates all"),
         ("gpt2", "transformer.h.0.attn.c_attn", r"aten\.split \(node 'split'.*add_heads"),
         pytest.param(
             "gpt2",

@@ -12,8 +12,10 @@ multiplied by √(h'/h), so that (√(h'/h)·q)·k/√h' = q·k/√h whichever p
 rounding of the query weights). The module's source suggests which holds; where the
 measurement refuses that child, the other is built and measured. The family's other per-head
 rows (DeBERTa's position projections and ``q_bias``/``v_bias``) grow by zero rows, those read
-against the keys scaled like the queries. Rotary position embeddings rotate all h coordinates
-of a head with frequencies that depend on h, and are refused by name.
+against the keys scaled like the queries. Under rotary position embeddings the new
+coordinates join each head's pass-through part, the rotated part and its table kept; an
+attention that rotates every coordinate with the table its model shares, or normalises the
+heads' coordinates, has no exact child and is refused as such (:mod:`.head_dim_rotary`).
 
 The attentions found (:mod:`.head_dim_find`): the blocks of a recognised transformer (three
 projections, or DeBERTa's fused ``in_proj`` of rows [q_h; k_h; v_h] per head), the self- and
@@ -39,6 +41,7 @@ from torch import nn
 from .. import _validation as v
 from .errors import MorphError
 from .head_dim_find import Attention, attention_projection
+from .head_dim_rotary import FAILS, Rotary, find_rotary, no_exact_child, refuse_head_norms
 from .layer_reads import _forward_source
 from .pipeline import Request, run
 from .report import MorphReport, Outcome
@@ -57,10 +60,6 @@ DERIVED_SCALE = ("sqrt", "**-0.5", "** -0.5", "scaled_dot_product_attention(")
 Scale = tuple[float, dict[str, float]]
 #: The adapter's deviation check, whose refusal sends the next way of keeping the scale.
 GUARD = "deviates from the parent"
-
-
-def _rotary(model: nn.Module) -> str | None:
-    return next((n for n, m in model.named_modules() if "rotary" in type(m).__name__.lower()), None)
 
 
 def _query_side(rel: str) -> bool:
@@ -144,14 +143,9 @@ def widen_head_dim(
             f"width={width}: {at!r} holds {what} of head_dim {h}; widen it to a larger "
             f"multiple of {units} (each head grows to width / {units})"
         )
-    rotary = _rotary(model)
-    if rotary is not None:
-        raise MorphError(
-            f"widening {at!r}: {rotary!r} rotates every head_dim coordinate with frequencies "
-            "that depend on head_dim, which a wider head would change; add heads instead "
-            "(add_heads)"
-        )
     new_h = width // units
+    refuse_head_norms(model, att.name, at)
+    rotary = find_rotary(model, att.name, h)
     scales = score_scales(model.get_submodule(att.name), h, new_h)
     layers = (
         *att.qkv,
@@ -164,7 +158,9 @@ def widen_head_dim(
 
     def attempt(scale: Scale) -> tuple[nn.Module, MorphReport]:
         factor, attrs = scale
-        build = partial(_build, att=att, h=h, new_h=new_h, seed=seed, factor=factor, attrs=attrs)
+        build = partial(
+            _build, att=att, h=h, new_h=new_h, seed=seed, factor=factor, attrs=attrs, rotary=rotary
+        )
         return run(
             Request(
                 "widen",
@@ -181,13 +177,18 @@ def widen_head_dim(
             )
         )
 
-    for scale in scales[:-1]:
-        try:
-            return attempt(scale)
-        except MorphError as refusal:  # the measurement refused this way: try the next
-            if GUARD not in str(refusal):
-                raise
-    return attempt(scales[-1])
+    try:
+        for scale in scales[:-1]:
+            try:
+                return attempt(scale)
+            except MorphError as refusal:  # the measurement refused this way: try the next
+                if GUARD not in str(refusal):
+                    raise
+        return attempt(scales[-1])
+    except MorphError as refusal:
+        if rotary is None or FAILS not in str(refusal):
+            raise
+        raise no_exact_child(at, rotary, h, new_h, refusal) from refusal
 
 
 def _build(
@@ -199,9 +200,11 @@ def _build(
     seed: int,
     factor: float,
     attrs: dict[str, float],
+    rotary: Rotary | None,
 ) -> Outcome:
     """Grow every head of ``att`` in ``child`` from head_dim ``h`` to ``new_h``, the queries
-    ×``factor`` and the scale attributes ``attrs`` set (module docstring)."""
+    ×``factor`` and the scale attributes ``attrs`` set (module docstring); ``rotary``, the
+    rotary embedding whose table and rotated part stay as they are."""
     edit = _Editor(child, seed)
     heads = (att.heads, att.kv_heads, att.kv_heads)
     parts = [
@@ -222,13 +225,17 @@ def _build(
     for attr, value in attrs.items():
         setattr(module, attr, value)
     scaled = f"; the queries ×√({new_h}/{h}) against the scale 1/√{new_h}" if factor != 1 else ""
-    return edit.outcome(
-        [
-            f"every head of {att.name!r} grows from head_dim {h} to {new_h}: new key "
-            f"coordinates zero (the scores keep their values and their scale{scaled}), "
-            "new value coordinates read by zero output columns"
-        ]
-    )
+    notes = [
+        f"every head of {att.name!r} grows from head_dim {h} to {new_h}: new key "
+        f"coordinates zero (the scores keep their values and their scale{scaled}), "
+        "new value coordinates read by zero output columns"
+    ]
+    if rotary is not None:
+        notes.append(
+            f"{rotary.table!r} keeps its table: the rotated first {rotary.width} coordinates "
+            f"of each head stay as they were, the new ones pass through unrotated"
+        )
+    return edit.outcome(notes)
 
 
 def _head_rows(heads: int, h: int, new_h: int) -> np.ndarray:
