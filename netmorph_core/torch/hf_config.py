@@ -41,6 +41,7 @@ from .errors import MorphError
 from .hf_embeddings import input_embedding, output_embedding
 from .hf_modules import describe_module
 from .transformer_layout import Layout, as_matrix, describe
+from .transformer_trace import HEAD_DIM_ATTRS, HEADS_ATTRS
 
 #: Prefix of the model_type of a config that no stock class loads.
 MARK = "netmorph-"
@@ -153,7 +154,7 @@ def sync_config(model: nn.Module) -> list[str]:
         ]
     if layout is not None:
         notes += _fold_embedding_scale(model, stock, layout)
-        _align_widths(model, stock, layout.d_model)
+        _align_widths(model, stock, layout)
     spec = difference(model, stock, _refusal(stock.config))
     if spec is not None and not spec["rebuildable"] and layout is not None:
         spec = _with_head_dim(model, config, base, layout) or spec
@@ -371,17 +372,31 @@ def _fold_embedding_scale(model: nn.Module, stock: nn.Module, layout: Layout) ->
 WIDTH_ATTRS = ("hidden_size", "embed_dim", "embedding_size")
 
 
-def _align_widths(model: nn.Module, stock: nn.Module, d_model: int) -> None:
+def _align_widths(model: nn.Module, stock: nn.Module, layout: Layout) -> None:
     """Width records the operations leave at the old width (Llama's decoder layer and MLP
     ``hidden_size``, GPT-2's ``embed_dim``) set to the stock model's d_model; the measurement
-    that follows the operation checks the child is unchanged by it."""
+    that follows the operation checks the child is unchanged by it. An attention module's
+    record of its own width heads·head_dim (GPTBigCode splits its fused q|k|v output at
+    ``embed_dim``) is kept where the stock module's heads·head_dim differs from it."""
+    d_model = layout.d_model
+    widths = {b.name(layout.family.attention): b.heads * b.head_dim for b in layout.blocks}
     theirs = dict(stock.named_modules())
     for name, module in model.named_modules():
         other = theirs.get(name)
         for attr in WIDTH_ATTRS:
             value = getattr(other, attr, None)
-            if value == d_model and isinstance(getattr(module, attr, None), int):
+            own = getattr(module, attr, None)
+            if own == widths.get(name) and attention_width(other) != own:
+                continue
+            if value == d_model and isinstance(own, int):
                 setattr(module, attr, d_model)
+
+
+def attention_width(module: nn.Module | None) -> int | None:
+    """heads·head_dim of an attention module that records both (None otherwise)."""
+    heads = next((getattr(module, a) for a in HEADS_ATTRS if hasattr(module, a)), None)
+    size = next((getattr(module, a) for a in HEAD_DIM_ATTRS if hasattr(module, a)), None)
+    return heads * size if isinstance(heads, int) and isinstance(size, int) else None
 
 
 def gain_offset(norm: nn.Module) -> float:
