@@ -7,6 +7,8 @@ multi-head attention), so every operation that changes the heads or their head_d
 them. Each case checks the child's logits against the parent's (float64, 1e-9), that the
 parent is untouched, and the reload: stock ``from_pretrained`` where the config describes the
 child, else the stock load refuses the marked model_type and ``load_grown`` rebuilds it.
+:data:`OUTCOMES` is the GPTBigCode table of ``docs/supported.md`` (``python
+tests/test_torch_gpt_bigcode.py`` prints it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import doc_tables
 import pytest
 import torch
 from thirdparty import import_transformers
@@ -38,24 +41,27 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
-STOCK = "stock"
-MARKED = "load_grown"
+STOCK = "exact, stock reload"
+MARKED = "exact, load_grown"
 QKV = "transformer.h.0.attn.c_attn"
-#: operation → (what it does to the parent, multi-query → how the child reloads).
-OPS: dict[str, tuple[Callable, dict[bool, str]]] = {
-    "grow_ffn": (lambda m: grow_ffn(m, 160), {True: STOCK, False: STOCK}),
-    "add_heads": (lambda m: add_heads(m, 6), {True: MARKED, False: MARKED}),
-    "grow_width": (lambda m: grow_width(m, 64), {True: MARKED, False: MARKED}),
-    "grow_width → add_heads": (
-        lambda m: add_heads(grow_width(m, 64)[0], 8),
-        {True: STOCK, False: STOCK},
-    ),
-    "add_block": (lambda m: add_block(m, 1), {True: STOCK, False: STOCK}),
+#: row of the table → multi_query.
+VARIANTS = {"multi-query (StarCoder)": True, "multi-head": False}
+Op = Callable[[torch.nn.Module], tuple[torch.nn.Module, object]]
+#: operation → what it does to the parent.
+OPS: dict[str, Op] = {
+    "grow_ffn": lambda m: grow_ffn(m, 160),
+    "add_heads": lambda m: add_heads(m, 6),
+    "grow_width": lambda m: grow_width(m, 64),
+    "grow_width → add_heads": lambda m: add_heads(grow_width(m, 64)[0], 8),
+    "add_block": lambda m: add_block(m, 1),
     # multi-query: 4 query heads + k + v = 6 row blocks of head_dim 8 → 9; multi-head: 12 → 9
-    "widen c_attn": (
-        lambda m: widen(m, QKV, 54 if m.config.multi_query else 108),
-        {True: MARKED, False: MARKED},
-    ),
+    "widen c_attn": lambda m: widen(m, QKV, 54 if m.config.multi_query else 108),
+}
+#: (variant, operation) → how the child reloads (every case is exact).
+OUTCOMES: dict[tuple[str, str], str] = {
+    **{(r, op): MARKED for r in VARIANTS for op in OPS},
+    **{(r, op): STOCK for r in VARIANTS for op in ("grow_ffn", "grow_width → add_heads")},
+    **{(r, "add_block"): STOCK for r in VARIANTS},
 }
 
 
@@ -80,18 +86,17 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
         return model(ids).logits
 
 
-@pytest.mark.parametrize("multi_query", [True, False], ids=["mqa", "mha"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("op", list(OPS))
-def test_operation(op: str, multi_query: bool, tmp_path: Path) -> None:
-    parent = _parent(multi_query)
+def test_operation(op: str, variant: str, tmp_path: Path) -> None:
+    parent = _parent(VARIANTS[variant])
     before = {k: v.clone() for k, v in parent.state_dict().items()}
-    grow, reload = OPS[op]
-    child, report = grow(parent)
+    child, report = OPS[op](parent)
     want = _logits(parent)
     torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
     child.save_pretrained(tmp_path)
     auto = transformers.AutoModelForCausalLM
-    if reload[multi_query] == STOCK:
+    if OUTCOMES[variant, op] == STOCK:
         assert any("reloads this child exactly" in n for n in report.notes), report.notes
         reloaded = auto.from_pretrained(tmp_path, dtype=torch.float64).eval()
     else:
@@ -102,6 +107,18 @@ def test_operation(op: str, multi_query: bool, tmp_path: Path) -> None:
     torch.testing.assert_close(_logits(reloaded), want, rtol=0, atol=1e-9)
     after = parent.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def table() -> str:
+    """The markdown variant × operation table of :data:`OUTCOMES`."""
+    return doc_tables.table(
+        "gpt_bigcode", "test_torch_gpt_bigcode.py", "GPTBigCode", VARIANTS, OPS, OUTCOMES
+    )
+
+
+def test_supported_table_matches() -> None:
+    """docs/supported.md holds the table these tests assert, unchanged."""
+    doc_tables.check("gpt_bigcode", "test_torch_gpt_bigcode.py", table())
 
 
 def test_attention_records_follow_the_heads() -> None:
@@ -120,3 +137,7 @@ def test_multi_query_keeps_one_key_value_head() -> None:
 def test_widen_to_a_width_that_is_not_whole_heads_says_what_to_ask() -> None:
     with pytest.raises(ValueError, match="widen it to a larger multiple of 6"):
         widen(_parent(True), QKV, 52)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -141,3 +141,20 @@ def test_a_child_beyond_the_float32_noise_is_refused() -> None:
     assert m.dev64[1] > NOISE_FACTOR * m.noise64
     with pytest.raises(MorphError, match="the parent's own float64 rounding noise is"):
         report.check_preserved("test", ("model",), "auto", torch.float64, m)
+
+
+def test_t5_width_that_is_not_a_multiple_is_accepted_against_its_float32_norms() -> None:
+    """T5's LayerNorm takes its mean square in float32: 32 → 45 deviates at float32 rounding,
+    within 8× of the parent's own noise; the stock config reloads the child."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4
+    )
+    parent = transformers.T5ForConditionalGeneration(config).double().eval()
+    child, rep = grow_width(parent, 45)
+    assert any("'encoder.block.0.layer.0.layer_norm'" in n for n in rep.notes), rep.notes
+    ids = _ids()
+    with torch.no_grad():
+        want = parent(input_ids=ids, decoder_input_ids=ids[:, :5]).logits
+        got = child(input_ids=ids, decoder_input_ids=ids[:, :5]).logits
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-6
