@@ -52,6 +52,7 @@ OPS: dict[str, Op] = {
     "grow_ffn": lambda m: grow_ffn(m, 160),
     "add_heads": lambda m: add_heads(m, 6),
     "grow_width": lambda m: grow_width(m, 64),
+    "grow_width (45)": lambda m: grow_width(m, 45),
     "grow_width → add_heads": lambda m: add_heads(grow_width(m, 64)[0], 8),
     "add_block": lambda m: add_block(m, 1),
     # multi-query: 4 query heads + k + v = 6 row blocks of head_dim 8 → 9; multi-head: 12 → 9

@@ -141,7 +141,12 @@ def sync_config(model: nn.Module) -> list[str]:
         _write_sizes(_stack_config(config, layout), model, layout)
     base = stock_class(type(config))
     try:
-        stock = _stock_model(model, config, base)
+        try:
+            stock = _stock_model(model, config, base)
+        except Exception:
+            stock = _dividing_heads(model, config, base, layout)
+            if stock is None:
+                raise
     except Exception as exc:  # whatever the stock class raises, it cannot load this child
         config.__class__ = marked_class(base)
         reason = str(exc).splitlines()[0]
@@ -177,6 +182,36 @@ def sync_config(model: nn.Module) -> list[str]:
         + ("" if spec["rebuildable"] else " — not here: save it whole with torch.save")
     )
     return notes
+
+
+def _dividing_heads(
+    model: nn.Module, config: object, base: type, layout: Layout | None
+) -> nn.Module | None:
+    """The stock model built with the config's head count lowered to the largest that divides
+    d_model, where the class requires hidden_size divisible by the heads and derives head_dim
+    from them (GPTBigCode and GPT-2 grown to 45 wide): the modules then record their own
+    geometry, which ``load_grown`` restores; None (the config as it was) where none builds."""
+    if layout is None or not layout.family.derived_head_dim:
+        return None
+    field = next((f for f in ("num_attention_heads", "n_head") if hasattr(config, f)), None)
+    heads = getattr(config, field, None) if field else None
+    if not isinstance(heads, int):
+        return None
+    kv = getattr(config, "num_key_value_heads", None)
+    for count in range(min(heads, layout.d_model), 0, -1):
+        if layout.d_model % count:
+            continue
+        setattr(config, field, count)
+        if kv == heads:
+            config.num_key_value_heads = count
+        try:
+            return _stock_model(model, config, base)
+        except Exception:  # the class refuses this count too: the next one
+            continue
+    setattr(config, field, heads)
+    if kv == heads:
+        config.num_key_value_heads = kv
+    return None
 
 
 def _with_head_dim(
