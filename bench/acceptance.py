@@ -61,6 +61,7 @@ from netmorph_core.torch import (
 )
 from netmorph_core.torch.calibrate import trained_like
 from netmorph_core.torch.convnext import recognise as convnext_layout
+from netmorph_core.torch.rounding_noise import computes_lower
 from netmorph_core.torch.transformer_layout import as_matrix, describe
 
 F64_TOL = 1e-9
@@ -181,17 +182,39 @@ def leaves(out: object) -> list[torch.Tensor]:
 
 def rounding_noise(model: nn.Module, x: torch.Tensor) -> float:
     """The parent's own float64 rounding noise on ``x``: its relative output change when every
-    Conv/Linear output is multiplied by (1 + 2⁻⁵³·N(0, 1)), i.e. perturbed by one rounding."""
+    Conv/Linear output is multiplied by (1 + 2⁻⁵³·N(0, 1)), i.e. perturbed by one rounding, and
+    every other leaf layer that computes in float32 inside the float64 model (a norm left
+    unpatched by :func:`exact_norms`: Cohere's, OLMo's LayerNorm; found by
+    :func:`~netmorph_core.torch.rounding_noise.computes_lower` at its first call) by
+    (1 + 2⁻²⁴·N(0, 1)), one float32 rounding."""
     gen = torch.Generator().manual_seed(5)
+    lower: dict[nn.Module, bool] = {}
 
     def perturb(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
         return out * (1 + 2.0**-53 * noise)
 
-    hooks = [
-        m.register_forward_hook(perturb)
+    def perturb_lower(
+        module: nn.Module, args: tuple, kwargs: dict, out: object
+    ) -> torch.Tensor | None:
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return None
+        if module not in lower:
+            lower[module] = False  # while it runs again below
+            lower[module] = computes_lower(module, args, kwargs, out)
+        if not lower[module]:
+            return None
+        noise = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+        return out * (1 + 2.0**-24 * noise)
+
+    layers = [
+        m
         for m in model.modules()
         if isinstance(m, (*CONV, nn.Linear)) or type(m).__name__ == "Conv1D"
+    ]
+    others = [m for m in model.modules() if next(m.children(), None) is None and m not in layers]
+    hooks = [m.register_forward_hook(perturb) for m in layers] + [
+        m.register_forward_hook(perturb_lower, with_kwargs=True) for m in others
     ]
     try:
         with torch.no_grad():

@@ -50,8 +50,11 @@ from .transformer_trace import qkv_rows
 
 #: Attention attributes that record the head_dim (BERT's, GPT-NeoX's, the others').
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_kv", "key_value_proj_dim")
-#: Attention attributes that record heads·head_dim (BERT's, T5's, timm's).
-ALL_HEADS_ATTRS = ("all_head_size", "inner_dim", "attn_dim")
+#: Attention attributes that record heads·head_dim (BERT's, T5's, timm's, GPTBigCode's query
+#: width at which it splits its fused q|k|v output).
+ALL_HEADS_ATTRS = ("all_head_size", "inner_dim", "attn_dim", "embed_dim")
+#: Attention attributes that record kv_heads·head_dim (GPTBigCode's key and value widths).
+KV_WIDTH_ATTRS = ("kv_dim",)
 #: Attention attributes that hold the scores' scale (Hugging Face's, timm's, BLOOM's).
 SCALE_ATTRS = ("scaling", "scale", "softmax_scale", "inv_norm_factor")
 #: Source fragments of an attention that derives its scale from head_dim.
@@ -222,6 +225,9 @@ def _build(
     for attr in ALL_HEADS_ATTRS:
         if getattr(module, attr, None) == att.heads * h:
             setattr(module, attr, att.heads * new_h)
+    for attr in KV_WIDTH_ATTRS:
+        if getattr(module, attr, None) == att.kv_heads * h:
+            setattr(module, attr, att.kv_heads * new_h)
     for attr, value in attrs.items():
         setattr(module, attr, value)
     scaled = f"; the queries ×√({new_h}/{h}) against the scale 1/√{new_h}" if factor != 1 else ""

@@ -41,6 +41,7 @@ from .errors import MorphError
 from .hf_embeddings import input_embedding, output_embedding
 from .hf_modules import describe_module
 from .transformer_layout import Layout, as_matrix, describe
+from .transformer_trace import HEAD_DIM_ATTRS, HEADS_ATTRS
 
 #: Prefix of the model_type of a config that no stock class loads.
 MARK = "netmorph-"
@@ -140,7 +141,12 @@ def sync_config(model: nn.Module) -> list[str]:
         _write_sizes(_stack_config(config, layout), model, layout)
     base = stock_class(type(config))
     try:
-        stock = _stock_model(model, config, base)
+        try:
+            stock = _stock_model(model, config, base)
+        except Exception:
+            stock = _dividing_heads(model, config, base, layout)
+            if stock is None:
+                raise
     except Exception as exc:  # whatever the stock class raises, it cannot load this child
         config.__class__ = marked_class(base)
         reason = str(exc).splitlines()[0]
@@ -153,7 +159,7 @@ def sync_config(model: nn.Module) -> list[str]:
         ]
     if layout is not None:
         notes += _fold_embedding_scale(model, stock, layout)
-        _align_widths(model, stock, layout.d_model)
+        _align_widths(model, stock, layout)
     spec = difference(model, stock, _refusal(stock.config))
     if spec is not None and not spec["rebuildable"] and layout is not None:
         spec = _with_head_dim(model, config, base, layout) or spec
@@ -176,6 +182,36 @@ def sync_config(model: nn.Module) -> list[str]:
         + ("" if spec["rebuildable"] else " — not here: save it whole with torch.save")
     )
     return notes
+
+
+def _dividing_heads(
+    model: nn.Module, config: object, base: type, layout: Layout | None
+) -> nn.Module | None:
+    """The stock model built with the config's head count lowered to the largest that divides
+    d_model, where the class requires hidden_size divisible by the heads and derives head_dim
+    from them (GPTBigCode and GPT-2 grown to 45 wide): the modules then record their own
+    geometry, which ``load_grown`` restores; None (the config as it was) where none builds."""
+    if layout is None or not layout.family.derived_head_dim:
+        return None
+    field = next((f for f in ("num_attention_heads", "n_head") if hasattr(config, f)), None)
+    heads = getattr(config, field, None) if field else None
+    if not isinstance(heads, int):
+        return None
+    kv = getattr(config, "num_key_value_heads", None)
+    for count in range(min(heads, layout.d_model), 0, -1):
+        if layout.d_model % count:
+            continue
+        setattr(config, field, count)
+        if kv == heads:
+            config.num_key_value_heads = count
+        try:
+            return _stock_model(model, config, base)
+        except Exception:  # the class refuses this count too: the next one
+            continue
+    setattr(config, field, heads)
+    if kv == heads:
+        config.num_key_value_heads = kv
+    return None
 
 
 def _with_head_dim(
@@ -371,17 +407,31 @@ def _fold_embedding_scale(model: nn.Module, stock: nn.Module, layout: Layout) ->
 WIDTH_ATTRS = ("hidden_size", "embed_dim", "embedding_size")
 
 
-def _align_widths(model: nn.Module, stock: nn.Module, d_model: int) -> None:
+def _align_widths(model: nn.Module, stock: nn.Module, layout: Layout) -> None:
     """Width records the operations leave at the old width (Llama's decoder layer and MLP
     ``hidden_size``, GPT-2's ``embed_dim``) set to the stock model's d_model; the measurement
-    that follows the operation checks the child is unchanged by it."""
+    that follows the operation checks the child is unchanged by it. An attention module's
+    record of its own width heads·head_dim (GPTBigCode splits its fused q|k|v output at
+    ``embed_dim``) is kept where the stock module's heads·head_dim differs from it."""
+    d_model = layout.d_model
+    widths = {b.name(layout.family.attention): b.heads * b.head_dim for b in layout.blocks}
     theirs = dict(stock.named_modules())
     for name, module in model.named_modules():
         other = theirs.get(name)
         for attr in WIDTH_ATTRS:
             value = getattr(other, attr, None)
-            if value == d_model and isinstance(getattr(module, attr, None), int):
+            own = getattr(module, attr, None)
+            if own == widths.get(name) and attention_width(other) != own:
+                continue
+            if value == d_model and isinstance(own, int):
                 setattr(module, attr, d_model)
+
+
+def attention_width(module: nn.Module | None) -> int | None:
+    """heads·head_dim of an attention module that records both (None otherwise)."""
+    heads = next((getattr(module, a) for a in HEADS_ATTRS if hasattr(module, a)), None)
+    size = next((getattr(module, a) for a in HEAD_DIM_ATTRS if hasattr(module, a)), None)
+    return heads * size if isinstance(heads, int) and isinstance(size, int) else None
 
 
 def gain_offset(norm: nn.Module) -> float:

@@ -430,6 +430,17 @@ def measure(
     return measured, "model", regions, []
 
 
+def _lower_note(names: tuple[str, ...]) -> str:
+    """Which layers of the parent round at float32 inside its float64 forward."""
+    if not names:
+        return ""
+    more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+    return (
+        f" (at float32 for {', '.join(repr(n) for n in names[:2])}{more}, which compute in "
+        "float32 inside the float64 model: the parent carries float32 rounding)"
+    )
+
+
 def _fails(op: str, targets: Sequence[str], exc: Exception) -> MorphError:
     return MorphError(
         f"{op} at {list(targets)}: the child fails on the probe the parent runs "
@@ -475,7 +486,7 @@ def accept(
             notes.append(
                 f"float64 deviation {measured.dev64[1]:.1e} is past 1e-8: one rounding of every "
                 f"layer's output moves the parent's own float64 outputs by "
-                f"{measured.noise64:.1e} on the probe"
+                f"{measured.noise64:.1e} on the probe" + _lower_note(measured.noise64_lower)
             )
     train64 = measured.train64 if measured else None
     holds = None

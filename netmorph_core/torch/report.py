@@ -158,7 +158,8 @@ class Measurement:
     give their eval-mode outputs, bitwise, in the model's dtype (train mode changes nothing
     on the probe, so its deviation is the eval deviation); ``train_noise``: the parent's own
     train-mode rounding noise (:class:`TrainRun`); ``noise64``: its own float64 eval-mode rounding
-    noise (:mod:`.rounding_noise`; 0 where not measured)."""
+    noise (:mod:`.rounding_noise`; 0 where not measured), in which the layers ``noise64_lower``
+    round at float32 (they compute in float32 inside the float64 model)."""
 
     dev64: tuple[float, float] | None
     dev: tuple[float, float]
@@ -170,6 +171,7 @@ class Measurement:
     train_same: bool = False
     train_noise: float = 0.0
     noise64: float = 0.0
+    noise64_lower: tuple[str, ...] = ()
 
     @property
     def noise_ratio(self) -> float:
@@ -340,10 +342,11 @@ def train_outputs(
 
 def _float64_runs(
     parent: nn.Module, child: nn.Module, inputs: Inputs
-) -> tuple[Outputs, Outputs, TrainRun, float]:
-    """Eval outputs of float64 copies of both models, :func:`train_outputs` and the parent's
+) -> tuple[Outputs, Outputs, TrainRun, float, tuple[str, ...]]:
+    """Eval outputs of float64 copies of both models, :func:`train_outputs`, the parent's
     own float64 rounding noise (:mod:`.rounding_noise`; measured only when the child deviates
-    by more than ``AUTO_F64_BOUND``, else 0). The copies are freed on return."""
+    by more than ``AUTO_F64_BOUND``, else 0) and the layers that round at float32 in it. The
+    copies are freed on return."""
     in64 = as_float64(inputs)
     p64, c64 = copy_model(parent, torch.float64), copy_model(child, torch.float64)
     out_p64 = run_outputs(p64, in64)
@@ -351,15 +354,17 @@ def _float64_runs(
     out_c64 = run_outputs(c64, in64)
     check_finite(out_c64, "the child (float64)")
     noise64 = 0.0  # before the train-mode runs, which update the copies' statistics
+    lower: list[str] = []
     if compare(out_p64, out_c64)[1] > AUTO_F64_BOUND:
-        noise64 = compare(out_p64, rounded_outputs(p64, lambda: run_outputs(p64, in64)))[1]
+        rounded = rounded_outputs(p64, lambda: run_outputs(p64, in64), lower)
+        noise64 = compare(out_p64, rounded)[1]
     train = train_outputs(
         lambda **kw: run_outputs(p64, in64, **kw),
         lambda **kw: run_outputs(c64, in64, **kw),
         out_p64,
         lambda: rounded_outputs(p64, lambda: run_outputs(p64, in64, train=True)),
     )
-    return out_p64, out_c64, train, noise64
+    return out_p64, out_c64, train, noise64, tuple(lower)
 
 
 def measure(
@@ -370,9 +375,11 @@ def measure(
     parent's outputs on ``inputs`` when already computed."""
     like = model_like(parent)
     dtype = like.dtype if like is not None else torch.get_default_dtype()
-    out_p64, out_c64, train, noise64 = _float64_runs(parent, child, inputs)
+    out_p64, out_c64, train, noise64, lower = _float64_runs(parent, child, inputs)
     return combine(
-        parent, child, out_p64, out_c64, inputs, parent_out, train, dtype, noise64=noise64
+        *(parent, child, out_p64, out_c64, inputs, parent_out, train, dtype),
+        noise64=noise64,
+        noise64_lower=lower,
     )
 
 
@@ -388,6 +395,7 @@ def combine(
     child_out: Outputs | None = None,
     train_same: bool = False,
     noise64: float = 0.0,
+    noise64_lower: tuple[str, ...] = (),
 ) -> Measurement:
     """The :class:`Measurement` from float64 outputs of both models (the child's None: not
     measured, see :class:`Measurement`); the model-dtype outputs (``parent_out``,
@@ -405,6 +413,7 @@ def combine(
             train_same=train_same,
             train_noise=train.noise,
             noise64=noise64,
+            noise64_lower=noise64_lower,
         )
     out_p = run_outputs(copy_model(parent), inputs) if parent_out is None else parent_out
     out_c = run_outputs(copy_model(child), inputs) if child_out is None else child_out
@@ -421,6 +430,7 @@ def combine(
         train_same=train_same,
         train_noise=train.noise,
         noise64=noise64,
+        noise64_lower=noise64_lower,
     )
 
 

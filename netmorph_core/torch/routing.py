@@ -22,7 +22,7 @@ from types import ModuleType
 import numpy as np
 from torch import nn
 
-from . import convnext, encdec, hierarchical, kernel, moe, ssm
+from . import bottleneck, convnext, encdec, hierarchical, kernel, moe, ssm
 from . import width as general_width
 from .errors import MorphError
 from .ffn_widen import FeedForwardInput, feed_forward_input
@@ -73,6 +73,11 @@ def _staged(model: object, stage: object) -> ModuleType | None:
     return None
 
 
+def _bottleneck(model: object) -> bool:
+    """Whether ``model`` is made of bottleneck blocks (MobileBERT, :mod:`.bottleneck`)."""
+    return isinstance(model, nn.Module) and bottleneck.recognise(model) is not None
+
+
 def _mixer_part(model: object, at: object, parts: Sequence[str]) -> bool:
     """Whether ``at`` names one of ``parts`` of a state-space mixer of ``model``."""
     if not isinstance(model, nn.Module) or not isinstance(at, str):
@@ -105,7 +110,19 @@ def grow_ffn(
     blocks ``layers`` or stages ``stage`` of a hierarchical vision transformer
     (:func:`.hierarchical.grow_ffn`), or the inner width of the mixers ``layers`` of a
     state-space (Mamba) model (:func:`.ssm.grow_ffn`), or the MLP of the blocks ``layers`` or
-    stages ``stage`` of a ConvNeXt (:func:`.convnext.grow_ffn`)."""
+    stages ``stage`` of a ConvNeXt (:func:`.convnext.grow_ffn`), or every feed-forward of the
+    blocks ``layers`` of a model of bottleneck blocks (:func:`.bottleneck.grow_ffn`)."""
+    if stage is None and shared_width is None and _bottleneck(model):
+        return bottleneck.grow_ffn(
+            model,
+            width,
+            layers=layers,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     staged = _staged(model, stage)
     if staged is not None:
         return staged.grow_ffn(
@@ -159,7 +176,20 @@ def add_heads(
     key/value heads) of the same head_dim (:func:`.encdec.add_heads`; the blocks ``layers`` or
     stages ``stage`` of a hierarchical vision transformer: :func:`.hierarchical.add_heads`); a
     Mamba-2 model's mixers get them by whole groups; a Mamba model or a ConvNeXt has none and
-    is refused by name (:func:`.ssm.add_heads`, :func:`.convnext.add_heads`)."""
+    is refused by name (:func:`.ssm.add_heads`, :func:`.convnext.add_heads`); bottleneck
+    blocks: :func:`.bottleneck.add_heads`."""
+    if stage is None and _bottleneck(model):
+        return bottleneck.add_heads(
+            model,
+            heads,
+            kv_heads=kv_heads,
+            layers=layers,
+            method=method,
+            probe=probe,
+            tol=tol,
+            seed=seed,
+            inplace=inplace,
+        )
     if _convnext(model):
         return convnext.add_heads(model, heads)
     if _hierarchical(model, stage):
@@ -215,7 +245,10 @@ def grow_width(
     [x; …; x; a], the norms are rescaled, the readers read k column blocks summing to W
     (:func:`.encdec.grow_width`; a state-space model: :func:`.ssm.grow_width`; the stage
     ``stage`` of a hierarchical vision transformer, to a multiple of its width:
-    :func:`.hierarchical.grow_width`; of a ConvNeXt: :func:`.convnext.grow_width`)."""
+    :func:`.hierarchical.grow_width`; of a ConvNeXt: :func:`.convnext.grow_width`; bottleneck
+    blocks are refused by name, :func:`.bottleneck.grow_width`)."""
+    if stage is None and _bottleneck(model):
+        return bottleneck.grow_width(model, d_model)
     staged = _staged(model, stage)
     if staged is not None:
         return staged.grow_width(
@@ -247,7 +280,11 @@ def add_block(
     number of blocks: at the end) (:func:`.encdec.add_block`; a state-space model:
     :func:`.ssm.add_block`; a hierarchical vision transformer, ``at`` within the stage
     ``stage`` when given: :func:`.hierarchical.add_block`; a ConvNeXt:
-    :func:`.convnext.add_block`)."""
+    :func:`.convnext.add_block`; bottleneck blocks: :func:`.bottleneck.add_block`)."""
+    if stage is None and _bottleneck(model):
+        return bottleneck.add_block(
+            model, at, method=method, probe=probe, tol=tol, seed=seed, inplace=inplace
+        )
     staged = _staged(model, stage)
     if staged is not None:
         return staged.add_block(

@@ -404,6 +404,9 @@ def grow_ffn(
             )
             if hasattr(mlp, "intermediate_size"):
                 mlp.intermediate_size = width
+            block = child.get_submodule(layout.blocks[i].prefix)
+            if getattr(block, "inner_dim", None) == hidden[i]:  # GPTBigCode's record of it
+                block.inner_dim = width
         notes = []
         if len(chosen) == len(layout.blocks):
             _set_config(
@@ -592,6 +595,13 @@ def _attention_units(
         ("split_size", new_heads * hd),
     ):
         if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, value)
+    for attr, old, value in (  # width records the forward splits at (GPTBigCode)
+        ("embed_dim", block.heads * hd, new_heads * hd),
+        ("kv_dim", block.kv_heads * hd, new_kv * hd),
+        ("kv_heads", block.kv_heads, new_kv),
+    ):
+        if getattr(attention, attr, None) == old:
             setattr(attention, attr, value)
     return sum(len(head_set) == 1 for head_set in sets)
 
