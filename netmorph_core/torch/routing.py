@@ -22,7 +22,7 @@ from types import ModuleType
 import numpy as np
 from torch import nn
 
-from . import convnext, encdec, hierarchical, kernel, moe, ssm
+from . import convnext, encdec, hierarchical, kernel, moe, ssm, swin
 from . import width as general_width
 from .errors import MorphError
 from .ffn_widen import FeedForwardInput, feed_forward_input
@@ -63,9 +63,18 @@ def _convnext(model: object) -> bool:
     return isinstance(model, nn.Module) and convnext.recognise(model) is not None
 
 
+def _swin(model: object) -> bool:
+    """Whether ``model`` is a Swin transformer (:mod:`.swin`); MorphError where its window
+    attention blocks are not understood."""
+    return isinstance(model, nn.Module) and swin.recognise(model) is not None
+
+
 def _staged(model: object, stage: object) -> ModuleType | None:
-    """The module whose operations take ``stage`` for ``model``: :mod:`.convnext` for a
-    ConvNeXt, :mod:`.hierarchical` for a hierarchical vision transformer; None otherwise."""
+    """The module whose operations take ``stage`` for ``model``: :mod:`.swin` for a Swin
+    transformer, :mod:`.convnext` for a ConvNeXt, :mod:`.hierarchical` for a hierarchical
+    vision transformer; None otherwise."""
+    if _swin(model):
+        return swin
     if _convnext(model):
         return convnext
     if _hierarchical(model, stage):
@@ -162,8 +171,9 @@ def add_heads(
     is refused by name (:func:`.ssm.add_heads`, :func:`.convnext.add_heads`)."""
     if _convnext(model):
         return convnext.add_heads(model, heads)
-    if _hierarchical(model, stage):
-        return hierarchical.add_heads(
+    staged = swin if _swin(model) else hierarchical if _hierarchical(model, stage) else None
+    if staged is not None:
+        return staged.add_heads(
             model,
             heads,
             kv_heads=kv_heads,

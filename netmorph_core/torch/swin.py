@@ -1,0 +1,521 @@
+"""The transformer operations on Swin transformers (Hugging Face Swin/Swin-v2, torchvision,
+timm; layout: :mod:`.swin_layout`); the public operations (:mod:`.routing`) send these models
+here.
+
+Blocks are addressed by ``layers``, global block indices in stage order (stage 0's first), or
+by ``stage``, a stage index or list of them; give at most one of the two.
+
+- :func:`grow_ffn` — fc1 (d_s → m) → φ → fc2 (m → d_s) grows to m' hidden units: new fc1 rows
+  random and shared inside each cancelling set, new fc2 columns C·(1, −1) or C·(1, 1, −2).
+  Default blocks: those whose hidden size is below ``width`` (stages have their own sizes).
+- :func:`add_heads` — more heads of the same head_dim; the heads of a cancelling set share
+  their q, k, v rows and their position bias (v1: one new column of the relative position bias
+  table per set; v2: one new row of the bias MLP's last layer and one logit scale τ per set),
+  so their outputs are equal and their output columns cancel.
+- :func:`add_block` — a new block inserted at a position of a stage, with the window shift
+  that position implies (copied from a block of the same parity); v1 (pre-norm): new heads and
+  MLP units in cancelling sets, zero output biases; v2 (res-post-norm): a copy of its neighbour
+  whose branch norms have zero gain and bias, so n(·) = 0. The blocks after it keep their own
+  shifts; a config (``depths``) that cannot describe that is marked by
+  :func:`.hf_config.sync_config` and :func:`~.hf_load.load_grown` rebuilds the child.
+- :func:`grow_width` — refused by name (the patch mergings and per-stage norms are not
+  followed).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _validation as v
+from .errors import MorphError
+from .hierarchical import _chosen, _full_stages, _place
+from .pipeline import run_on_model
+from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .streamed import Region
+from .support import check_called_by_parent
+from .swin_layout import Swin, SwinStage, find_swin, swin_layout
+from .transformer import (
+    _attention_units,
+    _cancel_sets,
+    _edit_bytes,
+    _Editor,
+    _ffn_units,
+    _gather_rows,
+    _itemsize,
+    _method,
+    _std,
+)
+from .transformer_layout import Block
+
+__all__ = ["add_block", "add_heads", "grow_ffn", "grow_width", "recognise"]
+
+#: Side of the square probe images where neither the config nor the patch embedding says.
+PROBE_SIZE = 64
+
+
+def recognise(model: nn.Module) -> Swin | None:
+    """The model's :class:`~.swin_layout.Swin`; None for a model without window-attention
+    blocks; MorphError naming the part of one that is not understood."""
+    if not isinstance(model, nn.Module) or not find_swin(model):
+        return None
+    return swin_layout(model)
+
+
+def _swin(model: nn.Module) -> Swin:
+    found = recognise(model)
+    if found is None:
+        raise MorphError(f"{type(model).__name__} is not a Swin transformer (no window attention)")
+    return found
+
+
+def _probe(model: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Images (2, C, S, S): C the first Conv2d's input channels, S the config's
+    ``image_size`` or the patch embedding's ``img_size`` (else 64)."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    side = getattr(getattr(model, "config", None), "image_size", None)
+    if side is None:
+        side = next(
+            (m.img_size for m in model.modules() if isinstance(getattr(m, "img_size", 0), tuple)),
+            PROBE_SIZE,
+        )
+    h, w = (side, side) if isinstance(side, int) else tuple(side)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(2, conv.in_channels, h, w, generator=gen)
+    return (image.to(conv.weight.device, conv.weight.dtype),)
+
+
+def _run(
+    operation: str,
+    model: nn.Module,
+    targets: tuple[str, ...],
+    build: object,
+    probe: object,
+    tol: object,
+    inplace: object,
+    **request: object,
+) -> tuple[nn.Module, MorphReport]:
+    return run_on_model(
+        operation, model, targets, build, probe, tol, inplace, lambda: _probe(model), **request
+    )
+
+
+def _by_attribute(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` less the layers whose attention reads their weights as attributes
+    (torchvision's window attention calls a functional on ``qkv.weight``): the operations
+    here replace parameters on the same modules, never the modules, so such a forward reads
+    the new ones; the measurement checks the child."""
+    kept = []
+    for name in names:
+        try:
+            check_called_by_parent(model, name)
+        except MorphError:
+            continue
+        kept.append(name)
+    return tuple(kept)
+
+
+def _check_head_size(model: nn.Module, stage: SwinStage, block: Block) -> None:
+    """An attention that passes its projections' weights to a functional (torchvision's)
+    must record its head size (``head_dim`` or ``attention_head_size``): torchvision's derives
+    it as d_s / heads, so more heads would change it."""
+    fam = stage.layout.family
+    name = block.name(fam.attention)
+    attention = model.get_submodule(name)
+    recorded = any(
+        isinstance(getattr(attention, a, None), int) for a in ("head_dim", "attention_head_size")
+    )
+    if not recorded and not _by_attribute(model, (block.name(fam.qkv[0]),)):
+        raise MorphError(
+            f"add_heads: no exact child — {name!r} ({type(attention).__name__}) records no head "
+            f"size and its forward derives it as the stream width / heads ({stage.width} / "
+            f"{block.heads}), so heads of the same head_dim cannot be added; ask for grow_ffn or "
+            "add_block instead"
+        )
+
+
+def _block(sw: Swin, s: int, i: int) -> Block:
+    return sw.stages[s].layout.blocks[i]
+
+
+def _hidden(model: nn.Module, stage: SwinStage, block: Block) -> int:
+    return model.get_submodule(block.name(stage.layout.family.ffn_out)).in_features
+
+
+# ---------------------------------------------------------------------------------------------
+# Feed-forward
+
+
+def grow_ffn(
+    model: nn.Module,
+    width: int,
+    *,
+    shared_width: int | None = None,
+    layers: object = None,
+    stage: object = None,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """The MLP hidden size of the blocks ``layers`` (global indices) or of the stages
+    ``stage`` grows to ``width`` (which must exceed each one's); by default of every block
+    whose hidden size is below ``width``. The config's ``mlp_ratio`` follows where every block
+    gets ``width`` = ratio·d_s for one ratio."""
+    sw = _swin(model)
+    if shared_width is not None:
+        raise ValueError(
+            f"shared_width={shared_width!r}: {type(model).__name__} has no mixture-of-experts "
+            "feed-forward (no shared expert); leave it None"
+        )
+    method = _method(method)
+    width = v.positive_int(width, "width")
+    chosen = _chosen(sw, layers, stage)  # type: ignore[arg-type]
+    hidden = {(s, i): _hidden(model, sw.stages[s], _block(sw, s, i)) for s, i in chosen}
+    if layers is None and stage is None:
+        chosen = [c for c in chosen if hidden[c] < width]
+        if not chosen:
+            raise ValueError(
+                f"width={width} must exceed the MLP hidden size of some block (the smallest is "
+                f"{min(hidden.values())})"
+            )
+    elif width <= max(hidden[c] for c in chosen):
+        raise ValueError(
+            f"width={width} must exceed the MLP hidden size {max(hidden[c] for c in chosen)} of "
+            "every chosen block"
+        )
+    blocks = [_block(sw, s, i) for s, i in chosen]
+    fam = sw.stages[0].layout.family
+    edits = _by_attribute(
+        model, tuple(b.name(rel) for b in blocks for rel in (*fam.ffn_in, fam.ffn_out))
+    )
+    grown = sum((width - hidden[c]) * (2 * sw.stages[c[0]].width + 1) for c in chosen)
+    smallest = min(hidden[c] for c in chosen)
+    new_bytes = grown * _itemsize(model) + _edit_bytes(model, edits) * width // smallest
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
+
+    def build(child: nn.Module) -> Outcome:
+        edit = _Editor(child, seed)
+        for c, block in zip(chosen, blocks):
+            _ffn_units(edit, block, sw.stages[c[0]].layout, hidden[c], width, method)
+        notes = []
+        left = len(sw.global_blocks()) - len(chosen)
+        if left:
+            notes.append(f"{left} blocks keep their MLP hidden size (not chosen or ≥ {width})")
+        ratios = {width / st.width for st in sw.stages}
+        config = getattr(child, "config", None)
+        if not left and len(ratios) == 1 and isinstance(getattr(config, "mlp_ratio", None), float):
+            config.mlp_ratio = ratios.pop()
+        if 1 in {width - hidden[c] for c in chosen} and method == "netmorph":
+            notes.append("one new unit has no partner: its output column is zero")
+        return edit.outcome(notes)
+
+    return _run(
+        "grow_ffn",
+        model,
+        tuple(b.name(fam.ffn_out) for b in blocks),
+        build,
+        probe,
+        tol,
+        inplace,
+        edits=edits,
+        regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
+        new_bytes=new_bytes,
+        replaced=edits,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention heads
+
+
+def _position_bias(
+    edit: _Editor, stage: SwinStage, block: Block, old: int, new: int, sets: list[list[int]]
+) -> None:
+    """The per-head position bias of ``block`` grows from ``old`` to ``new`` heads: parent
+    heads keep theirs; the heads of each cancelling set in ``sets`` share one new random
+    table column (v1) or bias-MLP output row and one logit scale (the parent's mean; v2)."""
+    src = np.concatenate([np.arange(old), -np.ones(new - old, int)])
+    if stage.table:
+        name = block.name(stage.table)
+        table = edit.get(name)
+        new_t = _gather_rows(table, src, 1)
+        for head_set in sets:
+            column = edit.noise((table.shape[0],), _std(table), table)
+            for h in head_set:
+                new_t[:, h] = column
+        edit.put(name, new_t, (None, src))
+    if stage.cpb:
+        name = block.name(stage.cpb)
+        w, b = edit.linear(name)
+        new_w = _gather_rows(w, src)
+        edit.set_rows(new_w, sets, _std(w))
+        new_b = None if b is None else _gather_rows(b, src)
+        edit.put_linear(name, new_w, new_b, src, None)
+    if stage.logit_scale:
+        name = block.name(stage.logit_scale)
+        scale = edit.get(name)
+        new_s = _gather_rows(scale, src)
+        if old:
+            new_s[old:] = scale.mean()
+        else:
+            new_s[:] = float(np.log(10.0))
+        edit.put(name, new_s, (src, *(None,) * (scale.dim() - 1)))
+
+
+def add_heads(
+    model: nn.Module,
+    heads: int,
+    *,
+    kv_heads: int | None = None,
+    layers: object = None,
+    stage: object = None,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """The blocks ``layers`` (global indices) or of the stages ``stage`` (default every block)
+    get ``heads`` heads of their head_dim (``heads`` must exceed each one's count; multi-head
+    attention only, so ``kv_heads`` is None or ``heads``). An attention whose forward derives
+    head_dim from the stream width (torchvision's) is refused by the measurement, naming it."""
+    sw = _swin(model)
+    method = _method(method)
+    chosen = _chosen(sw, layers, stage)  # type: ignore[arg-type]
+    heads = v.positive_int(heads, "heads")
+    if kv_heads is not None and v.positive_int(kv_heads, "kv_heads") != heads:
+        raise MorphError(
+            f"kv_heads={kv_heads}: the attention of {type(model).__name__} is multi-head (one "
+            "key/value head per query head); leave kv_heads None"
+        )
+    blocks = [_block(sw, s, i) for s, i in chosen]
+    for (s, _), b in zip(chosen, blocks):
+        _check_head_size(model, sw.stages[s], b)
+    most = max(b.heads for b in blocks)
+    if heads <= most:
+        raise ValueError(f"heads={heads} must exceed the {most} heads of every chosen block")
+    fam = sw.stages[0].layout.family
+    edits = tuple(b.name(rel) for b in blocks for rel in (*fam.qkv, fam.o))
+    edits += tuple(
+        b.name(sw.stages[s].cpb) for (s, _), b in zip(chosen, blocks) if sw.stages[s].cpb
+    )
+    grown = sum(
+        4 * (heads - b.heads) * b.head_dim * sw.stages[s].width for (s, _), b in zip(chosen, blocks)
+    )
+    new_bytes = grown * _itemsize(model) + _edit_bytes(model, edits) * heads // min(
+        b.heads for b in blocks
+    )
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
+
+    def build(child: nn.Module) -> Outcome:
+        edit = _Editor(child, seed)
+        lonely = 0
+        for (s, _), b in zip(chosen, blocks):
+            st = sw.stages[s]
+            lonely += _attention_units(edit, b, st.layout, heads, heads, method)
+            _position_bias(edit, st, b, b.heads, heads, _cancel_sets(range(b.heads, heads)))
+        notes = []
+        if lonely and method == "netmorph":
+            notes.append(f"{lonely} new heads have no partner: zero output columns")
+        full = _full_stages(sw, chosen)  # type: ignore[arg-type]
+        if full and getattr(child, "config", None) is not None:
+            notes.append(
+                f"the config keeps its head counts: the heads of stage(s) {full} are recorded "
+                "on their attention modules"
+            )
+        return edit.outcome(notes)
+
+    return _run(
+        "add_heads",
+        model,
+        tuple(b.name(fam.attention) for b in blocks),
+        build,
+        probe,
+        tol,
+        inplace,
+        edits=edits,
+        regions=tuple(Region(b.prefix, b.prefix) for b in blocks),
+        new_bytes=new_bytes,
+        replaced=edits,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth
+
+
+def _template(st: SwinStage, at: int) -> int:
+    """The block the new block at ``at`` copies: the nearest one of the same parity (so the
+    same window shift); MorphError where the stage has none."""
+    same = [j for j in range(st.depth) if j % 2 == at % 2]
+    if not same and any(st.shifted):
+        raise MorphError(
+            f"at={at}: a block at position {at} of stage {st.index} ('{st.blocks}') has shifted "
+            f"windows, and the stage has no shifted block to copy its shift and mask from; add "
+            "the block at an even position"
+        )
+    candidates = same or list(range(st.depth))
+    return min(candidates, key=lambda j: (abs(j - at), j))
+
+
+def _drop_paths(child: nn.Module, sw: Swin, depths: list[int]) -> None:
+    """Where the Hugging Face encoder builds a stochastic depth module for a block position of
+    the new ``depths`` (rate > 0 in linspace(0, drop_path_rate, Σ depths)) and the block there
+    has an Identity (the first block, moved), that module at rate 0 instead: the stock model
+    of the config then has the same module types, and the block's function is unchanged in
+    both modes. The other blocks keep their own rates (recorded as attributes)."""
+    config = getattr(child, "config", None)
+    rate = getattr(config, "drop_path_rate", None)
+    blocks = [b for st in sw.stages for b in child.get_submodule(st.blocks)]
+    kinds = {
+        type(m)
+        for b in blocks
+        if isinstance(m := getattr(b, "drop_path", None), nn.Module)
+        and not isinstance(m, nn.Identity)
+    }
+    if not isinstance(rate, float) or len(kinds) != 1:
+        return
+    kind = kinds.pop()
+    rates = [x.item() for x in torch.linspace(0, rate, sum(depths), device="cpu")]
+    for block, p in zip(blocks, rates):
+        if p > 0.0 and isinstance(getattr(block, "drop_path", None), nn.Identity):
+            block.drop_path = kind(0.0).train(block.training)
+
+
+def add_block(
+    model: nn.Module,
+    at: int,
+    *,
+    stage: int | None = None,
+    method: str = "netmorph",
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """A new block inserted before block ``at``: a global block index (the block goes into the
+    stage of block ``at``; ``at`` = number of blocks: the end of the last stage) or, with
+    ``stage``, an index in [0, depth] of that stage. Its window shift is that of its position
+    (copied from the nearest block of the same parity); both of its branches add exactly zero
+    (module docstring). MorphError for another model."""
+    sw = _swin(model)
+    method = _method(method)
+    s, at = _place(sw, at, stage)  # type: ignore[arg-type]
+    st = sw.stages[s]
+    n = st.depth
+    j = _template(st, at)
+    template = st.layout.blocks[j]
+    fam = st.layout.family
+    prefix = st.blocks
+    seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
+    rels = (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out)
+    edits = _by_attribute(model, tuple(template.name(r) for r in rels))
+    new_bytes = state_bytes(model.get_submodule(template.prefix)) + _edit_bytes(model, edits)
+    if at < n:
+        region = Region(f"{prefix}.{at}", f"{prefix}.{at}", identity=True)
+    else:
+        region = Region(f"{prefix}.{n - 1}", f"{prefix}.{n}", identity=True, after=True)
+
+    def build(child: nn.Module) -> Outcome:
+        blocks = child.get_submodule(prefix)
+        new_module = copy.deepcopy(blocks[j])
+        if isinstance(blocks, nn.ModuleList):
+            blocks.insert(at, new_module)
+        else:  # a Sequential: rebuilt in the new order
+            members = list(blocks)
+            members.insert(at, new_module)
+            child.set_submodule(prefix, nn.Sequential(*members))
+        edit = _Editor(child, seed)
+        new = Block(f"{prefix}.{at}", template.heads, template.kv_heads, template.head_dim)
+        lonely = 0
+        if st.post_norm:
+            for rel in fam.norms:
+                norm = child.get_submodule(new.name(rel))
+                for p in ("weight", "bias"):
+                    if getattr(norm, p, None) is not None:
+                        name = new.name(f"{rel}.{p}")
+                        edit.put(name, torch.zeros_like(edit.get(name)), (None,))
+        else:
+            lonely = _attention_units(
+                edit, new, st.layout, template.heads, template.kv_heads, method, fresh=True
+            )
+            sets = _cancel_sets(range(template.heads))
+            _position_bias(edit, st, new, 0, template.heads, sets)
+            hidden = _hidden(child, st, new)
+            _ffn_units(edit, new, st.layout, hidden, hidden, method, fresh=True)
+        sources: dict[str, ParamSource] = {}
+        offset = len(prefix) + 1
+        for name, _ in child.named_parameters():
+            if not name.startswith(prefix + "."):
+                continue
+            i, _, rest = name[offset:].partition(".")
+            k = int(i)
+            if k == at:
+                sources[name] = ParamSource(None, f"{template.prefix}.{rest}")
+            elif k > at:
+                sources[name] = ParamSource(f"{prefix}.{k - 1}.{rest}", f"{prefix}.{k - 1}.{rest}")
+        edit.sources = sources
+        config = getattr(child, "config", None)
+        depths = getattr(config, "depths", None)
+        if isinstance(depths, (list, tuple)) and len(depths) == len(sw.stages):
+            new_depths = [d + (i == s) for i, d in enumerate(depths)]
+            config.depths = new_depths
+            if hasattr(config, "num_layers"):
+                config.num_layers = len(new_depths)
+            _drop_paths(child, sw, new_depths)
+        notes = [
+            f"the new block {prefix}.{at} has {'shifted' if st.shifted[j] else 'unshifted'} "
+            f"windows (copied from block {j}); the blocks after it keep their own shifts"
+        ]
+        if lonely and method == "netmorph":
+            notes.append(f"{lonely} heads have no partner: zero output columns")
+        outcome = edit.outcome(notes)
+        fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
+        outcome.new_total = sum(p.numel() for p in fresh)
+        outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
+        return outcome
+
+    return _run(
+        "add_block",
+        model,
+        (f"{prefix}.{at}",),
+        build,
+        probe,
+        tol,
+        inplace,
+        edits=edits,
+        copies=(template.prefix,),
+        regions=(region,),
+        new_bytes=new_bytes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Width
+
+
+def grow_width(
+    model: nn.Module,
+    d_model: int,
+    *,
+    stage: int | None = None,
+    noise: float = 0.01,
+    probe: object = None,
+    tol: float | str | None = "auto",
+    seed: int | np.random.Generator | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, MorphReport]:
+    """Refused by name: a Swin stage's stream is read by its patch merging (concat of 2×2
+    neighbours → LayerNorm(4·d_s) → Linear), which this operation does not follow."""
+    sw = _swin(model)
+    raise MorphError(
+        f"grow_width of {type(model).__name__}: no exact child is built here — the stream of a "
+        f"Swin stage ({sw.stages[-1].blocks!r} and the others) is read by its patch merging and "
+        "final norms, which grow_width does not follow; ask instead for grow_ffn, add_heads or "
+        "add_block, or widen of an MLP layer"
+    )
