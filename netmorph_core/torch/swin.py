@@ -18,8 +18,8 @@ by ``stage``, a stage index or list of them; give at most one of the two.
   whose branch norms have zero gain and bias, so n(·) = 0. The blocks after it keep their own
   shifts; a config (``depths``) that cannot describe that is marked by
   :func:`.hf_config.sync_config` and :func:`~.hf_load.load_grown` rebuilds the child.
-- :func:`grow_width` — refused by name (the patch mergings and per-stage norms are not
-  followed).
+- :func:`grow_width` — one stage's stream (``stage``, default the last) becomes k copies of
+  itself, its heads k-fold (:mod:`.swin_width`).
 """
 
 from __future__ import annotations
@@ -36,18 +36,17 @@ from .hierarchical import _chosen, _full_stages, _place
 from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .streamed import Region
-from .support import check_called_by_parent
+from .swin_edit import by_attribute, position_bias
 from .swin_layout import Swin, SwinStage, find_swin, swin_layout
+from .swin_width import grow_swin_width
 from .transformer import (
     _attention_units,
     _cancel_sets,
     _edit_bytes,
     _Editor,
     _ffn_units,
-    _gather_rows,
     _itemsize,
     _method,
-    _std,
 )
 from .transformer_layout import Block
 
@@ -103,21 +102,6 @@ def _run(
     )
 
 
-def _by_attribute(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
-    """``names`` less the layers whose attention reads their weights as attributes
-    (torchvision's window attention calls a functional on ``qkv.weight``): the operations
-    here replace parameters on the same modules, never the modules, so such a forward reads
-    the new ones; the measurement checks the child."""
-    kept = []
-    for name in names:
-        try:
-            check_called_by_parent(model, name)
-        except MorphError:
-            continue
-        kept.append(name)
-    return tuple(kept)
-
-
 def _check_head_size(model: nn.Module, stage: SwinStage, block: Block) -> None:
     """An attention that passes its projections' weights to a functional (torchvision's)
     must record its head size (``head_dim`` or ``attention_head_size``): torchvision's derives
@@ -128,7 +112,7 @@ def _check_head_size(model: nn.Module, stage: SwinStage, block: Block) -> None:
     recorded = any(
         isinstance(getattr(attention, a, None), int) for a in ("head_dim", "attention_head_size")
     )
-    if not recorded and not _by_attribute(model, (block.name(fam.qkv[0]),)):
+    if not recorded and not by_attribute(model, (block.name(fam.qkv[0]),)):
         raise MorphError(
             f"add_heads: no exact child — {name!r} ({type(attention).__name__}) records no head "
             f"size and its forward derives it as the stream width / heads ({stage.width} / "
@@ -164,8 +148,8 @@ def grow_ffn(
 ) -> tuple[nn.Module, MorphReport]:
     """The MLP hidden size of the blocks ``layers`` (global indices) or of the stages
     ``stage`` grows to ``width`` (which must exceed each one's); by default of every block
-    whose hidden size is below ``width``. The config's ``mlp_ratio`` follows where every block
-    gets ``width`` = ratio·d_s for one ratio."""
+    whose hidden size is below ``width``. A config's single ``mlp_ratio`` cannot describe
+    stages of other widths: it is marked (:func:`.hf_config.sync_config`)."""
     sw = _swin(model)
     if shared_width is not None:
         raise ValueError(
@@ -190,7 +174,7 @@ def grow_ffn(
         )
     blocks = [_block(sw, s, i) for s, i in chosen]
     fam = sw.stages[0].layout.family
-    edits = _by_attribute(
+    edits = by_attribute(
         model, tuple(b.name(rel) for b in blocks for rel in (*fam.ffn_in, fam.ffn_out))
     )
     grown = sum((width - hidden[c]) * (2 * sw.stages[c[0]].width + 1) for c in chosen)
@@ -206,10 +190,6 @@ def grow_ffn(
         left = len(sw.global_blocks()) - len(chosen)
         if left:
             notes.append(f"{left} blocks keep their MLP hidden size (not chosen or ≥ {width})")
-        ratios = {width / st.width for st in sw.stages}
-        config = getattr(child, "config", None)
-        if not left and len(ratios) == 1 and isinstance(getattr(config, "mlp_ratio", None), float):
-            config.mlp_ratio = ratios.pop()
         if 1 in {width - hidden[c] for c in chosen} and method == "netmorph":
             notes.append("one new unit has no partner: its output column is zero")
         return edit.outcome(notes)
@@ -231,40 +211,6 @@ def grow_ffn(
 
 # ---------------------------------------------------------------------------------------------
 # Attention heads
-
-
-def _position_bias(
-    edit: _Editor, stage: SwinStage, block: Block, old: int, new: int, sets: list[list[int]]
-) -> None:
-    """The per-head position bias of ``block`` grows from ``old`` to ``new`` heads: parent
-    heads keep theirs; the heads of each cancelling set in ``sets`` share one new random
-    table column (v1) or bias-MLP output row and one logit scale (the parent's mean; v2)."""
-    src = np.concatenate([np.arange(old), -np.ones(new - old, int)])
-    if stage.table:
-        name = block.name(stage.table)
-        table = edit.get(name)
-        new_t = _gather_rows(table, src, 1)
-        for head_set in sets:
-            column = edit.noise((table.shape[0],), _std(table), table)
-            for h in head_set:
-                new_t[:, h] = column
-        edit.put(name, new_t, (None, src))
-    if stage.cpb:
-        name = block.name(stage.cpb)
-        w, b = edit.linear(name)
-        new_w = _gather_rows(w, src)
-        edit.set_rows(new_w, sets, _std(w))
-        new_b = None if b is None else _gather_rows(b, src)
-        edit.put_linear(name, new_w, new_b, src, None)
-    if stage.logit_scale:
-        name = block.name(stage.logit_scale)
-        scale = edit.get(name)
-        new_s = _gather_rows(scale, src)
-        if old:
-            new_s[old:] = scale.mean()
-        else:
-            new_s[:] = float(np.log(10.0))
-        edit.put(name, new_s, (src, *(None,) * (scale.dim() - 1)))
 
 
 def add_heads(
@@ -318,7 +264,7 @@ def add_heads(
         for (s, _), b in zip(chosen, blocks):
             st = sw.stages[s]
             lonely += _attention_units(edit, b, st.layout, heads, heads, method)
-            _position_bias(edit, st, b, b.heads, heads, _cancel_sets(range(b.heads, heads)))
+            position_bias(edit, st, b, b.heads, heads, _cancel_sets(range(b.heads, heads)))
         notes = []
         if lonely and method == "netmorph":
             notes.append(f"{lonely} new heads have no partner: zero output columns")
@@ -414,7 +360,7 @@ def add_block(
     prefix = st.blocks
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     rels = (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out)
-    edits = _by_attribute(model, tuple(template.name(r) for r in rels))
+    edits = by_attribute(model, tuple(template.name(r) for r in rels))
     new_bytes = state_bytes(model.get_submodule(template.prefix)) + _edit_bytes(model, edits)
     if at < n:
         region = Region(f"{prefix}.{at}", f"{prefix}.{at}", identity=True)
@@ -445,7 +391,7 @@ def add_block(
                 edit, new, st.layout, template.heads, template.kv_heads, method, fresh=True
             )
             sets = _cancel_sets(range(template.heads))
-            _position_bias(edit, st, new, 0, template.heads, sets)
+            position_bias(edit, st, new, 0, template.heads, sets)
             hidden = _hidden(child, st, new)
             _ffn_units(edit, new, st.layout, hidden, hidden, method, fresh=True)
         sources: dict[str, ParamSource] = {}
@@ -505,17 +451,25 @@ def grow_width(
     *,
     stage: int | None = None,
     noise: float = 0.01,
+    method: str = "netmorph",
     probe: object = None,
     tol: float | str | None = "auto",
     seed: int | np.random.Generator | None = None,
     inplace: bool = False,
 ) -> tuple[nn.Module, MorphReport]:
-    """Refused by name: a Swin stage's stream is read by its patch merging (concat of 2×2
-    neighbours → LayerNorm(4·d_s) → Linear), which this operation does not follow."""
+    """The stream of stage ``stage`` (default the last, which the classifier reads) grows to a
+    multiple k·d_s of its width, its heads k-fold (:mod:`.swin_width`; ``method`` for the new
+    heads); MorphError for another model."""
     sw = _swin(model)
-    raise MorphError(
-        f"grow_width of {type(model).__name__}: no exact child is built here — the stream of a "
-        f"Swin stage ({sw.stages[-1].blocks!r} and the others) is read by its patch merging and "
-        "final norms, which grow_width does not follow; ask instead for grow_ffn, add_heads or "
-        "add_block, or widen of an MLP layer"
+    return grow_swin_width(
+        model,
+        sw,
+        d_model,
+        stage=stage,
+        noise=noise,
+        method=method,
+        probe=_probe(model) if probe is None else probe,
+        tol=tol,
+        seed=seed,
+        inplace=inplace,
     )
