@@ -23,7 +23,15 @@ import pytest
 import torch
 from thirdparty import import_timm, import_torchvision, import_transformers
 
-from netmorph_core.torch import MorphError, add_block, add_heads, grow_ffn, grow_width, load_grown
+from netmorph_core.torch import (
+    MorphError,
+    add_block,
+    add_heads,
+    grow_ffn,
+    grow_width,
+    load_grown,
+    widen,
+)
 from netmorph_core.torch.swin_layout import swin_layout
 
 try:
@@ -72,21 +80,32 @@ FAMILIES: dict[str, Callable[[], torch.nn.Module]] = {
 STOCK = "stock"
 MARKED = "load_grown"
 PLAIN = "plain"
-Op = Callable[[torch.nn.Module], tuple[torch.nn.Module, object]]
-#: operation → what it does.
+#: family → (stage 0's shifted block's query projection or fused q|k|v, its width at head_dim
+#: 10).
+QUERY: dict[str, tuple[str, int]] = {
+    "Swin": ("swin.encoder.layers.0.blocks.1.attention.q_proj", 20),
+    "Swin-v2": ("swinv2.encoder.layers.0.blocks.1.attention.self.query", 20),
+    "torchvision swin_t": ("features.1.1.attn.qkv", 60),
+    "torchvision swin_v2_t": ("features.1.1.attn.qkv", 60),
+    "timm swin": ("layers.0.blocks.1.attn.qkv", 60),
+}
+Op = Callable[[torch.nn.Module, tuple[str, int]], tuple[torch.nn.Module, object]]
+#: operation → what it does (given the model and its query projection).
 OPS: dict[str, Op] = {
-    "grow_ffn": lambda m: grow_ffn(m, 96, seed=0),  # stage 0's blocks (64 → 96)
-    "grow_ffn layers=[0, 1]": lambda m: grow_ffn(m, 128, layers=[0, 1], seed=0),
-    "grow_ffn stage=1": lambda m: grow_ffn(m, 160, stage=1, seed=0),
-    "add_heads": lambda m: add_heads(m, 8, seed=0),
-    "add_block (shifted)": lambda m: add_block(m, 1, seed=0),
-    "add_block stage=1 end": lambda m: add_block(m, 2, stage=1, seed=0),
-    "add_block (zero)": lambda m: add_block(m, 0, method="zero", seed=0),
-    "grow_width x2": lambda m: grow_width(m, 64, seed=0),  # the last stage
-    "grow_width stage=0 x3": lambda m: grow_width(m, 48, stage=0, seed=0),
-    "grow_width 45": lambda m: grow_width(m, 45, seed=0),
+    "grow_ffn": lambda m, _: grow_ffn(m, 96, seed=0),  # stage 0's blocks (64 → 96)
+    "grow_ffn layers=[0, 1]": lambda m, _: grow_ffn(m, 128, layers=[0, 1], seed=0),
+    "grow_ffn stage=1": lambda m, _: grow_ffn(m, 160, stage=1, seed=0),
+    "add_heads": lambda m, _: add_heads(m, 8, seed=0),
+    "add_block (shifted)": lambda m, _: add_block(m, 1, seed=0),
+    "add_block stage=1 end": lambda m, _: add_block(m, 2, stage=1, seed=0),
+    "add_block (zero)": lambda m, _: add_block(m, 0, method="zero", seed=0),
+    "grow_width x2": lambda m, _: grow_width(m, 64, seed=0),  # the last stage
+    "grow_width stage=0 x3": lambda m, _: grow_width(m, 48, stage=0, seed=0),
+    "grow_width 45": lambda m, _: grow_width(m, 45, seed=0),
+    "widen q (head_dim 10)": lambda m, q: widen(m, q[0], q[1], seed=0),
 }
 HEAD_SIZE = "derives it as the stream width / heads"
+READS = "reads qkv.bias, qkv.weight directly"
 NO_WIDTH = "45 is not a multiple of stage 1's width 32"
 #: Hugging Face: one global mlp_ratio (stages differ), head_dim derived as d_s / heads, and
 #: after add_block the stochastic-depth schedule moves and later blocks keep their shifts.
@@ -102,6 +121,9 @@ OUTCOMES: dict[tuple[str, str], str] = {
 }
 OUTCOMES["torchvision swin_t", "add_heads"] = HEAD_SIZE
 OUTCOMES["torchvision swin_v2_t", "add_heads"] = HEAD_SIZE
+OUTCOMES["Swin-v2", "widen q (head_dim 10)"] = "is a cosine attention"
+OUTCOMES["torchvision swin_t", "widen q (head_dim 10)"] = READS
+OUTCOMES["torchvision swin_v2_t", "widen q (head_dim 10)"] = READS
 
 
 def _parent(family: str) -> torch.nn.Module:
@@ -155,9 +177,9 @@ def test_operation_is_exact_and_reloads(family: str, op: str, tmp_path: Path) ->
     outcome = OUTCOMES[family, op]
     if outcome not in (STOCK, MARKED, PLAIN):
         with pytest.raises(MorphError, match=outcome):
-            OPS[op](parent)
+            OPS[op](parent, QUERY[family])
     else:
-        child, report = OPS[op](parent)
+        child, report = OPS[op](parent, QUERY[family])
         assert not child.training
         torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
         if outcome != PLAIN:

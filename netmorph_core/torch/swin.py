@@ -50,7 +50,7 @@ from .transformer import (
 )
 from .transformer_layout import Block
 
-__all__ = ["add_block", "add_heads", "grow_ffn", "grow_width", "recognise"]
+__all__ = ["add_block", "add_heads", "grow_ffn", "grow_width", "probe_images", "recognise"]
 
 #: Side of the square probe images where neither the config nor the patch embedding says.
 PROBE_SIZE = 64
@@ -71,7 +71,7 @@ def _swin(model: nn.Module) -> Swin:
     return found
 
 
-def _probe(model: nn.Module) -> tuple[torch.Tensor, ...]:
+def probe_images(model: nn.Module) -> tuple[torch.Tensor, ...]:
     """Images (2, C, S, S): C the first Conv2d's input channels, S the config's
     ``image_size`` or the patch embedding's ``img_size`` (else 64)."""
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -98,7 +98,15 @@ def _run(
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
     return run_on_model(
-        operation, model, targets, build, probe, tol, inplace, lambda: _probe(model), **request
+        operation,
+        model,
+        targets,
+        build,
+        probe,
+        tol,
+        inplace,
+        lambda: probe_images(model),
+        **request,
     )
 
 
@@ -468,7 +476,7 @@ def grow_width(
         stage=stage,
         noise=noise,
         method=method,
-        probe=_probe(model) if probe is None else probe,
+        probe=probe_images(model) if probe is None else probe,
         tol=tol,
         seed=seed,
         inplace=inplace,
