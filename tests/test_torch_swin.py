@@ -244,6 +244,26 @@ def test_add_block_takes_the_shift_of_its_position() -> None:
     assert [b.shift_size for b in child.layers[0].blocks] == [(0, 0), (0, 0), (2, 2)]
 
 
+def test_one_block_stage_gets_a_shifted_copy(tmp_path: Path) -> None:
+    """depths [1, 1]: a block at stage 0's position 1 is a copy of block 0 with half-window
+    shifts (Hugging Face: as the stock model of depths [2, 1] builds it, the stochastic depth
+    schedule apart, so it reloads with load_grown);
+    timm's blocks keep a precomputed mask slot and are refused by name."""
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(**dict(HF, depths=[1, 1], num_heads=[2, 2]), num_labels=3)
+    parent = transformers.SwinForImageClassification(config).eval().double()
+    want = _logits(parent)
+    child, report = add_block(parent, 1, stage=0, seed=0)
+    assert [b.shift_size for b in child.swin.encoder.layers[0].blocks] == [0, 2]
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    _reloads(child, report, MARKED, want, tmp_path)
+    small = timm.create_model(
+        "swin_tiny_patch4_window7_224", img_size=32, window_size=4, embed_dim=16, depths=(1, 1)
+    )
+    with pytest.raises(MorphError, match="its mask is precomputed: attn_mask"):
+        add_block(small.eval().double(), 1, stage=0, seed=0)
+
+
 def test_add_block_v2_zeroes_the_branch_norms() -> None:
     """Swin-v2's new block is its neighbour with both branch norms of zero gain and bias."""
     parent = _parent("Swin-v2")

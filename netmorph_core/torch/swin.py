@@ -305,16 +305,28 @@ def add_heads(
 
 def _template(st: SwinStage, at: int) -> int:
     """The block the new block at ``at`` copies: the nearest one of the same parity (so the
-    same window shift); MorphError where the stage has none."""
-    same = [j for j in range(st.depth) if j % 2 == at % 2]
-    if not same and any(st.shifted):
+    same window shift); in a one-block stage, block 0 (:func:`_shift_half` then shifts the copy
+    at position 1)."""
+    same = [j for j in range(st.depth) if j % 2 == at % 2] or [0]
+    return min(same, key=lambda j: (abs(j - at), j))
+
+
+def _shift_half(block: nn.Module, where: str) -> None:
+    """The copy of an unshifted block at an odd position gets shifted windows: half its window
+    on the module holding ``shift_size`` and ``window_size`` (the block's forward derives its
+    mask, and no shift where the grid is not larger than the window); MorphError where the
+    block keeps a precomputed mask buffer (timm's ``attn_mask``)."""
+    masks = [n for m in block.modules() for n in m._buffers if "mask" in n]  # None ones too
+    holder = next((m for m in block.modules() if hasattr(m, "shift_size")), None)
+    window = getattr(holder, "window_size", None)
+    if masks or holder is None or not isinstance(window, (int, list, tuple)):
         raise MorphError(
-            f"at={at}: a block at position {at} of stage {st.index} ('{st.blocks}') has shifted "
-            f"windows, and the stage has no shifted block to copy its shift and mask from; add "
-            "the block at an even position"
+            f"{where!r} belongs at an odd position, which the window alternation shifts, and its "
+            f"stage has no shifted block to copy (its mask is precomputed: "
+            f"{', '.join(masks) or 'no shift_size and window_size'}); add it at an even position"
         )
-    candidates = same or list(range(st.depth))
-    return min(candidates, key=lambda j: (abs(j - at), j))
+    half = [w // 2 for w in window] if isinstance(window, (list, tuple)) else window // 2
+    holder.shift_size = type(holder.shift_size)(half) if isinstance(half, list) else half
 
 
 def _drop_paths(child: nn.Module, sw: Swin, depths: list[int]) -> None:
@@ -378,6 +390,8 @@ def add_block(
     def build(child: nn.Module) -> Outcome:
         blocks = child.get_submodule(prefix)
         new_module = copy.deepcopy(blocks[j])
+        if at % 2 and j % 2 == 0:
+            _shift_half(new_module, f"{prefix}.{at}")
         if isinstance(blocks, nn.ModuleList):
             blocks.insert(at, new_module)
         else:  # a Sequential: rebuilt in the new order
@@ -422,9 +436,10 @@ def add_block(
             if hasattr(config, "num_layers"):
                 config.num_layers = len(new_depths)
             _drop_paths(child, sw, new_depths)
+        how = "shifted" if st.shifted[j] or at % 2 != j % 2 else "unshifted"
         notes = [
-            f"the new block {prefix}.{at} has {'shifted' if st.shifted[j] else 'unshifted'} "
-            f"windows (copied from block {j}); the blocks after it keep their own shifts"
+            f"the new block {prefix}.{at} has {how} windows (a copy of block {j}); the blocks "
+            "after it keep their own shifts"
         ]
         if lonely and method == "netmorph":
             notes.append(f"{lonely} heads have no partner: zero output columns")
