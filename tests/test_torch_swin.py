@@ -104,7 +104,7 @@ OPS: dict[str, Op] = {
     "grow_width 45": lambda m, _: grow_width(m, 45, seed=0),
     "widen q (head_dim 10)": lambda m, q: widen(m, q[0], q[1], seed=0),
 }
-HEAD_SIZE = "derives it as the stream width / heads"
+HEAD_SIZE = "records no head size and passes its projections' weights to a functional"
 READS = "reads qkv.bias, qkv.weight directly"
 NO_WIDTH = "45 is not a multiple of stage 1's width 32"
 #: Hugging Face: one global mlp_ratio (stages differ), head_dim derived as d_s / heads, and

@@ -123,8 +123,9 @@ def _check_head_size(model: nn.Module, stage: SwinStage, block: Block) -> None:
     if not recorded and not by_attribute(model, (block.name(fam.qkv[0]),)):
         raise MorphError(
             f"add_heads: no exact child — {name!r} ({type(attention).__name__}) records no head "
-            f"size and its forward derives it as the stream width / heads ({stage.width} / "
-            f"{block.heads}), so heads of the same head_dim cannot be added; ask for grow_ffn or "
+            "size and passes its projections' weights to a functional, which derives head_dim "
+            f"from the stream width (torchvision's: {stage.width} / {block.heads}) or adds "
+            "biases of its own: heads of the same head_dim do not fit it; ask for grow_ffn or "
             "add_block instead"
         )
 
@@ -236,8 +237,8 @@ def add_heads(
 ) -> tuple[nn.Module, MorphReport]:
     """The blocks ``layers`` (global indices) or of the stages ``stage`` (default every block)
     get ``heads`` heads of their head_dim (``heads`` must exceed each one's count; multi-head
-    attention only, so ``kv_heads`` is None or ``heads``). An attention whose forward derives
-    head_dim from the stream width (torchvision's) is refused by the measurement, naming it."""
+    attention only, so ``kv_heads`` is None or ``heads``). An attention that passes its
+    weights to a functional and records no head size (torchvision's) is refused by name."""
     sw = _swin(model)
     method = _method(method)
     chosen = _chosen(sw, layers, stage)  # type: ignore[arg-type]

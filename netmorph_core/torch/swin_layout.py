@@ -13,7 +13,8 @@ windows (odd blocks)::
           scores_h = cos(q_h, k_h)·exp(min(τ_h, log 100)) + 16·σ(cpb(coords))_h       (v2)
 
 Recognised by structure, not by class names: a list (``ModuleList`` or ``Sequential``) of
-blocks of one class, each holding a window attention — a module owning a parameter
+blocks of one class, each holding a ``shift_size`` (on the block or one of its modules) and a
+window attention — a module owning a parameter
 ``relative_position_bias_table`` (v1; columns = heads) or ``logit_scale`` (v2; one per head,
 with a continuous position bias MLP: a ``Sequential`` of Linear layers reading the 2-d
 coordinates, last layer one row per head) — two LayerNorms of width d_s and, outside the
@@ -83,6 +84,10 @@ def _owner_of(module: nn.Module, param: str) -> str | None:
 
 
 def _is_block(module: nn.Module) -> bool:
+    """A window-attention block: a position bias table or logit scale, and a ``shift_size``
+    on the block or one of its modules (BEiT's blocks hold a table but attend globally)."""
+    if not any(hasattr(m, "shift_size") for m in module.modules()):
+        return False
     return _owner_of(module, TABLE) is not None or _owner_of(module, LOGIT_SCALE) is not None
 
 
