@@ -74,7 +74,12 @@ def _swin(model: nn.Module) -> Swin:
 def probe_images(model: nn.Module) -> tuple[torch.Tensor, ...]:
     """Images (2, C, S, S): C the first Conv2d's input channels, S the config's
     ``image_size`` or the patch embedding's ``img_size`` (else 64)."""
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise MorphError(
+            f"{type(model).__name__} has no Conv2d patch embedding to size default images by; "
+            "pass probe=(images,)"
+        )
     side = getattr(getattr(model, "config", None), "image_size", None)
     if side is None:
         side = next(
@@ -380,6 +385,12 @@ def add_block(
     fam = st.layout.family
     prefix = st.blocks
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
+    holder = model.get_submodule(prefix)
+    if not isinstance(holder, nn.ModuleList) and type(holder) is not nn.Sequential:
+        raise MorphError(
+            f"{prefix!r} is {type(holder).__name__}, a Sequential with its own forward: a block "
+            "cannot be inserted into it; refused"
+        )
     rels = (*fam.qkv, fam.o, *fam.ffn_in, fam.ffn_out)
     edits = by_attribute(model, tuple(template.name(r) for r in rels))
     new_bytes = state_bytes(model.get_submodule(template.prefix)) + _edit_bytes(model, edits)
@@ -395,7 +406,7 @@ def add_block(
             _shift_half(new_module, f"{prefix}.{at}")
         if isinstance(blocks, nn.ModuleList):
             blocks.insert(at, new_module)
-        else:  # a Sequential: rebuilt in the new order
+        else:  # a plain Sequential (checked below): rebuilt in the new order
             members = list(blocks)
             members.insert(at, new_module)
             child.set_submodule(prefix, nn.Sequential(*members))
@@ -434,8 +445,6 @@ def add_block(
         if isinstance(depths, (list, tuple)) and len(depths) == len(sw.stages):
             new_depths = [d + (i == s) for i, d in enumerate(depths)]
             config.depths = new_depths
-            if hasattr(config, "num_layers"):
-                config.num_layers = len(new_depths)
             _drop_paths(child, sw, new_depths)
         how = "shifted" if st.shifted[j] or at % 2 != j % 2 else "unshifted"
         notes = [

@@ -7,7 +7,7 @@ import numpy as np
 from torch import nn
 
 from .errors import MorphError
-from .support import check_called_by_parent
+from .support import check_called_by_parent, check_no_hooks
 from .swin_layout import SwinStage
 from .transformer import _Editor, _gather_rows, _std
 from .transformer_layout import Block
@@ -16,15 +16,16 @@ __all__ = ["by_attribute", "position_bias"]
 
 
 def by_attribute(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
-    """``names`` less the layers whose attention reads their weights as attributes
-    (torchvision's window attention calls a functional on ``qkv.weight``): the operations
-    here replace parameters on the same modules, never the modules, so such a forward reads
-    the new ones; the measurement checks the child."""
+    """``names`` less the layers whose parent does not call them as modules (torchvision's
+    window attention passes ``qkv.weight`` to a functional), which may carry no hooks: the
+    operations here replace parameters on the same modules, never the modules, so such a
+    forward reads the new ones; the measurement checks the child."""
     kept = []
     for name in names:
         try:
             check_called_by_parent(model, name)
         except MorphError:
+            check_no_hooks(model.get_submodule(name), name)
             continue
         kept.append(name)
     return tuple(kept)
@@ -57,8 +58,5 @@ def position_bias(
         name = block.name(stage.logit_scale)
         scale = edit.get(name)
         new_s = _gather_rows(scale, src)
-        if old:
-            new_s[old:] = scale.mean()
-        else:
-            new_s[:] = float(np.log(10.0))
+        new_s[old:] = scale.mean()
         edit.put(name, new_s, (src, *(None,) * (scale.dim() - 1)))
