@@ -32,7 +32,7 @@ from netmorph_core.torch import (
     load_grown,
     widen,
 )
-from netmorph_core.torch.swin_layout import swin_layout
+from netmorph_core.torch.swin_layout import find_swin, swin_layout
 
 try:
     transformers = import_transformers()
@@ -200,6 +200,20 @@ def test_layout_is_found_by_structure(family: str) -> None:
     v2 = "v2" in family
     assert sw.stages[0].post_norm == v2 and bool(sw.stages[0].cpb) == v2
     assert bool(sw.stages[0].table) != v2
+
+
+def test_global_attention_with_a_bias_table_is_not_swin() -> None:
+    """BEiT's blocks hold a relative position bias table but no window shift: not Swin."""
+    config = transformers.BeitConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+        use_relative_position_bias=True,
+    )
+    assert find_swin(transformers.BeitForImageClassification(config)) == []
 
 
 def test_add_heads_gives_each_cancelling_pair_one_bias_column() -> None:
