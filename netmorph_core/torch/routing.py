@@ -1,7 +1,8 @@
 """The public growth operations, each sent to the implementation for the model's family.
 
-A state-space (Mamba) model goes to :mod:`.ssm`, a hierarchical vision transformer
-(SegFormer, PVT-v2, GLPN) to :mod:`.hierarchical`, a ConvNeXt to :mod:`.convnext`; every other
+A state-space (Mamba) model goes to :mod:`.ssm`, a Swin transformer to :mod:`.swin`, a
+hierarchical vision transformer (SegFormer, PVT-v2, GLPN) to :mod:`.hierarchical`, a
+ConvNeXt to :mod:`.convnext`; every other
 model to the general operation:
 :func:`.moe.grow_ffn` (which sends dense models on through :func:`.encdec.grow_ffn`),
 :func:`.encdec.add_heads`, :func:`.encdec.grow_width`, :func:`.encdec.add_block` (which send
@@ -52,7 +53,7 @@ def _hierarchical(model: object, stage: object) -> bool:
     if stage is not None and not found:
         raise ValueError(
             f"stage={stage!r}: {type(model).__name__} has no stages of their own width "
-            "(SegFormer, PVT-v2, GLPN, ConvNeXt); leave stage None"
+            "(SegFormer, PVT-v2, GLPN, ConvNeXt, Swin); leave stage None"
         )
     return found
 
