@@ -44,6 +44,10 @@ def _t5_on_ids(**config: object) -> Callable[[], nn.Module]:
 T5 = dict(
     vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
 )
+#: Two Swin stages of two blocks (widths 16, 32): 4×4 windows, the odd blocks shifted.
+WINDOWS = dict(
+    image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4
+)
 #: Two hierarchical stages (SegFormer, PVT-v2).
 STAGES = dict(
     num_encoder_blocks=2,
@@ -367,6 +371,18 @@ FAMILY_SPECS: tuple[ModelSpec, ...] = (
             "PvtV2Config",
             **STAGES,
         ),
+        PICTURES,
+    ),
+    ModelSpec(
+        "hf swin",
+        "transformers",
+        _hf("SwinForImageClassification", "SwinConfig", **WINDOWS, num_labels=3),
+        PICTURES,
+    ),
+    ModelSpec(
+        "hf swinv2",
+        "transformers",
+        _hf("Swinv2ForImageClassification", "Swinv2Config", **WINDOWS, num_labels=3),
         PICTURES,
     ),
     ModelSpec("tv resnext50_32x4d", "torchvision", _tv("resnext50_32x4d"), PICTURES),

@@ -21,8 +21,11 @@ from functools import partial
 import torch
 from torch import nn
 
+from . import swin
 from .encdec import probe_inputs
 from .encdec_layout import describe_encoder_decoder
+from .errors import MorphError
+from .swin_edit import by_attribute
 from .transformer import _default_probe, _exists, _fused_layout
 from .transformer_layout import Layout, describe
 
@@ -63,7 +66,7 @@ def attention_projection(model: nn.Module, at: object) -> Attention | None:
             layout = describe(model)
             layouts, probe = [layout], partial(_default_probe, model, layout)
     except Exception:  # not a transformer these layouts describe: perhaps a module alone
-        return _fused_module(model, at)
+        return _swin_attention(model, at) or _fused_module(model, at)
     for layout in layouts:
         found = _in_layout(model, layout, at, probe)
         if found is not None:
@@ -89,6 +92,42 @@ def _in_layout(
                 block.head_dim,
                 tuple(block.name(r) for r in fam.head_rows if _exists(model, block.name(r))),
                 probe,
+            )
+    return None
+
+
+def _swin_attention(model: nn.Module, at: str) -> Attention | None:
+    """The window attention of a Swin block (:mod:`.swin_layout`) whose q, k, v or fused
+    q|k|v layer is ``at``; None for one whose forward derives head_dim from the stream width
+    (torchvision's: it passes its layers' weights to a functional; the general ``widen``
+    refuses it by name). MorphError for a cosine attention (Swin-v2): the norms of q and k
+    would count the new coordinates."""
+    try:
+        sw = swin.recognise(model)
+    except MorphError:
+        return None
+    for st in sw.stages if sw is not None else ():
+        fam = st.layout.family
+        for block in st.layout.blocks:
+            if at not in {block.name(rel) for rel in fam.qkv}:
+                continue
+            if not by_attribute(model, (at,)):
+                return None
+            if st.logit_scale:
+                raise MorphError(
+                    f"widening {at!r}: no exact child — {block.name(fam.attention)!r} is a "
+                    "cosine attention (Swin-v2): q and k are normalised over head_dim, so new "
+                    "coordinates would change every score; add heads instead (add_heads)"
+                )
+            return Attention(
+                block.name(fam.attention),
+                tuple(block.name(rel) for rel in fam.qkv),
+                fam.qkv_layout if len(fam.qkv) == 1 else "separate",
+                block.name(fam.o),
+                block.heads,
+                block.kv_heads,
+                block.head_dim,
+                probe=partial(swin.probe_images, model),
             )
     return None
 

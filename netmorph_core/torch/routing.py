@@ -1,7 +1,8 @@
 """The public growth operations, each sent to the implementation for the model's family.
 
-A state-space (Mamba) model goes to :mod:`.ssm`, a hierarchical vision transformer
-(SegFormer, PVT-v2, GLPN) to :mod:`.hierarchical`, a ConvNeXt to :mod:`.convnext`; every other
+A state-space (Mamba) model goes to :mod:`.ssm`, a Swin transformer to :mod:`.swin`, a
+hierarchical vision transformer (SegFormer, PVT-v2, GLPN) to :mod:`.hierarchical`, a
+ConvNeXt to :mod:`.convnext`; every other
 model to the general operation:
 :func:`.moe.grow_ffn` (which sends dense models on through :func:`.encdec.grow_ffn`),
 :func:`.encdec.add_heads`, :func:`.encdec.grow_width`, :func:`.encdec.add_block` (which send
@@ -22,7 +23,7 @@ from types import ModuleType
 import numpy as np
 from torch import nn
 
-from . import bottleneck, convnext, encdec, hierarchical, kernel, moe, ssm
+from . import bottleneck, convnext, encdec, hierarchical, kernel, moe, ssm, swin
 from . import width as general_width
 from .errors import MorphError
 from .ffn_widen import FeedForwardInput, feed_forward_input
@@ -52,7 +53,7 @@ def _hierarchical(model: object, stage: object) -> bool:
     if stage is not None and not found:
         raise ValueError(
             f"stage={stage!r}: {type(model).__name__} has no stages of their own width "
-            "(SegFormer, PVT-v2, GLPN, ConvNeXt); leave stage None"
+            "(SegFormer, PVT-v2, GLPN, ConvNeXt, Swin); leave stage None"
         )
     return found
 
@@ -63,9 +64,18 @@ def _convnext(model: object) -> bool:
     return isinstance(model, nn.Module) and convnext.recognise(model) is not None
 
 
+def _swin(model: object) -> bool:
+    """Whether ``model`` is a Swin transformer (:mod:`.swin`); MorphError where its window
+    attention blocks are not understood."""
+    return isinstance(model, nn.Module) and swin.recognise(model) is not None
+
+
 def _staged(model: object, stage: object) -> ModuleType | None:
-    """The module whose operations take ``stage`` for ``model``: :mod:`.convnext` for a
-    ConvNeXt, :mod:`.hierarchical` for a hierarchical vision transformer; None otherwise."""
+    """The module whose operations take ``stage`` for ``model``: :mod:`.swin` for a Swin
+    transformer, :mod:`.convnext` for a ConvNeXt, :mod:`.hierarchical` for a hierarchical
+    vision transformer; None otherwise."""
+    if _swin(model):
+        return swin
     if _convnext(model):
         return convnext
     if _hierarchical(model, stage):
@@ -192,8 +202,9 @@ def add_heads(
         )
     if _convnext(model):
         return convnext.add_heads(model, heads)
-    if _hierarchical(model, stage):
-        return hierarchical.add_heads(
+    staged = swin if _swin(model) else hierarchical if _hierarchical(model, stage) else None
+    if staged is not None:
+        return staged.add_heads(
             model,
             heads,
             kv_heads=kv_heads,
