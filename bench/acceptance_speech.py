@@ -1,0 +1,111 @@
+"""Speech encoders and SigLIP-2's NaFlex vision encoder for the families acceptance set
+(:mod:`acceptance_families`): Wav2Vec2 (post-LN and stable-LN), HuBERT, WavLM and
+Data2Vec-Audio on raw audio (2, samples), Speech2Text's encoder on filter banks
+(2, frames, features), SigLIP-2 on patches (2, patches, C·p·p) whose attention mask and
+spatial shapes it builds itself when the run gives it the patches alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from acceptance_models import ModelSpec, _hf, images
+from thirdparty import import_transformers
+from torch import nn
+
+#: Two feature-extractor convolutions (kernels 10, 3; strides 5, 2): 90 samples give 8 frames.
+AUDIO = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(16, 16),
+    conv_stride=(5, 2),
+    conv_kernel=(10, 3),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    vocab_size=12,
+    mask_time_length=2,  # SpecAugment in the calibration's train-mode run: 8 frames
+)
+SAMPLES = images(2, 90)
+
+
+def _speech2text_encoder() -> nn.Module:
+    t = import_transformers()
+    from transformers.models.speech_to_text.modeling_speech_to_text import Speech2TextEncoder
+
+    config = t.Speech2TextConfig(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        input_feat_per_channel=8,
+        conv_channels=16,
+        max_source_positions=64,
+        vocab_size=50,
+    )
+    return Speech2TextEncoder(config)
+
+
+def _siglip2_on_patches() -> Callable[[], nn.Module]:
+    """Siglip2VisionModel that builds a square grid's mask and spatial shapes when given
+    its patches alone."""
+
+    def build() -> nn.Module:
+        t = import_transformers()
+        import torch
+
+        class Siglip2OnPatches(t.Siglip2VisionModel):
+            def forward(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None, **kw):
+                batch, patches = pixel_values.shape[:2]
+                side = int(patches**0.5)
+                if pixel_attention_mask is None:
+                    pixel_attention_mask = torch.ones(batch, patches, dtype=torch.long)
+                if spatial_shapes is None:
+                    spatial_shapes = torch.tensor([[side, side]] * batch)
+                return super().forward(pixel_values, pixel_attention_mask, spatial_shapes, **kw)
+
+        config = t.Siglip2VisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_patches=16,
+            patch_size=4,
+        )
+        return Siglip2OnPatches(config)
+
+    return build
+
+
+SPEECH_SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        "hf wav2vec2 ctc", "transformers", _hf("Wav2Vec2ForCTC", "Wav2Vec2Config", **AUDIO), SAMPLES
+    ),
+    ModelSpec(
+        "hf wav2vec2 stable-ln",
+        "transformers",
+        _hf("Wav2Vec2ForCTC", "Wav2Vec2Config", **AUDIO, do_stable_layer_norm=True),
+        SAMPLES,
+    ),
+    ModelSpec(
+        "hf hubert classifier",
+        "transformers",
+        _hf("HubertForSequenceClassification", "HubertConfig", **AUDIO, num_labels=3),
+        SAMPLES,
+    ),
+    ModelSpec(
+        "hf wavlm ctc",
+        "transformers",
+        _hf("WavLMForCTC", "WavLMConfig", **AUDIO, num_buckets=16, max_bucket_distance=20),
+        SAMPLES,
+    ),
+    ModelSpec(
+        "hf data2vec-audio",
+        "transformers",
+        _hf("Data2VecAudioForCTC", "Data2VecAudioConfig", **AUDIO),
+        SAMPLES,
+    ),
+    ModelSpec("hf speech2text encoder", "transformers", _speech2text_encoder, images(2, 32, 8)),
+    ModelSpec("hf siglip2 naflex", "transformers", _siglip2_on_patches(), images(2, 16, 48)),
+)

@@ -1,0 +1,80 @@
+"""Example inputs of Hugging Face speech encoders and NaFlex vision encoders, from their config.
+
+- raw audio ``input_values`` (batch, samples) of Wav2Vec2, HuBERT, WavLM, Data2Vec-Audio:
+  long enough for the convolution feature extractor to give :data:`POSITIONS` frames,
+  L = R + S·(P − 1) samples, S = ∏ strides and R = 1 + Σᵢ (kᵢ − 1)·∏_{j<i} s_j the
+  receptive field of the stack (``conv_kernel``, ``conv_stride``);
+- Speech2Text's filter banks ``input_features`` (batch, frames, channels·features): frames
+  = 2^(conv layers)·P, each stride-2 convolution halving them;
+- SigLIP-2 (NaFlex) ``pixel_values`` (batch, patches, C·p·p) with ``pixel_attention_mask``
+  (batch, patches) of ones and ``spatial_shapes`` (batch, 2) of a square h × w = patches grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Positions (frames after the feature extractor, or patches along a side squared) per input.
+POSITIONS = 8
+
+
+def _ints(value: object) -> list[int] | None:
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, int) for v in value):
+        return [int(v) for v in value]
+    return None
+
+
+def audio_samples(config: object, positions: int = POSITIONS) -> int | None:
+    """Samples L = R + S·(P − 1) for ``positions`` frames out of the convolution stack of
+    ``config.conv_kernel``/``conv_stride`` (None where the config has no such stack)."""
+    kernels, strides = (
+        _ints(getattr(config, "conv_kernel", None)),
+        _ints(getattr(config, "conv_stride", None)),
+    )
+    if kernels is None or strides is None or len(kernels) != len(strides):
+        return None
+    field, step = 1, 1
+    for k, s in zip(kernels, strides):
+        field += (k - 1) * step
+        step *= s
+    return field + step * (positions - 1)
+
+
+def speech_inputs(
+    config: object, name: str, batch: int, gen: torch.Generator
+) -> tuple[torch.Tensor, ...] | None:
+    """Float inputs (float32, on the CPU) for a model whose main input is ``name``
+    (``input_values`` or Speech2Text's ``input_features``); None when the config does not
+    describe them."""
+    if name == "input_values":
+        samples = audio_samples(config)
+        return None if samples is None else (torch.randn(batch, samples, generator=gen),)
+    per_channel = getattr(config, "input_feat_per_channel", None)
+    channels = getattr(config, "input_channels", None)
+    layers = getattr(config, "num_conv_layers", None)
+    if name == "input_features" and all(
+        isinstance(v, int) for v in (per_channel, channels, layers)
+    ):
+        frames = 2**layers * POSITIONS
+        return (torch.randn(batch, frames, per_channel * channels, generator=gen),)
+    return None
+
+
+def naflex_inputs(
+    config: object, batch: int, gen: torch.Generator
+) -> tuple[torch.Tensor, ...] | None:
+    """(pixel_values, pixel_attention_mask, spatial_shapes) of a NaFlex vision encoder
+    (``num_patches``, ``patch_size``, ``num_channels`` in its config); None otherwise."""
+    patches = getattr(config, "num_patches", None)
+    size = getattr(config, "patch_size", None)
+    channels = getattr(config, "num_channels", None)
+    if not all(isinstance(v, int) and v > 0 for v in (patches, size, channels)):
+        return None
+    side = math.isqrt(min(patches, POSITIONS * 2))
+    n = side * side
+    pixels = torch.randn(batch, n, channels * size * size, generator=gen)
+    mask = torch.ones(batch, n, dtype=torch.long)
+    shapes = torch.tensor([[side, side]] * batch, dtype=torch.long)
+    return pixels, mask, shapes
