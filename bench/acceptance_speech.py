@@ -103,7 +103,7 @@ SPEECH_SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "hf data2vec-audio",
         "transformers",
-        _hf("Data2VecAudioForCTC", "Data2VecAudioConfig", **AUDIO),
+        _hf("Data2VecAudioForCTC", "Data2VecAudioConfig", **AUDIO | {"num_conv_pos_embeddings": 2}),
         SAMPLES,
     ),
     ModelSpec("hf speech2text encoder", "transformers", _speech2text_encoder, images(2, 32, 8)),

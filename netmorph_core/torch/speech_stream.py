@@ -34,37 +34,66 @@ def _storage(t: torch.Tensor | None) -> int | None:
 def stream_convs(
     root: nn.Module, calls: Sequence[Call], started: Sequence[str], d: int
 ) -> tuple[str, ...]:
-    """The names (relative to the stream's owner ``root``) among ``started`` of Conv1d layers
-    of d → d channels whose input, in ``calls`` (the calls before block 0, writer candidates
-    named ``W:<name>``), is a view of the output of another layer of width d that ran before
-    them, or that run before any such layer (they read the stream entering ``root``: its
-    writers sit in a module above)."""
-    found = []
-    written: set[int] = set()
+    """The names (relative to the stream's owner ``root``) among ``started`` of the Conv1d
+    layers of d → d channels that read the stream, in ``calls`` (the calls before block 0,
+    writer candidates named ``W:<name>``): the first whose input is a view of the output of a
+    layer that writes width d before it, or that runs before any layer of ``root`` has run
+    (it reads the stream entering ``root``: its writers sit in a module above); then every
+    later such Conv1d before block 0 (a stack of them: Data2Vec-Audio's)."""
+    found: list[str] = []
+    written: set[int | None] = set()
+    ran = False
     for call in calls:
         if not call.name.startswith("W:"):
             continue
         name = call.name[2:].removesuffix(":start")
         module = root.get_submodule(name) if name else root
-        if call.out is None and name in started:  # the call's start: its input
-            conv = isinstance(module, nn.Conv1d) and module.in_channels == module.out_channels == d
-            if conv and (not written or _storage(call.inp) in written):
-                found.append(name)
+        if call.out is not None:
+            ran = ran or name != ""
+            if name not in found and _writes_width(module, d):
+                written.add(_storage(call.out))
             continue
-        if call.out is not None and call.out.shape[-1] == d and name not in found:
-            written.add(_storage(call.out))
+        conv = isinstance(module, nn.Conv1d) and module.in_channels == module.out_channels == d
+        if conv and name in started and (found or not ran or _storage(call.inp) in written):
+            found.append(name)
     return tuple(dict.fromkeys(found))
 
 
-def entry_norms(before: Sequence[Call], calls: Sequence[Call], writers: Sequence[str]) -> list:
-    """The norm calls of ``before`` that run after the start of the first of ``writers`` that
-    is a module call in ``calls`` (all of them where none is)."""
+def _writes_width(module: nn.Module, d: int) -> bool:
+    """Whether ``module`` is a linear layer or convolution of d outputs."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return module.out_channels == d
+    return isinstance(module, nn.Linear) and module.out_features == d
+
+
+def holders(convs: Sequence[str]) -> str | None:
+    """The module holding every convolution of ``convs`` and the layers between them: the
+    common prefix of their parents (None for none)."""
+    if not convs:
+        return None
+    parts = [c.split(".")[:-1] for c in convs]
+    common = []
+    for group in zip(*parts):
+        if len(set(group)) != 1:
+            break
+        common.append(group[0])
+    return ".".join(common)
+
+
+def entry_norms(
+    before: Sequence[Call], calls: Sequence[Call], writers: Sequence[str], convs: Sequence[str]
+) -> list:
+    """The norm calls of ``before`` (named ``O:<name>``) that run after the start of the first
+    of ``writers`` that is a module call in ``calls`` (all of them where none is), outside
+    the module holding the stream convolutions ``convs`` (:func:`holders`; where it is not
+    the owner itself)."""
     names = {f"W:{w}:start" for w in writers}
-    first = next((i for i, c in enumerate(calls) if c.name in names), None)
-    if first is None:
-        return list(before)
+    first = next((i for i, c in enumerate(calls) if c.name in names), 0)
     later = {id(c) for c in calls[first:]}
-    return [c for c in before if id(c) in later]
+    held = holders(convs)
+    return [
+        c for c in before if id(c) in later and not (held and c.name[2:].startswith(f"{held}."))
+    ]
 
 
 def bias_names(root: nn.Module, convs: Sequence[str]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .errors import MorphError
+from .speech_stream import holders
 from .support import check_no_hooks, check_understood
 
 #: Config fields that record a stream convolution's groups (Wav2Vec2, HuBERT, WavLM).
@@ -62,11 +63,35 @@ def check_stream_convs(model: nn.Module, names: Sequence[str], d: int, d_model: 
         weight_norm = parametrize.is_parametrized(conv)
         if weight_norm:
             _norm_dim(conv, name)
+        _holder_norms(model, names, d)
         for rel, sub in conv.named_modules():
             where = f"{name}.{rel}" if rel else name
             if not (rel.startswith("parametrizations") or (weight_norm and not rel)):
                 check_understood(sub, where)
             check_no_hooks(sub, where, parametrized=weight_norm and not rel)
+
+
+def _holder_norms(model: nn.Module, convs: Sequence[str], d: int) -> list[str]:
+    """The LayerNorms of width d inside the module holding a stack of stream convolutions
+    (:func:`.speech_stream.holders`; Data2Vec-Audio's norm after each convolution);
+    MorphError naming any other module with parameters there."""
+    held = holders(convs)
+    if not held:
+        return []
+    found = []
+    for rel, module in model.get_submodule(held).named_modules():
+        name = f"{held}.{rel}" if rel else held
+        if any(name == c or name.startswith(c + ".") for c in convs):
+            continue
+        if isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (d,):
+            found.append(name)
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise MorphError(
+                f"{name!r} ({type(module).__name__}) sits between the convolutions that read "
+                "the stream and is not a LayerNorm of its width: the stream cannot be widened "
+                "through it; refused"
+            )
+    return found
 
 
 def check_outside(model: nn.Module, convs: Sequence[str]) -> None:
@@ -85,12 +110,23 @@ def widen_stream_convs(
     """Widen the stream convolutions ``names`` (qualified) of ``child`` in place for k =
     ``copies`` copies of the stream; ``config``'s field of :data:`GROUPS_FIELDS` that holds a
     convolution's groups records the new ones."""
+    if not names:
+        return
+    d = child.get_submodule(names[0]).out_channels
+    rows = np.tile(np.arange(d), copies)
+    for name in _holder_norms(child, names, d):  # LN([c; …; c]) = [LN(c); …; LN(c)]
+        norm = child.get_submodule(name)
+        for attr in ("weight", "bias"):
+            t = getattr(norm, attr, None)
+            if isinstance(t, nn.Parameter):
+                put(f"{name}.{attr}", torch.cat([t.detach()] * copies), (rows,))
+        norm.normalized_shape = (d * copies,)
+    old = child.get_submodule(names[0]).groups
     for name in names:
-        old = child.get_submodule(name).groups
         new = _widen(child, name, copies, put)
-        for field in GROUPS_FIELDS:
-            if config is not None and getattr(config, field, None) == old:
-                setattr(config, field, new)
+    for field in GROUPS_FIELDS:
+        if config is not None and getattr(config, field, None) == old:
+            setattr(config, field, new)
 
 
 def _widen(child: nn.Module, name: str, copies: int, put: Put) -> int:

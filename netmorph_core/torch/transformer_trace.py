@@ -458,7 +458,7 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None = N
     convs = stream_convs(root, calls[:start], started, d)  # speech encoders' position convs
     started = [n for n in started if n not in convs]
     writers = stream_writers(root, list(dict.fromkeys(started)), d, embed)
-    before = entry_norms(before, calls[:start], writers)
+    before = entry_norms(before, calls[:start], writers, convs)
     entry = before[0].name if before else "B:first:start"
 
     def stream_entry(params: dict[str, torch.Tensor]) -> torch.Tensor | None:
