@@ -6,15 +6,19 @@
   receptive field of the stack (``conv_kernel``, ``conv_stride``);
 - Speech2Text's filter banks ``input_features`` (batch, frames, channels·features): frames
   = 2^(conv layers)·P, each stride-2 convolution halving them;
+- an encoder–decoder on such features (Speech2Text, Whisper): :func:`encdec_inputs` adds
+  an attention mask of ones over the frames and decoder token ids;
 - SigLIP-2 (NaFlex) ``pixel_values`` (batch, patches, C·p·p) with ``pixel_attention_mask``
   (batch, patches) of ones and ``spatial_shapes`` (batch, 2) of a square h × w = patches grid.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
+from torch import nn
 
 #: Positions (frames after the feature extractor, or patches along a side squared) per input.
 POSITIONS = 8
@@ -78,3 +82,24 @@ def naflex_inputs(
     mask = torch.ones(batch, n, dtype=torch.long)
     shapes = torch.tensor([[side, side]] * batch, dtype=torch.long)
     return pixels, mask, shapes
+
+
+def encdec_inputs(
+    model: nn.Module, features: torch.Tensor, vocab: int, gen: torch.Generator
+) -> tuple[torch.Tensor, ...] | None:
+    """(input_features, attention_mask, decoder_input_ids) in the order of ``model.forward``'s
+    leading parameters (None when they are not these): the mask ones over the frames
+    (Speech2Text's axis 1, Whisper's last axis), the ids (batch, :data:`POSITIONS`) below
+    ``vocab``."""
+    config = getattr(model, "config", None)
+    frames = features.shape[1] if hasattr(config, "input_feat_per_channel") else features.shape[-1]
+    batch = features.shape[0]
+    named = {
+        "input_features": features,
+        "attention_mask": torch.ones(batch, frames, dtype=torch.long, device=features.device),
+        "decoder_input_ids": torch.randint(0, vocab, (batch, POSITIONS), generator=gen).to(
+            features.device
+        ),
+    }
+    order = [p for p in inspect.signature(model.forward).parameters if p != "self"][:3]
+    return tuple(named[n] for n in order) if set(order) == set(named) else None

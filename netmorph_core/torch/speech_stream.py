@@ -1,4 +1,6 @@
-"""Convolutions that read the residual stream before the first block and add to it.
+"""Parts of the residual stream of speech and NaFlex vision encoders that the trace finds.
+
+Convolutions that read the stream before the first block and add to it:
 
 Speech encoders (Wav2Vec2, HuBERT, WavLM) add a convolutional position embedding to the
 stream their feature projection writes: x ← x + gelu(conv(x)), ``conv`` a grouped Conv1d of d
@@ -8,6 +10,10 @@ trace (:func:`stream_convs`) finds it as a Conv1d of d → d channels that runs 
 on a view of a writer's output; :func:`entry_norms` keeps, of the norms before block 0, those
 that run after the stream's first writer (the feature projection's norm of the convolution
 features is no norm of the stream).
+
+Tables read by their weight: SigLIP-2 resizes its position embedding's weight to each image's
+grid of patches without calling the embedding; :func:`weight_tables` adds such embeddings of
+width d that never ran to the writers (the zero check proves them).
 """
 
 from __future__ import annotations
@@ -101,4 +107,17 @@ def bias_names(root: nn.Module, convs: Sequence[str]) -> tuple[str, ...]:
     the stream entering the blocks is zero."""
     return tuple(
         f"{c}.bias" for c in convs if getattr(root.get_submodule(c), "bias", None) is not None
+    )
+
+
+def weight_tables(root: nn.Module, started: Sequence[str], d: int, blocks: str) -> tuple[str, ...]:
+    """The embeddings of width d of ``root`` outside ``blocks`` that are not among ``started``
+    (the writer candidates that ran before block 0): a table its forward reads by weight."""
+    return tuple(
+        name
+        for name, module in root.named_modules()
+        if isinstance(module, nn.Embedding)
+        and module.embedding_dim == d
+        and name not in started
+        and not (name == blocks or name.startswith(blocks + "."))
     )

@@ -46,7 +46,7 @@ from torch import nn
 
 from .errors import MorphError
 from .linear_view import as_matrix
-from .speech_stream import bias_names, entry_norms, stream_convs
+from .speech_stream import bias_names, entry_norms, stream_convs, weight_tables
 from .transformer_branches import branch_norms, reader_norm
 from .transformer_residual import (
     Branches,
@@ -458,6 +458,8 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None = N
     convs = stream_convs(root, calls[:start], started, d)  # speech encoders' position convs
     started = [n for n in started if n not in convs]
     writers = stream_writers(root, list(dict.fromkeys(started)), d, embed)
+    if embed is None and writers:  # position tables read by weight (SigLIP-2)
+        writers += weight_tables(root, started, d, blocks_rel)
     before = entry_norms(before, calls[:start], writers, convs)
     entry = before[0].name if before else "B:first:start"
 
