@@ -28,34 +28,39 @@ AUDIO = dict(
     mask_time_length=2,  # SpecAugment in the calibration's train-mode run: 8 frames
 )
 SAMPLES = images(2, 90)
+PATCHES = images(2, 16, 48)
+SPEECH2TEXT = dict(
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    input_feat_per_channel=8,
+    conv_channels=16,
+    max_source_positions=64,
+    max_target_positions=64,
+    vocab_size=50,
+)
 
 
 def _speech2text_encoder() -> nn.Module:
     t = import_transformers()
     from transformers.models.speech_to_text.modeling_speech_to_text import Speech2TextEncoder
 
-    config = t.Speech2TextConfig(
-        d_model=32,
-        encoder_layers=2,
-        encoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        input_feat_per_channel=8,
-        conv_channels=16,
-        max_source_positions=64,
-        vocab_size=50,
-    )
-    return Speech2TextEncoder(config)
+    return Speech2TextEncoder(t.Speech2TextConfig(**SPEECH2TEXT))
 
 
-def _siglip2_on_patches() -> Callable[[], nn.Module]:
-    """Siglip2VisionModel that builds a square grid's mask and spatial shapes when given
-    its patches alone."""
+def _siglip2_on_patches(name: str, **extra: object) -> Callable[[], nn.Module]:
+    """transformers.<name> (a SigLIP-2 vision model) that builds a square grid's mask and
+    spatial shapes when given its patches alone."""
 
     def build() -> nn.Module:
         t = import_transformers()
         import torch
 
-        class Siglip2OnPatches(t.Siglip2VisionModel):
+        class OnPatches(getattr(t, name)):
             def forward(self, pixel_values, pixel_attention_mask=None, spatial_shapes=None, **kw):
                 batch, patches = pixel_values.shape[:2]
                 side = int(patches**0.5)
@@ -65,7 +70,7 @@ def _siglip2_on_patches() -> Callable[[], nn.Module]:
                     spatial_shapes = torch.tensor([[side, side]] * batch)
                 return super().forward(pixel_values, pixel_attention_mask, spatial_shapes, **kw)
 
-        config = t.Siglip2VisionConfig(
+        vision = dict(
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
@@ -73,9 +78,29 @@ def _siglip2_on_patches() -> Callable[[], nn.Module]:
             num_patches=16,
             patch_size=4,
         )
-        return Siglip2OnPatches(config)
+        if name == "Siglip2VisionModel":
+            return OnPatches(t.Siglip2VisionConfig(**vision))
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+        config = t.Siglip2Config(vision_config=vision, text_config=text, **extra)
+        return OnPatches(config)
 
     return build
+
+
+def _speech2text_on_features() -> nn.Module:
+    """Speech2TextForConditionalGeneration whose decoder reads its start token twice when no
+    decoder ids are given (this run feeds each model one tensor)."""
+    t = import_transformers()
+    import torch
+
+    class OnFeatures(t.Speech2TextForConditionalGeneration):
+        def forward(self, input_features, attention_mask=None, decoder_input_ids=None, **kw):
+            if decoder_input_ids is None:
+                start = self.config.decoder_start_token_id
+                decoder_input_ids = torch.full((input_features.shape[0], 2), start)
+            return super().forward(input_features, attention_mask, decoder_input_ids, **kw)
+
+    return OnFeatures(t.Speech2TextConfig(**SPEECH2TEXT))
 
 
 SPEECH_SPECS: tuple[ModelSpec, ...] = (
@@ -107,5 +132,14 @@ SPEECH_SPECS: tuple[ModelSpec, ...] = (
         SAMPLES,
     ),
     ModelSpec("hf speech2text encoder", "transformers", _speech2text_encoder, images(2, 32, 8)),
-    ModelSpec("hf siglip2 naflex", "transformers", _siglip2_on_patches(), images(2, 16, 48)),
+    ModelSpec("hf speech2text", "transformers", _speech2text_on_features, images(2, 32, 8)),
+    ModelSpec(
+        "hf siglip2 naflex", "transformers", _siglip2_on_patches("Siglip2VisionModel"), PATCHES
+    ),
+    ModelSpec(
+        "hf siglip2 classifier",
+        "transformers",
+        _siglip2_on_patches("Siglip2ForImageClassification", num_labels=3),
+        PATCHES,
+    ),
 )

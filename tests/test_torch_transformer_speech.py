@@ -114,7 +114,6 @@ STOCK = "exact, stock reload"
 MARKED = "exact, load_grown"
 POST_LN = "refused: normalises after the residual sum (post-LN)"
 NOT_MULTIPLE = "refused: adds gelu(conv(x)) to it"
-NORMED = "refused: normalises over the widened channels"
 ROW = {
     "grow_ffn": STOCK,
     "add_heads": MARKED,  # head_dim is derived from hidden_size / heads
@@ -123,19 +122,21 @@ ROW = {
     "add_block": STOCK,
     "deepen_projection": MARKED,
     "deepen (conv)": MARKED,
-    "widen (conv)": NORMED,
+    "widen (conv)": MARKED,  # its GroupNorm has one group per channel
     "morph_subnet (conv)": MARKED,
     "grow_kernel (conv)": MARKED,
 }
+#: A feature extractor with a LayerNorm after each convolution (``feat_extract_norm="layer"``).
+LAYER_NORMED = {"widen (conv)": "refused: normalises over the widened channels"}
 #: (family, operation) → STOCK, MARKED or "refused: <what the MorphError says>".
 OUTCOMES: dict[tuple[str, str], str] = {
     **{("Wav2Vec2 (CTC)", op): v for op, v in ROW.items()},
     **{
         ("Wav2Vec2 stable-LN (CTC)", op): v
-        for op, v in (ROW | {"grow_width": NOT_MULTIPLE}).items()
+        for op, v in (ROW | {"grow_width": NOT_MULTIPLE} | LAYER_NORMED).items()
     },
     **{("HuBERT (classifier)", op): v for op, v in ROW.items()},
-    **{("Data2Vec-Audio (CTC)", op): v for op, v in ROW.items()},
+    **{("Data2Vec-Audio (CTC)", op): v for op, v in (ROW | LAYER_NORMED).items()},
 }
 
 
