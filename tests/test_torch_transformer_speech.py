@@ -1,4 +1,5 @@
-"""Speech encoders on raw audio: Wav2Vec2 (post-LN and stable-LN), HuBERT, Data2Vec-Audio.
+"""Speech encoders on raw audio (Wav2Vec2 post-LN and stable-LN, HuBERT, Data2Vec-Audio),
+SigLIP-2's NaFlex vision tower and Speech2Text's default probe.
 
 Each case grows a tiny random float64 model (d_model 32, 4 heads, 2 blocks; a feature
 extractor of two convolutions, 90 samples → 8 frames; a grouped position convolution, weight-
@@ -8,7 +9,9 @@ untouched, and that ``save_pretrained`` reloads it: with the stock ``from_pretra
 the child's config describes it, else the stock load refuses the marked model_type and
 ``load_grown`` rebuilds it exactly. The per-layer operations run on the feature extractor's
 convolutions. Refusals are asserted by type and message; WavLM (its attention reads the
-q/k/v weights itself) is refused by name. :data:`OUTCOMES` is the table of
+q/k/v weights itself) is refused by name. SigLIP-2's classifier runs on patches with their
+mask and spatial shapes built from its config; its pooling head refuses ``grow_width`` by
+name. :data:`OUTCOMES` is the table of
 ``docs/supported.md`` (``python tests/test_torch_transformer_speech.py`` prints it).
 """
 
@@ -261,6 +264,126 @@ def test_inputs_cover_the_convolution_stack() -> None:
     assert audio_samples(transformers.Wav2Vec2Config(**AUDIO)) == 90
     (x,) = default_inputs(_parent("HuBERT (classifier)"))
     assert x.shape == (2, 90) and x.dtype == torch.float64
+
+
+#: SigLIP-2's NaFlex vision tower (d 32, 4 heads, 2 blocks; 16 patches of 4×4×3 values).
+NAFLEX = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_patches=16,
+    patch_size=4,
+)
+SAVE_WHOLE = "exact, save whole (torch.save)"
+#: operation → (what it does to a SigLIP-2 classifier without the pooling head, the reload).
+SIGLIP2_OPS: dict[str, tuple[Callable[[torch.nn.Module], tuple], str]] = {
+    "grow_ffn": (lambda m: grow_ffn(m, 80), STOCK),
+    "add_heads": (lambda m: add_heads(m, 8), MARKED),
+    "grow_width": (lambda m: grow_width(m, 45), SAVE_WHOLE),  # 4 heads do not divide 45
+    "grow_width x2": (lambda m: grow_width(m, 64), MARKED),
+    "add_block": (lambda m: add_block(m, 1), STOCK),
+    "deepen_projection": (
+        lambda m: deepen_projection(m, "vision_model.encoder.layers.0.self_attn.out_proj"),
+        MARKED,
+    ),
+}
+
+
+def _siglip2(head: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.Siglip2Config(
+        vision_config=NAFLEX | {"vision_use_head": head},
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1),
+        num_labels=3,
+    )
+    model = transformers.Siglip2ForImageClassification(config)
+    return _redraw(model.eval().double())
+
+
+def _patches(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*default_inputs(model)).logits
+
+
+@pytest.mark.parametrize("op", SIGLIP2_OPS)
+def test_siglip2_operation(op: str, tmp_path: Path) -> None:
+    """SigLIP-2 (NaFlex): patches, their mask and spatial shapes built from the config; the
+    position table it resizes by weight to each image's grid writes the stream."""
+    parent = _siglip2(head=False)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    want = _patches(parent)
+    grow, how = SIGLIP2_OPS[op]
+    child, report = grow(parent)
+    torch.testing.assert_close(_patches(child), want, rtol=0, atol=1e-9)
+    assert _unchanged(before, parent)
+    child.save_pretrained(tmp_path)
+    auto = transformers.AutoModelForImageClassification
+    if how == SAVE_WHOLE:
+        assert any("save it whole" in n for n in report.notes), report.notes
+        with pytest.raises(MorphError, match="no config describes"):
+            load_grown(tmp_path)
+        return
+    if how == STOCK:
+        assert any("reloads this child exactly" in n for n in report.notes), report.notes
+        reloaded = auto.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    else:
+        with pytest.raises(ValueError, match="does not recognize this architecture"):
+            auto.from_pretrained(tmp_path)
+        reloaded = load_grown(tmp_path)
+    torch.testing.assert_close(_patches(reloaded), want, rtol=0, atol=1e-9)
+
+
+def test_siglip2_pooling_head_refuses_width_by_name() -> None:
+    """The vision tower's attention pooling head (run beside the classifier's mean pooling)
+    reads the stream through nn.MultiheadAttention's packed projection: refused, named."""
+    parent = _siglip2(head=True)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    with pytest.raises(MorphError, match=re.escape("'vision_model.head.attention'")):
+        grow_width(parent, 64)
+    assert _unchanged(before, parent)
+
+
+def test_naflex_inputs_follow_the_config() -> None:
+    torch.manual_seed(0)
+    tower = transformers.Siglip2VisionModel(transformers.Siglip2VisionConfig(**NAFLEX)).double()
+    pixels, mask, shapes = default_inputs(tower)
+    assert pixels.shape == (2, 16, 48) and pixels.dtype == torch.float64
+    assert mask.shape == (2, 16) and bool((mask == 1).all())
+    assert shapes.tolist() == [[4, 4], [4, 4]]
+
+
+def test_speech2text_gets_a_default_probe() -> None:
+    """Speech2Text (an encoder–decoder on filter banks): the probe holds features (2, 32, 8),
+    a mask of ones and decoder ids; grow_ffn on both stacks is exact; grow_width is refused
+    naming the head tied to the decoder's embedding."""
+    torch.manual_seed(0)
+    config = transformers.Speech2TextConfig(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        input_feat_per_channel=8,
+        conv_channels=16,
+        max_source_positions=64,
+        max_target_positions=64,
+        vocab_size=50,
+    )
+    parent = _redraw(transformers.Speech2TextForConditionalGeneration(config).eval().double())
+    feats = torch.randn(2, 32, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 32, dtype=torch.long)
+    with torch.no_grad():
+        want = parent(feats, mask, ids).logits
+    child, report = grow_ffn(parent, 80)
+    assert report.probe_shapes == ((2, 32, 8), (2, 32), (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(child(feats, mask, ids).logits, want, rtol=0, atol=1e-9)
+    with pytest.raises(MorphError, match="tied weights"):
+        grow_width(parent, 64)
 
 
 def table() -> str:

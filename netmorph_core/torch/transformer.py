@@ -58,6 +58,7 @@ from .transformer_projection import (
 )
 from .transformer_stream import image_size
 from .transformer_trace import KV_ATTRS, POSITION_BIASES, is_norm, qkv_rows
+from .width_readers import check_attention_pools
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
@@ -1200,6 +1201,7 @@ def grow_width(
         )
     convs = [layout.name(c) for c in fam.stream_convs]  # speech encoders' position convs
     check_stream_convs(model, convs, d, d_model)
+    check_attention_pools(model, layout.blocks_path, d, d_model)
     check_outside(model, convs)  # every module is rewritten; first: the norms run below
     _check_writers(model, layout, d_model)
     head_reader = _head_reader(model, layout, d_model)
