@@ -114,6 +114,12 @@ SPEECH_SPECS: tuple[ModelSpec, ...] = (
         SAMPLES,
     ),
     ModelSpec(
+        "hf wav2vec2 xvector",
+        "transformers",
+        _hf("Wav2Vec2ForXVector", "Wav2Vec2Config", **AUDIO),
+        images(2, 230),  # the TDNN's 15 frames: 22 frames out of the convolution stack
+    ),
+    ModelSpec(
         "hf hubert classifier",
         "transformers",
         _hf("HubertForSequenceClassification", "HubertConfig", **AUDIO, num_labels=3),

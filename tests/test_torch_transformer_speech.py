@@ -266,6 +266,21 @@ def test_inputs_cover_the_convolution_stack() -> None:
     assert x.shape == (2, 90) and x.dtype == torch.float64
 
 
+def test_xvector_inputs_cover_its_tdnn() -> None:
+    """An x-vector head's TDNN (kernels 5, 3, 3, 1, 1; dilations 1, 2, 3, 1, 1) needs 15
+    frames for one output: 8 + 14 = 22 frames, 20 + 10·21 = 230 samples; grow_ffn is exact on
+    that default probe."""
+    torch.manual_seed(0)
+    parent = transformers.Wav2Vec2ForXVector(transformers.Wav2Vec2Config(**AUDIO))
+    parent = _redraw(parent.eval().double())
+    (x,) = default_inputs(parent)
+    assert x.shape == (2, 230)
+    with torch.no_grad():
+        want = parent(x).logits
+        child, _ = grow_ffn(parent, 80)
+        torch.testing.assert_close(child(x).logits, want, rtol=0, atol=1e-9)
+
+
 #: SigLIP-2's NaFlex vision tower (d 32, 4 heads, 2 blocks; 16 patches of 4×4×3 values).
 NAFLEX = dict(
     hidden_size=32,

@@ -1,7 +1,8 @@
 """Example inputs of Hugging Face speech encoders and NaFlex vision encoders, from their config.
 
 - raw audio ``input_values`` (batch, samples) of Wav2Vec2, HuBERT, WavLM, Data2Vec-Audio:
-  long enough for the convolution feature extractor to give :data:`POSITIONS` frames,
+  long enough for the convolution feature extractor to give :data:`POSITIONS` frames (an
+  x-vector head's TDNN, :data:`POSITIONS` frames out of it),
   L = R + S·(P − 1) samples, S = ∏ strides and R = 1 + Σᵢ (kᵢ − 1)·∏_{j<i} s_j the
   receptive field of the stack (``conv_kernel``, ``conv_stride``);
 - Speech2Text's filter banks ``input_features`` (batch, frames, channels·features): frames
@@ -46,6 +47,18 @@ def audio_samples(config: object, positions: int = POSITIONS) -> int | None:
     return field + step * (positions - 1)
 
 
+def _tdnn_frames(config: object) -> int:
+    """Frames an x-vector head's TDNN (``tdnn_kernel``, ``tdnn_dilation``) needs for one
+    output, 1 + Σᵢ (kᵢ − 1)·dᵢ (0 without one)."""
+    kernels, dilations = (
+        _ints(getattr(config, "tdnn_kernel", None)),
+        _ints(getattr(config, "tdnn_dilation", None)),
+    )
+    if kernels is None or dilations is None or len(kernels) != len(dilations):
+        return 0
+    return 1 + sum((k - 1) * d for k, d in zip(kernels, dilations))
+
+
 def speech_inputs(
     config: object, name: str, batch: int, gen: torch.Generator
 ) -> tuple[torch.Tensor, ...] | None:
@@ -53,7 +66,7 @@ def speech_inputs(
     (``input_values`` or Speech2Text's ``input_features``); None when the config does not
     describe them."""
     if name == "input_values":
-        samples = audio_samples(config)
+        samples = audio_samples(config, POSITIONS + max(_tdnn_frames(config) - 1, 0))
         return None if samples is None else (torch.randn(batch, samples, generator=gen),)
     per_channel = getattr(config, "input_feat_per_channel", None)
     channels = getattr(config, "input_channels", None)
