@@ -249,6 +249,18 @@ def test_width_refuses_another_parametrization() -> None:
         grow_width(parent, 64)
 
 
+def test_widen_refuses_a_groupnorm_of_several_channels_per_group() -> None:
+    """GroupNorm(4, 16) after the widened convolution normalises over several channels: the
+    new ones would change the old ones' statistics; refused naming the norm."""
+    parent = _parent("Wav2Vec2 (CTC)")
+    layer = parent.wav2vec2.feature_extractor.conv_layers[0]
+    layer.layer_norm = torch.nn.GroupNorm(4, 16).double()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    with pytest.raises(MorphError, match=r"4 groups of 16 channels, not one group per channel"):
+        widen(parent, "wav2vec2.feature_extractor.conv_layers.0.conv", 20, probe=(AUDIO_IN,))
+    assert _unchanged(before, parent)
+
+
 def test_wavlm_is_refused_by_name() -> None:
     """WavLM's attention reads q_proj/k_proj/v_proj's weights itself (no call of the layers):
     the transformer operations refuse it naming the layer."""
