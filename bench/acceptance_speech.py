@@ -1,8 +1,9 @@
 """Speech encoders and SigLIP-2's NaFlex vision encoder for the families acceptance set
-(:mod:`acceptance_families`): Wav2Vec2 (post-LN and stable-LN), HuBERT, WavLM and
-Data2Vec-Audio on raw audio (2, samples), Speech2Text's encoder on filter banks
-(2, frames, features), SigLIP-2 on patches (2, patches, C·p·p) whose attention mask and
-spatial shapes it builds itself when the run gives it the patches alone.
+(:mod:`acceptance_families`): Wav2Vec2 (post-LN and stable-LN, x-vector head), HuBERT, WavLM,
+Data2Vec-Audio, UniSpeech-SAT and SEW on raw audio (2, samples), Speech2Text (its encoder
+alone, and the encoder–decoder) on filter banks (2, frames, features), SigLIP-2 on patches
+(2, patches, C·p·p) whose attention mask and spatial shapes it builds itself when the run
+gives it the patches alone.
 """
 
 from __future__ import annotations
@@ -135,6 +136,18 @@ SPEECH_SPECS: tuple[ModelSpec, ...] = (
         "hf data2vec-audio",
         "transformers",
         _hf("Data2VecAudioForCTC", "Data2VecAudioConfig", **AUDIO | {"num_conv_pos_embeddings": 2}),
+        SAMPLES,
+    ),
+    ModelSpec(
+        "hf unispeech-sat ctc",
+        "transformers",
+        _hf("UniSpeechSatForCTC", "UniSpeechSatConfig", **AUDIO),
+        images(2, 230),  # its config carries an x-vector TDNN: 22 frames
+    ),
+    ModelSpec(
+        "hf sew ctc",
+        "transformers",
+        _hf("SEWForCTC", "SEWConfig", **AUDIO, squeeze_factor=2),
         SAMPLES,
     ),
     ModelSpec("hf speech2text encoder", "transformers", _speech2text_encoder, images(2, 32, 8)),
