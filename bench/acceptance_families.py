@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from acceptance_models import LM, VISION, ModelSpec, _hf, _timm, _tv, images, tokens
+from acceptance_speech import SPEECH_SPECS
 from thirdparty import import_torchvision, import_transformers
 from torch import nn
 
@@ -394,4 +395,5 @@ FAMILY_SPECS: tuple[ModelSpec, ...] = (
     ModelSpec("timm cspresnet50", "timm", _timm("cspresnet50"), PICTURES),
     ModelSpec("timm convnext_atto", "timm", _timm("convnext_atto"), PICTURES),
     ModelSpec("timm cait_xxs24", "timm", _timm("cait_xxs24_224", img_size=32, depth=2), PICTURES),
+    *SPEECH_SPECS,
 )

@@ -208,7 +208,7 @@ class Flow:
 
 @dataclass(frozen=True)
 class Use:
-    """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm",
+    """A module to update: ``kind`` "conv", "linear" (consumers) or "batch_norm", "group_norm",
     "frozen_batch_norm" (buffers), "prelu", "grouped" (grouped or depthwise convs growing by
     whole new groups) (widened channel-wise; ``flow`` is what it consumes); or "scale": the
     per-channel parameter ``name`` multiplying the tensor, its channels along ``axis``."""

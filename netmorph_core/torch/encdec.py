@@ -47,7 +47,9 @@ from .encdec_layout import EncoderDecoder, Stack, describe_encoder_decoder
 from .errors import MorphError
 from .pipeline import WHOLE_COPY_LIMIT, run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .speech_inputs import encdec_inputs
 from .surgery import count_parameters
+from .tracing import default_inputs
 from .transformer import (
     _attention_units,
     _edit_bytes,
@@ -76,6 +78,9 @@ def probe_inputs(model: nn.Module, es: EncoderDecoder) -> tuple[torch.Tensor, ..
     decoder's stream there, at the same positions)."""
     batch = 1 if count_parameters(model) > WHOLE_COPY_LIMIT else 2
     embed = getattr(model.get_submodule(es.stacks[0].prefix), "embed_tokens", None)
+    found = None if isinstance(embed, nn.Embedding) else _speech_probe(model, es, batch)
+    if found is not None:
+        return found
     if not isinstance(embed, nn.Embedding):
         raise MorphError(
             f"{type(model).__name__}: the encoder reads no token embedding (embed_tokens), so no "
@@ -104,6 +109,20 @@ def probe_inputs(model: nn.Module, es: EncoderDecoder) -> tuple[torch.Tensor, ..
             "decoder_input_ids first; pass probe= (the model's positional inputs)"
         )
     return tuple(named[n] for n in order)
+
+
+def _speech_probe(
+    model: nn.Module, es: EncoderDecoder, batch: int
+) -> tuple[torch.Tensor, ...] | None:
+    """A speech encoder–decoder's audio features, mask and decoder ids
+    (:func:`.speech_inputs.encdec_inputs`), None where they cannot be built."""
+    decoder = es.stack("decoder")
+    embed = getattr(model.get_submodule(decoder.prefix), "embed_tokens", None) if decoder else None
+    features = default_inputs(model)
+    if not isinstance(embed, nn.Embedding) or not features:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    return encdec_inputs(model, features[0][:batch], embed.num_embeddings, gen)
 
 
 def _run(

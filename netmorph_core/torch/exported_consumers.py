@@ -115,6 +115,9 @@ _BATCH_NORMS = {
     "_native_batch_norm_legit",
     "native_batch_norm",
 }
+#: GroupNorm calls: (input, num_groups, weight, bias, eps, …); one group per channel at axis 1
+#: is a per-channel norm (Wav2Vec2's first feature-extractor convolution).
+_GROUP_NORMS = {"group_norm", "native_group_norm"}
 #: Ops on the spatial axes of an (N, C, *S) tensor, channel by channel.
 _POOLS = {
     f"{kind}_pool{d}d" for kind in ("adaptive_avg", "adaptive_max", "avg", "max") for d in (1, 2, 3)
@@ -326,7 +329,7 @@ class _ExportedWalk:
                     "are not widened"
                 )
         for node in self.gm.graph.nodes:
-            if _aten(node) not in _BATCH_NORMS:
+            if _aten(node) not in _BATCH_NORMS | _GROUP_NORMS:
                 continue
             stats = [a for a in node.args[1:5] if isinstance(a, fx.Node) and a.op == "get_attr"]
             owners = {str(a.target).rpartition(".")[0] for a in stats}
@@ -396,6 +399,9 @@ class _ExportedWalk:
         if op in _BATCH_NORMS and node.args[0] is widened[0] and len(widened) == 1:
             self._batch_norm(node, flow)
             return
+        if op in _GROUP_NORMS and node.args[0] is widened[0] and len(widened) == 1:
+            self._group_norm(node, flow)
+            return
         if op in _NORMS:
             raise self.fail(node, "normalises over the widened channels")
         if op in _ATTENTION:
@@ -435,6 +441,26 @@ class _ExportedWalk:
         name = next(iter(owners))
         self.norm_calls.setdefault(name, set()).add(node)
         self.plan.uses.append(Use(name, "batch_norm", flow))
+        self._pass(node, flow, True, True)
+
+    def _group_norm(self, node: fx.Node, flow: Flow) -> None:
+        """A GroupNorm module's call with one group per channel (axis 1): per channel, so it
+        gets the new channels in groups of their own (weight 1, bias 0: a zero channel stays
+        zero); any other grouping normalises over the widened channels."""
+        params = [a for a in node.args[2:4] if isinstance(a, fx.Node) and a.op == "get_attr"]
+        owners = {str(a.target).rpartition(".")[0] for a in params}
+        module = self.modules.get(next(iter(owners))) if len(owners) == 1 else None
+        if not isinstance(module, nn.GroupNorm) or flow.layout != SPATIAL:
+            raise self.fail(node, "normalises over the widened channels")
+        if not module.num_groups == module.num_channels == flow.parent_channels:
+            raise self.fail(
+                node,
+                f"normalises over the widened channels ({module.num_groups} groups of "
+                f"{module.num_channels} channels, not one group per channel)",
+            )
+        name = next(iter(owners))
+        self.norm_calls.setdefault(name, set()).add(node)
+        self.plan.uses.append(Use(name, "group_norm", flow))
         self._pass(node, flow, True, True)
 
     def _spatial_op(self, node: fx.Node, op: str, flow: Flow) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .errors import MorphError
 from .hf_embeddings import input_embedding, output_embedding
@@ -488,6 +489,15 @@ def _refusal(config: object) -> str | None:
     return None
 
 
+def _kind(module: nn.Module) -> tuple:
+    """A module's class; for a parametrized module (a class torch makes per instance: a
+    weight-normed convolution), its original class and its parametrizations' classes."""
+    if not parametrize.is_parametrized(module):
+        return (type(module),)
+    chains = sorted((k, tuple(type(p) for p in v)) for k, v in module.parametrizations.items())
+    return (type(module).__bases__[0], *chains)
+
+
 def difference(
     model: nn.Module, stock: nn.Module, refusal: str | None = None
 ) -> dict[str, Any] | None:
@@ -508,7 +518,7 @@ def difference(
         if any(name.startswith(f"{r}.") for r in replace):
             continue
         other = theirs.get(name)
-        if other is None or type(other) is not type(module):
+        if other is None or _kind(other) != _kind(module):
             description = describe_module(module)
             replace[name] = description or []
             rebuildable &= description is not None

@@ -86,6 +86,11 @@ OBSERVERS = frozenset(
         )
     }
 )
+#: The load_state_dict pre-hook torch's parametrized weight norm registers: it renames an old
+#: checkpoint's weight_g/weight_v on loading, and changes no computation.
+WEIGHT_NORM_HOOKS = frozenset(
+    {("torch.nn.utils.parametrizations", "weight_norm.<locals>._weight_norm_compat_hook")}
+)
 _LISTS = (nn.ModuleList, nn.ModuleDict)
 #: (module, qualified name) of subclasses whose overridden forward computes their base's
 #: function: timm's Linear casts weight and bias to the input's dtype under TorchScript only.
@@ -240,20 +245,22 @@ def check_called_by_parent(model: nn.Module, at: str) -> None:
         )
 
 
-def check_no_hooks(module: nn.Module, at: str) -> None:
-    """No hook or parametrization may be attached to ``module`` or its own parameters."""
-    if parametrize.is_parametrized(module):
+def check_no_hooks(module: nn.Module, at: str, parametrized: bool = False) -> None:
+    """No hook or parametrization (unless ``parametrized``: an operation that carries it
+    over) may be attached to ``module`` or its own parameters."""
+    if not parametrized and parametrize.is_parametrized(module):
         found = {k: [type(p).__name__ for p in v] for k, v in module.parametrizations.items()}
         raise MorphError(
             f"{at!r} ({type(module).__qualname__}) has parametrizations {found} "
             "(torch.nn.utils.parametrize, e.g. weight_norm or spectral_norm): the morph cannot "
             "carry them over exactly; remove them first (parametrize.remove_parametrizations)"
         )
+    known = OBSERVERS | (WEIGHT_NORM_HOOKS if parametrized else frozenset())
     hooks = [
         f"{what} {_hook_name(h)}"
         for attr, what in _HOOKS.items()
         for h in (getattr(module, attr, None) or {}).values()
-        if (getattr(h, "__module__", None), _hook_name(h)) not in OBSERVERS
+        if (getattr(h, "__module__", None), _hook_name(h)) not in known
     ]
     for pname, p in module.named_parameters(recurse=False):
         for attr in ("_backward_hooks", "_post_accumulate_grad_hooks"):

@@ -22,6 +22,7 @@ from torch import fx, nn
 from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .moe_eager import set_implementation
+from .speech_inputs import naflex_inputs, speech_inputs
 
 #: Sequence length of the default token inputs.
 SEQ_LEN = 8
@@ -104,7 +105,7 @@ def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
     """Inputs a Hugging Face model runs on, from its config (None for other models): token
     ids (2, 8) below the vocabulary size (an encoder-decoder model: ids, attention mask and
     decoder ids), images (2, C, S, S) of the configured size, or mel features (2, bins,
-    2·positions)."""
+    2·positions); speech encoders' audio and NaFlex patches: :mod:`.speech_inputs`."""
     if not is_hf_model(model):
         return None
     gen = torch.Generator().manual_seed(0)
@@ -127,6 +128,16 @@ def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
             model,
             {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": ids},
         )
+    dtype = like.dtype if like is not None else torch.get_default_dtype()
+    if name == "pixel_values" and "spatial_shapes" in inspect.signature(model.forward).parameters:
+        found = naflex_inputs(getattr(config, "vision_config", None) or config, 2, gen)
+        if found is None:
+            return None
+        return (found[0].to(device, dtype), *(t.to(device) for t in found[1:]))
+    if name in ("input_values", "input_features"):
+        found = speech_inputs(config, name, 2, gen)
+        if found is not None:
+            return (found[0].to(device, dtype),)
     if name == "pixel_values":
         config = getattr(config, "vision_config", None) or config  # CLIP's image classifier
         size = getattr(config, "image_size", None)

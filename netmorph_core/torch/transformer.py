@@ -43,8 +43,8 @@ from .hf_embeddings import input_embedding
 from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
 from .pipeline import WHOLE_COPY_LIMIT, Request, run, run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .speech_width import check_outside, check_stream_convs, widen_stream_convs
 from .streamed import Region
-from .support import check_subtree
 from .surgery import count_parameters, find_layer, gather, replace_module
 from .tracing import default_inputs
 from .transformer_branch_block import silence_branches
@@ -58,6 +58,7 @@ from .transformer_projection import (
 )
 from .transformer_stream import image_size
 from .transformer_trace import KV_ATTRS, POSITION_BIASES, is_norm, qkv_rows
+from .width_readers import check_attention_pools
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
@@ -1208,7 +1209,10 @@ def grow_width(
             "stream's width, which the in-place measurement (block by block, on the parent's "
             "inputs) cannot follow; use inplace=False"
         )
-    check_subtree(model, ("",))  # every module is rewritten; first: the norms run below
+    convs = [layout.name(c) for c in fam.stream_convs]  # speech encoders' position convs
+    check_stream_convs(model, convs, d, d_model)
+    check_attention_pools(model, layout.blocks_path, d, d_model)
+    check_outside(model, convs)  # every module is rewritten; first: the norms run below
     _check_writers(model, layout, d_model)
     head_reader = _head_reader(model, layout, d_model)
     stream_readers = [n for n in map(partial(_owned, model, layout), fam.readers) if n]
@@ -1308,6 +1312,7 @@ def grow_width(
                 setattr(norm, attr, getattr(norm, attr) * ratio)
             if isinstance(getattr(norm, "normalized_shape", None), tuple):
                 norm.normalized_shape = (d_model,)
+        widen_stream_convs(child, convs, copies, edit.put, getattr(child, "config", None))
         readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
             w, _ = edit.linear(name)
@@ -1349,7 +1354,7 @@ def grow_width(
         layout,
         inplace,
         edits=edits,
-        copies=("",),
+        copies=() if convs else ("",),  # check_outside did it, but for the weight-normed convs
         # blocks that read a side input at the stream's width (DeBERTa's relative-position
         # embeddings) cannot run on the parent's: such a model is measured whole
         regions=()

@@ -143,7 +143,9 @@ class Family:
     residual sum, x + N₁(attn(·)), then + N₂(mlp(·)) (OLMo-2, where they are also ``norms``:
     its branches read the stream itself; Gemma-2's sandwich adds them to pre-norms).
     ``qk_norms``: the norms that read the query and the key projection's whole output (""
-    for none), where the trace found them.
+    for none), where the trace found them. ``stream_convs``: convolutions of the owner that
+    read the stream before block 0 and add to it (speech encoders' position convolution,
+    :mod:`.speech_stream`).
     """
 
     name: str
@@ -176,6 +178,7 @@ class Family:
     moe: bool = False
     branch_norms: tuple[str, ...] = ()
     qk_norms: tuple[str, ...] = ()
+    stream_convs: tuple[str, ...] = ()
 
 
 #: Llama's names: Gemma-2/3 carry them with sandwich norms, and the mixture-of-experts
@@ -626,6 +629,7 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         pooled_head=stack.post_ln and bool(readers),
         branch_norms=stack.branch_norms,
         qk_norms=stack.qk_norms,
+        stream_convs=stack.stream_convs,
     )
 
 

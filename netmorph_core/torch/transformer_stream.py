@@ -103,10 +103,12 @@ def probe_inputs(model: nn.Module, root: nn.Module) -> tuple[torch.Tensor, ...]:
     conv = next((m for m in root.modules() if isinstance(m, nn.Conv2d)), None)
     size = image_size(model)
     if conv is None or size is None:
+        name = getattr(model, "main_input_name", None)
+        runs_on = f" (it runs on {name!r}, which its config does not describe)" if name else ""
         raise MorphError(
             f"{type(model).__name__} has no token embedding (nn.Embedding) and no patch "
             "convolution with a known image size (an image_size or img_size attribute): what "
-            "it runs on is not known; refused"
+            f"it runs on is not known{runs_on}; refused"
         )
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(1, conv.in_channels, *size, generator=gen)

@@ -46,6 +46,7 @@ from torch import nn
 
 from .errors import MorphError
 from .linear_view import as_matrix
+from .speech_stream import bias_names, entry_norms, stream_convs, weight_tables
 from .transformer_branches import branch_norms, reader_norm
 from .transformer_residual import (
     Branches,
@@ -101,6 +102,7 @@ class Stack:
     readers: tuple[str, ...] = ()
     branch_norms: tuple[str, ...] = ()
     qk_norms: tuple[str, ...] = ()
+    stream_convs: tuple[str, ...] = ()
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -453,14 +455,20 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None = N
             after.append(c.name[2:])  # a norm of the stream, not of a pooling head's output
             streams.append(c.out)
     started = [c.name[2:-6] for c in calls[:start] if c.name.startswith("W:") and c.out is None]
+    convs = stream_convs(root, calls[:start], started, d)  # speech encoders' position convs
+    started = [n for n in started if n not in convs]
     writers = stream_writers(root, list(dict.fromkeys(started)), d, embed)
+    if embed is None and writers:  # position tables read by weight (SigLIP-2)
+        writers += weight_tables(root, started, d, blocks_rel)
+    before = entry_norms(before, calls[:start], writers, convs)
     entry = before[0].name if before else "B:first:start"
 
     def stream_entry(params: dict[str, torch.Tensor]) -> torch.Tensor | None:
         _, got = _run(model, inputs, watch, {}, params)
         return next((c.inp for c in got if c.name == entry), None)
 
-    check_writers(stream_entry, owner, root, writers, where)
+    zero = (*writers, *bias_names(root, convs)) if writers else ()  # no writer: the owner's above
+    check_writers(stream_entry, owner, root, zero, where)
     readers = [
         c.name[2:]
         for c in calls[end + 1 :]
@@ -490,6 +498,7 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None = N
         readers=tuple(dict.fromkeys(readers)),
         branch_norms=(b_attn.name[2:], b_mlp.name[2:]) if branched else (),
         qk_norms=tuple(n[2:] if n.startswith("N:") else "" for n in probed[:2]),
+        stream_convs=convs,
     )
 
 
