@@ -191,18 +191,21 @@ def test_full_matrix_exact_or_refused(name, op, kind) -> None:
 @pytest.mark.parametrize(
     ("build", "at", "partner"),
     [
-        (lambda: timm.create_model("convnext_atto"), "stages.1.blocks.0.mlp.fc2", "downsample"),
+        (lambda: timm.create_model("convnext_atto"), "stages.1.blocks.0.mlp.fc2", "layer_norm"),
         (lambda: tv.models.shufflenet_v2_x0_5(), "stage2.1.branch2.5", None),
     ],
     ids=["timm convnext_atto layer scale", "shufflenet_v2 channel shuffle"],
 )
 def test_layer_scale_followed_and_shuffle_refused(build, at, partner) -> None:
-    """ConvNeXt: the layer scale ``gamma`` after fc2 is followed; the refusal is the residual
-    add's unwidened partner. ShuffleNet: the shuffle's reshape is refused naming its node."""
+    """ConvNeXt: the layer scale ``gamma`` after fc2 is followed and the residual sum's other
+    producer (the stage's downsample) joins; the refusal is the next block's LayerNorm over
+    the channels. ShuffleNet: the shuffle's reshape is refused naming its node."""
     model = build().double().eval()
     width = model.get_submodule(at).out_channels + 2
     match = (
-        f"adds the widened channels to '.*{partner}" if partner else r"'size_1'.*channel shuffle"
+        rf"'stages.1.downsample.1'\]: call_function '{partner}'.*consumes widened channels"
+        if partner
+        else r"'size_1'.*channel shuffle"
     )
     with pytest.raises(MorphError, match=match):
         widen(model, at, width, seed=0, input_shape=(2, 3, 32, 32))
