@@ -216,6 +216,29 @@ def test_residual_partners_grow_with_the_layer(at: str, width: int, partner: str
     np.testing.assert_array_equal(a, report.param_sources[f"{partner}.weight"].index[0])
 
 
+class ResidualOnStem(nn.Module):
+    """stem(x) + conv(stem(x)): the sum's other producer also reads the stem's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return (h + self.conv(h)).mean((2, 3))
+
+
+def test_a_partner_that_cannot_grow_is_named_with_the_first_refusal() -> None:
+    parent = ResidualOnStem().double()
+    match = (
+        r"adds the widened channels to 'conv'.*widened together with \['conv'\].*"
+        r"'conv' \(Conv2d\) consumes channels that are being widened with it"
+    )
+    with pytest.raises(MorphError, match=match):
+        widen(parent, "stem", 6, probe=x4(2, 3, 5, 5))
+
+
 def test_a_sum_with_the_model_input_is_refused() -> None:
     parent = TransformerMLP(8, 16).double()
     with pytest.raises(MorphError, match=r"adds the widened channels to the model input 'x'"):

@@ -431,6 +431,8 @@ def widen(
         inputs = _shape_inputs(model, probe, input_shape)
     blocks = 1
     exported = is_hf_model(model)
+    asked = _names(at)
+    first: PartnerRequest | None = None  # the first residual sum met, where partners join
     while True:
         try:
             if exported:
@@ -446,6 +448,7 @@ def widen(
                 ) from exc
             exported = True  # the exported graph instead (its walk follows the same rules)
         except PartnerRequest as request:
+            first = first or request
             names = _with_partners(model, names, request, channels, group_count)
             check_widen_memory(model, names, (), width)
         except BlockRequest as request:
@@ -462,6 +465,13 @@ def widen(
                 ) from request
             blocks = _blocks_for(request, math.lcm(blocks, group_count), channels, width, names)
             src = block_channel_map(rng, channels, width, blocks)
+        except MorphError as exc:
+            if first is None:
+                raise
+            raise MorphError(
+                f"{first}; widened together with {list(names[len(asked):])}, "
+                f"the other producers of its residual sums, it is refused too: {exc}"
+            ) from exc
     _check_untied(model, plan)
     check_editable(model, [_module_of(use) for use in plan.uses], same_padding=True)
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
@@ -470,7 +480,6 @@ def widen(
     # by check_widen_memory)
     budget = hidden_budget("widen", model, names[0], layers[0], [width], 0, copies=1)
 
-    asked = _names(at)
     partners = [n for n in names if n not in asked]
 
     def build(child: nn.Module) -> Outcome:
