@@ -355,16 +355,12 @@ def test_hooks_and_parametrizations_elsewhere_stay_on_the_child_and_are_exact() 
 @pytest.mark.parametrize(
     ("apply", "match"),
     [
-        (
-            lambda c: parametrizations.weight_norm(c),
-            r"parametrizations \{'weight': \['_WeightNorm'\]\}",
-        ),
         (lambda c: parametrizations.spectral_norm(c), "_SpectralNorm"),
         (lambda c: parametrize.register_parametrization(c, "bias", nn.Identity()), "'bias'"),
         (lambda c: torch.nn.utils.weight_norm(c), "forward pre-hook WeightNorm"),
         (lambda c: torch.nn.utils.spectral_norm(c), "forward pre-hook SpectralNorm"),
     ],
-    ids=["weight_norm", "spectral_norm", "custom", "old weight_norm", "old spectral_norm"],
+    ids=["spectral_norm", "custom", "old weight_norm", "old spectral_norm"],
 )
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_parametrized_layers_are_refused(apply: Callable, match: str) -> None:
@@ -374,6 +370,41 @@ def test_parametrized_layers_are_refused(apply: Callable, match: str) -> None:
     for operation in ("deepen", "grow_kernel", "morph_module", "widen consumer"):
         call = OPERATIONS[operation]
         refused(model, lambda m, call=call: call(m, "conv"), MorphError, match)
+
+
+@pytest.mark.parametrize("dim", [0, 2])
+@pytest.mark.parametrize("operation", ["deepen", "morph_subnet", "morph_stacked", "morph_module"])
+def test_weight_normed_layer_is_replaced_by_its_weight(operation: str, dim: int) -> None:
+    """W = g·v/‖v‖ is a function of (g, v) alone: the operations that replace the layer keep W
+    in plain layers; the parent keeps its parametrization (its class is shared with copies)."""
+    torch.manual_seed(5)
+    model = Net(nn.Conv2d(4, 4, 3, padding=1)).double()
+    parametrizations.weight_norm(model.conv, dim=dim)
+    before = snapshot(model)
+    x = border_input((2, 3, 6, 7))
+    call = {
+        "deepen": lambda: deepen(model, "conv", probe=x, seed=0),
+        "morph_subnet": lambda: morph_subnet(model, "conv", [(6, 3), (None, 1)], probe=x, seed=0),
+        "morph_stacked": lambda: morph_stacked(
+            model, "conv", [[(None, 3)], [(None, 3)]], probe=x, seed=0
+        ),
+        "morph_module": lambda: morph_module(model, "conv", SPEC, probe=x, seed=0),
+    }[operation]
+    child, report = call()
+    assert rel_dev(model, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
+    assert not any(parametrize.is_parametrized(m) for m in child.conv.modules())
+    assert parametrize.is_parametrized(model.conv, "weight")
+    assert_unchanged(model, before)
+    with torch.no_grad():
+        model(x)  # the parent still runs: its parametrized class keeps its weight property
+
+
+def test_weight_normed_layer_is_refused_where_it_would_stay() -> None:
+    model = Net(nn.Conv2d(4, 4, 3, padding=1)).double()
+    parametrizations.weight_norm(model.conv)
+    for operation in ("grow_kernel", "widen producer", "widen consumer"):
+        call = OPERATIONS[operation]
+        refused(model, lambda m, call=call: call(m, "conv"), MorphError, "a weight-normed layer")
 
 
 def test_shared_weights_and_modules_are_refused() -> None:

@@ -61,6 +61,7 @@ from .samepad import is_same_padding_conv, verify_same_padding
 from .standardized import is_weight_standardised
 from .tracing import shell_copy
 from .transformer_layout import as_matrix, is_conv1d
+from .weight_normed import is_weight_normed
 from .wrappers import pruning_methods, unsupported_kind
 
 KNOWN_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -352,14 +353,17 @@ def check_editable(
     docstring); conv/linear layers must also be understood and called by their parent.
     ``same_padding``: the operation handles dynamic "same" padding convs (:mod:`.samepad`);
     ``tied_ok``: the operation replaces the modules, so parameters they share with others are
-    untied in the child (:func:`.surgery.untie`) instead of refused."""
+    untied in the child (:func:`.surgery.untie`) instead of refused, and a weight-normed layer
+    is replaced by the plain layer of its weight (:mod:`.weight_normed`)."""
     names = list(names)
     check_model_values(model)
     for at in names:
         module = model.get_submodule(at)
-        check_understood(module, at)
+        replaced_norm = tied_ok and is_weight_normed(module)  # replaced by W (weight_normed)
+        if not replaced_norm:
+            check_understood(module, at)
         check_values(module, at)
-        check_no_hooks(module, at)
+        check_no_hooks(module, at, parametrized=replaced_norm)
         if isinstance(module, KNOWN_LAYERS):
             check_layer_class(module, at, same_padding, tied_ok)
         if isinstance(module, KNOWN_LAYERS) or is_conv1d(module):

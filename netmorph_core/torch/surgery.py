@@ -20,6 +20,7 @@ from .layer_reads import Chain, attribute_reads, needs_chain, overall_stride
 from .standardized import is_weight_standardised, plain_conv
 from .support import check_attributes_unread, check_editable, check_understood
 from .transformer_layout import is_conv1d
+from .weight_normed import is_weight_normed, plain_layer
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LAYER_TYPES: tuple[type[nn.Module], ...] = (*CONV_TYPES, nn.Linear)
@@ -76,7 +77,8 @@ def find_layer(
     Linear layers are accepted, transformers' ``Conv1D`` is too: the result is then
     :func:`linear_equivalent`, a copy to read shapes and values from."""
     layer = find_module(model, at, name)
-    check_understood(layer, at)
+    if not (replaced and is_weight_normed(layer)):
+        check_understood(layer, at)
     if is_conv1d(layer) and nn.Linear in kinds:
         check_editable(model, [at], tied_ok=replaced)
         if replaced:
@@ -110,9 +112,12 @@ def linear_equivalent(layer: nn.Module) -> nn.Module:
     """transformers' ``Conv1D`` (y = x·W + b, W: in × out) as the ``nn.Linear`` computing
     the same function (weight Wᵀ, copied; same dtype, device, mode and requires_grad); a
     weight-standardised conv as the plain conv of its standardised weight
-    (:func:`.standardized.plain_conv`); any other layer itself."""
+    (:func:`.standardized.plain_conv`); a weight-normed layer as the plain layer of its weight
+    (:func:`.weight_normed.plain_layer`); any other layer itself."""
     if is_weight_standardised(layer):
         return plain_conv(layer)
+    if is_weight_normed(layer):
+        return plain_layer(layer)
     if not is_conv1d(layer):
         return layer
     w, b = layer.weight, layer.bias

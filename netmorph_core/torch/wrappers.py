@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from .kinds import type_label
+from .weight_normed import is_weight_normed
 
 _QUANTISED_MODULES = ("quantized", "quantization", ".qat", "bitsandbytes", "auto_gptq", "awq")
 _QUANTISED_NAMES = ("Linear8bitLt", "Linear4bit", "QuantLinear", "QLinear", "Int8Linear")
@@ -74,6 +75,13 @@ def unsupported_kind(module: nn.Module) -> str | None:
             f"pruned with torch.nn.utils.prune ({', '.join(methods)} on {names}): the pruned "
             "tensors are recomputed from *_orig and *_mask on every call; make the pruning "
             f"permanent first: prune.remove(module, name) for each of {names}"
+        )
+    if is_weight_normed(module):
+        return (
+            f"a weight-normed layer ({path}, W = g·v/‖v‖): deepen, morph_subnet, morph_stacked "
+            "and morph_module replace it by the plain layer of W; this operation would keep "
+            "the reparametrization, which new zero entries would change; remove it first "
+            "(parametrize.remove_parametrizations(module, 'weight'))"
         )
     if parametrize.is_parametrized(module):
         found = {k: [type(p).__name__ for p in v] for k, v in module.parametrizations.items()}
