@@ -5,9 +5,10 @@ Two models written here with their own module names, one following BERT's post-L
 first token) and one ViT's pre-LN pattern (a patch convolution, a class token and position
 parameter write the stream, per-channel layer scales, one fused q|k|v layer), and Hugging Face
 and timm families named in no table and no other test (XLM-RoBERTa-XL, ERNIE, RoFormer,
-Data2Vec-Vision, AltCLIP's and BLIP's image encoders, timm's VisionTransformer and
-distilled DeiT): every transformer operation computes the parent's output on float64 models
-(1e-9) and leaves the parent untouched, or is refused with a :class:`MorphError` naming why.
+ESM, Megatron-BERT, Data2Vec-Vision, AltCLIP's and BLIP's image encoders, timm's
+VisionTransformer and distilled DeiT): every transformer operation computes the parent's
+output on float64 models (1e-9) and leaves the parent untouched, or is refused with a
+:class:`MorphError` naming why.
 """
 
 from __future__ import annotations
@@ -281,6 +282,18 @@ HF: dict[str, tuple[str, str, dict, Callable[[], tuple[torch.Tensor, ...]]]] = {
         dict(VISION, use_mean_pooling=True, layer_scale_init_value=0.1),
         _images,
     ),
+    "ESM (rotary; a load_state_dict pre-hook that renames old checkpoints' keys)": (
+        "EsmForMaskedLM",
+        "EsmConfig",
+        dict(TEXT, pad_token_id=1, position_embedding_type="rotary"),
+        lambda: (torch.randint(2, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
+    "Megatron-BERT base model (pre-LN; returns the stream beside its pooler)": (
+        "MegatronBertModel",
+        "MegatronBertConfig",
+        TEXT,
+        lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
     "AltCLIP image encoder": ("AltCLIPVisionModel", "AltCLIPVisionConfig", VISION, _images),
     "BLIP image encoder": ("BlipVisionModel", "BlipVisionConfig", VISION, _images),
 }
@@ -288,6 +301,11 @@ HF_OPS = ("grow_ffn", "add_heads", "grow_width", "add_block", "deepen_projection
 #: (model, operation) → the refusal's message fragment; every other case is exact.
 HF_REFUSED = {
     ("AltCLIP image encoder", "grow_width"): "returns the residual stream itself",
+    # the pooler reads the stream like a head, but the model also returns the stream
+    (
+        "Megatron-BERT base model (pre-LN; returns the stream beside its pooler)",
+        "grow_width",
+    ): r"on MegatronBertModel: the child's outputs do not have the parent's shapes",
     ("BLIP image encoder", "grow_width"): "returns the residual stream itself",
     # BLIP's attention reshapes its fused q|k|v output with the stream's width
     ("BLIP image encoder", "add_heads"): "the child fails on the probe the parent runs",

@@ -22,8 +22,10 @@ def load() -> None:
 
 
 def compose(f2: np.ndarray, f1: np.ndarray) -> np.ndarray:
-    """F2 ⊛ F1 (see :func:`netmorph_core.compose`)."""
-    return compose_ref(f2, f1)
+    """F2 ⊛ F1 (see :func:`netmorph_core.compose`), on C-ordered copies where the caller's
+    arrays are strided otherwise: a BLAS may sum a transposed operand in another order, and the
+    answer must not depend on the inputs' memory layout."""
+    return compose_ref(np.ascontiguousarray(f2), np.ascontiguousarray(f1))
 
 
 def _taps(size: tuple[int, ...]) -> Iterator[tuple[int, ...]]:

@@ -11,3 +11,8 @@ class MorphError(ValueError):
     not widened together, or widened channels reaching the model's output. Being a ValueError,
     it is caught by ``except ValueError``.
     """
+
+
+class OutputShapeChanged(MorphError):
+    """The child returns outputs whose shapes differ from the parent's (the pipeline refuses
+    it naming the operation and the model)."""

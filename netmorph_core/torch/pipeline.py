@@ -39,7 +39,7 @@ from torch import nn
 
 from .._memory import check_working_set, memory_limit
 from . import report
-from .errors import MorphError
+from .errors import MorphError, OutputShapeChanged
 from .hf_config import sync_config
 from .moe_eager import run_eager
 from .report import (
@@ -449,6 +449,15 @@ def _fails(op: str, targets: Sequence[str], exc: Exception) -> MorphError:
     )
 
 
+def _shape_changed(request: Request, exc: OutputShapeChanged) -> MorphError:
+    return MorphError(
+        f"{request.operation} at {list(request.targets)} on {type(request.model).__name__}: "
+        f"{exc}; the operation changes what the model returns (it returns the morphed "
+        "hidden states or residual stream itself): morph a model with an output head "
+        "(lm_head, classifier) or a layer whose output the model does not return; refused"
+    )
+
+
 def measure_models(
     op: str,
     targets: Sequence[str],
@@ -570,7 +579,10 @@ def _steps(request: Request) -> tuple[nn.Module, MorphReport]:
     with torch.random.fork_rng(devices=model_devices(request.model)):
         baseline = probe(request, plan)
         child, outcome, seconds = build(request, baseline)
-        found = measure(request, plan, baseline, child)
+        try:
+            found = measure(request, plan, baseline, child)
+        except OutputShapeChanged as exc:
+            raise _shape_changed(request, exc) from exc
     report = accept(request, plan, child, outcome, seconds, found, baseline.inputs)
     return child, report
 

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from .arguments import check_input_memory, check_input_shape, check_probe, check_probe_memory
-from .errors import MorphError
+from .errors import MorphError, OutputShapeChanged
 from .rounding_noise import rounded_outputs
 from .surgery import CONV_TYPES, LAYER_TYPES
 from .tracing import default_inputs
@@ -261,7 +261,7 @@ def compare(reference: Outputs, other: Outputs) -> tuple[float, float]:
     """(max abs, relative) difference of ``other`` from ``reference``: max|o − r| / max|r|
     over every output tensor (the absolute value when max|r| = 0)."""
     if len(reference) != len(other) or any(a.shape != b.shape for a, b in zip(reference, other)):
-        raise MorphError(
+        raise OutputShapeChanged(
             "the child's outputs do not have the parent's shapes: "
             f"{[tuple(t.shape) for t in reference]} vs {[tuple(t.shape) for t in other]}"
         )

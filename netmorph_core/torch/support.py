@@ -92,6 +92,9 @@ OBSERVERS = frozenset(
 WEIGHT_NORM_HOOKS = frozenset(
     {("torch.nn.utils.parametrizations", "weight_norm.<locals>._weight_norm_compat_hook")}
 )
+#: load_state_dict pre-hooks that only rename an old checkpoint's keys on loading and compute
+#: nothing: ESM's moves per-layer rotary ``inv_freq`` buffers to the model-level one.
+KEY_RENAMING_HOOKS = frozenset({("transformers.models.esm.modeling_esm", "EsmModel.load_hook")})
 _LISTS = (nn.ModuleList, nn.ModuleDict)
 #: (module, qualified name) of subclasses whose overridden forward computes their base's
 #: function: timm's Linear casts weight and bias to the input's dtype under TorchScript only.
@@ -256,7 +259,7 @@ def check_no_hooks(module: nn.Module, at: str, parametrized: bool = False) -> No
             "(torch.nn.utils.parametrize, e.g. weight_norm or spectral_norm): the morph cannot "
             "carry them over exactly; remove them first (parametrize.remove_parametrizations)"
         )
-    known = OBSERVERS | (WEIGHT_NORM_HOOKS if parametrized else frozenset())
+    known = OBSERVERS | KEY_RENAMING_HOOKS | (WEIGHT_NORM_HOOKS if parametrized else frozenset())
     hooks = [
         f"{what} {_hook_name(h)}"
         for attr, what in _HOOKS.items()
