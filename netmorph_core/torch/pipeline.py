@@ -452,9 +452,10 @@ def _fails(op: str, targets: Sequence[str], exc: Exception) -> MorphError:
 def _shape_changed(request: Request, exc: OutputShapeChanged) -> MorphError:
     return MorphError(
         f"{request.operation} at {list(request.targets)} on {type(request.model).__name__}: "
-        f"{exc}; the operation changes what the model returns (it returns the morphed "
-        "hidden states or residual stream itself): morph a model with an output head "
-        "(lm_head, classifier) or a layer whose output the model does not return; refused"
+        f"{exc}; the child returns outputs of other shapes: the model returns the grown "
+        "hidden states or stream itself (morph a model with an output head: lm_head, "
+        "classifier), or its forward reads the layer's sizes (padding computed from "
+        "kernel_size); refused"
     )
 
 
