@@ -106,6 +106,22 @@ def test_rounding_hooks_move_outputs_by_one_rounding_and_are_removed() -> None:
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def test_rounding_hooks_round_at_the_coarser_unit_of_a_lower_precision_model() -> None:
+    """The float64 copy of a float32 model rounds at float32 (``unit``): a float32 child's
+    factors carry float32 rounding, which batch statistics amplify like the parent's own."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    clean = run_outputs(model, (x,))
+    dev64 = compare(clean, rounded_outputs(model, lambda: run_outputs(model, (x,))))[1]
+    dev32 = compare(
+        clean, rounded_outputs(model, lambda: run_outputs(model, (x,)), unit=torch.float32)
+    )[1]
+    assert dev64 <= 1e-14 and 1e-9 <= dev32 <= 1e-6
+    unit64 = rounded_outputs(model, lambda: run_outputs(model, (x,)), unit=torch.float64)
+    assert compare(clean, unit64)[1] == dev64
+
+
 def _eval_ill_conditioned() -> tuple[nn.Module, torch.Tensor]:
     """The parent whose eval-mode BatchNorm subtracts the inputs' common value."""
     model, _ = _ill_conditioned()

@@ -270,7 +270,7 @@ def probe(request: Request, plan: Plan) -> Baseline:
     if plan.dtype != torch.float64:
         run_low_precision(work, request.regions, captured, plan.dtype)
     same = _train_same(work, inputs, parent_out)
-    train = {0: parent64, 1: parent64} if same else _train_runs(work, inputs, parent64)
+    train = {0: parent64, 1: parent64} if same else _train_runs(work, inputs, parent64, plan.dtype)
     return Baseline(inputs, parent_out, work, parent64, train, captured, same)
 
 
@@ -287,13 +287,14 @@ def _train_same(model: nn.Module, inputs: Inputs, eval_out: Outputs) -> bool:
 
 
 def _train_runs(
-    model: nn.Module, inputs: Inputs, eval_out: Outputs
+    model: nn.Module, inputs: Inputs, eval_out: Outputs, dtype: torch.dtype
 ) -> dict[int | str, Outputs | Exception]:
     """The float64 train-mode outputs of ``model`` with seeds 0 and 1 (or the error); seed 1
     is not run when seed 0 gives the eval outputs ``eval_out`` (train mode changes nothing on
     the probe, so it is deterministic). A deterministic train mode that changes the outputs is
-    also run with one rounding of every layer's output (key ``ROUNDED``,
-    :mod:`.rounding_noise`): the parent's own train-mode noise, which the child is built over."""
+    also run with one rounding of every layer's output at the model's ``dtype`` (key
+    ``ROUNDED``, :mod:`.rounding_noise`): the parent's own train-mode noise, which the child
+    is built over."""
     runs: dict[int | str, Outputs | Exception] = {}
     for seed in (0, 1):
         if seed == 1 and not isinstance(runs[0], Exception) and same_outputs(runs[0], eval_out):
@@ -307,7 +308,7 @@ def _train_runs(
     if not isinstance(first, Exception) and not isinstance(second, Exception):
         if same_outputs(first, second):
             runs[ROUNDED] = rounded_outputs(
-                model, lambda: run_model(model, inputs, float64=True, train=True)[0]
+                model, lambda: run_model(model, inputs, float64=True, train=True)[0], unit=dtype
             )
     return runs
 

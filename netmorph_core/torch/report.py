@@ -348,6 +348,8 @@ def _float64_runs(
     by more than ``AUTO_F64_BOUND``, else 0) and the layers that round at float32 in it. The
     copies are freed on return."""
     in64 = as_float64(inputs)
+    like = model_like(parent)  # the parent's train-mode noise rounds at the model's dtype
+    unit = like.dtype if like is not None else None
     p64, c64 = copy_model(parent, torch.float64), copy_model(child, torch.float64)
     out_p64 = run_outputs(p64, in64)
     check_finite(out_p64, "the parent (float64)")
@@ -362,7 +364,7 @@ def _float64_runs(
         lambda **kw: run_outputs(p64, in64, **kw),
         lambda **kw: run_outputs(c64, in64, **kw),
         out_p64,
-        lambda: rounded_outputs(p64, lambda: run_outputs(p64, in64, train=True)),
+        lambda: rounded_outputs(p64, lambda: run_outputs(p64, in64, train=True), unit=unit),
     )
     return out_p64, out_c64, train, noise64, tuple(lower)
 

@@ -86,13 +86,17 @@ def computes_lower(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tens
 
 @contextmanager
 def rounding_hooks(
-    model: nn.Module, seed: int = 0, lower: list[str] | None = None
+    model: nn.Module,
+    seed: int = 0,
+    lower: list[str] | None = None,
+    unit: torch.dtype | None = None,
 ) -> Iterator[None]:
     """While active, every leaf module of ``model`` returns its floating tensor output times
     (1 + u·s), s = ±1 per element from a generator seeded ``seed``, u = eps/2 of the output's
     dtype (one rounding), or of float32 for a module that computes in float32 inside a float64
     model (:func:`computes_lower`, decided at its first eval-mode call; their names are
-    appended to ``lower``); the hooks are removed on exit."""
+    appended to ``lower``), or of ``unit`` where that is coarser (the float64 copy of a float32
+    model: its layers round at float32 in use); the hooks are removed on exit."""
     gen = torch.Generator().manual_seed(seed)
     names = {m: n for n, m in model.named_modules()}
     precision: dict[nn.Module, torch.dtype] = {}
@@ -110,9 +114,11 @@ def rounding_hooks(
             precision[module] = torch.float32 if low else out.dtype
             if low and lower is not None:
                 lower.append(names[module])
-        dtype = precision.get(module, out.dtype)
+        eps = torch.finfo(precision.get(module, out.dtype)).eps
+        if unit is not None:
+            eps = max(eps, torch.finfo(unit).eps)
         sign = torch.randint(0, 2, out.shape, generator=gen).to(out.device, out.dtype) * 2 - 1
-        return out * (1 + torch.finfo(dtype).eps / 2 * sign)
+        return out * (1 + eps / 2 * sign)
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in leaves]
@@ -124,9 +130,13 @@ def rounding_hooks(
 
 
 def rounded_outputs(
-    model: nn.Module, run: Callable[[], list[torch.Tensor]], lower: list[str] | None = None
+    model: nn.Module,
+    run: Callable[[], list[torch.Tensor]],
+    lower: list[str] | None = None,
+    unit: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
-    """``run()`` (a forward of ``model``) with :func:`rounding_hooks` on ``model``; the names
-    of the modules found computing in float32 are appended to ``lower``."""
-    with rounding_hooks(model, lower=lower):
+    """``run()`` (a forward of ``model``) with :func:`rounding_hooks` on ``model`` (rounding
+    at least at ``unit``); the names of the modules found computing in float32 are appended to
+    ``lower``."""
+    with rounding_hooks(model, lower=lower, unit=unit):
         return run()
