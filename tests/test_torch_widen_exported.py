@@ -1,6 +1,6 @@
 """widen on models torch.fx cannot trace (a forward that branches on a tensor's size, as timm's
 dynamic "same" padding does): the consumers are found in the torch.export graph instead, through
-BatchNorm, in-place activations, padding and pooling; what that walk does not follow is
+BatchNorm, in-place activations and sums, padding and pooling; what that walk does not follow is
 refused by name, and the parent (in eval or train mode) is left as it was.
 """
 
@@ -77,4 +77,35 @@ def test_the_exported_walk_refuses_what_it_does_not_follow() -> None:
         widen(model, "pw", 6, seed=0, input_shape=(2, 3, 9, 9))
     with pytest.raises(MorphError, match=r"torch\.fx cannot trace Branchy.*pass probe="):
         widen(model, "stem", 8, seed=0)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+class InPlaceSum(nn.Module):
+    """Two branches summed in place (``z += right(y)``: aten.add_ in the exported graph) after
+    a size-dependent pad that torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.left, self.right = nn.Conv2d(6, 5, 3, padding=1), nn.Conv2d(6, 5, 1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.stem(x))
+        if y.shape[-1] % 2:
+            y = F.pad(y, (0, 1, 0, 1))
+        z = self.left(y)
+        z += self.right(y)
+        return self.head(F.adaptive_avg_pool2d(F.relu(z), 1).flatten(1))
+
+
+@pytest.mark.parametrize(("at", "partner"), [("left", "right"), ("right", "left")])
+def test_an_in_place_residual_sum_widens_with_its_partner(at: str, partner: str) -> None:
+    model = _trained(InPlaceSum()).eval()
+    state = _state(model)
+    x = border_input((2, 3, 9, 9))
+    child, report = widen(model, at, 8, seed=0, probe=(x,))
+    assert report.rel_dev_f64 <= F64_TOL and rel_dev(model, child, x) <= F64_TOL
+    assert child.get_submodule(partner).out_channels == 8 and child.head.in_features == 8
+    assert any(f"['{partner}']" in note for note in report.notes)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

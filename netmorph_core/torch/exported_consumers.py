@@ -157,6 +157,13 @@ def _shape(node: object) -> tuple[int, ...] | None:
     return tuple(int(n) for n in val.shape) if isinstance(val, torch.Tensor) else None
 
 
+def _sole_use(node: fx.Node) -> bool:
+    """Whether the tensor an in-place binary op (``aten.add_``: ``x += y``) overwrites is used
+    by that op alone, so that the op computes what its out-of-place form would."""
+    target = node.args[0] if node.args else None
+    return isinstance(target, fx.Node) and set(target.users) == {node}
+
+
 def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
     if len(node.args) > index:
         return node.args[index]
@@ -375,6 +382,8 @@ class _ExportedWalk:
         op = _aten(node)
         if op is not None and op.endswith("_") and op[:-1] in _UNARY:
             op = op[:-1]  # in place (relu_, hardtanh_): the same function
+        if op is not None and op.endswith("_") and op[:-1] in _ADDS | _MULS:
+            op = op[:-1] if _sole_use(node) else op  # `x += y` where only the sum is used on
         if node.op == "output":
             raise self.fail(node, "receives widened channels: the output would change shape")
         if op in _NO_OUTPUT:
