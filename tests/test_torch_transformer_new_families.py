@@ -5,7 +5,7 @@ Two models written here with their own module names, one following BERT's post-L
 first token) and one ViT's pre-LN pattern (a patch convolution, a class token and position
 parameter write the stream, per-channel layer scales, one fused q|k|v layer), and Hugging Face
 and timm families named in no table and no other test (XLM-RoBERTa-XL, ERNIE, RoFormer,
-ESM, Megatron-BERT, Data2Vec-Vision, AltCLIP's and BLIP's image encoders, timm's
+ESM, Megatron-BERT, YOLOS, Data2Vec-Vision, AltCLIP's and BLIP's image encoders, timm's
 VisionTransformer and distilled DeiT): every transformer operation computes the parent's
 output on float64 models (1e-9) and leaves the parent untouched, or is refused with a
 :class:`MorphError` naming why.
@@ -294,6 +294,12 @@ HF: dict[str, tuple[str, str, dict, Callable[[], tuple[torch.Tensor, ...]]]] = {
         TEXT,
         lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
     ),
+    "YOLOS (runs key, value, then query; detection tokens)": (
+        "YolosModel",
+        "YolosConfig",
+        dict(VISION, image_size=[8, 8], num_detection_tokens=3, use_mid_position_embeddings=False),
+        _images,
+    ),
     "AltCLIP image encoder": ("AltCLIPVisionModel", "AltCLIPVisionConfig", VISION, _images),
     "BLIP image encoder": ("BlipVisionModel", "BlipVisionConfig", VISION, _images),
 }
@@ -301,6 +307,9 @@ HF_OPS = ("grow_ffn", "add_heads", "grow_width", "add_block", "deepen_projection
 #: (model, operation) → the refusal's message fragment; every other case is exact.
 HF_REFUSED = {
     ("AltCLIP image encoder", "grow_width"): "returns the residual stream itself",
+    ("YOLOS (runs key, value, then query; detection tokens)", "grow_width"): (
+        "on YolosModel: the child's outputs do not have the parent's shapes"
+    ),
     # the pooler reads the stream like a head, but the model also returns the stream
     (
         "Megatron-BERT base model (pre-LN; returns the stream beside its pooler)",
@@ -379,3 +388,11 @@ def test_timm_new_heads_are_refused(op: str) -> None:
     with pytest.raises(MorphError, match="the child fails on the probe the parent runs"):
         _exact(parent, _images(32), op)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+def test_yolos_mid_position_embeddings_are_refused_by_name() -> None:
+    """YOLOS adds a position table to the stream between blocks, a writer no operation grows."""
+    config = dict(VISION, image_size=[8, 8], num_detection_tokens=3)
+    parent = _hf("YolosModel", "YolosConfig", config)
+    with pytest.raises(MorphError, match=r"mid_position_embeddings alone"):
+        grow_ffn(parent, 160)

@@ -105,6 +105,26 @@ class Stack:
     stream_convs: tuple[str, ...] = ()
 
 
+#: Last name components that say which of q, k, v an attention input layer computes.
+_ROLES = (
+    frozenset({"q", "query", "q_proj", "q_lin", "wq", "query_proj"}),
+    frozenset({"k", "key", "k_proj", "k_lin", "wk", "key_proj"}),
+    frozenset({"v", "value", "v_proj", "v_lin", "wv", "value_proj"}),
+)
+
+
+def _by_role(reads: list) -> list:
+    """The three attention input calls as (q, k, v): by their names where these say so
+    (YOLOS runs key, value, then query), else in the order they run."""
+    if len(reads) != 3:
+        return reads
+    ordered = [
+        next((c for c in reads if c.name.rpartition(".")[2].lower() in role), None)
+        for role in _ROLES
+    ]
+    return ordered if all(ordered) and len({id(c) for c in ordered}) == 3 else reads
+
+
 def is_norm(module: nn.Module) -> bool:
     """A LayerNorm/RMSNorm-like module: torch's own, or a leaf with a 1-D gain and float eps."""
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
@@ -377,6 +397,7 @@ def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None = N
         )
     if len(reads) not in (1, 3):
         raise MorphError(f"'{where}': {len(reads)} attention input layers; refused")
+    reads = _by_role(reads)
     x_call = calls[start]
     norm_of = {id(c.out): c for c in calls[start:] if c.name in norms and c.out is not None}
     n_attn, n_mlp = norm_of.get(id(reads[0].inp)), norm_of.get(id(ffn_in[0].inp))
