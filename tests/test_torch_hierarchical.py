@@ -321,7 +321,10 @@ WIDEN: dict[tuple[str, str, int], str | None] = {
     ("PVT-v2", "pvt_v2.encoder.layers.0.blocks.0.attention.spatial_reduction", 4): (
         r"aten\.layer_norm .*attention\.layer_norm.* normalises over the widened"
     ),
-    ("SegFormer", "segformer.stages.0.blocks.0.attention.q_proj", 4): r"add_heads grows it",
+    ("SegFormer", "segformer.stages.0.blocks.0.attention.q_proj", 4): None,  # head_dim 16 → 20
+    ("PVT-v2", "pvt_v2.encoder.layers.0.blocks.0.attention.query", 4): (
+        r"no exact child .*PvtV2SelfAttention.*heads·head_dim = d_s"
+    ),
 }
 
 

@@ -22,9 +22,12 @@ projections, or DeBERTa's fused ``in_proj`` of rows [q_h; k_h; v_h] per head), t
 cross-attention of both stacks of an encoder–decoder (T5, MT5, UMT5, BART, Marian, MBart,
 Pegasus: the cross-attention's keys and values read the encoder's output, whose width does not
 change; T5's relative attention bias is one value per head and position pair, whatever
-head_dim), and timm's fused-q/k/v ``Attention`` (ViT, DeiT). The attention module records its
-own head_dim; a Hugging Face config (one value for every block) is marked, and
-:func:`~.hf_load.load_grown` rebuilds the child.
+head_dim), the spatial-reduction attention of a hierarchical vision transformer (SegFormer,
+GLPN: keys and values read a strided conv and LayerNorm of the stream; PVT-v2, whose forward
+reshapes its context to the stream width, is refused as having no exact child), and timm's
+fused-q/k/v ``Attention`` (ViT, DeiT). The attention module records its own head_dim; a Hugging
+Face config (one value for every block) is marked, and :func:`~.hf_load.load_grown` rebuilds
+the child.
 """
 
 from __future__ import annotations
@@ -147,6 +150,11 @@ def widen_head_dim(
             f"multiple of {units} (each head grows to width / {units})"
         )
     new_h = width // units
+    if att.check is not None:
+        try:
+            att.check(new_h)
+        except MorphError as refusal:
+            raise MorphError(f"widening {at!r}: no exact child — {refusal}") from refusal
     refuse_head_norms(model, att.name, at)
     rotary = find_rotary(model, att.name, h)
     scales = score_scales(model.get_submodule(att.name), h, new_h)

@@ -1,7 +1,9 @@
 """Which attention a ``widen`` of a query, key or value projection names, and where its parts
 live (:class:`Attention`): a block of a transformer :mod:`.transformer_layout` recognises, a
-self- or cross-attention of an encoder–decoder (:mod:`.encdec_layout`), or a fused-q/k/v
-attention module found by its structure alone (timm's ``Attention`` of ViT, DeiT, …).
+self- or cross-attention of an encoder–decoder (:mod:`.encdec_layout`), a window attention of
+Swin (:mod:`.swin_layout`), a spatial-reduction attention of a hierarchical vision transformer
+(:mod:`.hier_layout`: SegFormer, GLPN, PVT-v2), or a fused-q/k/v attention module found by its
+structure alone (timm's ``Attention`` of ViT, DeiT, …).
 
 The last is a module holding a Linear ``qkv`` of rows [Q; K; V] (3 · heads · head_dim), a
 Linear ``proj`` reading heads · head_dim, and the integers ``num_heads`` and ``head_dim``, with
@@ -21,7 +23,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import swin
+from . import hierarchical, swin
 from .encdec import probe_inputs
 from .encdec_layout import describe_encoder_decoder
 from .errors import MorphError
@@ -37,7 +39,8 @@ class Attention:
     key/value group [q heads; k; v]); the output projection ``o``; ``heads``, ``kv_heads``,
     ``head_dim``; ``head_rows``, its other per-head layers and biases (DeBERTa's position
     projections, ``q_bias``/``v_bias``); ``probe``, the model's default inputs (None: the
-    pipeline's own inference from the first layer)."""
+    pipeline's own inference from the first layer); ``check``, a dry run of the attention
+    alone at a new head_dim (MorphError where its forward cannot run so: PVT-v2's)."""
 
     name: str
     qkv: tuple[str, ...]
@@ -48,6 +51,7 @@ class Attention:
     head_dim: int
     head_rows: tuple[str, ...] = ()
     probe: Callable[[], tuple[torch.Tensor, ...]] | None = None
+    check: Callable[[int], None] | None = None
 
 
 def attention_projection(model: nn.Module, at: object) -> Attention | None:
@@ -66,7 +70,7 @@ def attention_projection(model: nn.Module, at: object) -> Attention | None:
             layout = describe(model)
             layouts, probe = [layout], partial(_default_probe, model, layout)
     except Exception:  # not a transformer these layouts describe: perhaps a module alone
-        return _swin_attention(model, at) or _fused_module(model, at)
+        return _swin_attention(model, at) or _hier_attention(model, at) or _fused_module(model, at)
     for layout in layouts:
         found = _in_layout(model, layout, at, probe)
         if found is not None:
@@ -129,6 +133,36 @@ def _swin_attention(model: nn.Module, at: str) -> Attention | None:
                 block.head_dim,
                 probe=partial(swin.probe_images, model),
             )
+    return None
+
+
+def _hier_attention(model: nn.Module, at: str) -> Attention | None:
+    """The spatial-reduction attention of a block of a hierarchical vision transformer
+    (SegFormer, GLPN, PVT-v2: :mod:`.hier_layout`) whose query, key or value layer is ``at``. Keys
+    and values read a spatially reduced sequence (a strided Conv2d and LayerNorm of the
+    stream): that changes which tokens they are computed from, not the per-head algebra. Its
+    ``check`` runs the attention alone at the new head_dim: PVT-v2's forward reshapes its
+    context to the stream width (heads·head_dim = d_s) and has no exact child. None for
+    another model or one whose stages are not understood."""
+    try:
+        hier = hierarchical.recognise(model)
+    except MorphError:
+        return None
+    for stage in hier.stages if hier is not None else ():
+        fam = stage.layout.family
+        for block in stage.layout.blocks:
+            if at in {block.name(rel) for rel in fam.qkv}:
+                return Attention(
+                    block.name(fam.attention),
+                    tuple(block.name(rel) for rel in fam.qkv),
+                    "separate",
+                    block.name(fam.o),
+                    block.heads,
+                    block.kv_heads,
+                    block.head_dim,
+                    probe=partial(hierarchical.probe_images, model, hier),
+                    check=partial(hierarchical.check_heads_fit, model, stage, block, block.heads),
+                )
     return None
 
 

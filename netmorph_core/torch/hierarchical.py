@@ -53,13 +53,13 @@ from .transformer import (
 )
 from .transformer_layout import Block, describe
 
-__all__ = ["add_block", "add_heads", "grow_ffn", "grow_width", "recognise"]
+__all__ = ["add_block", "add_heads", "grow_ffn", "grow_width", "probe_images", "recognise"]
 
 #: Side of the square probe images (every stage sees a grid of at least 1×1 at strides 4·2·2·2).
 PROBE_SIZE = 64
 
 
-def _probe(model: nn.Module, hier: Hierarchy) -> tuple[torch.Tensor, ...]:
+def probe_images(model: nn.Module, hier: Hierarchy) -> tuple[torch.Tensor, ...]:
     """Images (2, C, 64, 64), C the first patch convolution's input channels."""
     conv = model.get_submodule(hier.stages[0].embed)
     like = conv.weight
@@ -150,7 +150,7 @@ def _run(
         probe,
         tol,
         inplace,
-        lambda: _probe(model, hier),
+        lambda: probe_images(model, hier),
         **request,
     )
 
@@ -295,13 +295,17 @@ def grow_ffn(
 # Attention heads
 
 
-def _check_heads_fit(model: nn.Module, stage: Stage, block: Block, heads: int) -> None:
+def check_heads_fit(
+    model: nn.Module, stage: Stage, block: Block, heads: int, head_dim: int | None = None
+) -> None:
     """A copy of the block's attention must run on a (1, S², d_s) input on an S×S grid (S the
     largest kernel of its spatial reduction, at least 4), then also with ``heads`` zero heads of
-    the same head_dim; MorphError naming it where its forward fixes the head count (PVT-v2
-    reshapes its context to the stream width: heads·head_dim = d_s)."""
+    ``head_dim`` (default the block's); MorphError naming it where its forward fixes
+    heads·head_dim (PVT-v2 reshapes its context to the stream width: heads·head_dim = d_s)."""
     fam = stage.layout.family
     name = block.name(fam.attention)
+    h = block.head_dim if head_dim is None else head_dim
+    asked = f"heads={heads}" if head_dim is None else f"head_dim={h}"
     attention = copy.deepcopy(model.get_submodule(name)).to(torch.float64)
     side = max([4] + [max(m.kernel_size) for m in attention.modules() if isinstance(m, nn.Conv2d)])
     x = torch.zeros(1, side * side, stage.width, dtype=torch.float64)
@@ -310,11 +314,11 @@ def _check_heads_fit(model: nn.Module, stage: Stage, block: Block, heads: int) -
             attention(x, side, side)
     except Exception as exc:  # any failure of the module's own forward
         raise MorphError(
-            f"heads={heads}: {name!r} ({type(attention).__name__}) cannot be run alone on a "
+            f"{asked}: {name!r} ({type(attention).__name__}) cannot be run alone on a "
             f"(1, {side * side}, {stage.width}) input on a {side}×{side} grid "
             f"({type(exc).__name__}: {exc}); refused"
         ) from exc
-    rows = heads * block.head_dim
+    rows = heads * h
     with torch.no_grad():
         for rel in fam.qkv:
             layer = attention.get_submodule(rel.removeprefix(fam.attention + "."))
@@ -331,17 +335,21 @@ def _check_heads_fit(model: nn.Module, stage: Stage, block: Block, heads: int) -
     for attr in ("num_heads", "num_attention_heads"):
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, heads)
+    for attr in ("head_dim", "attention_head_size"):
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, h)
     if isinstance(getattr(attention, "all_head_size", None), int):
         attention.all_head_size = rows
     try:
         with torch.no_grad():
             attention(x, side, side)
-    except Exception as exc:  # the forward of this class fixes the head count
+    except Exception as exc:  # the forward of this class fixes heads·head_dim
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        tied = "head count" if head_dim is None else "heads' width"
         raise MorphError(
-            f"heads={heads}: {name!r} ({type(attention).__name__}) does not run with "
-            f"{heads} heads of head_dim {block.head_dim} ({reason}): its forward ties the head "
-            f"count to the stream width {stage.width} (heads·head_dim = d_s); refused"
+            f"{asked}: {name!r} ({type(attention).__name__}) does not run with "
+            f"{heads} heads of head_dim {h} ({reason}): its forward ties the {tied} "
+            f"to the stream width {stage.width} (heads·head_dim = d_s); refused"
         ) from exc
 
 
@@ -378,7 +386,7 @@ def add_heads(
     checked: set[int] = set()
     for (s, _), block in zip(chosen, blocks):
         if s not in checked:
-            _check_heads_fit(model, hier.stages[s], block, heads)
+            check_heads_fit(model, hier.stages[s], block, heads)
             checked.add(s)
     fam = hier.stages[0].layout.family
     edits = tuple(b.name(rel) for b in blocks for rel in (*fam.qkv, fam.o))
@@ -560,7 +568,7 @@ def grow_width(
         stage=stage,
         noise=noise,
         method=method,
-        probe=_probe(model, hier) if probe is None else probe,
+        probe=probe_images(model, hier) if probe is None else probe,
         tol=tol,
         seed=seed,
         inplace=inplace,
