@@ -2,8 +2,10 @@
 ``conv2.stride[0]`` to check its input length) is replaced by ``deepen``/``morph_subnet`` with
 a :class:`~netmorph_core.torch.layer_reads.Chain` whose ``stride`` is the product of its
 convolutions' strides, checked against the replaced layer's; where the chain has no overall
-stride, or another one, the replacement is refused by name. Float64 children are exact and
-``load_grown`` rebuilds the Whisper encoder's chains exactly."""
+stride, or another one, the replacement is refused by name. A layer its parent hands to a
+function (Hugging Face MobileNet's TensorFlow "same" padding reads the conv's kernel size,
+stride and dilation) becomes a Chain answering those too. Float64 children are exact and
+``load_grown`` rebuilds the chains exactly."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from netmorph_core.torch import MorphError, deepen, load_grown, morph_subnet  # noqa: E402
-from netmorph_core.torch.layer_reads import Chain, overall_stride  # noqa: E402
+from netmorph_core.torch.layer_reads import Chain, chain_geometry, overall_stride  # noqa: E402
 from netmorph_core.torch.surgery import replace_module  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -115,3 +117,79 @@ def test_a_chain_of_another_stride_is_refused_by_name() -> None:
     with pytest.raises(MorphError, match="'conv': its parent reads its stride, and the layers"):
         replace_module(model, "conv", nn.Sequential(nn.Conv1d(3, 4, 3), nn.Dropout()))
     assert type(model.conv) is nn.Conv1d
+
+
+def _tf_same_pad(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """TensorFlow "same" padding of ``x`` from ``conv``'s kernel size, stride and dilation."""
+    pads = []
+    for size, k, s, d in zip(x.shape[:1:-1], conv.kernel_size[::-1], conv.stride[::-1],
+                             conv.dilation[::-1]):
+        total = max((k - 1) * d + 1 - (s if size % s == 0 else size % s), 0)
+        pads += [total // 2, total - total // 2]
+    return torch.nn.functional.pad(x, pads)
+
+
+class HandsItsConvOff(nn.Module):
+    """Pads from its conv's geometry in a function it hands the conv to (Hugging Face
+    MobileNet's ``apply_tf_padding(features, self.convolution)``), which no attribute read in
+    its own forward shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(_tf_same_pad(x, self.conv))))
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_a_layer_handed_to_a_padding_function_keeps_its_geometry(operation: str) -> None:
+    torch.manual_seed(0)
+    parent = HandsItsConvOff().double().eval()
+    subnet = [(8, (1, 1)), (8, (3, 3)), (None, (1, 1))]
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    if operation == "deepen":
+        child, report = deepen(parent, "conv", seed=0, probe=(x,))
+    else:
+        child, report = morph_subnet(parent, "conv", subnet, seed=0, probe=(x,))
+    layer = child.conv
+    assert type(layer) is Chain and report.rel_dev_f64 <= 1e-12
+    assert (layer.kernel_size, layer.stride, layer.dilation) == ((3, 3), (2, 2), (1, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(child(x), parent(x), rtol=0, atol=1e-9)
+
+
+def test_a_chain_of_two_spatial_convolutions_has_no_one_kernel_size() -> None:
+    chain = Chain(nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1))
+    assert chain.stride == (1, 1) and not hasattr(chain, "kernel_size")
+    with pytest.raises(ValueError, match=r"kernels \[\(3, 3\), \(3, 3\)\] have no one"):
+        chain_geometry(chain, "kernel_size")
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_hugging_face_mobilenet_v2_deepens_through_its_tf_padding(
+    operation: str, tmp_path: Path
+) -> None:
+    from thirdparty import import_transformers
+
+    t = import_transformers()
+    torch.manual_seed(0)
+    config = t.MobileNetV2Config(image_size=32, depth_multiplier=0.35)
+    parent = t.MobileNetV2Model(config).double().eval()
+    at = "conv_stem.first_conv.convolution"
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        want = parent(x).pooler_output
+    if operation == "deepen":
+        child, _ = deepen(parent, at, seed=0, probe=(x,))
+    else:
+        width = [(16, (1, 1)), (16, (3, 3)), (None, (1, 1))]
+        child, _ = morph_subnet(parent, at, width, seed=0, probe=(x,))
+    assert type(child.get_submodule(at)) is Chain
+    with torch.no_grad():
+        torch.testing.assert_close(child(x).pooler_output, want, rtol=0, atol=1e-9)
+    child.save_pretrained(tmp_path)
+    with torch.no_grad():
+        got = load_grown(tmp_path).double()(x).pooler_output
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9)

@@ -9,7 +9,10 @@ such layers are refused — except for ``self.<layer>.weight.dtype`` / ``.weight
 patch embedding, T5 of its feed-forward output and Mamba of its head, to cast the input:
 :class:`Chain` answers those with its first layer's weight; and ``self.<layer>.stride``, which
 Whisper's encoder reads of ``conv1`` and ``conv2``: :class:`Chain` answers the product of its
-convolutions' strides, checked against the replaced layer's.
+convolutions' strides, checked against the replaced layer's; and ``kernel_size`` /
+``dilation``, which a parent computing TensorFlow "same" padding reads (Hugging Face MobileNet
+hands the conv to such a function): a chain of one convolution and 1×…×1 ones answers that
+convolution's, checked likewise.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from torch import fx, nn
 
 #: Reads of a replaced layer that :class:`Chain` answers exactly (``stride``: checked against
 #: the replaced layer's when the chain is put in place, :func:`.surgery.replace_module`).
-CHAIN_READS = frozenset({"weight.dtype", "weight.device", "stride"})
+CHAIN_READS = frozenset({"weight.dtype", "weight.device", "stride", "kernel_size", "dilation"})
+#: The geometry a :class:`Chain` answers, checked against the replaced layer's.
+CHAIN_GEOMETRY = ("stride", "kernel_size", "dilation")
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -46,10 +51,45 @@ class Chain(nn.Sequential):
 
     @property
     def stride(self) -> tuple[int, ...]:
+        return self._geometry("stride")
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return self._geometry("kernel_size")
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        return self._geometry("dilation")
+
+    def _geometry(self, name: str) -> tuple[int, ...]:
         try:
-            return overall_stride(self)
+            return chain_geometry(self, name)
         except ValueError as exc:
             raise AttributeError(str(exc)) from None
+
+
+def chain_geometry(chain: nn.Sequential, name: str) -> tuple[int, ...]:
+    """The ``stride`` (:func:`overall_stride`), ``kernel_size`` or ``dilation`` that ``chain``
+    maps its input with: the latter two of its one convolution whose kernel is not 1×…×1 (the
+    first one when every kernel is), where every other convolution is 1×…×1 of stride 1 with
+    no padding, so that a parent padding its input from the layer's kernel size and stride
+    (TensorFlow "same" padding, Hugging Face MobileNet) pads as for that convolution;
+    ValueError naming what is not so."""
+    stride = overall_stride(chain)
+    if name == "stride":
+        return stride
+    convs = [m for m in chain if isinstance(m, CONVS)]
+    spatial = [c for c in convs if any(k > 1 for k in c.kernel_size)]
+    main = spatial[0] if len(spatial) == 1 else None if spatial else convs[0]
+    others = [c for c in convs if c is not main]
+    if main is None or any(tuple(c.stride) != (1,) * len(stride) for c in others) or any(
+        not _pads_nothing(c) for c in others
+    ):
+        raise ValueError(
+            f"the layers {[type(m).__name__ for m in chain]} of kernels "
+            f"{[tuple(c.kernel_size) for c in convs]} have no one convolution's {name}"
+        )
+    return tuple(getattr(main, name))
 
 
 def overall_stride(chain: nn.Sequential) -> tuple[int, ...]:
@@ -141,10 +181,30 @@ def attribute_reads(model: nn.Module, at: str) -> list[Read]:
     return found
 
 
+def handed_off(model: nn.Module, at: str) -> bool:
+    """Whether an ancestor's forward passes the layer ``at`` itself to a function
+    (``apply_tf_padding(features, self.convolution)``: Hugging Face MobileNet pads from the
+    conv's kernel size, stride and dilation), which may read any attribute of it."""
+    parts = at.split(".")
+    for i in range(len(parts)):
+        name, rel = ".".join(parts[:i]), ".".join(parts[i:])
+        owner = model.get_submodule(name) if name else model
+        source = _forward_source(type(owner))
+        path = "".join(
+            rf"(?:\.{p}|\[{p}\])" if p.isdigit() else rf"\.{re.escape(p)}" for p in rel.split(".")
+        )
+        if source is not None and re.search(rf"[(,]\s*self{path}\s*[,)]", source):
+            return True
+    return False
+
+
 def needs_chain(model: nn.Module, at: str) -> bool:
-    """Whether ancestors of ``at`` read its weight's dtype or device and nothing else."""
+    """Whether ancestors of ``at`` read only what a :class:`Chain` answers of it (its weight's
+    dtype or device, its geometry), or hand the layer itself to a function."""
     reads = attribute_reads(model, at)
-    return bool(reads) and all(r.chain for r in reads)
+    if reads:
+        return all(r.chain for r in reads)
+    return handed_off(model, at)
 
 
 def metadata_read(node: fx.Node) -> bool:

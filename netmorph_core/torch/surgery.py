@@ -16,7 +16,13 @@ from torch import nn
 
 from .errors import MorphError
 from .kinds import type_label
-from .layer_reads import Chain, attribute_reads, needs_chain, overall_stride
+from .layer_reads import (
+    CHAIN_GEOMETRY,
+    Chain,
+    attribute_reads,
+    chain_geometry,
+    needs_chain,
+)
 from .standardized import is_weight_standardised, plain_conv
 from .support import check_attributes_unread, check_editable, check_understood
 from .transformer_layout import is_conv1d
@@ -142,22 +148,25 @@ def replace_module(model: nn.Module, at: str, new: nn.Module) -> None:
     new.train(old.training)
     if type(new) is nn.Sequential and needs_chain(model, at):
         new = Chain(*new)
-        if any(r.attr.rpartition(".")[2] == "stride" for r in attribute_reads(model, at)):
-            _check_stride(at, old, new)
+        read = {r.attr.rpartition(".")[2] for r in attribute_reads(model, at)}
+        for name in CHAIN_GEOMETRY:  # a layer handed to a function: the measurement checks
+            if name in read:
+                _check_geometry(at, old, new, name)
     setattr(parent, attr, new)
 
 
-def _check_stride(at: str, old: nn.Module, chain: Chain) -> None:
-    """The chain in place of ``at``, whose ``stride`` an ancestor reads, has the same overall
-    stride as the layer it replaces (MorphError naming the layer otherwise)."""
+def _check_geometry(at: str, old: nn.Module, chain: Chain, name: str) -> None:
+    """The chain in place of ``at``, whose ``name`` (stride, kernel_size, dilation) an
+    ancestor reads, answers what the layer it replaces held (MorphError naming the layer
+    otherwise)."""
     try:
-        stride = overall_stride(chain)
+        value = chain_geometry(chain, name)
     except ValueError as exc:
-        raise MorphError(f"{at!r}: its parent reads its stride, and {exc}; refused") from None
-    if stride != tuple(getattr(old, "stride", ())):
+        raise MorphError(f"{at!r}: its parent reads its {name}, and {exc}; refused") from None
+    if value != tuple(getattr(old, name, ())):
         raise MorphError(
-            f"{at!r}: its parent reads its stride {tuple(old.stride)}, and the layers in its "
-            f"place stride {stride} in all; refused"
+            f"{at!r}: its parent reads its {name} {tuple(getattr(old, name))}, and the layers "
+            f"in its place give {value}; refused"
         )
 
 
