@@ -79,8 +79,9 @@ def unsupported_kind(module: nn.Module) -> str | None:
     if is_weight_normed(module):
         return (
             f"a weight-normed layer ({path}, W = g·v/‖v‖): deepen, morph_subnet, morph_stacked "
-            "and morph_module replace it by the plain layer of W; this operation would keep "
-            "the reparametrization, which new zero entries would change; remove it first "
+            "and morph_module replace it by the plain layer of W, widen and grow_kernel keep "
+            "its weight norm; this operation would set W itself, which the reparametrization "
+            "recomputes from g and v; remove it first "
             "(parametrize.remove_parametrizations(module, 'weight'))"
         )
     if parametrize.is_parametrized(module):
