@@ -83,7 +83,10 @@ def _check(parent: nn.Module, child: nn.Module, report: object, x: torch.Tensor)
             assert norm_axis(new) == dim
             v, g = new.get_parameter(V), new.get_parameter(G)
             assert v.shape == new.weight.shape
-            assert g.shape == tuple(n if i == dim else 1 for i, n in enumerate(v.shape))
+            shape = (
+                () if dim is None else tuple(n if i == dim else 1 for i, n in enumerate(v.shape))
+            )
+            assert g.shape == shape
     optimizer = torch.optim.Adam(parent.parameters())
     parent(x).sum().backward()
     optimizer.step()
@@ -120,6 +123,25 @@ def test_grow_kernel_keeps_the_weight_norm(dim: int, groups: int, dtype: torch.d
     _check(parent, child, report, x)
     child(x).sum().backward()  # training goes on through g and v
     assert conv.get_parameter(G).grad is not None and conv.get_parameter(V).grad is not None
+
+
+@pytest.mark.parametrize("dim", [None, 2, 3])
+def test_grow_kernel_of_a_conv2d_normed_along_a_kernel_axis(dim: int | None) -> None:
+    """3×3 → 5×3 → 5×5 under one norm per kernel row (2) or column (3): the new rows (or
+    columns) are new zero slices, the other axis's new taps zeros inside old slices; dim=None,
+    one norm over the whole weight (g a scalar), keeps g."""
+    torch.manual_seed(7)
+    parent = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Tanh(), nn.Conv2d(6, 2, 1))
+    parametrizations.weight_norm(parent[0], dim=dim)
+    parent = parent.double()
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    mid, _ = grow_kernel(parent, "0", (5, 3), probe=x)
+    child, report = grow_kernel(mid, "0", 5, probe=x)
+    assert child[0].kernel_size == (5, 5) and rel_dev(parent, child, x) <= F64_TOL
+    new = child[0].weight.detach()
+    assert torch.equal(new[:, :, [0, 4]], torch.zeros_like(new[:, :, [0, 4]]))
+    assert torch.equal(new[..., [0, 4]], torch.zeros_like(new[..., [0, 4]]))
+    _check(mid, child, report, x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

@@ -26,7 +26,8 @@ the reason otherwise:
 - hooks (forward, forward-pre, backward, state-dict, gradient hooks on its parameters; old-style
   ``torch.nn.utils.weight_norm``/``spectral_norm`` are forward-pre hooks) and parametrizations
   (``torch.nn.utils.parametrize``, ``parametrizations.weight_norm``/``spectral_norm``) → refused:
-  kept on a replaced module they would observe or rewrite a different function;
+  kept on a replaced module they would observe or rewrite a different function (a weight norm
+  alone is replaced by W or kept where the operation says so: ``tied_ok``, ``weight_norm``);
 - sharing: a module registered under several names, or a parameter shared with another module
   (tied weights) → MorphError naming both (the morph would untie them);
 - values: parameters or buffers on the meta device or uninitialised (lazy) → ValueError;

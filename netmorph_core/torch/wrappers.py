@@ -10,7 +10,8 @@ vague "is Linear; expected Linear"):
   into the base weights first;
 - pruned layers (``torch.nn.utils.prune``: ``weight_orig`` and ``weight_mask`` recomputed by
   a forward pre-hook): ``prune.remove(module, "weight")`` makes the pruning permanent;
-- parametrized layers (``torch.nn.utils.parametrize``): ``remove_parametrizations`` first;
+- parametrized layers (``torch.nn.utils.parametrize``): ``remove_parametrizations`` first
+  (a weight norm alone is handled by the operations that opt in: :mod:`.weight_normed`);
 - TorchScript modules (``torch.jit.script``/``trace``): morph the Python module, then script
   the child.
 """
