@@ -32,7 +32,9 @@ from netmorph_core.torch import (  # noqa: E402
 )
 from netmorph_core.torch.layer_reads import Chain  # noqa: E402
 from netmorph_core.torch.samepad import DynamicSamePad, register_same_padding_conv  # noqa: E402
+from netmorph_core.torch.support import check_editable  # noqa: E402
 from netmorph_core.torch.surgery import ChannelLastBatchNorm  # noqa: E402
+from netmorph_core.torch.weight_normed import is_weight_normed  # noqa: E402
 
 F64_TOL = 1e-9
 
@@ -189,14 +191,16 @@ def refused(model: nn.Module, call: Callable[[nn.Module], object], exc: type, ma
 
 
 SPEC = Module([conv_edge("a", "s", "m", 3), conv_edge("b", "m", "t", 1)], channels={"m": 8})
-OPERATIONS: dict[str, Callable[[nn.Module, str], object]] = {
-    "deepen": lambda m, at: deepen(m, at, seed=0),
-    "grow_kernel": lambda m, at: grow_kernel(m, at, 5),
-    "morph_subnet": lambda m, at: morph_subnet(m, at, [(6, 3), (None, 1)], seed=0),
-    "morph_stacked": lambda m, at: morph_stacked(m, at, [[(None, 3)], [(None, 3)]], seed=0),
-    "morph_module": lambda m, at: morph_module(m, at, SPEC, seed=0),
-    "widen producer": lambda m, at: widen(m, at, 6, seed=0),
-    "widen consumer": lambda m, at: widen(m, "stem", 6, seed=0),
+OPERATIONS: dict[str, Callable[..., object]] = {
+    "deepen": lambda m, at, **kw: deepen(m, at, seed=0, **kw),
+    "grow_kernel": lambda m, at, **kw: grow_kernel(m, at, 5, **kw),
+    "morph_subnet": lambda m, at, **kw: morph_subnet(m, at, [(6, 3), (None, 1)], seed=0, **kw),
+    "morph_stacked": lambda m, at, **kw: morph_stacked(
+        m, at, [[(None, 3)], [(None, 3)]], seed=0, **kw
+    ),
+    "morph_module": lambda m, at, **kw: morph_module(m, at, SPEC, seed=0, **kw),
+    "widen producer": lambda m, at, **kw: widen(m, at, 6, seed=0, **kw),
+    "widen consumer": lambda m, at, **kw: widen(m, "stem", 6, seed=0, **kw),
 }
 
 
@@ -399,12 +403,21 @@ def test_weight_normed_layer_is_replaced_by_its_weight(operation: str, dim: int)
         model(x)  # the parent still runs: its parametrized class keeps its weight property
 
 
-def test_weight_normed_layer_is_refused_where_it_would_stay() -> None:
+def test_weight_normed_layer_keeps_its_norm_where_it_stays() -> None:
+    """grow_kernel and widen keep the layer and its weight norm (tests/test_torch_weight_normed.py
+    has the cases); an operation that would set W itself still refuses it by name."""
+    torch.manual_seed(5)
     model = Net(nn.Conv2d(4, 4, 3, padding=1)).double()
     parametrizations.weight_norm(model.conv)
+    before = snapshot(model)
+    x = border_input((2, 3, 6, 7))
     for operation in ("grow_kernel", "widen producer", "widen consumer"):
-        call = OPERATIONS[operation]
-        refused(model, lambda m, call=call: call(m, "conv"), MorphError, "a weight-normed layer")
+        child, report = OPERATIONS[operation](model, "conv", probe=x)
+        assert rel_dev(model, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
+        assert is_weight_normed(child.conv)
+    assert_unchanged(model, before)
+    with pytest.raises(MorphError, match=r"a weight-normed layer .*widen and grow_kernel keep"):
+        check_editable(model, ["conv"])
 
 
 def test_shared_weights_and_modules_are_refused() -> None:

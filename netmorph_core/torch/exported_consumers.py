@@ -152,6 +152,25 @@ def _aten(node: fx.Node) -> str | None:
     return schema.name.removeprefix("aten::")
 
 
+#: Where a weight-normed layer's direction v is read (:mod:`.weight_normed`).
+_NORMED_V = ".parametrizations.weight.original1"
+
+
+def _weight_owner(weight: object) -> str | None:
+    """The module owning a layer call's weight argument: ``<owner>.weight`` read with
+    ``get_attr``, or a weight norm ``aten._weight_norm(<owner>.parametrizations.weight.
+    original1, ….original0, dim)`` (None: neither)."""
+    if not isinstance(weight, fx.Node):
+        return None
+    if _aten(weight) == "_weight_norm":
+        v = weight.args[0]
+        if isinstance(v, fx.Node) and v.op == "get_attr" and str(v.target).endswith(_NORMED_V):
+            return str(v.target).removesuffix(_NORMED_V)
+        return None
+    owner, _, attr = str(weight.target).rpartition(".")
+    return owner if weight.op == "get_attr" and attr == "weight" else None
+
+
 def _shape(node: object) -> tuple[int, ...] | None:
     val = node.meta.get("val") if isinstance(node, fx.Node) else None
     return tuple(int(n) for n in val.shape) if isinstance(val, torch.Tensor) else None
@@ -189,14 +208,14 @@ class _ExportedWalk:
 
     def layer_call(self, node: fx.Node) -> tuple[str, str] | None:
         """(module name, kind) when ``node`` is the call of a Linear ("linear"), Conv1D
-        ("conv1d") or convolution ("conv") layer through the weight it owns."""
+        ("conv1d") or convolution ("conv") layer through the weight it owns (or its weight
+        norm's, :func:`_weight_owner`)."""
         spec = _LAYER_CALLS.get(_aten(node) or "")
         if spec is None or len(node.args) <= spec[0]:
             return None
-        weight = node.args[spec[0]]
-        if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        owner = _weight_owner(node.args[spec[0]])
+        if owner is None:
             return None
-        owner, _, attr = str(weight.target).rpartition(".")
         module = self.modules.get(owner)
         kind = spec[2]
         expected = {
@@ -204,7 +223,7 @@ class _ExportedWalk:
             "conv1d": module is not None and is_conv1d(module),
             "conv": isinstance(module, CONV_TYPES),
         }[kind]
-        return (owner, kind) if attr == "weight" and expected else None
+        return (owner, kind) if expected else None
 
     def describe(self, node: fx.Node) -> str:
         op = _aten(node)
@@ -354,7 +373,7 @@ class _ExportedWalk:
         for node in self.gm.graph.nodes:
             if node.op != "get_attr":
                 continue
-            owner = str(node.target).rpartition(".")[0]
+            owner = str(node.target).rpartition(".")[0].removesuffix(".parametrizations.weight")
             if owner not in touched:
                 continue
             if owner in self.norm_calls and str(node.target).endswith(".num_batches_tracked"):
@@ -362,6 +381,10 @@ class _ExportedWalk:
             for user in node.users:
                 if user in self.norm_calls.get(owner, ()):
                     continue
+                if _aten(user) == "_weight_norm" and all(
+                    (self.layer_call(u) or ("",))[0] == owner for u in user.users
+                ):
+                    continue  # g and v, read by the weight norm the layer's calls read
                 if (self.layer_call(user) or ("",))[0] != owner:
                     raise MorphError(
                         f"widening {list(self.producers)}: {self.describe(user)} reads "

@@ -33,6 +33,9 @@ from .surgery import (
     to_numpy64,
     to_tensor,
 )
+from .weight_normed import install, is_weight_normed, regrow
+from .weight_normed import note as weight_note
+from .weight_normed import sources as weight_sources
 
 
 def _centred_index(new: int, old: int) -> np.ndarray:
@@ -61,9 +64,11 @@ def grow_kernel(
     (parameters ``at.1.weight``/``at.1.bias``; with p = 0 just the conv, zero-padded) and
     accepts the inputs the parent accepts. A dynamic "same" padding conv (:mod:`.samepad`)
     becomes ``nn.Sequential(DynamicSamePad(parent's K, s, d), <conv K̃, zero padding>)``.
-    A grouped conv keeps its ``groups``.
+    A grouped conv keeps its ``groups``. A weight-normed conv keeps its weight norm (same dim;
+    parameters ``….parametrizations.weight.original0``/``original1``): new taps are zero in W
+    (:func:`.weight_normed.regrow`).
     """
-    layer = find_layer(model, at, CONV_TYPES, same_padding=True, grouped=True)
+    layer = find_layer(model, at, CONV_TYPES, same_padding=True, grouped=True, weight_norm=True)
     old = tuple(layer.kernel_size)
     size = v.kernel_tuple(kernel_size, len(old), "kernel_size")
     v.effective_size(old, size, (1,) * len(old), "kernel_size")
@@ -99,8 +104,14 @@ def grow_kernel(
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )
+        index = (None, None, *(_centred_index(n, k) for n, k in zip(size, old)))
+        normed = is_weight_normed(conv)
         with torch.no_grad():
-            new.weight.copy_(to_tensor(grown, conv.weight))
+            if normed:
+                kept = regrow(conv, to_tensor(grown, conv.weight), index)
+                install(new, kept, conv)
+            else:
+                new.weight.copy_(to_tensor(grown, conv.weight))
             if conv.bias is not None:
                 new.bias.copy_(conv.bias)
         wrapped = same is not None or (split and any(lo or hi for lo, hi in inner))
@@ -110,11 +121,14 @@ def grow_kernel(
         else:
             replace_module(child, at, new)
         name = f"{at}.1" if wrapped else at
-        index = (None, None, *(_centred_index(n, k) for n, k in zip(size, old)))
-        sources = {f"{name}.weight": ParamSource(f"{at}.weight", f"{at}.weight", index)}
+        if normed:
+            found = weight_sources(name, at, conv, index).items()
+            sources = {k: ParamSource(p, p, i) for k, (p, i) in found}
+        else:
+            sources = {f"{name}.weight": ParamSource(f"{at}.weight", f"{at}.weight", index)}
         if wrapped and conv.bias is not None:
             sources[f"{name}.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
-        notes = []
+        notes = [weight_note(at, conv, kept)] if normed else []
         if same is not None:
             notes.append(
                 "dynamic 'same' padding kept as DynamicSamePad (the parent's rule), the growth "
@@ -145,5 +159,6 @@ def grow_kernel(
             input_shape=input_shape,
             tol=tol,
             budget=budget,
+            weight_norm=True,
         )
     )

@@ -108,7 +108,9 @@ class Request:
     input, compare the single target layer alone; ``budget``: checks the memory of measuring
     the child on the model inputs found, before the child is built (:mod:`.budget`);
     ``untie``: the operation replaces ``edits``, whose parameters shared with other modules
-    (a tied head) get their own copy in the child instead of being refused.
+    (a tied head) get their own copy in the child instead of being refused; ``weight_norm``:
+    the operation keeps the weight norm of a weight-normed layer of ``edits``
+    (:mod:`.weight_normed`).
     """
 
     operation: str
@@ -128,6 +130,7 @@ class Request:
     layer_scope: bool = True
     budget: Callable[[Inputs], None] | None = None
     untie: bool = False
+    weight_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,9 @@ def unshare(parent: nn.Module, child: nn.Module) -> None:
 def support(request: Request) -> None:
     """Step 2: every module the operation edits, replaces, copies or rewrites is understood."""
     if request.edits:
-        check_editable(request.model, request.edits, request.same_padding, request.untie)
+        check_editable(
+            request.model, request.edits, request.same_padding, request.untie, request.weight_norm
+        )
     check_subtree(request.model, request.copies)
 
 

@@ -26,7 +26,8 @@ the reason otherwise:
 - hooks (forward, forward-pre, backward, state-dict, gradient hooks on its parameters; old-style
   ``torch.nn.utils.weight_norm``/``spectral_norm`` are forward-pre hooks) and parametrizations
   (``torch.nn.utils.parametrize``, ``parametrizations.weight_norm``/``spectral_norm``) → refused:
-  kept on a replaced module they would observe or rewrite a different function;
+  kept on a replaced module they would observe or rewrite a different function (a weight norm
+  alone is replaced by W or kept where the operation says so: ``tied_ok``, ``weight_norm``);
 - sharing: a module registered under several names, or a parameter shared with another module
   (tied weights) → MorphError naming both (the morph would untie them);
 - values: parameters or buffers on the meta device or uninitialised (lazy) → ValueError;
@@ -350,23 +351,28 @@ def check_attributes_unread(model: nn.Module, at: str, chain: bool = False) -> N
 
 
 def check_editable(
-    model: nn.Module, names: Iterable[str], same_padding: bool = False, tied_ok: bool = False
+    model: nn.Module,
+    names: Iterable[str],
+    same_padding: bool = False,
+    tied_ok: bool = False,
+    weight_norm: bool = False,
 ) -> None:
     """Every module ``names`` of ``model`` may be replaced or edited by a morph (see the module
     docstring); conv/linear layers must also be understood and called by their parent.
     ``same_padding``: the operation handles dynamic "same" padding convs (:mod:`.samepad`);
     ``tied_ok``: the operation replaces the modules, so parameters they share with others are
     untied in the child (:func:`.surgery.untie`) instead of refused, and a weight-normed layer
-    is replaced by the plain layer of its weight (:mod:`.weight_normed`)."""
+    is replaced by the plain layer of its weight (:mod:`.weight_normed`); ``weight_norm``: the
+    operation keeps a weight-normed layer's weight norm (:func:`.weight_normed.regrow`)."""
     names = list(names)
     check_model_values(model)
     for at in names:
         module = model.get_submodule(at)
-        replaced_norm = tied_ok and is_weight_normed(module)  # replaced by W (weight_normed)
-        if not replaced_norm:
+        normed = (tied_ok or weight_norm) and is_weight_normed(module)  # see weight_normed
+        if not normed:
             check_understood(module, at)
         check_values(module, at)
-        check_no_hooks(module, at, parametrized=replaced_norm)
+        check_no_hooks(module, at, parametrized=normed)
         if isinstance(module, KNOWN_LAYERS):
             check_layer_class(module, at, same_padding, tied_ok)
         if isinstance(module, KNOWN_LAYERS) or is_conv1d(module):

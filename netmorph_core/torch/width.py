@@ -30,6 +30,13 @@ zero columns further on), and its q new outputs are followed to the next consume
 widened channels. The gate conv of a squeeze-and-excitation product is
 widened like a producer: a new channel of the product is the widened channel times its gate,
 zero when the widened channel is, and met by zero columns otherwise.
+
+A weight-normed layer (W = g·v/‖v‖, :mod:`.weight_normed`) keeps its weight norm: its new
+entries go through :func:`.weight_normed.regrow`. Non-zero new entries inside a slice of its
+norm (random rows of a producer normed along another axis than its outputs, random columns of
+a consumer normed along another axis than its inputs) recompute that slice's g, exact up to
+its rounding; "auto" then zeroes the side that avoids it where the rule above allows (a
+weight-normed consumer gets zero columns: with dim=0 its per-row norms are unchanged).
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ from .support import check_editable, check_model_state, check_widen_memory
 from .surgery import find_layer, gather, to_numpy64, to_tensor
 from .tracing import default_inputs, is_hf_model
 from .transformer_layout import as_matrix, is_conv1d, weight_axes
+from .weight_normed import install, is_weight_normed, norm_axis, regrow
+from .weight_normed import note as weight_note
+from .weight_normed import sources as weight_sources
 
 ZERO_SIDES = ("auto", "inner", "outer")
 
@@ -96,6 +106,42 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
 
 
+def _put_weight(
+    layer: nn.Module,
+    name: str,
+    weight: torch.Tensor,
+    index: tuple[np.ndarray | None, ...],
+    outcome: Outcome,
+) -> None:
+    """``layer``'s weight becomes ``weight`` (``index``: child → parent entries per axis),
+    through its weight norm where it has one (:func:`.weight_normed.regrow`)."""
+    if not is_weight_normed(layer):
+        _set_param(layer, "weight", weight)
+        outcome.sources[f"{name}.weight"] = ParamSource(f"{name}.weight", f"{name}.weight", index)
+        return
+    kept = regrow(layer, weight, index)
+    install(layer, kept, layer)
+    for child_name, (parent, idx) in weight_sources(name, name, layer, index).items():
+        outcome.sources[child_name] = ParamSource(parent, parent, idx)
+    outcome.notes.append(weight_note(name, layer, kept))
+
+
+def _regauged(plan: WidthPlan, model: nn.Module, side: str) -> list[str]:
+    """The weight-normed layers in which zeroing ``side`` puts random new entries inside
+    slices of their norm (whose g is then recomputed): producers normed along another axis
+    than their outputs ("outer"), consumers along another axis than their inputs ("inner")."""
+    if side == "outer":
+        names, axis = [*plan.producers, *plan.gates], 0
+    else:
+        names, axis = [use.name for use in plan.consumers], 1
+    found = []
+    for name in names:
+        layer = model.get_submodule(name)
+        if is_weight_normed(layer) and norm_axis(layer) != weight_axes(layer)[axis]:
+            found.append(name)
+    return found
+
+
 def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) -> tuple[str, str]:
     """The side to zero and why."""
     broken = plan.zero_broken()
@@ -116,6 +162,11 @@ def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) 
     dead = plan.dead()
     if dead:
         return "outer", f"{dead} has zero gradient at 0, zeroed new rows would never train"
+    by_inner, by_outer = _regauged(plan, model, "inner"), _regauged(plan, model, "outer")
+    if by_inner and not by_outer:
+        return "outer", f"the weight norm of {by_inner[0]!r} keeps its norms with zero columns"
+    if by_outer and not by_inner:
+        return "inner", f"the weight norm of {by_outer[0]!r} keeps its norms with zero rows"
     inner = outer = 0
     for name in plan.producers:
         layer = model.get_submodule(name)
@@ -152,7 +203,8 @@ def _apply(
     child: nn.Module, plan: WidthPlan, src: np.ndarray, side: str, rng: np.random.Generator
 ) -> Outcome:
     """Widen the producers and update every use in ``child`` in place."""
-    sources: dict[str, ParamSource] = {}
+    outcome = Outcome(new_nonzero=0, new_total=0)
+    sources = outcome.sources
     nonzero = total = 0
     rows_of = [(name, src) for name in plan.producers] + list(plan.gates.items())
     for name, mapping in rows_of:
@@ -166,10 +218,10 @@ def _apply(
             rows = _noise(rng, shape, w, noise_scale(to_numpy64(w)))
         nonzero += int(torch.count_nonzero(rows))
         total += rows.numel()
-        _set_param(layer, "weight", gather(w, mapping, out_axis, rows.movedim(0, out_axis)))
         index: list[np.ndarray | None] = [None] * w.dim()
         index[out_axis] = mapping
-        sources[f"{name}.weight"] = ParamSource(f"{name}.weight", f"{name}.weight", tuple(index))
+        grown = gather(w, mapping, out_axis, rows.movedim(0, out_axis))
+        _put_weight(layer, name, grown, tuple(index), outcome)
         if layer.bias is not None:
             b = layer.bias
             fill = torch.zeros(int(new.sum()), dtype=b.dtype, device=b.device)
@@ -218,10 +270,8 @@ def _apply(
             rows = _noise(rng, (int((out < 0).sum()), *w.shape[1:]), w, noise_scale(to_numpy64(w)))
             nonzero += int(torch.count_nonzero(rows))
             total += rows.numel()
-            _set_param(m, "weight", gather(w, out, 0, rows))
-            sources[f"{use.name}.weight"] = ParamSource(
-                f"{use.name}.weight", f"{use.name}.weight", (out,) + (None,) * (w.dim() - 1)
-            )
+            index = (out,) + (None,) * (w.dim() - 1)
+            _put_weight(m, use.name, gather(w, out, 0, rows), index, outcome)
             if m.bias is not None:
                 _set_param(m, "bias", gather(m.bias, out, 0, 0.0))
                 sources[f"{use.name}.bias"] = ParamSource(
@@ -250,12 +300,10 @@ def _apply(
             nonzero += int(torch.count_nonzero(fill))
             total += fill.numel()
             in_axis = weight_axes(m)[1]  # 0 for Conv1D, whose W is (in, out)
-            _set_param(m, "weight", gather(w, cols, in_axis, fill.movedim(1, in_axis)))
             index = [None] * w.dim()
             index[in_axis] = cols
-            sources[f"{use.name}.weight"] = ParamSource(
-                f"{use.name}.weight", f"{use.name}.weight", tuple(index)
-            )
+            grown = gather(w, cols, in_axis, fill.movedim(1, in_axis))
+            _put_weight(m, use.name, grown, tuple(index), outcome)
             if is_conv1d(m):
                 m.nx = cols.size
             elif use.kind == "linear":
@@ -264,7 +312,8 @@ def _apply(
                 m.in_channels = cols.size
     for owner, (attr, sizes) in plan.sizes.items():
         setattr(child.get_submodule(owner), attr, sizes)
-    return Outcome(new_nonzero=nonzero, new_total=total, sources=sources)
+    outcome.new_nonzero, outcome.new_total = nonzero, total
+    return outcome
 
 
 def grouped_channel_map(
@@ -320,7 +369,9 @@ MAX_PRODUCERS = 256
 
 def _producers(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Module], int, int]:
     """The layers ``names`` (found and checked), their common output channels and groups."""
-    layers = [find_layer(model, n, grouped=True, same_padding=True) for n in names]
+    layers = [
+        find_layer(model, n, grouped=True, same_padding=True, weight_norm=True) for n in names
+    ]
     counts = {n: layer.weight.shape[0] for n, layer in zip(names, layers)}
     if len(set(counts.values())) > 1:
         raise ValueError(f"layers widened together must have the same output channels: {counts}")
@@ -473,7 +524,9 @@ def widen(
                 f"the other producers of its residual sums, it is refused too: {exc}"
             ) from exc
     _check_untied(model, plan)
-    check_editable(model, [_module_of(use) for use in plan.uses], same_padding=True)
+    check_editable(
+        model, [_module_of(use) for use in plan.uses], same_padding=True, weight_norm=True
+    )
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
     side, why = _choose_side(zero_side, plan, model, width - channels)
     # the widened output itself, one float64 tensor of it (its consumers' weights are bounded
@@ -515,5 +568,6 @@ def widen(
             budget=budget,
             same_padding=True,
             layer_scope=False,
+            weight_norm=True,
         )
     )

@@ -10,7 +10,8 @@ vague "is Linear; expected Linear"):
   into the base weights first;
 - pruned layers (``torch.nn.utils.prune``: ``weight_orig`` and ``weight_mask`` recomputed by
   a forward pre-hook): ``prune.remove(module, "weight")`` makes the pruning permanent;
-- parametrized layers (``torch.nn.utils.parametrize``): ``remove_parametrizations`` first;
+- parametrized layers (``torch.nn.utils.parametrize``): ``remove_parametrizations`` first
+  (a weight norm alone is handled by the operations that opt in: :mod:`.weight_normed`);
 - TorchScript modules (``torch.jit.script``/``trace``): morph the Python module, then script
   the child.
 """
@@ -79,8 +80,9 @@ def unsupported_kind(module: nn.Module) -> str | None:
     if is_weight_normed(module):
         return (
             f"a weight-normed layer ({path}, W = g·v/‖v‖): deepen, morph_subnet, morph_stacked "
-            "and morph_module replace it by the plain layer of W; this operation would keep "
-            "the reparametrization, which new zero entries would change; remove it first "
+            "and morph_module replace it by the plain layer of W, widen and grow_kernel keep "
+            "its weight norm; this operation would set W itself, which the reparametrization "
+            "recomputes from g and v; remove it first "
             "(parametrize.remove_parametrizations(module, 'weight'))"
         )
     if parametrize.is_parametrized(module):
