@@ -82,7 +82,7 @@ FAMILIES: dict[str, tuple[str, str, dict, str]] = {
     "ALBERT (embedding_size 16)": (
         "AlbertForMaskedLM",
         "AlbertConfig",
-        dict(embedding_size=16),
+        dict(embedding_size=16, inner_group_num=2),  # 2 shared layers, each at both depths
         "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query",
     ),
 }
@@ -98,7 +98,6 @@ OPS: dict[str, Op] = {
 }
 STOCK = "exact, stock reload"
 MARKED = "exact, load_grown"
-SHARED = "refused: runs its blocks at several depths"
 OUTCOMES: dict[tuple[str, str], str] = {
     **{(f, "grow_ffn"): STOCK for f in FAMILIES},
     **{(f, "grow_width"): MARKED for f in FAMILIES},  # head_dim = hidden_size / heads
@@ -109,9 +108,9 @@ OUTCOMES: dict[tuple[str, str], str] = {
     ("ELECTRA (embedding_size 16)", "add_block at 0"): "refused: through "
     "'electra.embeddings_project' after their LayerNorm",
     ("ALBERT (embedding_size 16)", "grow_width → add_heads"): STOCK,
-    ("ALBERT (embedding_size 16)", "add_block at 0"): SHARED,
-    ("ALBERT (embedding_size 16)", "add_block at 1"): SHARED,
-    ("ALBERT (embedding_size 16)", "add_block at 2 (end)"): SHARED,
+    ("ALBERT (embedding_size 16)", "add_block at 0"): "refused: reads "
+    "'albert.encoder.embedding_hidden_mapping_in' (a linear map of the embeddings' LayerNorm) "
+    "at depth 0",
 }
 
 

@@ -1479,15 +1479,11 @@ def add_block(
     new block gives its gain and bias to the new block's last norm
     (:mod:`.transformer_postln`). Norms on the branches' outputs (OLMo-2, Gemma-2's sandwich):
     with ``"netmorph"`` they get zero gain and the output projections are dense
-    (:mod:`.transformer_branch_block`). Blocks shared by several depths (ALBERT) are refused.
+    (:mod:`.transformer_branch_block`). Blocks shared by several depths (ALBERT's layer
+    group): the new block joins the group (``inner_group_num`` + 1) and runs at every depth,
+    computing the identity on the output of block ``at`` − 1 at each (:mod:`.transformer_shared`).
     """
     layout = describe(model)
-    if layout.family.shared:
-        raise MorphError(
-            f"at={at!r}: {type(model).__name__} runs its blocks at several depths (shared "
-            "layers); a new block of its own at one depth is not a layer its config can "
-            "describe (one layer count, every depth running the shared blocks); refused"
-        )
     method = _method(method)
     n = len(layout.blocks)
     at = v.as_int(at, "at", f"a block index in [0, {n}]")
@@ -1565,7 +1561,10 @@ def add_block(
                 sources[name] = ParamSource(f"{prefix}.{j - 1}.{rest}", f"{prefix}.{j - 1}.{rest}")
         edit.sources = sources
         config = getattr(child, "config", None)
-        _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
+        if fam.shared:  # a layer of the shared group: the depth stays
+            _set_config(config, inner_group_num=n + 1)
+        else:
+            _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
         for module in child.modules():  # DistilBERT's Transformer records its layer count
             if getattr(module, "n_layers", None) == n and isinstance(module.n_layers, int):
                 module.n_layers = n + 1
@@ -1575,6 +1574,12 @@ def add_block(
         if fam.moe:
             sparse_layers(config, child, prefix, fam.ffn_out)
         notes = []
+        if fam.shared:
+            depths = getattr(config, "num_hidden_layers", None)
+            notes.append(
+                f"shared layers: the new block joins {prefix!r} (inner_group_num {n + 1}) and "
+                f"runs at each of the {depths} depths"
+            )
         if post is not None:
             edit.sources.update(post.apply(child, new_block.prefix))
             notes += post.notes()

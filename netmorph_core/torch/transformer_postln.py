@@ -138,10 +138,18 @@ def _gain(eps_p: float, eps_a: float, eps_f: float, dtype: torch.dtype) -> float
 def previous_norm(model: nn.Module, layout: Layout, at: int, projection: str | None) -> str:
     """LN_p: the last norm of block ``at`` − 1, or the stream's norm for ``at`` = 0; MorphError
     where a layer between that norm and the stream (an embedding ``projection``) or no norm
-    writes the stream at 0."""
+    writes the stream at 0, and at 0 of a shared group (ALBERT: block 0 reads the embedding
+    projection at depth 0, the group's last norm at the others)."""
     fam = layout.family
     if at > 0:
         return layout.blocks[at - 1].name(fam.norms[-1])
+    if fam.shared:
+        raise MorphError(
+            f"at=0: the shared group's first layer reads {layout.name(fam.writers[0])!r} (a "
+            "linear map of the embeddings' LayerNorm) at depth 0 and the group's last "
+            "LayerNorm at every other depth; a new post-LN layer before it would have to "
+            "reproduce both; insert at 1 or later"
+        )
     if projection is not None:
         raise MorphError(
             f"at=0: the embeddings reach the stream through {projection!r} after their "

@@ -8,8 +8,18 @@ factored projection, the wider stream x̃ = [x; x] that every layer maps to [y; 
 it at every depth, so ``grow_ffn``, ``add_heads``, ``grow_width`` and ``deepen_projection``
 edit the shared layers once. The config's sizes (hidden_size, intermediate_size,
 num_attention_heads) are one per model, so a uniform edit round-trips; its layer count is the
-depth and stays. A new block of its own at one depth is refused: AlbertConfig describes every
-depth as a run of the shared group.
+depth and stays.
+
+``add_block`` inserts a layer into the shared group (``inner_group_num`` + 1): it runs at every
+depth right after layer ``at`` − 1, and the post-LN construction (:mod:`.transformer_postln`)
+makes it pass that layer's output on at each depth (layer ``at`` − 1's last norm feeds only the
+new layer). At 0 it would read the embedding projection at depth 0 and the group's last norm at
+the others: refused. A block of its own at one depth is not offered: depth i runs group
+⌊i/(L/G)⌋ (L = num_hidden_layers, G = num_hidden_groups), so a child of L + 1 depths gives each
+of its groups ⌊(L+1)/G⌋ or ⌈(L+1)/G⌉ consecutive depths; a group run at one depth needs
+(L+1)/G < 2, so for L ≥ 3 the old depths span several groups, each holding the shared layers:
+``save_pretrained`` refuses one module held twice (shared tensors the class does not declare
+tied), and copies in its place lose the sharing (about L times the layer's parameters).
 
 Several groups (``num_hidden_groups`` > 1) are refused by name: depth i runs group
 ⌊i·groups/layers⌋, and the layout of one list of blocks does not hold them.
