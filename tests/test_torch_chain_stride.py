@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from netmorph_core.torch import MorphError, deepen, load_grown, morph_subnet  # noqa: E402
+from netmorph_core.torch import MorphError, deepen, grow_kernel, load_grown, morph_subnet  # noqa: E402
 from netmorph_core.torch.layer_reads import Chain, chain_geometry, overall_stride  # noqa: E402
 from netmorph_core.torch.surgery import replace_module  # noqa: E402
 
@@ -193,3 +193,32 @@ def test_hugging_face_mobilenet_v2_deepens_through_its_tf_padding(
     with torch.no_grad():
         got = load_grown(tmp_path).double()(x).pooler_output
     torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 2), (3, 1), (1, 1)])
+def test_grow_kernel_of_a_layer_padded_by_its_parent_keeps_padding_zero(
+    kernel: int, stride: int
+) -> None:
+    """The parent's TensorFlow padding grows with the kernel: the grown conv pads nothing."""
+    torch.manual_seed(0)
+    parent = HandsItsConvOff().double().eval()
+    parent.conv = nn.Conv2d(3, 8, kernel, stride=stride).double()
+    x = torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    child, report = grow_kernel(parent, "conv", kernel + 2, probe=(x,))
+    assert child.conv.padding == (0, 0) and child.conv.kernel_size == (kernel + 2,) * 2
+    assert any("padding kept at 0" in n for n in report.notes)
+    with torch.no_grad():
+        torch.testing.assert_close(child(x), parent(x), rtol=0, atol=1e-9)
+
+
+def test_grow_kernel_of_hugging_face_mobilenet_v2_through_its_tf_padding() -> None:
+    from thirdparty import import_transformers
+
+    t = import_transformers()
+    torch.manual_seed(0)
+    config = t.MobileNetV2Config(image_size=32, depth_multiplier=0.35)
+    parent = t.MobileNetV2Model(config).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for at in ("conv_stem.first_conv.convolution", "layer.7.conv_3x3.convolution"):
+        _, report = grow_kernel(parent, at, 5, probe=(x,))
+        assert report.rel_dev_f64 <= 1e-12

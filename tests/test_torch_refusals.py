@@ -684,28 +684,22 @@ def test_a_parent_reading_its_layers_weight_shape_is_refused() -> None:
     )
 
 
-def _tf_same_pad(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """TensorFlow's "same" padding of ``x`` for ``conv``, from its kernel size and stride."""
-    k, s, h = conv.kernel_size[0], conv.stride[0], x.shape[-1]
-    total = max(k - s, 0) if h % s == 0 else max(k - h % s, 0)
-    return F.pad(x, (total // 2, total - total // 2) * 2)
-
-
-class _TfPaddedStem(nn.Module):
-    """A stem whose forward pads from the conv's kernel size (Hugging Face MobileNetV2)."""
+class _PadsFromKernelSize(nn.Module):
+    """A stem that pads its input by half its conv's kernel size, read in its forward."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(_tf_same_pad(x, self.conv))
+        pad = self.conv.kernel_size[0] // 2
+        return self.conv(F.pad(x, (pad, pad, pad, pad)))
 
 
 def test_a_child_whose_output_changes_shape_is_refused_naming_the_model() -> None:
     """The padding follows the grown kernel: the child's output grows from 8×8 to 9×9."""
     torch.manual_seed(0)
-    parent = nn.Sequential(_TfPaddedStem(), nn.ReLU(), nn.Conv2d(8, 4, 1)).double()
+    parent = nn.Sequential(_PadsFromKernelSize(), nn.ReLU(), nn.Conv2d(8, 4, 1)).double()
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     want = r"grow_kernel at \['0.conv'\] on Sequential: .*\(2, 4, 8, 8\).*\(2, 4, 9, 9\)"
     with pytest.raises(MorphError, match=want):

@@ -19,6 +19,7 @@ from torch import nn
 from .. import _validation as v
 from ..morph.kernel import morph_kernel
 from .budget import unfold_budget
+from .layer_reads import handed_off
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource
 from .samepad import split_same_padding
@@ -58,8 +59,10 @@ def grow_kernel(
     :func:`deepen`. Returns (child, report); ``model`` is unchanged.
 
     The layer becomes its nn.ConvNd base class (a subclass that reaches here computes the same
-    function) and keeps its parameter names, except with reflect or circular padding and
-    a growing kernel: those modes bound the input size, so the layer becomes
+    function) and keeps its parameter names and, where its parent hands the unpadded layer to
+    a function that pads from its kernel size (Hugging Face MobileNet), its zero padding;
+    except with reflect or circular padding and a growing kernel: those modes bound the input
+    size, so the layer becomes
     ``nn.Sequential(<pad p in its mode>, <conv K̃ with zero padding d·(K̃ − K)/2>)``
     (parameters ``at.1.weight``/``at.1.bias``; with p = 0 just the conv, zero-padded) and
     accepts the inputs the parent accepts. A dynamic "same" padding conv (:mod:`.samepad`)
@@ -75,6 +78,9 @@ def grow_kernel(
     entries = layer.in_channels // layer.groups * layer.out_channels * math.prod(size)
     check_new_entries(entries, layer.weight, f"grow_kernel at={at!r} to kernel_size={size}")
     budget = unfold_budget("grow_kernel", model, at, layer, size)
+    # a parent that hands the unpadded layer to a function pads from its kernel size itself
+    padded_outside = not isinstance(layer.padding, str) and not any(layer.padding)
+    padded_outside = padded_outside and size != old and handed_off(model, at)
 
     def build(child: nn.Module) -> Outcome:
         conv = child.get_submodule(at)
@@ -88,6 +94,8 @@ def grow_kernel(
             padding = tuple(lo for lo, _ in outer)
         elif conv.padding == "same":
             padding = "same"
+        elif padded_outside:
+            padding = conv.padding
         else:
             padding = tuple(lo for lo, _ in geo.grown_pads(size))
         base = next(c for c in CONV_TYPES if isinstance(conv, c))  # same function, any __init__
@@ -138,6 +146,12 @@ def grow_kernel(
             notes.append(
                 f"{geo.padding_mode} padding kept at the parent's size, the growth padded with "
                 "zeros (it only meets the grown kernel's zero ring)"
+            )
+        elif padded_outside:
+            notes.append(
+                "padding kept at 0: the parent hands the layer to a function that pads its "
+                "input from the layer's kernel size (TensorFlow 'same' padding), which grows "
+                "with the kernel"
             )
         return Outcome(
             new_nonzero=int(torch.count_nonzero(new.weight)),
