@@ -242,7 +242,11 @@ def test_added_block_renumbers_the_cache_layers() -> None:
         (lambda m: widen(m, CONV.replace("conv1d", "in_proj"), 131), ValueError, "an even width"),
         (lambda m: widen(m, CONV, 80, zero_side="inner"), MorphError, "use 'auto' or 'outer'"),
         (lambda m: grow_ffn(m, 80, shared_width=8), ValueError, "no shared expert"),
-        (lambda m: grow_width(m.backbone, 64), MorphError, "returns the residual stream"),
+        (
+            lambda m: grow_width(m.backbone, 64, inplace=True),
+            MorphError,
+            "returns the residual stream itself, which the child returns wider",
+        ),
         (lambda m: deepen(m, CONV), MorphError, "reads conv1d.weight in its forward"),
     ],
 )
@@ -253,6 +257,23 @@ def test_bad_requests_are_refused_before_any_work(
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     with pytest.raises(error, match=re.escape(message)):
         call(parent)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+@pytest.mark.parametrize("width", [64, 45])
+def test_a_backbone_returns_its_wider_stream(width: int) -> None:
+    """MambaModel returns the stream: the child returns [y; …; y; 0] (k copies, r zeros)."""
+    parent = _parent("Mamba").backbone
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    child, report = grow_width(parent, width)
+    with torch.no_grad():
+        y, got = parent(ids).last_hidden_state, child(ids).last_hidden_state
+    copies, extra = divmod(width, y.shape[-1])
+    want = torch.cat([y] * copies + [y.new_zeros((*y.shape[:-1], extra))], dim=-1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * y.abs().max())
+    assert type(child) is type(parent) and child.config.hidden_size == width
+    assert any("the child's is" in n for n in report.notes)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
 
 

@@ -316,9 +316,6 @@ def test_grow_width_widens_both_stacks(model: str, how: str, tmp_path: Path) -> 
             48,
             "d_model=48 is not a multiple of 32: bart normalises after each residual sum (post-LN)",
         ),
-        (lambda: _t5(cls="T5Model"), 64, "d_model=64: T5Model returns the residual stream itself"),
-        (lambda: _bart("BartModel"), 64, "BartModel returns the residual stream itself"),
-        (lambda: _t5(cls="T5EncoderModel"), 64, "T5EncoderModel returns the residual stream"),
     ],
 )
 def test_grow_width_refusals(
@@ -328,6 +325,30 @@ def test_grow_width_refusals(
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     with pytest.raises(MorphError, match=re.escape(message)):
         grow_width(parent, d_model)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("build", "d_model"),
+    [
+        (lambda: _t5(cls="T5Model"), 64),
+        (lambda: _t5(cls="T5Model"), 40),
+        (lambda: _bart("BartModel"), 64),
+        (lambda: _t5(cls="T5EncoderModel"), 64),
+    ],
+)
+def test_a_model_returning_its_streams_returns_them_wider(
+    build: Callable[[], torch.nn.Module], d_model: int
+) -> None:
+    """A model without a head returns its streams as [y; …; y; 0] (k copies, r zeros)."""
+    parent = build()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    child, report = grow_width(parent, d_model)
+    copies, extra = divmod(d_model, 32)
+    for y, got in zip(_outputs(parent), _outputs(child), strict=True):
+        want = torch.cat([y] * copies + [y.new_zeros((*y.shape[:-1], extra))], dim=-1)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * y.abs().max())
+    assert type(child) is type(parent) and any("the child's is" in n for n in report.notes)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
 
 

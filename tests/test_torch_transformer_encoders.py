@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from thirdparty import import_transformers
+from torch_exactness import lifted_stream
 
 from netmorph_core.torch import (
     MorphError,
@@ -188,14 +189,25 @@ def test_dinov2_with_registers_grow_width(d_model: int, how: str, tmp_path: Path
     ],
 )
 def test_dinov2_model_without_head(grow: Op) -> None:
-    """Dinov2Model returns the stream: block operations are exact, a wider stream refused."""
+    """Dinov2Model returns the stream: block operations are exact."""
     parent = _dinov2("Dinov2Model")
     child, _ = grow(parent)
     with torch.no_grad():
         want = parent(_pixels()).last_hidden_state
         torch.testing.assert_close(child(_pixels()).last_hidden_state, want, rtol=0, atol=1e-9)
-    with pytest.raises(MorphError, match="returns the residual stream itself"):
-        grow_width(parent, 64)
+
+
+@pytest.mark.parametrize("width", [64, 45])
+def test_dinov2_model_returns_its_wider_stream(width: int) -> None:
+    """grow_width of Dinov2Model: the child returns [y; …; y; 0], its pooled CLS token too."""
+    parent = _dinov2("Dinov2Model")
+    child, report = grow_width(parent, width)
+    with torch.no_grad():
+        want, got = parent(_pixels()), child(_pixels())
+    for name in ("last_hidden_state", "pooler_output"):
+        y = getattr(want, name)
+        torch.testing.assert_close(getattr(got, name), lifted_stream(y, width), rtol=0, atol=1e-9)
+    assert any("the child's is" in n for n in report.notes)
 
 
 @pytest.mark.parametrize(

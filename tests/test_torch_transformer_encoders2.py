@@ -21,6 +21,7 @@ import doc_tables
 import pytest
 import torch
 from thirdparty import import_transformers
+from torch_exactness import lifted_stream
 
 from netmorph_core.torch import (
     MorphError,
@@ -467,8 +468,10 @@ def test_modernbert_model_without_head() -> None:
     with torch.no_grad():
         want = parent(IDS).last_hidden_state
         torch.testing.assert_close(child(IDS).last_hidden_state, want, rtol=0, atol=1e-9)
-    with pytest.raises(MorphError, match="returns the residual stream itself"):
-        grow_width(parent, 64)
+    child, _ = grow_width(parent, 64)
+    with torch.no_grad():
+        got = child(IDS).last_hidden_state
+    torch.testing.assert_close(got, lifted_stream(want, 64), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -26,3 +26,12 @@ def rel_dev(parent: nn.Module, child: nn.Module, x: torch.Tensor) -> float:
         y, z = parent(x), child(x)
     assert y.shape == z.shape
     return float((y - z).abs().max() / y.abs().max())
+
+
+def lifted_stream(y: torch.Tensor, width: int) -> torch.Tensor:
+    """A parent's stream output y (…, d) as a child of ``grow_width`` to D' = k·d + r returns
+    it: [y; …; y; 0] (k copies, r zeros); y itself where the width did not grow."""
+    if y.shape[-1] == width:
+        return y
+    copies, extra = divmod(width, y.shape[-1])
+    return torch.cat([y] * copies + [y.new_zeros((*y.shape[:-1], extra))], dim=-1)

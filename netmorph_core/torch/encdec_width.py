@@ -15,7 +15,7 @@ cross-attention reads the encoder's output, so both streams become x̃ = [x; …
   there and zero on the extra coordinates;
 - the encoder's output, which the model also returns, becomes [y; …; y; 0]: the
   measurement compares the other outputs (the logits) and each d-wide part of it with the
-  parent's (zero on the extra coordinates);
+  parent's (zero on the extra coordinates; :mod:`.stream_output`);
 - a head tied to the shared embedding reads k copies: the decoder's last norm is divided by
   k; T5's ``scale_decoder_outputs`` multiplies the decoder output by ``model_dim``^−½, which
   becomes D'^−½, so that norm is also multiplied by √(D'/d).
@@ -24,12 +24,11 @@ The BART layout normalises with LayerNorm (after each residual sum in BART and M
 each branch in MBart and Pegasus): only whole copies (D' = k·d) are made, which keep
 LayerNorm's output, LN([x; …; x]) = [LN(x); …; LN(x)] with the same eps. A model that returns
 the stream itself (``T5Model``, ``BartModel``, ``T5EncoderModel``: no head reading the
-decoder's stream) is refused.
+decoder's stream) returns it as [y; …; y; 0] too.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -41,7 +40,9 @@ from .. import _validation as v
 from .encdec_layout import EncoderDecoder
 from .errors import MorphError
 from .pipeline import Request, run
-from .report import MorphReport, Outcome, outputs_of, state_bytes
+from .report import MorphReport, Outcome, state_bytes
+from .stream_output import note as stream_note
+from .stream_output import restore, stream_view
 from .support import check_subtree
 from .transformer import (
     _edit_bytes,
@@ -130,12 +131,6 @@ def grow_width(
             f"d_model={d_model} is not a multiple of {d}: {es.model_type} {why}; only whole copies "
             f"of the stream (a multiple of {d}) keep it"
         )
-    if es.stack("decoder") is None or es.head is None:
-        raise MorphError(
-            f"d_model={d_model}: {type(model).__name__} returns the residual stream itself "
-            "(no decoder, or no head reading the decoder's stream); grow the width of a model "
-            "with an output head"
-        )
     if inplace:
         raise MorphError(
             f"inplace=True: grow_width of {type(model).__name__} (an encoder–decoder) builds the "
@@ -144,7 +139,7 @@ def grow_width(
     check_subtree(model, ("",))  # every module is rewritten; first: the norms run below
     norms = _norms(model, es)
     offsets = {n: _gain_offset(model.get_submodule(n), n, kind) for n in norms}
-    last = _last_norm(model, es)
+    last = _last_norm(model, es) if es.head is not None else None
     ratio = copies * d / d_model
     config = es.config
     scaled = isinstance(getattr(model, "model_dim", None), int) and bool(
@@ -161,7 +156,7 @@ def grow_width(
             readers += [block.name(r) for r in lay.family.qkv]
         writers.append(block.name(s.layout.family.ffn_out))
         readers += [block.name(r) for r in s.layout.family.ffn_in]
-    if not es.tied:
+    if not es.tied and es.head is not None:  # else the model returns the stream
         readers.append(es.head)
     edits = (*readers, *writers)
     new_bytes = (
@@ -236,7 +231,7 @@ def grow_width(
     child, report = run(
         Request(
             "grow_width",
-            _measured(model, d, copies, extra),
+            stream_view(model, d, copies, extra),
             tuple(s.prefix for s in es.stacks),
             build,
             probe=probe,
@@ -249,31 +244,6 @@ def grow_width(
             replaced=("",),
         )
     )
-    child.__class__ = type(model)
-    note = (
-        f"encoder_last_hidden_state is now {d_model} wide: the parent's repeated {copies} "
-        f"times, then {extra} zeros (measured so, with the other outputs)"
-    )
-    return child, dataclasses.replace(report, notes=(*report.notes, note))
+    note = stream_note(d, d_model, copies, extra)
+    return restore(child, model), dataclasses.replace(report, notes=(*report.notes, note))
 
-
-def _measured(model: nn.Module, d: int, copies: int, extra: int) -> nn.Module:
-    """A shallow copy of ``model`` (the same modules) whose class returns what the child must
-    keep: its outputs (the logits) and the encoder's output as the child holds it, [y; …; y; 0]: the
-    parent's y repeated ``copies`` times and ``extra`` zeros, the child's split into its d-wide
-    copies and the rest (the measurement compares them with the parent's, exactly)."""
-    cls = type(model)
-
-    def forward(self: nn.Module, *args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
-        out = cls.forward(self, *args, **kwargs)
-        y = out.encoder_last_hidden_state
-        if y.shape[-1] == d:  # the parent
-            parts = [y] * copies + [y.new_zeros((*y.shape[:-1], extra))]
-        else:
-            parts = [y[..., j * d : (j + 1) * d] for j in range(copies)] + [y[..., copies * d :]]
-        rest = [t for k, t in out.items() if k != "encoder_last_hidden_state"]
-        return (*outputs_of(rest), *parts[: copies + (extra > 0)])
-
-    view = copy.copy(model)
-    view.__class__ = type(cls.__name__, (cls,), {"forward": forward})
-    return view

@@ -32,6 +32,7 @@ the nearest valid ones.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .ssm_groups import LAYERS, add_groups, check_sizes, group_bytes, groups_to_add
 from .ssm_layout import Geometry, SSMLayout, find_ssm
+from .stream_output import note as stream_note
+from .stream_output import restore, stream_view
 from .streamed import Region
 from .transformer import (
     _cancel_sets,
@@ -320,10 +323,10 @@ def grow_width(
     if d_model <= d:
         raise ValueError(f"d_model={d_model} must exceed the current width {d}")
     noise = v.real_number(noise, "noise", low=0.0)
-    if layout.head is None:
+    if layout.head is None and inplace is True:
         raise MorphError(
-            f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
-            "grow the width of a model with an output head (lm_head)"
+            f"inplace=True: {type(model).__name__} returns the residual stream itself, which "
+            "the child returns wider (measured on a view of the model); use inplace=False"
         )
     copies, extra = divmod(d_model, d)
     norms = [layout.norm_of(i) for i in range(len(layout.geometry))]
@@ -339,7 +342,8 @@ def grow_width(
             "rescale; refused"
         )
     # the stream owner's load_state_dict pre-hook (MambaModel's key renaming) does not compute
-    parts = (layout.blocks_path, layout.embed, layout.head, *([final] if final else []))
+    parts = (layout.blocks_path, layout.embed, *([layout.head] if layout.head else []))
+    parts = (*parts, *([final] if final else []))
     offsets = {n: _gain_offset(model.get_submodule(n), n, kind) for n in all_norms}
     ratio = copies * d / d_model
     mixers = [layout.mixer_of(i) for i in range(len(layout.geometry))]
@@ -390,7 +394,7 @@ def grow_width(
             edit.sources[f"{head}.weight"] = ParamSource(
                 f"{layout.embed}.weight", f"{layout.embed}.weight"
             )
-        else:
+        elif head is not None:  # else the model returns the stream (:mod:`.stream_output`)
             w, _ = edit.linear(head)
             edit.put_linear(head, _read(edit, w, copies, extra, noise), None, None, idx)
         config = getattr(child, "config", None)
@@ -405,9 +409,10 @@ def grow_width(
             _set(config, layer_norm_epsilon=eps.pop())
         return edit.outcome([])
 
-    return _run(
+    returns_stream = layout.head is None
+    child, report = _run(
         "grow_width",
-        model,
+        stream_view(model, d, copies, extra) if returns_stream else model,
         layout,
         (layout.blocks_path,),
         build,
@@ -419,6 +424,10 @@ def grow_width(
         new_bytes=new_bytes,
         replaced=("",),
     )
+    if not returns_stream:
+        return child, report
+    notes = (*report.notes, stream_note(d, d_model, copies, extra))
+    return restore(child, model), dataclasses.replace(report, notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ exactly zero; a unit without a partner gets zero output columns.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -44,6 +45,8 @@ from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_byt
 from .pipeline import WHOLE_COPY_LIMIT, Request, run, run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .speech_width import check_outside, check_stream_convs, widen_stream_convs
+from .stream_output import note as stream_note
+from .stream_output import restore, stream_view
 from .streamed import Region
 from .surgery import count_parameters, find_layer, gather, replace_module
 from .tracing import default_inputs
@@ -1198,10 +1201,12 @@ def grow_width(
             "residual sum (post-LN), which only keeps whole copies of the stream"
         )
     _check_fixed_width(model, layout, f"d_model={d_model}")
-    if layout.head is None:
+    # a base model: no head, or a pooler beside the stream it returns (BERT, ViT)
+    returns_stream = layout.head is None or layout.head.rpartition(".")[2] == "pooler"
+    if returns_stream and inplace is True:
         raise MorphError(
-            f"d_model={d_model}: {type(model).__name__} returns the residual stream itself; "
-            "grow the width of a model with an output head (lm_head, classifier, score)"
+            f"inplace=True: {type(model).__name__} returns the residual stream itself, which "
+            "the child returns wider (measured on a view of the model); use inplace=False"
         )
     if fam.side_inputs and inplace is True:
         raise MorphError(
@@ -1326,7 +1331,8 @@ def grow_width(
             child.get_submodule(layout.head).weight = embed.weight
         embed_name = f"{layout.name(fam.writers[0])}.weight"
         for name, p in child.named_parameters():  # BERT's MLM decoder: the parent's embedding
-            if name not in edit.sources and p.shape[-1] == d and name.startswith(layout.head):
+            head = layout.head is not None and name.startswith(layout.head)
+            if name not in edit.sources and p.shape[-1] == d and head:
                 edit.sources[name] = ParamSource(embed_name, embed_name)
         notes = []
         config = getattr(child, "config", None)
@@ -1344,9 +1350,10 @@ def grow_width(
                 )
         return edit.outcome(notes)
 
-    return _run(
+    measured = stream_view(model, d, copies, extra) if returns_stream else model
+    child, report = _run(
         "grow_width",
-        model,
+        measured,
         (layout.blocks_path,),
         build,
         probe,
@@ -1363,6 +1370,10 @@ def grow_width(
         new_bytes=new_bytes,
         replaced=("",),
     )
+    if not returns_stream:
+        return child, report
+    notes = (*report.notes, stream_note(d, d_model, copies, extra))
+    return restore(child, model), dataclasses.replace(report, notes=notes)
 
 
 def _check_fixed_width(model: nn.Module, layout: Layout, what: str) -> None:
@@ -1406,6 +1417,8 @@ def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     ALBERT, DeBERTa: a stream reader itself), the first linear layer of the head's masked-LM
     part (``cls.predictions``), None where it has none (its classifier reads the pooler)."""
     where = layout.head
+    if where is None:  # the model returns the stream (:mod:`.stream_output`)
+        return None
     pooled = layout.family.pooled_head and _owned(model, layout, "pooler.dense") is not None
     pooled = pooled or any(_exists(model, layout.name(r)) for r in layout.family.readers)
     if layout.family.post_ln and pooled and layout.head != "predictions":
