@@ -7,9 +7,10 @@ gains, biases and the gate constants redrawn so that they matter) is grown and t
 computes the parent's logits (1e-9) on audio, the parent untouched, and the stock
 ``from_pretrained`` reloads the saved child exactly. grow_ffn, add_block (at 0: the new block
 0 computes the position bias from a copy of the table; at 1, at the end) and grow_width to
-3·d (k = 3 coprime to the 4 heads) are exact; add_heads, grow_width to 2·d and
-deepen_projection of the attention's output layer (whose weight the attention reads) are
-refused by name.
+2·d (the copies in blocks of one head's 8 coordinates) and 3·d (k = 3 coprime to the 4 heads:
+the plain copies) are exact; add_heads, grow_width by 2 where the position convolution's
+groups span two heads, and deepen_projection of the attention's output layer (whose weight
+the attention reads) are refused by name.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ EXACT: dict[str, Op] = {
     "add_block at 0": lambda m: add_block(m, 0),
     "add_block at 1": lambda m: add_block(m, 1),
     "add_block at the end": lambda m: add_block(m, 2),
+    "grow_width x2": lambda m: grow_width(m, 64),
     "grow_width x3": lambda m: grow_width(m, 96),
 }
 REFUSED: dict[str, tuple[Op, str]] = {
@@ -73,10 +75,6 @@ REFUSED: dict[str, tuple[Op, str]] = {
         lambda m: add_heads(m, 8),
         "computes its attention with F.multi_head_attention_forward, whose q/k/v weights are "
         "embed_dim × embed_dim (32 × 32)",
-    ),
-    "grow_width x2": (
-        lambda m: grow_width(m, 64),
-        "with k = 2 two heads read one slice through the one gate layer",
     ),
     "deepen_projection (out_proj)": (
         lambda m: deepen_projection(m, "wavlm.encoder.layers.0.attention.out_proj"),
@@ -173,6 +171,44 @@ def test_width_places_heads_by_the_gate_slices() -> None:
     config = child.config
     assert (config.hidden_size, config.num_attention_heads) == (96, 4)
     assert config.num_conv_pos_embedding_groups == 12
+
+
+def test_width_by_two_repeats_head_blocks() -> None:
+    """k = 2 shares a factor with the 4 heads: the stream holds each head's 8 coordinates
+    twice in a row ([x₀; x₀; x₁; x₁; …]), so child head h reads two copies of parent head h's
+    slice; the position convolution's 8 groups of 8 channels stay copies of the parent's."""
+    parent = _parent("stable-LN")
+    child, _ = grow_width(parent, 64)
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(4, 8, *t.shape[1:]).repeat_interleave(2, 0).reshape(64, *t.shape[1:])
+
+    old, new = parent.wavlm, child.wavlm
+    assert torch.equal(new.masked_spec_embed, blocks(old.masked_spec_embed))
+    conv = new.encoder.pos_conv_embed.conv
+    assert conv.groups == 8
+    torch.testing.assert_close(conv.weight, blocks(old.encoder.pos_conv_embed.conv.weight))
+    table = old.encoder.layers[0].attention.rel_attn_embed.weight
+    assert torch.equal(new.encoder.layers[0].attention.rel_attn_embed.weight, table)
+    norm = new.encoder.layers[1].final_layer_norm.weight
+    assert torch.equal(norm, blocks(old.encoder.layers[1].final_layer_norm.weight))
+
+
+def test_width_refused_where_groups_span_heads() -> None:
+    """d 48, 4 heads of 12, 2 position-convolution groups of 24: blocks of 24 or 48
+    coordinates hold 2 or 4 head slices, and k = 2 shares a factor with both; refused by name,
+    the parent unchanged. k = 3 is exact."""
+    torch.manual_seed(0)
+    config = transformers.WavLMConfig(
+        **CONFIG | dict(hidden_size=48, num_conv_pos_embedding_groups=2)
+    )
+    parent = transformers.WavLMForCTC(config).eval().double()
+    before, want = _state(parent), _logits(parent)
+    with pytest.raises(MorphError, match=re.escape("groups of 24 channels) dividing 48")):
+        grow_width(parent, 96)
+    assert _unchanged(before, parent)
+    child, _ = grow_width(parent, 144)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
 
 
 def test_new_first_block_holds_the_only_table() -> None:

@@ -19,17 +19,22 @@ while it runs, :func:`called_projections` replaces each such module's
 layers the trace leaves out of the block's linear layers. The operations run the model's own
 code.
 
-What the operations can and cannot keep (:func:`check_heads`, :func:`check_width`):
+What the operations can and cannot keep (:func:`check_heads`, :func:`stream_order`):
 ``F.multi_head_attention_forward`` takes q/k/v weights of embed_dim × embed_dim, embed_dim the
 width of its input, and head_dim = embed_dim / heads. More heads at the stream's width shrink
 every head (no exact child: a head of hd' < hd dimensions has a score q·kᵀ of rank ≤ hd', the
-parent's has rank up to hd, and its gate would read hd' coordinates). A stream of k copies
-[x; …; x] gives head h of the child the coordinates [h·k·hd, (h+1)·k·hd) of it, the parent's
-slice of head h·k mod H first (its first hd coordinates are x_(h·k mod H)). For k coprime to
-H these are every parent head once: child head h plays parent head h·k mod H, exact
-(:func:`widen_attention`); otherwise two child heads read one slice through the one shared
-gate layer while their parents read different slices: no exact child on a stream of whole
-copies (refused).
+parent's has rank up to hd, and its gate would read hd' coordinates).
+
+``grow_width`` to k·d keeps the heads H, each of k·hd dimensions; child head h's gate reads the
+coordinates [h·k·hd, (h+1)·k·hd) of the stream, one layer for every head, so it must read (its
+first hd of them) a copy of a parent head's slice, a different one for each head; child head h
+then plays that parent head. The child's stream holds x in blocks of b coordinates, each
+repeated k times ([B₀; …; B₀; B₁; …; B₁; …]), b a multiple of hd and of the position
+convolution's group size dividing d (the convolution's k·G groups stay copies of the
+parent's). The heads' first slices are then the parent's heads j·k mod (b/hd) of each block:
+distinct for k coprime to b/hd. :func:`stream_order` takes the largest such b (b = d: the
+plain copies [x; …; x], for k coprime to H), else refuses; :func:`permute_stream` reorders the
+copies that ``grow_width`` writes; :func:`widen_attention` places the heads.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import math
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -176,36 +181,68 @@ def check_heads(model: nn.Module, prefix: str, heads: int) -> None:
     )
 
 
-def check_width(model: nn.Module, prefix: str, d_model: int) -> bool:
-    """Whether the blocks under ``prefix`` compute their attention by
-    ``F.multi_head_attention_forward`` (then :func:`widen_attention` widens it); MorphError
-    where a stream of ``d_model`` has no exact child there: d_model not k·d, or k sharing a
-    factor with the heads (module docstring)."""
+def stream_order(
+    model: nn.Module, prefix: str, d_model: int, convs: Sequence[str]
+) -> np.ndarray | None:
+    """None where the blocks under ``prefix`` hold no attention of this kind; else the order
+    of the child's stream of ``d_model`` = k·d: position p holds position order[p] of the
+    copies [x; …; x] (module docstring). MorphError where no such order is exact."""
     found = _first(model, prefix)
     if found is None:
-        return False
+        return None
     name, att = found
     d, heads = att.embed_dim, att.num_heads
-    copies = d_model // d
-    if not isinstance(getattr(att, GATE, None), nn.Linear):
+    if not isinstance(getattr(att, GATE, None), nn.Linear) or d_model % d:
         raise MorphError(
             f"d_model={d_model}: {name!r} ({type(att).__name__}) computes its attention with "
-            f"F.multi_head_attention_forward and has no {GATE}, which grow_width does not "
-            "follow; refused"
+            f"F.multi_head_attention_forward; grow_width follows it with a {GATE} and whole "
+            f"copies of the stream (a multiple of {d}) only; refused"
         )
-    if d_model % d == 0 and math.gcd(copies, heads) == 1:
-        return True
+    hd, copies = d // heads, d_model // d
+    group = max((d // model.get_submodule(c).groups for c in convs), default=1)
+    size = math.lcm(hd, group)
+    fits = [s for s in range(d, size - 1, -size) if d % s == 0 and math.gcd(copies, s // hd) == 1]
+    if fits:
+        block = fits[0]  # d itself where k is coprime to the heads: the copies unpermuted
+        return np.arange(d_model).reshape(copies, d // block, block).transpose(1, 0, 2).ravel()
     raise MorphError(
         f"d_model={d_model}: {name!r} ({type(att).__name__}) gates its position bias per head "
         f"with '{name}.{GATE}' (shared by its {heads} heads) on hidden_states.view(…, {heads}, "
-        f"−1): head h reads coordinates [h·hd, (h+1)·hd) of its input, hd = width / heads "
-        "(F.multi_head_attention_forward). In the child's stream of k copies [x; …; x] head h "
-        "reads [h·k·hd, (h+1)·k·hd), which begins with the parent's slice of head h·k mod "
-        f"{heads}: only for k coprime to {heads} do these slices cover every parent head once; "
-        f"with k = {copies} two heads read one slice through the one gate layer where their "
-        "parents read different ones: no exact child on a stream of whole copies; refused "
-        f"(d_model = k·{d} with k coprime to {heads} is exact)"
+        f"−1): child head h reads the {copies}·{hd} coordinates [h·{copies * hd}, "
+        f"(h+1)·{copies * hd}) of the stream, and its gate must read a slice of {hd} that "
+        "copies a parent head's, a different head for each. The stream is laid out as blocks "
+        f"of b coordinates each repeated k = {copies} times, b a multiple of {size} (head_dim "
+        f"{hd} and the position convolution's groups of {group} channels) dividing {d}: the "
+        f"heads' first slices are distinct only for k coprime to b / {hd}, and none is; "
+        "refused"
     )
+
+
+def permute_stream(
+    child: nn.Module, sources: dict, copies: np.ndarray, order: np.ndarray, source: type
+) -> None:
+    """Reorder the stream axis of every parameter of ``child`` that ``sources`` (name →
+    ``source`` record, ``index``: child → parent position per axis) maps by ``copies`` (the
+    stream of whole copies) to ``order`` (:func:`stream_order`): new positions p take the
+    entries at order[p]; a position-wise map of the stream commutes with the per-channel norms
+    and the grouped convolution whose groups ``order`` keeps whole."""
+    if np.array_equal(order, np.arange(order.size)):
+        return
+    picks = torch.as_tensor(order)
+    for name, record in list(sources.items()):
+        index = record.index
+        axes = [a for a, i in enumerate(index or ()) if i is not None and np.array_equal(i, copies)]
+        if not axes:
+            continue
+        module_name, _, attr = name.rpartition(".")
+        module = child.get_submodule(module_name)
+        old = getattr(module, attr)
+        value = old.detach()
+        for a in axes:
+            value = value.index_select(a, picks.to(value.device))
+        setattr(module, attr, nn.Parameter(value, requires_grad=old.requires_grad))
+        moved = tuple(copies[order] if a in axes else i for a, i in enumerate(index))
+        sources[name] = source(record.parent, record.group_of, moved)
 
 
 Put = Callable[[str, torch.Tensor, tuple], None]
@@ -215,31 +252,32 @@ Rows = Callable[[torch.Tensor], torch.Tensor]
 def widen_attention(
     child: nn.Module,
     name: str,
-    copies: int,
+    stream: np.ndarray,
     put: Put,
     read: Rows,
     write: Rows,
     fresh: Callable[[torch.Tensor, int], torch.Tensor],
 ) -> None:
-    """Widen the attention ``name`` of ``child`` in place for a stream of k = ``copies``
-    copies (k coprime to the heads H; :func:`check_width`).
+    """Widen the attention ``name`` of ``child`` in place for a stream of k copies laid out as
+    ``stream`` says (the parent's coordinate at each position; :func:`stream_order`).
 
-    Child head h (k·hd dimensions) plays the parent's head σ(h) = h·k mod H, the slice its
-    gate reads first: its first hd rows of q (times √k, for the score's 1/√(k·hd)), k and v
-    are that head's rows of the parent's, read from the copies (``read``: k column blocks
-    summing to W); the other rows are zero in q and random in k and v (``fresh(w, n)``: n
-    rows like w's), whose output columns are zero. ``out_proj`` writes its rows as copies
-    (``write``); the gate layer reads its slice's first hd coordinates (zero columns after);
-    ``gru_rel_pos_const`` and block 0's ``rel_attn_embed`` (buckets × H) take the columns of
-    σ(h). ``put(parameter, value, index)`` stores each new parameter."""
+    Child head h (k·hd dimensions) plays the parent's head σ(h) whose slice its gate reads
+    first (stream[h·k·hd] / hd): its first hd rows of q (times √k, for the score's
+    1/√(k·hd)), k and v are that head's rows of the parent's, read from the copies (``read``:
+    k column blocks summing to W); the other rows are zero in q and random in k and v
+    (``fresh(w, n)``: n rows like w's), whose output columns are zero. ``out_proj`` writes
+    its rows as copies (``write``); the gate layer reads its slice's first hd coordinates
+    (zero columns after); ``gru_rel_pos_const`` and block 0's ``rel_attn_embed`` (buckets ×
+    H) take the columns of σ(h). ``put(parameter, value, index)`` stores each new parameter."""
     att = child.get_submodule(name)
     heads, d = att.num_heads, att.embed_dim
-    hd, wide = d // heads, copies * d
-    order = np.array([h * copies % heads for h in range(heads)])
+    hd, wide = d // heads, stream.size
+    copies = wide // d
+    order = stream[:: wide // heads] // hd
     rows = np.full(wide, -1)
     for h, p in enumerate(order):
         rows[h * copies * hd : h * copies * hd + hd] = np.arange(p * hd, (p + 1) * hd)
-    kept, cols = rows >= 0, np.tile(np.arange(d), copies)
+    kept, cols = rows >= 0, np.tile(np.arange(d), copies)  # permute_stream reorders them
     for proj, scale in (("q_proj", math.sqrt(copies)), ("k_proj", 1.0), ("v_proj", 1.0)):
         layer = att.get_submodule(proj)
         w = read(layer.weight.detach())

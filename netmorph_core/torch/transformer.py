@@ -45,10 +45,11 @@ from .pipeline import WHOLE_COPY_LIMIT, Request, run, run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
 from .speech_wavlm import (
     check_heads,
-    check_width,
     drop_passed_tables,
     passed_tables,
+    permute_stream,
     split_edits,
+    stream_order,
     widen_attention,
 )
 from .speech_width import check_outside, check_stream_convs, widen_stream_convs
@@ -1198,6 +1199,8 @@ def grow_width(
     and random columns on the extra coordinates. A tied output head keeps the embedding's
     copies, so the final norm is divided by k instead. Post-LN models (BERT) need
     d_model = k·d: LN(x̃) on extra coordinates is a constant the next residual sum cannot keep.
+    WavLM's attention (per-head gates on slices of the stream) may need the copies reordered
+    in blocks and places its heads by them (:mod:`.speech_wavlm`).
     """
     layout = describe(model)
     d = layout.d_model
@@ -1227,7 +1230,8 @@ def grow_width(
     convs = [layout.name(c) for c in fam.stream_convs]  # speech encoders' position convs
     check_stream_convs(model, convs, d, d_model)
     check_attention_pools(model, layout.blocks_path, d, d_model)
-    by_weight = check_width(model, layout.blocks_path, d_model)  # WavLM's attention
+    order = stream_order(model, layout.blocks_path, d_model, convs)  # WavLM's attention
+    by_weight = order is not None
     check_outside(model, convs)  # every module is rewritten; first: the norms run below
     _check_writers(model, layout, d_model)
     head_reader = _head_reader(model, layout, d_model)
@@ -1312,11 +1316,11 @@ def grow_width(
                 edit.put_linear(
                     block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
                 )
-            if by_weight:
+            if order is not None:
                 widen_attention(
                     child,
                     block.name(fam.attention),
-                    copies,
+                    idx[order],
                     edit.put,
                     lambda w: _read(edit, w, copies, extra, noise),
                     lambda w: _write(w, 0, copies, extra, kind),
@@ -1349,6 +1353,8 @@ def grow_width(
                 edit.put_linear(name, cols, None, None, index)
                 continue
             edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
+        if order is not None:  # WavLM: the copies in blocks that give each head its own slice
+            permute_stream(child, edit.sources, idx, order, ParamSource)
         if layout.tied:
             embed = child.get_submodule(layout.name(fam.writers[0]))
             child.get_submodule(layout.head).weight = embed.weight
