@@ -17,7 +17,9 @@ while it runs, :func:`called_projections` replaces each such module's
 ``torch_multi_head_self_attention`` by the same computation through calls of its layers
 (softmax(q·kᵀ/√hd + g·B)·v per head, then ``out_proj``); :func:`side_layers` names the gate
 layers the trace leaves out of the block's linear layers. The operations run the model's own
-code.
+code, editing the q/k/v/out layers in place (:func:`split_edits`). ``add_block`` at 0 gives
+the new block 0 a copy of the table and drops the old one's, never read after it
+(:func:`drop_passed_tables`).
 
 What the operations can and cannot keep (:func:`check_heads`, :func:`stream_order`):
 ``F.multi_head_attention_forward`` takes q/k/v weights of embed_dim × embed_dim, embed_dim the
