@@ -8,10 +8,9 @@ and checks that the child computes the parent's logits (1e-9) on audio, that the
 untouched, and that ``save_pretrained`` reloads it: with the stock ``from_pretrained`` where
 the child's config describes it, else the stock load refuses the marked model_type and
 ``load_grown`` rebuilds it exactly. The per-layer operations run on the feature extractor's
-convolutions. Refusals are asserted by type and message; WavLM (its attention reads the
-q/k/v weights itself) is refused by name. SigLIP-2's classifier runs on patches with their
-mask and spatial shapes built from its config; its pooling head refuses ``grow_width`` by
-name. :data:`OUTCOMES` is the table of
+convolutions. Refusals are asserted by type and message (WavLM: ``test_torch_wavlm.py``).
+SigLIP-2's classifier runs on patches with their mask and spatial shapes built from its
+config; its pooling head refuses ``grow_width`` by name. :data:`OUTCOMES` is the table of
 ``docs/supported.md`` (``python tests/test_torch_transformer_speech.py`` prints it).
 """
 
@@ -259,16 +258,6 @@ def test_widen_refuses_a_groupnorm_of_several_channels_per_group() -> None:
     with pytest.raises(MorphError, match=r"4 groups of 16 channels, not one group per channel"):
         widen(parent, "wav2vec2.feature_extractor.conv_layers.0.conv", 20, probe=(AUDIO_IN,))
     assert _unchanged(before, parent)
-
-
-def test_wavlm_is_refused_by_name() -> None:
-    """WavLM's attention reads q_proj/k_proj/v_proj's weights itself (no call of the layers):
-    the transformer operations refuse it naming the layer."""
-    torch.manual_seed(0)
-    config = transformers.WavLMConfig(**AUDIO, num_buckets=16, max_bucket_distance=20)
-    model = transformers.WavLMForCTC(config).eval().double()
-    with pytest.raises(MorphError, match=r"'wavlm\.encoder\.layers\.0\.attention\.k_proj' runs 0"):
-        grow_ffn(model, 80)
 
 
 def test_inputs_cover_the_convolution_stack() -> None:

@@ -44,6 +44,15 @@ from .hf_embeddings import input_embedding
 from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
 from .pipeline import WHOLE_COPY_LIMIT, Request, run, run_on_model
 from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .speech_wavlm import (
+    check_heads,
+    drop_passed_tables,
+    passed_tables,
+    permute_stream,
+    split_edits,
+    stream_order,
+    widen_attention,
+)
 from .speech_width import check_outside, check_stream_convs, widen_stream_convs
 from .stream_output import note as stream_note
 from .stream_output import restore, stream_view
@@ -300,7 +309,13 @@ def _run(
     inplace: object,
     **request: object,
 ) -> tuple[nn.Module, MorphReport]:
-    """The pipeline on ``build`` with the family's default probe (token ids or images)."""
+    """The pipeline on ``build`` with the family's default probe (token ids or images).
+    Layers of an attention that reads their weights (WavLM) are edited in place: checked as
+    copies, not as editable layers (:func:`.speech_wavlm.split_edits`)."""
+    edits, copies = request.get("edits", ()), request.get("copies", ())
+    if isinstance(edits, tuple) and isinstance(copies, tuple):
+        kept, read = split_edits(model, edits)
+        request |= {"edits": kept, "copies": (*copies, *read)} if read else {}
     return run_on_model(
         operation,
         model,
@@ -682,6 +697,7 @@ def add_heads(
             f"heads={heads} is not a multiple of kv_heads={kv}: grouped-query attention needs "
             "the same number of query heads in every key/value group"
         )
+    check_heads(model, layout.blocks_path, heads)  # WavLM's attention
     if heads // kv < ref.heads // ref.kv_heads:
         raise MorphError(
             f"heads={heads}, kv_heads={kv}: {heads // kv} query heads per key/value group cannot "
@@ -1186,6 +1202,8 @@ def grow_width(
     and random columns on the extra coordinates. A tied output head keeps the embedding's
     copies, so the final norm is divided by k instead. Post-LN models (BERT) need
     d_model = k·d: LN(x̃) on extra coordinates is a constant the next residual sum cannot keep.
+    WavLM's attention (per-head gates on slices of the stream) may need the copies reordered
+    in blocks and places its heads by them (:mod:`.speech_wavlm`).
     """
     layout = describe(model)
     d = layout.d_model
@@ -1217,6 +1235,8 @@ def grow_width(
     convs = [layout.name(c) for c in fam.stream_convs]  # speech encoders' position convs
     check_stream_convs(model, convs, d, d_model)
     check_attention_pools(model, layout.blocks_path, d, d_model)
+    order = stream_order(model, layout.blocks_path, d_model, convs)  # WavLM's attention
+    by_weight = order is not None
     check_outside(model, convs)  # every module is rewritten; first: the norms run below
     _check_writers(model, layout, d_model)
     head_reader = _head_reader(model, layout, d_model)
@@ -1282,6 +1302,8 @@ def grow_width(
             if fam.moe:  # a mixture of experts: router, experts, shared expert (moe_stream)
                 widen_ffn(edit, block.name(fam.ffn_out), d, moe_fns, idx)
             for rel in (fam.o, *_ffn_linears(layout)[-1:]):
+                if by_weight and rel == fam.o:
+                    continue
                 w, b = edit.linear(block.name(rel))
                 scale = _scale(layout, child, block, rel)
                 lam = None if scale is None else edit.get(scale)
@@ -1294,10 +1316,20 @@ def grow_width(
                 )
                 if lam is not None:  # λ̃ = [λ; …; λ; 1]: the writer's extra rows carry λ
                     edit.put(scale, torch.cat([lam.repeat(copies), lam.new_ones(extra)]), (idx,))
-            for rel in (*fam.qkv, *fam.ffn_in, *side_readers):
+            for rel in (*(() if by_weight else fam.qkv), *fam.ffn_in, *side_readers):
                 w, _ = edit.linear(block.name(rel))
                 edit.put_linear(
                     block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
+                )
+            if order is not None:
+                widen_attention(
+                    child,
+                    block.name(fam.attention),
+                    idx[order],
+                    edit.put,
+                    lambda w: _read(edit, w, copies, extra, noise),
+                    lambda w: _write(w, 0, copies, extra, kind),
+                    lambda w, n: edit.noise((n, w.shape[1]), _std(w), w).to(w.dtype),
                 )
         for name in all_norms:
             scale = math.sqrt(ratio) / (copies if (name == final and layout.tied) else 1)
@@ -1326,6 +1358,8 @@ def grow_width(
                 edit.put_linear(name, cols, None, None, index)
                 continue
             edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
+        if order is not None:  # WavLM: the copies in blocks that give each head its own slice
+            permute_stream(child, edit.sources, idx, order, ParamSource)
         if layout.tied:
             embed = child.get_submodule(layout.name(fam.writers[0]))
             child.get_submodule(layout.head).weight = embed.weight
@@ -1342,7 +1376,7 @@ def grow_width(
             follow_embedding_size(config, model, layout, d_model)
             if not fam.derived_head_dim:
                 setattr(config, fam.head_dim_field, layout.blocks[0].head_dim)
-            elif heads * layout.blocks[0].head_dim != d_model:
+            elif heads * layout.blocks[0].head_dim != d_model and not by_weight:
                 notes.append(
                     f"{heads} heads of head_dim {layout.blocks[0].head_dim} ≠ d_model {d_model}: "
                     f"{fam.name} derives head_dim = hidden_size / heads, so each attention "
@@ -1364,8 +1398,9 @@ def grow_width(
         copies=() if convs else ("",),  # check_outside did it, but for the weight-normed convs
         # blocks that read a side input at the stream's width (DeBERTa's relative-position
         # embeddings) cannot run on the parent's: such a model is measured whole
+        # (WavLM's: block 0 hands its position bias, per head, to the others)
         regions=()
-        if fam.side_inputs
+        if fam.side_inputs or by_weight
         else tuple(Region(b.prefix, b.prefix, lift=lift) for b in layout.blocks),
         new_bytes=new_bytes,
         replaced=("",),
@@ -1528,10 +1563,12 @@ def add_block(
     # a relative position bias shared by every block reaches the new block's heads, different
     # for each: as under ALiBi, heads of a cancelling set would not cancel
     shared_bias = _shared_position_bias(model, prefix)
+    passed = passed_tables(model.get_submodule(prefix))
 
     def build(child: nn.Module) -> Outcome:
         blocks = child.get_submodule(prefix)
         blocks.insert(at, copy.deepcopy(blocks[min(at, n - 1)]))
+        drop_passed_tables(blocks, passed)  # WavLM: block 0's bias table alone is read
         with torch.no_grad():  # one bias for every head: heads of a cancelling set cancel
             for name, p in blocks[at].named_parameters():
                 if "relative_position_bias" in name:
@@ -1602,7 +1639,10 @@ def add_block(
                 "whatever they compute (dense output projections)"
             )
         elif layout.family.alibi:
-            notes.append("ALiBi: every head has its own slope: zero attention output columns")
+            notes.append(
+                "a per-head position bias (ALiBi's slopes, WavLM's gated bias): every head "
+                "sees its own: zero attention output columns"
+            )
         elif shared_bias is not None and method == "netmorph":
             notes.append(
                 f"{shared_bias!r} gives every head its own position bias, shared by every "

@@ -47,6 +47,7 @@ from torch import nn
 from .errors import MorphError
 from .linear_view import as_matrix
 from .speech_stream import bias_names, entry_norms, stream_convs, weight_tables
+from .speech_wavlm import called_projections, side_layers
 from .transformer_branches import branch_norms, reader_norm
 from .transformer_residual import (
     Branches,
@@ -332,14 +333,22 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -
 
 def trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None = None) -> Stack:
     """The :class:`Stack` of the block list ``owner.blocks_rel`` (module docstring); ``d``:
-    the stream's width (None: block 0's output width)."""
+    the stream's width (None: block 0's output width). An attention that hands its layers'
+    weights to ``F.multi_head_attention_forward`` (WavLM) is traced through calls of them
+    (:func:`.speech_wavlm.called_projections`), its gate layers left out."""
+    with called_projections(model):
+        return _trace_stack(model, owner, blocks_rel, d)
+
+
+def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -> Stack:
     root = model.get_submodule(owner) if owner else model
     blocks = root.get_submodule(blocks_rel)
     block = blocks[0]
     where = f"{owner}.{blocks_rel}.0" if owner else f"{blocks_rel}.0"
     embed = token_embedding(model, root)
     inputs = probe_inputs(model, root)
-    linears = {f"L:{n}": m for n, m in block.named_modules() if is_linear(m)}
+    side = side_layers(block)
+    linears = {f"L:{n}": m for n, m in block.named_modules() if is_linear(m) and n not in side}
     norms = {f"N:{n}": m for n, m in block.named_modules() if is_norm(m)}
     outside = {
         f"O:{n}": m
