@@ -223,13 +223,14 @@ def test_new_first_block_holds_the_only_table() -> None:
 
 
 def test_base_model() -> None:
-    """WavLMModel: grow_ffn and add_block are exact on its last hidden state; grow_width is
-    refused (it returns the stream itself)."""
+    """WavLMModel: grow_ffn and add_block are exact on its last hidden state; grow_width
+    returns the stream itself wider, [y; y; y]."""
     parent = _parent("post-LN", "WavLMModel")
     with torch.no_grad():
         want = parent(AUDIO_IN).last_hidden_state
         for op in (lambda m: grow_ffn(m, 80), lambda m: add_block(m, 0)):
             child, _ = op(parent)
             torch.testing.assert_close(child(AUDIO_IN).last_hidden_state, want, rtol=0, atol=1e-9)
-    with pytest.raises(MorphError, match="returns the residual stream itself"):
-        grow_width(parent, 96)
+        child, _ = grow_width(parent, 96)
+        got = child(AUDIO_IN).last_hidden_state
+    torch.testing.assert_close(got, torch.cat([want] * 3, dim=-1), rtol=0, atol=1e-9)
