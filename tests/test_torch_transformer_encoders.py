@@ -277,3 +277,20 @@ def test_beit_shared_bias_needs_every_block() -> None:
         MorphError, match=re.escape("'beit.shared_position_bias.relative_position_bias_table'")
     ):
         add_heads(wide, 8, layers=0)
+
+
+@pytest.mark.parametrize("cls", ["Dinov2ForImageClassification", "Dinov2Model"])
+def test_dinov2_float32_measured_one_module_at_a_time(
+    cls: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DINOv2 casts its pixels to the patch convolution's dtype before calling it: measured in
+    float64 one module at a time (as a model past the whole-copy limit is), the convolution
+    receives them in float32 and computes in float64."""
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    parent = _dinov2(cls).float()
+    pixels = _pixels().float()
+    child, report = grow_ffn(parent, 160, probe=(pixels,))
+    assert report.measured_by == "float64 per module" and report.noise_ratio <= 2.0
+    with torch.no_grad():
+        want = parent(pixels)[0]
+        torch.testing.assert_close(child(pixels)[0], want, rtol=0, atol=8e-6 * want.abs().max())

@@ -3,10 +3,11 @@ and the edited regions of the model checked alone.
 
 :func:`float64_calls` makes a model compute in float64 without a float64 copy of it: each
 module holding floating parameters or buffers swaps them for float64 copies when it is called
-and gets its own tensors back when it returns, so at most the float64 tensors of the modules
-on the current call path are resident (for a transformer: one projection). An ``nn.Embedding``
-casts the rows it looks up instead of its table, and a large ``nn.Linear`` (an output head)
-computes :data:`LINEAR_CHUNK` weight entries at a time.
+(and gets its floating inputs in float64: a forward may cast its input to a submodule's dtype
+before that submodule swaps) and gets its own tensors back when it returns, so at most the
+float64 tensors of the modules on the current call path are resident (for a transformer: one
+projection). An ``nn.Embedding`` casts the rows it looks up instead of its table, and a
+large ``nn.Linear`` (an output head) computes :data:`LINEAR_CHUNK` weight entries at a time.
 
 :func:`run_model` runs a model on the probe (eval or train mode, seeded, the caller's RNG
 restored, the key/value cache off, every buffer restored afterwards) and captures, with forward
@@ -130,11 +131,14 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
     scratch = _Scratch()
     active: dict[int, tuple[list[Slot], torch.Tensor | None, list[int]]] = {}
 
-    def enter(module: nn.Module, args: object) -> None:
+    def enter(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # a forward that casts its input to a submodule's dtype before that submodule swaps
+        # (DINOv2: pixel_values.to(projection.weight.dtype)) hands it a lower-precision tensor
+        lifted = (tuple(_up(a) for a in args), {k: _up(v) for k, v in kwargs.items()})
         key = id(module)
         if key in active:
             active[key][2][0] += 1
-            return
+            return lifted
         slots: list[Slot] = [
             (table, name, t)
             for table in (module._parameters, module._buffers)
@@ -148,6 +152,7 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
                 is_param = table is module._parameters
                 table[name] = nn.Parameter(view, requires_grad=False) if is_param else view
         active[key] = (slots, buffer, [1])
+        return lifted
 
     def restore(slots: list[Slot], buffer: torch.Tensor | None) -> None:
         for table, name, t in slots:
@@ -173,7 +178,7 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
             m.forward = _chunked_linear(m, scratch)
             chunked.append(m)
         elif kind == "swap":
-            handles.append(m.register_forward_pre_hook(enter))
+            handles.append(m.register_forward_pre_hook(enter, with_kwargs=True))
             handles.append(m.register_forward_hook(leave, always_call=True))
     try:
         yield
@@ -185,6 +190,13 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
         for slots, buffer, _ in active.values():
             restore(slots, buffer)
         active.clear()
+
+
+def _up(x: object) -> object:
+    """A floating tensor of a lower precision as float64 (exact); anything else as it is."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float64:
+        return x.to(torch.float64)
+    return x
 
 
 def _swapped(module: nn.Module) -> str:
