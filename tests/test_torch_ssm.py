@@ -430,3 +430,26 @@ def test_mamba2_groups_other_than_the_norms_are_refused() -> None:
     parent.backbone.layers[1].mixer.n_groups = 1
     with pytest.raises(MorphError, match=r"layers\.1\.mixer\.n_groups' is 1, not 2"):
         grow_ffn(parent, 96)
+
+
+@pytest.mark.parametrize("op", ["grow_ffn", "grow_width", "add_block"])
+def test_float32_mamba_measured_one_module_at_a_time(
+    op: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Mamba past the whole-copy limit is measured in float64 one module at a time; its
+    mixer reads ``dt_proj.weight`` directly, which computes in float64 with the mixer."""
+    from netmorph_core.torch import pipeline
+
+    monkeypatch.setattr(pipeline, "WHOLE_COPY_LIMIT", 0)
+    parent = _parent("Mamba", torch.float32)
+    grow = {
+        "grow_ffn": lambda m: grow_ffn(m, 80),
+        "grow_width": lambda m: grow_width(m, 64),
+        "add_block": lambda m: add_block(m, 1),
+    }[op]
+    child, report = grow(parent)
+    assert report.measured_by == "float64 per module" and report.noise_ratio <= 2.0
+    ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = parent(ids).logits
+        torch.testing.assert_close(child(ids).logits, want, rtol=0, atol=1e-5 * want.abs().max())

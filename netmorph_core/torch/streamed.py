@@ -2,8 +2,9 @@
 and the edited regions of the model checked alone.
 
 :func:`float64_calls` makes a model compute in float64 without a float64 copy of it: each
-module holding floating parameters or buffers swaps them for float64 copies when it is called
-(and gets its floating inputs in float64: a forward may cast its input to a submodule's dtype
+module holding floating parameters or buffers swaps them (and those of the children whose
+weights its code reads directly) for float64 copies when it is called (and gets its floating
+inputs in float64: a forward may cast its input to a submodule's dtype
 before that submodule swaps) and gets its own tensors back when it returns, so at most the
 float64 tensors of the modules on the current call path are resident (for a transformer: one
 projection). An ``nn.Embedding`` casts the rows it looks up instead of its table, and a
@@ -19,9 +20,12 @@ models also in the model's dtype against the region's own rounding noise (see :m
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -139,17 +143,19 @@ def float64_calls(model: nn.Module) -> Iterator[None]:
         if key in active:
             active[key][2][0] += 1
             return lifted
+        holders = [module, *read_children(module)]
         slots: list[Slot] = [
             (table, name, t)
-            for table in (module._parameters, module._buffers)
+            for holder in holders
+            for table in (holder._parameters, holder._buffers)
             for name, t in table.items()
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
         ]
         buffer = None
         if slots:
             buffer, views = scratch.cast([t for _, _, t in slots])
-            for (table, name, _), view in zip(slots, views):
-                is_param = table is module._parameters
+            for (table, name, t), view in zip(slots, views):
+                is_param = isinstance(t, nn.Parameter)
                 table[name] = nn.Parameter(view, requires_grad=False) if is_param else view
         active[key] = (slots, buffer, [1])
         return lifted
@@ -199,6 +205,28 @@ def _up(x: object) -> object:
     return x
 
 
+@lru_cache(maxsize=256)
+def _read_names(cls: type) -> frozenset[str]:
+    """The attributes ``x`` of which the class's methods read ``self.x.weight`` / ``.bias``."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return frozenset()
+    return frozenset(re.findall(r"self\.([A-Za-z_]\w*)\.(?:weight|bias)\b", source))
+
+
+def read_children(module: nn.Module) -> list[nn.Module]:
+    """The child modules whose weight or bias ``module``'s own code reads directly (Mamba's
+    mixer: ``self.dt_proj.weight @ …``): they compute in float64 with it, swapped on its call
+    (a child called afterwards finds its tensors in float64 already)."""
+    found = []
+    for name in sorted(_read_names(type(module))):
+        child = module._modules.get(name)
+        if isinstance(child, nn.Module):
+            found.append(child)
+    return found
+
+
 def _swapped(module: nn.Module) -> str:
     """How :func:`float64_calls` makes ``module`` compute in float64: "rows" (an embedding),
     "chunks" (a large Linear), "swap" (its own tensors) or "none"."""
@@ -211,7 +239,7 @@ def _swapped(module: nn.Module) -> str:
         and not (module._forward_pre_hooks or module._forward_hooks)
     ):
         return "chunks"
-    return "swap" if own_tensors(module) else "none"
+    return "swap" if own_tensors(module) or read_children(module) else "none"
 
 
 def float64_bytes(model: nn.Module) -> int:
@@ -222,7 +250,8 @@ def float64_bytes(model: nn.Module) -> int:
         if kind == "chunks":
             sizes.append(8 * LINEAR_CHUNK)
         elif kind == "swap":
-            sizes.append(8 * sum(t.numel() for t in own_tensors(m)))
+            held = [t for h in (m, *read_children(m)) for t in own_tensors(h)]
+            sizes.append(8 * sum(t.numel() for t in held))
     return max(sizes)
 
 
