@@ -154,6 +154,14 @@ class Read(NamedTuple):
     chain: bool
 
 
+def _path_pattern(rel: str) -> str:
+    """A regex for the attribute path ``rel`` after ``self`` (``blocks.0`` as ``.blocks[0]``
+    or ``.blocks.0``)."""
+    return "".join(
+        rf"(?:\.{p}|\[{p}\])" if p.isdigit() else rf"\.{re.escape(p)}" for p in rel.split(".")
+    )
+
+
 def attribute_reads(model: nn.Module, at: str) -> list[Read]:
     """Every ``self.<path to at>.<attr>`` in the forward source of an ancestor of the submodule
     ``at`` (``self.blocks[0]`` for ``blocks.0``). An ancestor without source is not
@@ -166,9 +174,7 @@ def attribute_reads(model: nn.Module, at: str) -> list[Read]:
         source = _forward_source(type(owner))
         if source is None:
             continue
-        path = "".join(
-            rf"(?:\.{p}|\[{p}\])" if p.isdigit() else rf"\.{re.escape(p)}" for p in rel.split(".")
-        )
+        path = _path_pattern(rel)
         cls = type(owner).__qualname__
         where = f"{name!r} ({cls})" if name else f"the model ({cls})"
         pattern = rf"(isinstance\(\s*)?self{path}\.([A-Za-z_]\w*)(\.[A-Za-z_]\w*)?"
@@ -190,10 +196,7 @@ def handed_off(model: nn.Module, at: str) -> bool:
         name, rel = ".".join(parts[:i]), ".".join(parts[i:])
         owner = model.get_submodule(name) if name else model
         source = _forward_source(type(owner))
-        path = "".join(
-            rf"(?:\.{p}|\[{p}\])" if p.isdigit() else rf"\.{re.escape(p)}" for p in rel.split(".")
-        )
-        if source is not None and re.search(rf"[(,]\s*self{path}\s*[,)]", source):
+        if source is not None and re.search(rf"[(,]\s*self{_path_pattern(rel)}\s*[,)]", source):
             return True
     return False
 
