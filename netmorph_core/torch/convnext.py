@@ -38,7 +38,7 @@ from .convnext_width import grow_stage_width
 from .errors import MorphError
 from .hierarchical import _chosen, _place
 from .pipeline import run_on_model
-from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .report import MorphReport, Outcome, ParamSource, block_params, state_bytes
 from .streamed import Region
 from .transformer import _cancel_sets, _edit_bytes, _Editor, _itemsize, _method, _read, _std
 from .transformer_layout import describe
@@ -327,10 +327,7 @@ def add_block(
         if method == "netmorph" and template.hidden == 1:
             notes.append("the one hidden unit has no partner: its output column is zero")
         outcome = edit.outcome(notes)
-        fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
-        outcome.new_total = sum(p.numel() for p in fresh)
-        outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
-        return outcome
+        return outcome.count_new(block_params(child, f"{prefix}.{at}"))
 
     return _run(
         "add_block",

@@ -519,14 +519,10 @@ def add_block(
                 "the self-attention's heads read a relative bias per head: zero output columns"
             )
         outcome = edit.outcome(notes)
-        fresh = [
-            p
-            for name, p in child.named_parameters()
-            if name.startswith(f"{new.prefix}.") and T5_BIAS not in name
-        ]
-        outcome.new_total = sum(p.numel() for p in fresh)
-        outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
-        return outcome
+        named = child.named_parameters()
+        return outcome.count_new(
+            p for name, p in named if name.startswith(f"{new.prefix}.") and T5_BIAS not in name
+        )
 
     return _run(
         "add_block",

@@ -37,7 +37,7 @@ from .errors import MorphError
 from .hier_layout import Hierarchy, Stage, find_hierarchy, hierarchy
 from .hier_width import grow_stage_width
 from .pipeline import run_on_model
-from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .report import MorphReport, Outcome, ParamSource, block_params, state_bytes
 from .streamed import Region
 from .transformer import (
     _attention_units,
@@ -519,10 +519,7 @@ def add_block(
             notes.append(f"{lonely} heads have no partner: zero output columns")
         outcome = edit.outcome(notes)
         _set_groups(child, new.name(st.dwconv))
-        fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
-        outcome.new_total = sum(p.numel() for p in fresh)
-        outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
-        return outcome
+        return outcome.count_new(block_params(child, f"{prefix}.{at}"))
 
     return _run(
         "add_block",

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -148,6 +148,19 @@ class Outcome:
     sources: dict[str, ParamSource] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     train_exact: bool = True
+
+    def count_new(self, params: Iterable[torch.Tensor]) -> Outcome:
+        """This outcome with ``new_total``/``new_nonzero`` counted over ``params`` (a new
+        block's parameters)."""
+        fresh = list(params)
+        self.new_total = sum(p.numel() for p in fresh)
+        self.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
+        return self
+
+
+def block_params(child: nn.Module, prefix: str) -> list[torch.Tensor]:
+    """The parameters of ``child`` under the module ``prefix`` (a new block)."""
+    return [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.")]
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from .. import _validation as v
 from .errors import MorphError
 from .norm_kind import norm_kind
 from .pipeline import run_on_model
-from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .report import MorphReport, Outcome, ParamSource, block_params, state_bytes
 from .ssm_groups import LAYERS, add_groups, check_sizes, group_bytes, groups_to_add
 from .ssm_layout import Geometry, SSMLayout, find_ssm
 from .stream_output import note as stream_note
@@ -506,10 +506,7 @@ def add_block(
         if config is not None and isinstance(getattr(config, "layer_types", None), list):
             config.layer_types.insert(at, config.layer_types[source])
         outcome = edit.outcome(notes)
-        fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
-        outcome.new_total = sum(p.numel() for p in fresh)
-        outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
-        return outcome
+        return outcome.count_new(block_params(child, f"{prefix}.{at}"))
 
     return _run(
         "add_block",

@@ -34,7 +34,7 @@ from .. import _validation as v
 from .errors import MorphError
 from .hierarchical import _chosen, _full_stages, _place
 from .pipeline import run_on_model
-from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .report import MorphReport, Outcome, ParamSource, block_params, state_bytes
 from .streamed import Region
 from .swin_edit import by_attribute, position_bias
 from .swin_layout import Swin, SwinStage, find_swin, swin_layout
@@ -454,10 +454,7 @@ def add_block(
         if lonely and method == "netmorph":
             notes.append(f"{lonely} heads have no partner: zero output columns")
         outcome = edit.outcome(notes)
-        fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
-        outcome.new_total = sum(p.numel() for p in fresh)
-        outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
-        return outcome
+        return outcome.count_new(block_params(child, f"{prefix}.{at}"))
 
     return _run(
         "add_block",

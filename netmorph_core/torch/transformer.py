@@ -43,7 +43,7 @@ from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
 from .pipeline import WHOLE_COPY_LIMIT, Request, run, run_on_model
-from .report import MorphReport, Outcome, ParamSource, state_bytes
+from .report import MorphReport, Outcome, ParamSource, block_params, state_bytes
 from .speech_wavlm import (
     check_heads,
     drop_passed_tables,
@@ -1651,10 +1651,7 @@ def add_block(
         elif lonely and method == "netmorph":
             notes.append(f"{lonely} heads have no partner in their group: zero output columns")
         outcome = edit.outcome(notes)
-        fresh = [p for name, p in child.named_parameters() if name.startswith(f"{prefix}.{at}.")]
-        outcome.new_total = sum(p.numel() for p in fresh)
-        outcome.new_nonzero = sum(int((p != 0).sum()) for p in fresh)
-        return outcome
+        return outcome.count_new(block_params(child, f"{prefix}.{at}"))
 
     return _run(
         "add_block",
