@@ -29,7 +29,6 @@ decoder's stream) returns it as [y; …; y; 0] too.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -41,8 +40,7 @@ from .encdec_layout import EncoderDecoder
 from .errors import MorphError
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, state_bytes
-from .stream_output import note as stream_note
-from .stream_output import restore, stream_view
+from .stream_output import restored, stream_view
 from .support import check_subtree
 from .transformer import (
     _edit_bytes,
@@ -244,6 +242,5 @@ def grow_width(
             replaced=("",),
         )
     )
-    note = stream_note(d, d_model, copies, extra)
-    return restore(child, model), dataclasses.replace(report, notes=(*report.notes, note))
+    return restored(child, report, model, d, copies, extra)
 

@@ -32,7 +32,6 @@ the nearest valid ones.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -47,8 +46,7 @@ from .pipeline import run_on_model
 from .report import MorphReport, Outcome, ParamSource, block_params, state_bytes
 from .ssm_groups import LAYERS, add_groups, check_sizes, group_bytes, groups_to_add
 from .ssm_layout import Geometry, SSMLayout, find_ssm
-from .stream_output import note as stream_note
-from .stream_output import restore, stream_view
+from .stream_output import restored, stream_view
 from .streamed import Region
 from .transformer import (
     _cancel_sets,
@@ -426,8 +424,7 @@ def grow_width(
     )
     if not returns_stream:
         return child, report
-    notes = (*report.notes, stream_note(d, d_model, copies, extra))
-    return restore(child, model), dataclasses.replace(report, notes=notes)
+    return restored(child, report, model, d, copies, extra)
 
 
 # ---------------------------------------------------------------------------------------------

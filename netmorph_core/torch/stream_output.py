@@ -16,11 +16,12 @@ output of another width passes as it is.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
 
-from .report import outputs_of
+from .report import MorphReport, outputs_of
 
 
 def _parts(t: torch.Tensor, d: int, copies: int, extra: int) -> list[torch.Tensor]:
@@ -37,7 +38,7 @@ def _parts(t: torch.Tensor, d: int, copies: int, extra: int) -> list[torch.Tenso
 def stream_view(model: nn.Module, d: int, copies: int, extra: int) -> nn.Module:
     """A shallow copy of ``model`` (the same modules and attributes) whose forward returns
     every output tensor in :func:`_parts`; the pipeline builds the child on a copy of it, whose
-    class :func:`restore` gives back."""
+    class :func:`restored` gives back."""
     cls = type(model)
 
     def forward(self: nn.Module, *args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
@@ -49,18 +50,17 @@ def stream_view(model: nn.Module, d: int, copies: int, extra: int) -> nn.Module:
     return view
 
 
-def restore(child: nn.Module, model: nn.Module) -> nn.Module:
-    """``child`` (built on a :func:`stream_view` of ``model``) with ``model``'s class."""
+def restored(
+    child: nn.Module, report: MorphReport, model: nn.Module, d: int, copies: int, extra: int
+) -> tuple[nn.Module, MorphReport]:
+    """``child`` (built on a :func:`stream_view` of ``model``) with ``model``'s class, and
+    ``report`` with a note on the child's wider stream output."""
     child.__class__ = type(model)
-    return child
-
-
-def note(d: int, d_model: int, copies: int, extra: int) -> str:
-    """The report's note on the child's wider stream output."""
     zeros = f", then {extra} zeros" if extra else ""
-    return (
+    note = (
         f"the model returns a residual stream (its last hidden state, an encoder's output): "
-        f"the child's is {d_model} wide, the parent's "
-        f"{d} coordinates repeated {copies} times{zeros} (measured so; the parent's output is "
-        f"the child's [..., :{d}]); every other output keeps its shape"
+        f"the child's is {copies * d + extra} wide, the parent's {d} coordinates repeated "
+        f"{copies} times{zeros} (measured so; the parent's output is the child's [..., :{d}]); "
+        "every other output keeps its shape"
     )
+    return child, dataclasses.replace(report, notes=(*report.notes, note))

@@ -29,7 +29,6 @@ exactly zero; a unit without a partner gets zero output columns.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -54,8 +53,7 @@ from .speech_wavlm import (
     widen_attention,
 )
 from .speech_width import check_outside, check_stream_convs, widen_stream_convs
-from .stream_output import note as stream_note
-from .stream_output import restore, stream_view
+from .stream_output import restored, stream_view
 from .streamed import Region
 from .surgery import count_parameters, find_layer, gather, replace_module
 from .tracing import default_inputs
@@ -1407,8 +1405,7 @@ def grow_width(
     )
     if not returns_stream:
         return child, report
-    notes = (*report.notes, stream_note(d, d_model, copies, extra))
-    return restore(child, model), dataclasses.replace(report, notes=notes)
+    return restored(child, report, model, d, copies, extra)
 
 
 def _check_fixed_width(model: nn.Module, layout: Layout, what: str) -> None:
