@@ -222,3 +222,26 @@ def test_grow_kernel_of_hugging_face_mobilenet_v2_through_its_tf_padding() -> No
     for at in ("conv_stem.first_conv.convolution", "layer.7.conv_3x3.convolution"):
         _, report = grow_kernel(parent, at, 5, probe=(x,))
         assert report.rel_dev_f64 <= 1e-12
+
+
+class Checkpointed(nn.Module):
+    """Hands its conv to ``torch.utils.checkpoint`` to be called, never calling it itself: the
+    conv's own padding is what pads its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.utils.checkpoint.checkpoint(self.conv, x, use_reentrant=False)
+        return self.head(torch.relu(y))
+
+
+def test_grow_kernel_of_a_layer_handed_over_to_be_called_grows_its_padding() -> None:
+    torch.manual_seed(0)
+    parent = Checkpointed().double().eval()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    child, report = grow_kernel(parent, "conv", 5, probe=(x,))
+    assert child.conv.padding == (1, 1) and report.rel_dev_f64 <= 1e-12
+    assert not any("padding kept at 0" in n for n in report.notes)

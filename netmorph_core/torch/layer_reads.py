@@ -188,15 +188,20 @@ def attribute_reads(model: nn.Module, at: str) -> list[Read]:
 
 
 def handed_off(model: nn.Module, at: str) -> bool:
-    """Whether an ancestor's forward passes the layer ``at`` itself to a function
-    (``apply_tf_padding(features, self.convolution)``: Hugging Face MobileNet pads from the
-    conv's kernel size, stride and dilation), which may read any attribute of it."""
+    """Whether an ancestor's forward passes the layer ``at`` itself to a function besides
+    calling it (``apply_tf_padding(features, self.convolution)``, then
+    ``self.convolution(features)``: Hugging Face MobileNet pads from the conv's kernel size,
+    stride and dilation), so that the function reads its attributes. A layer the forward
+    never calls itself (``checkpoint(self.conv, x)``) is handed over to be called."""
     parts = at.split(".")
     for i in range(len(parts)):
         name, rel = ".".join(parts[:i]), ".".join(parts[i:])
         owner = model.get_submodule(name) if name else model
         source = _forward_source(type(owner))
-        if source is not None and re.search(rf"[(,]\s*self{_path_pattern(rel)}\s*[,)]", source):
+        path = _path_pattern(rel)
+        if source is None or not re.search(rf"[(,]\s*self{path}\s*[,)]", source):
+            continue
+        if re.search(rf"self{path}\s*\(", source):
             return True
     return False
 
