@@ -453,3 +453,14 @@ def test_float32_mamba_measured_one_module_at_a_time(
     with torch.no_grad():
         want = parent(ids).logits
         torch.testing.assert_close(child(ids).logits, want, rtol=0, atol=1e-5 * want.abs().max())
+
+
+def test_only_children_whose_values_are_read_swap_with_their_parent() -> None:
+    """The mixer computes with ``dt_proj.weight`` itself; the model only reads its head's
+    dtype, so the head is not held in float64 for the whole forward."""
+    from netmorph_core.torch.streamed import read_children
+
+    parent = _parent("Mamba", torch.float32)
+    mixer = parent.backbone.layers[0].mixer
+    assert mixer.dt_proj in read_children(mixer) and mixer.out_proj in read_children(mixer)
+    assert read_children(parent) == []

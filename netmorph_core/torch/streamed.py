@@ -207,12 +207,16 @@ def _up(x: object) -> object:
 
 @lru_cache(maxsize=256)
 def _read_names(cls: type) -> frozenset[str]:
-    """The attributes ``x`` of which the class's methods read ``self.x.weight`` / ``.bias``."""
+    """The attributes ``x`` of which the class's methods read the values of ``self.x.weight``
+    / ``.bias`` (not only their dtype, device or shape: Mamba's ``self.lm_head.weight.dtype``
+    reads no value, and swapping the whole head for it would hold its float64 copy)."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         return frozenset()
-    return frozenset(re.findall(r"self\.([A-Za-z_]\w*)\.(?:weight|bias)\b", source))
+    metadata = r"\.(?:dtype|device|shape|ndim|is_cuda|requires_grad)\b|\.size\("
+    found = re.findall(rf"self\.([A-Za-z_]\w*)\.(?:weight|bias)\b(?!{metadata})", source)
+    return frozenset(found)
 
 
 def read_children(module: nn.Module) -> list[nn.Module]:
