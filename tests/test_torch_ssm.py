@@ -261,8 +261,9 @@ def test_bad_requests_are_refused_before_any_work(
 
 
 @pytest.mark.parametrize("width", [64, 45])
-def test_a_backbone_returns_its_wider_stream(width: int) -> None:
-    """MambaModel returns the stream: the child returns [y; …; y; 0] (k copies, r zeros)."""
+def test_a_backbone_returns_its_wider_stream(width: int, tmp_path: Path) -> None:
+    """MambaModel returns the stream: the child returns [y; …; y; 0] (k copies, r zeros),
+    and reloads so."""
     parent = _parent("Mamba").backbone
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     ids = torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))
@@ -275,6 +276,12 @@ def test_a_backbone_returns_its_wider_stream(width: int) -> None:
     assert type(child) is type(parent) and child.config.hidden_size == width
     assert any("the child's is" in n for n in report.notes)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+    child.save_pretrained(tmp_path)
+    stock = any("reloads this child exactly" in n for n in report.notes)
+    reloaded = type(parent).from_pretrained(tmp_path) if stock else load_grown(tmp_path)
+    with torch.no_grad():
+        again = reloaded.double().eval()(ids).last_hidden_state
+    torch.testing.assert_close(again, want, rtol=0, atol=1e-6 * y.abs().max())
 
 
 class _Hybrid(nn.Module):
