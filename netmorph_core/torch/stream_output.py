@@ -4,7 +4,9 @@
 A child of width D' = k·d + r cannot return the parent's (…, d) stream; it returns
 ỹ = [y; …; y; 0] (k copies of the parent's y, then r zeros: the final norm's output under the
 construction of :func:`.transformer.grow_width`, or whole copies). The parent's output stays
-recoverable as ỹ[..., :d], and every other output (a pooler, a projection) keeps its shape.
+recoverable as ỹ[..., :d]. A pooled output of width d grows the same way where its head grows
+with the stream (SigLIP's attention pooling: [o; …; o], :mod:`.attention_pool`); every other
+output (BERT's pooler, a projection) keeps its shape.
 
 :func:`stream_view` is what the pipeline measures on: a view of the model whose forward
 returns its outputs in d-wide parts — a parent's (…, d) output y as k copies of y and r zeros,
@@ -61,6 +63,7 @@ def restored(
         f"the model returns a residual stream (its last hidden state, an encoder's output): "
         f"the child's is {copies * d + extra} wide, the parent's {d} coordinates repeated "
         f"{copies} times{zeros} (measured so; the parent's output is the child's [..., :{d}]); "
-        "every other output keeps its shape"
+        "a pooled output of that width grows the same way (an attention-pooling head), every "
+        "other output keeps its shape"
     )
     return child, dataclasses.replace(report, notes=(*report.notes, note))

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
+from .attention_pool import attention_pools, widen_pool
 from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
@@ -68,7 +69,6 @@ from .transformer_projection import (
 )
 from .transformer_stream import image_size
 from .transformer_trace import KV_ATTRS, POSITION_BIASES, is_norm, qkv_rows
-from .width_readers import check_attention_pools
 
 METHODS = ("netmorph", "zero")
 SEQ_LEN = 8
@@ -1232,7 +1232,7 @@ def grow_width(
         )
     convs = [layout.name(c) for c in fam.stream_convs]  # speech encoders' position convs
     check_stream_convs(model, convs, d, d_model)
-    check_attention_pools(model, layout.blocks_path, d, d_model)
+    pools = attention_pools(model, layout.blocks_path, d, d_model)  # SigLIP's pooling head
     order = stream_order(model, layout.blocks_path, d_model, convs)  # WavLM's attention
     by_weight = order is not None
     check_outside(model, convs)  # every module is rewritten; first: the norms run below
@@ -1257,6 +1257,7 @@ def grow_width(
         *_linears(layout.blocks, (*fam.qkv, fam.o, *_ffn_linears(layout), *side_readers)),
         *(w for w in writers if _exists(model, w) and isinstance(_resolve(model, w), nn.Linear)),
         *stream_readers,
+        *(name for pool in pools for name in pool.linears),
         *([head_reader] if head_reader and not layout.tied else []),
     )
     ffn_modules = [b.name(fam.ffn_out) for b in layout.blocks] if fam.moe else []
@@ -1291,10 +1292,17 @@ def grow_width(
                 edit.put(
                     f"{name}.bias", _write(edit.get(f"{name}.bias"), 0, copies, extra, kind), (idx,)
                 )
+        read = partial(_read, edit, copies=copies, extra=extra, noise=noise)  # (out, d) columns
+        write = partial(_write, axis=0, copies=copies, extra=extra, kind=kind)  # rows first
+
+        def fresh(w: torch.Tensor, n: int) -> torch.Tensor:
+            """n random rows like ``w``'s."""
+            return edit.noise((n, w.shape[1]), _std(w), w).to(w.dtype)
+
         moe_fns = {  # the router reads the first copy: its logits sum the parent's products
-            READ: lambda w: _read(edit, w, copies, extra, noise),
+            READ: read,
             ROUTE: lambda w: torch.cat([w, w.new_zeros(w.shape[0], d_model - d)], 1),
-            WRITE: lambda w: _write(w, 0, copies, extra, kind),
+            WRITE: write,
         }
         for block in layout.blocks:
             if fam.moe:  # a mixture of experts: router, experts, shared expert (moe_stream)
@@ -1316,19 +1324,10 @@ def grow_width(
                     edit.put(scale, torch.cat([lam.repeat(copies), lam.new_ones(extra)]), (idx,))
             for rel in (*(() if by_weight else fam.qkv), *fam.ffn_in, *side_readers):
                 w, _ = edit.linear(block.name(rel))
-                edit.put_linear(
-                    block.name(rel), _read(edit, w, copies, extra, noise), None, None, idx
-                )
+                edit.put_linear(block.name(rel), read(w), None, None, idx)
             if order is not None:
-                widen_attention(
-                    child,
-                    block.name(fam.attention),
-                    idx[order],
-                    edit.put,
-                    lambda w: _read(edit, w, copies, extra, noise),
-                    lambda w: _write(w, 0, copies, extra, kind),
-                    lambda w, n: edit.noise((n, w.shape[1]), _std(w), w).to(w.dtype),
-                )
+                att = block.name(fam.attention)
+                widen_attention(child, att, idx[order], edit.put, read, write, fresh)
         for name in all_norms:
             scale = math.sqrt(ratio) / (copies if (name == final and layout.tied) else 1)
             norm = child.get_submodule(name)
@@ -1348,6 +1347,8 @@ def grow_width(
             if isinstance(getattr(norm, "normalized_shape", None), tuple):
                 norm.normalized_shape = (d_model,)
         widen_stream_convs(child, convs, copies, edit.put, getattr(child, "config", None))
+        for pool in pools:
+            widen_pool(child, pool, copies, edit.put, read, write, fresh)
         readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
             w, _ = edit.linear(name)
@@ -1355,7 +1356,7 @@ def grow_width(
                 cols, index = _read_segments(edit, w, d, copies, extra, noise)
                 edit.put_linear(name, cols, None, None, index)
                 continue
-            edit.put_linear(name, _read(edit, w, copies, extra, noise), None, None, idx)
+            edit.put_linear(name, read(w), None, None, idx)
         if order is not None:  # WavLM: the copies in blocks that give each head its own slice
             permute_stream(child, edit.sources, idx, order, ParamSource)
         if layout.tied:
