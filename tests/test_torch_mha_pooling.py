@@ -211,3 +211,14 @@ def test_another_multihead_attention_on_the_stream_is_refused() -> None:
         grow_width(parent, 2 * D, probe=_inputs(parent))
     assert _unchanged(before, parent)
 
+
+def test_the_naflex_tower_gets_its_default_probe() -> None:
+    """Without ``probe=``: the tower returns its stream, so grow_width measures a view of it,
+    whose forward keeps the tower's signature: the patches, mask and grid of its config."""
+    parent = _parent("SigLIP-2 vision tower")
+    inputs = default_inputs(parent)
+    want = _outputs(parent, inputs)
+    child, report = grow_width(parent, 2 * D)
+    assert report.probe_shapes == ((2, 16, 48), (2, 16), (2, 2))
+    for got, y in zip(_outputs(child, inputs), want, strict=True):
+        torch.testing.assert_close(got, lifted_stream(y, got.shape[-1]), rtol=0, atol=1e-9)
