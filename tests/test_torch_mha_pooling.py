@@ -9,9 +9,10 @@ of which the second image uses 12 (its mask and a 3×4 grid: the head's attentio
 matters), SigLIP's vision tower on 16×16 images. Each child returns the parent's stream and
 pooled output as k copies (within 1e-9), leaves the parent unchanged and reloads through
 ``save_pretrained`` with ``load_grown`` (the stock load refuses: the encoder's attention
-keeps head_dim 8, which a config deriving it as hidden_size / heads cannot describe). Widths
-the head cannot take, and an ``nn.MultiheadAttention`` outside a known pooling head, are
-refused by name.
+keeps head_dim 8, which a config deriving it as hidden_size / heads cannot describe). The
+classifier, which only runs the head, also grows to 36 = 32 + 4. Widths the head cannot take
+(45: not divided by the heads; 36 on a tower, which returns the pooled output), and an
+``nn.MultiheadAttention`` outside a known pooling head, are refused by name.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def test_grow_width_through_the_pooling_head(model: str, width: int, tmp_path: P
     assert _unchanged(before, parent)
     att = child.get_submodule(f"{MODELS[model][1]}.attention")
     assert (att.embed_dim, att.num_heads, att.head_dim) == (width, HEADS, width // HEADS)
+    if "tower" in model:  # it returns the stream and what the head pools
+        assert any("so is the pooled output of 'head'" in n for n in report.notes), report.notes
 
     child.save_pretrained(tmp_path)
     assert any("cannot describe" in n for n in report.notes), report.notes
@@ -174,21 +177,65 @@ def test_the_heads_keep_the_parents_scores_and_values() -> None:
     assert torch.equal(new.layernorm.weight.detach(), old.layernorm.weight.detach().repeat(2))
 
 
+def test_a_classifier_takes_any_width_its_heads_divide(tmp_path: Path) -> None:
+    """SigLIP-2's classifier mean-pools the stream and only runs the head: to 36 = 32 + 4
+    (head_dim 9, √(9/8) on the q rows) its logits are the parent's and the head's own residual
+    stream carries mean(o) on its 4 extra coordinates, as the stream does under LayerNorm."""
+    parent = _parent("SigLIP-2 classifier")
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    inputs = _inputs(parent)
+    want = _outputs(parent, inputs)
+    with torch.no_grad():
+        pooled = parent.vision_model(*inputs).pooler_output
+    child, report = grow_width(parent, 36, probe=inputs)
+    # the tower resizes its position table in float32: ~1e-10
+    assert report.rel_dev_f64 is not None and report.rel_dev_f64 <= 1e-9
+    torch.testing.assert_close(_outputs(child, inputs)[0], want[0], rtol=0, atol=1e-9)
+    att = child.vision_model.head.attention
+    assert (att.embed_dim, att.num_heads, att.head_dim) == (36, HEADS, 9)
+    with torch.no_grad():
+        got = child.vision_model(*inputs).pooler_output
+    lifted = torch.cat([pooled, pooled.mean(-1, keepdim=True).expand(-1, 4)], -1)
+    torch.testing.assert_close(got, lifted, rtol=0, atol=1e-9)
+    assert _unchanged(before, parent)
+    child.save_pretrained(tmp_path)
+    reloaded = load_grown(tmp_path)
+    torch.testing.assert_close(_outputs(reloaded, inputs)[0], want[0], rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize(
-    ("width", "message"),
+    ("model", "width", "message", "works"),
     [
-        (45, r"d_model=45: 'vision_model.head.attention' \(nn.MultiheadAttention, 4 heads\)"),
-        (36, r"d_model=36 is not a multiple of 32: 'vision_model.head.attention' feeds"),
+        (
+            "SigLIP-2 classifier",
+            45,
+            r"d_model=45: 'vision_model.head.attention' \(nn.MultiheadAttention, 4 heads\)",
+            "multiples of 4 (36, 40, …)",
+        ),
+        (
+            "SigLIP vision tower",
+            45,
+            r"d_model=45: 'head.attention' \(nn.MultiheadAttention, 4 heads\)",
+            "multiples of 32 (64, 96, …)",
+        ),
+        (
+            "SigLIP-2 vision tower",
+            36,
+            r"d_model=36 is not a multiple of 32: 'head.attention' feeds .* among the model's",
+            "multiples of 32 (64, 96, …)",
+        ),
     ],
 )
-def test_widths_the_head_cannot_take_are_refused_by_name(width: int, message: str) -> None:
-    """45: its 4 heads do not divide it; 36: the head returns its own residual sum, whose
-    extra coordinates would carry mean(o), not zeros. Both name the widths that work."""
-    parent = _parent("SigLIP-2 classifier")
+def test_widths_the_head_cannot_take_are_refused_by_name(
+    model: str, width: int, message: str, works: str
+) -> None:
+    """45: the 4 heads do not divide it; 36 on a tower, which returns the pooled output: its
+    4 extra coordinates would carry mean(o), not the zeros of a returned stream."""
+    parent = _parent(model)
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     with pytest.raises(MorphError, match=message) as caught:
         grow_width(parent, width, probe=_inputs(parent))
-    assert "widths that work: multiples of 32 (64, 96, …)" in str(caught.value)
+    assert f"widths that work: {works}" in str(caught.value)
     assert _unchanged(before, parent)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -55,17 +56,24 @@ def stream_view(model: nn.Module, d: int, copies: int, extra: int) -> nn.Module:
 
 
 def restored(
-    child: nn.Module, report: MorphReport, model: nn.Module, d: int, copies: int, extra: int
+    child: nn.Module,
+    report: MorphReport,
+    model: nn.Module,
+    d: int,
+    copies: int,
+    extra: int,
+    pools: Sequence[str] = (),
 ) -> tuple[nn.Module, MorphReport]:
     """``child`` (built on a :func:`stream_view` of ``model``) with ``model``'s class, and
-    ``report`` with a note on the child's wider stream output."""
+    ``report`` with a note on the child's wider stream output (and the pooled output of the
+    heads ``pools``, grown with it)."""
     child.__class__ = type(model)
     zeros = f", then {extra} zeros" if extra else ""
+    pooled = f"; so is the pooled output of {', '.join(map(repr, pools))}" if pools else ""
     note = (
         f"the model returns a residual stream (its last hidden state, an encoder's output): "
         f"the child's is {copies * d + extra} wide, the parent's {d} coordinates repeated "
-        f"{copies} times{zeros} (measured so; the parent's output is the child's [..., :{d}]); "
-        "a pooled output of that width grows the same way (an attention-pooling head), every "
-        "other output keeps its shape"
+        f"{copies} times{zeros} (measured so; the parent's output is the child's [..., :{d}])"
+        f"{pooled}; every other output keeps its shape"
     )
     return child, dataclasses.replace(report, notes=(*report.notes, note))

@@ -1232,17 +1232,19 @@ def grow_width(
         )
     convs = [layout.name(c) for c in fam.stream_convs]  # speech encoders' position convs
     check_stream_convs(model, convs, d, d_model)
-    pools = attention_pools(model, layout.blocks_path, d, d_model)  # SigLIP's pooling head
+    # SigLIP's pooling head (returned: a tower's pooled output)
+    pools = attention_pools(model, layout.blocks_path, d, d_model, returns_stream)
     order = stream_order(model, layout.blocks_path, d_model, convs)  # WavLM's attention
     by_weight = order is not None
     check_outside(model, convs)  # every module is rewritten; first: the norms run below
     _check_writers(model, layout, d_model)
     head_reader = _head_reader(model, layout, d_model)
     stream_readers = [n for n in map(partial(_owned, model, layout), fam.readers) if n]
+    stream_readers += [pool.reader for pool in pools]  # their norms and writers: below
     _check_norms(model, layout, d_model, rescale=extra > 0)
     kind = layout.norm_kind
     norms, others, final = _norm_names(model, layout)
-    all_norms = [*norms, *others, *([final] if final else [])]
+    all_norms = [*norms, *others, *(pool.norm for pool in pools), *([final] if final else [])]
     offsets = {
         name: _gain_offset(model.get_submodule(name), name, kind)
         for name in all_norms
@@ -1252,12 +1254,11 @@ def grow_width(
     side_readers = tuple(
         rel for rel in fam.head_rows if _get_module(model, layout.blocks[0].name(rel)) is not None
     )
-    writers = stream_writers(model, layout)
+    writers = (*stream_writers(model, layout), *(pool.writer for pool in pools))
     edits = (
         *_linears(layout.blocks, (*fam.qkv, fam.o, *_ffn_linears(layout), *side_readers)),
         *(w for w in writers if _exists(model, w) and isinstance(_resolve(model, w), nn.Linear)),
         *stream_readers,
-        *(name for pool in pools for name in pool.linears),
         *([head_reader] if head_reader and not layout.tied else []),
     )
     ffn_modules = [b.name(fam.ffn_out) for b in layout.blocks] if fam.moe else []
@@ -1348,7 +1349,7 @@ def grow_width(
                 norm.normalized_shape = (d_model,)
         widen_stream_convs(child, convs, copies, edit.put, getattr(child, "config", None))
         for pool in pools:
-            widen_pool(child, pool, copies, edit.put, read, write, fresh)
+            widen_pool(child, pool, idx, edit.put, read, write, fresh)
         readers = stream_readers + ([head_reader] if head_reader and not layout.tied else [])
         for name in readers:
             w, _ = edit.linear(name)
@@ -1406,7 +1407,7 @@ def grow_width(
     )
     if not returns_stream:
         return child, report
-    return restored(child, report, model, d, copies, extra)
+    return restored(child, report, model, d, copies, extra, [pool.name for pool in pools])
 
 
 def _check_fixed_width(model: nn.Module, layout: Layout, what: str) -> None:
