@@ -225,6 +225,7 @@ def test_a_classifier_takes_any_width_its_heads_divide(tmp_path: Path) -> None:
             "multiples of 32 (64, 96, …)",
         ),
     ],
+    ids=["classifier-45", "siglip-tower-45", "siglip2-tower-36"],
 )
 def test_widths_the_head_cannot_take_are_refused_by_name(
     model: str, width: int, message: str, works: str
