@@ -196,6 +196,17 @@ def test_marked_child_pickles_and_grows_back_to_stock(tmp_path: Path) -> None:
     torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=1e-4)
 
 
+def test_marked_child_refused_at_once_by_its_own_class(tmp_path: Path) -> None:
+    """LlamaForCausalLM.from_pretrained (not an Auto class) of a marked child fails before it
+    builds anything, naming load_grown, instead of building Llama's default 7B-sized model."""
+    child, _ = grow_ffn(_parent("llama"), 96, layers=0)
+    _save(child, tmp_path)
+    with pytest.raises(AttributeError, match="load_grown"):
+        transformers.LlamaForCausalLM.from_pretrained(tmp_path)
+    reloaded = load_grown(tmp_path).eval()
+    torch.testing.assert_close(_logits(reloaded), _logits(child), rtol=0, atol=1e-5)
+
+
 def test_width_rescales_the_config_eps_and_gemma_scale() -> None:
     """A non-multiple width: eps·kd/D' in the config; Gemma2's embedding scale √D'."""
     llama, _ = grow_width(_parent("llama"), 48)

@@ -64,6 +64,12 @@ MODELS: dict[str, tuple[str, str, dict, str]] = {
         dict(BASE, head_dim=8),
         "model.layers.0.self_attn.o_proj",
     ),
+    "EXAONE-4 (q/k norms per head, NoPE layers)": (
+        "Exaone4ForCausalLM",
+        "Exaone4Config",
+        dict(BASE, sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+        "model.layers.0.self_attn.o_proj",
+    ),
 }
 #: Gemma-3's layout is Gemma-2's (per-head q/k norms, sliding-window layers); its stock load
 #: builds the rotary tables in float32 even for a float64 model, so its reload is not compared
@@ -101,6 +107,8 @@ OUTCOMES: dict[tuple[str, str], str] = {
     **{(m, "add_block (zero)"): STOCK for m in MODELS},
     **{(m, "deepen_projection"): MARKED for m in MODELS},
     ("Gemma-2 (sandwich)", "add_heads"): STOCK,
+    ("EXAONE-4 (q/k norms per head, NoPE layers)", "add_heads"): STOCK,
+    ("EXAONE-4 (q/k norms per head, NoPE layers)", "add_heads, new groups"): STOCK,
 }
 
 
@@ -114,12 +122,13 @@ def _offset_rms(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture
 def exact_rmsnorm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """OLMo-2's and Gemma-2/3's RMSNorm computed in the input's dtype (theirs round to
+    """OLMo-2's, Gemma-2/3's and EXAONE-4's RMSNorm computed in the input's dtype (theirs round to
     float32)."""
     models = transformers.models
     monkeypatch.setattr(models.olmo2.modeling_olmo2.Olmo2RMSNorm, "forward", _rms)
     monkeypatch.setattr(models.gemma2.modeling_gemma2.Gemma2RMSNorm, "forward", _offset_rms)
     monkeypatch.setattr(models.gemma3.modeling_gemma3.Gemma3RMSNorm, "forward", _offset_rms)
+    monkeypatch.setattr(models.exaone4.modeling_exaone4.Exaone4RMSNorm, "forward", _rms)
 
 
 def _parent(model: str, dtype: torch.dtype = torch.float64) -> nn.Module:

@@ -23,9 +23,10 @@ When they agree, the child round-trips through ``save_pretrained``/``from_pretra
 they do not (a projection split in two, blocks of different sizes, per-norm eps, a derived
 head_dim the config cannot follow), the config's class becomes ``Netmorph<Config>`` whose
 ``model_type`` is ``"netmorph-<model_type>"``: a stock ``AutoModelFor….from_pretrained``
-refuses it ("does not recognize this architecture") instead of loading it wrong, and the
-config carries a ``netmorph`` entry (the stock model type, replaced modules, attribute
-values) from which :func:`~netmorph_core.torch.hf_load.load_grown` rebuilds the child exactly.
+refuses it ("does not recognize this architecture") instead of loading it wrong, so does the
+model's own class (``STOCK_GUARD``), and the config carries a ``netmorph`` entry (the stock
+model type, replaced modules, attribute values) from which
+:func:`~netmorph_core.torch.hf_load.load_grown` rebuilds the child exactly.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ _SCALARS = (int, float, bool, str, type(None))
 RUNTIME_FLAGS = frozenset({"training", "gradient_checkpointing"})
 
 _MARKED: dict[type, type] = {}
+
+#: Where a stock ``<Model>.from_pretrained`` (a class, not an Auto class) meets a model_type it
+#: does not know, it loads the nested dict whose model_type is its own: the ``netmorph`` entry.
+#: Its ``dtype`` makes that load fail at once, naming the way to reload, instead of building
+#: the class's default-sized model and failing on the weights' shapes.
+STOCK_GUARD = {"dtype": "a grown child: reload it with netmorph_core.torch.load_grown(path)"}
 
 
 def is_hf_model(model: nn.Module) -> bool:
@@ -151,7 +158,12 @@ def sync_config(model: nn.Module) -> list[str]:
     except Exception as exc:  # whatever the stock class raises, it cannot load this child
         config.__class__ = marked_class(base)
         reason = str(exc).splitlines()[0]
-        config.netmorph = {"model_type": base.model_type, "why": [reason], "rebuildable": False}
+        config.netmorph = {
+            "model_type": base.model_type,
+            "why": [reason],
+            "rebuildable": False,
+            **STOCK_GUARD,
+        }
         return [
             *notes,
             f"the config cannot describe this child (a stock model built from it fails: "
@@ -174,7 +186,12 @@ def sync_config(model: nn.Module) -> list[str]:
         )
         return notes
     config.__class__ = marked_class(base)
-    config.netmorph = {"model_type": base.model_type, **spec, "shared": shared_parameters(model)}
+    config.netmorph = {
+        "model_type": base.model_type,
+        **spec,
+        "shared": shared_parameters(model),
+        **STOCK_GUARD,
+    }
     what = ", ".join(spec["why"][:3])
     notes.append(
         f"the config cannot describe this child ({what}): its model_type is "

@@ -454,10 +454,17 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
     if len(reads) == 3:
         probed = [getattr(reader_norm(calls, c, set(norms)), "name", c.name) for c in reads]
     geo = (heads, kv, hd)
+    # a norm over each head's coordinates with its ε (Exaone-4's q_norm after the transpose)
+    # keeps q·2^a only to rounding: q and k are then left unscaled (_rotated pairs them)
+    per_head = any(
+        c.name in norms and c.inp is not None and c.inp.shape[-1] == hd != d
+        for c in calls[start:]
+        if c.name[2:].startswith(attention + ".") or not attention
+    )
     found = [
         lay
         for lay in layouts
-        if _close(_run(model, inputs, watch, _scaled(lay, probed, o.name, geo))[0], y0)
+        if _close(_run(model, inputs, watch, _scaled(lay, probed, o.name, geo, per_head))[0], y0)
     ]
     if len(found) != 1:
         what = (
@@ -652,10 +659,15 @@ def _fused(
     return out
 
 
-def _scaled(layout: str, names: list[str], o: str, geo: tuple[int, int, int]) -> Transform:
-    """q·2^a, k·2^−a, v·2^b per group and Wₒ's columns 2^−b: the output is unchanged."""
+def _scaled(
+    layout: str, names: list[str], o: str, geo: tuple[int, int, int], qk_fixed: bool = False
+) -> Transform:
+    """q·2^a, k·2^−a (a = 0 where ``qk_fixed``), v·2^b per group and Wₒ's columns 2^−b: the
+    output is unchanged."""
     heads, kv, hd = geo
     a, s = _head_factors(kv)
+    if qk_fixed:
+        a = torch.ones_like(a)
     group = torch.arange(heads) // (heads // kv)
     q = a[group][:, None].expand(heads, hd)
     k = (1 / a)[:, None].expand(kv, hd)
