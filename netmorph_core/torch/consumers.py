@@ -30,6 +30,11 @@ along the channel axis. The walk follows that tensor through the graph in topolo
   runs in (timm's ``MixedConv2d.splits``) keeps each parent part with the new channels among
   its channels and updates that attribute; other sizes written in the code are refused (they
   would no longer add up to the widened axis); chunk/split along another axis passes through;
+- GLU (``F.glu``, ``nn.GLU``) along the channel axis gives a·σ(b) of the halves [a; b]:
+  the halves grow alike as chunk(2)'s parts (r new channels each: a width of 2C + 2r, odd
+  widths refused with a ValueError naming ``width``), and the output carries a half's map;
+  a new output channel a_new·σ(b_new) is zero where a_new is. GLU along another axis is a
+  channel-wise product;
 - transpose/permute move the channel axis: to axis 1 (a spatial (N, C, *S) tensor, e.g. before
   a depthwise Conv1d) or to the last axis (channels last); the rank is read from the shapes
   recorded on the probe (or from permute's dims);
@@ -316,6 +321,21 @@ def chunk_flow(
         f"chunks the widened channels into {parts} parts, but after the operations before it "
         "the parts cannot grow consistently"
     )
+
+
+def glu_flow(flow: Flow, root: np.ndarray, fail: Callable[[str], Exception]) -> Flow:
+    """The flow out of GLU along the channel axis, a·σ(b) of the halves [a; b]: the map of
+    a half (:func:`chunk_flow` of 2 parts, which may ask widen for a map in two equal blocks:
+    r new channels in each half). A new output channel a_new·σ(b_new) is zero where a_new is
+    (zero new rows) and meets zero columns otherwise; gradient reaches a_new through σ(b_new).
+    ValueError naming ``width`` where the producer's width is odd."""
+    if flow.src.size % 2 and np.array_equal(flow.src, root):
+        raise ValueError(
+            f"width={flow.src.size}: {flow.src.size} channels cannot be halved; a GLU takes "
+            "the widened channels as halves [a; b] and gives a·σ(b), so the width must be even "
+            f"({flow.parent_channels} + 2r: r new channels in each half)"
+        )
+    return chunk_flow(flow, 2, root, fail)[0]
 
 
 class _OneLevel(fx.Tracer):
@@ -646,6 +666,8 @@ class _Walk:
             self._cat(node)
         elif target in ("chunk", torch.chunk, "split", torch.split, torch.functional.split):
             self._chunk(node, flow)
+        elif target is F.glu:
+            self._glu(node, flow, _arg(node, 1, "dim", -1))
         elif target in _MOVES:
             self._move(node, flow)
         elif target in (torch.flatten, "flatten"):
@@ -726,6 +748,8 @@ class _Walk:
             self._pass(node, flow, getattr(m, "value", 0.0) == 0.0, True)
         elif isinstance(m, nn.Flatten):
             self._flatten(node, flow, m.start_dim, m.end_dim)
+        elif isinstance(m, nn.GLU):
+            self._glu(node, flow, m.dim)
         else:
             raise self.fail(node, "consumes widened channels and cannot be updated by widen")
 
@@ -1023,6 +1047,23 @@ class _Walk:
         if not isinstance(parts, int):
             raise self.fail(node, "chunks into a computed number of parts")
         self.pieces[node] = chunk_flow(flow, parts, self.src, lambda why: self.fail(node, why))
+
+    def _glu(self, node: fx.Node, flow: Flow, dim: object) -> None:
+        """GLU along ``dim``: along the channel axis the halves grow alike
+        (:func:`glu_flow`); along another axis each channel is gated by a value of its own
+        channel, a channel-wise product (a zero channel stays zero)."""
+        if not isinstance(dim, int):
+            raise self.fail(node, f"gates along a computed axis {dim!r}")
+        if not self._is_channel(flow, dim):
+            self._pass(node, flow, True, True)
+            return
+        if flow.layout == FLAT or (flow.layout == LAST and flow.ndim is None and dim != -1):
+            raise self.fail(
+                node,
+                f"halves a {flow.layout} tensor along axis {dim}, which may hold the widened "
+                "channels; pass probe= or input_shape= so the rank is known",
+            )
+        self._pass(node, glu_flow(flow, self.src, lambda why: self.fail(node, why)), True, True)
 
     def _sized_split(self, node: fx.Node, flow: Flow) -> None:
         """``split(sizes, dim)`` along the channel axis inside a module that holds ``sizes`` as

@@ -39,6 +39,7 @@ from .. import _validation as v
 from .encdec_layout import EncoderDecoder
 from .errors import MorphError
 from .pipeline import Request, run
+from .position_tables import check_no_tables
 from .report import MorphReport, Outcome, state_bytes
 from .stream_output import restored, stream_view
 from .support import check_subtree
@@ -116,6 +117,8 @@ def grow_width(
         raise ValueError(f"d_model={d_model} must exceed the current width {d}")
     noise = v.real_number(noise, "noise", low=0.0)
     copies, extra = divmod(d_model, d)
+    writers = [f"{s.prefix}.{w}" for s in es.stacks for w in s.layout.family.writers]
+    check_no_tables(model, writers, d, d_model)  # Speech2Text's sinusoidal positions
     post_ln = es.stacks[0].layout.family.post_ln
     kind = es.stacks[0].layout.norm_kind
     if kind == "layer" and extra:

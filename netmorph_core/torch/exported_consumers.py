@@ -24,6 +24,9 @@ follows them as :mod:`.consumers` does in a torch.fx graph, into the same
 - ``chunk(k)`` along the last axis splits the map into k parts that grow alike (a fused
   gate/up projection; :func:`~.consumers.chunk_flow`, which may ask widen for a map in equal
   blocks); split with sizes fixed in the graph is refused; along other axes both pass;
+- ``glu`` along the channel axis (the last, or axis 1 of a convolution's output: Speech2Text's
+  subsampler) gives a·σ(b) of the halves [a; b], which grow alike
+  (:func:`~.consumers.glu_flow`); along another axis it is channel-wise;
 - transpose/permute move the channel axis: to the last axis or to axis 1 (N, C, …); at axis 1
   the walk follows reshapes that keep N and C the first two axes (``view(B, C, H, W)``,
   ``flatten(2)``), ops on the spatial axes and element-wise ops;
@@ -59,6 +62,7 @@ from .consumers import (
     Use,
     WidthPlan,
     chunk_flow,
+    glu_flow,
     grouped_outputs,
     layer_origins,
 )
@@ -428,6 +432,9 @@ class _ExportedWalk:
         if op in ("chunk", "split", "split_with_sizes", "unbind") and node.args[0] is widened[0]:
             self._chunk(node, op, flow)
             return
+        if op == "glu" and node.args[0] is widened[0] and len(widened) == 1:
+            self._glu(node, flow)
+            return
         if op in _BATCH_NORMS and node.args[0] is widened[0] and len(widened) == 1:
             self._batch_norm(node, flow)
             return
@@ -681,6 +688,20 @@ class _ExportedWalk:
         if not isinstance(parts, int):
             raise self.fail(node, "chunks into a computed number of parts")
         self.pieces[node] = chunk_flow(flow, parts, self.src, lambda why: self.fail(node, why))
+
+    def _glu(self, node: fx.Node, flow: Flow) -> None:
+        """GLU: along the channel axis (axis 1 of an (N, C, …) tensor, or the last) the
+        halves grow alike (:func:`~.consumers.glu_flow`); along another axis it is a
+        channel-wise product."""
+        dim = _arg(node, 1, "dim", -1)
+        rank = len(_shape(node.args[0]) or ())
+        if not isinstance(dim, int) or rank == 0:
+            raise self.fail(node, f"gates along axis {dim!r} of a tensor of unknown rank")
+        channel = dim % rank == (1 if flow.layout == SPATIAL else rank - 1)
+        if not channel:
+            self._pass(node, flow, True, True)
+            return
+        self._pass(node, glu_flow(flow, self.src, lambda why: self.fail(node, why)), True, True)
 
     def _broadcast(self, operand: object, flow: Flow) -> bool:
         """A Python number, or a tensor of size 1 on the channel axis (the last one, or axis

@@ -343,7 +343,8 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
             [as_matrix(model.get_submodule(b.name(fam.ffn_out))).shape[1] for b in blocks]
         )
     if hidden is not None:
-        _set(config, ("intermediate_size", "n_inner", "ffn_hidden_size", "hidden_dim"), hidden)
+        fields = ("intermediate_size", "n_inner", "ffn_hidden_size", "hidden_dim")
+        _set(config, (*fields, *_mapped_ffn(config)), hidden)
         if _settable(config, "mlp_ratio") and not hasattr(config, "intermediate_size"):
             ratio = _mlp_ratio(config, layout.d_model, hidden)
             if ratio is not None:
@@ -351,6 +352,15 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     eps = _one(norm_eps(model))
     if eps is not None:
         _set(config, EPS_FIELDS, eps)
+
+
+def _mapped_ffn(config: object) -> tuple[str, ...]:
+    """The feed-forward size field of the stack the config's attribute map describes:
+    Speech2Text and Whisper map ``num_hidden_layers`` to ``encoder_layers``, whose blocks'
+    size is ``encoder_ffn_dim`` (none where the map names no ``<stack>_layers``)."""
+    mapped = getattr(type(config), "attribute_map", {}).get("num_hidden_layers", "")
+    stack = mapped.removesuffix("_layers") if isinstance(mapped, str) else ""
+    return (f"{stack}_ffn_dim",) if stack and stack != mapped else ()
 
 
 def _settable(config: object, attr: str) -> bool:

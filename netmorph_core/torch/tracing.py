@@ -22,7 +22,7 @@ from torch import fx, nn
 from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .moe_eager import set_implementation
-from .speech_inputs import naflex_inputs, speech_inputs
+from .speech_inputs import encdec_inputs, naflex_inputs, speech_inputs
 
 #: Sequence length of the default token inputs.
 SEQ_LEN = 8
@@ -105,7 +105,8 @@ def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
     """Inputs a Hugging Face model runs on, from its config (None for other models): token
     ids (2, 8) below the vocabulary size (an encoder-decoder model: ids, attention mask and
     decoder ids), images (2, C, S, S) of the configured size, or mel features (2, bins,
-    2·positions); speech encoders' audio and NaFlex patches: :mod:`.speech_inputs`."""
+    2·positions); speech encoders' audio and NaFlex patches: :mod:`.speech_inputs` (filter
+    banks of an encoder–decoder, Speech2Text: with a mask and decoder ids)."""
     if not is_hf_model(model):
         return None
     gen = torch.Generator().manual_seed(0)
@@ -136,6 +137,12 @@ def default_inputs(model: nn.Module) -> tuple[torch.Tensor, ...] | None:
         return (found[0].to(device, dtype), *(t.to(device) for t in found[1:]))
     if name in ("input_values", "input_features"):
         found = speech_inputs(config, name, 2, gen)
+        vocab = getattr(config, "vocab_size", None)
+        if found is not None and getattr(config, "is_encoder_decoder", False) and vocab:
+            # Speech2Text: features, a mask of ones and decoder ids, where its forward takes them
+            both = encdec_inputs(model, found[0].to(device, dtype), vocab, gen)
+            if both is not None:
+                return both
         if found is not None:
             return (found[0].to(device, dtype),)
     if name == "pixel_values":

@@ -43,6 +43,7 @@ from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
 from .pipeline import WHOLE_COPY_LIMIT, Request, run, run_on_model
+from .position_tables import check_no_tables
 from .report import MorphReport, Outcome, ParamSource, block_params, state_bytes
 from .speech_wavlm import (
     check_heads,
@@ -1211,6 +1212,7 @@ def grow_width(
     noise = v.real_number(noise, "noise", low=0.0)
     copies, extra = divmod(d_model, d)
     fam = layout.family
+    check_no_tables(model, stream_writers(model, layout), d, d_model)  # Speech2Text's positions
     if fam.post_ln and extra:
         raise MorphError(
             f"d_model={d_model} is not a multiple of {d}: {fam.name} normalises after the "

@@ -10,11 +10,14 @@
   modules or its config (timm's ``patch_embed.img_size``).
 - :func:`stream_writers`: where no token embedding writes the stream (vision and audio
   encoders), the writers are the last linear layer or convolution of output width d that runs
-  before block 0 (a patch projection; Whisper's second convolution), the embeddings of width d
-  (position tables) and the owner's parameters of last axis d held outside any layer (class,
-  distillation, register and mask tokens, position parameters). :func:`check_writers` proves
-  the set complete: with every writer's parameters zero the stream entering the first block
-  (or its first norm) is exactly zero.
+  before block 0 (a patch projection; Whisper's second convolution), else the last of width 2d
+  (Speech2Text's last subsampling convolution, whose GLU halves it), the embeddings of width d
+  (position tables), position tables of width d held as buffers by a module without
+  parameters (Speech2Text's sinusoidal positions: :func:`buffer_table`) and the owner's
+  parameters of last axis d held outside any layer (class, distillation, register and mask
+  tokens, position parameters). :func:`check_writers` proves the set complete: with every
+  writer's parameters zero the stream entering the first block (or its first norm) is
+  exactly zero.
 """
 
 from __future__ import annotations
@@ -157,7 +160,19 @@ def writer_candidates(root: nn.Module, blocks: str) -> dict[str, nn.Module]:
             not _is_layer(module) and any(True for _ in module.parameters(recurse=False))
         ):
             found[name] = module
+        elif buffer_table(module) is not None:
+            found[name] = module
     return found
+
+
+def buffer_table(module: nn.Module) -> str | None:
+    """The name of the floating buffer (positions, width) of a module that holds no
+    parameter: a table computed from the config rather than learned (Speech2Text's
+    sinusoidal positions, ``weights``); None for any other module."""
+    if any(True for _ in module.parameters()):
+        return None
+    buffers = module.named_buffers(recurse=False)
+    return next((n for n, b in buffers if b.dim() == 2 and b.is_floating_point()), None)
 
 
 def _is_layer(module: nn.Module) -> bool:
@@ -182,13 +197,19 @@ def stream_writers(
         names.sort(key=lambda n: root.get_submodule(n) is not embed)
         return tuple(names)
     layers = []
+    gated = []  # of width 2d: a GLU halves its outputs (Speech2Text's last convolution)
     params = []
     for name in started:
         module = root.get_submodule(name) if name else root
         width = _width(module)
+        table = buffer_table(module)
         if width == d and not isinstance(module, nn.Embedding):
             layers = [name]  # the last one to run: earlier ones feed it
+        elif width == 2 * d and not isinstance(module, nn.Embedding):
+            gated = [name]
         elif width == d:
+            params.append(name)
+        elif table is not None and module.get_buffer(table).shape[-1] == d:
             params.append(name)
         elif width is None:
             params += [
@@ -196,18 +217,24 @@ def stream_writers(
                 for p, t in module.named_parameters(recurse=False)
                 if t.dim() >= 1 and t.shape[-1] == d
             ]
-    return (*layers, *params)
+    return (*(layers or gated), *params)
 
 
 def zeroed(root_prefix: str, root: nn.Module, writers: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Zero tensors for every parameter of ``writers`` (qualified from the model's root): one
-    zero expanded to each shape, so an embedding table costs no memory."""
+    """Zero tensors for every parameter of ``writers`` (a buffer table's buffer: its only
+    tensor; qualified from the model's root): one zero expanded to each shape, so an
+    embedding table costs no memory."""
     out = {}
     for name in writers:
         owner, _, attr = name.rpartition(".")
         holder = root.get_submodule(owner) if owner else root
         obj = getattr(holder, attr)
-        tensors = {attr: obj} if isinstance(obj, torch.Tensor) else dict(obj.named_parameters())
+        table = None if isinstance(obj, torch.Tensor) else buffer_table(obj)
+        tensors = (
+            {attr: obj}
+            if isinstance(obj, torch.Tensor)
+            else {table: obj.get_buffer(table)} if table else dict(obj.named_parameters())
+        )
         for rel, t in tensors.items():
             local = f"{name}.{rel}" if not isinstance(obj, torch.Tensor) else name
             qualified = f"{root_prefix}.{local}" if root_prefix else local
