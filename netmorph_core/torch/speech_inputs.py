@@ -63,11 +63,13 @@ def speech_inputs(
     config: object, name: str, batch: int, gen: torch.Generator
 ) -> tuple[torch.Tensor, ...] | None:
     """Float inputs (float32, on the CPU) for a model whose main input is ``name``
-    (``input_values`` or Speech2Text's ``input_features``); None when the config does not
-    describe them."""
+    (``input_values``: raw audio, or AST's filter banks; Speech2Text's ``input_features``);
+    None when the config does not describe them."""
     if name == "input_values":
         samples = audio_samples(config, POSITIONS + max(_tdnn_frames(config) - 1, 0))
-        return None if samples is None else (torch.randn(batch, samples, generator=gen),)
+        if samples is not None:
+            return (torch.randn(batch, samples, generator=gen),)
+        return _spectrogram(config, batch, gen)
     per_channel = getattr(config, "input_feat_per_channel", None)
     channels = getattr(config, "input_channels", None)
     layers = getattr(config, "num_conv_layers", None)
@@ -77,6 +79,16 @@ def speech_inputs(
         frames = 2**layers * POSITIONS
         return (torch.randn(batch, frames, per_channel * channels, generator=gen),)
     return None
+
+
+def _spectrogram(config: object, batch: int, gen: torch.Generator) -> tuple[torch.Tensor] | None:
+    """(batch, max_length, num_mel_bins) filter banks of a spectrogram transformer (AST), whose
+    patch embedding runs on exactly that many frames; None where the config has no such sizes."""
+    frames = getattr(config, "max_length", None)
+    bins = getattr(config, "num_mel_bins", None)
+    if not all(isinstance(v, int) and v > 0 for v in (frames, bins)):
+        return None
+    return (torch.randn(batch, frames, bins, generator=gen),)
 
 
 def naflex_inputs(
