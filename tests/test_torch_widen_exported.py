@@ -109,3 +109,92 @@ def test_an_in_place_residual_sum_widens_with_its_partner(at: str, partner: str)
     assert child.get_submodule(partner).out_channels == 8 and child.head.in_features == 8
     assert any(f"['{partner}']" in note for note in report.notes)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+class NormedSumWithGate(nn.Module):
+    """A size-dependent pad (no torch.fx), then a residual sum of two conv → BatchNorm
+    branches (the partner is found through its BatchNorm) and a squeeze-and-excitation gate
+    (pool → conv → ReLU → conv → sigmoid) on the sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.left, self.right = nn.Conv2d(6, 5, 3, padding=1), nn.Conv2d(6, 5, 1)
+        self.bn_left, self.bn_right = nn.BatchNorm2d(5), nn.BatchNorm2d(5)
+        self.squeeze, self.excite = nn.Conv2d(5, 3, 1), nn.Conv2d(3, 5, 1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.stem(x))
+        if y.shape[-1] % 2:
+            y = F.pad(y, (0, 1, 0, 1))
+        z = self.bn_left(self.left(y)) + self.bn_right(self.right(y))
+        gate = torch.sigmoid(self.excite(F.relu(self.squeeze(F.adaptive_avg_pool2d(z, 1)))))
+        return self.head(F.adaptive_avg_pool2d(z * gate, 1).flatten(1))
+
+
+@pytest.mark.parametrize(("at", "partner"), [("left", "right"), ("right", "left")])
+def test_partners_through_batch_norm_and_a_gate_widen_together(at: str, partner: str) -> None:
+    model = _trained(NormedSumWithGate()).eval()
+    state = _state(model)
+    x = border_input((2, 3, 9, 9))
+    child, report = widen(model, at, 8, seed=0, probe=(x,))
+    assert report.rel_dev_f64 <= F64_TOL and rel_dev(model, child, x) <= F64_TOL
+    assert child.get_submodule(partner).out_channels == 8 and child.excite.out_channels == 8
+    assert child.squeeze.in_channels == 8 and child.head.in_features == 8
+    assert any(f"['{partner}']" in note for note in report.notes)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+HF_CNNS = {
+    "resnet": (
+        "ResNetForImageClassification",
+        "ResNetConfig",
+        dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_labels=3),
+        [
+            "resnet.embedder.embedder.convolution",
+            "resnet.encoder.stages.1.layers.0.shortcut.convolution",
+        ],
+    ),
+    "regnet": (
+        "RegNetForImageClassification",
+        "RegNetConfig",
+        dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, num_labels=3),
+        [
+            "regnet.encoder.stages.1.layers.0.shortcut.convolution",
+            "regnet.encoder.stages.1.layers.0.layer.1.convolution",  # its SE gate follows
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("family", "index"), [(f, i) for f in HF_CNNS for i in range(2)], ids=lambda v: str(v)
+)
+def test_hugging_face_cnn_residual_sums_and_gates(family: str, index: int, tmp_path) -> None:
+    from thirdparty import import_transformers
+
+    try:
+        transformers = import_transformers()
+    except ImportError:  # pragma: no cover - the test extra installs it
+        pytest.skip("transformers is not installed")
+    from netmorph_core.torch import load_grown
+
+    cls, config_cls, args, layers = HF_CNNS[family]
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(getattr(transformers, config_cls)(**args))
+    model = _trained(model).eval()
+    state = _state(model)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    at = layers[index]
+    width = model.get_submodule(at).out_channels + 8
+    child, report = widen(model, at, width, seed=0, probe=(x,))
+    with torch.no_grad():
+        ref = model(x).logits
+        assert float((child(x).logits - ref).abs().max() / ref.abs().max()) <= F64_TOL
+        child.save_pretrained(tmp_path)
+        again = load_grown(tmp_path).double().eval()
+        assert float((again(x).logits - ref).abs().max() / ref.abs().max()) <= F64_TOL
+    assert child.get_submodule(at).out_channels == width
+    assert report.params_after > report.params_before
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

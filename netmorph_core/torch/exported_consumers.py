@@ -259,7 +259,8 @@ class _ExportedWalk:
         )
 
     def origins(self, node: fx.Node, seen: dict[fx.Node, list[str]] | None = None) -> list[str]:
-        """The layers, parameters or model inputs a tensor comes from."""
+        """The layers, parameters or model inputs a tensor comes from (through BatchNorm, a
+        per-channel map, to what it normalises)."""
         seen = {} if seen is None else seen
         if node in seen:
             return seen[node]
@@ -268,6 +269,8 @@ class _ExportedWalk:
         params = [a for a in node.all_input_nodes if a.op == "get_attr"]
         if layer is not None:
             found = [repr(layer[0])]
+        elif params and _aten(node) in _BATCH_NORMS:  # per channel: from what it normalises
+            found = self.origins(node.args[0], seen) if isinstance(node.args[0], fx.Node) else []
         elif params:
             owner = str(params[0].target).rpartition(".")[0]
             cls = type(self.modules.get(owner)).__name__
@@ -761,9 +764,8 @@ class _ExportedWalk:
             if self._broadcast(other, flow):
                 live = live and not (isinstance(other, (int, float)) and other == 0)
                 continue
-            if flow.layout == SPATIAL:
-                raise self.fail(node, f"{_SPATIAL_ONLY}; not through a product with a tensor")
-            gate, gate_zero = self._gate(node, other, flow)
+            find = self._spatial_gate if flow.layout == SPATIAL else self._gate
+            gate, gate_zero = find(node, other, flow)
             self.plan.gates[gate] = flow.src
             zero_factors += gate_zero
         # a product of two factors that are both zero on the new channels has zero gradient
@@ -773,6 +775,35 @@ class _ExportedWalk:
             flow,
             zero_broken=None if zero else flow.zero_broken,
             dead=dead or (None if live else self.describe(node)),
+        )
+
+    def _spatial_gate(self, node: fx.Node, start: fx.Node, flow: Flow) -> tuple[str, bool]:
+        """The convolution of ``flow.parent_channels`` outputs computing ``start`` through
+        single-use element-wise ops (a squeeze-and-excitation gate: pool → conv → act → conv
+        → sigmoid), and whether its zeroed new rows give zero there."""
+        path, zero = start, True
+        while isinstance(path, fx.Node) and len(path.users) == 1:
+            layer = self.layer_call(path)
+            if layer is not None:
+                name, kind = layer
+                module = self.modules[name]
+                if (
+                    kind == "conv"
+                    and module.out_channels == flow.parent_channels
+                    and name not in self.producers
+                    and name not in self.plan.gates
+                ):
+                    return name, zero
+                break
+            op = _aten(path)
+            if op not in _UNARY:
+                break
+            zero = zero and _UNARY[op][0]
+            path = path.args[0]
+        raise self.fail(
+            node,
+            f"{_SPATIAL_ONLY}; not through a product with a tensor other than a gate that a "
+            "convolution computes through element-wise ops (squeeze-and-excitation)",
         )
 
     def _gate(self, node: fx.Node, start: fx.Node, flow: Flow) -> tuple[str, bool]:
