@@ -181,6 +181,21 @@ def test_widen_with_standardised_producer_and_consumer(zero_side: str, dtype: to
     _check(parent, child, report, x)
 
 
+def test_auto_zeroes_the_columns_of_a_standardised_producer() -> None:
+    """A zero filter sits where the standardisation has gradient 1/√ε: "auto" gives the new
+    filters random entries and zeroes the consumer's columns (in Ŵ) instead."""
+    parent = _net()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    child, report = widen(parent, "a", 12, seed=0, probe=x)
+    assert any(
+        n.startswith("zero_side='outer': zeroed new filters of the weight-standardised 'a'")
+        for n in report.notes
+    )
+    rows = torch.as_tensor(report.param_sources["a.weight"].index[0] < 0)
+    assert float(child.a.weight.detach()[rows].abs().min()) > 0
+    assert rel_dev(parent, child, x) <= F64_TOL
+
+
 def test_widen_into_a_grouped_standardised_consumer_grows_whole_new_filters() -> None:
     """b (groups 4, 2 inputs per group) grows by 2 new groups: new filters standardised on
     their own, its old filters untouched; c's new columns rescale its gain."""

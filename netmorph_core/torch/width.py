@@ -41,7 +41,9 @@ weight-normed consumer gets zero columns: with dim=0 its per-row norms are uncha
 A weight-standardised conv (Ŵ_o = g_o·(W_o − mean)/√(var + ε), :mod:`.standardized`) keeps its
 class: its new filters are standardised on their own, and a consumer's new columns are zero or
 random in Ŵ (W's new entries centred on each filter's mean, the gain rescaled for the variance,
-:func:`.standardized.regrow`); a consumer without a gain is refused.
+:func:`.standardized.regrow`); a consumer without a gain is refused. "auto" zeroes the columns
+(a zero filter W = 0 has Ŵ = 0, but (W − mean)/√(var + ε) has gradient 1/√ε there: its first
+update would give it full scale).
 """
 
 from __future__ import annotations
@@ -183,6 +185,13 @@ def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) 
     dead = plan.dead()
     if dead:
         return "outer", f"{dead} has zero gradient at 0, zeroed new rows would never train"
+    producers = (*plan.producers, *plan.gates)
+    singular = next((n for n in producers if is_weight_standardised(model.get_submodule(n))), None)
+    if singular:
+        return "outer", (
+            f"zeroed new filters of the weight-standardised {singular!r} would sit where its "
+            "standardisation has gradient 1/√ε: the first update would give them full scale"
+        )
     by_inner, by_outer = _regauged(plan, model, "inner"), _regauged(plan, model, "outer")
     if by_inner and not by_outer:
         return "outer", f"the weight norm of {by_inner[0]!r} keeps its norms with zero columns"
