@@ -1,6 +1,6 @@
 """Weight-standardised convolutions (timm's StdConv2d and ScaledStdConv2d: BiT, NF-ResNet,
-NFNet): the operations that replace the layer preserve its standardised weight; widen and
-grow_kernel, which keep the layer, are refused by name."""
+NFNet): the operations that replace the layer preserve its standardised weight (widen and
+grow_kernel, which keep the layer: tests/test_torch_standardized_widen.py)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from netmorph_core.morph.graph import Module, conv_edge  # noqa: E402
 from netmorph_core.torch import (  # noqa: E402
     MorphError,
     deepen,
-    grow_kernel,
     morph_module,
     morph_stacked,
     morph_subnet,
-    widen,
 )
 from netmorph_core.torch.standardized import is_weight_standardised  # noqa: E402
 
@@ -100,20 +98,6 @@ def test_replacing_operations_keep_the_standardised_weight(operation: str) -> No
     assert rel_dev(parent, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
     assert not any(isinstance(m, ScaledStdConv2d) for m in child.modules())
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
-
-
-@pytest.mark.parametrize(
-    "grow", [lambda m: widen(m, "conv", 6, seed=0), lambda m: grow_kernel(m, "conv", 5)]
-)
-def test_operations_keeping_the_layer_are_refused_by_name(grow: object) -> None:
-    with pytest.raises(MorphError, match="'conv' is ScaledStdConv2d, a weight-standardised conv"):
-        grow(_net())
-
-
-def test_widening_into_a_standardised_consumer_is_refused_by_name() -> None:
-    """New zero input columns would move the consumer's per-filter mean and variance."""
-    with pytest.raises(MorphError, match="weight-standardised conv"):
-        widen(_net(), "stem", 6, seed=0)
 
 
 def test_a_subclass_computing_another_function_is_still_refused() -> None:

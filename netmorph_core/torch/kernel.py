@@ -4,7 +4,9 @@ The kernel is zero-padded symmetrically to K̃ and the padding grows by d·(K̃ 
 (:func:`netmorph_core.morph.kernel.morph_kernel`); "same" padding stays "same", which grows by
 exactly that amount. The stride, dilation and padding mode are kept, so the layer stays an
 nn.ConvNd with the same parameter names (except for reflect/circular padding, see
-:func:`grow_kernel`).
+:func:`grow_kernel`). A weight-standardised conv with a gain (:mod:`.standardized`) keeps its
+class: the new taps are zero in its standardised weight Ŵ (W's new taps at each filter's mean,
+the gain rescaled for the variance, :func:`.standardized.regrow`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from .layer_reads import handed_off
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource
 from .samepad import split_same_padding
+from .standardized import check_gain, is_weight_standardised
+from .standardized import gain_index as standardised_gain_index
+from .standardized import install as install_standardised
+from .standardized import note as standardised_note
+from .standardized import regrow as regrow_standardised
 from .streamed import Region
 from .support import check_new_entries
 from .surgery import (
@@ -69,12 +76,24 @@ def grow_kernel(
     becomes ``nn.Sequential(DynamicSamePad(parent's K, s, d), <conv K̃, zero padding>)``.
     A grouped conv keeps its ``groups``. A weight-normed conv keeps its weight norm (same dim;
     parameters ``….parametrizations.weight.original0``/``original1``): new taps are zero in W
-    (:func:`.weight_normed.regrow`).
+    (:func:`.weight_normed.regrow`). A weight-standardised conv with a gain keeps its class,
+    weight and gain names (:func:`.standardized.regrow`); one without a gain is refused (the
+    new taps' variance cannot be absorbed).
     """
-    layer = find_layer(model, at, CONV_TYPES, same_padding=True, grouped=True, weight_norm=True)
+    layer = find_layer(
+        model,
+        at,
+        CONV_TYPES,
+        same_padding=True,
+        grouped=True,
+        weight_norm=True,
+        standardised=True,
+    )
     old = tuple(layer.kernel_size)
     size = v.kernel_tuple(kernel_size, len(old), "kernel_size")
     v.effective_size(old, size, (1,) * len(old), "kernel_size")
+    if size != old and is_weight_standardised(layer):
+        check_gain(layer, at, "new kernel taps")
     entries = layer.in_channels // layer.groups * layer.out_channels * math.prod(size)
     check_new_entries(entries, layer.weight, f"grow_kernel at={at!r} to kernel_size={size}")
     budget = unfold_budget("grow_kernel", model, at, layer, size)
@@ -98,29 +117,37 @@ def grow_kernel(
             padding = conv.padding
         else:
             padding = tuple(lo for lo, _ in geo.grown_pads(size))
-        base = next(c for c in CONV_TYPES if isinstance(conv, c))  # same function, any __init__
-        new = base(
-            conv.in_channels,
-            conv.out_channels,
-            size,
-            stride=conv.stride,
-            padding=padding,
-            dilation=conv.dilation,
-            bias=conv.bias is not None,
-            padding_mode="zeros" if split else conv.padding_mode,
-            groups=conv.groups,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
         index = (None, None, *(_centred_index(n, k) for n, k in zip(size, old)))
+        standardised = is_weight_standardised(conv)
+        if standardised:  # kept, with its weight and gain regrown
+            regrown = regrow_standardised(conv, to_tensor(grown, conv.weight), index)
+            new = conv
+            new.kernel_size, new.padding = size, padding
+            new.padding_mode = "zeros" if split else conv.padding_mode
+            install_standardised(new, regrown)
+        else:
+            base = next(c for c in CONV_TYPES if isinstance(conv, c))  # same function
+            new = base(
+                conv.in_channels,
+                conv.out_channels,
+                size,
+                stride=conv.stride,
+                padding=padding,
+                dilation=conv.dilation,
+                bias=conv.bias is not None,
+                padding_mode="zeros" if split else conv.padding_mode,
+                groups=conv.groups,
+                device=conv.weight.device,
+                dtype=conv.weight.dtype,
+            )
         normed = is_weight_normed(conv)
         with torch.no_grad():
             if normed:
                 kept = regrow(conv, to_tensor(grown, conv.weight), index)
                 install(new, kept, conv)
-            else:
+            elif not standardised:
                 new.weight.copy_(to_tensor(grown, conv.weight))
-            if conv.bias is not None:
+            if conv.bias is not None and new is not conv:
                 new.bias.copy_(conv.bias)
         wrapped = same is not None or (split and any(lo or hi for lo, hi in inner))
         if wrapped:
@@ -137,6 +164,12 @@ def grow_kernel(
         if wrapped and conv.bias is not None:
             sources[f"{name}.bias"] = ParamSource(f"{at}.bias", f"{at}.bias")
         notes = [weight_note(at, conv, kept)] if normed else []
+        if standardised:
+            notes.append(standardised_note(at, regrown))
+            if regrown.gain is not None:
+                sources[f"{name}.gain"] = ParamSource(
+                    f"{at}.gain", f"{at}.gain", standardised_gain_index(index)
+                )
         if same is not None:
             notes.append(
                 "dynamic 'same' padding kept as DynamicSamePad (the parent's rule), the growth "
@@ -174,5 +207,6 @@ def grow_kernel(
             tol=tol,
             budget=budget,
             weight_norm=True,
+            standardised=True,
         )
     )

@@ -110,7 +110,8 @@ class Request:
     ``untie``: the operation replaces ``edits``, whose parameters shared with other modules
     (a tied head) get their own copy in the child instead of being refused; ``weight_norm``:
     the operation keeps the weight norm of a weight-normed layer of ``edits``
-    (:mod:`.weight_normed`).
+    (:mod:`.weight_normed`); ``standardised``: it keeps a weight-standardised conv of ``edits``
+    and regrows its weight and gain (:mod:`.standardized`).
     """
 
     operation: str
@@ -131,6 +132,7 @@ class Request:
     budget: Callable[[Inputs], None] | None = None
     untie: bool = False
     weight_norm: bool = False
+    standardised: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,12 @@ def support(request: Request) -> None:
     """Step 2: every module the operation edits, replaces, copies or rewrites is understood."""
     if request.edits:
         check_editable(
-            request.model, request.edits, request.same_padding, request.untie, request.weight_norm
+            request.model,
+            request.edits,
+            request.same_padding,
+            request.untie,
+            request.weight_norm,
+            request.standardised,
         )
     check_subtree(request.model, request.copies)
 

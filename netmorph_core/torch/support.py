@@ -14,8 +14,8 @@ the reason otherwise:
   LoRA or quantisation wrappers compute another function of the same weight) → MorphError.
   Recognised dynamic "same" padding convs (:mod:`.samepad`) are verified and handled exactly
   by the operations that replace the layer (not by widen); so are weight-standardised convs
-  (:mod:`.standardized`: replaced by plain convs of their standardised weight; widen and
-  grow_kernel refuse them by name);
+  (:mod:`.standardized`: replaced by plain convs of their standardised weight, or kept by widen
+  and grow_kernel, which regrow their weight and gain);
 - the parent: the nearest ancestor that is not a plain ModuleList/ModuleDict (a subclass with
   its own forward counts) must call the layer.
   nn.Sequential does; other torch.nn modules (nn.MultiheadAttention, nn.TransformerEncoderLayer)
@@ -112,22 +112,28 @@ def _overrides(cls: type, base: type) -> list[str]:
 
 
 def check_layer_class(
-    layer: nn.Module, at: str, same_padding: bool = False, replaced: bool = False
+    layer: nn.Module,
+    at: str,
+    same_padding: bool = False,
+    replaced: bool = False,
+    standardised: bool = False,
 ) -> None:
     """``layer`` must compute nn.ConvNd's / nn.Linear's function of its weight and bias, or
     (``same_padding``: the operation handles it) be a verified dynamic "same" padding conv, or
-    (``replaced``: the operation replaces the layer) a verified weight-standardised conv
+    (``replaced``: the operation replaces the layer; ``standardised``: it regrows the layer's
+    weight and gain, :func:`.standardized.regrow`) a verified weight-standardised conv
     (:mod:`.standardized`)."""
     cls = type(layer)
     if cls in KNOWN_LAYERS or (cls.__module__, cls.__qualname__) in SAME_FUNCTION:
         return
     if is_weight_standardised(layer):
-        if not replaced:
+        if not (replaced or standardised):
             raise MorphError(
                 f"{at!r} is {cls.__qualname__}, a weight-standardised conv: deepen, "
                 "morph_subnet, morph_stacked and morph_module replace it by plain convs of its "
-                "standardised weight; this operation would keep it, and new zero columns or "
-                "taps would change its per-filter mean and variance; refused"
+                "standardised weight, widen and grow_kernel regrow its weight and gain; this "
+                "operation does neither, and new entries would change its per-filter mean "
+                "and variance; refused"
             )
         return
     if is_same_padding_conv(layer):
@@ -356,6 +362,7 @@ def check_editable(
     same_padding: bool = False,
     tied_ok: bool = False,
     weight_norm: bool = False,
+    standardised: bool = False,
 ) -> None:
     """Every module ``names`` of ``model`` may be replaced or edited by a morph (see the module
     docstring); conv/linear layers must also be understood and called by their parent.
@@ -363,7 +370,9 @@ def check_editable(
     ``tied_ok``: the operation replaces the modules, so parameters they share with others are
     untied in the child (:func:`.surgery.untie`) instead of refused, and a weight-normed layer
     is replaced by the plain layer of its weight (:mod:`.weight_normed`); ``weight_norm``: the
-    operation keeps a weight-normed layer's weight norm (:func:`.weight_normed.regrow`)."""
+    operation keeps a weight-normed layer's weight norm (:func:`.weight_normed.regrow`);
+    ``standardised``: the operation keeps a weight-standardised conv and regrows its weight and
+    gain (:func:`.standardized.regrow`)."""
     names = list(names)
     check_model_values(model)
     for at in names:
@@ -374,7 +383,7 @@ def check_editable(
         check_values(module, at)
         check_no_hooks(module, at, parametrized=normed)
         if isinstance(module, KNOWN_LAYERS):
-            check_layer_class(module, at, same_padding, tied_ok)
+            check_layer_class(module, at, same_padding, tied_ok, standardised)
         if isinstance(module, KNOWN_LAYERS) or is_conv1d(module):
             check_called_by_parent(model, at)
     check_unshared(model, names, tied_ok)

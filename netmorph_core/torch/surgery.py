@@ -73,6 +73,7 @@ def find_layer(
     replaced: bool = False,
     chain: bool = False,
     weight_norm: bool = False,
+    standardised: bool = False,
 ) -> nn.Module:
     """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
     MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
@@ -83,8 +84,9 @@ def find_layer(
     Grouped convolutions are accepted only with ``grouped=True`` (ValueError otherwise). Where
     Linear layers are accepted, transformers' ``Conv1D`` is too: the result is then
     :func:`linear_equivalent`, a copy to read shapes and values from. ``weight_norm``: the
-    operation keeps a weight-normed layer's weight norm (:func:`.weight_normed.regrow`); the
-    layer itself is returned."""
+    operation keeps a weight-normed layer's weight norm (:func:`.weight_normed.regrow`);
+    ``standardised``: it keeps a weight-standardised conv and regrows its weight and gain
+    (:func:`.standardized.regrow`); the layer itself is returned in both cases."""
     layer = find_module(model, at, name)
     if not ((replaced or weight_norm) and is_weight_normed(layer)):
         check_understood(layer, at)
@@ -103,7 +105,14 @@ def find_layer(
         expected = "Linear or Conv1D" if expected == "Linear" else expected
         raise TypeError(f"{name}={at!r} is {type_label(layer)}; expected {expected}")
     # first: reading a parametrized weight runs its parametrization (spectral norm updates u, v)
-    check_editable(model, [at], same_padding, tied_ok=replaced, weight_norm=weight_norm)
+    check_editable(
+        model,
+        [at],
+        same_padding,
+        tied_ok=replaced,
+        weight_norm=weight_norm,
+        standardised=standardised,
+    )
     if replaced:
         check_attributes_unread(model, at, chain)
     if isinstance(layer, CONV_TYPES) and layer.groups != 1 and not grouped:

@@ -37,6 +37,13 @@ norm (random rows of a producer normed along another axis than its outputs, rand
 a consumer normed along another axis than its inputs) recompute that slice's g, exact up to
 its rounding; "auto" then zeroes the side that avoids it where the rule above allows (a
 weight-normed consumer gets zero columns: with dim=0 its per-row norms are unchanged).
+
+A weight-standardised conv (Ŵ_o = g_o·(W_o − mean)/√(var + ε), :mod:`.standardized`) keeps its
+class: its new filters are standardised on their own, and a consumer's new columns are zero or
+random in Ŵ (W's new entries centred on each filter's mean, the gain rescaled for the variance,
+:func:`.standardized.regrow`); a consumer without a gain is refused. "auto" zeroes the columns
+(a zero filter W = 0 has Ŵ = 0, but (W − mean)/√(var + ε) has gradient 1/√ε there: its first
+update would give it full scale).
 """
 
 from __future__ import annotations
@@ -65,6 +72,11 @@ from .errors import MorphError
 from .exported_consumers import plan_exported_widening
 from .pipeline import Request, run
 from .report import MorphReport, Outcome, ParamSource
+from .standardized import check_gain, is_weight_standardised
+from .standardized import gain_index as standardised_gain_index
+from .standardized import install as install_standardised
+from .standardized import note as standardised_note
+from .standardized import regrow as regrow_standardised
 from .support import check_editable, check_model_state, check_widen_memory
 from .surgery import find_layer, gather, to_numpy64, to_tensor
 from .tracing import default_inputs, is_hf_model
@@ -114,7 +126,18 @@ def _put_weight(
     outcome: Outcome,
 ) -> None:
     """``layer``'s weight becomes ``weight`` (``index``: child → parent entries per axis),
-    through its weight norm where it has one (:func:`.weight_normed.regrow`)."""
+    through its weight norm where it has one (:func:`.weight_normed.regrow`), regrown with its
+    gain where it is weight-standardised (:func:`.standardized.regrow`)."""
+    if is_weight_standardised(layer):
+        grown = regrow_standardised(layer, weight, index)
+        install_standardised(layer, grown)
+        outcome.sources[f"{name}.weight"] = ParamSource(f"{name}.weight", f"{name}.weight", index)
+        if grown.gain is not None:
+            outcome.sources[f"{name}.gain"] = ParamSource(
+                f"{name}.gain", f"{name}.gain", standardised_gain_index(index)
+            )
+        outcome.notes.append(standardised_note(name, grown))
+        return
     if not is_weight_normed(layer):
         _set_param(layer, "weight", weight)
         outcome.sources[f"{name}.weight"] = ParamSource(f"{name}.weight", f"{name}.weight", index)
@@ -162,6 +185,13 @@ def _choose_side(zero_side: str, plan: WidthPlan, model: nn.Module, extra: int) 
     dead = plan.dead()
     if dead:
         return "outer", f"{dead} has zero gradient at 0, zeroed new rows would never train"
+    producers = (*plan.producers, *plan.gates)
+    singular = next((n for n in producers if is_weight_standardised(model.get_submodule(n))), None)
+    if singular:
+        return "outer", (
+            f"zeroed new filters of the weight-standardised {singular!r} would sit where its "
+            "standardisation has gradient 1/√ε: the first update would give them full scale"
+        )
     by_inner, by_outer = _regauged(plan, model, "inner"), _regauged(plan, model, "outer")
     if by_inner and not by_outer:
         return "outer", f"the weight norm of {by_inner[0]!r} keeps its norms with zero columns"
@@ -370,7 +400,8 @@ MAX_PRODUCERS = 256
 def _producers(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Module], int, int]:
     """The layers ``names`` (found and checked), their common output channels and groups."""
     layers = [
-        find_layer(model, n, grouped=True, same_padding=True, weight_norm=True) for n in names
+        find_layer(model, n, grouped=True, same_padding=True, weight_norm=True, standardised=True)
+        for n in names
     ]
     counts = {n: layer.weight.shape[0] for n, layer in zip(names, layers)}
     if len(set(counts.values())) > 1:
@@ -525,8 +556,16 @@ def widen(
             ) from exc
     _check_untied(model, plan)
     check_editable(
-        model, [_module_of(use) for use in plan.uses], same_padding=True, weight_norm=True
+        model,
+        [_module_of(use) for use in plan.uses],
+        same_padding=True,
+        weight_norm=True,
+        standardised=True,
     )
+    for use in plan.consumers:
+        consumer = model.get_submodule(use.name)
+        if is_weight_standardised(consumer):
+            check_gain(consumer, use.name, "new input columns")
     check_widen_memory(model, names, [use.name for use in plan.consumers], width)
     side, why = _choose_side(zero_side, plan, model, width - channels)
     # the widened output itself, one float64 tensor of it (its consumers' weights are bounded
@@ -569,5 +608,6 @@ def widen(
             same_padding=True,
             layer_scope=False,
             weight_norm=True,
+            standardised=True,
         )
     )
