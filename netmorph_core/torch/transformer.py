@@ -614,8 +614,9 @@ def _attention_units(
     ):
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, value)
-    for attr, old, value in (  # width records the forward splits at (GPTBigCode)
+    for attr, old, value in (  # width records the forward splits at (GPTBigCode, timm)
         ("embed_dim", block.heads * hd, new_heads * hd),
+        ("attn_dim", block.heads * hd, new_heads * hd),
         ("kv_dim", block.kv_heads * hd, new_kv * hd),
         ("kv_heads", block.kv_heads, new_kv),
     ):
