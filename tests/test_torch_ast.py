@@ -2,10 +2,12 @@
 (frames, mel bins) filter banks, found by structure once its default probe is known (its config's
 ``max_length`` frames of ``num_mel_bins``).
 
-``grow_ffn``, ``add_heads`` and ``add_block`` are exact in float64 and reload with the stock
-``from_pretrained``; ``deepen_projection`` and ``widen`` of a query projection are exact and
-reload with ``load_grown``. ``grow_width`` is refused: the classifier normalises the pooled
-tokens again (a LayerNorm outside the stack after the final one), which it does not follow.
+``grow_ffn``, ``add_heads``, ``add_block`` and ``grow_width`` to whole copies of the stream
+are exact in float64 and reload with the stock ``from_pretrained``; ``deepen_projection`` and
+``widen`` of a query projection are exact and reload with ``load_grown``. The classifier
+normalises the two pooled tokens again (a LayerNorm outside the stack, after the final one):
+``grow_width`` grows it as a norm of the stream, so a width that is not a multiple of the
+stream's is refused naming it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ OPS: dict[str, tuple[Op, bool]] = {
     "grow_ffn": (lambda m: grow_ffn(m, 96), True),
     "add_heads": (lambda m: add_heads(m, 8), True),
     "add_block": (lambda m: add_block(m, 1), True),
+    "grow_width x2": (lambda m: grow_width(m, 64), True),
+    "grow_width x3": (lambda m: grow_width(m, 96), True),
     "deepen_projection": (lambda m: deepen_projection(m, f"{STACK}.0.attention.o_proj"), False),
     "widen q_proj": (lambda m: widen(m, f"{STACK}.0.attention.q_proj", 48), False),
 }
@@ -103,9 +107,9 @@ def test_operation_is_exact_and_reloads(op: str, tmp_path: Path) -> None:
     assert _rel(_logits(reloaded.double().eval()), _logits(parent)) < TOL
 
 
-def test_grow_width_is_refused_and_the_parent_kept() -> None:
+def test_grow_width_to_a_non_multiple_is_refused_naming_the_classifier_norm() -> None:
     parent = _parent()
     before = {k: v.clone() for k, v in parent.state_dict().items()}
-    with pytest.raises(MorphError, match="the child fails on the probe the parent runs"):
-        grow_width(parent, 64)
+    with pytest.raises(MorphError, match=r"d_model=45 .*'classifier\.layernorm' normalises"):
+        grow_width(parent, 45)
     assert all(torch.equal(v, parent.state_dict()[k]) for k, v in before.items())

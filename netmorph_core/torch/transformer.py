@@ -1247,7 +1247,20 @@ def grow_width(
     _check_norms(model, layout, d_model, rescale=extra > 0)
     kind = layout.norm_kind
     norms, others, final = _norm_names(model, layout)
-    all_norms = [*norms, *others, *(pool.norm for pool in pools), *([final] if final else [])]
+    pooled = [n for n in fam.pooled_norms if _get_module(model, n) is not None]
+    if pooled and extra:
+        raise MorphError(
+            f"d_model={d_model} is not a multiple of {d}: {pooled[0]!r} normalises tokens "
+            "pooled from the stream after its final norm, which only whole copies of the "
+            "stream keep; use a multiple of the width"
+        )
+    all_norms = [
+        *norms,
+        *others,
+        *(pool.norm for pool in pools),
+        *pooled,
+        *([final] if final else []),
+    ]
     offsets = {
         name: _gain_offset(model.get_submodule(name), name, kind)
         for name in all_norms

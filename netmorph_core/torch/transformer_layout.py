@@ -145,7 +145,9 @@ class Family:
     ``qk_norms``: the norms that read the query and the key projection's whole output (""
     for none), where the trace found them. ``stream_convs``: convolutions of the owner that
     read the stream before block 0 and add to it (speech encoders' position convolution,
-    :mod:`.speech_stream`).
+    :mod:`.speech_stream`). ``pooled_norms``: norms outside the owner (qualified from the
+    model's root) that read tokens pooled from the stream after the final norm (AST's
+    classifier LayerNorm).
     """
 
     name: str
@@ -179,6 +181,7 @@ class Family:
     branch_norms: tuple[str, ...] = ()
     qk_norms: tuple[str, ...] = ()
     stream_convs: tuple[str, ...] = ()
+    pooled_norms: tuple[str, ...] = ()
 
 
 #: Llama's names: Gemma-2/3 carry them with sandwich norms, and the mixture-of-experts
@@ -630,6 +633,7 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         branch_norms=stack.branch_norms,
         qk_norms=stack.qk_norms,
         stream_convs=stack.stream_convs,
+        pooled_norms=stack.pooled_norms,
     )
 
 

@@ -282,6 +282,8 @@ def on_stream(z: torch.Tensor | None, streams: list[torch.Tensor]) -> bool:
     if rows.shape[0] >= rows.shape[1]:
         return False  # every row would be a combination: undecided
     target = z.detach().reshape(-1, z.shape[-1]).double()
-    coef = torch.linalg.lstsq(rows.T, target.T).solution
+    # gelsd (SVD): the rows are rank-deficient (normalised tokens, or equal ones), where the
+    # default QR driver's solution is not reliable
+    coef = torch.linalg.lstsq(rows.T, target.T, driver="gelsd").solution
     err = float(torch.linalg.norm(rows.T @ coef - target.T))
     return err <= 1e-5 * max(float(torch.linalg.norm(target)), 1e-30)

@@ -82,7 +82,9 @@ class Stack:
     """What :func:`trace_stack` found: names relative to a block (``attention`` … ``norms``,
     ``scales``) or to the stream's owner (``writers``, ``final_norm``, ``stream_norms``,
     ``head_norms``: norms after the last block before the final one, ``readers``: linear
-    layers after the last block reading the stream); ``post_ln``: norms after the sums."""
+    layers after the last block reading the stream); ``post_ln``: norms after the sums;
+    ``pooled_norms``: norms outside the owner (qualified from the model's root) that read
+    tokens pooled from the stream after the final norm (AST's classifier LayerNorm)."""
 
     attention: str
     qkv: tuple[str, ...]
@@ -104,6 +106,7 @@ class Stack:
     branch_norms: tuple[str, ...] = ()
     qk_norms: tuple[str, ...] = ()
     stream_convs: tuple[str, ...] = ()
+    pooled_norms: tuple[str, ...] = ()
 
 
 #: Last name components that say which of q, k, v an attention input layer computes.
@@ -356,7 +359,20 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
         if n and not (n == blocks_rel or n.startswith(blocks_rel + ".")) and is_norm(m)
     }
     candidates = {f"W:{n}": m for n, m in writer_candidates(root, blocks_rel).items()}
-    watch = {**linears, **norms, **outside, **candidates, "B:first": block, "B:last": blocks[-1]}
+    head_norms = {  # norms of a head outside the owner (AST's classifier)
+        f"H:{n}": m
+        for n, m in model.named_modules()
+        if owner and not (n == owner or n.startswith(owner + ".")) and is_norm(m)
+    }
+    watch = {
+        **linears,
+        **norms,
+        **outside,
+        **candidates,
+        **head_norms,
+        "B:first": block,
+        "B:last": blocks[-1],
+    }
     y0, calls = _run(model, inputs, watch, {})
     if not _close(_run(model, inputs, {}, {})[0], y0):
         raise MorphError(
@@ -491,6 +507,11 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
         if c.name in outside and c.out is not None and on_stream(c.inp, streams):
             after.append(c.name[2:])  # a norm of the stream, not of a pooling head's output
             streams.append(c.out)
+    pooled = [
+        c.name[2:]
+        for c in calls[end + 1 :]
+        if c.name in head_norms and c.out is not None and on_stream(c.inp, streams[-1:])
+    ]
     started = [c.name[2:-6] for c in calls[:start] if c.name.startswith("W:") and c.out is None]
     convs = stream_convs(root, calls[:start], started, d)  # speech encoders' position convs
     started = [n for n in started if n not in convs]
@@ -536,6 +557,7 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
         branch_norms=(b_attn.name[2:], b_mlp.name[2:]) if branched else (),
         qk_norms=tuple(n[2:] if n.startswith("N:") else "" for n in probed[:2]),
         stream_convs=convs,
+        pooled_norms=tuple(dict.fromkeys(pooled)),
     )
 
 
