@@ -24,6 +24,7 @@ from netmorph_core.morph.graph import Module, conv_edge  # noqa: E402
 from netmorph_core.torch import (  # noqa: E402
     MorphError,
     deepen,
+    grow_ffn,
     grow_kernel,
     morph_module,
     morph_stacked,
@@ -705,3 +706,23 @@ def test_a_child_whose_output_changes_shape_is_refused_naming_the_model() -> Non
     with pytest.raises(MorphError, match=want):
         grow_kernel(parent, "0.conv", (5, 5), input_shape=(2, 3, 16, 16))
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+class _SmallCnn(nn.Module):
+    """Convolutions, then a two-layer classifier: no transformer blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1))
+
+
+def test_transformer_operations_on_a_cnn_name_the_layer_operations() -> None:
+    parent = _SmallCnn().double().eval()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    with pytest.raises(MorphError, match="a convolutional network: grow it with deepen, widen"):
+        grow_ffn(parent, 16)
+    assert all(torch.equal(v, parent.state_dict()[k]) for k, v in before.items())
