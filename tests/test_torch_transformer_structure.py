@@ -355,13 +355,6 @@ NAMED: dict[str, tuple[str, str, dict, str, str]] = {
         "deberta",
         "attention.self.pos_proj|attention.self.pos_q_proj",
     ),
-    "Qwen3 (per-head q/k norms, Llama's names)": (
-        "Qwen3ForCausalLM",
-        "Qwen3Config",
-        dict(TEXT, num_key_value_heads=2, head_dim=8),
-        "llama",
-        "does not compute softmax(q·kᵀ)·v per head",
-    ),
     "OLMo (gain-free norms, Llama's names)": (
         "OlmoForCausalLM",
         "OlmoConfig",
@@ -404,6 +397,17 @@ def test_gemma2_sandwich_blocks_are_found_by_structure_as_named() -> None:
     assert named.branch_norms == ("post_attention_layernorm", "post_feedforward_layernorm")
     for field in ("qkv", "o", "ffn_in", "ffn_out", "writers", "final_norm", "post_ln"):
         assert getattr(found, field) == getattr(named, field), field
+
+
+def test_qwen3_per_head_query_key_norms_are_found_by_structure_as_named() -> None:
+    """Qwen3's q/k RMS norms over each head's coordinates keep a head's scale 2^a only to
+    rounding (their ε): the trace leaves q and k unscaled and finds Llama's layout."""
+    model = _build("Qwen3ForCausalLM", "Qwen3Config", dict(TEXT, num_key_value_heads=2, head_dim=8))
+    found, named = describe_by_structure(model).family, describe(model).family
+    assert named.name == "llama"
+    for field in ("qkv", "o", "ffn_in", "ffn_out", "norms", "writers", "final_norm", "post_ln"):
+        assert getattr(found, field) == getattr(named, field), field
+    assert found.qkv_layout == "separate" and not found.alibi
 
 
 @pytest.mark.parametrize("name", list(NAMED))
