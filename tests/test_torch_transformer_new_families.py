@@ -305,6 +305,23 @@ HF: dict[str, tuple[str, str, dict, Callable[[], tuple[torch.Tensor, ...]]]] = {
     ),
     "AltCLIP image encoder": ("AltCLIPVisionModel", "AltCLIPVisionConfig", VISION, _images),
     "BLIP image encoder": ("BlipVisionModel", "BlipVisionConfig", VISION, _images),
+    "EXAONE-4 (per-head q/k norms, NoPE layers)": (
+        "Exaone4ForCausalLM",
+        "Exaone4Config",
+        dict(
+            TEXT,
+            num_key_value_heads=2,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+        lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
+    "GPT-NeoX-Japanese (its last block alone adds a bias to the stream)": (
+        "GPTNeoXJapaneseForCausalLM",
+        "GPTNeoXJapaneseConfig",
+        dict(TEXT, intermediate_multiple_size=2),
+        lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
 }
 HF_OPS = ("grow_ffn", "add_heads", "grow_width", "add_block", "deepen_projection")
 #: (model, operation) → the refusal's message fragment; every other case is exact.
@@ -312,6 +329,12 @@ HF_REFUSED = {
     # BLIP's attention reshapes its fused q|k|v output with the stream's width
     ("BLIP image encoder", "add_heads"): "the child fails on the probe the parent runs",
     ("BLIP image encoder", "grow_width"): "the child fails on the probe the parent runs",
+    **{
+        ("GPT-NeoX-Japanese (its last block alone adds a bias to the stream)", op): (
+            r"'gpt_neox_japanese\.layers\.1\.attention\.dense_bias' has no counterpart in block 0"
+        )
+        for op in ("grow_width", "add_block")
+    },
 }
 
 

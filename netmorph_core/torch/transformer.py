@@ -1220,6 +1220,7 @@ def grow_width(
             "residual sum (post-LN), which only keeps whole copies of the stream"
         )
     _check_fixed_width(model, layout, f"d_model={d_model}")
+    _check_even_blocks(model, layout, f"d_model={d_model}")
     # a base model: no head, or a pooler beside the stream it returns (BERT, ViT)
     returns_stream = layout.head is None or layout.head.rpartition(".")[2] == "pooler"
     if returns_stream and inplace is True:
@@ -1461,6 +1462,27 @@ def _check_writers(model: nn.Module, layout: Layout, d_model: int) -> None:
             )
 
 
+def _check_even_blocks(model: nn.Module, layout: Layout, what: str) -> None:
+    """Every block holds no parameter block 0 lacks, other than a norm's (ModernBERT's block 0
+    has no attention norm); MorphError naming the first: a parameter the trace of block 0 never
+    saw (GPT-NeoX-Japanese's last block adds ``attention.dense_bias`` to the stream), which
+    ``grow_width`` and ``add_block`` would leave at the wrong width or copy into a new block."""
+    if layout.family.moe:  # dense and expert feed-forwards alternate (moe_layout checks them)
+        return
+    first = model.get_submodule(layout.blocks[0].prefix)
+    names = {n for n, _ in first.named_parameters()}
+    for b in layout.blocks[1:]:
+        block = model.get_submodule(b.prefix)
+        for name, _ in block.named_parameters():
+            owner = block.get_submodule(name.rpartition(".")[0]) if "." in name else block
+            if name not in names and not is_norm(owner):
+                raise MorphError(
+                    f"{what}: '{b.prefix}.{name}' has no counterpart in block 0, whose trace "
+                    "describes every block: a parameter only some blocks hold (it may write "
+                    "the stream); refused"
+                )
+
+
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     """The layer of the output head that reads the stream: the head itself, or the first
     linear layer of a head module (RoBERTa's classifier.dense); in a model with a pooler (BERT,
@@ -1556,6 +1578,7 @@ def add_block(
     if layout.family.post_ln:
         post = post_ln_plan(model, layout, at, embedding_projection(model, layout))
     _check_fixed_width(model, layout, f"at={at}")
+    _check_even_blocks(model, layout, f"at={at}")
     template = layout.blocks[min(at, n - 1)]
     fam = layout.family
     template_hidden = (
