@@ -388,7 +388,7 @@ class _Tracer(fx.Tracer):
         self.base_layers = {id(m) for m in model.modules() if _computes_base_layer(m)}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        leaf = isinstance(m, (PActivation, _BATCH_NORMS)) or is_frozen_batch_norm(m)
+        leaf = isinstance(m, (PActivation, _BATCH_NORMS, nn.GroupNorm)) or is_frozen_batch_norm(m)
         leaf = leaf or may_be_standardised(m) or id(m) in self.base_layers
         return leaf or super().is_leaf_module(m, module_qualified_name)
 
@@ -714,14 +714,12 @@ class _Walk:
             self.plan.uses.append(Use(name, "batch_norm", flow))
             last = flow.layout == LAST and not isinstance(m, ChannelLastBatchNorm)
             self.flows[node] = replace(flow, layout=VECTOR if last else flow.layout)
-            for child_name, child in m.named_children():  # e.g. BatchNormAct2d: drop, act
-                if type(child) not in _MODULES:
-                    raise self.fail(
-                        node,
-                        f"applies {type(child).__name__} ({name}.{child_name}) after normalising, "
-                        "which widen does not know to be channel-wise",
-                    )
-                self._pass(node, self.flows[node], *_MODULES[type(child)])
+            self._norm_children(node, m, name)
+        elif isinstance(m, nn.GroupNorm):
+            self._group_norm(node, m, flow)
+            self.plan.uses.append(Use(name, "group_norm", flow))
+            self.flows[node] = flow
+            self._norm_children(node, m, name)
         elif is_frozen_batch_norm(m):
             if flow.layout not in (SPATIAL, VECTOR):
                 raise self.fail(node, f"cannot normalise a {flow.layout} tensor per channel")
@@ -752,6 +750,39 @@ class _Walk:
             self._glu(node, flow, m.dim)
         else:
             raise self.fail(node, "consumes widened channels and cannot be updated by widen")
+
+    def _norm_children(self, node: fx.Node, m: nn.Module, name: str) -> None:
+        """What a norm module applies after normalising (timm's BatchNormAct2d and
+        GroupNormAct: drop, act) must be channel-wise."""
+        for child_name, child in m.named_children():
+            if type(child) not in _MODULES:
+                raise self.fail(
+                    node,
+                    f"applies {type(child).__name__} ({name}.{child_name}) after normalising, "
+                    "which widen does not know to be channel-wise",
+                )
+            self._pass(node, self.flows[node], *_MODULES[type(child)])
+
+    def _group_norm(self, node: fx.Node, m: nn.GroupNorm, flow: Flow) -> None:
+        """A GroupNorm normalises each group of C/G channels on its own: the widened tensor
+        must keep the parent's groups in order and add whole new groups (which it normalises
+        apart, with gain 1 and bias 0: a zero group stays zero)."""
+        if flow.layout not in (SPATIAL, VECTOR):
+            raise self.fail(node, f"cannot normalise a {flow.layout} tensor in groups")
+        self._expect(node, m.num_channels, flow)
+        size = m.num_channels // m.num_groups
+        if size == 1 or grouped_outputs(flow.src, size, size) is not None:
+            return
+        whole = (flow.src.size - flow.parent_channels) % size == 0
+        if whole and np.array_equal(flow.src, self.src):
+            raise BlockRequest(size, whole_groups=True)
+        raise self.fail(
+            node,
+            f"normalises in groups ({m.num_groups} group{'s' * (m.num_groups != 1)} of {size} "
+            f"channels): new channels "
+            f"need whole new groups, i.e. a width of {flow.parent_channels} + a multiple of "
+            f"{size}" + ("" if whole else f" (got {flow.src.size})"),
+        )
 
     def _expect(self, node: fx.Node, channels: int, flow: Flow) -> None:
         if channels != flow.parent_channels:

@@ -279,14 +279,16 @@ def _apply(
                 m.running_mean = gather(m.running_mean, s, 0, 0.0)
                 m.running_var = gather(m.running_var, s, 0, 1.0)
             m.num_features = s.size
-        elif use.kind == "group_norm":  # one group per channel: the new ones each their own
+        elif use.kind == "group_norm":  # the parent's groups, then whole new groups
+            size = m.num_channels // m.num_groups
             for attr, fill in (("weight", 1.0), ("bias", 0.0)):
                 if getattr(m, attr) is not None:
                     _set_param(m, attr, gather(getattr(m, attr), s, 0, fill))
                     sources[f"{use.name}.{attr}"] = ParamSource(
                         f"{use.name}.{attr}", f"{use.name}.{attr}", (s,)
                     )
-            m.num_groups = m.num_channels = s.size
+            m.num_channels = s.size
+            m.num_groups = s.size // size
         elif use.kind == "frozen_batch_norm":  # buffers, not parameters
             for attr, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0)):
                 setattr(m, attr, gather(getattr(m, attr), s, 0, fill))
