@@ -773,15 +773,23 @@ class _Walk:
         size = m.num_channels // m.num_groups
         if size == 1 or grouped_outputs(flow.src, size, size) is not None:
             return
+        groups = f"{m.num_groups} group{'s' * (m.num_groups != 1)}"
+        self._whole_groups(node, flow, size, f"normalises in groups ({groups} of {size} channels)")
+
+    def _whole_groups(
+        self, node: fx.Node, flow: Flow, size: int, what: str, tail: str = ""
+    ) -> None:
+        """``flow`` does not come in whole groups of ``size``: ask widen for a channel map in
+        whole groups where that would do (BlockRequest), else refuse naming ``what``."""
         whole = (flow.src.size - flow.parent_channels) % size == 0
         if whole and np.array_equal(flow.src, self.src):
             raise BlockRequest(size, whole_groups=True)
         raise self.fail(
             node,
-            f"normalises in groups ({m.num_groups} group{'s' * (m.num_groups != 1)} of {size} "
-            f"channels): new channels "
-            f"need whole new groups, i.e. a width of {flow.parent_channels} + a multiple of "
-            f"{size}" + ("" if whole else f" (got {flow.src.size})"),
+            f"{what}: new input channels need whole new groups, i.e. a width of "
+            f"{flow.parent_channels} + a multiple of {size}"
+            + ("" if whole else f" (got {flow.src.size})")
+            + tail,
         )
 
     def _expect(self, node: fx.Node, channels: int, flow: Flow) -> None:
@@ -845,17 +853,13 @@ class _Walk:
         per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
         out = grouped_outputs(flow.src, per_in, per_out)
         if out is None:
-            whole = (flow.src.size - flow.parent_channels) % per_in == 0
-            if whole and np.array_equal(flow.src, self.src):
-                raise BlockRequest(per_in, whole_groups=True)
-            raise self.fail(
+            self._whole_groups(
                 node,
-                f"is a grouped convolution (groups={m.groups}, {per_in} input channels per "
-                f"group): new input channels need whole new groups, i.e. a width of "
-                f"{flow.parent_channels} + a multiple of {per_in}"
-                + ("" if whole else f" (got {flow.src.size})")
-                + ", reaching it with the parent's groups intact (not through a concatenation "
-                "or a chunk)",
+                flow,
+                per_in,
+                f"is a grouped convolution (groups={m.groups}, {per_in} input channels per group)",
+                ", reaching it with the parent's groups intact (not through a concatenation or a "
+                "chunk)",
             )
         self.plan.uses.append(Use(node.target, "grouped", flow))
         self._pass(node, replace(flow, src=out), True, True)
