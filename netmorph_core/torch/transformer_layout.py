@@ -373,12 +373,6 @@ def _named_layout(model: nn.Module) -> Layout | None:
     return None
 
 
-def _last_linear_owner(model: nn.Module) -> str | None:
-    """The qualified name of the module holding the model's last nn.Linear (its classifier)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return names[-1].rpartition(".")[0] if names else None
-
-
 def _structural_layout(model: nn.Module, moe: tuple[str, str, int, str] | None) -> Layout:
     """The layout of the traced block stack (:func:`.transformer_trace.trace_stack`)."""
     found: tuple | None = moe
@@ -394,9 +388,9 @@ def _structural_layout(model: nn.Module, moe: tuple[str, str, int, str] | None) 
                 "times in one forward pass (one module used at several depths, as in ALBERT); "
                 "the transformer operations do not support shared layers yet; refused"
             )
-        head = _last_linear_owner(model)  # every linear layer in the classifier: a CNN
+        # every nn.Linear in one module (its classifier): a CNN
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        convolutional = all(n.rpartition(".")[0] == head for n in linears)
+        convolutional = len({n.rpartition(".")[0] for n in linears}) <= 1
         hint = (
             " (a convolutional network: grow it with deepen, widen, grow_kernel or "
             "morph_subnet)"
