@@ -190,13 +190,20 @@ def rounding_noise(model: nn.Module, x: torch.Tensor) -> float:
     gen = torch.Generator().manual_seed(5)
     lower: dict[nn.Module, bool] = {}
 
-    def perturb(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+    def perturb(module: nn.Module, inputs: tuple, out: object) -> torch.Tensor | None:
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return None  # a Linear subclass returning more (Llama 4's router: scores, logits)
         noise = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
         return out * (1 + 2.0**-53 * noise)
 
-    def perturb_lower(
-        module: nn.Module, args: tuple, kwargs: dict, out: object
-    ) -> torch.Tensor | None:
+    def perturb_lower(module: nn.Module, args: tuple, kwargs: dict, out: object) -> object:
+        if isinstance(out, tuple):  # float32 parts (a router's logits and weights)
+            return tuple(
+                t * (1 + 2.0**-24 * torch.randn(t.shape, generator=gen).to(t.dtype))
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32
+                else t
+                for t in out
+            )
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             return None
         if module not in lower:

@@ -55,6 +55,50 @@ class Float32Inside(nn.Module):
         return x * torch.rsqrt(ms + 1e-6).to(x.dtype)
 
 
+class Float32Logits(nn.Module):
+    """A router's logits W·x computed and returned in float32 (GLM-4-MoE's, DeepSeek-V3's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 32, generator=torch.Generator().manual_seed(2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.to(torch.float32), self.weight.to(torch.float32))
+
+
+class Routed(nn.Module):
+    """y = x + Σ_e softmax(router logits)_e·W_e·x, the router returning (float32 logits,
+    float32 weights, indices): its float32 parts round at float32 in the parent's noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = _TupleRouter()
+        self.experts = nn.Linear(32, 4 * 32, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, weights, index = self.router(x)
+        out = self.experts(x).view(*x.shape[:-1], 4, 32)
+        picked = out.gather(-2, index[..., None].expand(*index.shape, 32))
+        return x + (weights.to(x.dtype)[..., None] * picked).sum(-2)
+
+
+class _TupleRouter(Float32Logits):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        logits = super().forward(x)
+        weights, index = logits.softmax(-1).topk(2, dim=-1)
+        return logits, weights, index
+
+
+def test_float32_parts_of_a_tuple_round_at_float32() -> None:
+    model = Routed().double().eval()
+    x = _x(4, 32)
+    with torch.no_grad():
+        plain = model(x)
+        rounded = rounded_outputs(model, lambda: [model(x)])[0]
+    noise = float((rounded - plain).abs().max() / plain.abs().max())
+    assert 1e-10 < noise < 1e-5  # float32 rounding of the routing weights, not float64's
+
+
 def _x(*shape: int, scale: float = 1.0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
@@ -71,8 +115,17 @@ def _x(*shape: int, scale: float = 1.0) -> torch.Tensor:
         # in place: the input already holds the output
         (nn.ReLU(inplace=True), _x(4, 32), False),
         (Float32Inside(), _x(4, 32), True),
+        (Float32Logits(), _x(4, 32), True),
     ],
-    ids=["LayerNorm", "Linear", "GELU", "Hardsigmoid", "ReLU-inplace", "float32-mean-square"],
+    ids=[
+        "LayerNorm",
+        "Linear",
+        "GELU",
+        "Hardsigmoid",
+        "ReLU-inplace",
+        "float32-mean-square",
+        "float32-output",
+    ],
 )
 def test_computes_lower(module: nn.Module, x: torch.Tensor, lower: bool) -> None:
     assert _lower(module, x) is lower

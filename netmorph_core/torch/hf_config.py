@@ -335,8 +335,8 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
         _set(config, ("num_attention_heads", "n_head"), heads)
     if kv is not None:
         _set(config, ("num_key_value_heads", "num_kv_heads"), kv)
-    if head_dim is not None and not fam.derived_head_dim:
-        setattr(config, fam.head_dim_field, head_dim)
+    if head_dim is not None and not fam.derived_head_dim and not fam.latent:
+        setattr(config, fam.head_dim_field, head_dim)  # latent: its own fields, kept
     hidden = None
     if not fam.moe:  # the experts' sizes: moe.grow_ffn writes them
         hidden = _one(

@@ -25,6 +25,8 @@ from torch import nn
 
 from .errors import MorphError
 
+#: Names of an MLP's output layer, read only where every layer is d × d.
+OUTPUT_NAMES = frozenset({"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "wo", "out_proj"})
 #: Fused expert parameters followed: (names, gated).
 FUSED = {("down_proj", "gate_up_proj"): True, ("down_proj", "up_proj"): False}
 
@@ -75,12 +77,19 @@ def _attribute(objects: tuple[object, ...], names: tuple[str, ...]) -> object:
 
 
 def mlp_layout(module: nn.Module, d: int) -> Mlp | None:
-    """The :class:`Mlp` layout of ``module``; None when it is not an MLP of Linear layers, or
-    when its hidden size is d (its input and output layers cannot be told apart by shape)."""
+    """The :class:`Mlp` layout of ``module``; None when it is not an MLP of Linear layers.
+    Where its hidden size is d (every layer d × d: shapes cannot tell input from output), the
+    output is the one layer named as one (:data:`OUTPUT_NAMES`); None when none or several
+    are."""
     linears = {n: m for n, m in module.named_children() if isinstance(m, nn.Linear)}
     owned = {f"{n}.{p}" for n, m in linears.items() for p, _ in m.named_parameters()}
     if not linears or any(n not in owned for n, _ in module.named_parameters()):
         return None
+    square = all((m.in_features, m.out_features) == (d, d) for m in linears.values())
+    named = [n for n in linears if n in OUTPUT_NAMES]
+    if square and len(named) == 1:
+        inputs = tuple(n for n in linears if n != named[0])
+        return Mlp(inputs, named[0], d) if 1 <= len(inputs) <= 2 else None
     inputs = tuple(n for n, m in linears.items() if m.in_features == d)
     outputs = [n for n, m in linears.items() if m.out_features == d and m.in_features != d]
     hidden = {linears[n].out_features for n in inputs}

@@ -60,7 +60,11 @@ def computes_lower(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tens
     output in a lower precision than float64: its responses to its first argument perturbed
     by 2⁻⁴⁰ and 2⁻¹⁶ (relative) are not proportional (module docstring)."""
     x = args[0] if args else None
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.float64 or out.dtype != x.dtype:
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float64:
+        return False
+    if out.is_floating_point() and out.dtype != x.dtype:  # returns float32 (a router's logits)
+        return True
+    if out.dtype != x.dtype:
         return False
     if x.data_ptr() == out.data_ptr():  # in place (ReLU(inplace=True)): x is now the output
         return False
@@ -93,17 +97,32 @@ def rounding_hooks(
 ) -> Iterator[None]:
     """While active, every leaf module of ``model`` returns its floating tensor output times
     (1 + u·s), s = ±1 per element from a generator seeded ``seed``, u = eps/2 of the output's
-    dtype (one rounding), or of float32 for a module that computes in float32 inside a float64
-    model (:func:`computes_lower`, decided at its first eval-mode call; their names are
-    appended to ``lower``), or of ``unit`` where that is coarser (the float64 copy of a float32
-    model: its layers round at float32 in use); the hooks are removed on exit."""
+    dtype (one rounding; each floating tensor of a tuple at its own dtype), or of float32 for
+    a module that computes in float32 inside a float64 model (:func:`computes_lower`, decided
+    at its first eval-mode call; their names are appended to ``lower``), or of ``unit`` where
+    that is coarser (the float64 copy of a float32 model: its layers round at float32 in use);
+    the hooks are removed on exit."""
     gen = torch.Generator().manual_seed(seed)
     names = {m: n for n, m in model.named_modules()}
     precision: dict[nn.Module, torch.dtype] = {}
     busy: set[nn.Module] = set()
 
+    def rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        eps = torch.finfo(dtype).eps
+        if unit is not None:
+            eps = max(eps, torch.finfo(unit).eps)
+        sign = torch.randint(0, 2, t.shape, generator=gen).to(t.device, t.dtype) * 2 - 1
+        return t * (1 + eps / 2 * sign)
+
     def hook(module: nn.Module, args: tuple, kwargs: dict, out: object) -> object:
-        if module in busy or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        if module in busy:
+            return None
+        if isinstance(out, tuple):  # each floating part rounds at its own dtype (a router's
+            return tuple(  # float32 logits and weights beside its indices)
+                rounded(t, t.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                for t in out
+            )
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             return None
         if module not in precision and not module.training:
             busy.add(module)
@@ -114,11 +133,7 @@ def rounding_hooks(
             precision[module] = torch.float32 if low else out.dtype
             if low and lower is not None:
                 lower.append(names[module])
-        eps = torch.finfo(precision.get(module, out.dtype)).eps
-        if unit is not None:
-            eps = max(eps, torch.finfo(unit).eps)
-        sign = torch.randint(0, 2, out.shape, generator=gen).to(out.device, out.dtype) * 2 - 1
-        return out * (1 + eps / 2 * sign)
+        return rounded(out, precision.get(module, out.dtype))
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in leaves]

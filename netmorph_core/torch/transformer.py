@@ -60,6 +60,7 @@ from .streamed import Region
 from .surgery import count_parameters, find_layer, gather, replace_module
 from .tracing import default_inputs
 from .transformer_branch_block import silence_branches
+from .transformer_latent import latent_geometry
 from .transformer_layout import Block, Layout, as_matrix, describe, is_conv1d, sync_shapes
 from .transformer_postln import plan as post_ln_plan
 from .transformer_projection import (
@@ -560,6 +561,8 @@ def _attention_units(
     every head reads its own position bias (ALiBi, or a relative bias shared by every block):
     no cancelling sets, zero output columns."""
     fam = layout.family
+    if fam.latent:
+        return _latent_units(edit, block, layout, new_heads, method, fresh, fam.alibi or alone)
     hd = block.head_dim
     heads, kv = (0, 0) if fresh else (block.heads, block.kv_heads)
     if placed is None:
@@ -622,6 +625,56 @@ def _attention_units(
     ):
         if getattr(attention, attr, None) == old:
             setattr(attention, attr, value)
+    return sum(len(head_set) == 1 for head_set in sets)
+
+
+def _latent_units(
+    edit: _Editor,
+    block: Block,
+    layout: Layout,
+    new_heads: int,
+    method: str,
+    fresh: bool,
+    alone: bool,
+) -> int:
+    """Give ``block``'s latent attention (:mod:`.transformer_latent`) ``new_heads`` heads
+    (``fresh``: all of them new, output bias zero); returns how many new heads got zero output
+    columns for want of a partner. The heads of a cancelling set share random rows of the
+    query layer and of W_kvb (their keys' rotary part is every head's), so they compute one
+    output, and get W_o's columns C·coefficient; the latents are unchanged. ``alone``: each
+    head carries its own bias: no sets, zero output columns."""
+    fam = layout.family
+    child = edit.child
+    attention = child.get_submodule(block.name(fam.attention))
+    geo = latent_geometry(
+        attention, child.get_submodule(block.prefix), fam.latent, fam.o, block.prefix
+    )
+    old = 0 if fresh else geo.heads
+    src = np.concatenate([np.arange(old), np.full(new_heads - old, -1)]).astype(np.int64)
+    new = list(range(old, new_heads))
+    sets = [[h] for h in new] if alone else _cancel_sets(new)
+    for rel, unit in zip(fam.latent, (geo.nope + geo.rope, geo.nope + geo.value)):
+        w, b = edit.linear(block.name(rel))
+        rows = _expand_heads(src, unit)
+        new_w = _gather_rows(w, rows)
+        for head_set in sets:
+            shared = edit.noise((unit, w.shape[1]), _std(w), w)
+            for h in head_set:
+                new_w[h * unit : (h + 1) * unit] = shared
+        new_b = None if b is None else _gather_rows(b, rows)
+        edit.put_linear(block.name(rel), new_w, new_b, rows, None)
+    w, b = edit.linear(block.name(fam.o))
+    cols = _expand_heads(src, geo.value)
+    new_w = _gather_rows(w, cols, axis=1)
+    for head_set in sets:
+        shared = edit.noise((w.shape[0], geo.value), _std(w), w)
+        for h, c in zip(head_set, _coefficients(len(head_set), method)):
+            new_w[:, h * geo.value : (h + 1) * geo.value] = c * shared
+    new_b = torch.zeros_like(b) if (fresh and b is not None) else None
+    edit.put_linear(block.name(fam.o), new_w, new_b, None, cols)
+    for attr in ("num_heads", "num_attention_heads"):
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, new_heads)
     return sum(len(head_set) == 1 for head_set in sets)
 
 
@@ -690,6 +743,11 @@ def add_heads(
             raise ValueError(f"layers: blocks {chosen[0]} and {i} have different attention shapes")
     if heads <= ref.heads:
         raise ValueError(f"heads={heads} must exceed the current {ref.heads} query heads")
+    if layout.family.latent and kv != heads:
+        raise MorphError(
+            f"kv_heads={kv}: every head of {layout.family.name}'s latent attention reads the "
+            "one key/value latent (key/value heads = heads); leave kv_heads unset"
+        )
     if kv < ref.kv_heads:
         raise ValueError(f"kv_heads={kv} is fewer than the current {ref.kv_heads}")
     if heads % kv:
@@ -750,7 +808,7 @@ def add_heads(
     q_src = _head_sources(ref.heads, ref.kv_heads, heads, kv)[0]
     rows = tuple(r for r in layout.family.head_rows if _get_module(model, ref.name(r)) is not None)
     joint = {i: _joint_norm_sources(model, layout, layout.blocks[i], heads, kv) for i in chosen}
-    edits = _linears(blocks, (*layout.family.qkv, layout.family.o, *rows))
+    edits = _linears(blocks, (*layout.family.qkv, *layout.family.latent, layout.family.o, *rows))
     grown = (
         len(chosen)
         * ref.head_dim
@@ -790,7 +848,8 @@ def add_heads(
                 num_key_value_heads=kv,
                 num_kv_heads=kv,
             )
-            if layout.config is not None and not layout.family.derived_head_dim:
+            latent = bool(layout.family.latent)  # its config's head_dim is the rotary part's
+            if layout.config is not None and not layout.family.derived_head_dim and not latent:
                 setattr(child.config, layout.family.head_dim_field, ref.head_dim)
         elif off_config and layout.config is not None:
             notes.append(
@@ -829,14 +888,18 @@ def _joint_norms(model: nn.Module, layout: Layout, block: Block) -> list[tuple[s
     and OLMoE's q_norm over every query head, k_norm over every key/value head)."""
     prefix = block.name(layout.family.attention)
     stream = {block.name(rel) for rel in layout.family.norms}  # ALBERT's post-LN inside it
-    found = []
+    found: list[tuple[str, int]] = []
+    if layout.family.latent:  # its norms normalise the latents, which new heads leave alone
+        return found
     for rel, module in model.get_submodule(prefix).named_modules():
         w = getattr(module, "weight", None)
         if f"{prefix}.{rel}" in stream:
             continue
-        if rel and is_norm(module) and w.numel() % block.head_dim == 0:
-            if w.numel() > block.head_dim:
-                found.append((f"{prefix}.{rel}", w.numel() // block.head_dim))
+        shape = getattr(module, "normalized_shape", None) or ()
+        size = w.numel() if w is not None else math.prod(shape) if shape else 0
+        if rel and is_norm(module) and size % block.head_dim == 0:
+            if size > block.head_dim:
+                found.append((f"{prefix}.{rel}", size // block.head_dim))
     return found
 
 
@@ -859,6 +922,8 @@ def _joint_norm_sources(
         norm = model.get_submodule(name)
         if not which:
             why = f"{g} heads, neither q nor k"
+        elif getattr(norm, "weight", None) is None:
+            why = "a norm without a gain, which cannot be grown head by head"
         elif getattr(norm, "bias", None) is not None or len(fam.qkv) != 3:
             why = "a LayerNorm (the zero new heads would move its mean) or a fused q/k/v layer"
         else:
@@ -1391,9 +1456,10 @@ def grow_width(
             heads = layout.blocks[0].heads
             _set_config(config, hidden_size=d_model)
             follow_embedding_size(config, model, layout, d_model)
-            if not fam.derived_head_dim:
+            wide = heads * layout.blocks[0].head_dim != d_model
+            if not fam.derived_head_dim and not fam.latent:  # latent: its own fields, kept
                 setattr(config, fam.head_dim_field, layout.blocks[0].head_dim)
-            elif heads * layout.blocks[0].head_dim != d_model and not by_weight:
+            elif fam.derived_head_dim and wide and not by_weight:
                 notes.append(
                     f"{heads} heads of head_dim {layout.blocks[0].head_dim} ≠ d_model {d_model}: "
                     f"{fam.name} derives head_dim = hidden_size / heads, so each attention "

@@ -62,6 +62,7 @@ from .kinds import type_label
 from .linear_view import as_matrix, is_conv1d
 from .moe_layout import moe_ffn, trace_moe
 from .norm_kind import norm_kind
+from .transformer_latent import latent_geometry
 from .transformer_shared import check_groups
 from .transformer_stream import NoWriterError, find_stack
 from .transformer_trace import (
@@ -147,7 +148,9 @@ class Family:
     read the stream before block 0 and add to it (speech encoders' position convolution,
     :mod:`.speech_stream`). ``pooled_norms``: norms outside the owner (qualified from the
     model's root) that read tokens pooled from the stream after the final norm (AST's
-    classifier LayerNorm).
+    classifier LayerNorm). ``latent``: under multi-head latent attention (``qkv_layout``
+    "latent", :mod:`.transformer_latent`; ``qkv`` then names the two layers reading the
+    stream), the query layer and the key/value up-projection, whose rows are per head.
     """
 
     name: str
@@ -182,6 +185,7 @@ class Family:
     qk_norms: tuple[str, ...] = ()
     stream_convs: tuple[str, ...] = ()
     pooled_norms: tuple[str, ...] = ()
+    latent: tuple[str, ...] = ()
 
 
 #: Llama's names: Gemma-2/3 carry them with sandwich norms, and the mixture-of-experts
@@ -301,6 +305,9 @@ def _get(model: nn.Module, name: str) -> nn.Module | None:
 
 def _heads(family: Family, block: nn.Module, where: str) -> Block:
     attention = block.get_submodule(family.attention) if family.attention else block
+    if family.latent:  # every head reads the one latent: heads = key/value heads
+        geo = latent_geometry(attention, block, family.latent, family.o, where)
+        return Block("", geo.heads, geo.heads, geo.value)
     if len(family.qkv) == 1:
         heads, kv, hd = geometry(attention, [block.get_submodule(family.qkv[0])], where)
         return Block("", heads, kv, hd)
@@ -643,6 +650,7 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         qk_norms=stack.qk_norms,
         stream_convs=stack.stream_convs,
         pooled_norms=stack.pooled_norms,
+        latent=stack.latent,
     )
 
 

@@ -49,6 +49,7 @@ from .linear_view import as_matrix
 from .speech_stream import bias_names, entry_norms, stream_convs, weight_tables
 from .speech_wavlm import called_projections, side_layers
 from .transformer_branches import branch_norms, reader_norm
+from .transformer_latent import heads_carry_bias, latent_geometry, latent_phases
 from .transformer_residual import (
     Branches,
     factor,
@@ -84,7 +85,9 @@ class Stack:
     ``head_norms``: norms after the last block before the final one, ``readers``: linear
     layers after the last block reading the stream); ``post_ln``: norms after the sums;
     ``pooled_norms``: norms outside the owner (qualified from the model's root) that read
-    tokens pooled from the stream after the final norm (AST's classifier LayerNorm)."""
+    tokens pooled from the stream after the final norm (AST's classifier LayerNorm);
+    ``latent``: the query layer and key/value up-projection of a latent attention
+    (:mod:`.transformer_latent`; ``qkv`` then holds its two stream readers)."""
 
     attention: str
     qkv: tuple[str, ...]
@@ -107,6 +110,7 @@ class Stack:
     qk_norms: tuple[str, ...] = ()
     stream_convs: tuple[str, ...] = ()
     pooled_norms: tuple[str, ...] = ()
+    latent: tuple[str, ...] = ()
 
 
 #: Last name components that say which of q, k, v an attention input layer computes.
@@ -395,6 +399,7 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
     start, end = order.index("B:first:start"), len(order) - 1 - order[::-1].index("B:last")
     phases = _phases(mine)
     shape = " → ".join("|".join(c.name[2:] for c in p) for p in phases)
+    phases, latent = latent_phases(phases)
     if len(phases) != 4 or len(phases[1]) != 1 or len(phases[3]) != 1:
         raise MorphError(
             f"{where!r}: its linear layers run as {shape}, not as q/k/v → o → feed-forward in → "
@@ -420,7 +425,7 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
             f"'{where}': feed-forward inputs {[c.name[2:] for c in ffn_in]} of {fin_rows} rows do "
             f"not feed {hidden} hidden units (plain, gated or fused [gate; up]); refused"
         )
-    if len(reads) not in (1, 3):
+    if len(reads) not in (1, 3) and not latent:
         raise MorphError(f"'{where}': {len(reads)} attention input layers; refused")
     reads = _by_role(reads)
     x_call = calls[start]
@@ -460,41 +465,25 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
             twice = _branches(again, names, parallel)
         scales = pre_ln_scales((plain, twice), options, values, parallel, dtype, where)
     attention = _attention(block, [c.name[2:] for c in reads], o.name[2:])
+    ffn_names = [c.name for c in ffn_in]
     att_module = block.get_submodule(attention) if attention else block
-    qkv_mods = [mods[c.name] for c in reads]
-    heads, kv, hd = geometry(att_module, qkv_mods, f"{where}.{attention}")
-    fused = ("concat",) if kv == 1 else ("concat", "grouped")
-    layouts = ("separate",) if len(reads) == 3 else fused
     names = [c.name for c in reads]
-    probed = names  # q and k normalised whole (OLMo-2): scaled and rotated after their norms
-    if len(reads) == 3:
-        probed = [getattr(reader_norm(calls, c, set(norms)), "name", c.name) for c in reads]
-    geo = (heads, kv, hd)
-    # a norm over each head's coordinates with its ε (Exaone-4's q_norm after the transpose)
-    # keeps q·2^a only to rounding: q and k are then left unscaled (_rotated pairs them)
-    per_head = any(
-        c.name in norms and c.inp is not None and c.inp.shape[-1] == hd != d
-        for c in calls[start:]
-        if c.name[2:].startswith(attention + ".") or not attention
-    )
-    found = [
-        lay
-        for lay in layouts
-        if _close(_run(model, inputs, watch, _scaled(lay, probed, o.name, geo, per_head))[0], y0)
-    ]
-    if len(found) != 1:
-        what = (
-            f"the fused projection '{where}.{names[0][2:]}' holds rows neither as [Q; K; V] nor "
-            "per key/value group"
-            if len(reads) == 1
-            else f"'{where}.{attention}' does not compute softmax(q·kᵀ)·v per head from "
-            f"{', '.join(n[2:] for n in names)} (q, k, v in the order they run)"
+    latent_rows: tuple[str, ...] = ()
+    if latent:
+        ran = [c.name[2:] for c in mine if c.name not in (o.name, out.name, *ffn_names)]
+        geo = latent_geometry(att_module, block, ran, o.name[2:], f"{where}.{attention}")
+        alibi = heads_carry_bias(
+            lambda t: _close(_run(model, inputs, watch, t)[0], y0),
+            geo,
+            "L:",
+            o.name,
+            f"{where}.{attention}",
         )
-        raise MorphError(f"{what}; this attention is not understood; refused")
-    layout = found[0]
-    alibi = heads > 1 and not _close(
-        _run(model, inputs, watch, _rotated(layout, probed, o.name, geo))[0], y0
-    )
+        layout, probed, latent_rows = "latent", names, (geo.q, geo.kv)
+    else:
+        layout, alibi, probed = _heads_layout(
+            model, inputs, watch, y0, calls, start, norms, reads, o, attention, mods, d, where
+        )
     if n_attn is not None and n_mlp is not None:
         norm_rels = (n_attn.name[2:],) if n_mlp is n_attn else (n_attn.name[2:], n_mlp.name[2:])
     else:
@@ -558,7 +547,65 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
         qk_norms=tuple(n[2:] if n.startswith("N:") else "" for n in probed[:2]),
         stream_convs=convs,
         pooled_norms=tuple(dict.fromkeys(pooled)),
+        latent=latent_rows,
     )
+
+
+def _heads_layout(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    watch: dict[str, nn.Module],
+    y0: torch.Tensor,
+    calls: list[_Call],
+    start: int,
+    norms: dict[str, nn.Module],
+    reads: list[_Call],
+    o: _Call,
+    attention: str,
+    mods: dict[str, nn.Module],
+    d: int,
+    where: str,
+) -> tuple[str, bool, list[str]]:
+    """(row layout of q/k/v, whether each head carries its own position bias, the calls the
+    data-flow checks transform) of block 0's attention: the two transformations of the module
+    docstring run on the recorded inputs."""
+    block = model.get_submodule(where)
+    att_module = block.get_submodule(attention) if attention else block
+    qkv_mods = [mods[c.name] for c in reads]
+    heads, kv, hd = geometry(att_module, qkv_mods, f"{where}.{attention}")
+    fused = ("concat",) if kv == 1 else ("concat", "grouped")
+    layouts = ("separate",) if len(reads) == 3 else fused
+    names = [c.name for c in reads]
+    probed = names  # q and k normalised whole (OLMo-2): scaled and rotated after their norms
+    if len(reads) == 3:
+        probed = [getattr(reader_norm(calls, c, set(norms)), "name", c.name) for c in reads]
+    geo = (heads, kv, hd)
+    # a norm over each head's coordinates with its ε (Exaone-4's q_norm after the transpose)
+    # keeps q·2^a only to rounding: q and k are then left unscaled (_rotated pairs them)
+    per_head = any(
+        c.name in norms and c.inp is not None and c.inp.shape[-1] == hd != d
+        for c in calls[start:]
+        if c.name[2:].startswith(attention + ".") or not attention
+    )
+    found = [
+        lay
+        for lay in layouts
+        if _close(_run(model, inputs, watch, _scaled(lay, probed, o.name, geo, per_head))[0], y0)
+    ]
+    if len(found) != 1:
+        what = (
+            f"the fused projection '{where}.{names[0][2:]}' holds rows neither as [Q; K; V] nor "
+            "per key/value group"
+            if len(reads) == 1
+            else f"'{where}.{attention}' does not compute softmax(q·kᵀ)·v per head from "
+            f"{', '.join(n[2:] for n in names)} (q, k, v in the order they run)"
+        )
+        raise MorphError(f"{what}; this attention is not understood; refused")
+    layout = found[0]
+    alibi = heads > 1 and not _close(
+        _run(model, inputs, watch, _rotated(layout, probed, o.name, geo))[0], y0
+    )
+    return layout, alibi, probed
 
 
 def _post_ln_norms(
