@@ -322,6 +322,12 @@ HF: dict[str, tuple[str, str, dict, Callable[[], tuple[torch.Tensor, ...]]]] = {
         dict(TEXT, intermediate_multiple_size=2),
         lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
     ),
+    "GPT-1 (post-LN; its tied head reads the last block's norm; records n_head alone)": (
+        "OpenAIGPTLMHeadModel",
+        "OpenAIGPTConfig",
+        dict(n_embd=D, n_head=HEADS, n_layer=2, vocab_size=100, n_positions=16),
+        lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
 }
 HF_OPS = ("grow_ffn", "add_heads", "grow_width", "add_block", "deepen_projection")
 #: (model, operation) → the refusal's message fragment; every other case is exact.

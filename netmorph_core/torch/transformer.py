@@ -609,6 +609,7 @@ def _attention_units(
         ("num_heads", new_heads),
         ("num_attention_heads", new_heads),
         ("n_heads", new_heads),
+        ("n_head", new_heads),
         ("num_kv_heads", new_kv),
         ("num_key_value_heads", new_kv),
         ("num_key_value_groups", new_rep),
@@ -1313,6 +1314,11 @@ def grow_width(
     _check_norms(model, layout, d_model, rescale=extra > 0)
     kind = layout.norm_kind
     norms, others, final = _norm_names(model, layout)
+    if final is None and fam.post_ln and layout.tied and head_reader == layout.head:
+        # the tied head reads the last block's output itself (GPT-1): that block's last norm
+        # is the final one, divided by the copies as a pre-LN final norm is
+        final = layout.blocks[-1].name(fam.norms[-1])
+        norms = [n for n in norms if n != final]
     pooled = [n for n in fam.pooled_norms if _get_module(model, n) is not None]
     if pooled and extra:
         raise MorphError(

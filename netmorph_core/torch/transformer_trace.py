@@ -158,14 +158,27 @@ def head_dim(attention: nn.Module) -> int | None:
     return None
 
 
+def _head_dim_from_heads(attention: nn.Module, rows: list[int]) -> int | None:
+    """head_dim where the attention records its head count alone (GPT-1's ``n_head``) and no
+    key/value head count: q's rows / heads (a fused layer: a third of its rows)."""
+    heads = _int_attr(attention, HEADS_ATTRS)
+    if not heads or _int_attr(attention, (*KV_ATTRS, "num_key_value_groups")) is not None:
+        return None
+    q_rows, rest = divmod(rows[0], 3) if len(rows) == 1 else (rows[0], 0)
+    return q_rows // heads if not rest and q_rows % heads == 0 else None
+
+
 def geometry(attention: nn.Module, qkv: list[nn.Module], where: str) -> tuple[int, int, int]:
     """(query heads, key/value heads, head_dim) of an attention module and its q/k/v layer(s):
     from the rows of separate layers, or for one fused layer of (H + 2·KV)·head_dim rows from
     the module's head counts where it records them (multi-head attention otherwise)."""
-    hd = head_dim(attention)
-    if hd is None:
-        raise MorphError(f"{where!r} records no head_dim ({'/'.join(HEAD_DIM_ATTRS)}); refused")
     rows = [as_matrix(m).shape[0] for m in qkv]
+    hd = head_dim(attention) or _head_dim_from_heads(attention, rows)
+    if hd is None:
+        raise MorphError(
+            f"{where!r} records no head_dim ({'/'.join(HEAD_DIM_ATTRS)}) and no head count "
+            "that divides its q/k/v rows; refused"
+        )
     if len(qkv) == 3:
         if rows[1] != rows[2] or rows[1] % hd or rows[0] % rows[1]:
             raise MorphError(f"{where!r}: q/k/v rows {rows} are not whole heads of {hd}; refused")
