@@ -26,6 +26,7 @@ from netmorph_core.torch import (
     add_heads,
     grow_ffn,
     grow_width,
+    load_grown,
 )
 from netmorph_core.torch.moe import router_floor
 from netmorph_core.torch.moe_find import find_moe
@@ -234,3 +235,32 @@ def test_the_structural_trace_sees_sinks_move_with_their_heads() -> None:
     assert not found.alibi and found.moe
     for field in ("attention", "qkv", "o", "ffn_out", "norms", "writers", "final_norm"):
         assert getattr(found, field) == getattr(named, field), field
+
+
+def test_a_child_the_config_cannot_describe_reloads_with_load_grown(tmp_path: Path) -> None:
+    """add_heads on block 0 only: the blocks differ in head count (and sinks), so the config is
+    marked, the stock load refuses it and load_grown rebuilds the child exactly."""
+    parent = _parent()
+    child, report = add_heads(parent, 8, layers=[0])
+    assert any("load_grown" in n for n in report.notes), report.notes
+    assert tuple(child.model.layers[0].self_attn.sinks.shape) == (8,)
+    assert tuple(child.model.layers[1].self_attn.sinks.shape) == (4,)
+    child.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not recognize this architecture"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    reloaded = load_grown(tmp_path).eval()
+    reloaded.set_experts_implementation("eager")
+    assert _rel(_logits(reloaded), _logits(parent)) <= 1e-9
+
+
+def test_the_default_experts_implementation_is_measured_eager_and_kept() -> None:
+    """A float32 GPT-OSS on transformers' default experts implementation: measured in float64
+    with "eager", within the parent's own rounding; parent and child keep the default."""
+    parent = _parent(torch.float32, experts_implementation=None)
+    default = parent.config._experts_implementation
+    assert default != "eager"
+    for op in ("grow_ffn", "grow_width ×2", "add_experts"):
+        child, report = OPS[op](parent)
+        assert report.noise_ratio <= 2.0, (op, report)
+        assert child.config._experts_implementation == default
+        assert parent.config._experts_implementation == default
