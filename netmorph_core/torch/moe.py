@@ -16,13 +16,15 @@ expert f_s behind a sigmoid gate g (Qwen2-MoE). It is recognised by structure
 ``weight``, E ≥ 2) and E experts, either an ``nn.ModuleList`` of MLPs of Linear layers
 (inputs d → I, one output I → d; older Mixtral ``w1``/``w3``/``w2``) or one module with fused
 3-D parameters (transformers ≥ 5: ``gate_up_proj`` E × 2I × d holding [G; U] and
-``down_proj`` E × d × I, or ``up_proj`` without a gate), plus optional shared expert(s) (MLPs)
-and a shared-expert gate ``Linear(d, 1)``. Any other parameter-holding part is refused by name.
+``down_proj`` E × d × I, or ``up_proj`` without a gate; or transposed, interleaved and with
+biases, as GPT-OSS's, :mod:`.moe_fused`), plus optional shared expert(s) (MLPs) and a
+shared-expert gate ``Linear(d, 1)``. Any other parameter-holding part is refused by name.
 
 **grow_ffn** (:func:`grow_ffn`): every expert's hidden size I → I' (and the shared expert's
 I_s → I_s'). New units of one expert come in cancelling sets with equal input rows and output
 columns C, −C (C, C, −2C), so D_e,new·h_new = 0 for every x; the routing (R, b) is untouched,
-so S and w are the parent's and y is unchanged. ``method="zero"``: zero output columns.
+so S and w are the parent's and y is unchanged. ``method="zero"``: zero output columns. New
+units' input biases are 0 (equal inside a set); the output bias is kept.
 
 **add_experts** (:func:`add_experts`): n new experts (copies of existing ones). The output is
 unchanged for every x exactly when no new expert enters S and the renormalised (or plain)
@@ -37,7 +39,8 @@ name. With a **router bias** the new rows are r = 0 and b_new = −M (:func:`rou
 half the largest float32 value, or of the router's dtype where that is narrower): l_new = −M
 for every x, below every old logit with |l| < M (every logit a float32 router computes
 finitely, with room), and exp(−M − max l) underflows to 0, so S, p and the output are exactly
-the parent's, renormalised or not. The new experts are then never selected (zero gradient
+the parent's, renormalised or not (or with a router that softmaxes the top-k logits only,
+GPT-OSS's). The new experts are then never selected (zero gradient
 until b_new is raised): an exact addition for every input cannot do otherwise.
 
 **upcycle** (:func:`upcycle`): a dense Llama/Mistral model becomes the Mixtral model (Qwen2:
@@ -64,7 +67,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from . import encdec, transformer
+from . import encdec, moe_fused, transformer
 from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .moe_find import Mlp, MoeBlock, find_moe, routing
@@ -178,18 +181,16 @@ def _grow_mlps(edit: _Editor, prefixes: list[str], mlp: Mlp, new_hidden: int, me
 
 
 def _grow_fused(edit: _Editor, block: MoeBlock, new_hidden: int, method: str) -> None:
-    """The fused experts of ``block`` grown to ``new_hidden`` units ([G; U] grown part by
-    part)."""
-    first = f"{block.experts}.{'gate_up_proj' if block.gated else 'up_proj'}"
-    w = edit.child.get_parameter(first).detach()
-    parts = list(w.chunk(2, dim=1)) if block.gated else [w]
-    down = edit.child.get_parameter(f"{block.experts}.down_proj").detach()
-    inputs, output, src = _grow_stack(edit, parts, down, new_hidden, method)
-    hidden = block.hidden
-    rows = np.concatenate([src, np.where(src >= 0, src + hidden, -1)]) if block.gated else src
-    edit.put(first, torch.cat(inputs, 1), (None, rows, None))
-    edit.put(f"{block.experts}.down_proj", output, (None, None, src))
+    """The fused experts of ``block`` grown to ``new_hidden`` units, G and U part by part in
+    the layout of :mod:`.moe_fused` (then stored as the parent's are: [G; U] or interleaved,
+    transposed or not); new units' input biases 0 (equal inside each cancelling set)."""
     experts = edit.child.get_submodule(block.experts)
+    parts = moe_fused.views(block, experts)
+    inputs, output, src = _grow_stack(edit, parts.inputs, parts.output, new_hidden, method)
+    biases = [transformer._gather_rows(b, src, 1) for b in parts.input_biases]
+    grown = moe_fused.Views(inputs, output, biases, parts.output_bias)
+    for name, value, index in moe_fused.stored(block, grown, src):
+        edit.put(f"{block.experts}.{name}", value, index)
     for attr in ("intermediate_dim", "intermediate_size"):
         if isinstance(getattr(experts, attr, None), int):
             setattr(experts, attr, new_hidden)
@@ -274,7 +275,7 @@ def grow_ffn(
     seed = v.torch_seed(seed)  # last: a numpy Generator advances by one draw
     itemsize = next((p.element_size() for p in model.parameters()), 4)
     grown = sum(
-        b.count * (width - b.hidden) * b.d_model * (3 if b.gated else 2)
+        b.count * (width - b.hidden) * (b.d_model + int(b.biased)) * (3 if b.gated else 2)
         + sum((shared_width - m.hidden) * b.d_model * (len(m.inputs) + 1) for _, m in b.shared)
         for b in blocks
     )
@@ -357,7 +358,8 @@ def _copy_experts(edit: _Editor, block: MoeBlock, n: int) -> None:
         for name, p in list(experts.named_parameters(recurse=False)):
             new = torch.cat([p.detach(), p.detach()[torch.as_tensor(src[block.count :])]])
             setattr(experts, name, nn.Parameter(new, requires_grad=p.requires_grad))
-            index = (np.concatenate([np.arange(block.count), -np.ones(n, int)]), None, None)
+            rows = np.concatenate([np.arange(block.count), -np.ones(n, int)])
+            index = (rows,) + (None,) * (p.dim() - 1)
             edit.sources[f"{block.experts}.{name}"] = ParamSource(
                 f"{block.experts}.{name}", f"{block.experts}.{name}", index
             )
@@ -429,8 +431,10 @@ def add_experts(
             _copy_experts(edit, b, n)
             _new_router_rows(edit, b, n)
         config = getattr(child, "config", None)
-        if config is not None and len(count) == 1:
+        if len(count) == 1:
             _set_first(config, COUNT_FIELDS, next(iter(count)) + n)
+            if getattr(child, "num_experts", None) == next(iter(count)):
+                child.num_experts += n  # a causal LM's load-balancing loss reads it
         notes = [
             f"{n} experts added to each of {len(blocks)} blocks ({routing(blocks[0])}, exact "
             "either way): router rows 0, bias "

@@ -8,27 +8,50 @@ A module is a mixture of experts (:func:`find_moe`) when it holds
 - **E experts**: an ``nn.ModuleList`` of MLPs of Linear layers (one or two inputs d → I, one
   output I → d; older Mixtral ``w1``/``w3``/``w2``), or one module with fused 3-D parameters
   (transformers ≥ 5: ``gate_up_proj`` E × 2I × d holding [G; U] and ``down_proj`` E × d × I,
-  or ``up_proj`` alone);
+  or ``up_proj`` alone; or transposed, E × d × 2I and E × I × d, a token multiplied as x·W;
+  optionally with biases ``gate_up_proj_bias`` E × 2I and ``down_proj_bias`` E × d; gate and
+  up interleaved [g₀, u₀, g₁, u₁, …] where the module declares ``is_concatenated=False``, as
+  GPT-OSS's experts do);
 - optionally **shared experts** (MLPs of Linear layers, Qwen2-MoE's ``shared_expert``) and a
   **shared-expert gate** ``Linear(d, 1)``.
 
 Any other part holding parameters is refused by name, and so are fused experts laid out
-another way (biases, transposed, interleaved gate/up). The top-k and whether the top-k weights
-are renormalised are read from the router, the module or the config.
+another way (other names, one bias without the other, shapes that fit no layout or contradict
+the module's declared ``has_bias``/``is_transposed``, a post-expert norm). The top-k and
+whether the top-k weights are renormalised are read from the router, the module or the
+config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .errors import MorphError
 
 #: Names of an MLP's output layer, read only where every layer is d × d.
 OUTPUT_NAMES = frozenset({"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "wo", "out_proj"})
-#: Fused expert parameters followed: (names, gated).
+#: Fused expert parameters followed (biases aside): (names, gated).
 FUSED = {("down_proj", "gate_up_proj"): True, ("down_proj", "up_proj"): False}
+#: Attributes of a Hugging Face experts module that declare its layout.
+FLAGS = ("has_bias", "is_transposed", "is_concatenated", "has_post_expert_norm")
+
+
+@dataclass(frozen=True)
+class Fused:
+    """The layout of fused experts: ``hidden`` I; ``gated`` (``gate_up_proj``, else
+    ``up_proj``); ``transposed``: (E, d, kI) and (E, I, d), a token multiplied as x·W, else
+    (E, kI, d) and (E, d, I); ``interleaved``: gate and up alternate along the hidden axis
+    ([g₀, u₀, g₁, u₁, …]), else [G; U]; ``biased``: ``<name>_bias`` (E, kI) and (E, d)."""
+
+    hidden: int
+    gated: bool
+    transposed: bool = False
+    interleaved: bool = False
+    biased: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,7 +69,8 @@ class MoeBlock:
     """One mixture-of-experts feed-forward (module docstring), names qualified.
 
     ``experts_mlp``: the layout of every expert of a ModuleList (None when ``fused``: the
-    experts module's 3-D parameters, gated or not). ``top_k``/``renormalise``: read from the
+    experts module's 3-D parameters, gated or not, ``transposed``, ``interleaved`` and
+    ``biased`` as in :class:`Fused`). ``top_k``/``renormalise``: read from the
     module, its router or the config (None where none says). ``router_extras``: the router's
     per-expert statistics (E entries each, reading no input)."""
 
@@ -65,6 +89,9 @@ class MoeBlock:
     top_k: int | None
     renormalise: bool | None
     router_extras: tuple[str, ...] = ()
+    transposed: bool = False
+    interleaved: bool = False
+    biased: bool = False
 
 
 def _attribute(objects: tuple[object, ...], names: tuple[str, ...]) -> object:
@@ -122,10 +149,46 @@ def _router(module: nn.Module) -> tuple[str, int, int, bool, tuple[str, ...]] | 
     return "", w.shape[0], w.shape[1], b is not None, extras
 
 
-def _fused(module: nn.Module, count: int, d: int, where: str) -> tuple[int, bool] | None:
-    """(hidden, gated) of a fused experts module with ``count`` experts, None when ``module``
-    holds no 3-D parameter of ``count`` experts; MorphError when it does but is laid out in a
-    way not followed (biases, transposed or interleaved gate/up)."""
+def _fused_layout(
+    params: dict[str, torch.Tensor], count: int, d: int, declared: object
+) -> Fused | None:
+    """The :class:`Fused` layout ``params`` (name → 3-D or 2-D tensor) fit: :data:`FUSED`
+    names, optional biases ``<name>_bias`` (both or neither), ``count`` experts reading and
+    writing width ``d``; transposed told apart by the shapes (by ``declared``, the module's
+    ``is_transposed``, only where both fit: ungated with I = d). None when none fits."""
+    names = {n for n in params if not n.endswith("_bias")}
+    gated = FUSED.get(tuple(sorted(names)))
+    if gated is None:
+        return None
+    first = "gate_up_proj" if gated else "up_proj"
+    biases = {n for n in params if n.endswith("_bias")}
+    if biases not in (set(), {f"{first}_bias", "down_proj_bias"}):
+        return None
+    down = params["down_proj"]
+    if down.dim() != 3:
+        return None
+    hidden = {False: down.shape[2], True: down.shape[1]}
+    fits = []
+    for transposed in (False, True):
+        i, k = hidden[transposed], 2 if gated else 1
+        shapes = {first: (count, d, k * i), "down_proj": (count, i, d)}
+        if not transposed:
+            shapes = {n: (e, b, a) for n, (e, a, b) in shapes.items()}
+        shapes |= {f"{first}_bias": (count, k * i), "down_proj_bias": (count, d)}
+        if all(tuple(p.shape) == shapes[n] for n, p in params.items()):
+            fits.append(transposed)
+    if len(fits) == 2 and isinstance(declared, bool):
+        fits = [declared]
+    if len(fits) != 1:
+        return None
+    transposed = fits[0]
+    return Fused(hidden[transposed], gated, transposed, False, bool(biases))
+
+
+def _fused(module: nn.Module, count: int, d: int, where: str) -> Fused | None:
+    """The :class:`Fused` layout of a fused experts module with ``count`` experts, None when
+    ``module`` holds no 3-D parameter of ``count`` experts; MorphError when it does but is laid
+    out in a way not followed (module docstring)."""
     params = dict(module.named_parameters(recurse=False))
     if (
         type(module).__module__.startswith("torch.")
@@ -134,34 +197,36 @@ def _fused(module: nn.Module, count: int, d: int, where: str) -> tuple[int, bool
         return None  # a torch layer (Conv1d's weight is 3-D too), or experts of another count
     if not params or not any(p.dim() == 3 and p.shape[0] == count for p in params.values()):
         return None
-    gated = FUSED.get(tuple(sorted(params)))
-    flags = {a: getattr(module, a, None) for a in ("has_bias", "is_transposed")}
-    layout_ok = gated is not None and not any(flags.values())
-    layout_ok = layout_ok and getattr(module, "is_concatenated", True) is not False
-    if layout_ok:
-        down = params["down_proj"]
-        first = params["gate_up_proj" if gated else "up_proj"]
-        hidden = down.shape[2]
-        layout_ok = tuple(down.shape) == (count, d, hidden) and tuple(first.shape) == (
-            count,
-            hidden * (2 if gated else 1),
-            d,
-        )
-    if not layout_ok or any(True for _ in module.children() if any(_.parameters())):
+    flags = {a: getattr(module, a, None) for a in FLAGS}
+    layout = _fused_layout(params, count, d, flags["is_transposed"])
+    if layout is not None and layout.gated:
+        layout = dataclasses.replace(layout, interleaved=flags["is_concatenated"] is False)
+    declared = {"has_bias": "biased", "is_transposed": "transposed"}
+    if layout is not None and any(
+        isinstance(flags[f], bool) and flags[f] != getattr(layout, a) for f, a in declared.items()
+    ):
+        layout = None  # the module says otherwise than its shapes
+    if (
+        layout is None
+        or flags["has_post_expert_norm"]
+        or any(True for _ in module.children() if any(_.parameters()))
+    ):
         raise MorphError(
             f"{where!r} ({type(module).__name__}) holds fused experts laid out as "
             f"{ {n: tuple(p.shape) for n, p in params.items()} } with {flags}: followed are "
-            "gate_up_proj (E, 2I, d) with down_proj (E, d, I), or up_proj (E, I, d), without "
-            "biases, not transposed; refused"
+            "gate_up_proj (E, 2I, d) or (E, d, 2I) with down_proj (E, d, I) or (E, I, d), or "
+            "up_proj in place of gate_up_proj, with or without biases <name>_bias, gate and up "
+            "concatenated or interleaved, and nothing else; refused"
         )
-    return hidden, bool(gated)
+    return layout
 
 
 def _experts(
     module: nn.Module, name: str, router: str, count: int, d: int
-) -> tuple[str, int, bool, bool, Mlp | None] | None:
-    """(experts name, hidden, fused, gated, expert MLP layout) of the experts of ``module``
-    that ``router`` (E = ``count``) routes to; None when it has none."""
+) -> tuple[str, int, Fused | None, bool, Mlp | None] | None:
+    """(experts name, hidden, fused layout (None: a ModuleList), gated, expert MLP layout) of
+    the experts of ``module`` that ``router`` (E = ``count``) routes to; None when it has
+    none."""
     for experts_name, experts in module.named_children():
         q = f"{name}.{experts_name}" if name else experts_name
         if experts_name == router:
@@ -172,14 +237,14 @@ def _experts(
                 return (
                     experts_name,
                     layouts[0].hidden,
-                    False,
+                    None,
                     len(layouts[0].inputs) == 2,
                     layouts[0],
                 )
             continue
         found = _fused(experts, count, d, q)
         if found is not None:
-            return experts_name, found[0], True, found[1], None
+            return experts_name, found.hidden, found, found.gated, None
     return None
 
 
@@ -222,8 +287,10 @@ def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
         shared, gate = _shared(module, name, d, (router_name, experts_name))
         top_k = _attribute((child, module, config), ("top_k", "num_experts_per_tok"))
         renormalise = _attribute((child, module, config), ("norm_topk_prob",))
-        if renormalise is None and str(getattr(config, "model_type", "")).endswith("mixtral"):
-            renormalise = True  # Mixtral's router always renormalises
+        if renormalise is None and str(getattr(config, "model_type", "")).endswith(
+            ("mixtral", "gpt_oss")
+        ):  # Mixtral's router always renormalises; GPT-OSS's softmax of the top-k logits is
+            renormalise = True  # the same
 
         def q(rel: str) -> str:
             return f"{name}.{rel}" if name else rel
@@ -236,7 +303,7 @@ def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
             experts=q(experts_name),
             count=count,
             hidden=hidden,
-            fused=fused,
+            fused=fused is not None,
             gated=gated,
             experts_mlp=mlp,
             shared=shared,
@@ -244,6 +311,7 @@ def _moe(name: str, module: nn.Module, config: object) -> MoeBlock | None:
             top_k=int(top_k) if isinstance(top_k, int) else None,
             renormalise=bool(renormalise) if renormalise is not None else None,
             router_extras=tuple(q(f"{router_name}.{n}") for n in extras),
+            **{a: getattr(fused, a) for a in ("transposed", "interleaved", "biased") if fused},
         )
     return None
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import MorphError
+from .moe_eager import eager_experts
 from .moe_find import find_moe, mlp_layout
 from .transformer_trace import Stack, trace_stack
 
@@ -31,19 +32,34 @@ STAND_IN = ("stand_in_up", "stand_in_down")
 
 class _StandIn(nn.Module):
     """y = W_down·(W_up·x) with W_up: 1 × d, W_down: d × 1, both zero: an MLP the trace
-    recognises in place of a mixture of experts (its output, 0, is what the block adds)."""
+    recognises in place of a mixture of experts (its output, 0, is what the block adds).
+    ``extra`` > 0: returned as (y, None, …) with ``extra`` Nones, as a module that also returns
+    its router scores (GPT-OSS) is unpacked by its block."""
 
-    def __init__(self, d: int, like: torch.Tensor) -> None:
+    def __init__(self, d: int, like: torch.Tensor, extra: int = 0) -> None:
         super().__init__()
+        self.extra = extra
         kw = {"bias": False, "device": like.device, "dtype": like.dtype}
         setattr(self, STAND_IN[0], nn.Linear(d, 1, **kw))
         setattr(self, STAND_IN[1], nn.Linear(1, d, **kw))
         for p in self.parameters():
             p.detach().zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor | None, ...]:
         up, down = (getattr(self, n) for n in STAND_IN)
-        return down(up(x))
+        y = down(up(x))
+        return (y, *(None,) * self.extra) if self.extra else y
+
+
+def _extra_outputs(module: nn.Module, d: int, like: torch.Tensor) -> int:
+    """How many outputs beside y the mixture of experts ``module`` returns (0: y alone), from a
+    call on one zero token; 0 where that call fails (the trace then says what fails)."""
+    try:
+        with torch.no_grad(), eager_experts(module):
+            out = module(like.new_zeros(1, 1, d))
+    except Exception:
+        return 0
+    return len(out) - 1 if isinstance(out, tuple) else 0
 
 
 def moe_ffn(model: nn.Module, owner: str, blocks_rel: str, d: int) -> str | None:
@@ -104,7 +120,8 @@ def trace_moe(model: nn.Module, owner: str, blocks_rel: str, d: int, ffn: str) -
     ``ffn_in`` is empty and ``ffn_out`` names the feed-forward module."""
     prefix = f"{owner}.{blocks_rel}" if owner else blocks_rel
     like = next(p for p in model.parameters() if p.is_floating_point())
-    view = _with_stand_in(model, f"{prefix}.0.{ffn}", _StandIn(d, like))
+    extra = _extra_outputs(model.get_submodule(f"{prefix}.0.{ffn}"), d, like)
+    view = _with_stand_in(model, f"{prefix}.0.{ffn}", _StandIn(d, like, extra))
     try:
         stack = trace_stack(view, owner, blocks_rel, d)
     except MorphError as exc:

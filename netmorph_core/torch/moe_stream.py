@@ -7,7 +7,9 @@ y = Σ_{e∈S} w_e·D_e·(φ(G_e·x) ⊙ U_e·x) [+ σ(g·x)·f_s(x)] with logit
 The **readers** of the stream are R (E × d), every expert's G_e and U_e (fused: ``gate_up_proj``
 E × 2I × d, along its last axis), the shared expert's inputs and the shared-expert gate g; the
 **writers** are every expert's D_e (fused: ``down_proj`` E × d × I, along its middle axis) and
-the shared expert's output (and biases). A dense MLP of a mixed stack reads with its inputs and
+the shared expert's output (and biases); transposed fused experts (GPT-OSS: ``gate_up_proj``
+E × d × 2I, ``down_proj`` E × I × d) hold d on the other axis, and their ``down_proj_bias``
+(E × d) writes the stream too. A dense MLP of a mixed stack reads with its inputs and
 writes with its output. ``grow_width`` gives every reader the columns and every writer the rows
 of any reader and writer of the stream (:func:`widen_ffn`): then R̃·x̃ = R·x, G̃_e·x̃ = G_e·x, …
 up to rounding, so the routing, each expert's output and y are the parent's, y written into the
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import moe_fused
 from .errors import MorphError
 from .moe_find import Mlp, find_moe, mlp_layout
 
@@ -85,8 +88,13 @@ def stream_parameters(model: nn.Module, path: str, d: int) -> list[tuple[str, in
     b = blocks[0]
     found = [(f"{q}{b.router}.weight", 1, ROUTE)]
     if b.fused:
-        first = "gate_up_proj" if b.gated else "up_proj"
-        found += [(f"{q}{b.experts}.{first}", 2, READ), (f"{q}{b.experts}.down_proj", 1, WRITE)]
+        experts = f"{q}{b.experts}."
+        found += [
+            (f"{experts}{moe_fused.first_name(b)}", 1 if b.transposed else 2, READ),
+            (f"{experts}down_proj", 2 if b.transposed else 1, WRITE),
+        ]
+        if b.biased:
+            found.append((f"{experts}down_proj_bias", 1, WRITE))
     else:
         experts = module.get_submodule(b.experts)
         for i, expert in enumerate(experts):
@@ -191,12 +199,14 @@ def fresh_ffn(
         b = blocks[0]
         experts = module.get_submodule(b.experts)
         if b.fused:
-            first = experts.get_parameter("gate_up_proj" if b.gated else "up_proj").detach()
-            down = experts.get_parameter("down_proj").detach()
+            parts = moe_fused.views(b, experts)  # views: writing them writes the parameters
+            for bias in (*parts.input_biases, parts.output_bias):
+                if bias is not None:  # a set's units need equal inputs; the output adds 0
+                    bias.zero_()
             sets = sets_of(b.hidden)
             for e in range(b.count):
-                halves = list(first[e].chunk(2)) if b.gated else [first[e]]
-                _fresh_units(edit, halves, down[e], sets, std, method)
+                inputs = [w[e] for w in parts.inputs]
+                _fresh_units(edit, inputs, parts.output[e], sets, std, method)
         else:
             for expert in experts:
                 _fresh_mlp(edit, expert, b.experts_mlp, sets_of, std, method)

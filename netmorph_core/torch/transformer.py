@@ -596,6 +596,7 @@ def _attention_units(
                     target[0][span(h)] = target[0][span(head_set[0])]
     _write_qkv(edit, block, layout, qkv, rows, (new_heads, new_kv))
     _head_rows(edit, block, layout, rows[0], sets)
+    _head_scalars(edit, block, layout, q_src)
     w, b = edit.linear(block.name(fam.o))
     new_w = _gather_rows(w, rows[0], axis=1)
     for head_set in sets:
@@ -702,6 +703,17 @@ def _head_rows(
             for h in head_set:
                 new_w[h * hd : (h + 1) * hd] = shared
         edit.put_linear(name, new_w, new_b, rows, None)
+
+
+def _head_scalars(edit: _Editor, block: Block, layout: Layout, q_src: np.ndarray) -> None:
+    """Parameters of the attention module itself holding one entry per query head (GPT-OSS's
+    ``sinks``: a logit column per head beside the scores, softmax([q·kᵀ, s_h])) get the query
+    heads' index ``q_src``: a new head's entry is 0 (a fresh block's all are), so the heads of
+    a cancelling set, sharing their q rows, see equal scores and their outputs cancel."""
+    attention = block.name(layout.family.attention)
+    for rel, p in list(edit.child.get_submodule(attention).named_parameters(recurse=False)):
+        if p.dim() == 1 and p.numel() == block.heads > 1:
+            edit.put(f"{attention}.{rel}", _gather_rows(p.detach(), q_src), (q_src,))
 
 
 def add_heads(

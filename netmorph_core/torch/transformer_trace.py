@@ -615,8 +615,9 @@ def _heads_layout(
         )
         raise MorphError(f"{what}; this attention is not understood; refused")
     layout = found[0]
+    turned = _rotated_head_params(att_module, f"{where}.{attention}" if attention else where, geo)
     alibi = heads > 1 and not _close(
-        _run(model, inputs, watch, _rotated(layout, probed, o.name, geo))[0], y0
+        _run(model, inputs, watch, _rotated(layout, probed, o.name, geo), turned)[0], y0
     )
     return layout, alibi, probed
 
@@ -765,13 +766,32 @@ def _scaled(
     return out
 
 
+def _rotation(heads: int, kv: int) -> torch.Tensor:
+    """pq: the query head whose q head h takes in :func:`_rotated` (the next group's, or the
+    next head under multi-query attention)."""
+    h = torch.arange(heads)
+    return (h + 1) % heads if kv == 1 else (h + heads // kv) % heads
+
+
+def _rotated_head_params(
+    attention: nn.Module, prefix: str, geo: tuple[int, int, int]
+) -> dict[str, torch.Tensor]:
+    """The attention module's own parameters of one entry per query head (GPT-OSS's sink
+    logits), taken as :func:`_rotated` takes the heads: such a parameter moves with its head,
+    so it alone does not make the attention a per-head position bias (``alibi``)."""
+    pq = _rotation(geo[0], geo[1])
+    return {
+        f"{prefix}.{n}": p.detach()[pq.to(p.device)]
+        for n, p in attention.named_parameters(recurse=False)
+        if p.dim() == 1 and p.numel() == geo[0]
+    }
+
+
 def _rotated(layout: str, names: list[str], o: str, geo: tuple[int, int, int]) -> Transform:
     """Head h takes head pq[h]'s q (groups rotate together with their k and v; under
     multi-query attention the query heads rotate); Wₒ's columns follow."""
     heads, kv, hd = geo
-    rep = heads // kv
-    h = torch.arange(heads)
-    pq = (h + 1) % heads if kv == 1 else (h + rep) % heads
+    pq = _rotation(heads, kv)
     pk = (torch.arange(kv) + 1) % kv
     unit = torch.arange(hd)
     q = (pq[:, None] * hd + unit).reshape(-1)
