@@ -16,7 +16,7 @@ from moe_models import TinyMoeLM
 from thirdparty import import_transformers
 from torch import nn
 
-from netmorph_core.torch import MorphError, add_experts, grow_ffn, moe, upcycle
+from netmorph_core.torch import MorphError, add_experts, grow_ffn, moe, moe_find, upcycle
 from netmorph_core.torch.models import LlamaStyle
 
 try:
@@ -162,11 +162,23 @@ def test_unfollowed_parts_are_refused_by_name() -> None:
     model.layers[0].mlp.extra = nn.LayerNorm(16)
     with pytest.raises(MorphError, match=r"'layers\.0\.mlp\.extra' \(LayerNorm\)"):
         grow_ffn(model, 30)
-    # experts whose hidden size is d: input and output layers cannot be told apart, so this
-    # is not recognised as a mixture of experts, and no dense layout matches either
-    assert moe.find_moe(_tiny(hidden=16)) == ()
-    with pytest.raises(MorphError, match="not a recognised transformer"):
-        grow_ffn(_tiny(hidden=16), 30)
+
+
+def test_experts_as_wide_as_the_stream_are_told_by_their_output_name() -> None:
+    """Experts whose hidden size is d: shapes cannot tell input from output layers, the
+    layer named as an output (``w2``) is; three d × d layers named otherwise are no MLP."""
+    model = _tiny(hidden=16)
+    assert [b.experts_mlp for b in moe.find_moe(model)] == [
+        moe_find.Mlp(("w1", "w3"), "w2", 16)
+    ] * 2
+    before, want = _state(model), _logits(model)
+    child, _ = grow_ffn(model, 30)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9 * float(want.abs().max()))
+    _unchanged(model, before)
+    anonymous = nn.Module()
+    for name in ("a", "b", "c"):
+        setattr(anonymous, name, nn.Linear(16, 16))
+    assert moe_find.mlp_layout(anonymous, 16) is None
 
 
 # ---------------------------------------------------------------------------------------------

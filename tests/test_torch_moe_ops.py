@@ -120,7 +120,6 @@ RELOAD = {
     ("OLMoE", "grow_width 48"): MARKED,
     # the stream's norms get eps·32/48, the per-head q/k norms keep theirs: two values
     ("Qwen3-MoE", "grow_width 48"): MARKED,
-    ("ERNIE-4.5-MoE", "grow_width 48"): MARKED,
 }
 IDS = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
 
