@@ -1,6 +1,6 @@
 """The transformer operations on mixture-of-experts decoders: add_heads, grow_width, add_block
 and widen on tiny Mixtral, OLMoE (q/k norms over all heads), Qwen2-MoE (shared expert and gate,
-dense blocks mixed in) and Qwen3-MoE configs.
+dense blocks mixed in), Qwen3-MoE, Llama 4 (transposed fused experts) and other configs.
 
 Each case grows a parent whose norm gains are redrawn (so they matter), checks the child's
 logits against the parent's (float64: 1e-9; float32 where the stock RMSNorm computes in float32
@@ -24,6 +24,7 @@ from netmorph_core.torch import (
     add_block,
     add_experts,
     add_heads,
+    grow_ffn,
     grow_width,
     load_grown,
     transformer,
@@ -90,6 +91,17 @@ FAMILIES = {
         "Ernie4_5_MoeConfig",
         dict(num_experts=4, moe_intermediate_size=24, head_dim=8),
     ),
+    "Llama-4": (  # feed_forward; transposed fused experts, a shared expert; chunked attention
+        "Llama4ForCausalLM",
+        "Llama4TextConfig",
+        dict(
+            num_local_experts=4,
+            head_dim=8,
+            intermediate_size_mlp=40,
+            interleave_moe_layer_step=2,  # block 0 dense, block 1 a mixture of experts
+            attention_chunk_size=4,
+        ),
+    ),
     "Granite-MoE": (  # block_sparse_moe, residual and attention multipliers
         "GraniteMoeForCausalLM",
         "GraniteMoeConfig",
@@ -120,6 +132,8 @@ RELOAD = {
     ("OLMoE", "grow_width 48"): MARKED,
     # the stream's norms get eps·32/48, the per-head q/k norms keep theirs: two values
     ("Qwen3-MoE", "grow_width 48"): MARKED,
+    # Llama 4's q/k L2 norms keep their eps beside the rescaled stream norms': two values
+    ("Llama-4", "grow_width 48"): MARKED,
 }
 IDS = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(1))
 
@@ -179,7 +193,7 @@ def test_moe_operation(family: str, op: str, tmp_path: Path) -> None:
 def test_layout_sees_attention_and_a_feed_forward_module(family: str) -> None:
     model = _parent(family)
     layout = describe(model)
-    ffn = "block_sparse_moe" if family == "Granite-MoE" else "mlp"
+    ffn = {"Granite-MoE": "block_sparse_moe", "Llama-4": "feed_forward"}.get(family, "mlp")
     assert layout.family.moe and layout.family.ffn_in == () and layout.family.ffn_out == ffn
     assert [b.prefix for b in layout.blocks] == ["model.layers.0", "model.layers.1"]
     assert (layout.blocks[0].heads, layout.blocks[0].kv_heads, layout.blocks[0].head_dim) == (
@@ -335,3 +349,21 @@ def test_module_list_experts_with_biases_and_a_shared_expert() -> None:
     expert = wide.model.layers[0].mlp.experts[0]
     assert (expert.w1.in_features, expert.w2.out_features) == (64, 64)
     assert wide.model.layers[0].mlp.router.in_features == 64
+
+
+def test_llama4_grow_ffn_grows_transposed_experts_and_reloads(tmp_path: Path) -> None:
+    """Llama 4's experts hold (E, d, 2I) and (E, I, d) and record ``expert_dim``; its config
+    lists the sparse blocks in ``moe_layers``."""
+    parent = _parent("Llama-4")
+    want = _logits(parent)
+    child, report = grow_ffn(parent, 60)
+    torch.testing.assert_close(_logits(child), want, rtol=0, atol=1e-9)
+    experts = child.model.layers[1].feed_forward.experts
+    assert tuple(experts.gate_up_proj.shape) == (4, 32, 120) and experts.expert_dim == 60
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    torch.testing.assert_close(
+        _logits(_reload(tmp_path, STOCK, parent.dtype)), want, rtol=0, atol=1e-9
+    )
+    grown, _ = add_block(parent, 1)
+    assert grown.config.moe_layers == [1, 2] and len(grown.config.no_rope_layers) == 3

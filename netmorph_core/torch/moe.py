@@ -191,7 +191,7 @@ def _grow_fused(edit: _Editor, block: MoeBlock, new_hidden: int, method: str) ->
     grown = moe_fused.Views(inputs, output, biases, parts.output_bias)
     for name, value, index in moe_fused.stored(block, grown, src):
         edit.put(f"{block.experts}.{name}", value, index)
-    for attr in ("intermediate_dim", "intermediate_size"):
+    for attr in ("intermediate_dim", "intermediate_size", "expert_dim"):  # expert_dim: Llama 4
         if isinstance(getattr(experts, attr, None), int):
             setattr(experts, attr, new_hidden)
 

@@ -218,9 +218,9 @@ def sparse_layers(config: object | None, model: nn.Module, prefix: str, ffn: str
     """A config that says which blocks are dense made to say it of ``model``'s stack
     ``prefix`` (blocks whose feed-forward ``ffn`` is not a mixture of experts): Qwen-MoE's
     ``mlp_only_layers`` becomes their list (``decoder_sparse_step`` 1), GLM-4-MoE's and
-    DeepSeek's ``first_k_dense_replace`` the number of leading dense blocks, ERNIE-4.5-MoE's
-    first and last sparse block (where these fields cannot say it, the comparison with the
-    stock model marks the config)."""
+    DeepSeek's ``first_k_dense_replace`` the number of leading dense blocks, Llama 4's
+    ``moe_layers`` the sparse blocks, ERNIE-4.5-MoE's first and last sparse block (where
+    these fields cannot say it, the comparison with the stock model marks the config)."""
     if config is None:
         return
     sparse = {b.path for b in find_moe(model)}
@@ -233,5 +233,7 @@ def sparse_layers(config: object | None, model: nn.Module, prefix: str, ffn: str
     if isinstance(getattr(config, "first_k_dense_replace", None), int):
         config.first_k_dense_replace = next(k for k in range(count + 1) if k not in dense)
     sparse_at = [i for i in range(count) if i not in dense]
+    if isinstance(getattr(config, "moe_layers", None), list):  # Llama 4: the sparse blocks
+        config.moe_layers = sparse_at
     if sparse_at and all(isinstance(getattr(config, f, None), int) for f in ERNIE_SPAN):
         config.moe_layer_start_index, config.moe_layer_end_index = sparse_at[0], sparse_at[-1]

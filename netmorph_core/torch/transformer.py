@@ -1740,8 +1740,7 @@ def add_block(
         for module in child.modules():  # DistilBERT's Transformer records its layer count
             if getattr(module, "n_layers", None) == n and isinstance(module.n_layers, int):
                 module.n_layers = n + 1
-        if config is not None and isinstance(getattr(config, "layer_types", None), list):
-            config.layer_types.insert(at, config.layer_types[min(at, n - 1)])
+        _insert_per_block(config, at, n)
         _insert_attention_type(child, config, at, n)
         if fam.moe:
             sparse_layers(config, child, prefix, fam.ffn_out)
@@ -1817,6 +1816,17 @@ def _branch_offsets(
 def _redraw(edit: _Editor, std: float, w: torch.Tensor) -> torch.Tensor:
     """A random matrix shaped like ``w`` with entries of standard deviation ``std``."""
     return edit.noise(tuple(w.shape), std, w).to(w.dtype)
+
+
+def _insert_per_block(config: object | None, at: int, n: int) -> None:
+    """Config lists of one plain entry per block (``layer_types``, Llama 4's and SmolLM3's
+    ``no_rope_layers``) get the copied block's entry at ``at``; GPT-Neo's
+    ``attention_layers``: :func:`_insert_attention_type`."""
+    for key, value in list(vars(config).items()) if config is not None else ():
+        if not isinstance(value, list) or len(value) != n or key == "attention_layers":
+            continue
+        if all(isinstance(v, (bool, int, float, str)) for v in value):
+            value.insert(at, value[min(at, n - 1)])
 
 
 def _insert_attention_type(child: nn.Module, config: object | None, at: int, n: int) -> None:
