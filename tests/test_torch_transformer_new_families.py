@@ -322,6 +322,12 @@ HF: dict[str, tuple[str, str, dict, Callable[[], tuple[torch.Tensor, ...]]]] = {
         dict(TEXT, intermediate_multiple_size=2),
         lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
     ),
+    "BioGPT (its tied head is output_projection)": (
+        "BioGptForCausalLM",
+        "BioGptConfig",
+        TEXT,
+        lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
     "GPT-1 (post-LN; its tied head reads the last block's norm; records n_head alone)": (
         "OpenAIGPTLMHeadModel",
         "OpenAIGPTConfig",

@@ -254,6 +254,7 @@ HEADS = (
     "discriminator_predictions",
     "vocab_transform",
     "qa_outputs",
+    "output_projection",  # BioGPT's language-model head
 )
 
 
