@@ -322,6 +322,12 @@ HF: dict[str, tuple[str, str, dict, Callable[[], tuple[torch.Tensor, ...]]]] = {
         dict(TEXT, intermediate_multiple_size=2),
         lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
     ),
+    "DiffLlama (differential attention: a gainless norm over pairs of heads)": (
+        "DiffLlamaForCausalLM",
+        "DiffLlamaConfig",
+        TEXT,
+        lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
     "BioGPT (its tied head is output_projection)": (
         "BioGptForCausalLM",
         "BioGptConfig",
@@ -341,6 +347,12 @@ HF_REFUSED = {
     # BLIP's attention reshapes its fused q|k|v output with the stream's width
     ("BLIP image encoder", "add_heads"): "the child fails on the probe the parent runs",
     ("BLIP image encoder", "grow_width"): "the child fails on the probe the parent runs",
+    ("DiffLlama (differential attention: a gainless norm over pairs of heads)", "add_heads"): (
+        r"'model\.layers\.0\.self_attn\.groupnorm' normalises several heads together"
+    ),
+    ("DiffLlama (differential attention: a gainless norm over pairs of heads)", "add_block"): (
+        r"without a gain \(DiffLlama's differential heads\).*use method='zero'"
+    ),
     **{
         ("GPT-NeoX-Japanese (its last block alone adds a bias to the stream)", op): (
             r"'gpt_neox_japanese\.layers\.1\.attention\.dense_bias' has no counterpart in block 0"
@@ -421,3 +433,15 @@ def test_yolos_mid_position_embeddings_are_refused_by_name() -> None:
     parent = _hf("YolosModel", "YolosConfig", config)
     with pytest.raises(MorphError, match=r"mid_position_embeddings alone"):
         grow_ffn(parent, 160)
+
+
+def test_diffllama_add_block_with_zero_output_columns() -> None:
+    """DiffLlama's new block with zero output columns is exact; its ``lambda_init`` follows
+    the layer index, which the shifted blocks keep, so the child reloads with load_grown."""
+    name = "DiffLlama (differential attention: a gainless norm over pairs of heads)"
+    model, config, args, inputs = HF[name]
+    parent = _hf(model, config, args)
+    want = _out(parent, inputs())
+    child, report = add_block(parent, 1, method="zero")
+    torch.testing.assert_close(_out(child, inputs()), want, rtol=0, atol=1e-9 * want.abs().max())
+    assert any("lambda_init" in n and "load_grown" in n for n in report.notes), report.notes

@@ -995,8 +995,9 @@ def _periodic_joint_norms(child: nn.Module, layout: Layout, block: Block) -> Non
     over heads): the heads of a cancelling set then see equal normalised queries and keys."""
     with torch.no_grad():
         for name, g in _joint_norms(child, layout, block):
-            w = child.get_parameter(f"{name}.weight")
-            w.copy_(w.view(g, -1).mean(0).repeat(g))
+            w = getattr(child.get_submodule(name), "weight", None)
+            if w is not None:  # a gainless norm (DiffLlama's) treats every head alike
+                w.copy_(w.view(g, -1).mean(0).repeat(g))
 
 
 def _bias_tables(model: nn.Module, layout: Layout, heads: int, chosen: Sequence[int]) -> list[str]:
@@ -1664,6 +1665,17 @@ def add_block(
     _check_fixed_width(model, layout, f"at={at}")
     _check_even_blocks(model, layout, f"at={at}")
     template = layout.blocks[min(at, n - 1)]
+    gainless = [
+        name
+        for name, _ in _joint_norms(model, layout, template)
+        if getattr(model.get_submodule(name), "weight", None) is None
+    ]
+    if gainless and method == "netmorph":
+        raise MorphError(
+            f"method='netmorph': {gainless[0]!r} normalises several heads together without a "
+            "gain (DiffLlama's differential heads), so heads of a cancelling set would not "
+            "compute alike; use method='zero'"
+        )
     fam = layout.family
     template_hidden = (
         0 if fam.moe else as_matrix(model.get_submodule(template.name(fam.ffn_out))).shape[1]
