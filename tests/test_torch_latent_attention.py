@@ -2,15 +2,18 @@
 
 Tiny DeepSeek-V3 (queries through a normalised low-rank latent, ``q_a_proj`` → ``q_b_proj``)
 and DeepSeek-V2 (queries from ``q_proj``) decoders, both with a dense first block and
-mixture-of-experts blocks with a shared expert: every transformer operation computes the
-parent's logits (float64, 1e-9), leaves the parent untouched, and its child reloads with the
-stock class. The per-head layout check refuses a geometry the rows do not hold.
+mixture-of-experts blocks with a shared expert, and MiniCPM3 (dense; each branch scaled by the
+constant scale_depth/√layers, the logits divided by hidden_size/dim_model_base): every
+transformer operation computes the parent's logits (float64, 1e-9), leaves the parent
+untouched, and its child reloads with the stock class. The per-head layout check refuses a
+geometry the rows do not hold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +28,7 @@ from netmorph_core.torch import (
     grow_ffn,
     grow_width,
 )
+from netmorph_core.torch.transformer import _logit_base
 from netmorph_core.torch.transformer_latent import LatentGeometry, heads_carry_bias
 from netmorph_core.torch.transformer_layout import describe
 
@@ -57,12 +61,34 @@ SIZES = dict(
     v_head_dim=6,
     experts_implementation="eager",
 )
+DENSE = (
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_hidden_layers",
+    "intermediate_size",
+    "vocab_size",
+    "pad_token_id",
+    "kv_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+)
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "deepseek-v3": lambda: transformers.DeepseekV3ForCausalLM(
         transformers.DeepseekV3Config(**SIZES, q_lora_rank=24, n_group=1, topk_group=1)
     ),
     "deepseek-v2": lambda: transformers.DeepseekV2ForCausalLM(
         transformers.DeepseekV2Config(**SIZES, q_lora_rank=None)
+    ),
+    # dense, each branch times scale_depth/√layers, the logits divided by hidden/dim_model_base
+    "minicpm3": lambda: transformers.MiniCPM3ForCausalLM(
+        transformers.MiniCPM3Config(
+            **{k: v for k, v in SIZES.items() if k in DENSE},
+            q_lora_rank=24,
+            scale_depth=1.4,
+            dim_model_base=256,
+        )
     ),
 }
 OPS: dict[str, Callable[[nn.Module], tuple[nn.Module, object]]] = {
@@ -89,6 +115,7 @@ def exact_rmsnorm(monkeypatch: pytest.MonkeyPatch) -> None:
     for norm in (
         models.deepseek_v3.modeling_deepseek_v3.DeepseekV3RMSNorm,
         models.deepseek_v2.modeling_deepseek_v2.DeepseekV2RMSNorm,
+        models.minicpm3.modeling_minicpm3.MiniCPM3RMSNorm,
     ):
         monkeypatch.setattr(norm, "forward", forward)
 
@@ -127,6 +154,7 @@ def test_every_operation_is_exact(name: str, op: str) -> None:
     [
         ("deepseek-v3", ("self_attn.q_b_proj", "self_attn.kv_b_proj"), "self_attn.q_a_proj"),
         ("deepseek-v2", ("self_attn.q_proj", "self_attn.kv_b_proj"), "self_attn.q_proj"),
+        ("minicpm3", ("self_attn.q_b_proj", "self_attn.kv_b_proj"), "self_attn.q_a_proj"),
     ],
 )
 def test_the_latent_layout_is_found(name: str, latent: tuple[str, str], readers: str) -> None:
@@ -186,3 +214,10 @@ def test_a_geometry_the_rows_do_not_hold_is_refused() -> None:
     wrong = LatentGeometry(2, 16, 8, 12, "self_attn.q_b_proj", "self_attn.kv_b_proj")
     with pytest.raises(MorphError, match="does not compute softmax"):
         heads_carry_bias(lambda t: _hooked(model, t), wrong, "L:", o, "attn")
+
+
+def test_a_logits_base_that_no_whole_number_keeps_is_refused() -> None:
+    config = SimpleNamespace(dim_model_base=100)
+    assert _logit_base(config, 32, 64) == 200
+    with pytest.raises(MorphError, match="hidden_size / dim_model_base"):
+        _logit_base(config, 32, 45)

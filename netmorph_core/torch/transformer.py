@@ -1325,6 +1325,7 @@ def grow_width(
     stream_readers = [n for n in map(partial(_owned, model, layout), fam.readers) if n]
     stream_readers += [pool.reader for pool in pools]  # their norms and writers: below
     _check_norms(model, layout, d_model, rescale=extra > 0)
+    logit_base = _logit_base(layout.config, d, d_model)
     kind = layout.norm_kind
     norms, others, final = _norm_names(model, layout)
     if final is None and fam.post_ln and layout.tied and head_reader == layout.head:
@@ -1474,6 +1475,8 @@ def grow_width(
         if config is not None:
             heads = layout.blocks[0].heads
             _set_config(config, hidden_size=d_model)
+            if logit_base is not None:
+                config.dim_model_base = logit_base
             follow_embedding_size(config, model, layout, d_model)
             wide = heads * layout.blocks[0].head_dim != d_model
             if not fam.derived_head_dim and not fam.latent:  # latent: its own fields, kept
@@ -1566,6 +1569,22 @@ def _check_even_blocks(model: nn.Module, layout: Layout, what: str) -> None:
                     "describes every block: a parameter only some blocks hold (it may write "
                     "the stream); refused"
                 )
+
+
+def _logit_base(config: object | None, d: int, d_model: int) -> int | None:
+    """The ``dim_model_base`` that keeps MiniCPM's logits scale hidden_size / dim_model_base
+    (read from the config at every forward) at width ``d_model``: base·d_model/d; None where
+    the config has none; MorphError where that is not a whole number."""
+    base = getattr(config, "dim_model_base", None)
+    if not isinstance(base, int) or isinstance(base, bool):
+        return None
+    if base * d_model % d:
+        raise MorphError(
+            f"d_model={d_model}: the logits are divided by hidden_size / dim_model_base "
+            f"({d}/{base}), which a whole dim_model_base keeps only at widths where "
+            f"{base}·d_model/{d} is whole; use such a width (a multiple of {d})"
+        )
+    return base * d_model // d
 
 
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:

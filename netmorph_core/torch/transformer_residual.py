@@ -100,6 +100,8 @@ def pre_ln_scales(
         and holds(plain, False, s1, s2)
         and (twice is None or holds(twice, True, s1, s2))
     ]
+    if not found and constant_scales(plain, parallel, dtype) is not None:
+        return ()  # y = x + c₁·o + c₂·f with constants (MiniCPM's scale_depth / √layers)
     if len(found) != 1:
         raise MorphError(
             f"{where!r}: the block's output is not its input plus the attention and feed-forward "
@@ -114,6 +116,34 @@ def pre_ln_scales(
             "layer scale on one branch only is not understood; refused"
         )
     return () if s1 is None else (candidates[s1], candidates[s2])  # type: ignore[index]
+
+
+def _fit(target: torch.Tensor, branch: torch.Tensor) -> float | None:
+    """c with target = c·branch (least squares), None where the branch is zero."""
+    norm = float((branch * branch).sum())
+    return float((target * branch).sum()) / norm if norm > 0 else None
+
+
+def constant_scales(run: Branches, parallel: bool, dtype: torch.dtype) -> tuple[float, ...] | None:
+    """(c₁, c₂) where the block computes m = x + c₁·o, y = m + c₂·f (sequential) or
+    y = x + c₁·o + c₂·f (parallel) with constant scalars c ≠ 0 (one for every channel and
+    token: Granite's ``residual_multiplier``, MiniCPM's ``scale_depth / √layers``); None
+    otherwise."""
+    if parallel:
+        both = torch.stack([run.o.reshape(-1), run.f.reshape(-1)], 1)
+        fitted = torch.linalg.lstsq(both, (run.y - run.x).reshape(-1, 1), driver="gelsd")
+        c1, c2 = (float(v) for v in fitted.solution.reshape(-1))
+        holds = close(run.x + c1 * run.o + c2 * run.f, run.y, dtype)
+    else:
+        assert run.mid is not None
+        fit1, fit2 = _fit(run.mid - run.x, run.o), _fit(run.y - run.mid, run.f)
+        if fit1 is None or fit2 is None:
+            return None
+        c1, c2 = fit1, fit2
+        holds = close(run.x + c1 * run.o, run.mid, dtype) and close(
+            run.mid + c2 * run.f, run.y, dtype
+        )
+    return (c1, c2) if holds and c1 != 0 and c2 != 0 else None
 
 
 def post_ln_holds(
