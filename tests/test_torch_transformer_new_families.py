@@ -382,11 +382,26 @@ def test_hugging_face_family_in_no_table(name: str, op: str) -> None:
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
 
 
-def test_random_masking_is_refused_by_name() -> None:
-    """ViT-MAE shuffles its patches at random in every forward pass."""
-    parent = _hf("ViTMAEModel", "ViTMAEConfig", VISION)
-    with pytest.raises(MorphError, match="gives two outputs on one input in eval mode"):
-        describe(parent)
+@pytest.mark.parametrize("op", HF_OPS)
+def test_random_masking_is_traced_and_measured_under_one_seed(op: str) -> None:
+    """ViT-MAE keeps a random 25% of its patches in every forward pass: its layout is traced,
+    and the child compared, with every run starting from one seed; under any one seed the
+    child masks the same patches and computes the parent's output."""
+    parent = _hf("ViTMAEModel", "ViTMAEConfig", dict(VISION, mask_ratio=0.75))
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+
+    def seeded_out(model: nn.Module, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return _out(model, _images())
+
+    layout = describe(parent)
+    child, _ = OPS[op](parent, layout.blocks[0].name(layout.family.o))
+    for seed in (0, 1):
+        got = seeded_out(child, seed)
+        want = lifted_stream(seeded_out(parent, seed), got.shape[-1])
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * want.abs().max())
+    assert not torch.equal(seeded_out(parent, 0), seeded_out(parent, 1))  # it does mask
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
 
 
 TIMM = dict(

@@ -57,7 +57,6 @@ from .report import (
     combine,
     copy_model,
     layer_probe,
-    model_devices,
     model_like,
     resolve_probe,
     same_outputs,
@@ -66,6 +65,7 @@ from .report import (
     train_outputs,
 )
 from .rounding_noise import TRAIN_NOISE_FACTOR, rounded_outputs
+from .seeded import model_devices
 from .streamed import (
     Captured,
     Region,

@@ -46,6 +46,7 @@ from torch import nn
 from .arguments import check_input_memory, check_input_shape, check_probe, check_probe_memory
 from .errors import MorphError, OutputShapeChanged
 from .rounding_noise import rounded_outputs
+from .seeded import seeded
 from .surgery import CONV_TYPES, LAYER_TYPES
 from .tracing import default_inputs
 from .transformer_layout import as_matrix, is_conv1d
@@ -244,19 +245,11 @@ def outputs_of(y: object) -> Outputs:
     return []
 
 
-def model_devices(model: nn.Module, inputs: Inputs = ()) -> list[torch.device]:
-    """The CUDA devices of ``model``'s tensors and ``inputs`` (for forking their RNGs)."""
-    tensors = (*model.parameters(), *model.buffers(), *inputs)
-    return sorted({t.device for t in tensors if t.is_cuda}, key=str)
-
-
 def run_outputs(model: nn.Module, inputs: Inputs, *, train: bool = False, seed: int = 0) -> Outputs:
     """``model``'s outputs on ``inputs`` (no grad, seed ``seed``, caller's RNG state
     restored); runs ``model`` itself: give it a copy."""
-    with eval_mode(model, train=train), torch.no_grad():
-        with torch.random.fork_rng(devices=model_devices(model, inputs)):
-            torch.manual_seed(seed)
-            return [t.detach() for t in outputs_of(model(*inputs))]
+    with eval_mode(model, train=train), torch.no_grad(), seeded(model, inputs, seed):
+        return [t.detach() for t in outputs_of(model(*inputs))]
 
 
 def copy_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:

@@ -38,9 +38,9 @@ from .report import (
     compare,
     eval_mode,
     layer_count,
-    model_devices,
     outputs_of,
 )
+from .seeded import seeded
 
 Inputs = tuple[torch.Tensor, ...]
 #: A Linear layer with more weight entries computes in float64 this many entries at a time
@@ -368,8 +368,7 @@ def run_model(
     x = tuple(_cast(t, torch.float64) for t in inputs) if float64 else inputs
     try:
         with buffers_kept(model), eval_mode(model, train=train), torch.no_grad():
-            with torch.random.fork_rng(devices=model_devices(model, inputs)), cache_off(model):
-                torch.manual_seed(seed)
+            with seeded(model, inputs, seed), cache_off(model):
                 if float64:
                     with float64_calls(model):
                         out = [t.detach() for t in outputs_of(model(*x))]
@@ -386,8 +385,7 @@ def run_model(
 
 def _call(module: nn.Module, args: tuple, kwargs: dict, *, float64: bool) -> Outputs:
     with buffers_kept(module), eval_mode(module), torch.no_grad():
-        with torch.random.fork_rng(devices=model_devices(module)):
-            torch.manual_seed(0)
+        with seeded(module):
             if float64:
                 with float64_calls(module):
                     return [t.detach() for t in outputs_of(module(*args, **kwargs))]

@@ -2,8 +2,9 @@
 
 :func:`trace_stack` runs the parent on one example of its own input kind
 (:func:`.transformer_stream.probe_inputs`: token ids, images or audio features) with forward
-hooks (no parameter is touched; training flags are restored), after checking that two runs
-agree (no random masking), and reads from the calls of block 0:
+hooks (no parameter is touched; training flags are restored; every run starts from one seed,
+so random masking draws alike, :mod:`.seeded`), after checking that two runs agree (no
+randomness from outside torch's generators), and reads from the calls of block 0:
 
 - the linear layers (``nn.Linear`` and its subclasses, ``Conv1D``) in the order they run,
   in four phases of consecutive calls sharing one input: the query/key/value readers (three
@@ -46,6 +47,7 @@ from torch import nn
 
 from .errors import MorphError
 from .linear_view import as_matrix
+from .seeded import seeded
 from .speech_stream import bias_names, entry_norms, stream_convs, weight_tables
 from .speech_wavlm import called_projections, side_layers
 from .transformer_branches import branch_norms, reader_norm
@@ -294,7 +296,7 @@ def _run(
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), seeded(model, inputs):  # random masking: one draw every run
             if params:
                 out = torch.func.functional_call(model, params, inputs)
             else:
@@ -393,8 +395,9 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
     y0, calls = _run(model, inputs, watch, {})
     if not _close(_run(model, inputs, {}, {})[0], y0):
         raise MorphError(
-            f"{type(model).__name__} gives two outputs on one input in eval mode (random "
-            "masking or sampling in its forward): its layout cannot be traced; refused"
+            f"{type(model).__name__} gives two outputs on one input in eval mode under one "
+            "seed (randomness from outside torch's generators): its layout cannot be traced; "
+            "refused"
         )
     first = next((c for c in calls if c.name == "B:first"), None)
     if first is None or first.out is None:
