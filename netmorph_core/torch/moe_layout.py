@@ -45,7 +45,12 @@ class _StandIn(nn.Module):
         for p in self.parameters():
             p.detach().zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor | None, ...]:
+    def forward(
+        self, x: torch.Tensor, *args: object, **kwargs: object
+    ) -> torch.Tensor | tuple[torch.Tensor | None, ...]:
+        """W_down·(W_up·x); what else the block hands its mixture of experts (DeepSeek-V4's
+        token ids) is not read."""
+        del args, kwargs
         up, down = (getattr(self, n) for n in STAND_IN)
         y = down(up(x))
         return (y, *(None,) * self.extra) if self.extra else y
