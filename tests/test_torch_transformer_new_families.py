@@ -328,6 +328,12 @@ HF: dict[str, tuple[str, str, dict, Callable[[], tuple[torch.Tensor, ...]]]] = {
         TEXT,
         lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
     ),
+    "CTRL (a sinusoidal position table its model holds as a buffer)": (
+        "CTRLLMHeadModel",
+        "CTRLConfig",
+        dict(n_embd=D, n_head=HEADS, n_layer=2, dff=HIDDEN, vocab_size=100, n_positions=16),
+        lambda: (torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1)),),
+    ),
     "BioGPT (its tied head is output_projection)": (
         "BioGptForCausalLM",
         "BioGptConfig",
@@ -352,6 +358,9 @@ HF_REFUSED = {
     ),
     ("DiffLlama (differential attention: a gainless norm over pairs of heads)", "add_block"): (
         r"without a gain \(DiffLlama's differential heads\).*use method='zero'"
+    ),
+    ("CTRL (a sinusoidal position table its model holds as a buffer)", "grow_width"): (
+        r"'transformer\.pos_encoding' is a position table the model computes from its width"
     ),
     **{
         ("GPT-NeoX-Japanese (its last block alone adds a bias to the stream)", op): (

@@ -32,7 +32,11 @@ def tables(model: nn.Module, writers: Iterable[str], d: int) -> list[str]:
     for name in writers:
         try:
             module = model.get_submodule(name)
-        except AttributeError:  # a parameter, or a writer this model does not hold
+        except AttributeError:  # a parameter or buffer, or a writer this model does not hold
+            owner, _, attr = name.rpartition(".")
+            holder = _get(model, owner)
+            if holder is not None and attr in dict(holder.named_buffers(recurse=False)):
+                found.append(name)  # a table the owner holds itself (CTRL's pos_encoding)
             continue
         table = buffer_table(module)
         if table is not None and module.get_buffer(table).shape[-1] == d:
@@ -40,15 +44,28 @@ def tables(model: nn.Module, writers: Iterable[str], d: int) -> list[str]:
     return found
 
 
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        return None
+
+
 def check_no_tables(model: nn.Module, writers: Iterable[str], d: int, d_model: int) -> None:
     """MorphError naming the first of ``writers`` that adds a buffer position table of width
     d to the stream (module docstring): the stream cannot grow to ``d_model``."""
     for name in tables(model, writers, d):
-        module = model.get_submodule(name)
+        module = _get(model, name)
+        what = (
+            f"({type(module).__name__}) adds to the stream a position table the model computes "
+            f"from its width (buffer {buffer_table(module)!r}"
+            if module is not None
+            else "is a position table the model computes from its width and adds to the "
+            "stream (a buffer"
+        )
         raise MorphError(
-            f"d_model={d_model}: {name!r} ({type(module).__name__}) adds to the stream a position "
-            f"table the model computes from its width (buffer {buffer_table(module)!r}, not "
-            "saved with the weights): the child's stream [x; …; x] needs the parent's table "
-            "repeated, [p; …; p], and a model of the new width builds a table of other "
-            "frequencies instead, so no wider child reloads exactly; refused"
+            f"d_model={d_model}: {name!r} {what}, not saved with the weights): the child's "
+            "stream [x; …; x] needs the parent's table repeated, [p; …; p], and a model of "
+            "the new width builds a table of other frequencies instead, so no wider child "
+            "reloads exactly; refused"
         )

@@ -175,6 +175,17 @@ def buffer_table(module: nn.Module) -> str | None:
     return next((n for n, b in buffers if b.dim() == 2 and b.is_floating_point()), None)
 
 
+def owner_tables(root: nn.Module, d: int) -> tuple[str, ...]:
+    """The floating buffers (positions, d) ``root`` holds itself: position tables computed
+    from the config (CTRL's sinusoidal ``pos_encoding``), writers where the others alone do
+    not account for the stream."""
+    return tuple(
+        n
+        for n, b in root.named_buffers(recurse=False)
+        if b.dim() == 2 and b.shape[-1] == d and b.is_floating_point()
+    )
+
+
 def _is_layer(module: nn.Module) -> bool:
     w = getattr(module, "weight", None)
     return _width(module) is not None or isinstance(w, torch.Tensor)

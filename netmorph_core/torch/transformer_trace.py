@@ -60,9 +60,11 @@ from .transformer_residual import (
     scale_candidates,
 )
 from .transformer_stream import (
+    NoWriterError,
     check_writers,
     is_linear,
     on_stream,
+    owner_tables,
     probe_inputs,
     stream_writers,
     token_embedding,
@@ -531,7 +533,16 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
         return next((c.inp for c in got if c.name == entry), None)
 
     zero = (*writers, *bias_names(root, convs)) if writers else ()  # no writer: the owner's above
-    check_writers(stream_entry, owner, root, zero, where)
+    try:
+        check_writers(stream_entry, owner, root, zero, where)
+    except NoWriterError:
+        raise
+    except MorphError:  # a position table the owner holds as a buffer (CTRL's sinusoids)?
+        held = owner_tables(root, d)
+        if not held:
+            raise
+        check_writers(stream_entry, owner, root, (*zero, *held), where)
+        writers = (*writers, *held)
     readers = [
         c.name[2:]
         for c in calls[end + 1 :]
