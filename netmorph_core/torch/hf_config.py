@@ -146,7 +146,7 @@ def sync_config(model: nn.Module) -> list[str]:
         layout = None
     notes = _untie(model)
     if layout is not None:
-        _write_sizes(_stack_config(config, layout), model, layout)
+        _write_sizes(_stack_config(model, config, layout), model, layout)
     base = stock_class(type(config))
     try:
         try:
@@ -277,9 +277,16 @@ def _untie(model: nn.Module) -> list[str]:
     return ["the output embedding no longer shares the input embedding's weight: untied"]
 
 
-def _stack_config(config: object, layout: Layout) -> object:
-    """The config that sizes the layout's stack: a composite config's sub-config named like
-    the stack's owner (CLIP's ``vision_config`` for ``vision_model``), else ``config``."""
+def _stack_config(model: nn.Module, config: object, layout: Layout) -> object:
+    """The config that sizes the layout's stack: the one the owner (or a module above it)
+    holds where that is another (a vision-language model's language model reads its text
+    config), a composite config's sub-config named like the stack's owner (CLIP's
+    ``vision_config`` for ``vision_model``), else ``config``."""
+    parts = layout.owner.split(".") if layout.owner else []
+    for i in range(len(parts), 0, -1):
+        own = getattr(model.get_submodule(".".join(parts[:i])), "config", None)
+        if own is not None and own is not config:
+            return own
     owner = layout.owner.split(".")[0]
     for key in getattr(config, "sub_configs", None) or {}:
         sub = getattr(config, key, None)

@@ -45,6 +45,7 @@ from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_byt
 from .pipeline import WHOLE_COPY_LIMIT, Request, run, run_on_model
 from .position_tables import check_no_tables
 from .report import MorphReport, Outcome, ParamSource, block_params, state_bytes
+from .side_writers import side_writers
 from .speech_wavlm import (
     check_heads,
     drop_passed_tables,
@@ -1357,6 +1358,8 @@ def grow_width(
         rel for rel in fam.head_rows if _get_module(model, layout.blocks[0].name(rel)) is not None
     )
     writers = (*stream_writers(model, layout), *(pool.writer for pool in pools))
+    known = (*([layout.head] if layout.head else []), *stream_readers, *writers)
+    writers += side_writers(model, layout.owner, d, (*known, *(pool.name for pool in pools)))
     edits = (
         *_linears(layout.blocks, (*fam.qkv, fam.o, *_ffn_linears(layout), *side_readers)),
         *(w for w in writers if _exists(model, w) and isinstance(_resolve(model, w), nn.Linear)),
@@ -1764,17 +1767,18 @@ def add_block(
                 sources[name] = ParamSource(f"{prefix}.{j - 1}.{rest}", f"{prefix}.{j - 1}.{rest}")
         edit.sources = sources
         config = getattr(child, "config", None)
-        if fam.shared:  # a layer of the shared group: the depth stays
-            _set_config(config, inner_group_num=n + 1)
-        else:
-            _set_config(config, num_hidden_layers=n + 1, n_layer=n + 1)
+        for cfg in _stack_configs(child, layout):  # a VLM's language model: its text config
+            if fam.shared:  # a layer of the shared group: the depth stays
+                _set_config(cfg, inner_group_num=n + 1)
+            else:
+                _set_config(cfg, num_hidden_layers=n + 1, n_layer=n + 1)
+            _insert_per_block(cfg, at, n)
+            _insert_attention_type(child, cfg, at, n)
+            if fam.moe:
+                sparse_layers(cfg, child, prefix, fam.ffn_out)
         for module in child.modules():  # DistilBERT's Transformer records its layer count
             if getattr(module, "n_layers", None) == n and isinstance(module.n_layers, int):
                 module.n_layers = n + 1
-        _insert_per_block(config, at, n)
-        _insert_attention_type(child, config, at, n)
-        if fam.moe:
-            sparse_layers(config, child, prefix, fam.ffn_out)
         notes = []
         if fam.shared:
             depths = getattr(config, "num_hidden_layers", None)
@@ -1847,6 +1851,17 @@ def _branch_offsets(
 def _redraw(edit: _Editor, std: float, w: torch.Tensor) -> torch.Tensor:
     """A random matrix shaped like ``w`` with entries of standard deviation ``std``."""
     return edit.noise(tuple(w.shape), std, w).to(w.dtype)
+
+
+def _stack_configs(child: nn.Module, layout: Layout) -> list[object]:
+    """The configs that describe the stack: the model's, and the one its owner holds where
+    that is another (a vision-language model's language model reads its text config)."""
+    found = [c for c in (getattr(child, "config", None),) if c is not None]
+    if layout.owner:
+        own = getattr(child.get_submodule(layout.owner), "config", None)
+        if own is not None and all(own is not c for c in found):
+            found.append(own)
+    return found
 
 
 def _insert_per_block(config: object | None, at: int, n: int) -> None:

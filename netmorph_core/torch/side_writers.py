@@ -1,0 +1,88 @@
+"""Modules beside the stream's owner that write the stream for inputs a probe may not give.
+
+A vision-language model (Llava, Fuyu) runs its language model as the stream's owner; beside it,
+under the modules on the path from the root to the owner, sit a vision tower and a projector
+whose output, an image feature of the stream's width d, replaces the image tokens' embeddings.
+A probe of token ids alone never runs them, so the trace does not see the projector write the
+stream. :func:`side_writers` finds them by structure among those siblings (the output head and
+the owner's readers aside):
+
+- an MLP of linear layers whose last layer writes width d (Llava's ``multi_modal_projector``,
+  Fuyu's ``vision_embed_tokens``): a writer, grown as every writer is ([W; …; W; 0]);
+- a module whose last linear layer writes width d but holds more than linear layers (a tower
+  with its own merger, Qwen2-VL's ``visual``), or that holds a parameter of its own with an
+  axis of width d outside any layer (Gemma-3's ``mm_input_projection_weight``): refused by
+  name, its output not followed;
+- anything else (a tower whose output is another width) is left as it is.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .errors import MorphError
+
+#: Modules whose own parameters are a layer's (not a raw tensor a forward multiplies by).
+LAYERS = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.RMSNorm)
+
+
+def _siblings(model: nn.Module, owner: str) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of the children of every module on the path from the root to
+    ``owner``, the path itself aside."""
+    parts = owner.split(".") if owner else []
+    found = []
+    for i in range(len(parts)):
+        parent_name = ".".join(parts[:i])
+        parent = model.get_submodule(parent_name) if parent_name else model
+        on_path = ".".join(parts[: i + 1])
+        for name, child in parent.named_children():
+            qualified = f"{parent_name}.{name}" if parent_name else name
+            if qualified != on_path:
+                found.append((qualified, child))
+    return found
+
+
+def _raw_width_d(module: nn.Module, d: int) -> str | None:
+    """The first parameter of ``module`` held outside any layer with an axis of width d."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, LAYERS) or type(sub).__name__.endswith("Norm"):
+            continue
+        for pname, p in sub.named_parameters(recurse=False):
+            if d in p.shape and p.dim() >= 2:
+                return f"{name}.{pname}" if name else pname
+    return None
+
+
+def side_writers(
+    model: nn.Module, owner: str, d: int, known: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """Qualified names of the last linear layers of the MLPs beside ``owner`` that write width
+    ``d`` (module docstring); ``known``: modules already followed (the output head, readers,
+    pooling heads), skipped with what they hold. MorphError naming a module beside the owner
+    that may write the stream but is not followed."""
+    found = []
+    for name, module in _siblings(model, owner):
+        if any(name == k or k.startswith(f"{name}.") or name.startswith(f"{k}.") for k in known):
+            continue
+        linears = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+        last = linears[-1] if linears else None
+        if last is not None and last[1].out_features == d:
+            owned = {id(p) for _, m in linears for p in m.parameters()}
+            if all(id(p) in owned for p in module.parameters()):
+                found.append(f"{name}.{last[0]}" if last[0] else name)
+                continue
+            raise MorphError(
+                f"{name!r} ({type(module).__name__}) sits beside the stream's owner {owner!r} "
+                f"and its last linear layer writes width {d}: it may write the stream for inputs "
+                "the probe does not give (image features), and its other layers are not "
+                "followed; the stream's width cannot grow; refused"
+            )
+        raw = _raw_width_d(module, d)
+        if raw is not None:
+            raise MorphError(
+                f"{name!r} ({type(module).__name__}) sits beside the stream's owner {owner!r} "
+                f"and holds '{name}.{raw}' with an axis of width {d}: it may write the stream "
+                "for inputs the probe does not give (image features); the stream's width cannot "
+                "grow; refused"
+            )
+    return tuple(found)
