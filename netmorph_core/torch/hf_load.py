@@ -77,10 +77,9 @@ def load_grown(path: str | Path, *, dtype: torch.dtype | None = None) -> nn.Modu
     renames, splits = _conversions(model)
     for file in weight_files(path):
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                parts = _split(model, key, f.get_tensor(key), splits, config)
+            for key in f.keys():  # renamed first, then split, as the stock loader does
+                parts = _split(model, _renamed(key, renames), f.get_tensor(key), splits, config)
                 for name, tensor in parts.items():
-                    name = _renamed(name, renames)
                     loaded[name] = _assign(model, name, tensor)
     for names in shared:
         source = next((n for n in names if n in loaded), None)
@@ -124,11 +123,12 @@ def _model_class(transformers: ModuleType, config_class: type, name: str) -> obj
         return None
 
 
-def _conversions(model: nn.Module) -> tuple[list[tuple[str, str]], list]:
-    """The key conversions the stock loader applies to ``model``'s checkpoints: (pattern,
-    replacement) renamings (GPT-NeoX saves its head as ``embed_out``) and the converters that
-    split one stored tensor into several parameters (DINOv2's SwiGLU stores [gate; up] as
-    ``weights_in``)."""
+def _conversions(model: nn.Module) -> tuple[list, list]:
+    """The key conversions the stock loader applies to ``model``'s checkpoints: the renamings
+    (GPT-NeoX saves its head as ``embed_out``, Llava its language model as
+    ``language_model.model``), applied in turn as the stock loader applies them, and the
+    converters that split one stored tensor into several parameters (DINOv2's SwiGLU stores
+    [gate; up] as ``weights_in``)."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming
@@ -136,8 +136,8 @@ def _conversions(model: nn.Module) -> tuple[list[tuple[str, str]], list]:
         return [], []
     renames, splits = [], []
     for t in get_model_conversion_mapping(model):
-        if type(t) is WeightRenaming and len(t.source_patterns) == len(t.target_patterns) == 1:
-            renames.append((t.source_patterns[0], t.target_patterns[0]))
+        if isinstance(t, WeightRenaming):
+            renames.append(t)
         elif isinstance(t, WeightConverter) and len(t.source_patterns) == 1:
             splits.append(t)
     return renames, splits
@@ -183,10 +183,10 @@ def _has_slot(model: nn.Module, key: str) -> bool:
     return attr in module._parameters or attr in module._buffers
 
 
-def _renamed(key: str, renames: list[tuple[str, str]]) -> str:
-    for pattern, replacement in renames:
-        key = re.sub(pattern, replacement, key)
-    return key
+def _renamed(key: str, renames: list) -> str:
+    from transformers.core_model_loading import apply_renamings
+
+    return apply_renamings(key, renames) if renames else key
 
 
 def _non_persistent(model: nn.Module, key: str) -> bool:

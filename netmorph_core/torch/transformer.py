@@ -74,6 +74,8 @@ from .transformer_stream import image_size
 from .transformer_trace import KV_ATTRS, POSITION_BIASES, is_norm, qkv_rows
 
 METHODS = ("netmorph", "zero")
+#: Config fields that list one entry per block, in order.
+PER_BLOCK = ("layer_types", "no_rope_layers", "mlp_layer_types", "layers_block_type")
 SEQ_LEN = 8
 #: Edits that compute new values (grow_width's readers and means) cast this many entries of a
 #: weight to float64 at a time (an embedding of 65M entries would be 0.5 GB in float64).
@@ -1865,13 +1867,13 @@ def _stack_configs(child: nn.Module, layout: Layout) -> list[object]:
 
 
 def _insert_per_block(config: object | None, at: int, n: int) -> None:
-    """Config lists of one plain entry per block (``layer_types``, Llama 4's and SmolLM3's
-    ``no_rope_layers``) get the copied block's entry at ``at``; GPT-Neo's
-    ``attention_layers``: :func:`_insert_attention_type`."""
-    for key, value in list(vars(config).items()) if config is not None else ():
-        if not isinstance(value, list) or len(value) != n or key == "attention_layers":
-            continue
-        if all(isinstance(v, (bool, int, float, str)) for v in value):
+    """The config's lists of one entry per block (:data:`PER_BLOCK`: ``layer_types``, Llama 4's
+    and SmolLM3's ``no_rope_layers``) get the copied block's entry at ``at``; GPT-Neo's
+    ``attention_layers``: :func:`_insert_attention_type`. Other lists that happen to hold n
+    entries (DeBERTa's ``pos_att_type``) are no per-block record and stay."""
+    for key in PER_BLOCK:
+        value = getattr(config, key, None)
+        if isinstance(value, list) and len(value) == n:
             value.insert(at, value[min(at, n - 1)])
 
 

@@ -1,0 +1,133 @@
+"""A vision-language model's language model grown on token ids alone.
+
+Tiny Llava (a CLIP vision tower, a two-layer projector, a Llama language model): the
+transformer operations find the language model as the stream's owner; each child computes
+the parent's logits on text and on text with an image (whose projected features replace the
+image tokens' embeddings: ``grow_width`` grows the projector's output as a writer of the
+stream), leaves the parent untouched, and reloads. A module beside the owner holding a tensor
+of the stream's width that is not followed is refused by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from thirdparty import import_transformers
+from torch import nn
+
+from netmorph_core.torch import MorphError, add_block, add_heads, grow_ffn, grow_width, load_grown
+from netmorph_core.torch.transformer_layout import describe
+
+try:
+    transformers = import_transformers()
+except ImportError:  # pragma: no cover - the test extra installs it
+    pytest.skip("transformers is not installed", allow_module_level=True)
+
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+IMAGE_TOKEN = 110
+OPS: dict[str, Callable[[nn.Module], tuple[nn.Module, object]]] = {
+    "grow_ffn": lambda m: grow_ffn(m, 96),
+    "add_heads": lambda m: add_heads(m, 8),
+    "grow_width": lambda m: grow_width(m, 64),
+    "add_block": lambda m: add_block(m, 1),
+}
+#: operation → how the child reloads: the projector's hidden width follows the text's in the
+#: stock model, so a wider stream's child is rebuilt by load_grown
+STOCK = {"grow_ffn": True, "add_heads": True, "grow_width": False, "add_block": True}
+
+
+@pytest.fixture(autouse=True)
+def exact_rmsnorm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Llama's RMSNorm computed in the input's dtype (its own forward rounds to float32)."""
+
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
+
+    monkeypatch.setattr(transformers.models.llama.modeling_llama.LlamaRMSNorm, "forward", forward)
+
+
+def _llava() -> nn.Module:
+    text = transformers.LlamaConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        vocab_size=120,
+        head_dim=8,
+    )
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=24,
+        image_size=16,
+        patch_size=8,
+    )
+    config = transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN
+    )
+    torch.manual_seed(0)
+    return transformers.LlavaForConditionalGeneration(config).double().eval()
+
+
+def _logits(model: nn.Module, image: bool) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 100, (1, 9), generator=gen)
+    kwargs = {}
+    if image:
+        ids[0, 1:5] = IMAGE_TOKEN  # 4 patches of 8×8 in a 16×16 image
+        kwargs["pixel_values"] = torch.randn(1, 3, 16, 16, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        return model(input_ids=ids, **kwargs).logits
+
+
+def test_the_language_model_owns_the_stream() -> None:
+    layout = describe(_llava())
+    assert (layout.owner, layout.family.name, layout.head) == (
+        "model.language_model",
+        "llama",
+        "lm_head",
+    )
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_the_child_computes_the_parents_logits_with_and_without_an_image(
+    op: str, tmp_path: Path
+) -> None:
+    parent = _llava()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    child, report = OPS[op](parent)
+    for image in (False, True):
+        want = _logits(parent, image)
+        got = _logits(child, image)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want.abs().max()))
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+    child.save_pretrained(tmp_path)
+    if STOCK[op]:
+        assert any("reloads this child exactly" in n for n in report.notes), report.notes
+        again = transformers.LlavaForConditionalGeneration.from_pretrained(
+            tmp_path, dtype=torch.float64
+        )
+    else:
+        again = load_grown(tmp_path)
+    want = _logits(child, True)
+    torch.testing.assert_close(
+        _logits(again.eval(), True), want, rtol=0, atol=1e-12 * float(want.abs().max())
+    )
+
+
+def test_a_tensor_of_the_streams_width_beside_the_owner_is_refused_by_name() -> None:
+    parent = _llava()
+    parent.model.adapter = nn.Module()
+    parent.model.adapter.mix = nn.Parameter(torch.zeros(8, 32, dtype=torch.float64))
+    with pytest.raises(MorphError, match=r"'model\.adapter' \(Module\) sits beside the stream"):
+        grow_width(parent, 64)
