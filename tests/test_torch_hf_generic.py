@@ -146,7 +146,6 @@ def test_widen_llama_gate_takes_up_with_it(zero_side: str) -> None:
             marks=pytest.mark.thirdparty,
         ),
         ("llama", "model.layers.0.self_attn.q_proj", r"no exact child: .* rotates all"),
-        ("gpt2", "transformer.h.0.attn.c_attn", r"aten\.split \(node 'split'.*add_heads"),
         pytest.param(
             "gpt2",
             "transformer.h.1.mlp.c_proj",
@@ -168,6 +167,22 @@ def test_widen_refusals_name_the_node(family: str, at: str, match: str) -> None:
     width = _matrix(parent.get_submodule(at)).shape[0] + 8
     with pytest.raises(MorphError, match=match):
         widen(parent, at, width, seed=0)
+    assert _unchanged(parent, before)
+
+
+def test_gpt2_fused_conv1d_attention_widens_by_whole_heads() -> None:
+    """GPT-2's fused ``c_attn`` (a Conv1D of rows [Q; K; V]) grows every head's head_dim
+    (12 row blocks of 8 → 10; its ``split_size`` follows); a width that is not 12 whole
+    blocks is refused naming them."""
+    parent = _model("gpt2")
+    before = _state(parent)
+    x = _inputs("gpt2", torch.float64)
+    child, report = widen(parent, "transformer.h.0.attn.c_attn", 120, seed=0)
+    assert _rel_dev(parent, child, x) <= F64_TOL
+    assert child.transformer.h[0].attn.split_size == 40
+    assert any("grows from head_dim 8 to 10" in n for n in report.notes), report.notes
+    with pytest.raises(ValueError, match="holds 12 row blocks"):
+        widen(parent, "transformer.h.0.attn.c_attn", 104, seed=0)
     assert _unchanged(parent, before)
 
 

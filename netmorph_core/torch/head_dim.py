@@ -25,7 +25,8 @@ change; T5's relative attention bias is one value per head and position pair, wh
 head_dim), the spatial-reduction attention of a hierarchical vision transformer (SegFormer,
 GLPN: keys and values read a strided conv and LayerNorm of the stream; PVT-v2, whose forward
 reshapes its context to the stream width, is refused as having no exact child), and timm's
-fused-q/k/v ``Attention`` (ViT, DeiT). The attention module records its own head_dim; a Hugging
+fused-q/k/v ``Attention`` (ViT, DeiT), and GPT-2's and GPT-1's fused ``Conv1D`` ``c_attn`` (their
+``split_size`` follows). The attention module records its own head_dim; a Hugging
 Face config (one value for every block) is marked, and :func:`~.hf_load.load_grown` rebuilds
 the child.
 """
@@ -55,7 +56,7 @@ from .transformer_trace import qkv_rows
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_kv", "key_value_proj_dim")
 #: Attention attributes that record heads·head_dim (BERT's, T5's, timm's, GPTBigCode's query
 #: width at which it splits its fused q|k|v output).
-ALL_HEADS_ATTRS = ("all_head_size", "inner_dim", "attn_dim", "embed_dim")
+ALL_HEADS_ATTRS = ("all_head_size", "inner_dim", "attn_dim", "embed_dim", "split_size")
 #: Attention attributes that record kv_heads·head_dim (GPTBigCode's key and value widths).
 KV_WIDTH_ATTRS = ("kv_dim",)
 #: Attention attributes that hold the scores' scale (Hugging Face's, timm's, BLOOM's).

@@ -29,7 +29,7 @@ from .encdec_layout import describe_encoder_decoder
 from .errors import MorphError
 from .swin_edit import by_attribute
 from .transformer import _default_probe, _exists, _fused_layout
-from .transformer_layout import Layout, describe
+from .transformer_layout import Layout, describe, is_conv1d
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ def attention_projection(model: nn.Module, at: object) -> Attention | None:
     if not isinstance(at, str) or not isinstance(model, nn.Module):
         return None
     try:
-        if not isinstance(model.get_submodule(at), nn.Linear):
+        layer = model.get_submodule(at)
+        if not isinstance(layer, nn.Linear) and not is_conv1d(layer):  # GPT-1's, GPT-2's Conv1D
             return None
         es = describe_encoder_decoder(model)
         if es is not None:
