@@ -131,3 +131,42 @@ def test_a_tensor_of_the_streams_width_beside_the_owner_is_refused_by_name() -> 
     parent.model.adapter.mix = nn.Parameter(torch.zeros(8, 32, dtype=torch.float64))
     with pytest.raises(MorphError, match=r"'model\.adapter' \(Module\) sits beside the stream"):
         grow_width(parent, 64)
+
+
+def _aya() -> nn.Module:
+    """Aya Vision: its vision tower's blocks come before the language model's; its projector
+    normalises and reshuffles the image features before its linear layers."""
+    text = dict(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        vocab_size=200,
+        head_dim=8,
+    )
+    vision = dict(
+        hidden_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        intermediate_size=32,
+        image_size=28,
+        patch_size=14,
+    )
+    config = transformers.AyaVisionConfig(text_config=text, vision_config=vision)
+    torch.manual_seed(0)
+    return transformers.AyaVisionForConditionalGeneration(config).double().eval()
+
+
+def test_the_stack_holding_the_token_embedding_is_grown_not_the_vision_tower() -> None:
+    parent = _aya()
+    assert describe(parent).owner == "model.language_model"
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = parent(input_ids=ids).logits
+    child, _ = grow_ffn(parent, 96, probe=(ids,))
+    with torch.no_grad():
+        got = child(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want.abs().max()))
+    with pytest.raises(MorphError, match=r"'model\.multi_modal_projector' \(AyaVisionMulti"):
+        grow_width(parent, 64, probe=(ids,))

@@ -44,10 +44,12 @@ def is_linear(module: nn.Module) -> bool:
 
 def find_stack(model: nn.Module) -> tuple[str, str] | None:
     """(owner, list name relative to it) of the first ModuleList (else Sequential: timm's
-    ``blocks``) of blocks of one class with two or more linear layers each; None when the
-    model has none."""
+    ``blocks``) of blocks of one class with two or more linear layers each — where several
+    are, the first whose owner holds the model's token embedding (a vision-language model's
+    language model, not its vision tower); None when the model has none."""
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
     lists += [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Sequential)]
+    found = []
     for name, blocks in lists:
         if len(blocks) == 0:
             continue
@@ -60,8 +62,12 @@ def find_stack(model: nn.Module) -> tuple[str, str] | None:
             owner = ".".join(parts[:cut])
             module = model.get_submodule(owner) if owner else model
             if cut == 0 or _holds_more(module, parts[cut]):
-                return owner, ".".join(parts[cut:])
-    return None
+                found.append((owner, ".".join(parts[cut:])))
+                break
+    embed = input_embedding(model) if len(found) > 1 else None
+    where = next((n for n, m in model.named_modules() if m is embed), None) if embed else None
+    reading = [f for f in found if where is not None and f[0] and where.startswith(f[0] + ".")]
+    return (reading or found or [None])[0]
 
 
 def _holds_more(module: nn.Module, child: str) -> bool:
