@@ -153,20 +153,29 @@ def _aya() -> nn.Module:
         image_size=28,
         patch_size=14,
     )
-    config = transformers.AyaVisionConfig(text_config=text, vision_config=vision)
+    config = transformers.AyaVisionConfig(
+        text_config=text, vision_config=vision, image_token_index=IMAGE_TOKEN
+    )
     torch.manual_seed(0)
     return transformers.AyaVisionForConditionalGeneration(config).double().eval()
 
 
 def test_the_stack_holding_the_token_embedding_is_grown_not_the_vision_tower() -> None:
+    """Aya Vision's projector normalises (over the image features' width) and reshuffles
+    them before its linear layers: its last layer grows as a writer of the stream, and the
+    child computes the parent's logits with an image (one image token: 2×2 patches shuffled
+    into one)."""
     parent = _aya()
     assert describe(parent).owner == "model.language_model"
-    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 100, (1, 9), generator=gen)
+    pixels = torch.randn(1, 3, 28, 28, generator=gen, dtype=torch.float64)
+    with_image = ids.clone()
+    with_image[0, 1] = IMAGE_TOKEN
     with torch.no_grad():
-        want = parent(input_ids=ids).logits
-    child, _ = grow_ffn(parent, 96, probe=(ids,))
-    with torch.no_grad():
-        got = child(input_ids=ids).logits
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want.abs().max()))
-    with pytest.raises(MorphError, match=r"'model\.multi_modal_projector' \(AyaVisionMulti"):
-        grow_width(parent, 64, probe=(ids,))
+        want = parent(input_ids=with_image, pixel_values=pixels).logits
+    for op in (lambda m: grow_ffn(m, 96, probe=(ids,)), lambda m: grow_width(m, 64, probe=(ids,))):
+        child, _ = op(parent)
+        with torch.no_grad():
+            got = child(input_ids=with_image, pixel_values=pixels).logits
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want.abs().max()))

@@ -7,8 +7,10 @@ A probe of token ids alone never runs them, so the trace does not see the projec
 stream. :func:`side_writers` finds them by structure among those siblings (the output head and
 the owner's readers aside):
 
-- an MLP of linear layers whose last layer writes width d (Llava's ``multi_modal_projector``,
-  Fuyu's ``vision_embed_tokens``): a writer, grown as every writer is ([W; …; W; 0]);
+- an MLP of linear layers whose last layer writes width d, with norms over the image
+  features' width (not d) before it (Llava's, InternVL's and Mistral-3's
+  ``multi_modal_projector``, Fuyu's ``vision_embed_tokens``): a writer, its last layer grown
+  as every writer is ([W; …; W; 0]);
 - a module whose last linear layer writes width d but holds more than linear layers (a tower
   with its own merger, Qwen2-VL's ``visual``), or that holds a parameter of its own with an
   axis of width d outside any layer (Gemma-3's ``mm_input_projection_weight``): refused by
@@ -42,6 +44,14 @@ def _siblings(model: nn.Module, owner: str) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm")
+
+
+def _widths(module: nn.Module) -> set[int]:
+    return {int(p.shape[-1]) for p in module.parameters(recurse=False) if p.dim() >= 1}
+
+
 def _raw_width_d(module: nn.Module, d: int) -> str | None:
     """The first parameter of ``module`` held outside any layer with an axis of width d."""
     for name, sub in module.named_modules():
@@ -67,7 +77,8 @@ def side_writers(
         linears = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
         last = linears[-1] if linears else None
         if last is not None and last[1].out_features == d:
-            owned = {id(p) for _, m in linears for p in m.parameters()}
+            norms = [m for _, m in module.named_modules() if _is_norm(m) and d not in _widths(m)]
+            owned = {id(p) for m in (*(m for _, m in linears), *norms) for p in m.parameters()}
             if all(id(p) in owned for p in module.parameters()):
                 found.append(f"{name}.{last[0]}" if last[0] else name)
                 continue
