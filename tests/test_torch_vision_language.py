@@ -128,7 +128,8 @@ def test_the_child_computes_the_parents_logits_with_and_without_an_image(
 def test_a_tensor_of_the_streams_width_beside_the_owner_is_refused_by_name() -> None:
     parent = _llava()
     parent.model.adapter = nn.Module()
-    parent.model.adapter.mix = nn.Parameter(torch.zeros(8, 32, dtype=torch.float64))
+    # d on its first axis: not a projection features · W of the stream's width
+    parent.model.adapter.mix = nn.Parameter(torch.zeros(32, 8, dtype=torch.float64))
     with pytest.raises(MorphError, match=r"'model\.adapter' \(Module\) sits beside the stream"):
         grow_width(parent, 64)
 
@@ -179,3 +180,71 @@ def test_the_stack_holding_the_token_embedding_is_grown_not_the_vision_tower() -
         with torch.no_grad():
             got = child(input_ids=with_image, pixel_values=pixels).logits
         torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want.abs().max()))
+
+
+def test_gemma3_projection_tensor_grows_as_a_writer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Gemma-3's projector multiplies its normalised, pooled image features by one parameter
+    ``mm_input_projection_weight`` (vision width × d): ``grow_width`` grows it along d, and the
+    child computes the parent's logits with an image; the wider child reloads with the stock
+    class (its text embedding's √d scale folded into the embedding)."""
+
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # in the input's dtype
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed * (1.0 + self.weight)
+
+    gemma3 = transformers.models.gemma3.modeling_gemma3
+    monkeypatch.setattr(gemma3.Gemma3RMSNorm, "forward", forward)
+    text = dict(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        vocab_size=200,
+        head_dim=8,
+        sliding_window=4,
+    )
+    vision = dict(
+        hidden_size=16,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        intermediate_size=32,
+        image_size=28,
+        patch_size=14,
+    )
+    config = transformers.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=1,
+        image_token_index=IMAGE_TOKEN,
+        boi_token_index=IMAGE_TOKEN + 1,
+        eoi_token_index=IMAGE_TOKEN + 2,
+    )
+    torch.manual_seed(0)
+    parent = transformers.Gemma3ForConditionalGeneration(config).double().eval()
+    with torch.no_grad():  # non-trivial gains and projection
+        for name, p in parent.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5)
+        parent.model.multi_modal_projector.mm_input_projection_weight.normal_()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 100, (1, 9), generator=gen)
+    with_image = ids.clone()
+    with_image[0, 2] = IMAGE_TOKEN
+    pixels = torch.randn(1, 3, 28, 28, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        want = parent(input_ids=with_image, pixel_values=pixels).logits
+    child, report = grow_width(parent, 64, probe=(ids,))
+    with torch.no_grad():
+        got = child(input_ids=with_image, pixel_values=pixels).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want.abs().max()))
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    again = transformers.Gemma3ForConditionalGeneration.from_pretrained(
+        tmp_path, dtype=torch.float64
+    ).eval()
+    with torch.no_grad():
+        reloaded = again(input_ids=with_image, pixel_values=pixels).logits
+    torch.testing.assert_close(reloaded, want, rtol=0, atol=1e-9 * float(want.abs().max()))

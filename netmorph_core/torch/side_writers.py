@@ -11,10 +11,12 @@ the owner's readers aside):
   features' width (not d) before it (Llava's, InternVL's and Mistral-3's
   ``multi_modal_projector``, Fuyu's ``vision_embed_tokens``): a writer, its last layer grown
   as every writer is ([W; …; W; 0]);
-- a module whose last linear layer writes width d but holds more than linear layers (a tower
-  with its own merger, Qwen2-VL's ``visual``), or that holds a parameter of its own with an
-  axis of width d outside any layer (Gemma-3's ``mm_input_projection_weight``): refused by
-  name, its output not followed;
+- a projection held as one parameter outside any layer whose last axis alone has width d,
+  beside norms over the image features' width (Gemma-3's ``mm_input_projection_weight``,
+  features · W): a writer, grown along that axis;
+- a module whose last linear layer writes width d but holds more than linear layers and such
+  norms (a tower with its own merger, Qwen2-VL's ``visual``), or that holds another parameter
+  with an axis of width d outside any layer: refused by name, its output not followed;
 - anything else (a tower whose output is another width) is left as it is.
 """
 
@@ -63,6 +65,27 @@ def _raw_width_d(module: nn.Module, d: int) -> str | None:
     return None
 
 
+def _projection(module: nn.Module, d: int) -> str | None:
+    """The one parameter of ``module`` held outside any layer whose last axis alone has width
+    d (Gemma-3's ``mm_input_projection_weight``, image features · W), where every other
+    parameter is a norm's over another width and no linear layer reads or writes width d;
+    None otherwise."""
+    raw = [
+        (f"{n}.{pn}" if n else pn, p)
+        for n, sub in module.named_modules()
+        if not isinstance(sub, LAYERS) and not _is_norm(sub)
+        for pn, p in sub.named_parameters(recurse=False)
+    ]
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in module.modules() if _is_norm(m)]
+    if len(raw) != 1 or any(d in (m.in_features, m.out_features) for m in linears):
+        return None
+    name, p = raw[0]
+    if p.dim() != 2 or p.shape[-1] != d or p.shape[0] == d or any(d in _widths(m) for m in norms):
+        return None
+    return name
+
+
 def side_writers(
     model: nn.Module, owner: str, d: int, known: tuple[str, ...] = ()
 ) -> tuple[str, ...]:
@@ -88,6 +111,10 @@ def side_writers(
                 "the probe does not give (image features), and its other layers are not "
                 "followed; the stream's width cannot grow; refused"
             )
+        table = _projection(module, d)
+        if table is not None:
+            found.append(f"{name}.{table}")
+            continue
         raw = _raw_width_d(module, d)
         if raw is not None:
             raise MorphError(
