@@ -248,3 +248,59 @@ def test_gemma3_projection_tensor_grows_as_a_writer(
     with torch.no_grad():
         reloaded = again(input_ids=with_image, pixel_values=pixels).logits
     torch.testing.assert_close(reloaded, want, rtol=0, atol=1e-9 * float(want.abs().max()))
+
+
+def test_qwen3_vl_mergers_grow_as_writers() -> None:
+    """Qwen3-VL's vision tower ends in a patch merger and deepstack mergers whose features
+    are added to the stream inside the language model: their last layers are the tower's only
+    tensors of the stream's width, and grow as writers; the child computes the parent's logits
+    with an image (4 patches merged into one token)."""
+    text = dict(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        vocab_size=200,
+        head_dim=8,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=16,
+        out_hidden_size=32,
+        intermediate_size=24,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        deepstack_visual_indexes=[0],
+        num_position_embeddings=16,
+    )
+    config = transformers.Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        vision_start_token_id=IMAGE_TOKEN + 1,
+        vision_end_token_id=IMAGE_TOKEN + 2,
+    )
+    torch.manual_seed(0)
+    parent = transformers.Qwen3VLForConditionalGeneration(config).double().eval()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 100, (1, 9), generator=gen)
+    image = ids.clone()
+    image[0, 2:5] = torch.tensor([IMAGE_TOKEN + 1, IMAGE_TOKEN, IMAGE_TOKEN + 2])
+    inputs = dict(
+        input_ids=image,
+        pixel_values=torch.randn(4, 3 * 2 * 14 * 14, generator=gen, dtype=torch.float64),
+        image_grid_thw=torch.tensor([[1, 2, 2]]),
+        mm_token_type_ids=(image == IMAGE_TOKEN).long(),
+    )
+    with torch.no_grad():
+        want = parent(**inputs).logits
+    child, _ = grow_width(parent, 64, probe=(ids,))
+    with torch.no_grad():
+        got = child(**inputs).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-9 * float(want.abs().max()))
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())

@@ -14,8 +14,10 @@ the owner's readers aside):
 - a projection held as one parameter outside any layer whose last axis alone has width d,
   beside norms over the image features' width (Gemma-3's ``mm_input_projection_weight``,
   features · W): a writer, grown along that axis;
-- a module whose last linear layer writes width d but holds more than linear layers and such
-  norms (a tower with its own merger, Qwen2-VL's ``visual``), or that holds another parameter
+- a vision tower whose only tensors of width d are the linear layers that write d from
+  another width (its patch mergers: Qwen2-VL's ``visual.merger``, Qwen3-VL's deepstack
+  mergers, whose features are added to the stream inside the language model): each a writer;
+- a module whose last linear layer writes width d otherwise, or that holds another parameter
   with an axis of width d outside any layer: refused by name, its output not followed;
 - anything else (a tower whose output is another width) is left as it is.
 """
@@ -65,6 +67,22 @@ def _raw_width_d(module: nn.Module, d: int) -> str | None:
     return None
 
 
+def _mergers(module: nn.Module, d: int) -> list[str]:
+    """The linear layers of ``module`` that write width d from another width, where nothing
+    else in it has an axis of width d (a vision tower whose patch mergers end it: Qwen2-VL's
+    ``merger``, Qwen3-VL's deepstack mergers); empty otherwise."""
+    writers = [
+        (n, m)
+        for n, m in module.named_modules()
+        if isinstance(m, nn.Linear) and m.out_features == d and m.in_features != d
+    ]
+    mine = {id(p) for _, m in writers for p in m.parameters()}
+    rest = [p for p in module.parameters() if id(p) not in mine]
+    if not writers or any(d in p.shape for p in rest):
+        return []
+    return [n for n, _ in writers]
+
+
 def _projection(module: nn.Module, d: int) -> str | None:
     """The one parameter of ``module`` held outside any layer whose last axis alone has width
     d (Gemma-3's ``mm_input_projection_weight``, image features · W), where every other
@@ -104,6 +122,10 @@ def side_writers(
             owned = {id(p) for m in (*(m for _, m in linears), *norms) for p in m.parameters()}
             if all(id(p) in owned for p in module.parameters()):
                 found.append(f"{name}.{last[0]}" if last[0] else name)
+                continue
+            mergers = _mergers(module, d)
+            if mergers:
+                found += [f"{name}.{n}" for n in mergers]
                 continue
             raise MorphError(
                 f"{name!r} ({type(module).__name__}) sits beside the stream's owner {owner!r} "
