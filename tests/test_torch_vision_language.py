@@ -32,6 +32,25 @@ pytestmark = [
 ]
 
 IMAGE_TOKEN = 110
+#: The language model every test below grows: width 32, 4 heads (2 key/value), 2 blocks.
+TEXT = dict(
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    intermediate_size=64,
+    vocab_size=200,
+    head_dim=8,
+)
+#: A one-block vision tower of width 16 on 28×28 images of 14×14 patches.
+VISION = dict(
+    hidden_size=16,
+    num_attention_heads=2,
+    num_hidden_layers=1,
+    intermediate_size=32,
+    image_size=28,
+    patch_size=14,
+)
 OPS: dict[str, Callable[[nn.Module], tuple[nn.Module, object]]] = {
     "grow_ffn": lambda m: grow_ffn(m, 96),
     "add_heads": lambda m: add_heads(m, 8),
@@ -55,15 +74,7 @@ def exact_rmsnorm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _llava() -> nn.Module:
-    text = transformers.LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        vocab_size=120,
-        head_dim=8,
-    )
+    text = transformers.LlamaConfig(**TEXT)
     vision = transformers.CLIPVisionConfig(
         hidden_size=16,
         num_attention_heads=2,
@@ -137,25 +148,8 @@ def test_a_tensor_of_the_streams_width_beside_the_owner_is_refused_by_name() -> 
 def _aya() -> nn.Module:
     """Aya Vision: its vision tower's blocks come before the language model's; its projector
     normalises and reshuffles the image features before its linear layers."""
-    text = dict(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        vocab_size=200,
-        head_dim=8,
-    )
-    vision = dict(
-        hidden_size=16,
-        num_attention_heads=2,
-        num_hidden_layers=1,
-        intermediate_size=32,
-        image_size=28,
-        patch_size=14,
-    )
     config = transformers.AyaVisionConfig(
-        text_config=text, vision_config=vision, image_token_index=IMAGE_TOKEN
+        text_config=TEXT, vision_config=VISION, image_token_index=IMAGE_TOKEN
     )
     torch.manual_seed(0)
     return transformers.AyaVisionForConditionalGeneration(config).double().eval()
@@ -196,27 +190,9 @@ def test_gemma3_projection_tensor_grows_as_a_writer(
 
     gemma3 = transformers.models.gemma3.modeling_gemma3
     monkeypatch.setattr(gemma3.Gemma3RMSNorm, "forward", forward)
-    text = dict(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        vocab_size=200,
-        head_dim=8,
-        sliding_window=4,
-    )
-    vision = dict(
-        hidden_size=16,
-        num_attention_heads=2,
-        num_hidden_layers=1,
-        intermediate_size=32,
-        image_size=28,
-        patch_size=14,
-    )
     config = transformers.Gemma3Config(
-        text_config=text,
-        vision_config=vision,
+        text_config=dict(TEXT, sliding_window=4),
+        vision_config=VISION,
         mm_tokens_per_image=1,
         image_token_index=IMAGE_TOKEN,
         boi_token_index=IMAGE_TOKEN + 1,
@@ -255,16 +231,7 @@ def test_qwen3_vl_mergers_grow_as_writers() -> None:
     are added to the stream inside the language model: their last layers are the tower's only
     tensors of the stream's width, and grow as writers; the child computes the parent's logits
     with an image (4 patches merged into one token)."""
-    text = dict(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        vocab_size=200,
-        head_dim=8,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
-    )
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
     vision = dict(
         depth=2,
         hidden_size=16,
@@ -278,7 +245,7 @@ def test_qwen3_vl_mergers_grow_as_writers() -> None:
         num_position_embeddings=16,
     )
     config = transformers.Qwen3VLConfig(
-        text_config=text,
+        text_config=dict(TEXT, rope_parameters=rope),
         vision_config=vision,
         image_token_id=IMAGE_TOKEN,
         vision_start_token_id=IMAGE_TOKEN + 1,
