@@ -145,6 +145,15 @@ def test_a_tensor_of_the_streams_width_beside_the_owner_is_refused_by_name() -> 
         grow_width(parent, 64)
 
 
+def test_a_projector_with_an_activation_after_its_last_layer_is_refused_by_name() -> None:
+    """σ(0) = 0.5: the new coordinates of σ([W; W; 0]·f) would not be zero, so a projector
+    whose last linear layer is followed by a registered activation is not grown."""
+    parent = _llava()
+    parent.model.multi_modal_projector.squash = nn.Sigmoid()
+    with pytest.raises(MorphError, match=r"'model\.multi_modal_projector' .* sits beside"):
+        grow_width(parent, 64)
+
+
 def _aya() -> nn.Module:
     """Aya Vision: its vision tower's blocks come before the language model's; its projector
     normalises and reshuffles the image features before its linear layers."""

@@ -9,8 +9,9 @@ the owner's readers aside):
 
 - an MLP of linear layers whose last layer writes width d, with norms over the image
   features' width (not d) before it (Llava's, InternVL's and Mistral-3's
-  ``multi_modal_projector``, Fuyu's ``vision_embed_tokens``): a writer, its last layer grown
-  as every writer is ([W; …; W; 0]);
+  ``multi_modal_projector``, Fuyu's ``vision_embed_tokens``) and nothing but dropout
+  registered after its last layer: a writer, its last layer grown as every writer is
+  ([W; …; W; 0]);
 - a projection held as one parameter outside any layer whose last axis alone has width d,
   beside norms over the image features' width (Gemma-3's ``mm_input_projection_weight``,
   features · W): a writer, grown along that axis;
@@ -67,6 +68,19 @@ def _raw_width_d(module: nn.Module, d: int) -> str | None:
     return None
 
 
+def _ends_with(module: nn.Module, layer: str) -> bool:
+    """Whether nothing but dropout runs after ``layer`` in the module holding it inside
+    ``module``, as far as its registered layers say (an activation registered after it, whose
+    value at 0 need not be 0, would put other values in the new coordinates)."""
+    parent_name = layer.rpartition(".")[0]
+    parent = module.get_submodule(parent_name) if parent_name else module
+    leaves = [(n, m) for n, m in parent.named_modules() if n and next(m.children(), None) is None]
+    names = [n for n, _ in leaves]
+    own = layer[len(parent_name) + 1 :] if parent_name else layer
+    after = leaves[names.index(own) + 1 :] if own in names else []
+    return all(isinstance(m, (nn.Dropout, nn.Identity)) for _, m in after)
+
+
 def _mergers(module: nn.Module, d: int) -> list[str]:
     """The linear layers of ``module`` that write width d from another width, where nothing
     else in it has an axis of width d (a vision tower whose patch mergers end it: Qwen2-VL's
@@ -120,11 +134,11 @@ def side_writers(
         if last is not None and last[1].out_features == d:
             norms = [m for _, m in module.named_modules() if _is_norm(m) and d not in _widths(m)]
             owned = {id(p) for m in (*(m for _, m in linears), *norms) for p in m.parameters()}
-            if all(id(p) in owned for p in module.parameters()):
+            if all(id(p) in owned for p in module.parameters()) and _ends_with(module, last[0]):
                 found.append(f"{name}.{last[0]}" if last[0] else name)
                 continue
             mergers = _mergers(module, d)
-            if mergers:
+            if mergers and all(_ends_with(module, n) for n in mergers):
                 found += [f"{name}.{n}" for n in mergers]
                 continue
             raise MorphError(
