@@ -578,7 +578,9 @@ def _nan_llama() -> nn.Module:
 def test_non_finite_outputs_are_refused_whatever_tol(tol: object) -> None:
     probe = X_MLP[0].clone()
     probe[0, 0] = float("inf")
-    with pytest.raises(MorphError, match=r"outputs on the probe are not finite \(output 0"):
+    with pytest.raises(
+        MorphError, match=r"the parent Sequential.*outputs on the probe are not finite \(output 0"
+    ):
         nt.deepen(mlp(), "0", probe=probe, tol=tol)
 
 

@@ -165,6 +165,15 @@ HF_CNNS = {
             "regnet.encoder.stages.1.layers.0.layer.1.convolution",  # its SE gate follows
         ],
     ),
+    "mobilevit": (  # its config types mlp_ratio float, which the child's config keeps
+        "MobileViTForImageClassification",
+        "MobileViTConfig",
+        dict(hidden_sizes=[16, 32, 48], image_size=32, patch_size=4, num_labels=3),
+        [
+            "mobilevit.conv_stem.convolution",
+            "mobilevit.encoder.layer.0.layer.0.expand_1x1.convolution",
+        ],
+    ),
 }
 
 

@@ -374,17 +374,20 @@ def _settable(config: object, attr: str) -> bool:
     return hasattr(config, attr) and not isinstance(getattr(type(config), attr, None), property)
 
 
-def _ffn_size(config: object, d: int, ratio: int) -> int:
+def _ffn_size(config: object, d: int, ratio: float) -> int:
     """DINOv2's feed-forward hidden size for ``mlp_ratio``: m = int(d·ratio), or for SwiGLU
     (``use_swiglu_ffn``) ⌈int(2m/3) / 8⌉·8."""
     m = int(d * ratio)
     return (int(m * 2 / 3) + 7) // 8 * 8 if getattr(config, "use_swiglu_ffn", False) else m
 
 
-def _mlp_ratio(config: object, d: int, hidden: int) -> int | None:
-    """The integer ``mlp_ratio`` (DINOv2's config types it int) whose derived hidden size
-    (:func:`_ffn_size`) is ``hidden``; None where none is (the comparison with the stock
-    model then marks the config)."""
+def _mlp_ratio(config: object, d: int, hidden: int) -> float | int | None:
+    """The ``mlp_ratio``, of the type the config holds (DINOv2 types it int, MobileViT
+    float), whose derived hidden size (:func:`_ffn_size`) is ``hidden``; None where none is
+    (the comparison with the stock model then marks the config)."""
+    if isinstance(getattr(config, "mlp_ratio", None), float):
+        ratio = hidden / d
+        return ratio if _ffn_size(config, d, ratio) == hidden else None
     top = 2 * hidden // d + 2
     return next((r for r in range(1, top) if _ffn_size(config, d, r) == hidden), None)
 

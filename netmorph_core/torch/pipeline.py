@@ -278,7 +278,7 @@ def probe(request: Request, plan: Plan) -> Baseline:
             "module's parameters directly; refused (a model whose float64 copies fit in "
             f"memory and has at most {WHOLE_COPY_LIMIT} parameters is measured on copies)"
         ) from exc
-    check_finite(parent64, "the parent (float64)")
+    check_finite(parent64, f"the parent {type(model).__name__} (float64)")
     if plan.dtype != torch.float64:
         run_low_precision(work, request.regions, captured, plan.dtype)
     same = _train_same(work, inputs, parent_out)
@@ -401,7 +401,7 @@ def measure(
             child64 = run_model(child, inputs, float64=True)[0]
         except Exception as exc:  # the child's forward raises any type
             raise _fails(op, targets, exc) from exc
-        check_finite(child64, "the child (float64)")
+        check_finite(child64, f"the child {type(child).__name__} (float64)")
     if same:
         measured = combine(
             model,

@@ -358,9 +358,9 @@ def _float64_runs(
     unit = like.dtype if like is not None else None
     p64, c64 = copy_model(parent, torch.float64), copy_model(child, torch.float64)
     out_p64 = run_outputs(p64, in64)
-    check_finite(out_p64, "the parent (float64)")
+    check_finite(out_p64, f"the parent {type(parent).__name__} (float64)")
     out_c64 = run_outputs(c64, in64)
-    check_finite(out_c64, "the child (float64)")
+    check_finite(out_c64, f"the child {type(child).__name__} (float64)")
     noise64 = 0.0  # before the train-mode runs, which update the copies' statistics
     lower: list[str] = []
     if compare(out_p64, out_c64)[1] > AUTO_F64_BOUND:
@@ -425,8 +425,8 @@ def combine(
         )
     out_p = run_outputs(copy_model(parent), inputs) if parent_out is None else parent_out
     out_c = run_outputs(copy_model(child), inputs) if child_out is None else child_out
-    check_finite(out_p, "the parent")
-    check_finite(out_c, "the child")
+    check_finite(out_p, f"the parent {type(parent).__name__}")
+    check_finite(out_c, f"the child {type(child).__name__}")
     return Measurement(
         dev64=dev64,
         dev=compare(out_p, out_c),
