@@ -71,14 +71,24 @@ def test_a_width_that_is_not_whole_groups_is_refused_by_name() -> None:
     assert all(torch.equal(parent.state_dict()[k], v) for k, v in before.items())
 
 
-def test_timm_group_norm_with_its_activation() -> None:
+@pytest.mark.parametrize(
+    ("norm", "act", "groups"),
+    [("GroupNormAct", nn.SiLU, 6), ("GroupNormAct", "gelu", 6), ("BatchNormAct2d", "gelu", None)],
+    ids=["GroupNormAct-SiLU", "GroupNormAct-timm-GELU", "BatchNormAct2d-timm-GELU"],
+)
+def test_timm_norms_with_their_activation(norm: str, act: object, groups: int | None) -> None:
+    """timm's norms apply their activation inside: torch's or timm's own (``act_layer="gelu"``
+    is timm.layers.activations.GELU), both elementwise."""
     from thirdparty import import_timm
 
     try:
         timm = import_timm()
     except ImportError:  # pragma: no cover - the test extra installs it
         pytest.skip("timm is not installed")
-    parent = _parent(timm.layers.GroupNormAct(8, num_groups=4, act_layer=nn.SiLU))
+    kwargs = {"num_groups": 4} if groups else {}
+    parent = _parent(getattr(timm.layers, norm)(8, act_layer=act, **kwargs))
     child, report = widen(parent, "conv1", 12, seed=0, probe=(X,))
     assert report.rel_dev_f64 <= F64_TOL and rel_dev(parent, child, X) <= F64_TOL
-    assert child.norm.num_groups == 6
+    assert child.norm.weight.numel() == 12
+    if groups:
+        assert child.norm.num_groups == groups

@@ -99,6 +99,28 @@ _MODULES: dict[type[nn.Module], tuple[bool, bool]] = {
     nn.Dropout2d: (True, True),
     nn.Dropout3d: (True, True),
 }
+# timm.layers' own activation modules (timm.layers.activations, activations_me): elementwise,
+# (zero at 0, nonzero slope) as their torch counterparts above.
+_TIMM_ACTIVATIONS: dict[str, tuple[bool, bool]] = {
+    **dict.fromkeys(
+        ("GELU", "GELUTanh", "QuickGELU", "Swish", "SwishMe", "Mish", "MishMe", "Tanh"),
+        (True, True),
+    ),
+    **dict.fromkeys(("HardSwish", "HardSwishMe", "HardMish", "HardMishMe"), (True, True)),
+    **dict.fromkeys(("Sigmoid", "HardSigmoid", "HardSigmoidMe"), (False, True)),
+}
+
+
+def _elementwise(module: nn.Module) -> tuple[bool, bool] | None:
+    """(zero at 0, nonzero slope) of an elementwise activation or dropout module; None for
+    a module not known to be elementwise."""
+    if type(module) in _MODULES:
+        return _MODULES[type(module)]
+    if type(module).__module__.startswith("timm.layers.activations"):
+        return _TIMM_ACTIVATIONS.get(type(module).__name__)
+    return None
+
+
 _POOLS: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d,
     nn.MaxPool2d,
@@ -755,13 +777,14 @@ class _Walk:
         """What a norm module applies after normalising (timm's BatchNormAct2d and
         GroupNormAct: drop, act) must be channel-wise."""
         for child_name, child in m.named_children():
-            if type(child) not in _MODULES:
+            rule = _elementwise(child)
+            if rule is None:
                 raise self.fail(
                     node,
                     f"applies {type(child).__name__} ({name}.{child_name}) after normalising, "
                     "which widen does not know to be channel-wise",
                 )
-            self._pass(node, self.flows[node], *_MODULES[type(child)])
+            self._pass(node, self.flows[node], *rule)
 
     def _group_norm(self, node: fx.Node, m: nn.GroupNorm, flow: Flow) -> None:
         """A GroupNorm normalises each group of C/G channels on its own: the widened tensor

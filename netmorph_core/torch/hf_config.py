@@ -297,9 +297,12 @@ def _stack_config(model: nn.Module, config: object, layout: Layout) -> object:
 
 
 def _set(config: object, names: tuple[str, ...], value: object) -> None:
-    """Set the first of ``names`` the config has (attribute maps included)."""
+    """Set the first of ``names`` the config has (attribute maps included); a whole number
+    stays a float where the config holds a float (configs that validate their field types)."""
     for name in names:
         if hasattr(config, name):
+            if isinstance(getattr(config, name), float) and type(value) is int:
+                value = float(value)
             setattr(config, name, value)
             return
 
