@@ -78,10 +78,17 @@ def _bart(cls: str = "BartForConditionalGeneration") -> torch.nn.Module:
     return _redraw(getattr(transformers, cls)(transformers.BartConfig(**BART)).eval().double())
 
 
+def _mvp() -> torch.nn.Module:
+    """BART's layout; its attention reshapes its output to its ``embed_dim`` (heads·head_dim)."""
+    torch.manual_seed(0)
+    return _redraw(transformers.MvpForConditionalGeneration(transformers.MvpConfig(**BART)))
+
+
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "t5 relu": _t5,
     "t5 gated-gelu": lambda: _t5("gated-gelu"),
     "bart": _bart,
+    "mvp": lambda: _mvp().eval().double(),
 }
 
 
@@ -281,7 +288,8 @@ def test_refusals_name_the_reason(
 
 
 @pytest.mark.parametrize(
-    ("model", "how"), [("t5 relu", STOCK), ("t5 gated-gelu", STOCK), ("bart", MARKED)]
+    ("model", "how"),
+    [("t5 relu", STOCK), ("t5 gated-gelu", STOCK), ("bart", MARKED), ("mvp", MARKED)],
 )
 def test_grow_width_widens_both_stacks(model: str, how: str, tmp_path: Path) -> None:
     """D' = 2d: the stream of both stacks is [x; x], the encoder's output [y; y] (read by the

@@ -149,12 +149,14 @@ def grow_width(
     factor = (math.sqrt(d_model / d) if scaled else 1.0) / (copies if es.tied else 1)
     groups = _embeddings(model, d)
     readers, writers = [], []
+    attentions: set[str] = set()
     for s, block in es.blocks():
         for lay in (s.layout, s.cross):
             if lay is None:
                 continue
             writers.append(block.name(lay.family.o))  # both layouts: the same blocks
             readers += [block.name(r) for r in lay.family.qkv]
+            attentions.add(block.name(lay.family.attention))
         writers.append(block.name(s.layout.family.ffn_out))
         readers += [block.name(r) for r in s.layout.family.ffn_in]
     if not es.tied and es.head is not None:  # else the model returns the stream
@@ -207,8 +209,10 @@ def grow_width(
                 setattr(norm, attr, getattr(norm, attr) * ratio)
             if isinstance(getattr(norm, "normalized_shape", None), tuple):
                 norm.normalized_shape = (d_model,)
-        for module in child.modules():
+        for name, module in child.named_modules():
             for attr in WIDTH_ATTRS:
+                if name in attentions and attr == "embed_dim":
+                    continue  # an attention's embed_dim is heads × head_dim, which stays
                 if getattr(module, attr, None) == d and isinstance(getattr(module, attr), int):
                     setattr(module, attr, d_model)
         configs = {id(c): c for c in (getattr(child, "config", None),) if c is not None}
