@@ -463,3 +463,20 @@ def test_sequence_classification_heads(
     assert any("load_grown" in n for n in report.notes), report.notes
     child.save_pretrained(tmp_path)
     torch.testing.assert_close(logits(load_grown(tmp_path).eval()), want, rtol=0, atol=1e-9)
+
+
+def test_an_encoder_decoder_in_another_layout_is_refused_naming_its_cross_attention() -> None:
+    """NLLB-MoE's blocks hold ``ffn`` (experts or a dense MLP), not BART's fc1/fc2."""
+    torch.manual_seed(0)
+    config = transformers.NllbMoeConfig(**BART, num_experts=2, sparse_step=2)
+    parent = transformers.NllbMoeForConditionalGeneration(config).eval().double()
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    for grow in (lambda m: grow_ffn(m, 96), lambda m: add_block(m, 1)):
+        with pytest.raises(
+            MorphError,
+            match=r"NllbMoeForConditionalGeneration is an encoder–decoder model "
+            r"\('model\.decoder\.layers\.0\.cross_attention' attends to the encoder's output.*"
+            "neither as T5's nor as BART's",
+        ):
+            grow(parent)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())

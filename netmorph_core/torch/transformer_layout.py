@@ -436,7 +436,13 @@ def _structural_layout(model: nn.Module, moe: tuple[str, str, int, str] | None) 
 
 
 #: Last name components of cross-attention modules (BART/Marian/Whisper, T5, BERT decoders).
-CROSS_ATTENTION = ("encoder_attn", "encdecattention", "crossattention", "cross_attn")
+CROSS_ATTENTION = (
+    "encoder_attn",
+    "encdecattention",
+    "crossattention",
+    "cross_attn",
+    "cross_attention",
+)
 
 
 def _refuse_encoder_decoder(model: nn.Module) -> None:
@@ -455,8 +461,8 @@ def _refuse_encoder_decoder(model: nn.Module) -> None:
     if found is not None:
         raise MorphError(
             f"{type(model).__name__} is an encoder–decoder model ({found!r} attends to the "
-            "encoder's output: cross-attention); the transformer operations do not support "
-            "encoder–decoder models yet; refused"
+            "encoder's output: cross-attention) laid out neither as T5's nor as BART's, the "
+            "encoder–decoders the transformer operations follow; refused"
         )
 
 
