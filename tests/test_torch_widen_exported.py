@@ -207,3 +207,54 @@ def test_hugging_face_cnn_residual_sums_and_gates(family: str, index: int, tmp_p
     assert child.get_submodule(at).out_channels == width
     assert report.params_after > report.params_before
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with every statistic a buffer, computed as x·scale + shift in its forward
+    (the way DETR's backbone computes it)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.ones(n))
+        self.register_buffer("bias", torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var + 1e-5).rsqrt().reshape(
+            1, -1, 1, 1
+        )
+        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return x * scale + shift
+
+
+class FrozenBranchy(nn.Module):
+    """stem → frozen BatchNorm → ReLU → pad on odd sizes (torch.fx cannot trace it) → conv →
+    pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3)
+        self.norm = FrozenBatchNorm2d(6)
+        self.conv = nn.Conv2d(6, 4, 3)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm(self.stem(x)))
+        if y.shape[-1] % 2:
+            y = F.pad(y, (0, 1, 0, 1))
+        return self.head(F.adaptive_avg_pool2d(self.conv(y), 1).flatten(1))
+
+
+def test_a_frozen_batch_norm_in_the_exported_graph_gets_the_new_channels() -> None:
+    torch.manual_seed(0)
+    model = FrozenBranchy().double().eval()
+    for name in ("weight", "bias", "running_mean"):
+        getattr(model.norm, name).uniform_(-0.5, 0.5)
+    model.norm.running_var.uniform_(0.5, 2.0)
+    state = _state(model)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    child, report = widen(model, "stem", 10, seed=0, probe=(x,))
+    assert report.rel_dev_f64 <= F64_TOL and rel_dev(model, child, x) <= F64_TOL
+    assert child.norm.running_var.shape == (10,) and child.conv.in_channels == 10
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

@@ -31,7 +31,9 @@ follows them as :mod:`.consumers` does in a torch.fx graph, into the same
   the walk follows reshapes that keep N and C the first two axes (``view(B, C, H, W)``,
   ``flatten(2)``), ops on the spatial axes and element-wise ops;
 - a BatchNorm module's call on channels at axis 1 gets the new channels (every call of it
-  must see the same widened channels); pooling, resizing and padding of the spatial axes pass
+  must see the same widened channels); so does a frozen BatchNorm (its buffers; its ops,
+  x·scale + shift, run inside its module, which must take the widened tensor as its one input
+  and give one output); pooling, resizing and padding of the spatial axes pass
   them on (a constant pad by a non-zero value makes a zero channel non-zero);
 - a Linear or Conv1D layer reading the channels last consumes it (new input columns), and so
   does a convolution reading them at axis 1; a grouped (depthwise) convolution grows by whole
@@ -64,6 +66,7 @@ from .consumers import (
     chunk_flow,
     glu_flow,
     grouped_outputs,
+    is_frozen_batch_norm,
     layer_origins,
 )
 from .errors import MorphError
@@ -206,6 +209,7 @@ class _ExportedWalk:
         self.flows: dict[fx.Node, Flow] = {}
         self.pieces: dict[fx.Node, list[Flow]] = {}  # the parts of a chunked widened tensor
         self.norm_calls: dict[str, set[fx.Node]] = {}  # BatchNorm module → its calls
+        self.frozen: dict[str, list[fx.Node]] = {}  # frozen BatchNorm module → its nodes
         self.plan = WidthPlan(self.producers)
 
     # -- reading the graph ----------------------------------------------------------------
@@ -300,7 +304,13 @@ class _ExportedWalk:
                     raise self.fail(node, "uses the parts of a chunked widened tensor together")
                 self.flows[node] = self.pieces[chunks[0]][index]
                 continue
+            if any(node in inside for inside in self.frozen.values()):
+                continue  # computed by _frozen_batch_norm
             widened = [a for a in node.all_input_nodes if a in self.flows]
+            owner = node_module(node)
+            if widened and is_frozen_batch_norm(self.modules.get(owner, nn.Identity())):
+                self._frozen_batch_norm(node, owner, widened)
+                continue
             layer = self.layer_call(node)
             if layer is not None and layer[0] in calls:
                 calls[layer[0]] += 1
@@ -386,7 +396,7 @@ class _ExportedWalk:
             if owner in self.norm_calls and str(node.target).endswith(".num_batches_tracked"):
                 continue  # a BatchNorm's step counter (train mode), one number
             for user in node.users:
-                if user in self.norm_calls.get(owner, ()):
+                if user in self.norm_calls.get(owner, ()) or user in self.frozen.get(owner, ()):
                     continue
                 if _aten(user) == "_weight_norm" and all(
                     (self.layer_call(u) or ("",))[0] == owner for u in user.users
@@ -484,6 +494,36 @@ class _ExportedWalk:
         self.norm_calls.setdefault(name, set()).add(node)
         self.plan.uses.append(Use(name, "batch_norm", flow))
         self._pass(node, flow, True, True)
+
+    def _frozen_batch_norm(self, node: fx.Node, name: str, widened: list[fx.Node]) -> None:
+        """The ops of a frozen BatchNorm module ``name`` (x·scale + shift per channel, from
+        its buffers), entered at ``node``: its one data input is the widened tensor at axis 1,
+        its one output goes on with the new channels (weight 1, bias 0, mean 0, var 1: a zero
+        channel stays zero)."""
+        inside = [n for n in self.gm.graph.nodes if node_module(n) == name]
+        members = set(inside)
+        inputs = {
+            a
+            for n in inside
+            for a in n.all_input_nodes
+            if a not in members and a.op != "get_attr"
+        }
+        outputs = [n for n in inside if any(u not in members for u in n.users)]
+        module = self.modules[name]
+        flow = self.flows[widened[0]]
+        if inputs != {widened[0]} or len(outputs) != 1:
+            raise self.fail(node, "is a frozen BatchNorm not called once on the widened tensor")
+        if flow.layout != SPATIAL:
+            raise self.fail(node, "is a frozen BatchNorm reading channels that are not at axis 1")
+        if module.weight.numel() != flow.parent_channels:
+            raise self.fail(
+                node,
+                f"normalises {module.weight.numel()} channels but the widened tensor has "
+                f"{flow.parent_channels} in the parent",
+            )
+        self.frozen[name] = inside
+        self.plan.uses.append(Use(name, "frozen_batch_norm", flow))
+        self._pass(outputs[0], flow, True, True)
 
     def _group_norm(self, node: fx.Node, flow: Flow) -> None:
         """A GroupNorm module's call with one group per channel (axis 1): per channel, so it
