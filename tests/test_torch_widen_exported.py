@@ -258,3 +258,41 @@ def test_a_frozen_batch_norm_in_the_exported_graph_gets_the_new_channels() -> No
     assert report.rel_dev_f64 <= F64_TOL and rel_dev(model, child, x) <= F64_TOL
     assert child.norm.running_var.shape == (10,) and child.conv.in_channels == 10
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+@torch.fx.wrap
+def _clip_window(window: list[int], size: list[int]) -> list[int]:
+    """Clips ``window`` to ``size`` in place, as torchvision's video Swin does: in torch.fx's
+    graph the list is immutable and this fails where the model runs."""
+    for i, n in enumerate(size):
+        if n <= window[i]:
+            window[i] = n
+    return window
+
+
+class WindowPooled(nn.Module):
+    """conv → ReLU → stride-1 average pool over a window clipped to the input → conv → pooled
+    head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv = nn.Conv2d(6, 4, 1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        window = _clip_window([3, 12], [h, w])
+        y = F.avg_pool2d(torch.relu(self.stem(x)), window, stride=1)
+        return self.head(F.adaptive_avg_pool2d(self.conv(y), 1).flatten(1))
+
+
+def test_a_traced_graph_that_fails_where_the_model_runs_falls_back_to_the_exported_one() -> None:
+    torch.manual_seed(0)
+    model = WindowPooled().double().eval()
+    state = _state(model)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    child, report = widen(model, "stem", 10, seed=0, probe=(x,))
+    assert report.rel_dev_f64 <= F64_TOL and rel_dev(model, child, x) <= F64_TOL
+    assert child.conv.in_channels == 10
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

@@ -51,7 +51,9 @@ or −1 for a new channel. Anything else the widened tensor reaches raises :clas
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -1292,6 +1294,17 @@ def grouped_outputs(src: np.ndarray, per_in: int, per_out: int) -> np.ndarray | 
     return np.concatenate(pieces)
 
 
+def _runs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bool:
+    """Whether an eval-mode copy of ``model`` runs on ``inputs`` (without gradients; the
+    caller's RNG is restored)."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            copy.deepcopy(model).eval()(*inputs)
+    except Exception:  # the model's forward raises any type
+        return False
+    return True
+
+
 def plan_widening(
     model: nn.Module,
     producers: Sequence[str],
@@ -1308,9 +1321,14 @@ def plan_widening(
         training = {m: m.training for m in gm.modules()}
         try:
             gm.eval()
-            with torch.no_grad():
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # its traceback
                 ShapeProp(gm).propagate(*inputs)
-        except Exception as exc:  # any failure of the model on its probe
+        except Exception as exc:  # any failure of the model on its probe, or of the graph
+            if _runs(model, inputs):  # the traced graph computes otherwise than the model
+                raise FxTraceError(
+                    f"torch.fx's graph of {type(model).__name__} fails on the probe where the "
+                    f"model runs ({type(exc).__name__}: {exc}); widen needs a faithful graph"
+                ) from exc
             raise MorphError(
                 f"widening {list(producers)}: {type(model).__name__} fails on the probe "
                 f"({type(exc).__name__}: {exc})"
