@@ -39,6 +39,7 @@ from torch import nn
 
 from .. import _validation as v
 from .attention_pool import attention_pools, widen_pool
+from .backbone_stages import shift_stages
 from .errors import MorphError
 from .hf_embeddings import input_embedding
 from .moe_stream import READ, ROUTE, WRITE, fresh_ffn, sparse_layers, stream_bytes, widen_ffn
@@ -1781,7 +1782,7 @@ def add_block(
         for module in child.modules():  # DistilBERT's Transformer records its layer count
             if getattr(module, "n_layers", None) == n and isinstance(module.n_layers, int):
                 module.n_layers = n + 1
-        notes = []
+        notes = shift_stages(child, prefix, at, n)
         if fam.shared:
             depths = getattr(config, "num_hidden_layers", None)
             notes.append(
