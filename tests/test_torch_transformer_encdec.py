@@ -227,6 +227,54 @@ def test_t5_heads_and_encoder_alone(cls: str, model_ops: list[Op]) -> None:
         _same(_outputs(child), want)
 
 
+def _longt5(attention: str, cls: str = "LongT5ForConditionalGeneration") -> torch.nn.Module:
+    """LongT5: T5's decoder; its encoder attends locally (tokens within 2 of each other) or
+    locally plus to transient global tokens (means of blocks of 4, with their own layer norm
+    and relative bias table)."""
+    torch.manual_seed(0)
+    config = transformers.LongT5Config(
+        **T5, local_radius=2, global_block_size=4, encoder_attention_type=attention
+    )
+    return _redraw(getattr(transformers, cls)(config).eval().double())
+
+
+LONGT5_OPS: dict[str, Op] = {
+    "grow_ffn": lambda m: grow_ffn(m, 96),
+    "add_heads": lambda m: add_heads(m, 6),
+    "grow_width": lambda m: grow_width(m, 45),
+    "add_block (encoder 0: the tables move)": lambda m: add_block(m, 0),
+    "add_block (encoder end)": lambda m: add_block(m, "encoder.2"),
+}
+
+
+@pytest.mark.parametrize("op", LONGT5_OPS)
+@pytest.mark.parametrize("attention", ["local", "transient-global"])
+def test_longt5_encoders_grow_as_t5s_and_reload(attention: str, op: str, tmp_path: Path) -> None:
+    parent = _longt5(attention)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    want = _outputs(parent)
+    child, report = LONGT5_OPS[op](parent)
+    tol = 1e-6 if op == "grow_width" else 1e-12  # T5's norms: variance in float32
+    assert report.rel_dev_f64 <= tol
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+    kept = 1 if op == "grow_width" else 2  # the logits; the encoder's output, where it keeps d
+    for got, ref in zip(_outputs(child)[:kept], want[:kept]):
+        torch.testing.assert_close(got, ref, rtol=0, atol=tol * float(ref.abs().max()))
+    child.save_pretrained(tmp_path)
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    again = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path, dtype=torch.float64)
+    for got, ref in zip(_outputs(again.eval()), _outputs(child)):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+def test_longt5_encoder_alone() -> None:
+    parent = _longt5("transient-global", "LongT5EncoderModel")
+    want = _outputs(parent)
+    for grow in (lambda m: add_heads(m, 8), lambda m: add_block(m, 1)):
+        child, _ = grow(parent)
+        _same(_outputs(child), want)
+
+
 def test_bart_model_without_head() -> None:
     parent = _bart("BartModel")
     want = _outputs(parent)

@@ -66,8 +66,9 @@ from .transformer_layout import Block, Layout, as_matrix
 
 SEQ_LEN = 8
 #: The relative attention bias (buckets × heads) of T5's block 0 self-attention (UMT5: every
-#: block's).
+#: block's); LongT5's transient-global attention holds a second one for its global tokens.
 T5_BIAS = "relative_attention_bias"
+T5_BIASES = (T5_BIAS, f"global_{T5_BIAS}")
 
 
 def probe_inputs(model: nn.Module, es: EncoderDecoder) -> tuple[torch.Tensor, ...]:
@@ -343,12 +344,13 @@ def add_heads(
             f"of all its blocks (global indices {s.offset} … {s.offset + len(s) - 1})"
         )
     tables = [  # block 0's (T5), or every block's (UMT5)
-        f"{b.name(s.layout.family.attention)}.{T5_BIAS}.weight"
+        f"{b.name(s.layout.family.attention)}.{table}.weight"
         for s in es.stacks
         if s.name in touched
         for b in s.layout.blocks
+        for table in T5_BIASES
         if isinstance(
-            getattr(model.get_submodule(b.name(s.layout.family.attention)), T5_BIAS, None),
+            getattr(model.get_submodule(b.name(s.layout.family.attention)), table, None),
             nn.Embedding,
         )
     ]
@@ -474,7 +476,9 @@ def add_block(
         for m in blocks[1 if pos == 0 else pos].modules() if shared_bias else ():
             if getattr(m, "has_relative_attention_bias", False) is True:
                 m.has_relative_attention_bias = False
-                del m.relative_attention_bias
+                for table in T5_BIASES:
+                    if hasattr(m, table):
+                        delattr(m, table)
         for i, b in enumerate(blocks):
             for m in b.modules():
                 if isinstance(getattr(m, "layer_idx", None), int):

@@ -12,7 +12,7 @@ is a second ``Layout`` over the same blocks. Recognised layouts:
   ``{wi_0, wi_1, wo}``; pre-RMSNorm without mean, ``final_layer_norm`` per stack; a relative
   attention bias ``relative_attention_bias`` (buckets × heads) in block 0 of each stack,
   computed once per forward and passed to every later block); also ``T5EncoderModel`` (an
-  encoder alone);
+  encoder alone) and LongT5's encoders (:data:`T5_ATTENTIONS`);
 - ``bart``: BART and the models laid out like it (``layers[i].self_attn.{q,k,v,out}_proj``,
   ``encoder_attn``, ``fc1``/``fc2``; LayerNorms ``self_attn_layer_norm``,
   ``encoder_attn_layer_norm``, ``final_layer_norm``; embeddings ``embed_tokens`` (scaled) +
@@ -26,6 +26,7 @@ decoder's (E … E+D−1). A model with cross-attention in another layout is ref
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,21 +42,25 @@ from .transformer_layout import (
     as_matrix,
 )
 
+#: The self-attention modules of T5's layout: T5's, and LongT5's local attention (each token
+#: attends to the tokens within ``local_radius`` of it; heads and bias as T5's).
+T5_ATTENTIONS = ("SelfAttention", "LocalSelfAttention", "TransientGlobalSelfAttention")
+
 #: Attributes of an attention module that give its head_dim (T5: ``key_value_proj_dim``).
 HEAD_DIM_ATTRS = ("head_dim", "key_value_proj_dim", "attention_head_size")
 
 
-def _t5_self(ff: int, gated: bool) -> Family:
-    """T5's self-attention and feed-forward of a stack whose feed-forward is ``layer[ff]``;
-    ``alibi``: the relative bias differs per head (heads of a cancelling set would not
-    cancel)."""
+def _t5_self(ff: int, gated: bool, attention: str = "SelfAttention") -> Family:
+    """T5's self-attention (``attention``: LongT5's encoder has ``LocalSelfAttention``) and
+    feed-forward of a stack whose feed-forward is ``layer[ff]``; ``alibi``: the relative bias
+    differs per head (heads of a cancelling set would not cancel)."""
     dense = f"layer.{ff}.DenseReluDense"
     return Family(
         "t5",
         blocks="block",
-        attention="layer.0.SelfAttention",
-        qkv=tuple(f"layer.0.SelfAttention.{p}" for p in "qkv"),
-        o="layer.0.SelfAttention.o",
+        attention=f"layer.0.{attention}",
+        qkv=tuple(f"layer.0.{attention}.{p}" for p in "qkv"),
+        o=f"layer.0.{attention}.o",
         ffn_in=(f"{dense}.wi_0", f"{dense}.wi_1") if gated else (f"{dense}.wi",),
         ffn_out=f"{dense}.wo",
         norms=("layer.0.layer_norm", f"layer.{ff}.layer_norm"),
@@ -232,8 +237,8 @@ def _stack_layout(model: nn.Module, family: Family, prefix: str, config: object 
 def _family(block: nn.Module, decoder: bool) -> tuple[Family, Family | None] | None:
     """The (self, cross) families whose modules ``block`` holds, or None."""
     ff = 2 if decoder else 1
-    for gated in (True, False):
-        family = _t5_self(ff, gated)
+    for gated, attention in itertools.product((True, False), T5_ATTENTIONS):
+        family = _t5_self(ff, gated, attention)
         names = (*family.qkv, family.o, *family.ffn_in, family.ffn_out, *family.norms)
         cross_names = (*T5_CROSS.qkv, T5_CROSS.o, *T5_CROSS.norms)
         if all(_get(block, n) is not None for n in names):
