@@ -89,6 +89,13 @@ MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "t5 gated-gelu": lambda: _t5("gated-gelu"),
     "bart": _bart,
     "mvp": lambda: _mvp().eval().double(),
+    "marian": lambda: _redraw(
+        transformers.MarianMTModel(
+            transformers.MarianConfig(**BART, pad_token_id=1, decoder_start_token_id=2)
+        )
+        .eval()
+        .double()
+    ),
 }
 
 
@@ -154,6 +161,9 @@ T5_OPS: dict[str, tuple[Op, str]] = {
 }
 
 BART_OPS: dict[str, tuple[Op, str]] = {
+    "add_block (encoder 0: post-LN)": (lambda m: add_block(m, 0), STOCK),
+    "add_block (decoder 0)": (lambda m: add_block(m, "decoder.0"), STOCK),
+    "add_block (decoder end)": (lambda m: add_block(m, 4), STOCK),
     "grow_ffn": (lambda m: grow_ffn(m, 96), STOCK),
     "grow_ffn (encoder only)": (lambda m: grow_ffn(m, 80, layers=[0, 1]), STOCK),
     "grow_ffn (one block)": (lambda m: grow_ffn(m, 80, layers=3), MARKED),
@@ -297,11 +307,11 @@ def test_layers_are_global_indices() -> None:
     ("model", "grow", "error", "message"),
     [
         (
-            "bart",
-            lambda m: add_block(m, 1),
+            "marian",
+            lambda m: add_block(m, "decoder.0"),
             MorphError,
-            "at=1: bart normalises after each residual sum (post-LN); a new encoder block would "
-            "apply LayerNorm again",
+            "at='decoder.0': marian normalises after each residual sum (post-LN) and adds the "
+            "decoder's embeddings unnormalised (no layernorm_embedding)",
         ),
         (
             "t5 relu",

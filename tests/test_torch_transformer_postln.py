@@ -201,7 +201,7 @@ def test_deviation_formula_predicts_the_norm_chain(eps: float) -> None:
     the relative deviation is (B/A)·ε/(2(t + ε)) (module docstring), for the chosen c and for
     c = 1, whose deviation at ε = 1e-5 is what makes the small c necessary."""
     gen = torch.Generator().manual_seed(0)
-    chosen = _gain(eps, eps, eps, torch.float64)
+    chosen = _gain(eps, (eps, eps), torch.float64)
     assert chosen == (1.0 if eps == 1e-12 else 2.0**-25)
     for c in {chosen, 1.0}:
         scale, _ = _deviation(c, eps, eps, eps)

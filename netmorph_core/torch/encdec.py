@@ -63,6 +63,7 @@ from .transformer import (
     check_bool,
 )
 from .transformer_layout import Block, Layout, as_matrix
+from .transformer_postln import PostLnNorms, norms_plan
 
 SEQ_LEN = 8
 #: The relative attention bias (buckets × heads) of T5's block 0 self-attention (UMT5: every
@@ -449,12 +450,8 @@ def add_block(
     method = _method(method)
     s, pos = _position(es, at)
     n = len(s)
-    if s.layout.family.post_ln:
-        raise MorphError(
-            f"at={at!r}: {es.model_type} normalises after each residual sum (post-LN); a new "
-            f"{s.name} block would apply LayerNorm again, which is not the identity on LN's "
-            "output; refused"
-        )
+    post = _post_ln(model, es, s, pos, at) if s.layout.family.post_ln else None
+    method = method if post is None else post.units(method)
     blocks_path = f"{s.prefix}.{s.layout.family.blocks}"
     owns = [_owns_bias(model, s, b) for b in s.layout.blocks]
     shared_bias = owns[0] and not all(owns)  # T5: block 0's bias serves every block
@@ -510,6 +507,10 @@ def add_block(
                 old = f"{blocks_path}.{j - 1}.{rest}"
                 sources[name] = ParamSource(old, old)
         edit.sources = sources
+        notes = []
+        if post is not None:
+            edit.sources.update(post.apply(child, new.prefix))
+            notes += post.notes()
         field = "num_layers" if s.name == "encoder" else "num_decoder_layers"
         if es.kind == "bart":
             field = f"{s.name}_layers"
@@ -517,7 +518,6 @@ def add_block(
         stack_config = getattr(child.get_submodule(s.prefix), "config", None)
         if stack_config is not None and stack_config is not getattr(child, "config", None):
             _set([stack_config], num_layers=n + 1)
-        notes = []
         if lonely and method == "netmorph":
             notes.append(
                 "the self-attention's heads read a relative bias per head: zero output columns"
@@ -541,6 +541,36 @@ def add_block(
         copies=(template.prefix,),
         new_bytes=new_bytes,
     )
+
+
+def _post_ln(model: nn.Module, es: EncoderDecoder, s: Stack, pos: int, at: object) -> PostLnNorms:
+    """The norm edits of a new block at position ``pos`` of a post-LN stack (BART's):
+    :mod:`.transformer_postln`, with the norm before it the previous block's last, or the
+    stack's ``layernorm_embedding`` at 0, and a decoder block's cross-attention norm among the
+    norms in between; MorphError where no norm precedes block 0 (Marian adds its embeddings
+    unnormalised)."""
+    fam = s.layout.family
+    blocks_path = f"{s.prefix}.{fam.blocks}"
+    if pos > 0:
+        previous = f"{blocks_path}.{pos - 1}.{fam.norms[-1]}"
+    else:
+        previous = next(
+            (
+                f"{s.prefix}.{rel}"
+                for rel in fam.stream_norms
+                if isinstance(getattr(model.get_submodule(s.prefix), rel, None), nn.LayerNorm)
+            ),
+            None,
+        )
+        if previous is None:
+            raise MorphError(
+                f"at={at!r}: {es.model_type} normalises after each residual sum (post-LN) and "
+                f"adds the {s.name}'s embeddings unnormalised (no layernorm_embedding): a new "
+                f"block before block 0 would normalise them; insert at {s.name}.1 or later"
+            )
+    template = s.layout.blocks[min(pos, len(s) - 1)].prefix
+    middle = (fam.norms[0], *(s.cross.family.norms if s.cross is not None else ()))
+    return norms_plan(model, es.d_model, previous, template, middle, fam.norms[-1])
 
 
 def deepen_projection(

@@ -1687,6 +1687,7 @@ def add_block(
     post = None
     if layout.family.post_ln:
         post = post_ln_plan(model, layout, at, embedding_projection(model, layout))
+        method = post.units(method)
     _check_fixed_width(model, layout, f"at={at}")
     _check_even_blocks(model, layout, f"at={at}")
     template = layout.blocks[min(at, n - 1)]
