@@ -60,6 +60,20 @@ MODELS: dict[str, tuple] = {
         lambda g: {"pixel_values": torch.randn(2, 3, 16, 16, generator=g)},
         "encoder.layers.0.self_attn.out_proj",
     ),
+    "CLIP image encoder with projection": (
+        "CLIPVisionModelWithProjection",
+        "CLIPVisionConfig",
+        dict(VISION, projection_dim=16),
+        lambda g: {"pixel_values": torch.randn(2, 3, 16, 16, generator=g)},
+        "vision_model.encoder.layers.0.self_attn.out_proj",
+    ),
+    "CLIP text encoder with projection": (
+        "CLIPTextModelWithProjection",
+        "CLIPTextConfig",
+        dict(TINY, vocab_size=100, max_position_embeddings=16, projection_dim=16),
+        lambda g: {"input_ids": torch.randint(0, 100, (2, 7), generator=g)},
+        "text_model.encoder.layers.0.self_attn.out_proj",
+    ),
     "SigLIP image encoder": (
         "SiglipVisionModel",
         "SiglipVisionConfig",
@@ -112,8 +126,10 @@ def _out(model: torch.nn.Module, name: str) -> torch.Tensor:
     inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
     with torch.no_grad():
         result = model(**inputs)
-    logits = getattr(result, "logits", None)
-    return result.last_hidden_state if logits is None else logits
+    for key in ("logits", "image_embeds", "text_embeds"):  # a head's output, else the stream
+        if getattr(result, key, None) is not None:
+            return getattr(result, key)
+    return result.last_hidden_state
 
 
 @pytest.mark.parametrize("op", OPS)

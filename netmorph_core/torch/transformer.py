@@ -1304,8 +1304,9 @@ def grow_width(
         )
     _check_fixed_width(model, layout, f"d_model={d_model}")
     _check_even_blocks(model, layout, f"d_model={d_model}")
-    # a base model: no head, or a pooler beside the stream it returns (BERT, ViT)
-    returns_stream = layout.head is None or layout.head.rpartition(".")[2] == "pooler"
+    # a base model: no head, or a pooler or a projection (CLIP's towers with one) beside the
+    # stream it returns (BERT, ViT)
+    returns_stream = layout.head is None or layout.head.rpartition(".")[2] in STREAM_BESIDE
     if returns_stream and inplace is True:
         raise MorphError(
             f"inplace=True: {type(model).__name__} returns the residual stream itself, which "
@@ -1519,6 +1520,11 @@ def grow_width(
     if not returns_stream:
         return child, report
     return restored(child, report, model, d, copies, extra, [pool.name for pool in pools])
+
+
+#: Heads of models that return their stream beside the head's output: BERT's and ViT's
+#: pooler, CLIP's projections (``…ModelWithProjection`` returns the last hidden state too).
+STREAM_BESIDE = ("pooler", "visual_projection", "text_projection")
 
 
 def _check_fixed_width(model: nn.Module, layout: Layout, what: str) -> None:

@@ -255,7 +255,11 @@ HEADS = (
     "vocab_transform",
     "qa_outputs",
     "output_projection",  # BioGPT's language-model head
+    "visual_projection",  # CLIP's towers with a projection: read the pooled, normed token
+    "text_projection",
 )
+#: Heads that read one tower of a two-tower model: taken only for the stream of that tower.
+TOWER_HEADS = {"visual_projection": "vision_model", "text_projection": "text_model"}
 
 
 @dataclass(frozen=True)
@@ -400,8 +404,7 @@ def _structural_layout(model: nn.Module, moe: tuple[str, str, int, str] | None) 
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         convolutional = len({n.rpartition(".")[0] for n in linears}) <= 1
         hint = (
-            " (a convolutional network: grow it with deepen, widen, grow_kernel or "
-            "morph_subnet)"
+            " (a convolutional network: grow it with deepen, widen, grow_kernel or morph_subnet)"
             if convolutional
             else ""
         )
@@ -474,7 +477,11 @@ def _layout(
     norms = [first.get_submodule(n) for n in family.norms]
     norm = next((m for m in norms if type(m) is not nn.Identity), norms[0])
     heads = (family.head, *HEADS) if family.head else HEADS
-    head_name = next((h for h in heads if _get(model, h) is not None), None)
+    tower = owner.rpartition(".")[2]
+    head_name = next(
+        (h for h in heads if _get(model, h) is not None and TOWER_HEADS.get(h, tower) == tower),
+        None,
+    )
     embed_name = f"{owner}.{family.writers[0]}" if owner else family.writers[0]
     embed = _get(model, embed_name)
     head = _get(model, head_name) if head_name else None
