@@ -17,7 +17,9 @@ of its blocks, so the block edits are the decoder-only ones:
   block whose branches add zero; T5's self-attention reads the stack's per-head relative bias,
   so its heads get zero output columns, while its cross-attention and feed-forward units come
   in cancelling sets. At a T5 stack's position 0 the new block takes over the bias table
-  (block 0 computes the bias for every block). BART (post-LayerNorm) is refused.
+  (block 0 computes the bias for every block). In a post-LayerNorm stack (BART, Marian) the
+  norm before the new block gives its affine to the new block's last norm
+  (:mod:`.transformer_postln`; a decoder block's three norms in a row).
 - :func:`grow_width` — both stacks (:mod:`.encdec_width`).
 - :func:`deepen_projection` — :func:`.transformer.deepen_projection` with the encoder–decoder
   probe.
