@@ -469,3 +469,27 @@ def test_diffllama_add_block_with_zero_output_columns() -> None:
     child, report = add_block(parent, 1, method="zero")
     torch.testing.assert_close(_out(child, inputs()), want, rtol=0, atol=1e-9 * want.abs().max())
     assert any("lambda_init" in n and "load_grown" in n for n in report.notes), report.notes
+
+
+def test_per_block_rotary_bases_follow_a_new_block() -> None:
+    """Granite-SWA reads each block's rotary base from ``layer_rope_theta`` (one entry per
+    block, 0 for no rotary): the new block's entry is its neighbour's."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if "granite_swa" not in CONFIG_MAPPING_NAMES:  # pragma: no cover - older transformers
+        pytest.skip("this transformers has no Granite-SWA")
+    config = getattr(transformers, CONFIG_MAPPING_NAMES["granite_swa"])(
+        **dict(TINY, num_key_value_heads=2, head_dim=8, vocab_size=100),
+        layer_rope_theta=[10000.0, 0.0],
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES["granite_swa"])(config)
+    parent = _redraw(model.double())
+    ids = (torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(1)),)
+    want = _out(parent, ids)
+    child, _ = add_block(parent, 1)
+    # its attention scales each head by a sink factor computed in float32, whose rounding
+    # (1e-7) reaches the new block's cancelling heads: within the parent's own rounding
+    torch.testing.assert_close(_out(child, ids), want, rtol=0, atol=1e-6 * want.abs().max())
+    assert child.config.layer_rope_theta == [10000.0, 0.0, 0.0]

@@ -76,7 +76,13 @@ from .transformer_trace import KV_ATTRS, POSITION_BIASES, is_norm, qkv_rows
 
 METHODS = ("netmorph", "zero")
 #: Config fields that list one entry per block, in order.
-PER_BLOCK = ("layer_types", "no_rope_layers", "mlp_layer_types", "layers_block_type")
+PER_BLOCK = (
+    "layer_types",
+    "no_rope_layers",
+    "mlp_layer_types",
+    "layers_block_type",
+    "layer_rope_theta",  # Granite-SWA: each block's rotary base (0: no rotary)
+)
 SEQ_LEN = 8
 #: Edits that compute new values (grow_width's readers and means) cast this many entries of a
 #: weight to float64 at a time (an embedding of 65M entries would be 0.5 GB in float64).
