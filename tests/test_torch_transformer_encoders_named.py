@@ -74,6 +74,13 @@ MODELS: dict[str, tuple] = {
         lambda g: {"input_ids": torch.randint(0, 100, (2, 7), generator=g)},
         "text_model.encoder.layers.0.self_attn.out_proj",
     ),
+    "CLAP text encoder with projection (an MLP)": (
+        "ClapTextModelWithProjection",
+        "ClapTextConfig",
+        dict(TINY, vocab_size=100, max_position_embeddings=40, projection_dim=16),
+        lambda g: {"input_ids": torch.randint(3, 100, (2, 7), generator=g)},
+        "text_model.encoder.layer.0.attention.output.dense",
+    ),
     "SigLIP image encoder": (
         "SiglipVisionModel",
         "SiglipVisionConfig",
