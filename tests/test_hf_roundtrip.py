@@ -219,3 +219,37 @@ def test_width_rescales_the_config_eps_and_gemma_scale() -> None:
 def test_load_grown_refuses_a_bad_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_grown(tmp_path)
+
+
+def test_a_new_block_beside_a_module_the_blocks_share_reloads_stock(tmp_path: Path) -> None:
+    """GPT-1's blocks share one activation module; a block added by copying holds its own, and
+    the config still describes the child."""
+    config = transformers.OpenAIGPTConfig(n_embd=32, n_head=4, n_layer=2, vocab_size=100)
+    torch.manual_seed(0)
+    parent = transformers.OpenAIGPTLMHeadModel(config).eval()
+    assert parent.transformer.h[0].mlp.act is parent.transformer.h[1].mlp.act
+    child, report = add_block(parent, 1)
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    _save(child, tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=F32_ATOL)
+
+
+def test_an_eps_field_that_chooses_the_norm_stays_unset(tmp_path: Path) -> None:
+    """Cohere2-MoE builds LayerNorms where ``rms_norm_eps`` is None: the child's eps goes to
+    ``layer_norm_eps``, and the stock reload builds the same norms."""
+    if not hasattr(transformers, "Cohere2MoeConfig"):
+        pytest.skip("this transformers has no Cohere2-MoE")
+    config = transformers.Cohere2MoeConfig(**GQA, head_dim=8, experts_implementation="eager")
+    assert config.rms_norm_eps is None
+    torch.manual_seed(0)
+    parent = transformers.Cohere2MoeForCausalLM(config).eval()
+    child, report = grow_ffn(parent, 96)
+    assert child.config.rms_norm_eps is None
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    _save(child, tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, experts_implementation="eager"
+    ).eval()
+    assert type(reloaded.model.norm) is type(parent.model.norm)
+    torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=F32_ATOL)

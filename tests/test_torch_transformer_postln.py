@@ -393,6 +393,26 @@ def test_another_shared_block_is_refused_by_name() -> None:
         grow_ffn(_Shared(), 16)
 
 
+class _Adapters(nn.Module):
+    """A list of blocks of which the forward runs one (Zamba2's per-call adapters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.adapters = nn.ModuleList(
+            nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)) for _ in range(3)
+        )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        return x + self.adapters[0](x)
+
+
+def test_a_list_whose_last_block_never_runs_is_refused_by_name() -> None:
+    with pytest.raises(MorphError, match=re.escape("'adapters.2' does not run in a forward")):
+        grow_ffn(_Adapters(), 16)
+
+
 @pytest.mark.parametrize(
     "model_name",
     [

@@ -330,6 +330,9 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
     fam = layout.family
     blocks = layout.blocks
     _set(config, ("hidden_size", "n_embd"), layout.d_model)
+    embed = input_embedding(model)
+    if isinstance(getattr(config, "word_embed_proj_dim", None), int) and embed is not None:
+        config.word_embed_proj_dim = embed.embedding_dim  # OPT: projected where ≠ hidden_size
     if not fam.shared:  # shared blocks (ALBERT): the layer count is the depth
         _set(config, ("num_hidden_layers", "n_layer"), len(blocks))
     heads = _one([b.heads for b in blocks])
@@ -360,8 +363,8 @@ def _write_sizes(config: object, model: nn.Module, layout: Layout) -> None:
             if ratio is not None:
                 config.mlp_ratio = ratio
     eps = _one(norm_eps(model))
-    if eps is not None:
-        _set(config, EPS_FIELDS, eps)
+    if eps is not None:  # a field set to None chooses the other norm (Cohere2-MoE's RMS eps)
+        _set(config, tuple(f for f in EPS_FIELDS if getattr(config, f, None) is not None), eps)
 
 
 def _mapped_ffn(config: object) -> tuple[str, ...]:
@@ -548,8 +551,10 @@ def difference(
     ``attributes``: module name → {attribute: value}; ``why``: short reasons;
     ``rebuildable``: whether every difference is one of these (parameter shapes come with the
     weights). ``refusal``: why the stock config validators refuse the config, if they do."""
-    ours = dict(model.named_modules())
-    theirs = dict(stock.named_modules())
+    # every name of a module shared between blocks (GPT-1's one activation): a block added
+    # by copying holds its own
+    ours = dict(model.named_modules(remove_duplicate=False))
+    theirs = dict(stock.named_modules(remove_duplicate=False))
     replace: dict[str, list] = {}
     attributes: dict[str, dict[str, Any]] = {}
     why: list[str] = [refusal] if refusal else []

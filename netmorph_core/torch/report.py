@@ -45,6 +45,7 @@ from torch import nn
 
 from .arguments import check_input_memory, check_input_shape, check_probe, check_probe_memory
 from .errors import MorphError, OutputShapeChanged
+from .forward_kept import kept
 from .rounding_noise import rounded_outputs
 from .seeded import seeded
 from .surgery import CONV_TYPES, LAYER_TYPES
@@ -248,7 +249,7 @@ def outputs_of(y: object) -> Outputs:
 def run_outputs(model: nn.Module, inputs: Inputs, *, train: bool = False, seed: int = 0) -> Outputs:
     """``model``'s outputs on ``inputs`` (no grad, seed ``seed``, caller's RNG state
     restored); runs ``model`` itself: give it a copy."""
-    with eval_mode(model, train=train), torch.no_grad(), seeded(model, inputs, seed):
+    with kept(model), eval_mode(model, train=train), torch.no_grad(), seeded(model, inputs, seed):
         return [t.detach() for t in outputs_of(model(*inputs))]
 
 
@@ -491,6 +492,8 @@ def resolve_probe(
         return _infer_probe(model, run, gen, device, dtype)
     try:
         return inputs, run(inputs)
+    except MorphError:
+        raise
     except Exception as exc:
         shapes = ", ".join(
             f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import MorphError
+from .forward_kept import kept
 from .report import (
     AUTO_F64_BOUND,
     auto_bound,
@@ -367,7 +368,7 @@ def run_model(
         handles.append(model.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
     x = tuple(_cast(t, torch.float64) for t in inputs) if float64 else inputs
     try:
-        with buffers_kept(model), eval_mode(model, train=train), torch.no_grad():
+        with kept(model), buffers_kept(model), eval_mode(model, train=train), torch.no_grad():
             with seeded(model, inputs, seed), cache_off(model):
                 if float64:
                     with float64_calls(model):
@@ -384,7 +385,7 @@ def run_model(
 
 
 def _call(module: nn.Module, args: tuple, kwargs: dict, *, float64: bool) -> Outputs:
-    with buffers_kept(module), eval_mode(module), torch.no_grad():
+    with kept(module), buffers_kept(module), eval_mode(module), torch.no_grad():
         with seeded(module):
             if float64:
                 with float64_calls(module):

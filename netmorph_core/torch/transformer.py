@@ -1790,8 +1790,7 @@ def add_block(
                 _set_config(cfg, num_hidden_layers=n + 1, n_layer=n + 1)
             _insert_per_block(cfg, at, n)
             _insert_attention_type(child, cfg, at, n)
-            if fam.moe:
-                sparse_layers(cfg, child, prefix, fam.ffn_out)
+            sparse_layers(cfg, child, prefix, fam.ffn_out)  # Flint: dense blocks listed too
         for module in child.modules():  # DistilBERT's Transformer records its layer count
             if getattr(module, "n_layers", None) == n and isinstance(module.n_layers, int):
                 module.n_layers = n + 1
@@ -1884,11 +1883,20 @@ def _insert_per_block(config: object | None, at: int, n: int) -> None:
     """The config's lists of one entry per block (:data:`PER_BLOCK`: ``layer_types``, Llama 4's
     and SmolLM3's ``no_rope_layers``) get the copied block's entry at ``at``; GPT-Neo's
     ``attention_layers``: :func:`_insert_attention_type`. Other lists that happen to hold n
-    entries (DeBERTa's ``pos_att_type``) are no per-block record and stay."""
+    entries (DeBERTa's ``pos_att_type``) are no per-block record and stay. A heterogeneous
+    config's per-layer overrides move up with the blocks above ``at``, and the copied block's
+    go to ``at``."""
     for key in PER_BLOCK:
         value = getattr(config, key, None)
         if isinstance(value, list) and len(value) == n:
             value.insert(at, value[min(at, n - 1)])
+    spec = vars(config).get("_heterogeneity_spec") if hasattr(config, "__dict__") else None
+    if spec is not None:  # transformers' per-layer overrides (Gemma 4's full-attention head_dim)
+        old, template = spec.per_layer_overrides, min(at, n - 1)
+        new = {i + (i >= at): copy.deepcopy(o) for i, o in old.items()}
+        if template in old:
+            new[at] = copy.deepcopy(old[template])
+        config.per_layer_config = new
 
 
 def _insert_attention_type(child: nn.Module, config: object | None, at: int, n: int) -> None:

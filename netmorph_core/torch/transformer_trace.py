@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .errors import MorphError
+from .forward_kept import kept
 from .linear_view import as_matrix
 from .seeded import seeded
 from .speech_stream import bias_names, entry_norms, stream_convs, weight_tables
@@ -298,7 +299,7 @@ def _run(
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad(), seeded(model, inputs):  # random masking: one draw every run
+        with kept(model), torch.no_grad(), seeded(model, inputs):  # random masking: one draw
             if params:
                 out = torch.func.functional_call(model, params, inputs)
             else:
@@ -414,6 +415,16 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
         if k != 1:
             raise MorphError(f"'{where}.{n[2:]}' runs {k} times in one forward pass; refused")
     order = [c.name for c in calls]
+    if "B:last" not in order:
+        last = (
+            f"{owner}.{blocks_rel}.{len(blocks) - 1}"
+            if owner
+            else f"{blocks_rel}.{len(blocks) - 1}"
+        )
+        raise MorphError(
+            f"{last!r} does not run in a forward pass: {blocks_rel!r} is not a stack of blocks "
+            "that the stream passes through; refused"
+        )
     start, end = order.index("B:first:start"), len(order) - 1 - order[::-1].index("B:last")
     phases = _phases(mine)
     shape = " → ".join("|".join(c.name[2:] for c in p) for p in phases)
