@@ -253,3 +253,53 @@ def test_an_eps_field_that_chooses_the_norm_stays_unset(tmp_path: Path) -> None:
     ).eval()
     assert type(reloaded.model.norm) is type(parent.model.norm)
     torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=F32_ATOL)
+
+
+def test_a_dense_block_list_follows_add_block(tmp_path: Path) -> None:
+    """Flint lists its dense blocks (``mlp_only_layers``) whether or not any block is sparse:
+    the list follows the new block, and the stock reload builds the same blocks."""
+    if not hasattr(transformers, "FlintConfig"):
+        pytest.skip("this transformers has no Flint")
+    config = transformers.FlintConfig(**GQA, head_dim=8, experts_implementation="eager")
+    torch.manual_seed(0)
+    parent = transformers.FlintForCausalLM(config).eval()
+    child, report = add_block(parent, 1)
+    assert child.config.mlp_only_layers == [0, 1, 2]
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    _save(child, tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=F32_ATOL)
+
+
+@pytest.mark.parametrize("at", [0, 1, 2])
+def test_per_layer_overrides_follow_add_block(at: int, tmp_path: Path) -> None:
+    """Gemma 4's full-attention blocks take their head_dim from the config's per-layer
+    overrides: the new block gets its template's, the blocks above keep theirs."""
+    if not hasattr(transformers, "Gemma4UnifiedTextConfig"):
+        pytest.skip("this transformers has no Gemma 4 unified")
+    config = transformers.Gemma4UnifiedTextConfig(**GQA, head_dim=8)
+    torch.manual_seed(0)
+    parent = transformers.Gemma4UnifiedForCausalLM(config).eval()
+    child, _ = add_block(parent, at)
+    per_layer = [child.config.per_layer_config[i].head_dim for i in range(3)]
+    assert per_layer == [layer.self_attn.head_dim for layer in child.model.layers]
+    _save(child, tmp_path)
+    torch.testing.assert_close(
+        _logits(load_grown(tmp_path)), _logits(parent), rtol=0, atol=F32_ATOL
+    )
+
+
+def test_opt_word_embedding_width_follows_grow_width(tmp_path: Path) -> None:
+    """OPT projects its token embeddings where ``word_embed_proj_dim`` ≠ hidden_size: the
+    field follows the grown embedding, so the stock reload adds no projection."""
+    config = transformers.OPTConfig(
+        hidden_size=32, num_attention_heads=4, num_hidden_layers=2, ffn_dim=64, vocab_size=100
+    )
+    torch.manual_seed(0)
+    parent = transformers.OPTForCausalLM(config).eval()
+    child, report = add_heads(grow_width(parent, 64)[0], 8)
+    assert child.config.word_embed_proj_dim == 64
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    _save(child, tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=F32_ATOL)
