@@ -382,6 +382,13 @@ def test_grow_width_widens_both_stacks(model: str, how: str, tmp_path: Path) -> 
             48,
             "d_model=48 is not a multiple of 32: bart normalises after each residual sum (post-LN)",
         ),
+        (  # Marian's class recomputes its sinusoids from d_model instead of saving them
+            MODELS["marian"],
+            64,
+            "'model.encoder.embed_positions' (MarianSinusoidalPositionalEmbedding) adds to the "
+            "stream a position table the model computes from its width (parameter 'weight', "
+            "not saved with the weights)",
+        ),
     ],
 )
 def test_grow_width_refusals(

@@ -1,9 +1,11 @@
-"""Position tables that a model computes from its config and holds as buffers, not parameters.
+"""Position tables that a model computes from its config instead of saving them.
 
 Speech2Text adds sinusoidal positions to its stream (``Speech2TextSinusoidalPositionalEmbedding``,
 its buffer ``weights`` (positions, d): sin and cos of d/2 frequencies 10000^(−i/(d/2 − 1)),
 not saved with the weights and rebuilt from ``d_model`` whenever the model is built or an input
-needs more positions). Such a table is a writer of the stream
+needs more positions). Marian holds its sinusoids as a parameter that its class never saves
+(``_keys_to_ignore_on_save``) and recomputes when it is built. Such a table is a writer of the
+stream
 (:func:`.transformer_stream.buffer_table`): with it and the other writers zero the stream
 entering the blocks is zero.
 
@@ -38,10 +40,22 @@ def tables(model: nn.Module, writers: Iterable[str], d: int) -> list[str]:
             if holder is not None and attr in dict(holder.named_buffers(recurse=False)):
                 found.append(name)  # a table the owner holds itself (CTRL's pos_encoding)
             continue
-        table = buffer_table(module)
-        if table is not None and module.get_buffer(table).shape[-1] == d:
+        if _unsaved_table(model, name, module, d) is not None:
             found.append(name)
     return found
+
+
+def _unsaved_table(model: nn.Module, name: str, module: nn.Module, d: int) -> str | None:
+    """'buffer <attr>' or 'parameter <attr>' of the table of width d that ``module`` (named
+    ``name`` in ``model``) holds and the model never saves; None where it holds none."""
+    table = buffer_table(module)
+    if table is not None:
+        return f"buffer {table!r}" if module.get_buffer(table).shape[-1] == d else None
+    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    for attr, p in module.named_parameters(recurse=False):
+        if f"{name}.{attr}" in unsaved and p.dim() == 2 and p.shape[-1] == d:
+            return f"parameter {attr!r}"
+    return None
 
 
 def _get(model: nn.Module, name: str) -> nn.Module | None:
@@ -58,7 +72,7 @@ def check_no_tables(model: nn.Module, writers: Iterable[str], d: int, d_model: i
         module = _get(model, name)
         what = (
             f"({type(module).__name__}) adds to the stream a position table the model computes "
-            f"from its width (buffer {buffer_table(module)!r}"
+            f"from its width ({_unsaved_table(model, name, module, d)}"
             if module is not None
             else "is a position table the model computes from its width and adds to the "
             "stream (a buffer"
