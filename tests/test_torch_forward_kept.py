@@ -124,3 +124,13 @@ def test_big_bird_full_attention_grows_exactly(op: str) -> None:
     assert report.rel_dev_f64 <= 1e-12
     with torch.no_grad():
         torch.testing.assert_close(child(ids).logits, parent(ids).logits, rtol=0, atol=1e-12)
+
+
+def test_a_lazy_module_not_yet_initialised_is_refused_before_it_runs() -> None:
+    parent = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.LazyLinear(3))
+    with pytest.raises(MorphError, match=r"2\.weight, 2\.bias are not initialised yet"):
+        widen(parent, "0", 10, probe=torch.randn(2, 4))
+    assert isinstance(parent[2], nn.LazyLinear) and parent[2].has_uninitialized_params()
+    with pytest.raises(MorphError, match="not initialised yet"), kept(parent):
+        parent(torch.randn(2, 4))
+    assert parent[2].has_uninitialized_params()

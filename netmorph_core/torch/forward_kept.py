@@ -3,8 +3,8 @@
 Some models change themselves when they run: BigBird replaces its block-sparse attention by
 full attention on an input too short for its blocks, and rotary embeddings grow their caches.
 The adapter runs the parent (to trace its layout) and the child (to measure it), and neither
-may come back changed. :func:`kept` restores, on exit, every module's attributes, submodules,
-parameters and buffers (the objects themselves, shallowly) and the model's config.
+may come back changed. :func:`kept` restores, on exit, every module's class, attributes,
+submodules, parameters and buffers (the objects themselves, shallowly) and the model's config.
 
 A forward that replaced a submodule ran in another mode than the one the model is in: a child
 checked on it would be checked in a mode it does not start in, so that run is refused by name.
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .errors import MorphError
 
@@ -59,12 +60,26 @@ def _replaced(model: nn.Module, saved: dict[int, dict[str, object]]) -> str | No
     return None
 
 
+def check_initialised(model: nn.Module) -> None:
+    """MorphError naming the parameters and buffers of ``model`` that lazy modules have not
+    initialised yet (a forward would draw them)."""
+    lazy = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if is_lazy(t)]
+    if lazy:
+        raise MorphError(
+            f"{', '.join(lazy[:8])} are not initialised yet (lazy modules take their shapes "
+            "from their first input): run the model once on an input first; refused"
+        )
+
+
 @contextmanager
 def kept(model: nn.Module) -> Iterator[None]:
     """Run a forward of ``model`` inside: on exit every module and the config are as they were
-    on entry. MorphError when the forward replaced one of ``model``'s submodules."""
+    on entry. MorphError when the forward replaced one of ``model``'s submodules, or before it
+    runs when a lazy module is not initialised."""
+    check_initialised(model)
     modules = list(model.modules())
     saved = {id(m): _state(m) for m in modules}
+    classes = [(m, type(m)) for m in modules]
     config = getattr(model, "config", None)
     config_state = dict(vars(config)) if hasattr(config, "__dict__") else None
     failed = True
@@ -73,8 +88,10 @@ def kept(model: nn.Module) -> Iterator[None]:
         failed = False
     finally:
         changed = None if failed else _replaced(model, saved)
-        for m in modules:
+        for m, cls in classes:
             _restore(m, saved[id(m)])
+            if type(m) is not cls:  # a lazy module becomes its materialised class
+                m.__class__ = cls
         if config_state is not None:
             vars(config).clear()
             vars(config).update(config_state)

@@ -57,6 +57,7 @@ from torch.nn.utils import parametrize
 
 from .._memory import check_working_set
 from .errors import MorphError
+from .forward_kept import check_initialised
 from .layer_reads import attribute_reads, metadata_read
 from .samepad import is_same_padding_conv, verify_same_padding
 from .standardized import is_weight_standardised
@@ -447,6 +448,7 @@ def check_model_state(model: nn.Module) -> None:
                 f"{where!r} holds {computed}, tensors computed by autograd (not leaves), which "
                 "cannot be copied; detach them or compute them in forward; refused"
             )
+    check_initialised(model)
     bad = []
     for name, t in (*model.named_parameters(), *model.named_buffers()):
         if t.is_meta:
