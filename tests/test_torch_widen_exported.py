@@ -6,6 +6,8 @@ refused by name, and the parent (in eval or train mode) is left as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -295,4 +297,51 @@ def test_a_traced_graph_that_fails_where_the_model_runs_falls_back_to_the_export
     child, report = widen(model, "stem", 10, seed=0, probe=(x,))
     assert report.rel_dev_f64 <= F64_TOL and rel_dev(model, child, x) <= F64_TOL
     assert child.conv.in_channels == 10
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+class DroppedResidualOnStem(nn.Module):
+    """stem(x) + drop(conv(stem(x))) after a size-dependent pad (no torch.fx): the sum's other
+    producer reads the stem's channels, behind torchvision's or timm's stochastic depth."""
+
+    def __init__(self, drop: nn.Module) -> None:
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.drop, self.head = drop, nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2:
+            x = F.pad(x, (0, 1, 0, 1))
+        h = F.silu(self.stem(x))
+        return self.head((h + self.drop(self.conv(h))).mean((2, 3)))
+
+
+def _stochastic_depth() -> nn.Module:
+    from thirdparty import import_torchvision
+
+    return import_torchvision().ops.StochasticDepth(0.2, "row")
+
+
+def _drop_path() -> nn.Module:
+    from thirdparty import import_timm
+
+    return import_timm().layers.DropPath(0.2)
+
+
+# timm's DropPath in train mode exports as aten.new_empty → bernoulli_ of the widened
+# tensor, which the exported walk does not follow; in eval mode it is the identity
+@pytest.mark.parametrize(
+    ("make_drop", "train"),
+    [(_stochastic_depth, False), (_stochastic_depth, True), (_drop_path, False)],
+)
+def test_a_partner_reading_the_stem_behind_stochastic_depth(
+    make_drop: Callable[[], nn.Module], train: bool
+) -> None:
+    model = _trained(DroppedResidualOnStem(make_drop())).train(train)
+    state = _state(model)
+    x = border_input((2, 3, 9, 9))
+    child, report = widen(model, "stem", 8, seed=0, probe=(x,))
+    assert report.rel_dev_f64 <= F64_TOL
+    assert child.conv.weight.shape == (8, 8, 3, 3) and child.head.in_features == 8
+    assert any("['conv']" in note for note in report.notes)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

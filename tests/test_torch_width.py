@@ -219,24 +219,67 @@ def test_residual_partners_grow_with_the_layer(at: str, width: int, partner: str
 class ResidualOnStem(nn.Module):
     """stem(x) + conv(stem(x)): the sum's other producer also reads the stem's channels."""
 
-    def __init__(self) -> None:
+    def __init__(self, groups: int = 1) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, groups=groups)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        return self.head((h + self.conv(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("zero_side", ["outer", "inner"])
+@pytest.mark.parametrize("at", ["stem", "conv"])
+def test_a_partner_that_reads_the_widened_channels_grows_both_ways(at: str, zero_side: str) -> None:
+    """The partner takes new input columns (the stem's new channels) and new output rows (its
+    share of the sum's new channels): exact on either side."""
+    torch.manual_seed(0)
+    parent = ResidualOnStem().double().eval()
+    x = x4(2, 3, 5, 5)
+    child, report = widen(parent, at, 6, probe=x, zero_side=zero_side)
+    assert report.rel_dev_f64 <= F64_TOL
+    with torch.no_grad():
+        torch.testing.assert_close(child(x), parent(x), rtol=0, atol=1e-12)
+    assert child.conv.weight.shape == (6, 6, 3, 3) and child.head.in_features == 6
+    rows, cols = report.param_sources["conv.weight"].index[:2]
+    stem_rows = report.param_sources["stem.weight"].index[0]
+    np.testing.assert_array_equal(rows, stem_rows)
+    np.testing.assert_array_equal(cols, stem_rows)
+
+
+def test_a_grouped_partner_grows_by_groups_and_is_no_producer() -> None:
+    """A grouped partner that reads the stem grows whole new groups as its consumer, which
+    widens its output with the same channels: the sum needs no other producer. Named as a
+    producer itself, it is refused: its groups tie its new rows to its new columns."""
+    torch.manual_seed(0)
+    parent = ResidualOnStem(groups=2).double().eval()
+    x = x4(2, 3, 5, 5)
+    child, report = widen(parent, "stem", 8, probe=x)
+    assert report.rel_dev_f64 <= F64_TOL and child.conv.groups == 4
+    assert not any("other producers" in n for n in report.notes)
+    with pytest.raises(ValueError, match="must have the same groups"):
+        widen(parent, ["stem", "conv"], 8, probe=x)
+
+
+class GroupedResidual(nn.Module):
+    """stem(x) + conv(stem(x)) with both convolutions in two groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, groups=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
-        return (h + self.conv(h)).mean((2, 3))
+        return h + self.conv(h)
 
 
-def test_a_partner_that_cannot_grow_is_named_with_the_first_refusal() -> None:
-    parent = ResidualOnStem().double()
-    match = (
-        r"adds the widened channels to 'conv'.*widened together with \['conv'\].*"
-        r"'conv' \(Conv2d\) consumes channels that are being widened with it"
-    )
+def test_a_grouped_producer_that_reads_the_widened_channels_is_refused() -> None:
+    match = r"'conv' \(Conv2d\) consumes channels widened with it and is a grouped convolution"
     with pytest.raises(MorphError, match=match):
-        widen(parent, "stem", 6, probe=x4(2, 3, 5, 5))
+        widen(GroupedResidual().double(), ["stem", "conv"], 8, probe=x4(2, 4, 5, 5))
 
 
 def test_a_sum_with_the_model_input_is_refused() -> None:
@@ -347,3 +390,28 @@ def test_bad_widths() -> None:
         widen(parent, ["0", "2"], 10)
     with pytest.raises(ValueError, match="zero_side must be one of"):
         widen(parent, "0", 6, zero_side="left")
+
+
+class StochasticDepthOnStem(ResidualOnStem):
+    """ResidualOnStem with torchvision's stochastic depth on the block (a call of the
+    fx-wrapped function in the traced graph), as in EfficientNet-V2's first stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from thirdparty import import_torchvision
+
+        self.drop = import_torchvision().ops.StochasticDepth(0.2, "row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        return self.head((h + self.drop(self.conv(h))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_stochastic_depth_passes_the_widened_channels(train: bool) -> None:
+    torch.manual_seed(0)
+    parent = StochasticDepthOnStem().double().train(train)
+    x = x4(2, 3, 5, 5)
+    child, report = widen(parent, "stem", 6, probe=x)
+    assert report.rel_dev_f64 <= F64_TOL and child.conv.out_channels == 6
+    assert any("['conv']" in note for note in report.notes)

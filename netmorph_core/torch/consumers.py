@@ -179,6 +179,23 @@ _FUNCTIONS: dict[object, tuple[bool, bool]] = {
     F.dropout2d: (True, True),
     F.dropout3d: (True, True),
 }
+#: Functions that keep or drop whole samples (stochastic depth; identities in eval mode), found
+#: by where they are defined: (module, name).
+_SAMPLE_DROPS = {
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"),
+    ("timm.layers.drop", "drop_path"),
+}
+
+
+def _function_kind(target: object) -> tuple[bool, bool] | None:
+    """(φ(0) == 0, φ'(0) != 0) of a channel-wise function; None for any other."""
+    found = _FUNCTIONS.get(target) if callable(target) else None
+    if found is None:
+        where = (getattr(target, "__module__", None), getattr(target, "__name__", None))
+        found = (True, True) if where in _SAMPLE_DROPS else None
+    return found
+
+
 _POOL_FUNCTIONS = {
     F.max_pool1d,
     F.max_pool2d,
@@ -269,6 +286,20 @@ class WidthPlan:
     def dead(self) -> str | None:
         """An operation on the way to a consumer whose gradient at 0 is 0 (None: none)."""
         return next((u.flow.dead for u in self.consumers if u.flow.dead), None)
+
+
+def dual_role_refusal(layer: nn.Module) -> str | None:
+    """Why ``layer``, widened, cannot also consume channels widened with it (None: it can).
+    A plain Linear or ungrouped convolution takes new input columns and new output rows in
+    two independent edits (a residual stage's first block reads the stem it is summed with);
+    grouped layers, weight norms and weight standardisation tie the two together."""
+    if isinstance(layer, CONV_TYPES) and layer.groups != 1:
+        return "is a grouped convolution"
+    if not isinstance(layer, (nn.Linear, *CONV_TYPES)):
+        return f"is a {type(layer).__name__}"
+    if hasattr(layer, "parametrizations") or may_be_standardised(layer):
+        return "has its weight reparametrised"
+    return None
 
 
 class PartnerRequest(MorphError):
@@ -531,9 +562,12 @@ class _Walk:
             shapes = [a for a in node.all_input_nodes if a in self.shape_nodes]
             if node.op == "call_module" and node.target in calls:
                 calls[node.target] += 1
-                if widened:
-                    raise self.fail(node, "consumes channels that are being widened with it")
                 layer = self.modules[node.target]
+                if widened:  # new input columns, then new output rows
+                    why = dual_role_refusal(layer)
+                    if why is not None:
+                        raise self.fail(node, f"consumes channels widened with it and {why}")
+                    self._module(node, widened, self.flows[widened[0]])
                 layout = SPATIAL if isinstance(layer, CONV_TYPES) else LAST
                 ndim = layer.weight.dim() if isinstance(layer, CONV_TYPES) else self.rank(node)
                 self.flows[node] = Flow(self.src, layout, ndim)
@@ -675,9 +709,9 @@ class _Walk:
             return
         if node.args and node.args[0] is not widened[0] and target not in _CAT | _ADD | _MUL:
             raise self.fail(node, "takes a widened tensor as a non-data argument")
-        if target in _FUNCTIONS or (node.op == "call_method" and target in _METHODS):
-            zero, live = _FUNCTIONS.get(target) or _METHODS[target]
-            self._pass(node, flow, zero, live)
+        kind = _function_kind(target) if node.op == "call_function" else _METHODS.get(target)
+        if kind is not None:
+            self._pass(node, flow, *kind)
         elif target in _POOL_FUNCTIONS:
             if node.kwargs.get("return_indices"):
                 raise self.fail(node, "returns pooling indices")
@@ -909,7 +943,7 @@ class _Walk:
                 if type(m) not in _MODULES or len(path.args) != 1:
                     break
             elif not (
-                (path.op == "call_function" and path.target in _FUNCTIONS)
+                (path.op == "call_function" and _function_kind(path.target) is not None)
                 or (path.op == "call_method" and path.target in _METHODS)
             ):
                 break

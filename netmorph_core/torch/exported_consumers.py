@@ -64,6 +64,7 @@ from .consumers import (
     Use,
     WidthPlan,
     chunk_flow,
+    dual_role_refusal,
     glu_flow,
     grouped_outputs,
     is_frozen_batch_norm,
@@ -314,8 +315,11 @@ class _ExportedWalk:
             layer = self.layer_call(node)
             if layer is not None and layer[0] in calls:
                 calls[layer[0]] += 1
-                if widened:
-                    raise self.fail(node, "consumes channels that are being widened with it")
+                if widened:  # new input columns, then new output rows
+                    why = dual_role_refusal(self.modules[layer[0]])
+                    if why is not None:
+                        raise self.fail(node, f"consumes channels widened with it and {why}")
+                    self._step(node, widened, layer)
                 self.flows[node] = self._start(node, layer[1])
                 continue
             if widened:
@@ -503,10 +507,7 @@ class _ExportedWalk:
         inside = [n for n in self.gm.graph.nodes if node_module(n) == name]
         members = set(inside)
         inputs = {
-            a
-            for n in inside
-            for a in n.all_input_nodes
-            if a not in members and a.op != "get_attr"
+            a for n in inside for a in n.all_input_nodes if a not in members and a.op != "get_attr"
         }
         outputs = [n for n in inside if any(u not in members for u in n.users)]
         module = self.modules[name]

@@ -332,7 +332,8 @@ def _apply(
             nonzero += int(torch.count_nonzero(fill))
             total += fill.numel()
             in_axis = weight_axes(m)[1]  # 0 for Conv1D, whose W is (in, out)
-            index = [None] * w.dim()
+            rows = sources.get(f"{use.name}.weight")  # a producer that consumes too
+            index = [None] * w.dim() if rows is None else list(rows.index)
             index[in_axis] = cols
             grown = gather(w, cols, in_axis, fill.movedim(1, in_axis))
             _put_weight(m, use.name, grown, tuple(index), outcome)
@@ -553,7 +554,7 @@ def widen(
             if first is None:
                 raise
             raise MorphError(
-                f"{first}; widened together with {list(names[len(asked):])}, "
+                f"{first}; widened together with {list(names[len(asked) :])}, "
                 f"the other producers of its residual sums, it is refused too: {exc}"
             ) from exc
     _check_untied(model, plan)
