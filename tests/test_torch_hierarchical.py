@@ -241,6 +241,24 @@ def test_layers_are_global_block_indices() -> None:
     assert [s.depth for s in hierarchy(parent).stages] == [2, 1]
 
 
+def test_add_block_counts_the_stage_in_a_longer_depths_list(tmp_path: Path) -> None:
+    """A config whose per-stage lists are longer than its stages (num_encoder_blocks 2, four
+    depths: the stock model reads the first two): the stage's depth still grows, and the child
+    reloads with the stock class."""
+    torch.manual_seed(0)
+    args = dict(STAGES, depths=[1, 1, 1, 1], drop_path_rate=0.0)
+    config = transformers.SegformerConfig(**args)
+    parent = transformers.SegformerForImageClassification(config).eval().double()
+    child, report = add_block(parent, 1, seed=0)
+    assert child.config.depths == [1, 2, 1, 1]
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    reloaded = transformers.SegformerForImageClassification.from_pretrained(tmp_path)
+    torch.testing.assert_close(
+        _logits(reloaded.double().eval()), _logits(parent), rtol=0, atol=1e-9
+    )
+
+
 @pytest.mark.parametrize(
     "grow",
     [

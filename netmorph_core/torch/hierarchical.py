@@ -511,8 +511,10 @@ def add_block(
                 sources[name] = ParamSource(f"{prefix}.{j - 1}.{rest}", f"{prefix}.{j - 1}.{rest}")
         edit.sources = sources
         config = getattr(child, "config", None)
-        depths = getattr(config, "depths", None)
-        if isinstance(depths, (list, tuple)) and len(depths) == len(hier.stages):
+        depths = getattr(
+            config, "depths", None
+        )  # a longer list: the stock model reads its first entries
+        if isinstance(depths, (list, tuple)) and len(depths) >= len(hier.stages):
             _set_per_stage(config, "depths", {s: depths[s] + 1})
         notes = []
         if lonely and method == "netmorph":
