@@ -238,6 +238,23 @@ def test_beit_grow_width_keeps_layer_scales_and_pooler_norm(d_model: int) -> Non
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
 
 
+@pytest.mark.parametrize("family", ["Beit", "Data2VecVision"])
+def test_mean_pooled_norm_over_more_tokens_than_the_width(family: str) -> None:
+    """65 tokens of width 32: the pooler's LayerNorm reads the patches' mean, which is found
+    as the mean of the stream's tokens (not as one of many combinations of its rows)."""
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{family}Config")(
+        **dict(VISION, image_size=32), intermediate_size=64
+    )
+    parent = getattr(transformers, f"{family}ForImageClassification")(config).eval().double()
+    assert parent.config.use_mean_pooling
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    child, report = grow_width(parent, 64, probe=x)
+    assert report.rel_dev_f64 <= 1e-12
+    pooler = child.get_submodule(f"{config.model_type.replace('-', '_')}.pooler.layernorm")
+    assert pooler.weight.shape == (64,)
+
+
 def test_beit_grow_width_x2_reloads(tmp_path: Path) -> None:
     """BEiT's attention reads ``config.head_dim`` where the config holds one (found by
     building it): the wider child's config records the head_dim and reloads stock."""

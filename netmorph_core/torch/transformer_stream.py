@@ -250,7 +250,9 @@ def zeroed(root_prefix: str, root: nn.Module, writers: tuple[str, ...]) -> dict[
         tensors = (
             {attr: obj}
             if isinstance(obj, torch.Tensor)
-            else {table: obj.get_buffer(table)} if table else dict(obj.named_parameters())
+            else {table: obj.get_buffer(table)}
+            if table
+            else dict(obj.named_parameters())
         )
         for rel, t in tensors.items():
             local = f"{name}.{rel}" if not isinstance(obj, torch.Tensor) else name
@@ -285,15 +287,38 @@ def check_writers(
         )
 
 
+#: Mean pooling may leave out this many leading tokens (a class token, registers).
+MEAN_SKIPS = 8
+
+
+def _token_mean(z: torch.Tensor, t: torch.Tensor) -> bool:
+    """Whether ``z`` (B, d) or (B, 1, d) is the mean of the stream ``t`` (B, T, d) over its
+    tokens from some s ≤ :data:`MEAN_SKIPS` on (BEiT's pooler: the patches, not the class
+    token; relative error ≤ 1e-5)."""
+    if t.dim() != 3 or z.numel() != t.shape[0] * t.shape[2]:
+        return False
+    target = z.detach().reshape(t.shape[0], t.shape[2]).double()
+    scale = max(float(torch.linalg.norm(target)), 1e-30)
+    stream = t.detach().double()
+    for skip in range(min(MEAN_SKIPS, t.shape[1] - 1) + 1):
+        mean = stream[:, skip:].mean(1)
+        if float(torch.linalg.norm(mean - target)) <= 1e-5 * scale:
+            return True
+    return False
+
+
 def on_stream(z: torch.Tensor | None, streams: list[torch.Tensor]) -> bool:
     """Whether ``z`` (…, d) is read off the stream: a view of one of ``streams`` (BERT's
     pooler reads the first token), or, where the tokens recorded are fewer than d, rows that
-    are combinations of the streams' rows (mean pooling; relative error ≤ 1e-5). Anything
+    are combinations of the streams' rows, or the mean of one's tokens (mean pooling;
+    relative error ≤ 1e-5). Anything
     computed from the stream by a layer (an attention pooling head) is not."""
     if z is None or not streams or z.shape[-1] != streams[0].shape[-1]:
         return False
     ptr = z.untyped_storage().data_ptr()
     if any(ptr == t.untyped_storage().data_ptr() for t in streams):
+        return True
+    if any(_token_mean(z, t) for t in streams):
         return True
     rows = torch.cat([t.detach().reshape(-1, t.shape[-1]) for t in streams]).double()
     if rows.shape[0] >= rows.shape[1]:
