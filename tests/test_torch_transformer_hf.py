@@ -93,6 +93,13 @@ ARCHITECTURES = {
         transformers.DeiTConfig,
         dict(**SMALL, image_size=8, patch_size=4, num_channels=3, num_labels=3),
     ),
+    # two classifiers outside the encoder, named in no list, read the class and the
+    # distillation token
+    "deit with teacher": (
+        transformers.DeiTForImageClassificationWithTeacher,
+        transformers.DeiTConfig,
+        dict(**SMALL, image_size=8, patch_size=4, num_channels=3, num_labels=3),
+    ),
 }
 
 
@@ -109,7 +116,7 @@ def _model(family: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
 
 def _inputs(family: str, dtype: torch.dtype) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
-    if family in ("vit", "deit"):
+    if family in ("vit", "deit", "deit with teacher"):
         return torch.randn(3, 3, 8, 8, generator=gen).to(dtype)
     return torch.randint(0, 100, (3, 9), generator=gen)
 
@@ -223,7 +230,10 @@ def test_gemma_norms_grow_width_exactly(family: str, d_model: int, exact_rmsnorm
     assert child.model.layers[0].input_layernorm.weight.shape == (d_model,)
 
 
-@pytest.mark.parametrize(("family", "d_model"), [("roberta", 64), ("deit", 45), ("deit", 64)])
+@pytest.mark.parametrize(
+    ("family", "d_model"),
+    [("roberta", 64), ("deit", 45), ("deit", 64), ("deit with teacher", 45)],
+)
 def test_stream_read_by_a_head_module_or_written_by_extra_tokens(family: str, d_model: int) -> None:
     """RoBERTa's classifier.dense reads the stream; DeiT's distillation token writes it."""
     parent = _model(family)

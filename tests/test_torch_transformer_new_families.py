@@ -451,6 +451,17 @@ def test_timm_vision_transformer(name: str, op: str) -> None:
     _exact(parent, _images(32), op)
 
 
+@pytest.mark.parametrize("name", ["beit_base_patch16_224", "eva02_tiny_patch14_224"])
+def test_timm_attention_reading_its_qkv_weight_is_refused_by_name(name: str) -> None:
+    """timm's BEiT and EVA compute F.linear(x, self.qkv.weight, [q_bias; 0; v_bias]): the
+    layer is never called, and the refusal names the read."""
+    timm = _timm()
+    parent = timm.create_model(name, **TIMM).double().eval()
+    match = r"'blocks\.0\.attn\.qkv' is never called: 'attn' \(\w+\) reads qkv\.weight directly"
+    with pytest.raises(MorphError, match=match):
+        grow_ffn(parent, 160)
+
+
 def test_yolos_mid_position_embeddings_are_refused_by_name() -> None:
     """YOLOS adds a position table to the stream between blocks, a writer no operation grows."""
     config = dict(VISION, image_size=[8, 8], num_detection_tokens=3)

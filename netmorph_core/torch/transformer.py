@@ -1310,9 +1310,13 @@ def grow_width(
         )
     _check_fixed_width(model, layout, f"d_model={d_model}")
     _check_even_blocks(model, layout, f"d_model={d_model}")
-    # a base model: no head, or a pooler or a projection (CLIP's towers with one) beside the
-    # stream it returns (BERT, ViT)
-    returns_stream = layout.head is None or layout.head.rpartition(".")[2] in STREAM_BESIDE
+    # a base model: no head (nor layers outside the owner reading the stream: DeiT's two
+    # classifiers), or a pooler or a projection (CLIP's towers with one) beside the stream it
+    # returns (BERT, ViT)
+    outer = [r for r in fam.readers if not _exists(model, layout.name(r)) and _exists(model, r)]
+    returns_stream = (layout.head is None and not outer) or (
+        layout.head is not None and layout.head.rpartition(".")[2] in STREAM_BESIDE
+    )
     if returns_stream and inplace is True:
         raise MorphError(
             f"inplace=True: {type(model).__name__} returns the residual stream itself, which "

@@ -47,6 +47,7 @@ from torch import nn
 
 from .errors import MorphError
 from .forward_kept import kept
+from .layer_reads import attribute_reads
 from .linear_view import as_matrix
 from .seeded import seeded
 from .speech_stream import bias_names, entry_norms, stream_convs, weight_tables
@@ -88,7 +89,8 @@ class Stack:
     """What :func:`trace_stack` found: names relative to a block (``attention`` … ``norms``,
     ``scales``) or to the stream's owner (``writers``, ``final_norm``, ``stream_norms``,
     ``head_norms``: norms after the last block before the final one, ``readers``: linear
-    layers after the last block reading the stream); ``post_ln``: norms after the sums;
+    layers after the last block reading the stream, those outside the owner qualified from
+    the root: DeiT's class and distillation classifiers); ``post_ln``: norms after the sums;
     ``pooled_norms``: norms outside the owner (qualified from the model's root) that read
     tokens pooled from the stream after the final norm (AST's classifier LayerNorm);
     ``latent``: the query layer and key/value up-projection of a latent attention
@@ -386,12 +388,18 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
         for n, m in model.named_modules()
         if owner and not (n == owner or n.startswith(owner + ".")) and is_norm(m)
     }
+    outer_layers = {  # linear layers of heads outside the owner (DeiT's two classifiers)
+        f"R:{n}": m
+        for n, m in model.named_modules()
+        if owner and not (n == owner or n.startswith(owner + ".")) and is_linear(m)
+    }
     watch = {
         **linears,
         **norms,
         **outside,
         **candidates,
         **head_norms,
+        **outer_layers,
         "B:first": block,
         "B:last": blocks[-1],
     }
@@ -412,6 +420,12 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
     mine = [c for c in calls if c.name in linears]
     counts = {n: sum(c.name == n for c in mine) for n in linears}
     for n, k in counts.items():
+        reads = [r for r in attribute_reads(block, n[2:]) if not r.chain] if k == 0 else []
+        if reads:  # timm's BEiT and EVA: F.linear(x, self.qkv.weight, bias of q and v)
+            raise MorphError(
+                f"'{where}.{n[2:]}' is never called: {reads[0].where} reads "
+                f"{reads[0].attr} directly in its forward; refused"
+            )
         if k != 1:
             raise MorphError(f"'{where}.{n[2:]}' runs {k} times in one forward pass; refused")
     order = [c.name for c in calls]
@@ -557,10 +571,10 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
     readers = [
         c.name[2:]
         for c in calls[end + 1 :]
-        if c.name.startswith("W:")
+        if c.name.startswith(("W:", "R:"))
         and c.out is not None
-        and is_linear(candidates[c.name])
-        and as_matrix(candidates[c.name]).shape[1] == d
+        and is_linear(watch[c.name])
+        and as_matrix(watch[c.name]).shape[1] == d
         and on_stream(c.inp, streams)
     ]
     return Stack(
