@@ -415,3 +415,38 @@ def test_stochastic_depth_passes_the_widened_channels(train: bool) -> None:
     child, report = widen(parent, "stem", 6, probe=x)
     assert report.rel_dev_f64 <= F64_TOL and child.conv.out_channels == 6
     assert any("['conv']" in note for note in report.notes)
+
+
+class Ghost(nn.Module):
+    """GhostNet's module: a 1×1 conv, a depthwise conv of its output, both concatenated and
+    sliced to ``out_chs`` (the whole concatenation where out_chs is even)."""
+
+    def __init__(self, out_chs: int) -> None:
+        super().__init__()
+        self.out_chs = out_chs
+        init = (out_chs + 1) // 2
+        self.primary = nn.Conv2d(3, init, 1)
+        self.cheap = nn.Conv2d(init, init, 3, padding=1, groups=init)
+        self.head = nn.Conv2d(out_chs, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = F.relu(self.primary(x))
+        out = torch.cat([x1, F.relu(self.cheap(x1))], dim=1)
+        return self.head(out[:, : self.out_chs, :, :]).mean((2, 3))
+
+
+@pytest.mark.parametrize(("at", "width", "grown"), [("primary", 6, 12), ("cheap", 12, 16)])
+def test_a_slice_keeping_every_channel_grows_with_them(at: str, width: int, grown: int) -> None:
+    torch.manual_seed(0)
+    parent = Ghost(8).double().eval()
+    x = x4(2, 3, 5, 5)
+    child, report = widen(parent, at, width, probe=x)
+    assert report.rel_dev_f64 <= F64_TOL
+    assert child.out_chs == grown and parent.out_chs == 8
+    assert child.head.in_channels == grown
+
+
+def test_a_slice_that_drops_channels_is_refused() -> None:
+    parent = Ghost(7).double().eval()
+    with pytest.raises(MorphError, match=r"keeps 7 of the 8 channels, and the new ones"):
+        widen(parent, "primary", 6, probe=x4(2, 3, 5, 5))

@@ -272,8 +272,9 @@ class WidthPlan:
     producers: tuple[str, ...]
     uses: list[Use] = field(default_factory=list)
     gates: dict[str, np.ndarray] = field(default_factory=dict)
-    #: module → (attribute, the child's split sizes) of a split the widening grows
-    sizes: dict[str, tuple[str, list[int] | tuple[int, ...]]] = field(default_factory=dict)
+    #: module → (attribute, the child's value) of a split's sizes or a slice's bound the
+    #: widening grows
+    sizes: dict[str, tuple[str, int | list[int] | tuple[int, ...]]] = field(default_factory=dict)
 
     @property
     def consumers(self) -> list[Use]:
@@ -413,6 +414,25 @@ def _splits_by(module: nn.Module, attr: str, split: object) -> bool:
         return False
     found = [n.args[1] if len(n.args) > 1 else None for n in graph.nodes if n.target is split]
     return found == [getattr(probe, attr)]
+
+
+def _slices_by(module: nn.Module, attr: str) -> bool:
+    """Whether ``module``'s forward slices by its int attribute ``attr``: traced alone (a copy
+    without values) with ``attr`` one larger, exactly one slice of its graph is bounded by it."""
+    probe = shell_copy(module)
+    setattr(probe, attr, getattr(module, attr) + 1)
+    try:
+        graph = _OneLevel().trace(probe)
+    except Exception:  # a forward that cannot be traced alone cannot be shown to slice by attr
+        return False
+    bounds = [
+        i.stop
+        for n in graph.nodes
+        if n.target is operator.getitem and isinstance(n.args[1], (tuple, slice))
+        for i in (n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],))
+        if isinstance(i, slice)
+    ]
+    return bounds.count(getattr(probe, attr)) == 1
 
 
 def _computes_base_layer(m: nn.Module) -> bool:
@@ -734,6 +754,8 @@ class _Walk:
             self._view(node, flow)
         elif target in _REDUCE:
             self._reduce(node, flow)
+        elif target is operator.getitem and node.op == "call_function":
+            self._slice(node, flow)
         else:
             raise self.fail(node, "consumes widened channels and cannot be updated by widen")
 
@@ -1216,6 +1238,45 @@ class _Walk:
         self.pieces[node] = pieces
         child = [int(p.src.size) for p in pieces]
         self.plan.sizes[owner] = (attrs[0], type(getattr(module, attrs[0]))(child))
+
+    def _slice(self, node: fx.Node, flow: Flow) -> None:
+        """``x[:, :n]`` of a widened tensor that keeps every one of the parent's n channels
+        (slices of other axes pass): without a bound it passes; with n written in the code it
+        must come from the one int attribute of the module running the slice that its forward
+        slices by (timm's GhostModule: ``cat([x1, x2])[:, :self.out_chs]``), which gets the
+        child's channel count (:attr:`WidthPlan.sizes`)."""
+        items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        rank = flow.ndim if flow.layout != VECTOR else 2
+        if rank is None or len(items) > rank or not all(isinstance(i, slice) for i in items):
+            raise self.fail(node, "indexes a widened tensor other than by slices of its axes")
+        axis = next((a for a in range(len(items)) if self._is_channel(flow, a)), None)
+        cut = items[axis] if axis is not None else slice(None)
+        if cut.start not in (None, 0) or cut.step not in (None, 1):
+            raise self.fail(node, "slices the widened channels other than from the first")
+        if cut.stop is not None:
+            self._slice_bound(node, flow, cut.stop)
+        self._pass(node, flow, True, True)
+
+    def _slice_bound(self, node: fx.Node, flow: Flow, stop: object) -> None:
+        """The attribute the slice bound ``stop`` comes from, grown to the child's channels."""
+        why = f"keeps {stop!r} of the {flow.parent_channels} channels"
+        if stop != flow.parent_channels:
+            raise self.fail(node, f"{why}, and the new ones would fall outside")
+        owner = node_module(node) or ""  # "": the model's own forward
+        module = self.originals.get(owner)
+        attrs = [
+            a
+            for a, v in (vars(module) if module is not None else {}).items()
+            if not a.startswith("_") and type(v) is int and v == stop and _slices_by(module, a)
+        ]
+        if module is None or len(attrs) != 1 or owner in self.plan.sizes:
+            where = f"{owner!r}" if owner else "the model"
+            raise self.fail(
+                node,
+                f"{why} written in the code, and {where} holds no one int attribute its "
+                "forward slices by that could grow with the channels",
+            )
+        self.plan.sizes[owner] = (attrs[0], int(flow.src.size))
 
     def _move(self, node: fx.Node, flow: Flow) -> None:
         """transpose/permute: the channel axis goes where the permutation puts it; the result
