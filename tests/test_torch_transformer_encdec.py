@@ -545,3 +545,29 @@ def test_an_encoder_decoder_in_another_layout_is_refused_naming_its_cross_attent
         ):
             grow(parent)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+
+
+@pytest.mark.parametrize("d_model", [64, 45])
+def test_t5_token_classifier_reads_the_encoders_final_norm(d_model: int, tmp_path: Path) -> None:
+    """An encoder without a decoder under a head (T5's token classifier): the head reads the
+    encoder's final norm, and the model returns no stream."""
+    torch.manual_seed(0)
+    parent = _redraw(
+        transformers.T5ForTokenClassification(transformers.T5Config(**T5, num_labels=3))
+        .eval()
+        .double()
+    )
+    ids, _ = _ids()
+    with torch.no_grad():
+        want = parent(input_ids=ids).logits
+    child, report = grow_width(parent, d_model)
+    assert not any("returns a residual stream" in n for n in report.notes)
+    child.save_pretrained(tmp_path)
+    reloaded = (
+        load_grown(tmp_path)
+        if child.config.model_type.startswith("netmorph")
+        else transformers.T5ForTokenClassification.from_pretrained(tmp_path, dtype=torch.float64)
+    )
+    for model in (child, reloaded.eval()):
+        with torch.no_grad():  # T5's norms compute their variance in float32
+            torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=0, atol=1e-5)

@@ -71,8 +71,9 @@ def _norms(model: nn.Module, es: EncoderDecoder) -> list[str]:
 
 def _last_norm(model: nn.Module, es: EncoderDecoder) -> str:
     """The norm whose output the head reads: the decoder's final norm (T5's
-    ``final_layer_norm``), else its last block's last norm (BART, post-LN)."""
-    s = es.stack("decoder")
+    ``final_layer_norm``), else its last block's last norm (BART, post-LN); the encoder's
+    where there is no decoder (T5's token classifier)."""
+    s = es.stack("decoder") or es.stacks[-1]
     own = [f"{s.prefix}.{r}" for r in ("final_layer_norm", "layer_norm")]
     found = next((n for n in own if _exists(model, n)), None)
     return found or s.layout.blocks[-1].name(s.layout.family.norms[-1])
@@ -233,10 +234,13 @@ def grow_width(
             )
         return edit.outcome(notes)
 
+    # the stream is an output: a model without a head, or an encoder–decoder's encoder output
+    # beside its head's (T5's token classifier, an encoder alone with a head, returns none)
+    returns = es.head is None or es.stack("decoder") is not None
     child, report = run(
         Request(
             "grow_width",
-            stream_view(model, d, copies, extra),
+            stream_view(model, d, copies, extra) if returns else model,
             tuple(s.prefix for s in es.stacks),
             build,
             probe=probe,
@@ -249,5 +253,4 @@ def grow_width(
             replaced=("",),
         )
     )
-    return restored(child, report, model, d, copies, extra)
-
+    return restored(child, report, model, d, copies, extra) if returns else (child, report)
