@@ -1247,6 +1247,8 @@ class _Walk:
         child's channel count (:attr:`WidthPlan.sizes`)."""
         items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
         rank = flow.ndim if flow.layout != VECTOR else 2
+        if flow.layout == FLAT:  # its axis 1 holds channels × positions
+            raise self.fail(node, "slices a flattened widened tensor")
         if rank is None or len(items) > rank or not all(isinstance(i, slice) for i in items):
             raise self.fail(node, "indexes a widened tensor other than by slices of its axes")
         axis = next((a for a in range(len(items)) if self._is_channel(flow, a)), None)
