@@ -439,3 +439,15 @@ def test_heads_reading_the_stream_or_the_pooler(model_name: str) -> None:
     with torch.no_grad():
         for want, got in zip(parent(_ids()).values(), child(_ids()).values()):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+def test_a_head_reading_the_stream_beside_a_pooler_grows() -> None:
+    """LayoutLM's token classifier reads the stream itself although the model keeps its
+    pooler (which reads the first token): both grow their input columns."""
+    config = transformers.LayoutLMConfig(**LM, num_labels=3)
+    torch.manual_seed(0)
+    parent = transformers.LayoutLMForTokenClassification(config).eval().double()
+    child, report = grow_width(parent, 64)
+    assert report.rel_dev_f64 <= 1e-12
+    assert child.classifier.in_features == 64 and child.layoutlm.pooler.dense.in_features == 64
+    torch.testing.assert_close(_logits(child), _logits(parent), rtol=0, atol=1e-9)

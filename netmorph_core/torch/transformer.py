@@ -1619,6 +1619,7 @@ def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
         return None
     pooled = layout.family.pooled_head and _owned(model, layout, "pooler.dense") is not None
     pooled = pooled or any(_exists(model, layout.name(r)) for r in layout.family.readers)
+    pooled = pooled and not layout.family.head_reads_stream
     if layout.family.post_ln and pooled and layout.head != "predictions":
         where = f"{layout.head}.predictions"
         if not _exists(model, where):

@@ -129,7 +129,9 @@ class Family:
     of the owner between the stream and the head (BEiT's mean-pooling ``pooler.layernorm``).
     ``head``: the root's output head module where the family names one (looked up before
     :data:`HEADS`); ``pooled_head``: the root's classifier reads the owner's ``pooler`` (a
-    stream reader), not the stream. ``head_rows``: attention layers whose output rows are per
+    stream reader), not the stream; ``head_reads_stream``: the trace saw a layer of the
+    :data:`HEADS` module read the stream itself, beside a pooler (LayoutLM's token
+    classifier). ``head_rows``: attention layers whose output rows are per
     query head besides q/k/v (DeBERTa's position projections), or per-head bias parameters
     (DeBERTa v1's ``q_bias``/``v_bias``); absent ones are skipped;
     ``side_inputs``: tensors of width d_model built outside the blocks that every block reads
@@ -186,6 +188,7 @@ class Family:
     stream_convs: tuple[str, ...] = ()
     pooled_norms: tuple[str, ...] = ()
     latent: tuple[str, ...] = ()
+    head_reads_stream: bool = False
 
 
 #: Llama's names: Gemma-2/3 carry them with sandwich norms, and the mixture-of-experts
@@ -637,6 +640,11 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         _settable(config, "head_dim") or _honours_head_dim(model, prefix, stack.attention)
     )
     head, readers = _head(model, owner, stack.readers)
+    # the output head reads the stream itself, beside a pooler (LayoutLM's token classifier)
+    named = next((h for h in HEADS if _get(model, h) is not None), None)
+    head_reads = named is not None and any(
+        r == named or r.startswith(named + ".") for r in stack.readers
+    )
     return Family(
         name,
         blocks=rel,
@@ -659,12 +667,13 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         scales=stack.scales,
         head_norms=stack.head_norms,
         head=head,
-        pooled_head=stack.post_ln and bool(readers),
+        pooled_head=stack.post_ln and bool(readers) and not head_reads,
         branch_norms=stack.branch_norms,
         qk_norms=stack.qk_norms,
         stream_convs=stack.stream_convs,
         pooled_norms=stack.pooled_norms,
         latent=stack.latent,
+        head_reads_stream=head_reads,
     )
 
 
