@@ -307,12 +307,23 @@ def _token_mean(z: torch.Tensor, t: torch.Tensor) -> bool:
     return False
 
 
+def _token_rows(z: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Whether every row of ``z`` (…, d) is one of ``rows`` (m, d), bitwise up to 1e-12
+    relative: tokens gathered by index (CLIP's text tower reads each sequence's end token)."""
+    target = z.detach().reshape(-1, z.shape[-1]).double()
+    if target.shape[0] == 0 or rows.shape[0] == 0:
+        return False
+    scale = max(float(rows.norm(dim=1).max()), 1e-30)
+    dist = torch.cdist(target, rows, compute_mode="donot_use_mm_for_euclid_dist")
+    return bool((dist.min(dim=1).values <= 1e-12 * scale).all())
+
+
 def on_stream(z: torch.Tensor | None, streams: list[torch.Tensor]) -> bool:
     """Whether ``z`` (…, d) is read off the stream: a view of one of ``streams`` (BERT's
-    pooler reads the first token), or, where the tokens recorded are fewer than d, rows that
-    are combinations of the streams' rows, or the mean of one's tokens (mean pooling;
-    relative error ≤ 1e-5). Anything
-    computed from the stream by a layer (an attention pooling head) is not."""
+    pooler reads the first token), the mean of one's tokens (mean pooling), tokens gathered
+    from them by index, or, where the tokens recorded are fewer than d, rows that are
+    combinations of the streams' rows (relative error ≤ 1e-5). Anything computed from the
+    stream by a layer (an attention pooling head) is not."""
     if z is None or not streams or z.shape[-1] != streams[0].shape[-1]:
         return False
     ptr = z.untyped_storage().data_ptr()
@@ -321,6 +332,8 @@ def on_stream(z: torch.Tensor | None, streams: list[torch.Tensor]) -> bool:
     if any(_token_mean(z, t) for t in streams):
         return True
     rows = torch.cat([t.detach().reshape(-1, t.shape[-1]) for t in streams]).double()
+    if _token_rows(z, rows):
+        return True
     if rows.shape[0] >= rows.shape[1]:
         return False  # every row would be a combination: undecided
     target = z.detach().reshape(-1, z.shape[-1]).double()
