@@ -571,3 +571,29 @@ def test_t5_token_classifier_reads_the_encoders_final_norm(d_model: int, tmp_pat
     for model in (child, reloaded.eval()):
         with torch.no_grad():  # T5's norms compute their variance in float32
             torch.testing.assert_close(model(input_ids=ids).logits, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("at", [1, "decoder.1"])
+def test_a_language_models_config_counts_the_new_block(at: object, tmp_path: Path) -> None:
+    """Florence-2 holds a BART as its language model, whose own config counts each stack's
+    layers: add_block writes the new count there, so the child reloads with the stock class."""
+    if not hasattr(transformers, "Florence2ForConditionalGeneration"):
+        pytest.skip("this transformers has no Florence-2")
+    vision = dict(embed_dim=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[1, 2, 3, 4])
+    config = transformers.Florence2Config(
+        text_config=dict(BART, vocab_size=200, max_position_embeddings=64),
+        vision_config=dict(vision, projection_dim=32),
+    )
+    torch.manual_seed(0)
+    parent = transformers.Florence2ForConditionalGeneration(config).eval().double()
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = parent(input_ids=ids).logits
+    child, report = add_block(parent, at, probe=(ids,))
+    assert any("reloads this child exactly" in n for n in report.notes), report.notes
+    child.save_pretrained(tmp_path)
+    reloaded = transformers.Florence2ForConditionalGeneration.from_pretrained(
+        tmp_path, dtype=torch.float64
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, want, rtol=0, atol=1e-9)

@@ -516,10 +516,13 @@ def add_block(
         field = "num_layers" if s.name == "encoder" else "num_decoder_layers"
         if es.kind == "bart":
             field = f"{s.name}_layers"
-        _set([getattr(child, "config", None)], **{field: n + 1})
+        # the model's config and its language model's (Florence-2 holds a BART)
+        owner = child.get_submodule(es.owner) if es.owner else None
+        tops = [c for c in (getattr(child, "config", None), getattr(owner, "config", None)) if c]
+        _set(list({id(c): c for c in tops}.values()), **{field: n + 1})
         stack_config = getattr(child.get_submodule(s.prefix), "config", None)
-        if stack_config is not None and stack_config is not getattr(child, "config", None):
-            _set([stack_config], num_layers=n + 1)
+        if stack_config is not None and all(stack_config is not c for c in tops):
+            _set([stack_config], **({field: n + 1} if es.kind == "bart" else {"num_layers": n + 1}))
         if lonely and method == "netmorph":
             notes.append(
                 "the self-attention's heads read a relative bias per head: zero output columns"
