@@ -422,11 +422,17 @@ def test_weight_normed_layer_keeps_its_norm_where_it_stays() -> None:
 
 
 def test_shared_weights_and_modules_are_refused() -> None:
+    """widen would change a shared module's outputs at every call (tests/
+    test_torch_shared_modules.py: the operations that keep its function replace it under
+    each name)."""
     refused(Tied(), lambda m: widen(m, "a", 6), MorphError, "b.weight")
     shared = nn.Linear(4, 4)
     model = nn.Sequential(shared, nn.Tanh(), shared)
     refused(
-        model, lambda m: deepen(m, "0"), MorphError, r"registered under several names \['0', '2'\]"
+        model,
+        lambda m: widen(m, "0", 6),
+        MorphError,
+        r"registered under several names \['0', '2'\]",
     )
 
 

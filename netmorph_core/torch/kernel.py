@@ -88,6 +88,7 @@ def grow_kernel(
         grouped=True,
         weight_norm=True,
         standardised=True,
+        aliases_ok=True,
     )
     old = tuple(layer.kernel_size)
     size = v.kernel_tuple(kernel_size, len(old), "kernel_size")
@@ -200,6 +201,7 @@ def grow_kernel(
             (at,),
             build,
             edits=(at,),
+            aliases=True,
             regions=(Region(at, at),),
             same_padding=True,
             probe=probe,

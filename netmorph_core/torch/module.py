@@ -365,6 +365,7 @@ def morph_module(
             (at,),
             build,
             edits=(at,),
+            aliases=True,
             regions=(Region(at, at),),
             same_padding=True,
             probe=probe,

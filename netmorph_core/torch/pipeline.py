@@ -111,7 +111,9 @@ class Request:
     (a tied head) get their own copy in the child instead of being refused; ``weight_norm``:
     the operation keeps the weight norm of a weight-normed layer of ``edits``
     (:mod:`.weight_normed`); ``standardised``: it keeps a weight-standardised conv of ``edits``
-    and regrows its weight and gain (:mod:`.standardized`).
+    and regrows its weight and gain (:mod:`.standardized`); ``aliases``: it puts a module
+    computing the same function in place of ``edits``, under every name one is registered
+    under (:func:`.surgery.replace_module`), so such a module may be registered under several.
     """
 
     operation: str
@@ -133,6 +135,7 @@ class Request:
     untie: bool = False
     weight_norm: bool = False
     standardised: bool = False
+    aliases: bool = False
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,7 @@ def support(request: Request) -> None:
             request.untie,
             request.weight_norm,
             request.standardised,
+            request.aliases,
         )
     check_subtree(request.model, request.copies)
 

@@ -36,7 +36,7 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -552,10 +552,31 @@ def layer_probe(layer: nn.Module) -> Inputs:
     return ((x * border).to(device, dtype),)
 
 
+def _first_names(model: nn.Module) -> dict[str, str]:
+    """Every name of a parameter of ``model`` → the one ``named_parameters()`` gives it (a
+    module registered under several names holds its parameters under each)."""
+    first: dict[int, str] = {}
+    names = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names[name] = first.setdefault(id(p), name)
+    return names
+
+
+def _renamed(source: ParamSource, names: Mapping[str, str]) -> ParamSource:
+    """``source`` naming the parent's parameters as ``named_parameters()`` does."""
+    return replace(
+        source,
+        parent=names.get(source.parent, source.parent),
+        group_of=names.get(source.group_of, source.group_of),
+    )
+
+
 def same_parameters(parent: nn.Module, child: nn.Module, skip: Mapping[str, ParamSource]) -> dict:
-    """ParamSource of every child parameter not in ``skip``: the parent's same-named one."""
+    """ParamSource of every child parameter not in ``skip``: the parent's same-named one
+    (every name as ``named_parameters()`` gives it)."""
     parent_names = dict(parent.named_parameters(remove_duplicate=False))
-    sources = dict(skip)
+    first_parent, first_child = _first_names(parent), _first_names(child)
+    sources = {first_child.get(k, k): _renamed(v, first_parent) for k, v in skip.items()}
     for name, p in child.named_parameters():
         if name in sources:
             continue

@@ -29,7 +29,9 @@ the reason otherwise:
   kept on a replaced module they would observe or rewrite a different function (a weight norm
   alone is replaced by W or kept where the operation says so: ``tied_ok``, ``weight_norm``);
 - sharing: a module registered under several names, or a parameter shared with another module
-  (tied weights) → MorphError naming both (the morph would untie them);
+  (tied weights) → MorphError naming both (the morph would untie them), except a module that
+  an operation replaces by a module computing the same function (``aliases_ok``): the
+  replacement goes in under every name (:func:`.surgery.replace_module`), so they stay one;
 - values: parameters or buffers on the meta device or uninitialised (lazy) → ValueError;
   non-floating ones (quantised, integer, complex) → TypeError;
 - types the adapter does not understand (quantised layers, LoRA-style wrappers, pruning,
@@ -220,13 +222,29 @@ class _LeafTracer(fx.Tracer):
         return True
 
 
-def check_called_by_parent(model: nn.Module, at: str) -> None:
-    """The layer ``at`` must be called as a module by its parent (see the module docstring)."""
+def check_called_by_parent(model: nn.Module, at: str, aliases_ok: bool = False) -> None:
+    """The layer ``at`` must be called as a module by its parent (see the module docstring);
+    with ``aliases_ok``, a layer registered under several names must be called by one of its
+    parents at least, and read directly by none."""
+    names = module_aliases(model, at) if aliases_ok else [at]
+    if not any([_called_by_parent(model, n) for n in names]):  # every parent is checked
+        name, owner, _ = _owner(model, at)
+        cls = type(owner).__qualname__
+        where = f"{name!r} ({cls})" if name else f"the model ({cls})"
+        raise MorphError(
+            f"{at!r}: {where} never calls it as a module in its forward; the adapter cannot "
+            "tell how it is used; refused"
+        )
+
+
+def _called_by_parent(model: nn.Module, at: str) -> bool:
+    """Whether the parent of ``at`` calls it as a module (True where it cannot be traced);
+    MorphError where the parent is a torch.nn module or reads the layer's parameters."""
     name, owner, rel = _owner(model, at)
     cls = type(owner)
     where = f"{name!r} ({cls.__qualname__})" if name else f"the model ({cls.__qualname__})"
     if isinstance(owner, nn.Sequential) and not _overrides(cls, nn.Sequential):
-        return
+        return True
     builtin = cls.__module__.startswith("torch.") and not isinstance(owner, fx.GraphModule)
     if builtin and not isinstance(owner, _LISTS):
         raise MorphError(
@@ -239,7 +257,7 @@ def check_called_by_parent(model: nn.Module, at: str) -> None:
             warnings.simplefilter("ignore")
             graph = _LeafTracer().trace(shell_copy(owner))
     except Exception:  # an untraceable parent cannot be inspected (module docstring)
-        return
+        return True
     reads = sorted(
         str(n.target)
         for n in graph.nodes
@@ -250,11 +268,7 @@ def check_called_by_parent(model: nn.Module, at: str) -> None:
             f"{at!r}: {where} reads {', '.join(reads)} directly in its forward instead of (or "
             "besides) calling the layer; a replaced layer would break it; refused"
         )
-    if not any(n.op == "call_module" and n.target == rel for n in graph.nodes):
-        raise MorphError(
-            f"{at!r}: {where} never calls it as a module in its forward; the adapter cannot "
-            "tell how it is used; refused"
-        )
+    return any(n.op == "call_module" and n.target == rel for n in graph.nodes)
 
 
 def check_no_hooks(module: nn.Module, at: str, parametrized: bool = False) -> None:
@@ -304,21 +318,35 @@ def check_values(module: nn.Module, at: str) -> None:
             )
 
 
-def check_unshared(model: nn.Module, names: Iterable[str], tied_ok: bool = False) -> None:
-    """The modules ``names`` must be registered once and own their parameters alone
-    (``tied_ok``: parameters they share are allowed; the operation unties them,
-    :func:`.surgery.untie`)."""
-    names = set(names)
-    aliases: dict[int, list[str]] = {}
-    for n, m in model.named_modules(remove_duplicate=False):
-        aliases.setdefault(id(m), []).append(n)
-    for n in sorted(names):
-        found = aliases.get(id(model.get_submodule(n)), [n])
+def module_aliases(model: nn.Module, at: str) -> list[str]:
+    """Every name under which the module ``at`` is registered in ``model`` (``[at]`` for a
+    module registered once)."""
+    target = model.get_submodule(at)
+    found = [n for n, m in model.named_modules(remove_duplicate=False) if m is target]
+    return found or [at]
+
+
+def check_registered_once(model: nn.Module, names: Iterable[str]) -> None:
+    """Each module ``names`` must be registered under one name only."""
+    for n in sorted(set(names)):
+        found = module_aliases(model, n)
         if len(found) > 1:
             raise MorphError(
                 f"{n!r} is one module registered under several names {found}; morphing one "
                 "name would untie the others; refused"
             )
+
+
+def check_unshared(
+    model: nn.Module, names: Iterable[str], tied_ok: bool = False, aliases_ok: bool = False
+) -> None:
+    """The modules ``names`` must be registered once and own their parameters alone
+    (``tied_ok``: parameters they share are allowed; the operation unties them,
+    :func:`.surgery.untie`; ``aliases_ok``: a module may be registered under several names,
+    the operation replacing it under each)."""
+    names = set(names)
+    if not aliases_ok:
+        check_registered_once(model, names)
     if tied_ok:
         return
     owners: dict[int, list[str]] = {}
@@ -326,7 +354,8 @@ def check_unshared(model: nn.Module, names: Iterable[str], tied_ok: bool = False
         owners.setdefault(id(p), []).append(pname)
     for shared in owners.values():
         modules = {p.rpartition(".")[0] for p in shared}
-        if len(shared) > 1 and modules & names:
+        holders = {id(model.get_submodule(m)) for m in modules}
+        if len(holders) > 1 and modules & names:  # not one module under several names
             raise MorphError(
                 f"tied weights: {' and '.join(shared)} are one Parameter; morphing "
                 f"{sorted(modules & names)} would untie it; refused"
@@ -364,6 +393,7 @@ def check_editable(
     tied_ok: bool = False,
     weight_norm: bool = False,
     standardised: bool = False,
+    aliases_ok: bool = False,
 ) -> None:
     """Every module ``names`` of ``model`` may be replaced or edited by a morph (see the module
     docstring); conv/linear layers must also be understood and called by their parent.
@@ -373,9 +403,12 @@ def check_editable(
     is replaced by the plain layer of its weight (:mod:`.weight_normed`); ``weight_norm``: the
     operation keeps a weight-normed layer's weight norm (:func:`.weight_normed.regrow`);
     ``standardised``: the operation keeps a weight-standardised conv and regrows its weight and
-    gain (:func:`.standardized.regrow`)."""
+    gain (:func:`.standardized.regrow`); ``aliases_ok``: the operation replaces the module by
+    one computing the same function under every name it is registered under."""
     names = list(names)
     check_model_values(model)
+    if not aliases_ok:  # first: the other checks would look at one name only
+        check_registered_once(model, names)
     for at in names:
         module = model.get_submodule(at)
         normed = (tied_ok or weight_norm) and is_weight_normed(module)  # see weight_normed
@@ -386,8 +419,8 @@ def check_editable(
         if isinstance(module, KNOWN_LAYERS):
             check_layer_class(module, at, same_padding, tied_ok, standardised)
         if isinstance(module, KNOWN_LAYERS) or is_conv1d(module):
-            check_called_by_parent(model, at)
-    check_unshared(model, names, tied_ok)
+            check_called_by_parent(model, at, aliases_ok)
+    check_unshared(model, names, tied_ok, aliases_ok)
 
 
 def check_understood(module: nn.Module, at: str) -> None:

@@ -24,7 +24,12 @@ from .layer_reads import (
     needs_chain,
 )
 from .standardized import is_weight_standardised, plain_conv
-from .support import check_attributes_unread, check_editable, check_understood
+from .support import (
+    check_attributes_unread,
+    check_editable,
+    check_understood,
+    module_aliases,
+)
 from .transformer_layout import is_conv1d
 from .weight_normed import is_weight_normed, plain_layer
 
@@ -51,7 +56,7 @@ def find_module(model: nn.Module, at: object, name: str = "at") -> nn.Module:
     check_model(model)
     if not isinstance(at, str):
         raise TypeError(f"{name} must be a qualified module name (str), got {at!r}")
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     if at == "" or at not in modules:
         layers = [n for n, m in modules.items() if isinstance(m, LAYER_TYPES)]
         shown = ", ".join(repr(n) for n in layers[:8]) + (", ..." if len(layers) > 8 else "")
@@ -74,6 +79,7 @@ def find_layer(
     chain: bool = False,
     weight_norm: bool = False,
     standardised: bool = False,
+    aliases_ok: bool | None = None,
 ) -> nn.Module:
     """The Conv1d/2d/3d or Linear layer ``at``; TypeError when it is another kind of module,
     MorphError when the adapter cannot morph it (:func:`.support.check_editable`;
@@ -86,14 +92,18 @@ def find_layer(
     :func:`linear_equivalent`, a copy to read shapes and values from. ``weight_norm``: the
     operation keeps a weight-normed layer's weight norm (:func:`.weight_normed.regrow`);
     ``standardised``: it keeps a weight-standardised conv and regrows its weight and gain
-    (:func:`.standardized.regrow`); the layer itself is returned in both cases."""
+    (:func:`.standardized.regrow`); the layer itself is returned in both cases.
+    ``aliases_ok`` (default: ``replaced``): the operation puts a module computing the layer's
+    function in its place, so a layer registered under several names (CoaT's shared
+    convolutional position encoding) is replaced under each (:func:`replace_module`)."""
+    aliases_ok = replaced if aliases_ok is None else aliases_ok
     layer = find_module(model, at, name)
     if not ((replaced or weight_norm) and is_weight_normed(layer)):
         check_understood(layer, at)
     if is_conv1d(layer) and nn.Linear in kinds:
-        check_editable(model, [at], tied_ok=replaced)
+        check_editable(model, [at], tied_ok=replaced, aliases_ok=aliases_ok)
         if replaced:
-            check_attributes_unread(model, at, chain)
+            _check_unread(model, at, chain)
         return linear_equivalent(layer)
     if is_conv1d(layer):
         raise TypeError(
@@ -112,9 +122,10 @@ def find_layer(
         tied_ok=replaced,
         weight_norm=weight_norm,
         standardised=standardised,
+        aliases_ok=aliases_ok,
     )
     if replaced:
-        check_attributes_unread(model, at, chain)
+        _check_unread(model, at, chain)
     if isinstance(layer, CONV_TYPES) and layer.groups != 1 and not grouped:
         raise ValueError(
             f"{name}={at!r} is a grouped convolution (groups={layer.groups}); this operation "
@@ -124,6 +135,12 @@ def find_layer(
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):
         raise ValueError(f"{name}={at!r} has uninitialized (lazy) parameters; run a forward first")
     return linear_equivalent(layer) if replaced else layer
+
+
+def _check_unread(model: nn.Module, at: str, chain: bool) -> None:
+    """No ancestor reads an attribute of the layer under any name it is registered under."""
+    for alias in module_aliases(model, at):
+        check_attributes_unread(model, alias, chain)
 
 
 def linear_equivalent(layer: nn.Module) -> nn.Module:
@@ -151,20 +168,22 @@ def linear_equivalent(layer: nn.Module) -> nn.Module:
 
 
 def replace_module(model: nn.Module, at: str, new: nn.Module) -> None:
-    """Put ``new`` in place of the submodule ``at`` (its parent is found by the name's prefix),
-    in the train/eval mode of the module it replaces; a Sequential becomes a
-    :class:`.layer_reads.Chain` where an ancestor reads the layer's weight dtype or device."""
-    parent_name, _, attr = at.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, attr)
+    """Put ``new`` in place of the submodule ``at`` under every name it is registered under
+    (each parent found by the name's prefix), in the train/eval mode of the module it
+    replaces; a Sequential becomes a :class:`.layer_reads.Chain` where an ancestor reads the
+    layer's weight dtype or device."""
+    aliases = module_aliases(model, at)
+    old = model.get_submodule(at)
     new.train(old.training)
-    if type(new) is nn.Sequential and needs_chain(model, at):
+    if type(new) is nn.Sequential and any(needs_chain(model, n) for n in aliases):
         new = Chain(*new)
-        read = {r.attr.rpartition(".")[2] for r in attribute_reads(model, at)}
+        read = {r.attr.rpartition(".")[2] for n in aliases for r in attribute_reads(model, n)}
         for name in CHAIN_GEOMETRY:  # a layer handed to a function: the measurement checks
             if name in read:
                 _check_geometry(at, old, new, name)
-    setattr(parent, attr, new)
+    for name in aliases:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
 
 
 def _check_geometry(at: str, old: nn.Module, chain: Chain, name: str) -> None:
@@ -370,7 +389,8 @@ def untie(model: nn.Module, names: Iterable[str]) -> list[str]:
     notes = []
     for shared in owners.values():
         mine = [p for p in shared if p.rpartition(".")[0] in names]
-        if len(shared) < 2 or not mine:
+        holders = {id(model.get_submodule(p.rpartition(".")[0])) for p in shared}
+        if len(holders) < 2 or not mine:  # one module under several names shares with itself
             continue
         for pname in mine:
             owner, _, attr = pname.rpartition(".")

@@ -1998,6 +1998,7 @@ def deepen_projection(
             (at,),
             build,
             edits=(at,),
+            aliases=True,
             regions=(Region(at, at),),
             new_bytes=new_bytes,
             replaced=(at,),
