@@ -732,3 +732,17 @@ def test_transformer_operations_on_a_cnn_name_the_layer_operations() -> None:
     with pytest.raises(MorphError, match="a convolutional network: grow it with deepen, widen"):
         grow_ffn(parent, 16)
     assert all(torch.equal(v, parent.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_solvers_own_memory_estimate_names_the_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain the adapter's own bounds let through whose solve would still exceed the limit:
+    the core's ResourceLimitError reaches the caller naming the operation and the layer."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 64, 7, padding=3), nn.ReLU(), nn.Conv2d(64, 2, 1)).double()
+    monkeypatch.setenv("NETMORPH_MAX_BYTES", str(8 << 20))  # the new layers' 3.3 MiB fit
+
+    def call(m: nn.Module) -> object:
+        layers = [(64, 1), (64, 7), (None, 1)]
+        return morph_subnet(m, "0", layers, seed=0, input_shape=(1, 3, 8, 8))
+
+    refused(model, call, ResourceLimitError, r"morph_subnet at \['0'\]: morph_subnet into")

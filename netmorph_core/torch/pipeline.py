@@ -37,7 +37,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from .._memory import check_working_set, memory_limit
+from .._memory import ResourceLimitError, check_working_set, memory_limit
 from . import report
 from .errors import MorphError, OutputShapeChanged
 from .hf_config import sync_config
@@ -342,7 +342,10 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
         if child is not request.model:
             unshare(request.model, child)
         outcome.notes = [*untied, *outcome.notes, *sync_config(child)]
-    except (MorphError, ValueError, TypeError):  # typed answers (ResourceLimitError included)
+    except ResourceLimitError as exc:  # the solver's own estimate: say which layers it was for
+        where = f"{request.operation} at {list(request.targets)}"
+        raise ResourceLimitError(f"{where}: {exc}") from None
+    except (MorphError, ValueError, TypeError):  # typed answers
         raise
     except Exception as exc:  # an edit the model's layout does not allow: RuntimeError, …
         raise MorphError(
