@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from .attention_pool import attention_pools, widen_pool
+from .attention_pool import attention_pools, pooled_readers, widen_pool
 from .backbone_stages import shift_stages
 from .errors import MorphError
 from .hf_embeddings import input_embedding
@@ -1314,8 +1314,11 @@ def grow_width(
     # classifiers), or a pooler or a projection (CLIP's towers with one) beside the stream it
     # returns (BERT, ViT)
     outer = [r for r in fam.readers if not _exists(model, layout.name(r)) and _exists(model, r)]
-    returns_stream = (layout.head is None and not outer) or (
-        layout.head is not None and layout.head.rpartition(".")[2] in STREAM_BESIDE
+    after_pool = pooled_readers(model, layout.head)  # timm's classifier after a latent pool
+    returns_stream = (
+        (layout.head is None and not outer)
+        or (layout.head is not None and layout.head.rpartition(".")[2] in STREAM_BESIDE)
+        or after_pool == []  # the pooled output itself
     )
     if returns_stream and inplace is True:
         raise MorphError(
@@ -1336,9 +1339,11 @@ def grow_width(
     by_weight = order is not None
     check_outside(model, convs)  # every module is rewritten; first: the norms run below
     _check_writers(model, layout, d_model)
-    head_reader = _head_reader(model, layout, d_model)
+    # a latent pool as the head is widened with the pools below, the classifier after it here
+    head_reader = None if after_pool is not None else _head_reader(model, layout, d_model)
     stream_readers = [n for n in map(partial(_owned, model, layout), fam.readers) if n]
     stream_readers += [pool.reader for pool in pools]  # their norms and writers: below
+    stream_readers += after_pool or []
     _check_norms(model, layout, d_model, rescale=extra > 0)
     logit_base = _logit_base(layout.config, d, d_model)
     kind = layout.norm_kind
