@@ -41,12 +41,7 @@ def check_deconv(
 
     A 1×1 factor is solved per tap (G~[:, :, t] = F · X[:, :, t]): a (c_out × c_mid) system
     with c_in·|k_x| columns, whose Gram has order min(c_out, c_mid), not min(·)·|k_x|."""
-    taps = math.prod(k_x)
-    if math.prod(k_factor) == 1:
-        rows, cols, columns = c_out, c_mid, c_in * taps
-    else:
-        kt = math.prod(a + b - 1 for a, b in zip(k_factor, k_x))
-        rows, cols, columns = c_out * kt, c_mid * taps, c_in
+    rows, cols, _ = _deconv_system(c_out, c_mid, c_in, k_factor, k_x)
     n = gram_order(rows, cols)
     if n > MAX_GRAM_ORDER:
         raise ValueError(
@@ -54,8 +49,81 @@ def check_deconv(
             f"{cols} unknowns per column), above the {MAX_GRAM_ORDER} a dense solve "
             "finishes in reasonable time; use fewer channels or smaller kernels"
         )
+    check_working_set(deconv_bytes(c_out, c_mid, c_in, k_factor, k_x), what)
+
+
+def _deconv_system(
+    c_out: int, c_mid: int, c_in: int, k_factor: Sequence[int], k_x: Sequence[int]
+) -> tuple[int, int, int]:
+    """(equations, unknowns, right-hand sides) of the deconvolution of :func:`check_deconv`."""
+    taps = math.prod(k_x)
+    if math.prod(k_factor) == 1:
+        return c_out, c_mid, c_in * taps
+    kt = math.prod(a + b - 1 for a, b in zip(k_factor, k_x))
+    return c_out * kt, c_mid * taps, c_in
+
+
+def deconv_bytes(
+    c_out: int, c_mid: int, c_in: int, k_factor: Sequence[int], k_x: Sequence[int]
+) -> int:
+    """Bytes the deconvolution of :func:`check_deconv` holds: its Gram's copies and the
+    operands' (:data:`_GRAM_COPIES`, :data:`_COPIES`)."""
+    rows, cols, columns = _deconv_system(c_out, c_mid, c_in, k_factor, k_x)
+    n = gram_order(rows, cols)
     operands = (rows + cols) * columns + c_out * c_mid * math.prod(k_factor)
-    check_working_set(_F64 * (_GRAM_COPIES * n * n + _COPIES * operands), what)
+    return _F64 * (_GRAM_COPIES * n * n + _COPIES * operands)
+
+
+#: Float64 copies of a middle layer an LSQR solve holds (its iterate, search directions,
+#: the adjoint's temporaries, the correction and the result; measured: 8).
+_LSQR_COPIES = 8
+#: Copies of all filters while the random start is drawn (draw, scale, result; measured: 3).
+_START_COPIES = 3
+#: Margin on the working set of :func:`general_chain_bytes` (the measured peaks were within).
+_MARGIN = 1.25
+
+
+def general_chain_bytes(
+    c_out: int,
+    c_in: int,
+    widths: Sequence[int],
+    kernels: Sequence[Sequence[int]],
+    solved: Sequence[int],
+) -> int:
+    """Bytes the general method holds at once morphing G into three or more layers, solving
+    the layers ``solved``: G~ and every filter F throughout; at most the largest of the
+    random start (:data:`_START_COPIES` × F), a residual's partial compositions (two of the
+    largest), one solve of a middle layer (LSQR: :data:`_LSQR_COPIES` copies of the layer
+    and two partial compositions) and one of an end layer (:func:`deconv_bytes` and the
+    composition of the others); each LSQR solve also checks its own working set as it
+    starts."""
+    chans = [c_in, *widths]
+    size = [sum(k) - len(k) + 1 for k in zip(*kernels)]
+    kt = math.prod(size)
+    sizes = [chans[p + 1] * chans[p] * math.prod(k) for p, k in enumerate(kernels)]
+    held = c_out * c_in * kt + sum(sizes)
+    partial = max(max(chans[p + 1] * c_in, c_out * chans[p]) * kt for p in range(len(kernels)))
+    middle = [sizes[p] for p in solved if 0 < p < len(kernels) - 1]
+    ends = []  # the one-sided solves of the first and last layers, as check_chain bounds them
+    if 0 in solved:
+        rest = [max(a - b + 1, 1) for a, b in zip(size, kernels[0])]
+        ends.append(deconv_bytes(c_out, widths[0], c_in, rest, kernels[0]) // _F64)
+    if len(kernels) - 1 in solved:
+        rest = [max(a - b + 1, 1) for a, b in zip(size, kernels[-1])]
+        ends.append(deconv_bytes(c_in, widths[-2], c_out, rest, kernels[-1]) // _F64)
+    transient = max(
+        (_START_COPIES - 1) * sum(sizes),
+        2 * partial,
+        *(_LSQR_COPIES * n + 2 * partial for n in middle),
+        *(n + partial for n in ends),
+    )
+    return math.ceil(_MARGIN * _F64 * (held + transient))
+
+
+def lsqr_bytes(layer: int, g_tilde: int, post: int, pre: int) -> int:
+    """Bytes an LSQR solve of a middle layer of ``layer`` entries holds beside the filters:
+    :data:`_LSQR_COPIES` copies of it, G~'s residuals and the compositions on either side."""
+    return math.ceil(_MARGIN * _F64 * (_LSQR_COPIES * layer + 2 * g_tilde + post + pre))
 
 
 def check_compose(
@@ -87,20 +155,26 @@ def check_chain(
     what: str,
     *,
     groups: int = 1,
+    solved: Sequence[int] | None = None,
 ) -> None:
     """Bounds of morphing G (c_out, c_in, *K) into the chain of layers (widths[p], kernels[p]),
     data-flow order, widths[-1] = c_out: every filter, every partial composition and the
     one-sided solves of the first and last layer (the largest dense systems of any method).
     ``groups`` such chains at once (grouped layers, channel counts per group): the memory of
-    all of them, the Gram order of one."""
+    all of them, the Gram order of one. ``solved``: the layers the general method of three or
+    more layers solves (:func:`general_chain_bytes`), whose working set is then counted as it
+    runs rather than every term :data:`_COPIES` times."""
     chans = [c_in, *widths]
     kt = [sum(k) - len(k) + 1 for k in zip(*kernels)] if kernels and kernels[0] else []
-    entries = c_out * c_in * math.prod(kt)
-    for p, k in enumerate(kernels):
-        entries += chans[p + 1] * chans[p] * math.prod(k)
-        # partial compositions F_p ⊛ … ⊛ F_0 and F_P ⊛ … ⊛ F_p have at most Kt taps
-        entries += max(chans[p + 1] * c_in, c_out * chans[p]) * math.prod(kt)
-    check_working_set(_F64 * _COPIES * groups * entries, what)
+    if solved is not None:
+        check_working_set(general_chain_bytes(c_out, c_in, widths, kernels, solved), what)
+    else:
+        entries = c_out * c_in * math.prod(kt)
+        for p, k in enumerate(kernels):
+            entries += chans[p + 1] * chans[p] * math.prod(k)
+            # partial compositions F_p ⊛ … ⊛ F_0 and F_P ⊛ … ⊛ F_p have at most Kt taps
+            entries += max(chans[p + 1] * c_in, c_out * chans[p]) * math.prod(kt)
+        check_working_set(_F64 * _COPIES * groups * entries, what)
     if len(kernels) < 2:
         return
     rest_in = [max(a - b + 1, 1) for a, b in zip(kt, kernels[0])]

@@ -80,6 +80,7 @@ def chain_morph(what: str, layout: Layout) -> Callable[[Callable[..., MorphResul
                 kernels,
                 f"{what} into [{layers}]" + (f" with groups={groups}" if groups != 1 else ""),
                 groups=groups,
+                solved=general_solves(what, bound.arguments, g, widths, kernels, groups),
             )
             parts = len(kernels)
             e = parts * math.ceil(exponent(g) / parts)
@@ -106,6 +107,30 @@ def depth_layout(g: np.ndarray, arguments: dict[str, Any]) -> tuple[list[int], l
     k2 = layer_kernel(arguments["k2"], ndim, "k2")
     v.effective_size(g.shape[2:], k2, k1, "k1, k2")
     return [width, g.shape[0]], [k1, k2]
+
+
+def general_solves(
+    what: str,
+    arguments: dict[str, Any],
+    g: np.ndarray,
+    widths: list[int],
+    kernels: list[tuple],
+    groups: int,
+) -> list[int] | None:
+    """The layers the general method of :func:`morph_subnet` solves for three or more
+    ungrouped layers: the first of its order alone where that layer's one-solve exactness
+    condition holds, else every layer; None for any other morph (counted as a whole)."""
+    if what != "morph_subnet" or arguments.get("method") != "general" or groups != 1:
+        return None
+    if len(widths) < 3:
+        return None
+    from .chain import chain_exact_layers
+    from .pair import general_order
+
+    exact = chain_exact_layers(g.shape[1], widths, kernels)
+    sizes = [w * a * math.prod(k) for w, a, k in zip(widths, [g.shape[1], *widths], kernels)]
+    first = general_order(exact, [n / g.size for n in sizes])[0]
+    return [first] if exact[first] else list(range(len(widths)))
 
 
 def subnet_layout(g: np.ndarray, arguments: dict[str, Any]) -> tuple[list[int], list[tuple]]:

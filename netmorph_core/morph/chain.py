@@ -13,6 +13,8 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, lsqr
 
 from .. import _validation as v
+from .._limits import lsqr_bytes
+from .._memory import check_working_set
 from ..reference import pad_at, swap_channels
 from ..reference.two_sided import deconv_two_sided_ref
 from .common import Options, compose_chain, random_start
@@ -148,6 +150,10 @@ def _solve_layer(
     k = filters[p].shape[2:]
     if g_tilde.size * filters[p].size <= EXPLICIT_TWO_SIDED_ENTRIES:
         return deconv_two_sided_ref(g_tilde, post, pre, k, filters[p])
+    check_working_set(
+        lsqr_bytes(filters[p].size, g_tilde.size, post.size, pre.size),
+        f"the general subnet morph's solve of layer {p} {filters[p].shape}",
+    )
     return deconv_two_sided_lsqr(impl, g_tilde, post, pre, k, filters[p])
 
 
