@@ -279,21 +279,46 @@ def test_scalar_gains_are_channel_independent() -> None:
 
 
 class PyramidUp(nn.Module):
-    """FPN-like: pool, then upsample back to the spatial size read from the widened tensor."""
+    """FPN-like: pool, then upsample back to the spatial size read from the widened tensor;
+    ``channels``: also view it by its own channel count ("keep": (n, c, h·w) and back, "shuffle":
+    a channel shuffle's (n, 2, c/2, h, w), "other": view another tensor by it)."""
 
-    def __init__(self, read_channels: bool = False) -> None:
+    def __init__(self, channels: str = "") -> None:
         super().__init__()
         self.a = nn.Conv2d(3, 6, 3, padding=1)
         self.b = nn.Conv2d(6, 4, 1)
-        self.read_channels = read_channels
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.a(x))
         n, c, h, w = y.shape
-        if self.read_channels:
+        if self.channels == "keep":
             y = y.reshape(n, c, h * w).reshape(n, c, h, w)
+        elif self.channels == "shuffle":
+            y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, -1, h, w)
+        elif self.channels == "other":
+            y = y + x.repeat(1, 2, 1, 1).reshape(n, c, h, w)
         small = F.avg_pool2d(y, 2)
         return self.b(F.interpolate(small, size=(h, w)) + y)
+
+
+class TokenMLP(nn.Module):
+    """PVT-v2's MLP on tokens (B, N, C): fc1, then the tokens as an image by fc1's own channel
+    count, a depthwise conv, back to tokens (``flatten(2)``), fc2."""
+
+    def __init__(self, size: int = 4) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.dwconv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc2 = nn.Linear(8, 6)
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        b, _, c = x.shape
+        x = x.transpose(1, 2).view(b, c, self.size, self.size)
+        x = self.dwconv(x).flatten(2).transpose(1, 2)
+        return self.fc2(F.gelu(x))
 
 
 def test_spatial_shape_reads_are_unchanged() -> None:
@@ -301,11 +326,21 @@ def test_spatial_shape_reads_are_unchanged() -> None:
     check_exact(PyramidUp().double(), "a", 10, x64(2, 3, 8, 6))
 
 
-def test_reading_the_channel_count_is_refused_by_name() -> None:
+def test_a_view_by_the_widened_channel_count_that_keeps_the_channel_axis() -> None:
+    torch.manual_seed(5)
+    check_exact(PyramidUp("keep").double(), "a", 10, x64(2, 3, 8, 6))
+    torch.manual_seed(6)
+    child = check_exact(TokenMLP().double(), "fc1", 11, x64(2, 16, 6))
+    assert child.dwconv.out_channels == 11 and child.fc2.in_features == 11
+
+
+def test_reading_the_channel_count_otherwise_is_refused_by_name() -> None:
     with pytest.raises(
         MorphError, match=r"getitem.*reads the shape of a widened tensor .* where it holds"
     ):
-        widen(PyramidUp(read_channels=True).double(), "a", 10, probe=x64(2, 3, 8, 6), seed=0)
+        widen(PyramidUp("shuffle").double(), "a", 10, probe=x64(2, 3, 8, 6), seed=0)
+    with pytest.raises(MorphError, match=r"sizes something other than a view of the widened"):
+        widen(PyramidUp("other").double(), "a", 10, probe=x64(2, 3, 8, 6), seed=0)
 
 
 class ResNeXtBlock(nn.Module):

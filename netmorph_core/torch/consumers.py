@@ -520,6 +520,14 @@ def _channels(node: fx.Node, modules: dict[str, nn.Module], dim: int = 1) -> int
     return _channels(inputs[0], modules, dim) if inputs else None
 
 
+def _view_shape(node: fx.Node) -> tuple:
+    """The sizes a ``view``/``reshape`` call asks for (given one by one or as a tuple)."""
+    shape = tuple(node.args[1:]) or tuple(node.kwargs.get("shape", ()))
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return shape
+
+
 def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
     if len(node.args) > index:
         return node.args[index]
@@ -543,6 +551,7 @@ class _Walk:
         self.src = src
         self.flows: dict[fx.Node, Flow] = {}
         self.shape_nodes: dict[fx.Node, Flow] = {}  # x.shape / x.size() of a widened x
+        self.counts: dict[fx.Node, Flow] = {}  # its channel count, sized views only read it
         self.pieces: dict[fx.Node, list[Flow]] = {}  # the parts of a chunked widened tensor
         self.plan = WidthPlan(self.producers)
 
@@ -580,6 +589,12 @@ class _Walk:
                 continue
             widened = [a for a in node.all_input_nodes if a in self.flows]
             shapes = [a for a in node.all_input_nodes if a in self.shape_nodes]
+            counts = [a for a in node.all_input_nodes if a in self.counts]
+            if counts and not (widened and node.target in ("view", "reshape")):
+                raise self.fail(
+                    node,
+                    "sizes something other than a view of the widened tensor by its channel count",
+                )
             if node.op == "call_module" and node.target in calls:
                 calls[node.target] += 1
                 layer = self.modules[node.target]
@@ -683,12 +698,29 @@ class _Walk:
                 not node.users or not any(self._is_channel(flow, a) for a in axes)
             ):
                 return
+            if self._sizes_views(node, flow, axes):
+                self.counts[node] = flow
+                return
         raise self.fail(
             node,
             f"reads the shape of a widened tensor ({shapes[0].name!r}) where it holds (or may "
             "hold) the channel count; widen does not follow code that computes with it (such "
             "as a channel shuffle's reshape)"
             + (" — pass probe= or input_shape= so the rank is known" if flow.ndim is None else ""),
+        )
+
+    def _sizes_views(self, node: fx.Node, flow: Flow, axes: list[int] | None) -> bool:
+        """Whether ``node`` is the channel count of a widened tensor of known rank that only
+        sizes views of widened tensors, once each (``x.transpose(1, 2).view(B, C, H, W)``
+        in PVT-v2's MLP; checked in :meth:`_view`)."""
+        if flow.ndim is None or axes is None or len(axes) != 1:
+            return False
+        return all(
+            user.op == "call_method"
+            and user.target in ("view", "reshape")
+            and user.args[0] is not node
+            and _view_shape(user).count(node) == 1
+            for user in node.users
         )
 
     def _pass(self, node: fx.Node, flow: Flow, zero: bool, live: bool) -> None:
@@ -1324,6 +1356,14 @@ class _Walk:
             self.flows[node] = flow
         elif flow.layout == SPATIAL and start == 1 and end in (-1, flow.ndim - 1):
             self.flows[node] = replace(flow, layout=FLAT, ndim=2)
+        elif (
+            flow.layout == SPATIAL
+            and isinstance(start, int)
+            and flow.ndim is not None
+            and 2 <= start < flow.ndim
+            and end in (-1, flow.ndim - 1)
+        ):  # the spatial axes only: (N, C, H, W) → (N, C, H·W)
+            self.flows[node] = replace(flow, ndim=start + 1)
         else:
             raise self.fail(
                 node,
@@ -1332,15 +1372,33 @@ class _Walk:
             )
 
     def _view(self, node: fx.Node, flow: Flow) -> None:
-        shape = node.args[1:]
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
+        shape = _view_shape(node)
         if len(shape) == 2 and shape[1] == -1 and self._is_batch(shape[0]):
             self._flatten(node, flow, 1, -1)
-        else:
-            raise self.fail(node, "reshapes a widened tensor other than to (batch, -1)")
+            return
+        counts = [i for i, a in enumerate(shape) if a in self.counts]
+        if counts and self._keeps_channels(flow, shape, counts):
+            layout = SPATIAL if flow.layout == SPATIAL else LAST
+            self.flows[node] = replace(flow, layout=layout, ndim=len(shape))
+            return
+        raise self.fail(
+            node,
+            "reshapes a widened tensor other than to (batch, -1) or, by its own channel count, "
+            "to (batch, C, …) or (…, C)",
+        )
+
+    def _keeps_channels(self, flow: Flow, shape: tuple, counts: list[int]) -> bool:
+        """Whether a view to ``shape`` sized at ``counts`` by the channel count of the flow it
+        reshapes keeps the channel axis whole: (N, C, *S) → (N, C, *S') or (…, C) → (…', C)."""
+        if len(counts) != 1 or not np.array_equal(self.counts[shape[counts[0]]].src, flow.src):
+            return False
+        if flow.layout == SPATIAL:  # the batch read from a shape, not a number the code holds
+            return counts[0] == 1 and isinstance(shape[0], fx.Node) and self._is_batch(shape[0])
+        return flow.layout == LAST and counts[0] == len(shape) - 1
 
     def _is_batch(self, value: object) -> bool:
+        """Whether a view's size ``value`` is the batch: an int, or axis 0 of a widened
+        tensor's shape."""
         if isinstance(value, int):
             return True
         if not isinstance(value, fx.Node):
