@@ -247,18 +247,9 @@ def widen_pool(
     put(f"{name}.in_proj_weight", torch.cat(weights), (packed, stream))
     if b is not None:
         put(f"{name}.in_proj_bias", torch.cat(biases), (packed,))
-    out = write(att.out_proj.weight.detach())
-    new = out.new_zeros(wide, wide)
-    new[:, kept] = out[:, rows[kept]]
-    put(f"{name}.out_proj.weight", new, (stream, rows))
-    if att.out_proj.bias is not None:
-        put(f"{name}.out_proj.bias", write(att.out_proj.bias.detach()), (stream,))
+    _output_and_query(child, pool, f"{name}.out_proj", "probe", stream, rows, put, write)
     att.embed_dim = att.kdim = att.vdim = wide
     att.head_dim = wide_hd
-    probe = child.get_parameter(pool.part("probe")).detach()
-    new = probe.new_zeros((*probe.shape[:-1], wide))
-    new[..., stream >= 0] = probe[..., stream[stream >= 0]]
-    put(pool.part("probe"), new, (None, None, stream))
 
 
 def _head_rows(heads: int, d: int, wide: int) -> np.ndarray:
@@ -336,15 +327,33 @@ def _widen_latent(
     put(pool.part("kv.weight"), torch.cat([w for w, _ in parts]), (packed, stream))
     if kv.bias is not None:
         put(pool.part("kv.bias"), torch.cat([b for _, b in parts]), (packed,))
-    out = write(module.proj.weight.detach())
-    new = out.new_zeros(wide, wide)
-    new[:, kept] = out[:, rows[kept]]
-    put(pool.part("proj.weight"), new, (stream, rows))
-    if module.proj.bias is not None:
-        put(pool.part("proj.bias"), write(module.proj.bias.detach()), (stream,))
+    _output_and_query(child, pool, pool.part("proj"), "latent", stream, rows, put, write)
     module.head_dim = wide_hd
     module.scale = wide_hd**-0.5
-    latent = module.latent.detach()
-    new = latent.new_zeros((*latent.shape[:-1], wide))
-    new[..., stream >= 0] = latent[..., stream[stream >= 0]]
-    put(pool.part("latent"), new, (None, None, stream))
+
+
+def _output_and_query(
+    child: nn.Module,
+    pool: Pool,
+    out: str,
+    query: str,
+    stream: np.ndarray,
+    rows: np.ndarray,
+    put: Put,
+    write: Rows,
+) -> None:
+    """The pool's output projection ``out`` writes its own residual stream (rows as the
+    stream's writers, the parent's columns at ``rows``, zero ones for the other head rows),
+    and its learned query ``query`` (1, L, d) becomes [p; …; p; 0]."""
+    layer = child.get_submodule(out)
+    w = write(layer.weight.detach())
+    kept = rows >= 0
+    new = w.new_zeros(stream.size, stream.size)
+    new[:, kept] = w[:, rows[kept]]
+    put(f"{out}.weight", new, (stream, rows))
+    if layer.bias is not None:
+        put(f"{out}.bias", write(layer.bias.detach()), (stream,))
+    p = child.get_parameter(pool.part(query)).detach()
+    new = p.new_zeros((*p.shape[:-1], stream.size))
+    new[..., stream >= 0] = p[..., stream[stream >= 0]]
+    put(pool.part(query), new, (None, None, stream))
