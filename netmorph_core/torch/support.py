@@ -328,8 +328,11 @@ def module_aliases(model: nn.Module, at: str) -> list[str]:
 
 def check_registered_once(model: nn.Module, names: Iterable[str]) -> None:
     """Each module ``names`` must be registered under one name only."""
+    aliases: dict[int, list[str]] = {}  # one walk for every name
+    for n, m in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(n)
     for n in sorted(set(names)):
-        found = module_aliases(model, n)
+        found = aliases.get(id(model.get_submodule(n)), [n])
         if len(found) > 1:
             raise MorphError(
                 f"{n!r} is one module registered under several names {found}; morphing one "
@@ -354,8 +357,9 @@ def check_unshared(
         owners.setdefault(id(p), []).append(pname)
     for shared in owners.values():
         modules = {p.rpartition(".")[0] for p in shared}
-        holders = {id(model.get_submodule(m)) for m in modules}
-        if len(holders) > 1 and modules & names:  # not one module under several names
+        if len(shared) < 2 or not modules & names:
+            continue
+        if len({id(model.get_submodule(m)) for m in modules}) > 1:  # not one module, aliased
             raise MorphError(
                 f"tied weights: {' and '.join(shared)} are one Parameter; morphing "
                 f"{sorted(modules & names)} would untie it; refused"

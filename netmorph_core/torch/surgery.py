@@ -389,9 +389,10 @@ def untie(model: nn.Module, names: Iterable[str]) -> list[str]:
     notes = []
     for shared in owners.values():
         mine = [p for p in shared if p.rpartition(".")[0] in names]
-        holders = {id(model.get_submodule(p.rpartition(".")[0])) for p in shared}
-        if len(holders) < 2 or not mine:  # one module under several names shares with itself
+        if len(shared) < 2 or not mine:
             continue
+        if len({id(model.get_submodule(p.rpartition(".")[0])) for p in shared}) < 2:
+            continue  # one module under several names shares with itself
         for pname in mine:
             owner, _, attr = pname.rpartition(".")
             module = model.get_submodule(owner)
