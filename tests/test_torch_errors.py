@@ -98,6 +98,12 @@ CASES: list[tuple[str, Callable[[nn.Module], object], type, str]] = [
     ("split", lambda m: morph_stacked(m, "conv", [[(None, 3)]], split="half"), ValueError, "split"),
     ("probe", lambda m: deepen(m, "conv", probe="x"), TypeError, "probe must be a tensor"),
     (
+        "probe of a list of images",
+        lambda m: deepen(m, "conv", probe=([X[0]],)),
+        TypeError,
+        r"probe\[0\] must be a tensor .*got list .*leave probe out to check the layer alone",
+    ),
+    (
         "probe and shape",
         lambda m: deepen(m, "conv", probe=X, input_shape=(1, 3, 6, 6)),
         ValueError,

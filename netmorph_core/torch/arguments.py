@@ -37,6 +37,12 @@ def check_probe(probe: object) -> tuple[torch.Tensor, ...]:
         name = "probe" if single else f"probe[{i}]"
         if not isinstance(t, torch.Tensor):
             hint = " (convert arrays with torch.from_numpy)" if hasattr(t, "__array__") else ""
+            if isinstance(t, (list, tuple)) and t and isinstance(t[0], torch.Tensor):
+                hint = (
+                    " (a model that takes a list of tensors, such as torchvision's detection "
+                    "models: leave probe out to check the layer alone, or morph the part that "
+                    "takes a tensor, e.g. model.backbone, with a tensor probe)"
+                )
             raise TypeError(f"{name} must be a tensor (torch.Tensor), got {v.type_name(t)}{hint}")
         problem = torch_layout_problem(t)
         if problem is not None:
