@@ -74,6 +74,24 @@ def deconv_bytes(
     return _F64 * (_GRAM_COPIES * n * n + _COPIES * operands)
 
 
+def partial_compositions(
+    c_out: int, c_in: int, widths: Sequence[int], kernels: Sequence[Sequence[int]]
+) -> list[int]:
+    """For each layer p of the chain, the entries of the larger of its partial compositions
+    F_p ⊛ … ⊛ F_0 (w_p, c_in, *S(0, p)) and F_P ⊛ … ⊛ F_p (c_out, w_{p−1}, *S(p, P)), where
+    S(a, b) = K_a + … + K_b − (b − a) is the kernel size layers a..b compose to."""
+    chans = [c_in, *widths]
+    last = len(kernels) - 1
+
+    def span(a: int, b: int) -> int:
+        return math.prod(sum(k) - (b - a) for k in zip(*kernels[a : b + 1]))
+
+    return [
+        max(chans[p + 1] * c_in * span(0, p), c_out * chans[p] * span(p, last))
+        for p in range(len(kernels))
+    ]
+
+
 #: Float64 copies of a middle layer an LSQR solve holds (its iterate, search directions,
 #: the adjoint's temporaries, the correction and the result; measured: 8).
 _LSQR_COPIES = 8
@@ -102,7 +120,7 @@ def general_chain_bytes(
     kt = math.prod(size)
     sizes = [chans[p + 1] * chans[p] * math.prod(k) for p, k in enumerate(kernels)]
     held = c_out * c_in * kt + sum(sizes)
-    partial = max(max(chans[p + 1] * c_in, c_out * chans[p]) * kt for p in range(len(kernels)))
+    partial = max(partial_compositions(c_out, c_in, widths, kernels))
     middle = [sizes[p] for p in solved if 0 < p < len(kernels) - 1]
     ends = []  # the one-sided solves of the first and last layers, as check_chain bounds them
     if 0 in solved:
@@ -172,8 +190,7 @@ def check_chain(
         entries = c_out * c_in * math.prod(kt)
         for p, k in enumerate(kernels):
             entries += chans[p + 1] * chans[p] * math.prod(k)
-            # partial compositions F_p ⊛ … ⊛ F_0 and F_P ⊛ … ⊛ F_p have at most Kt taps
-            entries += max(chans[p + 1] * c_in, c_out * chans[p]) * math.prod(kt)
+        entries += sum(partial_compositions(c_out, c_in, widths, kernels))
         check_working_set(_F64 * _COPIES * groups * entries, what)
     if len(kernels) < 2:
         return
