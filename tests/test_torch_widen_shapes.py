@@ -281,7 +281,8 @@ def test_scalar_gains_are_channel_independent() -> None:
 class PyramidUp(nn.Module):
     """FPN-like: pool, then upsample back to the spatial size read from the widened tensor;
     ``channels``: also view it by its own channel count ("keep": (n, c, h·w) and back, "shuffle":
-    a channel shuffle's (n, 2, c/2, h, w), "other": view another tensor by it)."""
+    a channel shuffle's (n, 2, c/2, h, w), "other": view another tensor by it, "batch": to
+    (n·h·w, c, 1), whose first size is no batch)."""
 
     def __init__(self, channels: str = "") -> None:
         super().__init__()
@@ -298,6 +299,9 @@ class PyramidUp(nn.Module):
             y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, -1, h, w)
         elif self.channels == "other":
             y = y + x.repeat(1, 2, 1, 1).reshape(n, c, h, w)
+        elif self.channels == "batch":  # a size read as axis 0 of another shape: n·h·w rows
+            rows = y.permute(0, 2, 3, 1).reshape(-1, c).shape[0]
+            y = y.reshape(rows, c, 1).reshape(n, c, h, w)
         small = F.avg_pool2d(y, 2)
         return self.b(F.interpolate(small, size=(h, w)) + y)
 
@@ -341,6 +345,8 @@ def test_reading_the_channel_count_otherwise_is_refused_by_name() -> None:
         widen(PyramidUp("shuffle").double(), "a", 10, probe=x64(2, 3, 8, 6), seed=0)
     with pytest.raises(MorphError, match=r"sizes something other than a view of the widened"):
         widen(PyramidUp("other").double(), "a", 10, probe=x64(2, 3, 8, 6), seed=0)
+    with pytest.raises(MorphError, match=r"reshape.*other than to \(batch, -1\) or, by its own"):
+        widen(PyramidUp("batch").double(), "a", 10, probe=x64(2, 3, 8, 6), seed=0)
 
 
 class ResNeXtBlock(nn.Module):

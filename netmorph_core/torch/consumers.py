@@ -1377,7 +1377,7 @@ class _Walk:
             self._flatten(node, flow, 1, -1)
             return
         counts = [i for i, a in enumerate(shape) if a in self.counts]
-        if counts and self._keeps_channels(flow, shape, counts):
+        if counts and self._keeps_channels(node, flow, shape, counts):
             layout = SPATIAL if flow.layout == SPATIAL else LAST
             self.flows[node] = replace(flow, layout=layout, ndim=len(shape))
             return
@@ -1387,13 +1387,22 @@ class _Walk:
             "to (batch, C, …) or (…, C)",
         )
 
-    def _keeps_channels(self, flow: Flow, shape: tuple, counts: list[int]) -> bool:
-        """Whether a view to ``shape`` sized at ``counts`` by the channel count of the flow it
-        reshapes keeps the channel axis whole: (N, C, *S) → (N, C, *S') or (…, C) → (…', C)."""
+    def _keeps_channels(self, node: fx.Node, flow: Flow, shape: tuple, counts: list[int]) -> bool:
+        """Whether the view ``node`` to ``shape``, sized at ``counts`` by the channel count of
+        the flow it reshapes, keeps the channel axis whole: (N, C, *S) → (N, C, *S') — the
+        batch read from a shape and, on the probe, the same N in and out — or (…, C) → (…', C)."""
         if len(counts) != 1 or not np.array_equal(self.counts[shape[counts[0]]].src, flow.src):
             return False
-        if flow.layout == SPATIAL:  # the batch read from a shape, not a number the code holds
-            return counts[0] == 1 and isinstance(shape[0], fx.Node) and self._is_batch(shape[0])
+        if flow.layout == SPATIAL:
+            before = getattr(node.args[0].meta.get("tensor_meta"), "shape", None)
+            after = getattr(node.meta.get("tensor_meta"), "shape", None)
+            same_batch = before is not None and after is not None and before[0] == after[0]
+            return (
+                counts[0] == 1
+                and isinstance(shape[0], fx.Node)
+                and self._is_batch(shape[0])
+                and same_batch
+            )
         return flow.layout == LAST and counts[0] == len(shape) - 1
 
     def _is_batch(self, value: object) -> bool:
