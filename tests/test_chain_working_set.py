@@ -32,7 +32,7 @@ def _estimate(shape: tuple[int, ...], layers: list) -> int:
     kernels = [(k, k) for _, k in layers]
     arguments = {"method": "general"}
     g = np.empty(shape)
-    solved = general_solves("morph_subnet", arguments, g, widths, kernels, 1)
+    solved = general_solves(arguments, g, widths, kernels, 1)
     assert solved is not None
     return general_chain_bytes(shape[0], shape[1], widths, kernels, solved)
 

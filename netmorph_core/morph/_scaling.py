@@ -34,6 +34,8 @@ MAX_ITER = 100_000
 
 #: ``layout(g, arguments)`` -> (widths, kernels) of the chain in data-flow order, validated.
 Layout = Callable[[np.ndarray, dict[str, Any]], tuple[Sequence[int], Sequence[tuple[int, ...]]]]
+#: (arguments, G, widths, kernels, groups) → the layers a chain morph solves, or None.
+Solves = Callable[[dict[str, Any], np.ndarray, list[int], list[tuple], int], list[int] | None]
 
 
 def check_common(arguments: dict[str, Any]) -> None:
@@ -57,8 +59,12 @@ def bind(
     return bound
 
 
-def chain_morph(what: str, layout: Layout) -> Callable[[Callable[..., MorphResult]], Any]:
-    """Decorate a chain morph ``fn(g, ...)`` (see the module docstring)."""
+def chain_morph(
+    what: str, layout: Layout, solves: Solves | None = None
+) -> Callable[[Callable[..., MorphResult]], Any]:
+    """Decorate a chain morph ``fn(g, ...)`` (see the module docstring); ``solves``: the
+    layers it will solve, where its working set is counted by them
+    (:func:`netmorph_core._limits.general_chain_bytes`)."""
 
     def decorate(fn: Callable[..., MorphResult]) -> Callable[..., MorphResult]:
         signature = inspect.signature(fn)
@@ -80,7 +86,7 @@ def chain_morph(what: str, layout: Layout) -> Callable[[Callable[..., MorphResul
                 kernels,
                 f"{what} into [{layers}]" + (f" with groups={groups}" if groups != 1 else ""),
                 groups=groups,
-                solved=general_solves(what, bound.arguments, g, widths, kernels, groups),
+                solved=solves(bound.arguments, g, widths, kernels, groups) if solves else None,
             )
             parts = len(kernels)
             e = parts * math.ceil(exponent(g) / parts)
@@ -110,7 +116,6 @@ def depth_layout(g: np.ndarray, arguments: dict[str, Any]) -> tuple[list[int], l
 
 
 def general_solves(
-    what: str,
     arguments: dict[str, Any],
     g: np.ndarray,
     widths: list[int],
@@ -119,10 +124,9 @@ def general_solves(
 ) -> list[int] | None:
     """The layers the general method of :func:`morph_subnet` solves for three or more
     ungrouped layers: the first of its order alone where that layer's one-solve exactness
-    condition holds, else every layer; None for any other morph (counted as a whole)."""
-    if what != "morph_subnet" or arguments.get("method") != "general" or groups != 1:
-        return None
-    if len(widths) < 3:
+    condition holds, else every layer; None for another method, grouped layers or two
+    layers (counted as a whole)."""
+    if arguments.get("method") != "general" or groups != 1 or len(widths) < 3:
         return None
     from .chain import chain_exact_layers
     from .pair import general_order

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import _validation as v
 from ..reference import pad_centered
-from ._scaling import chain_morph, subnet_layout
+from ._scaling import chain_morph, general_solves, subnet_layout
 from .augmented import augmented_pair, prefer_augmented
 from .chain import (
     chain_effective_size,
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 
-@chain_morph("morph_subnet", subnet_layout)
+@chain_morph("morph_subnet", subnet_layout, general_solves)
 def morph_subnet(
     g: np.ndarray,
     layers: Sequence[tuple[int | None, int | Sequence[int] | None]],
