@@ -275,6 +275,33 @@ def test_without_a_gain_a_producer_is_exact() -> None:
     assert type(child.c) is StdConv2d and child.c.weight.shape == (10, 8, 1, 1)
 
 
+class PaddedNet(Net):
+    """Net with a pad on odd sizes before a (torch.fx cannot trace it): widen walks the
+    exported graph, where a standardised conv's weight is computed by batch_norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.stem(x))
+        if x.shape[-1] % 2:
+            x = F.pad(x, (0, 1, 0, 1))
+        x = torch.tanh(self.a(x))
+        x = torch.tanh(self.c(torch.tanh(self.b(x))))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize(("cls", "at"), [(ScaledStdConv2d, "a"), (StdConv2d, "c")])
+def test_the_exported_walk_finds_standardised_convs(cls: type, at: str) -> None:
+    torch.manual_seed(0)
+    parent = PaddedNet(cls).double()
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(parent)
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    before = _state(parent)
+    child, report = widen(parent, at, 12, seed=0, probe=x)
+    assert _unchanged(parent, before)
+    assert rel_dev(parent, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
+    assert type(child.get_submodule(at)) is cls and child.get_submodule(at).out_channels == 12
+
+
 def _timm() -> object:
     from thirdparty import import_timm
 

@@ -71,6 +71,7 @@ from .consumers import (
     layer_origins,
 )
 from .errors import MorphError
+from .standardized import is_weight_standardised
 from .surgery import CONV_TYPES
 from .tracing import export_graph, node_module
 from .transformer_layout import as_matrix, is_conv1d
@@ -179,6 +180,27 @@ def _weight_owner(weight: object) -> str | None:
     return owner if weight.op == "get_attr" and attr == "weight" else None
 
 
+#: Views of a weight on the way into or out of its standardisation.
+_WEIGHT_VIEWS = ("reshape", "view", "reshape_as", "view_as", "_unsafe_view")
+
+
+def _standardised_owner(weight: object) -> str | None:
+    """The module whose weight W a layer call's weight argument standardises (timm's
+    ``StdConv2d``, Hugging Face BiT's ``WeightStandardizedConv2d``: ``batch_norm(W.reshape(1,
+    out, -1), None, None, training=True).reshape_as(W)``, :mod:`.standardized`), else None."""
+    if not isinstance(weight, fx.Node) or _aten(weight) not in _WEIGHT_VIEWS:
+        return None
+    norm = weight.args[0]
+    if not isinstance(norm, fx.Node) or _aten(norm) != "batch_norm":
+        return None
+    if norm.args[3:5] != (None, None):  # running statistics: not a standardisation
+        return None
+    viewed = norm.args[0]
+    if not isinstance(viewed, fx.Node) or _aten(viewed) not in _WEIGHT_VIEWS:
+        return None
+    return _weight_owner(viewed.args[0])
+
+
 def _shape(node: object) -> tuple[int, ...] | None:
     val = node.meta.get("val") if isinstance(node, fx.Node) else None
     return tuple(int(n) for n in val.shape) if isinstance(val, torch.Tensor) else None
@@ -211,6 +233,7 @@ class _ExportedWalk:
         self.pieces: dict[fx.Node, list[Flow]] = {}  # the parts of a chunked widened tensor
         self.norm_calls: dict[str, set[fx.Node]] = {}  # BatchNorm module → its calls
         self.frozen: dict[str, list[fx.Node]] = {}  # frozen BatchNorm module → its nodes
+        self.derived: dict[str, set[fx.Node]] = {}  # standardised layer → its weight's nodes
         self.plan = WidthPlan(self.producers)
 
     # -- reading the graph ----------------------------------------------------------------
@@ -223,8 +246,10 @@ class _ExportedWalk:
         if spec is None or len(node.args) <= spec[0]:
             return None
         owner = _weight_owner(node.args[spec[0]])
-        if owner is None:
-            return None
+        if owner is None:  # a standardised weight: the layer's own rule, verified by running it
+            owner = self._standardised(node.args[spec[0]])
+            if owner is None:
+                return None
         module = self.modules.get(owner)
         kind = spec[2]
         expected = {
@@ -233,6 +258,27 @@ class _ExportedWalk:
             "conv": isinstance(module, CONV_TYPES),
         }[kind]
         return (owner, kind) if expected else None
+
+    def _standardised(self, weight: fx.Node) -> str | None:
+        """The weight-standardised layer whose weight ``weight`` computes (verified by running
+        the layer, :func:`.standardized.is_weight_standardised`), from that layer's own
+        parameters alone; the nodes computing it are noted in ``self.derived``."""
+        owner = _standardised_owner(weight)
+        if owner is None or not is_weight_standardised(self.modules.get(owner, nn.Identity())):
+            return None
+        chain, todo = set(), [weight]
+        while todo:
+            node = todo.pop()
+            if node in chain:
+                continue
+            chain.add(node)
+            if node.op == "get_attr" and str(node.target).rpartition(".")[0] != owner:
+                return None  # another module's tensor takes part
+            if node.op == "placeholder":
+                return None
+            todo += node.all_input_nodes
+        self.derived.setdefault(owner, set()).update(chain)
+        return owner
 
     def describe(self, node: fx.Node) -> str:
         op = _aten(node)
@@ -402,6 +448,8 @@ class _ExportedWalk:
             for user in node.users:
                 if user in self.norm_calls.get(owner, ()) or user in self.frozen.get(owner, ()):
                     continue
+                if user in self.derived.get(owner, ()):
+                    continue  # computes the standardised weight the layer's call reads
                 if _aten(user) == "_weight_norm" and all(
                     (self.layer_call(u) or ("",))[0] == owner for u in user.users
                 ):
