@@ -128,6 +128,19 @@ def test_deepen_linear_on_token_tensors() -> None:
     assert report.params_after == report.params_before - (6 * 5 + 5) + (6 * 9 + 9 + 9 * 5 + 5 + 1)
 
 
+@pytest.mark.parametrize(("c_in", "c_out"), [(4, 48), (48, 4)])
+def test_deepen_linear_defaults_to_the_narrower_side(c_in: int, c_out: int) -> None:
+    """A Linear layer's rank is at most min(in, out), the default width: an up-projection
+    d → 12d deepens to d → d → 12d (not a 12d × 12d layer), exactly."""
+    torch.manual_seed(2)
+    parent = nn.Sequential(nn.Linear(c_in, c_out), nn.Tanh(), nn.Linear(c_out, 3)).double()
+    x = torch.randn(5, c_in, dtype=torch.float64)
+    child, report = deepen(parent, "0", probe=x, seed=0)
+    first, last = child[0][0], child[0][2]
+    assert (first.in_features, first.out_features, last.out_features) == (c_in, 4, c_out)
+    assert rel_dev(parent, child, x) <= F64_TOL and report.rel_dev_f64 <= F64_TOL
+
+
 def test_deepen_without_bias_has_no_bias() -> None:
     torch.manual_seed(6)
     parent = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False)).double()

@@ -212,7 +212,8 @@ def deepen(
 ) -> tuple[nn.Module, MorphReport]:
     """Replace the Conv1d/2d/3d or Linear layer ``at`` by F1 → [BN] → PActivation → F2.
 
-    ``width``: F1's output channels (default: the layer's output channels); ``kernel_size``:
+    ``width``: F1's output channels (default: a convolution's output channels; a Linear
+    layer's min(in, out), which holds its weight exactly at any rank); ``kernel_size``:
     (K1, K2), each an int or a tuple per spatial dimension (default (K, 1); None for Linear),
     K1 + K2 − 1 − K even and ≥ 0. ``activation``: "prelu" (PActivation over relu) or any base
     :class:`PActivation` accepts. ``method``: "general" or "practical" (paper Algorithms 1, 2).
@@ -242,7 +243,9 @@ def deepen(
         return _deepen_separable(
             model, at, layer, width, activation, batch_norm, probe, input_shape, tol, seed
         )
-    width = out_channels if width is None else v.positive_int(width, "width")
+    if width is None:  # a Linear layer's rank is at most min(in, out): no wider layer needed
+        width = out_channels if isinstance(layer, CONV_TYPES) else min(layer.weight.shape)
+    width = v.positive_int(width, "width")
     if width % groups:
         raise ValueError(f"width ({width}) must be divisible by {at!r}'s groups={groups}")
     k1, k2 = parse_kernel_sizes(layer, kernel_size)
