@@ -95,10 +95,28 @@ def partial_compositions(
 #: Float64 copies of a middle layer an LSQR solve holds (its iterate, search directions,
 #: the adjoint's temporaries, the correction and the result; measured: 8).
 _LSQR_COPIES = 8
+#: Float64 copies of a middle layer its closed-form solve holds (the correction and the
+#: result; :func:`netmorph_core.morph.chain.deconv_sandwiched`).
+_SANDWICH_COPIES = 2
 #: Copies of all filters while the random start is drawn (draw, scale, result; measured: 3).
 _START_COPIES = 3
 #: Margin on the working set of :func:`general_chain_bytes` (the measured peaks were within).
 _MARGIN = 1.25
+
+
+def sandwich_solvable(
+    c_in: int, widths: Sequence[int], kernels: Sequence[Sequence[int]], p: int
+) -> bool:
+    """Whether middle layer p of a chain from ``c_in`` channels through ``widths`` has a
+    closed-form solve: every other layer pointwise (1×…×1), none before it narrower than
+    ``c_in`` and none from it on narrower than the output (so the random layers around it
+    are generically one-to-one before it and onto after it)."""
+    return (
+        0 < p < len(widths) - 1
+        and all(math.prod(k) == 1 for q, k in enumerate(kernels) if q != p)
+        and min(widths[:p]) >= c_in
+        and min(widths[p:]) >= widths[-1]
+    )
 
 
 def general_chain_bytes(
@@ -112,8 +130,9 @@ def general_chain_bytes(
     the layers ``solved``: G~ and every filter F throughout; at most the largest of the
     random start (:data:`_START_COPIES` × F), a residual's partial compositions (two of the
     largest), one solve of a middle layer (LSQR: :data:`_LSQR_COPIES` copies of the layer
-    and two partial compositions) and one of an end layer (:func:`deconv_bytes` and the
-    composition of the others); each LSQR solve also checks its own working set as it
+    and two partial compositions; in closed form, :func:`sandwich_solvable`:
+    :data:`_SANDWICH_COPIES` copies and one) and one of an end layer (:func:`deconv_bytes` and
+    the composition of the others); each LSQR solve also checks its own working set as it
     starts."""
     chans = [c_in, *widths]
     size = [sum(k) - len(k) + 1 for k in zip(*kernels)]
@@ -121,7 +140,8 @@ def general_chain_bytes(
     sizes = [chans[p + 1] * chans[p] * math.prod(k) for p, k in enumerate(kernels)]
     held = c_out * c_in * kt + sum(sizes)
     partial = max(partial_compositions(c_out, c_in, widths, kernels))
-    middle = [sizes[p] for p in solved if 0 < p < len(kernels) - 1]
+    closed = [p for p in solved if sandwich_solvable(c_in, widths, kernels, p)]
+    middle = [sizes[p] for p in solved if 0 < p < len(kernels) - 1 and p not in closed]
     ends = []  # the one-sided solves of the first and last layers, as check_chain bounds them
     if 0 in solved:
         rest = [max(a - b + 1, 1) for a, b in zip(size, kernels[0])]
@@ -133,6 +153,7 @@ def general_chain_bytes(
         (_START_COPIES - 1) * sum(sizes),
         2 * partial,
         *(_LSQR_COPIES * n + 2 * partial for n in middle),
+        *(_SANDWICH_COPIES * sizes[p] + partial for p in closed),
         *(n + partial for n in ends),
     )
     return math.ceil(_MARGIN * _F64 * (held + transient))

@@ -62,7 +62,7 @@ def test_a_wide_patch_embedding_into_three_layers_is_estimated_below_its_old_bou
 
 def test_an_lsqr_solve_checks_its_own_working_set(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
-    filters = [rng.standard_normal(s) for s in ((64, 8, 1, 1), (64, 64, 5, 5), (32, 64, 1, 1))]
+    filters = [rng.standard_normal(s) for s in ((64, 8, 3, 3), (64, 64, 5, 5), (32, 64, 1, 1))]
     g_tilde = chain.compose_chain(filters)
     monkeypatch.setenv("NETMORPH_MAX_BYTES", str(1 << 20))
     impl = select_backend("numpy", np.dtype(np.float64), g_tilde)

@@ -136,9 +136,31 @@ def test_general_chain_exact_in_one_solve(shape, layers, first):
 
 def test_general_chain_middle_layer_by_lsqr(monkeypatch):
     monkeypatch.setattr(subnet_module, "EXPLICIT_TWO_SIDED_ENTRIES", 0)
+    monkeypatch.setattr(subnet_module, "sandwich_solvable", lambda *args: False)
     g = np.random.default_rng(3).standard_normal((1, 1, 1))
     r = morph_subnet(g, [(2, 1), (2, 3), (1, 1)], method="general", seed=0)
     assert r.exact and r.iterations == 1
+
+
+@pytest.mark.parametrize(
+    ("post_shape", "pre_shape", "k"),
+    [((3, 5), (4, 2), (3, 3)), ((2, 2), (6, 3), (2,)), ((4, 6), (5, 5), ())],
+)
+def test_sandwiched_solve_is_the_nearest_exact_layer(post_shape, pre_shape, k):
+    """Between pointwise layers (Post onto, Pre one-to-one) a middle layer is solved in closed
+    form: exact, and the solution nearest its start (the minimum-norm correction of lstsq on
+    the explicit operator)."""
+    rng = np.random.default_rng(7)
+    post = rng.standard_normal((*post_shape, *(1,) * len(k)))
+    pre = rng.standard_normal((*pre_shape, *(1,) * len(k)))
+    g = rng.standard_normal((post_shape[0], pre_shape[1], *k))
+    init = rng.standard_normal((post_shape[1], pre_shape[0], *k))
+    x = subnet_module.deconv_sandwiched(g, post, pre, init)
+    assert rel(compose_ref(post, compose_ref(x, pre)), g) <= TOL64
+    op = brute_force_operator(post, pre, k)
+    rhs = (g - compose_ref(post, compose_ref(init, pre))).ravel()
+    want = init + np.linalg.lstsq(op, rhs, rcond=None)[0].reshape(init.shape)
+    assert rel(x, want) <= TOL64
 
 
 def test_general_chain_raises_or_approximates():

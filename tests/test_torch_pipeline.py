@@ -680,5 +680,5 @@ def test_a_model_whose_copies_do_not_fit_is_measured_per_module(
     _, report = nt.grow_ffn(parent, 30, probe=IDS)
     assert report.measured_by == pipeline.STREAMED and report.rel_dev_f64 <= 1e-8
     monkeypatch.setenv("NETMORPH_MAX_BYTES", str(state // 2))
-    with pytest.raises(ValueError, match="per-module measurement"):
+    with pytest.raises(ValueError, match=r"grow_ffn at \['.+'\]: the child and its per-module"):
         nt.grow_ffn(parent, 30, probe=IDS)

@@ -10,10 +10,11 @@ from functools import cache
 from types import ModuleType
 
 import numpy as np
+import scipy.linalg
 from scipy.sparse.linalg import LinearOperator, lsqr
 
 from .. import _validation as v
-from .._limits import lsqr_bytes
+from .._limits import lsqr_bytes, sandwich_solvable
 from .._memory import check_working_set
 from ..reference import pad_at, swap_channels
 from ..reference.two_sided import deconv_two_sided_ref
@@ -139,15 +140,50 @@ def deconv_two_sided_lsqr(
     return init + delta.reshape(x_shape)
 
 
+def deconv_sandwiched(
+    g_tilde: np.ndarray, post: np.ndarray, pre: np.ndarray, init: np.ndarray
+) -> np.ndarray:
+    """X nearest ``init`` with A·X_t·B = G~_t at every tap t, for pointwise Post = A (C2, w)
+    of full row rank and Pre = B (w', C0) of full column rank (float64):
+    X = init + A⁺ (G~ − A·init·B) B⁺, with A⁺ = Q_A R_A⁻ᵀ from Aᵀ = Q_A R_A and
+    B⁺ = R_B⁻¹ Q_Bᵀ from B = Q_B R_B, the correction computed tap by tap in two products."""
+    a = post.reshape(post.shape[:2])
+    b = pre.reshape(pre.shape[:2])
+    spatial = init.ndim - 2
+    inner = np.moveaxis(np.tensordot(init, b, axes=([1], [0])), -1, 1)  # (w, C0, *K)
+    r = g_tilde - np.tensordot(a, inner, axes=([1], [0]))  # (C2, C0, *K)
+    del inner
+    q_a, r_a = scipy.linalg.qr(a.T, mode="economic", check_finite=False)
+    q_b, r_b = scipy.linalg.qr(b, mode="economic", check_finite=False)
+    # A⁺ r: solve R_Aᵀ y = r over the C2 axis, then Q_A y
+    y = scipy.linalg.solve_triangular(
+        r_a, r.reshape(r.shape[0], -1), trans="T", check_finite=False
+    ).reshape(r.shape)
+    left = np.tensordot(q_a, y, axes=([1], [0]))  # (w, C0, *K)
+    del r, y
+    # (·) B⁺ = (·) R_B⁻¹ Q_Bᵀ over the C0 axis
+    moved = np.moveaxis(left, 1, -1)  # (w, *K, C0)
+    z = scipy.linalg.solve_triangular(  # z R_B = moved: R_Bᵀ zᵀ = movedᵀ
+        r_b, moved.reshape(-1, moved.shape[-1]).T, trans="T", check_finite=False
+    ).T.reshape(moved.shape)
+    del left, moved
+    correction = np.moveaxis(np.tensordot(z, q_b, axes=([spatial + 1], [1])), -1, 1)
+    return init + correction
+
+
 def _solve_layer(
     impl: ModuleType, g_tilde: np.ndarray, filters: list[np.ndarray], p: int
 ) -> np.ndarray:
-    """Layer p solved with the others fixed: one-sided at the ends, two-sided in the middle."""
+    """Layer p solved with the others fixed: one-sided at the ends, two-sided in the middle
+    (in closed form where the others are pointwise and can be exact around it)."""
     if p in (0, len(filters) - 1):
         return solve_end_layer(impl, g_tilde, filters, p)
     post = compose_chain(filters[p + 1 :])
     pre = compose_chain(filters[:p])
     k = filters[p].shape[2:]
+    widths = [f.shape[0] for f in filters]
+    if sandwich_solvable(filters[0].shape[1], widths, [f.shape[2:] for f in filters], p):
+        return deconv_sandwiched(g_tilde, post, pre, filters[p])
     if g_tilde.size * filters[p].size <= EXPLICIT_TWO_SIDED_ENTRIES:
         return deconv_two_sided_ref(g_tilde, post, pre, k, filters[p])
     check_working_set(

@@ -163,6 +163,11 @@ class Baseline:
     train_same: bool = False
 
 
+def _where(request: Request) -> str:
+    """The operation and what it morphs, for messages: "deepen at ['fc']"."""
+    return f"{request.operation} at {list(request.targets)}"
+
+
 def resolve(request: Request) -> Plan:
     """Step 1: the model, ``tol``, the model's state and the measurement's memory."""
     model = check_model(request.model)
@@ -175,7 +180,7 @@ def resolve(request: Request) -> Plan:
     whole = state * (2 + 16 / itemsize) + request.new_bytes * 3
     n = count_parameters(model)
     if not request.inplace and n <= WHOLE_COPY_LIMIT and whole <= memory_limit():
-        check_working_set(whole, f"{request.operation}: the child and its measurement")
+        check_working_set(whole, f"{_where(request)}: the child and its measurement")
         return Plan(tol, dtype, COPIES, n)
     region_bytes = max(
         (state_bytes(model.get_submodule(r.parent)) for r in request.regions), default=0
@@ -187,7 +192,7 @@ def resolve(request: Request) -> Plan:
         + region_bytes * (1 + 8 / itemsize)
         + sum(b.numel() * b.element_size() for b in model.buffers())
     )
-    check_working_set(streamed, f"{request.operation}: the child and its per-module measurement")
+    check_working_set(streamed, f"{_where(request)}: the child and its per-module measurement")
     return Plan(tol, dtype, STREAMED, n)
 
 
@@ -343,8 +348,7 @@ def build(request: Request, baseline: Baseline) -> tuple[nn.Module, Outcome, flo
             unshare(request.model, child)
         outcome.notes = [*untied, *outcome.notes, *sync_config(child)]
     except ResourceLimitError as exc:  # the solver's own estimate: say which layers it was for
-        where = f"{request.operation} at {list(request.targets)}"
-        raise ResourceLimitError(f"{where}: {exc}") from None
+        raise ResourceLimitError(f"{_where(request)}: {exc}") from None
     except (MorphError, ValueError, TypeError):  # typed answers
         raise
     except Exception as exc:  # an edit the model's layout does not allow: RuntimeError, …
