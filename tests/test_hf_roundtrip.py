@@ -303,3 +303,28 @@ def test_opt_word_embedding_width_follows_grow_width(tmp_path: Path) -> None:
     _save(child, tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=F32_ATOL)
+
+
+@pytest.mark.parametrize("d_model", [45, 64])
+def test_opt_with_projections_grows_its_stream_exactly(d_model: int, tmp_path: Path) -> None:
+    """With ``word_embed_proj_dim`` ≠ hidden_size, project_in writes the stream and
+    project_out reads it before the tied head: the head sees project_out's output, not the
+    stream's copies, so the final norm keeps its scale (it was divided by the copies: a child
+    at half the parent's logits for d_model = 2d, refused by the measurement)."""
+    config = transformers.OPTConfig(
+        hidden_size=32,
+        word_embed_proj_dim=48,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        vocab_size=100,
+    )
+    torch.manual_seed(0)
+    parent = transformers.OPTForCausalLM(config).double().eval()
+    assert parent.model.decoder.project_out is not None
+    child, report = grow_width(parent, d_model, seed=0)
+    assert report.rel_dev_f64 <= 1e-12
+    assert child.model.decoder.project_out.in_features == d_model
+    _save(child, tmp_path)
+    reloaded = load_grown(tmp_path).double().eval()
+    torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=1e-12)

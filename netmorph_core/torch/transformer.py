@@ -1255,7 +1255,7 @@ def _check_norms(model: nn.Module, layout: Layout, d_model: int, rescale: bool) 
         )
     for name in [*norms, *others, *([final] if final else [])]:
         norm = model.get_submodule(name)
-        needs_gain = rescale or (name == final and layout.tied)
+        needs_gain = rescale or (name == final and _tied_on_stream(model, layout))
         if needs_gain and getattr(norm, "weight", None) is None:
             raise MorphError(
                 f"d_model={d_model}: norm {name!r} has no gain to rescale (elementwise_affine="
@@ -1373,6 +1373,9 @@ def grow_width(
         if getattr(model.get_submodule(name), "weight", None) is not None
     }
     ratio = copies * d / d_model
+    # a tied head reading the stream sees the embedding's k copies: the final norm is divided
+    # by k (not where a projection reads the stream first: OPT's project_out)
+    tied_copies = copies if _tied_on_stream(model, layout) else 1
     side_readers = tuple(
         rel for rel in fam.head_rows if _get_module(model, layout.blocks[0].name(rel)) is not None
     )
@@ -1454,7 +1457,7 @@ def grow_width(
                 att = block.name(fam.attention)
                 widen_attention(child, att, idx[order], edit.put, read, write, fresh)
         for name in all_norms:
-            scale = math.sqrt(ratio) / (copies if (name == final and layout.tied) else 1)
+            scale = math.sqrt(ratio) / (tied_copies if name == final else 1)
             norm = child.get_submodule(name)
             if getattr(norm, "weight", None) is not None:
                 # (o + w)·scale = o + w', exact for scale = 1
@@ -1462,7 +1465,7 @@ def grow_width(
                 new = torch.cat([g.repeat(copies), g.mean().expand(extra)])
                 edit.put(f"{name}.weight", new, (idx,))
             if getattr(norm, "bias", None) is not None:
-                bias = edit.get(f"{name}.bias") / (copies if (name == final and layout.tied) else 1)
+                bias = edit.get(f"{name}.bias") / (tied_copies if name == final else 1)
                 edit.put(
                     f"{name}.bias", torch.cat([bias.repeat(copies), bias.new_zeros(extra)]), (idx,)
                 )
@@ -1614,14 +1617,25 @@ def _logit_base(config: object | None, d: int, d_model: int) -> int | None:
     return base * d_model // d
 
 
+def _tied_on_stream(model: nn.Module, layout: Layout) -> bool:
+    """Whether the output head is tied to the token embedding and reads the stream itself (its
+    inputs are the stream's width), rather than a projection of it."""
+    if not layout.tied or layout.head is None:
+        return False
+    return as_matrix(model.get_submodule(layout.head)).shape[1] == layout.d_model
+
+
 def _head_reader(model: nn.Module, layout: Layout, d_model: int) -> str | None:
     """The layer of the output head that reads the stream: the head itself, or the first
     linear layer of a head module (RoBERTa's classifier.dense); in a model with a pooler (BERT,
     ALBERT, DeBERTa: a stream reader itself), the first linear layer of the head's masked-LM
-    part (``cls.predictions``), None where it has none (its classifier reads the pooler)."""
+    part (``cls.predictions``), None where it has none (its classifier reads the pooler) or
+    where a tied head reads a projection of the stream."""
     where = layout.head
     if where is None:  # the model returns the stream (:mod:`.stream_output`)
         return None
+    if layout.tied and not _tied_on_stream(model, layout):
+        return None  # it reads a projection of the stream (OPT's project_out), kept tied
     pooled = layout.family.pooled_head and _owned(model, layout, "pooler.dense") is not None
     pooled = pooled or any(_exists(model, layout.name(r)) for r in layout.family.readers)
     pooled = pooled and not layout.family.head_reads_stream
