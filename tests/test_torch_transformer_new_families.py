@@ -504,3 +504,15 @@ def test_per_block_rotary_bases_follow_a_new_block() -> None:
     # (1e-7) reaches the new block's cancelling heads: within the parent's own rounding
     torch.testing.assert_close(_out(child, ids), want, rtol=0, atol=1e-6 * want.abs().max())
     assert child.config.layer_rope_theta == [10000.0, 0.0, 0.0]
+
+
+def test_attention_recording_no_head_dim_is_refused_naming_it() -> None:
+    """CPM-Ant's attention keeps its head size as ``dim_head`` only: the refusal names the
+    attention module, not just its class."""
+    config = transformers.CpmAntConfig(
+        vocab_size=100, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, dim_ff=64
+    )
+    model = transformers.CpmAntForCausalLM(config).eval()
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(MorphError, match=r"'cpmant\.encoder\.layers\.0\.self_att\.self_attention'"):
+        grow_ffn(model, 70, probe=(ids,))

@@ -330,7 +330,12 @@ def _heads(family: Family, block: nn.Module, where: str) -> Block:
     )
     size = size or head_dim(attention)  # else the first submodule that records it
     if size is None:
-        raise MorphError(f"{type(attention).__name__} has no head_dim attribute")
+        at = f"{where}.{family.attention}" if family.attention else where
+        raise MorphError(
+            f"{at!r} ({type(attention).__name__}) records no head_dim (no head_dim or "
+            "attention_head_size attribute on it or its submodules): its heads cannot be "
+            "found; refused"
+        )
     kv_rows = as_matrix(block.get_submodule(family.qkv[1])).shape[0]
     return Block("", q_rows // size, kv_rows // size, size)
 
