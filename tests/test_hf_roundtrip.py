@@ -20,6 +20,7 @@ import torch
 from thirdparty import import_transformers
 
 from netmorph_core.torch import (
+    MorphError,
     add_block,
     add_heads,
     conv1d_to_linear,
@@ -328,3 +329,21 @@ def test_opt_with_projections_grows_its_stream_exactly(d_model: int, tmp_path: P
     _save(child, tmp_path)
     reloaded = load_grown(tmp_path).double().eval()
     torch.testing.assert_close(_logits(reloaded), _logits(parent), rtol=0, atol=1e-12)
+
+
+def test_per_layer_overrides_of_no_block_are_refused_by_add_block() -> None:
+    """A config shrunk below its per-layer overrides (Gemma 4's defaults name layers 5, 11, …
+    of 35; num_hidden_layers set to 2 after) describes no block with them: add_block refuses
+    by name instead of failing in transformers' validation."""
+    if not hasattr(transformers, "Gemma4UnifiedTextConfig"):
+        pytest.skip("this transformers has no Gemma 4 unified")
+    config = transformers.Gemma4UnifiedTextConfig()
+    for key, value in {**GQA, "head_dim": 8, "vocab_size_per_layer_input": 100}.items():
+        setattr(config, key, value)
+    config.layer_types = config.layer_types[:2]
+    beyond = sorted(i for i in config._heterogeneity_spec.per_layer_overrides if i >= 2)
+    assert beyond, "the default config has overrides past layer 1"
+    torch.manual_seed(0)
+    parent = transformers.Gemma4UnifiedForCausalLM(config).eval()
+    with pytest.raises(MorphError, match=rf"per_layer_config overrides layers \[{beyond[0]}, "):
+        add_block(parent, 1)

@@ -1917,6 +1917,13 @@ def _insert_per_block(config: object | None, at: int, n: int) -> None:
     spec = vars(config).get("_heterogeneity_spec") if hasattr(config, "__dict__") else None
     if spec is not None:  # transformers' per-layer overrides (Gemma 4's full-attention head_dim)
         old, template = spec.per_layer_overrides, min(at, n - 1)
+        beyond = sorted(i for i in old if not 0 <= i < n)
+        if beyond:
+            raise MorphError(
+                f"add_block: the config's per_layer_config overrides layers {beyond} of a model "
+                f"of {n} blocks (at=): they describe no block, so where they go after a new one "
+                "is not known; fix the config (num_hidden_layers, per_layer_config)"
+            )
         new = {i + (i >= at): copy.deepcopy(o) for i, o in old.items()}
         if template in old:
             new[at] = copy.deepcopy(old[template])
