@@ -20,7 +20,7 @@ import torch
 from thirdparty import import_transformers
 from torch import nn
 
-from netmorph_core.torch import MorphError
+from netmorph_core.torch import MorphError, grow_width
 from netmorph_core.torch.transformer_layout import Layout, describe, describe_by_structure
 
 try:
@@ -418,3 +418,19 @@ def test_families_still_named_are_refused_by_structure(name: str) -> None:
         describe_by_structure(model)
     assert message in str(info.value)
     assert describe(model).family.name == family
+
+
+def test_an_activation_after_the_stream_writer_is_found_and_refused_by_name() -> None:
+    """Whisper's stream enters as gelu(conv2(x)) + positions: not linear in its writers, so
+    grow_width to k·d + r refuses naming conv2 (its extra coordinates would need the mean of
+    a gelu) before building anything; whole copies stay exact. A linear entry (BERT's
+    embeddings, ViT's patch projection) is found linear."""
+    whisper = _build(*EXPECTED["Whisper encoder (audio classifier)"][:3])
+    assert not describe_by_structure(whisper).family.linear_entry
+    features = torch.randn(1, WHISPER["num_mel_bins"], 2 * WHISPER["max_source_positions"])
+    with pytest.raises(MorphError, match=r"an activation follows what 'encoder\.conv2' writes"):
+        grow_width(whisper, 45, probe=(features.double(),))
+    _, report = grow_width(whisper, 64, probe=(features.double(),), seed=0)
+    assert report.rel_dev_f64 <= 1e-12
+    for name in ("BERT masked LM", "ViT"):
+        assert describe_by_structure(_build(*EXPECTED[name][:3])).family.linear_entry

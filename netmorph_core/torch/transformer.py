@@ -1333,6 +1333,13 @@ def grow_width(
         )
     convs = [layout.name(c) for c in fam.stream_convs]  # speech encoders' position convs
     check_stream_convs(model, convs, d, d_model)
+    if extra and not fam.linear_entry and layout.norm_kind == "layer":
+        raise MorphError(
+            f"d_model={d_model} is not a multiple of {d}: an activation follows what "
+            f"{layout.name(fam.writers[0])!r} writes into the stream (the stream is not "
+            "linear in its writers), so no writer's extra rows give the stream's mean per "
+            "token; use a multiple of the width"
+        )
     # SigLIP's pooling head (returned: a tower's pooled output)
     pools = attention_pools(model, layout.blocks_path, d, d_model, returns_stream)
     order = stream_order(model, layout.blocks_path, d_model, convs)  # WavLM's attention

@@ -150,7 +150,9 @@ class Family:
     read the stream before block 0 and add to it (speech encoders' position convolution,
     :mod:`.speech_stream`). ``pooled_norms``: norms outside the owner (qualified from the
     model's root) that read tokens pooled from the stream after the final norm (AST's
-    classifier LayerNorm). ``latent``: under multi-head latent attention (``qkv_layout``
+    classifier LayerNorm). ``linear_entry``: the stream entering the blocks is linear in its
+    writers' parameters (not Whisper's gelu(conv2(x)) + positions). ``latent``: under
+    multi-head latent attention (``qkv_layout``
     "latent", :mod:`.transformer_latent`; ``qkv`` then names the two layers reading the
     stream), the query layer and the key/value up-projection, whose rows are per head.
     """
@@ -189,6 +191,7 @@ class Family:
     pooled_norms: tuple[str, ...] = ()
     latent: tuple[str, ...] = ()
     head_reads_stream: bool = False
+    linear_entry: bool = True
 
 
 #: Llama's names: Gemma-2/3 carry them with sandwich norms, and the mixture-of-experts
@@ -679,6 +682,7 @@ def _as_family(model: nn.Module, owner: str, rel: str, stack: Stack) -> Family:
         pooled_norms=stack.pooled_norms,
         latent=stack.latent,
         head_reads_stream=head_reads,
+        linear_entry=stack.linear_entry,
     )
 
 

@@ -241,6 +241,17 @@ def zeroed(root_prefix: str, root: nn.Module, writers: tuple[str, ...]) -> dict[
     """Zero tensors for every parameter of ``writers`` (a buffer table's buffer: its only
     tensor; qualified from the model's root): one zero expanded to each shape, so an
     embedding table costs no memory."""
+    return {
+        k: t.new_zeros(()).expand(t.shape)
+        for k, t in writer_tensors(root_prefix, root, writers).items()
+    }
+
+
+def writer_tensors(
+    root_prefix: str, root: nn.Module, writers: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """Every parameter of ``writers`` (a buffer table's buffer: its only tensor), qualified
+    from the model's root."""
     out = {}
     for name in writers:
         owner, _, attr = name.rpartition(".")
@@ -257,7 +268,7 @@ def zeroed(root_prefix: str, root: nn.Module, writers: tuple[str, ...]) -> dict[
         for rel, t in tensors.items():
             local = f"{name}.{rel}" if not isinstance(obj, torch.Tensor) else name
             qualified = f"{root_prefix}.{local}" if root_prefix else local
-            out[qualified] = t.new_zeros(()).expand(t.shape)
+            out[qualified] = t
     return out
 
 
@@ -285,6 +296,24 @@ def check_writers(
             f"the stream entering {where!r} is not written by {', '.join(writers)} alone (with "
             "their parameters zero it is not zero): another writer is not understood; refused"
         )
+
+
+def entry_is_linear(
+    run: Callable[[dict[str, torch.Tensor]], torch.Tensor | None],
+    root_prefix: str,
+    root: nn.Module,
+    writers: tuple[str, ...],
+) -> bool:
+    """Whether the stream entering the blocks is linear in its writers' parameters: with every
+    one doubled it doubles (to 1e-9 relative; doubling is exact in floating point). Not where
+    an activation follows a writer (Whisper's gelu(conv2(x)) + positions)."""
+    entry = run({})
+    tensors = writer_tensors(root_prefix, root, writers)
+    doubled = run({k: t.detach() * 2 for k, t in tensors.items()})
+    if entry is None or doubled is None:
+        return False
+    scale = float(entry.detach().abs().max()) or 1.0
+    return float((doubled.detach() - 2 * entry.detach()).abs().max()) <= 1e-9 * scale
 
 
 #: Mean pooling may leave out this many leading tokens (a class token, registers).

@@ -64,6 +64,7 @@ from .transformer_residual import (
 from .transformer_stream import (
     NoWriterError,
     check_writers,
+    entry_is_linear,
     is_linear,
     on_stream,
     owner_tables,
@@ -118,6 +119,7 @@ class Stack:
     stream_convs: tuple[str, ...] = ()
     pooled_norms: tuple[str, ...] = ()
     latent: tuple[str, ...] = ()
+    linear_entry: bool = True
 
 
 #: Last name components that say which of q, k, v an attention input layer computes.
@@ -568,6 +570,7 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
             raise
         check_writers(stream_entry, owner, root, (*zero, *held), where)
         writers = (*writers, *held)
+    linear_entry = entry_is_linear(stream_entry, owner, root, writers)
     readers = [
         c.name[2:]
         for c in calls[end + 1 :]
@@ -598,6 +601,7 @@ def _trace_stack(model: nn.Module, owner: str, blocks_rel: str, d: int | None) -
         branch_norms=(b_attn.name[2:], b_mlp.name[2:]) if branched else (),
         qk_norms=tuple(n[2:] if n.startswith("N:") else "" for n in probed[:2]),
         stream_convs=convs,
+        linear_entry=linear_entry,
         pooled_norms=tuple(dict.fromkeys(pooled)),
         latent=latent_rows,
     )
