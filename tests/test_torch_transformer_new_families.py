@@ -516,3 +516,20 @@ def test_attention_recording_no_head_dim_is_refused_naming_it() -> None:
     ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
     with pytest.raises(MorphError, match=r"'cpmant\.encoder\.layers\.0\.self_att\.self_attention'"):
         grow_ffn(model, 70, probe=(ids,))
+
+
+def test_a_norm_over_the_feed_forward_hidden_units_is_refused_by_name() -> None:
+    """BitNet normalises its feed-forward's hidden units (``ffn_sub_norm``) before the output
+    projection: grow_ffn refuses naming that norm before building a child."""
+    config = transformers.BitNetConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    model = transformers.BitNetForCausalLM(config).eval()
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(MorphError, match=r"'model\.layers\.0\.mlp\.ffn_sub_norm' \(BitNet"):
+        grow_ffn(model, 70, probe=(ids,))

@@ -383,6 +383,24 @@ def _ffn_units(
     edit.put_linear(block.name(fam.ffn_out), new_w, new_b, None, src)
 
 
+def _check_hidden_norms(model: nn.Module, layout: Layout, block: Block, hidden: int) -> None:
+    """MorphError naming a norm of ``block``'s feed-forward over its ``hidden`` units (BitNet's
+    ``ffn_sub_norm`` between the gated product and the output projection), which new units
+    would change; a hidden size equal to the stream's width is not told apart from it."""
+    if hidden == layout.d_model:
+        return
+    mlp = layout.family.ffn_out.rpartition(".")[0]
+    where = block.name(mlp) if mlp else block.prefix
+    for rel, module in model.get_submodule(where).named_modules():
+        weight = getattr(module, "weight", None)
+        if is_norm(module) and isinstance(weight, torch.Tensor) and weight.shape == (hidden,):
+            raise MorphError(
+                f"{f'{where}.{rel}' if rel else where!r} ({type(module).__name__}) normalises the "
+                f"feed-forward's {hidden} hidden units: new units would change its statistics; "
+                "grow_ffn does not grow it; refused"
+            )
+
+
 def grow_ffn(
     model: nn.Module,
     width: int,
@@ -418,6 +436,8 @@ def grow_ffn(
             f"width={width} must exceed the feed-forward hidden size {max(hidden.values())}"
         )
     blocks = [layout.blocks[i] for i in chosen]
+    for i in chosen:
+        _check_hidden_norms(model, layout, layout.blocks[i], hidden[i])
     edits = _linears(blocks, (*layout.family.ffn_in, layout.family.ffn_out))
     d = layout.d_model
     grown = sum(width - hidden[i] for i in chosen) * d * (len(layout.family.ffn_in) + 1)
