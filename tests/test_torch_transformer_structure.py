@@ -426,11 +426,13 @@ def test_an_activation_after_the_stream_writer_is_found_and_refused_by_name() ->
     a gelu) before building anything; whole copies stay exact. A linear entry (BERT's
     embeddings, ViT's patch projection) is found linear."""
     whisper = _build(*EXPECTED["Whisper encoder (audio classifier)"][:3])
-    assert not describe_by_structure(whisper).family.linear_entry
+    before = {k: v.clone() for k, v in whisper.state_dict().items()}
+    assert not describe_by_structure(whisper).family.linear_entry  # its runs double the writers
     features = torch.randn(1, WHISPER["num_mel_bins"], 2 * WHISPER["max_source_positions"])
     with pytest.raises(MorphError, match=r"an activation follows what 'encoder\.conv2' writes"):
         grow_width(whisper, 45, probe=(features.double(),))
     _, report = grow_width(whisper, 64, probe=(features.double(),), seed=0)
     assert report.rel_dev_f64 <= 1e-12
+    assert all(torch.equal(v, before[k]) for k, v in whisper.state_dict().items())
     for name in ("BERT masked LM", "ViT"):
         assert describe_by_structure(_build(*EXPECTED[name][:3])).family.linear_entry
